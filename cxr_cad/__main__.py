@@ -1,0 +1,5 @@
+import sys
+
+from cxr_cad.cli import main
+
+sys.exit(main())

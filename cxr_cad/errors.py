@@ -1,0 +1,96 @@
+"""The exception family and the rejection reason codes. Nothing else.
+
+The library raises; only the CLI prints and chooses exit codes:
+
+* :class:`UsageError` (and its subclasses) -> exit code 2: a bad argument,
+  a bad config or workflow file, a manifest that fails validation.
+* any other :class:`CxrCadError` -> exit code 1 with a one-line reason.
+* :class:`RejectedFile` is raised per input file by ``cxr_cad.io``; batch code
+  (``io.scan``, ``engine.predict``) catches it and writes a ``rejected.csv`` row.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from os import PathLike
+
+
+class Reason(str, Enum):
+    """Stable reason codes for a file that was not accepted (``rejected.csv``)."""
+
+    NOT_DICOM = "NOT_DICOM"                      # neither DICOM nor a supported PNG/JPEG
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"    # an image format we do not read
+    EMPTY_FILE = "EMPTY_FILE"                    # zero bytes
+    UNREADABLE = "UNREADABLE"                    # I/O error, permission, truncated header
+    NO_PIXEL_DATA = "NO_PIXEL_DATA"              # DICOM without (7FE0,0010) Pixel Data
+    NOT_AN_IMAGE_SOP_CLASS = "NOT_AN_IMAGE_SOP_CLASS"  # SR, PR, RT, KO, ...
+    MULTI_FRAME = "MULTI_FRAME"                  # (0028,0008) Number of Frames > 1
+    UNSUPPORTED_MODALITY = "UNSUPPORTED_MODALITY"  # (0008,0060) Modality not in the accepted set
+    LATERAL_VIEW = "LATERAL_VIEW"                # (0018,5101) View Position LL/RL/LAT with a frontal-only model
+    UNSUPPORTED_PHOTOMETRIC = "UNSUPPORTED_PHOTOMETRIC"  # e.g. PALETTE COLOR, YBR for a CXR
+    DECODE_FAILED = "DECODE_FAILED"              # pixel data could not be decoded
+    CONSTANT_IMAGE = "CONSTANT_IMAGE"            # decoded image has a single value
+    DUPLICATE_SOP_INSTANCE = "DUPLICATE_SOP_INSTANCE"  # second file with a SOP Instance UID already seen
+    DUPLICATE_CONTENT = "DUPLICATE_CONTENT"      # byte-identical copy of a file already accepted
+    INTERNAL_ERROR = "INTERNAL_ERROR"            # a bug in cxr_cad; the detail carries the exception
+
+    def __str__(self) -> str:  # so f"{reason}" gives the bare code
+        return self.value
+
+
+class CxrCadError(Exception):
+    """Base class of every error cxr_cad raises on purpose."""
+
+
+class UsageError(CxrCadError):
+    """A bad argument, option, config or input list. The CLI exits with code 2."""
+
+
+class ProblemListError(UsageError):
+    """A usage error that carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[str] | str, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            msg = f"{where}{self.problems[0]}"
+        else:
+            msg = f"{where}{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(msg)
+
+
+class ConfigError(ProblemListError):
+    """A config or workflow file that cannot be honoured. Lists every problem."""
+
+
+class ManifestError(ProblemListError):
+    """A manifest or labels table that fails validation. Lists every problem."""
+
+
+class BundleError(CxrCadError):
+    """A model bundle that is missing, corrupt, or asks for something this code cannot honour."""
+
+
+class WeightsError(CxrCadError):
+    """Initial weights that cannot be obtained or do not fit the model."""
+
+
+class OutputError(CxrCadError):
+    """An output folder or file that cannot be written."""
+
+
+class RejectedFile(CxrCadError):
+    """One input file is not accepted. Carries a stable :class:`Reason` code.
+
+    ``detail`` is a human sentence that says what was found and, where there is
+    one, what to do about it.
+    """
+
+    def __init__(self, reason: Reason, detail: str, path: str | PathLike | None = None):
+        self.reason = Reason(reason)
+        self.detail = detail
+        self.path = None if path is None else str(path)
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}[{self.reason.value}] {detail}")
