@@ -1,0 +1,1 @@
+"""Training, cross-validation and batch inference. No plotting, no argparse."""
