@@ -1,0 +1,103 @@
+"""``cxr-cad crossval``: patient-grouped K-fold cross-validation of the training recipe."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from cxr_cad.config import load_config
+from cxr_cad.errors import UsageError
+
+#: option dest -> dotted config key (None = option not given).
+_OVERRIDES = {
+    "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "image_size": "model.image_size",
+    "lr": "optim.lr", "patience": "early_stopping.patience", "threshold": "threshold.method",
+    "target_sensitivity": "threshold.target_sensitivity", "classes": "data.classes",
+    "positive_class": "data.positive_class", "val_fraction": "data.val_fraction", "group_col": "data.group_col",
+    "cache_dir": "data.cache_dir", "device": "runtime.device", "precision": "runtime.precision",
+    "workers": "runtime.workers",
+}
+
+DESCRIPTION = """\
+K-fold cross-validation, stratified by label and grouped by patient (no patient in two folds;
+checked and recorded). For each fold a model is trained on the other folds (with an inner
+patient-grouped validation split for the best epoch, early stopping and the threshold) and
+scores the held-out fold. Writes to --out: oof_predictions.csv (every image once: fold, label,
+probability, decision at its fold's threshold), folds/K/ (each fold's bundle and train log),
+cv_metrics.json (per-fold metrics, mean +/- SD across folds, pooled out-of-fold AUC with DeLong
+and bootstrap CIs, metrics at the folds' thresholds and at the pooled Youden threshold, ROC
+data, best epochs), roc_curves.csv, and with --final final/model.pt (all images, the median best
+epoch, the pooled out-of-fold Youden threshold). Decoded images are cached once for all folds.
+Rerunning the same command resumes: finished folds are not retrained."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("crossval", help="patient-grouped K-fold cross-validation",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="labelled manifest CSV (from `cxr-cad ingest`)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds, >= 2 (default 5)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; rerun to resume)")
+    p.add_argument("--config", help="YAML training config (docs/train.md); options below override it")
+    p.add_argument("--init", help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
+                   "or a bundle to fine-tune (default: the config's, imagenet)")
+    p.add_argument("--final", action="store_true", help="also train final/model.pt on all images")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)")
+    g = p.add_argument_group("training overrides (default: the config file, else the study defaults)")
+    g.add_argument("--epochs", type=int, help="maximum epochs per fold")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--image-size", type=int, help="model input side in pixels")
+    g.add_argument("--lr", type=float, help="learning rate")
+    g.add_argument("--patience", type=int, help="early stopping patience in epochs; 0 = off")
+    g.add_argument("--seed", type=int, help="seed of the folds, splits, initialisation and augmentation")
+    g.add_argument("--val-fraction", type=float, help="share of each fold's training images used for inner "
+                   "validation (default 0.2)")
+    g.add_argument("--group-col", help="manifest column grouping images of one patient (default patient_id)")
+    g.add_argument("--classes", help="comma-separated class names in model output order")
+    g.add_argument("--positive-class", help="the class whose probability is scored")
+    g.add_argument("--threshold", choices=["youden", "sensitivity", "fixed"], help="how each fold's threshold "
+                   "is chosen on its inner validation split")
+    g.add_argument("--target-sensitivity", type=float, help="with --threshold sensitivity")
+    g.add_argument("--cache-dir", help="decoded-image cache (default RUN_DIR/cache)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--workers", type=int, help="DataLoader decode processes")
+    p.set_defaults(func=run)
+
+
+def _fmt(ci: dict) -> str:
+    if ci is None or ci.get("auc") is None or math.isnan(ci["auc"]):
+        return "n/a"
+    return f"{ci['auc']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_cad.engine.crossval import run_crossval
+    from cxr_cad.manifest import read_manifest
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("crossval runs as a single process; start it without torchrun")
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2, not {args.folds}")
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, not {args.bootstrap}")
+    overrides = {key: getattr(args, dest, None) for dest, key in _OVERRIDES.items()}
+    cfg = load_config(args.config, overrides)
+    df = read_manifest(args.manifest, require_labels=True, classes=cfg.data.classes)
+    res = run_crossval(df, args.out, cfg, n_folds=args.folds, init=args.init, final=args.final,
+                       n_bootstrap=args.bootstrap)
+    m = res.metrics
+    for f in m["per_fold"]:
+        sens, spec = f["metrics"]["sensitivity"]["value"], f["metrics"]["specificity"]["value"]
+        print(f"fold {f['fold']}: {f['status']}; AUC {f['auc']['auc']:.4f}, sensitivity {sens:.3f}, "
+              f"specificity {spec:.3f} at threshold {f['threshold']:.4f}; best epoch {f['best_epoch']}")
+    auc = m["across_folds"]["auc"]
+    print(f"AUC across folds: {auc['mean']:.4f} +/- {auc['sd']:.4f} (mean +/- SD)")
+    print(f"pooled out-of-fold AUC: {_fmt(m['pooled']['auc_delong'])} DeLong"
+          + (f"; {_fmt(m['pooled']['auc_bootstrap'])} bootstrap" if m["pooled"]["auc_bootstrap"] else ""))
+    print(f"out-of-fold predictions: {res.out_dir / 'oof_predictions.csv'}")
+    print(f"metrics: {res.out_dir / 'cv_metrics.json'}")
+    if res.final_bundle is not None:
+        print(f"final bundle: {res.final_bundle} ({m['final']['epochs']} epochs, threshold "
+              f"{m['final']['threshold']:.4f})")
+    return 0

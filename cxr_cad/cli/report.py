@@ -1,0 +1,190 @@
+"""``cxr-cad report``: write the clinical report from an existing predictions table.
+
+Also holds the report options and table helpers that ``cxr-cad evaluate`` shares.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cxr_cad.errors import UsageError
+
+DESCRIPTION = """\
+Write a clinical metric report from PREDICTIONS.csv (one row per image with `label` and
+`probability` of the positive class, e.g. predict's output on a labelled manifest, or
+cross-validation's oof_predictions.csv with a `fold` column). The report folder gets
+report.html (self-contained), report.pdf, metrics.json, predictions.csv (no patient ids
+unless --include-identifiers) and the figures as PNG files.
+
+The decision threshold is --threshold, else the --model bundle's, else the predictions'
+`threshold` column; the cohort's Youden threshold is always reported too (labelled as
+optimistic). Grad-CAM needs the model and the images: it is drawn when --model is given
+and the predictions' `path` column points at readable files, and skipped with a note
+otherwise.
+
+Exit codes: 0 done; 1 failure (unreadable bundle, unwritable --out); 2 bad arguments or
+a predictions table that cannot be evaluated."""
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be within [0, 1], not {text}")
+    return value
+
+
+def _confidence(text: str) -> float:
+    value = float(text)
+    if not 0.5 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"confidence level must be in [0.5, 1), e.g. 0.95; not {text}")
+    return value
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {text}")
+        return value
+    return parse
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``report`` and ``evaluate``."""
+    g = p.add_argument_group("report")
+    g.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (created)")
+    g.add_argument("--positive-class", default=None, metavar="NAME",
+                   help="label of the positive class (default: the model bundle's)")
+    g.add_argument("--threshold", type=_threshold, default=None,
+                   help="decision threshold to report instead of the model's stored one")
+    g.add_argument("--cohort-name", default=None, help="cohort name for the header (default: the input's name)")
+    g.add_argument("--cohort-date", default=None, help="cohort date for the header (free text)")
+    g.add_argument("--confidence", type=_confidence, default=0.95, help="confidence level of every CI (default 0.95)")
+    g.add_argument("--bootstrap", type=_at_least(100), default=2000, metavar="N",
+                   help="stratified bootstrap resamples for the AUC CI (default 2000)")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    g.add_argument("--gradcam-per-group", type=_at_least(0), default=2, metavar="N",
+                   help="Grad-CAM images per group (TP, TN, FP, FN); 0 = none (default 2)")
+    g.add_argument("--include-identifiers", action="store_true",
+                   help="also write patient ids, file paths and study UIDs to predictions.csv (and rejected.csv)")
+    g.add_argument("--no-pdf", action="store_true", help="skip report.pdf")
+
+
+def report_options(args: argparse.Namespace):
+    from cxr_cad.report import ReportOptions
+
+    return ReportOptions(alpha=round(1.0 - args.confidence, 10), n_bootstrap=args.bootstrap, seed=args.seed)
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A CSV read as text (ids keep their leading zeros); UsageError naming the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {p} not found")
+    try:
+        return pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} {p} is not a readable CSV table: {exc}") from exc
+
+
+def join_metadata(pred: pd.DataFrame, manifest: pd.DataFrame,
+                  keys: tuple[str, ...] = ("sop_instance_uid", "path")) -> pd.DataFrame:
+    """Add manifest columns (patient id, view, sex, age, manufacturer...) to predictions.
+
+    Joined on the first of ``keys`` that both tables have filled in every prediction row;
+    prediction columns win. Raises UsageError when no key is shared.
+    """
+    for key in keys:
+        if key in pred.columns and key in manifest.columns and (pred[key].astype(str) != "").all():
+            extra = [c for c in manifest.columns if c not in pred.columns or c == key]
+            right = manifest[extra].drop_duplicates(subset=[key]).astype({key: str})
+            return pred.astype({key: str}).merge(right, on=key, how="left")
+    raise UsageError(f"cannot join the manifest to the predictions: they share no filled column among "
+                     f"{', '.join(keys)}")
+
+
+def write_rejected(rejected: pd.DataFrame, out_dir: Path) -> None:
+    """rejected.csv (path, reason, detail) in the report folder; only with identifiers."""
+    cols = [c for c in ("path", "reason", "detail") if c in rejected.columns]
+    rejected[cols].to_csv(Path(out_dir) / "rejected.csv", index=False, lineterminator="\n")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="write the clinical report from an existing predictions table",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("predictions", metavar="PREDICTIONS.csv", help="predictions table (label, probability)")
+    p.add_argument("--model", default=None, metavar="BUNDLE",
+                   help="the bundle that made the predictions (header, threshold, Grad-CAM)")
+    p.add_argument("--manifest", default=None, metavar="M.csv",
+                   help="manifest of the cohort, to add patient/view/sex/age/manufacturer columns")
+    p.add_argument("--rejected", default=None, metavar="REJECTED.csv",
+                   help="files not scored (path, reason, detail), counted by reason in the cohort summary")
+    p.add_argument("--cv-metrics", default=None, metavar="cv_metrics.json",
+                   help="cross-validation summary from cxr-cad crossval (per-fold curves come from `fold`)")
+    p.add_argument("--compare-predictions", default=None, metavar="OTHER.csv",
+                   help="another model's predictions of the same images: both ROC curves + paired DeLong test")
+    p.add_argument("--compare-name", default=None, help="name of the other model (default: its file name)")
+    p.add_argument("--threshold-method", default=None, help="how --threshold was chosen (shown in Methods)")
+    add_report_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
+
+    pred = read_table(args.predictions, "predictions table")
+    bundle, info = None, None
+    if args.model:
+        from cxr_cad.model import load_bundle
+
+        bundle = load_bundle(args.model)
+        info = model_info_from_bundle(bundle, args.model)
+    cohort = {"name": args.cohort_name or Path(args.predictions).parent.name or Path(args.predictions).stem,
+              "date": args.cohort_date}
+    if args.manifest:
+        from cxr_cad.manifest import manifest_hash, read_manifest
+
+        manifest = read_manifest(args.manifest, check_files=False)
+        cohort["manifest_hash"] = manifest_hash(manifest)
+        pred = join_metadata(pred, manifest)
+    threshold, method = args.threshold, args.threshold_method
+    if threshold is None and bundle is None and "threshold" in pred.columns:
+        values = set(pred["threshold"].astype(str)) - {""}
+        if len(values) == 1:
+            threshold, method = float(values.pop()), method or "as recorded in the predictions table"
+    elif threshold is not None:
+        method = method or "given on the command line"
+    rejected = read_table(args.rejected, "rejected-files table") if args.rejected else None
+    cv = None
+    if args.cv_metrics:
+        try:
+            cv = json.loads(Path(args.cv_metrics).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--cv-metrics {args.cv_metrics}: cannot read JSON: {exc}") from exc
+    comparison = None
+    if args.compare_predictions:
+        other = read_table(args.compare_predictions, "comparison predictions table")
+        comparison = {"predictions": other, "name": args.compare_name or Path(args.compare_predictions).stem,
+                      "name_a": (info or {}).get("name", "this model")}
+    gradcam, note = None, None
+    if bundle is not None and args.gradcam_per_group > 0 and "path" in pred.columns:
+        gradcam = GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group)
+    elif bundle is None:
+        note = ("Grad-CAM explanations are not included: this report was written from a predictions table "
+                "without the model (give --model and a table whose 'path' column points at the images).")
+    else:
+        note = "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
+    result = write_report(pred, args.out, positive_class=args.positive_class, threshold=threshold,
+                          threshold_method=method, model_info=info, cohort_info=cohort, rejected_df=rejected,
+                          cv=cv, comparison=comparison, include_identifiers=args.include_identifiers,
+                          gradcam=gradcam, gradcam_note=note, options=report_options(args), pdf=not args.no_pdf)
+    if args.include_identifiers and rejected is not None:
+        write_rejected(rejected, result.out_dir)
+    auc = result.data["auc"]["delong"]
+    print(f"report: {len(result.files)} files in {result.out_dir} "
+          f"({result.data['cohort']['n_images_evaluated']} images, AUC {auc['auc']:.3f})"
+          if auc["auc"] is not None else f"report: {len(result.files)} files in {result.out_dir}")
+    return 0

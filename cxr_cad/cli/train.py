@@ -1,0 +1,93 @@
+"""``cxr-cad train``: train a ResNet18 on a labelled manifest into a run folder."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from cxr_cad.config import load_config
+
+#: option dest -> dotted config key (None values = option not given).
+_OVERRIDES = {
+    "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
+    "init": "model.init", "image_size": "model.image_size", "aspect": "model.aspect",
+    "in_channels": "model.in_channels", "freeze_backbone_epochs": "model.freeze_backbone_epochs",
+    "lr": "optim.lr", "optimizer": "optim.name", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
+    "schedule": "schedule.name", "patience": "early_stopping.patience",
+    "threshold": "threshold.method", "target_sensitivity": "threshold.target_sensitivity",
+    "classes": "data.classes", "positive_class": "data.positive_class", "split": "data.split",
+    "val_fraction": "data.val_fraction", "val_fold": "data.val_fold", "group_col": "data.group_col",
+    "imbalance": "data.imbalance", "cache_dir": "data.cache_dir",
+    "device": "runtime.device", "precision": "runtime.precision", "workers": "runtime.workers",
+    "compile": "runtime.compile",
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a ResNet18 on a labelled manifest",
+        description="Train a ResNet18 classifier on a labelled manifest. Training/validation are split by "
+        "patient (or by a 'split' / 'fold' column); validation AUC picks the best epoch and stops early; the "
+        "decision threshold is chosen on validation data. Everything goes into --out (config.yaml, run.json, "
+        "split.csv, train_log.csv, checkpoint.pt, model.pt); rerunning the same command resumes. Options "
+        "override the --config file; defaults are the study defaults (docs/train.md). Under "
+        "`torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--manifest", required=True, help="labelled manifest CSV (from `cxr-cad ingest`)")
+    p.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
+    p.add_argument("--config", help="YAML config file (see docs/train.md); options below override it")
+    g = p.add_argument_group("model")
+    g.add_argument("--init", help="initial weights: imagenet, imagenet:/path/weights.pth, none, or a bundle "
+                   "to fine-tune (classes must match) [imagenet]")
+    g.add_argument("--image-size", type=int, help="model input side in pixels [224]")
+    g.add_argument("--aspect", choices=["squash", "pad"], help="resize mode [squash]")
+    g.add_argument("--in-channels", type=int, choices=[1, 3], help="model input channels [1]")
+    g.add_argument("--freeze-backbone-epochs", type=int, metavar="N", help="train only the head for the first N "
+                   "epochs, then everything [0]")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="maximum epochs [20]")
+    g.add_argument("--batch-size", type=int, help="images per step and process [32]")
+    g.add_argument("--lr", type=float, help="learning rate [0.001]")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="[sgd, momentum 0.9]")
+    g.add_argument("--momentum", type=float, help="SGD momentum [0.9]")
+    g.add_argument("--weight-decay", type=float, help="[0.0001]")
+    g.add_argument("--schedule", choices=["cosine", "step", "constant"], help="learning-rate schedule [cosine]")
+    g.add_argument("--patience", type=int, help="early stopping: epochs without validation AUC gain; 0 = off [5]")
+    g.add_argument("--imbalance", choices=["weighted_loss", "weighted_sampler", "none"], help="[weighted_loss]")
+    g.add_argument("--seed", type=int, help="seed of split, initialisation, order and augmentation [0]")
+    g = p.add_argument_group("data and threshold")
+    g.add_argument("--classes", help="comma-separated class names, in model output order [NORMAL,PNEUMONIA]")
+    g.add_argument("--positive-class", help="the class whose probability is scored [PNEUMONIA]")
+    g.add_argument("--split", choices=["auto", "grouped", "column", "fold"], help="how validation rows are chosen "
+                   "(auto: a 'split' column if present, else grouped by patient) [auto]")
+    g.add_argument("--val-fraction", type=float, help="share of images for validation (grouped split) [0.2]")
+    g.add_argument("--val-fold", type=int, help="with --split fold: the 'fold' value that validates")
+    g.add_argument("--group-col", help="manifest column that groups images of one patient [patient_id]")
+    g.add_argument("--threshold", choices=["youden", "sensitivity", "fixed"], help="how the decision threshold is "
+                   "chosen on validation data [youden]")
+    g.add_argument("--target-sensitivity", type=float, help="with --threshold sensitivity [0.9]")
+    g.add_argument("--cache-dir", help="folder for decoded+resized images, shareable between runs [RUN_DIR/cache]")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="[auto: bf16 on CPUs with native "
+                   "bf16, AMP on CUDA, else fp32]")
+    g.add_argument("--workers", type=int, help="DataLoader decode processes [2]")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_cad.engine.train import train_model
+    from cxr_cad.manifest import read_manifest
+
+    overrides = {key: getattr(args, dest, None) for dest, key in _OVERRIDES.items()}
+    cfg = load_config(args.config, overrides)
+    df = read_manifest(args.manifest, require_labels=True, classes=cfg.data.classes)
+    result = train_model(df, args.out, cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        auc = "n/a" if math.isnan(result.val_auc) else f"{result.val_auc:.4f}"
+        print(f"bundle: {result.bundle_path}")
+        print(f"best epoch: {result.best_epoch} of {result.epochs_run} run"
+              f"{' (stopped early)' if result.stopped_early else ''}; validation AUC {auc}; "
+              f"threshold {result.threshold:.4f} ({result.threshold_method})")
+    return 0

@@ -1,0 +1,216 @@
+"""The DICOM pixel pipeline: decode -> Modality LUT -> VOI LUT/window -> MONOCHROME1 -> [0, 1].
+
+Order (PS3.4 N.2 grayscale pipeline, display orientation bright = bone):
+
+1. **Decode** the stored values through pydicom's pixel handlers (native, deflated,
+   RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K with the
+   pylibjpeg plugins). JPEG 2000 may decode at a reduced resolution (``reduce_to``).
+2. **Modality LUT**: (0028,3000) Modality LUT Sequence when present (through
+   :func:`pydicom.pixels.apply_modality_lut`), else (0028,1053) Rescale Slope and
+   (0028,1052) Rescale Intercept (both must be present, as in pydicom), in float32.
+3. **VOI** (``apply_voi``): (0028,3010) VOI LUT Sequence (first item, through
+   :func:`pydicom.pixels.apply_voi`) or (0028,1050) Window Center / (0028,1051)
+   Window Width (first value of each), with (0028,1056) VOI LUT Function LINEAR,
+   LINEAR_EXACT or SIGMOID exactly as :func:`pydicom.pixels.apply_windowing` defines them.
+4. **MONOCHROME1** ((0028,0004) Photometric Interpretation): inverted, so low = dark.
+5. **Scale to [0, 1]**: with a window, the window's output range maps to [0, 1]
+   (values below the window are 0, above are 1); with a VOI LUT, the LUT's own
+   output range (min/max of its entries); without VOI, the minimum/maximum of the
+   values actually present. Min/max scaling is invariant to any affine re-encoding
+   of the stored values, so a MONOCHROME1 file storing ``M - v`` gives exactly the
+   pixels of the MONOCHROME2 file storing ``v``; with windows the two agree up to
+   one stored unit (LINEAR windows are not exactly symmetric under inversion).
+
+Colour data (RGB, or YBR converted to RGB by pydicom) skips 2-4 and becomes gray
+by ITU-R BT.601 luma, then min/max scaling.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.uid import JPEG2000TransferSyntaxes, UID
+
+from cxr_cad.errors import Reason, RejectedFile
+
+log = logging.getLogger(__name__)
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _first(value) -> float:
+    """First value of a possibly multi-valued DS element, as float."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None) -> np.ndarray:
+    """Decoded stored values: 2-D (rows, columns), or (rows, columns, 3) RGB.
+
+    With ``reduce_to`` and a JPEG 2000 / HTJ2K transfer syntax, decodes at the
+    largest resolution level N with ``min(rows, columns) / 2**N >= reduce_to``.
+
+    Raises:
+        RejectedFile: ``DECODE_FAILED`` with the decoder's message.
+    """
+    ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
+    if reduce_to and ts in JPEG2000TransferSyntaxes and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        from cxr_cad.io.j2k import decode_reduced
+
+        arr = decode_reduced(ds, reduce_to, path)
+        if arr is not None:
+            return arr
+    if "PhotometricInterpretation" not in ds or not ds.PhotometricInterpretation:
+        ds.PhotometricInterpretation = "MONOCHROME2"  # pydicom needs it; checked: 1 sample per pixel
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on this file's data means DECODE_FAILED
+        hint = ("install the pylibjpeg plugins (pylibjpeg-libjpeg, -openjpeg, -rle)"
+                if "plugin" in str(exc).lower() or "missing" in str(exc).lower()
+                else "the pixel data is truncated or corrupt: re-export the file")
+        syntax = ts.name or "unknown transfer syntax"
+        raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the pixel data ({syntax}): "
+                           f"{type(exc).__name__}: {exc}; {hint}", path) from exc
+    expected = 2 if int(ds.get("SamplesPerPixel", 1) or 1) == 1 else 3
+    if arr.ndim != expected:
+        raise RejectedFile(Reason.MULTI_FRAME if arr.ndim == expected + 1 else Reason.DECODE_FAILED,
+                           f"decoded pixel array has shape {arr.shape}, expected one frame", path)
+    return arr
+
+
+def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Apply the Modality LUT ((0028,3000) sequence, or (0028,1053) slope / (0028,1052) intercept).
+
+    Returns float32; equals :func:`pydicom.pixels.apply_modality_lut` (which works in float64).
+    """
+    if ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    out = arr.astype(np.float32)
+    slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
+    if slope is not None and intercept is not None and slope != "" and intercept != "":
+        slope, intercept = float(slope), float(intercept)
+        if slope != 1.0:
+            out *= np.float32(slope)
+        if intercept != 0.0:
+            out += np.float32(intercept)
+    return out
+
+
+def window_unit(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Window ``values`` (float32, modality units) onto [0, 1], in place where possible.
+
+    Same mapping as :func:`pydicom.pixels.apply_windowing` followed by
+    ``(y - y_min) / (y_max - y_min)``: LINEAR (PS3.3 C.11.2.1.2.1, ``c - 0.5`` and
+    ``w - 1``), LINEAR_EXACT (C.11.2.1.3.2) or SIGMOID.
+    """
+    function = function.upper()
+    if function == "SIGMOID":
+        out = np.multiply(values, np.float32(-4.0 / width), out=values)
+        out += np.float32(4.0 * center / width)
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> 1/inf = 0, the correct limit
+            np.exp(out, out=out)
+        out += np.float32(1.0)
+        return np.reciprocal(out, out=out)
+    if function == "LINEAR_EXACT":
+        lo, span = center - width / 2.0, width
+    else:
+        lo, span = (center - 0.5) - (width - 1.0) / 2.0, width - 1.0
+    if span <= 0:  # LINEAR with width 1: a threshold at center - 0.5
+        return np.greater(values, np.float32(lo)).astype(np.float32)
+    out = np.subtract(values, np.float32(lo), out=values)
+    out *= np.float32(1.0 / span)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _window(ds: Dataset, path: Path) -> tuple[float, float, str] | None:
+    """(center, width, function) of the first window, or None when absent or unusable."""
+    if ds.get("WindowCenter") in (None, "") or ds.get("WindowWidth") in (None, ""):
+        return None
+    try:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    except (ValueError, TypeError, IndexError) as exc:
+        log.warning("%s: ignoring unreadable (0028,1050) Window Center / (0028,1051) Width: %s", path, exc)
+        return None
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        log.warning("%s: unknown (0028,1056) VOI LUT Function %r, using LINEAR", path, function)
+        function = "LINEAR"
+    if not (math.isfinite(center) and math.isfinite(width)) or width < (1.0 if function == "LINEAR" else 1e-6):
+        log.warning("%s: ignoring invalid window center %s / width %s", path, center, width)
+        return None
+    return center, width, function
+
+
+def _voi_lut_unit(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Apply the first (0028,3010) VOI LUT Sequence item; scale by the LUT's output range."""
+    item = ds.VOILUTSequence[0]
+    entries, first_map = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+    own = apply_voi(np.arange(first_map, first_map + entries, dtype=np.int64), ds)
+    lo, hi = float(np.min(own)), float(np.max(own))
+    out = np.asarray(apply_voi(np.rint(values).astype(np.int64), ds), dtype=np.float32)
+    if hi <= lo:
+        return out
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return out
+
+
+def _minmax_unit(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    values -= np.float32(lo)
+    values *= np.float32(1.0 / (hi - lo))
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
+def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
+                   reduce_to: int | None = None) -> np.ndarray:
+    """The whole pipeline (module doc): 2-D float32 in [0, 1], bright = bone.
+
+    Raises:
+        RejectedFile: ``DECODE_FAILED`` (decoder error, non-finite values) or
+            ``CONSTANT_IMAGE`` (one value everywhere, before or after the VOI).
+    """
+    arr = decode(ds, path, reduce_to=reduce_to)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if arr.ndim == 3:  # colour -> gray
+        values = np.tensordot(arr.astype(np.float32, copy=False), _LUMA, axes=([2], [0])).astype(np.float32)
+        photometric = "MONOCHROME2"
+    else:
+        lo, hi = arr.min(), arr.max()
+        if lo == hi:
+            raise RejectedFile(Reason.CONSTANT_IMAGE, f"every decoded pixel has the value {lo}; the image is "
+                               "blank or its pixel data is broken", path)
+        try:
+            values = modality_values(arr, ds)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            raise RejectedFile(Reason.DECODE_FAILED, f"cannot apply the Modality LUT ((0028,3000) Modality "
+                               f"LUT Sequence or (0028,1052)/(0028,1053) Rescale): {exc}", path) from exc
+    if not np.isfinite(values).all():
+        raise RejectedFile(Reason.DECODE_FAILED, "decoded pixel values include NaN or infinity", path)
+    out = None
+    if apply_voi and arr.ndim == 2:
+        if ds.get("VOILUTSequence"):
+            try:
+                out = _voi_lut_unit(values, ds)
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+                log.warning("%s: ignoring unusable (0028,3010) VOI LUT Sequence: %s", path, exc)
+        if out is None:
+            window = _window(ds, path)
+            if window is not None:
+                out = window_unit(values, *window)
+        if out is not None and float(out.min()) == float(out.max()):
+            raise RejectedFile(Reason.CONSTANT_IMAGE, "the VOI LUT / window (0028,1050)/(0028,1051) maps every "
+                               "pixel to one value; the window does not fit the data: read it with the VOI "
+                               "switched off (AcceptPolicy(apply_voi=False))", path)
+    if out is None:
+        if float(values.min()) == float(values.max()):
+            raise RejectedFile(Reason.CONSTANT_IMAGE, "the Modality LUT maps every pixel to one value", path)
+        out = _minmax_unit(values)
+    if photometric == "MONOCHROME1":
+        np.subtract(np.float32(1.0), out, out=out)
+    return out

@@ -1,0 +1,146 @@
+"""Reduced-resolution decoding of JPEG 2000 / HTJ2K pixel data.
+
+A JPEG 2000 codestream holds a wavelet pyramid: decoding only the first
+``levels - N`` resolution levels gives the image downscaled by ``2**N`` at a
+fraction of the cost. The installed pylibjpeg-openjpeg has no ``reduce`` option,
+so this goes through Pillow's OpenJPEG binding (``Image.reduce = N``), with the
+same precision / sign handling as pydicom's Pillow decoder. Level 0 equals
+pydicom's full-resolution decode exactly (tested).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+
+from cxr_cad.errors import Reason, RejectedFile
+
+log = logging.getLogger(__name__)
+
+
+def codestream_info(frame: bytes) -> dict | None:
+    """Parse SIZ and COD of a J2K codestream (raw or inside a JP2 wrapper).
+
+    Returns ``{"columns", "rows", "components", "precision", "signed", "levels"}``
+    (``levels``: number of wavelet decompositions, (FF52) COD SPcod) or None when the
+    markers are not found.
+    """
+    start = frame.find(b"\xff\x4f\xff\x51")
+    if start < 0:
+        return None
+    pos = start + 2
+    info: dict = {}
+    while pos + 4 <= len(frame):
+        marker, length = struct.unpack_from(">HH", frame, pos)
+        body = pos + 4
+        if marker == 0xFF51 and body + 38 <= len(frame):  # SIZ
+            xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", frame, body + 2)
+            components = struct.unpack_from(">H", frame, body + 34)[0]
+            ssiz = frame[body + 36]
+            info.update(columns=xsiz - xo, rows=ysiz - yo, origin=(xo, yo), components=components,
+                        precision=(ssiz & 0x7F) + 1, signed=bool(ssiz & 0x80))
+        elif marker == 0xFF52 and body + 6 <= len(frame):  # COD
+            info["levels"] = frame[body + 5]
+        elif marker == 0xFF90:  # SOT: end of the main header
+            break
+        pos += 2 + length
+    return info if {"levels", "precision"} <= info.keys() else None
+
+
+def reduction_level(shorter_side: int, reduce_to: int, levels: int) -> int:
+    """Largest N <= ``levels`` with ``shorter_side / 2**N >= reduce_to`` (0 when none)."""
+    if reduce_to <= 0 or shorter_side < 2 * reduce_to:
+        return 0
+    return max(0, min(levels, int(math.floor(math.log2(shorter_side / reduce_to)))))
+
+
+def _set_reduce(image, level: int) -> None:
+    """Ask Pillow's JPEG 2000 decoder for resolution ``level`` (``image.reduce = level``).
+
+    OpenJPEG's reduced size is ``ceil(size / 2**level)``; Pillow's ``load()`` computes
+    ``int((size + 2**level // 2) / 2**level)``, which is one pixel short for some odd
+    sizes and then fails ("broken data stream"). Pre-setting the size so that Pillow's
+    formula gives OpenJPEG's size avoids that (checked by the tests against pydicom).
+    """
+    power = 1 << level
+    adjust = power >> 1
+    width, height = image.size
+    image._size = (-(-width // power) * power - adjust, -(-height // power) * power - adjust)
+    image.reduce = level
+
+
+def decode_level(ds: Dataset, level: int, path: Path) -> np.ndarray:
+    """Decode the single-frame, single-sample J2K Pixel Data of ``ds`` downscaled by ``2**level``.
+
+    Values are the stored values as pydicom returns them ((0028,0103) Pixel
+    Representation and (0028,0101) Bits Stored honoured, J2K sign corrected).
+
+    Raises:
+        RejectedFile: ``DECODE_FAILED`` when the codestream cannot be decoded.
+    """
+    from PIL import Image
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        info = codestream_info(frame) or {}
+        with Image.open(io.BytesIO(frame), formats=("JPEG2000",)) as image:
+            if level:
+                _set_reduce(image, level)
+            image.load()
+            size = image.size
+            buffer = bytearray(image.tobytes())
+    except (OSError, ValueError, StopIteration, SyntaxError) as exc:
+        raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the JPEG 2000 pixel data at reduction "
+                           f"level {level}: {type(exc).__name__}: {exc}", path) from exc
+    precision = int(info.get("precision", ds.BitsStored))
+    pixel_rep = int(ds.get("PixelRepresentation", 0) or 0)
+    signed = bool(info.get("signed", pixel_rep))
+    bits_allocated = 8 if precision <= 8 else 16
+    nbytes = bits_allocated // 8
+    arr = np.frombuffer(buffer, dtype=f"u{nbytes}").reshape(size[1], size[0])
+    if signed and pixel_rep == 1:
+        arr = arr.view(f"i{nbytes}")
+        arr -= np.int32(2 ** (bits_allocated - 1))  # as pydicom: wraps modulo 2**bits
+    if shift := bits_allocated - precision:
+        np.right_shift(arr, shift, out=arr)
+    arr = arr.view(f"i{nbytes}" if pixel_rep else f"u{nbytes}")
+    if signed != bool(pixel_rep) and shift:
+        # same correction as pydicom for a J2K sign that disagrees with Pixel Representation
+        np.left_shift(arr, shift, out=arr)
+        np.right_shift(arr, shift, out=arr)
+    return arr
+
+
+def decode_reduced(ds: Dataset, reduce_to: int, path: Path) -> np.ndarray | None:
+    """Reduced decode for ``reduce_to`` (see :func:`reduction_level`); None when no reduction applies."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (ValueError, StopIteration, struct.error) as exc:
+        raise RejectedFile(Reason.DECODE_FAILED, f"cannot find the JPEG 2000 frame in (7FE0,0010) Pixel "
+                           f"Data: {exc}", path) from exc
+    info = codestream_info(frame)
+    if info is None or info.get("components", 1) != 1 or info.get("origin", (0, 0)) != (0, 0):
+        return None
+    level = reduction_level(min(rows, columns), reduce_to, int(info["levels"]))
+    if level == 0:
+        return None
+    try:
+        arr = decode_level(ds, level, path)
+    except RejectedFile as exc:
+        log.warning("%s: reduced-resolution JPEG 2000 decode failed (%s); decoding at full resolution",
+                    path, exc.detail)
+        return None
+    expected = (-(-rows // (1 << level)), -(-columns // (1 << level)))
+    if arr.shape != expected:
+        log.warning("%s: reduced JPEG 2000 decode gave %s, expected %s; decoding at full resolution",
+                    path, arr.shape, expected)
+        return None
+    log.debug("%s: JPEG 2000 decoded at level %d: %s -> %s", path, level, (rows, columns), arr.shape)
+    return arr

@@ -1,0 +1,377 @@
+"""Folder scanning: every input file becomes an accepted manifest row or a rejected row.
+
+:func:`iter_files` walks sources (folders recursively, or single files) in sorted order
+without following symlink loops. :func:`scan_sources` reads each file's header
+(``cxr_cad.io.read_header``; optionally decodes it fully) in a process pool, hashes its
+bytes, derives patient ids for PNG/JPEG from the file name, and rejects duplicates.
+This is the one place that catches per-file errors: a :class:`~cxr_cad.errors.RejectedFile`
+becomes a rejected row with its reason code, anything unexpected becomes
+``INTERNAL_ERROR`` with the exception text. Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+import stat
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pandas as pd
+
+from cxr_cad.errors import Reason, RejectedFile, UsageError
+from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad.manifest.schema import MANIFEST_COLUMNS, age_in_years, normalise_manifest
+from cxr_cad.progress import progress
+
+log = logging.getLogger(__name__)
+
+#: Patient id from a Kermany-style file name (first group): ``IM-0115-0001.jpeg`` -> ``IM-0115``,
+#: ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``, ``person1000_bacteria_2931.jpeg`` ->
+#: ``person1000``. Names it does not match fall back to the file stem (one patient per image).
+DEFAULT_PATIENT_ID_PATTERN = r"^((?:[A-Za-z]+\d*-)?IM-\d+|person\d+)(?=[-_.])"
+#: Columns of ``rejected.csv``.
+REJECTED_COLUMNS = ["path", "reason", "detail"]
+_HASH_CHUNK = 1 << 20
+_MIN_FILES_FOR_POOL = 200
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan_sources` found.
+
+    Attributes:
+        accepted: one row per accepted image, :data:`~cxr_cad.manifest.MANIFEST_COLUMNS`
+            (absolute paths, ``label`` empty), sorted by path.
+        rejected: one row per file not accepted: ``path``, ``reason`` (a
+            :class:`~cxr_cad.errors.Reason` code), ``detail`` (a sentence), sorted by path.
+        n_files: files considered (= accepted + rejected rows).
+        patient_id_rule: how patient ids were obtained: ``pattern`` and counts ``from_pattern``,
+            ``from_file_stem`` (PNG/JPEG), ``from_dicom`` ((0010,0020) Patient ID),
+            ``from_study_uid`` (DICOM without Patient ID: grouped by study), ``from_sop_uid``.
+        skipped_dirs: folders not entered again (symlink loops or a second link to a folder).
+        seconds: wall time of the scan.
+        workers: processes used (1 = in this process).
+    """
+
+    accepted: pd.DataFrame
+    rejected: pd.DataFrame
+    n_files: int
+    patient_id_rule: dict = field(default_factory=dict)
+    skipped_dirs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 1
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """``{reason code: count}``, most frequent first."""
+        return {str(k): int(v) for k, v in self.rejected["reason"].value_counts().items()}
+
+
+def compile_patient_id_pattern(pattern: str | None) -> re.Pattern:
+    """Compile a ``--patient-id-pattern`` (None = :data:`DEFAULT_PATIENT_ID_PATTERN`).
+
+    Raises UsageError when it is not a valid regular expression."""
+    try:
+        return re.compile(DEFAULT_PATIENT_ID_PATTERN if pattern is None else pattern)
+    except re.error as exc:
+        raise UsageError(f"--patient-id-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+
+
+def patient_id_from_name(name: str, pattern: re.Pattern) -> tuple[str, bool]:
+    """Patient id from a file name: the pattern's first group (or whole match when it has no
+    group), searched in the name with extension; else the file stem.
+
+    Returns ``(patient_id, matched)``."""
+    m = pattern.search(name)
+    if m:
+        pid = m.group(1) if pattern.groups else m.group(0)
+        if pid:
+            return pid, True
+    return Path(name).stem or name, False
+
+
+def _check_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
+    srcs = [os.path.abspath(os.fspath(s)) for s in sources]
+    if not srcs:
+        raise UsageError("no input: give at least one folder or file")
+    missing = [s for s in srcs if not os.path.exists(s)]
+    if missing:
+        raise UsageError("input not found: " + ", ".join(missing) + " (check the path)")
+    return srcs
+
+
+def _under(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def _walk(sources: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+          ) -> tuple[list[str], list[tuple[str, Reason, str]], list[str]]:
+    """Collect candidate files, unreadable entries and skipped folders (see :func:`iter_files`)."""
+    srcs = _check_sources(sources)
+    excl = [os.path.abspath(os.fspath(e)) for e in exclude]
+    excl += [os.path.realpath(e) for e in excl]
+    files: set[str] = set()
+    problems: dict[str, tuple[str, Reason, str]] = {}
+    skipped: list[str] = []
+    visited: set[tuple[int, int]] = set()
+
+    def excluded(path: str) -> bool:
+        return bool(excl) and (_under(path, excl) or _under(os.path.realpath(path), excl))
+
+    def add_entry(path: str, st_mode: int | None) -> None:
+        if excluded(path):
+            return
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:   # undecodable bytes in the name: no CSV can hold it
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            problems[path] = (shown, Reason.UNREADABLE, "the file name is not valid UTF-8; rename the file")
+            return
+        if st_mode is None or stat.S_ISREG(st_mode):   # None: broken symlink -> UNREADABLE later
+            files.add(path)
+        else:
+            problems[path] = (path, Reason.UNREADABLE, "not a regular file (device, pipe or socket); "
+                              "only regular files are read")
+
+    def walk_dir(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            problems[folder] = (folder, Reason.UNREADABLE, f"cannot open folder: {exc.strerror or exc}")
+            return
+        ident = (st.st_dev, st.st_ino)
+        if ident in visited:
+            skipped.append(folder)
+            log.info("not entering %s again (symlink loop or second link to a folder already scanned)", folder)
+            return
+        visited.add(ident)
+        if excluded(folder):
+            return
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems[folder] = (folder, Reason.UNREADABLE, f"cannot list folder: {exc.strerror or exc}; "
+                                "its files were not scanned")
+            return
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    walk_dir(path)
+                    continue
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                mode = None
+            except OSError as exc:
+                problems[path] = (path, Reason.UNREADABLE, f"cannot stat: {exc.strerror or exc}")
+                continue
+            add_entry(path, mode)
+
+    for src in srcs:
+        if os.path.isdir(src):
+            walk_dir(src)
+        else:
+            add_entry(src, os.stat(src).st_mode)
+    for p in list(problems):
+        files.discard(p)
+    return sorted(files), sorted(problems.values()), skipped
+
+
+def iter_files(sources: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
+               ) -> Iterator[Path]:
+    """Every file under ``sources`` (folders, recursively; or single files), absolute, sorted by
+    path, each once. Symlinks are followed, but a folder already entered (a symlink loop, or a
+    second link to it) is not entered again. Broken symlinks are included (they are rejected as
+    ``UNREADABLE`` by the scan); devices, pipes and sockets are not. Paths under ``exclude``
+    (e.g. the output folder) are left out.
+
+    Raises:
+        UsageError: a source does not exist, or no source was given.
+    """
+    files, _, _ = _walk(sources, exclude)
+    for f in files:
+        yield Path(f)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixels: bool = False) -> dict:
+    """Scan one file; never raises for a bad file.
+
+    Returns ``{"status": "accepted", "row": {...}, "pid_source": str}`` or
+    ``{"status": "rejected", "row": {"path", "reason", "detail"}}``."""
+    from cxr_cad.io import read_header, read_image   # the io package imports this module's siblings
+
+    try:
+        meta = read_header(path, policy=policy)
+        if verify_pixels:
+            read_image(path, policy=policy)
+        digest = _sha256(path)
+    except RejectedFile as exc:
+        return {"status": "rejected", "row": {"path": path, "reason": exc.reason.value, "detail": exc.detail}}
+    except OSError as exc:
+        return {"status": "rejected", "row": {"path": path, "reason": Reason.UNREADABLE.value,
+                                              "detail": f"cannot read the file: {exc.strerror or exc}"}}
+    except Exception as exc:  # noqa: BLE001 - the one per-file catch-all; recorded, never dropped
+        log.debug("unexpected error scanning %s", path, exc_info=True)
+        return {"status": "rejected", "row": {"path": path, "reason": Reason.INTERNAL_ERROR.value,
+                                              "detail": f"{type(exc).__name__}: {exc} (a bug in cxr_cad; "
+                                                        "please report it with this file's header)"}}
+    row = {c: meta.get(c) for c in MANIFEST_COLUMNS if c in meta}
+    row["path"] = path
+    row["sha256"] = digest
+    row.pop("label", None)
+    fmt = str(meta.get("format") or "")
+    if fmt in ("png", "jpeg"):
+        row["sop_instance_uid"] = f"sha256:{digest}"
+        pid, matched = patient_id_from_name(os.path.basename(path), pattern)
+        row["patient_id"] = pid
+        source = "from_pattern" if matched else "from_file_stem"
+    else:
+        pid = str(meta.get("patient_id") or "").strip()
+        source = "from_dicom"
+        if not pid:
+            study = str(meta.get("study_instance_uid") or "").strip()
+            sop = str(meta.get("sop_instance_uid") or "").strip()
+            pid, source = (f"study:{study}", "from_study_uid") if study else (f"sop:{sop}", "from_sop_uid")
+        row["patient_id"] = pid
+    row["patient_age_years"] = age_in_years(meta.get("patient_age"))
+    return {"status": "accepted", "row": row, "pid_source": source}
+
+
+def _scan_task(args: tuple) -> dict:
+    return scan_file(*args)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` on Linux when this process runs no other thread than tqdm's monitor (fast: workers
+    inherit the imported readers); else ``forkserver`` (its server imports the readers once, workers fork
+    from it), else ``spawn``. Forking a multi-threaded process (torch, tqdm monitor) can deadlock."""
+    methods = multiprocessing.get_all_start_methods()
+    # tqdm's monitor thread (left running by disabled bars) only sleeps and workers never use tqdm
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
+    if sys.platform.startswith("linux") and "fork" in methods and not others \
+            and threading.current_thread() is threading.main_thread():
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["cxr_cad.io.scan", "cxr_cad.io", "cxr_cad.io.dicom", "cxr_cad.io.images"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def default_workers() -> int:
+    """Worker processes used when none are asked for: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _mark_duplicates(accepted: list[dict]) -> tuple[list[dict], list[dict]]:
+    """First file (in sorted path order) with a SOP Instance UID wins; later ones are rejected."""
+    first: dict[str, dict] = {}
+    keep, dups = [], []
+    for row in sorted(accepted, key=lambda r: r["path"]):
+        uid = str(row.get("sop_instance_uid") or "")
+        if uid and uid in first:
+            other = first[uid]
+            if uid.startswith("sha256:"):
+                dups.append({"path": row["path"], "reason": Reason.DUPLICATE_CONTENT.value,
+                             "detail": f"byte-identical copy of {other['path']}, which was kept"})
+            else:
+                same = "a byte-identical copy" if other.get("sha256") == row.get("sha256") else \
+                    "different bytes: check the export"
+                dups.append({"path": row["path"], "reason": Reason.DUPLICATE_SOP_INSTANCE.value,
+                             "detail": f"same (0008,0018) SOP Instance UID as {other['path']}, which was kept "
+                                       f"({same})"})
+            continue
+        if uid:
+            first[uid] = row
+        keep.append(row)
+    return keep, dups
+
+
+def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy = AcceptPolicy(),
+                 workers: int | None = None, patient_id_pattern: str | None = None,
+                 verify_pixels: bool = False, exclude: Iterable[str | os.PathLike] = ()) -> ScanResult:
+    """Scan folders/files into accepted manifest rows and rejected rows.
+
+    Args:
+        sources: folders (walked recursively, see :func:`iter_files`) and/or files.
+        policy: what is accepted (modalities, lateral views); passed to ``read_header``.
+        workers: processes (None = :func:`default_workers`, or 1 below 200 files; 1 = no pool,
+            in this process).
+        patient_id_pattern: regex whose first group is the patient id in a PNG/JPEG file name
+            (None = :data:`DEFAULT_PATIENT_ID_PATTERN`); no match -> the file stem.
+        verify_pixels: also decode every file (``read_image``) so ``DECODE_FAILED`` and
+            ``CONSTANT_IMAGE`` are found now rather than at training time (slower).
+        exclude: folders whose files are not scanned (e.g. the output folder).
+
+    Returns:
+        :class:`ScanResult`; every file found is in exactly one of ``accepted``/``rejected``.
+
+    Raises:
+        UsageError: a source does not exist, or the pattern is not a valid regex.
+    """
+    t0 = time.perf_counter()
+    pattern = compile_patient_id_pattern(patient_id_pattern)
+    files, problems, skipped = _walk(sources, exclude)
+    if workers is None:   # a pool costs ~0.1-2 s to start: not worth it for a few hundred headers
+        n_workers = default_workers() if len(files) >= _MIN_FILES_FOR_POOL else 1
+    else:
+        n_workers = max(1, int(workers))
+    n_workers = min(n_workers, max(1, len(files)))
+    tasks = [(f, policy, pattern, verify_pixels) for f in files]
+    results: list[dict] = []
+    if n_workers == 1 or len(files) < 4:
+        n_workers = 1
+        with progress(total=len(files), desc="ingest", unit="file") as bar:
+            for t in tasks:
+                results.append(_scan_task(t))
+                bar.update(1)
+    else:
+        chunk = max(1, min(16, len(files) // (n_workers * 16)))
+        # the pool starts (and forks) before the progress bar starts its monitor thread
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+            it = pool.map(_scan_task, tasks, chunksize=chunk)
+            with progress(total=len(files), desc="ingest", unit="file") as bar:
+                for r in it:
+                    results.append(r)
+                    bar.update(1)
+    accepted = [r["row"] for r in results if r["status"] == "accepted"]
+    rejected = [r["row"] for r in results if r["status"] == "rejected"]
+    rejected += [{"path": p, "reason": reason.value, "detail": detail} for p, reason, detail in problems]
+    accepted, dups = _mark_duplicates(accepted)
+    rejected += dups
+    rule = {"pattern": pattern.pattern, "default_pattern": patient_id_pattern is None,
+            "from_pattern": 0, "from_file_stem": 0, "from_dicom": 0, "from_study_uid": 0, "from_sop_uid": 0}
+    kept = {r["path"] for r in accepted}
+    for r in results:
+        if r["status"] == "accepted" and r["row"]["path"] in kept:
+            rule[r["pid_source"]] += 1
+    acc_df = normalise_manifest(pd.DataFrame(accepted, columns=MANIFEST_COLUMNS))
+    acc_df = acc_df.sort_values("path", kind="stable").reset_index(drop=True)
+    rej_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path", kind="stable")
+    rej_df = rej_df.reset_index(drop=True)
+    result = ScanResult(accepted=acc_df, rejected=rej_df, n_files=len(files) + len(problems),
+                        patient_id_rule=rule, skipped_dirs=skipped, seconds=time.perf_counter() - t0,
+                        workers=n_workers)
+    log.info("scanned %d files in %.1f s with %d worker(s): %d accepted, %d rejected", result.n_files,
+             result.seconds, n_workers, len(acc_df), len(rej_df))
+    return result

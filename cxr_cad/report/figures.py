@@ -1,0 +1,154 @@
+"""Report figures as PNG files (matplotlib, Agg canvas, no pyplot global state).
+
+Every curve is drawn from the values in ``metrics.json`` (the dict from
+:func:`cxr_cad.report.build.build_report_data`); the score histograms draw the scores
+themselves. PNG metadata carries only the software name, never an identifier.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cxr_cad import __version__
+from cxr_cad.report.view import fmt_auc, fmt_p
+
+log = logging.getLogger(__name__)
+
+DPI = 110
+_META = {"Software": f"cxr_cad {__version__} (matplotlib)"}
+_OP_STYLE = {"model": ("o", "#d62728"), "youden": ("s", "#2ca02c")}
+
+
+def _new(w: float = 5.2, h: float = 4.6) -> tuple[Figure, object]:
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, format="png", metadata=_META)
+    log.debug("wrote %s", path)
+    return path
+
+
+def _roc_axes(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
+           xlabel="1 \u2212 specificity (false-positive rate)", ylabel="Sensitivity (true-positive rate)")
+    ax.grid(alpha=0.3)
+
+
+def _arr(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def roc_figure(d: dict, path: Path) -> Path:
+    """Pooled ROC curve, AUC with both CIs in the legend, operating points marked."""
+    fig, ax = _new()
+    _roc_axes(ax, "ROC curve")
+    auc = d["auc"]
+    ax.plot(_arr(d["roc"]["fpr"]), _arr(d["roc"]["tpr"]), color="#1f77b4", lw=2,
+            label=f"AUC {fmt_auc(auc['delong'])} DeLong\n      {fmt_auc(auc['bootstrap'])} bootstrap")
+    for op in d["operating_points"]:
+        m = op["metrics"]
+        spec, sens = m["specificity"]["value"], m["sensitivity"]["value"]
+        if spec is None or sens is None:
+            continue
+        marker, color = _OP_STYLE.get(op["name"], ("^", "black"))
+        name = "model threshold" if op["name"] == "model" else "Youden (this cohort)"
+        ax.plot([1 - spec], [sens], marker=marker, color=color, ms=8, ls="none",
+                label=f"{name} {op['threshold']:.3f}")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def cv_roc_figure(d: dict, path: Path) -> Path:
+    """One ROC curve per cross-validation fold, the vertical mean and the mean +/- 1 SD band."""
+    cv = d["cross_validation"]
+    fig, ax = _new()
+    _roc_axes(ax, f"Cross-validation ROC ({len(cv['folds'])} folds)")
+    for f in cv["folds"]:
+        auc = "n/e" if f["auc"] is None else f"{f['auc']:.3f}"
+        ax.plot(_arr(f["fpr"]), _arr(f["tpr"]), lw=1, alpha=0.6, label=f"fold {f['fold']} (AUC {auc})")
+    mr = cv["mean_roc"]
+    grid = _arr(mr["fpr"])
+    ax.fill_between(grid, _arr(mr["tpr_low"]), _arr(mr["tpr_high"]), color="grey", alpha=0.25,
+                    label="mean \u00b1 1 SD")
+    sm = cv["auc_summary"]
+    mean_txt = "n/e" if sm.get("mean") is None else f"{sm['mean']:.3f}"
+    sd_txt = "n/e" if sm.get("sd") is None else f"{sm['sd']:.3f}"
+    ax.plot(grid, _arr(mr["tpr_mean"]), color="black", lw=2, label=f"mean (AUC {mean_txt} \u00b1 {sd_txt})")
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def calibration_figure(d: dict, path: Path) -> Path:
+    """Reliability diagram with Wilson intervals and a bar of images per bin."""
+    rel = d["calibration"]["reliability"]
+    fig = Figure(figsize=(5.2, 5.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, axn = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
+    mp, fp = _arr(rel["mean_predicted"]), _arr(rel["fraction_positive"])
+    lo, hi = _arr(rel["low"]), _arr(rel["high"])
+    ok = np.isfinite(mp)
+    ax.errorbar(mp[ok], fp[ok], yerr=[fp[ok] - lo[ok], hi[ok] - fp[ok]], marker="o", color="#1f77b4",
+                capsize=3, label="observed (95% CI)")
+    cal = d["calibration"]
+    brier = "n/e" if cal["brier_score"] is None else f"{cal['brier_score']:.4f}"
+    ece = "n/e" if cal["ece"] is None else f"{cal['ece']:.4f}"
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="Observed fraction positive",
+           title=f"Reliability diagram (Brier {brier}, ECE {ece})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    edges = _arr(rel["edges"])
+    axn.bar(edges[:-1], rel["count"], width=np.diff(edges), align="edge", color="#aec7e8", edgecolor="white")
+    axn.set(xlabel="Predicted probability (score)", ylabel="Images")
+    return _save(fig, path)
+
+
+def score_histogram_figure(ev: pd.DataFrame, d: dict, path: Path) -> Path:
+    """Histogram of scores for each true class, with the thresholds as vertical lines."""
+    fig, ax = _new(5.6, 3.6)
+    bins = np.linspace(0, 1, 26)
+    for cls, y, color in ((d["negative_class"], 0, "#1f77b4"), (d["positive_class"], 1, "#ff7f0e")):
+        s = ev.loc[ev["y_true"] == y, "score"].to_numpy()
+        ax.hist(s, bins=bins, alpha=0.6, color=color, label=f"truly {cls} (n={s.size})")
+    for op in d["operating_points"]:
+        _, color = _OP_STYLE.get(op["name"], ("", "black"))
+        ax.axvline(op["threshold"], color=color, ls="--", lw=1.5,
+                   label=("model" if op["name"] == "model" else "Youden") + f" threshold {op['threshold']:.3f}")
+    ax.set(xlabel=f"Score (probability of {d['positive_class']})", ylabel="Images",
+           title="Scores by true class", xlim=(0, 1))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def comparison_figure(d: dict, path: Path) -> Path:
+    """Both models' ROC curves on the same images, with the paired DeLong p-value."""
+    c = d["comparison"]
+    t = c["paired_delong"]
+    fig, ax = _new()
+    _roc_axes(ax, f"Paired comparison (DeLong {fmt_p(t.get('p_value'))})")
+    ax.plot(_arr(c["roc_a"]["fpr"]), _arr(c["roc_a"]["tpr"]), lw=2, label=f"{c['name_a']}: AUC {fmt_auc(c['auc_a_delong'])}")
+    ax.plot(_arr(c["roc_b"]["fpr"]), _arr(c["roc_b"]["tpr"]), lw=2, label=f"{c['name_b']}: AUC {fmt_auc(c['auc_b_delong'])}")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def write_figures(d: dict, ev: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """Write every figure the data calls for into ``out_dir``; returns {file name: path}."""
+    out_dir = Path(out_dir)
+    paths = {"roc.png": roc_figure(d, out_dir / "roc.png"),
+             "calibration.png": calibration_figure(d, out_dir / "calibration.png"),
+             "score_histogram.png": score_histogram_figure(ev, d, out_dir / "score_histogram.png")}
+    if d.get("cross_validation") and d["cross_validation"].get("folds"):
+        paths["cv_roc.png"] = cv_roc_figure(d, out_dir / "cv_roc.png")
+    if d.get("comparison"):
+        paths["comparison_roc.png"] = comparison_figure(d, out_dir / "comparison_roc.png")
+    return paths

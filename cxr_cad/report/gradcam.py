@@ -1,0 +1,140 @@
+"""Grad-CAM gallery: which image regions drove the score, for a few chosen cases.
+
+Uses MONAI's :class:`monai.visualize.GradCAM` on the last ResNet stage (``layer4``) with
+respect to the positive-class logit. Cases are chosen from the predictions at the
+report's decision threshold: the most confident true positives and true negatives and
+the worst false positives (highest score) and false negatives (lowest score). Each
+picture is written with PIL (no text metadata); captions carry the image's row number
+in ``predictions.csv``, never a patient identifier.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+from cxr_cad.errors import RejectedFile
+
+log = logging.getLogger(__name__)
+
+TARGET_LAYER = "layer4"
+GROUPS = (("tp", "True positive (most confident)"), ("tn", "True negative (most confident)"),
+          ("fp", "False positive (worst)"), ("fn", "False negative (worst)"))
+
+
+@dataclass
+class GradcamSource:
+    """What Grad-CAM needs: the model, its eval transform spec and the positive-class index.
+
+    ``path_col`` names the predictions column holding each image's file path.
+    """
+
+    model: torch.nn.Module
+    transform_spec: Any
+    positive_index: int
+    path_col: str = "path"
+    n_per_group: int = 2
+
+    @classmethod
+    def from_bundle(cls, bundle: Any, **kwargs: Any) -> "GradcamSource":
+        """From a loaded :class:`cxr_cad.model.Bundle`."""
+        return cls(bundle.model, bundle.transform_spec, int(bundle.positive_index), **kwargs)
+
+
+def select_cases(ev: pd.DataFrame, threshold: float, n_per_group: int) -> list[tuple[str, pd.Series]]:
+    """Pick up to ``n_per_group`` rows for each of TP, TN, FP, FN (decision ``score >= threshold``).
+
+    TP sorted by score descending, TN ascending, FP descending, FN ascending; ties broken by
+    ``image_index`` so the choice is reproducible.
+    """
+    called = ev["score"] >= threshold
+    y = ev["y_true"] == 1
+    groups = {"tp": (ev[called & y], False), "tn": (ev[~called & ~y], True),
+              "fp": (ev[called & ~y], False), "fn": (ev[~called & y], True)}
+    out = []
+    for key, _ in GROUPS:
+        frame, ascending = groups[key]
+        frame = frame.sort_values(["score", "image_index"], ascending=[ascending, True], kind="mergesort")
+        out += [(key, row) for _, row in frame.head(n_per_group).iterrows()]
+    return out
+
+
+def _overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Side by side: the model-input radiograph, and the same with the heatmap blended on top."""
+    g = np.clip(gray, 0, 1)
+    rgb = np.repeat(g[..., None], 3, axis=2)
+    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    blend = (1 - alpha) * rgb + alpha * colour
+    both = np.concatenate([rgb, np.ones((g.shape[0], 4, 3)), blend], axis=1)
+    return Image.fromarray((both * 255).round().astype(np.uint8), mode="RGB")
+
+
+def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each file: (display image (S, S) in [0, 1], Grad-CAM map (S, S) in [0, 1]).
+
+    Raises :class:`~cxr_cad.errors.RejectedFile` when an image cannot be read.
+    """
+    from monai.transforms import Compose
+    from monai.visualize import GradCAM
+
+    from cxr_cad.transforms import build_load_transforms, build_post_transforms
+
+    spec = source.transform_spec
+    load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))
+    model = source.model.eval()
+    cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER)
+    out = []
+    for p in paths:
+        shown = load({"image": p})["image"]
+        x = post({"image": shown.clone()})["image"]
+        x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()
+        with torch.enable_grad():
+            heat = cam(x, class_idx=source.positive_index)
+        out.append((shown[0].detach().cpu().numpy().astype(np.float32),
+                    heat[0, 0].detach().cpu().numpy().astype(np.float32)))
+    return out
+
+
+def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out_dir: Path) -> dict:
+    """Write ``gradcam_<group>_<k>.png`` for the selected cases; returns the report's gradcam dict.
+
+    The dict has ``note`` and ``cases`` (group, image_index, score, label, file, caption).
+    A case whose image can no longer be read is left out and named in the note.
+    """
+    if source.path_col not in ev.columns:
+        return {"cases": [], "note": f"Grad-CAM skipped: the predictions carry no {source.path_col!r} column "
+                                     "to find the images."}
+    cases = select_cases(ev, threshold, source.n_per_group)
+    names = dict(GROUPS)
+    out, failed = [], []
+    counters: dict[str, int] = {}
+    for key, row in cases:
+        try:
+            (gray, heat), = gradcam_maps(source, [str(row[source.path_col])])
+        except RejectedFile as exc:
+            log.warning("Grad-CAM: image #%d cannot be read (%s)", int(row["image_index"]), exc.reason)
+            failed.append(f"#{int(row['image_index'])} ({exc.reason})")
+            continue
+        counters[key] = counters.get(key, 0) + 1
+        fname = f"gradcam_{key}_{counters[key]}.png"
+        _overlay(gray, heat).save(Path(out_dir) / fname, format="PNG")
+        out.append({"group": key, "image_index": int(row["image_index"]), "score": float(row["score"]),
+                    "label": str(row["label"]), "file": fname,
+                    "caption": f"{names[key]}: image #{int(row['image_index'])}, truly {row['label']}, "
+                               f"score {float(row['score']):.3f}"})
+    missing = [names[k].split(" (")[0].lower() + "s" for k, _ in GROUPS if k not in counters]
+    note = (f"Grad-CAM (MONAI GradCAM on the last ResNet stage, '{TARGET_LAYER}', for the positive-class "
+            f"output) at threshold {threshold:.4f}. Left: the image as the model sees it; right: the "
+            "heatmap (red = strongest influence on the score). Image numbers are rows of predictions.csv.")
+    if missing:
+        note += f" No {', '.join(missing)} in this cohort."
+    if failed:
+        note += f" Not shown because the image could not be read: {', '.join(failed)}."
+    return {"cases": out, "note": note, "threshold": threshold, "target_layer": TARGET_LAYER}

@@ -1,0 +1,34 @@
+"""Render the document model as one self-contained HTML file (images as base64 data URIs)."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import jinja2
+
+from cxr_cad import __version__
+from cxr_cad.errors import OutputError
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("cxr_cad.report", "templates"),
+                          autoescape=jinja2.select_autoescape(["html", "j2"]),
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def data_uri(png: Path) -> str:
+    """``data:image/png;base64,...`` for a PNG file."""
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+
+
+def render_html(doc: dict, images: dict[str, Path]) -> str:
+    """The HTML text. ``images`` maps each figure file name the document uses to its PNG.
+
+    Raises :class:`OutputError` when a figure the document names was not written.
+    """
+    used = {b["file"] for s in doc["sections"] for b in s["blocks"] if b["kind"] == "figure"}
+    used |= {it["file"] for s in doc["sections"] for b in s["blocks"] if b["kind"] == "gallery"
+             for it in b["items"]}
+    missing = sorted(used - set(images))
+    if missing:
+        raise OutputError(f"report figures missing: {', '.join(missing)}")
+    uris = {name: data_uri(images[name]) for name in used}
+    return _ENV.get_template("report.html.j2").render(doc=doc, images=uris, version=__version__)

@@ -1,0 +1,61 @@
+"""Fixed report text: intended use, limitations and the Methods paragraphs."""
+from __future__ import annotations
+
+INTENDED_USE = (
+    "Intended use: to measure, for research, how well a chest-radiograph classification model "
+    "separates the two classes on a labelled cohort, and to document that measurement so it can "
+    "be repeated. The numbers describe this cohort only.")
+
+LIMITATIONS = (
+    "Limitations: research use only. This software is not a medical device and not a diagnostic "
+    "device; its output must not be used to diagnose, treat or triage patients. Performance "
+    "depends on the population, equipment and labelling of the cohort: numbers from one hospital "
+    "or data set need not hold at another. Labels are taken as given and may contain errors. "
+    "Grad-CAM heatmaps show which image regions influenced the score, not where disease is.")
+
+
+def methods_paragraphs(d: dict) -> list[str]:
+    """The Methods text, with the settings actually used for this report."""
+    s = d["settings"]
+    level = f"{100 * s['confidence_level']:g}%"
+    pos, neg = d["positive_class"], d["negative_class"]
+    model_thr = next((o for o in d["operating_points"] if o["name"] == "model"), None)
+    thr_text = (f"the threshold stored in the model bundle ({model_thr['threshold']:.4f}, chosen by "
+                f"'{(d.get('model') or {}).get('threshold_method') or 'a method not recorded'}' before this "
+                "cohort was evaluated)" if model_thr else "no model threshold (none was given)")
+    parts = [
+        f"Scores and decisions. Each image's score is the model's probability of {pos} (softmax output). "
+        f"An image is called {pos} when score >= threshold, otherwise {neg}. Two thresholds are used: "
+        f"{thr_text}; and the Youden threshold, the observed score that maximises sensitivity + "
+        "specificity - 1 on this same cohort (ties go to the higher threshold). Because the Youden "
+        "threshold is chosen on the data it is evaluated on, its numbers are optimistic.",
+        f"Confidence intervals ({level}). Accuracy, class accuracy, sensitivity, specificity, PPV and "
+        "NPV are proportions of images with Wilson score intervals. Class accuracy is the fraction of "
+        f"images of that class called correctly (for {pos} it equals sensitivity, for {neg} "
+        "specificity). Likelihood ratios use the log method (Simel 1991). F1 and balanced accuracy "
+        "are point estimates. The AUC is the Mann-Whitney estimate (ties count one half) with two "
+        f"intervals: DeLong's (1988) variance with a normal approximation, and the percentile interval of "
+        f"{s['n_bootstrap']} stratified bootstrap resamples (positives and negatives resampled "
+        f"separately, random seed {s['bootstrap_seed']}). Intervals treat images as independent; "
+        "several images of one patient make them somewhat too narrow.",
+        f"Calibration. The Brier score is the mean squared difference between score and outcome (0/1). "
+        f"The reliability diagram and the expected calibration error use {s['n_calibration_bins']} "
+        "equal-width probability bins; ECE is the image-weighted mean absolute gap between the observed "
+        "fraction of positives and the mean score in each bin.",
+        "Subgroups. The same statistics are computed within each view position, sex, age band and "
+        "manufacturer recorded in the image headers; a subgroup with one class only is 'not estimable'. "
+        "Missing values form their own group.",
+    ]
+    if d.get("cross_validation") and d["cross_validation"].get("folds"):
+        parts.append("Cross-validation. Every image was scored by the model that did not see its patient "
+                     "in training (folds grouped by patient). The pooled out-of-fold scores give the "
+                     "main ROC and tables; per-fold ROC curves are averaged vertically on a common "
+                     "false-positive-rate grid, with a band of the mean +/- 1 SD across folds. The "
+                     "per-fold AUC spread is the sample SD.")
+    if d.get("comparison"):
+        parts.append("Model comparison. Both models score the same images; the difference of their AUCs "
+                     "is tested with DeLong's paired test (two-sided), which accounts for the correlation "
+                     "between the two AUCs on the same cases.")
+    parts.append("All statistics come from the cxr_cad.metrics module; the numbers in this report, its "
+                 "PDF and metrics.json are formatted from the same values.")
+    return parts

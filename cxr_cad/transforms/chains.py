@@ -1,0 +1,198 @@
+"""MONAI dictionary transform chains and datasets built from :class:`TransformSpec`.
+
+Every chain is split in two:
+
+* the deterministic part (:func:`build_load_transforms`): ``LoadImaged`` with
+  :class:`CxrReader` -> resize (``squash`` or ``pad``) -> plain float32 tensor
+  ``(1, S, S)`` in [0, 1]. This is what :func:`make_dataset` caches (on disk or in
+  memory), so repeated epochs and folds do not decode DICOM again;
+* the per-sample part (:func:`build_post_transforms`): training augmentation (random,
+  with its own seeded state, never the global RNG), channel replication and
+  normalisation ``(x - mean) / std``.
+
+Items are dicts ``{"image": path, "label": int, ...}``; other keys pass through
+untouched. The output ``"image"`` is a ``(C, S, S)`` float32 ``torch.Tensor``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import (Compose, EnsureTyped, Lambdad, NormalizeIntensityd, RandAffined,
+                              RandFlipd, RandScaleIntensityFixedMeand, RandShiftIntensityd, RepeatChanneld,
+                              Resized, SpatialPadd)
+
+from cxr_cad.transforms.reader import CxrReader, LoadCxrImaged
+from cxr_cad.transforms.spec import AugmentSpec, TransformSpec
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEY = "image"
+
+
+def _clip01(x: torch.Tensor) -> torch.Tensor:
+    """Clamp intensities to the [0, 1] display range (module level so it pickles)."""
+    return x.clamp(0.0, 1.0)
+
+
+def build_load_transforms(spec: TransformSpec, *, policy: Any = None, key: str = IMAGE_KEY) -> list:
+    """The deterministic, cacheable part: read -> resize -> ``(1, S, S)`` float32 in [0, 1].
+
+    Args:
+        spec: the eval spec (uses ``image_size``, ``aspect``, ``interpolation``, ``apply_voi``).
+        policy: an ``AcceptPolicy`` for ``cxr_cad.io``; its ``apply_voi`` is replaced by
+            ``spec.apply_voi`` (the spec stored in the bundle is the authority).
+        key: the item key holding the file path.
+    """
+    if policy is not None:
+        policy = dataclasses.replace(policy, apply_voi=spec.apply_voi)
+    reader = CxrReader(policy=policy, reduce_to=spec.image_size, apply_voi=spec.apply_voi)
+    size = spec.image_size
+    # area interpolation averages source pixels (no aliasing); the others need smoothing first
+    aa = spec.interpolation != "area"
+    chain: list = [LoadCxrImaged(keys=key, reader=reader)]
+    if spec.aspect == "squash":
+        chain.append(Resized(keys=key, spatial_size=(size, size), mode=spec.interpolation, anti_aliasing=aa))
+    else:  # pad: longer side -> size, then pad the shorter side symmetrically with black
+        chain.append(Resized(keys=key, spatial_size=size, size_mode="longest", mode=spec.interpolation,
+                             anti_aliasing=aa))
+        chain.append(SpatialPadd(keys=key, spatial_size=(size, size), method="symmetric", mode="constant"))
+    chain.append(Lambdad(keys=key, func=_clip01))  # bicubic may overshoot [0, 1]
+    chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
+    return chain
+
+
+def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: str = IMAGE_KEY) -> list:
+    """The random augmentations of ``augment`` for a ``(1, S, S)`` image in [0, 1].
+
+    Rotation/translation/scaling are one ``RandAffined`` (bilinear; scaling is drawn per
+    axis from ``augment.scale``), then an optional horizontal flip, brightness shift and
+    contrast change about the image mean, then a clamp to [0, 1]. Transforms whose range
+    is zero are left out.
+    """
+    chain: list = []
+    size = spec.image_size
+    lo, hi = augment.scale
+    if augment.affine_prob > 0 and (augment.rotate_deg > 0 or augment.translate_frac > 0 or (lo, hi) != (1, 1)):
+        shift = augment.translate_frac * size
+        chain.append(RandAffined(
+            keys=key, prob=augment.affine_prob,
+            rotate_range=(math.radians(augment.rotate_deg),),
+            translate_range=(shift, shift),
+            scale_range=((lo - 1.0, hi - 1.0), (lo - 1.0, hi - 1.0)),
+            mode="bilinear", padding_mode=augment.padding_mode))
+    if augment.hflip:
+        chain.append(RandFlipd(keys=key, prob=0.5, spatial_axis=1))  # axis 1 of (H, W) = columns
+    if augment.brightness > 0:
+        chain.append(RandShiftIntensityd(keys=key, offsets=augment.brightness, prob=1.0))
+    if augment.contrast > 0:
+        chain.append(RandScaleIntensityFixedMeand(keys=key, factors=augment.contrast, prob=1.0))
+    if augment.brightness > 0 or augment.contrast > 0:
+        chain.append(Lambdad(keys=key, func=_clip01))
+    return chain
+
+
+def build_post_transforms(spec: TransformSpec, augment: AugmentSpec | None = None, *,
+                          key: str = IMAGE_KEY) -> list:
+    """The per-sample part: (augment) -> replicate to ``in_channels`` -> normalise -> tensor."""
+    chain = build_augment_transforms(spec, augment, key=key) if augment is not None else []
+    if spec.in_channels != 1:
+        chain.append(RepeatChanneld(keys=key, repeats=spec.in_channels))
+    chain.append(NormalizeIntensityd(keys=key, subtrahend=list(spec.mean), divisor=list(spec.std),
+                                     channel_wise=True))
+    chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
+    return chain
+
+
+def build_eval_transforms(spec: TransformSpec, *, policy: Any = None, key: str = IMAGE_KEY) -> Compose:
+    """The deterministic eval chain of ``spec`` (load -> resize -> normalise)."""
+    return Compose(build_load_transforms(spec, policy=policy, key=key) + build_post_transforms(spec, key=key))
+
+
+def build_train_transforms(spec: TransformSpec, augment: AugmentSpec | None, *, seed: int,
+                           policy: Any = None, key: str = IMAGE_KEY) -> Compose:
+    """The training chain: load -> resize -> augment -> normalise, seeded with ``seed``.
+
+    The random transforms own their random state (``Compose.set_random_state``); the
+    global numpy/torch RNGs are neither read nor changed. ``augment=None`` means no
+    augmentation (the eval chain).
+    """
+    chain = Compose(build_load_transforms(spec, policy=policy, key=key)
+                    + build_post_transforms(spec, augment, key=key))
+    chain.set_random_state(seed=int(seed))
+    return chain
+
+
+def spec_cache_key(spec: TransformSpec) -> str:
+    """Short hash of the fields that decide the cached (deterministic) output."""
+    fields = {k: getattr(spec, k) for k in ("image_size", "aspect", "apply_voi", "interpolation")}
+    blob = json.dumps({"v": 1, **fields}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _item_hash(item: dict) -> bytes:
+    """Cache key of one item: its content plus the image file's size and mtime.
+
+    A changed file (same path, new content) gets a new key instead of stale pixels.
+    """
+    path = item.get(IMAGE_KEY)
+    try:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except (OSError, TypeError):
+        stamp = None  # a missing file is reported by the reader, not here
+    blob = json.dumps({"item": item, "stat": stamp}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest().encode()
+
+
+def make_dataset(items: Sequence[dict], spec: TransformSpec, *, augment: AugmentSpec | None = None,
+                 cache_dir: str | os.PathLike | None = None, seed: int = 0, memory_cache: bool = False,
+                 policy: Any = None, cache_workers: int = 0, key: str = IMAGE_KEY) -> Dataset:
+    """A MONAI Dataset over ``items`` with decoded, resized images cached.
+
+    Args:
+        items: dicts ``{"image": path, "label": int, ...}``. Keep only stable keys in
+            them: every key is part of the cache key.
+        spec: the eval spec (model input size, aspect, normalisation).
+        augment: training augmentation; None = deterministic eval chain.
+        cache_dir: persist the deterministic part (load + resize) here (MONAI
+            ``PersistentDataset``, one sub-folder per :func:`spec_cache_key`), shared by
+            train/eval datasets, epochs, folds and runs.
+        seed: seed of the random transforms' own state (no global RNG).
+        memory_cache: with no ``cache_dir``, decode everything once up front and keep it
+            in memory (MONAI ``CacheDataset``; about ``S*S*4`` bytes per image).
+        policy: ``AcceptPolicy`` for the reader (``apply_voi`` taken from ``spec``).
+        cache_workers: threads used by ``CacheDataset`` to fill the memory cache.
+
+    Returns:
+        ``monai.data.Dataset`` whose ``transform`` is the per-sample chain and whose
+        ``data`` is the cached deterministic dataset. Use ``monai.data.DataLoader`` (its
+        ``worker_init_fn`` gives every worker its own random state; pass a seeded
+        ``generator`` for reproducible multi-worker augmentation).
+
+    Raises (when an item is read): ``RuntimeError`` from MONAI with the
+    :class:`~cxr_cad.errors.RejectedFile` as its cause (see ``find_rejection``).
+    """
+    items = list(items)
+    load = Compose(build_load_transforms(spec, policy=policy, key=key))
+    if cache_dir is not None:
+        where = Path(cache_dir) / f"load-{spec_cache_key(spec)}"
+        where.mkdir(parents=True, exist_ok=True)
+        base: Sequence = PersistentDataset(items, transform=load, cache_dir=where, hash_func=_item_hash)
+        log.debug("caching %d decoded images under %s", len(items), where)
+    elif memory_cache:
+        base = CacheDataset(items, transform=load, cache_rate=1.0, num_workers=cache_workers or None,
+                            progress=False)
+    else:
+        base = Dataset(items, transform=load)
+    post = Compose(build_post_transforms(spec, augment, key=key))
+    post.set_random_state(seed=int(seed))
+    return Dataset(base, transform=post)

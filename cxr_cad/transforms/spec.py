@@ -1,0 +1,222 @@
+"""The declarative specs behind the transform chains (no MONAI import here).
+
+:class:`TransformSpec` describes the *eval* chain exactly; it is stored in the model
+bundle (``TransformSpec.to_dict``) and rebuilt with ``TransformSpec.from_dict``, which
+refuses unknown keys and newer spec versions with :class:`~cxr_cad.errors.BundleError`.
+
+:class:`AugmentSpec` describes the training-only random augmentation.
+
+Intensity normalisation matching the initial weights
+----------------------------------------------------
+The torchvision ImageNet ResNet18 expects RGB input normalised per channel with
+``mean = (0.485, 0.456, 0.406)`` and ``std = (0.229, 0.224, 0.225)``. For one input
+channel, ``conv1`` is adapted by summing its weights over the colour axis (timm style,
+see :mod:`cxr_cad.model.resnet`): for a gray image ``t`` replicated to three channels,
+``sum_c W_c * t == (sum_c W_c) * t``, so the 1-channel model sees exactly what the RGB
+model sees on the replicated image. The replicated image must be normalised with *one*
+mean/std, and the single affine map closest to the three per-channel maps is the one
+with the mean of the means and the mean of the stds:
+
+* ``mean = (0.485 + 0.456 + 0.406) / 3 = 0.449``
+* ``std  = (0.229 + 0.224 + 0.225) / 3 = 0.226`` (to 3 decimals)
+
+The per-channel means differ from 0.449 by at most 0.043 (about 0.19 std) and the stds
+by at most 1.3 %, so the first-layer inputs keep the distribution the weights were
+trained on. With 3 input channels the gray image is replicated and the ImageNet
+per-channel values are used unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from cxr_cad.errors import BundleError, ConfigError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+GRAY_MEAN: tuple[float] = (round(sum(IMAGENET_MEAN) / 3, 3),)   # 0.449
+GRAY_STD: tuple[float] = (round(sum(IMAGENET_STD) / 3, 3),)     # 0.226
+
+#: Version of the ``TransformSpec.to_dict`` layout. Bump when a key's meaning changes.
+TRANSFORM_SPEC_VERSION = 1
+ASPECTS = ("squash", "pad")
+INTERPOLATIONS = ("area", "bilinear", "bicubic")
+
+
+def imagenet_normalization(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) matching ImageNet weights for 1 (summed conv1) or 3 input channels.
+
+    Raises:
+        ConfigError: ``in_channels`` is not 1 or 3.
+    """
+    if in_channels == 1:
+        return GRAY_MEAN, GRAY_STD
+    if in_channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    raise ConfigError([f"in_channels must be 1 or 3, got {in_channels!r}"])
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """The eval chain: read -> resize to ``image_size`` -> channels -> normalise.
+
+    Attributes:
+        image_size: side of the square model input in pixels (>= 32).
+        aspect: ``"squash"`` resizes both sides to ``image_size`` (aspect ratio not kept);
+            ``"pad"`` resizes the longer side to ``image_size`` and zero-pads (black, i.e.
+            the darkest display value) the shorter side symmetrically to a square.
+        in_channels: 1 (gray) or 3 (gray replicated to RGB).
+        mean, std: per-channel normalisation applied to the [0, 1] image, one value per
+            channel: ``(x - mean) / std``.
+        apply_voi: apply (0028,3010) VOI LUT Sequence / (0028,1050) Window Center and
+            (0028,1051) Window Width when present (``AcceptPolicy.apply_voi``).
+        interpolation: resize mode (``"area"`` averages source pixels when shrinking,
+            the right choice for radiographs many times larger than the model input).
+    """
+
+    image_size: int = 224
+    aspect: str = "squash"
+    in_channels: int = 1
+    mean: tuple[float, ...] = GRAY_MEAN
+    std: tuple[float, ...] = GRAY_STD
+    apply_voi: bool = True
+    interpolation: str = "area"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        problems = []
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
+            problems.append(f"image_size must be an integer >= 32, got {self.image_size!r}")
+        if self.aspect not in ASPECTS:
+            problems.append(f"aspect must be one of {ASPECTS}, got {self.aspect!r}")
+        if self.in_channels not in (1, 3):
+            problems.append(f"in_channels must be 1 or 3, got {self.in_channels!r}")
+        for name in ("mean", "std"):
+            vals = getattr(self, name)
+            if len(vals) != self.in_channels:
+                problems.append(f"{name} needs one value per input channel ({self.in_channels}), got {vals!r}")
+            if not all(math.isfinite(v) for v in vals):
+                problems.append(f"{name} values must be finite, got {vals!r}")
+        if any(s <= 0 for s in self.std):
+            problems.append(f"std values must be > 0, got {self.std!r}")
+        if not isinstance(self.apply_voi, bool):
+            problems.append(f"apply_voi must be true or false, got {self.apply_voi!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if problems:
+            raise ConfigError(problems, source="transform spec")
+
+    @classmethod
+    def for_init(cls, in_channels: int = 1, **kwargs: Any) -> "TransformSpec":
+        """A spec whose normalisation matches ImageNet weights for ``in_channels``."""
+        mean, std = imagenet_normalization(in_channels)
+        return cls(in_channels=in_channels, mean=mean, std=std, **kwargs)
+
+    def to_dict(self) -> dict:
+        """Plain-types dict (str/int/float/bool/list) for the bundle, with ``version``."""
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return {"version": TRANSFORM_SPEC_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformSpec":
+        """Rebuild a spec from :meth:`to_dict` output.
+
+        Raises:
+            BundleError: not a dict, missing/newer ``version``, an unknown key, or values
+                this code cannot honour.
+        """
+        if not isinstance(d, dict):
+            raise BundleError(f"transform spec must be a dict, got {type(d).__name__}")
+        version = d.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError(f"transform spec has no integer 'version' (got {version!r})")
+        if version > TRANSFORM_SPEC_VERSION:
+            raise BundleError(
+                f"transform spec version {version} is newer than this cxr_cad supports "
+                f"({TRANSFORM_SPEC_VERSION}); upgrade cxr_cad to use this bundle")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"version"})
+        if unknown:
+            raise BundleError(
+                f"transform spec has unknown keys {unknown}; this cxr_cad cannot honour them "
+                "(the bundle was written by a different version of cxr_cad)")
+        kwargs = {k: v for k, v in d.items() if k != "version"}
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise BundleError(f"transform spec cannot be honoured: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Training-only random augmentation (applied to the resized [0, 1] image).
+
+    Attributes:
+        rotate_deg: rotation drawn uniformly from [-rotate_deg, +rotate_deg] degrees.
+        translate_frac: shift drawn uniformly from +-translate_frac of the image side.
+        scale: zoom factor drawn uniformly from [scale[0], scale[1]].
+        affine_prob: probability that the affine (rotate/translate/scale) is applied.
+        hflip: random horizontal flip with probability 0.5. Off by default: laterality
+            matters on chest films (heart on the patient's left, situs, side markers).
+        brightness: additive shift drawn from +-brightness (image units, [0, 1] scale);
+            0 = off.
+        contrast: multiplicative factor drawn from 1 +- contrast about the image mean; 0 = off.
+        padding_mode: how pixels moved in from outside are filled (``"zeros"`` = black,
+            ``"border"``, ``"reflection"``).
+    """
+
+    rotate_deg: float = 10.0
+    translate_frac: float = 0.05
+    scale: tuple[float, float] = (0.9, 1.1)
+    affine_prob: float = 1.0
+    hflip: bool = False
+    brightness: float = 0.0
+    contrast: float = 0.0
+    padding_mode: str = "zeros"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        problems = []
+        if not 0 <= self.rotate_deg <= 45:
+            problems.append(f"rotate_deg must be within [0, 45], got {self.rotate_deg!r}")
+        if not 0 <= self.translate_frac <= 0.5:
+            problems.append(f"translate_frac must be within [0, 0.5], got {self.translate_frac!r}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            problems.append(f"scale must be (low, high) with 0 < low <= high, got {self.scale!r}")
+        if not 0 <= self.affine_prob <= 1:
+            problems.append(f"affine_prob must be within [0, 1], got {self.affine_prob!r}")
+        if not isinstance(self.hflip, bool):
+            problems.append(f"hflip must be true or false, got {self.hflip!r}")
+        if not 0 <= self.brightness <= 0.5:
+            problems.append(f"brightness must be within [0, 0.5], got {self.brightness!r}")
+        if not 0 <= self.contrast <= 0.9:
+            problems.append(f"contrast must be within [0, 0.9], got {self.contrast!r}")
+        if self.padding_mode not in ("zeros", "border", "reflection"):
+            problems.append(f"padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
+        if problems:
+            raise ConfigError(problems, source="augmentation spec")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scale"] = list(self.scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AugmentSpec":
+        """Raises ConfigError on unknown keys or bad values."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError([f"unknown augmentation option(s) {unknown}; known: {sorted(known)}"],
+                              source="augmentation spec")
+        return cls(**d)
+
+    @classmethod
+    def off(cls) -> "AugmentSpec":
+        """No augmentation at all (every random transform disabled)."""
+        return cls(rotate_deg=0.0, translate_frac=0.0, scale=(1.0, 1.0), affine_prob=0.0,
+                   hflip=False, brightness=0.0, contrast=0.0)

@@ -1,0 +1,1 @@
+"""Workflows: `cxr-cad run WORKFLOW.yaml` and `cxr-cad demo`."""

@@ -1,0 +1,129 @@
+"""The workflow's report step: ``cxr_cad.report.write_report`` on the test cohort's
+predictions (with a paired DeLong comparison when two models were scored) and on the
+cross-validation's out-of-fold predictions. Also :func:`headline`, the few numbers the
+CLI prints."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr_cad.workflow.runner import StepContext
+from cxr_cad.workflow.steps import cohort_manifest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["report_step", "headline"]
+
+#: Manifest columns joined onto predictions for the report's subgroup tables.
+_SUBGROUP_COLUMNS = ["sop_instance_uid", "patient_id", "view_position", "patient_sex", "patient_age",
+                     "patient_age_years", "manufacturer", "modality"]
+
+
+def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in _SUBGROUP_COLUMNS if c in manifest.columns and (c == "sop_instance_uid" or c not in pred.columns)]
+    if "sop_instance_uid" not in pred.columns or len(cols) < 2:
+        return pred
+    return pred.merge(manifest[cols].drop_duplicates("sop_instance_uid"), on="sop_instance_uid", how="left")
+
+
+def headline(data: dict) -> dict:
+    """AUC with its DeLong CI and accuracy / sensitivity / specificity at the model's
+    threshold (or the cohort's Youden point), from a report's ``metrics.json`` dict."""
+    auc = (data.get("auc") or {}).get("delong") or {}
+    out: dict[str, Any] = {"n": (data.get("cohort") or {}).get("n_images_evaluated"),
+                           "auc": auc.get("auc"), "auc_low": auc.get("low"), "auc_high": auc.get("high")}
+    points = data.get("operating_points") or []
+    if points:
+        m = points[0]["metrics"]
+        out["threshold"] = points[0]["threshold"]
+        out["operating_point"] = points[0]["name"]
+        for key in ("accuracy", "sensitivity", "specificity"):
+            v = m.get(key)
+            out[key] = v.get("value") if isinstance(v, dict) else v
+    cmp_ = data.get("comparison")
+    if cmp_:
+        test = cmp_.get("paired_delong") or {}
+        out["comparison"] = {"auc_a": test.get("auc_a"), "auc_b": test.get("auc_b"),
+                             "p_value": test.get("p_value"), "name_a": cmp_.get("name_a"),
+                             "name_b": cmp_.get("name_b")}
+    return out
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"sop_instance_uid": str, "label": str, "patient_id": str},
+                       keep_default_na=False, na_values={"probability": [""]})
+
+
+def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
+    from cxr_cad.model import load_bundle
+    from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
+
+    ev = ctx.upstream["evaluate"]
+    step, rel = cohort_manifest(ctx, "test")
+    manifest = _read_csv(ctx.run_dir / step / rel)
+    names = list(ev["models"])
+    main = names[0]
+    bundle_path = ev["models"][main]["bundle"]
+    bundle = load_bundle(bundle_path)
+    pred = _with_manifest_columns(_read_csv(ctx.run_dir / "evaluate" / ev[f"{main}_predictions"]), manifest)
+    rejected = _read_csv(ctx.run_dir / "evaluate" / ev[f"{main}_rejected"])
+    if step == "ingest" and ctx.upstream["ingest"].get("test_rejected"):
+        rejected = pd.concat([_read_csv(ctx.run_dir / "ingest" / ctx.upstream["ingest"]["test_rejected"]), rejected],
+                             ignore_index=True)
+    comparison = None
+    if len(names) > 1:
+        other = names[1]
+        comparison = {"predictions": _read_csv(ctx.run_dir / "evaluate" / ev[f"{other}_predictions"]),
+                      "name": cfg["model_labels"].get(other, other), "name_a": cfg["model_labels"].get(main, main),
+                      "sha256": ev["models"][other]["sha256"]}
+    cohort_name = "held-out patients of the training data" if step == "split" else "test cohort"
+    result = write_report(pred, ctx.step_dir / "test", model_info=model_info_from_bundle(bundle, bundle_path),
+                          cohort_info={"name": cohort_name}, rejected_df=rejected, comparison=comparison,
+                          gradcam=GradcamSource.from_bundle(bundle), options=opts, pdf=cfg["pdf"])
+    return result.data
+
+
+def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
+    from cxr_cad.report import write_report
+
+    cv = ctx.upstream["crossval"]
+    base = ctx.run_dir / "crossval"
+    pred = _read_csv(base / cv["oof_predictions"])
+    summary = json.loads((base / cv["cv_metrics"]).read_text(encoding="utf-8")) if cv.get("cv_metrics") else None
+    threshold = None
+    if "threshold" in pred.columns:
+        pred = pred.drop(columns=["threshold"])
+    result = write_report(pred, ctx.step_dir / "crossval", positive_class=cfg["positive_class"],
+                          threshold=threshold, cohort_info={"name": "cross-validation (out-of-fold predictions)"},
+                          cv=summary, gradcam_note="Grad-CAM is drawn in the test-cohort report (one model per fold "
+                          "here).", options=opts, pdf=cfg["pdf"])
+    return result.data
+
+
+def report_step(ctx: StepContext) -> dict:
+    """Write ``report/test/`` (when the evaluate step ran) and ``report/crossval/`` (when
+    cross-validation ran); returns their paths and headline numbers."""
+    from cxr_cad.report import ReportOptions
+
+    cfg = ctx.config
+    opts = ReportOptions(alpha=cfg["alpha"], n_bootstrap=cfg["bootstrap"])
+    outputs: dict[str, Any] = {}
+    if "evaluate" in ctx.upstream:
+        data = _test_report(ctx, cfg, opts)
+        outputs["test_report"] = "test/report.html"
+        outputs["test_metrics"] = "test/metrics.json"
+        outputs["test"] = headline(data)
+    if "crossval" in ctx.upstream:
+        data = _cv_report(ctx, cfg, opts)
+        outputs["crossval_report"] = "crossval/report.html"
+        outputs["crossval_metrics"] = "crossval/metrics.json"
+        outputs["crossval"] = headline(data)
+        cvd = data.get("cross_validation") or {}
+        outputs["crossval"]["fold_auc"] = (cvd.get("auc_summary") or {})
+    if not outputs:
+        log.warning("report: neither an evaluation nor a cross-validation ran; nothing to report")
+    return outputs

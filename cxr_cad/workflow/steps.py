@@ -1,0 +1,197 @@
+"""The workflow steps: ingest, split, crossval, train, evaluate.
+
+Each step calls the same library function as the matching CLI command
+(``scan_sources``/``join_labels`` like ``cxr-cad ingest``, ``run_crossval`` like
+``cxr-cad crossval``, ``train_model`` like ``cxr-cad train``, ``engine.predict.predict``
+like ``cxr-cad predict``) and writes into its own step folder. The report step is in
+:mod:`cxr_cad.workflow.report_step`. Heavy imports (torch) happen inside the steps, so
+validating a workflow stays fast.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr_cad.errors import ManifestError, UsageError
+from cxr_cad.workflow.runner import StepContext
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ingest_step", "split_step", "crossval_step", "train_step", "evaluate_step",
+           "read_step_manifest", "cohort_manifest"]
+
+
+def read_step_manifest(ctx: StepContext, step: str, rel: str, *, require_labels: bool = True) -> pd.DataFrame:
+    """Read a manifest another step wrote (``RUN_DIR/step/rel``), absolute paths, labels checked."""
+    from cxr_cad.manifest import read_manifest
+
+    classes = ctx.config.get("classes")
+    return read_manifest(ctx.run_dir / step / rel, require_labels=require_labels, classes=classes)
+
+
+def cohort_manifest(ctx: StepContext, cohort: str) -> tuple[str, str]:
+    """``(step, relative path)`` of the manifest of ``cohort`` (``train``/``test``): the split
+    step's when it ran, else the ingest step's."""
+    for step in ("split", "ingest"):
+        rel = ctx.upstream.get(step, {}).get(f"{cohort}_manifest")
+        if rel:
+            return step, rel
+    raise UsageError(f"no {cohort} cohort in this workflow (set data.{cohort})")
+
+
+def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
+    """Scan (or read) one cohort into ``<step>/<cohort>/manifest.csv``; returns its summary."""
+    from cxr_cad.io import AcceptPolicy
+    from cxr_cad.io.scan import scan_sources
+    from cxr_cad.manifest import (join_labels, labels_from_folders, manifest_hash, read_manifest,
+                                  validate_manifest, write_manifest, write_table)
+
+    cfg = ctx.config
+    out = ctx.step_dir / cohort
+    out.mkdir(parents=True, exist_ok=True)
+    source, labels = spec["source"], spec["labels"]
+    classes = list(cfg["classes"])
+    rejected = pd.DataFrame(columns=["path", "reason", "detail"])
+    unmatched = 0
+    if Path(source).is_file() and source.lower().endswith(".csv"):
+        manifest = read_manifest(source)
+        label_source = "manifest"
+    else:
+        ing = cfg["ingest"]
+        mods = tuple(m.upper() for m in ing["modalities"])
+        policy = AcceptPolicy(modalities=() if [m.lower() for m in mods] == ["any"] else mods,
+                              reject_lateral=ing["reject_lateral"], apply_voi=ing["apply_voi"])
+        result = scan_sources([source], policy=policy, workers=ing["workers"],
+                              patient_id_pattern=cfg["patient_id_pattern"], verify_pixels=ing["verify_pixels"],
+                              exclude=[ctx.run_dir])
+        manifest, rejected = result.accepted, result.rejected
+        label_source = labels or "none"
+    if labels == "folders":
+        manifest = labels_from_folders(manifest, classes=classes)
+    elif labels not in (None, "manifest"):
+        manifest, report = join_labels(manifest, labels, key=cfg["label_key"], classes=classes,
+                                       base_dir=os.path.dirname(labels))
+        unmatched = len(report.unmatched)
+    unlabelled = manifest.iloc[0:0]
+    if spec["require_labels"]:
+        keep = manifest["label"].isin(classes)
+        unlabelled = manifest.loc[~keep, ["path", "label"]]
+        if len(unlabelled):
+            log.warning("%s cohort: %d images have no label among %s; they are left out (listed in %s)",
+                        cohort, len(unlabelled), classes, out / "unlabelled.csv")
+        manifest = manifest[keep].reset_index(drop=True)
+    write_table(unlabelled[["path", "label"]], out / "unlabelled.csv")
+    if manifest.empty:
+        raise ManifestError([f"no usable images in {source} ({len(rejected)} files rejected, see "
+                             f"{out / 'rejected.csv'})"], source=f"data.{cohort}")
+    problems = validate_manifest(manifest, classes=classes)
+    if problems:
+        raise ManifestError(problems, source=f"data.{cohort} ({source})")
+    write_manifest(manifest, out / "manifest.csv")
+    write_table(rejected, out / "rejected.csv")
+    counts = {"images": int(len(manifest)), "patients": int(manifest["patient_id"].nunique()),
+              "rejected": int(len(rejected)), "unlabelled": int(len(unlabelled)),
+              "unmatched_labels": int(unmatched),
+              "by_label": {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()},
+              "rejected_by_reason": {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}}
+    summary = {"source": source, "labels": label_source, "manifest_hash": manifest_hash(manifest), "counts": counts}
+    (out / "ingest.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("ingest %s: %d images of %d patients, %d rejected", cohort, counts["images"], counts["patients"],
+             counts["rejected"])
+    return summary
+
+
+def ingest_step(ctx: StepContext) -> dict:
+    """Scan each cohort (``config["cohorts"]``: name -> source/labels/require_labels)."""
+    outputs: dict[str, Any] = {"cohorts": {}}
+    for cohort, spec in ctx.config["cohorts"].items():
+        summary = _ingest_one(ctx, cohort, spec)
+        outputs["cohorts"][cohort] = summary["counts"]
+        outputs[f"{cohort}_manifest"] = f"{cohort}/manifest.csv"
+        outputs[f"{cohort}_rejected"] = f"{cohort}/rejected.csv"
+    return outputs
+
+
+def split_step(ctx: StepContext) -> dict:
+    """Hold out whole patients of the training cohort as the test cohort (stratified by label)."""
+    from cxr_cad.manifest import grouped_split, write_manifest
+
+    df = read_step_manifest(ctx, "ingest", ctx.upstream["ingest"]["train_manifest"])
+    train_idx, test_idx = grouped_split(df, ctx.config["test_fraction"], seed=ctx.config["seed"])
+    train, test = df.iloc[train_idx].reset_index(drop=True), df.iloc[test_idx].reset_index(drop=True)
+    write_manifest(train, ctx.step_dir / "train.csv")
+    write_manifest(test, ctx.step_dir / "test.csv")
+    overlap = set(train["patient_id"]) & set(test["patient_id"])
+    if overlap:  # grouped_split guarantees this; a check that costs nothing
+        raise ManifestError([f"{len(overlap)} patients are on both sides of the split"], source="split")
+    counts = {name: {"images": int(len(part)), "patients": int(part["patient_id"].nunique()),
+                     "by_label": {str(k): int(v) for k, v in part["label"].value_counts().items()}}
+              for name, part in (("train", train), ("test", test))}
+    log.info("split: %d training images (%d patients), %d held-out test images (%d patients)",
+             counts["train"]["images"], counts["train"]["patients"], counts["test"]["images"],
+             counts["test"]["patients"])
+    return {"train_manifest": "train.csv", "test_manifest": "test.csv", "counts": counts}
+
+
+def _train_config(ctx: StepContext):
+    from cxr_cad.config import TrainConfig
+
+    return TrainConfig.from_dict(ctx.config["train_config"], source="workflow train section")
+
+
+def crossval_step(ctx: StepContext) -> dict:
+    """Patient-grouped k-fold cross-validation on the training cohort (``run_crossval``)."""
+    from cxr_cad.engine.crossval import METRICS_FILE, OOF_FILE, run_crossval
+
+    step, rel = cohort_manifest(ctx, "train")
+    df = read_step_manifest(ctx, step, rel)
+    cfg = _train_config(ctx)
+    result = run_crossval(df, ctx.step_dir, cfg, n_folds=ctx.config["folds"])
+    return {"oof_predictions": OOF_FILE, "cv_metrics": METRICS_FILE, "n_folds": int(result.n_folds),
+            "fold_status": list(result.fold_status)}
+
+
+def train_step(ctx: StepContext) -> dict:
+    """Final training on the whole training cohort (``train_model``; resumes by itself)."""
+    from cxr_cad.engine.train import train_model
+
+    step, rel = cohort_manifest(ctx, "train")
+    df = read_step_manifest(ctx, step, rel)
+    result = train_model(df, ctx.step_dir, _train_config(ctx))
+    val_auc = float(result.val_auc)
+    return {"bundle": os.path.relpath(result.bundle_path, ctx.step_dir), "best_epoch": result.best_epoch,
+            "val_auc": None if val_auc != val_auc else round(val_auc, 6), "threshold": float(result.threshold),
+            "threshold_method": result.threshold_method, "epochs_run": int(result.epochs_run)}
+
+
+def evaluate_step(ctx: StepContext) -> dict:
+    """Score the test cohort with each model (``engine.predict.predict``, resumable).
+
+    ``config["models"]``: name -> bundle path, or ``"train"`` for the bundle the train
+    step wrote."""
+    from cxr_cad.engine.predict import PredictOptions, predict
+    from cxr_cad.io import AcceptPolicy
+
+    step, rel = cohort_manifest(ctx, "test")
+    manifest = ctx.run_dir / step / rel
+    cfg = ctx.config
+    ing = cfg["ingest"]
+    mods = tuple(m.upper() for m in ing["modalities"])
+    policy = AcceptPolicy(modalities=() if [m.lower() for m in mods] == ["any"] else mods,
+                          reject_lateral=ing["reject_lateral"], apply_voi=ing["apply_voi"])
+    outputs: dict[str, Any] = {"models": {}}
+    for name, model in cfg["models"].items():
+        path = ctx.run_dir / "train" / ctx.upstream["train"]["bundle"] if model == "train" else Path(model)
+        opts = PredictOptions(batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"],
+                              policy=policy)
+        result = predict([str(manifest)], ctx.step_dir / name, str(path), opts)
+        outputs["models"][name] = {"bundle": str(path), "n_predicted": int(result.n_predicted),
+                                   "n_rejected": int(result.n_rejected), "sha256": result.model_sha256}
+        outputs[f"{name}_predictions"] = f"{name}/predictions.csv"
+        outputs[f"{name}_rejected"] = f"{name}/rejected.csv"
+    return outputs

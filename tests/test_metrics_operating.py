@@ -1,0 +1,164 @@
+"""Operating points, binary_metrics, Wilson intervals and likelihood ratios."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+
+from cxr_cad.metrics import (UndefinedMetricWarning, binary_metrics, likelihood_ratios, roc_curve,
+                             threshold_for_sensitivity, threshold_for_specificity, wilson_ci,
+                             youden_threshold)
+
+
+def _data(seed: int, n: int = 200):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    return y, np.round(rng.normal(y * 1.0, 1.0), 1)
+
+
+def _sens_spec(y, s, t):
+    pred = s >= t
+    return pred[y == 1].mean(), (~pred[y == 0]).mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_youden_brute_force(seed):
+    y, s = _data(seed)
+    best_t, best_j = None, -np.inf
+    for t in sorted(np.unique(s), reverse=True):  # highest threshold wins ties
+        se, sp = _sens_spec(y, s, t)
+        if se + sp - 1 > best_j + 1e-12:
+            best_t, best_j = t, se + sp - 1
+    assert youden_threshold(y, s) == best_t
+    m = binary_metrics(y, s, threshold=youden_threshold(y, s))
+    assert m["sensitivity"]["value"] + m["specificity"]["value"] - 1 == pytest.approx(best_j)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 1.0])
+def test_threshold_for_sensitivity_brute_force(target):
+    y, s = _data(3)
+    ok = [t for t in np.unique(s) if _sens_spec(y, s, t)[0] >= target - 1e-12]
+    t = threshold_for_sensitivity(y, s, target)
+    assert t == max(ok)
+    assert binary_metrics(y, s, threshold=t)["sensitivity"]["value"] >= target - 1e-12
+
+
+@pytest.mark.parametrize("target", [0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
+def test_threshold_for_specificity_brute_force(target):
+    y, s = _data(4)
+    candidates = list(np.unique(s)) + [np.nextafter(s.max(), np.inf)]
+    ok = [t for t in candidates if _sens_spec(y, s, t)[1] >= target - 1e-12]
+    t = threshold_for_specificity(y, s, target)
+    assert t == min(ok)
+    with warnings.catch_warnings():  # the extreme targets call everything/nothing positive
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        assert binary_metrics(y, s, threshold=t)["specificity"]["value"] >= target - 1e-12
+
+
+def test_specificity_one_without_a_clean_score_gives_finite_threshold():
+    y = np.array([0, 1, 0, 1])
+    s = np.array([0.1, 0.5, 0.9, 0.9])
+    t = threshold_for_specificity(y, s, 1.0)
+    assert math.isfinite(t) and t > 0.9
+    with pytest.warns(UndefinedMetricWarning):   # nothing called positive: ppv, lr_pos undefined
+        m = binary_metrics(y, s, threshold=t)
+    assert m["confusion"] == {"tp": 0, "fp": 0, "tn": 2, "fn": 2}
+
+
+def test_threshold_targets_are_validated_and_one_class_is_nan():
+    y, s = _data(0)
+    with pytest.raises(ValueError):
+        threshold_for_sensitivity(y, s, 0.0)
+    with pytest.raises(ValueError):
+        threshold_for_specificity(y, s, 1.2)
+    with pytest.warns(UndefinedMetricWarning):
+        assert math.isnan(youden_threshold(np.zeros(4), np.arange(4.0)))
+    with pytest.warns(UndefinedMetricWarning):
+        assert math.isnan(threshold_for_sensitivity(np.ones(4), np.arange(4.0), 0.9))
+
+
+@pytest.mark.parametrize("seed,threshold", [(0, 0.5), (1, 0.0), (2, 1.3), (5, -0.4)])
+def test_binary_metrics_against_sklearn(seed, threshold):
+    y, s = _data(seed)
+    m = binary_metrics(y, s, threshold=threshold, class_names=("NORMAL", "PNEUMONIA"))
+    pred = (s >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert m["confusion"] == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    assert m["accuracy"]["value"] == pytest.approx((tp + tn) / len(y))
+    assert m["sensitivity"]["value"] == pytest.approx(tp / (tp + fn))
+    assert m["specificity"]["value"] == pytest.approx(tn / (tn + fp))
+    assert m["ppv"]["value"] == pytest.approx(tp / (tp + fp))
+    assert m["npv"]["value"] == pytest.approx(tn / (tn + fn))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["per_class_accuracy"]["NORMAL"] == m["specificity"]
+    assert m["per_class_accuracy"]["PNEUMONIA"] == m["sensitivity"]
+    assert (m["n"], m["n_pos"], m["n_neg"]) == (len(y), int(y.sum()), int((1 - y).sum()))
+    for key in ("accuracy", "sensitivity", "specificity", "ppv", "npv"):
+        p = m[key]
+        assert (p["low"], p["high"]) == wilson_ci(p["k"], p["n"])
+        assert p["low"] <= p["value"] <= p["high"]
+    # consistent with the ROC curve at the same threshold (score >= threshold)
+    fpr, tpr, thr = roc_curve(y, s)
+    if threshold in thr:
+        i = list(thr).index(threshold)
+        assert tpr[i] == pytest.approx(m["sensitivity"]["value"])
+        assert fpr[i] == pytest.approx(1 - m["specificity"]["value"])
+
+
+def test_score_equal_to_threshold_is_positive():
+    with pytest.warns(UndefinedMetricWarning):  # no negative calls: npv, lr_neg undefined
+        m = binary_metrics([1, 0], [0.5, 0.5], threshold=0.5)
+    assert m["confusion"] == {"tp": 1, "fp": 1, "tn": 0, "fn": 0}
+
+
+def test_zero_denominators_give_nan_and_warning():
+    with pytest.warns(UndefinedMetricWarning):
+        m = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3], threshold=0.9)
+    assert math.isnan(m["sensitivity"]["value"]) and math.isnan(m["ppv"]["value"])
+    assert math.isnan(m["f1"]) and math.isnan(m["balanced_accuracy"])
+    assert m["specificity"]["value"] == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        binary_metrics([0, 1], [0.1, 0.2], threshold=float("nan"))
+
+
+def test_wilson_formula_and_newcombe_1998_examples():
+    """Newcombe RG (1998) Stat Med 17:857-872, Table II, method 3 (Wilson score, no CC)."""
+    published = {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605),
+                 (0, 20): (0.0, 0.1611), (1, 29): (0.0061, 0.1718)}
+    for (k, n), (lo, hi) in published.items():
+        got = wilson_ci(k, n)
+        assert round(got[0], 4) == lo and round(got[1], 4) == hi
+    z = 1.959963984540054
+    for k, n in [(3, 10), (47, 50), (1, 2)]:
+        p = k / n
+        centre = (2 * n * p + z * z) / (2 * (n + z * z))
+        half = z * math.sqrt(z * z + 4 * n * p * (1 - p)) / (2 * (n + z * z))
+        assert wilson_ci(k, n) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert wilson_ci(10, 10)[1] == 1.0
+    with pytest.warns(UndefinedMetricWarning):
+        assert all(math.isnan(v) for v in wilson_ci(0, 0))
+    with pytest.raises(ValueError):
+        wilson_ci(5, 3)
+    with pytest.raises(ValueError):
+        wilson_ci(1.5, 3)
+
+
+def test_likelihood_ratios_log_method():
+    tp, fp, tn, fn = 90, 20, 80, 10
+    pos, neg = likelihood_ratios(tp, fp, tn, fn)
+    sens, spec = tp / (tp + fn), tn / (tn + fp)
+    assert pos["value"] == pytest.approx(sens / (1 - spec))
+    assert neg["value"] == pytest.approx((1 - sens) / spec)
+    se = math.sqrt((1 - sens) / tp + spec / fp)          # the same SE written differently
+    assert pos["low"] == pytest.approx(pos["value"] * math.exp(-1.959964 * se), rel=1e-6)
+    assert pos["high"] == pytest.approx(pos["value"] * math.exp(1.959964 * se), rel=1e-6)
+    se_n = math.sqrt(sens / fn + (1 - spec) / tn)
+    assert neg["high"] == pytest.approx(neg["value"] * math.exp(1.959964 * se_n), rel=1e-6)
+    with pytest.warns(UndefinedMetricWarning):
+        p0, _ = likelihood_ratios(5, 0, 5, 0)
+    assert math.isnan(p0["value"])

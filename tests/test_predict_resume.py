@@ -1,0 +1,122 @@
+"""Crash safety and resume of ``cxr-cad predict``: journals, run state, kill -9 mid-run."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxr_cad.engine.shards import PredictInput, batch_shard, inputs_fingerprint
+from cxr_cad.engine.writer import (STATE_DIR, Journal, merge_outputs, prepare_out_dir, read_journals)
+from cxr_cad.errors import OutputError, UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rec(i: int, kind: str = "prediction") -> dict:
+    if kind == "prediction":
+        return {"index": i, "kind": kind, "path": f"/x/{i}.png", "sop_instance_uid": f"u{i}",
+                "study_instance_uid": "", "probability": "0.500000", "decision": "P", "threshold": "0.5",
+                "model_sha256": "abc", "label": ""}
+    return {"index": i, "kind": kind, "path": f"/x/{i}.png", "reason": "NOT_DICOM", "detail": "junk"}
+
+
+def test_journal_cuts_torn_tail_and_keeps_complete_lines(tmp_path):
+    prepare_out_dir(tmp_path, {"a": 1}, overwrite=False)
+    with Journal(tmp_path) as j:
+        j.append([_rec(0), _rec(1, "rejected")])
+    part = tmp_path / STATE_DIR / "part-rank0.jsonl"
+    with open(part, "ab") as fh:  # what a kill -9 in the middle of a write could leave
+        fh.write(b'{"index":2,"kind":"predi')
+    assert sorted(read_journals(tmp_path)) == [0, 1]
+    with Journal(tmp_path) as j:  # reopening cuts the torn tail before appending
+        j.append([_rec(2)])
+    lines = part.read_bytes().splitlines()
+    assert [json.loads(x)["index"] for x in lines] == [0, 1, 2]
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    prepare_out_dir(tmp_path, {"a": 1}, overwrite=False)
+    (tmp_path / STATE_DIR / "part-rank0.jsonl").write_text('{"index": 0}\nnot json\n{"index": 1}\n')
+    with pytest.raises(OutputError, match="corrupt"):
+        read_journals(tmp_path)
+
+
+def test_two_writers_on_one_folder_are_refused(tmp_path):
+    prepare_out_dir(tmp_path, {"a": 1}, overwrite=False)
+    code = ("import sys, time; from pathlib import Path; from cxr_cad.engine.writer import Journal\n"
+            "with Journal(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match="another cxr-cad predict"):
+            with Journal(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_state_mismatch_needs_new_out_or_overwrite(tmp_path):
+    state = {"model_sha256": "m1", "inputs_fingerprint": "f1"}
+    assert prepare_out_dir(tmp_path, state, overwrite=False) is False
+    assert prepare_out_dir(tmp_path, state, overwrite=False) is True
+    with pytest.raises(UsageError, match="different model_sha256.*--overwrite"):
+        prepare_out_dir(tmp_path, {**state, "model_sha256": "m2"}, overwrite=False)
+    with Journal(tmp_path) as j:
+        j.append([_rec(0)])
+    assert prepare_out_dir(tmp_path, {**state, "model_sha256": "m2"}, overwrite=True) is False
+    assert read_journals(tmp_path) == {}
+
+
+def test_foreign_predictions_csv_is_not_clobbered(tmp_path):
+    (tmp_path / "predictions.csv").write_text("mine\n")
+    with pytest.raises(UsageError, match="new --out"):
+        prepare_out_dir(tmp_path, {"a": 1}, overwrite=False)
+    assert (tmp_path / "predictions.csv").read_text() == "mine\n"
+
+
+def test_merge_orders_by_input_and_refuses_gaps(tmp_path):
+    prepare_out_dir(tmp_path, {"a": 1}, overwrite=False)
+    with Journal(tmp_path, rank=1) as j:
+        j.append([_rec(3), _rec(1, "rejected")])
+    with Journal(tmp_path, rank=0) as j:
+        j.append([_rec(2), _rec(0)])
+    with pytest.raises(OutputError, match="1 input"):
+        merge_outputs(tmp_path, 5, with_label=False)
+    merge_outputs(tmp_path, 4, with_label=True)
+    with open(tmp_path / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["sop_instance_uid"] for r in rows] == ["u0", "u2", "u3"]
+    assert "label" in rows[0]
+    with open(tmp_path / "rejected.csv", newline="") as fh:
+        assert [r["path"] for r in csv.DictReader(fh)] == ["/x/1.png"]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_batch_shard_covers_everything_once_with_single_process_batches(world_size):
+    indices = [i for i in range(23) if i % 5 != 0]  # what is left after a partial run
+    single = batch_shard(indices, 4)
+    shards = [batch_shard(indices, 4, r, world_size) for r in range(world_size)]
+    batches = [b for s in shards for b in s]
+    assert sorted(i for b in batches for i in b) == indices
+    assert sorted(map(tuple, batches)) == sorted(map(tuple, single))
+
+
+def test_fingerprint_changes_with_inputs(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"1")
+    b.write_bytes(b"22")
+    inputs = [PredictInput(0, str(a)), PredictInput(1, str(b))]
+    fp = inputs_fingerprint(inputs)
+    assert fp == inputs_fingerprint(list(inputs))
+    assert fp != inputs_fingerprint(inputs[:1])
+    assert fp != inputs_fingerprint([PredictInput(0, str(a), "NORMAL"), inputs[1]])
+    b.write_bytes(b"333")
+    assert fp != inputs_fingerprint(inputs)
