@@ -7,7 +7,8 @@ chest-like image), :func:`invert_stored` (the MONOCHROME1 twin of stored values)
 Transfer syntaxes: implicit / explicit VR little endian, explicit VR big endian,
 deflated, RLE lossless (pydicom), JPEG-LS lossless / near-lossless (pyjpegls),
 JPEG 2000 lossless / lossy (pylibjpeg-openjpeg), JPEG baseline (Pillow + encapsulate;
-8-bit only). Everything is deterministic for a given input.
+8-bit only), JPEG lossless Process 14 (:func:`encode_jpeg_lossless`, a small encoder
+here, as no installed package encodes it; unsigned data). Everything is deterministic.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from pydicom.uid import (
     JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
@@ -48,8 +51,11 @@ SYNTAXES = {
     "j2k": JPEG2000Lossless,
     "j2k_lossy": JPEG2000,
     "jpeg_baseline": JPEGBaseline8Bit,
+    "jpeg_lossless": JPEGLosslessSV1,   # Process 14, selection value 1 (this module's encoder)
+    "jpeg_lossless_p7": JPEGLossless,   # Process 14, here with predictor 7
 }
-LOSSLESS = ("implicit", "explicit", "big_endian", "deflated", "rle", "jpegls", "j2k")
+LOSSLESS = ("implicit", "explicit", "big_endian", "deflated", "rle", "jpegls", "j2k", "jpeg_lossless",
+            "jpeg_lossless_p7")
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as generate_uid uses
 
 
@@ -217,6 +223,44 @@ def write_dicom(
     return path
 
 
+def encode_jpeg_lossless(frame: np.ndarray, precision: int, predictor: int = 1) -> bytes:
+    """Encode one unsigned 2-D frame as a JPEG lossless (ITU-T T.81 Process 14) codestream.
+
+    One component, point transform 0, one Huffman table giving every difference
+    category (SSSS 0..16) a 5-bit code. Predictors 1-7 as T.81 Table H.1; the
+    first row uses Ra, the first column Rb, the first sample ``2**(precision-1)``.
+    """
+    x = frame.astype(np.int64)
+    rows, cols = x.shape
+    ra = np.zeros_like(x)
+    rb = np.zeros_like(x)
+    rc = np.zeros_like(x)
+    ra[:, 1:], rb[1:, :], rc[1:, 1:] = x[:, :-1], x[:-1, :], x[:-1, :-1]
+    pred = {1: ra, 2: rb, 3: rc, 4: ra + rb - rc, 5: ra + ((rb - rc) >> 1), 6: rb + ((ra - rc) >> 1),
+            7: (ra + rb) >> 1}[predictor].copy()
+    pred[0, 1:] = x[0, :-1]
+    pred[1:, 0] = x[:-1, 0]
+    pred[0, 0] = 2 ** (precision - 1)
+    diff = (x - pred) % 65536
+    diff = np.where(diff > 32768, diff - 65536, diff)  # -32767..32768
+    bits = []
+    for d in diff.ravel().tolist():
+        ssss = 16 if d == 32768 else abs(d).bit_length()
+        bits.append(format(ssss, "05b"))
+        if 0 < ssss < 16:
+            bits.append(format(d if d > 0 else d - 1 + (1 << ssss), f"0{ssss}b"))
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)
+    body = int(stream, 2).to_bytes(len(stream) // 8, "big") if stream else b""
+    body = body.replace(b"\xff", b"\xff\x00")
+    sof = b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([precision]) + rows.to_bytes(2, "big") + \
+        cols.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    counts = bytes([0, 0, 0, 0, 17] + [0] * 11)
+    dht = b"\xff\xc4" + (3 + 16 + 17).to_bytes(2, "big") + b"\x00" + counts + bytes(range(17))
+    sos = b"\xff\xda" + (8).to_bytes(2, "big") + b"\x01\x01\x00" + bytes([predictor, 0, 0])
+    return b"\xff\xd8" + sof + dht + sos + body + b"\xff\xd9"
+
+
 def _set_pixels(ds: Dataset, pixels: np.ndarray, ts: UID, *, signed: bool, j2k_cr: float,
                 jls_error: int, jpeg_quality: int) -> None:
     dtype = np.dtype(("i" if signed else "u") + str(ds.BitsAllocated // 8))
@@ -244,6 +288,14 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, ts: UID, *, signed: bool, j2k_c
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = ts
         ds.LossyImageCompression = "01"
+    elif ts in (JPEGLosslessSV1, JPEGLossless):
+        if signed or ds.SamplesPerPixel != 1:
+            raise ValueError("the factory writes JPEG lossless for unsigned grayscale only")
+        frames = arr if arr.ndim == 3 else arr[None]
+        predictor = 1 if ts == JPEGLosslessSV1 else 7
+        ds.PixelData = encapsulate([encode_jpeg_lossless(f, ds.BitsStored, predictor) for f in frames])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = ts
     else:
         kwargs: dict = {}
         if ts == JPEGLSNearLossless:

@@ -178,3 +178,16 @@ def test_ingest_out_inside_source_is_not_scanned(tmp_path):
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "manifests"), "--workers", "1"]) == 0
     manifest, rejected, info = _read(tmp_path / "manifests")
     assert manifest["path"].tolist() == ["../a.png"] and rejected.empty and info["counts"]["files"] == 1
+
+
+def test_unmatched_label_rows_of_rejected_files_say_so(tmp_path):
+    write_png(tmp_path / "in" / "NORMAL" / "a.png", seed=1)
+    (tmp_path / "in" / "NORMAL" / "notes.txt").write_text("junk")
+    pd.DataFrame({"path": ["in/NORMAL/a.png", "in/NORMAL/notes.txt", "in/NORMAL/gone.png"],
+                  "label": ["NORMAL"] * 3}).to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(out), "--labels", str(tmp_path / "labels.csv"),
+                 "--workers", "1"]) == 0
+    unmatched = pd.read_csv(out / "unmatched_labels.csv", dtype=str)
+    assert unmatched["why"].tolist() == ["file rejected: NOT_DICOM", "no image with this path"]
+    assert _read(out)[0]["label"].tolist() == ["NORMAL"]

@@ -87,3 +87,25 @@ def test_known_corpus_outcomes():
     # bare data sets (no preamble / File Meta) are parsed, little and big endian
     for name in ("ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"):
         assert _outcome(read_header, CORPUS / name, POLICIES["any"])[1] == Reason.NOT_AN_IMAGE_SOP_CLASS, name
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "implicit", "big_endian", "deflated", "rle", "j2k", "jpegls"])
+def test_mutated_files_are_accepted_or_rejected(tmp_path, syntax):
+    """Random byte corruption (mostly in the header) never escapes as another exception."""
+    from tests.dicom_factory import chest_phantom, write_dicom
+
+    source = write_dicom(tmp_path / "src.dcm", chest_phantom(32), transfer_syntax=syntax,
+                         window=(2000.0, 3000.0), rescale=(1.0, 0.0))
+    data = source.read_bytes()
+    rng = np.random.default_rng(sum(map(ord, syntax)))
+    outcomes = set()
+    for _ in range(60):
+        mutated = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            limit = min(len(mutated), 700) if rng.random() < 0.8 else len(mutated)
+            mutated[int(rng.integers(0, limit))] = int(rng.integers(0, 256))
+        path = tmp_path / "m.dcm"
+        path.write_bytes(bytes(mutated))
+        for fn in (read_header, read_image):
+            outcomes.add(_outcome(fn, path, POLICIES["any"])[1])
+    assert None in outcomes and len(outcomes) > 1  # some survive, some are rejected

@@ -278,6 +278,9 @@ def test_empty_and_junk_files(tmp_path):
         junk = tmp_path / f"junk{i}"
         junk.write_bytes(rng.integers(0, 256, 2000 + i, dtype=np.uint8).tobytes())
         rejected(junk, Reason.NOT_DICOM)
+        # junk that starts like a DICOM tag (0008,0005) is still junk
+        junk.write_bytes(b"\x08\x00\x05\x00" + rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+        rejected(junk, Reason.NOT_DICOM)
     (tmp_path / "tiny").write_bytes(b"\x08\x00")
     rejected(tmp_path / "tiny", Reason.NOT_DICOM)
     (tmp_path / "text.dcm").write_text("PatientName=DOE^JOHN\n" * 20)
@@ -288,15 +291,15 @@ def test_empty_and_junk_files(tmp_path):
     rejected(tmp_path / "missing.dcm", Reason.UNREADABLE)
 
 
-def test_preamble_with_junk_after_dicm_is_unreadable(tmp_path):
+def test_preamble_without_data_set_is_unreadable(tmp_path):
     (tmp_path / "bad.dcm").write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + bytes(50))
-    with pytest.raises(RejectedFile) as info:
-        read_image(tmp_path / "bad.dcm")
-    assert info.value.reason in (Reason.UNREADABLE, Reason.NO_PIXEL_DATA, Reason.UNSUPPORTED_MODALITY)
+    rejected(tmp_path / "bad.dcm", Reason.UNREADABLE)
+    (tmp_path / "short.dcm").write_bytes(bytes(128) + b"DICM" + bytes(3))
+    rejected(tmp_path / "short.dcm", Reason.UNREADABLE)
 
 
 @pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")  # pydicom, expected here
-@pytest.mark.parametrize("syntax", ["explicit", "j2k", "rle", "jpegls"])
+@pytest.mark.parametrize("syntax", ["explicit", "j2k", "rle", "jpegls", "jpeg_lossless"])
 @pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
 def test_truncated_files(tmp_path, syntax, keep):
     path = truncate_file(write_dicom(tmp_path / "t.dcm", chest_phantom(128), transfer_syntax=syntax), keep)
@@ -315,6 +318,19 @@ def test_header_does_not_decode_pixels(tmp_path):
     ds.save_as(path)
     assert read_header(path)["rows"] == 64
     rejected(path, Reason.DECODE_FAILED, header=False)
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")  # pydicom, expected here
+@pytest.mark.parametrize("syntax", ["explicit", "implicit", "big_endian", "j2k"])
+def test_header_does_not_read_pixel_data(tmp_path, syntax):
+    """Pixel Data cut short: read_header still accepts (it never reads the value)."""
+    path = write_dicom(tmp_path / "h.dcm", chest_phantom(256), transfer_syntax=syntax)
+    assert path.stat().st_size > 20_000
+    truncate_file(path, 0.6)  # the header is < 1 kB: 40 % of the pixel bytes are gone
+    assert read_header(path)["rows"] == 256
+    with pytest.raises(RejectedFile) as info:
+        read_image(path)
+    assert info.value.reason in (Reason.DECODE_FAILED, Reason.UNREADABLE)
 
 
 def test_constant_images(tmp_path):

@@ -56,6 +56,13 @@ def test_write_then_read_round_trip_with_relative_paths(tmp_path):
     assert all(os.path.isfile(p) for p in moved["path"])
 
 
+def test_relative_paths_only_below_a_shared_folder(tmp_path):
+    from cxr_cad.manifest import relative_paths
+
+    got = relative_paths([str(tmp_path / "d" / "a.png"), "/nonexistent_top_xyz/b.png", ""], tmp_path / "m")
+    assert got == ["../d/a.png", "/nonexistent_top_xyz/b.png", ""]
+
+
 def test_write_absolute_paths(tmp_path):
     f = tmp_path / "a.png"
     f.write_bytes(b"x")
@@ -248,3 +255,9 @@ def test_labels_from_folders():
     got = labels_from_folders(m, classes=["NORMAL", "PNEUMONIA"])["label"].tolist()
     assert got == ["NORMAL", "PNEUMONIA", "PNEUMONIA", "NORMAL"]
     assert labels_from_folders(pd.DataFrame({"path": ["/x.png"]}))["label"].tolist() == [""]
+
+
+def test_labels_csv_with_excel_bom(tmp_path):
+    (tmp_path / "l.csv").write_bytes("\ufeffpatient_id,label\np1,NORMAL\n".encode("utf-8"))
+    table, key, detected = read_labels(tmp_path / "l.csv")
+    assert key == "patient_id" and table["label"].tolist() == ["NORMAL"]

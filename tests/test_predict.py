@@ -58,7 +58,7 @@ def write_manifest(path: Path, files: list[tuple[Path, str]]) -> Path:
     return path
 
 
-def make_bundle(path: Path, *, seed: int = 0, n_fit: int = 40) -> Path:
+def make_bundle(path: Path, *, seed: int = 0, n_fit: int = 40, C: float = 0.1) -> Path:
     """A ResNet18 bundle (64 px) that separates the synthetic cohort a little.
 
     Random conv weights; BatchNorm statistics measured on the cohort; the head fitted by
@@ -86,7 +86,7 @@ def make_bundle(path: Path, *, seed: int = 0, n_fit: int = 40) -> Path:
         model(x)
         model.eval()
         feats = model(x).numpy()
-    clf = LogisticRegression(C=0.5, max_iter=2000).fit(feats, y)
+    clf = LogisticRegression(C=C, max_iter=5000).fit(feats, y)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
@@ -225,7 +225,7 @@ def _probabilities(out: Path) -> dict[str, float]:
 def test_bf16_scores_match_fp32(tmp_path, bundle_path):
     from cxr_cad.metrics import roc_auc
 
-    files = write_images(tmp_path / "in", 48, seed=7)
+    files = write_images(tmp_path / "in", 64, seed=7)
     manifest = write_manifest(tmp_path / "manifest.csv", files)
     assert _predict([manifest], tmp_path / "fp32", bundle_path, "--precision", "fp32") == 0
     assert _predict([manifest], tmp_path / "bf16", bundle_path, "--precision", "bf16") == 0

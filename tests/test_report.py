@@ -196,6 +196,7 @@ def test_predictions_csv_has_decisions_and_no_identifiers(report):
 
 def test_cross_validation_folds_give_per_fold_curves(tmp_path):
     df = synthetic_predictions(150, seed=1, folds=3)
+    df["threshold"] = df["fold"].map({0: 0.4, 1: 0.5, 2: 0.55})  # each fold's own threshold
     cv = {"n_folds": 3, "grouped_by": "patient_id"}
     result = write_report(df, tmp_path, positive_class="PNEUMONIA", threshold=0.5, cv=cv, options=OPTIONS,
                           pdf=False)
@@ -212,7 +213,25 @@ def test_cross_validation_folds_give_per_fold_curves(tmp_path):
     assert len(d["cross_validation"]["mean_roc"]["tpr_mean"]) == 101
     assert d["cross_validation"]["crossval"]["grouped_by"] == "patient_id"
     assert "fold" in pd.read_csv(tmp_path / "predictions.csv").columns
-    assert "AUC per held-out fold" in (tmp_path / "report.html").read_text()
+    summary = metrics.crossval_summary(
+        pd.DataFrame({"y_true": (df["label"] == "PNEUMONIA").astype(int), "probability": df["probability"],
+                      "fold": df["fold"], "threshold": df["threshold"]}),
+        class_names=("NORMAL", "PNEUMONIA"), n_bootstrap=0)
+    assert [f["threshold"] for f in d["cross_validation"]["per_fold_metrics"]] == [0.4, 0.5, 0.55]
+    sens = d["cross_validation"]["across_folds"]["sensitivity"]
+    assert sens["mean"] == pytest.approx(summary["across_folds"]["sensitivity"]["mean"])
+    page = html_text(tmp_path / "report.html")
+    assert "Each held-out fold at its own threshold" in page
+    # pooled out-of-fold decisions at each fold's own threshold: an operating point of its own
+    ops = {o["name"]: o for o in d["operating_points"]}
+    assert list(ops) == ["model", "folds", "youden"] and ops["folds"]["threshold"] is None
+    pooled = summary["pooled"]["at_fold_thresholds"]
+    assert ops["folds"]["metrics"]["confusion"] == pooled["confusion"]
+    assert fmt_prop(ops["folds"]["metrics"]["sensitivity"]) in page
+    out = pd.read_csv(tmp_path / "predictions.csv")
+    expect = np.where(df["probability"] >= df["threshold"], "PNEUMONIA", "NORMAL")
+    assert (out["decision_folds"] == expect).all()
+    assert f"{100 * sens['mean']:.1f}% \u00b1 {100 * sens['sd']:.1f}%" in page
 
 
 def test_without_model_threshold_only_youden(tmp_path):

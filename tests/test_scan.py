@@ -251,3 +251,60 @@ def test_exclude_reached_through_a_symlink(tmp_path):
     os.symlink(tmp_path / "out", tmp_path / "src" / "link_to_out")
     result = scan_sources([tmp_path / "src"], workers=1, exclude=[tmp_path / "out"])
     assert result.n_files == 1 and len(result.accepted) == 1
+
+
+def test_non_utf8_file_name_is_rejected_not_crashing(tmp_path):
+    write_png(tmp_path / "a.png")
+    try:
+        with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.png"), "wb") as fh:
+            fh.write(b"x")
+    except OSError:
+        pytest.skip("file system refuses non-UTF-8 names")
+    result = scan_sources([tmp_path], workers=1)
+    assert result.n_files == 2 and len(result.accepted) == 1
+    row = result.rejected.iloc[0]
+    assert row["reason"] == "UNREADABLE" and "UTF-8" in row["detail"] and row["path"].endswith("bad\\xff.png")
+    result.rejected.to_csv(tmp_path / "r.csv")          # every path can be written
+
+
+@pytest.mark.slow    # starts a forkserver (2-5 s); under pytest-xdist the parallel test takes this path anyway
+def test_pool_without_fork_when_threads_run(mixed):
+    """With another thread alive the pool must not fork this process (forkserver/spawn instead)."""
+    import threading
+
+    from cxr_cad.io import scan as scan_mod
+
+    root, _ = mixed
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="busy", daemon=True)
+    t.start()
+    try:
+        assert scan_mod._pool_context().get_start_method() in ("forkserver", "spawn")
+        result = scan_sources([root], workers=2)
+    finally:
+        stop.set()
+        t.join()
+    pd.testing.assert_frame_equal(result.accepted, scan_sources([root], workers=1).accepted)
+
+
+def test_worker_crash_is_an_internal_error_row_not_a_stop(tmp_path, monkeypatch):
+    import multiprocessing
+
+    import cxr_cad.io as io_pkg
+    from cxr_cad.io import scan as scan_mod
+
+    for i in range(12):
+        write_png(tmp_path / f"f{i:02d}.png", seed=i)
+    real = io_pkg.read_header
+
+    def crashing(path, *, policy):
+        if str(path).endswith("f05.png"):
+            os._exit(3)                                  # a segfaulting codec, as the pool sees it
+        return real(path, policy=policy)
+
+    monkeypatch.setattr(io_pkg, "read_header", crashing)  # fork: the workers inherit the patch
+    monkeypatch.setattr(scan_mod, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    result = scan_sources([tmp_path], workers=2)
+    assert result.n_files == 12 and len(result.accepted) == 11
+    row = result.rejected.iloc[0]
+    assert row["path"].endswith("f05.png") and row["reason"] == "INTERNAL_ERROR" and "died" in row["detail"]

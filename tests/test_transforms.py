@@ -74,6 +74,13 @@ def test_spec_lists_every_problem():
         assert word in msg
     with pytest.raises(ConfigError, match="rotate_deg"):
         AugmentSpec(rotate_deg=90)
+    with pytest.raises(ConfigError) as err:
+        AugmentSpec(brightness="0.1", contrast=-1, affine_prob=True)
+    assert all(w in str(err.value) for w in ("brightness", "contrast", "affine_prob"))
+    with pytest.raises(ConfigError, match="mean must be a list of numbers"):
+        TransformSpec(mean=("a",))
+    with pytest.raises(BundleError, match="std must be a list"):
+        TransformSpec.from_dict({**TransformSpec().to_dict(), "std": 0.2})
     with pytest.raises(ConfigError, match="unknown augmentation"):
         AugmentSpec.from_dict({"rotation": 5})
     assert AugmentSpec.from_dict(AugmentSpec(hflip=True).to_dict()) == AugmentSpec(hflip=True)
@@ -155,6 +162,11 @@ def test_rejected_file_keeps_reason_and_path(tmp_path):
     rej = find_rejection(err.value)
     assert isinstance(rej, RejectedFile) and rej.reason == Reason.NOT_DICOM and rej.path.endswith("notes.txt")
     assert find_rejection(ValueError("x")) is None
+    # as re-raised from a DataLoader worker process: traceback text only
+    text = RuntimeError(f"Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback:\n  ...\n"
+                        f"cxr_cad.errors.RejectedFile: {bad}: [NOT_DICOM] no DICM magic\n\nThe above ...")
+    rej = find_rejection(text)
+    assert rej.reason == Reason.NOT_DICOM and rej.path == str(bad) and rej.detail == "no DICM magic"
 
 
 def test_policy_apply_voi_comes_from_spec(tmp_path):
@@ -243,6 +255,9 @@ def test_disk_cache_used_on_second_pass(images, tmp_path, count_reads):
     os.utime(images[0], ns=(1, 1))
     make_dataset(items, spec, cache_dir=tmp_path / "cache")[0]
     assert len(count_reads) == 8
+    # only images are cached: other keys of an item are never stale
+    relabelled = make_dataset([{**it, "label": 9, "fold": 2} for it in items], spec, cache_dir=tmp_path / "cache")
+    assert [(x["label"], x["fold"]) for x in relabelled] == [(9, 2)] * 3 and len(count_reads) == 8
 
 
 def test_memory_cache_and_loader_batches(images, count_reads):

@@ -15,8 +15,8 @@ from cxr_cad import __version__
 from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.io.scan import compile_patient_id_pattern, scan_sources
-from cxr_cad.manifest import (LABEL_KEYS, atomic_write_text, join_labels, labels_from_folders, manifest_hash,
-                              read_labels, validate_manifest, write_manifest, write_table)
+from cxr_cad.manifest import (LABEL_KEYS, atomic_write_text, explain_unmatched, join_labels, labels_from_folders,
+                              manifest_hash, read_labels, validate_manifest, write_manifest, write_table)
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ def _folder_label_problem(df: pd.DataFrame, classes: list[str]) -> str | None:
     unknown = df[~df["label"].isin(classes)]
     if unknown.empty:
         return None
-    counts = unknown["label"].replace("", "(no folder)").value_counts()
-    named = ", ".join(f"{k!r} ({v} files, e.g. {unknown.loc[unknown['label'].replace('', '(no folder)') == k, 'path'].iloc[0]})"
-                      for k, v in counts.items())
+    names = unknown["label"].replace("", "(no folder)")
+    named = ", ".join(f"{k!r} ({v} files, e.g. {unknown['path'][names == k].iloc[0]})"
+                      for k, v in names.value_counts().items())
     return (f"folder label(s) not in --classes {','.join(classes)}: {named}; put each image under a folder named "
             "after its class, or fix --classes")
 
@@ -151,6 +151,7 @@ def run_ingest(args) -> int:
         manifest, report = join_labels(manifest, label_source,
                                        key=args.label_key, label_column=args.label_column, classes=classes,
                                        base_dir=os.path.dirname(label_source))
+        explain_unmatched(report, result.rejected, os.path.dirname(label_source))
     found = sorted(set(manifest["label"]) - {""})
     if classes is None and found:
         classes = found
@@ -174,7 +175,7 @@ def run_ingest(args) -> int:
         "sources": [os.path.abspath(s) for s in args.sources],
         "outputs": {"manifest": "manifest.csv", "rejected": "rejected.csv",
                     "unmatched_labels": "unmatched_labels.csv" if report is not None else None},
-        "paths": "absolute" if args.absolute_paths else "relative to this folder",
+        "paths": "absolute" if args.absolute_paths else "relative to this folder where they share a parent",
         "policy": {"modalities": list(policy.modalities) or "any", "reject_lateral": policy.reject_lateral,
                    "apply_voi": policy.apply_voi, "verify_pixels": bool(args.verify_pixels)},
         "classes": classes, "positive_class": args.positive_class,

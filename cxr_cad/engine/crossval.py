@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from cxr_cad.engine.data import label_indices, make_items
 from cxr_cad.engine.train import TrainResult, train_model
 from cxr_cad.errors import ConfigError, ManifestError, OutputError
 from cxr_cad.manifest import manifest_hash, patient_folds, write_table
-from cxr_cad.metrics import crossval_summary, jsonable, roc_table
+from cxr_cad.metrics import UndefinedMetricWarning, crossval_summary, jsonable, roc_table
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,15 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
         raise OutputError("internal check failed: not every image was scored exactly once")
     write_table(oof, out_dir / OOF_FILE)
 
-    metrics = crossval_summary(oof, class_names=(names[1], names[0]), n_bootstrap=n_bootstrap, seed=cfg.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        metrics = crossval_summary(oof, class_names=(names[1], names[0]), n_bootstrap=n_bootstrap, seed=cfg.seed)
+    undefined = sorted({str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)})
+    for message in undefined:
+        log.info("undefined statistic (reported as null): %s", message)
+    for w in caught:  # anything else is passed on unchanged
+        if not issubclass(w.category, UndefinedMetricWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for entry, info in zip(metrics["per_fold"], fold_info):
         entry.update(info)
     best = [f["best_epoch"] for f in fold_info]
@@ -293,6 +302,7 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
                            "classes": list(data.classes), "group_col": data.group_col,
                            "decision_rule": "positive when probability >= threshold",
                            "fold_check": check, "n_bootstrap": n_bootstrap}
+    metrics["undefined"] = undefined
     final_bundle = None
     if final:
         metrics["final"] = _train_final(df, out_dir, cfg, cache_dir, best, metrics["pooled"]["youden_threshold"],

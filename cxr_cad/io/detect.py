@@ -56,7 +56,7 @@ def _walk_elements(head: bytes, file_size: int, explicit: bool, little: bool = T
         tag = (group << 16) | elem
         if count == 0 and group not in _FIRST_GROUPS:
             return -1
-        if tag <= last_tag or group % 2 == 1 and count == 0:
+        if tag <= last_tag:
             return count
         if explicit:
             vr = head[pos + 4: pos + 6]
@@ -135,7 +135,7 @@ def sniff_format(path: str | os.PathLike) -> str:
     if head.startswith(b"BM") and len(head) >= 6 and struct.unpack_from("<I", head, 2)[0] == size:
         raise RejectedFile(Reason.UNSUPPORTED_FORMAT, "BMP image; only DICOM, PNG and JPEG are read: "
                            "convert it to PNG", path)
-    if len(head) >= 132 and head[128:132] != b"DICM" and size >= 132:
+    if size >= 132:
         detail = "no DICOM 'DICM' marker at byte 128, no plausible DICOM data set at byte 0, and not PNG/JPEG"
     else:
         detail = f"the file is too short ({size} bytes) for DICOM and is not PNG/JPEG"

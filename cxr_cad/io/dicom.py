@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -55,13 +56,30 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _get(ds: Dataset, keyword: str, path: Path, *, default: Any = None) -> Any:
-    """``ds.<keyword>`` or ``default`` when absent/empty; an unparsable value -> ``UNREADABLE``."""
+#: Attributes the pixel pipeline uses; converted (and so validated) by :func:`check_header`.
+_PIPELINE_KEYWORDS = (
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
+    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "WindowCenter", "WindowWidth",
+    "VOILUTFunction", "VOILUTSequence",
+)
+
+
+def _get(ds: Dataset, keyword: str, path: Path, *, default: Any = None, required: bool = True) -> Any:
+    """``ds.<keyword>``, or ``default`` when absent or empty.
+
+    pydicom converts element values lazily, so a corrupt element raises only when
+    read: for a ``required`` attribute that is ``UNREADABLE``; otherwise it is logged
+    and ``default`` is returned.
+    """
     try:
         value = ds.get(keyword, None)
-    except (ValueError, TypeError, OverflowError, KeyError) as exc:
-        raise RejectedFile(Reason.UNREADABLE, f"DICOM attribute {keyword} has an unreadable value "
-                           f"({type(exc).__name__}: {exc}); fix or re-export the file", path) from exc
+    except Exception as exc:  # noqa: BLE001 - any conversion failure of a corrupt element
+        if required:
+            raise RejectedFile(Reason.UNREADABLE, f"DICOM attribute {keyword} has an unreadable value "
+                               f"({type(exc).__name__}: {exc}); the file is corrupt: re-export it", path) from exc
+        # the exception text may quote the value (a patient identifier): log its type only
+        log.warning("%s: ignoring unreadable DICOM attribute %s (%s)", path, keyword, type(exc).__name__)
+        return default
     if value is None or value == "":
         return default
     return value
@@ -92,6 +110,9 @@ def read_dataset(path: str | os.PathLike, *, header_only: bool) -> tuple[Dataset
     try:
         with open(path, "rb") as fp:
             ds = dcmread(fp, force=True, stop_before_pixels=header_only)
+            if len(ds) == 0:
+                raise RejectedFile(Reason.UNREADABLE, "no DICOM data set after the File Meta header; the file is "
+                                   "truncated or corrupt: re-export it", path)
             ts = _ensure_transfer_syntax(ds)
             if not header_only:
                 return ds, any(k in ds for k in _PIXEL_KEYWORDS)
@@ -122,14 +143,13 @@ def _ensure_transfer_syntax(ds: Dataset) -> UID:
     return UID(str(ts))
 
 
-def _pixel_tag_at(fp, *, big_endian: bool) -> bool:
+def _pixel_tag_at(fp: BinaryIO, *, big_endian: bool) -> bool:
     """True when the 4 bytes at ``fp``'s position are a (7FE0,0010)/(7FE0,0008)/(7FE0,0009) tag."""
     raw = fp.read(4)
     if len(raw) < 4:
         return False
-    fmt = ">HH" if big_endian else "<HH"
-    group, elem = np.frombuffer(raw, dtype=np.dtype(fmt[0] + "u2"), count=2)
-    return ((int(group) << 16) | int(elem)) in _PIXEL_TAGS
+    group, elem = struct.unpack(">HH" if big_endian else "<HH", raw)
+    return ((group << 16) | elem) in _PIXEL_TAGS
 
 
 def is_image_sop_class(uid: str) -> bool | None:
@@ -148,8 +168,8 @@ def is_image_sop_class(uid: str) -> bool | None:
 
 def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy) -> None:
     """Raise :class:`RejectedFile` when ``ds`` is not an image this ``policy`` accepts (module doc)."""
-    sop_class = _text(_get(ds, "SOPClassUID", path)) or _text(
-        ds.file_meta.get("MediaStorageSOPClassUID", "") if hasattr(ds, "file_meta") else "")
+    fm = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
+    sop_class = _text(_get(ds, "SOPClassUID", path)) or _text(_get(fm, "MediaStorageSOPClassUID", path))
     if is_image_sop_class(sop_class) is False:
         raise RejectedFile(Reason.NOT_AN_IMAGE_SOP_CLASS, f"(0008,0016) SOP Class UID is {sop_class} "
                            f"({UID(sop_class).name}), not an image; remove it from the input", path)
@@ -181,33 +201,37 @@ def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy
     if not _int(ds, "Rows", path) or not _int(ds, "Columns", path):
         raise RejectedFile(Reason.UNREADABLE, "(0028,0010) Rows or (0028,0011) Columns is missing or 0; "
                            "the image header is broken: re-export the file", path)
+    for keyword in _PIPELINE_KEYWORDS:
+        _get(ds, keyword, path)
 
 
 def header_meta(ds: Dataset, path: Path) -> dict:
     """The ``meta`` dict of the io contract from a parsed data set (never reads Patient's Name)."""
     fm = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
-    sex = _text(_get(ds, "PatientSex", path, default="")).upper()
+
+    def text(keyword: str, source: Dataset = ds) -> str:
+        return _text(_get(source, keyword, path, default="", required=False))
+
+    sex = text("PatientSex").upper()
     return {
         "path": str(path),
         "format": "dicom",
-        "sop_instance_uid": _text(_get(ds, "SOPInstanceUID", path, default="")
-                                  or fm.get("MediaStorageSOPInstanceUID", "")),
-        "patient_id": _text(_get(ds, "PatientID", path, default="")),
-        "study_instance_uid": _text(_get(ds, "StudyInstanceUID", path, default="")),
-        "series_instance_uid": _text(_get(ds, "SeriesInstanceUID", path, default="")),
-        "sop_class_uid": _text(_get(ds, "SOPClassUID", path, default="")
-                               or fm.get("MediaStorageSOPClassUID", "")),
-        "modality": _text(_get(ds, "Modality", path, default="")).upper(),
-        "view_position": _text(_get(ds, "ViewPosition", path, default="")).upper(),
-        "body_part": _text(_get(ds, "BodyPartExamined", path, default="")).upper(),
-        "photometric_interpretation": _text(_get(ds, "PhotometricInterpretation", path, default="")).upper(),
+        "sop_instance_uid": text("SOPInstanceUID") or text("MediaStorageSOPInstanceUID", fm),
+        "patient_id": text("PatientID"),
+        "study_instance_uid": text("StudyInstanceUID"),
+        "series_instance_uid": text("SeriesInstanceUID"),
+        "sop_class_uid": text("SOPClassUID") or text("MediaStorageSOPClassUID", fm),
+        "modality": text("Modality").upper(),
+        "view_position": text("ViewPosition").upper(),
+        "body_part": text("BodyPartExamined").upper(),
+        "photometric_interpretation": text("PhotometricInterpretation").upper(),
         "bits_stored": _int(ds, "BitsStored", path),
         "rows": _int(ds, "Rows", path),
         "columns": _int(ds, "Columns", path),
-        "transfer_syntax": _text(fm.get("TransferSyntaxUID", "")),
-        "manufacturer": _text(_get(ds, "Manufacturer", path, default="")),
+        "transfer_syntax": text("TransferSyntaxUID", fm),
+        "manufacturer": text("Manufacturer"),
         "patient_sex": sex if sex in ("M", "F", "O") else "",
-        "patient_age": _text(_get(ds, "PatientAge", path, default="")).upper(),
+        "patient_age": text("PatientAge").upper(),
     }
 
 

@@ -49,6 +49,15 @@ def _first(value) -> float:
     return float(value)
 
 
+def is_decoder_panic(exc: BaseException) -> bool:
+    """True for a Rust panic raised through PyO3 (pylibjpeg-rle on corrupt data).
+
+    ``pyo3_runtime.PanicException`` derives from ``BaseException``, so ``except Exception``
+    misses it; it is a decoder failure on this file's data, not a reason to stop.
+    """
+    return type(exc).__name__ == "PanicException"
+
+
 def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None) -> np.ndarray:
     """Decoded stored values: 2-D (rows, columns), or (rows, columns, 3) RGB.
 
@@ -69,7 +78,9 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None) -> np.ndarr
         ds.PhotometricInterpretation = "MONOCHROME2"  # pydicom needs it; checked: 1 sample per pixel
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - any decoder failure on this file's data means DECODE_FAILED
+    except BaseException as exc:  # noqa: BLE001 - any decoder failure on this file's data means DECODE_FAILED
+        if not isinstance(exc, Exception) and not is_decoder_panic(exc):
+            raise  # KeyboardInterrupt, SystemExit
         hint = ("install the pylibjpeg plugins (pylibjpeg-libjpeg, -openjpeg, -rle)"
                 if "plugin" in str(exc).lower() or "missing" in str(exc).lower()
                 else "the pixel data is truncated or corrupt: re-export the file")
@@ -160,8 +171,8 @@ def _voi_lut_unit(values: np.ndarray, ds: Dataset) -> np.ndarray:
     return out
 
 
-def _minmax_unit(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(values.min()), float(values.max())
+def _minmax_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Scale ``values`` (min ``lo`` < max ``hi``) onto [0, 1] in place."""
     values -= np.float32(lo)
     values *= np.float32(1.0 / (hi - lo))
     return np.clip(values, 0.0, 1.0, out=values)
@@ -187,17 +198,21 @@ def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
                                "blank or its pixel data is broken", path)
         try:
             values = modality_values(arr, ds)
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a corrupt Modality LUT in this file
             raise RejectedFile(Reason.DECODE_FAILED, f"cannot apply the Modality LUT ((0028,3000) Modality "
                                f"LUT Sequence or (0028,1052)/(0028,1053) Rescale): {exc}", path) from exc
-    if not np.isfinite(values).all():
+    lo, hi = float(values.min()), float(values.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise RejectedFile(Reason.DECODE_FAILED, "decoded pixel values include NaN or infinity", path)
+    if lo == hi:
+        raise RejectedFile(Reason.CONSTANT_IMAGE, f"every pixel has the value {lo:g} after the Modality LUT "
+                           "(or colour to gray); the image is blank or its header is broken", path)
     out = None
     if apply_voi and arr.ndim == 2:
         if ds.get("VOILUTSequence"):
             try:
                 out = _voi_lut_unit(values, ds)
-            except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a corrupt VOI LUT: fall back to the window / min-max
                 log.warning("%s: ignoring unusable (0028,3010) VOI LUT Sequence: %s", path, exc)
         if out is None:
             window = _window(ds, path)
@@ -208,9 +223,7 @@ def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
                                "pixel to one value; the window does not fit the data: read it with the VOI "
                                "switched off (AcceptPolicy(apply_voi=False))", path)
     if out is None:
-        if float(values.min()) == float(values.max()):
-            raise RejectedFile(Reason.CONSTANT_IMAGE, "the Modality LUT maps every pixel to one value", path)
-        out = _minmax_unit(values)
+        out = _minmax_unit(values, lo, hi)
     if photometric == "MONOCHROME1":
         np.subtract(np.float32(1.0), out, out=out)
     return out

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -260,7 +261,7 @@ def _scan_task(args: tuple) -> dict:
 def _pool_context() -> multiprocessing.context.BaseContext:
     """``fork`` on Linux when this process runs no other thread than tqdm's monitor (fast: workers
     inherit the imported readers); else ``forkserver`` (its server imports the readers once, workers fork
-    from it), else ``spawn``. Forking a multi-threaded process (torch, tqdm monitor) can deadlock."""
+    from it), else ``spawn``. Forking a process that runs other threads can deadlock the child."""
     methods = multiprocessing.get_all_start_methods()
     # tqdm's monitor thread (left running by disabled bars) only sleeps and workers never use tqdm
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
@@ -272,6 +273,57 @@ def _pool_context() -> multiprocessing.context.BaseContext:
         ctx.set_forkserver_preload(["cxr_cad.io.scan", "cxr_cad.io", "cxr_cad.io.dicom", "cxr_cad.io.images"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def _run_pool(tasks: list[tuple], n_workers: int) -> list[dict]:
+    """Run :func:`scan_file` over ``tasks`` in a process pool, results in task order.
+
+    A worker that dies (a codec crash, the OOM killer) breaks the pool: the files already done
+    are kept, the first unfinished one is re-run alone in a fresh process (a file that kills
+    that one too becomes an ``INTERNAL_ERROR`` row), and a new pool takes the rest."""
+    ctx = _pool_context()
+    results: list[dict | None] = [None] * len(tasks)
+    remaining = list(range(len(tasks)))
+    bar = None
+    try:
+        while remaining:
+            chunk = max(1, min(16, len(remaining) // (n_workers * 16)))
+            done = 0
+            try:
+                # the pool starts (and forks) before the progress bar starts its monitor thread
+                with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+                    it = pool.map(_scan_task, [tasks[i] for i in remaining], chunksize=chunk)
+                    if bar is None:
+                        bar = progress(total=len(tasks), desc="ingest", unit="file")
+                    for r in it:
+                        results[remaining[done]] = r
+                        done += 1
+                        bar.update(1)
+                remaining = []
+            except BrokenProcessPool:
+                remaining = remaining[done:]
+                head = remaining.pop(0)
+                log.warning("a worker process died while scanning; re-reading %s alone", tasks[head][0])
+                results[head] = _scan_isolated(tasks[head], ctx)
+                if bar is None:
+                    bar = progress(total=len(tasks), desc="ingest", unit="file")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _scan_isolated(task: tuple, ctx: multiprocessing.context.BaseContext) -> dict:
+    """:func:`scan_file` in a fresh single-worker process; a crash becomes an ``INTERNAL_ERROR`` row."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(_scan_task, task).result()
+        except BrokenProcessPool:
+            return {"status": "rejected", "row": {
+                "path": task[0], "reason": Reason.INTERNAL_ERROR.value,
+                "detail": "the process reading this file died (a crash in a decoder, or out of memory); "
+                          "check the file with another viewer and report it"}}
 
 
 def default_workers() -> int:
@@ -346,14 +398,7 @@ def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy =
                 results.append(_scan_task(t))
                 bar.update(1)
     else:
-        chunk = max(1, min(16, len(files) // (n_workers * 16)))
-        # the pool starts (and forks) before the progress bar starts its monitor thread
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
-            it = pool.map(_scan_task, tasks, chunksize=chunk)
-            with progress(total=len(files), desc="ingest", unit="file") as bar:
-                for r in it:
-                    results.append(r)
-                    bar.update(1)
+        results = _run_pool(tasks, n_workers)
     accepted = [r["row"] for r in results if r["status"] == "accepted"]
     rejected = [r["row"] for r in results if r["status"] == "rejected"]
     rejected += [{"path": p, "reason": reason.value, "detail": detail} for p, reason, detail in problems]

@@ -249,3 +249,20 @@ def labels_from_folders(manifest: pd.DataFrame, *, classes: Iterable[str] | None
     out = manifest.copy()
     out["label"] = labels
     return out
+
+
+def explain_unmatched(report: LabelJoinReport, rejected: pd.DataFrame,
+                      base_dir: str | os.PathLike | None = None) -> LabelJoinReport:
+    """For a ``path``-keyed join, mark unmatched label rows whose file was rejected by the scan
+    (``why`` = ``"file rejected: <REASON>"``), so they are not mistaken for typos. Other keys
+    are left as they are (rejected files have no header values). Returns ``report``, updated."""
+    if report.key != "path" or report.unmatched.empty or rejected.empty:
+        return report
+    base = os.fspath(base_dir) if base_dir is not None else os.getcwd()
+    rej_paths = _text(rejected["path"]).tolist()
+    matches, _ = _match_paths(rej_paths, _text(report.unmatched["path"]).tolist(), base)
+    why = report.unmatched["why"].tolist()
+    for i, j in matches.items():
+        why[j] = f"file rejected: {rejected['reason'].iloc[i]}"
+    report.unmatched["why"] = why
+    return report

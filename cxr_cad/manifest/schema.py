@@ -124,8 +124,9 @@ def resolve_paths(df: pd.DataFrame, base_dir: str | os.PathLike) -> pd.DataFrame
 
 
 def relative_paths(paths: Iterable[str], base_dir: str | os.PathLike) -> list[str]:
-    """Paths relative to ``base_dir`` (POSIX separators) where possible, absolute otherwise
-    (e.g. another drive on Windows). Input paths must be absolute or relative to the cwd."""
+    """Paths relative to ``base_dir`` (POSIX separators, ``..`` where needed) when the file and
+    ``base_dir`` share a folder below the file-system root; absolute otherwise (nothing to travel
+    together, or another drive on Windows). Input paths are absolute or relative to the cwd."""
     base = os.path.abspath(os.fspath(base_dir))
     out = []
     for p in paths:
@@ -134,7 +135,11 @@ def relative_paths(paths: Iterable[str], base_dir: str | os.PathLike) -> list[st
             continue
         absolute = os.path.abspath(p)
         try:
-            out.append(Path(os.path.relpath(absolute, base)).as_posix())
+            common = os.path.commonpath([absolute, base])
+            if os.path.dirname(common) == common:      # only the root (or drive) in common
+                out.append(absolute)
+            else:
+                out.append(Path(os.path.relpath(absolute, base)).as_posix())
         except ValueError:
             out.append(absolute)
     return out
@@ -283,7 +288,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool 
     Columns are written in :data:`MANIFEST_COLUMNS` order (all of them; missing ones empty),
     extra columns after. Relative paths in ``df`` are taken relative to ``df.attrs["base_dir"]``
     when set, else the current folder; with ``relative=True`` they are written relative to the
-    manifest's folder (POSIX separators, ``..`` where needed), else absolute.
+    manifest's folder (see :func:`relative_paths`), else absolute.
 
     Raises:
         ManifestError: a numeric column holds text.

@@ -109,7 +109,7 @@ def _threshold_selection(method: str | dict, params: dict | None, chosen_on: Any
             raise BundleError("threshold_method dict needs a 'method' string")
     else:
         sel = {"method": str(method)}
-    if params is not None:
+    if params:
         sel["params"] = params
     if chosen_on is not None:
         sel["chosen_on"] = chosen_on

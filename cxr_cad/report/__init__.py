@@ -77,7 +77,12 @@ def _predictions_table(ev: pd.DataFrame, d: dict, include_identifiers: bool) -> 
     out["probability"] = ev["score"].map(lambda v: f"{v:.6f}")
     for op in d["operating_points"]:
         name = "decision" if op["name"] == "model" else f"decision_{op['name']}"
-        out[name] = [pos if s >= op["threshold"] else neg for s in ev["score"]]
+        if op["threshold"] is not None:
+            out[name] = [pos if s >= op["threshold"] else neg for s in ev["score"]]
+        elif "threshold" in ev.columns:  # each fold's own threshold, per row
+            thr = pd.to_numeric(ev["threshold"], errors="coerce").to_numpy()
+            out["threshold"] = thr
+            out[name] = [pos if s >= t else neg for s, t in zip(ev["score"], thr)]
     return out
 
 
@@ -150,8 +155,9 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
                           model_info=info or None, cohort_info=cohort_info, rejected=rejected_df, cv=cv,
                           comparison=comparison, options=options)
     images = write_figures(d, ev, out)
-    if gradcam is not None and d["operating_points"]:
-        g = write_gallery(gradcam, ev, d["operating_points"][0]["threshold"], out)
+    fixed = [o["threshold"] for o in d["operating_points"] if o["threshold"] is not None]
+    if gradcam is not None and fixed:
+        g = write_gallery(gradcam, ev, fixed[0], out)
         images.update({c["file"]: out / c["file"] for c in g["cases"]})
     else:
         g = {"cases": [], "note": gradcam_note or NO_MODEL_NOTE}

@@ -36,6 +36,7 @@ IDENTIFIER_COLUMNS = ("patient_id", "patient_name", "path", "study_instance_uid"
 _SOFTWARE = ("torch", "monai", "numpy", "pandas", "scipy", "scikit-learn", "pydicom",
              "matplotlib", "jinja2", "fpdf2")
 DECISION_RULE = "score >= threshold"
+FOLD_THRESHOLDS_LABEL = "Each fold's own threshold (chosen on that fold's training data)"
 
 
 @dataclass(frozen=True)
@@ -196,26 +197,51 @@ def _subgroups(ev: pd.DataFrame, threshold: float, alpha: float, classes: tuple[
     return out
 
 
-def _cross_validation(ev: pd.DataFrame, cv: Mapping[str, Any] | None) -> dict | None:
+def _fold_numbers(folds: pd.Series) -> np.ndarray:
+    """Fold ids as integers (CSV text "0", "1"... or any labels, numbered in sorted order)."""
+    as_num = pd.to_numeric(folds, errors="coerce")
+    if as_num.notna().all() and (as_num == as_num.round()).all():
+        return as_num.astype(np.int64).to_numpy()
+    return pd.factorize(folds.astype(str), sort=True)[0]
+
+
+def _cross_validation(ev: pd.DataFrame, cv: Mapping[str, Any] | None, classes: tuple[str, str],
+                      alpha: float) -> dict | None:
+    """Per-fold ROC curves + mean +/- SD band (metrics.crossval_roc) and per-fold metrics.
+
+    Per-fold metrics at each fold's own threshold come from ``cv`` (cv_metrics.json:
+    ``per_fold``/``across_folds``) or, when the predictions carry a per-fold ``threshold``
+    column, from :func:`cxr_cad.metrics.crossval_summary`.
+    """
     if "fold" not in ev.columns or ev["fold"].nunique() < 2:
-        return dict(cv) if cv else None
-    folds = []
-    curves = []
-    for fold, g in ev.groupby("fold", sort=True):
-        fpr, tpr, _ = metrics.roc_curve(g["y_true"].to_numpy(), g["score"].to_numpy())
-        auc = metrics.roc_auc(g["y_true"].to_numpy(), g["score"].to_numpy())
-        folds.append({"fold": int(fold) if str(fold).isdigit() else str(fold), "n": int(len(g)),
-                      "n_pos": int(g["y_true"].sum()), "auc": auc,
-                      "fpr": fpr.tolist(), "tpr": tpr.tolist()})
-        curves.append((fpr, tpr))
-    aucs = np.array([f["auc"] for f in folds], dtype=float)
-    aucs = aucs[np.isfinite(aucs)]
-    # descriptive only (the spread of the per-fold AUCs), as the study reports it
-    summary = {"n_folds": len(folds), "mean": float(aucs.mean()) if aucs.size else None,
-               "sd": float(aucs.std(ddof=1)) if aucs.size > 1 else None}
-    out = {"folds": folds, "mean_roc": metrics.mean_roc(curves), "auc_summary": summary}
+        return {"crossval": dict(cv)} if cv else None
+    folds = _fold_numbers(ev["fold"])
+    y, s = ev["y_true"].to_numpy(), ev["score"].to_numpy()
+    roc = metrics.crossval_roc(y, s, folds)
+    out: dict[str, Any] = {"folds": [], "mean_roc": roc["mean"],
+                           "auc_summary": {"n_folds": len(roc["folds"]), "mean": roc["mean"]["auc_mean"],
+                                           "sd": roc["mean"]["auc_sd"]}}
+    for f in roc["folds"]:
+        m = folds == f["fold"]
+        out["folds"].append({"fold": f["fold"], "n": int(m.sum()), "n_pos": int(y[m].sum()), "auc": f["auc"],
+                             "fpr": f["fpr"], "tpr": f["tpr"]})
+    summary = None
+    if cv and cv.get("per_fold") and cv.get("across_folds"):
+        summary = cv
+    elif "threshold" in ev.columns:
+        thr = pd.to_numeric(ev["threshold"], errors="coerce")
+        if thr.notna().all() and (thr.groupby(folds).nunique() == 1).all():
+            table = pd.DataFrame({"y_true": y, "probability": s, "fold": folds, "threshold": thr.to_numpy()})
+            summary = metrics.crossval_summary(table, class_names=classes, n_bootstrap=0, alpha=alpha)
+    if summary is not None:
+        pooled = summary.get("pooled") or {}
+        if pooled.get("at_fold_thresholds"):
+            out["pooled_at_fold_thresholds"] = pooled["at_fold_thresholds"]
+        out["per_fold_metrics"] = [{k: f.get(k) for k in ("fold", "n", "n_pos", "n_neg", "threshold", "auc", "metrics")}
+                                   for f in summary["per_fold"]]
+        out["across_folds"] = summary["across_folds"]
     if cv:
-        out["crossval"] = {k: v for k, v in cv.items() if k not in out}
+        out["crossval"] = {k: v for k, v in cv.items() if k not in ("roc", "per_fold", "across_folds")}
     return out
 
 
@@ -273,6 +299,10 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
         if threshold is not None:
             points.append(_operating_point("model", f"Model's stored threshold ({threshold_method or 'method not recorded'})",
                                            y, s, threshold, (neg, pos), a))
+        cv_data = _cross_validation(ev, cv, (neg, pos), a)
+        if cv_data and cv_data.get("pooled_at_fold_thresholds"):
+            points.append({"name": "folds", "label": FOLD_THRESHOLDS_LABEL, "threshold": None,
+                           "metrics": cv_data["pooled_at_fold_thresholds"]})
         if np.isfinite(youden):
             points.append(_operating_point("youden", "Youden threshold chosen on this cohort (optimistic)",
                                            y, s, youden, (neg, pos), a))
@@ -301,7 +331,7 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
             "subgroups": (_subgroups(ev, threshold if threshold is not None else youden, a, (neg, pos))
                           if threshold is not None or np.isfinite(youden) else {}),
             "subgroup_threshold": "model" if threshold is not None else "youden",
-            "cross_validation": _cross_validation(ev, cv),
+            "cross_validation": cv_data,
             "comparison": _comparison(ev, comparison, a, id_col),
         }
     for w in caught:

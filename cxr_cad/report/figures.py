@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 DPI = 110
 _META = {"Software": f"cxr_cad {__version__} (matplotlib)"}
-_OP_STYLE = {"model": ("o", "#d62728"), "youden": ("s", "#2ca02c")}
+_OP_STYLE = {"model": ("o", "#d62728"), "youden": ("s", "#2ca02c"), "folds": ("D", "#9467bd")}
+_OP_NAME = {"model": "model threshold", "youden": "Youden (this cohort)", "folds": "each fold's own threshold"}
 
 
 def _new(w: float = 5.2, h: float = 4.6) -> tuple[Figure, object]:
@@ -60,9 +61,9 @@ def roc_figure(d: dict, path: Path) -> Path:
         if spec is None or sens is None:
             continue
         marker, color = _OP_STYLE.get(op["name"], ("^", "black"))
-        name = "model threshold" if op["name"] == "model" else "Youden (this cohort)"
+        thr = "" if op["threshold"] is None else f" {op['threshold']:.3f}"
         ax.plot([1 - spec], [sens], marker=marker, color=color, ms=8, ls="none",
-                label=f"{name} {op['threshold']:.3f}")
+                label=f"{_OP_NAME.get(op['name'], op['name'])}{thr}")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -77,7 +78,7 @@ def cv_roc_figure(d: dict, path: Path) -> Path:
         ax.plot(_arr(f["fpr"]), _arr(f["tpr"]), lw=1, alpha=0.6, label=f"fold {f['fold']} (AUC {auc})")
     mr = cv["mean_roc"]
     grid = _arr(mr["fpr"])
-    ax.fill_between(grid, _arr(mr["tpr_low"]), _arr(mr["tpr_high"]), color="grey", alpha=0.25,
+    ax.fill_between(grid, _arr(mr["tpr_low"]), _arr(mr["tpr_high"]), color="grey", alpha=0.35,
                     label="mean \u00b1 1 SD")
     sm = cv["auc_summary"]
     mean_txt = "n/e" if sm.get("mean") is None else f"{sm['mean']:.3f}"
@@ -120,6 +121,8 @@ def score_histogram_figure(ev: pd.DataFrame, d: dict, path: Path) -> Path:
         s = ev.loc[ev["y_true"] == y, "score"].to_numpy()
         ax.hist(s, bins=bins, alpha=0.6, color=color, label=f"truly {cls} (n={s.size})")
     for op in d["operating_points"]:
+        if op["threshold"] is None:
+            continue
         _, color = _OP_STYLE.get(op["name"], ("", "black"))
         ax.axvline(op["threshold"], color=color, ls="--", lw=1.5,
                    label=("model" if op["name"] == "model" else "Youden") + f" threshold {op['threshold']:.3f}")

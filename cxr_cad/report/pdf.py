@@ -69,7 +69,8 @@ def _caption(pdf: _ReportPDF, text: str) -> None:
 def _table(pdf: _ReportPDF, rows: list[list[str]], widths: list[float], *, header: bool, size: float = 8) -> None:
     pdf.set_font(_FONT, "", size)
     align = ["LEFT"] + ["RIGHT"] * (len(widths) - 1) if header else "LEFT"
-    with pdf.table(col_widths=tuple(widths), width=pdf.epw, first_row_as_headings=header,
+    width = pdf.epw if len(widths) > 3 or not header else pdf.epw * 0.6  # short lists stay compact
+    with pdf.table(col_widths=tuple(widths), width=width, align="LEFT", first_row_as_headings=header,
                    headings_style=FontFace(emphasis="BOLD", fill_color=_HEAD_FILL),
                    line_height=size * 0.5, padding=1, text_align=align, v_align="TOP") as t:
         for r in rows:
@@ -152,7 +153,7 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
             elif kind == "table":
                 _caption(pdf, b["caption"])
                 _table(pdf, [b["columns"], *b["rows"]], b["widths"], header=True,
-                       size=7.5 if len(b["columns"]) > 4 else 8)
+                       size=7 if len(b["columns"]) > 6 else 7.5 if len(b["columns"]) > 4 else 8)
             elif kind in ("figure", "gallery"):
                 files = [b["file"]] if kind == "figure" else [it["file"] for it in b["items"]]
                 missing = [f for f in files if f not in images]

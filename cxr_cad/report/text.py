@@ -19,16 +19,25 @@ def methods_paragraphs(d: dict) -> list[str]:
     s = d["settings"]
     level = f"{100 * s['confidence_level']:g}%"
     pos, neg = d["positive_class"], d["negative_class"]
+    names = [o["name"] for o in d["operating_points"]]
     model_thr = next((o for o in d["operating_points"] if o["name"] == "model"), None)
-    thr_text = (f"the threshold stored in the model bundle ({model_thr['threshold']:.4f}, chosen by "
-                f"'{(d.get('model') or {}).get('threshold_method') or 'a method not recorded'}' before this "
-                "cohort was evaluated)" if model_thr else "no model threshold (none was given)")
+    used = []
+    if model_thr:
+        used.append(f"the threshold stored in the model bundle ({model_thr['threshold']:.4f}, chosen by "
+                    f"'{(d.get('model') or {}).get('threshold_method') or 'a method not recorded'}' before this "
+                    "cohort was evaluated)")
+    if "folds" in names:
+        used.append("each cross-validation fold's own threshold (every image is decided at the threshold of "
+                    "the fold model that scored it, chosen on that fold's training data only)")
+    if "youden" in names:
+        used.append("the Youden threshold, the observed score that maximises sensitivity + specificity - 1 "
+                    "on this same cohort (ties go to the higher threshold); because it is chosen on the data "
+                    "it is evaluated on, its numbers are optimistic")
     parts = [
         f"Scores and decisions. Each image's score is the model's probability of {pos} (softmax output). "
-        f"An image is called {pos} when score >= threshold, otherwise {neg}. Two thresholds are used: "
-        f"{thr_text}; and the Youden threshold, the observed score that maximises sensitivity + "
-        "specificity - 1 on this same cohort (ties go to the higher threshold). Because the Youden "
-        "threshold is chosen on the data it is evaluated on, its numbers are optimistic.",
+        f"An image is called {pos} when score >= threshold, otherwise {neg}. Thresholds used: "
+        + ("; ".join(used) or "none could be evaluated") + "."
+        + ("" if model_thr else " No model threshold was given."),
         f"Confidence intervals ({level}). Accuracy, class accuracy, sensitivity, specificity, PPV and "
         "NPV are proportions of images with Wilson score intervals. Class accuracy is the fraction of "
         f"images of that class called correctly (for {pos} it equals sensitivity, for {neg} "
@@ -51,7 +60,9 @@ def methods_paragraphs(d: dict) -> list[str]:
                      "in training (folds grouped by patient). The pooled out-of-fold scores give the "
                      "main ROC and tables; per-fold ROC curves are averaged vertically on a common "
                      "false-positive-rate grid, with a band of the mean +/- 1 SD across folds. The "
-                     "per-fold AUC spread is the sample SD.")
+                     "per-fold AUC spread is the sample SD. Where each fold has its own threshold (chosen "
+                     "on that fold's training data only), per-fold metrics are given at that threshold, "
+                     "with their mean +/- SD across folds.")
     if d.get("comparison"):
         parts.append("Model comparison. Both models score the same images; the difference of their AUCs "
                      "is tested with DeLong's paired test (two-sided), which accounts for the correlation "

@@ -157,7 +157,16 @@ def _confusion(op: dict, neg: str, pos: str) -> dict:
     return _table(["", f"Called {neg}", f"Called {pos}"],
                   [[f"Truly {neg}", str(cm["tn"]), str(cm["fp"])],
                    [f"Truly {pos}", str(cm["fn"]), str(cm["tp"])]],
-                  f"Confusion matrix: {op['label']}, threshold {fmt_num(op['threshold'], 4)}", [2, 1, 1])
+                  f"Confusion matrix: {op['label']}" + (f", threshold {fmt_num(op['threshold'], 4)}"
+                                                        if op["threshold"] is not None else ""), [2, 1, 1])
+
+
+_OP_EXPLAINED = {
+    "model": "The model's stored threshold was chosen before this cohort was seen.",
+    "folds": "In cross-validation every image is decided at the threshold of the model that scored it, "
+             "chosen on that fold's training data only: these are the honest out-of-fold numbers.",
+    "youden": "The Youden threshold is chosen on this cohort itself.",
+}
 
 
 def _study_table(d: dict) -> list[dict]:
@@ -167,8 +176,7 @@ def _study_table(d: dict) -> list[dict]:
                  "and no model threshold was given)."}]
     blocks: list[dict] = [{"kind": "paragraph", "text": (
         "Decision rule: an image is called " + pos + " when its score is at least the threshold. "
-        + ("Two operating points are shown: the threshold stored in the model (chosen before this "
-           "cohort was seen) and the Youden threshold. " if len(ops) > 1 else ""))}]
+        + " ".join(_OP_EXPLAINED[o["name"]] for o in ops))}]
     if any(o["name"] == "youden" for o in ops):
         blocks.append({"kind": "note", "text": "The Youden threshold is chosen on this same cohort to maximise "
                        "sensitivity + specificity, so the numbers at that threshold are optimistic: they show "
@@ -196,6 +204,9 @@ def _study_table(d: dict) -> list[dict]:
         rows.append(row)
     cols = ["Metric"]
     for o in ops:
+        if o["name"] == "folds":
+            cols += ["Each fold's own threshold: value (95% CI)", "k/n"]
+            continue
         short = "Model threshold" if o["name"] == "model" else "Youden (optimistic)"
         cols += [f"{short} {fmt_num(o['threshold'], 4)}: value (95% CI)", "k/n"]
     blocks.append(_table(cols, rows, "The study's table: metrics at each operating point",
@@ -217,11 +228,40 @@ def _roc(d: dict) -> list[dict]:
         rows = [[str(f["fold"]), str(f["n"]), str(f["n_pos"]), fmt_num(f["auc"])] for f in cv["folds"]]
         sm = cv["auc_summary"]
         rows.append(["mean \u00b1 SD", "", "", f"{fmt_num(sm['mean'])} \u00b1 {fmt_num(sm['sd'])}"])
-        blocks += [{"kind": "figure", "file": "cv_roc.png",
-                    "caption": "Cross-validation: one ROC curve per held-out fold, their vertical mean "
-                               "and the mean \u00b1 1 SD band."},
-                   _table(["Fold", "Images", "Positive", "AUC"], rows, "AUC per held-out fold", [1, 1, 1, 1])]
+        blocks.append({"kind": "figure", "file": "cv_roc.png",
+                       "caption": "Cross-validation: one ROC curve per held-out fold, their vertical mean "
+                                  "and the mean \u00b1 1 SD band."})
+        if cv.get("per_fold_metrics"):
+            blocks.append(_per_fold_table(cv))
+        else:
+            blocks.append(_table(["Fold", "Images", "Positive", "AUC"], rows, "AUC per held-out fold", [1, 1, 1, 1]))
     return blocks
+
+
+_FOLD_KEYS = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("accuracy", "Accuracy"))
+
+
+def _per_fold_table(cv: dict) -> dict:
+    """Each fold at its own threshold (chosen inside its training folds), then mean +/- SD."""
+    rows = []
+    for f in cv["per_fold_metrics"]:
+        m = f.get("metrics") or {}
+        rows.append([str(f["fold"]), f"{f['n']} ({f.get('n_pos', '?')})", fmt_num(f.get("threshold"), 4),
+                     fmt_auc(f.get("auc"))]
+                    + [fmt_prop(m.get(k)) for k, _ in _FOLD_KEYS])
+    across = cv.get("across_folds") or {}
+
+    def msd(key: str, pct: bool) -> str:
+        v = across.get(key) or {}
+        if v.get("mean") is None:
+            return NOT_ESTIMABLE
+        f = fmt_pct if pct else fmt_num
+        return f"{f(v['mean'])} \u00b1 {f(v.get('sd'))}"
+    rows.append(["mean \u00b1 SD", "", "", msd("auc", False)] + [msd(k, True) for k, _ in _FOLD_KEYS])
+    return _table(["Fold", "Images (positive)", "Threshold", "AUC (DeLong 95% CI)"]
+                  + [f"{t} (95% CI)" for _, t in _FOLD_KEYS],
+                  rows, "Each held-out fold at its own threshold (chosen on that fold's training data)",
+                  [0.75, 1.0, 0.9, 1.9, 1.8, 1.8, 1.8])
 
 
 def _calibration(d: dict) -> list[dict]:

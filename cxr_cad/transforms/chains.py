@@ -22,7 +22,8 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -138,10 +139,10 @@ def spec_cache_key(spec: TransformSpec) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _item_hash(item: dict) -> bytes:
-    """Cache key of one item: its content plus the image file's size and mtime.
+def _image_hash(item: dict) -> bytes:
+    """Cache key of one image: its path plus the file's size and mtime.
 
-    A changed file (same path, new content) gets a new key instead of stale pixels.
+    A rewritten file (same path, new content) gets a new key instead of stale pixels.
     """
     path = item.get(IMAGE_KEY)
     try:
@@ -149,8 +150,25 @@ def _item_hash(item: dict) -> bytes:
         stamp = [st.st_size, st.st_mtime_ns]
     except (OSError, TypeError):
         stamp = None  # a missing file is reported by the reader, not here
-    blob = json.dumps({"item": item, "stat": stamp}, sort_keys=True, default=str).encode()
+    blob = json.dumps({"image": os.fspath(path) if path is not None else None, "stat": stamp}).encode()
     return hashlib.sha256(blob).hexdigest().encode()
+
+
+class _WithCachedImage(Sequence):
+    """``items[i]`` with its image key replaced by the cached decoded image.
+
+    Only the image goes through the cache, so labels and other keys of an item can never
+    come back stale from a cache written by another run or fold.
+    """
+
+    def __init__(self, items: list[dict], images: Sequence, key: str):
+        self.items, self.images, self.key = items, images, key
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.items[index], self.key: self.images[index][self.key]}
 
 
 def make_dataset(items: Sequence[dict], spec: TransformSpec, *, augment: AugmentSpec | None = None,
@@ -159,13 +177,13 @@ def make_dataset(items: Sequence[dict], spec: TransformSpec, *, augment: Augment
     """A MONAI Dataset over ``items`` with decoded, resized images cached.
 
     Args:
-        items: dicts ``{"image": path, "label": int, ...}``. Keep only stable keys in
-            them: every key is part of the cache key.
+        items: dicts ``{"image": path, "label": int, ...}``; keys other than the image
+            pass through unchanged (they are not part of the cache).
         spec: the eval spec (model input size, aspect, normalisation).
         augment: training augmentation; None = deterministic eval chain.
         cache_dir: persist the deterministic part (load + resize) here (MONAI
-            ``PersistentDataset``, one sub-folder per :func:`spec_cache_key`), shared by
-            train/eval datasets, epochs, folds and runs.
+            ``PersistentDataset``, one sub-folder per :func:`spec_cache_key`, one file per
+            image path + size + mtime), shared by train/eval datasets, epochs, folds and runs.
         seed: seed of the random transforms' own state (no global RNG).
         memory_cache: with no ``cache_dir``, decode everything once up front and keep it
             in memory (MONAI ``CacheDataset``; about ``S*S*4`` bytes per image).
@@ -173,26 +191,28 @@ def make_dataset(items: Sequence[dict], spec: TransformSpec, *, augment: Augment
         cache_workers: threads used by ``CacheDataset`` to fill the memory cache.
 
     Returns:
-        ``monai.data.Dataset`` whose ``transform`` is the per-sample chain and whose
-        ``data`` is the cached deterministic dataset. Use ``monai.data.DataLoader`` (its
-        ``worker_init_fn`` gives every worker its own random state; pass a seeded
-        ``generator`` for reproducible multi-worker augmentation).
+        ``monai.data.Dataset`` whose ``transform`` is the per-sample chain (augment,
+        channels, normalise) and whose ``data`` yields items with the cached ``(1, S, S)``
+        image. Use ``monai.data.DataLoader`` (its ``worker_init_fn`` gives every worker
+        its own random state; pass a seeded ``generator`` for reproducible multi-worker
+        augmentation).
 
     Raises (when an item is read): ``RuntimeError`` from MONAI with the
     :class:`~cxr_cad.errors.RejectedFile` as its cause (see ``find_rejection``).
     """
     items = list(items)
+    images = [{key: it[key]} for it in items]
     load = Compose(build_load_transforms(spec, policy=policy, key=key))
     if cache_dir is not None:
         where = Path(cache_dir) / f"load-{spec_cache_key(spec)}"
         where.mkdir(parents=True, exist_ok=True)
-        base: Sequence = PersistentDataset(items, transform=load, cache_dir=where, hash_func=_item_hash)
+        base: Sequence = PersistentDataset(images, transform=load, cache_dir=where, hash_func=_image_hash)
         log.debug("caching %d decoded images under %s", len(items), where)
     elif memory_cache:
-        base = CacheDataset(items, transform=load, cache_rate=1.0, num_workers=cache_workers or None,
+        base = CacheDataset(images, transform=load, cache_rate=1.0, num_workers=cache_workers or None,
                             progress=False)
     else:
-        base = Dataset(items, transform=load)
+        base = Dataset(images, transform=load)
     post = Compose(build_post_transforms(spec, augment, key=key))
     post.set_random_state(seed=int(seed))
-    return Dataset(base, transform=post)
+    return Dataset(_WithCachedImage(items, base, key), transform=post)

@@ -18,6 +18,7 @@ column ``c`` of the radiograph as displayed, and horizontal flips act on the las
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 
-from cxr_cad.errors import RejectedFile
+from cxr_cad.errors import Reason, RejectedFile
 
 #: File suffixes this reader claims for MONAI's automatic reader selection. DICOM files
 #: often have no suffix; LoadImaged is always given a CxrReader instance explicitly.
@@ -35,11 +36,17 @@ SUFFIXES = ("dcm", "dicom", "dic", "png", "jpg", "jpeg", "")
 _META_KEYS = ("format", "modality", "view_position", "photometric_interpretation", "rows", "columns")
 
 
+_REJECTED_LINE = re.compile(r"^(?:cxr_cad\.errors\.)?RejectedFile: (?:(?P<path>.*?): )?"
+                            r"\[(?P<reason>[A-Z_]+)\] (?P<detail>.*)$")
+
+
 def find_rejection(exc: BaseException) -> RejectedFile | None:
     """The :class:`RejectedFile` behind an exception raised by a transform chain, if any.
 
     MONAI wraps errors raised inside ``Compose`` in ``RuntimeError``; this walks the
-    ``__cause__``/``__context__`` chain. Returns None when no RejectedFile is in it.
+    ``__cause__``/``__context__`` chain, and for an error re-raised from a DataLoader worker
+    (which keeps only the traceback text) parses the ``RejectedFile`` line. Returns None
+    when there is no RejectedFile behind ``exc``.
     """
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -48,6 +55,11 @@ def find_rejection(exc: BaseException) -> RejectedFile | None:
             return cur
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
+    # A DataLoader worker re-raises in the main process with the worker's traceback as text only.
+    for line in reversed(str(exc).splitlines()):
+        m = _REJECTED_LINE.match(line.strip())
+        if m and m.group("reason") in Reason.__members__:
+            return RejectedFile(Reason(m.group("reason")), m.group("detail"), m.group("path"))
     return None
 
 

@@ -84,9 +84,13 @@ class TransformSpec:
     interpolation: str = "area"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         problems = []
+        for name in ("mean", "std"):
+            try:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+            except (TypeError, ValueError):
+                problems.append(f"{name} must be a list of numbers, got {getattr(self, name)!r}")
+                object.__setattr__(self, name, ())
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
             problems.append(f"image_size must be an integer >= 32, got {self.image_size!r}")
         if self.aspect not in ASPECTS:
@@ -95,6 +99,8 @@ class TransformSpec:
             problems.append(f"in_channels must be 1 or 3, got {self.in_channels!r}")
         for name in ("mean", "std"):
             vals = getattr(self, name)
+            if not vals:
+                continue
             if len(vals) != self.in_channels:
                 problems.append(f"{name} needs one value per input channel ({self.in_channels}), got {vals!r}")
             if not all(math.isfinite(v) for v in vals):
@@ -179,22 +185,22 @@ class AugmentSpec:
     padding_mode: str = "zeros"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
         problems = []
-        if not 0 <= self.rotate_deg <= 45:
-            problems.append(f"rotate_deg must be within [0, 45], got {self.rotate_deg!r}")
-        if not 0 <= self.translate_frac <= 0.5:
-            problems.append(f"translate_frac must be within [0, 0.5], got {self.translate_frac!r}")
+        try:
+            object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        except (TypeError, ValueError):
+            raise ConfigError([f"scale must be a pair of numbers (low, high), got {self.scale!r}"],
+                              source="augmentation spec") from None
+        ranges = {"rotate_deg": (0.0, 45.0), "translate_frac": (0.0, 0.5), "affine_prob": (0.0, 1.0),
+                  "brightness": (0.0, 0.5), "contrast": (0.0, 0.9)}
+        for name, (lo, hi) in ranges.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                problems.append(f"{name} must be a number within [{lo:g}, {hi:g}], got {v!r}")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             problems.append(f"scale must be (low, high) with 0 < low <= high, got {self.scale!r}")
-        if not 0 <= self.affine_prob <= 1:
-            problems.append(f"affine_prob must be within [0, 1], got {self.affine_prob!r}")
         if not isinstance(self.hflip, bool):
             problems.append(f"hflip must be true or false, got {self.hflip!r}")
-        if not 0 <= self.brightness <= 0.5:
-            problems.append(f"brightness must be within [0, 0.5], got {self.brightness!r}")
-        if not 0 <= self.contrast <= 0.9:
-            problems.append(f"contrast must be within [0, 0.9], got {self.contrast!r}")
         if self.padding_mode not in ("zeros", "border", "reflection"):
             problems.append(f"padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
         if problems:
