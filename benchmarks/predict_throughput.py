@@ -74,19 +74,19 @@ class MemorySampler(threading.Thread):
         self.pid, self.interval = pid, interval
         self.peak_main_rss = self.peak_tree_pss = 0.0
         self.max_processes = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             pids = _tree_pids(self.pid)
             self.max_processes = max(self.max_processes, len(pids))
             self.peak_main_rss = max(self.peak_main_rss, _kib(self.pid, "status", "VmRSS:") / 1024)
             pss = sum(_kib(p, "smaps_rollup", "Pss:") for p in pids) / 1024
             self.peak_tree_pss = max(self.peak_tree_pss, pss)
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

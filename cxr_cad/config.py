@@ -21,7 +21,6 @@ types, values out of range) is collected and raised together as one
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import types
@@ -463,8 +462,3 @@ def config_diff(a: TrainConfig, b: TrainConfig, *, ignore: frozenset[str] = RESU
     fa, fb = a.flat(), b.flat()
     return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
             if k not in ignore and fa.get(k) != fb.get(k)]
-
-
-def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    """``dataclasses.replace`` that keeps validation (convenience for callers and tests)."""
-    return dataclasses.replace(cfg, **changes)

@@ -66,7 +66,7 @@ def make_bundle(path: Path, *, seed: int = 0, n_fit: int = 40, C: float = 0.1) -
     """
     from sklearn.linear_model import LogisticRegression
 
-    from cxr_cad.engine.predict import make_preprocess
+    from cxr_cad.engine.shards import make_preprocess
     from cxr_cad.model import init_model, save_bundle
     from cxr_cad.transforms import TransformSpec
 

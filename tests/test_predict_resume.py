@@ -120,3 +120,56 @@ def test_fingerprint_changes_with_inputs(tmp_path):
     assert fp != inputs_fingerprint([PredictInput(0, str(a), "NORMAL"), inputs[1]])
     b.write_bytes(b"333")
     assert fp != inputs_fingerprint(inputs)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cxr_cad", "-q", "predict", *args]
+
+
+def test_kill_9_mid_run_then_resume_scores_every_image_once(tmp_path):
+    from tests.test_predict import make_bundle, read_csv, write_images
+
+    bundle = make_bundle(tmp_path / "model.pt")
+    src = tmp_path / "in"
+    write_images(src, 58, size=64)
+    (src / "junk.bin").write_bytes(b"\x00junk")
+    (src / "empty.dcm").write_bytes(b"")
+    out = tmp_path / "out"
+    args = _cli(str(src), "--model", str(bundle), "--out", str(out), "--batch-size", "4", "--workers", "1")
+    env = {**os.environ, "CXR_CAD_PREDICT_BATCH_DELAY_S": "0.5"}
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stderr=subprocess.PIPE)
+    part = out / STATE_DIR / "part-rank0.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if part.exists() and part.read_bytes().count(b"\n") >= 12:  # 3 batches journaled
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()!r}"
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its decode worker, no clean-up
+    finally:
+        proc.wait()
+    done_before = part.read_bytes().count(b"\n")
+    assert 12 <= done_before < 60
+    assert not (out / "predictions.csv").exists()
+    with open(part, "ab") as fh:  # as if the kill had torn the last write
+        fh.write(b'{"index": 59, "kind": "predic')
+
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_done_before"] == done_before
+    assert summary["n_processed"] == 60 - done_before
+    preds, rejected = read_csv(out / "predictions.csv"), read_csv(out / "rejected.csv")
+    paths = [r["path"] for r in preds] + [r["path"] for r in rejected]
+    assert len(paths) == len(set(paths)) == 60
+    assert sorted(paths) == sorted(str(p) for p in src.iterdir())
+    assert {Path(r["path"]).name: r["reason"] for r in rejected} == {"junk.bin": "NOT_DICOM",
+                                                                     "empty.dcm": "EMPTY_FILE"}
+
+    # a different model on the same --out is refused (exit 2) and changes nothing
+    other = make_bundle(tmp_path / "other.pt", seed=1)
+    before = (out / "predictions.csv").read_bytes()
+    run = subprocess.run(_cli(str(src), "--model", str(other), "--out", str(out)), capture_output=True, text=True)
+    assert run.returncode == 2 and "--overwrite" in run.stderr
+    assert (out / "predictions.csv").read_bytes() == before

@@ -268,6 +268,12 @@ def test_positive_class_is_required(tmp_path):
         write_report(synthetic_predictions(40), tmp_path, threshold=0.5, options=OPTIONS, pdf=False)
 
 
+def test_positive_class_must_match_the_model(tmp_path):
+    with pytest.raises(UsageError, match="differs from the model"):
+        write_report(synthetic_predictions(40), tmp_path, positive_class="NORMAL", model_info=MODEL_INFO,
+                     options=OPTIONS, pdf=False)
+
+
 def test_one_class_cohort_reports_not_estimable(tmp_path):
     df = synthetic_predictions(40).assign(label="NORMAL")
     result = write_report(df, tmp_path, model_info=MODEL_INFO, options=OPTIONS)

@@ -191,6 +191,22 @@ def test_given_validation_rows_and_no_validation(cohort, cfg, tmp_path):
     assert r.threshold == 0.5 and r.threshold_method == "fixed" and r.best_epoch == 1
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_is_a_clear_error(tmp_path, workers):
+    from cxr_cad.errors import CxrCadError
+
+    root = tmp_path / "c"
+    write_png_cohort(root, n_patients=6, images_per_patient=1, size=64)
+    df = read_manifest(root / "manifest.csv", require_labels=True)
+    bad = df["path"].iloc[0]
+    with open(bad, "r+b") as fh:
+        fh.truncate(40)
+    cfg = load_config(None, {**FAST, "epochs": 1, "runtime.workers": workers, "data.val_fraction": 0,
+                             "batch_size": 16})
+    with pytest.raises(CxrCadError, match=r"training image cannot be read: .*" + bad.rsplit("/", 1)[1]):
+        train_model(df, tmp_path / "run", cfg)
+
+
 def test_split_modes(cohort):
     df = cohort[1].copy()
     data = load_config().data

@@ -6,6 +6,7 @@ with native bf16, AMP on CUDA), channels-last input, GradScaler only for fp16.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cxr_cad.engine.data import shard_rows
 from cxr_cad.engine.runtime import RuntimeInfo, autocast, prepare_model, resolve_runtime, to_device
+from cxr_cad.errors import CxrCadError
 from cxr_cad.progress import progress
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,45 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     return loss.detach()
 
 
-def _bar(loader: DataLoader, info: RuntimeInfo, desc: str):
-    """A per-batch progress bar on rank 0 only (None elsewhere)."""
-    if not info.is_main:
-        return None
-    return progress(loader, total=len(loader), desc=desc, unit="batch", leave=False)
+_REJECTED_LINE = re.compile(r"RejectedFile: (.+)")
+
+
+def image_error(exc: BaseException, what: str) -> BaseException:
+    """A clear CxrCadError for an image that failed to load in a DataLoader (else ``exc``).
+
+    MONAI wraps the reader's :class:`RejectedFile` in ``RuntimeError``; a DataLoader worker
+    re-raises it as text, so the worker's traceback is searched too.
+    """
+    from cxr_cad.transforms import find_rejection
+
+    rej = find_rejection(exc)
+    found = str(rej) if rej is not None else None
+    if found is None:
+        m = _REJECTED_LINE.search(str(exc))
+        found = m.group(1).strip() if m else None
+    if found is None:
+        return exc
+    return CxrCadError(f"a {what} image cannot be read: {found}; remove it from the manifest "
+                       "(`cxr-cad ingest` rejects such files) and rerun")
+
+
+def _batches(loader: DataLoader, info: RuntimeInfo, desc: str, what: str):
+    """Yield ``(bar, batch)``: a progress bar on rank 0 (None elsewhere) and each batch;
+    an image that cannot be read becomes a CxrCadError naming it (:func:`image_error`)."""
+    bar = progress(loader, total=len(loader), desc=desc, unit="batch", leave=False) if info.is_main else None
+    it = iter(bar if bar is not None else loader)
+    try:
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                raise image_error(exc, what) from exc
+            yield bar, batch
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @dataclass
@@ -86,8 +122,7 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, criterion: torch.nn.
         on_train_mode(model)
     t0 = time.perf_counter()
     loss_sum, n = 0.0, 0
-    bar = _bar(loader, info, desc)
-    for batch in (bar if bar is not None else loader):
+    for bar, batch in _batches(loader, info, desc, "training"):
         images = to_device(batch["image"], info)
         labels = batch["label"].to(info.torch_device, non_blocking=True).long()
         loss = train_step(model, images, labels, criterion, optimizer, info, scaler)
@@ -96,8 +131,6 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, criterion: torch.nn.
         n += k
         if bar is not None:
             bar.set_postfix(loss=f"{loss_sum / n:.4f}")
-    if bar is not None:
-        bar.close()
     loss_sum, n = _all_reduce_sum([loss_sum, float(n)], info)
     return EpochStats(loss=loss_sum / max(n, 1), images=int(n), seconds=time.perf_counter() - t0)
 
@@ -131,16 +164,13 @@ def evaluate(model: torch.nn.Module, dataset, info: RuntimeInfo, *, batch_size: 
     subset = Subset(dataset, rows.tolist()) if info.distributed else dataset
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
     probs, labels = [], []
-    bar = _bar(loader, info, desc)
-    for batch in (bar if bar is not None else loader):
+    for _, batch in _batches(loader, info, desc, "validation" if desc == "validate" else "input"):
         images = to_device(batch["image"], info)
         with autocast(info):
             logits = model(images)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(batch["label"].long().cpu() if "label" in batch else
                       torch.full((images.shape[0],), -1, dtype=torch.long))
-    if bar is not None:
-        bar.close()
     if was_training:
         model.train()
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -39,10 +38,11 @@ from typing import Any, Sequence
 import torch
 
 from cxr_cad.engine import runtime
-from cxr_cad.engine.shards import PredictInput, batch_shard, collect_inputs, inputs_fingerprint
+from cxr_cad.engine.shards import (PredictDataset, batch_shard, collate_records, collect_inputs,
+                                   inputs_fingerprint)
 from cxr_cad.engine.writer import (PREDICTIONS, REJECTED, SUMMARY, Journal, atomic_write_text,
                                    merge_outputs, prepare_out_dir, read_journals)
-from cxr_cad.errors import CxrCadError, OutputError, Reason, RejectedFile, UsageError
+from cxr_cad.errors import CxrCadError, OutputError, UsageError
 from cxr_cad.progress import progress
 
 log = logging.getLogger(__name__)
@@ -111,88 +111,6 @@ class PredictResult:
                 f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
                 f"{self.runtime.get('device', '?')} {self.runtime.get('precision', '?')}); "
                 f"-> {self.out_dir / PREDICTIONS}, {self.out_dir / REJECTED}")
-
-
-def make_preprocess(spec: Any):
-    """The bundle's eval chain after decoding: (H, W) float32 [0, 1] array -> (C, S, S) tensor.
-
-    It is :func:`cxr_cad.transforms.build_eval_transforms` without its first step
-    (``LoadImaged``), because predict decodes with ``cxr_cad.io.read_image`` itself to keep
-    the file's DICOM identifiers. Raises RuntimeError if that chain no longer starts with
-    ``LoadImaged`` (the two would silently drift apart otherwise).
-    """
-    from monai.transforms import Compose, LoadImaged
-
-    from cxr_cad.transforms import build_load_transforms, build_post_transforms
-
-    load = build_load_transforms(spec)
-    if not isinstance(load[0], LoadImaged):
-        raise RuntimeError("cxr_cad.transforms.build_load_transforms no longer starts with LoadImaged; "
-                           "update cxr_cad.engine.predict.make_preprocess")
-    chain = Compose(load[1:] + build_post_transforms(spec))
-
-    def preprocess(pixels) -> torch.Tensor:
-        image = chain({"image": torch.from_numpy(pixels[None])})["image"]
-        return image.as_tensor() if hasattr(image, "as_tensor") else image
-
-    return preprocess
-
-
-class PredictDataset(torch.utils.data.Dataset):
-    """Decodes and preprocesses one input per item; never raises for a bad file.
-
-    An item is a dict with ``index`` and either ``image`` (a (C, S, S) float32 tensor),
-    ``sop_instance_uid``, ``study_instance_uid``, or ``reason`` + ``detail`` for a file
-    that was not accepted (``RejectedFile``) or failed unexpectedly (``INTERNAL_ERROR``).
-    """
-
-    def __init__(self, inputs: Sequence[PredictInput], policy: Any, spec: Any):
-        self.inputs = inputs
-        self.policy = policy
-        self.reduce_to = spec.image_size
-        self.preprocess = make_preprocess(spec)
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def _load(self, item: PredictInput) -> dict:
-        from cxr_cad.io import read_image
-
-        pixels, meta = read_image(item.path, policy=self.policy, reduce_to=self.reduce_to)
-        image = self.preprocess(pixels)
-        sop = meta.get("sop_instance_uid") or ""
-        if not sop and meta.get("format") in ("png", "jpeg"):
-            with open(item.path, "rb") as fh:
-                sop = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
-        return {"index": item.index, "image": image, "sop_instance_uid": sop,
-                "study_instance_uid": meta.get("study_instance_uid") or ""}
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.inputs[i]
-        try:
-            return self._load(item)
-        except RejectedFile as exc:
-            return {"index": item.index, "reason": exc.reason.value, "detail": exc.detail}
-        except Exception as exc:  # noqa: BLE001 -- every input is accounted for, never dropped
-            from cxr_cad.transforms.reader import find_rejection
-
-            rejection = find_rejection(exc)
-            if rejection is not None:
-                return {"index": item.index, "reason": rejection.reason.value, "detail": rejection.detail}
-            log.warning("internal error on input #%d: %s: %s", item.index, type(exc).__name__, exc)
-            return {"index": item.index, "reason": Reason.INTERNAL_ERROR.value,
-                    "detail": f"{type(exc).__name__}: {exc}"}
-
-
-def collate_records(items: list[dict]) -> dict:
-    """Stack the accepted images of a batch; pass the rejected records through.
-
-    Returns ``{"images": (N, C, S, S) tensor or None, "accepted": [...], "rejected": [...]}``.
-    """
-    accepted = [x for x in items if "image" in x]
-    rejected = [x for x in items if "image" not in x]
-    images = torch.stack([x.pop("image") for x in accepted]) if accepted else None
-    return {"images": images, "accepted": accepted, "rejected": rejected}
 
 
 def _decision_names(bundle: Any) -> tuple[str, str]:

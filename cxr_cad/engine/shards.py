@@ -1,4 +1,4 @@
-"""Inputs of a batch prediction: collect, fingerprint, and split them across torchrun ranks.
+"""Inputs of a batch prediction: collect, fingerprint, split across torchrun ranks, load.
 
 A prediction run works on one sorted list of input files (:class:`PredictInput`), built
 from folders (recursive, via :func:`cxr_cad.io.scan.iter_files`), manifests (``.csv``,
@@ -6,7 +6,9 @@ paths relative to the manifest's folder, with labels when the manifest has them)
 single files. The list's :func:`inputs_fingerprint` lets a resumed run check that it is
 working on the same inputs; :func:`batch_shard` deals batches of the still-missing items
 round-robin to the ranks, so the batches (and so the numbers) are the same whatever the
-number of processes.
+number of processes. :class:`PredictDataset` decodes and preprocesses one input in a
+DataLoader worker and turns a bad file into a record instead of an exception;
+:func:`collate_records` lets those records flow through the batch.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from cxr_cad.errors import UsageError
+import torch
+
+from cxr_cad.errors import Reason, RejectedFile, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +126,85 @@ def batch_shard(indices: Sequence[int], batch_size: int, rank: int = 0,
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     batches = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
     return batches[rank::world_size]
+
+
+def make_preprocess(spec: Any):
+    """The bundle's eval chain after decoding: (H, W) float32 [0, 1] array -> (C, S, S) tensor.
+
+    It is :func:`cxr_cad.transforms.build_eval_transforms` without its first step
+    (``LoadImaged``), because predict decodes with ``cxr_cad.io.read_image`` itself to keep
+    the file's DICOM identifiers. Raises RuntimeError if that chain no longer starts with
+    ``LoadImaged`` (the two would silently drift apart otherwise).
+    """
+    from monai.transforms import Compose, LoadImaged
+
+    from cxr_cad.transforms import build_load_transforms, build_post_transforms
+
+    load = build_load_transforms(spec)
+    if not isinstance(load[0], LoadImaged):
+        raise RuntimeError("cxr_cad.transforms.build_load_transforms no longer starts with LoadImaged; "
+                           "update cxr_cad.engine.predict.make_preprocess")
+    chain = Compose(load[1:] + build_post_transforms(spec))
+
+    def preprocess(pixels) -> torch.Tensor:
+        image = chain({"image": torch.from_numpy(pixels[None])})["image"]
+        return image.as_tensor() if hasattr(image, "as_tensor") else image
+
+    return preprocess
+
+
+class PredictDataset(torch.utils.data.Dataset):
+    """Decodes and preprocesses one input per item; never raises for a bad file.
+
+    An item is a dict with ``index`` and either ``image`` (a (C, S, S) float32 tensor),
+    ``sop_instance_uid``, ``study_instance_uid``, or ``reason`` + ``detail`` for a file
+    that was not accepted (``RejectedFile``) or failed unexpectedly (``INTERNAL_ERROR``).
+    """
+
+    def __init__(self, inputs: Sequence[PredictInput], policy: Any, spec: Any):
+        self.inputs = inputs
+        self.policy = policy
+        self.reduce_to = spec.image_size
+        self.preprocess = make_preprocess(spec)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def _load(self, item: PredictInput) -> dict:
+        from cxr_cad.io import read_image
+
+        pixels, meta = read_image(item.path, policy=self.policy, reduce_to=self.reduce_to)
+        image = self.preprocess(pixels)
+        sop = meta.get("sop_instance_uid") or ""
+        if not sop and meta.get("format") in ("png", "jpeg"):
+            with open(item.path, "rb") as fh:
+                sop = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+        return {"index": item.index, "image": image, "sop_instance_uid": sop,
+                "study_instance_uid": meta.get("study_instance_uid") or ""}
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.inputs[i]
+        try:
+            return self._load(item)
+        except RejectedFile as exc:
+            return {"index": item.index, "reason": exc.reason.value, "detail": exc.detail}
+        except Exception as exc:  # noqa: BLE001 -- every input is accounted for, never dropped
+            from cxr_cad.transforms.reader import find_rejection
+
+            rejection = find_rejection(exc)
+            if rejection is not None:
+                return {"index": item.index, "reason": rejection.reason.value, "detail": rejection.detail}
+            log.warning("internal error on input #%d: %s: %s", item.index, type(exc).__name__, exc)
+            return {"index": item.index, "reason": Reason.INTERNAL_ERROR.value,
+                    "detail": f"{type(exc).__name__}: {exc}"}
+
+
+def collate_records(items: list[dict]) -> dict:
+    """Stack the accepted images of a batch; pass the rejected records through.
+
+    Returns ``{"images": (N, C, S, S) tensor or None, "accepted": [...], "rejected": [...]}``.
+    """
+    accepted = [x for x in items if "image" in x]
+    rejected = [x for x in items if "image" not in x]
+    images = torch.stack([x.pop("image") for x in accepted]) if accepted else None
+    return {"images": images, "accepted": accepted, "rejected": rejected}

@@ -29,7 +29,7 @@ from cxr_cad.engine import checkpoint as ckpt
 from cxr_cad.engine import rundir
 from cxr_cad.engine.data import (EpochSampler, class_weights, label_indices, make_items, sample_weights,
                                  split_train_val, train_loader)
-from cxr_cad.engine.loop import EvalOutput, evaluate, train_epoch
+from cxr_cad.engine.loop import EvalOutput, evaluate, predict_probabilities, train_epoch
 from cxr_cad.engine.optim import build_optimizer, build_scheduler, choose_threshold, set_backbone_frozen, wrap_model
 from cxr_cad.engine.runtime import (RuntimeInfo, barrier, cleanup_distributed, init_distributed, prepare_model,
                                     resolve_runtime, seed_everything)
@@ -38,6 +38,8 @@ from cxr_cad.manifest import manifest_hash as compute_manifest_hash
 from cxr_cad.manifest import write_table
 from cxr_cad.metrics import roc_auc
 from cxr_cad.progress import progress
+
+__all__ = ["TrainResult", "train_model", "predict_probabilities", "EpochCallback"]
 
 log = logging.getLogger(__name__)
 

@@ -131,6 +131,9 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
     from cxr_cad.report.view import build_document
 
     info = dict(model_info or {})
+    if positive_class is not None and info.get("positive_class") not in (None, str(positive_class)):
+        raise UsageError(f"positive class {positive_class!r} differs from the model's "
+                         f"{info['positive_class']!r}, whose probability the predictions hold")
     positive_class = positive_class if positive_class is not None else info.get("positive_class")
     if positive_class is None:
         raise UsageError("the positive class is not known: give it (e.g. --positive-class PNEUMONIA) "
@@ -148,6 +151,9 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the report folder {out}: {exc}") from exc
+    # figures of an earlier report in this folder that this report may not redraw
+    for stale in [*out.glob("gradcam_*.png"), out / "cv_roc.png", out / "comparison_roc.png"]:
+        stale.unlink(missing_ok=True)
     ev, not_evaluated = prepare_predictions(predictions, positive_class=positive_class,
                                             negative_class=others[0] if len(others) == 1 else None,
                                             label_col=label_col, score_col=score_col)

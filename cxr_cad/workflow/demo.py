@@ -122,7 +122,7 @@ def _dataset(pixels8: np.ndarray, jpeg_bytes: bytes, row: pd.Series, index: int)
     ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
-    stored = pixels8.astype(np.uint16) * 4095 // 255 if bits == 12 else pixels8.copy()
+    stored = (pixels8.astype(np.uint32) * 4095 + 127) // 255 if bits == 12 else pixels8.astype(np.uint32)
     if photometric == "MONOCHROME1":
         stored = (2 ** bits - 1) - stored
     ds.file_meta = FileMetaDataset()
@@ -138,9 +138,9 @@ def _dataset(pixels8: np.ndarray, jpeg_bytes: bytes, row: pd.Series, index: int)
     ds.PixelData = stored.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
     ds["PixelData"].VR = "OB" if bits == 8 else "OW"
     if syntax == "rle":
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
     elif syntax == "jpeg2000_lossless":
-        ds.compress(JPEG2000Lossless)
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
     return ds
 
 

@@ -76,6 +76,7 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+_YAML11_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -115,6 +116,8 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
         except yaml.YAMLError as exc:
             problems.append(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})")
             continue
+        if isinstance(value, str) and _YAML11_FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" as text; a user means the number
         out.append((key, value))
     if problems:
         raise ConfigError(problems, "command line")
