@@ -89,6 +89,15 @@ def test_demo_fast_end_to_end_then_skips(tmp_path, capsys):
     assert main(["-q", "demo", "--fast", "--out", str(out)]) == 0
     run = json.loads((out / "run" / "run.json").read_text())
     assert [s["status"] for s in run["steps"]] == ["skipped"] * 5
+    # an interrupted training step (record left "running") is resumed in place, not restarted
+    record_path = out / "run" / "train" / "step.json"
+    record = json.loads(record_path.read_text())
+    record["status"] = "running"
+    record_path.write_text(json.dumps(record))
+    assert main(["-q", "demo", "--fast", "--out", str(out)]) == 0
+    run = json.loads((out / "run" / "run.json").read_text())
+    assert [s["status"] for s in run["steps"]][:3] == ["skipped", "skipped", "resumed"]
+    assert (out / "run" / "report" / "test" / "report.html").is_file()
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--image-size", "16"]])

@@ -241,9 +241,10 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the run folder {out_dir}: {exc.strerror or exc}") from exc
+    if not (out_dir / FOLDS_FILE).exists():
+        write_table(folds_table, out_dir / FOLDS_FILE)
     if not (out_dir / CV_RUN_FILE).exists():
         rundir.write_json(out_dir / CV_RUN_FILE, record)
-        write_table(folds_table, out_dir / FOLDS_FILE)
     log.info("%d-fold cross-validation of %d images from %d patients, grouped by %s; no patient in two folds",
              n_folds, len(df), check["n_patients"], data.group_col)
 
@@ -261,10 +262,10 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
         status.append("finished before" if (fold_dir / rundir.RESULT_FILE).exists() else
                       "resumed" if (fold_dir / "checkpoint.pt").exists() else "trained")
         if status[-1] == "finished before":
-            log.info("fold %d/%d: already trained; not retrained", k + 1, n_folds)
+            log.info("fold %d (%d of %d): already trained; not retrained", k, k + 1, n_folds)
         else:
-            log.info("fold %d/%d: training on %d images, held-out %d", k + 1, n_folds, int((~test).sum()),
-                     int(test.sum()))
+            log.info("fold %d (%d of %d): training on %d images, %d held out", k, k + 1, n_folds,
+                     int((~test).sum()), int(test.sum()))
         result = train_model(df[~test].reset_index(drop=True), fold_dir, fold_cfg)
         test_df = df[test].reset_index(drop=True)
         p, thr = _heldout(k, fold_dir, result, test_df, labels[test], fold_cfg, cache_dir)

@@ -90,7 +90,14 @@ def _load_finished(out_dir: Path) -> TrainResult:
                        threshold_method=r["threshold_method"], epochs_run=r["epochs_run"],
                        stopped_early=r["stopped_early"], resumed_from_epoch=r["epochs_run"], split=r["split"],
                        history=pd.read_csv(out_dir / rundir.LOG_FILE),
-                       val_predictions=pd.read_csv(preds, dtype={"sop_instance_uid": str}) if preds.exists() else None)
+                       val_predictions=_read_val_predictions(preds) if preds.exists() else None)
+
+
+def _read_val_predictions(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table["y_true"] = table["y_true"].astype(np.int64)
+    table["probability"] = table["probability"].astype(np.float64)
+    return table
 
 
 def train_model(train_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfig, *,

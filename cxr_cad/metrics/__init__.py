@@ -21,7 +21,8 @@ from cxr_cad.metrics.subgroups import age_band, age_years, subgroup_table
 
 __all__ = [
     "AucCI", "PairedTest", "ReliabilityCurve", "UndefinedMetricWarning", "age_band", "age_years",
-    "binary_metrics", "bootstrap_auc_ci", "brier_score", "confusion_counts", "confusion_matrix_k", "crossval_roc", "crossval_summary", "mean_sd", "roc_table",
+    "binary_metrics", "bootstrap_auc_ci", "brier_score", "confusion_counts", "confusion_matrix_k",
+    "crossval_roc", "crossval_summary", "mean_sd", "roc_table",
     "delong_auc_ci", "delong_paired_test", "expected_calibration_error", "interpolate_roc", "jsonable",
     "likelihood_ratios", "mean_roc", "one_vs_rest_auc", "per_class_accuracy", "proportion",
     "reliability_curve", "roc_auc", "roc_curve", "subgroup_table", "threshold_for_sensitivity",

@@ -42,12 +42,14 @@ def age_years(patient_age: Any) -> float:
 
 
 def _band_label(lo: float | None, hi: float | None) -> str:
-    fmt = lambda v: f"{v:g}"  # noqa: E731
+    """``<1y``, ``5-11y`` (whole-year edges), ``1.5-<3y`` (fractional edges), ``80+y``."""
     if lo is None:
-        return f"<{fmt(hi)}y"
+        return f"<{hi:g}y"
     if hi is None:
-        return f"{fmt(lo)}+y"
-    return f"{fmt(lo)}-{fmt(hi - 1)}y" if float(hi).is_integer() and float(lo).is_integer() else f"{fmt(lo)}-<{fmt(hi)}y"
+        return f"{lo:g}+y"
+    if float(hi).is_integer() and float(lo).is_integer():
+        return f"{lo:g}-{hi - 1:g}y"
+    return f"{lo:g}-<{hi:g}y"
 
 
 def age_band(patient_age: Any, *, edges: Sequence[float] = AGE_EDGES) -> str:

@@ -202,7 +202,7 @@ def demo_workflow(out_dir: str | os.PathLike, settings: DemoSettings = DemoSetti
                   "data": {"val_fraction": 0.2}, "threshold": {"method": "youden"},
                   "runtime": {"device": "cpu", "precision": "fp32", "workers": s.workers}},
         "evaluate": {"batch_size": 32, "workers": s.workers, "device": "cpu"},
-        "report": {"title": "cxr_cad demo", "pdf": s.pdf, "bootstrap": s.bootstrap, "alpha": 0.05},
+        "report": {"pdf": s.pdf, "bootstrap": s.bootstrap, "alpha": 0.05},
     }
 
 

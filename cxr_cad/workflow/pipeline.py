@@ -107,21 +107,20 @@ def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
         steps.append(Step("train", train_step, {"classes": classes, "train_config": tcfg}, init_inputs,
                           depends=manifest_source, output_files=["bundle"]))
     if "evaluate" in names:
-        models, labels, inputs = {}, {}, {}
+        models, inputs = {}, {}
         if "train" in names:
             models["new"] = "train"
-            labels["new"] = "newly trained model"
         if model["bundle"] is not None:
-            models["previous"] = model["bundle"]
-            labels["previous"] = "previous model" if "train" in names else "model"
-            inputs["previous_bundle"] = model["bundle"]
+            key = "previous" if "train" in names else "model"
+            models[key] = model["bundle"]
+            inputs[f"{key}_bundle"] = model["bundle"]
         deps = manifest_source + (["train"] if "train" in names else [])
         steps.append(Step("evaluate", evaluate_step,
                           {"classes": classes, "models": models, "ingest": _policy_config(wf), **wf["evaluate"]},
                           inputs, depends=deps, output_files=[f"{m}_predictions" for m in models]))
     if "report" in names:
         deps = [s.name for s in steps if s.name in ("ingest", "split", "crossval", "evaluate")]
-        model_labels = {"new": "newly trained model", "previous": "previous model" if "train" in names else "model"}
+        model_labels = {"new": "newly trained model", "previous": "previous model", "model": "model"}
         steps.append(Step("report", report_step,
                           {"classes": classes, "positive_class": data["positive_class"], "model_labels": model_labels,
                            **wf["report"]}, depends=deps,

@@ -69,7 +69,6 @@ SCHEMA: dict[str, Any] = {
         "device": ("str", "auto", False),
     },
     "report": {
-        "title": ("str", None, True),
         "pdf": ("bool", True, False),
         "bootstrap": ("int", 2000, False),
         "alpha": ("float", 0.05, False),

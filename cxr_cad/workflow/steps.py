@@ -87,8 +87,11 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
         manifest = manifest[keep].reset_index(drop=True)
     write_table(unlabelled[["path", "label"]], out / "unlabelled.csv")
     if manifest.empty:
-        raise ManifestError([f"no usable images in {source} ({len(rejected)} files rejected, see "
-                             f"{out / 'rejected.csv'})"], source=f"data.{cohort}")
+        why = [f"no usable images in {source}: {len(rejected)} files rejected (see {out / 'rejected.csv'})"]
+        if len(unlabelled):
+            why.append(f"{len(unlabelled)} images have no label among {', '.join(classes)} (labels: {label_source}); "
+                       f"set data.{cohort}_labels to a labels CSV, or 'folders' for class-named folders")
+        raise ManifestError(why, source=f"data.{cohort}")
     problems = validate_manifest(manifest, classes=classes)
     if problems:
         raise ManifestError(problems, source=f"data.{cohort} ({source})")
