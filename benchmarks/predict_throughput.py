@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/cxr_cad_bench"), help="scratch folder")
     ap.add_argument("--n", type=int, default=200, help="images (generated folder size; default 200)")
     ap.add_argument("--unique", type=int, default=40, help="distinct files when generating (default 40)")
+    ap.add_argument("--size", type=int, default=2000, help="longer side of generated files (default 2000)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode workers for both paths")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if folder is None:
         from make_dicom_folder import make_folder
 
-        folder = args.work / f"dicom-{args.n}"
-        make_folder(folder, args.n, args.unique)
+        folder = args.work / f"dicom-{args.n}-{args.size}px"
+        make_folder(folder, args.n, args.unique, args.size)
     model = args.model or default_model(args.work)
     rows: dict[str, dict] = {}
     print(f"folder {folder}, model {model}, batch {args.batch_size}, workers {args.workers}, "

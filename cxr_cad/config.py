@@ -236,7 +236,8 @@ class TrainConfig(_Section):
     """Everything ``cxr-cad train`` needs besides the manifest and the output folder.
 
     ``augment`` holds keyword arguments for :class:`cxr_cad.transforms.AugmentSpec`
-    (empty = its defaults); they are checked when training builds the transforms.
+    (empty = its defaults); they are checked when training starts (this module imports
+    neither torch nor MONAI).
     """
 
     epochs: int = 20

@@ -106,3 +106,12 @@ def test_bool_and_optional_coercion():
         load_config(None, {"runtime.compile": "maybe"})
     with pytest.raises(ConfigError, match="needs data.val_fold"):
         load_config(None, {"data.split": "fold"})
+
+
+def test_config_module_imports_neither_torch_nor_monai():
+    import subprocess
+    import sys
+
+    code = "import sys, cxr_cad.config; print('torch' in sys.modules, 'monai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -218,6 +218,14 @@ def test_missing_source_and_other_run_in_out_are_usage_errors(tmp_path, bundle_p
     assert len(read_csv(tmp_path / "out" / "predictions.csv")) == 2
 
 
+def test_out_folder_inside_the_source_folder_is_not_an_input(tmp_path, bundle_path):
+    write_images(tmp_path / "in", 3)
+    out = tmp_path / "in" / "scores"
+    assert _predict([tmp_path / "in"], out, bundle_path) == 0
+    assert _predict([tmp_path / "in"], out, bundle_path) == 0  # its own CSVs do not change the inputs
+    assert len(read_csv(out / "predictions.csv")) == 3 and read_csv(out / "rejected.csv") == []
+
+
 def _probabilities(out: Path) -> dict[str, float]:
     return {Path(r["path"]).name: float(r["probability"]) for r in read_csv(out / "predictions.csv")}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.test_predict import make_bundle, read_csv, write_images
+from cxr_cad.cli import main
+from tests.test_predict import bundle_path, read_csv, write_images  # noqa: F401 -- bundle fixture
 
 
 def _args(src, bundle, out) -> list[str]:
@@ -12,16 +13,14 @@ def _args(src, bundle, out) -> list[str]:
             "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
 
 
-def test_two_processes_equal_single_process(tmp_path):
-    bundle = make_bundle(tmp_path / "model.pt")
+def test_two_processes_equal_single_process(tmp_path, bundle_path):
+    bundle = bundle_path
     src = tmp_path / "in"
     write_images(src, 13, size=64)
     (src / "zz_junk.txt").write_text("junk")
     (src / "a_empty.png").write_bytes(b"")
 
-    single = subprocess.run([sys.executable, *_args(src, bundle, tmp_path / "single")],
-                            capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
+    assert main(_args(src, bundle, tmp_path / "single")[2:]) == 0
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           *_args(src, bundle, tmp_path / "ddp")], capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

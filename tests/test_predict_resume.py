@@ -16,7 +16,7 @@ from cxr_cad.engine.shards import PredictInput, batch_shard, inputs_fingerprint
 from cxr_cad.engine.writer import (STATE_DIR, Journal, merge_outputs, prepare_out_dir, read_journals)
 from cxr_cad.errors import OutputError, UsageError
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_predict import bundle_path  # noqa: F401 -- the session-scoped test bundle fixture
 
 
 def _rec(i: int, kind: str = "prediction") -> dict:
@@ -126,10 +126,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cxr_cad", "-q", "predict", *args]
 
 
-def test_kill_9_mid_run_then_resume_scores_every_image_once(tmp_path):
-    from tests.test_predict import make_bundle, read_csv, write_images
+def test_kill_9_mid_run_then_resume_scores_every_image_once(tmp_path, bundle_path, capsys):
+    from cxr_cad.cli import main
+    from cxr_cad.model import init_model, save_bundle
+    from cxr_cad.transforms import TransformSpec
+    from tests.test_predict import read_csv, write_images
 
-    bundle = make_bundle(tmp_path / "model.pt")
+    bundle = bundle_path
     src = tmp_path / "in"
     write_images(src, 58, size=64)
     (src / "junk.bin").write_bytes(b"\x00junk")
@@ -168,8 +171,11 @@ def test_kill_9_mid_run_then_resume_scores_every_image_once(tmp_path):
                                                                      "empty.dcm": "EMPTY_FILE"}
 
     # a different model on the same --out is refused (exit 2) and changes nothing
-    other = make_bundle(tmp_path / "other.pt", seed=1)
+    other = tmp_path / "other.pt"
+    save_bundle(other, init_model("none", 2, 1, seed=1)[0], classes=["NORMAL", "PNEUMONIA"],
+                positive_class="PNEUMONIA", transform_spec=TransformSpec(image_size=64), threshold=0.5,
+                threshold_method="fixed", manifest_hash="other")
     before = (out / "predictions.csv").read_bytes()
-    run = subprocess.run(_cli(str(src), "--model", str(other), "--out", str(out)), capture_output=True, text=True)
-    assert run.returncode == 2 and "--overwrite" in run.stderr
+    assert main(["-q", "predict", str(src), "--model", str(other), "--out", str(out)]) == 2
+    assert "different model_sha256" in capsys.readouterr().err
     assert (out / "predictions.csv").read_bytes() == before

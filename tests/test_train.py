@@ -65,7 +65,8 @@ def test_end_to_end_run_folder(baseline, cohort):
     assert int(log.loc[log["best"], "epoch"].iloc[-1]) == r.best_epoch
     assert (log["images_per_s"] > 0).all() and np.isfinite(log["train_loss"]).all()
     run = json.loads((r.out_dir / "run.json").read_text())
-    assert run["seed"] == 0 and run["manifest_hash"] and "torch" in run["versions"] and run["runtime"]["device"] == "cpu"
+    assert run["seed"] == 0 and run["manifest_hash"] and "torch" in run["versions"]
+    assert run["runtime"]["device"] == "cpu"
     split = pd.read_csv(r.out_dir / "split.csv")
     assert len(split) == len(cohort[1]) and set(split["split"]) == {"train", "val"}
     by_patient = split.groupby("patient_id")["split"].nunique()
@@ -207,6 +208,13 @@ def test_unreadable_image_is_a_clear_error(tmp_path, workers):
         train_model(df, tmp_path / "run", cfg)
 
 
+def test_bad_augmentation_is_a_config_error_before_anything_is_written(cohort, tmp_path):
+    cfg = load_config(None, {**FAST, "augment": {"rotate_deg": 90, "shear": 1}})
+    with pytest.raises(ConfigError, match="augment: unknown augmentation option"):
+        train_model(cohort[1], tmp_path / "run", cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_modes(cohort):
     df = cohort[1].copy()
     data = load_config().data
@@ -214,7 +222,8 @@ def test_split_modes(cohort):
     assert "grouped" in how and not set(tr["patient_id"]) & set(va["patient_id"])
     df["split"] = ["val" if i % 4 == 0 else ("test" if i % 4 == 1 else "train") for i in range(len(df))]
     tr, va, how = split_train_val(df, data, seed=0)
-    assert how == "split column" and len(va) == (df["split"] == "val").sum() and len(tr) == (df["split"] == "train").sum()
+    assert how == "split column" and len(va) == (df["split"] == "val").sum()
+    assert len(tr) == (df["split"] == "train").sum()
     df["fold"] = np.arange(len(df)) % 3
     fold = load_config(None, {"data.split": "fold", "data.val_fold": 2}).data
     tr, va, _ = split_train_val(df, fold, seed=0)

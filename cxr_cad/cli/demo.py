@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline on bundled sample radiographs (offline)",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="cxr-cad-demo", metavar="DIR", help="output folder (default: cxr-cad-demo)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     p.add_argument("--fast", action="store_true",
                    help="a seconds-long smoke run: 24 images, 64 px, 1 epoch (numbers meaningless)")
     p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: 12; --fast: 1)")

@@ -19,11 +19,11 @@ Exit codes: 0 done; 1 bad model bundle, unwritable --out or another failure;
 
 
 def _modalities(text: str) -> tuple[str, ...]:
-    """``CR,DX,DR`` -> ("CR", "DX", "DR"); ``any`` or empty -> () (accept every modality)."""
-    text = text.strip()
-    if text.lower() in ("", "any", "all"):
-        return ()
-    return tuple(m.strip().upper() for m in text.split(",") if m.strip())
+    """``CR,DX,DR`` -> ("CR", "DX", "DR"); ``any`` -> () (accept every modality), as ingest."""
+    mods = tuple(m.strip().upper() for m in text.split(",") if m.strip())
+    if not mods:
+        raise argparse.ArgumentTypeError("--modalities is empty; give e.g. CR,DX,DR or 'any'")
+    return () if mods == ("ANY",) else mods
 
 
 def _threshold(text: str) -> float:

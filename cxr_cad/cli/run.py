@@ -58,7 +58,9 @@ def print_headline(title: str, h: dict, report_path: Path) -> None:
     print(f"{title}: {report_path}")
     line = f"  AUC {_fmt(h.get('auc'))} (95% CI {_fmt(h.get('auc_low'))}-{_fmt(h.get('auc_high'))}), n={h.get('n')}"
     if h.get("accuracy") is not None:
-        line += (f"; at threshold {_fmt(h.get('threshold'))} ({h.get('operating_point')}): "
+        where = ("each fold's own threshold" if h.get("operating_point") == "folds"
+                 else f"threshold {_fmt(h.get('threshold'))} ({h.get('operating_point')})")
+        line += (f"; at {where}: "
                  f"accuracy {_fmt(h.get('accuracy'))}, sensitivity {_fmt(h.get('sensitivity'))}, "
                  f"specificity {_fmt(h.get('specificity'))}")
     print(line)

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
         "split.csv, train_log.csv, checkpoint.pt, model.pt); rerunning the same command resumes. Options "
         "override the --config file; defaults are the study defaults (docs/train.md). Under "
         "`torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     p.add_argument("--manifest", required=True, help="labelled manifest CSV (from `cxr-cad ingest`)")
     p.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML config file (see docs/train.md); options below override it")

@@ -55,13 +55,15 @@ def _manifest_items(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def collect_inputs(sources: Sequence[str | os.PathLike]) -> tuple[list[PredictInput], bool]:
+def collect_inputs(sources: Sequence[str | os.PathLike], *, exclude: Sequence[str | os.PathLike] = ()
+                   ) -> tuple[list[PredictInput], bool]:
     """Every input file named by ``sources``, sorted by path, each once.
 
     A source is a folder (every file below it, recursively: DICOM, PNG, JPEG, and also files
     that will be rejected, so that each one is accounted for), a manifest (``.csv``) or a
     single file. Returns the inputs and whether any carries a label. A file named twice
     keeps the first non-empty label; two different labels for one file raise UsageError.
+    Files under ``exclude`` (the output folder) are never inputs.
     Raises UsageError for a source that does not exist.
     """
     from cxr_cad.io.scan import iter_files
@@ -75,7 +77,8 @@ def collect_inputs(sources: Sequence[str | os.PathLike]) -> tuple[list[PredictIn
     for source in sources:
         src = Path(source)
         if src.is_dir():
-            items: Iterable[tuple[str, str]] = ((str(Path(p).absolute()), "") for p in iter_files([src]))
+            items: Iterable[tuple[str, str]] = ((str(Path(p).absolute()), "")
+                                                for p in iter_files([src], exclude=exclude))
         elif src.suffix.lower() in MANIFEST_SUFFIXES:
             items = _manifest_items(src)
         else:
@@ -89,7 +92,8 @@ def collect_inputs(sources: Sequence[str | os.PathLike]) -> tuple[list[PredictIn
     if conflicts:
         raise UsageError(f"{len(conflicts)} file(s) have two different labels in the sources, "
                          f"e.g. {conflicts[0]}; fix the manifests")
-    paths = sorted(labels)
+    skip = [str(Path(e).absolute()) for e in exclude]
+    paths = sorted(p for p in labels if not any(p == e or p.startswith(e + os.sep) for e in skip))
     inputs = [PredictInput(i, p, labels[p]) for i, p in enumerate(paths)]
     has_labels = any(x.label for x in inputs)
     log.info("%d input file(s) from %d source(s)%s", len(inputs), len(sources),
@@ -143,10 +147,12 @@ def make_preprocess(spec: Any):
     load = build_load_transforms(spec)
     if not isinstance(load[0], LoadImaged):
         raise RuntimeError("cxr_cad.transforms.build_load_transforms no longer starts with LoadImaged; "
-                           "update cxr_cad.engine.predict.make_preprocess")
+                           "update cxr_cad.engine.shards.make_preprocess")
     chain = Compose(load[1:] + build_post_transforms(spec))
 
     def preprocess(pixels) -> torch.Tensor:
+        if not pixels.flags.writeable:  # torch wants writable memory
+            pixels = pixels.copy()
         image = chain({"image": torch.from_numpy(pixels[None])})["image"]
         return image.as_tensor() if hasattr(image, "as_tensor") else image
 
@@ -177,8 +183,11 @@ class PredictDataset(torch.utils.data.Dataset):
         image = self.preprocess(pixels)
         sop = meta.get("sop_instance_uid") or ""
         if not sop and meta.get("format") in ("png", "jpeg"):
+            digest = hashlib.sha256()
             with open(item.path, "rb") as fh:
-                sop = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            sop = f"sha256:{digest.hexdigest()}"
         return {"index": item.index, "image": image, "sop_instance_uid": sop,
                 "study_instance_uid": meta.get("study_instance_uid") or ""}
 

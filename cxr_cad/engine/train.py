@@ -151,6 +151,8 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
         augment = AugmentSpec.from_dict(dict(cfg.augment))
     except ConfigError as exc:
         raise ConfigError([f"augment: {p}" for p in exc.problems]) from exc
+    except TypeError as exc:  # e.g. a number where (low, high) is expected
+        raise ConfigError([f"augment: {exc}"]) from exc
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,9 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if info.precision == "fp16" else None
-    weight = class_weights(y_train, len(data.classes)).to(info.torch_device) if data.imbalance == "weighted_loss" else None
+    weight = None
+    if data.imbalance == "weighted_loss":
+        weight = class_weights(y_train, len(data.classes)).to(info.torch_device)
     criterion = torch.nn.CrossEntropyLoss(weight=weight)
     sampler = EpochSampler(len(train_ds), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                            weights=sample_weights(y_train, len(data.classes))
@@ -255,9 +259,10 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
             rundir.write_log(out_dir, state["history"])
             if hasattr(epochs, "set_postfix"):
                 epochs.set_postfix(loss=f"{stats.loss:.4f}", val_auc=f"{record['val_auc']:.4f}")
-        log.log(logging.INFO if info.is_main else logging.DEBUG, "epoch %d/%d: train_loss %.4f val_loss %.4f val_auc %.4f lr %.3g %.1f images/s%s",
-                 epoch + 1, cfg.epochs, stats.loss, record["val_loss"], record["val_auc"], lr,
-                 stats.images_per_s, " (best)" if record["best"] else "")
+        log.log(logging.INFO if info.is_main else logging.DEBUG,
+                "epoch %d/%d: train_loss %.4f val_loss %.4f val_auc %.4f lr %.3g %.1f images/s%s",
+                epoch + 1, cfg.epochs, stats.loss, record["val_loss"], record["val_auc"], lr,
+                stats.images_per_s, " (best)" if record["best"] else "")
         barrier(info)
         for cb in callbacks:
             cb(epoch + 1, record)
@@ -303,7 +308,8 @@ def _finish(out_dir, cfg, info, model, state, spec, train_df, val_df, how, m_has
     result = {"best_epoch": state["best_epoch"], "val_auc": None if math.isnan(best_auc) else best_auc,
               "threshold": threshold, "threshold_method": method, "threshold_detail": detail,
               "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "split": how,
-              "manifest_hash": m_hash, "parent_bundle": ({"path": init_record.get("source"), "sha256": init_record.get("parent_bundle_sha256")}
+              "manifest_hash": m_hash,
+              "parent_bundle": ({"path": init_record.get("source"), "sha256": init_record.get("parent_bundle_sha256")}
                                 if init_record.get("init") == "bundle" else None)}
     if info.is_main:
         if val_table is not None:
@@ -325,8 +331,9 @@ def _finish(out_dir, cfg, info, model, state, spec, train_df, val_df, how, m_has
                                         "threshold_detail": detail}})
         rundir.write_json(out_dir / rundir.RESULT_FILE, result)
     barrier(info)
-    log.log(logging.INFO if info.is_main else logging.DEBUG, "training done: best epoch %s, validation AUC %.4f, threshold %.4f (%s); bundle %s",
-             state["best_epoch"], best_auc, threshold, method, bundle_path)
+    log.log(logging.INFO if info.is_main else logging.DEBUG,
+            "training done: best epoch %s, validation AUC %.4f, threshold %.4f (%s); bundle %s",
+            state["best_epoch"], best_auc, threshold, method, bundle_path)
     return TrainResult(out_dir=out_dir, bundle_path=bundle_path, best_epoch=state["best_epoch"], val_auc=best_auc,
                        threshold=float(threshold), threshold_method=method, epochs_run=state["epoch"],
                        stopped_early=state["stopped_early"], resumed_from_epoch=resumed_from, split=how,

@@ -52,7 +52,7 @@ class DemoSettings:
 
     image_size: int = 128
     epochs: int = 12
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 0.001
     test_fraction: float = 0.3
     n_images: int | None = None      # None = all 100; else a patient-whole, label-balanced subset

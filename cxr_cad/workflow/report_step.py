@@ -94,11 +94,10 @@ def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
     base = ctx.run_dir / "crossval"
     pred = _read_csv(base / cv["oof_predictions"])
     summary = json.loads((base / cv["cv_metrics"]).read_text(encoding="utf-8")) if cv.get("cv_metrics") else None
-    threshold = None
-    if "threshold" in pred.columns:
-        pred = pred.drop(columns=["threshold"])
+    # the per-fold `threshold` column and cv_metrics.json give the operating point at each
+    # fold's own threshold; there is no single model threshold for out-of-fold predictions
     result = write_report(pred, ctx.step_dir / "crossval", positive_class=cfg["positive_class"],
-                          threshold=threshold, cohort_info={"name": "cross-validation (out-of-fold predictions)"},
+                          threshold=None, cohort_info={"name": "cross-validation (out-of-fold predictions)"},
                           cv=summary, gradcam_note="Grad-CAM is drawn in the test-cohort report (one model per fold "
                           "here).", options=opts, pdf=cfg["pdf"])
     return result.data

@@ -6,8 +6,9 @@ Each step ``S`` owns the folder ``RUN_DIR/S/`` and a record ``RUN_DIR/S/step.jso
      "inputs": {"name": "hash", ...}, "fingerprint": "...", "outputs": {...},
      "output_hashes": {"file": "hash"}, "started": "...", "finished": "...", "seconds": 12.3}
 
-The *fingerprint* is the sha256 of the step's resolved config and the hashes of its inputs
-(files/folders it reads, and the output hashes of the steps it depends on). On a rerun:
+The *fingerprint* is the sha256 of the step's resolved config, the hashes of its inputs
+(files/folders it reads, and the output hashes of the steps it depends on) and the
+cxr_cad version (an upgrade reruns everything). On a rerun:
 
 * ``done`` with the same fingerprint and unchanged output files -> skipped;
 * ``running`` (the step was interrupted) with the same fingerprint -> called again with
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from cxr_cad import __version__
 from cxr_cad.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -196,7 +198,7 @@ def run_steps(steps: Sequence[Step], run_dir: str | os.PathLike, *,
         inputs = {k: hash_path(v) for k, v in step.inputs.items()}
         inputs.update({f"{d}.{k}": h for d in step.depends for k, h in sorted(out_hashes[d].items())})
         config_hash = hash_config(step.config)
-        fingerprint = hash_config({"config": config_hash, "inputs": inputs})
+        fingerprint = hash_config({"config": config_hash, "inputs": inputs, "cxr_cad": __version__})
         old = _read_record(record_path)
         if old and old.get("fingerprint") == fingerprint and old.get("status") == "done":
             outputs = old.get("outputs") or {}

@@ -61,6 +61,9 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
     if Path(source).is_file() and source.lower().endswith(".csv"):
         manifest = read_manifest(source)
         label_source = "manifest"
+        if labels == "folders" and (manifest["label"] != "").all():
+            log.info("%s cohort: %s already has a label on every row; using them (not folder names)", cohort, source)
+            labels = None
     else:
         ing = cfg["ingest"]
         mods = tuple(m.upper() for m in ing["modalities"])
