@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--compile", action="store_true", help="torch.compile in cxr-cad and model-only")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the end-to-end paths this many times, interleaved, and keep each one's best "
+                    "(steadier numbers on a shared machine)")
     args = ap.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -241,9 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     print(f"folder {folder}, model {model}, batch {args.batch_size}, workers {args.workers}, "
           f"{os.cpu_count()} CPU(s)", file=sys.stderr)
-    rows["cxr-cad predict"] = run_cxr_cad(folder, model, args.work / "out-cxr-cad", args)
+    paths = {"cxr-cad predict": lambda: run_cxr_cad(folder, model, args.work / "out-cxr-cad", args)}
     if not args.skip_baseline:
-        rows["MONAI baseline (PydicomReader, fp32)"] = run_baseline(folder, model, args.work / "baseline.csv", args)
+        paths["MONAI baseline (PydicomReader, fp32)"] = lambda: run_baseline(folder, model, args.work / "baseline.csv",
+                                                                             args)
+    for _ in range(max(1, args.repeats)):
+        for name, run in paths.items():
+            res = run()
+            if name not in rows or res["seconds"] < rows[name]["seconds"]:
+                rows[name] = res
     rows["model only (pre-decoded)"] = model_only(model, args, rows["cxr-cad predict"]["precision"])
     print(table(rows, None if args.skip_baseline else "MONAI baseline (PydicomReader, fp32)",
                 "model only (pre-decoded)"))

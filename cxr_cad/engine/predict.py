@@ -8,9 +8,10 @@ exactly one of the two.
 How it is fast
     Decoding and preprocessing run in DataLoader worker processes, overlapped with
     inference on batches; the decoder is told the model's input size (``reduce_to``) so
-    JPEG 2000 decodes at a reduced resolution; the model runs with bf16 autocast and
-    channels-last on CPUs with native bf16 units, AMP on CUDA, fp32 elsewhere
-    (:mod:`cxr_cad.engine.runtime`); optionally ``torch.compile``.
+    JPEG 2000 decodes at a reduced resolution; BatchNorm is folded into the convolutions;
+    the model runs with bf16 autocast and channels-last on CPUs with native bf16 units,
+    AMP on CUDA, fp32 elsewhere (:mod:`cxr_cad.engine.runtime`), the first convolution
+    kept in fp32 (:func:`prepare_for_inference`); optionally ``torch.compile``.
 How it survives crashes
     Each finished batch is appended to a journal with fsync (:mod:`cxr_cad.engine.writer`);
     a rerun with the same output folder skips what is done; the final CSVs are written
