@@ -33,9 +33,16 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
-from pydicom.uid import JPEG2000TransferSyntaxes, UID
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, UID
 
 from cxr_cad.errors import Reason, RejectedFile
+
+try:  # CharLS; pydicom's pyjpegls decoding plugin
+    import jpeg_ls as _jpeg_ls  # noqa: F401
+
+    _HAVE_PYJPEGLS = True
+except ImportError:
+    _HAVE_PYJPEGLS = False
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,9 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None) -> np.ndarr
             return arr
     if "PhotometricInterpretation" not in ds or not ds.PhotometricInterpretation:
         ds.PhotometricInterpretation = "MONOCHROME2"  # pydicom needs it; checked: 1 sample per pixel
+    if ts in JPEGLSTransferSyntaxes and _HAVE_PYJPEGLS:
+        # CharLS (pyjpegls) decodes JPEG-LS ~3x faster than pylibjpeg-libjpeg, bit-identically.
+        ds.pixel_array_options(decoding_plugin="pyjpegls")
     try:
         arr = ds.pixel_array
     except BaseException as exc:  # noqa: BLE001 - any decoder failure on this file's data means DECODE_FAILED
