@@ -162,3 +162,41 @@ def test_likelihood_ratios_log_method():
     with pytest.warns(UndefinedMetricWarning):
         p0, _ = likelihood_ratios(5, 0, 5, 0)
     assert math.isnan(p0["value"])
+
+
+def test_balanced_accuracy_ci_is_mover_of_wilson_intervals_and_never_collapses():
+    from cxr_cad.metrics.proportions import balanced_accuracy_ci, wilson_ci
+
+    y = np.array([1] * 40 + [0] * 60)
+    s = np.r_[np.linspace(0.5, 1.0, 40), np.linspace(0.0, 0.6, 60)]
+    m = binary_metrics(y, s, threshold=0.5)
+    tp, tn = m["confusion"]["tp"], m["confusion"]["tn"]
+    (ls, us), (lp, up) = wilson_ci(tp, 40), wilson_ci(tn, 60)
+    sens, spec = tp / 40, tn / 60
+    ba = m["balanced_accuracy_ci"]
+    assert ba["value"] == pytest.approx(m["balanced_accuracy"])
+    assert ba["low"] == pytest.approx((sens + spec) / 2 - math.hypot(sens - ls, spec - lp) / 2)
+    assert ba["high"] == pytest.approx((sens + spec) / 2 + math.hypot(us - sens, up - spec) / 2)
+    # sensitivity 1.0 here: the interval still has width below the point estimate
+    assert sens == 1.0 and ba["low"] < ba["value"] <= ba["high"] <= 1.0
+    direct = balanced_accuracy_ci(m["sensitivity"], m["specificity"])
+    assert direct == ba
+
+
+def test_f1_ci_matches_a_slow_case_bootstrap():
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.4).astype(int)
+    s = np.clip(0.35 * y + rng.normal(0.35, 0.2, 300), 0, 1)
+    m = binary_metrics(y, s, threshold=0.5)
+    fast = m["f1_ci"]
+    assert fast["value"] == pytest.approx(f1_score(y, s >= 0.5))
+    # slow: resample the positive and the negative images themselves, recompute F1
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    slow = []
+    for _ in range(3000):
+        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        slow.append(f1_score(y[idx], s[idx] >= 0.5))
+    lo, hi = np.quantile(slow, [0.025, 0.975])
+    assert fast["low"] == pytest.approx(lo, abs=0.015)
+    assert fast["high"] == pytest.approx(hi, abs=0.015)
+    assert fast["low"] < fast["value"] < fast["high"]

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_undefined
-from cxr_cad.metrics.proportions import likelihood_ratios, proportion
+from cxr_cad.metrics.proportions import balanced_accuracy_ci, f1_ci, likelihood_ratios, proportion
 from cxr_cad.metrics.roc import roc_curve
 
 _EPS = 1e-9
@@ -123,7 +123,9 @@ def binary_metrics(y_true, y_score, *, threshold: float, alpha: float = 0.05,
         proportions ``accuracy``, ``sensitivity`` (recall of class 1), ``specificity``
         (recall of class 0), ``ppv``, ``npv`` each as ``{"value", "low", "high", "k", "n"}``;
         ``per_class_accuracy`` ({class name: proportion}, the study's "individual class
-        accuracy" = recall of each class); floats ``f1``, ``balanced_accuracy``; and
+        accuracy" = recall of each class); floats ``f1``, ``balanced_accuracy`` and the same
+        with intervals as ``f1_ci`` (stratified bootstrap, 2000 resamples, seed 0) and
+        ``balanced_accuracy_ci`` (MOVER-Wilson); and
         ``lr_pos``/``lr_neg`` as ``{"value", "low", "high"}``. Undefined entries (zero
         denominators) are NaN with :class:`UndefinedMetricWarning`.
 
@@ -155,6 +157,9 @@ def binary_metrics(y_true, y_score, *, threshold: float, alpha: float = 0.05,
         "npv": proportion(tn, tn + fn, alpha=alpha, name="npv"),
         "f1": f1,
         "balanced_accuracy": (sens["value"] + spec["value"]) / 2.0,
+        "f1_ci": f1_ci(tp, fp, tn, fn, alpha=alpha) if f1_den else
+        {"value": f1, "low": f1, "high": f1, "method": "stratified bootstrap"},
+        "balanced_accuracy_ci": balanced_accuracy_ci(sens, spec),
         "per_class_accuracy": {str(class_names[0]): spec, str(class_names[1]): sens},
         "lr_pos": lr_pos,
         "lr_neg": lr_neg,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from scipy.stats import norm
 
 from cxr_cad.metrics._common import check_alpha, warn_undefined
@@ -78,3 +80,59 @@ def likelihood_ratios(tp: int, fp: int, tn: int, fn: int, *, alpha: float = 0.05
         return {"value": value, "low": value * math.exp(-z * se), "high": value * math.exp(z * se)}
 
     return one("lr_pos", tp, fp), one("lr_neg", fn, tn)
+
+
+def balanced_accuracy_ci(sens: dict, spec: dict) -> dict:
+    """Balanced accuracy ``(sensitivity + specificity) / 2`` with a MOVER-Wilson interval.
+
+    Sensitivity and specificity are independent proportions (different images), so the
+    interval of their mean combines their Wilson intervals by the method of variance
+    estimates recovery (Newcombe 1998; Zou & Donner 2008):
+    ``L = BA - sqrt((S - l_S)^2 + (P - l_P)^2) / 2``, ``U = BA + sqrt((u_S - S)^2 + (u_P - P)^2) / 2``.
+    Unlike a Wald or bootstrap interval it does not collapse when sensitivity or specificity is 0 or 1.
+
+    Args:
+        sens, spec: proportions as returned by :func:`proportion` (``value``, ``low``, ``high``).
+
+    Returns:
+        ``{"value", "low", "high", "method": "MOVER-Wilson"}``; NaN where either is undefined.
+    """
+    s, p = sens["value"], spec["value"]
+    if not (math.isfinite(s) and math.isfinite(p)):
+        nan = float("nan")
+        return {"value": nan, "low": nan, "high": nan, "method": "MOVER-Wilson"}
+    ba = (s + p) / 2.0
+    low = ba - math.sqrt((s - sens["low"]) ** 2 + (p - spec["low"]) ** 2) / 2.0
+    high = ba + math.sqrt((sens["high"] - s) ** 2 + (spec["high"] - p) ** 2) / 2.0
+    return {"value": ba, "low": max(0.0, low), "high": min(1.0, high), "method": "MOVER-Wilson"}
+
+
+def f1_ci(tp: int, fp: int, tn: int, fn: int, *, alpha: float = 0.05, n_resamples: int = 2000,
+          seed: int = 0) -> dict:
+    """F1 score ``2 TP / (2 TP + FP + FN)`` with a stratified-bootstrap percentile interval.
+
+    At a fixed threshold, resampling the positive images with replacement makes the number
+    called positive ``Binomial(n_pos, TP / n_pos)``, and likewise for the negatives, so the
+    stratified case bootstrap is drawn exactly from two binomials (seeded numpy Generator).
+    Resamples where F1 is undefined (no positives and no positive calls) are dropped.
+
+    Returns:
+        ``{"value", "low", "high", "method": "stratified bootstrap", "n_resamples", "seed"}``;
+        NaN with :class:`UndefinedMetricWarning` when F1 is undefined.
+    """
+    alpha = check_alpha(alpha)
+    n_pos, n_neg = tp + fn, fp + tn
+    out = {"method": "stratified bootstrap", "n_resamples": int(n_resamples), "seed": int(seed)}
+    den = 2 * tp + fp + fn
+    if den == 0:
+        warn_undefined("f1: no positive cases and no positive calls; undefined (NaN)")
+        nan = float("nan")
+        return {"value": nan, "low": nan, "high": nan, **out}
+    rng = np.random.default_rng(seed)
+    tp_b = rng.binomial(n_pos, tp / n_pos, size=n_resamples) if n_pos else np.zeros(n_resamples)
+    fp_b = rng.binomial(n_neg, fp / n_neg, size=n_resamples) if n_neg else np.zeros(n_resamples)
+    den_b = 2 * tp_b + fp_b + (n_pos - tp_b)
+    ok = den_b > 0
+    f1_b = 2 * tp_b[ok] / den_b[ok]
+    low, high = np.quantile(f1_b, [alpha / 2, 1 - alpha / 2])
+    return {"value": 2 * tp / den, "low": float(low), "high": float(high), **out}

@@ -186,7 +186,7 @@ def _study_table(d: dict) -> list[dict]:
     rows_spec += [(f"Class accuracy: {cls}", ("per_class_accuracy", cls), "prop") for cls in (neg, pos)]
     rows_spec += [("Sensitivity", "sensitivity", "prop"), ("Specificity", "specificity", "prop"),
                   ("PPV (precision)", "ppv", "prop"), ("NPV", "npv", "prop"),
-                  ("F1 score", "f1", "num"), ("Balanced accuracy", "balanced_accuracy", "pct"),
+                  ("F1 score", "f1_ci", "num"), ("Balanced accuracy", "balanced_accuracy_ci", "pct"),
                   ("Positive likelihood ratio", "lr_pos", "ratio"),
                   ("Negative likelihood ratio", "lr_neg", "ratio")]
     rows = []
