@@ -6,17 +6,16 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import tempfile
 
 import pandas as pd
 
-from cxr_cad import __version__
 from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.io.scan import compile_patient_id_pattern, scan_sources
 from cxr_cad.manifest import (LABEL_KEYS, atomic_write_text, explain_unmatched, join_labels, labels_from_folders,
                               manifest_hash, read_labels, validate_manifest, write_manifest, write_table)
+from cxr_cad.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +166,7 @@ def run_ingest(args) -> int:
         write_table(report.unmatched, os.path.join(out, "unmatched_labels.csv"))
     labels_by_class = {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()}
     record = {
-        "software": {"cxr_cad": __version__, "python": platform.python_version(),
-                     "pydicom": _version("pydicom"), "pandas": pd.__version__},
+        "software": software_versions(("pydicom", "pandas")),
         "created": started.isoformat(timespec="seconds"),
         "seconds": round(result.seconds, 2),
         "options": {k: v for k, v in sorted(vars(args).items()) if k != "func"},
@@ -192,14 +190,6 @@ def run_ingest(args) -> int:
     atomic_write_text(json.dumps(record, indent=2) + "\n", os.path.join(out, "ingest.json"))
     _print_summary(result, manifest, record, report, out)
     return 0
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def _print_summary(result, manifest: pd.DataFrame, record: dict, report, out: str) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_cad.cli.report import _threshold  # the --threshold type shared with report/evaluate
+
 DESCRIPTION = """\
 Score every image file under SOURCE (folders, recursively; manifest .csv files; single
 files) with a model bundle. Writes OUT/predictions.csv (one row per scored image: path,
@@ -24,13 +26,6 @@ def _modalities(text: str) -> tuple[str, ...]:
     if not mods:
         raise argparse.ArgumentTypeError("--modalities is empty; give e.g. CR,DX,DR or 'any'")
     return () if mods == ("ANY",) else mods
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"threshold must be within [0, 1], not {text}")
-    return value
 
 
 def _positive_int(text: str) -> int:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import yaml
 from cxr_cad.config import TrainConfig, config_diff
 from cxr_cad.errors import ConfigError, OutputError
 from cxr_cad.manifest import atomic_write_text, write_table
+from cxr_cad.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +38,12 @@ BUNDLE_FILE = "model.pt"
 RESULT_FILE = "result.json"
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "images_per_s", "best", "frozen_backbone"]
 
-_PACKAGES = ("cxr_cad", "torch", "monai", "numpy", "pandas", "scikit-learn", "pydicom", "pillow", "pyyaml")
+_PACKAGES = ("torch", "monai", "numpy", "pandas", "scikit-learn", "pydicom", "pillow", "pyyaml")
 
 
 def package_versions() -> dict[str, str]:
-    """Python and the installed versions of the packages training depends on."""
-    out = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    """cxr_cad, Python and the installed versions of the packages training depends on."""
+    return software_versions(_PACKAGES)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -1,12 +1,13 @@
 """Folder scanning: every input file becomes an accepted manifest row or a rejected row.
 
-:func:`iter_files` walks sources (folders recursively, or single files) in sorted order
-without following symlink loops. :func:`scan_sources` reads each file's header
-(``cxr_cad.io.read_header``; optionally decodes it fully) in a process pool, hashes its
-bytes, derives patient ids for PNG/JPEG from the file name, and rejects duplicates.
-This is the one place that catches per-file errors: a :class:`~cxr_cad.errors.RejectedFile`
-becomes a rejected row with its reason code, anything unexpected becomes
-``INTERNAL_ERROR`` with the exception text. Nothing is dropped silently.
+:func:`iter_files` (defined in :mod:`cxr_cad.io.walk`, re-exported here) walks sources
+(folders recursively, or single files) in sorted order without following symlink loops.
+:func:`scan_sources` reads each file's header (``cxr_cad.io.read_header``; optionally
+decodes it fully) in a process pool, hashes its bytes, derives patient ids for PNG/JPEG
+from the file name, and rejects duplicates. This is the one place that catches per-file
+errors: a :class:`~cxr_cad.errors.RejectedFile` becomes a rejected row with its reason
+code, anything unexpected becomes ``INTERNAL_ERROR`` with the exception text. Nothing is
+dropped silently.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import logging
 import multiprocessing
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -23,12 +23,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import pandas as pd
 
 from cxr_cad.errors import Reason, RejectedFile, UsageError
 from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad.io.walk import iter_files, walk_sources  # noqa: F401 - iter_files re-exported (public API)
 from cxr_cad.manifest.schema import MANIFEST_COLUMNS, age_in_years, normalise_manifest
 from cxr_cad.progress import progress
 
@@ -96,110 +97,6 @@ def patient_id_from_name(name: str, pattern: re.Pattern) -> tuple[str, bool]:
         if pid:
             return pid, True
     return Path(name).stem or name, False
-
-
-def _check_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
-    srcs = [os.path.abspath(os.fspath(s)) for s in sources]
-    if not srcs:
-        raise UsageError("no input: give at least one folder or file")
-    missing = [s for s in srcs if not os.path.exists(s)]
-    if missing:
-        raise UsageError("input not found: " + ", ".join(missing) + " (check the path)")
-    return srcs
-
-
-def _under(path: str, folders: list[str]) -> bool:
-    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
-
-
-def _walk(sources: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
-          ) -> tuple[list[str], list[tuple[str, Reason, str]], list[str]]:
-    """Collect candidate files, unreadable entries and skipped folders (see :func:`iter_files`)."""
-    srcs = _check_sources(sources)
-    excl = [os.path.abspath(os.fspath(e)) for e in exclude]
-    excl += [os.path.realpath(e) for e in excl]
-    files: set[str] = set()
-    problems: dict[str, tuple[str, Reason, str]] = {}
-    skipped: list[str] = []
-    visited: set[tuple[int, int]] = set()
-
-    def excluded(path: str) -> bool:
-        return bool(excl) and (_under(path, excl) or _under(os.path.realpath(path), excl))
-
-    def add_entry(path: str, st_mode: int | None) -> None:
-        if excluded(path):
-            return
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:   # undecodable bytes in the name: no CSV can hold it
-            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            problems[path] = (shown, Reason.UNREADABLE, "the file name is not valid UTF-8; rename the file")
-            return
-        if st_mode is None or stat.S_ISREG(st_mode):   # None: broken symlink -> UNREADABLE later
-            files.add(path)
-        else:
-            problems[path] = (path, Reason.UNREADABLE, "not a regular file (device, pipe or socket); "
-                              "only regular files are read")
-
-    def walk_dir(folder: str) -> None:
-        try:
-            st = os.stat(folder)
-        except OSError as exc:
-            problems[folder] = (folder, Reason.UNREADABLE, f"cannot open folder: {exc.strerror or exc}")
-            return
-        ident = (st.st_dev, st.st_ino)
-        if ident in visited:
-            skipped.append(folder)
-            log.info("not entering %s again (symlink loop or second link to a folder already scanned)", folder)
-            return
-        visited.add(ident)
-        if excluded(folder):
-            return
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            problems[folder] = (folder, Reason.UNREADABLE, f"cannot list folder: {exc.strerror or exc}; "
-                                "its files were not scanned")
-            return
-        for entry in entries:
-            path = os.path.join(folder, entry.name)
-            try:
-                if entry.is_dir(follow_symlinks=True):
-                    walk_dir(path)
-                    continue
-                mode = os.stat(path).st_mode
-            except FileNotFoundError:
-                mode = None
-            except OSError as exc:
-                problems[path] = (path, Reason.UNREADABLE, f"cannot stat: {exc.strerror or exc}")
-                continue
-            add_entry(path, mode)
-
-    for src in srcs:
-        if os.path.isdir(src):
-            walk_dir(src)
-        else:
-            add_entry(src, os.stat(src).st_mode)
-    for p in list(problems):
-        files.discard(p)
-    return sorted(files), sorted(problems.values()), skipped
-
-
-def iter_files(sources: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
-               ) -> Iterator[Path]:
-    """Every file under ``sources`` (folders, recursively; or single files), absolute, sorted by
-    path, each once. Symlinks are followed, but a folder already entered (a symlink loop, or a
-    second link to it) is not entered again. Broken symlinks are included (they are rejected as
-    ``UNREADABLE`` by the scan); devices, pipes and sockets are not. Paths under ``exclude``
-    (e.g. the output folder) are left out.
-
-    Raises:
-        UsageError: a source does not exist, or no source was given.
-    """
-    files, _, _ = _walk(sources, exclude)
-    for f in files:
-        yield Path(f)
 
 
 def _sha256(path: str) -> str:
@@ -383,7 +280,7 @@ def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy =
     """
     t0 = time.perf_counter()
     pattern = compile_patient_id_pattern(patient_id_pattern)
-    files, problems, skipped = _walk(sources, exclude)
+    files, problems, skipped = walk_sources(sources, exclude)
     if workers is None:   # a pool costs ~0.1-2 s to start: not worth it for a few hundred headers
         n_workers = default_workers() if len(files) >= _MIN_FILES_FOR_POOL else 1
     else:

@@ -20,6 +20,22 @@ def warn_undefined(message: str, *, stacklevel: int = 3) -> None:
     warnings.warn(message, UndefinedMetricWarning, stacklevel=stacklevel)
 
 
+def warn_one_class(name: str, y: np.ndarray, undefined: str) -> tuple[int, int, bool]:
+    """Count the classes of 0/1 labels ``y``; warn when one is missing.
+
+    Returns ``(n_pos, n_neg, missing)``; with ``missing`` True an :class:`UndefinedMetricWarning`
+    ``"<name>: needs both classes, got ... cases; <undefined>"`` was emitted, pointing at the
+    caller of ``name``.
+    """
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    missing = n_pos == 0 or n_neg == 0
+    if missing:
+        warn_undefined(f"{name}: needs both classes, got {n_pos} positive and {n_neg} negative cases; {undefined}",
+                       stacklevel=4)
+    return n_pos, n_neg, missing
+
+
 def check_binary(y_true: Any, y_score: Any, *, name: str = "y_score",
                  probabilities: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert ``y_true`` (0/1 or bool) and a score array of the same length.

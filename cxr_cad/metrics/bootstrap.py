@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_cad.metrics._common import check_alpha, check_binary, warn_undefined
+from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class
 from cxr_cad.metrics.delong import AucCI
 from cxr_cad.metrics.roc import roc_auc
 
@@ -63,12 +63,9 @@ def bootstrap_auc_ci(y_true, y_score, *, n_resamples: int = 2000, seed: int = 0,
     if int(n_resamples) != n_resamples or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive integer; got {n_resamples}")
     y, s = check_binary(y_true, y_score)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
+    n_pos, n_neg, missing = warn_one_class("bootstrap_auc_ci", y, "AUC and CI are undefined (NaN)")
     nan = float("nan")
-    if n_pos == 0 or n_neg == 0:
-        warn_undefined(f"bootstrap_auc_ci: needs both classes, got {n_pos} positive and {n_neg} negative "
-                       "cases; AUC and CI are undefined (NaN)")
+    if missing:
         return AucCI(nan, nan, nan, nan, "bootstrap", alpha, n_pos, n_neg, int(n_resamples), int(seed))
     rng = np.random.default_rng(seed)
     aucs = bootstrap_aucs(y, s, n_resamples=int(n_resamples), rng=rng)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from cxr_cad.metrics._common import check_alpha, check_binary, warn_undefined
+from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class, warn_undefined
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,9 @@ def delong_auc_ci(y_true, y_score, *, alpha: float = 0.05) -> AucCI:
     """
     alpha = check_alpha(alpha)
     y, s = check_binary(y_true, y_score)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
+    n_pos, n_neg, missing = warn_one_class("delong_auc_ci", y, "AUC and CI are undefined (NaN)")
     nan = float("nan")
-    if n_pos == 0 or n_neg == 0:
-        warn_undefined(f"delong_auc_ci: needs both classes, got {n_pos} positive and {n_neg} negative "
-                       "cases; AUC and CI are undefined (NaN)")
+    if missing:
         return AucCI(nan, nan, nan, nan, "delong", alpha, n_pos, n_neg)
     if n_pos < 2 or n_neg < 2:
         auc = float(structural_components(y, s[None, :])[0][0])

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from cxr_cad.metrics._common import check_alpha, check_binary, warn_undefined
+from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class, warn_undefined
 from cxr_cad.metrics.proportions import balanced_accuracy_ci, f1_ci, likelihood_ratios, proportion
 from cxr_cad.metrics.roc import roc_curve
 
@@ -31,12 +31,7 @@ def _counts_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def _both_classes(name: str, y: np.ndarray) -> bool:
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.size:
-        warn_undefined(f"{name}: needs both classes, got {n_pos} positive and {y.size - n_pos} negative "
-                       "cases; threshold is undefined (NaN)")
-        return False
-    return True
+    return not warn_one_class(name, y, "threshold is undefined (NaN)")[2]
 
 
 def youden_threshold(y_true, y_score) -> float:

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from cxr_cad.metrics._common import check_binary, warn_undefined
+from cxr_cad.metrics._common import check_binary, warn_one_class, warn_undefined
 
 
 def roc_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,11 +62,8 @@ def roc_auc(y_true, y_score) -> float:
     missing (never 0.5). Raises ``ValueError`` like :func:`roc_curve`.
     """
     y, s = check_binary(y_true, y_score)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        warn_undefined(f"roc_auc: needs both classes, got {n_pos} positive and {n_neg} negative cases; "
-                       "AUC is undefined (NaN)")
+    n_pos, n_neg, missing = warn_one_class("roc_auc", y, "AUC is undefined (NaN)")
+    if missing:
         return float("nan")
     ranks = rankdata(s, method="average")
     u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0

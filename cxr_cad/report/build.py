@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import platform
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-from cxr_cad import __version__, metrics
+from cxr_cad import metrics, versions
 from cxr_cad.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -65,13 +63,7 @@ class ReportOptions:
 
 def software_versions() -> dict[str, str]:
     """Versions of cxr_cad, Python and the libraries the numbers depend on."""
-    out = {"cxr_cad": __version__, "python": platform.python_version()}
-    for name in _SOFTWARE:
-        try:
-            out[name] = _pkg_version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return versions.software_versions(_SOFTWARE)
 
 
 def prepare_predictions(predictions: pd.DataFrame, *, positive_class: str | int,

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from cxr_cad.config import TrainConfig, read_yaml_mapping
 from cxr_cad.errors import ConfigError
 
 __all__ = ["SCHEMA", "STEP_NAMES", "load_workflow", "parse_set", "apply_sets", "expand_env",
@@ -335,8 +336,6 @@ def validate_workflow(doc: Any, *, base_dir: str | os.PathLike = ".", source: st
         problems.append("train.data.classes/positive_class: set them in the top-level data section")
     _check_paths(wf, Path(base_dir), problems)
     _check_steps(wf, problems)
-    from cxr_cad.config import TrainConfig  # no torch import
-
     if tdata is not None and not isinstance(tdata, dict):
         problems.append(f"train.data must be a mapping of options, not {type(tdata).__name__}")
     else:
@@ -357,18 +356,7 @@ def load_workflow(path: str | os.PathLike, sets: Sequence[str] = (), *,
     runs ``cxr-cad run``). Raises ConfigError (exit code 2) listing every problem.
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read the workflow file: {exc.strerror or exc}"], source) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source) from exc
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise ConfigError([f"a workflow must be a mapping of sections, not {type(doc).__name__}"], source)
+    doc = read_yaml_mapping(path, what="workflow file", must_hold="a workflow must be a mapping of sections")
     doc = expand_env(doc, environ)
     doc = apply_sets(doc, parse_set(list(sets)))
     return validate_workflow(doc, base_dir=Path.cwd(), source=source)

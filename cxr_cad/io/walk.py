@@ -1,0 +1,133 @@
+"""Folder walking for the scan: every entry under the sources becomes a candidate file or a problem.
+
+:func:`iter_files` walks sources (folders recursively, or single files) in sorted order,
+following symlinks but never entering a folder twice (symlink loops, or a second link to a
+folder). :func:`walk_sources` also returns the entries that cannot be scanned (unreadable
+folders, entries that cannot be stat'ed, devices/pipes/sockets, names that are not valid
+UTF-8) as ``(path, Reason.UNREADABLE, detail)`` and the folders skipped, so the scan can
+account for every one of them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from cxr_cad.errors import Reason, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def _check_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
+    srcs = [os.path.abspath(os.fspath(s)) for s in sources]
+    if not srcs:
+        raise UsageError("no input: give at least one folder or file")
+    missing = [s for s in srcs if not os.path.exists(s)]
+    if missing:
+        raise UsageError("input not found: " + ", ".join(missing) + " (check the path)")
+    return srcs
+
+
+def _under(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+          ) -> tuple[list[str], list[tuple[str, Reason, str]], list[str]]:
+    """Collect candidate files, unreadable entries and skipped folders (see :func:`iter_files`).
+
+    Returns:
+        ``(files, problems, skipped)``: candidate file paths (absolute, sorted, each once);
+        ``(shown path, Reason.UNREADABLE, detail)`` for entries that cannot be scanned, sorted;
+        folders not entered again (symlink loops or a second link to a folder).
+
+    Raises:
+        UsageError: a source does not exist, or no source was given.
+    """
+    srcs = _check_sources(sources)
+    excl = [os.path.abspath(os.fspath(e)) for e in exclude]
+    excl += [os.path.realpath(e) for e in excl]
+    files: set[str] = set()
+    problems: dict[str, tuple[str, Reason, str]] = {}
+    skipped: list[str] = []
+    visited: set[tuple[int, int]] = set()
+
+    def excluded(path: str) -> bool:
+        return bool(excl) and (_under(path, excl) or _under(os.path.realpath(path), excl))
+
+    def add_entry(path: str, st_mode: int | None) -> None:
+        if excluded(path):
+            return
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:   # undecodable bytes in the name: no CSV can hold it
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            problems[path] = (shown, Reason.UNREADABLE, "the file name is not valid UTF-8; rename the file")
+            return
+        if st_mode is None or stat.S_ISREG(st_mode):   # None: broken symlink -> UNREADABLE later
+            files.add(path)
+        else:
+            problems[path] = (path, Reason.UNREADABLE, "not a regular file (device, pipe or socket); "
+                              "only regular files are read")
+
+    def walk_dir(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            problems[folder] = (folder, Reason.UNREADABLE, f"cannot open folder: {exc.strerror or exc}")
+            return
+        ident = (st.st_dev, st.st_ino)
+        if ident in visited:
+            skipped.append(folder)
+            log.info("not entering %s again (symlink loop or second link to a folder already scanned)", folder)
+            return
+        visited.add(ident)
+        if excluded(folder):
+            return
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems[folder] = (folder, Reason.UNREADABLE, f"cannot list folder: {exc.strerror or exc}; "
+                                "its files were not scanned")
+            return
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    walk_dir(path)
+                    continue
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                mode = None
+            except OSError as exc:
+                problems[path] = (path, Reason.UNREADABLE, f"cannot stat: {exc.strerror or exc}")
+                continue
+            add_entry(path, mode)
+
+    for src in srcs:
+        if os.path.isdir(src):
+            walk_dir(src)
+        else:
+            add_entry(src, os.stat(src).st_mode)
+    for p in list(problems):
+        files.discard(p)
+    return sorted(files), sorted(problems.values()), skipped
+
+
+def iter_files(sources: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
+               ) -> Iterator[Path]:
+    """Every file under ``sources`` (folders, recursively; or single files), absolute, sorted by
+    path, each once. Symlinks are followed, but a folder already entered (a symlink loop, or a
+    second link to it) is not entered again. Broken symlinks are included (they are rejected as
+    ``UNREADABLE`` by the scan); devices, pipes and sockets are not. Paths under ``exclude``
+    (e.g. the output folder) are left out.
+
+    Raises:
+        UsageError: a source does not exist, or no source was given.
+    """
+    files, _, _ = walk_sources(sources, exclude)
+    for f in files:
+        yield Path(f)
