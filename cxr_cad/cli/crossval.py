@@ -28,7 +28,9 @@ cv_metrics.json (per-fold metrics, mean +/- SD across folds, pooled out-of-fold 
 and bootstrap CIs, metrics at the folds' thresholds and at the pooled Youden threshold, ROC
 data, best epochs), roc_curves.csv, and with --final final/model.pt (all images, the median best
 epoch, the pooled out-of-fold Youden threshold). Decoded images are cached once for all folds.
-Rerunning the same command resumes: finished folds are not retrained."""
+Rerunning the same command resumes: finished folds are not retrained. At the end the
+cross-validation report is written to --out/report/ (per-fold ROC curves with the mean +/- SD
+band, the study's table at each fold's own threshold and at the pooled Youden threshold)."""
 
 
 def register(subparsers) -> None:
@@ -41,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--init", help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
                    "or a bundle to fine-tune (default: the config's, imagenet)")
     p.add_argument("--final", action="store_true", help="also train final/model.pt on all images")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the cross-validation report (RUN_DIR/report/: report.html, report.pdf, metrics.json)")
+    p.add_argument("--no-pdf", action="store_true", help="write the report without report.pdf")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
                    help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)")
     g = p.add_argument_group("training overrides (default: the config file, else the study defaults)")
@@ -100,4 +105,29 @@ def run(args: argparse.Namespace) -> int:
     if res.final_bundle is not None:
         print(f"final bundle: {res.final_bundle} ({m['final']['epochs']} epochs, threshold "
               f"{m['final']['threshold']:.4f})")
+    if not args.no_report:
+        report = _write_cv_report(res, df, cfg, args)
+        print(f"report: {report.out_dir / 'report.html'}")
     return 0
+
+
+def _write_cv_report(res, df, cfg, args):
+    """The cross-validation report from the out-of-fold predictions (no single model threshold)."""
+    from pathlib import Path
+
+    from cxr_cad.manifest import manifest_hash
+    from cxr_cad.report import ReportOptions, write_report
+
+    oof = res.oof.copy()
+    # subgroup columns (view, sex, age, manufacturer) come from the manifest
+    by_uid = df.set_index("sop_instance_uid")
+    for col in df.columns:
+        if col not in oof.columns:
+            oof[col] = oof["sop_instance_uid"].map(by_uid[col])
+    cohort = {"name": f"cross-validation of {Path(args.manifest).name} ({args.folds} folds, out-of-fold "
+                      "predictions)", "manifest_hash": manifest_hash(df)}
+    return write_report(oof, Path(args.out) / "report", positive_class=cfg.data.positive_class, threshold=None,
+                        cohort_info=cohort, cv=res.metrics,
+                        gradcam_note="Grad-CAM needs one model; cross-validation has one per fold. "
+                                     "Run `cxr-cad evaluate` with a bundle for the gallery.",
+                        options=ReportOptions(n_bootstrap=max(args.bootstrap, 100)), pdf=not args.no_pdf)
