@@ -76,6 +76,20 @@ def _overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> Image.I
     return Image.fromarray((both * 255).round().astype(np.uint8), mode="RGB")
 
 
+def unit_normalizer(x: torch.Tensor) -> torch.Tensor:
+    """Scale each map to [0, 1] with its minimum at 0 and its maximum at 1 (hot = most evidence).
+
+    MONAI's ``default_normalizer`` maps (min, max) to (1, 0), i.e. it *flips* the map, which
+    drawn with a "jet" colour map would paint the regions that drive the prediction cold.
+    A constant map becomes all zeros.
+    """
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(x))
+
+
 def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each file: (display image (S, S) in [0, 1], Grad-CAM map (S, S) in [0, 1]).
 
@@ -89,7 +103,7 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
     spec = source.transform_spec
     load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))
     model = source.model.eval()
-    cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER)
+    cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER, postprocessing=unit_normalizer)
     out = []
     for p in paths:
         shown = load({"image": p})["image"]
