@@ -53,11 +53,20 @@ def codestream_info(frame: bytes) -> dict | None:
     return info if {"levels", "precision"} <= info.keys() else None
 
 
+#: The reduced image keeps at least this many times the target size, so the final
+#: area resize (not the wavelet low-pass alone) does the last 2x or more of the shrinking.
+#: Measured on real radiographs (Kermany, ~1000 px, target 224): stopping at >= 1x the
+#: target moved model probabilities by up to 0.019 against a full decode; at >= 2x the
+#: difference is below 0.005, and a 2000 px film still decodes at 1/4 resolution.
+REDUCE_MARGIN = 2
+
+
 def reduction_level(shorter_side: int, reduce_to: int, levels: int) -> int:
-    """Largest N <= ``levels`` with ``shorter_side / 2**N >= reduce_to`` (0 when none)."""
-    if reduce_to <= 0 or shorter_side < 2 * reduce_to:
+    """Largest N <= ``levels`` with ``shorter_side / 2**N >= REDUCE_MARGIN * reduce_to`` (0 when none)."""
+    target = REDUCE_MARGIN * reduce_to
+    if reduce_to <= 0 or shorter_side < 2 * target:
         return 0
-    return max(0, min(levels, int(math.floor(math.log2(shorter_side / reduce_to)))))
+    return max(0, min(levels, int(math.floor(math.log2(shorter_side / target)))))
 
 
 def _set_reduce(image, level: int) -> None:
