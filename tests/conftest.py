@@ -16,3 +16,14 @@ def png_cohort(tmp_path):
     root = tmp_path / "cohort"
     df = write_png_cohort(root)
     return root, df
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small CPU model tests: one intra-op thread is faster on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
