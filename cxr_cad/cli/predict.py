@@ -64,6 +64,10 @@ def register(subparsers) -> None:
                    help="score lateral views too (default: reject them as LATERAL_VIEW)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out instead of resuming")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (only pays off on large runs)")
+    from cxr_cad.pacs.cliopts import SOURCE_HELP, add_output_options, add_query_option  # DICOMweb / DICOM SR (docs/pacs.md)
+    p.epilog = f"SOURCE: {SOURCE_HELP}."
+    add_query_option(p)
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
@@ -75,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     options = PredictOptions(batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, threshold=args.threshold, policy=policy,
                              overwrite=args.overwrite, compile=args.compile)
+    from cxr_cad.pacs.cliopts import pacs_requested, run_predict
+    if pacs_requested(args, args.sources) or args.query:  # dicomweb: source, --dicom-out (docs/pacs.md)
+        for line in run_predict(args, args.sources, args.out, args.model, options):
+            print(f"cxr-cad predict: {line}")
+        return 0
     result = predict(args.sources, args.out, args.model, options)
     if result.runtime.get("rank", 0) == 0:
         print(f"cxr-cad predict: {result.summary_line()}")

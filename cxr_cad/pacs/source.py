@@ -1,0 +1,274 @@
+"""Score the instances of a DICOMweb archive: a streaming producer in front of the predict engine.
+
+:func:`predict_dicomweb` lists the instances with QIDO-RS (:mod:`cxr_cad.pacs.query`), cuts
+the sorted list into chunks of ``chunk_size``, and for each chunk: fetches it with WADO-RS
+into a spool folder (a background thread fetches the next chunk while this one is scored),
+scores the folder with :func:`cxr_cad.engine.predict.predict`, writes its DICOM objects
+(``--dicom-out``), appends the chunk's rows to a journal (fsync) and deletes the spool. At
+most two chunks are on disk at once; the archive is never copied whole.
+
+Accounting
+    Every listed instance ends in ``OUT/predictions.csv`` or ``OUT/rejected.csv`` exactly
+    once. ``path`` is the instance's WADO-RS address (``dicomweb:<base>/studies/...``);
+    ``rejected.csv`` has a ``sop_instance_uid`` column too. Fetch failures (after the
+    client's retries) are rejected with ``NETWORK_ERROR``, ``FETCH_FAILED`` or
+    ``NOT_FOUND_IN_ARCHIVE``; everything else keeps the engine's reason codes.
+Resume
+    ``OUT/.dicomweb/journal.jsonl`` holds one JSON line per finished instance. A rerun
+    (after ``kill -9``, say) skips every SOP Instance UID in it, except those rejected for a
+    network reason, which are tried again. Chunks are cut from the full sorted list, so a
+    resumed run scores the same instances in the same batches and gets the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from cxr_cad.errors import CxrCadError, UsageError
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".dicomweb"
+REJECTED_COLUMNS = ["path", "reason", "detail", "sop_instance_uid"]
+
+
+@dataclass
+class DicomwebResult:
+    """What :func:`predict_dicomweb` did."""
+
+    out_dir: Path
+    n_listed: int
+    n_predicted: int
+    n_rejected: int
+    n_done_before: int
+    n_processed: int
+    seconds: float
+    reasons: dict[str, int] = field(default_factory=dict)
+    dicom_out: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary_line(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
+        line = (f"{self.n_listed} instance(s) listed: {self.n_predicted} scored, {self.n_rejected} rejected"
+                f"{' (' + reasons + ')' if reasons else ''}"
+                f"{f', {self.n_done_before} from an earlier run' if self.n_done_before else ''}; "
+                f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) -> "
+                f"{self.out_dir / 'predictions.csv'}, {self.out_dir / 'rejected.csv'}")
+        return line + (f"; DICOM: {self.dicom_out}" if self.dicom_out else "")
+
+
+class _Journal:
+    """Append-only JSON lines with fsync; a torn last line (kill -9 mid-write) is cut on open."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        if path.exists():
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines():
+                rec = json.loads(line)
+                self.records[rec["sop_instance_uid"]] = rec  # the last word on an instance wins
+            if end < len(data):
+                with open(path, "r+b") as fh:
+                    fh.truncate(end)
+        self._fh = open(path, "ab")
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self._fh.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode())
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        for rec in records:
+            self.records[rec["sop_instance_uid"]] = rec
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
+    from cxr_cad.engine.writer import atomic_write_text
+
+    if overwrite:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "state.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
+        if changed:
+            raise UsageError(f"{state_dir.parent} holds a DICOMweb run with a different {', '.join(changed)}; "
+                             "use a new --out, or --overwrite to discard it")
+    else:
+        atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
+
+
+def _fetcher(client, chunks, spool_root: Path, threads: int, out_q: "queue.Queue", stop: threading.Event) -> None:
+    from cxr_cad.pacs.query import fetch_many
+
+    try:
+        for k, chunk in chunks:
+            if stop.is_set():
+                break
+            folder = spool_root / f"chunk-{k:06d}"
+            shutil.rmtree(folder, ignore_errors=True)
+            files, failed = fetch_many(client, chunk, folder, threads=threads)
+            out_q.put((k, chunk, folder, files, failed))
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        out_q.put(exc)
+        return
+    out_q.put(None)
+
+
+def _score_chunk(folder: Path, files: dict, model_path, options, run_dir: Path) -> tuple[dict, dict]:
+    """Run the engine over one spool folder: ({SOP UID: prediction row}, {SOP UID: rejected row})."""
+    from cxr_cad.engine.predict import predict
+    from cxr_cad.engine.writer import PREDICTIONS, REJECTED
+
+    if not files:
+        return {}, {}
+    predict([folder], run_dir, model_path, dataclasses.replace(options, overwrite=True))
+    import csv
+
+    def rows(name):
+        with open(run_dir / name, newline="", encoding="utf-8") as fh:
+            return {Path(r["path"]).stem: r for r in csv.DictReader(fh)}
+    return rows(PREDICTIONS), rows(REJECTED)
+
+
+def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.PathLike, options=None, *,
+                     query: dict | None = None, chunk_size: int = 128, fetch_threads: int = 4,
+                     dicom_out=None) -> DicomwebResult:
+    """Score every instance of the archive at ``url`` matching ``query`` into ``out_dir`` (see module doc).
+
+    ``options``: :class:`cxr_cad.engine.predict.PredictOptions` (its ``overwrite`` discards an
+    earlier run in ``out_dir``). ``dicom_out``: :class:`cxr_cad.pacs.output.DicomOutOptions` or None.
+    Raises UsageError (bad URL/query, ``out_dir`` holds another run), CxrCadError when the
+    archive cannot be queried, and what the engine raises for a bad bundle.
+    """
+    import requests
+
+    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.engine.writer import check_writable
+    from cxr_cad.model.weights import file_sha256
+    from cxr_cad.pacs.client import NETWORK_REASONS, make_client, parse_url
+    from cxr_cad.pacs.output import DicomOutput
+    from cxr_cad.pacs.query import list_instances
+
+    t0 = time.perf_counter()
+    options = options or PredictOptions()
+    if chunk_size < 1:
+        raise UsageError(f"chunk size must be >= 1, not {chunk_size}")
+    out = Path(out_dir).absolute()
+    check_writable(out)
+    base = parse_url(url)
+    client = make_client(url)
+    try:
+        instances = list_instances(client, query or {})
+    except requests.RequestException as exc:
+        raise CxrCadError(f"QIDO-RS query of {base} failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the URL, the "
+                          "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
+                          "archive is up") from exc
+    state_dir = out / STATE_DIR
+    _check_state(state_dir, {"source": base, "query": query or {}, "model_sha256": file_sha256(model_path),
+                             "threshold": options.threshold}, options.overwrite)
+    writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
+    journal = _Journal(state_dir / "journal.jsonl")
+    done = {s for s, r in journal.records.items() if r.get("reason") not in NETWORK_REASONS}
+    n_before = sum(1 for i in instances if i.sop_instance_uid in done)
+    chunks = [(k, [i for i in instances[s:s + chunk_size] if i.sop_instance_uid not in done])
+              for k, s in enumerate(range(0, len(instances), chunk_size))]
+    chunks = [(k, c) for k, c in chunks if c]
+    log.info("%d instance(s) listed, %d done earlier, %d chunk(s) of <= %d to fetch and score", len(instances),
+             n_before, len(chunks), chunk_size)
+    spool = state_dir / "spool"
+    shutil.rmtree(spool, ignore_errors=True)  # what a killed run left behind
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=_fetcher, args=(client, chunks, spool, fetch_threads, q, stop), daemon=True)
+    thread.start()
+    n_processed = 0
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            k, chunk, folder, files, failed = item
+            preds, rejs = _score_chunk(folder, files, model_path, options, spool / f"run-{k:06d}")
+            records = _chunk_records(base, chunk, files, failed, preds, rejs)
+            if writer is not None:
+                number = {i.sop_instance_uid: n + 1 for n, i in enumerate(instances)}
+                writer.write((r, str(files[r["sop_instance_uid"]]), number[r["sop_instance_uid"]])
+                             for r in records if r["kind"] == "prediction")
+            journal.append(records)
+            n_processed += len(records)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(spool / f"run-{k:06d}", ignore_errors=True)
+    finally:
+        stop.set()
+        journal.close()
+    shutil.rmtree(spool, ignore_errors=True)
+    result = DicomwebResult(out, len(instances), 0, 0, n_before, n_processed, time.perf_counter() - t0,
+                            dicom_out=writer.summary_line() if writer else "")
+    _finish(out, instances, journal.records, result)
+    return result
+
+
+def _chunk_records(base: str, chunk, files: dict, failed: dict, preds: dict, rejs: dict) -> list[dict]:
+    """One journal record per instance of ``chunk``: a prediction row or a rejected row."""
+    records = []
+    for inst in chunk:
+        sop = inst.sop_instance_uid
+        path = inst.url(base)
+        if sop in preds:
+            row = dict(preds[sop], path=path, kind="prediction", sop_instance_uid=preds[sop]["sop_instance_uid"] or sop)
+            row["sop_instance_uid"] = sop  # the archive's UID is the key (the header's is the same)
+        elif sop in rejs:
+            row = {"path": path, "reason": rejs[sop]["reason"], "detail": rejs[sop]["detail"], "kind": "rejected"}
+        elif sop in failed:
+            row = {"path": path, "reason": failed[sop][0], "detail": failed[sop][1], "kind": "rejected"}
+        else:  # fetched but the engine did not report it: a bug, never a silent loss
+            row = {"path": path, "reason": "INTERNAL_ERROR", "detail": "no result from the engine", "kind": "rejected"}
+        row["sop_instance_uid"] = sop
+        records.append(row)
+    return records
+
+
+def _finish(out: Path, instances: Sequence, records: dict[str, dict], result: DicomwebResult) -> None:
+    """Write predictions.csv / rejected.csv (listing order) and summary.json from the journal."""
+    import collections
+    import csv
+    import io
+
+    from cxr_cad.engine.writer import PREDICTIONS, PREDICTION_COLUMNS, REJECTED, SUMMARY, atomic_write_text
+
+    rows = [records[i.sop_instance_uid] for i in instances if i.sop_instance_uid in records]
+    preds = [r for r in rows if r["kind"] == "prediction"]
+    rejs = [r for r in rows if r["kind"] == "rejected"]
+    columns = list(PREDICTION_COLUMNS)
+    for r in preds:
+        columns += [c for c in r if c not in columns and c != "kind"]
+    for name, cols, table in ((PREDICTIONS, columns, preds), (REJECTED, REJECTED_COLUMNS, rejs)):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
+        atomic_write_text(out / name, buf.getvalue())
+    reasons = collections.Counter(r["reason"] for r in rejs)
+    result.reasons, result.n_predicted, result.n_rejected = dict(sorted(reasons.items())), len(preds), len(rejs)
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
+    summary["images_per_s"] = round(result.images_per_s, 3)
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
