@@ -120,7 +120,7 @@ class DicomOutput:
         from pydicom.errors import InvalidDicomError
 
         from cxr_cad.pacs.sc import build_sc
-        from cxr_cad.pacs.sr import build_sr
+        from cxr_cad.pacs.sr import build_sr, evidence_header
 
         sop = row["sop_instance_uid"]
         rec = {"source_sop_instance_uid": sop, "study_instance_uid": row.get("study_instance_uid", ""),
@@ -130,6 +130,7 @@ class DicomOutput:
         except (InvalidDicomError, OSError) as exc:
             rec.update(reason=NOT_DICOM_SOURCE, detail=f"{type(exc).__name__}: the source is not a DICOM file")
             return rec, []
+        header = evidence_header(header)
         study = str(header.StudyInstanceUID)
         prob, thr = float(row["probability"]), float(row.get("threshold") or self.info.threshold)
         info = dataclasses.replace(self.info, threshold=thr)

@@ -111,6 +111,26 @@ def build_sr(source: Dataset, probability: float, info: AlgorithmInfo, *, series
     return sr
 
 
+#: Type 2 attributes of the Patient and General Study modules: present in every SR/SC, empty when unknown.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def evidence_header(source: Dataset) -> Dataset:
+    """A copy of the source header with the missing type 2 patient/study attributes present and empty.
+
+    highdicom copies them from the evidence and needs them to exist; a source without, e.g.,
+    (0010,0030) Patient's Birth Date gets an empty one ("unknown"), as the standard asks.
+    """
+    import copy
+
+    ds = copy.copy(source)  # shallow: only top-level elements are added
+    for key in TYPE2_COPIED:
+        if key not in ds:
+            setattr(ds, key, None)
+    return ds
+
+
 def drop_invalid_copied(ds: Dataset) -> list[str]:
     """Remove optional (type 3) attributes copied from the source whose value breaks their VR.
 
