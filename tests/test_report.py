@@ -80,9 +80,9 @@ def report(tmp_path_factory):
 def test_report_folder_has_every_file(report):
     _, _, result = report
     names = {p.name for p in result.out_dir.iterdir()}
-    assert {"report.html", "report.pdf", "metrics.json", "predictions.csv", "roc.png", "calibration.png",
-            "score_histogram.png", "comparison_roc.png"} <= names
-    assert "cv_roc.png" not in names  # no folds
+    assert {"report.html", "report.pdf", "metrics.json", "predictions.csv", "roc.svg", "calibration.svg",
+            "score_histogram.svg", "comparison_roc.svg", "precision_recall.svg", "decision_curve.svg"} <= names
+    assert "cv_roc.svg" not in names  # no folds
     for p in result.out_dir.iterdir():
         assert p.stat().st_size > 1000 or p.suffix == ".csv"
     assert result.out_dir.joinpath("report.pdf").read_bytes().startswith(b"%PDF")
@@ -164,9 +164,11 @@ def test_sections_in_the_issue_order(report):
     _, _, result = report
     page = html_text(result.out_dir / "report.html")
     pdf = re.sub(r"\s+", " ", pdf_text(result.out_dir / "report.pdf"))
-    titles = ["1. Model, cohort and intended use", "2. Cohort summary", "3. Diagnostic performance",
-              "4. ROC analysis", "5. Calibration", "6. Subgroups", "7. Explanations (Grad-CAM)",
-              "8. Comparison of two models", "9. Methods"]
+    titles = ["1. Summary", "2. Model, cohort and intended use", "3. Population and reference standard",
+              "4. Model description", "5. Cohort summary", "6. Cohort shift", "7. Diagnostic performance",
+              "8. ROC analysis", "9. Clinical utility", "10. Calibration", "11. Subgroups", "12. Failure analysis",
+              "13. Explanations (Grad-CAM)", "14. Comparison of two models", "15. Methods",
+              "16. Appendix: CLAIM 2024 and TRIPOD+AI 2024 checklist"]
     for text in (page, pdf):
         pos = [text.find(t) for t in titles]
         assert all(p >= 0 for p in pos), [t for t, p in zip(titles, pos) if p < 0]
@@ -181,7 +183,9 @@ def test_one_class_subgroup_is_not_estimable(report):
     assert row["estimable"] is False and row["auc"] is None
     assert set(d["subgroups"]) == {"view_position", "patient_sex", "age_band", "manufacturer"}
     page = html_text(result.out_dir / "report.html")
-    assert re.search(r"OneClassCo\s+6\s+0/6\s+not estimable", page)
+    assert re.search(r"OneClassCo \*\s+6\s+0/6\s+not estimable", page)  # * = small subgroup
+    assert "manufacturer=OneClassCo" in d["small_subgroups"]
+    assert "not corrected for multiplicity" in page
 
 
 def test_predictions_csv_has_decisions_and_no_identifiers(report):
@@ -201,7 +205,7 @@ def test_cross_validation_folds_give_per_fold_curves(tmp_path):
     result = write_report(df, tmp_path, positive_class="PNEUMONIA", threshold=0.5, cv=cv, options=OPTIONS,
                           pdf=False)
     d = result.data
-    assert (tmp_path / "cv_roc.png").is_file()
+    assert (tmp_path / "cv_roc.svg").is_file()
     folds = d["cross_validation"]["folds"]
     assert [f["fold"] for f in folds] == [0, 1, 2]
     for f in folds:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_cad.cli.report import add_report_options, join_metadata, read_table, report_options, write_rejected
+from cxr_cad.cli.report import (add_report_options, cohort_description, join_metadata, read_table, report_options,
+                                write_rejected)
 from cxr_cad.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
             comparison = {"predictions": other, "name": Path(args.compare).name, "sha256": other_bundle.sha256,
                           "name_a": Path(args.model).name}
         source = manifest_path if args.manifest else Path(args.cohort_dir)
-        cohort = {"name": args.cohort_name or (source.stem if args.manifest else source.name),
-                  "manifest_hash": manifest_hash(manifest), "date": args.cohort_date}
+        cohort = cohort_description(args, args.manifest, source.stem if args.manifest else source.name)
+        cohort["manifest_hash"] = manifest_hash(manifest)
         gradcam = (GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group)
                    if args.gradcam_per_group > 0 else None)
         result = write_report(pred, args.out, positive_class=args.positive_class, threshold=args.threshold,
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                               rejected_df=rejected, comparison=comparison,
                               include_identifiers=args.include_identifiers, gradcam=gradcam,
                               gradcam_note="Grad-CAM explanations were not requested (--gradcam-per-group 0).",
-                              options=report_options(args), pdf=not args.no_pdf)
+                              options=report_options(args), pdf=not args.no_pdf,
+                              threshold_source="command line" if args.threshold is not None else "bundle")
         if args.include_identifiers:
             write_rejected(rejected, result.out_dir)
     d = result.data

@@ -43,6 +43,17 @@ def _confidence(text: str) -> float:
     return value
 
 
+def _prevalences(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"prevalences must be numbers in (0, 1) separated by commas, e.g. "
+                                         f"0.05,0.2; not {text!r}") from None
+    if not values or any(not 0.0 < v < 1.0 for v in values) or len(values) > 10:
+        raise argparse.ArgumentTypeError(f"give 1 to 10 prevalences in (0, 1), e.g. 0.05,0.2; not {text!r}")
+    return values
+
+
 def _at_least(minimum: int):
     def parse(text: str) -> int:
         value = int(text)
@@ -62,9 +73,15 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                    help="decision threshold to report instead of the model's stored one")
     g.add_argument("--cohort-name", default=None, help="cohort name for the header (default: the input's name)")
     g.add_argument("--cohort-date", default=None, help="cohort date for the header (free text)")
+    g.add_argument("--cohort-info", default=None, metavar="FILE",
+                   help="YAML/JSON description of the cohort: source, site, dates, population, eligibility, "
+                        "reference_standard, validation (internal/external); missing items show as 'not recorded'")
+    g.add_argument("--prevalence", type=_prevalences, default=(0.05, 0.2), metavar="P[,P...]",
+                   help="prevalences at which PPV and NPV are shown (default 0.05,0.2)")
     g.add_argument("--confidence", type=_confidence, default=0.95, help="confidence level of every CI (default 0.95)")
     g.add_argument("--bootstrap", type=_at_least(100), default=2000, metavar="N",
-                   help="stratified bootstrap resamples for the AUC CI (default 2000)")
+                   help="bootstrap resamples of every bootstrap CI: AUC, F1, patient cluster, Brier, ECE "
+                        "(default 2000)")
     g.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
     g.add_argument("--gradcam-per-group", type=_at_least(0), default=2, metavar="N",
                    help="Grad-CAM images per group (TP, TN, FP, FN); 0 = none (default 2)")
@@ -76,7 +93,27 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
 def report_options(args: argparse.Namespace):
     from cxr_cad.report import ReportOptions
 
-    return ReportOptions(alpha=round(1.0 - args.confidence, 10), n_bootstrap=args.bootstrap, seed=args.seed)
+    return ReportOptions(alpha=round(1.0 - args.confidence, 10), n_bootstrap=args.bootstrap, seed=args.seed,
+                         prevalences=tuple(args.prevalence))
+
+
+def cohort_description(args: argparse.Namespace, manifest_path: str | Path | None, name: str) -> dict:
+    """Cohort fields for the report: --cohort-info FILE, ingest.json next to the manifest, the
+    command line's name and date (each later source fills only what is still missing)."""
+    from cxr_cad.report.clinical import ingest_rules_text
+    from cxr_cad.report.inputs import ingest_record, read_cohort_info
+
+    info = read_cohort_info(args.cohort_info) if args.cohort_info else {}
+    ingest = ingest_record(manifest_path)
+    if ingest:
+        info.setdefault("source", "DICOM/image folder ingested by cxr-cad ingest")
+        rules = ingest_rules_text(ingest, ingest.get("policy"))
+        if rules:
+            info.setdefault("ingest_rules", rules)
+    info["name"] = args.cohort_name or info.get("name") or name
+    if args.cohort_date or not info.get("date"):
+        info["date"] = args.cohort_date
+    return info
 
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -142,28 +179,32 @@ def run(args: argparse.Namespace) -> int:
 
         bundle = load_bundle(args.model)
         info = model_info_from_bundle(bundle, args.model)
-    cohort = {"name": args.cohort_name or Path(args.predictions).parent.name or Path(args.predictions).stem,
-              "date": args.cohort_date}
+    cohort = cohort_description(args, args.manifest,
+                                Path(args.predictions).parent.name or Path(args.predictions).stem)
     if args.manifest:
         from cxr_cad.manifest import manifest_hash, read_manifest
 
         manifest = read_manifest(args.manifest, check_files=False)
         cohort["manifest_hash"] = manifest_hash(manifest)
         pred = join_metadata(pred, manifest)
-    threshold, method = args.threshold, args.threshold_method
+    threshold, method, source = args.threshold, args.threshold_method, None
     if threshold is None and bundle is None and "threshold" in pred.columns:
         values = set(pred["threshold"].astype(str)) - {""}
         if len(values) == 1:
             threshold, method = float(values.pop()), method or "as recorded in the predictions table"
+            source = "predictions table"
     elif threshold is not None:
-        method = method or "given on the command line"
+        method, source = method or "given on the command line", "command line"
     rejected = read_table(args.rejected, "rejected-files table") if args.rejected else None
     cv = None
     if args.cv_metrics:
+        from cxr_cad.report.inputs import check_cv_metrics
+
         try:
             cv = json.loads(Path(args.cv_metrics).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--cv-metrics {args.cv_metrics}: cannot read JSON: {exc}") from exc
+            raise UsageError(f"--cv-metrics {args.cv_metrics}: cannot read JSON: {str(exc)[:300]}") from exc
+        cv = check_cv_metrics(cv, f"--cv-metrics {args.cv_metrics}")
     comparison = None
     if args.compare_predictions:
         other = read_table(args.compare_predictions, "comparison predictions table")
@@ -180,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     result = write_report(pred, args.out, positive_class=args.positive_class, threshold=threshold,
                           threshold_method=method, model_info=info, cohort_info=cohort, rejected_df=rejected,
                           cv=cv, comparison=comparison, include_identifiers=args.include_identifiers,
-                          gradcam=gradcam, gradcam_note=note, options=report_options(args), pdf=not args.no_pdf)
+                          gradcam=gradcam, gradcam_note=note, options=report_options(args), pdf=not args.no_pdf,
+                          threshold_source=source)
     if args.include_identifiers and rejected is not None:
         write_rejected(rejected, result.out_dir)
     auc = result.data["auc"]["delong"]

@@ -66,7 +66,8 @@ def bootstrap_auc_ci(y_true, y_score, *, n_resamples: int = 2000, seed: int = 0,
     n_pos, n_neg, missing = warn_one_class("bootstrap_auc_ci", y, "AUC and CI are undefined (NaN)")
     nan = float("nan")
     if missing:
-        return AucCI(nan, nan, nan, nan, "bootstrap", alpha, n_pos, n_neg, int(n_resamples), int(seed))
+        return AucCI(nan, nan, nan, nan, "bootstrap", alpha, n_pos, n_neg, int(n_resamples), int(seed),
+                     interval="percentile")
     rng = np.random.default_rng(seed)
     aucs = bootstrap_aucs(y, s, n_resamples=int(n_resamples), rng=rng)
     low, high = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])

@@ -48,7 +48,10 @@ def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
     if strategy == "uniform":
         return np.linspace(0.0, 1.0, n_bins + 1)
     if strategy == "quantile":
-        return np.percentile(p, np.linspace(0, 100, n_bins + 1))
+        # exactly scikit-learn's edges (calibration_curve): percentiles at linspace(0, 1) * 100.
+        # np.linspace(0, 100) differs in the last bit (e.g. 30.0 vs 30.000000000000004), which
+        # moves an image whose score equals a percentile into the other bin.
+        return np.percentile(p, np.linspace(0, 1, n_bins + 1) * 100)
     raise ValueError(f"strategy must be 'uniform' (equal-width) or 'quantile'; got {strategy!r}")
 
 

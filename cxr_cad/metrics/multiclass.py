@@ -10,26 +10,29 @@ from cxr_cad.metrics.proportions import proportion
 
 
 def _class_indices(y_true, classes: Sequence[str]) -> np.ndarray:
-    """Class names (or integer indices into ``classes``) -> integer indices. Raises ValueError."""
+    """Class labels -> positions in ``classes``, matched by value (as text). Raises ValueError.
+
+    Integer labels are labels, never positions: with ``classes = [1, 2]`` the label 2 is the
+    second class (position 1), and with ``classes = ["NORMAL", "VIRAL"]`` the label 0 is
+    unknown. (An earlier version read integers as positions, which mislabelled such data.)
+    """
     classes = [str(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"class names must be distinct; got {classes}")
     y = np.asarray(y_true)
-    if y.dtype.kind in "iu":
-        if y.size and (y.min() < 0 or y.max() >= len(classes)):
-            raise ValueError(f"class indices must be in [0, {len(classes) - 1}]; got range "
-                             f"[{y.min()}, {y.max()}]")
-        return y.astype(np.int64)
     lookup = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({str(v) for v in y} - set(lookup))
+    text = [str(v.item() if isinstance(v, np.generic) else v) for v in y.ravel()]
+    unknown = sorted(set(text) - set(lookup))
     if unknown:
         raise ValueError(f"labels {unknown[:5]} are not among the classes {classes}")
-    return np.array([lookup[str(v)] for v in y], dtype=np.int64)
+    return np.array([lookup[v] for v in text], dtype=np.int64)
 
 
 def one_vs_rest_auc(y_true_multi, prob_matrix, classes: Sequence[str], *, alpha: float = 0.05) -> dict[str, AucCI]:
     """AUC (with DeLong CI) of each class against all others.
 
     Args:
-        y_true_multi: class names, or integer indices into ``classes``; shape (n,).
+        y_true_multi: class labels (matched to ``classes`` by value, never by position); shape (n,).
         prob_matrix: (n, K) probabilities, column k for ``classes[k]``.
         classes: the K class names in column order.
 

@@ -26,6 +26,7 @@ import pandas as pd
 from cxr_cad.errors import OutputError, UsageError
 from cxr_cad.report.build import (IDENTIFIER_COLUMNS, ReportOptions, build_report_data,
                                   prepare_predictions)
+from cxr_cad.report.clinical import dedupe_rows, jsonable_shift
 from cxr_cad.report.gradcam import GradcamSource, write_gallery
 
 __all__ = ["write_report", "ReportResult", "ReportOptions", "GradcamSource", "model_info_from_bundle"]
@@ -47,11 +48,23 @@ class ReportResult:
 
 def model_info_from_bundle(bundle: Any, path: str | os.PathLike | None = None) -> dict:
     """Header fields for a loaded :class:`cxr_cad.model.Bundle` (no identifiers)."""
-    return {"name": Path(path).name if path else "model bundle", "sha256": bundle.sha256,
-            "classes": [str(c) for c in bundle.classes], "positive_class": str(bundle.positive_class),
-            "threshold": float(bundle.threshold), "threshold_method": bundle.threshold_method,
-            "training_manifest_hash": bundle.manifest_hash, "created": bundle.created,
-            "versions": dict(bundle.versions or {})}
+    from cxr_cad.metrics import jsonable
+    from cxr_cad.report.clinical import find_model_card
+
+    meta = dict(getattr(bundle, "meta", None) or {})
+    extra = meta.get("extra") or {}
+    spec = bundle.transform_spec.to_dict() if hasattr(bundle.transform_spec, "to_dict") else bundle.transform_spec
+    return jsonable({"name": Path(path).name if path else "model bundle", "sha256": bundle.sha256,
+                     "classes": [str(c) for c in bundle.classes], "positive_class": str(bundle.positive_class),
+                     "threshold": float(bundle.threshold), "threshold_bundle": float(bundle.threshold),
+                     "threshold_method": bundle.threshold_method,
+                     "threshold_selection": dict(getattr(bundle, "threshold_selection", None) or {}),
+                     "training_manifest_hash": bundle.manifest_hash, "created": bundle.created,
+                     "versions": dict(bundle.versions or {}), "transform_spec": spec,
+                     "train_config": getattr(bundle, "train_config", None) or {},
+                     "training": (extra.get("training") if isinstance(extra, dict) else None) or {},
+                     "init": meta.get("init") or {},
+                     "model_card": find_model_card(path or getattr(bundle, "path", None))})
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -93,7 +106,8 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
                  cv: Mapping[str, Any] | None = None, comparison: Mapping[str, Any] | None = None,
                  include_identifiers: bool = False, gradcam: GradcamSource | None = None,
                  gradcam_note: str | None = None, label_col: str = "label", score_col: str | None = None,
-                 options: ReportOptions = ReportOptions(), pdf: bool = True) -> ReportResult:
+                 options: ReportOptions = ReportOptions(), pdf: bool = True,
+                 threshold_source: str | None = None, shift: Mapping[str, Any] | None = None) -> ReportResult:
     """Write a complete report folder for one labelled cohort.
 
     Args:
@@ -115,8 +129,17 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
         include_identifiers: also write ``patient_id``, ``path`` and study UIDs to predictions.csv.
         gradcam: model + transform spec for the Grad-CAM gallery; None skips it (with a note).
         gradcam_note: the note shown when ``gradcam`` is None.
-        options: CI level, bootstrap resamples and seed, calibration bins.
-        pdf: also write report.pdf.
+        options: CI level, bootstrap resamples and seed, calibration bins, prevalences.
+        pdf: also write report.pdf (without it an older report.pdf in ``out_dir`` is removed).
+        threshold_source: where ``threshold`` came from: ``"bundle"``, ``"command line"``,
+            ``"predictions table"``; default ``"bundle"`` when it is taken from ``model_info``,
+            else ``"caller"``. Only ``"bundle"`` is described as fixed before this cohort.
+        shift: the cohort-shift (out-of-distribution) result, ``cohort_score, threshold,
+            flagged, n_images, n_flagged, fraction_flagged, message``; shown and written as
+            ``metrics["shift"]``.
+
+    Duplicated rows (same ``sop_instance_uid``, label and probability) are counted once and
+    named in ``metrics["warnings"]``; the same image with different values is refused.
 
     Returns:
         :class:`ReportResult` with the file paths and the metrics dict.
@@ -141,6 +164,9 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
     if threshold is None and info.get("threshold") is not None:
         threshold = float(info["threshold"])
         threshold_method = threshold_method or info.get("threshold_method")
+        threshold_source = threshold_source or "bundle"
+    elif threshold is not None and threshold_source is None:
+        threshold_source = "command line" if "command line" in str(threshold_method or "") else "caller"
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise UsageError(f"threshold must be within [0, 1], not {threshold}")
     if info:
@@ -151,15 +177,28 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the report folder {out}: {exc}") from exc
-    # figures of an earlier report in this folder that this report may not redraw
-    for stale in [*out.glob("gradcam_*.png"), out / "cv_roc.png", out / "comparison_roc.png"]:
-        stale.unlink(missing_ok=True)
+    predictions, dup_warning = dedupe_rows(predictions)
     ev, not_evaluated = prepare_predictions(predictions, positive_class=positive_class,
                                             negative_class=others[0] if len(others) == 1 else None,
                                             label_col=label_col, score_col=score_col)
+    ev.attrs["include_identifiers"] = include_identifiers
+    # outputs of an earlier report in this folder that this report may not rewrite
+    from cxr_cad.report.figures import FIGURE_FILES
+
+    old_png = [out / f.replace(".svg", ".png") for f in FIGURE_FILES]  # figures of earlier versions
+    for stale in [*out.glob("gradcam_*.png"), *(out / f for f in FIGURE_FILES), *old_png,
+                  out / "report.pdf", out / "rejected.csv"]:
+        stale.unlink(missing_ok=True)
     d = build_report_data(ev, not_evaluated, threshold=threshold, threshold_method=threshold_method,
                           model_info=info or None, cohort_info=cohort_info, rejected=rejected_df, cv=cv,
-                          comparison=comparison, options=options)
+                          comparison=comparison, options=options, threshold_source=threshold_source)
+    d["shift"] = jsonable_shift(shift)
+    if dup_warning:
+        d["warnings"].insert(0, dup_warning)
+        d["duplicates_removed"] = int(dup_warning.split(" ", 1)[0])
+    if d["shift"] and d["shift"].get("flagged"):
+        d["warnings"].insert(0, "Cohort shift: " + str(d["shift"].get("message") or "this cohort differs from "
+                                                           "the training data; results may not transfer"))
     images = write_figures(d, ev, out)
     fixed = [o["threshold"] for o in d["operating_points"] if o["threshold"] is not None]
     if gradcam is not None and fixed:

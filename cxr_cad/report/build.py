@@ -19,6 +19,7 @@ import pandas as pd
 
 from cxr_cad import metrics, versions
 from cxr_cad.errors import UsageError
+from cxr_cad.report import clinical
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,23 @@ class ReportOptions:
     n_bootstrap: stratified bootstrap resamples for the AUC interval (>= 100).
     seed: seed of the bootstrap random generator.
     n_calibration_bins: equal-width probability bins of the reliability diagram / ECE.
+    prevalences: prevalences at which PPV and NPV are shown (clinical utility).
+    auc_interval: the primary DeLong AUC interval, ``"logit"`` (default; better measured
+        coverage near AUC 1) or ``"wald"`` (clipped); both are written to metrics.json.
     """
 
     alpha: float = 0.05
     n_bootstrap: int = 2000
     seed: int = 0
     n_calibration_bins: int = 10
+    prevalences: tuple[float, ...] = (0.05, 0.2)
+    auc_interval: str = "logit"
 
     def __post_init__(self) -> None:
+        if not self.prevalences or any(not 0.0 < float(p) < 1.0 for p in self.prevalences):
+            raise UsageError(f"prevalences must be in (0, 1), e.g. 0.05,0.2; got {list(self.prevalences)}")
+        if self.auc_interval not in ("logit", "wald"):
+            raise UsageError(f"auc_interval must be 'logit' or 'wald'; got {self.auc_interval!r}")
         if not 0.0 < self.alpha < 1.0:
             raise UsageError(f"alpha must be in (0, 1), e.g. 0.05; got {self.alpha}")
         if self.n_bootstrap < 100:
@@ -172,9 +182,22 @@ def cohort_summary(ev: pd.DataFrame, not_evaluated: pd.DataFrame, rejected: pd.D
     return out
 
 
-def _operating_point(name: str, label: str, y, s, threshold: float, classes, alpha: float) -> dict:
-    m = metrics.binary_metrics(y, s, threshold=threshold, alpha=alpha, class_names=classes)
+def _operating_point(name: str, label: str, y, s, threshold: float, classes, options: ReportOptions) -> dict:
+    from cxr_cad.metrics.proportions import f1_ci
+
+    m = metrics.binary_metrics(y, s, threshold=threshold, alpha=options.alpha, class_names=classes)
+    c = m["confusion"]
+    if 2 * c["tp"] + c["fp"] + c["fn"]:  # the F1 bootstrap follows the report's resamples and seed
+        m["f1_ci"] = f1_ci(c["tp"], c["fp"], c["tn"], c["fn"], alpha=options.alpha,
+                           n_resamples=options.n_bootstrap, seed=options.seed)
     return {"name": name, "label": label, "threshold": float(threshold), "metrics": m}
+
+
+#: operating-point labels by where the threshold came from
+_OP_LABELS = {"bundle": "Model's stored threshold (fixed before this cohort)",
+              "command line": "Threshold given on the command line",
+              "predictions table": "Threshold recorded in the predictions table",
+              "caller": "Threshold given for this report"}
 
 
 def _subgroups(ev: pd.DataFrame, threshold: float, alpha: float, classes: tuple[str, str]) -> dict:
@@ -268,7 +291,8 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
                       threshold_method: str | None = None, model_info: Mapping[str, Any] | None = None,
                       cohort_info: Mapping[str, Any] | None = None, rejected: pd.DataFrame | None = None,
                       cv: Mapping[str, Any] | None = None, comparison: Mapping[str, Any] | None = None,
-                      options: ReportOptions = ReportOptions(), id_col: str = "sop_instance_uid") -> dict:
+                      options: ReportOptions = ReportOptions(), id_col: str = "sop_instance_uid",
+                      threshold_source: str | None = None) -> dict:
     """All numbers of one report as a JSON-safe dict (the content of ``metrics.json``).
 
     ``ev``/``not_evaluated`` come from :func:`prepare_predictions`. ``threshold`` is the
@@ -289,15 +313,15 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
         youden = metrics.youden_threshold(y, s)
         points = []
         if threshold is not None:
-            points.append(_operating_point("model", f"Model's stored threshold ({threshold_method or 'method not recorded'})",
-                                           y, s, threshold, (neg, pos), a))
+            points.append(_operating_point("model", _OP_LABELS.get(threshold_source or "caller", _OP_LABELS["caller"]),
+                                           y, s, threshold, (neg, pos), options))
         cv_data = _cross_validation(ev, cv, (neg, pos), a)
         if cv_data and cv_data.get("pooled_at_fold_thresholds"):
             points.append({"name": "folds", "label": FOLD_THRESHOLDS_LABEL, "threshold": None,
                            "metrics": cv_data["pooled_at_fold_thresholds"]})
         if np.isfinite(youden):
             points.append(_operating_point("youden", "Youden threshold chosen on this cohort (optimistic)",
-                                           y, s, youden, (neg, pos), a))
+                                           y, s, youden, (neg, pos), options))
         data = {
             "schema": SCHEMA,
             "generated_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -308,8 +332,12 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
             "settings": {"alpha": a, "confidence_level": 1 - a, "n_bootstrap": options.n_bootstrap,
                          "bootstrap_seed": options.seed, "n_calibration_bins": options.n_calibration_bins,
                          "decision_rule": DECISION_RULE, "proportion_ci": "Wilson score",
-                         "likelihood_ratio_ci": "log method (Simel 1991)"},
-            "auc": {"delong": metrics.delong_auc_ci(y, s, alpha=a),
+                         "likelihood_ratio_ci": "log method (Simel 1991)",
+                         "prevalences": [float(p) for p in options.prevalences],
+                         "auc_interval": options.auc_interval},
+            "auc": {"primary": f"delong_{options.auc_interval}",
+                    "delong": metrics.delong_auc_ci(y, s, alpha=a),
+                    "delong_logit": metrics.delong_auc_ci(y, s, alpha=a, interval="logit"),
                     "bootstrap": metrics.bootstrap_auc_ci(y, s, n_resamples=options.n_bootstrap,
                                                           seed=options.seed, alpha=a)},
             "roc": {"fpr": fpr, "tpr": tpr, "thresholds": thr},
@@ -326,10 +354,38 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
             "cross_validation": cv_data,
             "comparison": _comparison(ev, comparison, a, id_col),
         }
+        _clinical_additions(data, ev, points, threshold, threshold_source, threshold_method, info=model_info,
+                            cohort_info=cohort_info, options=options)
     for w in caught:
         if issubclass(w.category, metrics.UndefinedMetricWarning):
             undefined.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     data["undefined_statistics"] = sorted(set(undefined))
-    return metrics.jsonable(data)
+    data = metrics.jsonable(data)
+    data["warnings"] = clinical.collect_warnings(data)
+    return data
+
+
+def _clinical_additions(data: dict, ev: pd.DataFrame, points: list[dict], threshold: float | None,
+                        threshold_source: str | None, threshold_method: str | None, *, info, cohort_info,
+                        options: ReportOptions) -> None:
+    """Provenance, population, model description, patient-level CIs, utility, failures."""
+    primary = points[0] if points else None
+    fixed = primary["threshold"] if primary and primary["threshold"] is not None else None
+    data["threshold_provenance"] = clinical.threshold_provenance(threshold, threshold_source, threshold_method, info)
+    data["population"] = clinical.population(ev, cohort_info)
+    data["model_description"] = clinical.model_description(info) if info else None
+    data["patient_level"] = clinical.patient_level(ev, fixed, n_resamples=options.n_bootstrap, seed=options.seed,
+                                                   alpha=options.alpha)
+    data["utility"] = clinical.clinical_utility(ev, primary if fixed is not None else None, options.prevalences,
+                                                n_bins=options.n_calibration_bins, n_resamples=options.n_bootstrap,
+                                                seed=options.seed, alpha=options.alpha)
+    data["failures"] = {"operating_point": primary["name"] if fixed is not None else None, "threshold": fixed,
+                        "cases": clinical.failures(ev, fixed, bool(options_identifiers(ev)))}
+    data["small_subgroups"] = clinical.small_subgroups(metrics.jsonable(data["subgroups"]))
+
+
+def options_identifiers(ev: pd.DataFrame) -> bool:
+    """Patient ids in the failure table only when the caller asked for identifiers."""
+    return bool(ev.attrs.get("include_identifiers", False))

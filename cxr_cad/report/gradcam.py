@@ -66,14 +66,38 @@ def select_cases(ev: pd.DataFrame, threshold: float, n_per_group: int) -> list[t
     return out
 
 
-def _overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """Side by side: the model-input radiograph, and the same with the heatmap blended on top."""
+def _colour_bar(height: int, width: int = 14) -> np.ndarray:
+    """A vertical "jet" bar, the map's maximum at the top and zero at the bottom, (H, W, 3) in [0, 1]."""
+    ramp = np.linspace(1.0, 0.0, height)[:, None].repeat(width, axis=1)
+    return colormaps["jet"](ramp)[..., :3]
+
+
+def _overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45, min_size: int = 320) -> Image.Image:
+    """Side by side: the model-input radiograph, the same with the heatmap blended on top, and a
+    colour bar labelled "max" (top) and "0" (bottom). Small model inputs are enlarged (bilinear)
+    to at least ``min_size`` pixels so the tiles read at report size."""
     g = np.clip(gray, 0, 1)
     rgb = np.repeat(g[..., None], 3, axis=2)
     colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
     blend = (1 - alpha) * rgb + alpha * colour
-    both = np.concatenate([rgb, np.ones((g.shape[0], 4, 3)), blend], axis=1)
-    return Image.fromarray((both * 255).round().astype(np.uint8), mode="RGB")
+    pair = np.concatenate([rgb, np.ones((g.shape[0], 4, 3)), blend], axis=1)
+    img = Image.fromarray((pair * 255).round().astype(np.uint8), mode="RGB")
+    scale = max(1.0, min_size / g.shape[0])
+    if scale > 1:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+    from PIL import ImageDraw, ImageFont
+
+    pad, bar_w, label_w = 6, 14, 30
+    bar = Image.fromarray((_colour_bar(img.height - 2 * pad, bar_w) * 255).round().astype(np.uint8), mode="RGB")
+    canvas = Image.new("RGB", (img.width + pad + bar_w + label_w, img.height), "white")
+    canvas.paste(img, (0, 0))
+    canvas.paste(bar, (img.width + pad, pad))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    x = img.width + pad + bar_w + 3
+    draw.text((x, pad), "max", fill="black", font=font)
+    draw.text((x, img.height - pad - 12), "0", fill="black", font=font)
+    return canvas
 
 
 def unit_normalizer(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +170,10 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
     missing = [names[k].split(" (")[0].lower() + "s" for k, _ in GROUPS if k not in counters]
     note = (f"Grad-CAM (MONAI GradCAM on the last ResNet stage, '{TARGET_LAYER}', for the positive-class "
             f"output) at threshold {threshold:.4f}. Left: the image as the model sees it; right: the "
-            "heatmap (red = strongest influence on the score). Image numbers are rows of predictions.csv.")
+            "heatmap (red = strongest influence on the score; colour bar from 0 to the map's maximum). "
+            "Each map is scaled to its own maximum, so colours cannot be compared between images, and an "
+            "all-blue map means the image held no positive evidence. Image numbers are rows of "
+            "predictions.csv.")
     if missing:
         note += f" No {', '.join(missing)} in this cohort."
     if failed:

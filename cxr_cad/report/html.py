@@ -1,4 +1,5 @@
-"""Render the document model as one self-contained HTML file (images as base64 data URIs)."""
+"""Render the document model as one self-contained HTML file (figures as base64 data URIs:
+SVG for the charts, PNG for the Grad-CAM tiles)."""
 from __future__ import annotations
 
 import base64
@@ -14,9 +15,22 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("cxr_cad.report", "templat
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def data_uri(png: Path) -> str:
-    """``data:image/png;base64,...`` for a PNG file."""
-    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+def data_uri(path: Path) -> str:
+    """``data:image/svg+xml;base64,...`` for an SVG file, ``data:image/png;base64,...`` otherwise."""
+    mime = "image/svg+xml" if Path(path).suffix.lower() == ".svg" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def figure_files(doc: dict) -> set[str]:
+    """Every image file the document names (figures, figure rows, galleries)."""
+    used = set()
+    for s in doc["sections"]:
+        for b in s["blocks"]:
+            if b["kind"] == "figure":
+                used.add(b["file"])
+            elif b["kind"] in ("figrow", "gallery"):
+                used |= {it["file"] for it in b["items"]}
+    return used
 
 
 def render_html(doc: dict, images: dict[str, Path]) -> str:
@@ -24,9 +38,7 @@ def render_html(doc: dict, images: dict[str, Path]) -> str:
 
     Raises :class:`OutputError` when a figure the document names was not written.
     """
-    used = {b["file"] for s in doc["sections"] for b in s["blocks"] if b["kind"] == "figure"}
-    used |= {it["file"] for s in doc["sections"] for b in s["blocks"] if b["kind"] == "gallery"
-             for it in b["items"]}
+    used = figure_files(doc)
     missing = sorted(used - set(images))
     if missing:
         raise OutputError(f"report figures missing: {', '.join(missing)}")

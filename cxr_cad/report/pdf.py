@@ -2,11 +2,15 @@
 
 Text uses the DejaVu Sans TrueType fonts that ship inside matplotlib (full Unicode:
 en dashes, +/-, >=), embedded as subsets. The PDF has the same sections, tables and
-figures as the HTML, drawn from the same document model.
+figures as the HTML, drawn from the same document model. Charts are SVG files drawn by
+fpdf2 as vector paths; figure rows use two columns. A table's caption moves to the next
+page with the table's first rows (never alone at a page foot), and a table that splits
+repeats its header row (fpdf2's ``repeat_headings``).
 """
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +27,8 @@ _FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 _FONT = "DejaVu"
 _FIG_WIDTH_MM = 120.0
 _NOTE_FILL = (255, 244, 224)
+_BOX_FILL = (238, 244, 251)
+_SVG_SIZE = re.compile(r'<svg[^>]*?width="([\d.]+)pt"[^>]*?height="([\d.]+)pt"', re.S)
 _HEAD_FILL = (235, 235, 235)
 
 
@@ -60,15 +66,44 @@ def _paragraph(pdf: _ReportPDF, text: str, *, size: float = 9, style: str = "", 
     pdf.ln(2)
 
 
-def _caption(pdf: _ReportPDF, text: str) -> None:
+def _image_size(path: Path) -> tuple[float, float]:
+    """(width, height) of a PNG in pixels or an SVG in points (only the ratio is used)."""
+    if Path(path).suffix.lower() == ".svg":
+        m = _SVG_SIZE.search(Path(path).read_text(encoding="utf-8")[:2000])
+        if not m:
+            raise OutputError(f"{path}: SVG without a width/height in points")
+        return float(m.group(1)), float(m.group(2))
+    with Image.open(path) as im:
+        return float(im.size[0]), float(im.size[1])
+
+
+def _place(pdf: _ReportPDF, path: Path, x: float, y: float, w: float, h: float) -> None:
+    """Draw a PNG or SVG. SVG glyph paths without a fill attribute take the current fill
+    colour, so it is reset to black first (the notes leave it white)."""
+    pdf.set_fill_color(0)
+    pdf.set_draw_color(0)
+    pdf.image(str(path), x=x, y=y, w=w, h=h)
+    pdf.set_fill_color(255)
+
+
+def _keep_with_next(pdf: _ReportPDF, need_mm: float) -> None:
+    """Start a new page unless ``need_mm`` fits above the bottom margin."""
+    if pdf.get_y() + need_mm > pdf.page_break_trigger:
+        pdf.add_page()
+
+
+def _caption(pdf: _ReportPDF, text: str, rows_after: int = 2) -> None:
+    # the caption, the header row and the first rows must fit together (no orphaned title)
+    _keep_with_next(pdf, 6 + 9 * min(rows_after, 3))
     if text:
         pdf.set_font(_FONT, "B", 8.5)
         pdf.multi_cell(0, 4.5, text, new_x="LMARGIN", new_y="NEXT")
 
 
-def _table(pdf: _ReportPDF, rows: list[list[str]], widths: list[float], *, header: bool, size: float = 8) -> None:
+def _table(pdf: _ReportPDF, rows: list[list[str]], widths: list[float], *, header: bool, size: float = 8,
+           left: bool = False) -> None:
     pdf.set_font(_FONT, "", size)
-    align = ["LEFT"] + ["RIGHT"] * (len(widths) - 1) if header else "LEFT"
+    align = ["LEFT"] + ["RIGHT"] * (len(widths) - 1) if header and not left else "LEFT"
     width = pdf.epw if len(widths) > 3 or not header else pdf.epw * 0.6  # short lists stay compact
     with pdf.table(col_widths=tuple(widths), width=width, align="LEFT", first_row_as_headings=header,
                    headings_style=FontFace(emphasis="BOLD", fill_color=_HEAD_FILL),
@@ -81,28 +116,42 @@ def _table(pdf: _ReportPDF, rows: list[list[str]], widths: list[float], *, heade
 
 
 def _figure(pdf: _ReportPDF, path: Path, caption: str, width: float = _FIG_WIDTH_MM) -> None:
-    with Image.open(path) as im:
-        w_px, h_px = im.size
-    h = width * h_px / w_px
-    if pdf.get_y() + h + 10 > pdf.page_break_trigger:
-        pdf.add_page()
+    w0, h0 = _image_size(path)
+    h = width * h0 / w0
+    _keep_with_next(pdf, h + 10)
     x = pdf.l_margin + (pdf.epw - width) / 2
-    pdf.image(str(path), x=x, y=pdf.get_y(), w=width, h=h)
+    _place(pdf, path, x, pdf.get_y(), width, h)
     pdf.set_y(pdf.get_y() + h + 1)
     pdf.set_font(_FONT, "I", 8)
     pdf.multi_cell(0, 4, caption, align="C", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
 
 
-def _gallery(pdf: _ReportPDF, items: list[dict], images: dict[str, Path], per_row: int = 3) -> None:
-    gap = 4.0
+def _headline(pdf: _ReportPDF, block: dict) -> None:
+    """The summary box: a filled two-column table, then the warnings as highlighted notes."""
+    pdf.set_font(_FONT, "", 8.5)
+    with pdf.table(col_widths=(1.0, 2.6), width=pdf.epw, align="LEFT", first_row_as_headings=False,
+                   line_height=4.4, padding=1.2, text_align="LEFT", v_align="TOP",
+                   cell_fill_color=_BOX_FILL, cell_fill_mode="ALL", borders_layout="HORIZONTAL_LINES") as t:
+        for k, v in block["rows"]:
+            row = t.row()
+            row.cell(k, style=FontFace(emphasis="BOLD"))
+            row.cell(v)
+    pdf.ln(1.5)
+    for w in block["warnings"]:
+        _paragraph(pdf, w, size=8, fill=_NOTE_FILL)
+
+
+def _gallery(pdf: _ReportPDF, items: list[dict], images: dict[str, Path], per_row: int = 2) -> None:
+    """Images in ``per_row`` columns with captions (figure rows and the Grad-CAM gallery)."""
+    gap = 5.0
     w = (pdf.epw - gap * (per_row - 1)) / per_row
     for start in range(0, len(items), per_row):
         row = items[start:start + per_row]
         heights = []
         for it in row:
-            with Image.open(images[it["file"]]) as im:
-                heights.append(w * im.size[1] / im.size[0])
+            iw, ih = _image_size(images[it["file"]])
+            heights.append(w * ih / iw)
         need = max(heights) + 16
         if pdf.get_y() + need > pdf.page_break_trigger:
             pdf.add_page()
@@ -110,7 +159,7 @@ def _gallery(pdf: _ReportPDF, items: list[dict], images: dict[str, Path], per_ro
         bottom = y0
         for i, it in enumerate(row):
             x = pdf.l_margin + i * (w + gap)
-            pdf.image(str(images[it["file"]]), x=x, y=y0, w=w, h=heights[i])
+            _place(pdf, images[it["file"]], x, y0, w, heights[i])
             pdf.set_xy(x, y0 + heights[i] + 1)
             pdf.set_font(_FONT, "", 7)
             pdf.multi_cell(w, 3.4, it["caption"], new_x="LEFT", new_y="NEXT")
@@ -134,10 +183,9 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
         first = s["blocks"][0] if s["blocks"] else {"kind": "paragraph"}
         need = 40.0
         if first["kind"] == "figure" and first["file"] in images:
-            with Image.open(images[first["file"]]) as im:
-                need = _FIG_WIDTH_MM * im.size[1] / im.size[0] + 25
-        if pdf.get_y() + need > pdf.page_break_trigger:
-            pdf.add_page()
+            w0, h0 = _image_size(images[first["file"]])
+            need = _FIG_WIDTH_MM * h0 / w0 + 25
+        _keep_with_next(pdf, need)
         pdf.set_font(_FONT, "B", 12.5)
         pdf.multi_cell(0, 7, f"{s['number']}. {s['title']}", border="B", new_x="LMARGIN", new_y="NEXT")
         pdf.ln(2)
@@ -147,14 +195,16 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
                 _paragraph(pdf, b["text"])
             elif kind == "note":
                 _paragraph(pdf, b["text"], fill=_NOTE_FILL)
+            elif kind == "headline":
+                _headline(pdf, b)
             elif kind == "kv":
-                _caption(pdf, b["caption"])
+                _caption(pdf, b["caption"], len(b["rows"]))
                 _table(pdf, b["rows"], [1.0, 2.2], header=False, size=8)
             elif kind == "table":
-                _caption(pdf, b["caption"])
-                _table(pdf, [b["columns"], *b["rows"]], b["widths"], header=True,
+                _caption(pdf, b["caption"], len(b["rows"]) + 1)
+                _table(pdf, [b["columns"], *b["rows"]], b["widths"], header=True, left=bool(b.get("left")),
                        size=7 if len(b["columns"]) > 6 else 7.5 if len(b["columns"]) > 4 else 8)
-            elif kind in ("figure", "gallery"):
+            elif kind in ("figure", "gallery", "figrow"):
                 files = [b["file"]] if kind == "figure" else [it["file"] for it in b["items"]]
                 missing = [f for f in files if f not in images]
                 if missing:

@@ -3,7 +3,9 @@
 The HTML and the PDF are drawn from the same list of sections and blocks, and every
 number in them is formatted here, once, from the values in ``metrics.json``, so the
 three files always show the same numbers. Block kinds: ``paragraph``, ``note``
-(highlighted), ``kv`` (two-column table), ``table``, ``figure``, ``gallery``.
+(highlighted), ``kv`` (two-column table), ``table``, ``figure``, ``figrow`` (figures side by
+side), ``gallery``, ``headline`` (the boxed summary that opens the report). Every interval
+label names the report's confidence level (``level(d)``, e.g. "90% CI").
 """
 from __future__ import annotations
 
@@ -14,6 +16,11 @@ from cxr_cad.report.text import INTENDED_USE, LIMITATIONS, methods_paragraphs
 
 NOT_ESTIMABLE = "not estimable"
 DASH = "\u2013"  # en dash between the ends of an interval
+
+
+def level(d: dict) -> str:
+    """The confidence level as a label, e.g. ``95%`` (from ``settings.confidence_level``)."""
+    return f"{100 * d['settings']['confidence_level']:g}%"
 
 
 def _finite(x: Any) -> bool:
@@ -111,7 +118,7 @@ def _header(d: dict) -> list[dict]:
             ("Model bundle", str(m.get("name", "unnamed"))),
             ("Bundle SHA-256", str(m.get("sha256", "not recorded"))),
             ("Classes (positive class)", f"{', '.join(map(str, m.get('classes') or []))} ({d['positive_class']})"),
-            ("Stored decision threshold", f"{fmt_num(thr, 4)} ({m.get('threshold_method') or 'method not recorded'})"),
+            ("Decision threshold used", (d.get("threshold_provenance") or {}).get("text") or fmt_num(thr, 4)),
             ("Training cohort (manifest hash)", str(m.get("training_manifest_hash") or "not recorded")),
             ("Model created", str(m.get("created") or "not recorded")),
         ], "Model"))
@@ -162,7 +169,7 @@ def _confusion(op: dict, neg: str, pos: str) -> dict:
 
 
 _OP_EXPLAINED = {
-    "model": "The model's stored threshold was chosen before this cohort was seen.",
+    "model": "",
     "folds": "In cross-validation every image is decided at the threshold of the model that scored it, "
              "chosen on that fold's training data only: these are the honest out-of-fold numbers.",
     "youden": "The Youden threshold is chosen on this cohort itself.",
@@ -176,7 +183,9 @@ def _study_table(d: dict) -> list[dict]:
                  "and no model threshold was given)."}]
     blocks: list[dict] = [{"kind": "paragraph", "text": (
         "Decision rule: an image is called " + pos + " when its score is at least the threshold. "
-        + " ".join(_OP_EXPLAINED[o["name"]] for o in ops))}]
+        + " ".join(_OP_EXPLAINED[o["name"]] for o in ops)
+        + (f" Threshold: {(d.get('threshold_provenance') or {}).get('text')}."
+           if any(o["name"] == "model" for o in ops) else ""))}]
     if any(o["name"] == "youden" for o in ops):
         blocks.append({"kind": "note", "text": "The Youden threshold is chosen on this same cohort to maximise "
                        "sensitivity + specificity, so the numbers at that threshold are optimistic: they show "
@@ -205,34 +214,43 @@ def _study_table(d: dict) -> list[dict]:
     cols = ["Metric"]
     for o in ops:
         if o["name"] == "folds":
-            cols += ["Each fold's own threshold: value (95% CI)", "k/n"]
+            cols += [f"Each fold's own threshold: value ({level(d)} CI)", "k/n"]
             continue
-        short = "Model threshold" if o["name"] == "model" else "Youden (optimistic)"
-        cols += [f"{short} {fmt_num(o['threshold'], 4)}: value (95% CI)", "k/n"]
-    blocks.append(_table(cols, rows, "The study's table: metrics at each operating point",
-                         [2.2] + [2.4, 0.8] * len(ops)))
+        short = "Fixed threshold" if o["name"] == "model" else "Youden (optimistic)"
+        cols += [f"{short} {fmt_num(o['threshold'], 4)}: value ({level(d)} CI)", "k/n"]
+    blocks.append(_table(cols, rows, "The study's table (as in Chandola et al. 2021, ch. 4): metrics at each "
+                         "operating point", [2.2] + [2.4, 0.8] * len(ops)))
     return blocks
 
 
 def _roc(d: dict) -> list[dict]:
     auc = d["auc"]
     s = d["settings"]
-    blocks = [{"kind": "figure", "file": "roc.png", "caption": "ROC curve with the operating points marked."},
-              _kv([("AUC, DeLong 95% CI", fmt_auc(auc["delong"])),
-                   ("AUC, bootstrap 95% CI", f"{fmt_auc(auc['bootstrap'])} ({s['n_bootstrap']} stratified "
-                                             f"resamples, seed {s['bootstrap_seed']})"),
-                   ("Positive / negative images", f"{auc['delong']['n_pos']} / {auc['delong']['n_neg']}")],
-                  "Area under the ROC curve")]
+    lv = level(d)
+    wald = auc["delong"]
+    rows = [(f"AUC, DeLong {lv} CI, logit (primary)", fmt_auc(auc.get("delong_logit"))),
+            (f"AUC, DeLong {lv} CI, Wald", fmt_auc(wald) + (" (clipped at 1)" if wald.get("clipped") else "")),
+            (f"AUC, bootstrap {lv} CI", f"{fmt_auc(auc['bootstrap'])} ({s['n_bootstrap']} stratified "
+                                        f"resamples, seed {s['bootstrap_seed']})")]
+    pl = d.get("patient_level")
+    if pl:
+        a = pl["auc"]
+        rows.append((f"AUC, patient cluster bootstrap {lv} CI",
+                     f"{fmt_num(auc['delong']['auc'])} {fmt_interval(a['low'], a['high'])} ({pl['n_patients']} "
+                     f"patients, {pl['n_resamples']} resamples)"))
+    rows.append(("Positive / negative images", f"{wald['n_pos']} / {wald['n_neg']}"))
+    blocks = [{"kind": "figure", "file": "roc.svg", "caption": "ROC curve with the operating points marked."},
+              _kv(rows, "Area under the ROC curve")]
     cv = d.get("cross_validation")
     if cv and cv.get("folds"):
         rows = [[str(f["fold"]), str(f["n"]), str(f["n_pos"]), fmt_num(f["auc"])] for f in cv["folds"]]
         sm = cv["auc_summary"]
         rows.append(["mean \u00b1 SD", "", "", f"{fmt_num(sm['mean'])} \u00b1 {fmt_num(sm['sd'])}"])
-        blocks.append({"kind": "figure", "file": "cv_roc.png",
+        blocks.append({"kind": "figure", "file": "cv_roc.svg",
                        "caption": "Cross-validation: one ROC curve per held-out fold, their vertical mean "
                                   "and the mean \u00b1 1 SD band."})
         if cv.get("per_fold_metrics"):
-            blocks.append(_per_fold_table(cv))
+            blocks.append(_per_fold_table(cv, level(d)))
         else:
             blocks.append(_table(["Fold", "Images", "Positive", "AUC"], rows, "AUC per held-out fold", [1, 1, 1, 1]))
     return blocks
@@ -241,7 +259,7 @@ def _roc(d: dict) -> list[dict]:
 _FOLD_KEYS = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("accuracy", "Accuracy"))
 
 
-def _per_fold_table(cv: dict) -> dict:
+def _per_fold_table(cv: dict, lv: str) -> dict:
     """Each fold at its own threshold (chosen inside its training folds), then mean +/- SD."""
     rows = []
     for f in cv["per_fold_metrics"]:
@@ -258,8 +276,8 @@ def _per_fold_table(cv: dict) -> dict:
         f = fmt_pct if pct else fmt_num
         return f"{f(v['mean'])} \u00b1 {f(v.get('sd'))}"
     rows.append(["mean \u00b1 SD", "", "", msd("auc", False)] + [msd(k, True) for k, _ in _FOLD_KEYS])
-    return _table(["Fold", "Images (positive)", "Threshold", "AUC (DeLong 95% CI)"]
-                  + [f"{t} (95% CI)" for _, t in _FOLD_KEYS],
+    return _table(["Fold", "Images (positive)", "Threshold", f"AUC (DeLong {lv} CI)"]
+                  + [f"{t} ({lv} CI)" for _, t in _FOLD_KEYS],
                   rows, "Each held-out fold at its own threshold (chosen on that fold's training data)",
                   [0.75, 1.0, 0.9, 1.9, 1.8, 1.8, 1.8])
 
@@ -273,14 +291,24 @@ def _calibration(d: dict) -> list[dict]:
             rows.append([f"{rel['edges'][i]:.1f}{DASH}{rel['edges'][i + 1]:.1f}", str(n),
                          fmt_num(rel["mean_predicted"][i]), fmt_num(rel["fraction_positive"][i]),
                          fmt_interval(rel["low"][i], rel["high"][i])])
-    return [{"kind": "figure", "file": "calibration.png",
-             "caption": "Reliability diagram (observed fraction positive per probability bin, Wilson 95% CI)."},
-            _kv([("Brier score (0 = perfect)", fmt_num(cal["brier_score"], 4)),
-                 ("Expected calibration error", fmt_num(cal["ece"], 4))], "Calibration"),
-            _table(["Probability bin", "Images", "Mean predicted", "Observed positive", "95% CI"], rows,
-                   "Reliability bins (empty bins omitted)", [1.2, 0.8, 1.2, 1.2, 1.4]),
-            {"kind": "figure", "file": "score_histogram.png",
-             "caption": "Distribution of the score for each true class."}]
+    lv = level(d)
+    util = d.get("utility") or {}
+    ci = util.get("calibration_ci") or {}
+    fit = util.get("calibration_fit") or {}
+    b, e = ci.get("brier") or {}, ci.get("ece") or {}
+    return [{"kind": "figrow", "items": [
+                {"file": "calibration.svg", "caption": f"Reliability diagram (observed fraction positive per "
+                                                       f"probability bin, Wilson {lv} CI)."},
+                {"file": "score_histogram.svg", "caption": "Distribution of the score for each true class."}]},
+            _kv([(f"Brier score (0 = perfect), bootstrap {lv} CI",
+                  f"{fmt_num(cal['brier_score'], 4)} {fmt_interval(b.get('low'), b.get('high'), digits=4)}"),
+                 (f"Expected calibration error, bootstrap {lv} CI",
+                  f"{fmt_num(cal['ece'], 4)} {fmt_interval(e.get('low'), e.get('high'), digits=4)}"),
+                 ("Calibration slope (1 = ideal; < 1 = scores too extreme)", fmt_num(fit.get("slope"), 2)),
+                 ("Calibration intercept, slope fixed at 1 (0 = ideal; > 0 = scores too low)",
+                  fmt_num(fit.get("intercept"), 2))], "Calibration"),
+            _table(["Probability bin", "Images", "Mean predicted", "Observed positive", f"{lv} CI"], rows,
+                   "Reliability bins (empty bins omitted)", [1.2, 0.8, 1.2, 1.2, 1.4])]
 
 
 def _subgroups(d: dict) -> list[dict]:
@@ -290,8 +318,12 @@ def _subgroups(d: dict) -> list[dict]:
                  "manufacturer) is present in this cohort."}]
     which = "the model's stored threshold" if d["subgroup_threshold"] == "model" else \
         "the Youden threshold (no model threshold was given)"
-    blocks = [{"kind": "paragraph", "text": f"Sensitivity and specificity at {which}; AUC with DeLong 95% CI, "
-               "proportions with Wilson 95% CI. 'not estimable' where a subgroup holds one class only."}]
+    lv = level(d)
+    blocks = [{"kind": "paragraph", "text": f"Sensitivity and specificity at {which}; AUC with DeLong {lv} CI, "
+               f"proportions with Wilson {lv} CI. 'not estimable' where a subgroup holds one class only. "
+               "Subgroup results are not corrected for multiplicity: with several subgroups, some differences "
+               "arise by chance. Subgroups marked * hold fewer than 30 images or fewer than 10 of a class; "
+               "read them as descriptive only."}]
     for col, rows in d["subgroups"].items():
         out = []
         for r in sorted(rows, key=lambda r: category_key(col, r["value"])):
@@ -299,10 +331,12 @@ def _subgroups(d: dict) -> list[dict]:
             auc = fmt_auc({"auc": r["auc"], "low": r["auc_low"], "high": r["auc_high"]}) if est else NOT_ESTIMABLE
             sens = fmt_prop({"value": r["sensitivity"], "low": r["sensitivity_low"], "high": r["sensitivity_high"]})
             spec = fmt_prop({"value": r["specificity"], "low": r["specificity_low"], "high": r["specificity_high"]})
-            out.append([str(r["value"]), str(r["n"]), f"{r['n_pos']}/{r['n_neg']}", auc, sens, spec])
+            small = r["n"] < 30 or min(r["n_pos"], r["n_neg"]) < 10
+            out.append([str(r["value"]) + (" *" if small else ""), str(r["n"]), f"{r['n_pos']}/{r['n_neg']}",
+                        auc, sens, spec])
         name = SUBGROUP_COLUMNS.get(col, col)
-        blocks.append(_table([name, "Images", "Pos/Neg", "AUC (95% CI)", "Sensitivity (95% CI)",
-                              "Specificity (95% CI)"], out, f"Subgroups by {name.lower()}",
+        blocks.append(_table([name, "Images", "Pos/Neg", f"AUC ({lv} CI)", f"Sensitivity ({lv} CI)",
+                              f"Specificity ({lv} CI)"], out, f"Subgroups by {name.lower()}",
                              [1.3, 0.7, 0.8, 1.9, 1.9, 1.9]))
     return blocks
 
@@ -318,23 +352,37 @@ def _gradcam(d: dict) -> list[dict]:
 def _comparison(d: dict) -> list[dict]:
     c = d["comparison"]
     t = c["paired_delong"]
-    return [{"kind": "figure", "file": "comparison_roc.png", "caption": "ROC curves of both models on the same images."},
+    return [{"kind": "figure", "file": "comparison_roc.svg", "caption": "ROC curves of both models on the same images."},
             _kv([(f"AUC, {c['name_a']}", fmt_auc(c["auc_a_delong"])),
                  (f"AUC, {c['name_b']}", fmt_auc(c["auc_b_delong"])),
-                 ("Difference (A \u2212 B), 95% CI", f"{fmt_num(t['diff'])} {fmt_interval(t['low'], t['high'])}"),
+                 (f"Difference (A \u2212 B), {level(d)} CI", f"{fmt_num(t['diff'])} {fmt_interval(t['low'], t['high'])}"),
                  ("Paired DeLong test", f"z = {fmt_num(t['z'], 2)}, {fmt_p(t['p_value'])}"),
                  ("Images scored by both models", str(c["n"]))], "Paired comparison (DeLong 1988)")]
 
 
 def build_document(d: dict) -> dict:
-    """The document model: title plus numbered sections of blocks, drawn by HTML and PDF."""
+    """The document model: title plus numbered sections of blocks, drawn by HTML and PDF.
+
+    The headline box comes first; the CLAIM / TRIPOD+AI checklist appendix comes last and
+    points at the sections by number.
+    """
+    from cxr_cad.report import view_clinical as vc
+    from cxr_cad.report.checklist import checklist_blocks
+
+    study = _study_table(d) + vc.patient_level(d)
     sections = [
+        ("summary", "Summary", vc.headline(d)),
         ("header", "Model, cohort and intended use", _header(d)),
+        ("population", "Population and reference standard", vc.population(d)),
+        ("model", "Model description", vc.model_description(d)),
         ("cohort", "Cohort summary", _cohort(d)),
-        ("study", "Diagnostic performance (the study's table)", _study_table(d)),
+        ("shift", "Cohort shift", vc.shift(d)),
+        ("study", "Diagnostic performance (the study's table)", study),
         ("roc", "ROC analysis", _roc(d)),
+        ("utility", "Clinical utility", vc.utility(d)),
         ("calibration", "Calibration", _calibration(d)),
         ("subgroups", "Subgroups", _subgroups(d)),
+        ("failures", "Failure analysis", vc.failures(d)),
         ("explanations", "Explanations (Grad-CAM)", _gradcam(d)),
     ]
     if d.get("comparison"):
@@ -343,6 +391,8 @@ def build_document(d: dict) -> dict:
     if d.get("undefined_statistics"):
         sections[-1][2].append({"kind": "note", "text": "Statistics that are undefined for these data and "
                                 "are shown as 'not estimable': " + "; ".join(d["undefined_statistics"])})
+    numbers = {sid: (n + 1, title) for n, (sid, title, _) in enumerate(sections)}
+    sections.append(("checklist", "Appendix: CLAIM 2024 and TRIPOD+AI 2024 checklist", checklist_blocks(d, numbers)))
     title = "Chest radiograph CAD: clinical evaluation report"
     m = d.get("model") or {}
     sub = f"Model {m.get('name', '(not given)')} on cohort {d['cohort'].get('name') or '(unnamed)'}"

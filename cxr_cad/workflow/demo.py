@@ -202,6 +202,15 @@ def demo_workflow(out_dir: str | os.PathLike, settings: DemoSettings = DemoSetti
                   "data": {"val_fraction": 0.2}, "threshold": {"method": "youden"},
                   "runtime": {"device": "cpu", "precision": "fp32", "workers": s.workers}},
         "evaluate": {"batch_size": 32, "workers": s.workers, "device": "cpu"},
+        "cohort": {  # shown in the report's population section (cxr_cad/data/ATTRIBUTION.md)
+            "source": "Kermany et al. 2018 (Mendeley Data doi:10.17632/rscbjbr9sj.2, CC BY 4.0), 100-image "
+                      "sample bundled with cxr_cad, written out as DICOM",
+            "site": "Guangzhou Women and Children's Medical Center, China",
+            "population": "paediatric patients (children), frontal chest radiographs",
+            "eligibility": "random whole patients with at most 3 images from the data set's training split",
+            "reference_standard": "the data set's labels (graded by expert physicians in the original study); "
+                                  "taken as given",
+        },
         "report": {"pdf": s.pdf, "bootstrap": s.bootstrap, "alpha": 0.05},
     }
 

@@ -123,7 +123,7 @@ def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
         model_labels = {"new": "newly trained model", "previous": "previous model", "model": "model"}
         steps.append(Step("report", report_step,
                           {"classes": classes, "positive_class": data["positive_class"], "model_labels": model_labels,
-                           **wf["report"]}, depends=deps,
+                           "cohort": wf.get("cohort") or {}, "ingest": _policy_config(wf), **wf["report"]}, depends=deps,
                           output_files=[k for k in ("test_metrics", "crossval_metrics")]))
     return steps, notes
 

@@ -33,7 +33,7 @@ def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.Dat
 def headline(data: dict) -> dict:
     """AUC with its DeLong CI and accuracy / sensitivity / specificity at the model's
     threshold (or the cohort's Youden point), from a report's ``metrics.json`` dict."""
-    auc = (data.get("auc") or {}).get("delong") or {}
+    auc = (data.get("auc") or {}).get("delong_logit") or (data.get("auc") or {}).get("delong") or {}
     out: dict[str, Any] = {"n": (data.get("cohort") or {}).get("n_images_evaluated"),
                            "auc": auc.get("auc"), "auc_low": auc.get("low"), "auc_high": auc.get("high")}
     points = data.get("operating_points") or []
@@ -81,10 +81,40 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
                       "name": cfg["model_labels"].get(other, other), "name_a": cfg["model_labels"].get(main, main),
                       "sha256": ev["models"][other]["sha256"]}
     cohort_name = "held-out patients of the training data" if step == "split" else "test cohort"
+    shift = None
+    try:
+        from cxr_cad.model.shift import summary_from_bundle, table_shift
+
+        shift = table_shift(pred, summary_from_bundle(bundle))[0]
+    except (ImportError, KeyError, ValueError) as exc:  # no shift summary / columns: reported as "not computed"
+        log.info("cohort shift not computed: %s", exc)
     result = write_report(pred, ctx.step_dir / "test", model_info=model_info_from_bundle(bundle, bundle_path),
-                          cohort_info={"name": cohort_name}, rejected_df=rejected, comparison=comparison,
-                          gradcam=GradcamSource.from_bundle(bundle), options=opts, pdf=cfg["pdf"])
+                          cohort_info=_cohort_info(ctx, cfg, cohort_name, step), rejected_df=rejected,
+                          comparison=comparison, gradcam=GradcamSource.from_bundle(bundle), options=opts,
+                          pdf=cfg["pdf"], threshold_source="bundle", shift=shift)
     return result.data
+
+
+def _cohort_info(ctx: StepContext, cfg: dict, name: str, step: str) -> dict:
+    """The workflow's ``cohort:`` block, the ingest rules and counts, and the validation type."""
+    from cxr_cad.report.clinical import ingest_rules_text
+
+    info = {k: v for k, v in (cfg.get("cohort") or {}).items() if v not in (None, "")}
+    info["name"] = name
+    record = None
+    if "ingest" in ctx.upstream:
+        side = "train" if step == "split" else "test"
+        path = ctx.run_dir / "ingest" / side / "ingest.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            record = None
+    rules = ingest_rules_text(record, cfg.get("ingest"))
+    if rules:
+        info.setdefault("ingest_rules", rules)
+    if step == "split":
+        info.setdefault("validation", "internal: held-out patients of the training data source (split by patient)")
+    return info
 
 
 def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
@@ -97,7 +127,10 @@ def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
     # the per-fold `threshold` column and cv_metrics.json give the operating point at each
     # fold's own threshold; there is no single model threshold for out-of-fold predictions
     result = write_report(pred, ctx.step_dir / "crossval", positive_class=cfg["positive_class"],
-                          threshold=None, cohort_info={"name": "cross-validation (out-of-fold predictions)"},
+                          threshold=None, cohort_info={**{k: v for k, v in (cfg.get("cohort") or {}).items() if v},
+                                                       "name": "cross-validation (out-of-fold predictions)",
+                                                       "validation": "internal (cross-validation, patient-grouped "
+                                                                     "folds)"},
                           cv=summary, gradcam_note="Grad-CAM is drawn in the test-cohort report (one model per fold "
                           "here).", options=opts, pdf=cfg["pdf"])
     return result.data
@@ -109,7 +142,7 @@ def report_step(ctx: StepContext) -> dict:
     from cxr_cad.report import ReportOptions
 
     cfg = ctx.config
-    opts = ReportOptions(alpha=cfg["alpha"], n_bootstrap=cfg["bootstrap"])
+    opts = ReportOptions(alpha=cfg["alpha"], n_bootstrap=cfg["bootstrap"])  # defaults: prevalences 0.05, 0.2
     outputs: dict[str, Any] = {}
     if "evaluate" in ctx.upstream:
         data = _test_report(ctx, cfg, opts)

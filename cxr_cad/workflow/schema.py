@@ -69,6 +69,11 @@ SCHEMA: dict[str, Any] = {
         "workers": ("int", None, True),
         "device": ("str", "auto", False),
     },
+    "cohort": {                                 # shown in the report (docs/report.md); null = "not recorded"
+        "source": ("str", None, True), "site": ("str", None, True), "dates": ("str", None, True),
+        "population": ("str", None, True), "eligibility": ("str", None, True),
+        "reference_standard": ("str", None, True), "validation": ("str", None, True),
+    },
     "report": {
         "pdf": ("bool", True, False),
         "bootstrap": ("int", 2000, False),

@@ -1,0 +1,332 @@
+"""The clinical-reviewer parts of ``metrics.json``: threshold provenance, population and
+reference standard, model description, patient-level intervals, clinical utility, the
+failure list and the warnings a reader must see (small samples, zero-width or clipped
+intervals, duplicated rows).
+
+Statistics come from :mod:`cxr_cad.metrics`; this module selects inputs and words.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from cxr_cad import metrics
+from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap
+from cxr_cad.metrics.utility import (calibration_slope_intercept, decision_curve, precision_recall,
+                                     predictive_values)
+
+NOT_RECORDED = "not recorded"
+#: a sample is "small" below this many images of either class, or with a CI wider than SMALL_CI_WIDTH
+SMALL_CLASS = 50
+SMALL_CI_WIDTH = 0.2
+#: subgroups are flagged below this many images or this many of either class
+SMALL_SUBGROUP_N = 30
+SMALL_SUBGROUP_CLASS = 10
+#: how each source of the threshold is named (never "stored"/"chosen before" unless it was)
+THRESHOLD_SOURCES = {
+    "bundle": "stored in the model bundle, fixed before this cohort",
+    "command line": "given on the command line",
+    "predictions table": "as recorded in the predictions table",
+    "caller": "given by the caller",
+}
+_METHOD_WORDS = {"youden": "maximised Youden's J", "fixed": "fixed value",
+                 "sensitivity": "highest threshold reaching the target sensitivity",
+                 "specificity": "lowest threshold reaching the target specificity"}
+#: items of the population block, in order, with their display names
+POPULATION_ITEMS = (("source", "Data source"), ("site", "Site"), ("dates", "Dates"),
+                    ("population", "Population"), ("eligibility", "Eligibility"),
+                    ("reference_standard", "Reference standard (how labels were made)"),
+                    ("validation", "Validation type"))
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def threshold_provenance(threshold: float | None, source: str | None, method: str | None,
+                         model_info: Mapping[str, Any] | None) -> dict:
+    """Where the reported threshold came from, in words, e.g. ``0.9317, maximised Youden's J
+    on 14 validation images (7 positive), tie range 0.635–0.932; stored in the model bundle,
+    fixed before this cohort``. A command-line threshold is never called stored or pre-fixed."""
+    if threshold is None:
+        return {"source": None, "text": "No decision threshold was fixed before this cohort; only the "
+                "optimistic Youden threshold chosen on this cohort is reported."}
+    info = dict(model_info or {})
+    src = source or "caller"
+    out: dict[str, Any] = {"source": src, "threshold": float(threshold)}
+    if src != "bundle":
+        how = f"; how it was chosen: {method}" if method and method not in (
+            "given on the command line", "as recorded in the predictions table") else \
+            "; how it was chosen is not recorded"
+        out["text"] = f"{float(threshold):.4f}, {THRESHOLD_SOURCES.get(src, src)}{how}"
+        bundle_thr = _num(info.get("threshold_bundle"))
+        if bundle_thr is not None and abs(bundle_thr - float(threshold)) > 1e-12:
+            out["text"] += f" (the bundle's own threshold, {bundle_thr:.4f}, is not used)"
+        return out
+    sel = dict(info.get("threshold_selection") or {})
+    name = str(sel.get("method") or method or "").lower()
+    words = _METHOD_WORDS.get(name, name or "method not recorded")
+    params = sel.get("params") or {}
+    if params.get("target") is not None:
+        words += f" {float(params['target']):.2f}"
+    on = sel.get("chosen_on") or {}
+    n = sel.get("n_val", on.get("n") if isinstance(on, dict) else None)
+    n_pos = sel.get("n_val_pos", on.get("n_positive") if isinstance(on, dict) else None)
+    n_neg = sel.get("n_val_neg")
+    where = ""
+    if n is not None or (n_pos is not None and n_neg is not None):
+        total = n if n is not None else int(n_pos) + int(n_neg)
+        where = f" on {total} validation images" + (f" ({n_pos} positive)" if n_pos is not None else "")
+    elif name != "fixed":
+        where = " on validation data of unrecorded size"
+    tie = sel.get("tie_range")
+    tie_txt = ""
+    if isinstance(tie, (list, tuple)) and len(tie) == 2 and None not in tie and tie[0] != tie[1]:
+        tie_txt = f", tie range {float(tie[0]):.3f}\u2013{float(tie[1]):.3f}"
+        out["tie_range"] = [float(tie[0]), float(tie[1])]
+    out.update(method=name or None, n_validation=n, n_validation_positive=n_pos)
+    out["text"] = f"{float(threshold):.4f}, {words}{where}{tie_txt}; {THRESHOLD_SOURCES['bundle']}"
+    return out
+
+
+def _missing_count(ev: pd.DataFrame, col: str) -> int:
+    if col not in ev.columns:
+        return len(ev)
+    v = ev[col].astype("string").fillna("").str.strip()
+    return int(v.isin(("", "unknown", "nan", "<NA>", "None")).sum())
+
+
+def population(ev: pd.DataFrame, cohort_info: Mapping[str, Any] | None) -> dict:
+    """Population and reference standard: each item's recorded text or ``not recorded``,
+    plus how many images lack sex and age (from the image headers)."""
+    info = dict(cohort_info or {})
+    items = {key: (str(info[key]) if info.get(key) not in (None, "") else NOT_RECORDED)
+             for key, _ in POPULATION_ITEMS}
+    if info.get("ingest_rules"):
+        items["ingest_rules"] = str(info["ingest_rules"])
+    else:
+        items["ingest_rules"] = NOT_RECORDED
+    n = len(ev)
+    missing = {"patient_sex": _missing_count(ev, "patient_sex"),
+               "age": min(_missing_count(ev, "patient_age_years"), _missing_count(ev, "patient_age"))}
+    items["sex_missing"] = f"{missing['patient_sex']}/{n} images"
+    items["age_missing"] = f"{missing['age']}/{n} images"
+    return items
+
+
+def ingest_rules_text(ingest: Mapping[str, Any] | None, policy: Mapping[str, Any] | None = None) -> str | None:
+    """One line describing the ingest rules (accepted modalities, lateral views, VOI) and counts."""
+    parts = []
+    pol = dict(policy or {})
+    if pol.get("modalities"):
+        parts.append("modalities " + ", ".join(map(str, pol["modalities"])))
+    if "reject_lateral" in pol:
+        parts.append("lateral views rejected" if pol["reject_lateral"] else "lateral views accepted")
+    if "apply_voi" in pol:
+        parts.append("VOI LUT applied" if pol["apply_voi"] else "VOI LUT not applied")
+    c = (ingest or {}).get("counts") or {}
+    if c:
+        parts.append(f"{c.get('images', '?')} images of {c.get('patients', '?')} patients accepted, "
+                     f"{c.get('rejected', 0)} rejected, {c.get('unlabelled', 0)} unlabelled")
+    return "; ".join(parts) or None
+
+
+def model_description(model_info: Mapping[str, Any] | None) -> dict:
+    """Architecture, initialisation, input, preprocessing, augmentation, training counts and epochs
+    from the bundle (``not recorded`` where the bundle does not say)."""
+    m = dict(model_info or {})
+    cfg = m.get("train_config") or {}
+    spec = m.get("transform_spec") or {}
+    tr = m.get("training") or {}
+    init = m.get("init") or {}
+    mcfg = cfg.get("model") or {}
+    aug = cfg.get("augment") or {}
+    detail = tr.get("threshold_detail") or {}
+
+    def rec(v: Any) -> str:
+        return NOT_RECORDED if v in (None, "", {}, []) else str(v)
+
+    size = spec.get("image_size")
+    out = {
+        "architecture": rec(mcfg.get("arch") or ("ResNet18 (MONAI)" if m else None)),
+        "initialisation": rec(init.get("init") or mcfg.get("init")),
+        "input": (f"{size} x {size} px, {spec.get('in_channels', 1)} channel(s), aspect '{spec.get('aspect')}'"
+                  if size else NOT_RECORDED),
+        "preprocessing": (f"intensity scaled to [0, 1] (VOI LUT {'applied' if spec.get('apply_voi', True) else 'not applied'}), "
+                          f"normalised with mean {spec.get('mean')} and SD {spec.get('std')}" if spec else NOT_RECORDED),
+        "augmentation": rec(", ".join(f"{k} {v}" for k, v in aug.items()) if aug else None),
+        "n_train": rec(tr.get("n_train")),
+        "n_validation": rec(detail.get("n_val")),
+        "split": rec(tr.get("split")),
+        "epochs": rec(tr.get("epochs_run") or cfg.get("epochs")),
+        "best_epoch": rec(tr.get("best_epoch")),
+        "validation_auc": "not recorded" if _num(tr.get("val_auc")) is None else f"{float(tr['val_auc']):.3f}",
+        "model_card": m.get("model_card"),
+    }
+    return out
+
+
+def find_model_card(bundle_path: str | Path | None) -> str | None:
+    """``<bundle stem>.model_card.md`` or ``model_card.md`` next to the bundle, if it exists."""
+    if not bundle_path:
+        return None
+    p = Path(bundle_path)
+    for cand in (p.with_name(f"{p.stem}.model_card.md"), p.with_name("model_card.md")):
+        if cand.is_file():
+            return str(cand.resolve())
+    return None
+
+
+def patient_level(ev: pd.DataFrame, threshold: float | None, *, n_resamples: int, seed: int, alpha: float) -> dict | None:
+    """Patient cluster bootstrap (AUC, sensitivity, specificity) when patient ids are known."""
+    if "patient_id" not in ev.columns:
+        return None
+    ids = ev["patient_id"].astype("string").fillna("").str.strip()
+    if (ids == "").any():
+        return None
+    out = cluster_bootstrap(ev["y_true"].to_numpy(), ev["score"].to_numpy(), ids.to_numpy(), threshold=threshold,
+                            n_resamples=n_resamples, seed=seed, alpha=alpha)
+    out["n_images"] = int(len(ev))
+    out["threshold"] = threshold
+    return out
+
+
+def clinical_utility(ev: pd.DataFrame, op: Mapping[str, Any] | None, prevalences, *, n_bins: int,
+                     n_resamples: int, seed: int, alpha: float) -> dict:
+    """Decision curve, PPV/NPV at the given prevalences (at operating point ``op``), PR curve,
+    calibration slope/intercept and bootstrap CIs of Brier and ECE."""
+    y, s = ev["y_true"].to_numpy(), ev["score"].to_numpy()
+    pv = []
+    if op is not None:
+        c = op["metrics"]["confusion"]
+        pv = [predictive_values(c["tp"], c["fp"], c["tn"], c["fn"], p, alpha=alpha) for p in prevalences]
+    return {"decision_curve": decision_curve(y, s), "operating_point": op["name"] if op else None,
+            "predictive_values": pv, "cohort_prevalence": float(y.mean()),
+            "precision_recall": precision_recall(y, s),
+            "calibration_fit": calibration_slope_intercept(y, s),
+            "calibration_ci": calibration_bootstrap(y, s, n_bins=n_bins, n_resamples=n_resamples, seed=seed,
+                                                    alpha=alpha)}
+
+
+def failures(ev: pd.DataFrame, threshold: float | None, include_identifiers: bool) -> list[dict]:
+    """Every image misclassified at ``threshold``: row number, score, label, call, subgroup values."""
+    if threshold is None:
+        return []
+    wrong = ev[(ev["score"] >= threshold) != (ev["y_true"] == 1)]
+    wrong = wrong.sort_values(["y_true", "score"], ascending=[True, False], kind="mergesort")
+    out = []
+    for _, r in wrong.iterrows():
+        row = {"image_index": int(r["image_index"]), "score": float(r["score"]), "label": str(r["label"]),
+               "error": "false positive" if r["y_true"] == 0 else "false negative"}
+        for col in ("view_position", "patient_sex", "age_band", "manufacturer"):
+            if col in ev.columns:
+                row[col] = str(r[col]) if pd.notna(r[col]) and str(r[col]).strip() else "(missing)"
+        if "shift_flag" in ev.columns:
+            row["shift_flag"] = str(r["shift_flag"])
+        if include_identifiers and "patient_id" in ev.columns:
+            row["patient_id"] = str(r["patient_id"])
+        out.append(row)
+    return out
+
+
+def _ci_warning(name: str, ci: Mapping[str, Any] | None, *, value_key: str = "value") -> str | None:
+    if not ci:
+        return None
+    v, lo, hi = _num(ci.get(value_key)), _num(ci.get("low")), _num(ci.get("high"))
+    if v is None or lo is None or hi is None:
+        return None
+    if hi - lo == 0:
+        return (f"{name}: the interval has zero width ({v:.3f} ({lo:.3f}\u2013{hi:.3f})); with this few cases "
+                "or a perfect split the data cannot show the uncertainty, which is not zero")
+    return None
+
+
+def collect_warnings(d: Mapping[str, Any]) -> list[str]:
+    """Warnings for the headline and metrics.json: small samples, zero-width and clipped intervals."""
+    out: list[str] = []
+    auc = d["auc"]
+    n_pos, n_neg = auc["delong"].get("n_pos") or 0, auc["delong"].get("n_neg") or 0
+    if n_pos < SMALL_CLASS or n_neg < SMALL_CLASS:
+        out.append(f"Small sample: {n_pos} positive and {n_neg} negative images (fewer than {SMALL_CLASS} of a "
+                   "class); every estimate here is imprecise.")
+    for key, label in (("delong_logit", "AUC (DeLong, logit)"), ("delong", "AUC (DeLong, Wald)"),
+                       ("bootstrap", "AUC (bootstrap)")):
+        ci = auc.get(key)
+        w = _ci_warning(label, ci, value_key="auc")
+        if w:
+            out.append(w)
+        if ci and ci.get("clipped"):
+            out.append(f"{label}: the interval was clipped at {'1' if (ci.get('high') or 0) >= 1 else '0'}; "
+                       "the logit interval does not need clipping")
+    wide = []
+    for op in d["operating_points"][:1]:
+        m = op["metrics"]
+        for key in ("sensitivity", "specificity"):
+            w = _ci_warning(f"{key.capitalize()} at {op['label']}", m.get(key))
+            if w:
+                out.append(w)
+            lo, hi = _num((m.get(key) or {}).get("low")), _num((m.get(key) or {}).get("high"))
+            if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
+                wide.append(f"{key} ({hi - lo:.2f})")
+        f1 = m.get("f1_ci") or {}
+        if _num(f1.get("value")) in (0.0, 1.0) and _num(f1.get("low")) == _num(f1.get("high")):
+            out.append(f"F1 at {op['label']} is {f1['value']:.0f} and its bootstrap interval has zero width: "
+                       "every resample gives the same value, which does not mean there is no uncertainty")
+    lo, hi = _num(auc["delong_logit"].get("low")), _num(auc["delong_logit"].get("high"))
+    if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
+        wide.append(f"AUC ({hi - lo:.2f})")
+    if wide:
+        out.append(f"Wide confidence intervals (wider than {SMALL_CI_WIDTH}): " + ", ".join(wide) + ".")
+    if n_pos == 1 or n_neg == 1:
+        out.append("Only one image in a class: bootstrap intervals are degenerate.")
+    return out
+
+
+def small_subgroups(subgroups: Mapping[str, list]) -> list[str]:
+    """``column=value`` of every subgroup under 30 images or 10 of a class."""
+    flagged = []
+    for col, rows in subgroups.items():
+        for r in rows:
+            if r["n"] < SMALL_SUBGROUP_N or min(r["n_pos"], r["n_neg"]) < SMALL_SUBGROUP_CLASS:
+                flagged.append(f"{col}={r['value']}")
+    return flagged
+
+
+def jsonable_shift(shift: Mapping[str, Any] | None) -> dict | None:
+    """The cohort-shift result as given (``cohort_score, threshold, flagged, n_images, n_flagged,
+    fraction_flagged, message``), JSON-safe."""
+    return metrics.jsonable(dict(shift)) if shift else None
+
+
+def dedupe_rows(df: pd.DataFrame, key: str = "sop_instance_uid") -> tuple[pd.DataFrame, str | None]:
+    """Drop exact duplicate image rows (same ``key``, label and probability) with a warning text.
+
+    Raises :class:`~cxr_cad.errors.UsageError` when one image appears with different labels or
+    probabilities: which row is right cannot be decided.
+    """
+    from cxr_cad.errors import UsageError
+
+    if key not in df.columns:
+        return df, None
+    ids = df[key].astype("string").fillna("").str.strip()
+    dup = ids.duplicated(keep=False) & (ids != "")
+    if not dup.any():
+        return df, None
+    cols = [c for c in ("label", "probability") if c in df.columns]
+    groups = df[dup].assign(_k=ids[dup]).groupby("_k")
+    conflicting = [k for k, g in groups if len(g[cols].astype(str).drop_duplicates()) > 1]
+    if conflicting:
+        raise UsageError(f"predictions table: {len(conflicting)} image(s) appear more than once with different "
+                         f"labels or probabilities ({key} {conflicting[0][:24]}...); remove the duplicated rows")
+    keep = ~(ids.duplicated(keep="first") & (ids != ""))
+    n_drop = int((~keep).sum())
+    return (df[keep.to_numpy()].reset_index(drop=True),
+            f"{n_drop} duplicated prediction row(s) (same {key}, label and probability) were removed; "
+            "each image is counted once")
