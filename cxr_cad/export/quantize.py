@@ -1,0 +1,149 @@
+"""Post-training static int8 quantisation with onnxruntime's own tool, and its safety check.
+
+:func:`quantize_onnx` runs ``onnxruntime.quantization.quantize_static`` (QDQ format,
+per-channel int8 weights, uint8 activations: the U8S8 layout onnxruntime recommends for
+x86 VNNI/AMX) with a calibration reader over preprocessed radiographs. The first
+convolution and the classifier stay in fp32, as in the bf16 torch path: quantising the raw
+input image and the final logits costs the most accuracy for the least time. OpenVINO reads
+the same QDQ graph and runs it with its own int8 kernels (:mod:`cxr_cad.export.openvino`).
+
+:func:`split_calibration` splits a labelled cohort by patient into a calibration part and
+a held-out part; :func:`int8_report` compares fp32 and int8 probabilities on the held-out
+part (max and 99th-percentile absolute change, AUC of both). :func:`check_int8` refuses an
+int8 model whose AUC drops by more than ``max_auc_drop`` unless forced.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr_cad.errors import CxrCadError, UsageError
+from cxr_cad.export.common import INPUT_NAME, Cohort, batched, require, softmax_positive
+
+log = logging.getLogger(__name__)
+
+EXTRA = "export"
+MAX_AUC_DROP = 0.005
+#: At most this many calibration images (onnxruntime keeps every batch's activations to find ranges).
+MAX_CALIBRATION_IMAGES = 256
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+class Int8Refused(CxrCadError):
+    """The int8 model lost more AUC than allowed on the held-out part; nothing was written."""
+
+
+@dataclass
+class Int8Report:
+    """fp32 vs int8 on the held-out part of the calibration cohort."""
+
+    n_calibration: int
+    n_heldout: int
+    prob_change_max: float
+    prob_change_p99: float
+    auc_fp32: float
+    auc_int8: float
+    auc_change: float            # int8 - fp32 (negative = int8 worse)
+    max_auc_drop: float
+    accepted: bool
+    forced: bool = False
+    calibration_method: str = "minmax"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"int8 vs fp32 on {self.n_heldout} held-out image(s) (calibrated on {self.n_calibration}): "
+                f"probability change max {self.prob_change_max:.4f}, p99 {self.prob_change_p99:.4f}; "
+                f"AUC {self.auc_fp32:.4f} -> {self.auc_int8:.4f} ({self.auc_change:+.4f})")
+
+
+def split_calibration(cohort: Cohort, *, heldout_fraction: float = 0.5, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration_idx, heldout_idx): a patient-grouped, label-stratified split of ``cohort``."""
+    from cxr_cad.manifest import grouped_split
+
+    if len(cohort.labels) < 4 or len(set(cohort.labels.tolist())) < 2:
+        raise UsageError("--calibration needs a labelled manifest with both classes and at least 4 readable "
+                         f"images; got {len(cohort.labels)} image(s), labels {sorted(set(cohort.labels.tolist()))}")
+    df = pd.DataFrame({"label": cohort.labels.astype(str), "patient_id": cohort.groups.astype(str)})
+    calib, held = grouped_split(df, heldout_fraction, seed=seed)
+    return np.asarray(calib), np.asarray(held)
+
+
+def _nodes_to_keep_fp32(onnx_path: Path) -> list[str]:
+    """Names of the first Conv and the last Gemm/MatMul node of the graph."""
+    onnx = require("onnx", EXTRA)
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    first = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    last = next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul")), None)
+    return [n for n in (first, last) if n]
+
+
+def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor, *,
+                  method: str = "minmax", batch_size: int = 16) -> Path:
+    """Static QDQ int8 quantisation of ``fp32_path`` calibrated on ``images`` ``(N, C, S, S)``."""
+    q = require("onnxruntime.quantization", EXTRA)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"calibration method must be one of {CALIBRATION_METHODS}, not {method!r}")
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    images = images[:MAX_CALIBRATION_IMAGES]
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([images[i:i + batch_size].numpy() for i in range(0, len(images), batch_size)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    cal = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
+           "entropy": q.CalibrationMethod.Entropy}[method]
+    try:
+        q.quantize_static(str(pre), str(int8_path), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                          nodes_to_exclude=_nodes_to_keep_fp32(pre), calibrate_method=cal,
+                          extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    finally:
+        pre.unlink(missing_ok=True)
+    log.info("wrote int8 ONNX model %s (calibrated on %d image(s), %s)", int8_path, len(images), method)
+    return int8_path
+
+
+def int8_report(fp32_fn: Callable, int8_fn: Callable, heldout: Cohort, positive_index: int, *,
+                n_calibration: int, max_auc_drop: float = MAX_AUC_DROP, method: str = "minmax") -> Int8Report:
+    """Compare two logits functions on ``heldout`` (labels 0/1)."""
+    from cxr_cad.metrics import roc_auc
+
+    p32 = softmax_positive(batched(fp32_fn, heldout.images), positive_index)
+    p8 = softmax_positive(batched(int8_fn, heldout.images), positive_index)
+    diff = np.abs(p8 - p32)
+    a32, a8 = roc_auc(heldout.labels, p32), roc_auc(heldout.labels, p8)
+    change = float(a8 - a32)
+    return Int8Report(n_calibration=n_calibration, n_heldout=len(diff), prob_change_max=float(diff.max()),
+                      prob_change_p99=float(np.percentile(diff, 99)), auc_fp32=float(a32), auc_int8=float(a8),
+                      auc_change=change, max_auc_drop=max_auc_drop,
+                      accepted=bool(np.isfinite(change) and -change <= max_auc_drop), calibration_method=method)
+
+
+def check_int8(report: Int8Report, *, force: bool) -> Int8Report:
+    """Raise :class:`Int8Refused` when the AUC drop exceeds the limit and ``force`` is off."""
+    if report.accepted:
+        return report
+    if not force:
+        raise Int8Refused(f"{report.line()}: the AUC drop exceeds {report.max_auc_drop}; no int8 model written. "
+                          "Try --calibration-method percentile or a larger calibration manifest, or --force "
+                          "to write it anyway")
+    report.forced = True
+    log.warning("int8 model written despite an AUC drop above %s (--force): %s", report.max_auc_drop, report.line())
+    return report
