@@ -58,3 +58,18 @@ def test_calibration_input_checks():
         reliability_curve([0, 1], [0.2, 0.3], strategy="kmeans")
     with pytest.warns(UndefinedMetricWarning):
         assert math.isnan(brier_score([], []))
+
+
+def test_quantile_edges_are_sklearns_when_a_percentile_lands_on_a_score():
+    # 10 scores, 3 bins: the 1/3 percentile falls exactly on a score; np.linspace(0, 100) and
+    # sklearn's linspace(0, 1) * 100 differ in the last bit there and put that score in different bins
+    p = np.round(np.linspace(0, 1, 10), 3)
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 1, 0, 1])
+    old = np.searchsorted(np.percentile(p, np.linspace(0, 100, 4))[1:-1], p)
+    new = np.searchsorted(np.percentile(p, np.linspace(0, 1, 4) * 100)[1:-1], p)
+    assert (old != new).any()  # the case really distinguishes the two edge computations
+    curve = reliability_curve(y, p, n_bins=3, strategy="quantile")
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=3, strategy="quantile")
+    count = np.asarray(curve.count)
+    np.testing.assert_allclose(np.asarray(curve.fraction_positive)[count > 0], prob_true)
+    np.testing.assert_allclose(np.asarray(curve.mean_predicted)[count > 0], prob_pred)

@@ -84,7 +84,13 @@ def test_multiclass_against_sklearn():
     aucs = one_vs_rest_auc(names, prob, classes)
     for k, c in enumerate(classes):
         assert aucs[c].auc == pytest.approx(roc_auc_score(y == k, prob[:, k]))
-    assert one_vs_rest_auc(y, prob, classes)["VIRAL"] == aucs["VIRAL"]
+    # integer labels are labels, never positions into `classes`
+    with pytest.raises(ValueError, match="not among"):
+        one_vs_rest_auc(y, prob, classes)
+    int_classes = [3, 1, 2]                 # class "3" is column 0
+    int_labels = np.array(int_classes)[y]
+    assert one_vs_rest_auc(int_labels, prob, int_classes)["2"].auc == pytest.approx(aucs["VIRAL"].auc)
+    np.testing.assert_array_equal(confusion_matrix_k(int_labels, int_labels, int_classes), np.diag(np.bincount(y)))
     pred = np.array(classes)[prob.argmax(axis=1)]
     cm = confusion_matrix_k(names, pred, classes)
     np.testing.assert_array_equal(cm, confusion_matrix(names, pred, labels=classes))
