@@ -28,6 +28,7 @@ class Reason(str, Enum):
     LATERAL_VIEW = "LATERAL_VIEW"                # (0018,5101) View Position LL/RL/LAT with a frontal-only model
     UNSUPPORTED_PHOTOMETRIC = "UNSUPPORTED_PHOTOMETRIC"  # e.g. PALETTE COLOR, YBR for a CXR
     DECODE_FAILED = "DECODE_FAILED"              # pixel data could not be decoded
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"          # declared decoded size above the limit (decompression bomb)
     CONSTANT_IMAGE = "CONSTANT_IMAGE"            # decoded image has a single value
     DUPLICATE_SOP_INSTANCE = "DUPLICATE_SOP_INSTANCE"  # second file with a SOP Instance UID already seen
     DUPLICATE_CONTENT = "DUPLICATE_CONTENT"      # byte-identical copy of a file already accepted
@@ -35,6 +36,21 @@ class Reason(str, Enum):
 
     def __str__(self) -> str:  # so f"{reason}" gives the bare code
         return self.value
+
+
+#: Longest message an error carries (a value quoted from a hostile file must not become
+#: a 39 MB message); longer ones are cut with a note.
+MAX_MESSAGE_CHARS = 2000
+#: Problems listed by a :class:`ProblemListError`; the rest are counted.
+MAX_PROBLEMS = 50
+
+
+def cap_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with how much was cut."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... [{len(text) - limit} more characters cut]"
 
 
 class CxrCadError(Exception):
@@ -51,14 +67,18 @@ class ProblemListError(UsageError):
     def __init__(self, problems: list[str] | str, source: str | None = None):
         if isinstance(problems, str):
             problems = [problems]
+        problems = [cap_message(p, MAX_MESSAGE_CHARS // 4) for p in problems]
+        total = len(problems)
+        if len(problems) > MAX_PROBLEMS:
+            problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
         self.problems = list(problems)
         self.source = source
         where = f"{source}: " if source else ""
         if len(self.problems) == 1:
             msg = f"{where}{self.problems[0]}"
         else:
-            msg = f"{where}{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(msg)
+            msg = f"{where}{total} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(cap_message(msg))
 
 
 class ConfigError(ProblemListError):
@@ -75,6 +95,10 @@ class BundleError(CxrCadError):
 
 class WeightsError(CxrCadError):
     """Initial weights that cannot be obtained or do not fit the model."""
+
+
+class InitSpecError(WeightsError, UsageError):
+    """An ``--init`` value that names no initialisation (a typo such as ``imagenett``): exit 2."""
 
 
 class OutputError(CxrCadError):

@@ -11,16 +11,18 @@ Exit codes: 0 success, 2 usage/config errors (:class:`~cxr_cad.errors.UsageError
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 
 from cxr_cad import __version__
-from cxr_cad.errors import CxrCadError, UsageError
+from cxr_cad.errors import CxrCadError, UsageError, cap_message
 from cxr_cad.progress import set_enabled
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ["ingest", "train", "crossval", "predict", "evaluate", "report", "run", "demo"]
+COMMANDS = ["ingest", "train", "crossval", "predict", "evaluate", "report", "export", "run", "demo", "listen"]
 
 log = logging.getLogger("cxr_cad")
 
@@ -36,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train and cross-validate a ResNet18, predict, evaluate and report.",
     )
     parser.add_argument("--version", action="version", version=f"cxr-cad {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    _add_verbosity(parser, 0, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -47,7 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for subparser in sub.choices.values():   # -q/-v also after the command name: `cxr-cad ingest ... -q`
+        _add_verbosity(subparser, argparse.SUPPRESS, argparse.SUPPRESS)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, verbose_default, quiet_default) -> None:
+    """``-v``/``-q`` on ``parser``; on subcommands with SUPPRESS defaults, so an option given
+    before the command name is not reset by the subparser."""
+    parser.add_argument("-v", "--verbose", action="count", default=verbose_default,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=quiet_default,
+                        help="only warnings and errors; no progress bars")
+
+
+#: errno values that mean "the output cannot be written here" rather than a bug.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OSError that reached the CLI: what failed, and where (the folder)."""
+    where = exc.filename or ""
+    folder = os.path.dirname(os.path.abspath(where)) if where else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left to write in {folder or 'the output folder'} ({what}); free space there " \
+               "or choose another folder, then run the command again (finished work is kept)"
+    return f"cannot write or read {where or 'a file'} in {folder or '?'}: {what}"
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -76,10 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"cxr-cad {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cxr-cad {args.command}: error: {cap_message(exc)}", file=sys.stderr)
         return 2
     except CxrCadError as exc:
-        print(f"cxr-cad {args.command}: failed: {exc}", file=sys.stderr)
+        print(f"cxr-cad {args.command}: failed: {cap_message(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        log.debug("OSError", exc_info=True)
+        print(f"cxr-cad {args.command}: failed: {cap_message(_os_error_line(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"cxr-cad {args.command}: interrupted", file=sys.stderr)

@@ -13,8 +13,8 @@ import pandas as pd
 from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.io.scan import compile_patient_id_pattern, scan_sources
-from cxr_cad.manifest import (LABEL_KEYS, atomic_write_text, explain_unmatched, join_labels, labels_from_folders,
-                              manifest_hash, read_labels, validate_manifest, write_manifest, write_table)
+from cxr_cad.manifest import (LABEL_KEYS, atomic_write_many, explain_unmatched, join_labels, labels_from_folders,
+                              manifest_hash, manifest_text, read_labels, table_text, validate_manifest)
 from cxr_cad.versions import software_versions
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,13 @@ def run_ingest(args) -> int:
     problems = validate_manifest(manifest, classes=classes) if len(manifest) else []
     if problems:
         raise ManifestError(problems, source="scanned images")
-    write_manifest(manifest, os.path.join(out, "manifest.csv"), relative=not args.absolute_paths)
-    write_table(result.rejected, os.path.join(out, "rejected.csv"))
+    # the outputs are one unit: all written to temporary files, then all renamed (a full disk
+    # leaves the folder as it was, never a manifest.csv without its rejected.csv / ingest.json)
+    outputs = {os.path.join(out, "manifest.csv"): manifest_text(manifest, os.path.join(out, "manifest.csv"),
+                                                                relative=not args.absolute_paths),
+               os.path.join(out, "rejected.csv"): table_text(result.rejected)}
     if report is not None:
-        write_table(report.unmatched, os.path.join(out, "unmatched_labels.csv"))
+        outputs[os.path.join(out, "unmatched_labels.csv")] = table_text(report.unmatched)
     labels_by_class = {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()}
     record = {
         "software": software_versions(("pydicom", "pandas")),
@@ -187,7 +190,8 @@ def run_ingest(args) -> int:
         "workers": result.workers,
         "manifest_hash": manifest_hash(manifest),
     }
-    atomic_write_text(json.dumps(record, indent=2) + "\n", os.path.join(out, "ingest.json"))
+    outputs[os.path.join(out, "ingest.json")] = json.dumps(record, indent=2) + "\n"
+    atomic_write_many(outputs)
     _print_summary(result, manifest, record, report, out)
     return 0
 

@@ -56,11 +56,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
     Raises OutputError when the folder cannot be written.
     """
+    from cxr_cad.io.files import umask_file_mode
+
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), umask_file_mode())   # mkstemp's 0600 -> what the umask says
                 torch.save(obj, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -69,9 +72,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; check the folder's "
-                          "permissions and free space") from exc
+    except (OSError, RuntimeError) as exc:   # torch.save reports a full disk as a RuntimeError
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        raise OutputError(f"cannot write {path.name} in {path.parent}: {detail}; check the folder's "
+                          "permissions and free space (finished epochs are kept)") from exc
 
 
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:

@@ -36,7 +36,7 @@ PREDICTIONS = "predictions.csv"
 REJECTED = "rejected.csv"
 SUMMARY = "summary.json"
 PREDICTION_COLUMNS = ["path", "sop_instance_uid", "study_instance_uid", "probability", "decision",
-                      "threshold", "model_sha256"]
+                      "threshold", "model_sha256", "shift_score", "shift_flag"]  # shift: docs/shift.md
 REJECTED_COLUMNS = ["path", "reason", "detail"]
 
 
@@ -48,15 +48,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace``."""
+def _write_temp(path: Path, write) -> Path:
+    """``write(fh)`` into a temporary file next to ``path`` (fsynced); removed again on failure."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:   # open() follows the umask
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write {path.name} in {path.parent}: {exc.strerror or exc}; free space (or "
+                       "fix permissions) and run the same command again: finished inputs are kept")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace``.
+
+    Raises OutputError naming the folder (a full disk leaves the old file, or none)."""
+    try:
+        tmp = _write_temp(path, lambda fh: fh.write(text))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
 
 
 def check_writable(out_dir: Path) -> None:
@@ -169,9 +189,12 @@ class Journal:
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
         if not payload:
             return
-        self._fh.write(payload.encode("utf-8", "surrogatepass"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(payload.encode("utf-8", "surrogatepass"))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:   # a torn last line is cut when the run is resumed
+            raise _output_error(self.path, exc) from exc
 
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
@@ -180,19 +203,14 @@ class Journal:
             self._fh = None
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> int:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = 0
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    """Write a CSV to a temporary file next to ``path``; returns the temporary path."""
+    def write(fh) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return n
+    return _write_temp(path, write)
 
 
 def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dict]:
@@ -208,7 +226,20 @@ def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dic
                           "run the same command again to finish them")
     records = [done[i] for i in range(n_inputs)]
     pred_cols = PREDICTION_COLUMNS + (["label"] if with_label else [])
-    _write_csv(out_dir / PREDICTIONS, pred_cols, (r for r in records if r["kind"] == "prediction"))
-    _write_csv(out_dir / REJECTED, REJECTED_COLUMNS, (r for r in records if r["kind"] == "rejected"))
-    _fsync_dir(out_dir)
+    # both tables are one unit: both written in full before either replaces an old one
+    temps: list[Path] = []
+    target = out_dir / PREDICTIONS
+    try:
+        temps.append(_write_csv(target, pred_cols, (r for r in records if r["kind"] == "prediction")))
+        target = out_dir / REJECTED
+        temps.append(_write_csv(target, REJECTED_COLUMNS, (r for r in records if r["kind"] == "rejected")))
+        for tmp, name in zip(temps, (PREDICTIONS, REJECTED)):
+            os.replace(tmp, out_dir / name)
+        temps = []
+        _fsync_dir(out_dir)
+    except OSError as exc:
+        raise _output_error(target, exc) from exc
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return records

@@ -40,7 +40,9 @@ def read_header(path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLI
     Raises:
         RejectedFile: ``EMPTY_FILE``, ``NOT_DICOM``, ``UNSUPPORTED_FORMAT``, ``UNREADABLE``,
             ``NO_PIXEL_DATA``, ``NOT_AN_IMAGE_SOP_CLASS``, ``MULTI_FRAME``,
-            ``UNSUPPORTED_MODALITY``, ``LATERAL_VIEW``, ``UNSUPPORTED_PHOTOMETRIC``.
+            ``UNSUPPORTED_MODALITY``, ``LATERAL_VIEW``, ``UNSUPPORTED_PHOTOMETRIC``,
+            ``IMAGE_TOO_LARGE`` (declared decoded size above ``policy.max_image_bytes``;
+            checked before anything is decoded).
     """
     fmt = sniff_format(path)
     if fmt == "dicom":
@@ -49,7 +51,7 @@ def read_header(path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLI
         return read_dicom_header(path, policy=policy)
     from cxr_cad.io.images import read_raster_header
 
-    return read_raster_header(path, fmt)
+    return read_raster_header(path, fmt, max_image_bytes=policy.max_image_bytes)
 
 
 def read_image(path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLICY,
@@ -76,4 +78,4 @@ def read_image(path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLIC
         return read_dicom_image(path, policy=policy, reduce_to=reduce_to)
     from cxr_cad.io.images import read_raster_image
 
-    return read_raster_image(path, fmt, reduce_to=reduce_to)
+    return read_raster_image(path, fmt, reduce_to=reduce_to, max_image_bytes=policy.max_image_bytes)

@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.io.files import NotRegularFileError, open_regular
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -100,18 +101,21 @@ def looks_like_bare_dataset(head: bytes, file_size: int) -> bool:
 def sniff_format(path: str | os.PathLike) -> str:
     """Return ``"dicom"``, ``"png"`` or ``"jpeg"`` from the first bytes of ``path``.
 
+    Only a regular file is opened for reading (:func:`cxr_cad.io.files.open_regular`); a FIFO,
+    device or socket is ``UNREADABLE`` at once, never a read that blocks.
+
     Raises:
         RejectedFile: ``EMPTY_FILE`` (0 bytes), ``UNREADABLE`` (cannot be opened or
-            read), ``UNSUPPORTED_FORMAT`` (a known image format we do not read),
+            read, or not a regular file), ``UNSUPPORTED_FORMAT`` (a known image format we do not read),
             ``NOT_DICOM`` (anything else).
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fp:
+        with open_regular(path) as fp:
             size = os.fstat(fp.fileno()).st_size
             head = fp.read(HEAD_BYTES)
-    except IsADirectoryError as exc:
-        raise RejectedFile(Reason.UNREADABLE, f"is a directory, not a file ({exc.strerror})", path) from exc
+    except NotRegularFileError as exc:
+        raise RejectedFile(Reason.UNREADABLE, exc.strerror, path) from exc
     except OSError as exc:
         raise RejectedFile(Reason.UNREADABLE, f"cannot read the file: {exc.strerror or exc}; "
                            "check that it exists and is readable", path) from exc

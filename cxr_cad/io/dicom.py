@@ -9,7 +9,12 @@ Acceptance checks (in this order, each a :class:`~cxr_cad.errors.Reason`):
 4. (0008,0060) Modality not in ``policy.modalities`` -> ``UNSUPPORTED_MODALITY``;
 5. (0018,5101) View Position LL/RL/LAT/LATERAL with ``policy.reject_lateral`` -> ``LATERAL_VIEW``;
 6. (0028,0004) Photometric Interpretation other than MONOCHROME1/2, RGB or YBR_FULL(_422)/
-   YBR_ICT/YBR_RCT (colour is converted to gray) -> ``UNSUPPORTED_PHOTOMETRIC``.
+   YBR_ICT/YBR_RCT (colour is converted to gray) -> ``UNSUPPORTED_PHOTOMETRIC``;
+7. declared decoded size (0028,0010) Rows x (0028,0011) Columns x (0028,0008) Number of
+   Frames x (0028,0002) Samples per Pixel x (0028,0100) Bits Allocated / 8 above
+   ``policy.max_image_bytes`` -> ``IMAGE_TOO_LARGE``, before any pixel data is decoded.
+   A Deflated Explicit VR Little Endian data set is inflated in bounded chunks first and
+   rejected the same way when it inflates beyond the limit (a zip bomb).
 
 The pixel pipeline lives in :mod:`cxr_cad.io.dicom_pixels`.
 """
@@ -96,19 +101,64 @@ def _int(ds: Dataset, keyword: str, path: Path) -> int | None:
                            "fix or re-export the file", path) from exc
 
 
-def read_dataset(path: str | os.PathLike, *, header_only: bool) -> tuple[Dataset, bool]:
+def _check_inflated_size(path: Path, limit: int) -> None:
+    """Inflate a Deflated Explicit VR Little Endian file in bounded chunks, counting the output.
+
+    pydicom inflates the whole data set in one ``zlib.decompress``; a few kB can inflate to
+    gigabytes. The data set after the File Meta group is raw deflate (PS3.5 A.5).
+
+    Raises:
+        RejectedFile: ``IMAGE_TOO_LARGE`` when it inflates beyond ``limit`` + 16 MiB of header.
+    """
+    import zlib
+
+    from pydicom.filereader import read_file_meta_info
+
+    meta = read_file_meta_info(path)
+    start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+    budget = limit + (16 << 20)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while chunk := fh.read(1 << 16):
+            while chunk:
+                try:
+                    total += len(inflater.decompress(chunk, 1 << 20))
+                except zlib.error:
+                    return   # not valid deflate: pydicom reports it as unreadable
+                chunk = inflater.unconsumed_tail
+                if total > budget:
+                    raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"the deflated data set inflates to more than "
+                                       f"{budget >> 20} MiB (a decompression bomb, or an image above the "
+                                       f"{limit >> 20} MiB limit); raise CXR_CAD_MAX_IMAGE_BYTES if it is "
+                                       "a real image", path)
+            if inflater.eof:
+                return
+
+
+def read_dataset(path: str | os.PathLike, *, header_only: bool,
+                 max_image_bytes: int | None = None) -> tuple[Dataset, bool]:
     """Parse a DICOM file (with or without preamble/File Meta) -> (dataset, has_pixel_data).
 
     With ``header_only`` the parse stops before (7FE0,0010) Pixel Data; its presence
     is still detected, from the tag at the position where pydicom stopped (for a
     deflated transfer syntax, which must be inflated anyway, by deferring large values).
+    A deflated data set is first inflated in bounded chunks (``max_image_bytes``, default
+    :func:`~cxr_cad.io.policy.default_max_image_bytes`).
 
     Raises:
-        RejectedFile: ``UNREADABLE`` when pydicom cannot parse the data set.
+        RejectedFile: ``UNREADABLE`` when pydicom cannot parse the data set;
+            ``IMAGE_TOO_LARGE`` for a deflated data set that inflates beyond the limit.
     """
+    from cxr_cad.io.policy import default_max_image_bytes
+
     path = Path(path)
+    limit = default_max_image_bytes() if max_image_bytes is None else int(max_image_bytes)
     try:
         with open(path, "rb") as fp:
+            if DeflatedExplicitVRLittleEndian.encode() in fp.read(4096):   # the File Meta names it
+                _check_inflated_size(path, limit)
+            fp.seek(0)
             ds = dcmread(fp, force=True, stop_before_pixels=header_only)
             if len(ds) == 0:
                 raise RejectedFile(Reason.UNREADABLE, "no DICOM data set after the File Meta header; the file is "
@@ -198,11 +248,36 @@ def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy
                            f"{photometric or 'missing'} with (0028,0002) Samples per Pixel {samples}; a "
                            "radiograph must be MONOCHROME1/2 (RGB/YBR colour is converted to gray): "
                            "re-export it as grayscale", path)
-    if not _int(ds, "Rows", path) or not _int(ds, "Columns", path):
+    rows, columns = _int(ds, "Rows", path), _int(ds, "Columns", path)
+    if not rows or not columns or rows < 0 or columns < 0:
         raise RejectedFile(Reason.UNREADABLE, "(0028,0010) Rows or (0028,0011) Columns is missing or 0; "
                            "the image header is broken: re-export the file", path)
+    check_declared_size(ds, path, policy.max_image_bytes)
     for keyword in _PIPELINE_KEYWORDS:
         _get(ds, keyword, path)
+
+
+def declared_bytes(ds: Dataset, path: Path) -> int:
+    """Decoded size the header declares: Rows x Columns x frames x samples x bytes per sample.
+
+    Missing (0028,0100) Bits Allocated counts as 16 bits; missing frames/samples as 1.
+    A negative or zero frames/samples value counts as 1 (it is rejected elsewhere)."""
+    rows, columns = _int(ds, "Rows", path) or 0, _int(ds, "Columns", path) or 0
+    frames = max(1, _int(ds, "NumberOfFrames", path) or 1)
+    samples = max(1, _int(ds, "SamplesPerPixel", path) or 1)
+    bits = _int(ds, "BitsAllocated", path) or 16
+    return abs(rows) * abs(columns) * frames * samples * max(1, -(-abs(bits) // 8))
+
+
+def check_declared_size(ds: Dataset, path: Path, limit: int) -> None:
+    """Raise ``IMAGE_TOO_LARGE`` when :func:`declared_bytes` exceeds ``limit``; decodes nothing."""
+    size = declared_bytes(ds, path)
+    if size > limit:
+        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"the header declares {size / 2**20:,.0f} MiB of decoded "
+                           f"pixels ((0028,0010) Rows {ds.get('Rows')} x (0028,0011) Columns {ds.get('Columns')}"
+                           f" x frames x samples x bytes), above the {limit / 2**20:,.0f} MiB limit; a "
+                           "decompression bomb or a corrupt header (set CXR_CAD_MAX_IMAGE_BYTES to raise "
+                           "the limit for real images this large)", path)
 
 
 def header_meta(ds: Dataset, path: Path) -> dict:
@@ -242,7 +317,7 @@ def read_dicom_header(path: str | os.PathLike, *, policy: AcceptPolicy = AcceptP
         RejectedFile: ``UNREADABLE`` and every reason of :func:`check_header`.
     """
     path = Path(path)
-    ds, has_pixels = read_dataset(path, header_only=True)
+    ds, has_pixels = read_dataset(path, header_only=True, max_image_bytes=policy.max_image_bytes)
     check_header(ds, has_pixels, path, policy)
     return header_meta(ds, path)
 
@@ -261,8 +336,9 @@ def read_dicom_image(path: str | os.PathLike, *, policy: AcceptPolicy = AcceptPo
     from cxr_cad.io.dicom_pixels import display_pixels
 
     path = Path(path)
-    ds, has_pixels = read_dataset(path, header_only=False)
+    ds, has_pixels = read_dataset(path, header_only=False, max_image_bytes=policy.max_image_bytes)
     check_header(ds, has_pixels, path, policy)
     meta = header_meta(ds, path)
-    pixels = display_pixels(ds, path, apply_voi=policy.apply_voi, reduce_to=reduce_to)
+    pixels = display_pixels(ds, path, apply_voi=policy.apply_voi, reduce_to=reduce_to,
+                            max_image_bytes=policy.max_image_bytes)
     return pixels, meta

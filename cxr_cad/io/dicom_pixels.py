@@ -65,16 +65,52 @@ def is_decoder_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
-def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None) -> np.ndarray:
+def check_codestream(ds: Dataset, ts: UID, path: Path, limit: int) -> None:
+    """Refuse a compressed frame whose own codestream header declares more than ``limit`` bytes.
+
+    The decoders allocate what the codestream declares, whatever (0028,0010)/(0028,0011) say
+    (:mod:`cxr_cad.io.codestream`); RLE output is sized from Rows/Columns, already checked.
+
+    Raises:
+        RejectedFile: ``IMAGE_TOO_LARGE``.
+    """
+    from pydicom.encaps import generate_fragments
+
+    from cxr_cad.io.codestream import codestream_bytes
+
+    if not ts.is_encapsulated or "PixelData" not in ds:
+        return
+    try:
+        fragments = generate_fragments(ds.PixelData)
+        next(fragments)   # the Basic Offset Table item
+        first = next(fragments)
+    except Exception:  # noqa: BLE001 - malformed encapsulation: the decoder reports DECODE_FAILED
+        return
+    size = codestream_bytes(bytes(first[:65536]))
+    if size is not None and size > limit:
+        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"the compressed frame's own header declares "
+                           f"{size / 2**20:,.0f} MiB of decoded pixels, above the {limit / 2**20:,.0f} MiB "
+                           "limit (a decompression bomb, or a codestream that disagrees with (0028,0010) "
+                           "Rows / (0028,0011) Columns); set CXR_CAD_MAX_IMAGE_BYTES for real images this "
+                           "large", path)
+
+
+def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None,
+           max_image_bytes: int | None = None) -> np.ndarray:
     """Decoded stored values: 2-D (rows, columns), or (rows, columns, 3) RGB.
 
     With ``reduce_to`` and a JPEG 2000 / HTJ2K transfer syntax, decodes at the
     largest resolution level N with ``min(rows, columns) / 2**N >= reduce_to``.
+    A compressed frame whose codestream declares more than ``max_image_bytes`` (default
+    :func:`~cxr_cad.io.policy.default_max_image_bytes`) is not decoded.
 
     Raises:
-        RejectedFile: ``DECODE_FAILED`` with the decoder's message.
+        RejectedFile: ``DECODE_FAILED`` with the decoder's message; ``IMAGE_TOO_LARGE``.
     """
+    from cxr_cad.io.policy import default_max_image_bytes
+
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
+    check_codestream(ds, ts, path, default_max_image_bytes() if max_image_bytes is None else max_image_bytes)
     if reduce_to and ts in JPEG2000TransferSyntaxes and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
         from cxr_cad.io.j2k import decode_reduced
 
@@ -189,14 +225,15 @@ def _minmax_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
-                   reduce_to: int | None = None) -> np.ndarray:
+                   reduce_to: int | None = None, max_image_bytes: int | None = None) -> np.ndarray:
     """The whole pipeline (module doc): 2-D float32 in [0, 1], bright = bone.
 
     Raises:
-        RejectedFile: ``DECODE_FAILED`` (decoder error, non-finite values) or
+        RejectedFile: ``DECODE_FAILED`` (decoder error, non-finite values),
+            ``IMAGE_TOO_LARGE`` (codestream above ``max_image_bytes``) or
             ``CONSTANT_IMAGE`` (one value everywhere, before or after the VOI).
     """
-    arr = decode(ds, path, reduce_to=reduce_to)
+    arr = decode(ds, path, reduce_to=reduce_to, max_image_bytes=max_image_bytes)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if arr.ndim == 3:  # colour -> gray
         values = np.tensordot(arr.astype(np.float32, copy=False), _LUMA, axes=([2], [0])).astype(np.float32)

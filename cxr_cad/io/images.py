@@ -34,6 +34,9 @@ _MODES = {
 def _open(path: Path, fmt: str) -> Image.Image:
     try:
         return Image.open(path, formats=(_FORMATS[fmt],))
+    except Image.DecompressionBombError as exc:   # Pillow's own limit (2 x MAX_IMAGE_PIXELS), at open
+        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} header declares a decompression bomb "
+                           f"({exc}); it is not decoded", path) from exc
     except (UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise RejectedFile(Reason.UNREADABLE, f"{fmt.upper()} header cannot be parsed ({exc}); "
                            "the file is corrupt: re-export it", path) from exc
@@ -41,13 +44,28 @@ def _open(path: Path, fmt: str) -> Image.Image:
         raise RejectedFile(Reason.UNREADABLE, f"cannot read the file: {exc}", path) from exc
 
 
-def _meta(image: Image.Image, path: Path, fmt: str) -> dict:
+def _check_size(image: Image.Image, path: Path, fmt: str, limit: int) -> None:
+    """``IMAGE_TOO_LARGE`` when width x height x bands x bytes per sample exceeds ``limit``."""
+    bits, colour = _MODES[image.mode]
+    columns, rows = image.size
+    size = columns * rows * (3 if colour else 1) * (2 if bits == 16 else 1)
+    if size > limit:
+        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} header declares {columns} x {rows} pixels "
+                           f"({size / 2**20:,.0f} MiB decoded), above the {limit / 2**20:,.0f} MiB limit; a "
+                           "decompression bomb or a corrupt header (set CXR_CAD_MAX_IMAGE_BYTES to raise the "
+                           "limit for real images this large)", path)
+
+
+def _meta(image: Image.Image, path: Path, fmt: str, max_image_bytes: int | None = None) -> dict:
+    from cxr_cad.io.policy import default_max_image_bytes
+
     if image.mode not in _MODES:
         raise RejectedFile(Reason.UNSUPPORTED_PHOTOMETRIC, f"{fmt.upper()} pixel mode {image.mode!r} is not "
                            "supported; save it as 8/16-bit grayscale or RGB", path)
     if getattr(image, "n_frames", 1) > 1:
         raise RejectedFile(Reason.MULTI_FRAME, f"animated {fmt.upper()} with {image.n_frames} frames; "
                            "save the single image you need", path)
+    _check_size(image, path, fmt, default_max_image_bytes() if max_image_bytes is None else max_image_bytes)
     bits, _ = _MODES[image.mode]
     columns, rows = image.size
     return {
@@ -60,18 +78,20 @@ def _meta(image: Image.Image, path: Path, fmt: str) -> dict:
     }
 
 
-def read_raster_header(path: str | os.PathLike, fmt: str) -> dict:
+def read_raster_header(path: str | os.PathLike, fmt: str, *, max_image_bytes: int | None = None) -> dict:
     """Header-only read of a PNG (``fmt="png"``) or JPEG (``"jpeg"``) file -> ``meta``.
 
     ``sop_instance_uid`` is left ``""``: scan fills in ``sha256:<hex>`` of the file bytes.
 
     Raises:
         RejectedFile: ``UNREADABLE``, ``UNSUPPORTED_PHOTOMETRIC`` (unsupported PIL mode),
-            ``MULTI_FRAME`` (animated PNG).
+            ``MULTI_FRAME`` (animated PNG), ``IMAGE_TOO_LARGE`` (declared size above
+            ``max_image_bytes``, default :func:`~cxr_cad.io.policy.default_max_image_bytes`,
+            or a Pillow decompression bomb).
     """
     path = Path(path)
     with _open(path, fmt) as image:
-        return _meta(image, path, fmt)
+        return _meta(image, path, fmt, max_image_bytes)
 
 
 def _to_gray(image: Image.Image) -> np.ndarray:
@@ -87,8 +107,8 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     return np.tensordot(rgb, _LUMA, axes=([2], [0])).astype(np.float32)
 
 
-def read_raster_image(path: str | os.PathLike, fmt: str, *,
-                      reduce_to: int | None = None) -> tuple[np.ndarray, dict]:
+def read_raster_image(path: str | os.PathLike, fmt: str, *, reduce_to: int | None = None,
+                      max_image_bytes: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a PNG/JPEG file -> (2-D float32 in [0, 1], meta); see the module doc for the scaling.
 
     Raises:
@@ -97,14 +117,17 @@ def read_raster_image(path: str | os.PathLike, fmt: str, *,
     """
     path = Path(path)
     with _open(path, fmt) as image:
-        meta = _meta(image, path, fmt)
+        meta = _meta(image, path, fmt, max_image_bytes)
         bits = _MODES[image.mode][0]
         if reduce_to and fmt == "jpeg" and min(image.size) >= 2 * reduce_to:
             image.draft(image.mode if image.mode in ("L", "RGB") else None, (reduce_to, reduce_to))
         try:
             image.load()
             gray = _to_gray(image)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} decompression bomb ({exc}); not "
+                               "decoded", path) from exc
+        except (OSError, ValueError, SyntaxError) as exc:
             raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the {fmt.upper()} pixel data "
                                f"({type(exc).__name__}: {exc}); the file is truncated or corrupt", path) from exc
     if bits == 16 and image.mode == "I" and float(gray.max()) > 65535:

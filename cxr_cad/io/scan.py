@@ -79,21 +79,27 @@ class ScanResult:
 def compile_patient_id_pattern(pattern: str | None) -> re.Pattern:
     """Compile a ``--patient-id-pattern`` (None = :data:`DEFAULT_PATIENT_ID_PATTERN`).
 
-    Raises UsageError when it is not a valid regular expression."""
+    Raises UsageError when it is not a valid regular expression, or has no capture group:
+    without one, the whole match would be the id, and a pattern such as ``P`` gives every
+    file the same patient id (merging patients across folds)."""
     try:
-        return re.compile(DEFAULT_PATIENT_ID_PATTERN if pattern is None else pattern)
+        compiled = re.compile(DEFAULT_PATIENT_ID_PATTERN if pattern is None else pattern)
     except re.error as exc:
         raise UsageError(f"--patient-id-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+    if compiled.groups < 1:
+        raise UsageError(f"--patient-id-pattern {pattern!r} has no capture group; put the part of the file "
+                         r"name that is the patient id in parentheses, e.g. '^(P\d+)-'")
+    return compiled
 
 
 def patient_id_from_name(name: str, pattern: re.Pattern) -> tuple[str, bool]:
-    """Patient id from a file name: the pattern's first group (or whole match when it has no
-    group), searched in the name with extension; else the file stem.
+    """Patient id from a file name: the pattern's first group, searched in the name with
+    extension; else the file stem.
 
     Returns ``(patient_id, matched)``."""
     m = pattern.search(name)
     if m:
-        pid = m.group(1) if pattern.groups else m.group(0)
+        pid = m.group(1)
         if pid:
             return pid, True
     return Path(name).stem or name, False

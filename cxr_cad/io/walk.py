@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cxr_cad.errors import Reason, UsageError
+from cxr_cad.io.files import not_regular_detail
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,16 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
         folders not entered again (symlink loops or a second link to a folder).
 
     Raises:
-        UsageError: a source does not exist, or no source was given.
+        UsageError: a source does not exist, no source was given, or a source is (inside) an
+            ``exclude`` folder.
     """
     srcs = _check_sources(sources)
     excl = [os.path.abspath(os.fspath(e)) for e in exclude]
     excl += [os.path.realpath(e) for e in excl]
+    inside = [s for s in srcs if _under(s, excl) or _under(os.path.realpath(s), excl)]
+    if inside:
+        raise UsageError(f"the input {inside[0]} is the output folder or lies inside it, so none of its "
+                         "files would be read; give an output folder (--out) outside the inputs")
     files: set[str] = set()
     problems: dict[str, tuple[str, Reason, str]] = {}
     skipped: list[str] = []
@@ -69,8 +75,7 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
         if st_mode is None or stat.S_ISREG(st_mode):   # None: broken symlink -> UNREADABLE later
             files.add(path)
         else:
-            problems[path] = (path, Reason.UNREADABLE, "not a regular file (device, pipe or socket); "
-                              "only regular files are read")
+            problems[path] = (path, Reason.UNREADABLE, not_regular_detail(st_mode))
 
     def walk_dir(folder: str) -> None:
         try:
@@ -119,15 +124,18 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
 
 def iter_files(sources: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
                ) -> Iterator[Path]:
-    """Every file under ``sources`` (folders, recursively; or single files), absolute, sorted by
-    path, each once. Symlinks are followed, but a folder already entered (a symlink loop, or a
-    second link to it) is not entered again. Broken symlinks are included (they are rejected as
-    ``UNREADABLE`` by the scan); devices, pipes and sockets are not. Paths under ``exclude``
-    (e.g. the output folder) are left out.
+    """Every entry under ``sources`` that a batch must account for (folders, recursively; or
+    single files), absolute, sorted by path, each once. Symlinks are followed, but a folder
+    already entered (a symlink loop, or a second link to it) is not entered again. Broken
+    symlinks, FIFOs, devices, sockets and folders that cannot be listed are included too: the
+    readers reject them (``UNREADABLE``, without opening a FIFO for reading), so each appears
+    in a rejected table instead of vanishing. Paths under ``exclude`` (e.g. the output folder)
+    are left out.
 
     Raises:
-        UsageError: a source does not exist, or no source was given.
+        UsageError: a source does not exist, no source was given, or a source lies inside an
+            ``exclude`` folder (an output folder given as the input).
     """
-    files, _, _ = walk_sources(sources, exclude)
-    for f in files:
+    files, problems, _ = walk_sources(sources, exclude)
+    for f in sorted(set(files) | {p for p, _, _ in problems}):
         yield Path(f)

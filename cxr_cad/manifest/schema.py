@@ -257,29 +257,67 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = False,
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same folder,
-    then ``os.replace``. Raises OutputError when the folder is not writable."""
-    dest = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(dest)
-    tmp = None
+    then ``os.replace``; the file mode follows the umask. Raises OutputError when the
+    folder is not writable or full (nothing is left behind)."""
+    atomic_write_many({path: text})
+
+
+def atomic_write_many(files: dict) -> None:
+    """Write several files as a unit: ``{path: text}`` (UTF-8) all go to temporary files first
+    (fsynced), and only when every one is complete are they renamed into place. On a failure
+    (a full disk) no file is replaced and the temporary files are removed, so a folder holds
+    either the old complete set or the new one, never a mix. Modes follow the umask.
+
+    Raises:
+        OutputError: naming the folder, when a file cannot be written.
+    """
+    from cxr_cad.io.files import umask_file_mode
+
+    mode = umask_file_mode()
+    temps: list[tuple[str, str]] = []
+    dest = ""
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        tmp = None
+        for path, text in files.items():
+            dest = os.path.abspath(os.fspath(path))
+            folder = os.path.dirname(dest)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
+            temps.append((tmp, dest))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fchmod(fh.fileno(), mode)
+                os.fsync(fh.fileno())
+        for tmp, dest in temps:
+            os.replace(tmp, dest)
+        temps = []
     except OSError as exc:
-        raise OutputError(f"cannot write {dest}: {exc.strerror or exc}; choose a writable output folder") from exc
+        raise OutputError(f"cannot write {dest} in {os.path.dirname(dest)}: {exc.strerror or exc}; free space "
+                          "or choose a writable output folder (nothing was replaced)") from exc
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def table_text(df: pd.DataFrame) -> str:
+    """A table as CSV text (missing values as empty cells), as :func:`write_table` writes it."""
+    return df.to_csv(index=False, lineterminator="\n")
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write any table as CSV atomically (missing values as empty cells)."""
-    atomic_write_text(df.to_csv(index=False, lineterminator="\n"), path)
+    atomic_write_text(table_text(df), path)
+
+
+def manifest_text(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool = True) -> str:
+    """The CSV text :func:`write_manifest` writes to ``path`` (see there); raises ManifestError."""
+    dest = os.path.abspath(os.fspath(path))
+    out = normalise_manifest(df)
+    out = resolve_paths(out, df.attrs.get("base_dir", os.getcwd()))
+    if relative:
+        out["path"] = relative_paths(out["path"], os.path.dirname(dest))
+    return table_text(out)
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool = True) -> None:
@@ -294,12 +332,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool 
         ManifestError: a numeric column holds text.
         OutputError: the file cannot be written.
     """
-    dest = os.path.abspath(os.fspath(path))
-    out = normalise_manifest(df)
-    out = resolve_paths(out, df.attrs.get("base_dir", os.getcwd()))
-    if relative:
-        out["path"] = relative_paths(out["path"], os.path.dirname(dest))
-    write_table(out, dest)
+    atomic_write_text(manifest_text(df, path, relative=relative), path)
 
 
 def manifest_hash(df: pd.DataFrame) -> str:

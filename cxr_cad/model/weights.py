@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr_cad.errors import WeightsError
+from cxr_cad.errors import InitSpecError, WeightsError
 from cxr_cad.model.resnet import adapt_conv1, build_resnet18, unwrap_model
 
 log = logging.getLogger(__name__)
@@ -129,16 +129,41 @@ def resolve_imagenet_source(source: str | os.PathLike = "download", *, progress:
 def torch_load_file(path: Path, *, what: str, error: type[Exception] = WeightsError) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file.
 
+    Before loading, a zip-format file's entries are checked against their CRC-32s
+    (:func:`cxr_cad.model.integrity.check_zip_crc`; ``torch.load`` does not check them). A
+    file that holds pickled Python objects is refused with a plain sentence saying so
+    (torch's own message goes on to explain how to load it unsafely, which we never do).
+
     Raises:
-        ``error``: not a readable torch file (corrupt, truncated, or unsafe pickled objects).
+        ``error``: not a readable torch file (corrupt, truncated, or not plain data).
     """
+    from cxr_cad.model.integrity import check_zip_crc
+
+    check_zip_crc(path, what, error)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, IndexError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        # torch's message goes on with advice to re-run torch.load unsafely: never echo it
+        text = str(exc)
+        m = re.search(r"GLOBAL ([\w.]+)", text)
+        if m:
+            raise error(f"{path}: refused: not a readable {what}: it is not plain data, it holds pickled "
+                        f"Python objects (it references {m.group(1)}), which cxr_cad never loads because "
+                        "loading them can run code. Use a file written by cxr-cad, or a plain tensor "
+                        "state dict") from None
+        if "weights only load failed" in text.lower() or "weights_only" in text:
+            raise error(f"{path}: refused: not a readable {what}: it is not a plain-data torch file "
+                        "(corrupt, truncated, or pickled Python objects that cxr_cad never loads)") from None
+        raise error(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file): "
+                    f"{_first_line(exc)}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise error(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file saved with "
-                    f"plain types): {detail[:200]}") from exc
+                    f"plain types): {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -190,6 +215,9 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], *, so
     if problems:
         raise WeightsError(f"{source} does not fit a torchvision-format ResNet18 with {in_channels} input "
                            f"channel(s): " + "; ".join(problems))
+    from cxr_cad.model.integrity import check_finite
+
+    check_finite({k: v for k, v in state.items() if k not in skip}, source, WeightsError)
     new = {k: (state[k] if k not in skip else own[k]).to(own[k].dtype) for k in own}
     net.load_state_dict(new, strict=True)
     return {"loaded_keys": len(own) - len(skip), "head": "loaded" if load_head else "reinitialised",
@@ -247,7 +275,9 @@ def init_model(init: str | os.PathLike, num_classes: int, in_channels: int = 1, 
         ``(model, init_record)``; for a bundle the record carries ``parent_bundle_sha256``.
 
     Raises:
-        WeightsError: weights unavailable, corrupt or not fitting (never falls back to random).
+        InitSpecError: ``init`` is none of the forms above (a :class:`UsageError`: exit 2).
+        WeightsError: weights unavailable, corrupt, non-finite or not fitting (never falls back
+            to random).
     """
     model = _seeded_model(num_classes, in_channels, seed)
     spec = str(init)
@@ -260,8 +290,8 @@ def init_model(init: str | os.PathLike, num_classes: int, in_channels: int = 1, 
         return model, {**load_imagenet_weights(model, source, progress=progress), "seed": int(seed)}
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise WeightsError(f"--init {spec!r}: not 'imagenet', 'imagenet:/path', 'none', or an existing "
-                           "bundle / weights file")
+        raise InitSpecError(f"--init {spec!r}: not 'imagenet', 'imagenet:/path', 'none', or an existing "
+                            "bundle / weights file")
     obj = torch_load_file(path, what="weights file or bundle")
     if isinstance(obj, dict) and obj.get("format") == "cxr_cad.model_bundle":
         from cxr_cad.model.bundle import load_bundle

@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
 from cxr_cad.config import TrainConfig, read_yaml_mapping
+from cxr_cad.io.yamlfile import load_yaml_text
 from cxr_cad.errors import ConfigError
 
 __all__ = ["SCHEMA", "STEP_NAMES", "load_workflow", "parse_set", "apply_sets", "expand_env",
@@ -117,9 +117,9 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
             problems.append(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            problems.append(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})")
+            value = load_yaml_text(text, "command line") if text.strip() else None
+        except ConfigError as exc:   # not YAML, or an alias bomb (cxr_cad.io.yamlfile limits)
+            problems.append(f"--set {item!r}: value is not valid YAML or too large ({exc.problems[0]})")
             continue
         if isinstance(value, str) and _YAML11_FLOAT_RE.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads "1e-3" as text; a user means the number
