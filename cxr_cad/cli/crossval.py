@@ -73,7 +73,7 @@ def register(subparsers) -> None:
 def _fmt(ci: dict) -> str:
     if ci is None or ci.get("auc") is None or math.isnan(ci["auc"]):
         return "n/a"
-    return f"{ci['auc']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f})"
+    return f"{ci['auc']:.4f} ({100 * (1 - ci.get('alpha', 0.05)):g}% CI {ci['low']:.4f}-{ci['high']:.4f})"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,7 +56,8 @@ def _fmt(x) -> str:
 def print_headline(title: str, h: dict, report_path: Path) -> None:
     """Print one report's headline numbers and where it is (stdout)."""
     print(f"{title}: {report_path}")
-    line = f"  AUC {_fmt(h.get('auc'))} (95% CI {_fmt(h.get('auc_low'))}-{_fmt(h.get('auc_high'))}), n={h.get('n')}"
+    level = f"{100 * (h.get('confidence_level') or 0.95):g}%"
+    line = f"  AUC {_fmt(h.get('auc'))} ({level} CI {_fmt(h.get('auc_low'))}-{_fmt(h.get('auc_high'))}), n={h.get('n')}"
     if h.get("accuracy") is not None:
         where = ("each fold's own threshold" if h.get("operating_point") == "folds"
                  else f"threshold {_fmt(h.get('threshold'))} ({h.get('operating_point')})")

@@ -50,6 +50,12 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _thr(x: float) -> str:
+    from cxr_cad.report.view import fmt_threshold
+
+    return fmt_threshold(float(x))
+
+
 def threshold_provenance(threshold: float | None, source: str | None, method: str | None,
                          model_info: Mapping[str, Any] | None) -> dict:
     """Where the reported threshold came from, in words, e.g. ``0.9317, maximised Youden's J
@@ -65,10 +71,10 @@ def threshold_provenance(threshold: float | None, source: str | None, method: st
         how = f"; how it was chosen: {method}" if method and method not in (
             "given on the command line", "as recorded in the predictions table") else \
             "; how it was chosen is not recorded"
-        out["text"] = f"{float(threshold):.4f}, {THRESHOLD_SOURCES.get(src, src)}{how}"
+        out["text"] = f"{_thr(threshold)}, {THRESHOLD_SOURCES.get(src, src)}{how}"
         bundle_thr = _num(info.get("threshold_bundle"))
         if bundle_thr is not None and abs(bundle_thr - float(threshold)) > 1e-12:
-            out["text"] += f" (the bundle's own threshold, {bundle_thr:.4f}, is not used)"
+            out["text"] += f" (the bundle's own threshold, {_thr(bundle_thr)}, is not used)"
         return out
     sel = dict(info.get("threshold_selection") or {})
     name = str(sel.get("method") or method or "").lower()
@@ -92,7 +98,7 @@ def threshold_provenance(threshold: float | None, source: str | None, method: st
         tie_txt = f", tie range {float(tie[0]):.3f}\u2013{float(tie[1]):.3f}"
         out["tie_range"] = [float(tie[0]), float(tie[1])]
     out.update(method=name or None, n_validation=n, n_validation_positive=n_pos)
-    out["text"] = f"{float(threshold):.4f}, {words}{where}{tie_txt}; {THRESHOLD_SOURCES['bundle']}"
+    out["text"] = f"{_thr(threshold)}, {words}{where}{tie_txt}; {THRESHOLD_SOURCES['bundle']}"
     return out
 
 
@@ -161,7 +167,7 @@ def model_description(model_info: Mapping[str, Any] | None) -> dict:
                   if size else NOT_RECORDED),
         "preprocessing": (f"intensity scaled to [0, 1] (VOI LUT {'applied' if spec.get('apply_voi', True) else 'not applied'}), "
                           f"normalised with mean {spec.get('mean')} and SD {spec.get('std')}" if spec else NOT_RECORDED),
-        "augmentation": rec(", ".join(f"{k} {v}" for k, v in aug.items()) if aug else None),
+        "augmentation": _augmentation_text(aug) if cfg else NOT_RECORDED,
         "n_train": rec(tr.get("n_train")),
         "n_validation": rec(detail.get("n_val")),
         "split": rec(tr.get("split")),
@@ -171,6 +177,18 @@ def model_description(model_info: Mapping[str, Any] | None) -> dict:
         "model_card": m.get("model_card"),
     }
     return out
+
+
+def _augmentation_text(aug: Mapping[str, Any]) -> str:
+    """The training augmentation: the bundle's settings over cxr_cad's AugmentSpec defaults (an
+    empty ``augment`` section means the defaults were used)."""
+    from dataclasses import asdict
+
+    from cxr_cad.transforms.spec import AugmentSpec
+
+    full = {**asdict(AugmentSpec()), **dict(aug)}
+    text = ", ".join(f"{k} {v}" for k, v in full.items())
+    return text + ("" if aug else " (cxr_cad defaults)")
 
 
 def find_model_card(bundle_path: str | Path | None) -> str | None:
@@ -279,6 +297,12 @@ def collect_warnings(d: Mapping[str, Any]) -> list[str]:
         if _num(f1.get("value")) in (0.0, 1.0) and _num(f1.get("low")) == _num(f1.get("high")):
             out.append(f"F1 at {op['label']} is {f1['value']:.0f} and its bootstrap interval has zero width: "
                        "every resample gives the same value, which does not mean there is no uncertainty")
+    pl = d.get("patient_level") or {}
+    for key in ("auc", "sensitivity", "specificity"):
+        ci = pl.get(key) or {}
+        if _num(ci.get("low")) is not None and ci.get("low") == ci.get("high"):
+            out.append(f"Patient-level {key} interval has zero width ({ci['low']:.3f}–{ci['high']:.3f}): every "
+                       "patient resample gives the same value, which does not mean there is no uncertainty")
     lo, hi = _num(auc["delong_logit"].get("low")), _num(auc["delong_logit"].get("high"))
     if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
         wide.append(f"AUC ({hi - lo:.2f})")

@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
-from cxr_cad.report.view import fmt_auc, fmt_p
+from cxr_cad.report.view import fmt_auc, fmt_p, fmt_threshold
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def roc_figure(d: dict, path: Path) -> Path:
         if spec is None or sens is None:
             continue
         marker, color = _OP_STYLE.get(op["name"], ("^", "black"))
-        thr = "" if op["threshold"] is None else f" {op['threshold']:.3f}"
+        thr = "" if op["threshold"] is None else f" {fmt_threshold(op['threshold'])}"
         ax.plot([1 - spec], [sens], marker=marker, color=color, ms=8, ls="none",
                 label=f"{_OP_NAME.get(op['name'], op['name'])}{thr}")
     ax.legend(loc="lower right", fontsize=8)
@@ -138,7 +138,7 @@ def score_histogram_figure(ev: pd.DataFrame, d: dict, path: Path) -> Path:
             continue
         _, color = _OP_STYLE.get(op["name"], ("", "black"))
         ax.axvline(op["threshold"], color=color, ls="--", lw=1.5,
-                   label=("fixed" if op["name"] == "model" else "Youden") + f" threshold {op['threshold']:.3f}")
+                   label=("fixed" if op["name"] == "model" else "Youden") + f" threshold {fmt_threshold(op['threshold'])}")
     ax.set(xlabel=f"Score (probability of {d['positive_class']})", ylabel="Images",
            title="Scores by true class", xlim=(0, 1))
     ax.legend(fontsize=8)

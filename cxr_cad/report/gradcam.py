@@ -127,6 +127,7 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
     spec = source.transform_spec
     load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))
     model = source.model.eval()
+    model = getattr(model, "members", [model])[0]   # an ensemble / TTA bundle: its first network's map
     cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER, postprocessing=unit_normalizer)
     out = []
     for p in paths:
@@ -169,7 +170,7 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
                                f"score {float(row['score']):.3f}"})
     missing = [names[k].split(" (")[0].lower() + "s" for k, _ in GROUPS if k not in counters]
     note = (f"Grad-CAM (MONAI GradCAM on the last ResNet stage, '{TARGET_LAYER}', for the positive-class "
-            f"output) at threshold {threshold:.4f}. Left: the image as the model sees it; right: the "
+            f"output) at threshold {threshold:.6g}. Left: the image as the model sees it; right: the "
             "heatmap (red = strongest influence on the score; colour bar from 0 to the map's maximum). "
             "Each map is scaled to its own maximum, so colours cannot be compared between images, and an "
             "all-blue map means the image held no positive evidence. Image numbers are rows of "

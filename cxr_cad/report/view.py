@@ -32,6 +32,14 @@ def fmt_num(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if _finite(x) else NOT_ESTIMABLE
 
 
+def fmt_threshold(x: Any) -> str:
+    """A threshold with 4 decimals, or 6 significant digits when 4 decimals would show 0.0000/1.0000."""
+    if not _finite(x):
+        return NOT_ESTIMABLE
+    text = f"{x:.4f}"
+    return f"{x:.6g}" if text in ("0.0000", "1.0000") and x not in (0.0, 1.0) else text
+
+
 def fmt_pct(x: Any, digits: int = 1) -> str:
     """A proportion in [0, 1] as a percentage, e.g. ``0.9123`` -> ``91.2%``."""
     return f"{100 * x:.{digits}f}%" if _finite(x) else NOT_ESTIMABLE
@@ -118,7 +126,7 @@ def _header(d: dict) -> list[dict]:
             ("Model bundle", str(m.get("name", "unnamed"))),
             ("Bundle SHA-256", str(m.get("sha256", "not recorded"))),
             ("Classes (positive class)", f"{', '.join(map(str, m.get('classes') or []))} ({d['positive_class']})"),
-            ("Decision threshold used", (d.get("threshold_provenance") or {}).get("text") or fmt_num(thr, 4)),
+            ("Decision threshold used", (d.get("threshold_provenance") or {}).get("text") or fmt_threshold(thr)),
             ("Training cohort (manifest hash)", str(m.get("training_manifest_hash") or "not recorded")),
             ("Model created", str(m.get("created") or "not recorded")),
         ], "Model"))
@@ -164,7 +172,7 @@ def _confusion(op: dict, neg: str, pos: str) -> dict:
     return _table(["", f"Called {neg}", f"Called {pos}"],
                   [[f"Truly {neg}", str(cm["tn"]), str(cm["fp"])],
                    [f"Truly {pos}", str(cm["fn"]), str(cm["tp"])]],
-                  f"Confusion matrix: {op['label']}" + (f", threshold {fmt_num(op['threshold'], 4)}"
+                  f"Confusion matrix: {op['label']}" + (f", threshold {fmt_threshold(op['threshold'])}"
                                                         if op["threshold"] is not None else ""), [2, 1, 1])
 
 
@@ -217,7 +225,7 @@ def _study_table(d: dict) -> list[dict]:
             cols += [f"Each fold's own threshold: value ({level(d)} CI)", "k/n"]
             continue
         short = "Fixed threshold" if o["name"] == "model" else "Youden (optimistic)"
-        cols += [f"{short} {fmt_num(o['threshold'], 4)}: value ({level(d)} CI)", "k/n"]
+        cols += [f"{short} {fmt_threshold(o['threshold'])}: value ({level(d)} CI)", "k/n"]
     blocks.append(_table(cols, rows, "The study's table (as in Chandola et al. 2021, ch. 4): metrics at each "
                          "operating point", [2.2] + [2.4, 0.8] * len(ops)))
     return blocks
@@ -264,7 +272,7 @@ def _per_fold_table(cv: dict, lv: str) -> dict:
     rows = []
     for f in cv["per_fold_metrics"]:
         m = f.get("metrics") or {}
-        rows.append([str(f["fold"]), f"{f['n']} ({f.get('n_pos', '?')})", fmt_num(f.get("threshold"), 4),
+        rows.append([str(f["fold"]), f"{f['n']} ({f.get('n_pos', '?')})", fmt_threshold(f.get("threshold")),
                      fmt_auc(f.get("auc"))]
                     + [fmt_prop(m.get(k)) for k, _ in _FOLD_KEYS])
     across = cv.get("across_folds") or {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cxr_cad.report.clinical import NOT_RECORDED, POPULATION_ITEMS
 from cxr_cad.report.view import (NOT_ESTIMABLE, _kv, _table, fmt_auc, fmt_interval, fmt_num, fmt_pct, fmt_prop,
-                                 level)
+                                 fmt_threshold, level)
 
 PRIMARY_CI_TEXT = ("Primary intervals are image-level (Wilson for proportions, DeLong on the logit scale for the "
                    "AUC). Patient-level intervals (cluster bootstrap over patients) are shown beside them; where "
@@ -162,7 +162,7 @@ def failures(d: dict) -> list[dict]:
         return [{"kind": "paragraph", "text": "Failure analysis: no fixed operating point, so no image is "
                  "misclassified by a pre-set rule."}]
     if not cases:
-        return [{"kind": "paragraph", "text": f"No image is misclassified at threshold {fmt_num(f['threshold'], 4)}."}]
+        return [{"kind": "paragraph", "text": f"No image is misclassified at threshold {fmt_threshold(f['threshold'])}."}]
     extra = [c for c in ("view_position", "patient_sex", "age_band", "manufacturer", "shift_flag", "patient_id")
              if c in cases[0]]
     names = {"view_position": "View", "patient_sex": "Sex", "age_band": "Age band", "manufacturer": "Manufacturer",
@@ -170,5 +170,5 @@ def failures(d: dict) -> list[dict]:
     rows = [[f"#{c['image_index']}", c["error"], c["label"], fmt_num(c["score"])] + [str(c[k]) for k in extra]
             for c in cases]
     return [_table(["Image", "Error", "True label", "Score"] + [names[k] for k in extra], rows,
-                   f"Every misclassified image at threshold {fmt_num(f['threshold'], 4)} ({len(cases)} images; "
+                   f"Every misclassified image at threshold {fmt_threshold(f['threshold'])} ({len(cases)} images; "
                    "image numbers are rows of predictions.csv)", [0.8, 1.4, 1.2, 0.8] + [1.0] * len(extra))]

@@ -35,7 +35,8 @@ def headline(data: dict) -> dict:
     threshold (or the cohort's Youden point), from a report's ``metrics.json`` dict."""
     auc = (data.get("auc") or {}).get("delong_logit") or (data.get("auc") or {}).get("delong") or {}
     out: dict[str, Any] = {"n": (data.get("cohort") or {}).get("n_images_evaluated"),
-                           "auc": auc.get("auc"), "auc_low": auc.get("low"), "auc_high": auc.get("high")}
+                           "auc": auc.get("auc"), "auc_low": auc.get("low"), "auc_high": auc.get("high"),
+                           "confidence_level": (data.get("settings") or {}).get("confidence_level", 0.95)}
     points = data.get("operating_points") or []
     if points:
         m = points[0]["metrics"]
