@@ -42,6 +42,8 @@ class DicomOutOptions:
     out_dir: Path
     secondary_capture: bool = False
     stow_url: str | None = None
+    forward: tuple[str, str, int] | None = None   # (AE title, host, port): C-STORE instead of STOW-RS
+    calling_aet: str = "CXRCAD"
 
 
 def _uid(*parts: str) -> str:
@@ -162,7 +164,8 @@ class DicomOutput:
         batch, recs = [], []
         for row, source_path, number in items:
             old = self.rows.get(row["sop_instance_uid"])
-            if old and (old["reason"] in (NOT_DICOM_SOURCE, "") and (old["stow"] == "sent" or not self.client)):
+            sending = self.client is not None or self.options.forward is not None
+            if old and old["reason"] in (NOT_DICOM_SOURCE, "") and (old["stow"] in ("sent", "forwarded") or not sending):
                 continue
             try:
                 rec, datasets = self._one(row, source_path, number)
@@ -177,6 +180,8 @@ class DicomOutput:
             recs.append((rec, datasets))
         if self.client is not None and batch:
             self._stow(recs)
+        elif self.options.forward is not None and batch:
+            self._forward(recs)
         for rec, _ in recs:
             self.rows[rec["source_sop_instance_uid"]] = rec
         self._save()
@@ -199,13 +204,42 @@ class DicomOutput:
                 if status != "sent":
                     rec.update(reason=STOW_FAILED, detail=detail)
 
+    def _forward(self, recs: list) -> None:
+        """C-STORE the new objects to ``options.forward`` (pynetdicom SCU); status per object."""
+        from pynetdicom import AE
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+        aet, host, port = self.options.forward
+        ae = AE(ae_title=self.options.calling_aet)
+        ae.add_requested_context(ComprehensiveSRStorage)
+        ae.add_requested_context(SecondaryCaptureImageStorage)
+        assoc = ae.associate(host, port, ae_title=aet)
+        try:
+            for rec, sets in recs:
+                if not sets:
+                    continue
+                codes = []
+                for ds in sets:
+                    status = assoc.send_c_store(ds) if assoc.is_established else None
+                    codes.append(getattr(status, "Status", None))
+                ok = all(c == 0x0000 for c in codes)
+                rec["stow"] = "forwarded" if ok else "FORWARD_FAILED"
+                if not ok:
+                    rec.update(reason="FORWARD_FAILED",
+                               detail=f"C-STORE to {aet}@{host}:{port}: " + ("association refused or aborted"
+                                       if not assoc.is_established else f"status {codes}"))
+                    log.warning("forward of the objects of %s failed: %s", rec["source_sop_instance_uid"], rec["detail"])
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
     def counts(self) -> dict[str, int]:
         """How many sources got an SR, how many were sent, and the reasons for the others."""
         out: dict[str, int] = {"sr_written": 0, "sc_written": 0, "stow_sent": 0}
         for rec in self.rows.values():
             out["sr_written"] += bool(rec.get("sr_file"))
             out["sc_written"] += bool(rec.get("sc_file"))
-            out["stow_sent"] += rec.get("stow") == "sent"
+            out["stow_sent"] += rec.get("stow") in ("sent", "forwarded")
             if rec.get("reason"):
                 out[rec["reason"]] = out.get(rec["reason"], 0) + 1
         return out
@@ -213,7 +247,8 @@ class DicomOutput:
     def summary_line(self) -> str:
         c = self.counts()
         extra = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in ("sr_written", "sc_written", "stow_sent"))
-        sent = f", {c['stow_sent']} sent with STOW-RS" if self.client else ""
+        sent = (f", {c['stow_sent']} sent with STOW-RS" if self.client else
+                f", {c['stow_sent']} forwarded with C-STORE" if self.options.forward else "")
         return (f"{c['sr_written']} SR, {c['sc_written']} Secondary Capture written{sent}"
                 f"{' (' + extra + ')' if extra else ''} -> {self.out}")
 

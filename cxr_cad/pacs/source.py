@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cxr_cad.errors import CxrCadError, UsageError
+from cxr_cad.pacs.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -67,36 +68,6 @@ class DicomwebResult:
                 f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) -> "
                 f"{self.out_dir / 'predictions.csv'}, {self.out_dir / 'rejected.csv'}")
         return line + (f"; DICOM: {self.dicom_out}" if self.dicom_out else "")
-
-
-class _Journal:
-    """Append-only JSON lines with fsync; a torn last line (kill -9 mid-write) is cut on open."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        if path.exists():
-            data = path.read_bytes()
-            end = data.rfind(b"\n") + 1
-            for line in data[:end].splitlines():
-                rec = json.loads(line)
-                self.records[rec["sop_instance_uid"]] = rec  # the last word on an instance wins
-            if end < len(data):
-                with open(path, "r+b") as fh:
-                    fh.truncate(end)
-        self._fh = open(path, "ab")
-
-    def append(self, records: list[dict]) -> None:
-        if not records:
-            return
-        self._fh.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode())
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        for rec in records:
-            self.records[rec["sop_instance_uid"]] = rec
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
@@ -187,7 +158,7 @@ def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.
     _check_state(state_dir, {"source": base, "query": query or {}, "model_sha256": file_sha256(model_path),
                              "threshold": options.threshold}, options.overwrite)
     writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
-    journal = _Journal(state_dir / "journal.jsonl")
+    journal = Journal(state_dir / "journal.jsonl")
     done = {s for s, r in journal.records.items() if r.get("reason") not in NETWORK_REASONS}
     n_before = sum(1 for i in instances if i.sop_instance_uid in done)
     chunks = [(k, [i for i in instances[s:s + chunk_size] if i.sop_instance_uid not in done])
@@ -247,26 +218,37 @@ def _chunk_records(base: str, chunk, files: dict, failed: dict, preds: dict, rej
     return records
 
 
-def _finish(out: Path, instances: Sequence, records: dict[str, dict], result: DicomwebResult) -> None:
-    """Write predictions.csv / rejected.csv (listing order) and summary.json from the journal."""
-    import collections
+def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """Write ``out/predictions.csv`` and ``out/rejected.csv`` (atomically) from journal records, in order.
+
+    Prediction columns: the engine's, then any extra column the rows carry. Returns (predictions, rejected).
+    """
     import csv
     import io
 
-    from cxr_cad.engine.writer import PREDICTIONS, PREDICTION_COLUMNS, REJECTED, SUMMARY, atomic_write_text
+    from cxr_cad.engine.writer import PREDICTIONS, PREDICTION_COLUMNS, REJECTED, atomic_write_text
 
-    rows = [records[i.sop_instance_uid] for i in instances if i.sop_instance_uid in records]
     preds = [r for r in rows if r["kind"] == "prediction"]
     rejs = [r for r in rows if r["kind"] == "rejected"]
     columns = list(PREDICTION_COLUMNS)
     for r in preds:
-        columns += [c for c in r if c not in columns and c != "kind"]
+        columns += [c for c in r if c not in columns and c not in ("kind", "event", "calling_ae", "file")]
     for name, cols, table in ((PREDICTIONS, columns, preds), (REJECTED, REJECTED_COLUMNS, rejs)):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(table)
         atomic_write_text(out / name, buf.getvalue())
+    return preds, rejs
+
+
+def _finish(out: Path, instances: Sequence, records: dict[str, dict], result: DicomwebResult) -> None:
+    """Write predictions.csv / rejected.csv (listing order) and summary.json from the journal."""
+    import collections
+
+    from cxr_cad.engine.writer import SUMMARY, atomic_write_text
+
+    preds, rejs = write_tables(out, [records[i.sop_instance_uid] for i in instances if i.sop_instance_uid in records])
     reasons = collections.Counter(r["reason"] for r in rejs)
     result.reasons, result.n_predicted, result.n_rejected = dict(sorted(reasons.items())), len(preds), len(rejs)
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}

@@ -1,0 +1,90 @@
+"""``cxr-cad listen``: a DICOM node (C-STORE SCP) that scores each radiograph as it arrives."""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+DESCRIPTION = """\
+Run a DICOM storage node (C-STORE SCP, pynetdicom) that scores each radiograph as it
+arrives and writes its DICOM SR (TID 1500) into OUT/dicom/, or sends it on with STOW-RS
+(--stow URL) or C-STORE (--forward AET@HOST:PORT). Every received instance is recorded in
+OUT/journal.jsonl; OUT/predictions.csv and OUT/rejected.csv (reason codes) are rewritten after
+each scored batch. Non-images are stored and rejected with a reason code; datasets that do
+not parse are answered 0xC210. Research use only: results are not for diagnostic use.
+
+Stops cleanly on SIGTERM or Ctrl-C: no new associations, queued instances are scored, the
+CSVs written. Restarting with the same --out scores what was received but not yet scored.
+
+Exit codes: 0 stopped cleanly; 1 bad model bundle, port in use or another failure;
+2 bad arguments."""
+
+
+def _forward(text: str):
+    from cxr_cad.pacs.scp import parse_forward
+
+    try:
+        return parse_forward(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be within 0..65535, not {text}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("listen", help="DICOM node (C-STORE SCP) that scores radiographs on arrival",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt)")
+    p.add_argument("--out", required=True, metavar="DIR", help="journal, received instances, CSVs, DICOM results")
+    p.add_argument("--aet", default="CXRCAD", help="this node's AE title (default CXRCAD)")
+    p.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
+    p.add_argument("--bind", default="0.0.0.0", metavar="ADDR", help="address to listen on (default all)")
+    dest = p.add_mutually_exclusive_group()
+    dest.add_argument("--stow", default=None, metavar="URL", help="send each SR with STOW-RS to this DICOMweb archive "
+                      "(credentials from CXR_CAD_DICOMWEB_USER/_PASSWORD, _TOKEN or ~/.netrc)")
+    dest.add_argument("--forward", type=_forward, default=None, metavar="AET@HOST:PORT",
+                      help="send each SR with C-STORE to this node")
+    p.add_argument("--secondary-capture", action="store_true", help="also a Grad-CAM Secondary Capture per image")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--allow-lateral", action="store_true", help="score lateral views too")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.errors import CxrCadError
+    from cxr_cad.io import AcceptPolicy
+    from cxr_cad.pacs.scp import Listener, ListenOptions
+
+    options = ListenOptions(model=Path(args.model), out_dir=Path(args.out), aet=args.aet, host=args.bind,
+                            port=args.port, stow_url=args.stow, forward=args.forward,
+                            secondary_capture=args.secondary_capture)
+    predict_options = PredictOptions(workers=0, device=args.device,
+                                     policy=AcceptPolicy(reject_lateral=not args.allow_lateral))
+    listener = Listener(options, predict_options)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            listener.start()
+        except OSError as exc:
+            raise CxrCadError(f"cannot listen on {args.bind}:{args.port} ({exc.strerror or exc}); "
+                              "choose another --port") from exc
+        print(f"cxr-cad listen: {args.aet} on {args.bind}:{args.port}, results in {listener.out} "
+              "(SIGTERM or Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        listener.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    n = sum(1 for r in listener.journal.records.values() if r["kind"] == "prediction")
+    print(f"cxr-cad listen: stopped; {len(listener.journal.records)} instance(s) journaled, {n} scored; "
+          f"{listener.writer.summary_line()}")
+    return 0
