@@ -258,3 +258,26 @@ def test_bad_query_and_url_are_usage_errors():
         parse_url("dicomweb:https://u:p@pacs/dicom-web")
     with pytest.raises(UsageError, match="not a DICOMweb URL"):
         parse_url("dicomweb:ftp://pacs")
+
+
+def test_ingest_fetches_a_query_and_evaluate_writes_srs(orthanc, archive, auth_env, bundle_path, tmp_path):
+    images = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in archive["images"] + archive["junk"]}
+    cr = {s for s, p in images.items() if pydicom.dcmread(p, stop_before_pixels=True).Modality == "CR"}
+    lateral, constant = (pydicom.dcmread(p).SOPInstanceUID for p in archive["junk"][1:])
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sop_instance_uid", "label"])
+        w.writerows([s, "PNEUMONIA" if k % 2 else "NORMAL"] for k, s in enumerate(sorted(images)))
+    man = tmp_path / "manifest"
+    assert main(["-q", "ingest", f"dicomweb:{orthanc.dicomweb}", "--query", "Modality=CR", "--fetch-to",
+                 str(tmp_path / "fetched"), "--out", str(man), "--labels", str(labels), "--workers", "1"]) == 0
+    rows = read_csv(man / "manifest.csv")
+    assert {r["sop_instance_uid"] for r in rows} == cr - {lateral}  # ingest rejects the lateral view
+    assert read_csv(man / "fetch_failed.csv") == []
+    assert main(["-q", "evaluate", "--manifest", str(man / "manifest.csv"), "--model", str(bundle_path), "--out",
+                 str(tmp_path / "report"), "--workers", "0", "--no-pdf", "--gradcam-per-group", "0",
+                 "--dicom-out", str(tmp_path / "dicom")]) == 0
+    objects = read_csv(tmp_path / "dicom" / "objects.csv")
+    assert {o["source_sop_instance_uid"] for o in objects} == cr - {lateral, constant}
+    assert all(o["sr_file"] and o["reason"] == "" for o in objects)

@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("ingest", help="scan DICOM/PNG/JPEG folders into a manifest",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folders (scanned recursively) and/or files")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folders (scanned recursively) and/or files, or "
+                   "dicomweb:http(s)://HOST/PREFIX with --query and --fetch-to")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     lab = p.add_mutually_exclusive_group()
     lab.add_argument("--labels", metavar="CSV", help="labels CSV with a 'label' column and one key column: "
@@ -67,6 +68,8 @@ def register(subparsers) -> None:
                    "1 = no pool)")
     p.add_argument("--absolute-paths", action="store_true",
                    help="write absolute paths (default: relative to the manifest's folder)")
+    from cxr_cad.pacs.cliopts import add_fetch_options  # dicomweb: sources (docs/pacs.md)
+    add_fetch_options(p)
     p.set_defaults(func=run_ingest)
 
 
@@ -128,6 +131,8 @@ def _folder_label_problem(df: pd.DataFrame, classes: list[str]) -> str | None:
 def run_ingest(args) -> int:
     """Handler of ``cxr-cad ingest``; returns the exit code."""
     started = _dt.datetime.now(_dt.timezone.utc)
+    from cxr_cad.pacs.cliopts import materialise_sources  # dicomweb: -> the folder it is fetched into
+    args.sources = materialise_sources(args, os.path.abspath(args.out))
     classes, policy = _check_args(args)
     out = os.path.abspath(args.out)
     if args.labels:   # check the labels file before the (long) scan; join_labels reads it again

@@ -83,12 +83,13 @@ def run_predict(args: argparse.Namespace, sources: list[str], out: str, model: s
     return lines
 
 
-def materialise(source: str, folder: Path, query_items: list[str] | None, *, chunk: int = 128) -> Path:
+def materialise(source: str, folder: Path, query_items: list[str] | None, *, failed_csv: Path,
+                chunk: int = 128) -> Path:
     """Fetch the instances of a dicomweb: source matching the query into ``folder`` (for ingest/evaluate).
 
     Ingest and evaluate build a cohort on disk by design; this copies only the selected
     instances, ``chunk`` at a time. Instances that cannot be fetched are listed in
-    ``folder/fetch_failed.csv`` with their reason codes. Returns ``folder``.
+    ``failed_csv`` with their reason codes. Returns ``folder``.
     """
     import csv
 
@@ -102,9 +103,45 @@ def materialise(source: str, folder: Path, query_items: list[str] | None, *, chu
     for s in range(0, len(instances), chunk):
         todo = [i for i in instances[s:s + chunk] if not (folder / f"{i.sop_instance_uid}.dcm").exists()]
         failed_all.update(fetch_many(client, todo, folder)[1])
-    with open(folder / "fetch_failed.csv", "w", newline="", encoding="utf-8") as fh:
+    failed_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(failed_csv, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["sop_instance_uid", "reason", "detail"])
         w.writerows([sop, *why] for sop, why in sorted(failed_all.items()))
     log.info("%d instance(s) fetched into %s, %d failed", len(instances) - len(failed_all), folder, len(failed_all))
     return folder
+
+
+def add_fetch_options(p: argparse.ArgumentParser) -> None:
+    """``--query`` and ``--fetch-to`` for commands that build a cohort on disk (ingest)."""
+    p.add_argument("--query", action="append", default=None, metavar="KEYWORD=VALUE",
+                   help="QIDO-RS filter for a dicomweb: source, repeatable (e.g. Modality=DX, StudyDate=20240101-20240131)")
+    p.add_argument("--fetch-to", default=None, metavar="DIR",
+                   help="with a dicomweb: source: folder the selected instances are fetched into (the manifest "
+                        "points at them); instances that could not be fetched go to OUT/fetch_failed.csv")
+
+
+def materialise_sources(args: argparse.Namespace, out: str) -> list[str]:
+    """``args.sources`` with each dicomweb: source replaced by the folder it was fetched into (ingest)."""
+    web, local = split_sources(list(args.sources))
+    if web is None:
+        if getattr(args, "query", None):
+            raise UsageError("--query needs a dicomweb: source")
+        return list(args.sources)
+    if not getattr(args, "fetch_to", None):
+        raise UsageError("a dicomweb: source needs --fetch-to DIR: ingest writes a manifest of files on disk")
+    fetched = Path(args.fetch_to).absolute()
+    if fetched == Path(out).absolute() or Path(out).absolute() in fetched.parents:
+        raise UsageError("--fetch-to must be outside --out (ingest does not scan its own output folder)")
+    materialise(web, fetched, args.query, failed_csv=Path(out) / "fetch_failed.csv")
+    return local + [str(fetched)]
+
+
+def write_dicom_outputs(args: argparse.Namespace, model: str, predictions_csv: Path) -> str | None:
+    """``--dicom-out`` after a local scoring run (evaluate): returns the summary line, or None."""
+    from cxr_cad.pacs.output import write_for_predictions
+
+    options = dicom_out_options(args)
+    if options is None:
+        return None
+    return write_for_predictions(options, model, predictions_csv).summary_line()
