@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--allow-lateral", action="store_true", help="score lateral views too")
     add_report_options(p)
+    from cxr_cad.pacs.cliopts import add_output_options  # --dicom-out/--secondary-capture/--stow (docs/pacs.md)
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         work.mkdir(parents=True, exist_ok=True)
         manifest_path, manifest, scan_rejected = _cohort_manifest(args, list(bundle.classes), work)
         pred, rejected = _score(args.model, manifest_path, work / "scores", args)
+        from cxr_cad.pacs.cliopts import write_dicom_outputs
+        dicom_line = write_dicom_outputs(args, args.model, work / "scores" / "predictions.csv")
         pred = join_metadata(pred.drop(columns=["label"], errors="ignore"), manifest, keys=("path",))
         rejected = pd.concat([scan_rejected, rejected], ignore_index=True)
         comparison = None
@@ -127,4 +131,6 @@ def run(args: argparse.Namespace) -> int:
     auc = d["auc"]["delong"]["auc"]
     print(f"evaluate: {d['cohort']['n_images_evaluated']} images evaluated, {d['cohort']['n_rejected']} not "
           f"evaluated; AUC {'not estimable' if auc is None else f'{auc:.3f}'}; report in {result.out_dir}")
+    if dicom_line:
+        print(f"evaluate: DICOM: {dicom_line}")
     return 0
