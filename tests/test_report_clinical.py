@@ -97,10 +97,15 @@ def test_failure_table_lists_every_misclassified_image(bundle_report):
     assert PATIENT_TAG not in (result.out_dir / "report.html").read_text()
 
 
-def test_failure_table_shows_patient_ids_only_when_asked(tmp_path):
+def test_failure_table_names_rows_of_predictions_csv_never_patients(tmp_path):
     result = write_report(synthetic_predictions(60, seed=13), tmp_path, model_info=MODEL_INFO, options=OPTIONS,
                           include_identifiers=True, pdf=False)
-    assert all(PATIENT_TAG in x["patient_id"] for x in result.data["failures"]["cases"])
+    pred = pd.read_csv(tmp_path / "predictions.csv", dtype=str)
+    cases = result.data["failures"]["cases"]
+    assert cases and all("patient_id" not in c for c in cases)
+    for c in cases:  # the image number leads to the patient in predictions.csv (identifiers were asked for)
+        row = pred[pred["image_index"] == str(c["image_index"])].iloc[0]
+        assert PATIENT_TAG in row["patient_id"] and row["label"] == c["label"]
 
 
 def test_confidence_level_and_bootstrap_reach_every_label(tmp_path):

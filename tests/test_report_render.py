@@ -186,3 +186,27 @@ def test_identifiers_only_when_asked(tmp_path):
     assert PATIENT_TAG in csv and "/data/" in csv
     others = {k: v for k, v in _all_report_text(tmp_path).items() if not k.startswith("predictions.csv")}
     assert [k for k, v in others.items() if PATIENT_TAG in v] == []
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext missing (apt-get install poppler-utils)")
+def test_pdf_titles_are_not_orphaned_and_split_tables_repeat_their_header(folds_report):
+    import json
+
+    from cxr_cad.report.view import build_document
+
+    doc = build_document(json.loads((folds_report / "metrics.json").read_text()))
+    titles = {f"{s['number']}. {s['title']}" for s in doc["sections"]}
+    titles |= {b["caption"] for s in doc["sections"] for b in s["blocks"] if b.get("caption")}
+    text = subprocess.run(["pdftotext", "-layout", str(folds_report / "report.pdf"), "-"], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    pages = [p for p in text.split("\f") if p.strip()]
+    assert len(pages) >= 5
+    for n, page in enumerate(pages):
+        lines = [ln.strip() for ln in page.splitlines() if ln.strip() and "page " not in ln]
+        assert lines[-1] not in titles, f"page {n + 1} ends with the title {lines[-1]!r}"
+    # the checklist appendix is longer than a page: every page it continues on starts with its header row
+    with_rows = [p for p in pages if re.search(r"^\s*(CLAIM|TRIPOD\+AI)\s+\d", p, re.M)]
+    assert len(with_rows) >= 2
+    for page in with_rows:
+        first_row = re.search(r"^\s*(CLAIM|TRIPOD\+AI)\s+\d", page, re.M).start()
+        assert re.search(r"Checklist\s+Item\s+Topic\s+Where answered", page[:first_row])

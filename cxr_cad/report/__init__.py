@@ -181,7 +181,6 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
     ev, not_evaluated = prepare_predictions(predictions, positive_class=positive_class,
                                             negative_class=others[0] if len(others) == 1 else None,
                                             label_col=label_col, score_col=score_col)
-    ev.attrs["include_identifiers"] = include_identifiers
     # outputs of an earlier report in this folder that this report may not rewrite
     from cxr_cad.report.figures import FIGURE_FILES
 

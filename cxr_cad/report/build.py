@@ -382,10 +382,5 @@ def _clinical_additions(data: dict, ev: pd.DataFrame, points: list[dict], thresh
                                                 n_bins=options.n_calibration_bins, n_resamples=options.n_bootstrap,
                                                 seed=options.seed, alpha=options.alpha)
     data["failures"] = {"operating_point": primary["name"] if fixed is not None else None, "threshold": fixed,
-                        "cases": clinical.failures(ev, fixed, bool(options_identifiers(ev)))}
+                        "cases": clinical.failures(ev, fixed)}
     data["small_subgroups"] = clinical.small_subgroups(metrics.jsonable(data["subgroups"]))
-
-
-def options_identifiers(ev: pd.DataFrame) -> bool:
-    """Patient ids in the failure table only when the caller asked for identifiers."""
-    return bool(ev.attrs.get("include_identifiers", False))

@@ -233,8 +233,11 @@ def clinical_utility(ev: pd.DataFrame, op: Mapping[str, Any] | None, prevalences
                                                     alpha=alpha)}
 
 
-def failures(ev: pd.DataFrame, threshold: float | None, include_identifiers: bool) -> list[dict]:
-    """Every image misclassified at ``threshold``: row number, score, label, call, subgroup values."""
+def failures(ev: pd.DataFrame, threshold: float | None) -> list[dict]:
+    """Every image misclassified at ``threshold``: row number, score, label, call, subgroup values.
+
+    No identifier: the row number is the image's ``image_index`` in predictions.csv, which
+    holds patient ids and paths when the user asked for identifiers."""
     if threshold is None:
         return []
     wrong = ev[(ev["score"] >= threshold) != (ev["y_true"] == 1)]
@@ -248,8 +251,6 @@ def failures(ev: pd.DataFrame, threshold: float | None, include_identifiers: boo
                 row[col] = str(r[col]) if pd.notna(r[col]) and str(r[col]).strip() else "(missing)"
         if "shift_flag" in ev.columns:
             row["shift_flag"] = str(r["shift_flag"])
-        if include_identifiers and "patient_id" in ev.columns:
-            row["patient_id"] = str(r["patient_id"])
         out.append(row)
     return out
 

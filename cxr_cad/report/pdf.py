@@ -185,6 +185,9 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
         if first["kind"] == "figure" and first["file"] in images:
             w0, h0 = _image_size(images[first["file"]])
             need = _FIG_WIDTH_MM * h0 / w0 + 25
+        elif first["kind"] in ("figrow", "gallery") and all(it["file"] in images for it in first["items"][:2]):
+            col = (pdf.epw - 5.0) / 2   # a section title never sits alone above its first figure row
+            need = max(col * h / w for w, h in (_image_size(images[it["file"]]) for it in first["items"][:2])) + 30
         _keep_with_next(pdf, need)
         pdf.set_font(_FONT, "B", 12.5)
         pdf.multi_cell(0, 7, f"{s['number']}. {s['title']}", border="B", new_x="LMARGIN", new_y="NEXT")

@@ -163,10 +163,9 @@ def failures(d: dict) -> list[dict]:
                  "misclassified by a pre-set rule."}]
     if not cases:
         return [{"kind": "paragraph", "text": f"No image is misclassified at threshold {fmt_threshold(f['threshold'])}."}]
-    extra = [c for c in ("view_position", "patient_sex", "age_band", "manufacturer", "shift_flag", "patient_id")
-             if c in cases[0]]
+    extra = [c for c in ("view_position", "patient_sex", "age_band", "manufacturer", "shift_flag") if c in cases[0]]
     names = {"view_position": "View", "patient_sex": "Sex", "age_band": "Age band", "manufacturer": "Manufacturer",
-             "shift_flag": "Shift flag", "patient_id": "Patient ID"}
+             "shift_flag": "Shift flag"}
     rows = [[f"#{c['image_index']}", c["error"], c["label"], fmt_num(c["score"])] + [str(c[k]) for k in extra]
             for c in cases]
     return [_table(["Image", "Error", "True label", "Score"] + [names[k] for k in extra], rows,
