@@ -47,8 +47,8 @@ def evaluated(cohort, tmp_path_factory):
 
 def test_evaluate_writes_the_full_report(evaluated):
     names = {p.name for p in evaluated.iterdir()}
-    assert {"report.html", "report.pdf", "metrics.json", "predictions.csv", "roc.png",
-            "comparison_roc.png"} <= names
+    assert {"report.html", "report.pdf", "metrics.json", "predictions.csv", "roc.svg",
+            "comparison_roc.svg", "decision_curve.svg", "precision_recall.svg"} <= names
     d = json.loads((evaluated / "metrics.json").read_text())
     assert d["cohort"]["n_images_evaluated"] == 20 and d["cohort"]["n_rejected"] == 0
     assert d["cohort"]["n_patients"] == 10
@@ -60,7 +60,10 @@ def test_evaluate_writes_the_full_report(evaluated):
     for c in cases:
         assert (evaluated / c["file"]).is_file()
         assert c["file"] in {p.name for p in evaluated.glob("gradcam_*.png")}
-    assert "layer4" in d["gradcam"]["note"]
+    assert "layer4" in d["gradcam"]["note"] and "scaled to its own maximum" in d["gradcam"]["note"]
+    assert d["threshold_provenance"]["source"] == "bundle"
+    assert d["threshold_provenance"]["text"].endswith("stored in the model bundle, fixed before this cohort")
+    assert d["patient_level"]["n_patients"] == 10
     pred = pd.read_csv(evaluated / "predictions.csv")
     assert len(pred) == 20 and set(pred["label"]) == {"NORMAL", "PNEUMONIA"}
 
