@@ -37,7 +37,7 @@ ITEMS: tuple[tuple[str, str, str, str | None, Callable[[dict], bool]], ...] = (
     ("CLAIM", "1", "Title identifies an AI method and the task", "summary", _ALWAYS),
     ("CLAIM", "2", "Structured summary of design, methods, results", "summary", _ALWAYS),
     ("CLAIM", "3", "Clinical background and intended use", "header", _ALWAYS),
-    ("CLAIM", "5", "Study design (retrospective / prospective)", "population", _pop("eligibility")),
+    ("CLAIM", "5", "Study design (retrospective / prospective)", "population", _pop("design")),
     ("CLAIM", "7", "Data sources", "population", _pop("source")),
     ("CLAIM", "8", "Eligibility criteria", "population", _pop("eligibility")),
     ("CLAIM", "9", "Data pre-processing", "model", _has("model_description")),

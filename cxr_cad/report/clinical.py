@@ -37,6 +37,7 @@ _METHOD_WORDS = {"youden": "maximised Youden's J", "fixed": "fixed value",
                  "specificity": "lowest threshold reaching the target specificity"}
 #: items of the population block, in order, with their display names
 POPULATION_ITEMS = (("source", "Data source"), ("site", "Site"), ("dates", "Dates"),
+                    ("design", "Study design (retrospective / prospective)"),
                     ("population", "Population"), ("eligibility", "Eligibility"),
                     ("reference_standard", "Reference standard (how labels were made)"),
                     ("validation", "Validation type"))

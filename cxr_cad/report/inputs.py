@@ -14,8 +14,8 @@ from typing import Any, Mapping
 from cxr_cad.errors import UsageError
 
 #: keys a cohort description may hold (all free text; missing ones are "not recorded")
-COHORT_KEYS = ("name", "date", "source", "site", "dates", "population", "eligibility", "reference_standard",
-               "validation", "ingest_rules")
+COHORT_KEYS = ("name", "date", "source", "site", "dates", "design", "population", "eligibility",
+               "reference_standard", "validation", "ingest_rules")
 _MAX_TEXT = 2000
 
 

@@ -200,7 +200,8 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
                 _paragraph(pdf, b["text"], fill=_NOTE_FILL)
             elif kind == "headline":
                 _headline(pdf, b)
-            elif kind == "kv":
+            elif kind == "kv":  # short two-column lists stay on one page (they have no header to repeat)
+                _keep_with_next(pdf, min(8 + 6.5 * len(b["rows"]), 120))
                 _caption(pdf, b["caption"], len(b["rows"]))
                 _table(pdf, b["rows"], [1.0, 2.2], header=False, size=8)
             elif kind == "table":

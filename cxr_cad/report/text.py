@@ -83,6 +83,9 @@ def methods_paragraphs(d: dict) -> list[str]:
         parts.append("Model comparison. Both models score the same images; the difference of their AUCs "
                      "is tested with DeLong's paired test (two-sided), which accounts for the correlation "
                      "between the two AUCs on the same cases.")
+    parts.append("Privacy. The report, metrics.json and the figures carry no patient name, patient ID, birth date, "
+                 "accession number, study UID or file path; images are named by their row in predictions.csv, which "
+                 "holds patient IDs and paths only when identifiers were asked for (--include-identifiers).")
     parts.append("All statistics come from the cxr_cad.metrics module; the numbers in this report, its "
                  "PDF and metrics.json are formatted from the same values.")
     return parts

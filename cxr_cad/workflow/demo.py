@@ -206,6 +206,7 @@ def demo_workflow(out_dir: str | os.PathLike, settings: DemoSettings = DemoSetti
             "source": "Kermany et al. 2018 (Mendeley Data doi:10.17632/rscbjbr9sj.2, CC BY 4.0), 100-image "
                       "sample bundled with cxr_cad, written out as DICOM",
             "site": "Guangzhou Women and Children's Medical Center, China",
+            "design": "retrospective: images from a public data set",
             "population": "paediatric patients (children), frontal chest radiographs",
             "eligibility": "random whole patients with at most 3 images from the data set's training split",
             "reference_standard": "the data set's labels (graded by expert physicians in the original study); "

@@ -71,7 +71,7 @@ SCHEMA: dict[str, Any] = {
     },
     "cohort": {                                 # shown in the report (docs/report.md); null = "not recorded"
         "source": ("str", None, True), "site": ("str", None, True), "dates": ("str", None, True),
-        "population": ("str", None, True), "eligibility": ("str", None, True),
+        "design": ("str", None, True), "population": ("str", None, True), "eligibility": ("str", None, True),
         "reference_standard": ("str", None, True), "validation": ("str", None, True),
     },
     "report": {
