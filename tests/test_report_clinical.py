@@ -176,3 +176,16 @@ def test_checklist_maps_items_or_says_not_recorded(bundle_report):
     assert {r[0] for r in rows} == {"CLAIM", "TRIPOD+AI"} and len(rows) > 40
     chandola = [b for s in doc["sections"] for b in s["blocks"] if "Chandola et al. 2021, ch. 4" in b.get("caption", "")]
     assert len(chandola) == 1 and chandola[0]["kind"] == "table"
+
+
+def test_workflow_cohort_block_is_validated(tmp_path):
+    from cxr_cad.errors import ConfigError
+    from cxr_cad.workflow.schema import validate_workflow
+
+    (tmp_path / "train").mkdir()
+    doc = {"steps": ["ingest", "split", "train", "evaluate", "report"], "data": {"train": str(tmp_path / "train")},
+           "cohort": {"source": "Hospital A", "validation": "external"}}
+    wf = validate_workflow(doc, base_dir=tmp_path)
+    assert wf["cohort"]["source"] == "Hospital A" and wf["cohort"]["site"] is None
+    with pytest.raises(ConfigError, match="cohort"):
+        validate_workflow({**doc, "cohort": {"sauce": "x"}}, base_dir=tmp_path)
