@@ -86,6 +86,12 @@ def _place(pdf: _ReportPDF, path: Path, x: float, y: float, w: float, h: float) 
     pdf.set_fill_color(255)
 
 
+def _kv_height(block: dict) -> float:
+    """Rough height (mm) of a two-column list: a caption and one or two lines per row."""
+    lines = sum(max(1 + len(str(k)) // 34, 1 + len(str(v)) // 75) for k, v in block["rows"])
+    return min(8 + 5.2 * lines, 150)
+
+
 def _keep_with_next(pdf: _ReportPDF, need_mm: float) -> None:
     """Start a new page unless ``need_mm`` fits above the bottom margin."""
     if pdf.get_y() + need_mm > pdf.page_break_trigger:
@@ -185,6 +191,8 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
         if first["kind"] == "figure" and first["file"] in images:
             w0, h0 = _image_size(images[first["file"]])
             need = _FIG_WIDTH_MM * h0 / w0 + 25
+        elif first["kind"] == "kv":
+            need = _kv_height(first) + 12
         elif first["kind"] in ("figrow", "gallery") and all(it["file"] in images for it in first["items"][:2]):
             col = (pdf.epw - 5.0) / 2   # a section title never sits alone above its first figure row
             need = max(col * h / w for w, h in (_image_size(images[it["file"]]) for it in first["items"][:2])) + 30
@@ -201,7 +209,7 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
             elif kind == "headline":
                 _headline(pdf, b)
             elif kind == "kv":  # short two-column lists stay on one page (they have no header to repeat)
-                _keep_with_next(pdf, min(8 + 6.5 * len(b["rows"]), 120))
+                _keep_with_next(pdf, _kv_height(b))
                 _caption(pdf, b["caption"], len(b["rows"]))
                 _table(pdf, b["rows"], [1.0, 2.2], header=False, size=8)
             elif kind == "table":
