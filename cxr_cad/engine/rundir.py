@@ -24,7 +24,7 @@ import yaml
 
 from cxr_cad.config import TrainConfig, config_diff
 from cxr_cad.errors import ConfigError, OutputError
-from cxr_cad.manifest import atomic_write_text, write_table
+from cxr_cad.manifest import atomic_write_many, atomic_write_text, table_text, write_table
 from cxr_cad.versions import software_versions
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,9 @@ def check_resumable(out_dir: Path, cfg: TrainConfig, manifest_hash: str) -> bool
 def write_run_files(out_dir: Path, cfg: TrainConfig, run: dict, split: pd.DataFrame) -> None:
     """config.yaml, run.json and split.csv (rank 0 only, before the first epoch)."""
     out_dir = Path(out_dir)
-    atomic_write_text(cfg.to_yaml(), out_dir / CONFIG_FILE)
-    write_table(split, out_dir / SPLIT_FILE)
-    write_json(out_dir / RUN_FILE, run)
+    # one unit: a full disk leaves none of them rather than a config.yaml without its run.json
+    atomic_write_many({out_dir / CONFIG_FILE: cfg.to_yaml(), out_dir / SPLIT_FILE: table_text(split),
+                       out_dir / RUN_FILE: json.dumps(run, indent=2, sort_keys=True, default=str) + "\n"})
 
 
 def write_log(out_dir: Path, history: list[dict]) -> None:

@@ -46,11 +46,10 @@ def full_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {p.stderr.decode(errors='replace').strip()}")
     filler = root / "filler"
     try:
-        with open(filler, "wb") as fh:
+        with open(filler, "wb", buffering=0) as fh:
             with contextlib.suppress(OSError):
                 while True:
                     fh.write(b"\0" * 4096)
-                    fh.flush()
         yield root, filler
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)

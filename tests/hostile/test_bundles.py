@@ -88,3 +88,16 @@ def test_predict_with_corrupt_bundles_exits_1_with_one_line(bundle, tmp_path):
         assert not o.has_traceback
         assert len(o.stderr_lines) == 1 and str(bad) in o.last_line
         assert not (tmp_path / f"out_{name}" / "predictions.csv").exists()
+
+
+def test_bundle_image_size_cap_is_the_training_cap():
+    from cxr_cad.config import load_config
+    from cxr_cad.errors import ConfigError
+    from cxr_cad.model.integrity import MAX_IMAGE_SIZE, check_image_size
+
+    assert load_config(None, {"model.image_size": MAX_IMAGE_SIZE}).model.image_size == MAX_IMAGE_SIZE
+    with pytest.raises(ConfigError):
+        load_config(None, {"model.image_size": MAX_IMAGE_SIZE + 1})
+    check_image_size(MAX_IMAGE_SIZE, "b", BundleError)
+    with pytest.raises(BundleError):
+        check_image_size(MAX_IMAGE_SIZE + 1, "b", BundleError)

@@ -81,7 +81,7 @@ def test_predict_accounts_for_fifo_source_folder_entry_and_manifest_row(tmp_path
     lonely = H.make_fifo(tmp_path / "lonely.dcm")
     listed = H.make_fifo(tmp_path / "listed.png")
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"path,label\n{listed},NORMAL\n")
+    manifest.write_text(f"path,label,sop_instance_uid,patient_id\n{listed},NORMAL,1.2.3,P1\n")
     o = run_cli(["predict", folder, lonely, manifest, "--model", bundle, "--out", tmp_path / "out",
                  "--workers", "1"], timeout=120)
     assert o.rc == 0, o.stderr

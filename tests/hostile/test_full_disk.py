@@ -37,12 +37,12 @@ def test_predict_on_full_disk_then_resume(tmp_path, bundle, full_disk):
 def test_ingest_on_full_disk_writes_all_or_nothing(tmp_path, full_disk):
     disk, filler = full_disk
     src = tmp_path / "imgs"
-    H.write_pngs(src, n=400, size=16)   # a manifest of several 100 kB: more than the disk holds
+    H.write_pngs(src, n=4)
     out = disk / "ing"
-    filler.write_bytes(b"\0" * (900 << 10))   # ~100 kB left: the first output fits, the rest not
     o = run_cli(["ingest", src, "--out", out], timeout=180)
     _check_failure(o, out)
     assert sorted(os.listdir(out)) == [], "no output may be written unless all are"
+    # (that no file is replaced unless all can be is checked below, failing the last one)
 
 
 def test_train_on_full_disk(tmp_path, full_disk):
@@ -54,3 +54,31 @@ def test_train_on_full_disk(tmp_path, full_disk):
                  "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0",
                  "--device", "cpu"], timeout=300)
     _check_failure(o, out)
+
+
+def test_multi_file_outputs_are_a_unit(tmp_path, monkeypatch):
+    """The third of three files fails (ENOSPC): no file is replaced, no temporary file is left."""
+    import errno
+    import tempfile
+
+    import pytest
+
+    from cxr_cad.errors import OutputError
+    from cxr_cad.manifest import atomic_write_many
+
+    names = ["manifest.csv", "rejected.csv", "ingest.json"]
+    for n in names:
+        (tmp_path / n).write_text("old")
+    real, calls = tempfile.mkstemp, []
+
+    def mkstemp(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(OutputError, match=f"No space left.*in {tmp_path}|in {tmp_path}.*No space left"):
+        atomic_write_many({tmp_path / n: "new" for n in names})
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    assert all((tmp_path / n).read_text() == "old" for n in names)
