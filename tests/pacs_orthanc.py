@@ -85,14 +85,17 @@ class Orthanc:
                 self.proc.wait(10)
 
 
-def start_orthanc(root: Path, *, modalities: dict | None = None) -> Orthanc:
-    """Start Orthanc with a configuration under ``root``; wait until its REST API answers."""
+def start_orthanc(root: Path, *, modalities: dict | None = None, auth: bool = True) -> Orthanc:
+    """Start Orthanc with a configuration under ``root``; wait until its REST API answers.
+
+    ``auth=False`` (screenshots with a headless browser only): no password, still 127.0.0.1 only.
+    """
     root.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "cxr-cad-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
         "Plugins": [_plugin()], "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANCTEST",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": auth, "RegisteredUsers": {USER: PASSWORD},
         "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomModalities": modalities or {},
         "HttpTimeout": 60, "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 1, "HttpThreadsCount": 8,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False,

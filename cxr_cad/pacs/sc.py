@@ -56,6 +56,10 @@ def build_sc(source: Dataset, picture: np.ndarray, *, series_instance_uid: str, 
     """A Secondary Capture image of ``picture`` (RGB uint8) in the study of ``source``."""
     import highdicom as hd
 
+    # the overlay keeps the source's row/column directions; (0020,0020) from the source when it has two
+    # values, else that of a PA chest film as displayed (columns to the patient's left, rows to the feet)
+    orientation = tuple(source.get("PatientOrientation") or ())
+    orientation = orientation if len(orientation) == 2 and all(orientation) else ("L", "F")
     with warnings.catch_warnings():
         # highdicom warns about an odd (0010,0010) Patient's Name and quotes it: keep it out of the logs
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
@@ -63,7 +67,7 @@ def build_sc(source: Dataset, picture: np.ndarray, *, series_instance_uid: str, 
             ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_instance_uid=series_instance_uid, series_number=series_number,
             sop_instance_uid=sop_instance_uid, instance_number=instance_number, manufacturer=MANUFACTURER,
-            patient_orientation=("L", "F"), transfer_syntax_uid="1.2.840.10008.1.2.1")
+            patient_orientation=orientation, transfer_syntax_uid="1.2.840.10008.1.2.1")
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc:  # (0020,0060) type 2C; empty = not a paired structure (dciodvfy asks for it)
