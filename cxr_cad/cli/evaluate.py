@@ -91,6 +91,7 @@ def _score(bundle_path: str, manifest_path: Path, out: Path, args: argparse.Name
 def run(args: argparse.Namespace) -> int:
     from cxr_cad.manifest import manifest_hash
     from cxr_cad.model import load_bundle
+    from cxr_cad.model.shift import summary_from_bundle, table_shift
     from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
 
     bundle = load_bundle(args.model)
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
         from cxr_cad.pacs.cliopts import write_dicom_outputs
         dicom_line = write_dicom_outputs(args, args.model, work / "scores" / "predictions.csv")
         pred = join_metadata(pred.drop(columns=["label"], errors="ignore"), manifest, keys=("path",))
+        shift, newly_flagged = table_shift(pred, summary_from_bundle(bundle))  # docs/shift.md
+        if newly_flagged:
+            log.warning("dataset shift: %s", shift["message"])
         rejected = pd.concat([scan_rejected, rejected], ignore_index=True)
         comparison = None
         if args.compare:
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                               rejected_df=rejected, comparison=comparison,
                               include_identifiers=args.include_identifiers, gradcam=gradcam,
                               gradcam_note="Grad-CAM explanations were not requested (--gradcam-per-group 0).",
-                              options=report_options(args), pdf=not args.no_pdf,
+                              options=report_options(args), pdf=not args.no_pdf, shift=shift,
                               threshold_source="command line" if args.threshold is not None else "bundle")
         if args.include_identifiers:
             write_rejected(rejected, result.out_dir)

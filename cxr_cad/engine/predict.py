@@ -98,6 +98,7 @@ class PredictResult:
     model_sha256: str
     threshold: float
     runtime: dict = field(default_factory=dict)
+    shift: dict | None = None   # cohort shift result (cxr_cad.model.shift.cohort_shift); None: no summary
 
     @property
     def images_per_s(self) -> float:
@@ -215,17 +216,19 @@ def prepare_for_inference(model: torch.nn.Module, info: runtime.RuntimeInfo) -> 
 
 def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_compile: bool):
     from cxr_cad.model import load_bundle
+    from cxr_cad.model.shift import ShiftScorer
 
     bundle = load_bundle(model_path, map_location="cpu")
     model = prepare_for_inference(bundle.model, info)
+    shift = ShiftScorer(bundle, model)  # hooks the head; before torch.compile
     if use_compile:
         model = torch.compile(model)
-    return bundle, model
+    return bundle, model, shift
 
 
 def _run_batches(model, loader, info, *, positive_index: int, threshold: float, names: tuple[str, str],
                  sha256: str, labels: dict[int, str], paths: Sequence[str], journal: Journal,
-                 total: int) -> int:
+                 total: int, shift: Any = None) -> int:
     """Score every batch of ``loader`` and journal it. Returns the number of inputs handled."""
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     n = 0
@@ -237,7 +240,8 @@ def _run_batches(model, loader, info, *, positive_index: int, threshold: float, 
                 with runtime.autocast(info):
                     logits = model(x)
                 probs = torch.softmax(logits.float(), dim=1)[:, positive_index].cpu().tolist()
-                for rec, p in zip(batch["accepted"], probs):
+                shift_cols = shift.columns(len(probs)) if shift is not None else [{}] * len(probs)
+                for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
                     i = rec["index"]
                     records.append({"index": i, "kind": "prediction", "path": paths[i],
                                     "sop_instance_uid": rec["sop_instance_uid"],
@@ -245,7 +249,7 @@ def _run_batches(model, loader, info, *, positive_index: int, threshold: float, 
                                     "probability": f"{p:.6f}",
                                     "decision": names[0] if p >= threshold else names[1],
                                     "threshold": f"{threshold:g}", "model_sha256": sha256,
-                                    "label": labels.get(i, "")})
+                                    "label": labels.get(i, ""), **cols})
             for rec in batch["rejected"]:
                 i = rec["index"]
                 records.append({"index": i, "kind": "rejected", "path": paths[i],
@@ -288,7 +292,7 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     check_writable(out)  # fail at once, before loading the model and listing the inputs
     created = runtime.init_distributed(info)
     try:
-        bundle, model = _load_model(model_path, info, options.compile)
+        bundle, model, shift = _load_model(model_path, info, options.compile)
         spec = bundle.transform_spec
         policy = dataclasses.replace(options.policy or AcceptPolicy(), apply_voi=spec.apply_voi)
         threshold = float(bundle.threshold if options.threshold is None else options.threshold)
@@ -317,7 +321,8 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             n_processed = _run_batches(
                 model, loader, info, positive_index=bundle.positive_index, threshold=threshold,
                 names=_decision_names(bundle), sha256=bundle.sha256, labels=labels, paths=paths,
-                journal=journal, total=n_local)
+                journal=journal, total=n_local, shift=shift)
+        shift.close()
         runtime.barrier(info)
         seconds = time.perf_counter() - t0
         result = PredictResult(out_dir=out, n_inputs=len(inputs), n_predicted=0, n_rejected=0, n_positive=0,
@@ -325,7 +330,7 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                                seconds=seconds, model_sha256=bundle.sha256, threshold=threshold,
                                runtime=info.to_dict())
         if info.is_main:
-            _finish(result, out, has_labels, _decision_names(bundle)[0])
+            _finish(result, out, has_labels, _decision_names(bundle)[0], shift.summary)
         runtime.barrier(info)
         return result
     finally:
@@ -333,7 +338,8 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             runtime.cleanup_distributed()
 
 
-def _finish(result: PredictResult, out: Path, has_labels: bool, positive: str) -> None:
+def _finish(result: PredictResult, out: Path, has_labels: bool, positive: str,
+            shift_summary: dict | None = None) -> None:
     """Merge the journals into the final CSVs and write ``summary.json`` (rank 0)."""
     records = merge_outputs(out, result.n_inputs, with_label=has_labels)
     reasons = collections.Counter(r["reason"] for r in records if r["kind"] == "rejected")
@@ -341,6 +347,15 @@ def _finish(result: PredictResult, out: Path, has_labels: bool, positive: str) -
     result.n_rejected = sum(reasons.values())
     result.n_predicted = result.n_inputs - result.n_rejected
     result.n_positive = sum(1 for r in records if r["kind"] == "prediction" and r["decision"] == positive)
+    from cxr_cad.model.shift import SHIFT_FILE, cohort_shift
+
+    (out / SHIFT_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
+    if shift_summary is not None:  # docs/shift.md
+        result.shift = cohort_shift([r.get("shift_score", "") for r in records if r["kind"] == "prediction"],
+                                    shift_summary)
+        atomic_write_text(out / SHIFT_FILE, json.dumps(result.shift, indent=2, sort_keys=True))
+        if result.shift["flagged"]:
+            log.warning("dataset shift: %s", result.shift["message"])
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
     summary["images_per_s"] = round(result.images_per_s, 3)
     summary["predictions_csv"] = PREDICTIONS

@@ -288,6 +288,16 @@ def _init_model(cfg: TrainConfig):
     return model, record
 
 
+def _shift_summary(model, spec, train_df, val_df, cfg: TrainConfig, info: RuntimeInfo, out_dir: Path):
+    """Training-data summary for the shift score (cxr_cad.model.shift; docs/shift.md), or None."""
+    from cxr_cad.model.shift import summarise_training
+
+    return summarise_training(model, spec, train_df, val_df, group_col=cfg.data.group_col,
+                              cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache",
+                              batch_size=cfg.batch_size, workers=cfg.runtime.workers,
+                              autocast_dtype=info.autocast_dtype, seed=cfg.seed)
+
+
 def _finish(out_dir, cfg, info, model, state, spec, train_df, val_df, how, m_hash, resumed_from, init_record,
             pos) -> TrainResult:
     from cxr_cad.model import save_bundle
@@ -328,7 +338,8 @@ def _finish(out_dir, cfg, info, model, state, spec, train_df, val_df, how, m_has
                     parent_bundle_sha256=init_record.get("parent_bundle_sha256"), train_config=cfg.to_dict(),
                     init_record=init_record,
                     extra={"training": {**result, "n_train": len(train_df), "runtime": info.to_dict(),
-                                        "threshold_detail": detail}})
+                                        "threshold_detail": detail},
+                           "shift": _shift_summary(model, spec, train_df, val_df, cfg, info, out_dir)})
         rundir.write_json(out_dir / rundir.RESULT_FILE, result)
     barrier(info)
     log.log(logging.INFO if info.is_main else logging.DEBUG,
