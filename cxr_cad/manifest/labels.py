@@ -81,14 +81,10 @@ def read_labels(labels: pd.DataFrame | str | os.PathLike, *, key: str | None = N
     if isinstance(labels, pd.DataFrame):
         raw = labels.copy()
     else:
+        from cxr_cad.manifest.schema import read_csv_regular
+
         source = os.path.abspath(os.fspath(labels))
-        if not os.path.isfile(source):
-            raise ManifestError(["labels file not found"], source=source)
-        try:
-            raw = pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False,
-                              encoding="utf-8-sig")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-            raise ManifestError([f"cannot be read as CSV: {exc}"], source=source) from exc
+        raw = read_csv_regular(source, "give the labels CSV")
     raw.columns = [str(c).strip() for c in raw.columns]
     problems: list[str] = []
     try:

@@ -235,12 +235,7 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = False,
             files, duplicate SOP Instance UIDs, labels not in ``classes``, empty patient ids ...).
     """
     src = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(src):
-        raise ManifestError(["file not found; build one with `cxr-cad ingest DIR --out OUT`"], source=src)
-    try:
-        raw = pd.read_csv(src, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise ManifestError([f"cannot be read as CSV: {exc}"], source=src) from exc
+    raw = read_csv_regular(src, "build one with `cxr-cad ingest DIR --out OUT`")
     base = os.path.dirname(src)
     problems = validate_manifest(raw, require_labels=require_labels, classes=classes,
                                  base_dir=base if check_files else None)
@@ -253,6 +248,25 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = False,
     df.attrs["base_dir"] = base
     log.debug("read manifest %s: %d rows", src, len(df))
     return df
+
+
+def read_csv_regular(src: str, hint: str) -> pd.DataFrame:
+    """A CSV (all text, UTF-8 with or without BOM) read from a regular file only (a FIFO would block).
+
+    Raises:
+        ManifestError: not found (with ``hint``), not a regular file, or not readable as CSV.
+    """
+    from cxr_cad.io.files import NotRegularFileError, open_regular
+
+    try:
+        with open_regular(src) as fh:
+            return pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError([f"file not found; {hint}"], source=src) from None
+    except NotRegularFileError as exc:
+        raise ManifestError([exc.strerror], source=src) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise ManifestError([f"cannot be read as CSV: {exc}"], source=src) from exc
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

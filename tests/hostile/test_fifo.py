@@ -91,3 +91,17 @@ def test_predict_accounts_for_fifo_source_folder_entry_and_manifest_row(tmp_path
     assert set(rejected) == {str(in_folder), str(lonely), str(listed)}
     assert all(r["reason"] == "UNREADABLE" and "FIFO" in r["detail"] for r in rejected.values())
     assert not preds & set(rejected)
+
+
+def test_fifo_as_manifest_or_labels_file_is_refused_without_blocking(tmp_path):
+    from cxr_cad.errors import ManifestError
+    from cxr_cad.manifest import read_labels, read_manifest
+
+    fifo = H.make_fifo(tmp_path / "m.csv")
+    with deadline(10):
+        with pytest.raises(ManifestError, match="FIFO"):
+            read_manifest(fifo)
+        with pytest.raises(ManifestError, match="FIFO"):
+            read_labels(fifo)
+        with pytest.raises(ManifestError, match="file not found"):
+            read_manifest(tmp_path / "missing.csv")
