@@ -169,6 +169,21 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _cohort_shift(pred: pd.DataFrame, bundle) -> dict | None:
+    """The cohort-shift result from the predictions' ``shift_score`` column and the bundle's
+    training summary (docs/shift.md); None ("not computed") when either is missing."""
+    if bundle is None or "shift_score" not in pred.columns:
+        return None
+    try:
+        from cxr_cad.model.shift import summary_from_bundle, table_shift
+    except ImportError:  # pragma: no cover - shift module absent in this installation
+        return None
+    table = pred.assign(shift_score=pd.to_numeric(pred["shift_score"], errors="coerce"))
+    if "patient_age_years" in table.columns:
+        table["patient_age_years"] = pd.to_numeric(table["patient_age_years"], errors="coerce")
+    return table_shift(table, summary_from_bundle(bundle))[0]
+
+
 def run(args: argparse.Namespace) -> int:
     from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
 
@@ -218,11 +233,12 @@ def run(args: argparse.Namespace) -> int:
                 "without the model (give --model and a table whose 'path' column points at the images).")
     else:
         note = "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
+    shift = _cohort_shift(pred, bundle)
     result = write_report(pred, args.out, positive_class=args.positive_class, threshold=threshold,
                           threshold_method=method, model_info=info, cohort_info=cohort, rejected_df=rejected,
                           cv=cv, comparison=comparison, include_identifiers=args.include_identifiers,
                           gradcam=gradcam, gradcam_note=note, options=report_options(args), pdf=not args.no_pdf,
-                          threshold_source=source)
+                          threshold_source=source, shift=shift)
     if args.include_identifiers and rejected is not None:
         write_rejected(rejected, result.out_dir)
     auc = result.data["auc"]["delong"]
