@@ -10,7 +10,8 @@ import torch
 
 import cxr_cad.model.bundle as bundle_mod
 from cxr_cad.errors import BundleError, OutputError
-from cxr_cad.model import BUNDLE_FORMAT, init_model, load_bundle, save_bundle
+from cxr_cad.model import (BUNDLE_FORMAT, BUNDLE_VERSION, ProbabilityAverage, build_resnet18, init_model,
+                           load_bundle, save_bundle)
 from cxr_cad.transforms import TransformSpec
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -55,7 +56,8 @@ def _rewrite(src, dst, change):
 
 def test_round_trip_weights_only_identical_outputs(saved, model):
     raw = torch.load(saved, weights_only=True)                  # plain types only
-    assert raw["format"] == BUNDLE_FORMAT and raw["format_version"] == 1
+    assert raw["format"] == BUNDLE_FORMAT and raw["format_version"] == BUNDLE_VERSION == 2
+    assert raw["arch"]["members"] == 1 and raw["arch"]["tta"] == []
     b = load_bundle(saved)
     x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -132,7 +134,9 @@ def test_pickled_objects_refused_by_weights_only(saved, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(format_version=2), "newer than this cxr_cad supports"),
+    (lambda d: d.update(format_version=BUNDLE_VERSION + 1), "newer than this cxr_cad supports"),
+    (lambda d: d["arch"].update(tta=["vflip"]), "arch.tta"),
+    (lambda d: d["arch"].update(members=0), "arch.members"),
     (lambda d: d["transform_spec"].update(clahe=True), r"unknown keys \['clahe'\]"),
     (lambda d: d["transform_spec"].update(version=5), "transform spec version 5 is newer"),
     (lambda d: d.update(positive_class="EFFUSION"), "'EFFUSION' is not one of the classes"),
@@ -186,3 +190,37 @@ def test_wrapped_and_channels_last_models_save_plain_state(tmp_path, model):
     b = load_bundle(path)
     assert b.threshold_method == "sensitivity" and b.threshold_selection["params"] == {"target": 0.9}
     assert list(b.model.state_dict()) == list(model.state_dict())
+
+
+def test_version1_bundle_loads_with_its_old_intensity_behaviour(tmp_path, saved, model):
+    """A bundle written before format 2 (spec version 1, no arch.members/tta) loads as one network
+    whose eval chain has no per-image intensity scaling, as when it was written."""
+    def to_v1(d):
+        d["format_version"] = 1
+        d["arch"] = {k: v for k, v in d["arch"].items() if k not in ("members", "tta")}
+        d["transform_spec"] = {k: v for k, v in d["transform_spec"].items() if not k.startswith("intensity")}
+        d["transform_spec"]["version"] = 1
+    b = load_bundle(_rewrite(saved, tmp_path / "v1.pt", to_v1))
+    assert b.transform_spec.intensity == "none" and b.transform_spec.image_size == 64
+    assert not isinstance(b.model, ProbabilityAverage)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(b.model(x), model(x))
+    assert load_bundle(saved).transform_spec.intensity == "percentile"
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_ensemble_bundle_scores_the_mean_probability(tmp_path, hflip):
+    torch.manual_seed(0)
+    nets = [build_resnet18(2, 1).eval() for _ in range(3)]
+    path = _save(tmp_path / "ens.pt", ProbabilityAverage(nets, hflip=hflip))
+    b = load_bundle(path)
+    assert isinstance(b.model, ProbabilityAverage) and len(b.model.members) == 3 and b.model.hflip == hflip
+    assert b.meta["arch"]["members"] == 3 and b.meta["arch"]["tta"] == (["hflip"] if hflip else [])
+    x = torch.randn(4, 1, 64, 64)
+    with torch.no_grad():
+        views = [x, torch.flip(x, dims=(-1,))] if hflip else [x]
+        expected = torch.stack([torch.softmax(n(v), 1) for n in nets for v in views]).mean(0)
+        got = torch.softmax(b.model(x), 1)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(b.positive_probability(b.model(x)), expected[:, 1], atol=1e-6)

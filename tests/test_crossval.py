@@ -134,3 +134,34 @@ def test_final_epochs_and_fold_check():
     assert check["per_fold"][0] == {"fold": 0, "n_images": 2, "n_patients": 1, "labels": {"N": 2}}
     bad = fold_check(df, np.array([0, 1, 1, 1]), group_col="patient_id", label_col="label")
     assert bad["patients_in_several_folds"] == 1
+
+
+def test_final_ensemble_is_one_bundle_averaging_the_folds(cv_run, tmp_path):
+    """``--final ensemble``: the fold models as one bundle; softmax of its output = mean probability,
+    and ``cxr-cad predict`` scores it like any bundle."""
+    from cxr_cad.engine.crossval import ensemble_final
+    from cxr_cad.engine.loop import predict_probabilities
+    from cxr_cad.manifest import read_manifest
+
+    manifest, out, _ = cv_run
+    df = read_manifest(manifest, require_labels=True)
+    folds = [out / "folds" / str(k) / "model.pt" for k in range(3)]
+    info = ensemble_final(df, tmp_path, folds, 0.42, [0.4, 0.5, 0.6])
+    bundle = load_bundle(info["bundle"])
+    assert info["members"] == 3 and bundle.meta["arch"]["members"] == 3 and bundle.threshold == 0.42
+    assert bundle.meta["extra"]["crossval"]["final"] == "ensemble"
+    rows = df.head(6)
+    mean = np.mean([predict_probabilities(f, rows, device="cpu", precision="fp32") for f in folds], axis=0)
+    ens = predict_probabilities(bundle, rows, device="cpu", precision="fp32")
+    np.testing.assert_allclose(ens, mean, atol=1e-5)
+    assert np.ptp(mean) > 0     # the folds disagree somewhere: a real average
+    assert main(["-q", "predict", "--model", info["bundle"], str(manifest), "--out", str(tmp_path / "pred"),
+                 "--workers", "0"]) == 0
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(pred) == len(df)
+
+
+def test_crossval_final_option_parses(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["crossval", "--manifest", "m.csv", "--out", str(tmp_path), "--final", "bagging"])
+    assert exc.value.code == 2 and "ensemble" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from cxr_cad.metrics import (UndefinedMetricWarning, binary_metrics, likelihood_ratios, roc_curve,
                              threshold_for_sensitivity, threshold_for_specificity, wilson_ci,
-                             youden_threshold)
+                             small_class_warning, youden_choice, youden_threshold)
 
 
 def _data(seed: int, n: int = 200):
@@ -25,17 +25,51 @@ def _sens_spec(y, s, t):
     return pred[y == 1].mean(), (~pred[y == 0]).mean()
 
 
+def _slow_youden(y, s):
+    """Exact J at every observed threshold; ties: nearest the middle of the tied range, then higher."""
+    from fractions import Fraction
+
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    js = {t: Fraction(int(((s >= t) & (y == 1)).sum()), n_pos) - Fraction(int(((s >= t) & (y == 0)).sum()), n_neg)
+          for t in np.unique(s)}
+    best = max(js.values())
+    tied = sorted((t for t, j in js.items() if j == best), reverse=True)
+    mid = (Fraction(float(tied[0])) + Fraction(float(tied[-1]))) / 2
+    return min(tied, key=lambda t: (abs(Fraction(float(t)) - mid), -t)), tied
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_youden_brute_force(seed):
     y, s = _data(seed)
-    best_t, best_j = None, -np.inf
-    for t in sorted(np.unique(s), reverse=True):  # highest threshold wins ties
-        se, sp = _sens_spec(y, s, t)
-        if se + sp - 1 > best_j + 1e-12:
-            best_t, best_j = t, se + sp - 1
+    best_t, tied = _slow_youden(y, s)
     assert youden_threshold(y, s) == best_t
+    c = youden_choice(y, s)
+    assert (c.tie_low, c.tie_high, c.n_tied) == (float(tied[-1]), float(tied[0]), len(tied))
     m = binary_metrics(y, s, threshold=youden_threshold(y, s))
-    assert m["sensitivity"]["value"] + m["specificity"]["value"] - 1 == pytest.approx(best_j)
+    se, sp = _sens_spec(y, s, best_t)
+    assert m["sensitivity"]["value"] + m["specificity"]["value"] - 1 == pytest.approx(se + sp - 1)
+
+
+def test_youden_ties_are_exact_and_follow_the_documented_rule():
+    # J = 2/3 - 0 at 0.9 and 1 - 1/3 at 0.6: equal, though the floats differ in the last bit
+    y, s = [1, 1, 1, 0, 0, 0], [.9, .9, .6, .6, .5, .4]
+    assert 2 / 3 - 0 != 1 - 1 / 3
+    c = youden_choice(y, s)
+    assert c.threshold == 0.9 == youden_threshold(y, s)        # two-way tie: the higher (docs/metrics.md)
+    assert (c.tie_low, c.tie_high, c.n_tied, c.n_pos, c.n_neg) == (0.6, 0.9, 2, 3, 3)
+    assert c.to_dict()["tie_range"] == [0.6, 0.9]
+    # three tied thresholds (0.9, 0.6, 0.3 all give J = 1/3): the middle one, not an end
+    y3, s3 = [1, 1, 0, 1, 0, 0], [.9, .6, .6, .3, .3, .1]
+    assert _slow_youden(np.array(y3), np.array(s3))[0] == 0.6
+    c3 = youden_choice(y3, s3)
+    assert c3.n_tied == 3 and (c3.tie_low, c3.tie_high) == (0.3, 0.9) and c3.threshold == 0.6
+
+
+def test_small_class_warning():
+    assert small_class_warning(20, 20) is None
+    msg = small_class_warning(120, 19)
+    assert "19 negative" in msg and "fewer than 20" in msg
+    assert small_class_warning(3, 300, minimum=2) is None
 
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 1.0])

@@ -288,3 +288,63 @@ def test_cli_train_exit_codes(cohort, cfg, tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "c"), "--epochs", "2", "--seed", "5"]) == 2
     assert "different config" in capsys.readouterr().err
     assert main(common + ["--out", str(tmp_path / "d"), "--epochs", "1", "--init", str(tmp_path / "nope.pt")]) == 1
+
+
+def test_init_none_gets_the_scratch_recipe_and_flags_still_win():
+    from cxr_cad.config import SCRATCH_RECIPE, TrainConfig
+
+    scratch = load_config(None, {"model.init": "none"})
+    assert scratch.optim.name == SCRATCH_RECIPE["optim"]["name"] == "adamw"
+    assert scratch.optim.lr == SCRATCH_RECIPE["optim"]["lr"] and scratch.epochs == SCRATCH_RECIPE["epochs"]
+    assert scratch.schedule.warmup_epochs == 1 and scratch.augment == SCRATCH_RECIPE["augment"]
+    assert scratch.model.intensity == "percentile"
+    mixed = load_config(None, {"model.init": "none", "optim.lr": 0.01, "augment.noise_std": 0.0})
+    assert mixed.optim.lr == 0.01 and mixed.optim.name == "adamw"
+    assert mixed.augment["noise_std"] == 0.0 and mixed.augment["gamma"] == SCRATCH_RECIPE["augment"]["gamma"]
+    finetune = load_config(None, {"model.init": "imagenet"})
+    assert (finetune.optim.name, finetune.optim.lr, finetune.epochs, finetune.augment) == ("sgd", 1e-3, 20, {})
+    assert TrainConfig.from_dict(scratch.to_dict()) == scratch      # config.yaml round trip is stable
+
+
+def test_warmup_then_cosine_schedule():
+    from cxr_cad.config import OptimConfig, ScheduleConfig
+    from cxr_cad.engine.optim import build_optimizer, build_scheduler
+
+    net = torch.nn.Linear(2, 2)
+    opt = build_optimizer(net, OptimConfig(name="adamw", lr=1e-3))
+    sched = build_scheduler(opt, ScheduleConfig(name="cosine", warmup_epochs=2), epochs=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] < lrs[2] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0
+
+
+def test_choose_threshold_records_ties_counts_and_small_class_warning(caplog):
+    y = np.array([1, 1, 1, 0, 0, 0])
+    s = np.array([.9, .9, .6, .6, .5, .4])
+    with caplog.at_level("WARNING"):
+        thr, method, detail = choose_threshold(y, s, load_config().threshold)
+    assert (thr, method) == (0.9, "youden") and detail["tie_range"] == [0.6, 0.9] and detail["n_tied"] == 2
+    assert (detail["n_positive"], detail["n_negative"]) == (3, 3)
+    assert "fewer than 20" in detail["warning"] and "fewer than 20" in caplog.text
+
+
+def test_hflip_tta_is_stored_and_the_threshold_uses_it(cohort, cfg, tmp_path):
+    from dataclasses import replace
+
+    from cxr_cad.engine.loop import predict_probabilities
+    from cxr_cad.model import ProbabilityAverage, load_bundle
+
+    tta_cfg = replace(cfg, epochs=1, model=replace(cfg.model, tta="hflip"))
+    result = train_model(cohort[1], tmp_path / "tta", tta_cfg)
+    bundle = load_bundle(result.bundle_path)
+    assert isinstance(bundle.model, ProbabilityAverage) and bundle.model.hflip
+    assert bundle.meta["arch"]["tta"] == ["hflip"] and bundle.meta["arch"]["members"] == 1
+    val = result.val_predictions
+    rows = cohort[1].set_index("sop_instance_uid").loc[val["sop_instance_uid"]].reset_index()
+    p = predict_probabilities(bundle, rows, device="cpu", precision=cfg.runtime.precision)
+    np.testing.assert_allclose(p, val["probability"].to_numpy(), atol=2e-3)
+    assert result.threshold == youden_threshold(val["y_true"].to_numpy(), val["probability"].to_numpy())

@@ -11,8 +11,9 @@ from PIL import Image
 import cxr_cad.io as cio
 from cxr_cad.errors import BundleError, ConfigError, Reason, RejectedFile
 from cxr_cad.transforms import (GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, CxrReader,
-                                TransformSpec, build_eval_transforms, build_train_transforms, find_rejection,
-                                make_dataset)
+                                TransformSpec, build_eval_transforms, build_post_transforms, build_train_transforms,
+                                find_rejection, make_dataset)
+from monai.transforms import Compose
 from tests.synth import synthetic_cxr
 
 
@@ -54,7 +55,8 @@ def test_spec_round_trip_and_refusals():
     spec = TransformSpec(image_size=64, aspect="pad", in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          apply_voi=False, interpolation="bilinear")
     d = spec.to_dict()
-    assert d["version"] == 1 and isinstance(d["mean"], list)
+    assert d["version"] == 2 and isinstance(d["mean"], list)
+    assert d["intensity"] == "percentile" and d["intensity_percentiles"] == [0.5, 99.5]
     assert TransformSpec.from_dict(d) == spec
     with pytest.raises(BundleError, match="unknown keys.*'gamma'"):
         TransformSpec.from_dict({**d, "gamma": 2.0})
@@ -89,7 +91,7 @@ def test_spec_lists_every_problem():
 # ---------------------------------------------------------------- eval chain
 
 def test_eval_output_shape_dtype_range_and_values(images):
-    spec = TransformSpec(image_size=64)
+    spec = TransformSpec(image_size=64, intensity="none")   # the geometry alone (scaling: tests below)
     out = build_eval_transforms(spec)({"image": images[0], "label": 1, "row": 7})
     x = out["image"]
     assert type(x) is torch.Tensor and x.dtype == torch.float32 and tuple(x.shape) == (1, 64, 64)
@@ -112,8 +114,10 @@ def test_eval_chain_is_deterministic(images):
 def test_pad_keeps_aspect_squash_does_not(images, which):
     path = images[which]                   # 96x64 (tall) or 64x96 (wide)
     pix = _pixels(path)
-    pad = build_eval_transforms(TransformSpec(image_size=48, aspect="pad"))({"image": path})["image"][0].numpy()
-    squash = build_eval_transforms(TransformSpec(image_size=48, aspect="squash"))({"image": path})["image"][0]
+    pad = build_eval_transforms(TransformSpec(image_size=48, aspect="pad", intensity="none"))(
+        {"image": path})["image"][0].numpy()
+    squash = build_eval_transforms(TransformSpec(image_size=48, aspect="squash", intensity="none"))(
+        {"image": path})["image"][0]
     assert pad.shape == (48, 48) and tuple(squash.shape) == (48, 48)
     black = (0 - GRAY_MEAN[0]) / GRAY_STD[0]
     content = (_block_mean(pix, 2) - GRAY_MEAN[0]) / GRAY_STD[0]   # longer side 96 -> 48: factor 2
@@ -281,3 +285,61 @@ def test_dataset_augmentation_reproducible(images, tmp_path):
     c = [x["image"] for x in make_dataset(items, spec, augment=AugmentSpec(), seed=6)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+# ---------------------------------------------------------------- intensity standardisation
+
+def test_version1_spec_keeps_the_old_behaviour(images):
+    """A spec written before version 2 has no intensity key: no per-image scaling, as then."""
+    new = TransformSpec(image_size=64)
+    old = {k: v for k, v in new.to_dict().items() if not k.startswith("intensity")} | {"version": 1}
+    legacy = TransformSpec.from_dict(old)
+    assert legacy.intensity == "none" and new.intensity == "percentile"
+    with pytest.raises(BundleError, match="version 1 cannot hold intensity"):
+        TransformSpec.from_dict({**old, "intensity": "percentile"})
+    raw = build_eval_transforms(legacy)({"image": images[0]})["image"]
+    std = build_eval_transforms(new)({"image": images[0]})["image"]
+    mean, sd = legacy.mean[0], legacy.std[0]
+    # legacy: the reader's [0, 1] values only normalised; new: percentiles mapped to 0 and 1 first
+    assert float((raw * sd + mean).min()) >= -1e-6 and float((std * sd + mean).min()) == pytest.approx(0.0, abs=1e-6)
+    assert float((std * sd + mean).max()) == pytest.approx(1.0, abs=1e-6)
+    assert not torch.allclose(raw, std)
+    with pytest.raises(ConfigError, match="intensity_percentiles"):
+        TransformSpec(intensity_percentiles=(99.0, 1.0))
+    with pytest.raises(ConfigError, match="intensity must be"):
+        TransformSpec(intensity="zscore")
+
+
+def test_percentile_scaling_matches_monai_and_ignores_affine_changes():
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    from cxr_cad.transforms.intensity import ScalePercentiles
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.gamma(2.0, 0.1, size=(1, 48, 40)).astype(np.float32))
+    ours = ScalePercentiles(0.5, 99.5)(x)
+    ref = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(x)
+    assert torch.allclose(ours, torch.as_tensor(ref).float(), atol=1e-6)
+    for a, b in ((16.0, 8.0), (1 / 255, 0.0), (3.7, -120.0)):   # 12-bit = 16*x+8, JPEG /255, rescale
+        assert torch.allclose(ScalePercentiles(0.5, 99.5)(x * a + b), ours, atol=1e-5)
+    assert torch.count_nonzero(ScalePercentiles(1, 99)(torch.full((1, 8, 8), 0.3))) == 0
+
+
+def test_intensity_augmentations_are_seeded_and_in_range():
+    aug = AugmentSpec(contrast=0.3, brightness=0.1, gamma=(0.7, 1.5), blur_sigma=(0.3, 1.0),
+                      lowres_zoom=(0.5, 1.0), noise_std=0.03, intensity_prob=1.0)
+    spec = TransformSpec(image_size=32)
+    names = [type(t).__name__ for t in build_post_transforms(spec, aug)]
+    for name in ("RandAdjustContrastd", "RandGaussianSmoothd", "RandSimulateLowResolutiond",
+                 "RandGaussianNoised", "ScalePercentilesd"):
+        assert name in names
+    x = torch.rand(1, 32, 32)
+    outs = []
+    for _ in range(2):
+        chain = Compose(build_post_transforms(spec, aug))
+        chain.set_random_state(seed=3)
+        outs.append(chain({"image": x.clone()})["image"])
+    assert torch.equal(outs[0], outs[1]) and not torch.allclose(outs[0], (x - spec.mean[0]) / spec.std[0])
+    assert AugmentSpec.from_dict(aug.to_dict()) == aug
+    with pytest.raises(ConfigError, match="gamma"):
+        AugmentSpec(gamma=(2.0, 0.5))

@@ -15,7 +15,7 @@ _OVERRIDES = {
     "target_sensitivity": "threshold.target_sensitivity", "classes": "data.classes",
     "positive_class": "data.positive_class", "val_fraction": "data.val_fraction", "group_col": "data.group_col",
     "cache_dir": "data.cache_dir", "device": "runtime.device", "precision": "runtime.precision",
-    "workers": "runtime.workers",
+    "workers": "runtime.workers", "init": "model.init", "tta": "model.tta",
 }
 
 DESCRIPTION = """\
@@ -42,7 +42,10 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML training config (docs/train.md); options below override it")
     p.add_argument("--init", help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
                    "or a bundle to fine-tune (default: the config's, imagenet)")
-    p.add_argument("--final", action="store_true", help="also train final/model.pt on all images")
+    p.add_argument("--final", nargs="?", const="retrain", choices=["retrain", "ensemble"], default=None,
+                   help="also write final/model.pt: 'retrain' (the default when given without a value) trains "
+                   "one model on all images; 'ensemble' stores the K fold models as one bundle that averages "
+                   "their probabilities (no further training)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the cross-validation report (RUN_DIR/report/: report.html, report.pdf, metrics.json)")
     p.add_argument("--no-pdf", action="store_true", help="write the report without report.pdf")
@@ -50,6 +53,8 @@ def register(subparsers) -> None:
                    help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)")
     g = p.add_argument_group("training overrides (default: the config file, else the study defaults)")
     g.add_argument("--epochs", type=int, help="maximum epochs per fold")
+    g.add_argument("--tta", choices=["none", "hflip"], help="test-time augmentation stored in every bundle "
+                   "(hflip: average with the horizontally flipped image)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--image-size", type=int, help="model input side in pixels")
     g.add_argument("--lr", type=float, help="learning rate")
@@ -67,6 +72,9 @@ def register(subparsers) -> None:
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument("--workers", type=int, help="DataLoader decode processes")
+    from cxr_cad.tracking import add_track_option
+
+    add_track_option(p)
     p.set_defaults(func=run)
 
 
@@ -89,8 +97,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, dest, None) for dest, key in _OVERRIDES.items()}
     cfg = load_config(args.config, overrides)
     df = read_manifest(args.manifest, require_labels=True, classes=cfg.data.classes)
-    res = run_crossval(df, args.out, cfg, n_folds=args.folds, init=args.init, final=args.final,
-                       n_bootstrap=args.bootstrap)
+    from cxr_cad.manifest import manifest_hash
+    from cxr_cad.tracking import log_crossval_run, track_run
+
+    with track_run(args.track, "crossval", {**cfg.to_dict(), "folds": args.folds}) as tracker:  # docs/export.md
+        res = run_crossval(df, args.out, cfg, n_folds=args.folds, init=args.init, final=args.final or False,
+                           n_bootstrap=args.bootstrap)
+        log_crossval_run(tracker, res, manifest_hash(df))
     m = res.metrics
     for f in m["per_fold"]:
         sens, spec = f["metrics"]["sensitivity"]["value"], f["metrics"]["specificity"]["value"]
@@ -103,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"out-of-fold predictions: {res.out_dir / 'oof_predictions.csv'}")
     print(f"metrics: {res.out_dir / 'cv_metrics.json'}")
     if res.final_bundle is not None:
-        print(f"final bundle: {res.final_bundle} ({m['final']['epochs']} epochs, threshold "
-              f"{m['final']['threshold']:.4f})")
+        what = (f"ensemble of {m['final']['members']} fold networks" if m["final"].get("kind") == "ensemble"
+                else f"{m['final']['epochs']} epochs")
+        print(f"final bundle: {res.final_bundle} ({what}, threshold {m['final']['threshold']:.4f})")
     if not args.no_report:
         report = _write_cv_report(res, df, cfg, args)
+        tracker.log_artifact(report.out_dir, "report")  # the MLflow run is closed; artifacts can still be added
         print(f"report: {report.out_dir / 'report.html'}")
     return 0
 

@@ -6,12 +6,15 @@ import math
 import os
 
 from cxr_cad.config import load_config
+from cxr_cad.tracking import add_track_option
 
 #: option dest -> dotted config key (None values = option not given).
 _OVERRIDES = {
     "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
     "init": "model.init", "image_size": "model.image_size", "aspect": "model.aspect",
     "in_channels": "model.in_channels", "freeze_backbone_epochs": "model.freeze_backbone_epochs",
+    "intensity": "model.intensity", "tta": "model.tta", "label_smoothing": "optim.label_smoothing",
+    "warmup_epochs": "schedule.warmup_epochs",
     "lr": "optim.lr", "optimizer": "optim.name", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
     "schedule": "schedule.name", "patience": "early_stopping.patience",
     "threshold": "threshold.method", "target_sensitivity": "threshold.target_sensitivity",
@@ -30,7 +33,9 @@ def register(subparsers) -> None:
         "patient (or by a 'split' / 'fold' column); validation AUC picks the best epoch and stops early; the "
         "decision threshold is chosen on validation data. Everything goes into --out (config.yaml, run.json, "
         "split.csv, train_log.csv, checkpoint.pt, model.pt); rerunning the same command resumes. Options "
-        "override the --config file; defaults are the study defaults (docs/train.md). Under "
+        "override the --config file; defaults are the study defaults for fine-tuning, and with --init none "
+        "the recommended from-scratch recipe (AdamW, warm-up + cosine, intensity and geometric augmentation; "
+        "docs/train.md). Under "
         "`torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.",
     )
     p.add_argument("--manifest", required=True, help="labelled manifest CSV (from `cxr-cad ingest`)")
@@ -42,17 +47,25 @@ def register(subparsers) -> None:
     g.add_argument("--image-size", type=int, help="model input side in pixels [224]")
     g.add_argument("--aspect", choices=["squash", "pad"], help="resize mode [squash]")
     g.add_argument("--in-channels", type=int, choices=[1, 3], help="model input channels [1]")
+    g.add_argument("--intensity", choices=["percentile", "none"], help="per-image intensity standardisation "
+                   "stored in the bundle (percentile: 0.5th/99.5th percentiles -> 0/1, the same for every "
+                   "container; none: the readers' values, the behaviour of bundles before format 2) [percentile]")
+    g.add_argument("--tta", choices=["none", "hflip"], help="test-time augmentation stored in the bundle "
+                   "(hflip: average with the flipped image) [none]")
     g.add_argument("--freeze-backbone-epochs", type=int, metavar="N", help="train only the head for the first N "
                    "epochs, then everything [0]")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="maximum epochs [20]")
+    g.add_argument("--epochs", type=int, help="maximum epochs [20; with --init none 12]")
     g.add_argument("--batch-size", type=int, help="images per step and process [32]")
-    g.add_argument("--lr", type=float, help="learning rate [0.001]")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="[sgd, momentum 0.9]")
+    g.add_argument("--lr", type=float, help="learning rate [0.001; with --init none 0.0003]")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="[sgd, momentum 0.9; with --init none adamw]")
     g.add_argument("--momentum", type=float, help="SGD momentum [0.9]")
-    g.add_argument("--weight-decay", type=float, help="[0.0001]")
+    g.add_argument("--weight-decay", type=float, help="[0.0001; with --init none 0.05]")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing [0]")
+    g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs [0; with --init none 1]")
     g.add_argument("--schedule", choices=["cosine", "step", "constant"], help="learning-rate schedule [cosine]")
-    g.add_argument("--patience", type=int, help="early stopping: epochs without validation AUC gain; 0 = off [5]")
+    g.add_argument("--patience", type=int, help="early stopping: epochs without validation AUC gain; 0 = off "
+                   "[5; with --init none 4]")
     g.add_argument("--imbalance", choices=["weighted_loss", "weighted_sampler", "none"], help="[weighted_loss]")
     g.add_argument("--seed", type=int, help="seed of split, initialisation, order and augmentation [0]")
     g = p.add_argument_group("data and threshold")
@@ -73,6 +86,7 @@ def register(subparsers) -> None:
                    "bf16, AMP on CUDA, else fp32]")
     g.add_argument("--workers", type=int, help="DataLoader decode processes [2]")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    add_track_option(p)
     p.set_defaults(func=run)
 
 
@@ -83,7 +97,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, dest, None) for dest, key in _OVERRIDES.items()}
     cfg = load_config(args.config, overrides)
     df = read_manifest(args.manifest, require_labels=True, classes=cfg.data.classes)
-    result = train_model(df, args.out, cfg)
+    from cxr_cad.tracking import log_training_run, track_run
+
+    with track_run(args.track, "train", cfg.to_dict()) as tracker:  # --track mlflow (docs/export.md)
+        result = train_model(df, args.out, cfg, callbacks=[tracker.epoch_callback()])
+        if int(os.environ.get("RANK", "0")) == 0:
+            from cxr_cad.model.card import add_manifest_to_card
+
+            add_manifest_to_card(result.bundle_path, args.manifest)  # sources recorded at ingest
+        log_training_run(tracker, args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         auc = "n/a" if math.isnan(result.val_auc) else f"{result.val_auc:.4f}"
         print(f"bundle: {result.bundle_path}")

@@ -39,8 +39,42 @@ from cxr_cad.errors import ConfigError
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "EarlyStoppingConfig",
     "ThresholdConfig", "RuntimeConfig", "TrainConfig", "load_config", "RESUME_FREE_KEYS",
-    "apply_overrides", "config_diff", "read_yaml_mapping",
+    "apply_overrides", "config_diff", "read_yaml_mapping", "SCRATCH_RECIPE", "recipe_defaults",
 ]
+
+#: The recommended recipe for training from random initialisation (``model.init: none``):
+#: these values replace the (fine-tuning) defaults wherever a file or the command line does
+#: not set the key. Chosen by measurement on unseen patients (docs/train.md,
+#: benchmarks/generalisation.py).
+SCRATCH_RECIPE: dict[str, Any] = {
+    "epochs": 12,
+    "optim": {"name": "adamw", "lr": 3e-4, "weight_decay": 0.05},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "early_stopping": {"patience": 4},
+    "augment": {"rotate_deg": 10.0, "translate_frac": 0.06, "scale": [0.9, 1.1], "affine_prob": 0.8,
+                "brightness": 0.1, "contrast": 0.3, "gamma": [0.7, 1.5], "blur_sigma": [0.3, 1.2],
+                "lowres_zoom": [0.4, 1.0], "noise_std": 0.03, "intensity_prob": 0.4},
+}
+
+
+def recipe_defaults(d: Mapping[str, Any]) -> dict:
+    """``d`` with :data:`SCRATCH_RECIPE` filled in under it when ``d`` asks for ``model.init: none``.
+
+    Keys ``d`` sets win (section by section, and inside ``augment`` option by option).
+    """
+    d = dict(d)
+    model = d.get("model")
+    if not (isinstance(model, Mapping) and str(model.get("init", "")).strip().lower() == "none"):
+        return d
+    out: dict[str, Any] = {}
+    for key, value in SCRATCH_RECIPE.items():
+        given = d.get(key)
+        if isinstance(value, dict) and isinstance(given, Mapping):
+            out[key] = {**value, **given}
+        elif given is None:
+            out[key] = value
+    return {**d, **out}
+
 
 #: Dotted keys that may change between an interrupted run and its resumption
 #: (they change speed or storage, not the numbers).
@@ -81,8 +115,12 @@ class TrainConfig(_Section):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None) -> "TrainConfig":
-        """Build from a (YAML) mapping; raises ConfigError listing every problem."""
-        d = dict(d or {})
+        """Build from a (YAML) mapping; raises ConfigError listing every problem.
+
+        With ``model.init: none`` the options the mapping does not set come from
+        :data:`SCRATCH_RECIPE` (the recommended from-scratch recipe), not the class defaults.
+        """
+        d = recipe_defaults(dict(d or {}))
         problems: list[str] = []
         kwargs: dict[str, Any] = {}
         top_hints = typing.get_type_hints(cls)
@@ -172,15 +210,10 @@ def read_yaml_mapping(path: str | os.PathLike, *, what: str, must_hold: str) -> 
     Raises:
         ConfigError: the file cannot be read, is not valid YAML, or is not a mapping.
     """
+    from cxr_cad.io.yamlfile import read_yaml_file   # regular files only; size/alias/UTF-8 limits
+
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read the {what}: {exc.strerror or exc}"], source) from exc
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source) from exc
+    loaded = read_yaml_file(path, what=what)
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

@@ -47,13 +47,22 @@ class DataConfig(_Section):
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):
-    """Initialisation and input geometry. ``init``: ``imagenet``, ``none`` or a bundle path."""
+    """Initialisation, input geometry and intensity. ``init``: ``imagenet``, ``none`` or a bundle
+    path. ``intensity``: per-image standardisation stored in the bundle's transform spec
+    (``percentile``: the ``intensity_percentiles`` (lower, upper) of each resized image map
+    to 0 and 1; ``none``: the readers' [0, 1] values, the behaviour before spec version 2).
+    ``tta``: ``hflip`` stores the network wrapped to average its probability with that of the
+    horizontally flipped image (test-time augmentation, recorded in the bundle's ``arch.tta``;
+    the threshold is chosen on validation scored the same way); ``none`` = off."""
 
     init: str = "imagenet"
     image_size: int = 224
     aspect: str = "squash"
     in_channels: int = 1
     freeze_backbone_epochs: int = 0
+    intensity: str = "percentile"
+    intensity_percentiles: tuple[float, ...] = (0.5, 99.5)
+    tta: str = "none"
 
     def problems(self) -> list[str]:
         p: list[str] = []
@@ -61,6 +70,12 @@ class ModelConfig(_Section):
         _check(p, 32 <= self.image_size <= 2048, f"model.image_size must be in [32, 2048] px, not {self.image_size}")
         _check(p, self.aspect in ("squash", "pad"), f"model.aspect must be squash or pad, not {self.aspect!r}")
         _check(p, self.in_channels in (1, 3), f"model.in_channels must be 1 or 3, not {self.in_channels}")
+        _check(p, self.tta in ("none", "hflip"), f"model.tta must be none or hflip, not {self.tta!r}")
+        _check(p, self.intensity in ("percentile", "none"),
+               f"model.intensity must be percentile or none, not {self.intensity!r}")
+        lo_hi = self.intensity_percentiles
+        _check(p, len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0,
+               f"model.intensity_percentiles must be [lower, upper] with 0 <= lower < upper <= 100, not {list(lo_hi)}")
         _check(p, self.freeze_backbone_epochs >= 0,
                f"model.freeze_backbone_epochs must be >= 0, not {self.freeze_backbone_epochs}")
         return p
@@ -68,13 +83,15 @@ class ModelConfig(_Section):
 
 @dataclass(frozen=True)
 class OptimConfig(_Section):
-    """Optimizer. Study default: SGD, momentum 0.9, lr 1e-3 (fine-tuning)."""
+    """Optimizer and loss. Study default (fine-tuning): SGD, momentum 0.9, lr 1e-3.
+    ``label_smoothing``: cross-entropy label smoothing in [0, 0.5) (0 = off)."""
 
     name: str = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    label_smoothing: float = 0.0
 
     def problems(self) -> list[str]:
         p: list[str] = []
@@ -83,17 +100,21 @@ class OptimConfig(_Section):
         _check(p, 0.0 <= self.momentum < 1.0, f"optim.momentum must be in [0, 1), not {self.momentum}")
         _check(p, self.weight_decay >= 0.0, f"optim.weight_decay must be >= 0, not {self.weight_decay}")
         _check(p, not (self.nesterov and self.momentum == 0.0), "optim.nesterov needs optim.momentum > 0")
+        _check(p, 0.0 <= self.label_smoothing < 0.5,
+               f"optim.label_smoothing must be in [0, 0.5), not {self.label_smoothing}")
         return p
 
 
 @dataclass(frozen=True)
 class ScheduleConfig(_Section):
     """Learning-rate schedule, stepped once per epoch: ``cosine`` (to 0 over the epochs),
-    ``step`` (times ``gamma`` every ``step_size`` epochs) or ``constant``."""
+    ``step`` (times ``gamma`` every ``step_size`` epochs) or ``constant``; ``warmup_epochs``
+    first ramps the rate linearly from a tenth of ``optim.lr`` (0 = no warm-up)."""
 
     name: str = "cosine"
     step_size: int = 7
     gamma: float = 0.1
+    warmup_epochs: int = 0
 
     def problems(self) -> list[str]:
         p: list[str] = []
@@ -101,6 +122,7 @@ class ScheduleConfig(_Section):
                f"schedule.name must be cosine, step or constant, not {self.name!r}")
         _check(p, self.step_size >= 1, f"schedule.step_size must be >= 1 epoch, not {self.step_size}")
         _check(p, 0.0 < self.gamma <= 1.0, f"schedule.gamma must be in (0, 1], not {self.gamma}")
+        _check(p, 0 <= self.warmup_epochs <= 100, f"schedule.warmup_epochs must be in [0, 100], not {self.warmup_epochs}")
         return p
 
 

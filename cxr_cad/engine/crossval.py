@@ -204,8 +204,10 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
             each fold's inner validation split is by patient; ``data.val_fraction`` sets its size).
         n_folds: K >= 2.
         init: overrides ``cfg.model.init`` for every fold and the final model.
-        final: also train one model on all images with the median best epoch and the pooled
-            out-of-fold Youden threshold (``final/model.pt``).
+        final: ``True``/``"retrain"``: also train one model on all images with the median
+            best epoch and the pooled out-of-fold Youden threshold (``final/model.pt``);
+            ``"ensemble"``: ``final/model.pt`` is the K fold models as one bundle whose
+            probability is the mean of theirs (:func:`ensemble_final`), no further training.
         n_bootstrap: resamples of the pooled bootstrap AUC CI.
 
     Raises:
@@ -223,6 +225,10 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
     if missing:
         raise ManifestError([f"the manifest has no {c!r} column" for c in missing])
     labels = label_indices(df, data.classes, data.label_col, what="cross-validation")
+    absent = [c for i, c in enumerate(data.classes) if not (labels == i).any()]
+    if absent:  # one-class manifest: refuse (exit 2) rather than cross-validate a constant model
+        raise ManifestError([f"the manifest holds no image of class(es) {absent}; cross-validation needs "
+                             f"every one of {list(data.classes)} (check the labels, or --classes)"])
     pos_index = data.classes.index(data.positive_class)
     folds = patient_folds(df, n_folds, seed=cfg.seed, label_col=data.label_col, group_col=data.group_col)
     check = fold_check(df, folds, group_col=data.group_col, label_col=data.label_col)
@@ -305,7 +311,12 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
                            "fold_check": check, "n_bootstrap": n_bootstrap}
     metrics["undefined"] = undefined
     final_bundle = None
-    if final:
+    if final == "ensemble":
+        metrics["final"] = ensemble_final(df, out_dir, [out_dir / "folds" / str(k) / rundir.BUNDLE_FILE
+                                                        for k in range(int(n_folds))],
+                                          metrics["pooled"]["youden_threshold"], [f["threshold"] for f in fold_info])
+        final_bundle = Path(metrics["final"]["bundle"])
+    elif final:
         metrics["final"] = _train_final(df, out_dir, cfg, cache_dir, best, metrics["pooled"]["youden_threshold"],
                                         [f["threshold"] for f in fold_info], int(n_folds))
         final_bundle = Path(metrics["final"]["bundle"])
@@ -317,6 +328,52 @@ def run_crossval(manifest_df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfi
              metrics["across_folds"]["auc"]["sd"])
     return CrossvalResult(out_dir=out_dir, n_folds=int(n_folds), oof=oof, metrics=metrics, fold_status=status,
                           final_bundle=final_bundle)
+
+
+def ensemble_final(df: pd.DataFrame, out_dir: Path, fold_bundles: list[Path], youden: float,
+                   fold_thresholds: list[float]) -> dict:
+    """``final/model.pt``: the fold models as one bundle averaging their probabilities.
+
+    The members are the fold networks (a fold bundle with hflip TTA keeps it: the ensemble
+    then averages flipped views too). The threshold is the pooled out-of-fold Youden
+    threshold (each image scored by the fold model that never saw its patient: the nearest
+    unbiased stand-in for the ensemble's own scores), else the mean of the fold thresholds.
+    """
+    from cxr_cad.model import ProbabilityAverage, load_bundle, save_bundle, unwrap_model
+
+    bundles = [load_bundle(p) for p in fold_bundles]
+    first = bundles[0]
+    members, hflip = [], False
+    for b in bundles:
+        net = unwrap_model(b.model)
+        if isinstance(net, ProbabilityAverage):
+            members += list(net.members)
+            hflip = hflip or net.hflip
+        else:
+            members.append(net)
+        if b.classes != first.classes or b.transform_spec != first.transform_spec:
+            raise OutputError(f"fold bundle {b.path} differs from {first.path} in classes or transform spec; "
+                              "they cannot form one ensemble")
+    threshold = youden if math.isfinite(youden) else float(np.mean(fold_thresholds))
+    method = "youden" if math.isfinite(youden) else "fixed"
+    chosen_on = {"manifest_hash": manifest_hash(df), "n": len(df),
+                 "description": f"pooled out-of-fold predictions of {len(bundles)}-fold patient-grouped "
+                                "cross-validation (crossval/oof_predictions.csv)"}
+    path = out_dir / FINAL_DIR / rundir.BUNDLE_FILE
+    save_bundle(path, ProbabilityAverage(members, hflip=hflip), classes=first.classes,
+                positive_class=first.positive_class, transform_spec=first.transform_spec,
+                threshold=float(threshold), threshold_method=method,
+                threshold_params={} if method == "youden" else {"value": float(threshold)},
+                threshold_chosen_on=chosen_on, manifest_hash=manifest_hash(df), train_config=first.train_config,
+                init_record=first.meta.get("init"),
+                extra={"crossval": {"final": "ensemble", "n_folds": len(bundles),
+                                    "members": [b.sha256 for b in bundles], "fold_thresholds": fold_thresholds}})
+    log.info("final model: ensemble of the %d fold models (%d networks%s), threshold %.4f (pooled OOF %s)",
+             len(bundles), len(members), ", hflip TTA" if hflip else "", threshold, method)
+    return {"bundle": str(path), "epochs": None, "kind": "ensemble", "members": len(members),
+            "threshold": float(threshold),
+            "threshold_method": f"pooled out-of-fold {method}" if method == "youden" else "mean of fold thresholds",
+            "fold_threshold_mean": float(np.mean(fold_thresholds))}
 
 
 def final_epochs(best_epochs: list[int | None], default: int) -> int:

@@ -9,7 +9,7 @@ import torch
 
 from cxr_cad.config import OptimConfig, ScheduleConfig, ThresholdConfig
 from cxr_cad.engine.runtime import RuntimeInfo
-from cxr_cad.metrics import threshold_for_sensitivity, youden_threshold
+from cxr_cad.metrics import threshold_for_sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,20 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int):
-    """An epoch-stepped schedule: cosine to 0 over ``epochs``, step decay, or constant."""
+    """An epoch-stepped schedule: cosine to 0 over ``epochs``, step decay, or constant,
+    after ``cfg.warmup_epochs`` epochs of linear warm-up from a tenth of the rate."""
+    sched = torch.optim.lr_scheduler
+    warmup = min(cfg.warmup_epochs, max(epochs - 1, 0))
     if cfg.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    if cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(epochs - warmup, 1))
+    elif cfg.name == "step":
+        main = sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:
+        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -65,19 +73,31 @@ def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConf
     """The decision threshold on validation predictions: (threshold, method, detail).
 
     ``method`` is what goes into the bundle: ``youden``, ``sensitivity`` or ``fixed``;
-    ``detail`` records the inputs (counts, ``target`` sensitivity, and a fallback reason).
-    When validation has a single class the configured ``value`` is used with method ``fixed``.
+    ``detail`` records the inputs (counts ``n``, ``n_positive``, ``n_negative``, ``target``
+    sensitivity, Youden's ``tie_range``/``n_tied``, a fallback ``reason``, and ``warning``
+    when either class has fewer than :data:`cxr_cad.metrics.MIN_CLASS_COUNT` images, which
+    is also logged). When validation has a single class the configured ``value`` is used
+    with method ``fixed``.
     """
+    from cxr_cad.metrics import small_class_warning, youden_choice
+
     n_pos = int(np.sum(y_true))
-    detail: dict = {"n": int(len(y_true)), "n_positive": n_pos, "configured": cfg.method}
+    detail: dict = {"n": int(len(y_true)), "n_positive": n_pos, "n_negative": int(len(y_true)) - n_pos,
+                    "configured": cfg.method}
     if cfg.method == "fixed":
         return float(cfg.value), "fixed", detail
+    warning = small_class_warning(n_pos, detail["n_negative"])
+    if warning:
+        detail["warning"] = warning
+        log.warning("decision threshold: %s", warning)
     if n_pos == 0 or n_pos == len(y_true):
         detail["reason"] = "validation data has one class; threshold.value used"
         log.warning("validation data has one class: decision threshold falls back to %.3f", cfg.value)
         return float(cfg.value), "fixed", detail
     if cfg.method == "youden":
-        thr, method = youden_threshold(y_true, y_score), "youden"
+        choice = youden_choice(y_true, y_score)
+        thr, method = choice.threshold, "youden"
+        detail.update(tie_range=[choice.tie_low, choice.tie_high], n_tied=choice.n_tied, j=choice.j)
     else:
         thr = threshold_for_sensitivity(y_true, y_score, cfg.target_sensitivity)
         method = "sensitivity"

@@ -33,7 +33,7 @@ from cxr_cad.engine.loop import EvalOutput, evaluate, predict_probabilities, tra
 from cxr_cad.engine.optim import build_optimizer, build_scheduler, choose_threshold, set_backbone_frozen, wrap_model
 from cxr_cad.engine.runtime import (RuntimeInfo, barrier, cleanup_distributed, init_distributed, prepare_model,
                                     resolve_runtime, seed_everything)
-from cxr_cad.errors import ConfigError, OutputError, WeightsError
+from cxr_cad.errors import ConfigError, ManifestError, OutputError, WeightsError
 from cxr_cad.manifest import manifest_hash as compute_manifest_hash
 from cxr_cad.manifest import write_table
 from cxr_cad.metrics import roc_auc
@@ -144,6 +144,10 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
     else:
         train_df, val_df, how = split_train_val(train_df, data, seed=cfg.seed)
     y_train = label_indices(train_df, data.classes, data.label_col, what="training")
+    absent = [c for i, c in enumerate(data.classes) if not (y_train == i).any()]
+    if absent:  # a one-class manifest would train a model that never predicts the other class
+        raise ManifestError([f"the training rows hold no image of class(es) {absent}; training needs every "
+                             f"one of {list(data.classes)} (check the labels, or --classes)"])
     y_val = label_indices(val_df, data.classes, data.label_col, what="validation") if val_df is not None else None
     all_rows = pd.concat([train_df, val_df], ignore_index=True) if val_df is not None else train_df
     m_hash = compute_manifest_hash(all_rows)
@@ -167,7 +171,9 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
     seed_everything(cfg.seed)
     pos = data.classes.index(data.positive_class)
     model, init_record = _init_model(cfg)
-    spec = TransformSpec.for_init(cfg.model.in_channels, image_size=cfg.model.image_size, aspect=cfg.model.aspect)
+    spec = TransformSpec.for_init(cfg.model.in_channels, image_size=cfg.model.image_size, aspect=cfg.model.aspect,
+                                  intensity=cfg.model.intensity,
+                                  intensity_percentiles=tuple(cfg.model.intensity_percentiles))
     if info.is_main and not resuming:
         run = {"fingerprint": cfg.fingerprint(), "manifest_hash": m_hash, "seed": cfg.seed, "split": how,
                "n_train": len(train_df), "n_val": 0 if val_df is None else len(val_df),
@@ -187,7 +193,7 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
     weight = None
     if data.imbalance == "weighted_loss":
         weight = class_weights(y_train, len(data.classes)).to(info.torch_device)
-    criterion = torch.nn.CrossEntropyLoss(weight=weight)
+    criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
     sampler = EpochSampler(len(train_ds), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                            weights=sample_weights(y_train, len(data.classes))
                            if data.imbalance == "weighted_sampler" else None)
@@ -270,8 +276,27 @@ def _train(train_df, val_df, out_dir: Path, cfg: TrainConfig, info: RuntimeInfo,
             log.info("early stopping: validation AUC has not improved for %d epochs", patience)
     if hasattr(epochs, "close"):
         epochs.close()
+    if cfg.model.tta == "hflip" and state["best_state"] is not None:
+        state = _with_hflip_tta(model, state, val_ds, info, cfg)
+        model = state.pop("tta_model")
     return _finish(out_dir, cfg, info, model, state, spec, train_df, val_df, how, m_hash, resumed_from,
                    init_record, pos)
+
+
+def _with_hflip_tta(model, state: dict, val_ds, info: RuntimeInfo, cfg: TrainConfig) -> dict:
+    """The best epoch's network wrapped to average its probability with the horizontally
+    flipped image's (``model.tta: hflip``); the threshold is then chosen on validation
+    probabilities scored the same way. Returns ``state`` updated, with ``tta_model``."""
+    from cxr_cad.model import ProbabilityAverage
+
+    model.load_state_dict(state["best_state"])
+    wrapped = ProbabilityAverage([model], hflip=True)
+    state = {**state, "best_state": None, "tta_model": wrapped}   # weights already in place
+    if val_ds is not None:
+        out = evaluate(wrapped, val_ds, info, batch_size=cfg.batch_size, workers=cfg.runtime.workers,
+                       desc="validate (hflip TTA)")
+        state["best_probs"] = torch.from_numpy(out.probabilities.copy())
+    return state
 
 
 def _init_model(cfg: TrainConfig):
@@ -324,14 +349,16 @@ def _finish(out_dir, cfg, info, model, state, spec, train_df, val_df, how, m_has
     if info.is_main:
         if val_table is not None:
             write_table(val_table, out_dir / rundir.VAL_PRED_FILE)
-        params = {"target": detail["target"]} if "target" in detail else {}
+        params = {k: detail[k] for k in ("target", "tie_range", "n_tied") if k in detail}
         if method == "fixed":
             params = {"value": float(threshold)}
         chosen_on = None
         if val_df is not None:
             chosen_on = {"manifest_hash": compute_manifest_hash(val_df), "n": len(val_df),
-                         "n_positive": detail.get("n_positive"),
+                         "n_positive": detail.get("n_positive"), "n_negative": detail.get("n_negative"),
                          "description": f"validation split ({how}), best epoch {state['best_epoch']}"}
+            if "warning" in detail:
+                chosen_on["warning"] = detail["warning"]
         save_bundle(bundle_path, model, classes=list(cfg.data.classes), positive_class=cfg.data.positive_class,
                     transform_spec=spec, threshold=float(threshold), threshold_method=method,
                     threshold_params=params, threshold_chosen_on=chosen_on, manifest_hash=m_hash,

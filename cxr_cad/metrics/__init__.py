@@ -12,8 +12,9 @@ from cxr_cad.metrics.calibration import (ReliabilityCurve, brier_score, expected
                                          reliability_curve)
 from cxr_cad.metrics.cv import crossval_roc, crossval_summary, mean_sd, roc_table
 from cxr_cad.metrics.delong import AucCI, PairedTest, delong_auc_ci, delong_paired_test
-from cxr_cad.metrics.operating import (binary_metrics, confusion_counts, threshold_for_sensitivity,
-                                       threshold_for_specificity, youden_threshold)
+from cxr_cad.metrics.operating import (MIN_CLASS_COUNT, YoudenChoice, binary_metrics, confusion_counts,
+                                       small_class_warning, threshold_for_sensitivity,
+                                       threshold_for_specificity, youden_choice, youden_threshold)
 from cxr_cad.metrics.multiclass import confusion_matrix_k, one_vs_rest_auc, per_class_accuracy
 from cxr_cad.metrics.proportions import likelihood_ratios, proportion, wilson_ci
 from cxr_cad.metrics.roc import interpolate_roc, mean_roc, roc_auc, roc_curve
@@ -27,4 +28,5 @@ __all__ = [
     "likelihood_ratios", "mean_roc", "one_vs_rest_auc", "per_class_accuracy", "proportion",
     "reliability_curve", "roc_auc", "roc_curve", "subgroup_table", "threshold_for_sensitivity",
     "threshold_for_specificity", "wilson_ci", "youden_threshold",
+    "MIN_CLASS_COUNT", "YoudenChoice", "small_class_warning", "youden_choice",
 ]

@@ -5,10 +5,18 @@ here and :func:`cxr_cad.metrics.roc.roc_curve` use this rule, so the sensitivity
 specificity that a threshold was chosen for are exactly what :func:`binary_metrics`
 reports at that threshold. The thresholds returned are observed score values (or,
 for "call nothing positive", the next float above the largest score), never midpoints.
+
+Youden's J is compared exactly: ``J = tp/P - fp/N`` as a :class:`fractions.Fraction`, so
+two operating points with the same J tie however the floats round (``2/3 - 0`` and
+``1 - 1/3`` are equal). Among tied thresholds the one nearest the middle of the tie range
+is taken (the highest of two equally near ones): a threshold in the middle of a plateau
+moves least when scores shift, an end sits next to a worse operating point.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -34,18 +42,74 @@ def _both_classes(name: str, y: np.ndarray) -> bool:
     return not warn_one_class(name, y, "threshold is undefined (NaN)")[2]
 
 
-def youden_threshold(y_true, y_score) -> float:
-    """Threshold maximising Youden's J = sensitivity + specificity - 1.
+#: Fewer validation images than this in either class make a threshold unreliable (warned).
+MIN_CLASS_COUNT = 20
 
-    Ties in J are broken towards the **highest** threshold (the more specific operating
-    point). NaN with :class:`UndefinedMetricWarning` when a class is missing.
+
+@dataclass(frozen=True)
+class YoudenChoice:
+    """The Youden operating point and how it was chosen.
+
+    Attributes:
+        threshold: the chosen observed score (decision ``score >= threshold``).
+        j: Youden's J there (float of the exact value).
+        tie_low, tie_high: lowest and highest observed thresholds reaching the maximal J
+            (equal when there is no tie); ``n_tied`` how many distinct thresholds tie.
+        n_pos, n_neg: class counts of the data it was chosen on.
+    """
+
+    threshold: float
+    j: float
+    tie_low: float
+    tie_high: float
+    n_tied: int
+    n_pos: int
+    n_neg: int
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "j": self.j, "tie_range": [self.tie_low, self.tie_high],
+                "n_tied": self.n_tied, "n_positive": self.n_pos, "n_negative": self.n_neg}
+
+
+def youden_choice(y_true, y_score) -> YoudenChoice | None:
+    """The Youden operating point with its tie range; None (+ warning) when a class is missing.
+
+    J is compared exactly (``Fraction(tp, P) - Fraction(fp, N)``). When several distinct
+    thresholds reach the maximal J, the tie range is [lowest, highest] of them and the
+    chosen threshold is the tied one nearest its midpoint; of two equally near ones the
+    higher (the documented "ties: highest threshold" rule, which decides a two-way tie).
     """
     y, s = check_binary(y_true, y_score)
     if not _both_classes("youden_threshold", y):
-        return float("nan")
-    fpr, tpr, thr = roc_curve(y, s)
-    j = tpr[1:] - fpr[1:]
-    return float(thr[1:][int(np.argmax(j))])
+        return None
+    tps, fps, thr, n_pos, n_neg = _counts_curve(y, s)
+    j = [Fraction(int(tp), n_pos) - Fraction(int(fp), n_neg) for tp, fp in zip(tps, fps)]
+    best = max(j)
+    tied = [i for i, v in enumerate(j) if v == best]          # thresholds decreasing with i
+    hi, lo = float(thr[tied[0]]), float(thr[tied[-1]])
+    mid = Fraction(hi) / 2 + Fraction(lo) / 2
+    pick = min(tied, key=lambda i: (abs(Fraction(float(thr[i])) - mid), i))   # i smaller = higher threshold
+    return YoudenChoice(threshold=float(thr[pick]), j=float(best), tie_low=lo, tie_high=hi, n_tied=len(tied),
+                        n_pos=n_pos, n_neg=n_neg)
+
+
+def youden_threshold(y_true, y_score) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (exact comparison).
+
+    Ties: the tied threshold nearest the middle of the tie range, the highest of two
+    equally near ones (so a two-way tie takes the higher, more specific threshold); see
+    :func:`youden_choice`. NaN with :class:`UndefinedMetricWarning` when a class is missing.
+    """
+    choice = youden_choice(y_true, y_score)
+    return float("nan") if choice is None else choice.threshold
+
+
+def small_class_warning(n_pos: int, n_neg: int, *, minimum: int = MIN_CLASS_COUNT) -> str | None:
+    """A warning text when either class has fewer than ``minimum`` images (else None)."""
+    if min(n_pos, n_neg) >= minimum:
+        return None
+    return (f"the threshold was chosen on {n_pos} positive and {n_neg} negative images; with fewer than "
+            f"{minimum} of either class it is unreliable (use a larger validation split)")
 
 
 def threshold_for_sensitivity(y_true, y_score, target: float) -> float:

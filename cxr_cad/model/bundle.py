@@ -21,14 +21,18 @@ import torch
 from torch import nn
 
 from cxr_cad.errors import BundleError, OutputError
-from cxr_cad.model.resnet import ARCH, ARCH_IMPL, build_resnet18, unwrap_model
+from cxr_cad.model.resnet import ARCH, ARCH_IMPL, ProbabilityAverage, build_model, unwrap_model
+from cxr_cad.model import integrity
 from cxr_cad.model.weights import file_sha256, torch_load_file
 from cxr_cad.transforms.spec import TransformSpec
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "cxr_cad.model_bundle"
-BUNDLE_VERSION = 1
+#: 2: transform spec version 2 (per-image intensity scaling), ``arch.members`` (ensemble of
+#: that many networks, probabilities averaged) and ``arch.tta`` (``["hflip"]``: flipped input
+#: averaged in). Version-1 bundles load unchanged: one network, no TTA, spec version 1.
+BUNDLE_VERSION = 2
 REQUIRED_KEYS = ("format", "format_version", "arch", "classes", "positive_class", "input", "transform_spec",
                  "threshold", "threshold_selection", "manifest_hash", "versions", "created", "state_dict")
 
@@ -155,19 +159,27 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str]
     net = unwrap_model(model)
     state = {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).contiguous()
              for k, v in net.state_dict().items()}
-    in_channels = int(state["conv1.weight"].shape[1]) if "conv1.weight" in state else -1
-    num_classes = int(state["fc.weight"].shape[0]) if "fc.weight" in state else -1
+    members, tta = 1, []
+    prefix = ""
+    if isinstance(net, ProbabilityAverage):   # an ensemble and/or hflip TTA (arch.members, arch.tta)
+        members, tta, prefix = len(net.members), (["hflip"] if net.hflip else []), "members.0."
+    in_channels = int(state[f"{prefix}conv1.weight"].shape[1]) if f"{prefix}conv1.weight" in state else -1
+    num_classes = int(state[f"{prefix}fc.weight"].shape[0]) if f"{prefix}fc.weight" in state else -1
     if num_classes != len(classes):
         problems.append(f"the model has {num_classes} outputs but {len(classes)} classes were given")
     if in_channels != transform_spec.in_channels:
         problems.append(f"the model has {in_channels} input channel(s), the transform spec "
                         f"{transform_spec.in_channels}")
+    bad = integrity.first_non_finite(state)
+    if bad is not None:
+        problems.append(f"weight tensor {bad!r} holds NaN or infinite values (a diverged training run)")
     if problems:
         raise BundleError(f"cannot save bundle {path}: " + "; ".join(problems))
     payload = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "arch": {"name": ARCH, "impl": ARCH_IMPL, "in_channels": in_channels, "num_classes": num_classes},
+        "arch": {"name": ARCH, "impl": ARCH_IMPL, "in_channels": in_channels, "num_classes": num_classes,
+                 "members": members, "tta": tta},
         "classes": classes,
         "positive_class": str(positive_class),
         "input": {"size": transform_spec.image_size, "channels": transform_spec.in_channels},
@@ -183,7 +195,7 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str]
         "train_config": to_plain(train_config, "train_config"),
         "extra": to_plain(extra, "extra"),
     }
-    payload = {**to_plain(payload), "state_dict": state}
+    payload = {**to_plain(payload), integrity.DIGEST_KEY: integrity.weights_digest(state), "state_dict": state}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,11 +204,16 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write bundle {path}: {exc}") from exc
+    except (OSError, RuntimeError) as exc:   # torch.save reports a full disk as a RuntimeError
+        raise OutputError(f"cannot write bundle {path.name} in {path.parent}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}; "
+                          "check free space and permissions") from exc
     finally:
         tmp.unlink(missing_ok=True)
     log.info("wrote model bundle %s", path)
+    from cxr_cad.model.card import write_model_card  # model_card.md beside every bundle (docs/model.md)
+
+    write_model_card(path, payload)
     return path
 
 
@@ -248,6 +265,11 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
                                                          and arch.get("num_classes") != len(classes)):
         problems.append(f"architecture {arch} disagrees with the transform spec ({spec.in_channels} channel(s)) "
                         f"or the {len(classes) if isinstance(classes, list) else '?'} classes")
+    members, tta = (arch.get("members", 1), arch.get("tta", [])) if isinstance(arch, dict) else (1, [])
+    if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= 64:
+        problems.append(f"arch.members must be an integer in [1, 64], got {members!r}")
+    if not isinstance(tta, list) or not set(tta) <= {"hflip"}:
+        problems.append(f"arch.tta {tta!r} is not supported (only [] or ['hflip'])")
     thr = d["threshold"]
     if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not (math.isfinite(thr) and 0 <= thr <= 1):
         problems.append(f"threshold {thr!r} is not a probability in [0, 1]")
@@ -258,7 +280,8 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
         problems.append("state_dict is not a mapping of names to tensors")
     if problems:
         raise BundleError(f"{path}: cannot honour this bundle: " + "; ".join(problems))
-    model = build_resnet18(len(classes), spec.in_channels)
+    integrity.check_image_size(spec.image_size, str(path), BundleError)
+    model = build_model(len(classes), spec.in_channels, members=members, hflip="hflip" in tta)
     own = model.state_dict()
     bad = sorted(set(own) ^ set(state))
     bad += [f"{k} shape {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
@@ -267,6 +290,9 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
         raise BundleError(f"{path}: state dict does not match the declared architecture {ARCH} "
                           f"({spec.in_channels} channel(s), {len(classes)} classes): {bad[:6]}"
                           f"{' ...' if len(bad) > 6 else ''}")
+    if integrity.DIGEST_KEY in d:   # bundles written before the digest existed load without it
+        integrity.check_digest(state, d[integrity.DIGEST_KEY], str(path), BundleError)
+    integrity.check_finite(state, str(path), BundleError)
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     meta = {k: v for k, v in d.items() if k != "state_dict"}

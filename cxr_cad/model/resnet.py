@@ -54,6 +54,46 @@ def build_resnet18(num_classes: int, in_channels: int = 1) -> nn.Module:
                            bias_downsample=False, conv1_t_stride=2, pretrained=False)
 
 
+class ProbabilityAverage(nn.Module):
+    """Average of the softmax probabilities of ``members`` (and of the horizontally flipped
+    input with ``hflip``): an ensemble and/or test-time augmentation as one module.
+
+    ``forward`` returns ``log(mean probability)``, so ``softmax(forward(x))`` is exactly the
+    mean probability (the log of a distribution is a valid logit vector) and everything that
+    applies a softmax to a model's output (validation, ``predict``, ``evaluate``) scores
+    the average without knowing it is one. The flip is along the last axis (image columns).
+    Grad-CAM (cxr_cad.report.gradcam) explains the first member network.
+    """
+
+    def __init__(self, members: list[nn.Module], *, hflip: bool = False):
+        super().__init__()
+        if not members:
+            raise WeightsError("an ensemble needs at least one member network")
+        self.members = nn.ModuleList(members)
+        self.hflip = bool(hflip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        n = 0
+        for member in self.members:
+            views = (x, torch.flip(x, dims=(-1,))) if self.hflip else (x,)
+            for v in views:
+                p = torch.softmax(member(v).float(), dim=1)
+                total = p if total is None else total + p
+                n += 1
+        return torch.log((total / n).clamp_min(1e-12))
+
+
+def build_model(num_classes: int, in_channels: int = 1, *, members: int = 1, hflip: bool = False) -> nn.Module:
+    """A plain ResNet18 (``members=1``, no ``hflip``) or a :class:`ProbabilityAverage` of
+    ``members`` ResNet18s (state-dict keys ``members.<i>.<torchvision name>``)."""
+    if members == 1 and not hflip:
+        return build_resnet18(num_classes, in_channels)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise WeightsError(f"members must be an integer >= 1, got {members!r}")
+    return ProbabilityAverage([build_resnet18(num_classes, in_channels) for _ in range(members)], hflip=hflip)
+
+
 def adapt_conv1(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Adapt a pretrained ``conv1.weight`` ``(64, C_src, 7, 7)`` to ``in_channels``.
 

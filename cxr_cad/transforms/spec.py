@@ -39,8 +39,13 @@ GRAY_MEAN: tuple[float] = (round(sum(IMAGENET_MEAN) / 3, 3),)   # 0.449
 GRAY_STD: tuple[float] = (round(sum(IMAGENET_STD) / 3, 3),)     # 0.226
 
 #: Version of the ``TransformSpec.to_dict`` layout. Bump when a key's meaning changes.
-TRANSFORM_SPEC_VERSION = 1
+#: 2: ``intensity`` / ``intensity_percentiles`` (per-image percentile scaling). A version-1
+#: spec has no such key and keeps the version-1 behaviour (``intensity="none"``).
+TRANSFORM_SPEC_VERSION = 2
 ASPECTS = ("squash", "pad")
+INTENSITIES = ("percentile", "none")
+#: Default (lower, upper) percentiles of the per-image intensity scaling.
+DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 INTERPOLATIONS = ("area", "bilinear", "bicubic")
 
 
@@ -73,6 +78,15 @@ class TransformSpec:
             (0028,1051) Window Width when present (``AcceptPolicy.apply_voi``).
         interpolation: resize mode (``"area"`` averages source pixels when shrinking,
             the right choice for radiographs many times larger than the model input).
+        intensity: per-image intensity standardisation applied after resizing, before
+            ``mean``/``std``: ``"percentile"`` maps the ``intensity_percentiles`` (lower,
+            upper) percentiles of the resized image to 0 and 1 and clips (MONAI
+            ``ScaleIntensityRangePercentiles``); this is invariant to any positive affine
+            change of the pixel values, so a JPEG, an 8-bit and a 12-bit DICOM of the same
+            film (with or without a linear window or rescale slope/intercept) give the same
+            input. ``"none"``: the reader's [0, 1] values as they are (the behaviour of
+            bundles written before spec version 2).
+        intensity_percentiles: (lower, upper) percentiles in [0, 100], lower < upper.
     """
 
     image_size: int = 224
@@ -82,9 +96,23 @@ class TransformSpec:
     std: tuple[float, ...] = GRAY_STD
     apply_voi: bool = True
     interpolation: str = "area"
+    intensity: str = "percentile"
+    intensity_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
 
     def __post_init__(self) -> None:
         problems = []
+        try:
+            object.__setattr__(self, "intensity_percentiles", tuple(float(v) for v in self.intensity_percentiles))
+        except (TypeError, ValueError):
+            problems.append(f"intensity_percentiles must be two numbers (lower, upper), "
+                            f"got {self.intensity_percentiles!r}")
+            object.__setattr__(self, "intensity_percentiles", DEFAULT_PERCENTILES)
+        lo_hi = self.intensity_percentiles
+        if len(lo_hi) != 2 or not (0.0 <= lo_hi[0] < lo_hi[1] <= 100.0):
+            problems.append(f"intensity_percentiles must be (lower, upper) with 0 <= lower < upper <= 100, "
+                            f"got {lo_hi!r}")
+        if self.intensity not in INTENSITIES:
+            problems.append(f"intensity must be one of {INTENSITIES}, got {self.intensity!r}")
         for name in ("mean", "std"):
             try:
                 object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
@@ -125,6 +153,7 @@ class TransformSpec:
         d = asdict(self)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        d["intensity_percentiles"] = list(self.intensity_percentiles)
         return {"version": TRANSFORM_SPEC_VERSION, **d}
 
     @classmethod
@@ -151,6 +180,10 @@ class TransformSpec:
                 f"transform spec has unknown keys {unknown}; this cxr_cad cannot honour them "
                 "(the bundle was written by a different version of cxr_cad)")
         kwargs = {k: v for k, v in d.items() if k != "version"}
+        if version < 2:
+            if "intensity" in kwargs or "intensity_percentiles" in kwargs:
+                raise BundleError(f"transform spec version {version} cannot hold intensity settings")
+            kwargs["intensity"] = "none"   # what version-1 chains did: no per-image scaling
         try:
             return cls(**kwargs)
         except ConfigError as exc:
@@ -173,6 +206,14 @@ class AugmentSpec:
         contrast: multiplicative factor drawn from 1 +- contrast about the image mean; 0 = off.
         padding_mode: how pixels moved in from outside are filled (``"zeros"`` = black,
             ``"border"``, ``"reflection"``).
+        intensity_prob: probability with which each intensity augmentation below (and
+            ``brightness``/``contrast``) is applied to an image.
+        gamma: (low, high) range of the gamma exponent (MONAI ``RandAdjustContrast``);
+            (1, 1) = off.
+        blur_sigma: (low, high) range of the Gaussian blur sigma in pixels; high 0 = off.
+        lowres_zoom: (low, high) zoom of a simulated low-resolution acquisition (down- then
+            up-sampled, MONAI ``RandSimulateLowResolution``); low 1 = off.
+        noise_std: standard deviation of additive Gaussian noise (image units); 0 = off.
     """
 
     rotate_deg: float = 10.0
@@ -183,16 +224,27 @@ class AugmentSpec:
     brightness: float = 0.0
     contrast: float = 0.0
     padding_mode: str = "zeros"
+    intensity_prob: float = 1.0
+    gamma: tuple[float, float] = (1.0, 1.0)
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+    lowres_zoom: tuple[float, float] = (1.0, 1.0)
+    noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
-        try:
-            object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
-        except (TypeError, ValueError):
-            raise ConfigError([f"scale must be a pair of numbers (low, high), got {self.scale!r}"],
-                              source="augmentation spec") from None
+        for name in ("scale", "gamma", "blur_sigma", "lowres_zoom"):
+            try:
+                object.__setattr__(self, name, tuple(float(s) for s in getattr(self, name)))
+            except (TypeError, ValueError):
+                raise ConfigError([f"{name} must be a pair of numbers (low, high), got {getattr(self, name)!r}"],
+                                  source="augmentation spec") from None
+        for name, (lo, hi) in {"gamma": (0.2, 5.0), "blur_sigma": (0.0, 5.0), "lowres_zoom": (0.1, 1.0)}.items():
+            v = getattr(self, name)
+            if len(v) != 2 or not lo <= v[0] <= v[1] <= hi:
+                problems.append(f"{name} must be (low, high) with {lo:g} <= low <= high <= {hi:g}, got {v!r}")
         ranges = {"rotate_deg": (0.0, 45.0), "translate_frac": (0.0, 0.5), "affine_prob": (0.0, 1.0),
-                  "brightness": (0.0, 0.5), "contrast": (0.0, 0.9)}
+                  "brightness": (0.0, 0.5), "contrast": (0.0, 0.9), "intensity_prob": (0.0, 1.0),
+                  "noise_std": (0.0, 0.5)}
         for name, (lo, hi) in ranges.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
@@ -208,7 +260,8 @@ class AugmentSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["scale"] = list(self.scale)
+        for name in ("scale", "gamma", "blur_sigma", "lowres_zoom"):
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod
@@ -225,4 +278,5 @@ class AugmentSpec:
     def off(cls) -> "AugmentSpec":
         """No augmentation at all (every random transform disabled)."""
         return cls(rotate_deg=0.0, translate_frac=0.0, scale=(1.0, 1.0), affine_prob=0.0,
-                   hflip=False, brightness=0.0, contrast=0.0)
+                   hflip=False, brightness=0.0, contrast=0.0, gamma=(1.0, 1.0), blur_sigma=(0.0, 0.0),
+                   lowres_zoom=(1.0, 1.0), noise_std=0.0)
