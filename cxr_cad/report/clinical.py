@@ -166,8 +166,9 @@ def model_description(model_info: Mapping[str, Any] | None) -> dict:
         "initialisation": rec(init.get("init") or mcfg.get("init")),
         "input": (f"{size} x {size} px, {spec.get('in_channels', 1)} channel(s), aspect '{spec.get('aspect')}'"
                   if size else NOT_RECORDED),
-        "preprocessing": (f"intensity scaled to [0, 1] (VOI LUT {'applied' if spec.get('apply_voi', True) else 'not applied'}), "
-                          f"normalised with mean {spec.get('mean')} and SD {spec.get('std')}" if spec else NOT_RECORDED),
+        "preprocessing": (f"intensity scaled to [0, 1] (VOI LUT "
+                          f"{'applied' if spec.get('apply_voi', True) else 'not applied'}), normalised with mean "
+                          f"{spec.get('mean')} and SD {spec.get('std')}" if spec else NOT_RECORDED),
         "augmentation": _augmentation_text(aug) if cfg else NOT_RECORDED,
         "n_train": rec(tr.get("n_train")),
         "n_validation": rec(detail.get("n_val")),

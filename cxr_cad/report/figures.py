@@ -67,7 +67,8 @@ def roc_figure(d: dict, path: Path) -> Path:
     _roc_axes(ax, "ROC curve")
     auc = d["auc"]
     ax.plot(_arr(d["roc"]["fpr"]), _arr(d["roc"]["tpr"]), color="#1f77b4", lw=2,
-            label=f"AUC {fmt_auc(auc.get('delong_logit') or auc['delong'])} DeLong\n      {fmt_auc(auc['bootstrap'])} bootstrap\n      ({_level(d)} CIs)")
+            label=(f"AUC {fmt_auc(auc.get('delong_logit') or auc['delong'])} DeLong\n"
+                   f"      {fmt_auc(auc['bootstrap'])} bootstrap\n      ({_level(d)} CIs)"))
     for op in d["operating_points"]:
         m = op["metrics"]
         spec, sens = m["specificity"]["value"], m["sensitivity"]["value"]

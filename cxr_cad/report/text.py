@@ -37,7 +37,8 @@ def methods_paragraphs(d: dict) -> list[str]:
         f"An image is called {pos} when score >= threshold, otherwise {neg}. Thresholds used: "
         + ("; ".join(used) or "none could be evaluated") + "."
         + ("" if model_thr else " No model threshold was given."),
-        f"Confidence intervals ({level}; every interval in this report is a {level} interval). Accuracy, class accuracy, sensitivity, specificity, PPV and "
+        f"Confidence intervals ({level}; every interval in this report is a {level} interval). Accuracy, "
+        "class accuracy, sensitivity, specificity, PPV and "
         "NPV are proportions of images with Wilson score intervals. Class accuracy is the fraction of "
         f"images of that class called correctly (for {pos} it equals sensitivity, for {neg} "
         "specificity). Likelihood ratios use the log method (Simel 1991). Balanced accuracy "
