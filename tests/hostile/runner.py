@@ -19,11 +19,21 @@ limit = int(sys.argv[1]); timeout = float(sys.argv[2]); cmd = sys.argv[3:]
 def pre():
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pre)
 try:
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=pre)
-    rc, err, out = p.returncode, p.stderr, p.stdout
-except subprocess.TimeoutExpired as exc:
-    rc, err, out = "timeout", exc.stderr or b"", exc.stdout or b""
+    out, err = p.communicate(timeout=timeout)
+    rc = p.returncode
+except subprocess.TimeoutExpired:
+    def where(pid):   # what the command is blocked in: a FIFO open shows as fifo_open / pipe_read
+        try:
+            wchan = open(f"/proc/{pid}/wchan").read().strip() or "-"
+            rss = [ln.split()[1] for ln in open(f"/proc/{pid}/status") if ln.startswith("VmRSS")]
+            return f"wchan={wchan} rss_kb={rss[0] if rss else '?'}"
+        except OSError:
+            return "gone"
+    rc = f"timeout({where(p.pid)})"
+    p.kill()
+    out, err = p.communicate()
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 sys.stdout.write(json.dumps({"rc": rc, "rss_kb": rss, "stderr": err.decode("utf-8", "replace"),
                              "stdout_len": len(out)}))
@@ -32,7 +42,7 @@ sys.stdout.write(json.dumps({"rc": rc, "rss_kb": rss, "stderr": err.decode("utf-
 
 @dataclass
 class Outcome:
-    rc: int | str          # exit code, or "timeout"
+    rc: int | str          # exit code, or "timeout(wchan=... rss_kb=...)" (where it was blocked)
     rss_mb: float          # peak resident set of the command, MiB
     stderr: str
 
