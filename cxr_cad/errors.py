@@ -114,7 +114,7 @@ class RejectedFile(CxrCadError):
 
     def __init__(self, reason: Reason, detail: str, path: str | PathLike | None = None):
         self.reason = Reason(reason)
-        self.detail = detail
+        self.detail = cap_message(detail, MAX_MESSAGE_CHARS // 2)   # decoder texts can quote data
         self.path = None if path is None else str(path)
         where = f"{self.path}: " if self.path else ""
-        super().__init__(f"{where}[{self.reason.value}] {detail}")
+        super().__init__(f"{where}[{self.reason.value}] {self.detail}")

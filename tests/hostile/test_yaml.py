@@ -78,3 +78,10 @@ def test_every_message_is_capped():
     msg = str(ConfigError(problems, "src"))
     assert len(msg) < MAX_MESSAGE_CHARS * 2
     assert "more characters cut" in msg and "more problems" in msg
+
+
+def test_rejection_details_are_capped():
+    from cxr_cad.errors import RejectedFile
+
+    exc = RejectedFile("DECODE_FAILED", "decoder said: " + "A" * 1_000_000, "x.dcm")
+    assert len(exc.detail) < MAX_MESSAGE_CHARS and len(str(exc)) < MAX_MESSAGE_CHARS
