@@ -200,6 +200,19 @@ def test_shifted_inputs_are_flagged(trained, sample, tmp_path, name, fn, one_thr
     assert pred["shift_score"].astype(float).median() > 1.0
 
 
+def test_cli_predict_logs_one_warning_line_for_a_shifted_cohort(trained, sample, tmp_path, capsys, one_thread):
+    from cxr_cad.cli import main
+
+    src = _derive(sample[1], tmp_path / "inverted", lambda x: 255 - x)
+    rc = main(["predict", str(src), "--model", str(trained.bundle_path), "--out", str(tmp_path / "out"),
+               "--workers", "0", "--device", "cpu"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert sum("WARNING" in line and "dataset shift" in line for line in err.splitlines()) == 1, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["shift"]["flagged"] is True and set(summary["shift"]) == CONTRACT
+
+
 def test_adult_films_are_flagged(trained, tmp_path, one_thread):
     """Real adult CR films (tests/data) and flipped/cropped copies of them."""
     out = tmp_path / "adult"
@@ -230,7 +243,7 @@ def test_bundle_without_summary_still_predicts(trained, sample, tmp_path, one_th
     assert not (tmp_path / "out" / "shift.json").exists()
 
 
-def test_evaluate_writes_the_shift_result_into_metrics(trained, sample, tmp_path, one_thread):
+def test_evaluate_writes_the_shift_result_into_metrics(trained, sample, tmp_path, capsys, one_thread):
     from cxr_cad.cli import main
     from cxr_cad.manifest import write_manifest
 
@@ -243,3 +256,4 @@ def test_evaluate_writes_the_shift_result_into_metrics(trained, sample, tmp_path
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["shift"]) == CONTRACT and m["shift"]["n_images"] == len(sample[1])
     assert m["shift"]["flagged"] is False
+    assert "dataset shift" not in capsys.readouterr().err

@@ -49,7 +49,9 @@ def head_of(model: torch.nn.Module) -> torch.nn.Module:
     """The classification head (``fc``) of a ResNet, through DDP/compile wrappers."""
     from cxr_cad.model.resnet import unwrap_model
 
-    head = getattr(unwrap_model(model), "fc", None)
+    net = unwrap_model(model)
+    net = getattr(net, "members", [net])[0]   # an ensemble / TTA bundle: its first network (runs last)
+    head = getattr(net, "fc", None)
     if not isinstance(head, torch.nn.Module):
         raise ValueError("the model has no `fc` head; the shift score needs the ResNet head's input")
     return head
@@ -92,9 +94,15 @@ class ShiftScorer:
     ``shift_flag`` strings; a bundle without a summary gives empty strings.
     """
 
-    def __init__(self, bundle: Any, model: torch.nn.Module):
+    def __init__(self, bundle: Any, model: Any):
         self.summary = summary_from_bundle(bundle)
-        self.tap = FeatureTap(model).__enter__() if self.summary is not None else None
+        self.tap = None
+        if self.summary is not None:
+            try:
+                self.tap = FeatureTap(model).__enter__()
+            except (ValueError, AttributeError, RuntimeError) as exc:  # e.g. an exported (non-torch) model
+                log.info("no shift score: the model's head input cannot be captured (%s)", exc)
+                self.summary = None
 
     def columns(self, n: int) -> list[dict]:
         feats = self.tap.pop() if self.tap is not None else None
