@@ -110,13 +110,14 @@ def test_failure_table_names_rows_of_predictions_csv_never_patients(tmp_path):
 
 def test_confidence_level_and_bootstrap_reach_every_label(tmp_path):
     opts = ReportOptions(alpha=0.1, n_bootstrap=150, seed=2)
-    result = write_report(synthetic_predictions(90, seed=14), tmp_path, model_info=MODEL_INFO, options=opts)
+    df = synthetic_predictions(90, seed=14, folds=3).assign(threshold=lambda x: 0.4 + 0.05 * x["fold"])
+    result = write_report(df, tmp_path, model_info=MODEL_INFO, options=opts)
+    assert [o["name"] for o in result.data["operating_points"]] == ["model", "folds", "youden"]
     for text in (html_text(tmp_path / "report.html"), re.sub(r"\s+", " ", pdf_text(tmp_path / "report.pdf"))):
         levels = set(re.findall(r"(\d+)% CI", text))
         assert levels == {"90"}, levels
     for op in result.data["operating_points"]:
-        if op["name"] != "folds":
-            assert op["metrics"]["f1_ci"]["n_resamples"] == 150 and op["metrics"]["f1_ci"]["seed"] == 2
+        assert op["metrics"]["f1_ci"]["n_resamples"] == 150 and op["metrics"]["f1_ci"]["seed"] == 2
     assert result.data["patient_level"]["n_resamples"] == 150
     assert result.data["utility"]["calibration_ci"]["n_resamples"] == 150
 

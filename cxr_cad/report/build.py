@@ -182,15 +182,20 @@ def cohort_summary(ev: pd.DataFrame, not_evaluated: pd.DataFrame, rejected: pd.D
     return out
 
 
-def _operating_point(name: str, label: str, y, s, threshold: float, classes, options: ReportOptions) -> dict:
+def _f1_follows(m: dict, options: ReportOptions) -> dict:
+    """Redo the F1 bootstrap with the report's resamples and seed (binary_metrics uses 2000, seed 0)."""
     from cxr_cad.metrics.proportions import f1_ci
 
-    m = metrics.binary_metrics(y, s, threshold=threshold, alpha=options.alpha, class_names=classes)
     c = m["confusion"]
-    if 2 * c["tp"] + c["fp"] + c["fn"]:  # the F1 bootstrap follows the report's resamples and seed
+    if 2 * c["tp"] + c["fp"] + c["fn"]:
         m["f1_ci"] = f1_ci(c["tp"], c["fp"], c["tn"], c["fn"], alpha=options.alpha,
                            n_resamples=options.n_bootstrap, seed=options.seed)
-    return {"name": name, "label": label, "threshold": float(threshold), "metrics": m}
+    return m
+
+
+def _operating_point(name: str, label: str, y, s, threshold: float, classes, options: ReportOptions) -> dict:
+    m = metrics.binary_metrics(y, s, threshold=threshold, alpha=options.alpha, class_names=classes)
+    return {"name": name, "label": label, "threshold": float(threshold), "metrics": _f1_follows(m, options)}
 
 
 #: operating-point labels by where the threshold came from
@@ -318,7 +323,7 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
         cv_data = _cross_validation(ev, cv, (neg, pos), a)
         if cv_data and cv_data.get("pooled_at_fold_thresholds"):
             points.append({"name": "folds", "label": FOLD_THRESHOLDS_LABEL, "threshold": None,
-                           "metrics": cv_data["pooled_at_fold_thresholds"]})
+                           "metrics": _f1_follows(dict(cv_data["pooled_at_fold_thresholds"]), options)})
         if np.isfinite(youden):
             points.append(_operating_point("youden", "Youden threshold chosen on this cohort (optimistic)",
                                            y, s, youden, (neg, pos), options))
