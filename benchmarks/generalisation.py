@@ -35,7 +35,6 @@ import argparse
 import io
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,21 +142,22 @@ def train(name: str, recipe: dict, dev: pd.DataFrame, work: Path, workers: int) 
     d = apply_overrides(recipe, {"data.cache_dir": str(work / "cache"), "runtime.workers": workers})
     cfg = TrainConfig.from_dict(d, source=name)
     run = work / "runs" / name
-    timing = run / "bench_timing.json"
-    t0 = time.perf_counter()
     result = train_model(dev, run, cfg)
-    if not timing.exists():
-        timing.write_text(json.dumps({"minutes": (time.perf_counter() - t0) / 60,
-                                      "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}))
-    return result.bundle_path, json.loads(timing.read_text())["minutes"]
+    # training time = the epochs' wall time in train_log.csv (training + validation; summed, so a
+    # run resumed after an interruption counts only its epochs once)
+    return result.bundle_path, float(result.history["seconds"].sum()) / 60
 
 
-def score(bundle_path: Path, cohort: pd.DataFrame, work: Path, workers: int) -> dict:
+def score(bundle_path: Path, cohort: pd.DataFrame, work: Path, workers: int, *, tta: bool = False) -> dict:
+    """AUC + DeLong CI and the metrics at the stored threshold; ``tta`` wraps the network to
+    average in the horizontally flipped image (same stored threshold)."""
     from cxr_cad.engine.loop import predict_probabilities
     from cxr_cad.metrics import binary_metrics, delong_auc_ci
-    from cxr_cad.model import load_bundle
+    from cxr_cad.model import ProbabilityAverage, load_bundle
 
     bundle = load_bundle(bundle_path)
+    if tta:
+        bundle.model = ProbabilityAverage([bundle.model], hflip=True).eval()
     p = predict_probabilities(bundle, cohort, workers=workers, cache_dir=work / "cache")
     y = (cohort["label"].astype(str) == bundle.positive_class).to_numpy().astype(int)
     ci = delong_auc_ci(y, p)
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="extra recipe: the new one with dotted-key overrides, e.g. lr1e4='{\"optim.lr\": 1e-4}'")
     ap.add_argument("--no-shifts", action="store_true", help="score the unseen cohort only")
+    ap.add_argument("--tta", action="store_true", help="also score every recipe with horizontal-flip TTA")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=None,
                     help="train every recipe at this input size instead of its own (a cheaper comparison)")
@@ -208,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     for name, recipe in recipes.items():
         bundle, minutes = train(name, recipe, dev, work, args.workers)
-        for cname, cohort in cohorts.items():
-            r = score(bundle, cohort, work, args.workers)
-            results[f"{name}/{cname}"] = r
-            rows.append(f"| {name} | {cname} | {r['n']} | {r['auc']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
+        for (cname, cohort), tta in [(c, t) for t in ([False, True] if args.tta else [False])
+                                     for c in cohorts.items()]:
+            r = score(bundle, cohort, work, args.workers, tta=tta)
+            results[f"{name}{'+hflip' if tta else ''}/{cname}"] = r
+            rows.append(f"| {name}{' + hflip TTA' if tta else ''} | {cname} | {r['n']} | {r['auc']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
                         f"{r['threshold']:.3f} | {100 * r['sens']:.1f} | {100 * r['spec']:.1f} | "
                         f"{100 * r['bal_acc']:.1f} | {minutes:.1f} |")
             print(rows[-1], flush=True)

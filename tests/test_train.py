@@ -20,7 +20,9 @@ from cxr_cad.metrics import youden_threshold
 from tests.synth import write_png_cohort
 
 FAST = {"epochs": 2, "batch_size": 8, "model.init": "none", "model.image_size": 64, "optim.lr": 0.01,
-        "runtime.workers": 0, "runtime.device": "cpu", "early_stopping.patience": 0}
+        "runtime.workers": 0, "runtime.device": "cpu", "early_stopping.patience": 0,
+        # the former SGD settings these tests were written for (--init none would bring the scratch recipe)
+        "optim.name": "sgd", "schedule.warmup_epochs": 0, "augment.intensity_prob": 0.0}
 
 
 class Interrupt(Exception):
@@ -287,7 +289,8 @@ def test_cli_train_exit_codes(cohort, cfg, tmp_path, capsys):
     assert "seed: 5" in (tmp_path / "c" / "config.yaml").read_text()
     assert main(common + ["--out", str(tmp_path / "c"), "--epochs", "2", "--seed", "5"]) == 2
     assert "different config" in capsys.readouterr().err
-    assert main(common + ["--out", str(tmp_path / "d"), "--epochs", "1", "--init", str(tmp_path / "nope.pt")]) == 1
+    # a missing --init file is a usage error (InitSpecError, exit 2)
+    assert main(common + ["--out", str(tmp_path / "d"), "--epochs", "1", "--init", str(tmp_path / "nope.pt")]) == 2
 
 
 def test_init_none_gets_the_scratch_recipe_and_flags_still_win():

@@ -15,7 +15,7 @@ _OVERRIDES = {
     "target_sensitivity": "threshold.target_sensitivity", "classes": "data.classes",
     "positive_class": "data.positive_class", "val_fraction": "data.val_fraction", "group_col": "data.group_col",
     "cache_dir": "data.cache_dir", "device": "runtime.device", "precision": "runtime.precision",
-    "workers": "runtime.workers", "init": "model.init", "tta": "model.tta",
+    "workers": "runtime.workers", "init": "model.init", "tta": "model.tta", "optimizer": "optim.name",
 }
 
 DESCRIPTION = """\
@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--image-size", type=int, help="model input side in pixels")
     g.add_argument("--lr", type=float, help="learning rate")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: sgd; with --init none adamw)")
     g.add_argument("--patience", type=int, help="early stopping patience in epochs; 0 = off")
     g.add_argument("--seed", type=int, help="seed of the folds, splits, initialisation and augmentation")
     g.add_argument("--val-fraction", type=float, help="share of each fold's training images used for inner "

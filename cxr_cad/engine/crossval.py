@@ -367,7 +367,10 @@ def ensemble_final(df: pd.DataFrame, out_dir: Path, fold_bundles: list[Path], yo
                 threshold_chosen_on=chosen_on, manifest_hash=manifest_hash(df), train_config=first.train_config,
                 init_record=first.meta.get("init"),
                 extra={"crossval": {"final": "ensemble", "n_folds": len(bundles),
-                                    "members": [b.sha256 for b in bundles], "fold_thresholds": fold_thresholds}})
+                                    "members": [b.sha256 for b in bundles], "fold_thresholds": fold_thresholds},
+                       # the shift score taps the first member: fold 0's training-data summary matches it
+                       **({"shift": first.meta["extra"]["shift"]}
+                          if (first.meta.get("extra") or {}).get("shift") else {})})
     log.info("final model: ensemble of the %d fold models (%d networks%s), threshold %.4f (pooled OOF %s)",
              len(bundles), len(members), ", hflip TTA" if hflip else "", threshold, method)
     return {"bundle": str(path), "epochs": None, "kind": "ensemble", "members": len(members),

@@ -70,6 +70,9 @@ class PredictOptions:
         overwrite: discard an earlier run in the output folder instead of resuming it.
         compile: ``torch.compile`` the model (on a 2-core CPU measured: ~80 s to compile, no
             steady-state gain over eager bf16; may pay off on GPUs and very large runs).
+        backend: "torch" (``model_path`` is a bundle) or "onnxruntime" / "openvino" /
+            "torchscript" (``model_path`` is a folder or file from ``cxr-cad export``; fp32 input,
+            ``precision`` ignored; see :mod:`cxr_cad.export.runtime`).
     """
 
     batch_size: int = 32
@@ -80,6 +83,7 @@ class PredictOptions:
     policy: Any = None
     overwrite: bool = False
     compile: bool = False
+    backend: str = "torch"
 
 
 @dataclass
@@ -206,18 +210,25 @@ def prepare_for_inference(model: torch.nn.Module, info: runtime.RuntimeInfo) -> 
     """Fold BatchNorm, keep the first convolution in fp32 under autocast, move to the device."""
     model = fold_batchnorm(model.eval())
     if info.autocast_dtype is not None:
-        for parent in model.modules():
-            name, child = next(iter(parent.named_children()), (None, None))
-            if isinstance(child, torch.nn.Conv2d):  # the first conv of the network
-                setattr(parent, name, Fp32Module(child))
-                break
+        for net in getattr(model, "members", [model]):   # every network of an ensemble / TTA bundle
+            for parent in net.modules():
+                name, child = next(iter(parent.named_children()), (None, None))
+                if isinstance(child, torch.nn.Conv2d):  # the first conv of the network
+                    setattr(parent, name, Fp32Module(child))
+                    break
     return runtime.prepare_model(model, info)
 
 
-def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_compile: bool):
+def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_compile: bool,
+                backend: str = "torch"):
     from cxr_cad.model import load_bundle
     from cxr_cad.model.shift import ShiftScorer
 
+    if backend != "torch":  # an exported model replaces the torch forward; everything else is the same path
+        from cxr_cad.export import load_exported
+
+        exported = load_exported(model_path, backend)
+        return exported, exported.model, ShiftScorer(exported, exported.model)  # no features: empty shift columns
     bundle = load_bundle(model_path, map_location="cpu")
     model = prepare_for_inference(bundle.model, info)
     shift = ShiftScorer(bundle, model)  # hooks the head; before torch.compile
@@ -286,13 +297,13 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     if options.precision == "fp16":
         raise UsageError("--precision fp16 is not offered for predict; use auto, fp32 or bf16")
     try:
-        info = runtime.resolve_runtime(options.device, options.precision)
+        info = runtime.resolve_runtime(options.device, options.precision if options.backend == "torch" else "fp32")
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     check_writable(out)  # fail at once, before loading the model and listing the inputs
     created = runtime.init_distributed(info)
     try:
-        bundle, model, shift = _load_model(model_path, info, options.compile)
+        bundle, model, shift = _load_model(model_path, info, options.compile, options.backend)
         spec = bundle.transform_spec
         policy = dataclasses.replace(options.policy or AcceptPolicy(), apply_voi=spec.apply_voi)
         threshold = float(bundle.threshold if options.threshold is None else options.threshold)
@@ -328,7 +339,7 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         result = PredictResult(out_dir=out, n_inputs=len(inputs), n_predicted=0, n_rejected=0, n_positive=0,
                                reasons={}, n_done_before=len(done), n_processed=n_processed,
                                seconds=seconds, model_sha256=bundle.sha256, threshold=threshold,
-                               runtime=info.to_dict())
+                               runtime={**info.to_dict(), "backend": options.backend})
         if info.is_main:
             _finish(result, out, has_labels, _decision_names(bundle)[0], shift.summary)
         runtime.barrier(info)

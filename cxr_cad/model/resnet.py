@@ -62,7 +62,8 @@ class ProbabilityAverage(nn.Module):
     mean probability (the log of a distribution is a valid logit vector) and everything that
     applies a softmax to a model's output (validation, ``predict``, ``evaluate``) scores
     the average without knowing it is one. The flip is along the last axis (image columns).
-    Grad-CAM (cxr_cad.report.gradcam) explains the first member network.
+    Grad-CAM (cxr_cad.report.gradcam) and the shift score's features use the first member
+    network on the unflipped image.
     """
 
     def __init__(self, members: list[nn.Module], *, hflip: bool = False):
@@ -75,8 +76,10 @@ class ProbabilityAverage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None
         n = 0
-        for member in self.members:
-            views = (x, torch.flip(x, dims=(-1,))) if self.hflip else (x,)
+        # members[0] on the unflipped image runs last: a hook on its head (the shift score's
+        # feature tap, cxr_cad.model.shift) then sees the plain image's features
+        for member in reversed(self.members):
+            views = (torch.flip(x, dims=(-1,)), x) if self.hflip else (x,)
             for v in views:
                 p = torch.softmax(member(v).float(), dim=1)
                 total = p if total is None else total + p
