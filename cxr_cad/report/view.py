@@ -290,35 +290,6 @@ def _per_fold_table(cv: dict, lv: str) -> dict:
                   [0.75, 1.0, 0.9, 1.9, 1.8, 1.8, 1.8])
 
 
-def _calibration(d: dict) -> list[dict]:
-    cal = d["calibration"]
-    rel = cal["reliability"]
-    rows = []
-    for i, n in enumerate(rel["count"]):
-        if n:
-            rows.append([f"{rel['edges'][i]:.1f}{DASH}{rel['edges'][i + 1]:.1f}", str(n),
-                         fmt_num(rel["mean_predicted"][i]), fmt_num(rel["fraction_positive"][i]),
-                         fmt_interval(rel["low"][i], rel["high"][i])])
-    lv = level(d)
-    util = d.get("utility") or {}
-    ci = util.get("calibration_ci") or {}
-    fit = util.get("calibration_fit") or {}
-    b, e = ci.get("brier") or {}, ci.get("ece") or {}
-    return [{"kind": "figrow", "items": [
-                {"file": "calibration.svg", "caption": f"Reliability diagram (observed fraction positive per "
-                                                       f"probability bin, Wilson {lv} CI)."},
-                {"file": "score_histogram.svg", "caption": "Distribution of the score for each true class."}]},
-            _kv([(f"Brier score (0 = perfect), bootstrap {lv} CI",
-                  f"{fmt_num(cal['brier_score'], 4)} {fmt_interval(b.get('low'), b.get('high'), digits=4)}"),
-                 (f"Expected calibration error, bootstrap {lv} CI",
-                  f"{fmt_num(cal['ece'], 4)} {fmt_interval(e.get('low'), e.get('high'), digits=4)}"),
-                 ("Calibration slope (1 = ideal; < 1 = scores too extreme)", fmt_num(fit.get("slope"), 2)),
-                 ("Calibration intercept, slope fixed at 1 (0 = ideal; > 0 = scores too low)",
-                  fmt_num(fit.get("intercept"), 2))], "Calibration"),
-            _table(["Probability bin", "Images", "Mean predicted", "Observed positive", f"{lv} CI"], rows,
-                   "Reliability bins (empty bins omitted)", [1.2, 0.8, 1.2, 1.2, 1.4])]
-
-
 def _subgroups(d: dict) -> list[dict]:
     from cxr_cad.report.build import SUBGROUP_COLUMNS
     if not d["subgroups"]:
@@ -388,7 +359,7 @@ def build_document(d: dict) -> dict:
         ("study", "Diagnostic performance (the study's table)", study),
         ("roc", "ROC analysis", _roc(d)),
         ("utility", "Clinical utility", vc.utility(d)),
-        ("calibration", "Calibration", _calibration(d)),
+        ("calibration", "Calibration", vc.calibration(d)),
         ("subgroups", "Subgroups", _subgroups(d)),
         ("failures", "Failure analysis", vc.failures(d)),
         ("explanations", "Explanations (Grad-CAM)", _gradcam(d)),
