@@ -83,7 +83,7 @@ def test_predict_with_corrupt_bundles_exits_1_with_one_line(bundle, tmp_path):
                        ("nan", lambda p: H.nan_bundle(bundle, p))):
         bad = make(tmp_path / f"{name}.pt")
         o = run_cli(["predict", tmp_path / "imgs", "--model", bad, "--out", tmp_path / f"out_{name}",
-                     "--workers", "0"], timeout=120)
+                     "--workers", "0"], timeout=600)
         assert o.rc == 1, o.stderr
         assert not o.has_traceback
         assert len(o.stderr_lines) == 1 and str(bad) in o.last_line

@@ -24,11 +24,11 @@ def test_predict_on_full_disk_then_resume(tmp_path, bundle, full_disk):
     disk, filler = full_disk
     H.write_pngs(tmp_path / "imgs", n=3)
     out = disk / "pred"
-    o = run_cli(["predict", tmp_path / "imgs", "--model", bundle, "--out", out, "--workers", "0"], timeout=120)
+    o = run_cli(["predict", tmp_path / "imgs", "--model", bundle, "--out", out, "--workers", "0"], timeout=600)
     _check_failure(o, out)
     assert not (out / "predictions.csv").exists() and _leftovers(out) == []
     filler.unlink()
-    o = run_cli(["predict", tmp_path / "imgs", "--model", bundle, "--out", out, "--workers", "0"], timeout=120)
+    o = run_cli(["predict", tmp_path / "imgs", "--model", bundle, "--out", out, "--workers", "0"], timeout=600)
     assert o.rc == 0, o.stderr
     with open(out / "predictions.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 3
@@ -39,7 +39,7 @@ def test_ingest_on_full_disk_writes_all_or_nothing(tmp_path, full_disk):
     src = tmp_path / "imgs"
     H.write_pngs(src, n=4)
     out = disk / "ing"
-    o = run_cli(["ingest", src, "--out", out], timeout=180)
+    o = run_cli(["ingest", src, "--out", out], timeout=600)
     _check_failure(o, out)
     assert sorted(os.listdir(out)) == [], "no output may be written unless all are"
     # (that no file is replaced unless all can be is checked below, failing the last one)
@@ -52,7 +52,7 @@ def test_train_on_full_disk(tmp_path, full_disk):
     out = disk / "train"
     o = run_cli(["train", "--manifest", tmp_path / "c" / "manifest.csv", "--out", out, "--init", "none",
                  "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0",
-                 "--device", "cpu"], timeout=300)
+                 "--device", "cpu"], timeout=600)
     _check_failure(o, out)
 
 
