@@ -33,6 +33,12 @@ def test_threshold_provenance_in_words():
     cli = threshold_provenance(0.6, "command line", "given on the command line", BUNDLE_INFO)["text"]
     assert cli == ("0.6000, given on the command line; how it was chosen is not recorded (the bundle's own "
                    "threshold, 0.9317, is not used)")
+    # as engine.train writes it: tie range under params, counts and a small-set warning under chosen_on
+    engine = {**BUNDLE_INFO, "threshold_selection": {
+        "method": "youden", "params": {"tie_range": [0.635, 0.932], "n_tied": 3},
+        "chosen_on": {"n": 14, "n_positive": 7, "n_negative": 7, "warning": "7 positive images (< 50)"}}}
+    prov = threshold_provenance(0.9317, "bundle", "youden", engine)
+    assert prov["text"] == text and prov["warning"].endswith("7 positive images (< 50)")
     old = {**BUNDLE_INFO, "threshold_selection": {"method": "youden", "chosen_on": None, "params": {}}}
     assert "on validation data of unrecorded size" in threshold_provenance(0.5, "bundle", None, old)["text"]
 

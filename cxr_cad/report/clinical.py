@@ -83,22 +83,24 @@ def threshold_provenance(threshold: float | None, source: str | None, method: st
     params = sel.get("params") or {}
     if params.get("target") is not None:
         words += f" {float(params['target']):.2f}"
-    on = sel.get("chosen_on") or {}
-    n = sel.get("n_val", on.get("n") if isinstance(on, dict) else None)
-    n_pos = sel.get("n_val_pos", on.get("n_positive") if isinstance(on, dict) else None)
-    n_neg = sel.get("n_val_neg")
+    on = sel.get("chosen_on") if isinstance(sel.get("chosen_on"), dict) else {}
+    n = sel.get("n_val", on.get("n"))
+    n_pos = sel.get("n_val_pos", on.get("n_positive"))
+    n_neg = sel.get("n_val_neg", on.get("n_negative"))
     where = ""
     if n is not None or (n_pos is not None and n_neg is not None):
         total = n if n is not None else int(n_pos) + int(n_neg)
         where = f" on {total} validation images" + (f" ({n_pos} positive)" if n_pos is not None else "")
     elif name != "fixed":
         where = " on validation data of unrecorded size"
-    tie = sel.get("tie_range")
+    tie = sel.get("tie_range") or params.get("tie_range")  # engine.train keeps it under params
     tie_txt = ""
     if isinstance(tie, (list, tuple)) and len(tie) == 2 and None not in tie and tie[0] != tie[1]:
         tie_txt = f", tie range {float(tie[0]):.3f}\u2013{float(tie[1]):.3f}"
         out["tie_range"] = [float(tie[0]), float(tie[1])]
     out.update(method=name or None, n_validation=n, n_validation_positive=n_pos)
+    if on.get("warning"):
+        out["warning"] = f"Threshold chosen on a small validation set: {on['warning']}"
     out["text"] = f"{_thr(threshold)}, {words}{where}{tie_txt}; {THRESHOLD_SOURCES['bundle']}"
     return out
 
@@ -272,6 +274,8 @@ def _ci_warning(name: str, ci: Mapping[str, Any] | None, *, value_key: str = "va
 def collect_warnings(d: Mapping[str, Any]) -> list[str]:
     """Warnings for the headline and metrics.json: small samples, zero-width and clipped intervals."""
     out: list[str] = []
+    if (d.get("threshold_provenance") or {}).get("warning"):
+        out.append(str(d["threshold_provenance"]["warning"]))
     auc = d["auc"]
     n_pos, n_neg = auc["delong"].get("n_pos") or 0, auc["delong"].get("n_neg") or 0
     if n_pos < SMALL_CLASS or n_neg < SMALL_CLASS:
