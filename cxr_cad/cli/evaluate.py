@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     add_report_options(p)
     from cxr_cad.pacs.cliopts import add_output_options  # --dicom-out/--secondary-capture/--stow (docs/pacs.md)
     add_output_options(p)
+    from cxr_cad.tracking import add_track_option
+
+    add_track_option(p)
     p.set_defaults(func=run)
 
 
@@ -131,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
                               threshold_source="command line" if args.threshold is not None else "bundle")
         if args.include_identifiers:
             write_rejected(rejected, result.out_dir)
+    from cxr_cad.tracking import log_evaluate_run
+
+    log_evaluate_run(args.track, args, bundle, result)  # --track mlflow (docs/export.md)
     d = result.data
     auc = d["auc"]["delong"]["auc"]
     print(f"evaluate: {d['cohort']['n_images_evaluated']} images evaluated, {d['cohort']['n_rejected']} not "

@@ -64,6 +64,9 @@ def register(subparsers) -> None:
                    help="score lateral views too (default: reject them as LATERAL_VIEW)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out instead of resuming")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (only pays off on large runs)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino", "torchscript"), default="torch",
+                   help="torch (default; --model is a bundle) or a runtime for a model written by `cxr-cad export` "
+                   "(--model is the export folder or its model file; needs the 'export' extra)")
     from cxr_cad.pacs.cliopts import SOURCE_HELP, add_output_options, add_query_option  # DICOMweb / DICOM SR (docs/pacs.md)
     p.epilog = f"SOURCE: {SOURCE_HELP}."
     add_query_option(p)
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     policy = AcceptPolicy(modalities=args.modalities, reject_lateral=not args.allow_lateral)
     options = PredictOptions(batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, threshold=args.threshold, policy=policy,
-                             overwrite=args.overwrite, compile=args.compile)
+                             overwrite=args.overwrite, compile=args.compile, backend=args.backend)
     from cxr_cad.pacs.cliopts import pacs_requested, run_predict
     if pacs_requested(args, args.sources) or args.query:  # dicomweb: source, --dicom-out (docs/pacs.md)
         for line in run_predict(args, args.sources, args.out, args.model, options):

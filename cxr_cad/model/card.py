@@ -149,3 +149,10 @@ def write_model_card(bundle_path: str | os.PathLike, meta: dict, *, manifest: st
         tmp.unlink(missing_ok=True)
     log.info("wrote model card %s", path)
     return path
+
+
+def add_manifest_to_card(bundle_path: str | os.PathLike, manifest: str | os.PathLike) -> Path:
+    """Rewrite the card of a finished training run with the sources recorded at ingest of ``manifest``."""
+    from cxr_cad.model.bundle import load_bundle
+
+    return write_model_card(bundle_path, load_bundle(bundle_path).meta, manifest=manifest)

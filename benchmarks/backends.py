@@ -1,0 +1,158 @@
+"""Speed and agreement of the inference backends on the same real radiographs.
+
+One run, the same labelled images (e.g. 720 Kermany 224x224 JPEGs from
+../shared/data/kermany-224-train, patients not used for training), prints a table of:
+
+* images/s **model-only** (pre-decoded, preprocessed tensors, batch ``--batch-size``) and
+  **end to end** (``cxr_cad.engine.predict.predict``: decode workers, preprocessing, model,
+  journaled CSVs) for torch fp32, torch bf16 (today's ``predict`` default on CPUs with native
+  bf16), onnxruntime fp32 / int8 and OpenVINO fp32 / int8 (plus OpenVINO with its bf16
+  hint, for reference);
+* the AUC of each and the max |probability change| against torch fp32;
+* where end-to-end time goes: decode + preprocessing alone (the engine's ``PredictDataset``
+  in one process), so a missed end-to-end target can be explained.
+
+    python benchmarks/backends.py --model RUN/model.pt --manifest bench.csv --calibration calib.csv \
+        --work /tmp/backends
+
+The int8 models are calibrated on ``--calibration`` (a labelled manifest of other
+patients), through ``cxr-cad export --int8`` (its held-out check is reported; written with
+``force`` so the table is complete even when the check refuses).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _model_only(fn, images: torch.Tensor, batch: int, autocast: bool = False) -> tuple[float, np.ndarray]:
+    """(images/s, logits) over ``images`` in batches after one warm-up batch."""
+    from cxr_cad.engine import runtime
+
+    def run(x):
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(x.contiguous(memory_format=torch.channels_last))
+        return fn(x)
+
+    with torch.inference_mode():
+        run(images[:batch])
+        t = time.perf_counter()
+        outs = [run(images[i:i + batch]).float() for i in range(0, len(images), batch)]
+        dt = time.perf_counter() - t
+    del runtime
+    return len(images) / dt, torch.cat(outs).numpy()
+
+
+def _end_to_end(model_path, backend: str, manifest: str, out: Path, batch: int, precision: str) -> float:
+    from cxr_cad.engine.predict import PredictOptions, predict
+
+    res = predict([manifest], out, model_path, PredictOptions(batch_size=batch, precision=precision,
+                                                               backend=backend, overwrite=True))
+    return res.n_processed / res.seconds
+
+
+def _decode_only(manifest: str, spec, n: int) -> float:
+    """Images/s of decode + preprocessing alone (one process), the floor of end-to-end time."""
+    from cxr_cad.engine.shards import PredictDataset, collect_inputs
+    from cxr_cad.io import AcceptPolicy
+
+    inputs, _ = collect_inputs([manifest])
+    ds = PredictDataset(inputs[:n], AcceptPolicy(), spec)
+    t = time.perf_counter()
+    for i in range(len(ds)):
+        ds[i]
+    return len(ds) / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="trained bundle")
+    ap.add_argument("--manifest", required=True, help="labelled manifest of the benchmark images")
+    ap.add_argument("--calibration", required=True, help="labelled manifest for int8 calibration (other patients)")
+    ap.add_argument("--work", default="/tmp/cxr-cad-backends")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--skip-e2e", action="store_true")
+    args = ap.parse_args(argv)
+
+    from cxr_cad.engine import runtime
+    from cxr_cad.engine.predict import prepare_for_inference
+    from cxr_cad.export import export_model, load_exported
+    from cxr_cad.export.common import cohort_from_manifest, softmax_positive
+    from cxr_cad.export.runtime import OpenVinoModel
+    from cxr_cad.metrics import roc_auc
+    from cxr_cad.model import load_bundle
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(args.model)
+    t = time.perf_counter()
+    cohort = cohort_from_manifest(args.manifest, bundle.transform_spec, bundle.positive_class)
+    print(f"{len(cohort.labels)} images preprocessed in {time.perf_counter() - t:.1f} s "
+          f"({len(cohort.rejected)} rejected); threads {torch.get_num_threads()}", flush=True)
+    exports = {}
+    for fmt in ("onnx", "openvino"):
+        t = time.perf_counter()
+        res = export_model(args.model, fmt, work / fmt, int8=True, calibration=args.calibration, force=True,
+                           overwrite=True)
+        exports[fmt] = res
+        print(f"export {fmt}: {time.perf_counter() - t:.0f} s; int8 check: {res.int8}", flush=True)
+
+    fp32_info = runtime.resolve_runtime("cpu", "fp32")
+    bf16_info = runtime.resolve_runtime("cpu", "bf16")
+    rows = {}
+    x, y, b = cohort.images, cohort.labels, args.batch_size
+    torch_fp32 = prepare_for_inference(bundle.model, fp32_info)
+    torch_bf16 = prepare_for_inference(load_bundle(args.model).model, bf16_info)
+    models = {
+        "torch fp32": (torch_fp32, False, args.model, "torch", "fp32"),
+        "torch bf16 (predict default)": (torch_bf16, True, args.model, "torch", "bf16"),
+        "onnxruntime fp32": (load_exported(work / "onnx" / "model.onnx", "onnxruntime").model, False,
+                             work / "onnx" / "model.onnx", "onnxruntime", "fp32"),
+        "onnxruntime int8": (load_exported(work / "onnx" / "model.int8.onnx", "onnxruntime").model, False,
+                             work / "onnx" / "model.int8.onnx", "onnxruntime", "fp32"),
+        "openvino fp32": (load_exported(work / "openvino" / "model.xml", "openvino").model, False,
+                          work / "openvino" / "model.xml", "openvino", "fp32"),
+        "openvino int8": (load_exported(work / "openvino" / "model.int8.xml", "openvino").model, False,
+                          work / "openvino" / "model.int8.xml", "openvino", "fp32"),
+        "openvino fp32, bf16 hint": (OpenVinoModel(work / "openvino" / "model.xml", precision="bf16"), False,
+                                     None, None, None),
+    }
+    ref = None
+    for name, (fn, ac, path, backend, prec) in models.items():
+        speed, logits = _model_only(fn, x, b, autocast=ac)
+        p = softmax_positive(logits, bundle.positive_index)
+        ref = p if ref is None else ref
+        rows[name] = {"model_only": speed, "auc": roc_auc(y, p), "max_change": float(np.abs(p - ref).max())}
+        if not args.skip_e2e and path is not None:
+            rows[name]["end_to_end"] = _end_to_end(path, backend, args.manifest, work / f"pred-{len(rows)}", b, prec)
+        print(name, {k: round(v, 4) for k, v in rows[name].items()}, flush=True)
+    decode = _decode_only(args.manifest, bundle.transform_spec, 200)
+    base_model = rows["torch bf16 (predict default)"]["model_only"]
+    base_e2e = rows["torch bf16 (predict default)"].get("end_to_end")
+    print(f"\n{len(y)} images ({int(y.sum())} positive), {bundle.transform_spec.image_size} px, batch {b}, "
+          f"{torch.get_num_threads()} threads; decode+preprocess alone (1 process): {decode:.1f} images/s\n")
+    print("| backend | model-only images/s | vs torch bf16 | end-to-end images/s | vs today's predict | AUC | "
+          "max prob. change vs fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        e2e = r.get("end_to_end")
+        print(f"| {name} | {r['model_only']:.1f} | {r['model_only'] / base_model:.2f}x | "
+              f"{'' if e2e is None else f'{e2e:.1f}'} | {'' if e2e is None or not base_e2e else f'{e2e / base_e2e:.2f}x'}"
+              f" | {r['auc']:.4f} | {r['max_change']:.4f} |")
+    (work / "backends.json").write_text(json.dumps({"rows": rows, "decode_only": decode, "n": len(y),
+                                                    "int8_checks": {k: v.int8 for k, v in exports.items()},
+                                                    "threads": torch.get_num_threads(),
+                                                    "load": os.getloadavg()}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

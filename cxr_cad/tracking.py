@@ -1,0 +1,244 @@
+"""Experiment tracking in MLflow for ``train``, ``crossval`` and ``evaluate`` (``--track mlflow[:URI]``).
+
+One MLflow run per command, with
+- params: the resolved config, flattened to dotted keys (``optim.lr``);
+- metrics: per epoch (``train_loss``, ``val_loss``, ``val_auc``, ``lr``, ``images_per_s`` at
+  ``step=epoch``; for crossval one series per fold, ``fold<k>.val_auc``) and final figures;
+- artifacts: the bundle and its model card, the report, the predictions;
+- tags: ``cxr_cad.command``, ``manifest_hash``, ``parent_bundle``, ``versions.<package>``.
+
+The default URI is a local ``./mlruns`` file store (no server). MLflow >= 3.13 refuses the
+file store unless ``MLFLOW_ALLOW_FILE_STORE=true``; for a file store URI this module sets
+that variable when it is not set (the store still works; MLflow has only stopped adding
+features to it). Any other URI (``http://``, ``sqlite:///``, ``databricks``) is passed to
+MLflow as is. Only rank 0 of a torchrun job logs. MLflow is the optional extra ``track``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from cxr_cad.errors import UsageError
+from cxr_cad.versions import software_versions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "./mlruns"
+EXPERIMENT = "cxr_cad"
+_VERSIONED = ("torch", "monai", "numpy", "pydicom", "scikit-learn", "mlflow-skinny", "mlflow")
+_EPOCH_KEYS = ("train_loss", "val_loss", "val_auc", "lr", "images_per_s", "seconds")
+
+
+def parse_track(spec: str | None) -> str | None:
+    """``"mlflow"`` -> :data:`DEFAULT_URI`; ``"mlflow:URI"`` -> URI; None -> None. UsageError otherwise."""
+    if spec is None:
+        return None
+    kind, _, uri = spec.partition(":")
+    if kind != "mlflow":
+        raise UsageError(f"--track {spec!r}: only 'mlflow' or 'mlflow:URI' is supported")
+    return uri or DEFAULT_URI
+
+
+def _tracking_uri(uri: str) -> str:
+    """A file store path -> absolute ``file:`` URI (and opt in to the file store); others unchanged."""
+    if "://" in uri and not uri.startswith("file:"):
+        return uri
+    if uri in ("databricks",) or uri.startswith("databricks"):
+        return uri
+    path = Path(uri[5:] if uri.startswith("file:") else uri).expanduser().absolute()
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return path.as_uri()
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> ``{"a.b": "value"}`` (lists as their text), MLflow's param form."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = str(d)[:6000]
+    return out
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(float(v)) else None
+
+
+class Tracker:
+    """An active MLflow run (or, with ``client=None``, a no-op with the same methods)."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None):
+        self.client, self.run_id = client, run_id
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def log_metrics(self, metrics: dict, step: int | None = None, prefix: str = "") -> None:
+        if not self.active:
+            return
+        for k, v in metrics.items():
+            if (x := _number(v)) is not None:
+                self.client.log_metric(self.run_id, f"{prefix}{k}", x, step=step or 0)
+
+    def epoch_callback(self, prefix: str = ""):
+        """``train_model`` callback: ``cb(epoch, record)`` logs the epoch's figures at ``step=epoch``."""
+        def cb(epoch: int, record: dict) -> None:
+            self.log_metrics({k: record.get(k) for k in _EPOCH_KEYS}, step=epoch, prefix=prefix)
+        return cb
+
+    def log_epochs_csv(self, path: Path, prefix: str = "") -> None:
+        """Per-epoch figures from a run folder's ``train_log.csv`` (runs that were not watched live)."""
+        import pandas as pd
+
+        if not self.active or not Path(path).is_file():
+            return
+        for rec in pd.read_csv(path).to_dict("records"):
+            self.log_metrics({k: rec.get(k) for k in _EPOCH_KEYS}, step=int(rec["epoch"]), prefix=prefix)
+
+    def log_artifact(self, path: str | os.PathLike, subdir: str | None = None) -> None:
+        p = Path(path)
+        if not self.active or not p.exists():
+            return
+        if p.is_dir():
+            self.client.log_artifacts(self.run_id, str(p), subdir or p.name)
+        else:
+            self.client.log_artifact(self.run_id, str(p), subdir)
+
+    def set_tags(self, tags: dict) -> None:
+        if self.active:
+            for k, v in tags.items():
+                if v is not None:
+                    self.client.set_tag(self.run_id, k, str(v)[:5000])
+
+
+def _mlflow():
+    try:
+        import mlflow  # noqa: F401
+        from mlflow import MlflowClient
+    except ImportError as exc:
+        from cxr_cad.export.common import MissingExtraError
+
+        raise MissingExtraError("--track mlflow needs MLflow; install the optional extra with "
+                                "`pip install -c constraints/cpu.txt -e '.[track]'` (or `pip install mlflow-skinny`)"
+                                ) from exc
+    return MlflowClient
+
+
+@contextmanager
+def track_run(spec: str | None, command: str, params: dict | None = None, *, run_name: str | None = None,
+              experiment: str = EXPERIMENT) -> Iterator[Tracker]:
+    """Open an MLflow run for ``command`` (or a no-op tracker when ``spec`` is None / rank > 0).
+
+    The run ends FINISHED, or FAILED when the block raises (the exception propagates).
+    """
+    uri = parse_track(spec)
+    if uri is None or int(os.environ.get("RANK", "0")) != 0:
+        yield Tracker()
+        return
+    client_cls = _mlflow()
+    client = client_cls(tracking_uri=_tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags={"cxr_cad.command": command})
+    tracker = Tracker(client, run.info.run_id)
+    tracker.set_tags({f"versions.{k}": v for k, v in software_versions(_VERSIONED).items()
+                      if v != "not installed"})
+    if params:
+        for k, v in flatten(params).items():
+            client.log_param(run.info.run_id, k, v)
+    log.info("MLflow run %s in %s (experiment %s)", run.info.run_id, uri, experiment)
+    try:
+        yield tracker
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def log_training_run(tracker: Tracker, run_dir: str | os.PathLike, prefix: str = "") -> None:
+    """Final figures, tags and artifacts of a finished ``train_model`` run folder."""
+    import json
+
+    run_dir = Path(run_dir)
+    result_file = run_dir / "result.json"
+    if not tracker.active or not result_file.is_file():
+        return
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    tracker.log_metrics({"best_val_auc": result.get("val_auc"), "threshold": result.get("threshold"),
+                         "best_epoch": result.get("best_epoch"), "epochs_run": result.get("epochs_run")},
+                        prefix=prefix)
+    if not prefix:
+        parent = result.get("parent_bundle") or {}
+        tracker.set_tags({"manifest_hash": result.get("manifest_hash"), "parent_bundle": parent.get("sha256") or "none"})
+    for name in ("model.pt", "model_card.md", "val_predictions.csv", "train_log.csv", "config.yaml", "run.json"):
+        tracker.log_artifact(run_dir / name, prefix.rstrip(".") or None)
+
+
+def add_track_option(parser: Any) -> None:
+    """``--track mlflow[:URI]`` on a subcommand's parser."""
+    import argparse
+
+    def _check(text: str) -> str:
+        try:
+            parse_track(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        return text
+
+    parser.add_argument("--track", metavar="mlflow[:URI]", default=None, type=_check,
+                        help=f"log params, metrics and artifacts to MLflow (default URI {DEFAULT_URI}, a local file "
+                        "store; needs the 'track' extra)")
+
+
+def log_crossval_run(tracker: Tracker, res: Any, manifest_hash: str | None = None) -> None:
+    """Per-fold epochs (``fold<k>.``), fold and pooled figures, predictions and metrics of a crossval."""
+    import json
+
+    if not tracker.active:
+        return
+    m = res.metrics
+    for f in m.get("per_fold", []):
+        k = f.get("fold")
+        tracker.log_epochs_csv(res.out_dir / "folds" / str(k) / "train_log.csv", prefix=f"fold{k}.")
+        tracker.log_metrics({"auc": (f.get("auc") or {}).get("auc"), "threshold": f.get("threshold"),
+                             "best_epoch": f.get("best_epoch")}, prefix=f"fold{k}.")
+    auc = (m.get("across_folds") or {}).get("auc") or {}
+    pooled = (m.get("pooled") or {}).get("auc_delong") or {}
+    tracker.log_metrics({"auc_mean": auc.get("mean"), "auc_sd": auc.get("sd"), "pooled_auc": pooled.get("auc"),
+                         "pooled_auc_low": pooled.get("low"), "pooled_auc_high": pooled.get("high")})
+    parent = "none"
+    for result_file in sorted((res.out_dir / "folds").glob("*/result.json")):
+        parent = (json.loads(result_file.read_text(encoding="utf-8")).get("parent_bundle") or {}).get("sha256") \
+            or "none"
+        break
+    tracker.set_tags({"manifest_hash": manifest_hash, "parent_bundle": parent})
+    for name in ("oof_predictions.csv", "cv_metrics.json", "roc_curves.csv", "folds.csv"):
+        tracker.log_artifact(res.out_dir / name)
+    if res.final_bundle is not None:
+        log_training_run(tracker, Path(res.final_bundle).parent, prefix="final.")
+
+
+def log_evaluate_run(spec: str | None, args: Any, bundle: Any, result: Any) -> None:
+    """One MLflow run for ``cxr-cad evaluate``: options, AUC with CI and operating points, the report."""
+    if parse_track(spec) is None:
+        return
+    params = {k: v for k, v in vars(args).items() if k not in ("func", "track") and not callable(v)}
+    with track_run(spec, "evaluate", params) as tracker:
+        d = result.data
+        primary = (d.get("auc") or {}).get((d.get("auc") or {}).get("primary", "delong")) or {}
+        tracker.log_metrics({"auc": primary.get("auc"), "auc_low": primary.get("low"), "auc_high": primary.get("high")})
+        for op in d.get("operating_points") or []:
+            m = op.get("metrics") or {}
+            tracker.log_metrics({k: (m.get(k) or {}).get("value") for k in ("sensitivity", "specificity", "ppv", "npv")},
+                                prefix=f"{op.get('name')}.")
+        tracker.set_tags({"manifest_hash": (d.get("cohort") or {}).get("manifest_hash"),
+                          "parent_bundle": bundle.sha256, "bundle_manifest_hash": bundle.manifest_hash})
+        tracker.log_artifact(result.out_dir, "report")
