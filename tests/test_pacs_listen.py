@@ -19,6 +19,8 @@ from tests.test_pacs_dicomweb import SECRET_NAME, write_cohort
 from tests.test_predict import bundle_path, read_csv  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parents[1]
+#: dcmtk's storescu (the virtual environment's bin/ may hold pynetdicom's app of the same name)
+DCMTK_STORESCU = shutil.which("storescu", path="/usr/bin:/usr/local/bin") if shutil.which("dcmdump") else None
 
 
 def start_listener(bundle: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, int]:
@@ -96,8 +98,13 @@ def test_listen_scores_on_arrival_survives_bad_input_and_stops_on_sigterm(bundle
         send(port, [pydicom.dcmread(files["junk"][1])], abort=True)  # an association that is aborted
         trunc_codes = send(port, [str(truncated)])  # truncated pixel data (or a header cut short)
         assert trunc_codes == [0x0000]  # the header parses; the engine rejects the pixels
-        if shutil.which("storescu"):  # dcmtk, a second implementation of the sending side
-            r = subprocess.run(["storescu", "-aec", "CXRCADTEST", "127.0.0.1", str(port), str(files["junk"][2])],
+        if DCMTK_STORESCU:  # dcmtk, a second implementation of the sending side
+            r = subprocess.run([DCMTK_STORESCU, "-aec", "CXRCADTEST", "127.0.0.1", str(port), str(files["junk"][2])],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            # a JPEG baseline file: -xy proposes JPEG with uncompressed fallbacks; the node must take it as it is
+            r = subprocess.run([DCMTK_STORESCU, "-xy", "-aec", "CXRCADTEST", "127.0.0.1", str(port),
+                                str(REPO / "tests/data/siim_cr_chest_jpeg_baseline.dcm")],
                                capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stderr
         time.sleep(1.5)
@@ -112,15 +119,16 @@ def test_listen_scores_on_arrival_survives_bad_input_and_stops_on_sigterm(bundle
     assert sent <= received  # every received instance is in the journal (the aborted one too)
     preds = {r["sop_instance_uid"]: r for r in read_csv(out / "predictions.csv")}
     rejs = {r["sop_instance_uid"]: r for r in read_csv(out / "rejected.csv")}
-    assert set(preds) == {d.SOPInstanceUID for d in good}
     assert not set(preds) & set(rejs)
     junk = [pydicom.dcmread(p).SOPInstanceUID for p in files["junk"]]
     assert rejs[junk[0]]["reason"] == "NOT_AN_IMAGE_SOP_CLASS"
     assert rejs[bad_uid]["reason"] == "UNREADABLE"
     assert rejs["1.2.826.0.1.3680043.8.498.998"]["reason"] in ("DECODE_FAILED", "UNREADABLE")
     assert rejs[junk[1]]["reason"] == "LATERAL_VIEW"  # stored before its association was aborted
-    if shutil.which("storescu"):
+    if DCMTK_STORESCU:
         assert rejs[junk[2]]["reason"] == "CONSTANT_IMAGE"
+        good.append(pydicom.dcmread(REPO / "tests/data/siim_cr_chest_jpeg_baseline.dcm"))
+    assert set(preds) == {d.SOPInstanceUID for d in good}
     from cxr_cad.pacs.sr import read_sr
 
     objects = {r["source_sop_instance_uid"]: r for r in read_csv(out / "dicom" / "objects.csv")}

@@ -137,11 +137,16 @@ class Listener:
     def start(self) -> None:
         """Listen on (host, port) in background threads; returns at once."""
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pydicom.uid import UID, ExplicitVRLittleEndian
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.options.aet)
+        # pynetdicom accepts the first of *our* syntaxes that the sender proposes. Compressed ones first: a
+        # sender that proposes JPEG/JPEG 2000/... holds the image that way (dcmtk's storescu proposes the
+        # file's syntax with uncompressed fallbacks and cannot transcode), so it is stored as it was made.
+        syntaxes = sorted(ALL_TRANSFER_SYNTAXES, key=lambda ts: (not UID(ts).is_compressed, ts != ExplicitVRLittleEndian))
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
         ae.maximum_associations = 16
         self._scorer.start()
