@@ -72,6 +72,42 @@ def _decode_only(manifest: str, spec, n: int) -> float:
     return len(ds) / (time.perf_counter() - t)
 
 
+def _fit_head(model_path: str, manifest: str, out: Path) -> str:
+    """A bundle whose classifier is a logistic regression on the network's penultimate features.
+
+    For measuring backends without a trained model at hand (training a ResNet18 on a shared
+    2-core machine takes hours): the backbone is whatever ``model_path`` holds (e.g. random),
+    the fc layer is fitted (scikit-learn) on ``manifest``, so the AUC is meaningful enough to
+    see what int8 changes. Speed does not depend on the weights.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from cxr_cad.export.common import cohort_from_manifest
+    from cxr_cad.model import load_bundle, save_bundle
+
+    b = load_bundle(model_path)
+    c = cohort_from_manifest(manifest, b.transform_spec, b.positive_class)
+    feats = []
+    hook = b.model.fc.register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
+    with torch.inference_mode():
+        for i in range(0, len(c.images), 32):
+            b.model(c.images[i:i + 32])
+    hook.remove()
+    f = torch.cat(feats).numpy()
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit((f - mu) / sd, c.labels)
+    w = torch.tensor(clf.coef_[0] / sd, dtype=torch.float32)
+    bias = float(clf.intercept_[0] - (clf.coef_[0] * mu / sd).sum())
+    with torch.no_grad():  # two-class softmax: logit difference = w.x + bias
+        b.model.fc.weight.copy_(torch.stack([-w / 2, w / 2]))
+        b.model.fc.bias.copy_(torch.tensor([-bias / 2, bias / 2]))
+    path = out / "model_fitted_head.pt"
+    save_bundle(path, b.model, classes=b.classes, positive_class=b.positive_class, transform_spec=b.transform_spec,
+                threshold=0.5, threshold_method="fixed", manifest_hash=b.manifest_hash)
+    print(f"fitted a logistic head on {len(c.labels)} images of {manifest} -> {path}", flush=True)
+    return str(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="trained bundle")
@@ -80,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/cxr-cad-backends")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--fit-head", metavar="MANIFEST", help="replace the classifier by a logistic regression fitted "
+                    "on this labelled manifest's features (no trained model at hand)")
     args = ap.parse_args(argv)
 
     from cxr_cad.engine import runtime
@@ -92,6 +130,8 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.fit_head:
+        args.model = _fit_head(args.model, args.fit_head, work)
     bundle = load_bundle(args.model)
     t = time.perf_counter()
     cohort = cohort_from_manifest(args.manifest, bundle.transform_spec, bundle.positive_class)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -85,8 +86,9 @@ class Tracker:
         if not self.active:
             return
         for k, v in metrics.items():
-            if (x := _number(v)) is not None:
-                self.client.log_metric(self.run_id, f"{prefix}{k}", x, step=step or 0)
+            if (x := _number(v)) is not None:  # MLflow keys: letters, digits, _ - . / and space only
+                key = re.sub(r"[^\w\-. /]", "_", f"{prefix}{k}")
+                self.client.log_metric(self.run_id, key, x, step=step or 0)
 
     def epoch_callback(self, prefix: str = ""):
         """``train_model`` callback: ``cb(epoch, record)`` logs the epoch's figures at ``step=epoch``."""

@@ -139,7 +139,8 @@ def load_exported(path: str | os.PathLike, backend: str, *, threads: int | None 
     path = Path(path)
     if not path.exists():
         raise BundleError(f"exported model {path} does not exist; write one with `cxr-cad export`")
-    folder = path if path.is_dir() else path.parent
+    folder = path if path.is_dir() else next((p for p in (path.parent, path.parent.parent)
+                                              if (p / EXPORT_FILE).is_file()), path.parent)  # models/model.ts
     record = read_export_record(folder)
     file = _pick_file(folder, record, backend) if path.is_dir() else path
     if file.suffix not in _SUFFIXES[backend]:
