@@ -2,9 +2,11 @@
 
 Order (PS3.4 N.2 grayscale pipeline, display orientation bright = bone):
 
-1. **Decode** the stored values through pydicom's pixel handlers (native, deflated,
-   RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K with the
-   pylibjpeg plugins). JPEG 2000 may decode at a reduced resolution (``reduce_to``).
+1. **Decode** the stored values through pydicom's decoders (native, deflated, RLE,
+   JPEG baseline/extended (8 and 12-bit)/lossless, JPEG-LS, JPEG 2000, HTJ2K), each
+   compressed syntax through the permissively licensed plugins that
+   :mod:`cxr_cad.io.decoders` names, in its order. JPEG 2000 may decode at a reduced
+   resolution (``reduce_to``).
 2. **Modality LUT**: (0028,3000) Modality LUT Sequence when present (through
    :func:`pydicom.pixels.apply_modality_lut`), else (0028,1053) Rescale Slope and
    (0028,1052) Rescale Intercept (both must be present, as in pydicom), in float32.
@@ -33,16 +35,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
-from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, UID
+from pydicom.uid import JPEG2000TransferSyntaxes, UID
 
 from cxr_cad.errors import Reason, RejectedFile
-
-try:  # CharLS; pydicom's pyjpegls decoding plugin
-    import jpeg_ls as _jpeg_ls  # noqa: F401
-
-    _HAVE_PYJPEGLS = True
-except ImportError:
-    _HAVE_PYJPEGLS = False
+from cxr_cad.io.decoders import GPL_EXTRA, DecodeError, NoDecoderError, decode_array, is_decoder_panic, is_gpl
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +50,6 @@ def _first(value) -> float:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = value[0]
     return float(value)
-
-
-def is_decoder_panic(exc: BaseException) -> bool:
-    """True for a Rust panic raised through PyO3 (pylibjpeg-rle on corrupt data).
-
-    ``pyo3_runtime.PanicException`` derives from ``BaseException``, so ``except Exception``
-    misses it; it is a decoder failure on this file's data, not a reason to stop.
-    """
-    return type(exc).__name__ == "PanicException"
 
 
 def check_codestream(ds: Dataset, ts: UID, path: Path, limit: int) -> None:
@@ -95,6 +82,20 @@ def check_codestream(ds: Dataset, ts: UID, path: Path, limit: int) -> None:
                            "large", path)
 
 
+def _decode_hint(exc: BaseException, ts: UID) -> str:
+    """What to do about a decode failure: install a decoder, try the GPL extra, or re-export."""
+    gpl = (f"the optional GPL-3.0 decoder pylibjpeg-libjpeg reads some JPEG files the default "
+           f"decoders refuse: pip install 'cxr_cad[{GPL_EXTRA}]'")
+    if isinstance(exc, NoDecoderError):
+        return ("reinstall cxr_cad to get its default decoders (Pillow, imagecodecs, pyjpegls, "
+                "pylibjpeg-openjpeg, pylibjpeg-rle)" + (f"; or {gpl}" if is_gpl(ts, "pylibjpeg") else ""))
+    if isinstance(exc, DecodeError) and is_gpl(ts, "pylibjpeg") and "pylibjpeg" not in exc.tried:
+        return f"the pixel data may be truncated or corrupt: re-export the file; or {gpl}"
+    if isinstance(exc, NotImplementedError):  # pydicom has no decoder for this transfer syntax
+        return "convert the file to an uncompressed or JPEG / JPEG 2000 transfer syntax (e.g. gdcmconv --raw)"
+    return "the pixel data is truncated or corrupt: re-export the file"
+
+
 def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None,
            max_image_bytes: int | None = None) -> np.ndarray:
     """Decoded stored values: 2-D (rows, columns), or (rows, columns, 3) RGB.
@@ -119,20 +120,16 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None,
             return arr
     if "PhotometricInterpretation" not in ds or not ds.PhotometricInterpretation:
         ds.PhotometricInterpretation = "MONOCHROME2"  # pydicom needs it; checked: 1 sample per pixel
-    if ts in JPEGLSTransferSyntaxes and _HAVE_PYJPEGLS:
-        # CharLS (pyjpegls) decodes JPEG-LS ~3x faster than pylibjpeg-libjpeg, bit-identically.
-        ds.pixel_array_options(decoding_plugin="pyjpegls")
     try:
-        arr = ds.pixel_array
+        arr, plugin = decode_array(ds, ts)  # the plugin order of cxr_cad.io.decoders (permissive licences)
     except BaseException as exc:  # noqa: BLE001 - any decoder failure on this file's data means DECODE_FAILED
         if not isinstance(exc, Exception) and not is_decoder_panic(exc):
             raise  # KeyboardInterrupt, SystemExit
-        hint = ("install the pylibjpeg plugins (pylibjpeg-libjpeg, -openjpeg, -rle)"
-                if "plugin" in str(exc).lower() or "missing" in str(exc).lower()
-                else "the pixel data is truncated or corrupt: re-export the file")
         syntax = ts.name or "unknown transfer syntax"
         raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the pixel data ({syntax}): "
-                           f"{type(exc).__name__}: {exc}; {hint}", path) from exc
+                           f"{type(exc).__name__}: {exc}; {_decode_hint(exc, ts)}", path) from exc
+    if plugin:
+        log.debug("%s: decoded with pydicom's %r plugin", path, plugin)
     expected = 2 if int(ds.get("SamplesPerPixel", 1) or 1) == 1 else 3
     if arr.ndim != expected:
         raise RejectedFile(Reason.MULTI_FRAME if arr.ndim == expected + 1 else Reason.DECODE_FAILED,
