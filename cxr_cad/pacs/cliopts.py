@@ -68,6 +68,9 @@ def run_predict(args: argparse.Namespace, sources: list[str], out: str, model: s
 
     web, local = split_sources(sources)
     dicom_out = dicom_out_options(args)
+    if dicom_out is not None and getattr(options, "backend", "torch") != "torch":
+        raise UsageError("--dicom-out needs a model bundle (--backend torch): the SR records the bundle's "
+                         "SHA-256 and the Secondary Capture runs Grad-CAM on its network")
     if web:
         if local:
             raise UsageError("a dicomweb: source cannot be mixed with folders or files in one run")

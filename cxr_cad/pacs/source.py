@@ -155,7 +155,7 @@ def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.
                           "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
                           "archive is up") from exc
     state_dir = out / STATE_DIR
-    _check_state(state_dir, {"source": base, "query": query or {}, "model_sha256": file_sha256(model_path),
+    _check_state(state_dir, {"source": base, "query": query or {}, "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else str(Path(model_path).resolve()),
                              "threshold": options.threshold}, options.overwrite)
     writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
     journal = Journal(state_dir / "journal.jsonl")
