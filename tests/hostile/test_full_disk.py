@@ -82,3 +82,36 @@ def test_multi_file_outputs_are_a_unit(tmp_path, monkeypatch):
         atomic_write_many({tmp_path / n: "new" for n in names})
     assert sorted(os.listdir(tmp_path)) == sorted(names)
     assert all((tmp_path / n).read_text() == "old" for n in names)
+
+
+def test_predict_outputs_fill_the_disk_mid_run(tmp_path, monkeypatch):
+    """A disk that fills while predictions.csv/rejected.csv are merged or a journal is appended:
+    OutputError naming the folder, the old tables untouched, no temporary file left."""
+    import errno
+    import json
+
+    import pytest
+
+    from cxr_cad.engine import writer
+    from cxr_cad.errors import OutputError
+
+    out = tmp_path / "out"
+    (out / writer.STATE_DIR).mkdir(parents=True)
+    rec = {"index": 0, "kind": "rejected", "path": "a", "reason": "UNREADABLE", "detail": "x"}
+    (out / writer.STATE_DIR / "part-rank0.jsonl").write_text(json.dumps(rec) + "\n")
+    (out / writer.PREDICTIONS).write_text("old")
+    (out / writer.REJECTED).write_text("old")
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.os, "fsync", full)
+    with pytest.raises(OutputError, match=f"No space left.*free space"):
+        writer.merge_outputs(out, 1, with_label=False)
+    assert (out / writer.PREDICTIONS).read_text() == "old" and (out / writer.REJECTED).read_text() == "old"
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+    with writer.Journal(out) as journal, pytest.raises(OutputError, match=str(out)):
+        journal.append([{**rec, "index": 1}])
+    monkeypatch.setattr(writer.os, "fsync", real)
+    assert len(writer.merge_outputs(out, 1, with_label=False)) == 1
