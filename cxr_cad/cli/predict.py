@@ -9,8 +9,10 @@ DESCRIPTION = """\
 Score every image file under SOURCE (folders, recursively; manifest .csv files; single
 files) with a model bundle. Writes OUT/predictions.csv (one row per scored image: path,
 sop_instance_uid, study_instance_uid, probability of the positive class, decision at the
-threshold, threshold, model_sha256, and label when a manifest has one), OUT/rejected.csv
-(path, reason code, detail) and OUT/summary.json; every input file is in exactly one CSV.
+threshold, threshold, model_sha256, shift_score and shift_flag, and label when a manifest
+has one), OUT/rejected.csv (path, reason code, detail) and OUT/summary.json; every input
+file is in exactly one CSV. OUT/shift.json says whether the cohort is unlike the model's
+training images (a WARNING line when it is; docs/shift.md).
 
 Rerunning the same command with the same --out resumes an interrupted run. Under
 `torchrun --nproc_per_node N -m cxr_cad predict ...` each process scores a shard and
