@@ -3,9 +3,10 @@
 PNG/JPEG files are display images already (windowed, bright = bone), so no VOI or
 inversion applies: values are divided by the full scale of their bit depth
 (255 for 8-bit, 65535 for 16-bit, 1 for bilevel). Colour (RGB, RGBA, palette,
-CMYK, YCbCr) becomes gray by ITU-R BT.601 luma; alpha is dropped. A JPEG with
-``reduce_to`` is decoded with PIL's ``draft()`` (DCT scaling by 1/2, 1/4 or 1/8)
-as long as the shorter side stays >= ``reduce_to``.
+CMYK, YCbCr) becomes gray by ITU-R BT.601 luma; alpha is dropped. JPEGs are always
+decoded at full resolution (``reduce_to`` is accepted and ignored): PIL's DCT-scaled
+``draft()`` decoding changed the pixels enough to make a JPEG and a DICOM of the same
+film score differently (issue 10).
 """
 from __future__ import annotations
 
@@ -119,8 +120,10 @@ def read_raster_image(path: str | os.PathLike, fmt: str, *, reduce_to: int | Non
     with _open(path, fmt) as image:
         meta = _meta(image, path, fmt, max_image_bytes)
         bits = _MODES[image.mode][0]
-        if reduce_to and fmt == "jpeg" and min(image.size) >= 2 * reduce_to:
-            image.draft(image.mode if image.mode in ("L", "RGB") else None, (reduce_to, reduce_to))
+        # No draft() (DCT-scaled) decoding: on kermany-dev films it changed resized pixels by up
+        # to 0.4 (0.18 at 1/2 scale) against a full decode, so a JPEG and a DICOM of the same
+        # film scored up to 0.1 apart (issue 10; benchmarks/container_invariance.py). A full
+        # JPEG decode is cheap; ``reduce_to`` stays a hint for JPEG 2000 (cxr_cad.io.j2k).
         try:
             image.load()
             gray = _to_gray(image)

@@ -174,7 +174,7 @@ def build_train_transforms(spec: TransformSpec, augment: AugmentSpec | None, *, 
 def spec_cache_key(spec: TransformSpec) -> str:
     """Short hash of the fields that decide the cached (deterministic) output."""
     fields = {k: getattr(spec, k) for k in ("image_size", "aspect", "apply_voi", "interpolation")}
-    blob = json.dumps({"v": 1, **fields}, sort_keys=True).encode()
+    blob = json.dumps({"v": 2, **fields}, sort_keys=True).encode()   # v2: JPEGs decoded at full resolution
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
