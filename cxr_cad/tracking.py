@@ -62,7 +62,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
         for k, v in d.items():
             out.update(flatten(v, f"{prefix}{k}."))
     else:
-        out[prefix[:-1]] = str(d)[:6000]
+        out[prefix[:-1]] = str(list(d) if isinstance(d, tuple) else d)[:6000]
     return out
 
 
