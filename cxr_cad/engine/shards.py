@@ -170,7 +170,9 @@ class PredictDataset(torch.utils.data.Dataset):
     def __init__(self, inputs: Sequence[PredictInput], policy: Any, spec: Any):
         self.inputs = inputs
         self.policy = policy
-        self.reduce_to = spec.image_size
+        # full-resolution decode, as cxr_cad.transforms.build_load_transforms: a reduced JPEG 2000
+        # decode made a DICOM score up to 0.047 away from its JPEG (issue 10)
+        self.reduce_to = None
         self.preprocess = make_preprocess(spec)
 
     def __len__(self) -> int:

@@ -59,7 +59,10 @@ def build_load_transforms(spec: TransformSpec, *, policy: Any = None, key: str =
     """
     if policy is not None:
         policy = dataclasses.replace(policy, apply_voi=spec.apply_voi)
-    reader = CxrReader(policy=policy, reduce_to=spec.image_size, apply_voi=spec.apply_voi)
+    # Full-resolution decode (no reduce_to): reduced JPEG 2000 decoding (2 levels for a 1024-px
+    # film at 128 px) made a DICOM score up to 0.047 away from its JPEG on kermany-dev
+    # (benchmarks/container_invariance.py); the same film must give the same score (issue 10).
+    reader = CxrReader(policy=policy, reduce_to=None, apply_voi=spec.apply_voi)
     size = spec.image_size
     # area interpolation averages source pixels (no aliasing); the others need smoothing first
     aa = spec.interpolation != "area"
@@ -174,7 +177,7 @@ def build_train_transforms(spec: TransformSpec, augment: AugmentSpec | None, *, 
 def spec_cache_key(spec: TransformSpec) -> str:
     """Short hash of the fields that decide the cached (deterministic) output."""
     fields = {k: getattr(spec, k) for k in ("image_size", "aspect", "apply_voi", "interpolation")}
-    blob = json.dumps({"v": 2, **fields}, sort_keys=True).encode()   # v2: JPEGs decoded at full resolution
+    blob = json.dumps({"v": 3, **fields}, sort_keys=True).encode()   # v3: every file decoded at full resolution
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
