@@ -147,12 +147,12 @@ def torch_load_file(path: Path, *, what: str, error: type[Exception] = WeightsEr
         text = str(exc)
         m = re.search(r"GLOBAL ([\w.]+)", text)
         if m:
-            raise error(f"{path}: refused: not a readable {what}: it is not plain data, it holds pickled "
+            raise error(f"{path}: not a readable {what}: refused, it is not plain data; it holds pickled "
                         f"Python objects (it references {m.group(1)}), which cxr_cad never loads because "
                         "loading them can run code. Use a file written by cxr-cad, or a plain tensor "
                         "state dict") from None
         if "weights only load failed" in text.lower() or "weights_only" in text:
-            raise error(f"{path}: refused: not a readable {what}: it is not a plain-data torch file "
+            raise error(f"{path}: not a readable {what}: refused, it is not a plain-data torch file "
                         "(corrupt, truncated, or pickled Python objects that cxr_cad never loads)") from None
         raise error(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file): "
                     f"{_first_line(exc)}") from exc
