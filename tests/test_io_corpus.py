@@ -19,7 +19,10 @@ CORPUS = Path(pydicom.data.__file__).parent / "test_files"
 FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix != ".py")
 POLICIES = {"default": AcceptPolicy(), "any": AcceptPolicy(modalities=(), reject_lateral=False)}
 #: Reasons read_image may add to a file whose header was accepted.
-DECODE_REASONS = {Reason.DECODE_FAILED, Reason.CONSTANT_IMAGE, Reason.UNREADABLE, Reason.MULTI_FRAME}
+# IMAGE_TOO_LARGE: a compressed frame whose own codestream header declares more pixels than the
+# limit is refused before the decoder allocates them (cxr_cad.io.codestream).
+DECODE_REASONS = {Reason.DECODE_FAILED, Reason.CONSTANT_IMAGE, Reason.UNREADABLE, Reason.MULTI_FRAME,
+                  Reason.IMAGE_TOO_LARGE}
 
 
 def _outcome(fn, path, policy):

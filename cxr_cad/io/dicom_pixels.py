@@ -65,7 +65,9 @@ def check_codestream(ds: Dataset, ts: UID, path: Path, limit: int) -> None:
 
     from cxr_cad.io.codestream import codestream_bytes
 
-    if not ts.is_encapsulated or "PixelData" not in ds:
+    # A (corrupt) UID that is no transfer syntax: pydicom's is_encapsulated raises on it; the
+    # decoder then reports it as DECODE_FAILED.
+    if not ts.is_transfer_syntax or not ts.is_encapsulated or "PixelData" not in ds:
         return
     try:
         fragments = generate_fragments(ds.PixelData)
