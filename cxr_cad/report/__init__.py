@@ -68,11 +68,13 @@ def model_info_from_bundle(bundle: Any, path: str | os.PathLike | None = None) -
 
 
 def _atomic_text(path: Path, text: str) -> None:
+    from cxr_cad.io.files import umask_file_mode
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
+        os.chmod(tmp, umask_file_mode())  # mkstemp creates 0600; follow the umask like every output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

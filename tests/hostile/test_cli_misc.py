@@ -85,10 +85,12 @@ def test_outputs_follow_the_umask(tmp_path, umask):
 
     from cxr_cad.engine.checkpoint import atomic_torch_save
     from cxr_cad.manifest import atomic_write_many, atomic_write_text
+    from cxr_cad.report import _atomic_text as report_atomic_text
 
     old = os.umask(umask)
     try:
         atomic_write_text("a", tmp_path / "run.json")
+        report_atomic_text(tmp_path / "report.html", "<html></html>")
         atomic_write_many({tmp_path / "m.csv": "x", tmp_path / "r.csv": "y"})
         atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "checkpoint.pt")
         with open(tmp_path / "plain.txt", "w") as fh:
@@ -96,7 +98,7 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     want = 0o666 & ~umask
-    for name in ("run.json", "m.csv", "r.csv", "checkpoint.pt", "plain.txt"):
+    for name in ("run.json", "report.html", "m.csv", "r.csv", "checkpoint.pt", "plain.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
 
 
