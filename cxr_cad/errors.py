@@ -32,6 +32,7 @@ class Reason(str, Enum):
     CONSTANT_IMAGE = "CONSTANT_IMAGE"            # decoded image has a single value
     DUPLICATE_SOP_INSTANCE = "DUPLICATE_SOP_INSTANCE"  # second file with a SOP Instance UID already seen
     DUPLICATE_CONTENT = "DUPLICATE_CONTENT"      # byte-identical copy of a file already accepted
+    NO_LABEL = "NO_LABEL"                        # evaluate: an image the labels file gives no label for
     INTERNAL_ERROR = "INTERNAL_ERROR"            # a bug in cxr_cad; the detail carries the exception
 
     def __str__(self) -> str:  # so f"{reason}" gives the bare code

@@ -281,3 +281,28 @@ def test_ingest_fetches_a_query_and_evaluate_writes_srs(orthanc, archive, auth_e
     objects = read_csv(tmp_path / "dicom" / "objects.csv")
     assert {o["source_sop_instance_uid"] for o in objects} == cr - {lateral, constant}
     assert all(o["sr_file"] and o["reason"] == "" for o in objects)
+
+
+def test_evaluate_scores_a_labelled_dicomweb_cohort_directly(orthanc, archive, auth_env, bundle_path, tmp_path):
+    """evaluate dicomweb:URL --query --labels: every selected instance is scored or rejected, once."""
+    images = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in archive["images"] + archive["junk"]}
+    cr = sorted(s for s, p in images.items() if pydicom.dcmread(p, stop_before_pixels=True).Modality == "CR")
+    lateral, constant = (pydicom.dcmread(p).SOPInstanceUID for p in archive["junk"][1:])
+    unlabelled = next(s for s in cr if s not in (lateral, constant))
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sop_instance_uid", "label"])
+        w.writerows([s, "PNEUMONIA" if k % 2 else "NORMAL"] for k, s in enumerate(cr) if s != unlabelled)
+    out = tmp_path / "report"
+    assert main(["-q", "evaluate", f"dicomweb:{orthanc.dicomweb}", "--query", "Modality=CR", "--labels", str(labels),
+                 "--model", str(bundle_path), "--out", str(out), "--workers", "0", "--no-pdf",
+                 "--gradcam-per-group", "0", "--include-identifiers"]) == 0  # rejected.csv lists paths
+    scored = {r["sop_instance_uid"] for r in read_csv(out / "predictions.csv")}
+    rejected = read_csv(out / "rejected.csv")
+    reasons = {Path(r["path"]).stem: r["reason"] for r in rejected}
+    assert reasons == {lateral: "LATERAL_VIEW", constant: "CONSTANT_IMAGE", unlabelled: "NO_LABEL"}
+    assert scored == set(cr) - set(reasons) and len(scored) + len(rejected) == len(cr)
+    # a folder cohort does not take --labels, and a dicomweb: cohort needs them
+    assert main(["-q", "evaluate", f"dicomweb:{orthanc.dicomweb}", "--model", str(bundle_path),
+                 "--out", str(tmp_path / "r2")]) == 2

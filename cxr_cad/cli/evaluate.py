@@ -32,7 +32,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="score a labelled cohort and write the clinical report",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cohort_dir", nargs="?", default=None, metavar="DIR",
-                   help="cohort folder with one sub-folder per class (instead of --manifest)")
+                   help="cohort folder with one sub-folder per class (instead of --manifest), or a "
+                        "dicomweb:URL archive with --labels (and --query to select the studies)")
+    p.add_argument("--labels", default=None, metavar="L.csv",
+                   help="with a dicomweb: cohort: labels CSV with a `label` column and a key column "
+                        "(sop_instance_uid, study_instance_uid, patient_id; detected in that order)")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt)")
     p.add_argument("--manifest", default=None, metavar="M.csv", help="labelled manifest of the cohort")
     p.add_argument("--compare", default=None, metavar="OTHER_BUNDLE",
@@ -46,6 +50,9 @@ def register(subparsers) -> None:
     add_report_options(p)
     from cxr_cad.pacs.cliopts import add_output_options  # --dicom-out/--secondary-capture/--stow (docs/pacs.md)
     add_output_options(p)
+    p.add_argument("--query", action="append", default=None, metavar="KEYWORD=VALUE",
+                   help="QIDO-RS filter for a dicomweb: cohort, repeatable (e.g. Modality=DX, "
+                        "StudyDate=20240101-20240131, AccessionNumber=A123)")
     from cxr_cad.tracking import add_track_option
 
     add_track_option(p)
@@ -58,6 +65,13 @@ def _cohort_manifest(args: argparse.Namespace, classes: list[str], work: Path) -
 
     if bool(args.manifest) == bool(args.cohort_dir):
         raise UsageError("give either --manifest M.csv or a cohort folder DIR, not both or neither")
+    from cxr_cad.pacs.client import is_dicomweb
+
+    if args.cohort_dir and is_dicomweb(args.cohort_dir):
+        return _dicomweb_cohort(args, classes, work)
+    if getattr(args, "labels", None) or getattr(args, "query", None):
+        raise UsageError("--labels and --query are for a dicomweb: cohort; a folder cohort takes its labels "
+                         "from DIR/<class>/, a manifest from its label column")
     if args.manifest:
         path = Path(args.manifest)
         df = resolve_paths(read_manifest(path, require_labels=True, check_files=False), path.parent)
@@ -77,6 +91,43 @@ def _cohort_manifest(args: argparse.Namespace, classes: list[str], work: Path) -
     path = work / "cohort_manifest.csv"
     write_manifest(df, path)
     return path, df, scan.rejected
+
+
+def _dicomweb_cohort(args: argparse.Namespace, classes: list[str], work: Path
+                     ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """A labelled cohort from an archive: the instances the query selects are fetched into the
+    (temporary) work folder, scanned and joined to ``--labels``. Instances that could not be
+    fetched keep their network reason code, images without a label are NO_LABEL: every
+    selected instance ends in the predictions or the rejected table."""
+    from cxr_cad.errors import Reason
+    from cxr_cad.io import AcceptPolicy
+    from cxr_cad.io.scan import scan_sources
+    from cxr_cad.manifest import join_labels, write_manifest
+    from cxr_cad.pacs.cliopts import materialise
+
+    if not args.labels:
+        raise UsageError("a dicomweb: cohort needs --labels L.csv (a `label` column and a sop_instance_uid, "
+                         "study_instance_uid or patient_id column)")
+    fetched = work / "dicomweb"
+    failed_csv = work / "fetch_failed.csv"
+    materialise(args.cohort_dir, fetched, args.query, failed_csv=failed_csv)
+    scan = scan_sources([fetched], policy=AcceptPolicy(reject_lateral=not args.allow_lateral))
+    df, _report = join_labels(scan.accepted, args.labels, classes=classes)
+    unlabelled = df["label"].astype(str) == ""
+    failed = pd.read_csv(failed_csv, dtype=str, keep_default_na=False)
+    rejected = pd.concat([
+        scan.rejected,
+        pd.DataFrame({"path": df.loc[unlabelled, "path"], "reason": str(Reason.NO_LABEL),
+                      "detail": f"no row of {Path(args.labels).name} matches this image"}),
+        pd.DataFrame({"path": "dicomweb:" + failed["sop_instance_uid"], "reason": failed["reason"],
+                      "detail": failed["detail"]}),
+    ], ignore_index=True)
+    df = df.loc[~unlabelled].reset_index(drop=True)
+    if df.empty:
+        raise UsageError(f"no image of the dicomweb: cohort has a label in {args.labels}")
+    path = work / "cohort_manifest.csv"
+    write_manifest(df, path)
+    return path, df, rejected
 
 
 def _score(bundle_path: str, manifest_path: Path, out: Path, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
