@@ -2,7 +2,7 @@
 
 Measures, in one run and on the same folder, model and batch size:
 
-* **cxr-cad**: ``python -m cxr_cad predict`` (decode workers, reduced-resolution decode,
+* **cxr-cad**: ``python -m cxr_cad predict`` (decode workers, full-resolution decode,
   bf16 autocast + channels-last where the CPU has native bf16, journaled outputs);
 * **MONAI baseline**: what a MONAI tutorial does: ``LoadImaged`` with MONAI's
   ``PydicomReader``, ``ScaleIntensityd``, ``Resized`` (default mode), the same
