@@ -159,7 +159,7 @@ def _export_onnx_like(bundle, fmt, out, result, check_images, source, cohort, *,
                              max_auc_drop=max_auc_drop, method=method)
         try:
             check_int8(report, force=force)
-        except Exception:
+        except BaseException:  # a refused (or interrupted) check leaves no int8 model behind; re-raised
             for f in (q_file, q_file.with_suffix(".bin")):
                 f.unlink(missing_ok=True)
             raise
