@@ -88,10 +88,29 @@ def pickle_bundle(dst: Path) -> Path:
     return Path(dst)
 
 
+def crafted_dicom(ts, pixel_data: bytes, rows: int = 64, columns: int = 64, *, bits: int = 8):
+    """A minimal CR PA data set with File Meta, whatever ``pixel_data`` holds (bombs, lies)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ViewPosition = "CR", "PA"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.PixelData = pixel_data
+    return ds
+
+
 def rle_bomb_dicom(path: Path, rows: int = 65535, columns: int = 65535, bits: int = 16,
                    frames: int | None = None) -> Path:
     """An ~8 KB RLE Lossless DICOM whose header declares ``rows`` x ``columns`` pixels."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import RLELossless, generate_uid
 
@@ -100,28 +119,12 @@ def rle_bomb_dicom(path: Path, rows: int = 65535, columns: int = 65535, bits: in
     # each segment: repeat-run packets (-127 => 128 copies of the next byte)
     body = b"".join(bytes([0x81, 0x10]) * 2000 for _ in range(segments))
     frame = header + body
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = crafted_dicom(RLELossless, encapsulate([frame]), rows, columns, bits=bits)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientID = "BOMB"
-    ds.Modality = "CR"
-    ds.ViewPosition = "PA"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
     if frames is not None:
         ds.NumberOfFrames = frames
-    ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return Path(path)

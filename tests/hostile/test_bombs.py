@@ -7,9 +7,8 @@ import zlib
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from cxr_cad.errors import Reason, RejectedFile
 from cxr_cad.io import AcceptPolicy, read_header, read_image
@@ -59,28 +58,12 @@ def test_png_bomb_gets_a_reason_code(tmp_path, size):
     assert _reason(read_image, path) == Reason.IMAGE_TOO_LARGE
 
 
-def _dicom(ts, pixel_data: bytes, rows=64, columns=64) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ts
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.ViewPosition = "CR", "PA"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixel_data
-    return ds
-
-
 def test_jpeg_codestream_larger_than_its_header_is_not_decoded(tmp_path):
     # the DICOM header says 64 x 64; the JPEG frame header (SOF0) says 60000 x 60000
     sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 60000, 60000, 1) + b"\x01\x11\x00"
     frame = b"\xff\xd8" + sof + b"\xff\xd9"
     assert codestream_size(frame) == (60000, 60000, 1, 8)
-    ds = _dicom(JPEGBaseline8Bit, encapsulate([frame + b"\x00" * (len(frame) % 2)]))
+    ds = H.crafted_dicom(JPEGBaseline8Bit, encapsulate([frame + b"\x00" * (len(frame) % 2)]))
     ds["PixelData"].VR = "OB"
     path = tmp_path / "jpeg_bomb.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -95,7 +78,7 @@ def test_j2k_siz_is_read():
 
 
 def test_deflate_bomb_is_rejected_in_bounded_memory(tmp_path):
-    ds = _dicom(DeflatedExplicitVRLittleEndian, b"\x00" * (64 * 64))
+    ds = H.crafted_dicom(DeflatedExplicitVRLittleEndian, b"\x00" * (64 * 64))
     path = tmp_path / "deflated.dcm"
     ds.save_as(path, enforce_file_format=True)
     read_header(path)
@@ -142,7 +125,7 @@ def test_largest_allowed_image_decodes_within_the_memory_bar(tmp_path):
 
     from pydicom.uid import ExplicitVRLittleEndian
 
-    ds = _dicom(ExplicitVRLittleEndian, b"", 8192, 8192)
+    ds = H.crafted_dicom(ExplicitVRLittleEndian, b"", 8192, 8192)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     ds.PixelData = np.tile(np.arange(8192, dtype=np.uint16) % 4096, (8192, 1)).tobytes()
     path = tmp_path / "big.dcm"
