@@ -7,6 +7,7 @@ true AUC lies inside. Usage::
 
     .venv/bin/python benchmarks/auc_ci_coverage.py --reps 4000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def main() -> None:
     print("n_pos n_neg  AUC   wald_cov logit_cov  wald_width logit_width")
     for n_pos, n_neg, auc in ((10, 40, 0.95), (10, 40, 0.80), (30, 30, 0.95), (50, 50, 0.90), (100, 100, 0.97)):
         r = coverage(n_pos, n_neg, auc, args.reps, args.seed)
-        print(f"{n_pos:5d} {n_neg:5d} {auc:5.2f}   {r['wald']['coverage']:.3f}    {r['logit']['coverage']:.3f}"
-              f"      {r['wald']['mean_width']:.3f}      {r['logit']['mean_width']:.3f}")
+        print(
+            f"{n_pos:5d} {n_neg:5d} {auc:5.2f}   {r['wald']['coverage']:.3f}    {r['logit']['coverage']:.3f}"
+            f"      {r['wald']['mean_width']:.3f}      {r['logit']['mean_width']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ The int8 models are calibrated on ``--calibration`` (a labelled manifest of othe
 patients), through ``cxr-cad export --int8`` (its held-out check is reported; written with
 ``force`` so the table is complete even when the check refuses).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def _model_only(fn, images: torch.Tensor, batch: int, autocast: bool = False) ->
     with torch.inference_mode():
         run(images[:batch])
         t = time.perf_counter()
-        outs = [run(images[i:i + batch]).float() for i in range(0, len(images), batch)]
+        outs = [run(images[i : i + batch]).float() for i in range(0, len(images), batch)]
         dt = time.perf_counter() - t
     del runtime
     return len(images) / dt, torch.cat(outs).numpy()
@@ -54,8 +55,12 @@ def _model_only(fn, images: torch.Tensor, batch: int, autocast: bool = False) ->
 def _end_to_end(model_path, backend: str, manifest: str, out: Path, batch: int, precision: str) -> float:
     from cxr_cad.engine.predict import PredictOptions, predict
 
-    res = predict([manifest], out, model_path, PredictOptions(batch_size=batch, precision=precision,
-                                                               backend=backend, overwrite=True))
+    res = predict(
+        [manifest],
+        out,
+        model_path,
+        PredictOptions(batch_size=batch, precision=precision, backend=backend, overwrite=True),
+    )
     return res.n_processed / res.seconds
 
 
@@ -91,7 +96,7 @@ def _fit_head(model_path: str, manifest: str, out: Path) -> str:
     hook = b.model.fc.register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
     with torch.inference_mode():
         for i in range(0, len(c.images), 32):
-            b.model(c.images[i:i + 32])
+            b.model(c.images[i : i + 32])
     hook.remove()
     f = torch.cat(feats).numpy()
     mu, sd = f.mean(0), f.std(0) + 1e-6
@@ -102,8 +107,16 @@ def _fit_head(model_path: str, manifest: str, out: Path) -> str:
         b.model.fc.weight.copy_(torch.stack([-w / 2, w / 2]))
         b.model.fc.bias.copy_(torch.tensor([-bias / 2, bias / 2]))
     path = out / "model_fitted_head.pt"
-    save_bundle(path, b.model, classes=b.classes, positive_class=b.positive_class, transform_spec=b.transform_spec,
-                threshold=0.5, threshold_method="fixed", manifest_hash=b.manifest_hash)
+    save_bundle(
+        path,
+        b.model,
+        classes=b.classes,
+        positive_class=b.positive_class,
+        transform_spec=b.transform_spec,
+        threshold=0.5,
+        threshold_method="fixed",
+        manifest_hash=b.manifest_hash,
+    )
     print(f"fitted a logistic head on {len(c.labels)} images of {manifest} -> {path}", flush=True)
     return str(path)
 
@@ -116,8 +129,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/cxr-cad-backends")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--skip-e2e", action="store_true")
-    ap.add_argument("--fit-head", metavar="MANIFEST", help="replace the classifier by a logistic regression fitted "
-                    "on this labelled manifest's features (no trained model at hand)")
+    ap.add_argument(
+        "--fit-head",
+        metavar="MANIFEST",
+        help="replace the classifier by a logistic regression fitted "
+        "on this labelled manifest's features (no trained model at hand)",
+    )
     args = ap.parse_args(argv)
 
     from cxr_cad.engine import runtime
@@ -135,13 +152,17 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.model)
     t = time.perf_counter()
     cohort = cohort_from_manifest(args.manifest, bundle.transform_spec, bundle.positive_class)
-    print(f"{len(cohort.labels)} images preprocessed in {time.perf_counter() - t:.1f} s "
-          f"({len(cohort.rejected)} rejected); threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"{len(cohort.labels)} images preprocessed in {time.perf_counter() - t:.1f} s "
+        f"({len(cohort.rejected)} rejected); threads {torch.get_num_threads()}",
+        flush=True,
+    )
     exports = {}
     for fmt in ("onnx", "openvino"):
         t = time.perf_counter()
-        res = export_model(args.model, fmt, work / fmt, int8=True, calibration=args.calibration, force=True,
-                           overwrite=True)
+        res = export_model(
+            args.model, fmt, work / fmt, int8=True, calibration=args.calibration, force=True, overwrite=True
+        )
         exports[fmt] = res
         print(f"export {fmt}: {time.perf_counter() - t:.0f} s; int8 check: {res.int8}", flush=True)
 
@@ -154,16 +175,41 @@ def main(argv=None) -> int:
     models = {
         "torch fp32": (torch_fp32, False, args.model, "torch", "fp32"),
         "torch bf16 (predict default)": (torch_bf16, True, args.model, "torch", "bf16"),
-        "onnxruntime fp32": (load_exported(work / "onnx" / "model.onnx", "onnxruntime").model, False,
-                             work / "onnx" / "model.onnx", "onnxruntime", "fp32"),
-        "onnxruntime int8": (load_exported(work / "onnx" / "model.int8.onnx", "onnxruntime").model, False,
-                             work / "onnx" / "model.int8.onnx", "onnxruntime", "fp32"),
-        "openvino fp32": (load_exported(work / "openvino" / "model.xml", "openvino").model, False,
-                          work / "openvino" / "model.xml", "openvino", "fp32"),
-        "openvino int8": (load_exported(work / "openvino" / "model.int8.xml", "openvino").model, False,
-                          work / "openvino" / "model.int8.xml", "openvino", "fp32"),
-        "openvino fp32, bf16 hint": (OpenVinoModel(work / "openvino" / "model.xml", precision="bf16"), False,
-                                     None, None, None),
+        "onnxruntime fp32": (
+            load_exported(work / "onnx" / "model.onnx", "onnxruntime").model,
+            False,
+            work / "onnx" / "model.onnx",
+            "onnxruntime",
+            "fp32",
+        ),
+        "onnxruntime int8": (
+            load_exported(work / "onnx" / "model.int8.onnx", "onnxruntime").model,
+            False,
+            work / "onnx" / "model.int8.onnx",
+            "onnxruntime",
+            "fp32",
+        ),
+        "openvino fp32": (
+            load_exported(work / "openvino" / "model.xml", "openvino").model,
+            False,
+            work / "openvino" / "model.xml",
+            "openvino",
+            "fp32",
+        ),
+        "openvino int8": (
+            load_exported(work / "openvino" / "model.int8.xml", "openvino").model,
+            False,
+            work / "openvino" / "model.int8.xml",
+            "openvino",
+            "fp32",
+        ),
+        "openvino fp32, bf16 hint": (
+            OpenVinoModel(work / "openvino" / "model.xml", precision="bf16"),
+            False,
+            None,
+            None,
+            None,
+        ),
     }
     ref = None
     for name, (fn, ac, path, backend, prec) in models.items():
@@ -177,20 +223,36 @@ def main(argv=None) -> int:
     decode = _decode_only(args.manifest, bundle.transform_spec, 200)
     base_model = rows["torch bf16 (predict default)"]["model_only"]
     base_e2e = rows["torch bf16 (predict default)"].get("end_to_end")
-    print(f"\n{len(y)} images ({int(y.sum())} positive), {bundle.transform_spec.image_size} px, batch {b}, "
-          f"{torch.get_num_threads()} threads; decode+preprocess alone (1 process): {decode:.1f} images/s\n")
-    print("| backend | model-only images/s | vs torch bf16 | end-to-end images/s | vs today's predict | AUC | "
-          "max prob. change vs fp32 |")
+    print(
+        f"\n{len(y)} images ({int(y.sum())} positive), {bundle.transform_spec.image_size} px, batch {b}, "
+        f"{torch.get_num_threads()} threads; decode+preprocess alone (1 process): {decode:.1f} images/s\n"
+    )
+    print(
+        "| backend | model-only images/s | vs torch bf16 | end-to-end images/s | vs today's predict | AUC | "
+        "max prob. change vs fp32 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         e2e = r.get("end_to_end")
-        print(f"| {name} | {r['model_only']:.1f} | {r['model_only'] / base_model:.2f}x | "
-              f"{'' if e2e is None else f'{e2e:.1f}'} | {'' if e2e is None or not base_e2e else f'{e2e / base_e2e:.2f}x'}"
-              f" | {r['auc']:.4f} | {r['max_change']:.4f} |")
-    (work / "backends.json").write_text(json.dumps({"rows": rows, "decode_only": decode, "n": len(y),
-                                                    "int8_checks": {k: v.int8 for k, v in exports.items()},
-                                                    "threads": torch.get_num_threads(),
-                                                    "load": os.getloadavg()}, indent=2, default=float))
+        print(
+            f"| {name} | {r['model_only']:.1f} | {r['model_only'] / base_model:.2f}x | "
+            f"{'' if e2e is None else f'{e2e:.1f}'} | {'' if e2e is None or not base_e2e else f'{e2e / base_e2e:.2f}x'}"
+            f" | {r['auc']:.4f} | {r['max_change']:.4f} |"
+        )
+    (work / "backends.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "decode_only": decode,
+                "n": len(y),
+                "int8_checks": {k: v.int8 for k, v in exports.items()},
+                "threads": torch.get_num_threads(),
+                "load": os.getloadavg(),
+            },
+            indent=2,
+            default=float,
+        )
+    )
     return 0
 
 

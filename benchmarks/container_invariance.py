@@ -10,6 +10,7 @@ bundle; the script prints the largest probability difference and how many exceed
 
 Needs ../shared (a benchmark, not a test). The DICOM folder is cached under ``--work``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def write_dicoms(jpegs: list[Path], where: Path) -> list[Path]:
         kw: dict = {"bits_stored": 12, "transfer_syntax": SYNTAXES[i % len(SYNTAXES)], "patient_id": f"B{i:05d}"}
         if i % 4 == 3:
             v, kw["photometric"] = 4095 - v, "MONOCHROME1"
-        if i % 6 == 5:   # modality values 0.5 * stored - 1024; the window covers all of them
+        if i % 6 == 5:  # modality values 0.5 * stored - 1024; the window covers all of them
             kw["rescale"], kw["window"] = (0.5, -1024.0), (0.5 * 2048 - 1024.0, 0.5 * 4096)
         write_dicom(dst, v, **kw)
     return out
@@ -65,11 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     p_jpeg = predict_probabilities(bundle, pd.DataFrame({"path": [str(p) for p in jpegs]}), workers=args.workers)
     p_dcm = predict_probabilities(bundle, pd.DataFrame({"path": [str(p) for p in dicoms]}), workers=args.workers)
     diff = np.abs(p_jpeg - p_dcm)
-    kinds = pd.Series([("mono1 " if i % 4 == 3 else "") + ("rescale+window " if i % 6 == 5 else "")
-                       + SYNTAXES[i % 4] for i in range(len(diff))])
+    kinds = pd.Series(
+        [
+            ("mono1 " if i % 4 == 3 else "") + ("rescale+window " if i % 6 == 5 else "") + SYNTAXES[i % 4]
+            for i in range(len(diff))
+        ]
+    )
     print(f"bundle {args.model} (transform spec intensity: {bundle.transform_spec.intensity})")
-    print(f"{len(diff)} images: max |JPEG - DICOM| = {diff.max():.4f}, mean {diff.mean():.5f}, "
-          f"{int((diff > 0.01).sum())} above 0.01, {int((diff > 0.02).sum())} above 0.02")
+    print(
+        f"{len(diff)} images: max |JPEG - DICOM| = {diff.max():.4f}, mean {diff.mean():.5f}, "
+        f"{int((diff > 0.01).sum())} above 0.01, {int((diff > 0.02).sum())} above 0.02"
+    )
     print(pd.DataFrame({"kind": kinds, "diff": diff}).groupby("kind")["diff"].agg(["count", "max"]).to_string())
     return 0
 

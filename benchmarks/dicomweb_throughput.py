@@ -15,6 +15,7 @@ Without ``--folder`` a folder of distinct CR files (four transfer syntaxes, see
 Orthanc (Debian packages ``orthanc`` + ``orthanc-dicomweb``) is started privately on
 127.0.0.1 with free ports, as in the tests, and stopped at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,23 @@ sys.path.insert(0, str(REPO))
 
 
 def run_predict(source: str, out: Path, model: Path, args, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "cxr_cad", "-q", "predict", source, "--model", str(model), "--out", str(out),
-           "--overwrite", "--batch-size", str(args.batch_size), "--fetch-chunk", str(args.fetch_chunk)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxr_cad",
+        "-q",
+        "predict",
+        source,
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--batch-size",
+        str(args.batch_size),
+        "--fetch-chunk",
+        str(args.fetch_chunk),
+    ]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -46,6 +62,7 @@ def run_predict(source: str, out: Path, model: Path, args, env: dict) -> dict:
 
 def main() -> None:
     from predict_throughput import default_model
+
     from tests.pacs_orthanc import PASSWORD, USER, skip_reason, start_orthanc
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -66,8 +83,20 @@ def main() -> None:
     if folder is None:
         folder = args.work / f"folder_{args.n}_{args.size}"
         if not folder.exists():
-            subprocess.run([sys.executable, str(HERE / "make_dicom_folder.py"), str(folder), "--n", str(args.n),
-                            "--unique", str(args.n), "--size", str(args.size)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "make_dicom_folder.py"),
+                    str(folder),
+                    "--n",
+                    str(args.n),
+                    "--unique",
+                    str(args.n),
+                    "--size",
+                    str(args.size),
+                ],
+                check=True,
+            )
     files = sorted(p for p in folder.rglob("*.dcm"))
     model = args.model or default_model(args.work)
     server = start_orthanc(args.work / f"orthanc-{os.getpid()}")
@@ -76,27 +105,36 @@ def main() -> None:
         for p in files:
             server.upload(p)
         upload_s = time.perf_counter() - t0
-        env = dict(os.environ, PYTHONPATH=str(REPO), CXR_CAD_DICOMWEB_USER=USER, CXR_CAD_DICOMWEB_PASSWORD=PASSWORD,
-                   CXR_CAD_NO_PROGRESS="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            CXR_CAD_DICOMWEB_USER=USER,
+            CXR_CAD_DICOMWEB_PASSWORD=PASSWORD,
+            CXR_CAD_NO_PROGRESS="1",
+        )
         results: dict[str, list[dict]] = {"folder": [], "dicomweb": []}
         for _ in range(args.repeat):
             results["folder"].append(run_predict(str(folder), args.work / "out_folder", model, args, env))
-            results["dicomweb"].append(run_predict(f"dicomweb:{server.dicomweb}", args.work / "out_dicomweb",
-                                                   model, args, env))
+            results["dicomweb"].append(
+                run_predict(f"dicomweb:{server.dicomweb}", args.work / "out_dicomweb", model, args, env)
+            )
     finally:
         server.stop()
     best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in results.items()}
     ratio = best["dicomweb"]["images_per_s"] / best["folder"]["images_per_s"]
-    print(f"{len(files)} DICOM files ({args.size} px, {folder}); upload to Orthanc {upload_s:.1f} s (not timed below); "
-          f"batch {args.batch_size}, fetch chunk {args.fetch_chunk}, best of {args.repeat}")
+    print(
+        f"{len(files)} DICOM files ({args.size} px, {folder}); upload to Orthanc {upload_s:.1f} s (not timed below); "
+        f"batch {args.batch_size}, fetch chunk {args.fetch_chunk}, best of {args.repeat}"
+    )
     print("| source | images | seconds | images/s |")
     print("| --- | ---: | ---: | ---: |")
     for name, label in (("folder", "folder"), ("dicomweb", "loopback Orthanc, DICOMweb")):
         r = best[name]
         print(f"| {label} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.2f} |")
     print(f"DICOMweb / folder throughput: {ratio:.0%} (target >= 70%)")
-    (args.work / "result.json").write_text(json.dumps({"results": results, "ratio": ratio, "n": len(files),
-                                                        "upload_s": upload_s}, indent=2))
+    (args.work / "result.json").write_text(
+        json.dumps({"results": results, "ratio": ratio, "n": len(files), "upload_s": upload_s}, indent=2)
+    )
 
 
 if __name__ == "__main__":

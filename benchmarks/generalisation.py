@@ -29,6 +29,7 @@ the bundle's stored threshold, and training time. Recipes:
 
 Needs ../shared (a benchmark, not a test). Run folders are cached under ``--work``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,20 +48,31 @@ SHARED = ROOT.parent / "shared" / "data"
 
 OLD_AUGMENT = {"rotate_deg": 10.0, "translate_frac": 0.05, "scale": [0.9, 1.1], "affine_prob": 1.0}
 RECIPES: dict[str, dict] = {
-    "old-readme": {"epochs": 4, "model": {"init": "none", "intensity": "none"},
-                   "optim": {"name": "sgd", "lr": 0.01, "weight_decay": 1e-4},
-                   "schedule": {"name": "cosine", "warmup_epochs": 0}, "augment": OLD_AUGMENT},
-    "old-defaults": {"epochs": 20, "model": {"init": "none", "intensity": "none"},
-                     "optim": {"name": "sgd", "lr": 1e-3, "weight_decay": 1e-4},
-                     "schedule": {"name": "cosine", "warmup_epochs": 0}, "augment": OLD_AUGMENT},
-    "monai-tutorial": {"epochs": 6, "model": {"init": "none", "intensity": "percentile",
-                                              "intensity_percentiles": [0.0, 100.0]},
-                       "optim": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0},
-                       "schedule": {"name": "constant", "warmup_epochs": 0}, "early_stopping": {"patience": 0},
-                       "data": {"imbalance": "none"}, "threshold": {"method": "fixed", "value": 0.5},
-                       "runtime": {"precision": "fp32"},
-                       "augment": {"rotate_deg": 15.0, "translate_frac": 0.0, "scale": [0.9, 1.1],
-                                   "affine_prob": 0.5, "hflip": True}},
+    "old-readme": {
+        "epochs": 4,
+        "model": {"init": "none", "intensity": "none"},
+        "optim": {"name": "sgd", "lr": 0.01, "weight_decay": 1e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 0},
+        "augment": OLD_AUGMENT,
+    },
+    "old-defaults": {
+        "epochs": 20,
+        "model": {"init": "none", "intensity": "none"},
+        "optim": {"name": "sgd", "lr": 1e-3, "weight_decay": 1e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 0},
+        "augment": OLD_AUGMENT,
+    },
+    "monai-tutorial": {
+        "epochs": 6,
+        "model": {"init": "none", "intensity": "percentile", "intensity_percentiles": [0.0, 100.0]},
+        "optim": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0},
+        "schedule": {"name": "constant", "warmup_epochs": 0},
+        "early_stopping": {"patience": 0},
+        "data": {"imbalance": "none"},
+        "threshold": {"method": "fixed", "value": 0.5},
+        "runtime": {"precision": "fp32"},
+        "augment": {"rotate_deg": 15.0, "translate_frac": 0.0, "scale": [0.9, 1.1], "affine_prob": 0.5, "hflip": True},
+    },
     "new": {"model": {"init": "none"}},
 }
 SHIFTS = ("gamma0.6", "gamma1.6", "contrast0.6", "dicom12", "lowres", "jpeg50")
@@ -72,8 +84,20 @@ def ingest(src: Path, out: Path) -> pd.DataFrame:
     from cxr_cad.manifest import read_manifest
 
     if not (out / "manifest.csv").exists():
-        rc = main(["-q", "ingest", str(src), "--labels-from-folders", "--classes", "NORMAL,PNEUMONIA",
-                   "--positive-class", "PNEUMONIA", "--out", str(out)])
+        rc = main(
+            [
+                "-q",
+                "ingest",
+                str(src),
+                "--labels-from-folders",
+                "--classes",
+                "NORMAL,PNEUMONIA",
+                "--positive-class",
+                "PNEUMONIA",
+                "--out",
+                str(out),
+            ]
+        )
         if rc:
             raise SystemExit(f"ingest of {src} failed ({rc})")
     return read_manifest(out / "manifest.csv", require_labels=True)
@@ -120,8 +144,13 @@ def make_shift(cohort: pd.DataFrame, shift: str, out: Path) -> pd.DataFrame:
         if shift == "dicom12":
             dst = where / f"{i:05d}.dcm"
             if not dst.exists():
-                write_dicom(dst, gray.astype(np.uint16) * 16 + 8, bits_stored=12, transfer_syntax="explicit",
-                            patient_id=f"S{i:05d}")
+                write_dicom(
+                    dst,
+                    gray.astype(np.uint16) * 16 + 8,
+                    bits_stored=12,
+                    transfer_syntax="explicit",
+                    patient_id=f"S{i:05d}",
+                )
         else:
             dst = where / f"{i:05d}.{'jpeg' if shift == 'jpeg50' else 'png'}"
             if not dst.exists():
@@ -162,9 +191,17 @@ def score(bundle_path: Path, cohort: pd.DataFrame, work: Path, workers: int, *, 
     y = (cohort["label"].astype(str) == bundle.positive_class).to_numpy().astype(int)
     ci = delong_auc_ci(y, p)
     m = binary_metrics(y, p, threshold=bundle.threshold)
-    return {"n": int(len(y)), "auc": ci.auc, "low": ci.low, "high": ci.high, "threshold": bundle.threshold,
-            "sens": m["sensitivity"]["value"], "spec": m["specificity"]["value"],
-            "bal_acc": m["balanced_accuracy"], "probabilities": p.tolist()}
+    return {
+        "n": int(len(y)),
+        "auc": ci.auc,
+        "low": ci.low,
+        "high": ci.high,
+        "threshold": bundle.threshold,
+        "sens": m["sensitivity"]["value"],
+        "spec": m["specificity"]["value"],
+        "bal_acc": m["balanced_accuracy"],
+        "probabilities": p.tolist(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,13 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subsample", type=int, default=0, help="score this many unseen images (0 = all)")
     ap.add_argument("--shift-subsample", type=int, default=1000, help="images per simulated shift")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="extra recipe: the new one with dotted-key overrides, e.g. lr1e4='{\"optim.lr\": 1e-4}'")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="extra recipe: the new one with dotted-key overrides, e.g. lr1e4='{\"optim.lr\": 1e-4}'",
+    )
     ap.add_argument("--no-shifts", action="store_true", help="score the unseen cohort only")
     ap.add_argument("--tta", action="store_true", help="also score every recipe with horizontal-flip TTA")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--image-size", type=int, default=None,
-                    help="train every recipe at this input size instead of its own (a cheaper comparison)")
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="train every recipe at this input size instead of its own (a cheaper comparison)",
+    )
     args = ap.parse_args(argv)
     from cxr_cad.config import apply_overrides
 
@@ -190,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         name, _, js = v.partition("=")
         recipes[name] = apply_overrides(RECIPES["new"], json.loads(js))
     if args.image_size:
-        recipes = {f"{k}@{args.image_size}": apply_overrides(r, {"model.image_size": args.image_size})
-                   for k, r in recipes.items()}
+        recipes = {
+            f"{k}@{args.image_size}": apply_overrides(r, {"model.image_size": args.image_size})
+            for k, r in recipes.items()
+        }
     work = args.work.resolve()
     dev = ingest(args.dev, work / "data" / "dev")
     unseen = unseen_cohort(args.dev, args.pool, ingest(args.pool, work / "data" / "pool"))
@@ -204,18 +252,22 @@ def main(argv: list[str] | None = None) -> int:
         base = unseen.iloc[np.sort(np.random.default_rng(1).choice(len(unseen), k, replace=False))]
         for shift in SHIFTS:
             cohorts[shift] = make_shift(base.reset_index(drop=True), shift, work / "shifts" / f"n{k}")
-    print(f"kermany-dev {len(dev)} images; unseen cohort {len(unseen)} images "
-          f"({int((unseen['label'] == 'PNEUMONIA').sum())} PNEUMONIA)", flush=True)
+    print(
+        f"kermany-dev {len(dev)} images; unseen cohort {len(unseen)} images "
+        f"({int((unseen['label'] == 'PNEUMONIA').sum())} PNEUMONIA)",
+        flush=True,
+    )
     rows, results = [], {}
     for name, recipe in recipes.items():
         bundle, minutes = train(name, recipe, dev, work, args.workers)
-        for (cname, cohort), tta in [(c, t) for t in ([False, True] if args.tta else [False])
-                                     for c in cohorts.items()]:
+        for (cname, cohort), tta in [(c, t) for t in ([False, True] if args.tta else [False]) for c in cohorts.items()]:
             r = score(bundle, cohort, work, args.workers, tta=tta)
             results[f"{name}{'+hflip' if tta else ''}/{cname}"] = r
-            rows.append(f"| {name}{' + hflip TTA' if tta else ''} | {cname} | {r['n']} | {r['auc']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
-                        f"{r['threshold']:.3f} | {100 * r['sens']:.1f} | {100 * r['spec']:.1f} | "
-                        f"{100 * r['bal_acc']:.1f} | {minutes:.1f} |")
+            rows.append(
+                f"| {name}{' + hflip TTA' if tta else ''} | {cname} | {r['n']} | {r['auc']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
+                f"{r['threshold']:.3f} | {100 * r['sens']:.1f} | {100 * r['spec']:.1f} | "
+                f"{100 * r['bal_acc']:.1f} | {minutes:.1f} |"
+            )
             print(rows[-1], flush=True)
     (work / "results.json").write_text(json.dumps(results))
     print("\n| recipe | cohort | n | AUC (DeLong 95% CI) | threshold | sens % | spec % | bal. acc % | train min |")

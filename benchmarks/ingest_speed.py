@@ -7,6 +7,7 @@ with --rle) plus a few junk files into a temporary folder, then times header-onl
 scanning and, with --verify-pixels, full decoding, for each worker count. Prints a table
 (files/s). The first run per worker count warms the OS file cache; --repeat takes the best.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from cxr_cad.progress import set_enabled  # noqa: E402
 def write_cohort(root: Path, n: int, size: int, rle: bool, seed: int = 0) -> None:
     """N CR DICOMs (12-bit noise + gradient, size x size) over n // 4 patients."""
     rng = np.random.default_rng(seed)
-    base = (np.linspace(0, 3000, size, dtype=np.float32)[None, :] * np.ones((size, 1), np.float32))
+    base = np.linspace(0, 3000, size, dtype=np.float32)[None, :] * np.ones((size, 1), np.float32)
     for i in range(n):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         write_cohort(root, args.n, args.size, args.rle)
         gen = time.perf_counter() - t0
         mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 1e6
-        print(f"generated {args.n} DICOMs ({args.size}x{args.size}, {mb:.0f} MB, rle={args.rle}) in {gen:.1f} s; "
-              f"python {platform.python_version()}, {os.cpu_count()} CPUs")
+        print(
+            f"generated {args.n} DICOMs ({args.size}x{args.size}, {mb:.0f} MB, rle={args.rle}) in {gen:.1f} s; "
+            f"python {platform.python_version()}, {os.cpu_count()} CPUs"
+        )
         print(f"{'mode':<14}{'workers':>8}{'files':>8}{'accepted':>10}{'seconds':>10}{'files/s':>10}")
         modes = ["header-only"] + (["verify-pixels"] if args.verify_pixels else [])
         for mode in modes:
@@ -82,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = scan_sources([root], workers=w, verify_pixels=mode == "verify-pixels")
                     best = min(best, time.perf_counter() - t)
                 assert result.n_files == args.n + 2 and len(result.accepted) == args.n
-                print(f"{mode:<14}{w:>8}{result.n_files:>8}{len(result.accepted):>10}{best:>10.2f}"
-                      f"{result.n_files / best:>10.0f}")
+                print(
+                    f"{mode:<14}{w:>8}{result.n_files:>8}{len(result.accepted):>10}{best:>10.2f}"
+                    f"{result.n_files / best:>10.0f}"
+                )
     return 0
 
 

@@ -8,6 +8,7 @@ Explains the backends table (README "Measured figures"): run on an exported fold
 Prints, per layer type and kernel (OpenVINO's exec_type, e.g. jit_avx512_amx_I8 or ref_...),
 the share of the int8 forward time, then torch bf16's per-op shares from torch.profiler.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ def torch_profile(bundle: str, batch: int, iters: int, size: int) -> tuple[float
     from cxr_cad.model import load_bundle
 
     info = runtime.resolve_runtime("cpu", "bf16")
-    model = prepare_for_inference(load_bundle(bundle).model, info)   # exactly what `predict` runs
+    model = prepare_for_inference(load_bundle(bundle).model, info)  # exactly what `predict` runs
     x = runtime.to_device(torch.randn(batch, 1, size, size), info)
     with torch.inference_mode(), runtime.autocast(info):
         model(x)

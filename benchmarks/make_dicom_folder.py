@@ -14,6 +14,7 @@ repeated reads cheaper than a cold PACS export.
 
     python benchmarks/make_dicom_folder.py OUT_DIR --n 200 --unique 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless,
-                         PYDICOM_IMPLEMENTATION_UID, RLELossless, generate_uid)
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
 CRImageStorage = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 KERMANY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kermany-dev"
@@ -73,8 +80,7 @@ def make_dataset(pixels: np.ndarray, *, monochrome1: bool, k: int) -> Dataset:
     return ds
 
 
-def make_folder(out: Path, n: int, unique: int, size: int = 2000, source: Path = KERMANY,
-                seed: int = 0) -> list[Path]:
+def make_folder(out: Path, n: int, unique: int, size: int = 2000, source: Path = KERMANY, seed: int = 0) -> list[Path]:
     """Write ``unique`` encoded files and hard links up to ``n`` files under ``out``."""
     with open(source / "manifest.csv", newline="", encoding="utf-8") as fh:
         jpegs = [source / row["path"] for row in csv.DictReader(fh)]

@@ -22,6 +22,7 @@ Without ``--folder`` a folder is generated with ``benchmarks/make_dicom_folder.p
 ``--work`` (needs ../shared/data/kermany-dev); without ``--model`` a randomly initialised
 bundle of the default spec is written there (speed does not depend on the weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,9 @@ class MemorySampler(threading.Thread):
 
 
 def _run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, MemorySampler]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CXR_CAD_NO_PROGRESS": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CXR_CAD_NO_PROGRESS": "1"}
+    )
     sampler = MemorySampler(proc.pid)
     sampler.start()
     out, err = proc.communicate()
@@ -104,19 +106,49 @@ def _run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, MemorySa
 
 
 def run_cxr_cad(folder: Path, model: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "cxr_cad", "-q", "predict", str(folder), "--model", str(model), "--out", str(out),
-           "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--overwrite",
-           "--precision", args.precision] + (["--compile"] if args.compile else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxr_cad",
+        "-q",
+        "predict",
+        str(folder),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+        "--overwrite",
+        "--precision",
+        args.precision,
+    ] + (["--compile"] if args.compile else [])
     _, mem = _run_measured(cmd)
     summary = json.loads((out / "summary.json").read_text())
-    return {"images": summary["n_processed"], "seconds": summary["seconds"], "rss": mem.peak_main_rss,
-            "pss": mem.peak_tree_pss, "precision": summary["runtime"]["precision"],
-            "rejected": summary["n_rejected"]}
+    return {
+        "images": summary["n_processed"],
+        "seconds": summary["seconds"],
+        "rss": mem.peak_main_rss,
+        "pss": mem.peak_tree_pss,
+        "precision": summary["runtime"]["precision"],
+        "rejected": summary["n_rejected"],
+    }
 
 
 def run_baseline(folder: Path, model: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_baseline", str(folder), str(model), str(out),
-           str(args.batch_size), str(args.workers), str(args.n)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_baseline",
+        str(folder),
+        str(model),
+        str(out),
+        str(args.batch_size),
+        str(args.workers),
+        str(args.n),
+    ]
     done, mem = _run_measured(cmd)
     res = json.loads(done.stdout.strip().splitlines()[-1])
     return {**res, "rss": mem.peak_main_rss, "pss": mem.peak_tree_pss, "precision": "fp32"}
@@ -126,8 +158,15 @@ def baseline_main(folder: str, model_path: str, out_csv: str, batch_size: int, w
     """The MONAI-tutorial way: PydicomReader, ScaleIntensity, Resize, fp32 eager."""
     import torch
     from monai.data import DataLoader, Dataset, PydicomReader
-    from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
-                                  Resized, ScaleIntensityd)
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        NormalizeIntensityd,
+        Resized,
+        ScaleIntensityd,
+    )
 
     from cxr_cad.model import load_bundle
 
@@ -135,16 +174,19 @@ def baseline_main(folder: str, model_path: str, out_csv: str, batch_size: int, w
     bundle = load_bundle(model_path)
     spec = bundle.transform_spec
     files = sorted(str(p) for p in Path(folder).rglob("*.dcm"))[:n]
-    chain = Compose([
-        LoadImaged(keys="image", reader=PydicomReader(), image_only=True),
-        EnsureChannelFirstd(keys="image"),
-        ScaleIntensityd(keys="image"),
-        Resized(keys="image", spatial_size=(spec.image_size, spec.image_size)),
-        NormalizeIntensityd(keys="image", subtrahend=list(spec.mean), divisor=list(spec.std), channel_wise=True),
-        EnsureTyped(keys="image", dtype=torch.float32),
-    ])
-    loader = DataLoader(Dataset([{"image": f, "path": f} for f in files], transform=chain),
-                        batch_size=batch_size, num_workers=workers)
+    chain = Compose(
+        [
+            LoadImaged(keys="image", reader=PydicomReader(), image_only=True),
+            EnsureChannelFirstd(keys="image"),
+            ScaleIntensityd(keys="image"),
+            Resized(keys="image", spatial_size=(spec.image_size, spec.image_size)),
+            NormalizeIntensityd(keys="image", subtrahend=list(spec.mean), divisor=list(spec.std), channel_wise=True),
+            EnsureTyped(keys="image", dtype=torch.float32),
+        ]
+    )
+    loader = DataLoader(
+        Dataset([{"image": f, "path": f} for f in files], transform=chain), batch_size=batch_size, num_workers=workers
+    )
     model = bundle.model.eval()
     rows = []
     with torch.no_grad():
@@ -179,8 +221,13 @@ def model_only(model: Path, args, precision: str) -> dict:
         for _ in range(n_batches):
             net(runtime.to_device(x, info)).float()
         seconds = time.perf_counter() - t0
-    return {"images": n_batches * args.batch_size, "seconds": seconds, "rss": float("nan"),
-            "pss": float("nan"), "precision": info.precision}
+    return {
+        "images": n_batches * args.batch_size,
+        "seconds": seconds,
+        "rss": float("nan"),
+        "pss": float("nan"),
+        "precision": info.precision,
+    }
 
 
 def default_model(work: Path) -> Path:
@@ -191,22 +238,33 @@ def default_model(work: Path) -> Path:
     path = work / "random-resnet18.pt"
     if not path.exists():
         model, _ = init_model("none", 2, 1)
-        save_bundle(path, model, classes=["NORMAL", "PNEUMONIA"], positive_class="PNEUMONIA",
-                    transform_spec=TransformSpec(), threshold=0.5, threshold_method="fixed",
-                    manifest_hash="benchmark")
+        save_bundle(
+            path,
+            model,
+            classes=["NORMAL", "PNEUMONIA"],
+            positive_class="PNEUMONIA",
+            transform_spec=TransformSpec(),
+            threshold=0.5,
+            threshold_method="fixed",
+            manifest_hash="benchmark",
+        )
     return path
 
 
 def table(rows: dict[str, dict], baseline: str | None, ceiling: str) -> str:
-    lines = ["| path | precision | images | seconds | images/s | vs baseline | % of model-only "
-             "| peak RSS main (MiB) | peak PSS all processes (MiB) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| path | precision | images | seconds | images/s | vs baseline | % of model-only "
+        "| peak RSS main (MiB) | peak PSS all processes (MiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     ips = {k: r["images"] / r["seconds"] for k, r in rows.items()}
     for name, r in rows.items():
         vs = f"{ips[name] / ips[baseline]:.2f}x" if baseline else "-"
         pct = f"{100 * ips[name] / ips[ceiling]:.0f}%"
-        lines.append(f"| {name} | {r['precision']} | {r['images']} | {r['seconds']:.1f} | {ips[name]:.1f} | {vs} "
-                     f"| {pct} | {r['rss']:.0f} | {r['pss']:.0f} |")
+        lines.append(
+            f"| {name} | {r['precision']} | {r['images']} | {r['seconds']:.1f} | {ips[name]:.1f} | {vs} "
+            f"| {pct} | {r['rss']:.0f} | {r['pss']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -228,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--compile", action="store_true", help="torch.compile in cxr-cad and model-only")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="run the end-to-end paths this many times, interleaved, and keep each one's best "
-                    "(steadier numbers on a shared machine)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the end-to-end paths this many times, interleaved, and keep each one's best "
+        "(steadier numbers on a shared machine)",
+    )
     args = ap.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -242,20 +304,24 @@ def main(argv: list[str] | None = None) -> int:
         make_folder(folder, args.n, args.unique, args.size)
     model = args.model or default_model(args.work)
     rows: dict[str, dict] = {}
-    print(f"folder {folder}, model {model}, batch {args.batch_size}, workers {args.workers}, "
-          f"{os.cpu_count()} CPU(s)", file=sys.stderr)
+    print(
+        f"folder {folder}, model {model}, batch {args.batch_size}, workers {args.workers}, {os.cpu_count()} CPU(s)",
+        file=sys.stderr,
+    )
     paths = {"cxr-cad predict": lambda: run_cxr_cad(folder, model, args.work / "out-cxr-cad", args)}
     if not args.skip_baseline:
-        paths["MONAI baseline (PydicomReader, fp32)"] = lambda: run_baseline(folder, model, args.work / "baseline.csv",
-                                                                             args)
+        paths["MONAI baseline (PydicomReader, fp32)"] = lambda: run_baseline(
+            folder, model, args.work / "baseline.csv", args
+        )
     for _ in range(max(1, args.repeats)):
         for name, run in paths.items():
             res = run()
             if name not in rows or res["seconds"] < rows[name]["seconds"]:
                 rows[name] = res
     rows["model only (pre-decoded)"] = model_only(model, args, rows["cxr-cad predict"]["precision"])
-    print(table(rows, None if args.skip_baseline else "MONAI baseline (PydicomReader, fp32)",
-                "model only (pre-decoded)"))
+    print(
+        table(rows, None if args.skip_baseline else "MONAI baseline (PydicomReader, fp32)", "model only (pre-decoded)")
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ Given a training run folder (``cxr-cad train`` on kermany-dev), it
     python benchmarks/shift.py --run runs/kdev_run --train-manifest runs/kdev/manifest.csv \\
         --unseen-manifest runs/k224/manifest.csv --adult ../shared/data/dicom --work runs/shift_bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,15 @@ from scipy import ndimage
 SHIFTS = {
     "inverted": lambda x: 255 - x,
     "blur_sigma4%": lambda x: ndimage.gaussian_filter(x, x.shape[1] * 0.04),
-    "zoom_center40%": lambda x: x[int(x.shape[0] * .3):int(x.shape[0] * .7), int(x.shape[1] * .3):int(x.shape[1] * .7)],
+    "zoom_center40%": lambda x: x[
+        int(x.shape[0] * 0.3) : int(x.shape[0] * 0.7), int(x.shape[1] * 0.3) : int(x.shape[1] * 0.7)
+    ],
     "gamma0.6": lambda x: 255 * (x / 255) ** 0.6,
     "contrast0.7": lambda x: 128 + 0.7 * (x - 128),
     "jpeg_q50": None,  # handled in _derive
-    "down64_up": lambda x: np.asarray(Image.fromarray(x.astype(np.uint8)).resize((64, 64)).resize(x.shape[::-1]),
-                                      np.float64),
+    "down64_up": lambda x: np.asarray(
+        Image.fromarray(x.astype(np.uint8)).resize((64, 64)).resize(x.shape[::-1]), np.float64
+    ),
 }
 
 
@@ -50,10 +54,18 @@ def _bundle_with_summary(run: Path, train_manifest: pd.DataFrame, work: Path) ->
     split = pd.read_csv(run / "split.csv", dtype=str)
     rows = train_manifest.merge(split[["sop_instance_uid", "split"]], on="sop_instance_uid")
     t0 = time.perf_counter()
-    summary = summarise_training(b.model, b.transform_spec, rows[rows["split"] == "train"],
-                                 rows[rows["split"] != "train"], cache_dir=work / "cache", workers=2)
-    print(f"summary: {summary['n_train']} train + {summary['n_validation']} validation images, "
-          f"{time.perf_counter() - t0:.0f} s; q99 distance {summary['quantiles']['q990']:.2f}")
+    summary = summarise_training(
+        b.model,
+        b.transform_spec,
+        rows[rows["split"] == "train"],
+        rows[rows["split"] != "train"],
+        cache_dir=work / "cache",
+        workers=2,
+    )
+    print(
+        f"summary: {summary['n_train']} train + {summary['n_validation']} validation images, "
+        f"{time.perf_counter() - t0:.0f} s; q99 distance {summary['quantiles']['q990']:.2f}"
+    )
     d = torch.load(src, weights_only=True)
     d["extra"] = {**(d.get("extra") or {}), "shift": summary}
     out = work / "model_with_summary.pt"
@@ -81,8 +93,13 @@ def _score(bundle: Path, sources: list, out: Path) -> dict:
     r = predict(sources, out, bundle, PredictOptions(workers=2, policy=AcceptPolicy(modalities=()), overwrite=True))
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     s = pd.to_numeric(pred["shift_score"], errors="coerce")
-    return {"n": int(len(pred)), "flagged": float((s > 1).mean()), "median_score": float(s.median()),
-            "cohort_flagged": r.shift["flagged"], "scores": s.round(2).tolist() if len(s) <= 10 else None}
+    return {
+        "n": int(len(pred)),
+        "flagged": float((s > 1).mean()),
+        "median_score": float(s.median()),
+        "cohort_flagged": r.shift["flagged"],
+        "scores": s.round(2).tolist() if len(s) <= 10 else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -107,15 +124,17 @@ def main(argv=None) -> int:
     paths = [str(x) for x in unseen["path"]]
     results = {"unseen patients (same source)": _score(bundle, paths, args.work / "unseen")}
     for name in SHIFTS:
-        src = _derive(paths[:args.n_shifted], args.work / "shifted" / name, name)
+        src = _derive(paths[: args.n_shifted], args.work / "shifted" / name, name)
         results[f"unseen, {name}"] = _score(bundle, [src], args.work / "scores" / name)
     if args.adult:
         results["adult DICOM films"] = _score(bundle, [args.adult], args.work / "adult")
     print(f"{'cohort':36s} {'n':>5s} {'flagged':>8s} {'median score':>13s} cohort verdict")
     for k, v in results.items():
-        print(f"{k:36s} {v['n']:5d} {v['flagged']:8.1%} {v['median_score']:13.2f} "
-              f"{'FLAGGED' if v['cohort_flagged'] else 'not flagged'}"
-              f"{'  ' + str(v['scores']) if v['scores'] else ''}")
+        print(
+            f"{k:36s} {v['n']:5d} {v['flagged']:8.1%} {v['median_score']:13.2f} "
+            f"{'FLAGGED' if v['cohort_flagged'] else 'not flagged'}"
+            f"{'  ' + str(v['scores']) if v['scores'] else ''}"
+        )
     (args.work / "shift_results.json").write_text(json.dumps(results, indent=2))
     return 0
 

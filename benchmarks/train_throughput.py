@@ -17,6 +17,7 @@ Usage::
     python benchmarks/train_throughput.py                 # ~1-2 minutes on a small CPU
     python benchmarks/train_throughput.py --steps 20 --batch-size 64 --compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,7 @@ def _measure(variant: str, image_size: int, batch_size: int, steps: int, warmup:
 
         def step():
             return train_step(module, xb, y, criterion, opt, info)
+
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -70,10 +72,17 @@ def _measure(variant: str, image_size: int, batch_size: int, steps: int, warmup:
         loss = step()
     float(loss)
     secs = time.perf_counter() - t0
-    return {"variant": variant, "precision": info.precision, "channels_last": info.channels_last,
-            "images_per_s": steps * batch_size / secs, "step_s": secs / steps, "warmup_s": warm_s,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {
+        "variant": variant,
+        "precision": info.precision,
+        "channels_last": info.channels_last,
+        "images_per_s": steps * batch_size / secs,
+        "step_s": secs / steps,
+        "warmup_s": warm_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,21 +102,37 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["fp32-eager", "project"] + (["project+compile"] if a.compile else [])
     results = []
     for v in variants:
-        cmd = [sys.executable, __file__, "--variant", v, "--image-size", str(a.image_size),
-               "--batch-size", str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            v,
+            "--image-size",
+            str(a.image_size),
+            "--batch-size",
+            str(a.batch_size),
+            "--steps",
+            str(a.steps),
+            "--warmup",
+            str(a.warmup),
+        ]
         if a.threads:
             cmd += ["--threads", str(a.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = results[0]["images_per_s"]
-    print(f"Training throughput, ResNet18, {a.image_size}x{a.image_size}, batch {a.batch_size}, "
-          f"{a.steps} timed steps after {a.warmup} warm-up, {results[0]['threads']} threads, "
-          f"torch {results[0]['torch']}\n")
+    print(
+        f"Training throughput, ResNet18, {a.image_size}x{a.image_size}, batch {a.batch_size}, "
+        f"{a.steps} timed steps after {a.warmup} warm-up, {results[0]['threads']} threads, "
+        f"torch {results[0]['torch']}\n"
+    )
     print("| variant | precision | channels-last | images/s | s/step | speed-up | peak RSS MiB |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['variant']} | {r['precision']} | {r['channels_last']} | {r['images_per_s']:.1f} | "
-              f"{r['step_s']:.2f} | {r['images_per_s'] / base:.2f}x | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {r['variant']} | {r['precision']} | {r['channels_last']} | {r['images_per_s']:.1f} | "
+            f"{r['step_s']:.2f} | {r['images_per_s'] / base:.2f}x | {r['peak_rss_mib']:.0f} |"
+        )
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

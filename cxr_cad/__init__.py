@@ -3,7 +3,9 @@
 DICOM/PNG/JPEG ingestion into manifests, MONAI transforms, a transfer-learned
 ResNet18, patient-grouped cross-validation, ROC statistics and clinical reports.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("cxr_cad")

@@ -8,11 +8,13 @@ When stderr is not a terminal (a log file, a pipe, a batch job), a redrawn bar w
 become one line per update; instead a plain status line is printed at most every
 :data:`LOG_INTERVAL_S` seconds, plus the final one.
 """
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -53,15 +55,41 @@ def enabled() -> bool:
     return _enabled
 
 
-def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
-             unit: str = "it", leave: bool = True, **kwargs) -> "tqdm[T]":
+def progress(
+    iterable: Iterable[T] | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    leave: bool = True,
+    **kwargs,
+) -> tqdm[T]:
     """A tqdm bar on stderr; disabled (but still iterable/updatable) when bars are off.
 
     Not a terminal: one status line every :data:`LOG_INTERVAL_S` seconds instead of redraws."""
     if _is_terminal(sys.stderr):
-        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr,
-                    disable=not _enabled, dynamic_ncols=True, **kwargs)
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc,
+            unit=unit,
+            leave=leave,
+            file=sys.stderr,
+            disable=not _enabled,
+            dynamic_ncols=True,
+            **kwargs,
+        )
     kwargs.setdefault("mininterval", LOG_INTERVAL_S)
     kwargs.setdefault("maxinterval", max(LOG_INTERVAL_S, kwargs["mininterval"]))
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=_LineStream(sys.stderr),
-                disable=not _enabled, ncols=100, ascii=True, **kwargs)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        leave=leave,
+        file=_LineStream(sys.stderr),
+        disable=not _enabled,
+        ncols=100,
+        ascii=True,
+        **kwargs,
+    )

@@ -13,15 +13,17 @@ that variable when it is not set (the store still works; MLflow has only stopped
 features to it). Any other URI (``http://``, ``sqlite:///``, ``databricks``) is passed to
 MLflow as is. Only rank 0 of a torchrun job logs. MLflow is the optional extra ``track``.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cxr_cad.errors import UsageError
 from cxr_cad.versions import software_versions
@@ -92,8 +94,10 @@ class Tracker:
 
     def epoch_callback(self, prefix: str = ""):
         """``train_model`` callback: ``cb(epoch, record)`` logs the epoch's figures at ``step=epoch``."""
+
         def cb(epoch: int, record: dict) -> None:
             self.log_metrics({k: record.get(k) for k in _EPOCH_KEYS}, step=epoch, prefix=prefix)
+
         return cb
 
     def log_epochs_csv(self, path: Path, prefix: str = "") -> None:
@@ -128,15 +132,22 @@ def _mlflow():
     except ImportError as exc:
         from cxr_cad.export.common import MissingExtraError
 
-        raise MissingExtraError("--track mlflow needs MLflow; install the optional extra with "
-                                "`pip install -c constraints/cpu.txt -e '.[track]'` (or `pip install mlflow-skinny`)"
-                                ) from exc
+        raise MissingExtraError(
+            "--track mlflow needs MLflow; install the optional extra with "
+            "`pip install -c constraints/cpu.txt -e '.[track]'` (or `pip install mlflow-skinny`)"
+        ) from exc
     return MlflowClient
 
 
 @contextmanager
-def track_run(spec: str | None, command: str, params: dict | None = None, *, run_name: str | None = None,
-              experiment: str = EXPERIMENT) -> Iterator[Tracker]:
+def track_run(
+    spec: str | None,
+    command: str,
+    params: dict | None = None,
+    *,
+    run_name: str | None = None,
+    experiment: str = EXPERIMENT,
+) -> Iterator[Tracker]:
     """Open an MLflow run for ``command`` (or a no-op tracker when ``spec`` is None / rank > 0).
 
     The run ends FINISHED, or FAILED when the block raises (the exception propagates).
@@ -151,8 +162,7 @@ def track_run(spec: str | None, command: str, params: dict | None = None, *, run
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     run = client.create_run(exp_id, run_name=run_name, tags={"cxr_cad.command": command})
     tracker = Tracker(client, run.info.run_id)
-    tracker.set_tags({f"versions.{k}": v for k, v in software_versions(_VERSIONED).items()
-                      if v != "not installed"})
+    tracker.set_tags({f"versions.{k}": v for k, v in software_versions(_VERSIONED).items() if v != "not installed"})
     if params:
         for k, v in flatten(params).items():
             client.log_param(run.info.run_id, k, v)
@@ -174,12 +184,20 @@ def log_training_run(tracker: Tracker, run_dir: str | os.PathLike, prefix: str =
     if not tracker.active or not result_file.is_file():
         return
     result = json.loads(result_file.read_text(encoding="utf-8"))
-    tracker.log_metrics({"best_val_auc": result.get("val_auc"), "threshold": result.get("threshold"),
-                         "best_epoch": result.get("best_epoch"), "epochs_run": result.get("epochs_run")},
-                        prefix=prefix)
+    tracker.log_metrics(
+        {
+            "best_val_auc": result.get("val_auc"),
+            "threshold": result.get("threshold"),
+            "best_epoch": result.get("best_epoch"),
+            "epochs_run": result.get("epochs_run"),
+        },
+        prefix=prefix,
+    )
     if not prefix:
         parent = result.get("parent_bundle") or {}
-        tracker.set_tags({"manifest_hash": result.get("manifest_hash"), "parent_bundle": parent.get("sha256") or "none"})
+        tracker.set_tags(
+            {"manifest_hash": result.get("manifest_hash"), "parent_bundle": parent.get("sha256") or "none"}
+        )
     for name in ("model.pt", "model_card.md", "val_predictions.csv", "train_log.csv", "config.yaml", "run.json"):
         tracker.log_artifact(run_dir / name, prefix.rstrip(".") or None)
 
@@ -195,9 +213,14 @@ def add_track_option(parser: Any) -> None:
             raise argparse.ArgumentTypeError(str(exc)) from exc
         return text
 
-    parser.add_argument("--track", metavar="mlflow[:URI]", default=None, type=_check,
-                        help=f"log params, metrics and artifacts to MLflow (default URI {DEFAULT_URI}, a local file "
-                        "store; needs the 'track' extra)")
+    parser.add_argument(
+        "--track",
+        metavar="mlflow[:URI]",
+        default=None,
+        type=_check,
+        help=f"log params, metrics and artifacts to MLflow (default URI {DEFAULT_URI}, a local file "
+        "store; needs the 'track' extra)",
+    )
 
 
 def log_crossval_run(tracker: Tracker, res: Any, manifest_hash: str | None = None) -> None:
@@ -210,16 +233,30 @@ def log_crossval_run(tracker: Tracker, res: Any, manifest_hash: str | None = Non
     for f in m.get("per_fold", []):
         k = f.get("fold")
         tracker.log_epochs_csv(res.out_dir / "folds" / str(k) / "train_log.csv", prefix=f"fold{k}.")
-        tracker.log_metrics({"auc": (f.get("auc") or {}).get("auc"), "threshold": f.get("threshold"),
-                             "best_epoch": f.get("best_epoch")}, prefix=f"fold{k}.")
+        tracker.log_metrics(
+            {
+                "auc": (f.get("auc") or {}).get("auc"),
+                "threshold": f.get("threshold"),
+                "best_epoch": f.get("best_epoch"),
+            },
+            prefix=f"fold{k}.",
+        )
     auc = (m.get("across_folds") or {}).get("auc") or {}
     pooled = (m.get("pooled") or {}).get("auc_delong") or {}
-    tracker.log_metrics({"auc_mean": auc.get("mean"), "auc_sd": auc.get("sd"), "pooled_auc": pooled.get("auc"),
-                         "pooled_auc_low": pooled.get("low"), "pooled_auc_high": pooled.get("high")})
+    tracker.log_metrics(
+        {
+            "auc_mean": auc.get("mean"),
+            "auc_sd": auc.get("sd"),
+            "pooled_auc": pooled.get("auc"),
+            "pooled_auc_low": pooled.get("low"),
+            "pooled_auc_high": pooled.get("high"),
+        }
+    )
     parent = "none"
     for result_file in sorted((res.out_dir / "folds").glob("*/result.json")):
-        parent = (json.loads(result_file.read_text(encoding="utf-8")).get("parent_bundle") or {}).get("sha256") \
-            or "none"
+        parent = (json.loads(result_file.read_text(encoding="utf-8")).get("parent_bundle") or {}).get(
+            "sha256"
+        ) or "none"
         break
     tracker.set_tags({"manifest_hash": manifest_hash, "parent_bundle": parent})
     for name in ("oof_predictions.csv", "cv_metrics.json", "roc_curves.csv", "folds.csv"):
@@ -239,8 +276,15 @@ def log_evaluate_run(spec: str | None, args: Any, bundle: Any, result: Any) -> N
         tracker.log_metrics({"auc": primary.get("auc"), "auc_low": primary.get("low"), "auc_high": primary.get("high")})
         for op in d.get("operating_points") or []:
             m = op.get("metrics") or {}
-            tracker.log_metrics({k: (m.get(k) or {}).get("value") for k in ("sensitivity", "specificity", "ppv", "npv")},
-                                prefix=f"{op.get('name')}.")
-        tracker.set_tags({"manifest_hash": (d.get("cohort") or {}).get("manifest_hash"),
-                          "parent_bundle": bundle.sha256, "bundle_manifest_hash": bundle.manifest_hash})
+            tracker.log_metrics(
+                {k: (m.get(k) or {}).get("value") for k in ("sensitivity", "specificity", "ppv", "npv")},
+                prefix=f"{op.get('name')}.",
+            )
+        tracker.set_tags(
+            {
+                "manifest_hash": (d.get("cohort") or {}).get("manifest_hash"),
+                "parent_bundle": bundle.sha256,
+                "bundle_manifest_hash": bundle.manifest_hash,
+            }
+        )
         tracker.log_artifact(result.out_dir, "report")

@@ -1,9 +1,10 @@
 """Software versions recorded in run folders, reports and ingest records (no heavy imports)."""
+
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Iterable
 
 from cxr_cad import __version__
 

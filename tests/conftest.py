@@ -1,4 +1,5 @@
 """Shared pytest fixtures. Keep this small: fixture factories live in tests/*.py helpers."""
+
 from __future__ import annotations
 
 import os

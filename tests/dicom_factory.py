@@ -10,17 +10,19 @@ JPEG 2000 lossless / lossy (pylibjpeg-openjpeg), JPEG baseline (Pillow + encapsu
 8-bit only), JPEG lossless Process 14 (:func:`encode_jpeg_lossless`, a small encoder
 here, as no installed package encodes it; unsigned data). Everything is deterministic.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    JPEG2000,
     UID,
     ComprehensiveSRStorage,
     ComputedRadiographyImageStorage,
@@ -28,7 +30,6 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLossless,
@@ -51,16 +52,26 @@ SYNTAXES = {
     "j2k": JPEG2000Lossless,
     "j2k_lossy": JPEG2000,
     "jpeg_baseline": JPEGBaseline8Bit,
-    "jpeg_lossless": JPEGLosslessSV1,   # Process 14, selection value 1 (this module's encoder)
-    "jpeg_lossless_p7": JPEGLossless,   # Process 14, here with predictor 7
+    "jpeg_lossless": JPEGLosslessSV1,  # Process 14, selection value 1 (this module's encoder)
+    "jpeg_lossless_p7": JPEGLossless,  # Process 14, here with predictor 7
 }
-LOSSLESS = ("implicit", "explicit", "big_endian", "deflated", "rle", "jpegls", "j2k", "jpeg_lossless",
-            "jpeg_lossless_p7")
+LOSSLESS = (
+    "implicit",
+    "explicit",
+    "big_endian",
+    "deflated",
+    "rle",
+    "jpegls",
+    "j2k",
+    "jpeg_lossless",
+    "jpeg_lossless_p7",
+)
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as generate_uid uses
 
 
-def chest_phantom(size: int | tuple[int, int] = 64, *, bits_stored: int = 12, signed: bool = False,
-                  seed: int = 0) -> np.ndarray:
+def chest_phantom(
+    size: int | tuple[int, int] = 64, *, bits_stored: int = 12, signed: bool = False, seed: int = 0
+) -> np.ndarray:
     """Stored values of a chest-like image (bright body/spine, dark lungs), MONOCHROME2 polarity.
 
     Spans most of the ``bits_stored`` range (unsigned ``0..2**bits-1`` or signed
@@ -165,7 +176,7 @@ def write_dicom(
         pixels = np.stack([pixels] * frames)
     samples = 3 if photometric.upper() in ("RGB", "YBR_FULL", "YBR_FULL_422") else 1
     bits_allocated = bits_allocated or (8 if bits_stored <= 8 else 16)
-    rows, cols = (pixels.shape[1:3] if frames > 1 else pixels.shape[:2])
+    rows, cols = pixels.shape[1:3] if frames > 1 else pixels.shape[:2]
 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -215,8 +226,7 @@ def write_dicom(
     meta.ImplementationClassUID = UID(_UID_ROOT + "1")
     ds.file_meta = meta
     if not no_pixel_data:
-        _set_pixels(ds, pixels, ts, signed=signed, j2k_cr=j2k_cr, jls_error=jls_error,
-                    jpeg_quality=jpeg_quality)
+        _set_pixels(ds, pixels, ts, signed=signed, j2k_cr=j2k_cr, jls_error=jls_error, jpeg_quality=jpeg_quality)
     else:
         ds.file_meta.TransferSyntaxUID = ts
     _save(ds, path, ts, file_meta=file_meta, preamble=preamble)
@@ -236,8 +246,15 @@ def encode_jpeg_lossless(frame: np.ndarray, precision: int, predictor: int = 1) 
     rb = np.zeros_like(x)
     rc = np.zeros_like(x)
     ra[:, 1:], rb[1:, :], rc[1:, 1:] = x[:, :-1], x[:-1, :], x[:-1, :-1]
-    pred = {1: ra, 2: rb, 3: rc, 4: ra + rb - rc, 5: ra + ((rb - rc) >> 1), 6: rb + ((ra - rc) >> 1),
-            7: (ra + rb) >> 1}[predictor].copy()
+    pred = {
+        1: ra,
+        2: rb,
+        3: rc,
+        4: ra + rb - rc,
+        5: ra + ((rb - rc) >> 1),
+        6: rb + ((ra - rc) >> 1),
+        7: (ra + rb) >> 1,
+    }[predictor].copy()
     pred[0, 1:] = x[0, :-1]
     pred[1:, 0] = x[:-1, 0]
     pred[0, 0] = 2 ** (precision - 1)
@@ -253,16 +270,23 @@ def encode_jpeg_lossless(frame: np.ndarray, precision: int, predictor: int = 1) 
     stream += "1" * (-len(stream) % 8)
     body = int(stream, 2).to_bytes(len(stream) // 8, "big") if stream else b""
     body = body.replace(b"\xff", b"\xff\x00")
-    sof = b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([precision]) + rows.to_bytes(2, "big") + \
-        cols.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    sof = (
+        b"\xff\xc3"
+        + (11).to_bytes(2, "big")
+        + bytes([precision])
+        + rows.to_bytes(2, "big")
+        + cols.to_bytes(2, "big")
+        + b"\x01\x01\x11\x00"
+    )
     counts = bytes([0, 0, 0, 0, 17] + [0] * 11)
     dht = b"\xff\xc4" + (3 + 16 + 17).to_bytes(2, "big") + b"\x00" + counts + bytes(range(17))
     sos = b"\xff\xda" + (8).to_bytes(2, "big") + b"\x01\x01\x00" + bytes([predictor, 0, 0])
     return b"\xff\xd8" + sof + dht + sos + body + b"\xff\xd9"
 
 
-def _set_pixels(ds: Dataset, pixels: np.ndarray, ts: UID, *, signed: bool, j2k_cr: float,
-                jls_error: int, jpeg_quality: int) -> None:
+def _set_pixels(
+    ds: Dataset, pixels: np.ndarray, ts: UID, *, signed: bool, j2k_cr: float, jls_error: int, jpeg_quality: int
+) -> None:
     dtype = np.dtype(("i" if signed else "u") + str(ds.BitsAllocated // 8))
     arr = np.ascontiguousarray(pixels.astype(dtype))
     if ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):

@@ -6,6 +6,7 @@ and DICOM ports picked free, storage in a temporary folder, the DICOMweb plugin 
 basic authentication on with a test user, remote access off. Never the system service.
 :func:`skip_reason` says why the tests cannot run (missing packages), or None.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ from pathlib import Path
 import requests
 
 ORTHANC = "/usr/sbin/Orthanc"
-PLUGIN_CANDIDATES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
-                     "/usr/lib/orthanc/libOrthancDicomWeb.so")
+PLUGIN_CANDIDATES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
 USER, PASSWORD = "cxrtest", "cxrtest-secret"
 
 
@@ -93,20 +93,44 @@ def start_orthanc(root: Path, *, modalities: dict | None = None, auth: bool = Tr
     root.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config = {
-        "Name": "cxr-cad-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-        "Plugins": [_plugin()], "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANCTEST",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": auth, "RegisteredUsers": {USER: PASSWORD},
-        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomModalities": modalities or {},
-        "HttpTimeout": 60, "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 1, "HttpThreadsCount": 8,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False,
-                     "StudiesMetadata": "MainDicomTags", "SeriesMetadata": "MainDicomTags"},
+        "Name": "cxr-cad-test",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "Plugins": [_plugin()],
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANCTEST",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": auth,
+        "RegisteredUsers": {USER: PASSWORD},
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomModalities": modalities or {},
+        "HttpTimeout": 60,
+        "StableAge": 1,
+        "SaveJobs": False,
+        "ConcurrentJobs": 1,
+        "HttpThreadsCount": 8,
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "Ssl": False,
+            "StudiesMetadata": "MainDicomTags",
+            "SeriesMetadata": "MainDicomTags",
+        },
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config, indent=2))
     log_path = root / "orthanc.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([shutil.which("Orthanc") or ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=root, start_new_session=True)
+        proc = subprocess.Popen(
+            [shutil.which("Orthanc") or ORTHANC, str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            start_new_session=True,
+        )
     server = Orthanc(proc, http_port, dicom_port, "ORTHANCTEST", root, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

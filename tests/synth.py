@@ -4,6 +4,7 @@ Images have a dark lung field pair on a brighter mediastinum/body; the positive
 class ("PNEUMONIA") gets a soft bright opacity in one lung, so a small CNN can
 learn the task in a few epochs. Everything is seeded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,15 @@ def synthetic_cxr(rng: np.random.Generator, size: int = 96, opacity: bool = Fals
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def write_png_cohort(root: Path, n_patients: int = 24, images_per_patient: int = 2, size: int = 96,
-                     seed: int = 0, positive_fraction: float = 0.5, bit_depth: int = 8) -> pd.DataFrame:
+def write_png_cohort(
+    root: Path,
+    n_patients: int = 24,
+    images_per_patient: int = 2,
+    size: int = 96,
+    seed: int = 0,
+    positive_fraction: float = 0.5,
+    bit_depth: int = 8,
+) -> pd.DataFrame:
     """Write a Kermany-style folder (``NORMAL/``, ``PNEUMONIA/``) of PNGs and return a manifest.
 
     Each patient has one label; file names are ``<patient>-<k>.png``. Returns a DataFrame
@@ -54,9 +62,18 @@ def write_png_cohort(root: Path, n_patients: int = 24, images_per_patient: int =
             else:
                 Image.fromarray((img * 255).astype(np.uint8)).save(root / rel)
             digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
-            rows.append({"path": rel, "label": label, "patient_id": pid,
-                         "sop_instance_uid": f"sha256:{digest}", "sha256": digest,
-                         "rows": size, "columns": size, "format": "png"})
+            rows.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    "patient_id": pid,
+                    "sop_instance_uid": f"sha256:{digest}",
+                    "sha256": digest,
+                    "rows": size,
+                    "columns": size,
+                    "format": "png",
+                }
+            )
     df = pd.DataFrame(rows)
     df.to_csv(root / "manifest.csv", index=False)
     return df

@@ -1,4 +1,5 @@
 """cxr_cad.model bundles: weights_only round trip, metadata, refusals, atomic writes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,15 @@ import torch
 
 import cxr_cad.model.bundle as bundle_mod
 from cxr_cad.errors import BundleError, OutputError
-from cxr_cad.model import (BUNDLE_FORMAT, BUNDLE_VERSION, ProbabilityAverage, build_resnet18, init_model,
-                           load_bundle, save_bundle)
+from cxr_cad.model import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    ProbabilityAverage,
+    build_resnet18,
+    init_model,
+    load_bundle,
+    save_bundle,
+)
 from cxr_cad.transforms import TransformSpec
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -32,12 +40,20 @@ def model():
 
 
 def _save(path, model, **overrides):
-    kwargs = dict(classes=CLASSES, positive_class="PNEUMONIA", transform_spec=TransformSpec(image_size=64),
-                  threshold=0.37, threshold_method="youden", threshold_params={},
-                  threshold_chosen_on={"manifest_hash": "v" * 64, "n": 40, "description": "validation split"},
-                  manifest_hash="m" * 64, parent_bundle_sha256=None,
-                  train_config={"epochs": 3, "lr": 1e-3, "augment": {"scale": (0.9, 1.1)}},
-                  init_record={"init": "none", "seed": 0}, extra={"note": np.float32(0.5)})
+    kwargs = dict(
+        classes=CLASSES,
+        positive_class="PNEUMONIA",
+        transform_spec=TransformSpec(image_size=64),
+        threshold=0.37,
+        threshold_method="youden",
+        threshold_params={},
+        threshold_chosen_on={"manifest_hash": "v" * 64, "n": 40, "description": "validation split"},
+        manifest_hash="m" * 64,
+        parent_bundle_sha256=None,
+        train_config={"epochs": 3, "lr": 1e-3, "augment": {"scale": (0.9, 1.1)}},
+        init_record={"init": "none", "seed": 0},
+        extra={"note": np.float32(0.5)},
+    )
     kwargs.update(overrides)
     return save_bundle(path, model, **kwargs)
 
@@ -55,7 +71,7 @@ def _rewrite(src, dst, change):
 
 
 def test_round_trip_weights_only_identical_outputs(saved, model):
-    raw = torch.load(saved, weights_only=True)                  # plain types only
+    raw = torch.load(saved, weights_only=True)  # plain types only
     assert raw["format"] == BUNDLE_FORMAT and raw["format_version"] == BUNDLE_VERSION == 2
     assert raw["arch"]["members"] == 1 and raw["arch"]["tta"] == []
     b = load_bundle(saved)
@@ -103,8 +119,7 @@ def test_missing_and_not_a_file(tmp_path):
 def test_corrupt_files_refused(saved, tmp_path, damage):
     data = saved.read_bytes()
     bad = tmp_path / f"{damage}.pt"
-    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x89PNG not a model" * 50,
-                     "empty": b""}[damage])
+    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x89PNG not a model" * 50, "empty": b""}[damage])
     with pytest.raises(BundleError, match=f"{damage}.pt: not a readable cxr_cad model bundle"):
         load_bundle(bad)
 
@@ -133,21 +148,24 @@ def test_pickled_objects_refused_by_weights_only(saved, tmp_path):
         load_bundle(evil)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(format_version=BUNDLE_VERSION + 1), "newer than this cxr_cad supports"),
-    (lambda d: d["arch"].update(tta=["vflip"]), "arch.tta"),
-    (lambda d: d["arch"].update(members=0), "arch.members"),
-    (lambda d: d["transform_spec"].update(clahe=True), r"unknown keys \['clahe'\]"),
-    (lambda d: d["transform_spec"].update(version=5), "transform spec version 5 is newer"),
-    (lambda d: d.update(positive_class="EFFUSION"), "'EFFUSION' is not one of the classes"),
-    (lambda d: d.update(classes=["NORMAL", "NORMAL"]), "distinct"),
-    (lambda d: d["state_dict"].pop("layer3.0.bn1.running_var"), "layer3.0.bn1.running_var"),
-    (lambda d: d["state_dict"].update({"fc.weight": torch.zeros(3, 512)}), "fc.weight shape"),
-    (lambda d: d["arch"].update(name="densenet121"), "not supported"),
-    (lambda d: d["arch"].update(in_channels=3), "disagrees"),
-    (lambda d: d.update(threshold=1.5), "threshold 1.5"),
-    (lambda d: d.pop("manifest_hash"), "lacks.*manifest_hash"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(format_version=BUNDLE_VERSION + 1), "newer than this cxr_cad supports"),
+        (lambda d: d["arch"].update(tta=["vflip"]), "arch.tta"),
+        (lambda d: d["arch"].update(members=0), "arch.members"),
+        (lambda d: d["transform_spec"].update(clahe=True), r"unknown keys \['clahe'\]"),
+        (lambda d: d["transform_spec"].update(version=5), "transform spec version 5 is newer"),
+        (lambda d: d.update(positive_class="EFFUSION"), "'EFFUSION' is not one of the classes"),
+        (lambda d: d.update(classes=["NORMAL", "NORMAL"]), "distinct"),
+        (lambda d: d["state_dict"].pop("layer3.0.bn1.running_var"), "layer3.0.bn1.running_var"),
+        (lambda d: d["state_dict"].update({"fc.weight": torch.zeros(3, 512)}), "fc.weight shape"),
+        (lambda d: d["arch"].update(name="densenet121"), "not supported"),
+        (lambda d: d["arch"].update(in_channels=3), "disagrees"),
+        (lambda d: d.update(threshold=1.5), "threshold 1.5"),
+        (lambda d: d.pop("manifest_hash"), "lacks.*manifest_hash"),
+    ],
+)
 def test_bundles_that_cannot_be_honoured(saved, tmp_path, change, message):
     bad = _rewrite(saved, tmp_path / "bad.pt", change)
     with pytest.raises(BundleError, match=message):
@@ -199,11 +217,13 @@ def test_wrapped_and_channels_last_models_save_plain_state(tmp_path, model):
 def test_version1_bundle_loads_with_its_old_intensity_behaviour(tmp_path, saved, model):
     """A bundle written before format 2 (spec version 1, no arch.members/tta) loads as one network
     whose eval chain has no per-image intensity scaling, as when it was written."""
+
     def to_v1(d):
         d["format_version"] = 1
         d["arch"] = {k: v for k, v in d["arch"].items() if k not in ("members", "tta")}
         d["transform_spec"] = {k: v for k, v in d["transform_spec"].items() if not k.startswith("intensity")}
         d["transform_spec"]["version"] = 1
+
     b = load_bundle(_rewrite(saved, tmp_path / "v1.pt", to_v1))
     assert b.transform_spec.intensity == "none" and b.transform_spec.image_size == 64
     assert not isinstance(b.model, ProbabilityAverage)

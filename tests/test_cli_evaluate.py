@@ -1,4 +1,5 @@
 """``cxr-cad evaluate`` end to end on a tiny PNG cohort with a tiny random-weight bundle."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,16 @@ def _bundle(path, seed: int):
     from cxr_cad.transforms import TransformSpec
 
     torch.manual_seed(seed)
-    save_bundle(path, build_resnet18(2, 1), classes=["NORMAL", "PNEUMONIA"], positive_class="PNEUMONIA",
-                transform_spec=TransformSpec(image_size=64), threshold=0.5, threshold_method="fixed",
-                manifest_hash="0" * 64)
+    save_bundle(
+        path,
+        build_resnet18(2, 1),
+        classes=["NORMAL", "PNEUMONIA"],
+        positive_class="PNEUMONIA",
+        transform_spec=TransformSpec(image_size=64),
+        threshold=0.5,
+        threshold_method="fixed",
+        manifest_hash="0" * 64,
+    )
     return path
 
 
@@ -39,16 +47,42 @@ def cohort(tmp_path_factory):
 def evaluated(cohort, tmp_path_factory):
     root, a, b = cohort
     out = tmp_path_factory.mktemp("eval") / "report"
-    rc = main(["-q", "evaluate", "--model", str(a), "--manifest", str(root / "manifest.csv"), "--out", str(out),
-               "--workers", "0", "--bootstrap", "200", "--gradcam-per-group", "1", "--compare", str(b)])
+    rc = main(
+        [
+            "-q",
+            "evaluate",
+            "--model",
+            str(a),
+            "--manifest",
+            str(root / "manifest.csv"),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--bootstrap",
+            "200",
+            "--gradcam-per-group",
+            "1",
+            "--compare",
+            str(b),
+        ]
+    )
     assert rc == 0
     return out
 
 
 def test_evaluate_writes_the_full_report(evaluated):
     names = {p.name for p in evaluated.iterdir()}
-    assert {"report.html", "report.pdf", "metrics.json", "predictions.csv", "roc.svg",
-            "comparison_roc.svg", "decision_curve.svg", "precision_recall.svg"} <= names
+    assert {
+        "report.html",
+        "report.pdf",
+        "metrics.json",
+        "predictions.csv",
+        "roc.svg",
+        "comparison_roc.svg",
+        "decision_curve.svg",
+        "precision_recall.svg",
+    } <= names
     d = json.loads((evaluated / "metrics.json").read_text())
     assert d["cohort"]["n_images_evaluated"] == 20 and d["cohort"]["n_rejected"] == 0
     assert d["cohort"]["n_patients"] == 10
@@ -74,8 +108,12 @@ def test_gradcam_picks_the_right_cases(evaluated):
     t = d["operating_points"][0]["threshold"]
     called = pred["probability"] >= t
     pos = pred["label"] == "PNEUMONIA"
-    expect = {"tp": pred[called & pos]["probability"].max(), "fp": pred[called & ~pos]["probability"].max(),
-              "tn": pred[~called & ~pos]["probability"].min(), "fn": pred[~called & pos]["probability"].min()}
+    expect = {
+        "tp": pred[called & pos]["probability"].max(),
+        "fp": pred[called & ~pos]["probability"].max(),
+        "tn": pred[~called & ~pos]["probability"].min(),
+        "fn": pred[~called & pos]["probability"].min(),
+    }
     for c in d["gradcam"]["cases"]:
         assert c["score"] == pytest.approx(expect[c["group"]], abs=1e-6)
         row = pred[pred["image_index"] == c["image_index"]].iloc[0]
@@ -90,8 +128,25 @@ def test_evaluate_report_has_no_patient_identifiers(evaluated):
 def test_evaluate_folder_cohort_accounts_for_every_file(cohort, tmp_path):
     root, a, _ = cohort
     out = tmp_path / "report"
-    rc = main(["-q", "evaluate", "--model", str(a), str(root), "--out", str(out), "--workers", "0",
-               "--bootstrap", "200", "--gradcam-per-group", "0", "--no-pdf", "--include-identifiers"])
+    rc = main(
+        [
+            "-q",
+            "evaluate",
+            "--model",
+            str(a),
+            str(root),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--bootstrap",
+            "200",
+            "--gradcam-per-group",
+            "0",
+            "--no-pdf",
+            "--include-identifiers",
+        ]
+    )
     assert rc == 0
     d = json.loads((out / "metrics.json").read_text())
     n_files = sum(1 for p in root.rglob("*") if p.is_file())

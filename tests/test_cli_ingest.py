@@ -1,4 +1,5 @@
 """`cxr-cad ingest` end to end: outputs, labels, exit codes, no patient names anywhere."""
+
 from __future__ import annotations
 
 import json
@@ -28,18 +29,30 @@ def test_ingest_mixed_folder(tmp_path, capsys):
     assert main(["ingest", str(root), "--out", str(out), "--workers", "1"]) == 0
     manifest, rejected, info = _read(out)
     listed = [os.path.normpath(out / p) for p in manifest["path"]] + rejected["path"].tolist()
-    assert sorted(os.path.relpath(p, root) for p in listed) == sorted(expected)      # each file exactly once
+    assert sorted(os.path.relpath(p, root) for p in listed) == sorted(expected)  # each file exactly once
     assert all(not os.path.isabs(p) and p.startswith("../in/") for p in manifest["path"])
-    assert set(rejected["reason"]) >= {"NOT_DICOM", "EMPTY_FILE", "NOT_AN_IMAGE_SOP_CLASS", "MULTI_FRAME",
-                                      "LATERAL_VIEW", "UNSUPPORTED_MODALITY", "DUPLICATE_SOP_INSTANCE",
-                                      "DUPLICATE_CONTENT", "NO_PIXEL_DATA"}
+    assert set(rejected["reason"]) >= {
+        "NOT_DICOM",
+        "EMPTY_FILE",
+        "NOT_AN_IMAGE_SOP_CLASS",
+        "MULTI_FRAME",
+        "LATERAL_VIEW",
+        "UNSUPPORTED_MODALITY",
+        "DUPLICATE_SOP_INSTANCE",
+        "DUPLICATE_CONTENT",
+        "NO_PIXEL_DATA",
+    }
     assert (rejected["detail"] != "").all()
     assert info["counts"]["files"] == len(expected)
     assert info["counts"]["accepted"] == len(manifest) and info["counts"]["rejected"] == len(rejected)
-    assert info["policy"] == {"modalities": ["CR", "DX", "DR"], "reject_lateral": True, "apply_voi": True,
-                              "verify_pixels": False}
+    assert info["policy"] == {
+        "modalities": ["CR", "DX", "DR"],
+        "reject_lateral": True,
+        "apply_voi": True,
+        "verify_pixels": False,
+    }
     assert info["classes"] is None and info["positive_class"] is None
-    back = read_manifest(out / "manifest.csv")                     # the manifest validates and resolves
+    back = read_manifest(out / "manifest.csv")  # the manifest validates and resolves
     assert all(os.path.isfile(p) for p in back["path"])
     assert info["manifest_hash"] and len(info["manifest_hash"]) == 64
     printed = capsys.readouterr().out
@@ -64,16 +77,34 @@ def _kermany(root: Path) -> None:
 def test_ingest_kermany_layout_labels_from_folders(tmp_path, capsys):
     _kermany(tmp_path / "chest_xray")
     out = tmp_path / "kermany_train"
-    assert main(["ingest", str(tmp_path / "chest_xray" / "train"), "--out", str(out), "--labels-from-folders",
-                 "--classes", "NORMAL,PNEUMONIA", "--positive-class", "PNEUMONIA", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(tmp_path / "chest_xray" / "train"),
+                "--out",
+                str(out),
+                "--labels-from-folders",
+                "--classes",
+                "NORMAL,PNEUMONIA",
+                "--positive-class",
+                "PNEUMONIA",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     manifest, rejected, info = _read(out)
     assert rejected.empty
     got = dict(zip(manifest["path"].map(lambda p: p.split("/")[-1]), zip(manifest["label"], manifest["patient_id"])))
-    assert got == {"IM-0115-0001.jpeg": ("NORMAL", "IM-0115"),
-                   "NORMAL2-IM-1427-0001.jpeg": ("NORMAL", "NORMAL2-IM-1427"),
-                   "person1000_bacteria_2931.jpeg": ("PNEUMONIA", "person1000"),
-                   "person1000_bacteria_2932.jpeg": ("PNEUMONIA", "person1000"),
-                   "person1_virus_6.jpeg": ("PNEUMONIA", "person1")}
+    assert got == {
+        "IM-0115-0001.jpeg": ("NORMAL", "IM-0115"),
+        "NORMAL2-IM-1427-0001.jpeg": ("NORMAL", "NORMAL2-IM-1427"),
+        "person1000_bacteria_2931.jpeg": ("PNEUMONIA", "person1000"),
+        "person1000_bacteria_2932.jpeg": ("PNEUMONIA", "person1000"),
+        "person1_virus_6.jpeg": ("PNEUMONIA", "person1"),
+    }
     assert info["classes"] == ["NORMAL", "PNEUMONIA"] and info["positive_class"] == "PNEUMONIA"
     assert info["labels"]["source"] == "folders"
     assert info["patient_id_rule"]["from_pattern"] == 5 and info["patient_id_rule"]["default_pattern"]
@@ -83,16 +114,39 @@ def test_ingest_kermany_layout_labels_from_folders(tmp_path, capsys):
     assert "positive class: PNEUMONIA" in printed
     # the whole tree with --classes: nearest class folder wins over train/test
     out2 = tmp_path / "all"
-    assert main(["ingest", str(tmp_path / "chest_xray"), "--out", str(out2), "--labels-from-folders",
-                 "--classes", "NORMAL,PNEUMONIA", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(tmp_path / "chest_xray"),
+                "--out",
+                str(out2),
+                "--labels-from-folders",
+                "--classes",
+                "NORMAL,PNEUMONIA",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert sorted(set(_read(out2)[0]["label"])) == ["NORMAL", "PNEUMONIA"]
 
 
 def test_ingest_folder_labels_outside_classes_exit_2(tmp_path, capsys):
     _kermany(tmp_path / "chest_xray")
     write_png(tmp_path / "chest_xray" / "train" / "COVID" / "x.png", seed=50)
-    code = main(["ingest", str(tmp_path / "chest_xray" / "train"), "--out", str(tmp_path / "o"),
-                 "--labels-from-folders", "--classes", "NORMAL,PNEUMONIA"])
+    code = main(
+        [
+            "ingest",
+            str(tmp_path / "chest_xray" / "train"),
+            "--out",
+            str(tmp_path / "o"),
+            "--labels-from-folders",
+            "--classes",
+            "NORMAL,PNEUMONIA",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "'COVID'" in err and "--classes" in err
@@ -103,10 +157,12 @@ def _dicom_cohort(root: Path) -> list[dict]:
     rows = []
     for i in range(4):
         study = f"1.2.826.0.1.{i}"
-        p = write_dicom(root / f"img{i}.dcm", patient_id=f"P{i // 2}", study_uid=study, seed=i,
-                        sop_uid=f"1.2.826.0.2.{i}")
-        rows.append({"path": p, "sop_instance_uid": f"1.2.826.0.2.{i}", "study_instance_uid": study,
-                     "patient_id": f"P{i // 2}"})
+        p = write_dicom(
+            root / f"img{i}.dcm", patient_id=f"P{i // 2}", study_uid=study, seed=i, sop_uid=f"1.2.826.0.2.{i}"
+        )
+        rows.append(
+            {"path": p, "sop_instance_uid": f"1.2.826.0.2.{i}", "study_instance_uid": study, "patient_id": f"P{i // 2}"}
+        )
     return rows
 
 
@@ -114,17 +170,39 @@ def _dicom_cohort(root: Path) -> list[dict]:
 def test_ingest_labels_csv_each_key(tmp_path, capsys, key):
     rows = _dicom_cohort(tmp_path / "in")
     values = [str(os.path.relpath(r["path"], tmp_path)) if key == "path" else r[key] for r in rows]
-    labels = pd.DataFrame({key: values[:1] + values[2:3] + ["no-such-key"],
-                           "label": ["NORMAL", "PNEUMONIA", "NORMAL"]}).drop_duplicates(key)
+    labels = pd.DataFrame(
+        {key: values[:1] + values[2:3] + ["no-such-key"], "label": ["NORMAL", "PNEUMONIA", "NORMAL"]}
+    ).drop_duplicates(key)
     labels.to_csv(tmp_path / "labels.csv", index=False)
     out = tmp_path / "out"
-    assert main(["ingest", str(tmp_path / "in"), "--out", str(out), "--labels", str(tmp_path / "labels.csv"),
-                 "--classes", "NORMAL,PNEUMONIA", "--positive-class", "PNEUMONIA", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(tmp_path / "in"),
+                "--out",
+                str(out),
+                "--labels",
+                str(tmp_path / "labels.csv"),
+                "--classes",
+                "NORMAL,PNEUMONIA",
+                "--positive-class",
+                "PNEUMONIA",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     manifest, _, info = _read(out)
     by_name = dict(zip(manifest["path"].map(lambda p: p.split("/")[-1]), manifest["label"]))
-    grouped = key in ("patient_id",)    # patient P0 = img0 + img1, P1 = img2 + img3
-    assert by_name == {"img0.dcm": "NORMAL", "img1.dcm": "NORMAL" if grouped else "",
-                       "img2.dcm": "PNEUMONIA", "img3.dcm": "PNEUMONIA" if grouped else ""}
+    grouped = key in ("patient_id",)  # patient P0 = img0 + img1, P1 = img2 + img3
+    assert by_name == {
+        "img0.dcm": "NORMAL",
+        "img1.dcm": "NORMAL" if grouped else "",
+        "img2.dcm": "PNEUMONIA",
+        "img3.dcm": "PNEUMONIA" if grouped else "",
+    }
     assert info["labels"]["key"] == key and info["labels"]["unmatched_label_rows"] == 1
     unmatched = pd.read_csv(out / "unmatched_labels.csv", dtype=str)
     assert unmatched[key].tolist() == ["no-such-key"] and unmatched["line"].tolist() == ["4"]
@@ -143,8 +221,10 @@ def test_ingest_usage_errors_exit_2(tmp_path, capsys):
         (["ingest", str(tmp_path / "missing"), "--out", out], "missing"),
         (["ingest", src, "--out", out, "--labels", str(tmp_path / "nokey.csv")], "none of the key columns"),
         (["ingest", src, "--out", out, "--labels", str(tmp_path / "conflict.csv")], "different labels"),
-        (["ingest", src, "--out", out, "--labels", str(tmp_path / "unknown.csv"), "--classes", "NORMAL,PNEUMONIA"],
-         "'COVID'"),
+        (
+            ["ingest", src, "--out", out, "--labels", str(tmp_path / "unknown.csv"), "--classes", "NORMAL,PNEUMONIA"],
+            "'COVID'",
+        ),
         (["ingest", src, "--out", str(tmp_path / "afile" / "sub")], "not writable"),
         (["ingest", src, "--out", out, "--classes", "A,B", "--positive-class", "C"], "--positive-class"),
         (["ingest", src, "--out", out, "--patient-id-pattern", "("], "regular expression"),
@@ -163,13 +243,29 @@ def test_ingest_options_recorded_and_modalities_any(tmp_path):
     write_dicom(tmp_path / "in" / "ct.dcm", modality="CT")
     write_dicom(tmp_path / "in" / "lat.dcm", view="LL")
     out = tmp_path / "out"
-    assert main(["ingest", str(tmp_path / "in"), "--out", str(out), "--modalities", "any", "--allow-lateral",
-                 "--no-voi", "--verify-pixels", "--absolute-paths", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(tmp_path / "in"),
+                "--out",
+                str(out),
+                "--modalities",
+                "any",
+                "--allow-lateral",
+                "--no-voi",
+                "--verify-pixels",
+                "--absolute-paths",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     manifest, rejected, info = _read(out)
     assert len(manifest) == 2 and rejected.empty
     assert all(os.path.isabs(p) for p in manifest["path"])
-    assert info["policy"] == {"modalities": "any", "reject_lateral": False, "apply_voi": False,
-                              "verify_pixels": True}
+    assert info["policy"] == {"modalities": "any", "reject_lateral": False, "apply_voi": False, "verify_pixels": True}
 
 
 def test_ingest_out_inside_source_is_not_scanned(tmp_path):
@@ -183,11 +279,25 @@ def test_ingest_out_inside_source_is_not_scanned(tmp_path):
 def test_unmatched_label_rows_of_rejected_files_say_so(tmp_path):
     write_png(tmp_path / "in" / "NORMAL" / "a.png", seed=1)
     (tmp_path / "in" / "NORMAL" / "notes.txt").write_text("junk")
-    pd.DataFrame({"path": ["in/NORMAL/a.png", "in/NORMAL/notes.txt", "in/NORMAL/gone.png"],
-                  "label": ["NORMAL"] * 3}).to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame(
+        {"path": ["in/NORMAL/a.png", "in/NORMAL/notes.txt", "in/NORMAL/gone.png"], "label": ["NORMAL"] * 3}
+    ).to_csv(tmp_path / "labels.csv", index=False)
     out = tmp_path / "out"
-    assert main(["ingest", str(tmp_path / "in"), "--out", str(out), "--labels", str(tmp_path / "labels.csv"),
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(tmp_path / "in"),
+                "--out",
+                str(out),
+                "--labels",
+                str(tmp_path / "labels.csv"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     unmatched = pd.read_csv(out / "unmatched_labels.csv", dtype=str)
     assert unmatched["why"].tolist() == ["file rejected: NOT_DICOM", "no image with this path"]
     assert _read(out)[0]["label"].tolist() == ["NORMAL"]

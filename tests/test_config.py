@@ -1,4 +1,5 @@
 """cxr_cad.config: YAML loading, overrides, validation collecting every problem, round trips."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,7 @@ import dataclasses
 import pytest
 import yaml
 
-from cxr_cad.config import (DataConfig, OptimConfig, TrainConfig, apply_overrides, config_diff, load_config)
+from cxr_cad.config import DataConfig, OptimConfig, TrainConfig, apply_overrides, config_diff, load_config
 from cxr_cad.errors import ConfigError, UsageError
 
 
@@ -20,11 +21,12 @@ def test_defaults_are_the_study_defaults():
 
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("epochs: 7\noptim:\n  lr: 1e-2\n  name: adamw\nmodel: {image_size: 128}\n"
-                    "augment: {rotate_deg: 5}\n")
+    path.write_text(
+        "epochs: 7\noptim:\n  lr: 1e-2\n  name: adamw\nmodel: {image_size: 128}\naugment: {rotate_deg: 5}\n"
+    )
     cfg = load_config(path, {"optim.lr": 0.05, "batch_size": 8, "model.init": None})
     assert cfg.epochs == 7 and cfg.batch_size == 8
-    assert cfg.optim.lr == 0.05 and cfg.optim.name == "adamw"   # flag beats file
+    assert cfg.optim.lr == 0.05 and cfg.optim.name == "adamw"  # flag beats file
     assert cfg.model.image_size == 128 and cfg.model.init == "imagenet"  # None = not given
     assert cfg.augment == {"rotate_deg": 5}
 
@@ -38,18 +40,29 @@ def test_yaml_1e_minus_3_string_is_read_as_float(tmp_path):
 
 def test_every_problem_is_listed_together(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("epochs: 0\nbatch_size: many\nfoo: 1\n"
-                    "optim: {lr: -1, momentum: 2, bar: 3}\n"
-                    "data: {positive_class: COVID, imbalance: oversample}\n"
-                    "runtime: {precision: fp8}\n")
+    path.write_text(
+        "epochs: 0\nbatch_size: many\nfoo: 1\n"
+        "optim: {lr: -1, momentum: 2, bar: 3}\n"
+        "data: {positive_class: COVID, imbalance: oversample}\n"
+        "runtime: {precision: fp8}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     exc = err.value
     assert isinstance(exc, UsageError)  # CLI exit code 2
     text = str(exc)
     assert str(path) in text
-    for needle in ("epochs must be", "batch_size must be", "unknown option 'foo'", "optim.lr", "optim.momentum",
-                   "optim.bar", "positive_class 'COVID'", "data.imbalance", "runtime.precision"):
+    for needle in (
+        "epochs must be",
+        "batch_size must be",
+        "unknown option 'foo'",
+        "optim.lr",
+        "optim.momentum",
+        "optim.bar",
+        "positive_class 'COVID'",
+        "data.imbalance",
+        "runtime.precision",
+    ):
         assert needle in text, needle
     assert len(exc.problems) == 9
 

@@ -1,4 +1,5 @@
 """``cxr-cad crossval`` on a tiny generated cohort: coverage, patient grouping, resume, metrics."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,24 @@ from cxr_cad.metrics import roc_auc
 from cxr_cad.model import load_bundle
 from tests.synth import write_png_cohort
 
-ARGS = ["--folds", "3", "--init", "none", "--epochs", "1", "--image-size", "32", "--batch-size", "8",
-        "--workers", "0", "--bootstrap", "100", "--device", "cpu"]
+ARGS = [
+    "--folds",
+    "3",
+    "--init",
+    "none",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--bootstrap",
+    "100",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +129,7 @@ def test_rerun_skips_finished_folds_and_resumes_interrupted(cv_run, capsys):
 
 def test_rerun_with_other_settings_is_refused(cv_run, capsys):
     _, out, argv = cv_run
-    changed = [a if a != "3" else "4" for a in argv]        # --folds 4
+    changed = [a if a != "3" else "4" for a in argv]  # --folds 4
     assert main(changed) == 2
     assert "n_folds" in capsys.readouterr().err
     assert main([*argv, "--lr", "0.5"]) == 2
@@ -125,10 +142,11 @@ def test_usage_errors(tmp_path):
 
 def test_final_epochs_and_fold_check():
     assert final_epochs([3, 5, 4], 20) == 4
-    assert final_epochs([3, 4], 20) == 4          # median 3.5 rounds up
+    assert final_epochs([3, 4], 20) == 4  # median 3.5 rounds up
     assert final_epochs([None, None], 20) == 20
-    df = pd.DataFrame({"patient_id": ["a", "a", "b", "c"], "label": ["N", "N", "P", "P"],
-                       "sha256": ["x", "y", "x", "z"]})
+    df = pd.DataFrame(
+        {"patient_id": ["a", "a", "b", "c"], "label": ["N", "N", "P", "P"], "sha256": ["x", "y", "x", "z"]}
+    )
     check = fold_check(df, np.array([0, 0, 1, 1]), group_col="patient_id", label_col="label")
     assert check["patients_in_several_folds"] == 0 and check["duplicate_images_across_folds"] == 1
     assert check["per_fold"][0] == {"fold": 0, "n_images": 2, "n_patients": 1, "labels": {"N": 2}}
@@ -155,9 +173,23 @@ def test_final_ensemble_is_one_bundle_averaging_the_folds(cv_run, tmp_path):
     mean = np.mean([predict_probabilities(f, rows, device="cpu", precision="fp32") for f in folds], axis=0)
     ens = predict_probabilities(bundle, rows, device="cpu", precision="fp32")
     np.testing.assert_allclose(ens, mean, atol=1e-5)
-    assert np.ptp(mean) > 0     # the folds disagree somewhere: a real average
-    assert main(["-q", "predict", "--model", info["bundle"], str(manifest), "--out", str(tmp_path / "pred"),
-                 "--workers", "0"]) == 0
+    assert np.ptp(mean) > 0  # the folds disagree somewhere: a real average
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                "--model",
+                info["bundle"],
+                str(manifest),
+                "--out",
+                str(tmp_path / "pred"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     assert len(pred) == len(df)
 

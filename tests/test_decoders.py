@@ -5,37 +5,43 @@ here with dcmtk's ``dcmcjpeg`` from a CC BY 4.0 radiograph shipped with the pack
 al., cxr_cad/data/ATTRIBUTION.md) and compared with dcmtk's ``dcmdjpeg`` (skipped without dcmtk),
 plus the two 12-bit files inside the installed pydicom wheel.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import tomllib
 from PIL import Image
-from pydicom.uid import JPEG2000, JPEGExtended12Bit, JPEGLosslessSV1, UID
+from pydicom.uid import JPEG2000, UID, JPEGExtended12Bit, JPEGLosslessSV1
 
 from cxr_cad.errors import Reason, RejectedFile
-from cxr_cad.io import AcceptPolicy, read_image
-from cxr_cad.io import decoders
+from cxr_cad.io import AcceptPolicy, decoders, read_image
 from tests.dicom_factory import SYNTAXES, chest_phantom, write_dicom
 
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "cxr_cad" / "data" / "kermany_sample" / "images" / "IM-0125-0001.jpg"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 #: The 12-bit JPEG Extended files shipped inside the pydicom wheel (never downloaded).
-PYDICOM_EXTENDED_12 = [p for p in (PYDICOM_FILES / "JPEG-lossy.dcm", PYDICOM_FILES / "JPGExtended.dcm")
-                       if p.is_file()]
+PYDICOM_EXTENDED_12 = [p for p in (PYDICOM_FILES / "JPEG-lossy.dcm", PYDICOM_FILES / "JPGExtended.dcm") if p.is_file()]
 DCMTK = shutil.which("dcmcjpeg") and shutil.which("dcmdjpeg")
 needs_dcmtk = pytest.mark.skipif(not DCMTK, reason="dcmtk (dcmcjpeg/dcmdjpeg) not installed: apt-get install dcmtk")
 #: Packages that provide the default plugins (pydicom's plugin names map onto them).
-DEFAULT_DECODER_PACKAGES = ("pydicom", "pillow", "imagecodecs", "pyjpegls", "pylibjpeg", "pylibjpeg-openjpeg",
-                            "pylibjpeg-rle")
+DEFAULT_DECODER_PACKAGES = (
+    "pydicom",
+    "pillow",
+    "imagecodecs",
+    "pyjpegls",
+    "pylibjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+)
 COMPRESSED = [name for name, uid in SYNTAXES.items() if UID(uid).is_compressed]
 LOSSLESS_COMPRESSED = ("rle", "jpegls", "j2k", "jpeg_lossless", "jpeg_lossless_p7")
 
@@ -71,7 +77,7 @@ def _extended_12bit(tmp_path: Path, name: str, *, old_encoder_sos: bool = False)
     if old_encoder_sos:  # what old encoders wrote: Ss=0, Se=0 in a sequential scan (libjpeg refuses it)
         data = bytearray(out.read_bytes())
         sos = data.find(b"\xff\xda\x00\x08\x01")
-        assert sos > 0 and data[sos + 7: sos + 9] == b"\x00\x3f"  # Ss, Se
+        assert sos > 0 and data[sos + 7 : sos + 9] == b"\x00\x3f"  # Ss, Se
         data[sos + 8] = 0
         out.write_bytes(bytes(data))
     return out
@@ -85,6 +91,7 @@ def _dcmdjpeg(path: Path, tmp_path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- licences and dependency lists
 
+
 def test_default_decoder_packages_are_permissively_licensed():
     for package in DEFAULT_DECODER_PACKAGES:
         licence = _licence(package)
@@ -97,7 +104,9 @@ def test_gpl_decoder_is_an_optional_extra_only():
     assert "pylibjpeg-libjpeg" not in names(project["dependencies"])
     assert "pylibjpeg-libjpeg" not in names(project["optional-dependencies"]["dev"])
     assert names(project["optional-dependencies"][decoders.GPL_EXTRA]) == {"pylibjpeg-libjpeg"}
-    assert {"imagecodecs", "pillow", "pyjpegls", "pylibjpeg-openjpeg", "pylibjpeg-rle"} <= names(project["dependencies"])
+    assert {"imagecodecs", "pillow", "pyjpegls", "pylibjpeg-openjpeg", "pylibjpeg-rle"} <= names(
+        project["dependencies"]
+    )
 
 
 def test_min_constraints_pin_exactly_the_pyproject_floors():
@@ -106,8 +115,11 @@ def test_min_constraints_pin_exactly_the_pyproject_floors():
     for req in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
         name, _, rest = req.partition(">=")
         floors[name.strip().lower()] = rest.split(",")[0].strip()
-    pins = [line.split("==") for line in (ROOT / "constraints" / "min.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    pins = [
+        line.split("==")
+        for line in (ROOT / "constraints" / "min.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(pins) >= 10
     for name, version in pins:
         assert floors.get(name.strip().lower()) == version.strip(), (name, version, floors.get(name.lower()))
@@ -124,6 +136,7 @@ def test_plugin_order_puts_the_gpl_decoder_last_and_only_where_it_is_libjpeg():
 
 
 # ---------------------------------------------------------------- the transfer-syntax matrix
+
 
 @pytest.mark.parametrize("bits", [8, 12, 16])
 @pytest.mark.parametrize("syntax", COMPRESSED)
@@ -152,6 +165,7 @@ def test_jpeg_lossless_any_precision_is_exact(tmp_path, syntax, bits):
 
 
 # ---------------------------------------------------------------- JPEG Extended 12-bit
+
 
 @pytest.mark.parametrize("path", PYDICOM_EXTENDED_12, ids=lambda p: p.name)
 def test_pydicom_12bit_extended_files_decode(path):
@@ -186,6 +200,7 @@ def test_dcmtk_12bit_extended_matches_dcmdjpeg(tmp_path, old_encoder_sos):
 
 # ---------------------------------------------------------------- failures
 
+
 def test_corrupt_jpeg_is_decode_failed_and_names_the_gpl_extra(tmp_path):
     path = write_dicom(tmp_path / "c.dcm", chest_phantom(64), bits_stored=12, transfer_syntax="jpeg_lossless")
     data = bytearray(path.read_bytes())
@@ -198,8 +213,11 @@ def test_corrupt_jpeg_is_decode_failed_and_names_the_gpl_extra(tmp_path):
     assert "libjpeg-turbo" in info.value.detail
     gpl_installed = "pylibjpeg" in decoders.usable_plugins(JPEGLosslessSV1)
     # without the extra the hint names it; with it, libjpeg was tried too and says why it failed
-    assert ("pylibjpeg: " in info.value.detail) if gpl_installed else \
-        (f"cxr_cad[{decoders.GPL_EXTRA}]" in info.value.detail)
+    assert (
+        ("pylibjpeg: " in info.value.detail)
+        if gpl_installed
+        else (f"cxr_cad[{decoders.GPL_EXTRA}]" in info.value.detail)
+    )
 
 
 def test_missing_decoder_says_to_reinstall(tmp_path, monkeypatch):
@@ -241,9 +259,13 @@ def test_mutated_jpeg_codestreams_never_crash_the_process(tmp_path):
     Runs in a child process so a native crash fails this test instead of ending the run
     (python-gdcm crashed within 100 such mutations and was dropped for this reason).
     """
-    seeds = [write_dicom(tmp_path / "l.dcm", chest_phantom(48), bits_stored=12, transfer_syntax="jpeg_lossless"),
-             write_dicom(tmp_path / "b.dcm", chest_phantom(48, bits_stored=8), bits_stored=8,
-                         transfer_syntax="jpeg_baseline")] + PYDICOM_EXTENDED_12[:1]
-    run = subprocess.run([sys.executable, "-c", _FUZZ, *map(str, seeds)], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    seeds = [
+        write_dicom(tmp_path / "l.dcm", chest_phantom(48), bits_stored=12, transfer_syntax="jpeg_lossless"),
+        write_dicom(
+            tmp_path / "b.dcm", chest_phantom(48, bits_stored=8), bits_stored=8, transfer_syntax="jpeg_baseline"
+        ),
+    ] + PYDICOM_EXTENDED_12[:1]
+    run = subprocess.run(
+        [sys.executable, "-c", _FUZZ, *map(str, seeds)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])

@@ -1,7 +1,7 @@
 """The quickstart: bundled sample radiographs, their DICOM rendering, and `cxr-cad demo --fast`."""
+
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -16,7 +16,7 @@ from cxr_cad.workflow.demo import VARIANTS, sample_dir, sample_table, write_demo
 def test_sample_is_balanced_whole_patients_small_and_attributed():
     df = sample_table()
     assert len(df) == 100 and df["label"].value_counts().to_dict() == {"NORMAL": 50, "PNEUMONIA": 50}
-    assert df.groupby("patient_key")["label"].nunique().max() == 1   # one label per patient
+    assert df.groupby("patient_key")["label"].nunique().max() == 1  # one label per patient
     files = list((sample_dir() / "images").iterdir())
     assert sorted(f"images/{f.name}" for f in files) == sorted(df["file"])
     assert sum(f.stat().st_size for f in files) < 3_000_000

@@ -1,4 +1,5 @@
 """The label-key lists in the docs and workflow comments stay in step with LABEL_KEYS."""
+
 from __future__ import annotations
 
 import re
@@ -34,5 +35,4 @@ def test_label_key_lists_match_code(place):
 
 def test_listing_detector_sees_a_wrong_order():
     wrong = "one key column: patient_id, study_instance_uid, sop_instance_uid, accession_number or path."
-    assert _listed_keys(wrong) == [["patient_id", "study_instance_uid", "sop_instance_uid",
-                                     "accession_number", "path"]]
+    assert _listed_keys(wrong) == [["patient_id", "study_instance_uid", "sop_instance_uid", "accession_number", "path"]]

@@ -5,6 +5,7 @@ give the same probabilities within 1e-4, the same rejected files and the same CS
 Images: the Kermany JPEG sample shipped with the package and the two real SIIM DICOMs of
 tests/data (one MONOCHROME1), plus one file that is not an image (must be rejected).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,15 @@ def kermany_manifest(path: Path, n: int | None = None) -> Path:
     for r in labels.itertuples():
         f = SAMPLE / r.file
         digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        rows.append({"path": str(f), "sop_instance_uid": f"sha256:{digest}", "sha256": digest,
-                     "patient_id": r.patient_key, "label": r.label})
+        rows.append(
+            {
+                "path": str(f),
+                "sop_instance_uid": f"sha256:{digest}",
+                "sha256": digest,
+                "patient_id": r.patient_key,
+                "label": r.label,
+            }
+        )
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -58,12 +66,35 @@ def setup(tmp_path_factory):
         shutil.copy(f, images / f.name)
     (images / "notes.txt").write_text("not an image")
     torch.manual_seed(0)
-    bundle = save_bundle(root / "model.pt", build_resnet18(2, 1), classes=["NORMAL", "PNEUMONIA"],
-                         positive_class="PNEUMONIA", transform_spec=TransformSpec(image_size=SIZE), threshold=0.42,
-                         threshold_method="fixed", manifest_hash="0" * 64)
+    bundle = save_bundle(
+        root / "model.pt",
+        build_resnet18(2, 1),
+        classes=["NORMAL", "PNEUMONIA"],
+        positive_class="PNEUMONIA",
+        transform_spec=TransformSpec(image_size=SIZE),
+        threshold=0.42,
+        threshold_method="fixed",
+        manifest_hash="0" * 64,
+    )
     ref = root / "ref"
-    assert main(["-q", "predict", str(images), "--model", str(bundle), "--out", str(ref), "--precision", "fp32",
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(images),
+                "--model",
+                str(bundle),
+                "--out",
+                str(ref),
+                "--precision",
+                "fp32",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     return root, images, bundle, ref
 
 
@@ -85,8 +116,10 @@ def _export(setup, fmt, *extra) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fmt,backend", [("onnx", "onnxruntime"), ("openvino", "openvino"),
-                                         ("torchscript", "torchscript"), ("onnx", "openvino")])
+@pytest.mark.parametrize(
+    "fmt,backend",
+    [("onnx", "onnxruntime"), ("openvino", "openvino"), ("torchscript", "torchscript"), ("onnx", "openvino")],
+)
 def test_export_and_predict_with_backend_matches_torch(setup, fmt, backend, tmp_path):
     from cxr_cad.export import read_export_record
     from cxr_cad.model.weights import file_sha256
@@ -103,15 +136,49 @@ def test_export_and_predict_with_backend_matches_torch(setup, fmt, backend, tmp_
         assert file_sha256(out / f["path"]) == f["sha256"]
     assert (out / "model_card.md").read_text() == (root / "model_card.md").read_text()
     pred = tmp_path / "pred"
-    assert main(["-q", "predict", str(images), "--model", str(out), "--out", str(pred), "--backend", backend,
-                 "--workers", "0", "--batch-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(images),
+                "--model",
+                str(out),
+                "--out",
+                str(pred),
+                "--backend",
+                backend,
+                "--workers",
+                "0",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert _compare(ref, pred) <= TOL
     summary = json.loads((pred / "summary.json").read_text())
     assert summary["runtime"]["backend"] == backend
     # resume: a rerun finds everything done and changes nothing
     before = (pred / "predictions.csv").read_text()
-    assert main(["-q", "predict", str(images), "--model", str(out), "--out", str(pred), "--backend", backend,
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(images),
+                "--model",
+                str(out),
+                "--out",
+                str(pred),
+                "--backend",
+                backend,
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (pred / "predictions.csv").read_text() == before
 
 
@@ -133,15 +200,41 @@ def test_monai_bundle_verifies_and_runs_like_predict(setup, tmp_path):
     assert infer["preprocessing"]["_target_"] == "cxr_cad.transforms.build_eval_transforms"
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "NORMAL", "1": "PNEUMONIA"}
-    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-                             "configs/metadata.json", "--filepath", "docs/metadata_schema.json"], cwd=out,
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            "configs/metadata.json",
+            "--filepath",
+            "docs/metadata_schema.json",
+        ],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0 and "metadata is verified with no error" in verify.stdout + verify.stderr
     readable = tmp_path / "readable"  # MONAI's Dataset has no rejection bookkeeping: real images only
     shutil.copytree(images, readable, ignore=shutil.ignore_patterns("*.txt"))
-    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                          "--dataset_dir", str(readable), "--output_dir", str(tmp_path / "eval")], cwd=out,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--dataset_dir",
+            str(readable),
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     got = pd.read_csv(tmp_path / "eval" / "predictions.csv", header=None, names=["path", "p0", "p1"])
     got["name"] = got["path"].map(lambda p: Path(p).name)
@@ -161,8 +254,9 @@ def test_int8_reports_and_refuses(setup, tmp_path):
     with pytest.raises(Int8Refused, match="AUC drop exceeds"):  # an impossible limit: refused, nothing written
         export_model(bundle, "onnx", tmp_path / "refused", int8=True, calibration=manifest, max_auc_drop=-1.0)
     assert not (tmp_path / "refused" / "model.int8.onnx").exists()
-    res = export_model(bundle, "onnx", tmp_path / "forced", int8=True, calibration=manifest, max_auc_drop=-1.0,
-                       force=True)
+    res = export_model(
+        bundle, "onnx", tmp_path / "forced", int8=True, calibration=manifest, max_auc_drop=-1.0, force=True
+    )
     rep = res.int8
     assert rep["forced"] and not rep["accepted"]
     assert rep["n_calibration"] + rep["n_heldout"] == 100
@@ -182,12 +276,41 @@ def test_int8_reports_and_refuses(setup, tmp_path):
 
 def test_usage_errors(setup, tmp_path, capsys):
     _, images, bundle, _ = setup
-    assert main(["export", "--model", str(bundle), "--format", "torchscript", "--out", str(tmp_path / "t"),
-                 "--int8", "--calibration", "x.csv"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(bundle),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "t"),
+                "--int8",
+                "--calibration",
+                "x.csv",
+            ]
+        )
+        == 2
+    )
     assert main(["export", "--model", str(bundle), "--format", "onnx", "--out", str(tmp_path / "o"), "--int8"]) == 2
     assert "--calibration" in capsys.readouterr().err
-    assert main(["-q", "predict", str(images), "--model", str(bundle), "--out", str(tmp_path / "p"),
-                 "--backend", "onnxruntime"]) == 1  # a bundle is not an export folder
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(images),
+                "--model",
+                str(bundle),
+                "--out",
+                str(tmp_path / "p"),
+                "--backend",
+                "onnxruntime",
+            ]
+        )
+        == 1
+    )  # a bundle is not an export folder
     assert "export.json" in capsys.readouterr().err
 
 

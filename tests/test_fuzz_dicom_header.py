@@ -8,6 +8,7 @@ case must either read or raise :class:`~cxr_cad.errors.RejectedFile` (the docume
 and the peak traced allocation stays within a small multiple of the policy's limit.
 Fixed budget: ``max_examples`` and ``deadline`` below.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,14 +26,13 @@ from hypothesis import strategies as st  # noqa: E402
 from pydicom.config import disable_value_validation  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,  # noqa: E402
-                         JPEGLosslessSV1, RLELossless)
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless  # noqa: E402
 
 from cxr_cad.errors import RejectedFile  # noqa: E402
 from cxr_cad.io import AcceptPolicy, read_header, read_image  # noqa: E402
 
-LIMIT = 4 << 20                        # the policy's declared-size limit in this test
-PEAK_LIMIT = 16 * LIMIT                # traced allocation allowed per case (float copies, codec buffers)
+LIMIT = 4 << 20  # the policy's declared-size limit in this test
+PEAK_LIMIT = 16 * LIMIT  # traced allocation allowed per case (float copies, codec buffers)
 POLICY = AcceptPolicy(max_image_bytes=LIMIT)
 _TMP = Path(tempfile.mkdtemp(prefix="cxr_fuzz_"))
 
@@ -49,35 +49,50 @@ def _jpeg_like(rows: int, columns: int, cut: int) -> bytes:
 
 
 def _j2k_like(rows: int, columns: int, cut: int) -> bytes:
-    siz = b"\xff\x4f\xff\x51" + struct.pack(">HHIIIIIIIIH", 41, 0, columns, rows, 0, 0, 64, 64, 0, 0, 1) + \
-        bytes([7, 1, 1])
+    siz = (
+        b"\xff\x4f\xff\x51"
+        + struct.pack(">HHIIIIIIIIH", 41, 0, columns, rows, 0, 0, 64, 64, 0, 0, 1)
+        + bytes([7, 1, 1])
+    )
     return (siz + b"\xff\x90" + b"\x00" * 64 + b"\xff\xd9")[:cut]
 
 
 small = st.integers(1, 64)
-headers = st.fixed_dictionaries({
-    # each field mostly plausible (so decoding is reached), sometimes anything
-    "rows": st.one_of(small, small, st.integers(0, 65535)),
-    "columns": st.one_of(small, small, st.integers(0, 65535)),
-    "bits": st.one_of(st.just(8), st.just(16), st.sampled_from([0, 1, 7, 12, 24, 32, 64, 255])),
-    "frames": st.one_of(st.none(), st.just("1"), st.integers(-2, 2**31 - 1).map(str),
-                        st.sampled_from(["  ", "x ", "1.", ".5", "-x"])),
-    "samples": st.one_of(st.just(1), st.just(1), st.integers(0, 4)),
-    "signed": st.one_of(st.just(0), st.just(1), st.integers(2, 3)),
-    "photometric": st.one_of(st.just("MONOCHROME2"), st.just("MONOCHROME1"),
-                             st.sampled_from(["RGB", "YBR_FULL", ""])),
-    "syntax": st.sampled_from(["native", "rle", "jpeg", "jpegls", "j2k"]),
-    "length": st.one_of(st.just(-1), st.integers(0, 4096)),   # -1: exactly what the header declares
-    "cut": st.integers(0, 200),
-    "segments": st.integers(0, 15),
-})
+headers = st.fixed_dictionaries(
+    {
+        # each field mostly plausible (so decoding is reached), sometimes anything
+        "rows": st.one_of(small, small, st.integers(0, 65535)),
+        "columns": st.one_of(small, small, st.integers(0, 65535)),
+        "bits": st.one_of(st.just(8), st.just(16), st.sampled_from([0, 1, 7, 12, 24, 32, 64, 255])),
+        "frames": st.one_of(
+            st.none(),
+            st.just("1"),
+            st.integers(-2, 2**31 - 1).map(str),
+            st.sampled_from(["  ", "x ", "1.", ".5", "-x"]),
+        ),
+        "samples": st.one_of(st.just(1), st.just(1), st.integers(0, 4)),
+        "signed": st.one_of(st.just(0), st.just(1), st.integers(2, 3)),
+        "photometric": st.one_of(
+            st.just("MONOCHROME2"), st.just("MONOCHROME1"), st.sampled_from(["RGB", "YBR_FULL", ""])
+        ),
+        "syntax": st.sampled_from(["native", "rle", "jpeg", "jpegls", "j2k"]),
+        "length": st.one_of(st.just(-1), st.integers(0, 4096)),  # -1: exactly what the header declares
+        "cut": st.integers(0, 200),
+        "segments": st.integers(0, 15),
+    }
+)
 
 
 def _write(h: dict) -> Path:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ts = {"native": ExplicitVRLittleEndian, "rle": RLELossless, "jpeg": JPEGBaseline8Bit,
-          "jpegls": JPEGLosslessSV1, "j2k": JPEG2000Lossless}[h["syntax"]]
+    ts = {
+        "native": ExplicitVRLittleEndian,
+        "rle": RLELossless,
+        "jpeg": JPEGBaseline8Bit,
+        "jpegls": JPEGLosslessSV1,
+        "j2k": JPEG2000Lossless,
+    }[h["syntax"]]
     ds.file_meta.TransferSyntaxUID = ts
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
@@ -101,28 +116,35 @@ def _write(h: dict) -> Path:
             n = min(h["rows"] * h["columns"] * max(1, h["samples"]) * max(1, h["bits"] // 8), 1 << 16)
         ds.PixelData = (bytes(range(256)) * (n // 256 + 1))[:n] + b"\x00" * (n % 2)
     else:
-        make = {"rle": lambda: _rle_frame(h["rows"], h["columns"], max(1, h["segments"]), 64 + h["cut"]),
-                "jpeg": lambda: _jpeg_like(h["rows"], h["columns"], h["cut"]),
-                "jpegls": lambda: _jpeg_like(h["rows"], h["columns"], h["cut"]),
-                "j2k": lambda: _j2k_like(h["rows"], h["columns"], h["cut"])}[h["syntax"]]
+        make = {
+            "rle": lambda: _rle_frame(h["rows"], h["columns"], max(1, h["segments"]), 64 + h["cut"]),
+            "jpeg": lambda: _jpeg_like(h["rows"], h["columns"], h["cut"]),
+            "jpegls": lambda: _jpeg_like(h["rows"], h["columns"], h["cut"]),
+            "j2k": lambda: _j2k_like(h["rows"], h["columns"], h["cut"]),
+        }[h["syntax"]]
         frame = make()
         ds.PixelData = encapsulate([frame + b"\x00" * (len(frame) % 2) or b"\x00\x00"])
         ds["PixelData"].VR = "OB"
     path = _TMP / "case.dcm"
     ds.save_as(path, enforce_file_format=True)
-    if garbage:   # a value no writer validation lets through: patch the 2 bytes in the file
+    if garbage:  # a value no writer validation lets through: patch the 2 bytes in the file
         raw = bytearray(path.read_bytes())
         at = raw.find(b"\x28\x00\x08\x00IS\x02\x00") + 8
-        raw[at:at + 2] = h["frames"].encode().ljust(2)[:2]
+        raw[at : at + 2] = h["frames"].encode().ljust(2)[:2]
         path.write_bytes(bytes(raw))
     return path
 
 
-@settings(max_examples=int(os.environ.get("CXR_CAD_FUZZ_EXAMPLES", "150")), deadline=5000, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow], database=None)
+@settings(
+    max_examples=int(os.environ.get("CXR_CAD_FUZZ_EXAMPLES", "150")),
+    deadline=5000,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
 @given(headers)
 def test_header_fields_never_crash_or_overallocate(h):
-    with disable_value_validation():   # write invalid values (IS "x") as a broken exporter would
+    with disable_value_validation():  # write invalid values (IS "x") as a broken exporter would
         path = _write(h)
     tracemalloc.start()
     try:

@@ -8,6 +8,7 @@ readers scale each differently (JPEG / 255, DICOM min-max or window); the transf
 per-image percentile scaling must make them agree. A spec without it (``intensity="none"``,
 the behaviour before) does not: the network inputs then differ.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,16 +32,27 @@ def trained(tmp_path_factory):
     from cxr_cad.engine.train import train_model
 
     labels = pd.read_csv(SAMPLE / "labels.csv")
-    df = pd.DataFrame({"path": [str(SAMPLE / f) for f in labels["file"]], "label": labels["label"],
-                       "patient_id": labels["patient_key"],
-                       "sop_instance_uid": [f"sha256:{i:04d}" for i in range(len(labels))],
-                       "sha256": [f"{i:064d}" for i in range(len(labels))]})
+    df = pd.DataFrame(
+        {
+            "path": [str(SAMPLE / f) for f in labels["file"]],
+            "label": labels["label"],
+            "patient_id": labels["patient_key"],
+            "sop_instance_uid": [f"sha256:{i:04d}" for i in range(len(labels))],
+            "sha256": [f"{i:064d}" for i in range(len(labels))],
+        }
+    )
     keys = sorted(df["patient_id"].unique())
     held = set(keys[::5])
     train, test = df[~df["patient_id"].isin(held)], df[df["patient_id"].isin(held)]
-    cfg = TrainConfig.from_dict({"model": {"init": "none", "image_size": 64}, "epochs": 3, "batch_size": 16,
-                                 "early_stopping": {"patience": 0},
-                                 "runtime": {"workers": 0, "device": "cpu"}})
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {"init": "none", "image_size": 64},
+            "epochs": 3,
+            "batch_size": 16,
+            "early_stopping": {"patience": 0},
+            "runtime": {"workers": 0, "device": "cpu"},
+        }
+    )
     out = tmp_path_factory.mktemp("invariance")
     result = train_model(train.reset_index(drop=True), out / "run", cfg)
     return result.bundle_path, test.reset_index(drop=True)
@@ -49,19 +61,19 @@ def trained(tmp_path_factory):
 def _variants(src: str, where: Path) -> dict[str, Path]:
     """One film in every container; ``x`` are its 8-bit gray values."""
     x = np.asarray(Image.open(src).convert("L"))
-    v12 = x.astype(np.uint16) * 16 + 8                        # 12-bit, range 8..4088 (not 0..4095)
+    v12 = x.astype(np.uint16) * 16 + 8  # 12-bit, range 8..4088 (not 0..4095)
     out: dict[str, Path] = {}
     Image.fromarray(x).save(out.setdefault("png", where / "film.png"))
-    narrow = np.rint(30 + x.astype(np.float64) * 0.75).astype(np.uint8)   # 30..221: never 0 or 255
+    narrow = np.rint(30 + x.astype(np.float64) * 0.75).astype(np.uint8)  # 30..221: never 0 or 255
     assert narrow.min() > 0 and narrow.max() < 255
     Image.fromarray(narrow).save(out.setdefault("jpeg_narrow", where / "narrow.jpg"), quality=100)
     write_dicom(out.setdefault("dicom8", where / "d8.dcm"), x, bits_stored=8)
     write_dicom(out.setdefault("dicom12", where / "d12.dcm"), v12, bits_stored=12)
-    write_dicom(out.setdefault("dicom12_implicit", where / "d12i.dcm"), v12, bits_stored=12,
-                transfer_syntax="implicit")
+    write_dicom(out.setdefault("dicom12_implicit", where / "d12i.dcm"), v12, bits_stored=12, transfer_syntax="implicit")
     write_dicom(out.setdefault("rescale", where / "rescale.dcm"), v12, bits_stored=12, rescale=(0.5, -1024.0))
-    write_dicom(out.setdefault("monochrome1", where / "mono1.dcm"), 4095 - v12, bits_stored=12,
-                photometric="MONOCHROME1")
+    write_dicom(
+        out.setdefault("monochrome1", where / "mono1.dcm"), 4095 - v12, bits_stored=12, photometric="MONOCHROME1"
+    )
     write_dicom(out.setdefault("windowed", where / "win.dcm"), v12, bits_stored=12, window=(2048.0, 4096.0))
     write_dicom(out.setdefault("rle", where / "rle.dcm"), v12, bits_stored=12, transfer_syntax="rle")
     write_dicom(out.setdefault("j2k", where / "j2k.dcm"), v12, bits_stored=12, transfer_syntax="j2k")
@@ -80,8 +92,9 @@ def test_every_container_of_a_film_scores_alike(trained, tmp_path):
         where = tmp_path / str(i)
         where.mkdir()
         files = _variants(src, where)
-        p = predict_probabilities(bundle, pd.DataFrame({"path": [str(f) for f in files.values()]}),
-                                  device="cpu", precision="fp32")
+        p = predict_probabilities(
+            bundle, pd.DataFrame({"path": [str(f) for f in files.values()]}), device="cpu", precision="fp32"
+        )
         scores = dict(zip(files, p))
         all_scores += list(p)
         spread = float(p.max() - p.min())
@@ -106,4 +119,4 @@ def test_without_percentile_scaling_the_inputs_differ(trained, tmp_path):
         if small:
             assert max(diffs.values()) < 0.03, diffs
         else:
-            assert diffs["jpeg_narrow"] > 0.1, diffs   # the chain before spec version 2
+            assert diffs["jpeg_narrow"] > 0.1, diffs  # the chain before spec version 2

@@ -3,6 +3,7 @@
 Only files present in the installed pydicom package are used (never downloaded).
 The second policy accepts any modality so the decode path runs on CT/MR images too.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -21,8 +22,13 @@ POLICIES = {"default": AcceptPolicy(), "any": AcceptPolicy(modalities=(), reject
 #: Reasons read_image may add to a file whose header was accepted.
 # IMAGE_TOO_LARGE: a compressed frame whose own codestream header declares more pixels than the
 # limit is refused before the decoder allocates them (cxr_cad.io.codestream).
-DECODE_REASONS = {Reason.DECODE_FAILED, Reason.CONSTANT_IMAGE, Reason.UNREADABLE, Reason.MULTI_FRAME,
-                  Reason.IMAGE_TOO_LARGE}
+DECODE_REASONS = {
+    Reason.DECODE_FAILED,
+    Reason.CONSTANT_IMAGE,
+    Reason.UNREADABLE,
+    Reason.MULTI_FRAME,
+    Reason.IMAGE_TOO_LARGE,
+}
 
 
 def _outcome(fn, path, policy):
@@ -63,9 +69,17 @@ def _read(name, **kwargs):
         return read_image(CORPUS / name, policy=POLICIES["any"], **kwargs)[0]
 
 
-@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
-                                  "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm",
-                                  "MR_small_jpeg_ls_lossless.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
+)
 def test_same_real_image_in_other_encodings_is_identical(name):
     if not (CORPUS / name).exists():
         pytest.skip(f"{name} not in this pydicom version")
@@ -97,8 +111,9 @@ def test_mutated_files_are_accepted_or_rejected(tmp_path, syntax):
     """Random byte corruption (mostly in the header) never escapes as another exception."""
     from tests.dicom_factory import chest_phantom, write_dicom
 
-    source = write_dicom(tmp_path / "src.dcm", chest_phantom(32), transfer_syntax=syntax,
-                         window=(2000.0, 3000.0), rescale=(1.0, 0.0))
+    source = write_dicom(
+        tmp_path / "src.dcm", chest_phantom(32), transfer_syntax=syntax, window=(2000.0, 3000.0), rescale=(1.0, 0.0)
+    )
     data = source.read_bytes()
     rng = np.random.default_rng(sum(map(ord, syntax)))
     outcomes = set()

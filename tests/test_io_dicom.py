@@ -1,4 +1,5 @@
 """cxr_cad.io on synthetic DICOM files (tests/dicom_factory.py): pipeline, syntaxes, rejections."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,8 +70,15 @@ def test_lossy_syntaxes_are_close(tmp_path, reference, syntax, tol, photometric)
     stored, expected = reference
     if photometric == "MONOCHROME1":
         stored = invert_stored(stored, bits_stored=12)
-    path = write_dicom(tmp_path / "img.dcm", stored, bits_stored=12, transfer_syntax=syntax,
-                       photometric=photometric, j2k_cr=4, jls_error=3)
+    path = write_dicom(
+        tmp_path / "img.dcm",
+        stored,
+        bits_stored=12,
+        transfer_syntax=syntax,
+        photometric=photometric,
+        j2k_cr=4,
+        jls_error=3,
+    )
     pixels, _ = read_image(path)
     assert float(np.abs(pixels - expected).mean()) < tol
     assert float(np.abs(pixels - expected).mean()) > 0  # it really is lossy
@@ -96,8 +104,9 @@ def test_bit_depths_and_signed_scale_to_full_range(tmp_path, bits, signed):
 def test_pixels_are_display_oriented_and_mono1_twin_matches(tmp_path):
     stored = chest_phantom(64, bits_stored=12)
     mono2, _ = read_image(write_dicom(tmp_path / "m2.dcm", stored))
-    mono1, _ = read_image(write_dicom(tmp_path / "m1.dcm", invert_stored(stored, bits_stored=12),
-                                      photometric="MONOCHROME1"))
+    mono1, _ = read_image(
+        write_dicom(tmp_path / "m1.dcm", invert_stored(stored, bits_stored=12), photometric="MONOCHROME1")
+    )
     relabelled, _ = read_image(write_dicom(tmp_path / "r.dcm", stored, photometric="MONOCHROME1"))
     assert mono2[32, 32] > mono2[32, 18]  # mediastinum brighter than the left lung
     np.testing.assert_allclose(mono1, mono2, atol=1e-6)
@@ -111,8 +120,9 @@ def test_rescale_does_not_change_display_and_matches_pydicom(tmp_path):
     rescaled, _ = read_image(path)
     np.testing.assert_allclose(rescaled, plain, atol=1e-6)
     ds = pydicom.dcmread(path)
-    np.testing.assert_allclose(modality_values(ds.pixel_array, ds), apply_modality_lut(ds.pixel_array, ds),
-                               rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(
+        modality_values(ds.pixel_array, ds), apply_modality_lut(ds.pixel_array, ds), rtol=1e-6, atol=1e-3
+    )
 
 
 def test_negative_slope_rescale_is_min_max_scaled(tmp_path):
@@ -160,8 +170,14 @@ def test_window_is_applied_first_value_of_multi_valued(tmp_path):
 def test_windowed_mono1_twin_agrees_within_one_stored_unit(tmp_path):
     stored = chest_phantom(64, bits_stored=12)
     mono2, _ = read_image(write_dicom(tmp_path / "a.dcm", stored, window=(1800.0, 2000.0)))
-    mono1, _ = read_image(write_dicom(tmp_path / "b.dcm", invert_stored(stored, bits_stored=12),
-                                      photometric="MONOCHROME1", window=(4095 - 1800.0, 2000.0)))
+    mono1, _ = read_image(
+        write_dicom(
+            tmp_path / "b.dcm",
+            invert_stored(stored, bits_stored=12),
+            photometric="MONOCHROME1",
+            window=(4095 - 1800.0, 2000.0),
+        )
+    )
     assert float(np.abs(mono1 - mono2).max()) <= 1.0 / 1999 + 1e-6
 
 
@@ -191,15 +207,26 @@ def test_modality_lut_sequence_matches_pydicom(tmp_path):
 def test_rgb_dicom_is_converted_to_gray(tmp_path):
     gray = chest_phantom(32, bits_stored=8)
     rgb = np.stack([gray] * 3, axis=-1)
-    pixels, meta = read_image(write_dicom(tmp_path / "c.dcm", rgb, photometric="RGB", bits_stored=8,
-                                          modality="OT", sop_class_uid="1.2.840.10008.5.1.4.1.1.7"), policy=ANY)
+    pixels, meta = read_image(
+        write_dicom(
+            tmp_path / "c.dcm",
+            rgb,
+            photometric="RGB",
+            bits_stored=8,
+            modality="OT",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+        ),
+        policy=ANY,
+    )
     expected, _ = read_image(write_dicom(tmp_path / "g.dcm", gray, bits_stored=8))
     np.testing.assert_allclose(pixels, expected, atol=1e-5)
     assert meta["photometric_interpretation"] == "RGB"
 
 
-@pytest.mark.parametrize("file_meta,preamble,syntax", [(True, False, "explicit"), (False, False, "implicit"),
-                                                       (False, False, "explicit"), (False, False, "big_endian")])
+@pytest.mark.parametrize(
+    "file_meta,preamble,syntax",
+    [(True, False, "explicit"), (False, False, "implicit"), (False, False, "explicit"), (False, False, "big_endian")],
+)
 def test_files_without_preamble_or_file_meta_are_read(tmp_path, reference, file_meta, preamble, syntax):
     stored, expected = reference
     path = write_dicom(tmp_path / "noext", stored, file_meta=file_meta, preamble=preamble, transfer_syntax=syntax)
@@ -209,13 +236,24 @@ def test_files_without_preamble_or_file_meta_are_read(tmp_path, reference, file_
     pixels, _ = read_image(path)
     np.testing.assert_allclose(pixels, expected, atol=1e-6)
     assert meta["transfer_syntax"] == pydicom.uid.UID(
-        {"implicit": "1.2.840.10008.1.2", "explicit": "1.2.840.10008.1.2.1", "big_endian": "1.2.840.10008.1.2.2"}[syntax])
+        {"implicit": "1.2.840.10008.1.2", "explicit": "1.2.840.10008.1.2.1", "big_endian": "1.2.840.10008.1.2.2"}[
+            syntax
+        ]
+    )
 
 
 def test_meta_keys_and_values(tmp_path):
-    path = write_dicom(tmp_path / "m.dcm", patient_id="PID-7", patient_name="SECRET^NAME", patient_sex="m",
-                       patient_age="045Y", view_position="ap", body_part="chest", modality="dx",
-                       sop_class_uid=DigitalXRayImageStorageForPresentation)
+    path = write_dicom(
+        tmp_path / "m.dcm",
+        patient_id="PID-7",
+        patient_name="SECRET^NAME",
+        patient_sex="m",
+        patient_age="045Y",
+        view_position="ap",
+        body_part="chest",
+        modality="dx",
+        sop_class_uid=DigitalXRayImageStorageForPresentation,
+    )
     for meta in (read_header(path), read_image(path)[1]):
         assert tuple(meta) == META_KEYS
         assert meta["patient_id"] == "PID-7" and meta["patient_sex"] == "M" and meta["patient_age"] == "045Y"
@@ -230,15 +268,26 @@ def test_meta_keys_and_values(tmp_path):
 
 # ---------------------------------------------------------------- rejections
 
+
 @pytest.mark.parametrize("syntax", ["explicit", "implicit", "big_endian", "deflated"])
 def test_no_pixel_data(tmp_path, syntax):
     rejected(write_dicom(tmp_path / "n.dcm", no_pixel_data=True, transfer_syntax=syntax), Reason.NO_PIXEL_DATA)
 
 
-@pytest.mark.parametrize("sop_class", [ComprehensiveSRStorage, GrayscaleSoftcopyPresentationStateStorage,
-                                       KeyObjectSelectionDocumentStorage, RTPlanStorage, EncapsulatedPDFStorage])
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        ComprehensiveSRStorage,
+        GrayscaleSoftcopyPresentationStateStorage,
+        KeyObjectSelectionDocumentStorage,
+        RTPlanStorage,
+        EncapsulatedPDFStorage,
+    ],
+)
 def test_non_image_sop_classes(tmp_path, sop_class):
-    rejected(write_dicom(tmp_path / "s.dcm", sop_class_uid=sop_class, no_pixel_data=True), Reason.NOT_AN_IMAGE_SOP_CLASS)
+    rejected(
+        write_dicom(tmp_path / "s.dcm", sop_class_uid=sop_class, no_pixel_data=True), Reason.NOT_AN_IMAGE_SOP_CLASS
+    )
     # even with pixel data attached, a presentation state / SR is not an image
     rejected(write_dicom(tmp_path / "p.dcm", sop_class_uid=sop_class), Reason.NOT_AN_IMAGE_SOP_CLASS)
 
@@ -343,8 +392,10 @@ def test_constant_images(tmp_path):
 
 @pytest.mark.parametrize("photometric", ["PALETTE COLOR", "YBR_PARTIAL_420", "HSV"])
 def test_unsupported_photometric(tmp_path, photometric):
-    rejected(write_dicom(tmp_path / "p.dcm", chest_phantom(32, bits_stored=8), bits_stored=8,
-                         photometric=photometric), Reason.UNSUPPORTED_PHOTOMETRIC)
+    rejected(
+        write_dicom(tmp_path / "p.dcm", chest_phantom(32, bits_stored=8), bits_stored=8, photometric=photometric),
+        Reason.UNSUPPORTED_PHOTOMETRIC,
+    )
 
 
 def test_reason_detail_names_file_and_fix(tmp_path):
@@ -353,6 +404,7 @@ def test_reason_detail_names_file_and_fix(tmp_path):
 
 
 # ---------------------------------------------------------------- JPEG 2000 reduced-resolution decoding
+
 
 def _resize(img: np.ndarray, shorter: int, like: tuple[int, int] = (530, 470)) -> np.ndarray:
     """Resize so the shorter side of an image shaped ``like`` becomes ``shorter`` (same output for all)."""
@@ -405,9 +457,12 @@ def test_reduced_decode_close_to_full_decode_plus_resize(tmp_path, syntax):
     from scipy.ndimage import gaussian_filter
 
     # a radiograph has no pixel-sharp steps: blur the phantom (sigma 2 px) so both low-pass filters agree
-    stored = np.rint(gaussian_filter(chest_phantom((530, 470), bits_stored=12).astype(np.float64), 2.0)).astype(np.uint16)
-    path = write_dicom(tmp_path / "r.dcm", stored, transfer_syntax=syntax, photometric="MONOCHROME2",
-                       window=(2000.0, 3500.0), j2k_cr=5)
+    stored = np.rint(gaussian_filter(chest_phantom((530, 470), bits_stored=12).astype(np.float64), 2.0)).astype(
+        np.uint16
+    )
+    path = write_dicom(
+        tmp_path / "r.dcm", stored, transfer_syntax=syntax, photometric="MONOCHROME2", window=(2000.0, 3500.0), j2k_cr=5
+    )
     full, meta = read_image(path)
     for target in (64, 100, 117):
         reduced, meta_r = read_image(path, reduce_to=target)

@@ -1,4 +1,5 @@
 """cxr_cad.io on PNG and JPEG files: bit depths, colour -> gray, detection by content, rejections."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ radiograph that ships with the package (Kermany et al., cxr_cad/data/ATTRIBUTION
 no preamble, no File Meta, a window 550/1024 and MONOCHROME1 polarity, like the classic
 "CR-MONO1-10-chest" sample it replaces (whose licence could not be confirmed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from PIL import Image
 
 from cxr_cad.io import AcceptPolicy, read_header, read_image
 from tests.dicom_factory import write_dicom
 
 DATA = Path(__file__).parent / "data"
-SAMPLE_JPEG = (Path(__file__).parent.parent / "cxr_cad" / "data" / "kermany_sample" / "images"
-               / "IM-0384-0001.jpg")
+SAMPLE_JPEG = Path(__file__).parent.parent / "cxr_cad" / "data" / "kermany_sample" / "images" / "IM-0384-0001.jpg"
 SIIM = DATA / "siim_cr_chest_jpeg_baseline.dcm"
 SIIM_MONO1 = DATA / "siim_cr_chest_jpeg_baseline_relabelled_monochrome1.dcm"
 
@@ -32,13 +31,25 @@ def make_mono1_10bit_no_meta(path: Path) -> Path:
     (lower edge 38, upper edge 1061) covers the stored range 38..1023 and the MONOCHROME1
     inversion gives the display image back.
     """
-    display = np.asarray(Image.open(SAMPLE_JPEG).convert("L").resize((440, 440), Image.BICUBIC),
-                         dtype=np.float64) / 255.0
+    display = (
+        np.asarray(Image.open(SAMPLE_JPEG).convert("L").resize((440, 440), Image.BICUBIC), dtype=np.float64) / 255.0
+    )
     stored = np.round(38 + (1.0 - display) * 985).astype(np.uint16)
-    return write_dicom(path, stored, photometric="MONOCHROME1", bits_stored=10, window=(550, 1024),
-                       transfer_syntax="implicit", file_meta=False, modality="CR", view_position="PA",
-                       patient_id="ANON-0384", patient_name="ANONYMOUS", patient_sex="M",
-                       patient_age="003Y")
+    return write_dicom(
+        path,
+        stored,
+        photometric="MONOCHROME1",
+        bits_stored=10,
+        window=(550, 1024),
+        transfer_syntax="implicit",
+        file_meta=False,
+        modality="CR",
+        view_position="PA",
+        patient_id="ANON-0384",
+        patient_name="ANONYMOUS",
+        patient_sex="M",
+        patient_age="003Y",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +61,12 @@ def lungs_darker_than_mediastinum(pixels: np.ndarray) -> tuple[float, float]:
     """(mean of the central vertical strip, mean of the two lateral lung regions), rows 25-75 %."""
     h, w = pixels.shape
     rows = slice(h // 4, 3 * h // 4)
-    centre = float(pixels[rows, int(0.45 * w): int(0.55 * w)].mean())
-    lungs = float(np.concatenate([pixels[rows, int(0.15 * w): int(0.30 * w)].ravel(),
-                                  pixels[rows, int(0.70 * w): int(0.85 * w)].ravel()]).mean())
+    centre = float(pixels[rows, int(0.45 * w) : int(0.55 * w)].mean())
+    lungs = float(
+        np.concatenate(
+            [pixels[rows, int(0.15 * w) : int(0.30 * w)].ravel(), pixels[rows, int(0.70 * w) : int(0.85 * w)].ravel()]
+        ).mean()
+    )
     return centre, lungs
 
 

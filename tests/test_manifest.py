@@ -1,4 +1,5 @@
 """cxr_cad.manifest: schema, validation, atomic writes, label joins, folds, hash."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,20 @@ import pandas as pd
 import pytest
 
 from cxr_cad.errors import ManifestError
-from cxr_cad.manifest import (MANIFEST_COLUMNS, age_in_years, grouped_split, join_labels, labels_from_folders,
-                              manifest_hash, patient_folds, read_labels, read_manifest, resolve_paths,
-                              validate_manifest, write_manifest)
+from cxr_cad.manifest import (
+    MANIFEST_COLUMNS,
+    age_in_years,
+    grouped_split,
+    join_labels,
+    labels_from_folders,
+    manifest_hash,
+    patient_folds,
+    read_labels,
+    read_manifest,
+    resolve_paths,
+    validate_manifest,
+    write_manifest,
+)
 
 
 def _cohort(n_patients=30, per_patient=(1, 4), pos=0.4, seed=0) -> pd.DataFrame:
@@ -20,13 +32,21 @@ def _cohort(n_patients=30, per_patient=(1, 4), pos=0.4, seed=0) -> pd.DataFrame:
     for p in range(n_patients):
         label = "PNEUMONIA" if rng.random() < pos else "NORMAL"
         for k in range(rng.integers(*per_patient)):
-            rows.append({"path": f"/data/{label}/p{p}-{k}.png", "sop_instance_uid": f"1.2.{p}.{k}",
-                         "patient_id": f"P{p:03d}", "study_instance_uid": f"1.3.{p}", "label": label,
-                         "sha256": f"{p:04d}{k:04d}"})
+            rows.append(
+                {
+                    "path": f"/data/{label}/p{p}-{k}.png",
+                    "sop_instance_uid": f"1.2.{p}.{k}",
+                    "patient_id": f"P{p:03d}",
+                    "study_instance_uid": f"1.3.{p}",
+                    "label": label,
+                    "sha256": f"{p:04d}{k:04d}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- read / write / validate
+
 
 def test_write_then_read_round_trip_with_relative_paths(tmp_path):
     data = tmp_path / "data"
@@ -36,8 +56,16 @@ def test_write_then_read_round_trip_with_relative_paths(tmp_path):
         f = data / "NORMAL" / f"a{i}.png"
         f.write_bytes(b"x")
         files.append(str(f))
-    df = pd.DataFrame({"path": files, "sop_instance_uid": ["1", "2", "3"], "patient_id": ["007", "007", "8"],
-                       "label": ["NORMAL"] * 3, "rows": [10, 11, None], "extra": ["e", "f", "g"]})
+    df = pd.DataFrame(
+        {
+            "path": files,
+            "sop_instance_uid": ["1", "2", "3"],
+            "patient_id": ["007", "007", "8"],
+            "label": ["NORMAL"] * 3,
+            "rows": [10, 11, None],
+            "extra": ["e", "f", "g"],
+        }
+    )
     out = tmp_path / "manifests" / "m.csv"
     write_manifest(df, out)
     text = out.read_text()
@@ -46,7 +74,7 @@ def test_write_then_read_round_trip_with_relative_paths(tmp_path):
     assert not [p for p in os.listdir(out.parent) if p.endswith(".tmp")]
     back = read_manifest(out, require_labels=True, classes=["NORMAL", "PNEUMONIA"])
     assert back["path"].tolist() == files
-    assert back["patient_id"].tolist() == ["007", "007", "8"]   # ids stay text, leading zeros kept
+    assert back["patient_id"].tolist() == ["007", "007", "8"]  # ids stay text, leading zeros kept
     assert str(back["rows"].dtype) == "Int64" and back["rows"].isna().tolist() == [False, False, True]
     assert back["extra"].tolist() == ["e", "f", "g"]
     assert manifest_hash(back) == manifest_hash(df)
@@ -73,20 +101,30 @@ def test_write_absolute_paths(tmp_path):
 
 def test_read_manifest_collects_every_problem(tmp_path):
     (tmp_path / "ok.png").write_bytes(b"x")
-    pd.DataFrame({
-        "path": ["ok.png", "missing.png", "", "ok.png"],
-        "sop_instance_uid": ["1", "1", "3", "4"],
-        "patient_id": ["a", "", "c", "d"],
-        "label": ["NORMAL", "COVID", "", "NORMAL"],
-        "rows": ["12", "x", "", "3"],
-    }).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": ["ok.png", "missing.png", "", "ok.png"],
+            "sop_instance_uid": ["1", "1", "3", "4"],
+            "patient_id": ["a", "", "c", "d"],
+            "label": ["NORMAL", "COVID", "", "NORMAL"],
+            "rows": ["12", "x", "", "3"],
+        }
+    ).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError) as err:
         read_manifest(tmp_path / "m.csv", require_labels=True, classes=["NORMAL", "PNEUMONIA"])
     text = str(err.value)
     problems = err.value.problems
     assert len(problems) >= 7, problems
-    for needle in ("not found", "empty path", "listed twice", "duplicate sop_instance_uid",
-                   "empty patient_id", "no label", "'COVID'", "'rows'"):
+    for needle in (
+        "not found",
+        "empty path",
+        "listed twice",
+        "duplicate sop_instance_uid",
+        "empty patient_id",
+        "no label",
+        "'COVID'",
+        "'rows'",
+    ):
         assert needle in text, needle
     assert str(tmp_path / "m.csv") in text
 
@@ -108,11 +146,22 @@ def test_resolve_paths_idempotent(tmp_path):
     r = resolve_paths(df, tmp_path)
     assert r["path"].tolist() == [str(tmp_path / "a/b.png"), "/abs/c.png", str(tmp_path.parent / "d.png")]
     assert resolve_paths(r, "/elsewhere")["path"].tolist() == r["path"].tolist()
-    assert df["path"].tolist()[0] == "a/b.png"   # input untouched
+    assert df["path"].tolist()[0] == "a/b.png"  # input untouched
 
 
-@pytest.mark.parametrize("value,years", [("045Y", 45.0), ("006M", 0.5), ("052W", 0.9966), ("010D", 0.0274),
-                                         ("", None), ("45", None), (None, None), ("xxY", None)])
+@pytest.mark.parametrize(
+    "value,years",
+    [
+        ("045Y", 45.0),
+        ("006M", 0.5),
+        ("052W", 0.9966),
+        ("010D", 0.0274),
+        ("", None),
+        ("45", None),
+        (None, None),
+        ("xxY", None),
+    ],
+)
 def test_age_in_years(value, years):
     got = age_in_years(value)
     assert (got is None and years is None) or got == pytest.approx(years, abs=1e-3)
@@ -120,11 +169,12 @@ def test_age_in_years(value, years):
 
 # ---------------------------------------------------------------- hash
 
+
 def test_manifest_hash_order_independent_and_sensitive():
     df = _cohort()
     h = manifest_hash(df)
     assert h == manifest_hash(df.sample(frac=1, random_state=1).reset_index(drop=True))
-    assert h == manifest_hash(df.assign(path="/elsewhere/x"))       # paths do not matter
+    assert h == manifest_hash(df.assign(path="/elsewhere/x"))  # paths do not matter
     changed = df.copy()
     changed.loc[3, "label"] = "PNEUMONIA" if changed.loc[3, "label"] == "NORMAL" else "NORMAL"
     assert manifest_hash(changed) != h
@@ -134,12 +184,17 @@ def test_manifest_hash_order_independent_and_sensitive():
 
 # ---------------------------------------------------------------- folds
 
+
 @pytest.mark.parametrize("seed", range(12))
 def test_patient_folds_never_split_a_patient_random_cohorts(seed):
     rng = np.random.default_rng(seed)
     n_folds = int(rng.integers(2, 7))
-    df = _cohort(n_patients=int(rng.integers(n_folds * 3, 80)), per_patient=(1, int(rng.integers(2, 6))),
-                 pos=float(rng.uniform(0.2, 0.8)), seed=seed)
+    df = _cohort(
+        n_patients=int(rng.integers(n_folds * 3, 80)),
+        per_patient=(1, int(rng.integers(2, 6))),
+        pos=float(rng.uniform(0.2, 0.8)),
+        seed=seed,
+    )
     folds = patient_folds(df, n_folds, seed=seed)
     assert folds.shape == (len(df),) and set(folds) == set(range(n_folds))
     assert (df.assign(f=folds).groupby("patient_id")["f"].nunique() == 1).all()
@@ -148,7 +203,7 @@ def test_patient_folds_never_split_a_patient_random_cohorts(seed):
     for k in range(n_folds):
         part = df[folds == k]
         assert abs((part["label"] == "PNEUMONIA").mean() - rate) < 0.35
-    assert np.array_equal(folds, patient_folds(df, n_folds, seed=seed))   # deterministic
+    assert np.array_equal(folds, patient_folds(df, n_folds, seed=seed))  # deterministic
 
 
 def test_patient_folds_seed_changes_assignment_and_errors():
@@ -194,19 +249,28 @@ def test_grouped_split_small_and_bad():
 
 # ---------------------------------------------------------------- labels
 
+
 def _manifest_for_labels():
-    return pd.DataFrame({
-        "path": ["/d/NORMAL/a.png", "/d/PNEUMONIA/b.png", "/d/PNEUMONIA/sub/c.png", "/e/NORMAL/a.png"],
-        "sop_instance_uid": ["s1", "s2", "s3", "s4"], "study_instance_uid": ["t1", "t2", "t2", "t4"],
-        "patient_id": ["p1", "p2", "p2", "p4"], "label": ["", "", "", ""]})
+    return pd.DataFrame(
+        {
+            "path": ["/d/NORMAL/a.png", "/d/PNEUMONIA/b.png", "/d/PNEUMONIA/sub/c.png", "/e/NORMAL/a.png"],
+            "sop_instance_uid": ["s1", "s2", "s3", "s4"],
+            "study_instance_uid": ["t1", "t2", "t2", "t4"],
+            "patient_id": ["p1", "p2", "p2", "p4"],
+            "label": ["", "", "", ""],
+        }
+    )
 
 
-@pytest.mark.parametrize("key,values,expected", [
-    ("sop_instance_uid", ["s1", "s3", "zz"], ["NORMAL", "", "PNEUMONIA", ""]),
-    ("study_instance_uid", ["t1", "t2", "zz"], ["NORMAL", "PNEUMONIA", "PNEUMONIA", ""]),
-    ("patient_id", ["p1", "p2", "zz"], ["NORMAL", "PNEUMONIA", "PNEUMONIA", ""]),
-    ("path", ["/d/NORMAL/a.png", "sub/c.png", "nothere.png"], ["NORMAL", "", "PNEUMONIA", ""]),
-])
+@pytest.mark.parametrize(
+    "key,values,expected",
+    [
+        ("sop_instance_uid", ["s1", "s3", "zz"], ["NORMAL", "", "PNEUMONIA", ""]),
+        ("study_instance_uid", ["t1", "t2", "zz"], ["NORMAL", "PNEUMONIA", "PNEUMONIA", ""]),
+        ("patient_id", ["p1", "p2", "zz"], ["NORMAL", "PNEUMONIA", "PNEUMONIA", ""]),
+        ("path", ["/d/NORMAL/a.png", "sub/c.png", "nothere.png"], ["NORMAL", "", "PNEUMONIA", ""]),
+    ],
+)
 def test_join_labels_each_key_reports_unmatched(key, values, expected):
     labels = pd.DataFrame({key: values, "label": ["NORMAL", "PNEUMONIA", "NORMAL"]})
     out, report = join_labels(_manifest_for_labels(), labels, base_dir="/nowhere")

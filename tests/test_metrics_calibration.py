@@ -1,4 +1,5 @@
 """Brier score, reliability curve and ECE against scikit-learn and hand computations."""
+
 from __future__ import annotations
 
 import math
@@ -8,15 +9,20 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from cxr_cad.metrics import (UndefinedMetricWarning, brier_score, expected_calibration_error,
-                             reliability_curve, wilson_ci)
+from cxr_cad.metrics import (
+    UndefinedMetricWarning,
+    brier_score,
+    expected_calibration_error,
+    reliability_curve,
+    wilson_ci,
+)
 
 
 def _data(seed: int, n: int = 300):
     rng = np.random.default_rng(seed)
     p = rng.beta(2, 2, n)
-    p[:3] = [0.0, 0.5, 1.0]          # edges included
-    y = (rng.random(n) < p ** 1.3).astype(int)
+    p[:3] = [0.0, 0.5, 1.0]  # edges included
+    y = (rng.random(n) < p**1.3).astype(int)
     return y, p
 
 
@@ -35,7 +41,7 @@ def test_reliability_matches_sklearn(strategy, n_bins):
     assert count.sum() == len(y) and len(curve.edges) == n_bins + 1
     np.testing.assert_allclose(np.array(curve.fraction_positive)[count > 0], frac)
     np.testing.assert_allclose(np.array(curve.mean_predicted)[count > 0], mean)
-    for k, c, lo, hi, f in zip(count, count, curve.low, curve.high, curve.fraction_positive):
+    for c, lo, hi, f in zip(count, curve.low, curve.high, curve.fraction_positive):
         if c:
             assert (lo, hi) == wilson_ci(round(f * c), c)
 

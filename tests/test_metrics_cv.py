@@ -1,4 +1,5 @@
 """Cross-validation summaries (cxr_cad.metrics.cv) against direct computations."""
+
 from __future__ import annotations
 
 import math
@@ -7,14 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_cad.metrics import (binary_metrics, crossval_roc, crossval_summary, delong_auc_ci, interpolate_roc,
-                             mean_sd, roc_auc, roc_table, youden_threshold)
+from cxr_cad.metrics import (
+    binary_metrics,
+    crossval_roc,
+    crossval_summary,
+    delong_auc_ci,
+    interpolate_roc,
+    mean_sd,
+    roc_auc,
+    roc_table,
+    youden_threshold,
+)
 
 
 def _oof(seed: int = 0, n: int = 150, k: int = 3) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    y[:2 * k] = np.tile([0, 1], k)
+    y[: 2 * k] = np.tile([0, 1], k)
     fold = np.arange(n) % k
     p = 1 / (1 + np.exp(-rng.normal((y - 0.5) * 2, 1.0)))
     thr = np.array([0.45, 0.5, 0.55])[fold]
@@ -29,8 +39,9 @@ def test_summary_matches_direct_computation():
     assert [e["auc"]["auc"] for e in s["per_fold"]] == pytest.approx(aucs)
     assert s["across_folds"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert s["across_folds"]["auc"]["sd"] == pytest.approx(np.std(aucs, ddof=1))
-    sens = [binary_metrics(y[f == k], p[f == k], threshold=[0.45, 0.5, 0.55][k])["sensitivity"]["value"]
-            for k in range(3)]
+    sens = [
+        binary_metrics(y[f == k], p[f == k], threshold=[0.45, 0.5, 0.55][k])["sensitivity"]["value"] for k in range(3)
+    ]
     assert s["across_folds"]["sensitivity"]["values"] == pytest.approx(sens)
     assert s["across_folds"]["accuracy_PNEUMONIA"]["values"] == pytest.approx(sens)
     pooled = s["pooled"]
@@ -39,8 +50,12 @@ def test_summary_matches_direct_computation():
     assert pooled["auc_bootstrap"]["n_resamples"] == 200
     pred = p >= t
     c = pooled["at_fold_thresholds"]["confusion"]
-    assert c == {"tp": int(np.sum(pred & (y == 1))), "fp": int(np.sum(pred & (y == 0))),
-                 "tn": int(np.sum(~pred & (y == 0))), "fn": int(np.sum(~pred & (y == 1)))}
+    assert c == {
+        "tp": int(np.sum(pred & (y == 1))),
+        "fp": int(np.sum(pred & (y == 0))),
+        "tn": int(np.sum(~pred & (y == 0))),
+        "fn": int(np.sum(~pred & (y == 1))),
+    }
     assert pooled["youden_threshold"] == youden_threshold(y, p)
     assert pooled["at_pooled_youden"]["threshold"] == youden_threshold(y, p)
     assert 0 <= pooled["brier"] <= 1 and 0 <= pooled["ece"] <= 1

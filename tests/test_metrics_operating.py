@@ -1,4 +1,5 @@
 """Operating points, binary_metrics, Wilson intervals and likelihood ratios."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,18 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-from cxr_cad.metrics import (UndefinedMetricWarning, binary_metrics, likelihood_ratios, roc_curve,
-                             threshold_for_sensitivity, threshold_for_specificity, wilson_ci,
-                             small_class_warning, youden_choice, youden_threshold)
+from cxr_cad.metrics import (
+    UndefinedMetricWarning,
+    binary_metrics,
+    likelihood_ratios,
+    roc_curve,
+    small_class_warning,
+    threshold_for_sensitivity,
+    threshold_for_specificity,
+    wilson_ci,
+    youden_choice,
+    youden_threshold,
+)
 
 
 def _data(seed: int, n: int = 200):
@@ -30,8 +40,10 @@ def _slow_youden(y, s):
     from fractions import Fraction
 
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    js = {t: Fraction(int(((s >= t) & (y == 1)).sum()), n_pos) - Fraction(int(((s >= t) & (y == 0)).sum()), n_neg)
-          for t in np.unique(s)}
+    js = {
+        t: Fraction(int(((s >= t) & (y == 1)).sum()), n_pos) - Fraction(int(((s >= t) & (y == 0)).sum()), n_neg)
+        for t in np.unique(s)
+    }
     best = max(js.values())
     tied = sorted((t for t, j in js.items() if j == best), reverse=True)
     mid = (Fraction(float(tied[0])) + Fraction(float(tied[-1]))) / 2
@@ -52,14 +64,14 @@ def test_youden_brute_force(seed):
 
 def test_youden_ties_are_exact_and_follow_the_documented_rule():
     # J = 2/3 - 0 at 0.9 and 1 - 1/3 at 0.6: equal, though the floats differ in the last bit
-    y, s = [1, 1, 1, 0, 0, 0], [.9, .9, .6, .6, .5, .4]
+    y, s = [1, 1, 1, 0, 0, 0], [0.9, 0.9, 0.6, 0.6, 0.5, 0.4]
     assert 2 / 3 - 0 != 1 - 1 / 3
     c = youden_choice(y, s)
-    assert c.threshold == 0.9 == youden_threshold(y, s)        # two-way tie: the higher (docs/metrics.md)
+    assert c.threshold == 0.9 == youden_threshold(y, s)  # two-way tie: the higher (docs/metrics.md)
     assert (c.tie_low, c.tie_high, c.n_tied, c.n_pos, c.n_neg) == (0.6, 0.9, 2, 3, 3)
     assert c.to_dict()["tie_range"] == [0.6, 0.9]
     # three tied thresholds (0.9, 0.6, 0.3 all give J = 1/3): the middle one, not an end
-    y3, s3 = [1, 1, 0, 1, 0, 0], [.9, .6, .6, .3, .3, .1]
+    y3, s3 = [1, 1, 0, 1, 0, 0], [0.9, 0.6, 0.6, 0.3, 0.3, 0.1]
     assert _slow_youden(np.array(y3), np.array(s3))[0] == 0.6
     c3 = youden_choice(y3, s3)
     assert c3.n_tied == 3 and (c3.tie_low, c3.tie_high) == (0.3, 0.9) and c3.threshold == 0.6
@@ -98,7 +110,7 @@ def test_specificity_one_without_a_clean_score_gives_finite_threshold():
     s = np.array([0.1, 0.5, 0.9, 0.9])
     t = threshold_for_specificity(y, s, 1.0)
     assert math.isfinite(t) and t > 0.9
-    with pytest.warns(UndefinedMetricWarning):   # nothing called positive: ppv, lr_pos undefined
+    with pytest.warns(UndefinedMetricWarning):  # nothing called positive: ppv, lr_pos undefined
         m = binary_metrics(y, s, threshold=t)
     assert m["confusion"] == {"tp": 0, "fp": 0, "tn": 2, "fn": 2}
 
@@ -162,8 +174,12 @@ def test_zero_denominators_give_nan_and_warning():
 
 def test_wilson_formula_and_newcombe_1998_examples():
     """Newcombe RG (1998) Stat Med 17:857-872, Table II, method 3 (Wilson score, no CC)."""
-    published = {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605),
-                 (0, 20): (0.0, 0.1611), (1, 29): (0.0061, 0.1718)}
+    published = {
+        (81, 263): (0.2553, 0.3662),
+        (15, 148): (0.0624, 0.1605),
+        (0, 20): (0.0, 0.1611),
+        (1, 29): (0.0061, 0.1718),
+    }
     for (k, n), (lo, hi) in published.items():
         got = wilson_ci(k, n)
         assert round(got[0], 4) == lo and round(got[1], 4) == hi
@@ -188,7 +204,7 @@ def test_likelihood_ratios_log_method():
     sens, spec = tp / (tp + fn), tn / (tn + fp)
     assert pos["value"] == pytest.approx(sens / (1 - spec))
     assert neg["value"] == pytest.approx((1 - sens) / spec)
-    se = math.sqrt((1 - sens) / tp + spec / fp)          # the same SE written differently
+    se = math.sqrt((1 - sens) / tp + spec / fp)  # the same SE written differently
     assert pos["low"] == pytest.approx(pos["value"] * math.exp(-1.959964 * se), rel=1e-6)
     assert pos["high"] == pytest.approx(pos["value"] * math.exp(1.959964 * se), rel=1e-6)
     se_n = math.sqrt(sens / fn + (1 - spec) / tn)

@@ -1,4 +1,5 @@
 """ROC, AUC, DeLong and bootstrap CIs, paired DeLong test: fast code against slow obvious code."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,17 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from cxr_cad.metrics import (UndefinedMetricWarning, bootstrap_auc_ci, delong_auc_ci, delong_paired_test,
-                             interpolate_roc, jsonable, mean_roc, roc_auc, roc_curve)
+from cxr_cad.metrics import (
+    UndefinedMetricWarning,
+    bootstrap_auc_ci,
+    delong_auc_ci,
+    delong_paired_test,
+    interpolate_roc,
+    jsonable,
+    mean_roc,
+    roc_auc,
+    roc_curve,
+)
 from cxr_cad.metrics.bootstrap import bootstrap_aucs
 
 
@@ -51,10 +61,8 @@ def _slow_delong_cov(y, scores):
         aucs[r] = psi.mean()
         v10[r] = psi.mean(axis=1)
         v01[r] = psi.mean(axis=0)
-    s10 = np.array([[np.sum((v10[r] - aucs[r]) * (v10[q] - aucs[q])) / (m - 1) for q in range(k)]
-                    for r in range(k)])
-    s01 = np.array([[np.sum((v01[r] - aucs[r]) * (v01[q] - aucs[q])) / (n - 1) for q in range(k)]
-                    for r in range(k)])
+    s10 = np.array([[np.sum((v10[r] - aucs[r]) * (v10[q] - aucs[q])) / (m - 1) for q in range(k)] for r in range(k)])
+    s01 = np.array([[np.sum((v01[r] - aucs[r]) * (v01[q] - aucs[q])) / (n - 1) for q in range(k)] for r in range(k)])
     return aucs, s10 / m + s01 / n
 
 

@@ -1,4 +1,5 @@
 """Subgroup tables, age bands and multi-class helpers."""
+
 from __future__ import annotations
 
 import math
@@ -8,16 +9,39 @@ import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from cxr_cad.metrics import (UndefinedMetricWarning, age_band, age_years, binary_metrics,
-                             confusion_matrix_k, delong_auc_ci, one_vs_rest_auc, per_class_accuracy,
-                             subgroup_table)
+from cxr_cad.metrics import (
+    UndefinedMetricWarning,
+    age_band,
+    age_years,
+    binary_metrics,
+    confusion_matrix_k,
+    delong_auc_ci,
+    one_vs_rest_auc,
+    per_class_accuracy,
+    subgroup_table,
+)
 
 
-@pytest.mark.parametrize("value,band", [
-    ("045Y", "40-64y"), ("006M", "<1y"), ("010W", "<1y"), ("003D", "<1y"), ("004Y", "1-4y"),
-    ("012Y", "12-17y"), ("080Y", "80+y"), (3, "1-4y"), (17.9, "12-17y"), ("65", "65-79y"),
-    ("", "unknown"), (None, "unknown"), (float("nan"), "unknown"), ("abc", "unknown"), (-1, "unknown"),
-])
+@pytest.mark.parametrize(
+    "value,band",
+    [
+        ("045Y", "40-64y"),
+        ("006M", "<1y"),
+        ("010W", "<1y"),
+        ("003D", "<1y"),
+        ("004Y", "1-4y"),
+        ("012Y", "12-17y"),
+        ("080Y", "80+y"),
+        (3, "1-4y"),
+        (17.9, "12-17y"),
+        ("65", "65-79y"),
+        ("", "unknown"),
+        (None, "unknown"),
+        (float("nan"), "unknown"),
+        ("abc", "unknown"),
+        (-1, "unknown"),
+    ],
+)
 def test_age_band(value, band):
     assert age_band(value) == band
 
@@ -33,11 +57,13 @@ def test_age_years_and_custom_edges():
 def _table():
     rng = np.random.default_rng(0)
     n = 200
-    df = pd.DataFrame({
-        "label": rng.choice(["NORMAL", "PNEUMONIA"], n),
-        "view_position": rng.choice(["PA", "AP", ""], n),
-        "patient_sex": rng.choice(["F", "M", None], n),
-    })
+    df = pd.DataFrame(
+        {
+            "label": rng.choice(["NORMAL", "PNEUMONIA"], n),
+            "view_position": rng.choice(["PA", "AP", ""], n),
+            "patient_sex": rng.choice(["F", "M", None], n),
+        }
+    )
     df["probability"] = np.clip(rng.normal((df["label"] == "PNEUMONIA") * 0.4 + 0.3, 0.2), 0, 1)
     # a subgroup with one class only
     df.loc[:4, "view_position"] = "LL"
@@ -87,7 +113,7 @@ def test_multiclass_against_sklearn():
     # integer labels are labels, never positions into `classes`
     with pytest.raises(ValueError, match="not among"):
         one_vs_rest_auc(y, prob, classes)
-    int_classes = [3, 1, 2]                 # class "3" is column 0
+    int_classes = [3, 1, 2]  # class "3" is column 0
     int_labels = np.array(int_classes)[y]
     assert one_vs_rest_auc(int_labels, prob, int_classes)["2"].auc == pytest.approx(aucs["VIRAL"].auc)
     np.testing.assert_array_equal(confusion_matrix_k(int_labels, int_labels, int_classes), np.diag(np.bincount(y)))

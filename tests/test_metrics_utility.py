@@ -1,5 +1,6 @@
 """Clinical utility (decision curve, predictive values, PR curve, calibration slope) and the
 patient cluster bootstrap, each against a hand computation or a slow explicit version."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,13 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from cxr_cad.metrics import UndefinedMetricWarning, delong_auc_ci
 from cxr_cad.metrics.calibration import expected_calibration_error
 from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap, cluster_weights, weighted_stats
-from cxr_cad.metrics.utility import (calibration_slope_intercept, decision_curve, net_benefit, precision_recall,
-                                     predictive_values)
+from cxr_cad.metrics.utility import (
+    calibration_slope_intercept,
+    decision_curve,
+    net_benefit,
+    precision_recall,
+    predictive_values,
+)
 
 
 def test_decision_curve_against_hand_computed_net_benefit():
@@ -37,7 +43,7 @@ def test_decision_curve_against_hand_computed_net_benefit():
 
 
 def test_predictive_values_follow_bayes_rule_and_mercaldo_interval():
-    tp, fn, tn, fp = 40, 10, 90, 10        # sensitivity 0.8, specificity 0.9
+    tp, fn, tn, fp = 40, 10, 90, 10  # sensitivity 0.8, specificity 0.9
     pv = predictive_values(tp, fp, tn, fn, 0.05)
     ppv = 0.8 * 0.05 / (0.8 * 0.05 + 0.1 * 0.95)
     npv = 0.9 * 0.95 / (0.2 * 0.05 + 0.9 * 0.95)
@@ -73,7 +79,7 @@ def test_calibration_slope_and_intercept():
     assert ideal["slope"] == pytest.approx(1.0, abs=0.05) and ideal["intercept"] == pytest.approx(0.0, abs=0.05)
     too_extreme = 1 / (1 + np.exp(-2 * lp))  # logits doubled -> slope 1/2
     assert calibration_slope_intercept(y, too_extreme)["slope"] == pytest.approx(0.5, abs=0.03)
-    too_low = 1 / (1 + np.exp(-(lp - 1)))    # shifted down by 1 on the logit scale -> intercept +1
+    too_low = 1 / (1 + np.exp(-(lp - 1)))  # shifted down by 1 on the logit scale -> intercept +1
     assert calibration_slope_intercept(y, too_low)["intercept"] == pytest.approx(1.0, abs=0.05)
 
 
@@ -100,7 +106,7 @@ def test_cluster_bootstrap_matches_slow_explicit_resampling():
     groups = np.repeat([f"P{k:02d}" for k in range(n_pat)], rng.integers(1, 4, n_pat))
     y = rng.integers(0, 2, groups.size)
     s = np.round(np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1), 2)  # rounded: ties are exercised
-    g = np.searchsorted(sorted(set(groups)), groups)                  # patient numbers in sorted-id order
+    g = np.searchsorted(sorted(set(groups)), groups)  # patient numbers in sorted-id order
     counts = rng.multinomial(n_pat, np.full(n_pat, 1 / n_pat), size=60)
     fast = weighted_stats(y, s, cluster_weights(g, counts), 0.5)
     slow = _slow_cluster(y, s, groups, counts, 0.5)
@@ -121,7 +127,7 @@ def test_cluster_bootstrap_is_wider_when_patients_repeat_images():
     rng = np.random.default_rng(1)
     y1 = rng.integers(0, 2, 40)
     s1 = np.clip(rng.normal(0.4 + 0.25 * y1, 0.2), 0, 1)
-    y, s = np.repeat(y1, 5), np.repeat(s1, 5)          # 5 identical films per patient
+    y, s = np.repeat(y1, 5), np.repeat(s1, 5)  # 5 identical films per patient
     groups = np.repeat(np.arange(40), 5)
     patient = cluster_bootstrap(y, s, groups, n_resamples=2000, seed=0)["auc"]
     image = delong_auc_ci(y, s, interval="logit")
@@ -131,7 +137,7 @@ def test_cluster_bootstrap_is_wider_when_patients_repeat_images():
 def test_calibration_bootstrap_brackets_the_estimate():
     rng = np.random.default_rng(5)
     p = rng.random(300)
-    y = (rng.random(300) < p ** 1.5).astype(int)
+    y = (rng.random(300) < p**1.5).astype(int)
     ci = calibration_bootstrap(y, p, n_resamples=500, seed=1)
     brier = float(np.mean((p - y) ** 2))
     assert ci["brier"]["low"] < brier < ci["brier"]["high"]

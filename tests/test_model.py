@@ -1,4 +1,5 @@
 """cxr_cad.model: ResNet18 (torchvision names), initial weights, conv1 adaptation, fine-tuning."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,45 +16,128 @@ from cxr_cad.model import build_resnet18, init_model, load_imagenet_weights, set
 
 # torchvision.models.resnet18().state_dict().keys(), in order (torchvision is not imported).
 TORCHVISION_RESNET18_KEYS = [
-    'conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var',
-    'bn1.num_batches_tracked', 'layer1.0.conv1.weight', 'layer1.0.bn1.weight', 'layer1.0.bn1.bias',
-    'layer1.0.bn1.running_mean', 'layer1.0.bn1.running_var', 'layer1.0.bn1.num_batches_tracked',
-    'layer1.0.conv2.weight', 'layer1.0.bn2.weight', 'layer1.0.bn2.bias', 'layer1.0.bn2.running_mean',
-    'layer1.0.bn2.running_var', 'layer1.0.bn2.num_batches_tracked', 'layer1.1.conv1.weight',
-    'layer1.1.bn1.weight', 'layer1.1.bn1.bias', 'layer1.1.bn1.running_mean', 'layer1.1.bn1.running_var',
-    'layer1.1.bn1.num_batches_tracked', 'layer1.1.conv2.weight', 'layer1.1.bn2.weight',
-    'layer1.1.bn2.bias', 'layer1.1.bn2.running_mean', 'layer1.1.bn2.running_var',
-    'layer1.1.bn2.num_batches_tracked', 'layer2.0.conv1.weight', 'layer2.0.bn1.weight',
-    'layer2.0.bn1.bias', 'layer2.0.bn1.running_mean', 'layer2.0.bn1.running_var',
-    'layer2.0.bn1.num_batches_tracked', 'layer2.0.conv2.weight', 'layer2.0.bn2.weight',
-    'layer2.0.bn2.bias', 'layer2.0.bn2.running_mean', 'layer2.0.bn2.running_var',
-    'layer2.0.bn2.num_batches_tracked', 'layer2.0.downsample.0.weight', 'layer2.0.downsample.1.weight',
-    'layer2.0.downsample.1.bias', 'layer2.0.downsample.1.running_mean',
-    'layer2.0.downsample.1.running_var', 'layer2.0.downsample.1.num_batches_tracked',
-    'layer2.1.conv1.weight', 'layer2.1.bn1.weight', 'layer2.1.bn1.bias', 'layer2.1.bn1.running_mean',
-    'layer2.1.bn1.running_var', 'layer2.1.bn1.num_batches_tracked', 'layer2.1.conv2.weight',
-    'layer2.1.bn2.weight', 'layer2.1.bn2.bias', 'layer2.1.bn2.running_mean', 'layer2.1.bn2.running_var',
-    'layer2.1.bn2.num_batches_tracked', 'layer3.0.conv1.weight', 'layer3.0.bn1.weight',
-    'layer3.0.bn1.bias', 'layer3.0.bn1.running_mean', 'layer3.0.bn1.running_var',
-    'layer3.0.bn1.num_batches_tracked', 'layer3.0.conv2.weight', 'layer3.0.bn2.weight',
-    'layer3.0.bn2.bias', 'layer3.0.bn2.running_mean', 'layer3.0.bn2.running_var',
-    'layer3.0.bn2.num_batches_tracked', 'layer3.0.downsample.0.weight', 'layer3.0.downsample.1.weight',
-    'layer3.0.downsample.1.bias', 'layer3.0.downsample.1.running_mean',
-    'layer3.0.downsample.1.running_var', 'layer3.0.downsample.1.num_batches_tracked',
-    'layer3.1.conv1.weight', 'layer3.1.bn1.weight', 'layer3.1.bn1.bias', 'layer3.1.bn1.running_mean',
-    'layer3.1.bn1.running_var', 'layer3.1.bn1.num_batches_tracked', 'layer3.1.conv2.weight',
-    'layer3.1.bn2.weight', 'layer3.1.bn2.bias', 'layer3.1.bn2.running_mean', 'layer3.1.bn2.running_var',
-    'layer3.1.bn2.num_batches_tracked', 'layer4.0.conv1.weight', 'layer4.0.bn1.weight',
-    'layer4.0.bn1.bias', 'layer4.0.bn1.running_mean', 'layer4.0.bn1.running_var',
-    'layer4.0.bn1.num_batches_tracked', 'layer4.0.conv2.weight', 'layer4.0.bn2.weight',
-    'layer4.0.bn2.bias', 'layer4.0.bn2.running_mean', 'layer4.0.bn2.running_var',
-    'layer4.0.bn2.num_batches_tracked', 'layer4.0.downsample.0.weight', 'layer4.0.downsample.1.weight',
-    'layer4.0.downsample.1.bias', 'layer4.0.downsample.1.running_mean',
-    'layer4.0.downsample.1.running_var', 'layer4.0.downsample.1.num_batches_tracked',
-    'layer4.1.conv1.weight', 'layer4.1.bn1.weight', 'layer4.1.bn1.bias', 'layer4.1.bn1.running_mean',
-    'layer4.1.bn1.running_var', 'layer4.1.bn1.num_batches_tracked', 'layer4.1.conv2.weight',
-    'layer4.1.bn2.weight', 'layer4.1.bn2.bias', 'layer4.1.bn2.running_mean', 'layer4.1.bn2.running_var',
-    'layer4.1.bn2.num_batches_tracked', 'fc.weight', 'fc.bias',
+    "conv1.weight",
+    "bn1.weight",
+    "bn1.bias",
+    "bn1.running_mean",
+    "bn1.running_var",
+    "bn1.num_batches_tracked",
+    "layer1.0.conv1.weight",
+    "layer1.0.bn1.weight",
+    "layer1.0.bn1.bias",
+    "layer1.0.bn1.running_mean",
+    "layer1.0.bn1.running_var",
+    "layer1.0.bn1.num_batches_tracked",
+    "layer1.0.conv2.weight",
+    "layer1.0.bn2.weight",
+    "layer1.0.bn2.bias",
+    "layer1.0.bn2.running_mean",
+    "layer1.0.bn2.running_var",
+    "layer1.0.bn2.num_batches_tracked",
+    "layer1.1.conv1.weight",
+    "layer1.1.bn1.weight",
+    "layer1.1.bn1.bias",
+    "layer1.1.bn1.running_mean",
+    "layer1.1.bn1.running_var",
+    "layer1.1.bn1.num_batches_tracked",
+    "layer1.1.conv2.weight",
+    "layer1.1.bn2.weight",
+    "layer1.1.bn2.bias",
+    "layer1.1.bn2.running_mean",
+    "layer1.1.bn2.running_var",
+    "layer1.1.bn2.num_batches_tracked",
+    "layer2.0.conv1.weight",
+    "layer2.0.bn1.weight",
+    "layer2.0.bn1.bias",
+    "layer2.0.bn1.running_mean",
+    "layer2.0.bn1.running_var",
+    "layer2.0.bn1.num_batches_tracked",
+    "layer2.0.conv2.weight",
+    "layer2.0.bn2.weight",
+    "layer2.0.bn2.bias",
+    "layer2.0.bn2.running_mean",
+    "layer2.0.bn2.running_var",
+    "layer2.0.bn2.num_batches_tracked",
+    "layer2.0.downsample.0.weight",
+    "layer2.0.downsample.1.weight",
+    "layer2.0.downsample.1.bias",
+    "layer2.0.downsample.1.running_mean",
+    "layer2.0.downsample.1.running_var",
+    "layer2.0.downsample.1.num_batches_tracked",
+    "layer2.1.conv1.weight",
+    "layer2.1.bn1.weight",
+    "layer2.1.bn1.bias",
+    "layer2.1.bn1.running_mean",
+    "layer2.1.bn1.running_var",
+    "layer2.1.bn1.num_batches_tracked",
+    "layer2.1.conv2.weight",
+    "layer2.1.bn2.weight",
+    "layer2.1.bn2.bias",
+    "layer2.1.bn2.running_mean",
+    "layer2.1.bn2.running_var",
+    "layer2.1.bn2.num_batches_tracked",
+    "layer3.0.conv1.weight",
+    "layer3.0.bn1.weight",
+    "layer3.0.bn1.bias",
+    "layer3.0.bn1.running_mean",
+    "layer3.0.bn1.running_var",
+    "layer3.0.bn1.num_batches_tracked",
+    "layer3.0.conv2.weight",
+    "layer3.0.bn2.weight",
+    "layer3.0.bn2.bias",
+    "layer3.0.bn2.running_mean",
+    "layer3.0.bn2.running_var",
+    "layer3.0.bn2.num_batches_tracked",
+    "layer3.0.downsample.0.weight",
+    "layer3.0.downsample.1.weight",
+    "layer3.0.downsample.1.bias",
+    "layer3.0.downsample.1.running_mean",
+    "layer3.0.downsample.1.running_var",
+    "layer3.0.downsample.1.num_batches_tracked",
+    "layer3.1.conv1.weight",
+    "layer3.1.bn1.weight",
+    "layer3.1.bn1.bias",
+    "layer3.1.bn1.running_mean",
+    "layer3.1.bn1.running_var",
+    "layer3.1.bn1.num_batches_tracked",
+    "layer3.1.conv2.weight",
+    "layer3.1.bn2.weight",
+    "layer3.1.bn2.bias",
+    "layer3.1.bn2.running_mean",
+    "layer3.1.bn2.running_var",
+    "layer3.1.bn2.num_batches_tracked",
+    "layer4.0.conv1.weight",
+    "layer4.0.bn1.weight",
+    "layer4.0.bn1.bias",
+    "layer4.0.bn1.running_mean",
+    "layer4.0.bn1.running_var",
+    "layer4.0.bn1.num_batches_tracked",
+    "layer4.0.conv2.weight",
+    "layer4.0.bn2.weight",
+    "layer4.0.bn2.bias",
+    "layer4.0.bn2.running_mean",
+    "layer4.0.bn2.running_var",
+    "layer4.0.bn2.num_batches_tracked",
+    "layer4.0.downsample.0.weight",
+    "layer4.0.downsample.1.weight",
+    "layer4.0.downsample.1.bias",
+    "layer4.0.downsample.1.running_mean",
+    "layer4.0.downsample.1.running_var",
+    "layer4.0.downsample.1.num_batches_tracked",
+    "layer4.1.conv1.weight",
+    "layer4.1.bn1.weight",
+    "layer4.1.bn1.bias",
+    "layer4.1.bn1.running_mean",
+    "layer4.1.bn1.running_var",
+    "layer4.1.bn1.num_batches_tracked",
+    "layer4.1.conv2.weight",
+    "layer4.1.bn2.weight",
+    "layer4.1.bn2.bias",
+    "layer4.1.bn2.running_mean",
+    "layer4.1.bn2.running_var",
+    "layer4.1.bn2.num_batches_tracked",
+    "fc.weight",
+    "fc.bias",
 ]
 
 
@@ -101,9 +185,17 @@ def random_torchvision_state(seed: int = 0, num_classes: int = 1000) -> dict[str
 
 def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """torchvision's ResNet18 forward (eval mode) written out with torch.nn.functional."""
+
     def bn(t, p):
-        return F.batch_norm(t, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
-                            sd[f"{p}.bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            t,
+            sd[f"{p}.running_mean"],
+            sd[f"{p}.running_var"],
+            sd[f"{p}.weight"],
+            sd[f"{p}.bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     x = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1"))
     x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
@@ -142,6 +234,7 @@ def hub_dir(tmp_path, monkeypatch) -> Path:
 
 # ---------------------------------------------------------------- architecture
 
+
 def test_parameter_names_and_shapes_equal_torchvision():
     assert len(TORCHVISION_RESNET18_KEYS) == 122
     sd = build_resnet18(1000, 3).state_dict()
@@ -172,6 +265,7 @@ def test_bad_arguments():
 
 # ---------------------------------------------------------------- weights files and conv1
 
+
 def test_gray_conv1_sum_matches_rgb_model_on_replicated_image(tv_file):
     gray, rec = init_model(f"imagenet:{tv_file}", 2, 1, seed=0)
     rgb, _ = init_model(f"imagenet:{tv_file}", 2, 3, seed=0)
@@ -185,8 +279,9 @@ def test_gray_conv1_sum_matches_rgb_model_on_replicated_image(tv_file):
         torch.testing.assert_close(gray(t), rgb(t.repeat(1, 3, 1, 1)), atol=1e-4, rtol=1e-4)
         # and the RGB model is exactly torchvision's on the file's weights (head aside)
         ref = {**torch.load(tv_file, weights_only=True), "fc.weight": rgb.fc.weight, "fc.bias": rgb.fc.bias}
-        torch.testing.assert_close(rgb(t.repeat(1, 3, 1, 1)), reference_forward(ref, t.repeat(1, 3, 1, 1)),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            rgb(t.repeat(1, 3, 1, 1)), reference_forward(ref, t.repeat(1, 3, 1, 1)), atol=1e-4, rtol=1e-4
+        )
     sd = torch.load(tv_file, weights_only=True)
     torch.testing.assert_close(gray.conv1.weight.detach(), sd["conv1.weight"].sum(1, keepdim=True))
     torch.testing.assert_close(gray.layer3[1].bn2.running_var, sd["layer3.1.bn2.running_var"])
@@ -241,6 +336,7 @@ def test_wrapped_checkpoint_prefixes_are_accepted(tmp_path):
 
 # ---------------------------------------------------------------- ImageNet: cache, download, env, hashes
 
+
 def test_offline_without_local_file_says_how_to_pass_one(hub_dir, monkeypatch):
     def no_network(url, dst, *args, **kwargs):
         raise urllib.error.URLError("no route to host")
@@ -251,7 +347,7 @@ def test_offline_without_local_file_says_how_to_pass_one(hub_dir, monkeypatch):
     msg = str(err.value)
     assert "imagenet:/path/to/resnet18-f37072fd.pth" in msg and weights_mod.ENV_WEIGHTS in msg
     assert "no route to host" in msg and weights_mod.IMAGENET_URL in msg
-    assert not hub_dir.exists() or not any(hub_dir.iterdir())        # nothing half-written left
+    assert not hub_dir.exists() or not any(hub_dir.iterdir())  # nothing half-written left
     monkeypatch.setenv(weights_mod.ENV_OFFLINE, "1")
     with pytest.raises(WeightsError, match="CXR_CAD_OFFLINE"):
         init_model("imagenet", 2, 1)
@@ -282,12 +378,12 @@ def test_download_into_hub_cache_then_reuse(hub_dir, monkeypatch, tv_file):
     assert calls == [weights_mod.IMAGENET_URL] and (hub_dir / f"resnet18-{prefix}.pth").is_file()
     assert rec["verified_imagenet"] and rec["source"] == str(hub_dir / f"resnet18-{prefix}.pth")
     init_model("imagenet", 2, 1)
-    assert len(calls) == 1                                             # second time from the cache
+    assert len(calls) == 1  # second time from the cache
 
 
 def test_cached_file_with_wrong_hash_and_env_override(hub_dir, monkeypatch, tv_file):
     hub_dir.mkdir(parents=True)
-    (hub_dir / "resnet18-f37072fd.pth").write_bytes(tv_file.read_bytes())   # name says f37072fd, bytes do not
+    (hub_dir / "resnet18-f37072fd.pth").write_bytes(tv_file.read_bytes())  # name says f37072fd, bytes do not
     with pytest.raises(WeightsError, match="SHA-256 .* does not start with f37072fd"):
         init_model("imagenet", 2, 1)
     monkeypatch.setenv(weights_mod.ENV_WEIGHTS, str(tv_file))
@@ -306,6 +402,7 @@ def test_load_imagenet_weights_into_existing_model(tv_file):
 
 
 # ---------------------------------------------------------------- fine-tuning switches
+
 
 def test_set_trainable_head_and_all():
     model = build_resnet18(2, 1)

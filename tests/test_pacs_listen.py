@@ -1,4 +1,5 @@
 """``cxr-cad listen``: a real C-STORE SCP process, fed by pynetdicom (and dcmtk's storescu where installed)."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
 from tests.pacs_orthanc import free_port, skip_reason, start_orthanc
-from tests.test_pacs_dicomweb import SECRET_NAME, write_cohort
+from tests.test_pacs_dicomweb import write_cohort
 from tests.test_predict import bundle_path, read_csv  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,10 +25,29 @@ DCMTK_STORESCU = shutil.which("storescu", path="/usr/bin:/usr/local/bin") if shu
 
 def start_listener(bundle: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cxr_cad", "listen", "--model", str(bundle), "--out", str(out),
-                             "--bind", "127.0.0.1", "--port", str(port), "--aet", "CXRCADTEST", *extra],
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxr_cad",
+            "listen",
+            "--model",
+            str(bundle),
+            "--out",
+            str(out),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--aet",
+            "CXRCADTEST",
+            *extra,
+        ],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert "CXRCADTEST on 127.0.0.1" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc, port
@@ -36,9 +55,9 @@ def start_listener(bundle: Path, out: Path, *extra: str) -> tuple[subprocess.Pop
 
 def send(port: int, datasets: list, *, abort: bool = False) -> list[int]:
     """C-STORE each item (Dataset or file path) in one association; the response status of each."""
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
     from pynetdicom import AE, StoragePresentationContexts, _config
     from pynetdicom.sop_class import ComprehensiveSRStorage
-    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # files are sent as they are, unparsed (pynetdicom's option)
 
@@ -74,8 +93,14 @@ def unparseable_file(path: Path, sop_uid: str) -> Path:
         for elem, value in ((0x0016, ComputedRadiographyImageStorage), (0x0018, sop_uid)):
             raw = value.encode() + b"\0" * (len(value) % 2)
             fh.write(struct.pack("<HH", 0x0008, elem) + b"UI" + struct.pack("<H", len(raw)) + raw)
-        fh.write(struct.pack("<HH", 0x0040, 0x0275) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
-                 + b"\xfe\xff\x00\xe0" + struct.pack("<I", 100) + b"garbage!" * 3)
+        fh.write(
+            struct.pack("<HH", 0x0040, 0x0275)
+            + b"SQ\0\0"
+            + struct.pack("<I", 0xFFFFFFFF)
+            + b"\xfe\xff\x00\xe0"
+            + struct.pack("<I", 100)
+            + b"garbage!" * 3
+        )
     return path
 
 
@@ -99,13 +124,28 @@ def test_listen_scores_on_arrival_survives_bad_input_and_stops_on_sigterm(bundle
         trunc_codes = send(port, [str(truncated)])  # truncated pixel data (or a header cut short)
         assert trunc_codes == [0x0000]  # the header parses; the engine rejects the pixels
         if DCMTK_STORESCU:  # dcmtk, a second implementation of the sending side
-            r = subprocess.run([DCMTK_STORESCU, "-aec", "CXRCADTEST", "127.0.0.1", str(port), str(files["junk"][2])],
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [DCMTK_STORESCU, "-aec", "CXRCADTEST", "127.0.0.1", str(port), str(files["junk"][2])],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert r.returncode == 0, r.stderr
             # a JPEG baseline file: -xy proposes JPEG with uncompressed fallbacks; the node must take it as it is
-            r = subprocess.run([DCMTK_STORESCU, "-xy", "-aec", "CXRCADTEST", "127.0.0.1", str(port),
-                                str(REPO / "tests/data/siim_cr_chest_jpeg_baseline.dcm")],
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [
+                    DCMTK_STORESCU,
+                    "-xy",
+                    "-aec",
+                    "CXRCADTEST",
+                    "127.0.0.1",
+                    str(port),
+                    str(REPO / "tests/data/siim_cr_chest_jpeg_baseline.dcm"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert r.returncode == 0, r.stderr
         time.sleep(1.5)
     finally:
@@ -144,8 +184,9 @@ def test_listen_forwards_srs_to_a_pacs_with_c_store(bundle_path, tmp_path, monke
     orthanc = start_orthanc(tmp_path / "orthanc")
     try:
         files = write_cohort(tmp_path / "src", n=2)
-        proc, port = start_listener(bundle_path, tmp_path / "node", "--forward",
-                                    f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+        proc, port = start_listener(
+            bundle_path, tmp_path / "node", "--forward", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+        )
         try:
             assert send(port, [pydicom.dcmread(p) for p in files["images"]]) == [0, 0]
             deadline = time.monotonic() + 60
@@ -157,7 +198,9 @@ def test_listen_forwards_srs_to_a_pacs_with_c_store(bundle_path, tmp_path, monke
         assert proc.returncode == 0, stderr
         objects = read_csv(tmp_path / "node" / "dicom" / "objects.csv")
         assert [o["stow"] for o in objects] == ["forwarded", "forwarded"]
-        in_pacs = {orthanc.rest(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.rest("/instances")}
+        in_pacs = {
+            orthanc.rest(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.rest("/instances")
+        }
         assert {o["sr_sop_instance_uid"] for o in objects} <= in_pacs
     finally:
         orthanc.stop()

@@ -3,6 +3,7 @@
 The helpers here (:func:`write_images`, :func:`make_bundle`, :func:`read_csv`) are also
 used by ``test_predict_resume.py`` and ``test_predict_ddp.py``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,9 @@ def write_images(root: Path, n: int, *, fmt: str = "png", seed: int = 0, size: i
         else:
             from tests.dicom_factory import write_dicom
 
-            path = write_dicom(root / f"img{k:03d}.dcm", img.astype(np.uint16) * 16, bits_stored=12,
-                               patient_id=f"P{k:03d}")
+            path = write_dicom(
+                root / f"img{k:03d}.dcm", img.astype(np.uint16) * 16, bits_stored=12, patient_id=f"P{k:03d}"
+            )
         files.append((path, label))
     return files
 
@@ -52,8 +54,15 @@ def write_images(root: Path, n: int, *, fmt: str = "png", seed: int = 0, size: i
 def write_manifest(path: Path, files: list[tuple[Path, str]]) -> Path:
     import pandas as pd
 
-    rows = [{"path": str(p.relative_to(path.parent)), "label": lab, "patient_id": f"P{k:03d}",
-             "sop_instance_uid": f"1.2.3.{k}"} for k, (p, lab) in enumerate(files)]
+    rows = [
+        {
+            "path": str(p.relative_to(path.parent)),
+            "label": lab,
+            "patient_id": f"P{k:03d}",
+            "sop_instance_uid": f"1.2.3.{k}",
+        }
+        for k, (p, lab) in enumerate(files)
+    ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -93,8 +102,16 @@ def make_bundle(path: Path, *, seed: int = 0, n_fit: int = 40, C: float = 0.1) -
         head.weight[1] = torch.from_numpy(clf.coef_[0]).float()
         head.bias[1] = float(clf.intercept_[0])
     model.fc = head
-    save_bundle(path, model, classes=CLASSES, positive_class="PNEUMONIA", transform_spec=spec, threshold=0.5,
-                threshold_method="fixed", manifest_hash="synthetic")
+    save_bundle(
+        path,
+        model,
+        classes=CLASSES,
+        positive_class="PNEUMONIA",
+        transform_spec=spec,
+        threshold=0.5,
+        threshold_method="fixed",
+        manifest_hash="synthetic",
+    )
     return path
 
 
@@ -109,8 +126,22 @@ def bundle_path(tmp_path_factory) -> Path:
 
 
 def _predict(sources, out, bundle, *extra) -> int:
-    return main(["-q", "predict", *map(str, sources), "--model", str(bundle), "--out", str(out),
-                 "--workers", "0", "--batch-size", "8", *extra])
+    return main(
+        [
+            "-q",
+            "predict",
+            *map(str, sources),
+            "--model",
+            str(bundle),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--batch-size",
+            "8",
+            *extra,
+        ]
+    )
 
 
 def test_mixed_folder_every_file_in_exactly_one_csv(tmp_path, bundle_path, capsys):

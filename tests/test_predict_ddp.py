@@ -1,4 +1,5 @@
 """``torchrun --nproc_per_node 2 -m cxr_cad predict``: two CPU processes (gloo), one merged result."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +10,25 @@ from tests.test_predict import bundle_path, read_csv, write_images  # noqa: F401
 
 
 def _args(src, bundle, out) -> list[str]:
-    return ["-m", "cxr_cad", "-q", "predict", str(src), "--model", str(bundle), "--out", str(out),
-            "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+    return [
+        "-m",
+        "cxr_cad",
+        "-q",
+        "predict",
+        str(src),
+        "--model",
+        str(bundle),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_two_processes_equal_single_process(tmp_path, bundle_path):
@@ -21,8 +39,20 @@ def test_two_processes_equal_single_process(tmp_path, bundle_path):
     (src / "a_empty.png").write_bytes(b"")
 
     assert main(_args(src, bundle, tmp_path / "single")[2:]) == 0
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          *_args(src, bundle, tmp_path / "ddp")], capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *_args(src, bundle, tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("cxr-cad predict:") == 1  # only rank 0 prints the summary
 
@@ -32,6 +62,8 @@ def test_two_processes_equal_single_process(tmp_path, bundle_path):
     assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == 13
     for ra, rb in zip(a, b):
         assert abs(float(ra["probability"]) - float(rb["probability"])) <= 2e-6
-        assert {k: v for k, v in ra.items() if k != "probability"} == {k: v for k, v in rb.items() if k != "probability"}
+        assert {k: v for k, v in ra.items() if k != "probability"} == {
+            k: v for k, v in rb.items() if k != "probability"
+        }
     assert (tmp_path / "single" / "rejected.csv").read_text() == (tmp_path / "ddp" / "rejected.csv").read_text()
     assert len(read_csv(tmp_path / "ddp" / "rejected.csv")) == 2

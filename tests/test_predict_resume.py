@@ -1,4 +1,5 @@
 """Crash safety and resume of ``cxr-cad predict``: journals, run state, kill -9 mid-run."""
+
 from __future__ import annotations
 
 import csv
@@ -13,17 +14,25 @@ from pathlib import Path
 import pytest
 
 from cxr_cad.engine.shards import PredictInput, batch_shard, inputs_fingerprint
-from cxr_cad.engine.writer import (STATE_DIR, Journal, merge_outputs, prepare_out_dir, read_journals)
+from cxr_cad.engine.writer import STATE_DIR, Journal, merge_outputs, prepare_out_dir, read_journals
 from cxr_cad.errors import OutputError, UsageError
-
 from tests.test_predict import bundle_path  # noqa: F401 -- the session-scoped test bundle fixture
 
 
 def _rec(i: int, kind: str = "prediction") -> dict:
     if kind == "prediction":
-        return {"index": i, "kind": kind, "path": f"/x/{i}.png", "sop_instance_uid": f"u{i}",
-                "study_instance_uid": "", "probability": "0.500000", "decision": "P", "threshold": "0.5",
-                "model_sha256": "abc", "label": ""}
+        return {
+            "index": i,
+            "kind": kind,
+            "path": f"/x/{i}.png",
+            "sop_instance_uid": f"u{i}",
+            "study_instance_uid": "",
+            "probability": "0.500000",
+            "decision": "P",
+            "threshold": "0.5",
+            "model_sha256": "abc",
+            "label": "",
+        }
     return {"index": i, "kind": kind, "path": f"/x/{i}.png", "reason": "NOT_DICOM", "detail": "junk"}
 
 
@@ -50,8 +59,10 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
 
 def test_two_writers_on_one_folder_are_refused(tmp_path):
     prepare_out_dir(tmp_path, {"a": 1}, overwrite=False)
-    code = ("import sys, time; from pathlib import Path; from cxr_cad.engine.writer import Journal\n"
-            "with Journal(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)\n")
+    code = (
+        "import sys, time; from pathlib import Path; from cxr_cad.engine.writer import Journal\n"
+        "with Journal(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -167,14 +178,20 @@ def test_kill_9_mid_run_then_resume_scores_every_image_once(tmp_path, bundle_pat
     paths = [r["path"] for r in preds] + [r["path"] for r in rejected]
     assert len(paths) == len(set(paths)) == 60
     assert sorted(paths) == sorted(str(p) for p in src.iterdir())
-    assert {Path(r["path"]).name: r["reason"] for r in rejected} == {"junk.bin": "NOT_DICOM",
-                                                                     "empty.dcm": "EMPTY_FILE"}
+    assert {Path(r["path"]).name: r["reason"] for r in rejected} == {"junk.bin": "NOT_DICOM", "empty.dcm": "EMPTY_FILE"}
 
     # a different model on the same --out is refused (exit 2) and changes nothing
     other = tmp_path / "other.pt"
-    save_bundle(other, init_model("none", 2, 1, seed=1)[0], classes=["NORMAL", "PNEUMONIA"],
-                positive_class="PNEUMONIA", transform_spec=TransformSpec(image_size=64), threshold=0.5,
-                threshold_method="fixed", manifest_hash="other")
+    save_bundle(
+        other,
+        init_model("none", 2, 1, seed=1)[0],
+        classes=["NORMAL", "PNEUMONIA"],
+        positive_class="PNEUMONIA",
+        transform_spec=TransformSpec(image_size=64),
+        threshold=0.5,
+        threshold_method="fixed",
+        manifest_hash="other",
+    )
     before = (out / "predictions.csv").read_bytes()
     assert main(["-q", "predict", str(src), "--model", str(other), "--out", str(out)]) == 2
     assert "different model_sha256" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """cxr_cad.report on synthetic predictions: files, numbers from cxr_cad.metrics, consistency
 between metrics.json, report.html and report.pdf, and input errors."""
+
 from __future__ import annotations
 
 import html
@@ -23,14 +24,19 @@ def synthetic_predictions(n: int = 200, seed: int = 0, folds: int = 0) -> pd.Dat
     rng = np.random.default_rng(seed)
     y = rng.random(n) < 0.4
     score = np.clip(rng.normal(np.where(y, 0.68, 0.35), 0.18), 0, 1).round(6)
-    df = pd.DataFrame({
-        "sop_instance_uid": [f"1.2.826.0.1.{seed}.{i}" for i in range(n)],
-        "patient_id": [f"{PATIENT_TAG}{i // 2:05d}" for i in range(n)],
-        "path": [f"/data/{PATIENT_TAG}{i // 2:05d}/img{i}.dcm" for i in range(n)],
-        "label": np.where(y, "PNEUMONIA", "NORMAL"), "probability": score,
-        "view_position": rng.choice(["PA", "AP"], n), "patient_sex": rng.choice(["F", "M", ""], n),
-        "patient_age": rng.choice(["045Y", "070Y", "003Y", "006M", ""], n),
-        "manufacturer": rng.choice(["ACME", "Other"], n)})
+    df = pd.DataFrame(
+        {
+            "sop_instance_uid": [f"1.2.826.0.1.{seed}.{i}" for i in range(n)],
+            "patient_id": [f"{PATIENT_TAG}{i // 2:05d}" for i in range(n)],
+            "path": [f"/data/{PATIENT_TAG}{i // 2:05d}/img{i}.dcm" for i in range(n)],
+            "label": np.where(y, "PNEUMONIA", "NORMAL"),
+            "probability": score,
+            "view_position": rng.choice(["PA", "AP"], n),
+            "patient_sex": rng.choice(["F", "M", ""], n),
+            "patient_age": rng.choice(["045Y", "070Y", "003Y", "006M", ""], n),
+            "manufacturer": rng.choice(["ACME", "Other"], n),
+        }
+    )
     # a subgroup holding one class only -> "not estimable"
     df.loc[df.index[:6], "manufacturer"] = "OneClassCo"
     df.loc[df.index[:6], "label"] = "NORMAL"
@@ -39,9 +45,16 @@ def synthetic_predictions(n: int = 200, seed: int = 0, folds: int = 0) -> pd.Dat
     return df
 
 
-MODEL_INFO = {"name": "tiny.pt", "sha256": "ab" * 32, "classes": ["NORMAL", "PNEUMONIA"],
-              "positive_class": "PNEUMONIA", "threshold": 0.5, "threshold_method": "fixed",
-              "training_manifest_hash": "cd" * 32, "created": "2026-11-27T07:00:00Z"}
+MODEL_INFO = {
+    "name": "tiny.pt",
+    "sha256": "ab" * 32,
+    "classes": ["NORMAL", "PNEUMONIA"],
+    "positive_class": "PNEUMONIA",
+    "threshold": 0.5,
+    "threshold_method": "fixed",
+    "training_manifest_hash": "cd" * 32,
+    "created": "2026-11-27T07:00:00Z",
+}
 OPTIONS = ReportOptions(n_bootstrap=300, seed=3)
 
 
@@ -66,22 +79,43 @@ def html_text(path) -> str:
 def report(tmp_path_factory):
     df = synthetic_predictions()
     other = df[["sop_instance_uid"]].assign(
-        probability=np.clip(df["probability"] + np.random.default_rng(9).normal(0, 0.2, len(df)), 0, 1))
-    rejected = pd.DataFrame({"path": [f"/data/{PATIENT_TAG}99999/x.dcm"] * 3,
-                             "reason": ["LATERAL_VIEW", "LATERAL_VIEW", "NOT_DICOM"], "detail": ["", "", ""]})
+        probability=np.clip(df["probability"] + np.random.default_rng(9).normal(0, 0.2, len(df)), 0, 1)
+    )
+    rejected = pd.DataFrame(
+        {
+            "path": [f"/data/{PATIENT_TAG}99999/x.dcm"] * 3,
+            "reason": ["LATERAL_VIEW", "LATERAL_VIEW", "NOT_DICOM"],
+            "detail": ["", "", ""],
+        }
+    )
     out = tmp_path_factory.mktemp("report")
-    result = write_report(df, out, model_info=MODEL_INFO,
-                          cohort_info={"name": "synthetic", "manifest_hash": "ef" * 32, "date": "2026-11"},
-                          rejected_df=rejected, comparison={"predictions": other, "name": "old.pt"},
-                          options=OPTIONS)
+    result = write_report(
+        df,
+        out,
+        model_info=MODEL_INFO,
+        cohort_info={"name": "synthetic", "manifest_hash": "ef" * 32, "date": "2026-11"},
+        rejected_df=rejected,
+        comparison={"predictions": other, "name": "old.pt"},
+        options=OPTIONS,
+    )
     return df, other, result
 
 
 def test_report_folder_has_every_file(report):
     _, _, result = report
     names = {p.name for p in result.out_dir.iterdir()}
-    assert {"report.html", "report.pdf", "metrics.json", "predictions.csv", "roc.svg", "calibration.svg",
-            "score_histogram.svg", "comparison_roc.svg", "precision_recall.svg", "decision_curve.svg"} <= names
+    assert {
+        "report.html",
+        "report.pdf",
+        "metrics.json",
+        "predictions.csv",
+        "roc.svg",
+        "calibration.svg",
+        "score_histogram.svg",
+        "comparison_roc.svg",
+        "precision_recall.svg",
+        "decision_curve.svg",
+    } <= names
     assert "cv_roc.svg" not in names  # no folds
     for p in result.out_dir.iterdir():
         assert p.stat().st_size > 1000 or p.suffix == ".csv"
@@ -129,10 +163,15 @@ def test_metrics_json_is_strict_json(report):
 def expected_strings(d: dict) -> list[str]:
     """Strings formatted from metrics.json that the HTML and PDF must both show."""
     ops = {o["name"]: o for o in d["operating_points"]}
-    out = [fmt_auc(d["auc"]["delong"]), fmt_auc(d["auc"]["bootstrap"]),
-           fmt_num(ops["youden"]["threshold"], 4), fmt_num(d["calibration"]["brier_score"], 4),
-           fmt_num(d["calibration"]["ece"], 4), fmt_p(d["comparison"]["paired_delong"]["p_value"]),
-           fmt_auc(d["comparison"]["auc_b_delong"])]
+    out = [
+        fmt_auc(d["auc"]["delong"]),
+        fmt_auc(d["auc"]["bootstrap"]),
+        fmt_num(ops["youden"]["threshold"], 4),
+        fmt_num(d["calibration"]["brier_score"], 4),
+        fmt_num(d["calibration"]["ece"], 4),
+        fmt_p(d["comparison"]["paired_delong"]["p_value"]),
+        fmt_auc(d["comparison"]["auc_b_delong"]),
+    ]
     for name in ("model", "youden"):
         m = ops[name]["metrics"]
         out += [fmt_prop(m[k]) for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
@@ -164,11 +203,24 @@ def test_sections_in_the_issue_order(report):
     _, _, result = report
     page = html_text(result.out_dir / "report.html")
     pdf = re.sub(r"\s+", " ", pdf_text(result.out_dir / "report.pdf"))
-    titles = ["1. Summary", "2. Model, cohort and intended use", "3. Population and reference standard",
-              "4. Model description", "5. Cohort summary", "6. Cohort shift", "7. Diagnostic performance",
-              "8. ROC analysis", "9. Clinical utility", "10. Calibration", "11. Subgroups", "12. Failure analysis",
-              "13. Explanations (Grad-CAM)", "14. Comparison of two models", "15. Methods",
-              "16. Appendix: CLAIM 2024 and TRIPOD+AI 2024 checklist"]
+    titles = [
+        "1. Summary",
+        "2. Model, cohort and intended use",
+        "3. Population and reference standard",
+        "4. Model description",
+        "5. Cohort summary",
+        "6. Cohort shift",
+        "7. Diagnostic performance",
+        "8. ROC analysis",
+        "9. Clinical utility",
+        "10. Calibration",
+        "11. Subgroups",
+        "12. Failure analysis",
+        "13. Explanations (Grad-CAM)",
+        "14. Comparison of two models",
+        "15. Methods",
+        "16. Appendix: CLAIM 2024 and TRIPOD+AI 2024 checklist",
+    ]
     for text in (page, pdf):
         pos = [text.find(t) for t in titles]
         assert all(p >= 0 for p in pos), [t for t, p in zip(titles, pos) if p < 0]
@@ -191,8 +243,14 @@ def test_one_class_subgroup_is_not_estimable(report):
 def test_predictions_csv_has_decisions_and_no_identifiers(report):
     df, _, result = report
     out = pd.read_csv(result.out_dir / "predictions.csv", dtype=str)
-    assert list(out.columns) == ["image_index", "sop_instance_uid", "label", "probability", "decision",
-                                 "decision_youden"]
+    assert list(out.columns) == [
+        "image_index",
+        "sop_instance_uid",
+        "label",
+        "probability",
+        "decision",
+        "decision_youden",
+    ]
     assert len(out) == len(df)
     p = out["probability"].astype(float)
     assert ((p >= 0.5) == (out["decision"] == "PNEUMONIA")).all()
@@ -202,8 +260,7 @@ def test_cross_validation_folds_give_per_fold_curves(tmp_path):
     df = synthetic_predictions(150, seed=1, folds=3)
     df["threshold"] = df["fold"].map({0: 0.4, 1: 0.5, 2: 0.55})  # each fold's own threshold
     cv = {"n_folds": 3, "grouped_by": "patient_id"}
-    result = write_report(df, tmp_path, positive_class="PNEUMONIA", threshold=0.5, cv=cv, options=OPTIONS,
-                          pdf=False)
+    result = write_report(df, tmp_path, positive_class="PNEUMONIA", threshold=0.5, cv=cv, options=OPTIONS, pdf=False)
     d = result.data
     assert (tmp_path / "cv_roc.svg").is_file()
     folds = d["cross_validation"]["folds"]
@@ -218,9 +275,17 @@ def test_cross_validation_folds_give_per_fold_curves(tmp_path):
     assert d["cross_validation"]["crossval"]["grouped_by"] == "patient_id"
     assert "fold" in pd.read_csv(tmp_path / "predictions.csv").columns
     summary = metrics.crossval_summary(
-        pd.DataFrame({"y_true": (df["label"] == "PNEUMONIA").astype(int), "probability": df["probability"],
-                      "fold": df["fold"], "threshold": df["threshold"]}),
-        class_names=("NORMAL", "PNEUMONIA"), n_bootstrap=0)
+        pd.DataFrame(
+            {
+                "y_true": (df["label"] == "PNEUMONIA").astype(int),
+                "probability": df["probability"],
+                "fold": df["fold"],
+                "threshold": df["threshold"],
+            }
+        ),
+        class_names=("NORMAL", "PNEUMONIA"),
+        n_bootstrap=0,
+    )
     assert [f["threshold"] for f in d["cross_validation"]["per_fold_metrics"]] == [0.4, 0.5, 0.55]
     sens = d["cross_validation"]["across_folds"]["sensitivity"]
     assert sens["mean"] == pytest.approx(summary["across_folds"]["sensitivity"]["mean"])
@@ -256,15 +321,24 @@ def test_unscored_and_unlabelled_rows_are_accounted_for(tmp_path):
     assert c["rejected_by_reason"] == {"NO_LABEL": 1, "NOT_SCORED": 1}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.drop(columns=["probability"]), "probability"),
-    (lambda d: d.assign(label=np.where(np.arange(len(d)) % 3 == 0, "COVID", d["label"])), "COVID"),
-    (lambda d: d.assign(probability=d["probability"] * 3), r"\[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.drop(columns=["probability"]), "probability"),
+        (lambda d: d.assign(label=np.where(np.arange(len(d)) % 3 == 0, "COVID", d["label"])), "COVID"),
+        (lambda d: d.assign(probability=d["probability"] * 3), r"\[0, 1\]"),
+    ],
+)
 def test_bad_predictions_raise_usage_error(tmp_path, change, message):
     with pytest.raises(UsageError, match=message):
-        write_report(change(synthetic_predictions(40)), tmp_path, positive_class="PNEUMONIA", threshold=0.5,
-                     options=OPTIONS, pdf=False)
+        write_report(
+            change(synthetic_predictions(40)),
+            tmp_path,
+            positive_class="PNEUMONIA",
+            threshold=0.5,
+            options=OPTIONS,
+            pdf=False,
+        )
 
 
 def test_positive_class_is_required(tmp_path):
@@ -274,8 +348,14 @@ def test_positive_class_is_required(tmp_path):
 
 def test_positive_class_must_match_the_model(tmp_path):
     with pytest.raises(UsageError, match="differs from the model"):
-        write_report(synthetic_predictions(40), tmp_path, positive_class="NORMAL", model_info=MODEL_INFO,
-                     options=OPTIONS, pdf=False)
+        write_report(
+            synthetic_predictions(40),
+            tmp_path,
+            positive_class="NORMAL",
+            model_info=MODEL_INFO,
+            options=OPTIONS,
+            pdf=False,
+        )
 
 
 def test_one_class_cohort_reports_not_estimable(tmp_path):

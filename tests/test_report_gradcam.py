@@ -1,4 +1,5 @@
 """Grad-CAM maps against a slow, obvious Grad-CAM written with forward/backward hooks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,10 +39,11 @@ def test_gradcam_hot_where_the_evidence_is_not_flipped(tmp_path):
     img = synthetic_cxr(np.random.default_rng(1), 64, opacity=True)
     path = tmp_path / "x.png"
     Image.fromarray((img * 255).astype(np.uint8)).save(path)
-    (shown, heat), = gradcam_maps(GradcamSource(model, spec, positive_index=1), [str(path)])
+    ((shown, heat),) = gradcam_maps(GradcamSource(model, spec, positive_index=1), [str(path)])
     assert heat.shape == (64, 64) and heat.min() == 0.0 and heat.max() == 1.0
 
     from monai.transforms import Compose
+
     loaded = Compose(build_load_transforms(spec))({"image": str(path)})["image"]
     x = Compose(build_post_transforms(spec))({"image": loaded})["image"]
     x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()

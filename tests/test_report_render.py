@@ -1,5 +1,6 @@
 """The report as a reader gets it: self-contained HTML rendered by a real headless browser,
 PDF pages rendered to pixels, and no patient identifier in any file unless asked for."""
+
 from __future__ import annotations
 
 import html
@@ -36,8 +37,9 @@ def _ink_fraction(img: Image.Image) -> float:
 def folds_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("rendered")
     df = synthetic_predictions(160, seed=5, folds=4)
-    write_report(df, out, model_info=MODEL_INFO, cohort_info={"name": "render test"}, options=OPTIONS,
-                 cv={"n_folds": 4})
+    write_report(
+        df, out, model_info=MODEL_INFO, cohort_info={"name": "render test"}, options=OPTIONS, cv={"n_folds": 4}
+    )
     return out
 
 
@@ -56,9 +58,20 @@ def test_html_is_self_contained(folds_report):
 
 
 def _chromium_run(args: list[str], tmp_path, timeout: int = 180) -> subprocess.CompletedProcess:
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -82,8 +95,23 @@ _FRAME = """<!DOCTYPE html><html><body style="margin:0">
   const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = e.data;
   document.body.appendChild(pre); }});</script></body></html>"""
 
-SECTION_IDS = ["summary", "header", "population", "model", "cohort", "shift", "study", "roc", "utility",
-               "calibration", "subgroups", "failures", "explanations", "methods", "checklist"]
+SECTION_IDS = [
+    "summary",
+    "header",
+    "population",
+    "model",
+    "cohort",
+    "shift",
+    "study",
+    "roc",
+    "utility",
+    "calibration",
+    "subgroups",
+    "failures",
+    "explanations",
+    "methods",
+    "checklist",
+]
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no headless chromium on this machine (apt-get install chromium)")
@@ -94,33 +122,49 @@ def test_layout_in_headless_chromium(folds_report, tmp_path, width, height):
     import json
 
     probed = tmp_path / "probed.html"
-    probed.write_text((folds_report / "report.html").read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"),
-                      encoding="utf-8")
+    probed.write_text(
+        (folds_report / "report.html").read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"),
+        encoding="utf-8",
+    )
     frame = tmp_path / "frame.html"
     frame.write_text(_FRAME.format(w=width, h=height), encoding="utf-8")
-    proc = _chromium_run([f"--window-size={width + 100},{height + 100}", "--virtual-time-budget=10000",
-                          "--allow-file-access-from-files", "--dump-dom", frame.as_uri()], tmp_path)
+    proc = _chromium_run(
+        [
+            f"--window-size={width + 100},{height + 100}",
+            "--virtual-time-budget=10000",
+            "--allow-file-access-from-files",
+            "--dump-dom",
+            frame.as_uri(),
+        ],
+        tmp_path,
+    )
     m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert m, f"no probe output (rc {proc.returncode}): {proc.stderr[-1500:]}"
     got = json.loads(html.unescape(m.group(1)))
     assert got["innerWidth"] == width
-    assert got["scrollWidth"] <= width, got          # the page never scrolls sideways
-    assert got["wideTables"] == 0, got                 # no table box pokes out of the page
-    assert 0 <= got["boxTop"] < height / 3, got        # the summary opens the report ...
-    assert max(got["rowBottoms"][:4]) <= height, got   # ... and its first rows fit on the first screen
+    assert got["scrollWidth"] <= width, got  # the page never scrolls sideways
+    assert got["wideTables"] == 0, got  # no table box pokes out of the page
+    assert 0 <= got["boxTop"] < height / 3, got  # the summary opens the report ...
+    assert max(got["rowBottoms"][:4]) <= height, got  # ... and its first rows fit on the first screen
     laid_out = dict(got["sections"])
     assert [s for s in SECTION_IDS if laid_out.get(s, 0) <= 0] == []
     shot = tmp_path / "shot.png"
-    _chromium_run([f"--window-size={width},{height}", f"--screenshot={shot}", (folds_report / "report.html").as_uri()],
-                  tmp_path)
+    _chromium_run(
+        [f"--window-size={width},{height}", f"--screenshot={shot}", (folds_report / "report.html").as_uri()], tmp_path
+    )
     with Image.open(shot) as img:
         assert img.size == (width, height) and _ink_fraction(img) > 0.03
 
 
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext missing (apt-get install poppler-utils)")
 def test_pdf_text_has_headline_and_checklist(folds_report):
-    text = subprocess.run(["pdftotext", "-layout", str(folds_report / "report.pdf"), "-"], capture_output=True,
-                          text=True, timeout=60, check=True).stdout
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(folds_report / "report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     first_page = text.split("\f")[0]
     assert "1. Summary" in first_page and "Sensitivity (95% CI)" in first_page and "AUC (95% CI)" in first_page
     flat = re.sub(r"\s+", " ", text)
@@ -197,8 +241,13 @@ def test_pdf_titles_are_not_orphaned_and_split_tables_repeat_their_header(folds_
     doc = build_document(json.loads((folds_report / "metrics.json").read_text()))
     titles = {f"{s['number']}. {s['title']}" for s in doc["sections"]}
     titles |= {b["caption"] for s in doc["sections"] for b in s["blocks"] if b.get("caption")}
-    text = subprocess.run(["pdftotext", "-layout", str(folds_report / "report.pdf"), "-"], capture_output=True,
-                          text=True, timeout=60, check=True).stdout
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(folds_report / "report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     pages = [p for p in text.split("\f") if p.strip()]
     assert len(pages) >= 5
     for n, page in enumerate(pages):

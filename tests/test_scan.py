@@ -1,4 +1,5 @@
 """cxr_cad.io.scan: every file accounted for, symlink loops, duplicates, patient ids, parallel == serial."""
+
 from __future__ import annotations
 
 import os
@@ -10,21 +11,40 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ExplicitVRLittleEndian, RLELossless, generate_uid)
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from cxr_cad.errors import Reason, UsageError
 from cxr_cad.io.policy import AcceptPolicy
-from cxr_cad.io.scan import DEFAULT_PATIENT_ID_PATTERN, iter_files, patient_id_from_name, scan_sources
-from cxr_cad.io.scan import compile_patient_id_pattern
+from cxr_cad.io.scan import (
+    DEFAULT_PATIENT_ID_PATTERN,
+    compile_patient_id_pattern,
+    iter_files,
+    patient_id_from_name,
+    scan_sources,
+)
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 PATIENT_NAME = "DOE^JANE"
 
 
-def write_dicom(path: Path, *, patient_id="PAT001", modality="CR", view="PA", photometric="MONOCHROME2",
-                frames=1, pixels=True, sop_class=CR_STORAGE, compress=False, study_uid=None, sop_uid=None,
-                size=32, constant=False, seed=0) -> Path:
+def write_dicom(
+    path: Path,
+    *,
+    patient_id="PAT001",
+    modality="CR",
+    view="PA",
+    photometric="MONOCHROME2",
+    frames=1,
+    pixels=True,
+    sop_class=CR_STORAGE,
+    compress=False,
+    study_uid=None,
+    sop_uid=None,
+    size=32,
+    constant=False,
+    seed=0,
+) -> Path:
     """A small synthetic DICOM file (16-bit, 12 bits stored) with PatientName DOE^JANE."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -45,8 +65,11 @@ def write_dicom(path: Path, *, patient_id="PAT001", modality="CR", view="PA", ph
     ds.Manufacturer = "ACME"
     if pixels:
         rng = np.random.default_rng(seed)
-        arr = np.full((frames, size, size), 1000, np.uint16) if constant else \
-            rng.integers(0, 4096, (frames, size, size), dtype=np.uint16)
+        arr = (
+            np.full((frames, size, size), 1000, np.uint16)
+            if constant
+            else rng.integers(0, 4096, (frames, size, size), dtype=np.uint16)
+        )
         ds.Rows = ds.Columns = size
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = photometric
@@ -74,29 +97,47 @@ def make_mixed_folder(root: Path) -> dict[str, str | None]:
     def add(rel, reason):
         expected[rel] = reason
 
-    write_dicom(root / "ok_mono2.dcm", seed=1); add("ok_mono2.dcm", None)
-    write_dicom(root / "sub" / "ok_mono1.dcm", photometric="MONOCHROME1", seed=2); add("sub/ok_mono1.dcm", None)
-    write_dicom(root / "sub" / "rle.dcm", compress=True, seed=3); add("sub/rle.dcm", None)
-    write_dicom(root / "sub" / "IMG0001", seed=4); add("sub/IMG0001", None)              # no extension
-    write_dicom(root / "nopatient.dcm", patient_id="", study_uid="1.2.3.4", seed=5); add("nopatient.dcm", None)
-    shutil.copy(root / "ok_mono2.dcm", root / "zz_copy.dcm"); add("zz_copy.dcm", Reason.DUPLICATE_SOP_INSTANCE)
-    (root / "notes.txt").write_text("not an image\n" * 20); add("notes.txt", Reason.NOT_DICOM)
-    (root / "empty.dcm").write_bytes(b""); add("empty.dcm", Reason.EMPTY_FILE)
+    write_dicom(root / "ok_mono2.dcm", seed=1)
+    add("ok_mono2.dcm", None)
+    write_dicom(root / "sub" / "ok_mono1.dcm", photometric="MONOCHROME1", seed=2)
+    add("sub/ok_mono1.dcm", None)
+    write_dicom(root / "sub" / "rle.dcm", compress=True, seed=3)
+    add("sub/rle.dcm", None)
+    write_dicom(root / "sub" / "IMG0001", seed=4)
+    add("sub/IMG0001", None)  # no extension
+    write_dicom(root / "nopatient.dcm", patient_id="", study_uid="1.2.3.4", seed=5)
+    add("nopatient.dcm", None)
+    shutil.copy(root / "ok_mono2.dcm", root / "zz_copy.dcm")
+    add("zz_copy.dcm", Reason.DUPLICATE_SOP_INSTANCE)
+    (root / "notes.txt").write_text("not an image\n" * 20)
+    add("notes.txt", Reason.NOT_DICOM)
+    (root / "empty.dcm").write_bytes(b"")
+    add("empty.dcm", Reason.EMPTY_FILE)
     good = write_dicom(root / "tmp_full.dcm", seed=6).read_bytes()
     (root / "tmp_full.dcm").unlink()
-    (root / "truncated.dcm").write_bytes(good[:300]); add("truncated.dcm", Reason.UNREADABLE)
-    write_dicom(root / "sr.dcm", pixels=False, sop_class=BASIC_TEXT_SR); add("sr.dcm", Reason.NOT_AN_IMAGE_SOP_CLASS)
-    write_dicom(root / "nopix.dcm", pixels=False); add("nopix.dcm", Reason.NO_PIXEL_DATA)
-    write_dicom(root / "multi.dcm", frames=3); add("multi.dcm", Reason.MULTI_FRAME)
-    write_dicom(root / "lateral.dcm", view="LL"); add("lateral.dcm", Reason.LATERAL_VIEW)
-    write_dicom(root / "ct.dcm", modality="CT"); add("ct.dcm", Reason.UNSUPPORTED_MODALITY)
-    write_png(root / "png" / "IM-0001-0001.png", seed=7); add("png/IM-0001-0001.png", None)
+    (root / "truncated.dcm").write_bytes(good[:300])
+    add("truncated.dcm", Reason.UNREADABLE)
+    write_dicom(root / "sr.dcm", pixels=False, sop_class=BASIC_TEXT_SR)
+    add("sr.dcm", Reason.NOT_AN_IMAGE_SOP_CLASS)
+    write_dicom(root / "nopix.dcm", pixels=False)
+    add("nopix.dcm", Reason.NO_PIXEL_DATA)
+    write_dicom(root / "multi.dcm", frames=3)
+    add("multi.dcm", Reason.MULTI_FRAME)
+    write_dicom(root / "lateral.dcm", view="LL")
+    add("lateral.dcm", Reason.LATERAL_VIEW)
+    write_dicom(root / "ct.dcm", modality="CT")
+    add("ct.dcm", Reason.UNSUPPORTED_MODALITY)
+    write_png(root / "png" / "IM-0001-0001.png", seed=7)
+    add("png/IM-0001-0001.png", None)
     shutil.copy(root / "png" / "IM-0001-0001.png", root / "png" / "IM-0001-0002.png")
     add("png/IM-0001-0002.png", Reason.DUPLICATE_CONTENT)
     Image.fromarray(np.random.default_rng(8).integers(0, 255, (32, 32), dtype=np.uint8)).save(
-        root / "png" / "person3_virus_9.jpeg"); add("png/person3_virus_9.jpeg", None)
-    os.symlink("..", root / "sub" / "loop")                      # symlink loop: must not recurse forever
-    os.symlink("missing-target.dcm", root / "broken_link.dcm"); add("broken_link.dcm", Reason.UNREADABLE)
+        root / "png" / "person3_virus_9.jpeg"
+    )
+    add("png/person3_virus_9.jpeg", None)
+    os.symlink("..", root / "sub" / "loop")  # symlink loop: must not recurse forever
+    os.symlink("missing-target.dcm", root / "broken_link.dcm")
+    add("broken_link.dcm", Reason.UNREADABLE)
     return expected
 
 
@@ -155,7 +196,7 @@ def test_verify_pixels_finds_constant_and_truncated_pixels(tmp_path):
     write_dicom(tmp_path / "full.dcm", seed=1)
     data = write_dicom(tmp_path / "other" / "x.dcm", seed=2).read_bytes()
     shutil.rmtree(tmp_path / "other")
-    (tmp_path / "cut_pixels.dcm").write_bytes(data[:-700])          # header intact, pixel data short
+    (tmp_path / "cut_pixels.dcm").write_bytes(data[:-700])  # header intact, pixel data short
     header_only = scan_sources([tmp_path], workers=1)
     assert len(header_only.accepted) == 3
     verified = scan_sources([tmp_path], workers=1, verify_pixels=True)
@@ -190,16 +231,19 @@ def test_two_links_to_one_folder_scanned_once(tmp_path):
     assert result.n_files == 1 and len(result.accepted) == 1
 
 
-@pytest.mark.parametrize("name,pid,matched", [
-    ("IM-0115-0001.jpeg", "IM-0115", True),
-    ("IM-0429-0001-0002.jpeg", "IM-0429", True),
-    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427", True),
-    ("person1000_bacteria_2931.jpeg", "person1000", True),
-    ("person1_virus_6.jpeg", "person1", True),
-    ("person1_virus_6_1.jpeg", "person1", True),
-    ("scan_77.png", "scan_77", False),
-    ("IM-0115.jpeg", "IM-0115", True),
-])
+@pytest.mark.parametrize(
+    "name,pid,matched",
+    [
+        ("IM-0115-0001.jpeg", "IM-0115", True),
+        ("IM-0429-0001-0002.jpeg", "IM-0429", True),
+        ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427", True),
+        ("person1000_bacteria_2931.jpeg", "person1000", True),
+        ("person1_virus_6.jpeg", "person1", True),
+        ("person1_virus_6_1.jpeg", "person1", True),
+        ("scan_77.png", "scan_77", False),
+        ("IM-0115.jpeg", "IM-0115", True),
+    ],
+)
 def test_default_patient_id_pattern(name, pid, matched):
     assert patient_id_from_name(name, compile_patient_id_pattern(None)) == (pid, matched)
 
@@ -236,7 +280,7 @@ def test_unexpected_error_becomes_internal_error_row(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this OS")
 def test_named_pipe_is_rejected_without_opening(tmp_path):
-    os.mkfifo(tmp_path / "pipe.dcm")          # opening it would block forever
+    os.mkfifo(tmp_path / "pipe.dcm")  # opening it would block forever
     write_png(tmp_path / "a.png")
     result = scan_sources([tmp_path], workers=1)
     assert result.rejected[["reason"]].to_dict("list") == {"reason": ["UNREADABLE"]}
@@ -264,10 +308,10 @@ def test_non_utf8_file_name_is_rejected_not_crashing(tmp_path):
     assert result.n_files == 2 and len(result.accepted) == 1
     row = result.rejected.iloc[0]
     assert row["reason"] == "UNREADABLE" and "UTF-8" in row["detail"] and row["path"].endswith("bad\\xff.png")
-    result.rejected.to_csv(tmp_path / "r.csv")          # every path can be written
+    result.rejected.to_csv(tmp_path / "r.csv")  # every path can be written
 
 
-@pytest.mark.slow    # starts a forkserver (2-5 s); under pytest-xdist the parallel test takes this path anyway
+@pytest.mark.slow  # starts a forkserver (2-5 s); under pytest-xdist the parallel test takes this path anyway
 def test_pool_without_fork_when_threads_run(mixed):
     """With another thread alive the pool must not fork this process (forkserver/spawn instead)."""
     import threading
@@ -299,7 +343,7 @@ def test_worker_crash_is_an_internal_error_row_not_a_stop(tmp_path, monkeypatch)
 
     def crashing(path, *, policy):
         if str(path).endswith("f05.png"):
-            os._exit(3)                                  # a segfaulting codec, as the pool sees it
+            os._exit(3)  # a segfaulting codec, as the pool sees it
         return real(path, policy=policy)
 
     monkeypatch.setattr(io_pkg, "read_header", crashing)  # fork: the workers inherit the patch

@@ -6,6 +6,7 @@ quarter of its patients, then check that those unseen pediatric patients are not
 while derived shifted cohorts (inverted polarity, heavy blur, zoomed crops, adult CR films,
 non-chest images) are.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,22 @@ from scipy.stats import binom
 from cxr_cad.model import shift
 
 DATA = Path(__file__).parent / "data"
-FAST = {"epochs": 5, "batch_size": 8, "model.init": "none", "model.image_size": 128, "optim.name": "adamw",
-        "optim.lr": 0.001,
-        "runtime.workers": 0, "runtime.device": "cpu", "early_stopping.patience": 0}
+FAST = {
+    "epochs": 5,
+    "batch_size": 8,
+    "model.init": "none",
+    "model.image_size": 128,
+    "optim.name": "adamw",
+    "optim.lr": 0.001,
+    "runtime.workers": 0,
+    "runtime.device": "cpu",
+    "early_stopping.patience": 0,
+}
 CONTRACT = {"cohort_score", "threshold", "flagged", "n_images", "n_flagged", "fraction_flagged", "message"}
 
 
 # ---------------------------------------------------------------- statistics (no model)
+
 
 def _features(rng, n, d=64, scale=1.0):
     basis = np.random.default_rng(42).normal(size=(d, d)) / np.sqrt(d)
@@ -49,8 +59,7 @@ def test_distance_is_the_ppca_mahalanobis_distance_of_scikit_learn():
 def test_summary_is_plain_small_and_calibrated_on_held_out_images():
     rng = np.random.default_rng(1)
     train, val, unseen = _features(rng, 400), _features(rng, 150), _features(rng, 1000)
-    s = shift.fit_summary(train, val, train_groups=[i // 2 for i in range(400)], ages=[5.0] * 30,
-                          views=["PA"] * 30)
+    s = shift.fit_summary(train, val, train_groups=[i // 2 for i in range(400)], ages=[5.0] * 30, views=["PA"] * 30)
     assert s["n_reference"] == 550 and s["n_validation"] == 150
     assert s["age_years"]["low"] == s["age_years"]["high"] == 5.0 and s["view"]["counts"] == {"PA": 30}
     assert json.loads(json.dumps(s)) == s  # plain types only
@@ -83,8 +92,7 @@ def test_cohort_result_has_exactly_the_contract_keys_and_counts():
 
 
 def test_age_and_view_outside_training_flag_a_cohort():
-    s = shift.fit_summary(_features(np.random.default_rng(3), 100), ages=np.linspace(1, 6, 100),
-                          views=["AP"] * 100)
+    s = shift.fit_summary(_features(np.random.default_rng(3), 100), ages=np.linspace(1, 6, 100), views=["AP"] * 100)
     feats_ok = [0.5] * 40
     assert not shift.cohort_shift(feats_ok, s, ages=[3.0] * 40, views=["AP"] * 40)["flagged"]
     adult = shift.cohort_shift(feats_ok, s, ages=[55.0] * 40)
@@ -105,8 +113,7 @@ def test_feature_tap_captures_the_head_input():
         logits = model(x)
         feats = tap.pop()
     assert feats.shape == (3, 512)
-    np.testing.assert_allclose(model.fc(torch.from_numpy(feats)).detach().numpy(), logits.numpy(), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(model.fc(torch.from_numpy(feats)).detach().numpy(), logits.numpy(), rtol=1e-4, atol=1e-5)
     assert tap.pop() is None and not model.fc._forward_pre_hooks
 
 
@@ -117,6 +124,7 @@ def test_summary_from_bundle_tolerates_old_and_unknown_summaries():
 
 
 # ---------------------------------------------------------------- realistic: a model trained on the sample
+
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
@@ -148,8 +156,7 @@ def _predict(bundle, paths_or_dir, out):
     from cxr_cad.engine.predict import PredictOptions, predict
     from cxr_cad.io import AcceptPolicy
 
-    opts = PredictOptions(batch_size=16, workers=0, device="cpu", precision="fp32",
-                          policy=AcceptPolicy(modalities=()))
+    opts = PredictOptions(batch_size=16, workers=0, device="cpu", precision="fp32", policy=AcceptPolicy(modalities=()))
     result = predict(paths_or_dir if isinstance(paths_or_dir, list) else [paths_or_dir], out, bundle, opts)
     return result, pd.read_csv(out / "predictions.csv", keep_default_na=False)
 
@@ -164,7 +171,7 @@ def _derive(held: pd.DataFrame, out: Path, fn) -> Path:
 
 def _zoom(img):
     h, w = img.shape
-    return img[int(h * 0.3):int(h * 0.7), int(w * 0.3):int(w * 0.7)]
+    return img[int(h * 0.3) : int(h * 0.7), int(w * 0.3) : int(w * 0.7)]
 
 
 def _texture(img):
@@ -204,8 +211,20 @@ def test_cli_predict_logs_one_warning_line_for_a_shifted_cohort(trained, sample,
     from cxr_cad.cli import main
 
     src = _derive(sample[1], tmp_path / "inverted", lambda x: 255 - x)
-    rc = main(["predict", str(src), "--model", str(trained.bundle_path), "--out", str(tmp_path / "out"),
-               "--workers", "0", "--device", "cpu"])
+    rc = main(
+        [
+            "predict",
+            str(src),
+            "--model",
+            str(trained.bundle_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert sum("WARNING" in line and "dataset shift" in line for line in err.splitlines()) == 1, err
@@ -224,7 +243,7 @@ def test_adult_films_are_flagged(trained, tmp_path, one_thread):
         px, _ = read_image(f, policy=AcceptPolicy(modalities=()))
         img = (px * 255).astype(np.uint8)
         h, w = img.shape
-        for j, v in enumerate([img, img[:, ::-1], img[h // 20:, w // 20:-w // 20], img[: -h // 10]]):
+        for j, v in enumerate([img, img[:, ::-1], img[h // 20 :, w // 20 : -w // 20], img[: -h // 10]]):
             Image.fromarray(np.ascontiguousarray(v)).save(out / f"adult{n}_{j}.png")
         n += 1
     assert n >= 2
@@ -250,8 +269,24 @@ def test_evaluate_writes_the_shift_result_into_metrics(trained, sample, tmp_path
     manifest = tmp_path / "held.csv"
     write_manifest(sample[1], manifest, relative=False)
     out = tmp_path / "report"
-    rc = main(["evaluate", "--model", str(trained.bundle_path), "--manifest", str(manifest), "--out", str(out),
-               "--workers", "0", "--device", "cpu", "--gradcam-per-group", "0", "--no-pdf"])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(trained.bundle_path),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--gradcam-per-group",
+            "0",
+            "--no-pdf",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["shift"]) == CONTRACT and m["shift"]["n_images"] == len(sample[1])

@@ -1,4 +1,5 @@
 """``--track mlflow:URI`` on train, crossval and evaluate, read back with the MLflow client."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,22 @@ mlflow = pytest.importorskip("mlflow")
 from cxr_cad.cli import main  # noqa: E402
 from tests.synth import write_png_cohort  # noqa: E402
 
-TRAIN = ["--epochs", "2", "--image-size", "64", "--batch-size", "8", "--workers", "0", "--init", "none",
-         "--device", "cpu", "--patience", "0"]
+TRAIN = [
+    "--epochs",
+    "2",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--init",
+    "none",
+    "--device",
+    "cpu",
+    "--patience",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +36,33 @@ def tracked(tmp_path_factory):
     write_png_cohort(root / "cohort", n_patients=12, images_per_patient=2, size=64, seed=3)
     uri = root / "mlruns"
     manifest = str(root / "cohort" / "manifest.csv")
-    assert main(["-q", "train", "--manifest", manifest, "--out", str(root / "run"), *TRAIN,
-                 "--track", f"mlflow:{uri}"]) == 0
+    assert (
+        main(["-q", "train", "--manifest", manifest, "--out", str(root / "run"), *TRAIN, "--track", f"mlflow:{uri}"])
+        == 0
+    )
     card_before = (root / "run" / "model_card.md").read_text()
-    assert main(["-q", "evaluate", "--model", str(root / "run" / "model.pt"), "--manifest", manifest, "--out",
-                 str(root / "eval"), "--workers", "0", "--no-pdf", "--gradcam-per-group", "0",
-                 "--track", f"mlflow:{uri}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--model",
+                str(root / "run" / "model.pt"),
+                "--manifest",
+                manifest,
+                "--out",
+                str(root / "eval"),
+                "--workers",
+                "0",
+                "--no-pdf",
+                "--gradcam-per-group",
+                "0",
+                "--track",
+                f"mlflow:{uri}",
+            ]
+        )
+        == 0
+    )
     assert (root / "run" / "model_card.md").read_text() == card_before  # evaluate appends nothing to the card
     client = mlflow.MlflowClient(tracking_uri=uri.as_uri())
     exp = client.get_experiment_by_name("cxr_cad")
@@ -47,13 +83,14 @@ def test_train_run_has_config_epochs_artifacts_and_tags(tracked):
     p = run.data.params
     assert p["epochs"] == "2" and p["model.image_size"] == "64"
     resolved = flatten(yaml.safe_load((root / "run" / "config.yaml").read_text()))
-    assert {k: p.get(k) for k in resolved} == resolved          # the whole resolved config, as written
+    assert {k: p.get(k) for k in resolved} == resolved  # the whole resolved config, as written
     log = pd.read_csv(root / "run" / "train_log.csv")
     hist = client.get_metric_history(run.info.run_id, "val_auc")
     assert [m.step for m in hist] == [1, 2]
     assert [m.value for m in hist] == pytest.approx(log["val_auc"].tolist())
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")] == \
-        pytest.approx(log["train_loss"].tolist())
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")] == pytest.approx(
+        log["train_loss"].tolist()
+    )
     result = json.loads((root / "run" / "result.json").read_text())
     assert run.data.metrics["threshold"] == pytest.approx(result["threshold"])
     bundle = load_bundle(root / "run" / "model.pt")
@@ -80,9 +117,27 @@ def test_evaluate_run_has_auc_report_and_parent(tracked):
 def test_crossval_run_logs_every_fold(tmp_path):
     write_png_cohort(tmp_path / "cohort", n_patients=12, images_per_patient=2, size=64, seed=4)
     uri = tmp_path / "mlruns"
-    assert main(["-q", "crossval", "--manifest", str(tmp_path / "cohort" / "manifest.csv"), "--out",
-                 str(tmp_path / "cv"), "--folds", "2", "--bootstrap", "0", "--no-report",
-                 *TRAIN[:-2], "--track", f"mlflow:{uri}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "crossval",
+                "--manifest",
+                str(tmp_path / "cohort" / "manifest.csv"),
+                "--out",
+                str(tmp_path / "cv"),
+                "--folds",
+                "2",
+                "--bootstrap",
+                "0",
+                "--no-report",
+                *TRAIN[:-2],
+                "--track",
+                f"mlflow:{uri}",
+            ]
+        )
+        == 0
+    )
     client = mlflow.MlflowClient(tracking_uri=uri.as_uri())
     run = client.search_runs([client.get_experiment_by_name("cxr_cad").experiment_id])[0]
     assert run.data.tags["cxr_cad.command"] == "crossval" and run.data.params["folds"] == "2"

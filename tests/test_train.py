@@ -1,4 +1,5 @@
 """cxr_cad.engine.train / cxr-cad train on a tiny generated cohort (64 px, a few epochs, seconds)."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,20 @@ from cxr_cad.manifest import read_manifest
 from cxr_cad.metrics import youden_threshold
 from tests.synth import write_png_cohort
 
-FAST = {"epochs": 2, "batch_size": 8, "model.init": "none", "model.image_size": 64, "optim.lr": 0.01,
-        "runtime.workers": 0, "runtime.device": "cpu", "early_stopping.patience": 0,
-        # the former SGD settings these tests were written for (--init none would bring the scratch recipe)
-        "optim.name": "sgd", "schedule.warmup_epochs": 0, "augment.intensity_prob": 0.0}
+FAST = {
+    "epochs": 2,
+    "batch_size": 8,
+    "model.init": "none",
+    "model.image_size": 64,
+    "optim.lr": 0.01,
+    "runtime.workers": 0,
+    "runtime.device": "cpu",
+    "early_stopping.patience": 0,
+    # the former SGD settings these tests were written for (--init none would bring the scratch recipe)
+    "optim.name": "sgd",
+    "schedule.warmup_epochs": 0,
+    "augment.intensity_prob": 0.0,
+}
 
 
 class Interrupt(Exception):
@@ -56,8 +67,16 @@ def test_end_to_end_run_folder(baseline, cohort):
     assert r.epochs_run == 2 and r.resumed_from_epoch == 0 and not r.stopped_early
     assert r.val_auc > 0.7, r.history
     assert 1 <= r.best_epoch <= 2 and 0 <= r.threshold <= 1 and r.threshold_method == "youden"
-    for name in ("config.yaml", "run.json", "split.csv", "train_log.csv", "checkpoint.pt", "model.pt",
-                 "val_predictions.csv", "result.json"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "split.csv",
+        "train_log.csv",
+        "checkpoint.pt",
+        "model.pt",
+        "val_predictions.csv",
+        "result.json",
+    ):
         assert (r.out_dir / name).is_file(), name
     log = pd.read_csv(r.out_dir / "train_log.csv")
     assert list(log.columns[:7]) == ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "images_per_s"]
@@ -155,13 +174,21 @@ def test_finetune_from_bundle_with_frozen_backbone(baseline, cohort, cfg, tmp_pa
         if epoch == 1:
             after_first.update(torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["model"])
 
-    ft = load_config(None, {**FAST, "epochs": 2, "model.freeze_backbone_epochs": 1, "threshold.method": "sensitivity",
-                            "data.cache_dir": cfg.data.cache_dir})
+    ft = load_config(
+        None,
+        {
+            **FAST,
+            "epochs": 2,
+            "model.freeze_backbone_epochs": 1,
+            "threshold.method": "sensitivity",
+            "data.cache_dir": cfg.data.cache_dir,
+        },
+    )
     r = train_model(cohort[1], tmp_path / "ft", ft, init=str(baseline.bundle_path), callbacks=[grab])
     assert r.history["frozen_backbone"].tolist() == [True, False]
-    assert torch.equal(after_first["conv1.weight"], parent["conv1.weight"])       # frozen in epoch 1
+    assert torch.equal(after_first["conv1.weight"], parent["conv1.weight"])  # frozen in epoch 1
     assert torch.equal(after_first["layer1.0.bn1.running_mean"], parent["layer1.0.bn1.running_mean"])
-    assert not torch.equal(after_first["fc.weight"], parent["fc.weight"])          # the head trained
+    assert not torch.equal(after_first["fc.weight"], parent["fc.weight"])  # the head trained
     result = json.loads((tmp_path / "ft" / "result.json").read_text())
     assert result["parent_bundle"]["path"] == str(baseline.bundle_path)
     from cxr_cad.model import load_bundle
@@ -204,8 +231,7 @@ def test_unreadable_image_is_a_clear_error(tmp_path, workers):
     bad = df["path"].iloc[0]
     with open(bad, "r+b") as fh:
         fh.truncate(40)
-    cfg = load_config(None, {**FAST, "epochs": 1, "runtime.workers": workers, "data.val_fraction": 0,
-                             "batch_size": 16})
+    cfg = load_config(None, {**FAST, "epochs": 1, "runtime.workers": workers, "data.val_fraction": 0, "batch_size": 16})
     with pytest.raises(CxrCadError, match=r"training image cannot be read: .*" + bad.rsplit("/", 1)[1]):
         train_model(df, tmp_path / "run", cfg)
 
@@ -264,8 +290,9 @@ def test_choose_threshold_methods():
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.3, 0.9])
     thr, method, _ = choose_threshold(y, s, load_config().threshold)
     assert method == "youden" and thr == youden_threshold(y, s)
-    thr, method, detail = choose_threshold(y, s, load_config(None, {"threshold.method": "sensitivity",
-                                                                    "threshold.target_sensitivity": 1.0}).threshold)
+    thr, method, detail = choose_threshold(
+        y, s, load_config(None, {"threshold.method": "sensitivity", "threshold.target_sensitivity": 1.0}).threshold
+    )
     assert method == "sensitivity" and thr == 0.3 and detail["target"] == 1.0
     thr, method, detail = choose_threshold(np.zeros(4), np.linspace(0, 1, 4), load_config().threshold)
     assert (thr, method) == (0.5, "fixed") and "one class" in detail["reason"]
@@ -273,9 +300,22 @@ def test_choose_threshold_methods():
 
 def test_cli_train_exit_codes(cohort, cfg, tmp_path, capsys):
     manifest = str(cohort[0])
-    common = ["train", "--manifest", manifest, "--image-size", "64", "--init", "none", "--workers", "0",
-              "--batch-size", "8", "--cache-dir", cfg.data.cache_dir]
-    assert main(["train", "--manifest", manifest]) == 2                      # --out missing
+    common = [
+        "train",
+        "--manifest",
+        manifest,
+        "--image-size",
+        "64",
+        "--init",
+        "none",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--cache-dir",
+        cfg.data.cache_dir,
+    ]
+    assert main(["train", "--manifest", manifest]) == 2  # --out missing
     assert main(common + ["--out", str(tmp_path / "a"), "--lr", "-1"]) == 2  # ConfigError
     assert "optim.lr" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
@@ -306,7 +346,7 @@ def test_init_none_gets_the_scratch_recipe_and_flags_still_win():
     assert mixed.augment["noise_std"] == 0.0 and mixed.augment["gamma"] == SCRATCH_RECIPE["augment"]["gamma"]
     finetune = load_config(None, {"model.init": "imagenet"})
     assert (finetune.optim.name, finetune.optim.lr, finetune.epochs, finetune.augment) == ("sgd", 1e-3, 20, {})
-    assert TrainConfig.from_dict(scratch.to_dict()) == scratch      # config.yaml round trip is stable
+    assert TrainConfig.from_dict(scratch.to_dict()) == scratch  # config.yaml round trip is stable
 
 
 def test_warmup_then_cosine_schedule():
@@ -327,7 +367,7 @@ def test_warmup_then_cosine_schedule():
 
 def test_choose_threshold_records_ties_counts_and_small_class_warning(caplog):
     y = np.array([1, 1, 1, 0, 0, 0])
-    s = np.array([.9, .9, .6, .6, .5, .4])
+    s = np.array([0.9, 0.9, 0.6, 0.6, 0.5, 0.4])
     with caplog.at_level("WARNING"):
         thr, method, detail = choose_threshold(y, s, load_config().threshold)
     assert (thr, method) == (0.9, "youden") and detail["tie_range"] == [0.6, 0.9] and detail["n_tied"] == 2

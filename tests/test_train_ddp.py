@@ -1,4 +1,5 @@
 """`cxr-cad train` under torchrun: 2 CPU processes (gloo), DistributedDataParallel, 1 epoch."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,43 @@ REPO = Path(__file__).resolve().parents[1]
 def test_two_process_ddp_training(tmp_path):
     write_png_cohort(tmp_path / "cohort", n_patients=20, images_per_patient=2, size=64, seed=1)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CXR_CAD_NO_PROGRESS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "cxr_cad", "train", "--manifest", str(tmp_path / "cohort" / "manifest.csv"), "--out", str(out),
-           "--epochs", "1", "--image-size", "64", "--batch-size", "8", "--init", "none", "--workers", "0",
-           "--device", "cpu", "--precision", "fp32", "--lr", "0.01"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CXR_CAD_NO_PROGRESS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cxr_cad",
+        "train",
+        "--manifest",
+        str(tmp_path / "cohort" / "manifest.csv"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--init",
+        "none",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--lr",
+        "0.01",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("bundle:") == 1  # only rank 0 reports

@@ -1,4 +1,5 @@
 """cxr_cad.transforms: specs, CxrReader, eval/train chains, cached datasets."""
+
 from __future__ import annotations
 
 import os
@@ -6,14 +7,25 @@ import os
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 from PIL import Image
 
 import cxr_cad.io as cio
 from cxr_cad.errors import BundleError, ConfigError, Reason, RejectedFile
-from cxr_cad.transforms import (GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, CxrReader,
-                                TransformSpec, build_eval_transforms, build_post_transforms, build_train_transforms,
-                                find_rejection, make_dataset)
-from monai.transforms import Compose
+from cxr_cad.transforms import (
+    GRAY_MEAN,
+    GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentSpec,
+    CxrReader,
+    TransformSpec,
+    build_eval_transforms,
+    build_post_transforms,
+    build_train_transforms,
+    find_rejection,
+    make_dataset,
+)
 from tests.synth import synthetic_cxr
 
 
@@ -26,9 +38,11 @@ def _png(path, array01: np.ndarray) -> str:
 def images(tmp_path):
     """Three 8-bit PNGs: 128x128, 96 rows x 64 columns (portrait), 64 rows x 96 columns."""
     rng = np.random.default_rng(0)
-    return [_png(tmp_path / "sq.png", synthetic_cxr(rng, 128, opacity=True)),
-            _png(tmp_path / "tall.png", synthetic_cxr(rng, 96)[:, 16:80]),
-            _png(tmp_path / "wide.png", synthetic_cxr(rng, 96)[16:80, :])]
+    return [
+        _png(tmp_path / "sq.png", synthetic_cxr(rng, 128, opacity=True)),
+        _png(tmp_path / "tall.png", synthetic_cxr(rng, 96)[:, 16:80]),
+        _png(tmp_path / "wide.png", synthetic_cxr(rng, 96)[16:80, :]),
+    ]
 
 
 def _pixels(path) -> np.ndarray:
@@ -43,6 +57,7 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- specs
 
+
 def test_gray_normalisation_is_mean_of_imagenet_values():
     assert GRAY_MEAN == (0.449,) and GRAY_STD == (0.226,)
     assert abs(GRAY_MEAN[0] - np.mean(IMAGENET_MEAN)) < 5e-4
@@ -52,8 +67,15 @@ def test_gray_normalisation_is_mean_of_imagenet_values():
 
 
 def test_spec_round_trip_and_refusals():
-    spec = TransformSpec(image_size=64, aspect="pad", in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                         apply_voi=False, interpolation="bilinear")
+    spec = TransformSpec(
+        image_size=64,
+        aspect="pad",
+        in_channels=3,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        apply_voi=False,
+        interpolation="bilinear",
+    )
     d = spec.to_dict()
     assert d["version"] == 2 and isinstance(d["mean"], list)
     assert d["intensity"] == "percentile" and d["intensity_percentiles"] == [0.5, 99.5]
@@ -90,8 +112,9 @@ def test_spec_lists_every_problem():
 
 # ---------------------------------------------------------------- eval chain
 
+
 def test_eval_output_shape_dtype_range_and_values(images):
-    spec = TransformSpec(image_size=64, intensity="none")   # the geometry alone (scaling: tests below)
+    spec = TransformSpec(image_size=64, intensity="none")  # the geometry alone (scaling: tests below)
     out = build_eval_transforms(spec)({"image": images[0], "label": 1, "row": 7})
     x = out["image"]
     assert type(x) is torch.Tensor and x.dtype == torch.float32 and tuple(x.shape) == (1, 64, 64)
@@ -112,24 +135,26 @@ def test_eval_chain_is_deterministic(images):
 
 @pytest.mark.parametrize("which", [1, 2])
 def test_pad_keeps_aspect_squash_does_not(images, which):
-    path = images[which]                   # 96x64 (tall) or 64x96 (wide)
+    path = images[which]  # 96x64 (tall) or 64x96 (wide)
     pix = _pixels(path)
-    pad = build_eval_transforms(TransformSpec(image_size=48, aspect="pad", intensity="none"))(
-        {"image": path})["image"][0].numpy()
-    squash = build_eval_transforms(TransformSpec(image_size=48, aspect="squash", intensity="none"))(
-        {"image": path})["image"][0]
+    pad = build_eval_transforms(TransformSpec(image_size=48, aspect="pad", intensity="none"))({"image": path})["image"][
+        0
+    ].numpy()
+    squash = build_eval_transforms(TransformSpec(image_size=48, aspect="squash", intensity="none"))({"image": path})[
+        "image"
+    ][0]
     assert pad.shape == (48, 48) and tuple(squash.shape) == (48, 48)
     black = (0 - GRAY_MEAN[0]) / GRAY_STD[0]
-    content = (_block_mean(pix, 2) - GRAY_MEAN[0]) / GRAY_STD[0]   # longer side 96 -> 48: factor 2
-    if pix.shape[0] > pix.shape[1]:        # tall: 8 black columns each side
+    content = (_block_mean(pix, 2) - GRAY_MEAN[0]) / GRAY_STD[0]  # longer side 96 -> 48: factor 2
+    if pix.shape[0] > pix.shape[1]:  # tall: 8 black columns each side
         np.testing.assert_allclose(pad[:, :8], black, atol=1e-6)
         np.testing.assert_allclose(pad[:, -8:], black, atol=1e-6)
         np.testing.assert_allclose(pad[:, 8:40], content, atol=1e-5)
-    else:                                  # wide: 8 black rows top and bottom
+    else:  # wide: 8 black rows top and bottom
         np.testing.assert_allclose(pad[:8], black, atol=1e-6)
         np.testing.assert_allclose(pad[-8:], black, atol=1e-6)
         np.testing.assert_allclose(pad[8:40], content, atol=1e-5)
-    assert (squash.numpy() > black + 1e-3).all()   # squash stretches content over the whole square
+    assert (squash.numpy() > black + 1e-3).all()  # squash stretches content over the whole square
 
 
 def test_three_channels_replicate_gray_with_imagenet_normalisation(images):
@@ -151,7 +176,7 @@ def test_reader_rows_columns_order_and_dicom_polarity(tmp_path):
     a, meta = reader.get_data(reader.read(str(m2)))
     b, _ = reader.get_data(reader.read(str(m1)))
     assert a.shape == (40, 64) and a.dtype == np.float32 and meta["original_channel_dim"] == "no_channel"
-    np.testing.assert_allclose(a, b, atol=1e-6)             # MONOCHROME1 handled by cxr_cad.io
+    np.testing.assert_allclose(a, b, atol=1e-6)  # MONOCHROME1 handled by cxr_cad.io
     spec = TransformSpec(image_size=32, aspect="pad")
     ya = build_eval_transforms(spec)({"image": str(m2)})["image"]
     yb = build_eval_transforms(spec)({"image": str(m1)})["image"]
@@ -167,8 +192,10 @@ def test_rejected_file_keeps_reason_and_path(tmp_path):
     assert isinstance(rej, RejectedFile) and rej.reason == Reason.NOT_DICOM and rej.path.endswith("notes.txt")
     assert find_rejection(ValueError("x")) is None
     # as re-raised from a DataLoader worker process: traceback text only
-    text = RuntimeError(f"Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback:\n  ...\n"
-                        f"cxr_cad.errors.RejectedFile: {bad}: [NOT_DICOM] no DICM magic\n\nThe above ...")
+    text = RuntimeError(
+        f"Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback:\n  ...\n"
+        f"cxr_cad.errors.RejectedFile: {bad}: [NOT_DICOM] no DICM magic\n\nThe above ..."
+    )
     rej = find_rejection(text)
     assert rej.reason == Reason.NOT_DICOM and rej.path == str(bad) and rej.detail == "no DICM magic"
 
@@ -178,12 +205,14 @@ def test_policy_apply_voi_comes_from_spec(tmp_path):
 
     path = write_dicom(tmp_path / "w.dcm", chest_phantom(64, bits_stored=12), window=(1000.0, 600.0))
     on = build_eval_transforms(TransformSpec(image_size=32, apply_voi=True))({"image": str(path)})["image"]
-    off = build_eval_transforms(TransformSpec(image_size=32, apply_voi=False),
-                                policy=cio.AcceptPolicy(apply_voi=True))({"image": str(path)})["image"]
+    off = build_eval_transforms(TransformSpec(image_size=32, apply_voi=False), policy=cio.AcceptPolicy(apply_voi=True))(
+        {"image": str(path)}
+    )["image"]
     assert not torch.allclose(on, off)
 
 
 # ---------------------------------------------------------------- augmentation
+
 
 def test_augmentation_reproducible_per_seed_and_global_rng_untouched(images):
     spec, aug = TransformSpec(image_size=48), AugmentSpec(brightness=0.1, contrast=0.1)
@@ -200,9 +229,9 @@ def test_augmentation_reproducible_per_seed_and_global_rng_untouched(images):
     torch.manual_seed(123)
     c, d = draws(1), draws(2)
     for x, y, z in zip(a, b, c):
-        assert torch.equal(x, y) and torch.equal(x, z)        # global seeding changes nothing
-    assert not torch.equal(a[0], a[1])                         # successive draws differ
-    assert not any(torch.equal(x, y) for x, y in zip(a, d))    # another seed differs
+        assert torch.equal(x, y) and torch.equal(x, z)  # global seeding changes nothing
+    assert not torch.equal(a[0], a[1])  # successive draws differ
+    assert not any(torch.equal(x, y) for x, y in zip(a, d))  # another seed differs
     assert all(tuple(x.shape) == (1, 48, 48) and x.dtype == torch.float32 for x in a)
     eval_x = build_eval_transforms(spec)(item)["image"]
     assert not torch.equal(a[0], eval_x)
@@ -217,14 +246,16 @@ def test_no_augmentation_equals_eval_and_hflip_off_by_default(images):
     assert "RandAffined" in names and "RandFlipd" not in names
     names = [type(t).__name__ for t in build_train_transforms(spec, AugmentSpec(hflip=True), seed=0).transforms]
     assert "RandFlipd" in names
-    flips = build_train_transforms(spec, AugmentSpec.off().__class__(**{**AugmentSpec.off().to_dict(),
-                                                                        "hflip": True}), seed=0)
+    flips = build_train_transforms(
+        spec, AugmentSpec.off().__class__(**{**AugmentSpec.off().to_dict(), "hflip": True}), seed=0
+    )
     base = build_eval_transforms(spec)(item)["image"]
     outs = [flips(item)["image"] for _ in range(8)]
     assert any(torch.equal(o, base) for o in outs) and any(torch.equal(o, base.flip(-1)) for o in outs)
 
 
 # ---------------------------------------------------------------- datasets and caching
+
 
 @pytest.fixture
 def count_reads(monkeypatch):
@@ -248,7 +279,7 @@ def test_disk_cache_used_on_second_pass(images, tmp_path, count_reads):
     assert len(count_reads) == 3
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert all(torch.equal(a, build_eval_transforms(spec)(it)["image"]) for a, it in zip(first, items))
-    assert len(count_reads) == 6                               # (the direct eval calls above)
+    assert len(count_reads) == 6  # (the direct eval calls above)
     # train datasets share the decoded cache; augmentation is applied after it
     train = make_dataset(items, spec, augment=AugmentSpec(), cache_dir=tmp_path / "cache", seed=3)
     t1 = [x["image"] for x in train]
@@ -289,6 +320,7 @@ def test_dataset_augmentation_reproducible(images, tmp_path):
 
 # ---------------------------------------------------------------- intensity standardisation
 
+
 def test_version1_spec_keeps_the_old_behaviour(images):
     """A spec written before version 2 has no intensity key: no per-image scaling, as then."""
     new = TransformSpec(image_size=64)
@@ -320,18 +352,30 @@ def test_percentile_scaling_matches_monai_and_ignores_affine_changes():
     ours = ScalePercentiles(0.5, 99.5)(x)
     ref = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(x)
     assert torch.allclose(ours, torch.as_tensor(ref).float(), atol=1e-6)
-    for a, b in ((16.0, 8.0), (1 / 255, 0.0), (3.7, -120.0)):   # 12-bit = 16*x+8, JPEG /255, rescale
+    for a, b in ((16.0, 8.0), (1 / 255, 0.0), (3.7, -120.0)):  # 12-bit = 16*x+8, JPEG /255, rescale
         assert torch.allclose(ScalePercentiles(0.5, 99.5)(x * a + b), ours, atol=1e-5)
     assert torch.count_nonzero(ScalePercentiles(1, 99)(torch.full((1, 8, 8), 0.3))) == 0
 
 
 def test_intensity_augmentations_are_seeded_and_in_range():
-    aug = AugmentSpec(contrast=0.3, brightness=0.1, gamma=(0.7, 1.5), blur_sigma=(0.3, 1.0),
-                      lowres_zoom=(0.5, 1.0), noise_std=0.03, intensity_prob=1.0)
+    aug = AugmentSpec(
+        contrast=0.3,
+        brightness=0.1,
+        gamma=(0.7, 1.5),
+        blur_sigma=(0.3, 1.0),
+        lowres_zoom=(0.5, 1.0),
+        noise_std=0.03,
+        intensity_prob=1.0,
+    )
     spec = TransformSpec(image_size=32)
     names = [type(t).__name__ for t in build_post_transforms(spec, aug)]
-    for name in ("RandAdjustContrastd", "RandGaussianSmoothd", "RandSimulateLowResolutiond",
-                 "RandGaussianNoised", "ScalePercentilesd"):
+    for name in (
+        "RandAdjustContrastd",
+        "RandGaussianSmoothd",
+        "RandSimulateLowResolutiond",
+        "RandGaussianNoised",
+        "ScalePercentilesd",
+    ):
         assert name in names
     x = torch.rand(1, 32, 32)
     outs = []

@@ -1,4 +1,5 @@
 """The shipped workflows end to end on tiny synthetic cohorts (slow: several short trainings)."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,20 @@ from tests.synth import write_png_cohort
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
-TINY = ["model.init=none", "model.image_size=32", "train.epochs=1", "train.batch_size=8",
-        "train.runtime.workers=0", "train.runtime.device=cpu", "evaluate.workers=0", "evaluate.device=cpu",
-        "report.bootstrap=100", "report.pdf=false", "ingest.workers=1", r"data.patient_id_pattern=^(P\d+)-"]
+TINY = [
+    "model.init=none",
+    "model.image_size=32",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "train.runtime.workers=0",
+    "train.runtime.device=cpu",
+    "evaluate.workers=0",
+    "evaluate.device=cpu",
+    "report.bootstrap=100",
+    "report.pdf=false",
+    "ingest.workers=1",
+    r"data.patient_id_pattern=^(P\d+)-",
+]
 
 
 def _sets(*items):
@@ -29,8 +41,14 @@ def test_study_then_batch_evaluate_then_retrain(tmp_path, capsys):
     write_png_cohort(train, n_patients=12, size=48, seed=1)
     write_png_cohort(test, n_patients=10, size=48, seed=2)
     study = tmp_path / "study"
-    argv = ["-q", "run", str(WORKFLOWS / "chandola2021_pneumonia.yaml"), "--out", str(study),
-            *_sets(f"data.train={train}", f"data.test={test}", "crossval.folds=2")]
+    argv = [
+        "-q",
+        "run",
+        str(WORKFLOWS / "chandola2021_pneumonia.yaml"),
+        "--out",
+        str(study),
+        *_sets(f"data.train={train}", f"data.test={test}", "crossval.folds=2"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "test-cohort report" in out and "cross-validation report" in out
@@ -49,15 +67,37 @@ def test_study_then_batch_evaluate_then_retrain(tmp_path, capsys):
 
     bundle = study / "train" / "model.pt"
     batch = tmp_path / "batch"
-    assert main(["-q", "run", str(WORKFLOWS / "batch_evaluate.yaml"), "--out", str(batch),
-                 *_sets(f"data.test={test}", f"model.bundle={bundle}")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                str(WORKFLOWS / "batch_evaluate.yaml"),
+                "--out",
+                str(batch),
+                *_sets(f"data.test={test}", f"model.bundle={bundle}"),
+            ]
+        )
+        == 0
+    )
     m = json.loads((batch / "report" / "test" / "metrics.json").read_text())
     assert m["cohort"]["n_images_evaluated"] == 20
     assert m["auc"]["delong"]["auc"] == pytest.approx(test_metrics["auc"]["delong"]["auc"])
 
     retrain = tmp_path / "retrain"
-    assert main(["-q", "run", str(WORKFLOWS / "retrain_new_cohort.yaml"), "--out", str(retrain),
-                 *_sets(f"data.train={test}", f"model.bundle={bundle}")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                str(WORKFLOWS / "retrain_new_cohort.yaml"),
+                "--out",
+                str(retrain),
+                *_sets(f"data.train={test}", f"model.bundle={bundle}"),
+            ]
+        )
+        == 0
+    )
     m = json.loads((retrain / "report" / "test" / "metrics.json").read_text())
     cmp_ = m["comparison"]
     assert cmp_["n"] == m["cohort"]["n_images_evaluated"] > 0

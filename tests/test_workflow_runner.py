@@ -1,4 +1,5 @@
 """The step runner: records, skip when unchanged, rerun when changed, resume when interrupted."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def _steps(calls, src, *, factor=2, fail_in_double=False):
         (ctx.step_dir / "out.txt").write_text(str(v * ctx.config["factor"]))
         return {"out": "out.txt"}
 
-    return [Step("read", read, config={}, inputs={"src": src}, output_files=["value"]),
-            Step("double", double, config={"factor": factor}, depends=["read"], output_files=["out"])]
+    return [
+        Step("read", read, config={}, inputs={"src": src}, output_files=["value"]),
+        Step("double", double, config={"factor": factor}, depends=["read"], output_files=["out"]),
+    ]
 
 
 def test_runs_then_skips_when_nothing_changed(tmp_path):
@@ -78,7 +81,7 @@ def test_unchanged_upstream_output_keeps_downstream_skipped(tmp_path):
     src.write_text("5")
     run_steps(_steps(Calls(), src), tmp_path / "run")
     src.write_text("5\n")  # new bytes ...
-    src.write_text("5")    # ... and back: same content hash
+    src.write_text("5")  # ... and back: same content hash
     out = run_steps(_steps(Calls(), src), tmp_path / "run")
     assert [o.status for o in out] == ["skipped", "skipped"]
 

@@ -1,4 +1,5 @@
 """Workflow files: shipped files validate, invalid ones are rejected with every problem listed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,15 +29,21 @@ def folders(tmp_path):
 
 def test_shipped_workflows_validate(folders):
     train, test, bundle, labels = folders
-    wf = load_workflow(WORKFLOWS / "chandola2021_pneumonia.yaml",
-                       [f"data.train={train}", f"data.test={test}", "model.init=none"], environ={})
+    wf = load_workflow(
+        WORKFLOWS / "chandola2021_pneumonia.yaml",
+        [f"data.train={train}", f"data.test={test}", "model.init=none"],
+        environ={},
+    )
     assert wf["model"]["image_size"] == 224 and wf["crossval"]["folds"] == 5
     assert wf["train"]["optim"]["name"] == "sgd"
     assert planned_steps(wf) == (["ingest", "crossval", "train", "evaluate", "report"], [])
     wf = load_workflow(WORKFLOWS / "batch_evaluate.yaml", [f"data.test={test}", f"model.bundle={bundle}"], environ={})
     assert wf["steps"] == ["ingest", "evaluate", "report"] and wf["data"]["test_labels"] == "folders"
-    wf = load_workflow(WORKFLOWS / "retrain_new_cohort.yaml",
-                       [f"data.train={train}", f"data.train_labels={labels}"], environ={"CXR_CAD_MODEL": str(bundle)})
+    wf = load_workflow(
+        WORKFLOWS / "retrain_new_cohort.yaml",
+        [f"data.train={train}", f"data.train_labels={labels}"],
+        environ={"CXR_CAD_MODEL": str(bundle)},
+    )
     assert wf["model"]["bundle"] == str(bundle) and wf["data"]["train_labels"] == str(labels)
 
 
@@ -55,23 +62,43 @@ def test_env_paths(folders):
 
 
 def test_every_problem_listed(tmp_path):
-    doc = {"stepz": [], "steps": ["ingest", "train", "fly"], "data": {"train": str(tmp_path / "missing"),
-           "classes": "NORMAL", "colour": 1}, "model": {"image_size": "big", "init": str(tmp_path / "w.pth")},
-           "train": {"epochs": 0, "optim": {"lr": "fast"}, "bogus": 1}, "report": {"pdf": "yes"}}
+    doc = {
+        "stepz": [],
+        "steps": ["ingest", "train", "fly"],
+        "data": {"train": str(tmp_path / "missing"), "classes": "NORMAL", "colour": 1},
+        "model": {"image_size": "big", "init": str(tmp_path / "w.pth")},
+        "train": {"epochs": 0, "optim": {"lr": "fast"}, "bogus": 1},
+        "report": {"pdf": "yes"},
+    }
     with pytest.raises(ConfigError) as exc:
         validate_workflow(doc, source="wf.yaml")
     text = "\n".join(exc.value.problems)
-    for needle in ("unknown key 'stepz'", "unknown key data.colour", "data.train:", "does not exist",
-                   "model.image_size must be a whole number", "model.init: weights file", "report.pdf must be true or false",
-                   "unknown step(s) ['fly']", "train.epochs must be", "train.optim.lr must be", "'bogus'"):
+    for needle in (
+        "unknown key 'stepz'",
+        "unknown key data.colour",
+        "data.train:",
+        "does not exist",
+        "model.image_size must be a whole number",
+        "model.init: weights file",
+        "report.pdf must be true or false",
+        "unknown step(s) ['fly']",
+        "train.epochs must be",
+        "train.optim.lr must be",
+        "'bogus'",
+    ):
         assert needle in text, (needle, text)
     assert str(exc.value).startswith("wf.yaml: ")
 
 
 def test_train_data_classes_must_live_in_data(folders):
     with pytest.raises(ConfigError, match="top-level data section"):
-        validate_workflow({"steps": ["ingest", "train"], "data": {"train": str(folders[0])},
-                           "train": {"data": {"classes": ["A", "B"]}}})
+        validate_workflow(
+            {
+                "steps": ["ingest", "train"],
+                "data": {"train": str(folders[0])},
+                "train": {"data": {"classes": ["A", "B"]}},
+            }
+        )
 
 
 def test_positive_class_checked(folders):
@@ -80,10 +107,23 @@ def test_positive_class_checked(folders):
 
 
 def test_parse_set_yaml_types():
-    assert parse_set(["train.epochs=3", "data.train=/x", "report.pdf=false", "data.classes=[A, B]",
-                      "data.test=null", "train.optim.lr=1e-3"]) == [
-        ("train.epochs", 3), ("data.train", "/x"), ("report.pdf", False), ("data.classes", ["A", "B"]),
-        ("data.test", None), ("train.optim.lr", 1e-3)]
+    assert parse_set(
+        [
+            "train.epochs=3",
+            "data.train=/x",
+            "report.pdf=false",
+            "data.classes=[A, B]",
+            "data.test=null",
+            "train.optim.lr=1e-3",
+        ]
+    ) == [
+        ("train.epochs", 3),
+        ("data.train", "/x"),
+        ("report.pdf", False),
+        ("data.classes", ["A", "B"]),
+        ("data.test", None),
+        ("train.optim.lr", 1e-3),
+    ]
     with pytest.raises(ConfigError) as exc:
         parse_set(["novalue", "=3", "a..b=1"])
     assert len(exc.value.problems) == 3
@@ -97,8 +137,12 @@ def test_apply_sets_nested_copy():
 
 def test_expand_env():
     env = {"A": "/a"}
-    assert expand_env({"x": "${A}/b", "y": "${B}", "z": "${B:-d}", "w": ["${A}"]}, env) == \
-        {"x": "/a/b", "y": None, "z": "d", "w": ["/a"]}
+    assert expand_env({"x": "${A}/b", "y": "${B}", "z": "${B:-d}", "w": ["${A}"]}, env) == {
+        "x": "/a/b",
+        "y": None,
+        "z": "d",
+        "w": ["/a"],
+    }
 
 
 def test_cli_invalid_workflow_exit_2_and_nothing_runs(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Ingest and split steps of the workflow on small synthetic cohorts (no training)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,14 @@ from cxr_cad.workflow.schema import validate_workflow
 
 def _wf(**data):
     steps = data.pop("steps", ["ingest", "split"])
-    return validate_workflow({"steps": steps, "data": {"patient_id_pattern": r"^(P\d+)-", **data},
-                              "ingest": {"workers": 1}, "split": {"test_fraction": 0.25}})
+    return validate_workflow(
+        {
+            "steps": steps,
+            "data": {"patient_id_pattern": r"^(P\d+)-", **data},
+            "ingest": {"workers": 1},
+            "split": {"test_fraction": 0.25},
+        }
+    )
 
 
 def test_folder_ingest_then_patient_split(png_cohort, tmp_path):
@@ -23,9 +30,9 @@ def test_folder_ingest_then_patient_split(png_cohort, tmp_path):
     assert [o.status for o in result.outcomes] == ["ran", "ran"]
     man = pd.read_csv(tmp_path / "run" / "ingest" / "train" / "manifest.csv", dtype=str)
     assert len(man) == len(truth) and set(man["patient_id"]) == set(truth["patient_id"])
-    assert (man["label"] == man["path"].str.split("/").str[-2]).all()      # label = class folder
+    assert (man["label"] == man["path"].str.split("/").str[-2]).all()  # label = class folder
     rejected = pd.read_csv(tmp_path / "run" / "ingest" / "train" / "rejected.csv", dtype=str)
-    assert rejected["reason"].tolist() == ["NOT_DICOM"]                    # the cohort's manifest.csv
+    assert rejected["reason"].tolist() == ["NOT_DICOM"]  # the cohort's manifest.csv
     train = pd.read_csv(tmp_path / "run" / "split" / "train.csv", dtype=str)
     test = pd.read_csv(tmp_path / "run" / "split" / "test.csv", dtype=str)
     assert len(train) + len(test) == len(truth) and not set(train["patient_id"]) & set(test["patient_id"])
@@ -44,7 +51,7 @@ def test_manifest_input_keeps_its_labels(png_cohort, tmp_path):
 
     man = truth.copy()
     man["path"] = [str(root / p) for p in man["path"]]
-    man["label"] = "NORMAL"                       # labels that differ from the folder names
+    man["label"] = "NORMAL"  # labels that differ from the folder names
     write_manifest(man, tmp_path / "m.csv")
     run_workflow(_wf(train=str(tmp_path / "m.csv"), steps=["ingest"]), tmp_path / "run")
     out = pd.read_csv(tmp_path / "run" / "ingest" / "train" / "manifest.csv", dtype=str)
@@ -56,8 +63,9 @@ def test_labels_csv_by_patient_and_unlabelled_images_listed(png_cohort, tmp_path
     pats = truth.drop_duplicates("patient_id")
     labels = pats.iloc[:-1][["patient_id", "label"]]  # the last patient has no label
     labels.to_csv(tmp_path / "labels.csv", index=False)
-    result = run_workflow(_wf(train=str(root), train_labels=str(tmp_path / "labels.csv"), steps=["ingest"]),
-                          tmp_path / "run")
+    result = run_workflow(
+        _wf(train=str(root), train_labels=str(tmp_path / "labels.csv"), steps=["ingest"]), tmp_path / "run"
+    )
     counts = result.outcomes[0].outputs["cohorts"]["train"]
     n_last = (truth["patient_id"] == pats["patient_id"].iloc[-1]).sum()
     assert counts["unlabelled"] == n_last and counts["images"] == len(truth) - n_last
@@ -69,5 +77,6 @@ def test_no_labels_at_all_is_an_error_naming_the_fix(png_cohort, tmp_path):
     root, _ = png_cohort
     (tmp_path / "labels.csv").write_text("patient_id,label\nNOBODY,NORMAL\n")
     with pytest.raises(ManifestError, match="data.train_labels"):
-        run_workflow(_wf(train=str(root), train_labels=str(tmp_path / "labels.csv"), steps=["ingest"]),
-                     tmp_path / "run")
+        run_workflow(
+            _wf(train=str(root), train_labels=str(tmp_path / "labels.csv"), steps=["ingest"]), tmp_path / "run"
+        )

@@ -8,6 +8,7 @@ and returns an exit code (0 on success).
 Exit codes: 0 success, 2 usage/config errors (:class:`~cxr_cad.errors.UsageError`),
 1 any other failure (one-line reason on stderr), 130 on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    for subparser in sub.choices.values():   # -q/-v also after the command name: `cxr-cad ingest ... -q`
+    for subparser in sub.choices.values():  # -q/-v also after the command name: `cxr-cad ingest ... -q`
         _add_verbosity(subparser, argparse.SUPPRESS, argparse.SUPPRESS)
     return parser
 
@@ -56,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_verbosity(parser: argparse.ArgumentParser, verbose_default, quiet_default) -> None:
     """``-v``/``-q`` on ``parser``; on subcommands with SUPPRESS defaults, so an option given
     before the command name is not reset by the subparser."""
-    parser.add_argument("-v", "--verbose", action="count", default=verbose_default,
-                        help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", default=quiet_default,
-                        help="only warnings and errors; no progress bars")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=verbose_default, help="more log output (-vv for debug)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=quiet_default, help="only warnings and errors; no progress bars"
+    )
 
 
 #: errno values that mean "the output cannot be written here" rather than a bug.
@@ -72,8 +75,10 @@ def _os_error_line(exc: OSError) -> str:
     folder = os.path.dirname(os.path.abspath(where)) if where else ""
     what = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left to write in {folder or 'the output folder'} ({what}); free space there " \
-               "or choose another folder, then run the command again (finished work is kept)"
+        return (
+            f"no space left to write in {folder or 'the output folder'} ({what}); free space there "
+            "or choose another folder, then run the command again (finished work is kept)"
+        )
     return f"cannot write or read {where or 'a file'} in {folder or '?'}: {what}"
 
 

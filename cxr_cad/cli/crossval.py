@@ -1,4 +1,5 @@
 """``cxr-cad crossval``: patient-grouped K-fold cross-validation of the training recipe."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,12 +11,25 @@ from cxr_cad.errors import UsageError
 
 #: option dest -> dotted config key (None = option not given).
 _OVERRIDES = {
-    "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "image_size": "model.image_size",
-    "lr": "optim.lr", "patience": "early_stopping.patience", "threshold": "threshold.method",
-    "target_sensitivity": "threshold.target_sensitivity", "classes": "data.classes",
-    "positive_class": "data.positive_class", "val_fraction": "data.val_fraction", "group_col": "data.group_col",
-    "cache_dir": "data.cache_dir", "device": "runtime.device", "precision": "runtime.precision",
-    "workers": "runtime.workers", "init": "model.init", "tta": "model.tta", "optimizer": "optim.name",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "image_size": "model.image_size",
+    "lr": "optim.lr",
+    "patience": "early_stopping.patience",
+    "threshold": "threshold.method",
+    "target_sensitivity": "threshold.target_sensitivity",
+    "classes": "data.classes",
+    "positive_class": "data.positive_class",
+    "val_fraction": "data.val_fraction",
+    "group_col": "data.group_col",
+    "cache_dir": "data.cache_dir",
+    "device": "runtime.device",
+    "precision": "runtime.precision",
+    "workers": "runtime.workers",
+    "init": "model.init",
+    "tta": "model.tta",
+    "optimizer": "optim.name",
 }
 
 DESCRIPTION = """\
@@ -34,40 +48,70 @@ band, the study's table at each fold's own threshold and at the pooled Youden th
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("crossval", help="patient-grouped K-fold cross-validation",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "crossval",
+        help="patient-grouped K-fold cross-validation",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--manifest", required=True, help="labelled manifest CSV (from `cxr-cad ingest`)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds, >= 2 (default 5)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML training config (docs/train.md); options below override it")
-    p.add_argument("--init", help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
-                   "or a bundle to fine-tune (default: the config's, imagenet)")
-    p.add_argument("--final", nargs="?", const="retrain", choices=["retrain", "ensemble"], default=None,
-                   help="also write final/model.pt: 'retrain' (the default when given without a value) trains "
-                   "one model on all images; 'ensemble' stores the K fold models as one bundle that averages "
-                   "their probabilities (no further training)")
-    p.add_argument("--no-report", action="store_true",
-                   help="skip the cross-validation report (RUN_DIR/report/: report.html, report.pdf, metrics.json)")
+    p.add_argument(
+        "--init",
+        help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
+        "or a bundle to fine-tune (default: the config's, imagenet)",
+    )
+    p.add_argument(
+        "--final",
+        nargs="?",
+        const="retrain",
+        choices=["retrain", "ensemble"],
+        default=None,
+        help="also write final/model.pt: 'retrain' (the default when given without a value) trains "
+        "one model on all images; 'ensemble' stores the K fold models as one bundle that averages "
+        "their probabilities (no further training)",
+    )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the cross-validation report (RUN_DIR/report/: report.html, report.pdf, metrics.json)",
+    )
     p.add_argument("--no-pdf", action="store_true", help="write the report without report.pdf")
-    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                   help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)",
+    )
     g = p.add_argument_group("training overrides (default: the config file, else the study defaults)")
     g.add_argument("--epochs", type=int, help="maximum epochs per fold")
-    g.add_argument("--tta", choices=["none", "hflip"], help="test-time augmentation stored in every bundle "
-                   "(hflip: average with the horizontally flipped image)")
+    g.add_argument(
+        "--tta",
+        choices=["none", "hflip"],
+        help="test-time augmentation stored in every bundle (hflip: average with the horizontally flipped image)",
+    )
     g.add_argument("--batch-size", type=int)
     g.add_argument("--image-size", type=int, help="model input side in pixels")
     g.add_argument("--lr", type=float, help="learning rate")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: sgd; with --init none adamw)")
     g.add_argument("--patience", type=int, help="early stopping patience in epochs; 0 = off")
     g.add_argument("--seed", type=int, help="seed of the folds, splits, initialisation and augmentation")
-    g.add_argument("--val-fraction", type=float, help="share of each fold's training images used for inner "
-                   "validation (default 0.2)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of each fold's training images used for inner validation (default 0.2)",
+    )
     g.add_argument("--group-col", help="manifest column grouping images of one patient (default patient_id)")
     g.add_argument("--classes", help="comma-separated class names in model output order")
     g.add_argument("--positive-class", help="the class whose probability is scored")
-    g.add_argument("--threshold", choices=["youden", "sensitivity", "fixed"], help="how each fold's threshold "
-                   "is chosen on its inner validation split")
+    g.add_argument(
+        "--threshold",
+        choices=["youden", "sensitivity", "fixed"],
+        help="how each fold's threshold is chosen on its inner validation split",
+    )
     g.add_argument("--target-sensitivity", type=float, help="with --threshold sensitivity")
     g.add_argument("--cache-dir", help="decoded-image cache (default RUN_DIR/cache)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -102,23 +146,31 @@ def run(args: argparse.Namespace) -> int:
     from cxr_cad.tracking import log_crossval_run, track_run
 
     with track_run(args.track, "crossval", {**cfg.to_dict(), "folds": args.folds}) as tracker:  # docs/export.md
-        res = run_crossval(df, args.out, cfg, n_folds=args.folds, init=args.init, final=args.final or False,
-                           n_bootstrap=args.bootstrap)
+        res = run_crossval(
+            df, args.out, cfg, n_folds=args.folds, init=args.init, final=args.final or False, n_bootstrap=args.bootstrap
+        )
         log_crossval_run(tracker, res, manifest_hash(df))
     m = res.metrics
     for f in m["per_fold"]:
         sens, spec = f["metrics"]["sensitivity"]["value"], f["metrics"]["specificity"]["value"]
-        print(f"fold {f['fold']}: {f['status']}; AUC {f['auc']['auc']:.4f}, sensitivity {sens:.3f}, "
-              f"specificity {spec:.3f} at threshold {f['threshold']:.4f}; best epoch {f['best_epoch']}")
+        print(
+            f"fold {f['fold']}: {f['status']}; AUC {f['auc']['auc']:.4f}, sensitivity {sens:.3f}, "
+            f"specificity {spec:.3f} at threshold {f['threshold']:.4f}; best epoch {f['best_epoch']}"
+        )
     auc = m["across_folds"]["auc"]
     print(f"AUC across folds: {auc['mean']:.4f} +/- {auc['sd']:.4f} (mean +/- SD)")
-    print(f"pooled out-of-fold AUC: {_fmt(m['pooled']['auc_delong'])} DeLong"
-          + (f"; {_fmt(m['pooled']['auc_bootstrap'])} bootstrap" if m["pooled"]["auc_bootstrap"] else ""))
+    print(
+        f"pooled out-of-fold AUC: {_fmt(m['pooled']['auc_delong'])} DeLong"
+        + (f"; {_fmt(m['pooled']['auc_bootstrap'])} bootstrap" if m["pooled"]["auc_bootstrap"] else "")
+    )
     print(f"out-of-fold predictions: {res.out_dir / 'oof_predictions.csv'}")
     print(f"metrics: {res.out_dir / 'cv_metrics.json'}")
     if res.final_bundle is not None:
-        what = (f"ensemble of {m['final']['members']} fold networks" if m["final"].get("kind") == "ensemble"
-                else f"{m['final']['epochs']} epochs")
+        what = (
+            f"ensemble of {m['final']['members']} fold networks"
+            if m["final"].get("kind") == "ensemble"
+            else f"{m['final']['epochs']} epochs"
+        )
         print(f"final bundle: {res.final_bundle} ({what}, threshold {m['final']['threshold']:.4f})")
     if not args.no_report:
         report = _write_cv_report(res, df, cfg, args)
@@ -140,10 +192,19 @@ def _write_cv_report(res, df, cfg, args):
     for col in df.columns:
         if col not in oof.columns:
             oof[col] = oof["sop_instance_uid"].map(by_uid[col])
-    cohort = {"name": f"cross-validation of {Path(args.manifest).name} ({args.folds} folds, out-of-fold "
-                      "predictions)", "manifest_hash": manifest_hash(df)}
-    return write_report(oof, Path(args.out) / "report", positive_class=cfg.data.positive_class, threshold=None,
-                        cohort_info=cohort, cv=res.metrics,
-                        gradcam_note="Grad-CAM needs one model; cross-validation has one per fold. "
-                                     "Run `cxr-cad evaluate` with a bundle for the gallery.",
-                        options=ReportOptions(n_bootstrap=max(args.bootstrap, 100)), pdf=not args.no_pdf)
+    cohort = {
+        "name": f"cross-validation of {Path(args.manifest).name} ({args.folds} folds, out-of-fold predictions)",
+        "manifest_hash": manifest_hash(df),
+    }
+    return write_report(
+        oof,
+        Path(args.out) / "report",
+        positive_class=cfg.data.positive_class,
+        threshold=None,
+        cohort_info=cohort,
+        cv=res.metrics,
+        gradcam_note="Grad-CAM needs one model; cross-validation has one per fold. "
+        "Run `cxr-cad evaluate` with a bundle for the gallery.",
+        options=ReportOptions(n_bootstrap=max(args.bootstrap, 100)),
+        pdf=not args.no_pdf,
+    )

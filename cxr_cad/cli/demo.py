@@ -1,4 +1,5 @@
 """``cxr-cad demo``: the whole pipeline on the bundled sample radiographs, offline, in minutes."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,17 @@ Rerunning the same command skips the finished steps."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the whole pipeline on bundled sample radiographs (offline)",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on bundled sample radiographs (offline)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
-    p.add_argument("--fast", action="store_true",
-                   help="a seconds-long smoke run: 24 images, 64 px, 1 epoch (numbers meaningless)")
+    p.add_argument(
+        "--fast", action="store_true", help="a seconds-long smoke run: 24 images, 64 px, 1 epoch (numbers meaningless)"
+    )
     p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: 12; --fast: 1)")
     p.add_argument("--image-size", type=int, metavar="PX", help="model input size (default: 128; --fast: 64)")
     p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
@@ -49,8 +55,9 @@ def run_command(args) -> int:
         settings = replace(settings, epochs=args.epochs)
     if args.image_size is not None:
         if not 32 <= args.image_size <= 256:
-            raise UsageError(f"--image-size must be in [32, 256] px (the sample images are 256 px), "
-                             f"not {args.image_size}")
+            raise UsageError(
+                f"--image-size must be in [32, 256] px (the sample images are 256 px), not {args.image_size}"
+            )
         settings = replace(settings, image_size=args.image_size)
     if args.no_pdf:
         settings = replace(settings, pdf=False)

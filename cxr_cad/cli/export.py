@@ -1,4 +1,5 @@
 """``cxr-cad export``: a model bundle as a MONAI bundle, ONNX, OpenVINO IR or TorchScript."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,17 +28,29 @@ def register(subparsers) -> None:
     from cxr_cad.export.api import FORMATS
     from cxr_cad.export.quantize import CALIBRATION_METHODS, MAX_AUC_DROP
 
-    p = subparsers.add_parser("export", help="export a model bundle (MONAI bundle, ONNX, OpenVINO, TorchScript)",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="export a model bundle (MONAI bundle, ONNX, OpenVINO, TorchScript)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt) from cxr-cad train")
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     p.add_argument("--int8", action="store_true", help="also write a post-training int8 model (onnx, openvino)")
     p.add_argument("--calibration", metavar="MANIFEST", help="labelled manifest for int8 calibration and its check")
-    p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
-                   help="how activation ranges are calibrated (default minmax)")
-    p.add_argument("--max-auc-drop", type=float, default=MAX_AUC_DROP,
-                   help=f"largest AUC loss of the int8 model on held-out patients (default {MAX_AUC_DROP})")
+    p.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default="minmax",
+        help="how activation ranges are calibrated (default minmax)",
+    )
+    p.add_argument(
+        "--max-auc-drop",
+        type=float,
+        default=MAX_AUC_DROP,
+        help=f"largest AUC loss of the int8 model on held-out patients (default {MAX_AUC_DROP})",
+    )
     p.add_argument("--force", action="store_true", help="write the int8 model even if it loses more AUC")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.set_defaults(func=run)
@@ -46,19 +59,31 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxr_cad.export import export_model
 
-    result = export_model(args.model, args.fmt, args.out, int8=args.int8, calibration=args.calibration,
-                          calibration_method=args.calibration_method, force=args.force, overwrite=args.overwrite,
-                          max_auc_drop=args.max_auc_drop)
+    result = export_model(
+        args.model,
+        args.fmt,
+        args.out,
+        int8=args.int8,
+        calibration=args.calibration,
+        calibration_method=args.calibration_method,
+        force=args.force,
+        overwrite=args.overwrite,
+        max_auc_drop=args.max_auc_drop,
+    )
     par = result.parity
-    print(f"cxr-cad export: {args.fmt} -> {result.out} ({', '.join(result.files.values())}); parity with torch "
-          f"fp32 on {par['n_images']} {par['inputs']} image(s): max probability difference "
-          f"{par['max_abs_prob_diff']:.2g}")
+    print(
+        f"cxr-cad export: {args.fmt} -> {result.out} ({', '.join(result.files.values())}); parity with torch "
+        f"fp32 on {par['n_images']} {par['inputs']} image(s): max probability difference "
+        f"{par['max_abs_prob_diff']:.2g}"
+    )
     if result.int8:
         from cxr_cad.export.quantize import Int8Report
 
         rep = Int8Report(**result.int8)
         print(f"cxr-cad export: {rep.line()}{' (forced)' if rep.forced else ''}")
     if result.rejected:
-        print(f"cxr-cad export: {len(result.rejected)} calibration file(s) could not be read and were skipped: "
-              + ", ".join(f"{p} ({r})" for p, r in result.rejected[:5]))
+        print(
+            f"cxr-cad export: {len(result.rejected)} calibration file(s) could not be read and were skipped: "
+            + ", ".join(f"{p} ({r})" for p, r in result.rejected[:5])
+        )
     return 0

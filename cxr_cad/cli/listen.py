@@ -1,4 +1,5 @@
 """``cxr-cad listen``: a DICOM node (C-STORE SCP) that scores each radiograph as it arrives."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,18 +39,28 @@ def _port(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("listen", help="DICOM node (C-STORE SCP) that scores radiographs on arrival",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "listen",
+        help="DICOM node (C-STORE SCP) that scores radiographs on arrival",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt)")
     p.add_argument("--out", required=True, metavar="DIR", help="journal, received instances, CSVs, DICOM results")
     p.add_argument("--aet", default="CXRCAD", help="this node's AE title (default CXRCAD)")
     p.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
     p.add_argument("--bind", default="0.0.0.0", metavar="ADDR", help="address to listen on (default all)")
     dest = p.add_mutually_exclusive_group()
-    dest.add_argument("--stow", default=None, metavar="URL", help="send each SR with STOW-RS to this DICOMweb archive "
-                      "(credentials from CXR_CAD_DICOMWEB_USER/_PASSWORD, _TOKEN or ~/.netrc)")
-    dest.add_argument("--forward", type=_forward, default=None, metavar="AET@HOST:PORT",
-                      help="send each SR with C-STORE to this node")
+    dest.add_argument(
+        "--stow",
+        default=None,
+        metavar="URL",
+        help="send each SR with STOW-RS to this DICOMweb archive "
+        "(credentials from CXR_CAD_DICOMWEB_USER/_PASSWORD, _TOKEN or ~/.netrc)",
+    )
+    dest.add_argument(
+        "--forward", type=_forward, default=None, metavar="AET@HOST:PORT", help="send each SR with C-STORE to this node"
+    )
     p.add_argument("--secondary-capture", action="store_true", help="also a Grad-CAM Secondary Capture per image")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--allow-lateral", action="store_true", help="score lateral views too")
@@ -62,11 +73,19 @@ def run(args: argparse.Namespace) -> int:
     from cxr_cad.io import AcceptPolicy
     from cxr_cad.pacs.scp import Listener, ListenOptions
 
-    options = ListenOptions(model=Path(args.model), out_dir=Path(args.out), aet=args.aet, host=args.bind,
-                            port=args.port, stow_url=args.stow, forward=args.forward,
-                            secondary_capture=args.secondary_capture)
-    predict_options = PredictOptions(workers=0, device=args.device,
-                                     policy=AcceptPolicy(reject_lateral=not args.allow_lateral))
+    options = ListenOptions(
+        model=Path(args.model),
+        out_dir=Path(args.out),
+        aet=args.aet,
+        host=args.bind,
+        port=args.port,
+        stow_url=args.stow,
+        forward=args.forward,
+        secondary_capture=args.secondary_capture,
+    )
+    predict_options = PredictOptions(
+        workers=0, device=args.device, policy=AcceptPolicy(reject_lateral=not args.allow_lateral)
+    )
     listener = Listener(options, predict_options)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -74,10 +93,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             listener.start()
         except OSError as exc:
-            raise CxrCadError(f"cannot listen on {args.bind}:{args.port} ({exc.strerror or exc}); "
-                              "choose another --port") from exc
-        print(f"cxr-cad listen: {args.aet} on {args.bind}:{args.port}, results in {listener.out} "
-              "(SIGTERM or Ctrl-C to stop)", flush=True)
+            raise CxrCadError(
+                f"cannot listen on {args.bind}:{args.port} ({exc.strerror or exc}); choose another --port"
+            ) from exc
+        print(
+            f"cxr-cad listen: {args.aet} on {args.bind}:{args.port}, results in {listener.out} "
+            "(SIGTERM or Ctrl-C to stop)",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
     finally:
@@ -85,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     n = sum(1 for r in listener.journal.records.values() if r["kind"] == "prediction")
-    print(f"cxr-cad listen: stopped; {len(listener.journal.records)} instance(s) journaled, {n} scored; "
-          f"{listener.writer.summary_line()}")
+    print(
+        f"cxr-cad listen: stopped; {len(listener.journal.records)} instance(s) journaled, {n} scored; "
+        f"{listener.writer.summary_line()}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """``cxr-cad predict``: score DICOM/PNG/JPEG folders or manifests with a model bundle."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,31 +46,65 @@ def _non_negative_int(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="score DICOM/PNG/JPEG folders or manifests with a model bundle",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folder (recursive), manifest .csv, or image file")
+    p = subparsers.add_parser(
+        "predict",
+        help="score DICOM/PNG/JPEG folders or manifests with a model bundle",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder (recursive), manifest .csv, or image file")
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt) from cxr-cad train")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; resumed if it holds "
-                   "an interrupted run of the same command)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created; resumed if it holds an interrupted run of the same command)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
-                   help="decode processes (default: one per CPU core, at most 8; 0 = decode in the main process)")
+    p.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        help="decode processes (default: one per CPU core, at most 8; 0 = decode in the main process)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast + channels-last on CPUs with native bf16 and on CUDA, else fp32")
-    p.add_argument("--threshold", type=_threshold, default=None,
-                   help="decision threshold on the positive-class probability (default: the bundle's)")
-    p.add_argument("--modalities", type=_modalities, default=("CR", "DX", "DR"), metavar="LIST",
-                   help="accepted (0008,0060) Modality values, comma separated, or 'any' (default CR,DX,DR)")
-    p.add_argument("--allow-lateral", action="store_true",
-                   help="score lateral views too (default: reject them as LATERAL_VIEW)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast + channels-last on CPUs with native bf16 and on CUDA, else fp32",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="decision threshold on the positive-class probability (default: the bundle's)",
+    )
+    p.add_argument(
+        "--modalities",
+        type=_modalities,
+        default=("CR", "DX", "DR"),
+        metavar="LIST",
+        help="accepted (0008,0060) Modality values, comma separated, or 'any' (default CR,DX,DR)",
+    )
+    p.add_argument(
+        "--allow-lateral", action="store_true", help="score lateral views too (default: reject them as LATERAL_VIEW)"
+    )
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out instead of resuming")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (only pays off on large runs)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino", "torchscript"), default="torch",
-                   help="torch (default; --model is a bundle) or a runtime for a model written by `cxr-cad export` "
-                   "(--model is the export folder or its model file; needs the 'export' extra)")
-    from cxr_cad.pacs.cliopts import SOURCE_HELP, add_output_options, add_query_option  # DICOMweb / DICOM SR (docs/pacs.md)
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "openvino", "torchscript"),
+        default="torch",
+        help="torch (default; --model is a bundle) or a runtime for a model written by `cxr-cad export` "
+        "(--model is the export folder or its model file; needs the 'export' extra)",
+    )
+    from cxr_cad.pacs.cliopts import (  # DICOMweb / DICOM SR (docs/pacs.md)
+        SOURCE_HELP,
+        add_output_options,
+        add_query_option,
+    )
+
     p.epilog = f"SOURCE: {SOURCE_HELP}."
     add_query_option(p)
     add_output_options(p)
@@ -81,10 +116,19 @@ def run(args: argparse.Namespace) -> int:
     from cxr_cad.io import AcceptPolicy
 
     policy = AcceptPolicy(modalities=args.modalities, reject_lateral=not args.allow_lateral)
-    options = PredictOptions(batch_size=args.batch_size, workers=args.workers, device=args.device,
-                             precision=args.precision, threshold=args.threshold, policy=policy,
-                             overwrite=args.overwrite, compile=args.compile, backend=args.backend)
+    options = PredictOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        threshold=args.threshold,
+        policy=policy,
+        overwrite=args.overwrite,
+        compile=args.compile,
+        backend=args.backend,
+    )
     from cxr_cad.pacs.cliopts import pacs_requested, run_predict
+
     if pacs_requested(args, args.sources) or args.query:  # dicomweb: source, --dicom-out (docs/pacs.md)
         for line in run_predict(args, args.sources, args.out, args.model, options):
             print(f"cxr-cad predict: {line}")

@@ -2,6 +2,7 @@
 
 Also holds the report options and table helpers that ``cxr-cad evaluate`` shares.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def _prevalences(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"prevalences must be numbers in (0, 1) separated by commas, e.g. "
-                                         f"0.05,0.2; not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"prevalences must be numbers in (0, 1) separated by commas, e.g. 0.05,0.2; not {text!r}"
+        ) from None
     if not values or any(not 0.0 < v < 1.0 for v in values) or len(values) > 10:
         raise argparse.ArgumentTypeError(f"give 1 to 10 prevalences in (0, 1), e.g. 0.05,0.2; not {text!r}")
     return values
@@ -60,6 +62,7 @@ def _at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {text}")
         return value
+
     return parse
 
 
@@ -67,34 +70,67 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``report`` and ``evaluate``."""
     g = p.add_argument_group("report")
     g.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (created)")
-    g.add_argument("--positive-class", default=None, metavar="NAME",
-                   help="label of the positive class (default: the model bundle's)")
-    g.add_argument("--threshold", type=_threshold, default=None,
-                   help="decision threshold to report instead of the model's stored one")
+    g.add_argument(
+        "--positive-class",
+        default=None,
+        metavar="NAME",
+        help="label of the positive class (default: the model bundle's)",
+    )
+    g.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="decision threshold to report instead of the model's stored one",
+    )
     g.add_argument("--cohort-name", default=None, help="cohort name for the header (default: the input's name)")
     g.add_argument("--cohort-date", default=None, help="cohort date for the header (free text)")
-    g.add_argument("--cohort-info", default=None, metavar="FILE",
-                   help="YAML/JSON description of the cohort: source, site, dates, population, eligibility, "
-                        "reference_standard, validation (internal/external); missing items show as 'not recorded'")
-    g.add_argument("--prevalence", type=_prevalences, default=(0.05, 0.2), metavar="P[,P...]",
-                   help="prevalences at which PPV and NPV are shown (default 0.05,0.2)")
+    g.add_argument(
+        "--cohort-info",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON description of the cohort: source, site, dates, population, eligibility, "
+        "reference_standard, validation (internal/external); missing items show as 'not recorded'",
+    )
+    g.add_argument(
+        "--prevalence",
+        type=_prevalences,
+        default=(0.05, 0.2),
+        metavar="P[,P...]",
+        help="prevalences at which PPV and NPV are shown (default 0.05,0.2)",
+    )
     g.add_argument("--confidence", type=_confidence, default=0.95, help="confidence level of every CI (default 0.95)")
-    g.add_argument("--bootstrap", type=_at_least(100), default=2000, metavar="N",
-                   help="bootstrap resamples of every bootstrap CI: AUC, F1, patient cluster, Brier, ECE "
-                        "(default 2000)")
+    g.add_argument(
+        "--bootstrap",
+        type=_at_least(100),
+        default=2000,
+        metavar="N",
+        help="bootstrap resamples of every bootstrap CI: AUC, F1, patient cluster, Brier, ECE (default 2000)",
+    )
     g.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
-    g.add_argument("--gradcam-per-group", type=_at_least(0), default=2, metavar="N",
-                   help="Grad-CAM images per group (TP, TN, FP, FN); 0 = none (default 2)")
-    g.add_argument("--include-identifiers", action="store_true",
-                   help="also write patient ids, file paths and study UIDs to predictions.csv (and rejected.csv)")
+    g.add_argument(
+        "--gradcam-per-group",
+        type=_at_least(0),
+        default=2,
+        metavar="N",
+        help="Grad-CAM images per group (TP, TN, FP, FN); 0 = none (default 2)",
+    )
+    g.add_argument(
+        "--include-identifiers",
+        action="store_true",
+        help="also write patient ids, file paths and study UIDs to predictions.csv (and rejected.csv)",
+    )
     g.add_argument("--no-pdf", action="store_true", help="skip report.pdf")
 
 
 def report_options(args: argparse.Namespace):
     from cxr_cad.report import ReportOptions
 
-    return ReportOptions(alpha=round(1.0 - args.confidence, 10), n_bootstrap=args.bootstrap, seed=args.seed,
-                         prevalences=tuple(args.prevalence))
+    return ReportOptions(
+        alpha=round(1.0 - args.confidence, 10),
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        prevalences=tuple(args.prevalence),
+    )
 
 
 def cohort_description(args: argparse.Namespace, manifest_path: str | Path | None, name: str) -> dict:
@@ -127,8 +163,9 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         raise UsageError(f"{what} {p} is not a readable CSV table: {exc}") from exc
 
 
-def join_metadata(pred: pd.DataFrame, manifest: pd.DataFrame,
-                  keys: tuple[str, ...] = ("sop_instance_uid", "path")) -> pd.DataFrame:
+def join_metadata(
+    pred: pd.DataFrame, manifest: pd.DataFrame, keys: tuple[str, ...] = ("sop_instance_uid", "path")
+) -> pd.DataFrame:
     """Add manifest columns (patient id, view, sex, age, manufacturer...) to predictions.
 
     Joined on the first of ``keys`` that both tables have filled in every prediction row;
@@ -139,8 +176,9 @@ def join_metadata(pred: pd.DataFrame, manifest: pd.DataFrame,
             extra = [c for c in manifest.columns if c not in pred.columns or c == key]
             right = manifest[extra].drop_duplicates(subset=[key]).astype({key: str})
             return pred.astype({key: str}).merge(right, on=key, how="left")
-    raise UsageError(f"cannot join the manifest to the predictions: they share no filled column among "
-                     f"{', '.join(keys)}")
+    raise UsageError(
+        f"cannot join the manifest to the predictions: they share no filled column among {', '.join(keys)}"
+    )
 
 
 def write_rejected(rejected: pd.DataFrame, out_dir: Path) -> None:
@@ -150,19 +188,43 @@ def write_rejected(rejected: pd.DataFrame, out_dir: Path) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="write the clinical report from an existing predictions table",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "report",
+        help="write the clinical report from an existing predictions table",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("predictions", metavar="PREDICTIONS.csv", help="predictions table (label, probability)")
-    p.add_argument("--model", default=None, metavar="BUNDLE",
-                   help="the bundle that made the predictions (header, threshold, Grad-CAM)")
-    p.add_argument("--manifest", default=None, metavar="M.csv",
-                   help="manifest of the cohort, to add patient/view/sex/age/manufacturer columns")
-    p.add_argument("--rejected", default=None, metavar="REJECTED.csv",
-                   help="files not scored (path, reason, detail), counted by reason in the cohort summary")
-    p.add_argument("--cv-metrics", default=None, metavar="cv_metrics.json",
-                   help="cross-validation summary from cxr-cad crossval (per-fold curves come from `fold`)")
-    p.add_argument("--compare-predictions", default=None, metavar="OTHER.csv",
-                   help="another model's predictions of the same images: both ROC curves + paired DeLong test")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="BUNDLE",
+        help="the bundle that made the predictions (header, threshold, Grad-CAM)",
+    )
+    p.add_argument(
+        "--manifest",
+        default=None,
+        metavar="M.csv",
+        help="manifest of the cohort, to add patient/view/sex/age/manufacturer columns",
+    )
+    p.add_argument(
+        "--rejected",
+        default=None,
+        metavar="REJECTED.csv",
+        help="files not scored (path, reason, detail), counted by reason in the cohort summary",
+    )
+    p.add_argument(
+        "--cv-metrics",
+        default=None,
+        metavar="cv_metrics.json",
+        help="cross-validation summary from cxr-cad crossval (per-fold curves come from `fold`)",
+    )
+    p.add_argument(
+        "--compare-predictions",
+        default=None,
+        metavar="OTHER.csv",
+        help="another model's predictions of the same images: both ROC curves + paired DeLong test",
+    )
     p.add_argument("--compare-name", default=None, help="name of the other model (default: its file name)")
     p.add_argument("--threshold-method", default=None, help="how --threshold was chosen (shown in Methods)")
     add_report_options(p)
@@ -194,8 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
         bundle = load_bundle(args.model)
         info = model_info_from_bundle(bundle, args.model)
-    cohort = cohort_description(args, args.manifest,
-                                Path(args.predictions).parent.name or Path(args.predictions).stem)
+    cohort = cohort_description(args, args.manifest, Path(args.predictions).parent.name or Path(args.predictions).stem)
     if args.manifest:
         from cxr_cad.manifest import manifest_hash, read_manifest
 
@@ -223,26 +284,48 @@ def run(args: argparse.Namespace) -> int:
     comparison = None
     if args.compare_predictions:
         other = read_table(args.compare_predictions, "comparison predictions table")
-        comparison = {"predictions": other, "name": args.compare_name or Path(args.compare_predictions).stem,
-                      "name_a": (info or {}).get("name", "this model")}
+        comparison = {
+            "predictions": other,
+            "name": args.compare_name or Path(args.compare_predictions).stem,
+            "name_a": (info or {}).get("name", "this model"),
+        }
     gradcam, note = None, None
     if bundle is not None and args.gradcam_per_group > 0 and "path" in pred.columns:
         gradcam = GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group)
     elif bundle is None:
-        note = ("Grad-CAM explanations are not included: this report was written from a predictions table "
-                "without the model (give --model and a table whose 'path' column points at the images).")
+        note = (
+            "Grad-CAM explanations are not included: this report was written from a predictions table "
+            "without the model (give --model and a table whose 'path' column points at the images)."
+        )
     else:
         note = "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
     shift = _cohort_shift(pred, bundle)
-    result = write_report(pred, args.out, positive_class=args.positive_class, threshold=threshold,
-                          threshold_method=method, model_info=info, cohort_info=cohort, rejected_df=rejected,
-                          cv=cv, comparison=comparison, include_identifiers=args.include_identifiers,
-                          gradcam=gradcam, gradcam_note=note, options=report_options(args), pdf=not args.no_pdf,
-                          threshold_source=source, shift=shift)
+    result = write_report(
+        pred,
+        args.out,
+        positive_class=args.positive_class,
+        threshold=threshold,
+        threshold_method=method,
+        model_info=info,
+        cohort_info=cohort,
+        rejected_df=rejected,
+        cv=cv,
+        comparison=comparison,
+        include_identifiers=args.include_identifiers,
+        gradcam=gradcam,
+        gradcam_note=note,
+        options=report_options(args),
+        pdf=not args.no_pdf,
+        threshold_source=source,
+        shift=shift,
+    )
     if args.include_identifiers and rejected is not None:
         write_rejected(rejected, result.out_dir)
     auc = result.data["auc"]["delong"]
-    print(f"report: {len(result.files)} files in {result.out_dir} "
-          f"({result.data['cohort']['n_images_evaluated']} images, AUC {auc['auc']:.3f})"
-          if auc["auc"] is not None else f"report: {len(result.files)} files in {result.out_dir}")
+    print(
+        f"report: {len(result.files)} files in {result.out_dir} "
+        f"({result.data['cohort']['n_images_evaluated']} images, AUC {auc['auc']:.3f})"
+        if auc["auc"] is not None
+        else f"report: {len(result.files)} files in {result.out_dir}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """``cxr-cad run WORKFLOW.yaml``: run a workflow's steps in one run folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,22 @@ same command to resume)."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("run", help="run a workflow file (ingest, cross-validation, training, "
-                              "evaluation, report) in one run folder", description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "run",
+        help="run a workflow file (ingest, cross-validation, training, evaluation, report) in one run folder",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("workflow", metavar="WORKFLOW.yaml", help="workflow file")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a workflow value (dotted key, YAML value); repeatable")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a workflow value (dotted key, YAML value); repeatable",
+    )
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<workflow name>)")
     p.add_argument("--check", action="store_true", help="validate the workflow and print the plan; run nothing")
     p.set_defaults(func=run_command)
@@ -59,19 +70,28 @@ def print_headline(title: str, h: dict, report_path: Path) -> None:
     level = f"{100 * (h.get('confidence_level') or 0.95):g}%"
     line = f"  AUC {_fmt(h.get('auc'))} ({level} CI {_fmt(h.get('auc_low'))}-{_fmt(h.get('auc_high'))}), n={h.get('n')}"
     if h.get("accuracy") is not None:
-        where = ("each fold's own threshold" if h.get("operating_point") == "folds"
-                 else f"threshold {_fmt(h.get('threshold'))} ({h.get('operating_point')})")
-        line += (f"; at {where}: "
-                 f"accuracy {_fmt(h.get('accuracy'))}, sensitivity {_fmt(h.get('sensitivity'))}, "
-                 f"specificity {_fmt(h.get('specificity'))}")
+        where = (
+            "each fold's own threshold"
+            if h.get("operating_point") == "folds"
+            else f"threshold {_fmt(h.get('threshold'))} ({h.get('operating_point')})"
+        )
+        line += (
+            f"; at {where}: "
+            f"accuracy {_fmt(h.get('accuracy'))}, sensitivity {_fmt(h.get('sensitivity'))}, "
+            f"specificity {_fmt(h.get('specificity'))}"
+        )
     print(line)
     fold = h.get("fold_auc") or {}
     if fold.get("mean") is not None:
-        print(f"  per-fold AUC {_fmt(fold.get('mean'))} +/- {_fmt(fold.get('sd'))} (mean +/- SD, {fold.get('n_folds')} folds)")
+        print(
+            f"  per-fold AUC {_fmt(fold.get('mean'))} +/- {_fmt(fold.get('sd'))} (mean +/- SD, {fold.get('n_folds')} folds)"
+        )
     cmp_ = h.get("comparison")
     if cmp_:
-        print(f"  {cmp_.get('name_a')} AUC {_fmt(cmp_.get('auc_a'))} vs {cmp_.get('name_b')} AUC "
-              f"{_fmt(cmp_.get('auc_b'))}: paired DeLong p = {_fmt(cmp_.get('p_value'))}")
+        print(
+            f"  {cmp_.get('name_a')} AUC {_fmt(cmp_.get('auc_a'))} vs {cmp_.get('name_b')} AUC "
+            f"{_fmt(cmp_.get('auc_b'))}: paired DeLong p = {_fmt(cmp_.get('p_value'))}"
+        )
 
 
 def print_result(result) -> None:

@@ -1,4 +1,5 @@
 """``cxr-cad train``: train a ResNet18 on a labelled manifest into a run folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,25 +11,45 @@ from cxr_cad.tracking import add_track_option
 
 #: option dest -> dotted config key (None values = option not given).
 _OVERRIDES = {
-    "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
-    "init": "model.init", "image_size": "model.image_size", "aspect": "model.aspect",
-    "in_channels": "model.in_channels", "freeze_backbone_epochs": "model.freeze_backbone_epochs",
-    "intensity": "model.intensity", "tta": "model.tta", "label_smoothing": "optim.label_smoothing",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "init": "model.init",
+    "image_size": "model.image_size",
+    "aspect": "model.aspect",
+    "in_channels": "model.in_channels",
+    "freeze_backbone_epochs": "model.freeze_backbone_epochs",
+    "intensity": "model.intensity",
+    "tta": "model.tta",
+    "label_smoothing": "optim.label_smoothing",
     "warmup_epochs": "schedule.warmup_epochs",
-    "lr": "optim.lr", "optimizer": "optim.name", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
-    "schedule": "schedule.name", "patience": "early_stopping.patience",
-    "threshold": "threshold.method", "target_sensitivity": "threshold.target_sensitivity",
-    "classes": "data.classes", "positive_class": "data.positive_class", "split": "data.split",
-    "val_fraction": "data.val_fraction", "val_fold": "data.val_fold", "group_col": "data.group_col",
-    "imbalance": "data.imbalance", "cache_dir": "data.cache_dir",
-    "device": "runtime.device", "precision": "runtime.precision", "workers": "runtime.workers",
+    "lr": "optim.lr",
+    "optimizer": "optim.name",
+    "momentum": "optim.momentum",
+    "weight_decay": "optim.weight_decay",
+    "schedule": "schedule.name",
+    "patience": "early_stopping.patience",
+    "threshold": "threshold.method",
+    "target_sensitivity": "threshold.target_sensitivity",
+    "classes": "data.classes",
+    "positive_class": "data.positive_class",
+    "split": "data.split",
+    "val_fraction": "data.val_fraction",
+    "val_fold": "data.val_fold",
+    "group_col": "data.group_col",
+    "imbalance": "data.imbalance",
+    "cache_dir": "data.cache_dir",
+    "device": "runtime.device",
+    "precision": "runtime.precision",
+    "workers": "runtime.workers",
     "compile": "runtime.compile",
 }
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a ResNet18 on a labelled manifest",
+        "train",
+        help="train a ResNet18 on a labelled manifest",
         description="Train a ResNet18 classifier on a labelled manifest. Training/validation are split by "
         "patient (or by a 'split' / 'fold' column); validation AUC picks the best epoch and stops early; the "
         "decision threshold is chosen on validation data. Everything goes into --out (config.yaml, run.json, "
@@ -42,18 +63,32 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML config file (see docs/train.md); options below override it")
     g = p.add_argument_group("model")
-    g.add_argument("--init", help="initial weights: imagenet, imagenet:/path/weights.pth, none, or a bundle "
-                   "to fine-tune (classes must match) [imagenet]")
+    g.add_argument(
+        "--init",
+        help="initial weights: imagenet, imagenet:/path/weights.pth, none, or a bundle "
+        "to fine-tune (classes must match) [imagenet]",
+    )
     g.add_argument("--image-size", type=int, help="model input side in pixels [224]")
     g.add_argument("--aspect", choices=["squash", "pad"], help="resize mode [squash]")
     g.add_argument("--in-channels", type=int, choices=[1, 3], help="model input channels [1]")
-    g.add_argument("--intensity", choices=["percentile", "none"], help="per-image intensity standardisation "
-                   "stored in the bundle (percentile: 0.5th/99.5th percentiles -> 0/1, the same for every "
-                   "container; none: the readers' values, the behaviour of bundles before format 2) [percentile]")
-    g.add_argument("--tta", choices=["none", "hflip"], help="test-time augmentation stored in the bundle "
-                   "(hflip: average with the flipped image) [none]")
-    g.add_argument("--freeze-backbone-epochs", type=int, metavar="N", help="train only the head for the first N "
-                   "epochs, then everything [0]")
+    g.add_argument(
+        "--intensity",
+        choices=["percentile", "none"],
+        help="per-image intensity standardisation "
+        "stored in the bundle (percentile: 0.5th/99.5th percentiles -> 0/1, the same for every "
+        "container; none: the readers' values, the behaviour of bundles before format 2) [percentile]",
+    )
+    g.add_argument(
+        "--tta",
+        choices=["none", "hflip"],
+        help="test-time augmentation stored in the bundle (hflip: average with the flipped image) [none]",
+    )
+    g.add_argument(
+        "--freeze-backbone-epochs",
+        type=int,
+        metavar="N",
+        help="train only the head for the first N epochs, then everything [0]",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="maximum epochs [20; with --init none 12]")
     g.add_argument("--batch-size", type=int, help="images per step and process [32]")
@@ -64,26 +99,38 @@ def register(subparsers) -> None:
     g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing [0]")
     g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs [0; with --init none 1]")
     g.add_argument("--schedule", choices=["cosine", "step", "constant"], help="learning-rate schedule [cosine]")
-    g.add_argument("--patience", type=int, help="early stopping: epochs without validation AUC gain; 0 = off "
-                   "[5; with --init none 4]")
+    g.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping: epochs without validation AUC gain; 0 = off [5; with --init none 4]",
+    )
     g.add_argument("--imbalance", choices=["weighted_loss", "weighted_sampler", "none"], help="[weighted_loss]")
     g.add_argument("--seed", type=int, help="seed of split, initialisation, order and augmentation [0]")
     g = p.add_argument_group("data and threshold")
     g.add_argument("--classes", help="comma-separated class names, in model output order [NORMAL,PNEUMONIA]")
     g.add_argument("--positive-class", help="the class whose probability is scored [PNEUMONIA]")
-    g.add_argument("--split", choices=["auto", "grouped", "column", "fold"], help="how validation rows are chosen "
-                   "(auto: a 'split' column if present, else grouped by patient) [auto]")
+    g.add_argument(
+        "--split",
+        choices=["auto", "grouped", "column", "fold"],
+        help="how validation rows are chosen (auto: a 'split' column if present, else grouped by patient) [auto]",
+    )
     g.add_argument("--val-fraction", type=float, help="share of images for validation (grouped split) [0.2]")
     g.add_argument("--val-fold", type=int, help="with --split fold: the 'fold' value that validates")
     g.add_argument("--group-col", help="manifest column that groups images of one patient [patient_id]")
-    g.add_argument("--threshold", choices=["youden", "sensitivity", "fixed"], help="how the decision threshold is "
-                   "chosen on validation data [youden]")
+    g.add_argument(
+        "--threshold",
+        choices=["youden", "sensitivity", "fixed"],
+        help="how the decision threshold is chosen on validation data [youden]",
+    )
     g.add_argument("--target-sensitivity", type=float, help="with --threshold sensitivity [0.9]")
     g.add_argument("--cache-dir", help="folder for decoded+resized images, shareable between runs [RUN_DIR/cache]")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="[auto: bf16 on CPUs with native "
-                   "bf16, AMP on CUDA, else fp32]")
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="[auto: bf16 on CPUs with native bf16, AMP on CUDA, else fp32]",
+    )
     g.add_argument("--workers", type=int, help="DataLoader decode processes [2]")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     add_track_option(p)
@@ -109,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         auc = "n/a" if math.isnan(result.val_auc) else f"{result.val_auc:.4f}"
         print(f"bundle: {result.bundle_path}")
-        print(f"best epoch: {result.best_epoch} of {result.epochs_run} run"
-              f"{' (stopped early)' if result.stopped_early else ''}; validation AUC {auc}; "
-              f"threshold {result.threshold:.4f} ({result.threshold_method})")
+        print(
+            f"best epoch: {result.best_epoch} of {result.epochs_run} run"
+            f"{' (stopped early)' if result.stopped_early else ''}; validation AUC {auc}; "
+            f"threshold {result.threshold:.4f} ({result.threshold_method})"
+        )
     return 0

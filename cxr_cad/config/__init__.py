@@ -19,27 +19,49 @@ through dotted keys (``{"optim.lr": 0.01}``). Every problem found (unknown keys,
 types, values out of range) is collected and raised together as one
 :class:`~cxr_cad.errors.ConfigError`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from cxr_cad.config._validate import _build, _check, _coerce, _Section, _type_name
-from cxr_cad.config.sections import (_SECTIONS, DataConfig, EarlyStoppingConfig, ModelConfig, OptimConfig,
-                                     RuntimeConfig, ScheduleConfig, ThresholdConfig)
+from cxr_cad.config.sections import (
+    _SECTIONS,
+    DataConfig,
+    EarlyStoppingConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    ThresholdConfig,
+)
 from cxr_cad.errors import ConfigError
 
 __all__ = [
-    "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "EarlyStoppingConfig",
-    "ThresholdConfig", "RuntimeConfig", "TrainConfig", "load_config", "RESUME_FREE_KEYS",
-    "apply_overrides", "config_diff", "read_yaml_mapping", "SCRATCH_RECIPE", "recipe_defaults",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "EarlyStoppingConfig",
+    "ThresholdConfig",
+    "RuntimeConfig",
+    "TrainConfig",
+    "load_config",
+    "RESUME_FREE_KEYS",
+    "apply_overrides",
+    "config_diff",
+    "read_yaml_mapping",
+    "SCRATCH_RECIPE",
+    "recipe_defaults",
 ]
 
 #: The recommended recipe for training from random initialisation (``model.init: none``):
@@ -51,9 +73,19 @@ SCRATCH_RECIPE: dict[str, Any] = {
     "optim": {"name": "adamw", "lr": 3e-4, "weight_decay": 0.05},
     "schedule": {"name": "cosine", "warmup_epochs": 1},
     "early_stopping": {"patience": 4},
-    "augment": {"rotate_deg": 10.0, "translate_frac": 0.06, "scale": [0.9, 1.1], "affine_prob": 0.8,
-                "brightness": 0.1, "contrast": 0.3, "gamma": [0.7, 1.5], "blur_sigma": [0.3, 1.2],
-                "lowres_zoom": [0.4, 1.0], "noise_std": 0.03, "intensity_prob": 0.4},
+    "augment": {
+        "rotate_deg": 10.0,
+        "translate_frac": 0.06,
+        "scale": [0.9, 1.1],
+        "affine_prob": 0.8,
+        "brightness": 0.1,
+        "contrast": 0.3,
+        "gamma": [0.7, 1.5],
+        "blur_sigma": [0.3, 1.2],
+        "lowres_zoom": [0.4, 1.0],
+        "noise_std": 0.03,
+        "intensity_prob": 0.4,
+    },
 }
 
 
@@ -114,7 +146,7 @@ class TrainConfig(_Section):
         return p
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None) -> TrainConfig:
         """Build from a (YAML) mapping; raises ConfigError listing every problem.
 
         With ``model.init: none`` the options the mapping does not set come from
@@ -210,7 +242,7 @@ def read_yaml_mapping(path: str | os.PathLike, *, what: str, must_hold: str) -> 
     Raises:
         ConfigError: the file cannot be read, is not valid YAML, or is not a mapping.
     """
-    from cxr_cad.io.yamlfile import read_yaml_file   # regular files only; size/alias/UTF-8 limits
+    from cxr_cad.io.yamlfile import read_yaml_file  # regular files only; size/alias/UTF-8 limits
 
     source = str(path)
     loaded = read_yaml_file(path, what=what)
@@ -237,5 +269,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 def config_diff(a: TrainConfig, b: TrainConfig, *, ignore: frozenset[str] = RESUME_FREE_KEYS) -> list[str]:
     """Human lines ``key: a -> b`` for every setting that differs (except ``ignore``)."""
     fa, fb = a.flat(), b.flat()
-    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
-            if k not in ignore and fa.get(k) != fb.get(k)]
+    return [
+        f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}"
+        for k in sorted(set(fa) | set(fb))
+        if k not in ignore and fa.get(k) != fb.get(k)
+    ]

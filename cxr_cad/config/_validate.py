@@ -4,12 +4,14 @@ validate-on-construction mixin, and YAML/CLI value coercion to the annotated typ
 Every check appends a human sentence to a problem list; nothing raises until all problems
 of a section are known, then :class:`~cxr_cad.errors.ConfigError` lists them together.
 """
+
 from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any
 
 from cxr_cad.errors import ConfigError
 
@@ -42,7 +44,6 @@ class _Section:
                 v = dict(v)
             out[f.name] = v
         return out
-
 
 
 def _type_name(tp: Any) -> str:

@@ -1,6 +1,7 @@
 """The sections of a training config (``data``, ``model``, ``optim``, ``schedule``,
 ``early_stopping``, ``threshold``, ``runtime``): frozen dataclasses validated on construction.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,20 +29,29 @@ class DataConfig(_Section):
     val_fraction: float = 0.2
     val_fold: int | None = None
     imbalance: str = "weighted_loss"
-    cache_dir: str | None = None     # None = <run dir>/cache
+    cache_dir: str | None = None  # None = <run dir>/cache
 
     def problems(self) -> list[str]:
         p: list[str] = []
         _check(p, len(self.classes) >= 2, f"data.classes needs at least 2 class names, got {list(self.classes)}")
         _check(p, len(set(self.classes)) == len(self.classes), f"data.classes has duplicates: {list(self.classes)}")
-        _check(p, self.positive_class in self.classes,
-               f"data.positive_class {self.positive_class!r} is not one of data.classes {list(self.classes)}")
-        _check(p, self.split in ("auto", "grouped", "column", "fold"),
-               f"data.split must be auto, grouped, column or fold, not {self.split!r}")
+        _check(
+            p,
+            self.positive_class in self.classes,
+            f"data.positive_class {self.positive_class!r} is not one of data.classes {list(self.classes)}",
+        )
+        _check(
+            p,
+            self.split in ("auto", "grouped", "column", "fold"),
+            f"data.split must be auto, grouped, column or fold, not {self.split!r}",
+        )
         _check(p, 0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
         _check(p, self.split != "fold" or self.val_fold is not None, "data.split 'fold' needs data.val_fold")
-        _check(p, self.imbalance in ("weighted_loss", "weighted_sampler", "none"),
-               f"data.imbalance must be weighted_loss, weighted_sampler or none, not {self.imbalance!r}")
+        _check(
+            p,
+            self.imbalance in ("weighted_loss", "weighted_sampler", "none"),
+            f"data.imbalance must be weighted_loss, weighted_sampler or none, not {self.imbalance!r}",
+        )
         return p
 
 
@@ -71,13 +81,22 @@ class ModelConfig(_Section):
         _check(p, self.aspect in ("squash", "pad"), f"model.aspect must be squash or pad, not {self.aspect!r}")
         _check(p, self.in_channels in (1, 3), f"model.in_channels must be 1 or 3, not {self.in_channels}")
         _check(p, self.tta in ("none", "hflip"), f"model.tta must be none or hflip, not {self.tta!r}")
-        _check(p, self.intensity in ("percentile", "none"),
-               f"model.intensity must be percentile or none, not {self.intensity!r}")
+        _check(
+            p,
+            self.intensity in ("percentile", "none"),
+            f"model.intensity must be percentile or none, not {self.intensity!r}",
+        )
         lo_hi = self.intensity_percentiles
-        _check(p, len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0,
-               f"model.intensity_percentiles must be [lower, upper] with 0 <= lower < upper <= 100, not {list(lo_hi)}")
-        _check(p, self.freeze_backbone_epochs >= 0,
-               f"model.freeze_backbone_epochs must be >= 0, not {self.freeze_backbone_epochs}")
+        _check(
+            p,
+            len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0,
+            f"model.intensity_percentiles must be [lower, upper] with 0 <= lower < upper <= 100, not {list(lo_hi)}",
+        )
+        _check(
+            p,
+            self.freeze_backbone_epochs >= 0,
+            f"model.freeze_backbone_epochs must be >= 0, not {self.freeze_backbone_epochs}",
+        )
         return p
 
 
@@ -100,8 +119,11 @@ class OptimConfig(_Section):
         _check(p, 0.0 <= self.momentum < 1.0, f"optim.momentum must be in [0, 1), not {self.momentum}")
         _check(p, self.weight_decay >= 0.0, f"optim.weight_decay must be >= 0, not {self.weight_decay}")
         _check(p, not (self.nesterov and self.momentum == 0.0), "optim.nesterov needs optim.momentum > 0")
-        _check(p, 0.0 <= self.label_smoothing < 0.5,
-               f"optim.label_smoothing must be in [0, 0.5), not {self.label_smoothing}")
+        _check(
+            p,
+            0.0 <= self.label_smoothing < 0.5,
+            f"optim.label_smoothing must be in [0, 0.5), not {self.label_smoothing}",
+        )
         return p
 
 
@@ -118,11 +140,16 @@ class ScheduleConfig(_Section):
 
     def problems(self) -> list[str]:
         p: list[str] = []
-        _check(p, self.name in ("cosine", "step", "constant"),
-               f"schedule.name must be cosine, step or constant, not {self.name!r}")
+        _check(
+            p,
+            self.name in ("cosine", "step", "constant"),
+            f"schedule.name must be cosine, step or constant, not {self.name!r}",
+        )
         _check(p, self.step_size >= 1, f"schedule.step_size must be >= 1 epoch, not {self.step_size}")
         _check(p, 0.0 < self.gamma <= 1.0, f"schedule.gamma must be in (0, 1], not {self.gamma}")
-        _check(p, 0 <= self.warmup_epochs <= 100, f"schedule.warmup_epochs must be in [0, 100], not {self.warmup_epochs}")
+        _check(
+            p, 0 <= self.warmup_epochs <= 100, f"schedule.warmup_epochs must be in [0, 100], not {self.warmup_epochs}"
+        )
         return p
 
 
@@ -153,10 +180,16 @@ class ThresholdConfig(_Section):
 
     def problems(self) -> list[str]:
         p: list[str] = []
-        _check(p, self.method in ("youden", "sensitivity", "fixed"),
-               f"threshold.method must be youden, sensitivity or fixed, not {self.method!r}")
-        _check(p, 0.0 < self.target_sensitivity <= 1.0,
-               f"threshold.target_sensitivity must be in (0, 1], not {self.target_sensitivity}")
+        _check(
+            p,
+            self.method in ("youden", "sensitivity", "fixed"),
+            f"threshold.method must be youden, sensitivity or fixed, not {self.method!r}",
+        )
+        _check(
+            p,
+            0.0 < self.target_sensitivity <= 1.0,
+            f"threshold.target_sensitivity must be in (0, 1], not {self.target_sensitivity}",
+        )
         _check(p, 0.0 <= self.value <= 1.0, f"threshold.value must be in [0, 1], not {self.value}")
         return p
 
@@ -174,15 +207,26 @@ class RuntimeConfig(_Section):
 
     def problems(self) -> list[str]:
         p: list[str] = []
-        _check(p, self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-               f"runtime.device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
-        _check(p, self.precision in ("auto", "fp32", "bf16", "fp16"),
-               f"runtime.precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        _check(
+            p,
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"runtime.device must be auto, cpu, cuda or cuda:N, not {self.device!r}",
+        )
+        _check(
+            p,
+            self.precision in ("auto", "fp32", "bf16", "fp16"),
+            f"runtime.precision must be auto, fp32, bf16 or fp16, not {self.precision!r}",
+        )
         _check(p, 0 <= self.workers <= 64, f"runtime.workers must be in [0, 64], not {self.workers}")
         return p
 
 
 _SECTIONS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
-    "early_stopping": EarlyStoppingConfig, "threshold": ThresholdConfig, "runtime": RuntimeConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "early_stopping": EarlyStoppingConfig,
+    "threshold": ThresholdConfig,
+    "runtime": RuntimeConfig,
 }

@@ -6,6 +6,7 @@ finished, the best epoch so far (its weights and validation predictions), the ea
 stopping counter, the RNG states and the config fingerprint. It only holds tensors and
 plain Python values, so it is read back with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,13 @@ def rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -63,7 +69,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), umask_file_mode())   # mkstemp's 0600 -> what the umask says
+                os.fchmod(fh.fileno(), umask_file_mode())  # mkstemp's 0600 -> what the umask says
                 torch.save(obj, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -72,10 +78,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-    except (OSError, RuntimeError) as exc:   # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
-        raise OutputError(f"cannot write {path.name} in {path.parent}: {detail}; check the folder's "
-                          "permissions and free space (finished epochs are kept)") from exc
+        raise OutputError(
+            f"cannot write {path.name} in {path.parent}: {detail}; check the folder's "
+            "permissions and free space (finished epochs are kept)"
+        ) from exc
 
 
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
@@ -98,9 +106,11 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise OutputError(f"{path} cannot be read ({exc.__class__.__name__}: {exc}); delete it to "
-                          "start the training over") from exc
+        raise OutputError(
+            f"{path} cannot be read ({exc.__class__.__name__}: {exc}); delete it to start the training over"
+        ) from exc
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise OutputError(f"{path} is not a cxr_cad checkpoint of version {CHECKPOINT_VERSION}; "
-                          "delete it to start the training over")
+        raise OutputError(
+            f"{path} is not a cxr_cad checkpoint of version {CHECKPOINT_VERSION}; delete it to start the training over"
+        )
     return state

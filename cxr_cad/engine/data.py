@@ -12,10 +12,11 @@ sees at epoch ``k``):
   :func:`epoch_seed` when there are no workers, else in each worker by
   :func:`worker_init_fn` from the DataLoader's per-epoch seeded ``generator``.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,8 +53,12 @@ def split_train_val(df: pd.DataFrame, data: DataConfig, *, seed: int) -> tuple[p
         return df.reset_index(drop=True), None, "none (no validation data)"
     if mode == "column":
         if "split" not in df.columns:
-            raise ManifestError(["data.split is 'column' but the manifest has no 'split' column "
-                                 "(values train/val); use data.split: grouped"])
+            raise ManifestError(
+                [
+                    "data.split is 'column' but the manifest has no 'split' column "
+                    "(values train/val); use data.split: grouped"
+                ]
+            )
         values = df["split"].astype(str).str.strip().str.lower()
         train_mask, val_mask = values.isin(SPLIT_TRAIN), values.isin(SPLIT_VAL)
         other = int((~train_mask & ~val_mask).sum())
@@ -62,15 +67,17 @@ def split_train_val(df: pd.DataFrame, data: DataConfig, *, seed: int) -> tuple[p
         how = "split column"
     elif mode == "fold":
         if "fold" not in df.columns:
-            raise ManifestError([f"data.split is 'fold' (val_fold {data.val_fold}) but the manifest has no "
-                                 "'fold' column"])
+            raise ManifestError(
+                [f"data.split is 'fold' (val_fold {data.val_fold}) but the manifest has no 'fold' column"]
+            )
         folds = pd.to_numeric(df["fold"], errors="coerce")
         val_mask = folds == data.val_fold
         train_mask = folds.notna() & ~val_mask
         how = f"fold column, validation fold {data.val_fold}"
     else:
-        train_idx, val_idx = grouped_split(df, data.val_fraction, seed=seed, label_col=data.label_col,
-                                           group_col=data.group_col)
+        train_idx, val_idx = grouped_split(
+            df, data.val_fraction, seed=seed, label_col=data.label_col, group_col=data.group_col
+        )
         train_mask = np.zeros(len(df), dtype=bool)
         train_mask[train_idx] = True
         val_mask = ~train_mask
@@ -87,13 +94,18 @@ def split_train_val(df: pd.DataFrame, data: DataConfig, *, seed: int) -> tuple[p
     return train_df, val_df, how
 
 
-def label_indices(df: pd.DataFrame, classes: Sequence[str], label_col: str = "label", *,
-                  what: str = "training") -> np.ndarray:
+def label_indices(
+    df: pd.DataFrame, classes: Sequence[str], label_col: str = "label", *, what: str = "training"
+) -> np.ndarray:
     """Class index (position in ``classes``) of every row. Raises ManifestError listing
     missing labels and labels that are not one of ``classes``."""
     if label_col not in df.columns:
-        raise ManifestError([f"the {what} table has no {label_col!r} column; training needs labels "
-                             "(join them with `cxr-cad ingest --labels`)"])
+        raise ManifestError(
+            [
+                f"the {what} table has no {label_col!r} column; training needs labels "
+                "(join them with `cxr-cad ingest --labels`)"
+            ]
+        )
     labels = df[label_col].astype(str).str.strip()
     lookup = {c: i for i, c in enumerate(classes)}
     idx = labels.map(lookup)
@@ -130,8 +142,7 @@ class EpochSampler(Sampler[int]):
     sampling with replacement of the same length.
     """
 
-    def __init__(self, n: int, *, seed: int, weights: torch.Tensor | None = None,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, *, seed: int, weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):
         if n < 1:
             raise ValueError("EpochSampler needs at least one row")
         self.n, self.seed, self.weights = n, int(seed), weights
@@ -155,7 +166,7 @@ class EpochSampler(Sampler[int]):
         return idx
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.rank::self.world_size])
+        return iter(self.epoch_indices()[self.rank :: self.world_size])
 
     def __len__(self) -> int:
         return self.per_rank
@@ -189,8 +200,17 @@ def worker_init_fn(worker_id: int) -> None:  # noqa: ARG001 - DataLoader signatu
         np.random.seed(info.seed % 2**32)
 
 
-def train_loader(dataset, sampler: EpochSampler, *, batch_size: int, workers: int, seed: int, epoch: int,
-                 rank: int = 0, pin_memory: bool = False) -> DataLoader:
+def train_loader(
+    dataset,
+    sampler: EpochSampler,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """The DataLoader for one training epoch (sampler and augmentation seeded for ``epoch``).
 
     The last batch is dropped only when it would hold a single image (BatchNorm cannot
@@ -201,10 +221,17 @@ def train_loader(dataset, sampler: EpochSampler, *, batch_size: int, workers: in
     if workers == 0:
         reseed_transforms(dataset, es)
     gen = torch.Generator().manual_seed(es)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      worker_init_fn=worker_init_fn if workers else None, generator=gen,
-                      drop_last=len(sampler) % batch_size == 1 and len(sampler) > 1,
-                      pin_memory=pin_memory, persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=worker_init_fn if workers else None,
+        generator=gen,
+        drop_last=len(sampler) % batch_size == 1 and len(sampler) > 1,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
 
 
 def shard_rows(n: int, rank: int, world_size: int) -> np.ndarray:

@@ -3,14 +3,16 @@
 :func:`train_step` is the unit the throughput benchmark measures: autocast (bf16 on CPUs
 with native bf16, AMP on CUDA), channels-last input, GradScaler only for fp16.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,9 +28,15 @@ from cxr_cad.progress import progress
 log = logging.getLogger(__name__)
 
 
-def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               criterion: torch.nn.Module, optimizer: torch.optim.Optimizer, info: RuntimeInfo,
-               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    info: RuntimeInfo,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """One optimisation step on a batch already on the device; returns the (detached) loss."""
     with autocast(info):
         logits = model(images)
@@ -62,8 +70,10 @@ def image_error(exc: BaseException, what: str) -> BaseException:
         found = m.group(1).strip() if m else None
     if found is None:
         return exc
-    return CxrCadError(f"a {what} image cannot be read: {found}; remove it from the manifest "
-                       "(`cxr-cad ingest` rejects such files) and rerun")
+    return CxrCadError(
+        f"a {what} image cannot be read: {found}; remove it from the manifest "
+        "(`cxr-cad ingest` rejects such files) and rerun"
+    )
 
 
 def _batches(loader: DataLoader, info: RuntimeInfo, desc: str, what: str):
@@ -89,9 +99,9 @@ def _batches(loader: DataLoader, info: RuntimeInfo, desc: str, what: str):
 class EpochStats:
     """Training-side numbers of one epoch (summed over ranks)."""
 
-    loss: float          # mean training loss per image
-    images: int          # images processed (all ranks)
-    seconds: float       # wall time of the epoch's training pass
+    loss: float  # mean training loss per image
+    images: int  # images processed (all ranks)
+    seconds: float  # wall time of the epoch's training pass
 
     @property
     def images_per_s(self) -> float:
@@ -108,10 +118,17 @@ def _all_reduce_sum(values: list[float], info: RuntimeInfo) -> list[float]:
     return t.tolist()
 
 
-def train_epoch(model: torch.nn.Module, loader: DataLoader, criterion: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, info: RuntimeInfo, *,
-                scaler: torch.amp.GradScaler | None = None, desc: str = "train",
-                on_train_mode: Callable[[torch.nn.Module], None] | None = None) -> EpochStats:
+def train_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    info: RuntimeInfo,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    desc: str = "train",
+    on_train_mode: Callable[[torch.nn.Module], None] | None = None,
+) -> EpochStats:
     """Run one epoch over ``loader`` (items with "image" and "label"); model in train mode.
 
     ``on_train_mode`` runs right after ``model.train()`` (e.g. to keep frozen BatchNorm
@@ -139,9 +156,9 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, criterion: torch.nn.
 class EvalOutput:
     """Validation outputs, in dataset row order, over all ranks."""
 
-    probabilities: np.ndarray   # (n, n_classes) softmax
-    labels: np.ndarray          # (n,) class index
-    loss: float                 # mean unweighted cross-entropy
+    probabilities: np.ndarray  # (n, n_classes) softmax
+    labels: np.ndarray  # (n,) class index
+    loss: float  # mean unweighted cross-entropy
 
     def positive(self, positive_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(y_true 0/1, y_score) for the positive class."""
@@ -149,8 +166,9 @@ class EvalOutput:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, info: RuntimeInfo, *, batch_size: int, workers: int = 0,
-             desc: str = "validate") -> EvalOutput:
+def evaluate(
+    model: torch.nn.Module, dataset, info: RuntimeInfo, *, batch_size: int, workers: int = 0, desc: str = "validate"
+) -> EvalOutput:
     """Softmax probabilities and loss for every item of ``dataset`` (deterministic chain).
 
     Under DDP each rank scores rows ``rank::world_size`` of the plain module (never the
@@ -169,8 +187,9 @@ def evaluate(model: torch.nn.Module, dataset, info: RuntimeInfo, *, batch_size: 
         with autocast(info):
             logits = model(images)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(batch["label"].long().cpu() if "label" in batch else
-                      torch.full((images.shape[0],), -1, dtype=torch.long))
+        labels.append(
+            batch["label"].long().cpu() if "label" in batch else torch.full((images.shape[0],), -1, dtype=torch.long)
+        )
     if was_training:
         model.train()
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
@@ -192,9 +211,19 @@ def evaluate(model: torch.nn.Module, dataset, info: RuntimeInfo, *, batch_size: 
     return EvalOutput(probabilities=p, labels=y, loss=loss)
 
 
-def predict_probabilities(model_or_bundle: Any, df: pd.DataFrame, *, spec=None, positive_index: int | None = None,
-                          batch_size: int = 64, workers: int = 0, device: str = "auto", precision: str = "auto",
-                          cache_dir: str | Path | None = None, all_classes: bool = False) -> np.ndarray:
+def predict_probabilities(
+    model_or_bundle: Any,
+    df: pd.DataFrame,
+    *,
+    spec=None,
+    positive_index: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    cache_dir: str | Path | None = None,
+    all_classes: bool = False,
+) -> np.ndarray:
     """Positive-class probabilities (or the full softmax with ``all_classes``) for ``df``'s rows.
 
     ``model_or_bundle``: a bundle path, a loaded ``cxr_cad.model.Bundle`` (its model, eval

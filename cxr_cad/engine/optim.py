@@ -1,4 +1,5 @@
 """Optimizer, learning-rate schedule, backbone freezing, DDP wrapping and threshold choice."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     """
     params = list(model.parameters())
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -82,8 +84,12 @@ def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConf
     from cxr_cad.metrics import small_class_warning, youden_choice
 
     n_pos = int(np.sum(y_true))
-    detail: dict = {"n": int(len(y_true)), "n_positive": n_pos, "n_negative": int(len(y_true)) - n_pos,
-                    "configured": cfg.method}
+    detail: dict = {
+        "n": int(len(y_true)),
+        "n_positive": n_pos,
+        "n_negative": int(len(y_true)) - n_pos,
+        "configured": cfg.method,
+    }
     if cfg.method == "fixed":
         return float(cfg.value), "fixed", detail
     warning = small_class_warning(n_pos, detail["n_negative"])

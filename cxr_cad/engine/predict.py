@@ -23,6 +23,7 @@ A file that cannot be read becomes a ``rejected`` record inside the worker (neve
 exception that stops the run); an unexpected exception becomes an ``INTERNAL_ERROR`` row
 with its message. A bad model bundle or an unwritable output folder stops the run at once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,17 +33,26 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from cxr_cad.engine import runtime
-from cxr_cad.engine.shards import (PredictDataset, batch_shard, collate_records, collect_inputs,
-                                   inputs_fingerprint)
-from cxr_cad.engine.writer import (PREDICTIONS, REJECTED, SUMMARY, Journal, atomic_write_text, check_writable,
-                                   merge_outputs, prepare_out_dir, read_journals)
+from cxr_cad.engine.shards import PredictDataset, batch_shard, collate_records, collect_inputs, inputs_fingerprint
+from cxr_cad.engine.writer import (
+    PREDICTIONS,
+    REJECTED,
+    SUMMARY,
+    Journal,
+    atomic_write_text,
+    check_writable,
+    merge_outputs,
+    prepare_out_dir,
+    read_journals,
+)
 from cxr_cad.errors import CxrCadError, OutputError, UsageError
 from cxr_cad.progress import progress
 
@@ -96,13 +106,13 @@ class PredictResult:
     n_rejected: int
     n_positive: int
     reasons: dict[str, int]
-    n_done_before: int          # inputs already finished by an earlier, interrupted run
-    n_processed: int            # inputs this invocation (this rank) processed
+    n_done_before: int  # inputs already finished by an earlier, interrupted run
+    n_processed: int  # inputs this invocation (this rank) processed
     seconds: float
     model_sha256: str
     threshold: float
     runtime: dict = field(default_factory=dict)
-    shift: dict | None = None   # cohort shift result (cxr_cad.model.shift.cohort_shift); None: no summary
+    shift: dict | None = None  # cohort shift result (cxr_cad.model.shift.cohort_shift); None: no summary
 
     @property
     def images_per_s(self) -> float:
@@ -112,12 +122,14 @@ class PredictResult:
         """One line for the terminal: counts, reasons, speed, where the CSVs are."""
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
         resumed = f", {self.n_done_before} from an earlier run" if self.n_done_before else ""
-        return (f"{self.n_inputs} file(s): {self.n_predicted} scored ({self.n_positive} positive at "
-                f"threshold {self.threshold:g}), {self.n_rejected} rejected"
-                f"{' (' + reasons + ')' if reasons else ''}{resumed}; "
-                f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
-                f"{self.runtime.get('device', '?')} {self.runtime.get('precision', '?')}); "
-                f"-> {self.out_dir / PREDICTIONS}, {self.out_dir / REJECTED}")
+        return (
+            f"{self.n_inputs} file(s): {self.n_predicted} scored ({self.n_positive} positive at "
+            f"threshold {self.threshold:g}), {self.n_rejected} rejected"
+            f"{' (' + reasons + ')' if reasons else ''}{resumed}; "
+            f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
+            f"{self.runtime.get('device', '?')} {self.runtime.get('precision', '?')}); "
+            f"-> {self.out_dir / PREDICTIONS}, {self.out_dir / REJECTED}"
+        )
 
 
 def _decision_names(bundle: Any) -> tuple[str, str]:
@@ -166,13 +178,19 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
         children = dict(parent.named_children())
         names = list(children)
         for a, b in zip(names, names[1:]):
-            if isinstance(parent, torch.nn.Sequential) and isinstance(children[a], torch.nn.Conv2d) \
-                    and isinstance(children[b], torch.nn.BatchNorm2d):
+            if (
+                isinstance(parent, torch.nn.Sequential)
+                and isinstance(children[a], torch.nn.Conv2d)
+                and isinstance(children[b], torch.nn.BatchNorm2d)
+            ):
                 pairs.append((parent, a, b))
         for name, child in children.items():
             bn = "bn" + name[4:]
-            if name.startswith("conv") and isinstance(child, torch.nn.Conv2d) \
-                    and isinstance(children.get(bn), torch.nn.BatchNorm2d):
+            if (
+                name.startswith("conv")
+                and isinstance(child, torch.nn.Conv2d)
+                and isinstance(children.get(bn), torch.nn.BatchNorm2d)
+            ):
                 pairs.append((parent, name, bn))
     first = next((m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)), None)
     if not pairs or first is None:
@@ -210,7 +228,7 @@ def prepare_for_inference(model: torch.nn.Module, info: runtime.RuntimeInfo) -> 
     """Fold BatchNorm, keep the first convolution in fp32 under autocast, move to the device."""
     model = fold_batchnorm(model.eval())
     if info.autocast_dtype is not None:
-        for net in getattr(model, "members", [model]):   # every network of an ensemble / TTA bundle
+        for net in getattr(model, "members", [model]):  # every network of an ensemble / TTA bundle
             for parent in net.modules():
                 name, child = next(iter(parent.named_children()), (None, None))
                 if isinstance(child, torch.nn.Conv2d):  # the first conv of the network
@@ -219,8 +237,7 @@ def prepare_for_inference(model: torch.nn.Module, info: runtime.RuntimeInfo) -> 
     return runtime.prepare_model(model, info)
 
 
-def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_compile: bool,
-                backend: str = "torch"):
+def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_compile: bool, backend: str = "torch"):
     from cxr_cad.model import load_bundle
     from cxr_cad.model.shift import ShiftScorer
 
@@ -237,9 +254,21 @@ def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_co
     return bundle, model, shift
 
 
-def _run_batches(model, loader, info, *, positive_index: int, threshold: float, names: tuple[str, str],
-                 sha256: str, labels: dict[int, str], paths: Sequence[str], journal: Journal,
-                 total: int, shift: Any = None) -> int:
+def _run_batches(
+    model,
+    loader,
+    info,
+    *,
+    positive_index: int,
+    threshold: float,
+    names: tuple[str, str],
+    sha256: str,
+    labels: dict[int, str],
+    paths: Sequence[str],
+    journal: Journal,
+    total: int,
+    shift: Any = None,
+) -> int:
     """Score every batch of ``loader`` and journal it. Returns the number of inputs handled."""
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     n = 0
@@ -254,17 +283,26 @@ def _run_batches(model, loader, info, *, positive_index: int, threshold: float, 
                 shift_cols = shift.columns(len(probs)) if shift is not None else [{}] * len(probs)
                 for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
                     i = rec["index"]
-                    records.append({"index": i, "kind": "prediction", "path": paths[i],
-                                    "sop_instance_uid": rec["sop_instance_uid"],
-                                    "study_instance_uid": rec["study_instance_uid"],
-                                    "probability": f"{p:.6f}",
-                                    "decision": names[0] if p >= threshold else names[1],
-                                    "threshold": f"{threshold:g}", "model_sha256": sha256,
-                                    "label": labels.get(i, ""), **cols})
+                    records.append(
+                        {
+                            "index": i,
+                            "kind": "prediction",
+                            "path": paths[i],
+                            "sop_instance_uid": rec["sop_instance_uid"],
+                            "study_instance_uid": rec["study_instance_uid"],
+                            "probability": f"{p:.6f}",
+                            "decision": names[0] if p >= threshold else names[1],
+                            "threshold": f"{threshold:g}",
+                            "model_sha256": sha256,
+                            "label": labels.get(i, ""),
+                            **cols,
+                        }
+                    )
             for rec in batch["rejected"]:
                 i = rec["index"]
-                records.append({"index": i, "kind": "rejected", "path": paths[i],
-                                "reason": rec["reason"], "detail": rec["detail"]})
+                records.append(
+                    {"index": i, "kind": "rejected", "path": paths[i], "reason": rec["reason"], "detail": rec["detail"]}
+                )
             journal.append(records)
             n += len(records)
             bar.update(len(records))
@@ -273,8 +311,12 @@ def _run_batches(model, loader, info, *, positive_index: int, threshold: float, 
     return n
 
 
-def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-            model_path: str | os.PathLike, options: PredictOptions = PredictOptions()) -> PredictResult:
+def predict(
+    sources: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike,
+    options: PredictOptions = PredictOptions(),
+) -> PredictResult:
     """Score every input file of ``sources`` with the bundle at ``model_path`` into ``out_dir``.
 
     ``sources``: folders (recursive), manifests (``.csv``; their ``label`` column is copied
@@ -308,38 +350,75 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         policy = dataclasses.replace(options.policy or AcceptPolicy(), apply_voi=spec.apply_voi)
         threshold = float(bundle.threshold if options.threshold is None else options.threshold)
         inputs, has_labels = collect_inputs(sources, exclude=[out])
-        state = {"format": STATE_FORMAT, "model_sha256": bundle.sha256, "n_inputs": len(inputs),
-                 "inputs_fingerprint": inputs_fingerprint(inputs), "threshold": threshold,
-                 "policy": dataclasses.asdict(policy)}
+        state = {
+            "format": STATE_FORMAT,
+            "model_sha256": bundle.sha256,
+            "n_inputs": len(inputs),
+            "inputs_fingerprint": inputs_fingerprint(inputs),
+            "threshold": threshold,
+            "policy": dataclasses.asdict(policy),
+        }
         _prepare_everywhere(info, out, state, options.overwrite)
         done = read_journals(out)
         runtime.barrier(info)  # every rank has read the journals before any rank appends
         remaining = [x.index for x in inputs if x.index not in done]
         batches = batch_shard(remaining, options.batch_size, info.rank, info.world_size)
         if info.is_main:
-            log.info("%d input(s), %d done earlier, %d to do on %d process(es); %s %s", len(inputs),
-                     len(done), len(remaining), info.world_size, info.device, info.precision)
+            log.info(
+                "%d input(s), %d done earlier, %d to do on %d process(es); %s %s",
+                len(inputs),
+                len(done),
+                len(remaining),
+                info.world_size,
+                info.device,
+                info.precision,
+            )
         workers = _default_workers() if options.workers is None else options.workers
         n_local = sum(len(b) for b in batches)
         workers = min(workers, len(batches))
         loader = torch.utils.data.DataLoader(
-            PredictDataset(inputs, policy, spec), batch_sampler=batches, collate_fn=collate_records,
-            num_workers=workers, pin_memory=info.device.startswith("cuda"),
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+            PredictDataset(inputs, policy, spec),
+            batch_sampler=batches,
+            collate_fn=collate_records,
+            num_workers=workers,
+            pin_memory=info.device.startswith("cuda"),
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
         labels = {x.index: x.label for x in inputs if x.label}
         paths = [x.path for x in inputs]
         with Journal(out, info.rank) as journal:
             n_processed = _run_batches(
-                model, loader, info, positive_index=bundle.positive_index, threshold=threshold,
-                names=_decision_names(bundle), sha256=bundle.sha256, labels=labels, paths=paths,
-                journal=journal, total=n_local, shift=shift)
+                model,
+                loader,
+                info,
+                positive_index=bundle.positive_index,
+                threshold=threshold,
+                names=_decision_names(bundle),
+                sha256=bundle.sha256,
+                labels=labels,
+                paths=paths,
+                journal=journal,
+                total=n_local,
+                shift=shift,
+            )
         shift.close()
         runtime.barrier(info)
         seconds = time.perf_counter() - t0
-        result = PredictResult(out_dir=out, n_inputs=len(inputs), n_predicted=0, n_rejected=0, n_positive=0,
-                               reasons={}, n_done_before=len(done), n_processed=n_processed,
-                               seconds=seconds, model_sha256=bundle.sha256, threshold=threshold,
-                               runtime={**info.to_dict(), "backend": options.backend})
+        result = PredictResult(
+            out_dir=out,
+            n_inputs=len(inputs),
+            n_predicted=0,
+            n_rejected=0,
+            n_positive=0,
+            reasons={},
+            n_done_before=len(done),
+            n_processed=n_processed,
+            seconds=seconds,
+            model_sha256=bundle.sha256,
+            threshold=threshold,
+            runtime={**info.to_dict(), "backend": options.backend},
+        )
         if info.is_main:
             _finish(result, out, has_labels, _decision_names(bundle)[0], shift.summary)
         runtime.barrier(info)
@@ -349,8 +428,9 @@ def predict(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             runtime.cleanup_distributed()
 
 
-def _finish(result: PredictResult, out: Path, has_labels: bool, positive: str,
-            shift_summary: dict | None = None) -> None:
+def _finish(
+    result: PredictResult, out: Path, has_labels: bool, positive: str, shift_summary: dict | None = None
+) -> None:
     """Merge the journals into the final CSVs and write ``summary.json`` (rank 0)."""
     records = merge_outputs(out, result.n_inputs, with_label=has_labels)
     reasons = collections.Counter(r["reason"] for r in records if r["kind"] == "rejected")
@@ -362,8 +442,9 @@ def _finish(result: PredictResult, out: Path, has_labels: bool, positive: str,
 
     (out / SHIFT_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
     if shift_summary is not None:  # docs/shift.md
-        result.shift = cohort_shift([r.get("shift_score", "") for r in records if r["kind"] == "prediction"],
-                                    shift_summary)
+        result.shift = cohort_shift(
+            [r.get("shift_score", "") for r in records if r["kind"] == "prediction"], shift_summary
+        )
         atomic_write_text(out / SHIFT_FILE, json.dumps(result.shift, indent=2, sort_keys=True))
         if result.shift["flagged"]:
             log.warning("dataset shift: %s", result.shift["message"])

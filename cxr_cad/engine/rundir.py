@@ -12,6 +12,7 @@ Layout of ``RUN_DIR``::
     model.pt             the final bundle (cxr_cad.model.save_bundle)
     result.json          best epoch, validation AUC, threshold; written last = run complete
 """
+
 from __future__ import annotations
 
 import json
@@ -76,11 +77,14 @@ def check_resumable(out_dir: Path, cfg: TrainConfig, manifest_hash: str) -> bool
             diffs = ["(the stored config.yaml cannot be read)"]
         problems.append("it holds a run with a different config: " + "; ".join(diffs or ["(settings changed)"]))
     if run.get("manifest_hash") != manifest_hash:
-        problems.append("it holds a run on different data (manifest hash "
-                        f"{str(run.get('manifest_hash'))[:12]} vs {manifest_hash[:12]})")
+        problems.append(
+            "it holds a run on different data (manifest hash "
+            f"{str(run.get('manifest_hash'))[:12]} vs {manifest_hash[:12]})"
+        )
     if problems:
-        raise ConfigError(problems + ["rerun with the same config to resume it, or choose a new --out"],
-                          source=str(out_dir))
+        raise ConfigError(
+            problems + ["rerun with the same config to resume it, or choose a new --out"], source=str(out_dir)
+        )
     return True
 
 
@@ -88,8 +92,13 @@ def write_run_files(out_dir: Path, cfg: TrainConfig, run: dict, split: pd.DataFr
     """config.yaml, run.json and split.csv (rank 0 only, before the first epoch)."""
     out_dir = Path(out_dir)
     # one unit: a full disk leaves none of them rather than a config.yaml without its run.json
-    atomic_write_many({out_dir / CONFIG_FILE: cfg.to_yaml(), out_dir / SPLIT_FILE: table_text(split),
-                       out_dir / RUN_FILE: json.dumps(run, indent=2, sort_keys=True, default=str) + "\n"})
+    atomic_write_many(
+        {
+            out_dir / CONFIG_FILE: cfg.to_yaml(),
+            out_dir / SPLIT_FILE: table_text(split),
+            out_dir / RUN_FILE: json.dumps(run, indent=2, sort_keys=True, default=str) + "\n",
+        }
+    )
 
 
 def write_log(out_dir: Path, history: list[dict]) -> None:

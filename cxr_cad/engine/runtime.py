@@ -10,6 +10,7 @@ Precision policy (``precision="auto"``):
 
 The choice is recorded (``RuntimeInfo.to_dict``) in every run folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,8 @@ def cpu_has_native_bf16() -> bool:
 class RuntimeInfo:
     """The resolved execution settings of a run."""
 
-    device: str              # "cpu", "cuda", "cuda:1"
-    precision: str           # "fp32" | "bf16" | "fp16"
+    device: str  # "cpu", "cuda", "cuda:1"
+    precision: str  # "fp32" | "bf16" | "fp16"
     channels_last: bool
     world_size: int = 1
     rank: int = 0
@@ -106,8 +107,14 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> RuntimeInf
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
     channels_last = precision != "fp32" or device.startswith("cuda")
-    return RuntimeInfo(device=device, precision=precision, channels_last=channels_last,
-                       world_size=world_size, rank=rank, local_rank=local_rank)
+    return RuntimeInfo(
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        world_size=world_size,
+        rank=rank,
+        local_rank=local_rank,
+    )
 
 
 def autocast(info: RuntimeInfo):

@@ -10,14 +10,16 @@ number of processes. :class:`PredictDataset` decodes and preprocesses one input 
 DataLoader worker and turns a bad file into a record instead of an exception;
 :func:`collate_records` lets those records flow through the batch.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -55,8 +57,9 @@ def _manifest_items(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def collect_inputs(sources: Sequence[str | os.PathLike], *, exclude: Sequence[str | os.PathLike] = ()
-                   ) -> tuple[list[PredictInput], bool]:
+def collect_inputs(
+    sources: Sequence[str | os.PathLike], *, exclude: Sequence[str | os.PathLike] = ()
+) -> tuple[list[PredictInput], bool]:
     """Every input file named by ``sources``, sorted by path, each once.
 
     A source is a folder (every file below it, recursively: DICOM, PNG, JPEG, and also files
@@ -71,14 +74,16 @@ def collect_inputs(sources: Sequence[str | os.PathLike], *, exclude: Sequence[st
     labels: dict[str, str] = {}
     missing = [str(s) for s in sources if not Path(s).exists()]
     if missing:
-        raise UsageError(f"source(s) not found: {', '.join(missing)}; give existing folders, "
-                         "files or manifest .csv files")
+        raise UsageError(
+            f"source(s) not found: {', '.join(missing)}; give existing folders, files or manifest .csv files"
+        )
     conflicts = []
     for source in sources:
         src = Path(source)
         if src.is_dir():
-            items: Iterable[tuple[str, str]] = ((str(Path(p).absolute()), "")
-                                                for p in iter_files([src], exclude=exclude))
+            items: Iterable[tuple[str, str]] = (
+                (str(Path(p).absolute()), "") for p in iter_files([src], exclude=exclude)
+            )
         elif src.suffix.lower() in MANIFEST_SUFFIXES:
             items = _manifest_items(src)
         else:
@@ -90,14 +95,14 @@ def collect_inputs(sources: Sequence[str | os.PathLike], *, exclude: Sequence[st
             elif label and label != old:
                 conflicts.append(f"{path}: {old!r} vs {label!r}")
     if conflicts:
-        raise UsageError(f"{len(conflicts)} file(s) have two different labels in the sources, "
-                         f"e.g. {conflicts[0]}; fix the manifests")
+        raise UsageError(
+            f"{len(conflicts)} file(s) have two different labels in the sources, e.g. {conflicts[0]}; fix the manifests"
+        )
     skip = [str(Path(e).absolute()) for e in exclude]
     paths = sorted(p for p in labels if not any(p == e or p.startswith(e + os.sep) for e in skip))
     inputs = [PredictInput(i, p, labels[p]) for i, p in enumerate(paths)]
     has_labels = any(x.label for x in inputs)
-    log.info("%d input file(s) from %d source(s)%s", len(inputs), len(sources),
-             ", labelled" if has_labels else "")
+    log.info("%d input file(s) from %d source(s)%s", len(inputs), len(sources), ", labelled" if has_labels else "")
     return inputs, has_labels
 
 
@@ -116,8 +121,7 @@ def inputs_fingerprint(inputs: Sequence[PredictInput]) -> str:
     return h.hexdigest()
 
 
-def batch_shard(indices: Sequence[int], batch_size: int, rank: int = 0,
-                world_size: int = 1) -> list[list[int]]:
+def batch_shard(indices: Sequence[int], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
     """The batches of ``indices`` (kept in order) that ``rank`` of ``world_size`` processes.
 
     ``indices`` is cut into consecutive batches of ``batch_size``; batch ``k`` goes to rank
@@ -128,7 +132,7 @@ def batch_shard(indices: Sequence[int], batch_size: int, rank: int = 0,
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    batches = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
+    batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
     return batches[rank::world_size]
 
 
@@ -146,8 +150,10 @@ def make_preprocess(spec: Any):
 
     load = build_load_transforms(spec)
     if not isinstance(load[0], LoadImaged):
-        raise RuntimeError("cxr_cad.transforms.build_load_transforms no longer starts with LoadImaged; "
-                           "update cxr_cad.engine.shards.make_preprocess")
+        raise RuntimeError(
+            "cxr_cad.transforms.build_load_transforms no longer starts with LoadImaged; "
+            "update cxr_cad.engine.shards.make_preprocess"
+        )
     chain = Compose(load[1:] + build_post_transforms(spec))
 
     def preprocess(pixels) -> torch.Tensor:
@@ -190,8 +196,12 @@ class PredictDataset(torch.utils.data.Dataset):
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
             sop = f"sha256:{digest.hexdigest()}"
-        return {"index": item.index, "image": image, "sop_instance_uid": sop,
-                "study_instance_uid": meta.get("study_instance_uid") or ""}
+        return {
+            "index": item.index,
+            "image": image,
+            "sop_instance_uid": sop,
+            "study_instance_uid": meta.get("study_instance_uid") or "",
+        }
 
     def __getitem__(self, i: int) -> dict:
         item = self.inputs[i]
@@ -206,8 +216,11 @@ class PredictDataset(torch.utils.data.Dataset):
             if rejection is not None:
                 return {"index": item.index, "reason": rejection.reason.value, "detail": rejection.detail}
             log.warning("internal error on input #%d: %s: %s", item.index, type(exc).__name__, exc)
-            return {"index": item.index, "reason": Reason.INTERNAL_ERROR.value,
-                    "detail": f"{type(exc).__name__}: {exc}"}
+            return {
+                "index": item.index,
+                "reason": Reason.INTERNAL_ERROR.value,
+                "detail": f"{type(exc).__name__}: {exc}",
+            }
 
 
 def collate_records(items: list[dict]) -> dict:

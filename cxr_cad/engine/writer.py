@@ -15,6 +15,7 @@ are written to a temporary name, fsynced and renamed (``os.replace``), so reader
 old file or the new one, never half of one. Each journal is held under an exclusive
 ``flock`` while a run appends to it, so two runs cannot write the same folder at once.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from cxr_cad.errors import OutputError, UsageError
 
@@ -35,8 +36,17 @@ STATE_FILE = "state.json"
 PREDICTIONS = "predictions.csv"
 REJECTED = "rejected.csv"
 SUMMARY = "summary.json"
-PREDICTION_COLUMNS = ["path", "sop_instance_uid", "study_instance_uid", "probability", "decision",
-                      "threshold", "model_sha256", "shift_score", "shift_flag"]  # shift: docs/shift.md
+PREDICTION_COLUMNS = [
+    "path",
+    "sop_instance_uid",
+    "study_instance_uid",
+    "probability",
+    "decision",
+    "threshold",
+    "model_sha256",
+    "shift_score",
+    "shift_flag",
+]  # shift: docs/shift.md
 REJECTED_COLUMNS = ["path", "reason", "detail"]
 
 
@@ -52,7 +62,7 @@ def _write_temp(path: Path, write) -> Path:
     """``write(fh)`` into a temporary file next to ``path`` (fsynced); removed again on failure."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:   # open() follows the umask
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:  # open() follows the umask
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -63,8 +73,10 @@ def _write_temp(path: Path, write) -> Path:
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
-    return OutputError(f"cannot write {path.name} in {path.parent}: {exc.strerror or exc}; free space (or "
-                       "fix permissions) and run the same command again: finished inputs are kept")
+    return OutputError(
+        f"cannot write {path.name} in {path.parent}: {exc.strerror or exc}; free space (or "
+        "fix permissions) and run the same command again: finished inputs are kept"
+    )
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -91,8 +103,9 @@ def check_writable(out_dir: Path) -> None:
             fh.write("ok")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}; "
-                          "choose a writable --out") from exc
+        raise OutputError(
+            f"cannot write to output folder {out_dir}: {exc.strerror or exc}; choose a writable --out"
+        ) from exc
 
 
 def prepare_out_dir(out_dir: Path, state: dict, *, overwrite: bool) -> bool:
@@ -120,13 +133,17 @@ def prepare_out_dir(out_dir: Path, state: dict, *, overwrite: bool) -> bool:
             raise OutputError(f"{state_path} is unreadable ({exc}); use a new --out or --overwrite") from exc
         changed = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
         if changed:
-            raise UsageError(f"{out_dir} holds a prediction run with a different {', '.join(changed)}; "
-                             "use a new --out, or --overwrite to discard it")
+            raise UsageError(
+                f"{out_dir} holds a prediction run with a different {', '.join(changed)}; "
+                "use a new --out, or --overwrite to discard it"
+            )
         log.info("resuming the prediction run in %s", out_dir)
         return True
     if (out_dir / PREDICTIONS).exists():
-        raise UsageError(f"{out_dir / PREDICTIONS} exists but was not written by a resumable run; "
-                         "use a new --out, or --overwrite to replace it")
+        raise UsageError(
+            f"{out_dir / PREDICTIONS} exists but was not written by a resumable run; "
+            "use a new --out, or --overwrite to replace it"
+        )
     state_dir.mkdir(exist_ok=True)
     for stale in state_dir.glob("part-rank*.jsonl"):  # journals without a state: not trustworthy
         stale.unlink()
@@ -169,14 +186,15 @@ class Journal:
         self.path = out_dir / STATE_DIR / f"part-rank{rank}.jsonl"
         self._fh = None
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         fh = open(self.path, "ab+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             fh.close()
-            raise OutputError(f"another cxr-cad predict is writing {self.path.parent.parent}; "
-                              "wait for it or use a new --out") from exc
+            raise OutputError(
+                f"another cxr-cad predict is writing {self.path.parent.parent}; wait for it or use a new --out"
+            ) from exc
         _, end = _read_journal(self.path)
         if end < os.fstat(fh.fileno()).st_size:
             fh.truncate(end)
@@ -193,7 +211,7 @@ class Journal:
             self._fh.write(payload.encode("utf-8", "surrogatepass"))
             self._fh.flush()
             os.fsync(self._fh.fileno())
-        except OSError as exc:   # a torn last line is cut when the run is resumed
+        except OSError as exc:  # a torn last line is cut when the run is resumed
             raise _output_error(self.path, exc) from exc
 
     def __exit__(self, *exc) -> None:
@@ -205,11 +223,13 @@ class Journal:
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
     """Write a CSV to a temporary file next to ``path``; returns the temporary path."""
+
     def write(fh) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
+
     return _write_temp(path, write)
 
 
@@ -222,8 +242,10 @@ def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dic
     done = read_journals(out_dir)
     missing = [i for i in range(n_inputs) if i not in done]
     if missing:
-        raise OutputError(f"{len(missing)} input(s) have no result in {out_dir / STATE_DIR}; "
-                          "run the same command again to finish them")
+        raise OutputError(
+            f"{len(missing)} input(s) have no result in {out_dir / STATE_DIR}; "
+            "run the same command again to finish them"
+        )
     records = [done[i] for i in range(n_inputs)]
     pred_cols = PREDICTION_COLUMNS + (["label"] if with_label else [])
     # both tables are one unit: both written in full before either replaces an old one

@@ -6,22 +6,30 @@ probabilities within :data:`PARITY_TOLERANCE`) before the call returns; with ``i
 model is quantised on the calibration manifest and refused if it loses more than
 ``max_auc_drop`` AUC on the manifest's held-out patients (:mod:`cxr_cad.export.quantize`).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from cxr_cad.errors import OutputError, UsageError
-from cxr_cad.export.common import (Cohort, batched, cohort_from_manifest, prepare_out, softmax_positive,
-                                   write_export_record)
+from cxr_cad.export.common import (
+    Cohort,
+    batched,
+    cohort_from_manifest,
+    prepare_out,
+    softmax_positive,
+    write_export_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +48,18 @@ class ExportResult:
     rejected: list = field(default_factory=list)
 
 
-def _parity(torch_fn: Callable, other_fn: Callable, images: torch.Tensor, positive_index: int, what: str,
-            source: str) -> dict:
+def _parity(
+    torch_fn: Callable, other_fn: Callable, images: torch.Tensor, positive_index: int, what: str, source: str
+) -> dict:
     """Max |probability difference| of two logits functions; OutputError above the tolerance."""
     a = softmax_positive(batched(torch_fn, images), positive_index)
     b = softmax_positive(batched(other_fn, images), positive_index)
     diff = float(np.abs(a - b).max())
     if not diff <= PARITY_TOLERANCE:
-        raise OutputError(f"the exported {what} model disagrees with the torch model: max probability difference "
-                          f"{diff:.3g} > {PARITY_TOLERANCE} on {len(images)} {source} image(s); not exported")
+        raise OutputError(
+            f"the exported {what} model disagrees with the torch model: max probability difference "
+            f"{diff:.3g} > {PARITY_TOLERANCE} on {len(images)} {source} image(s); not exported"
+        )
     return {"n_images": len(images), "inputs": source, "max_abs_prob_diff": diff, "tolerance": PARITY_TOLERANCE}
 
 
@@ -61,10 +72,19 @@ def _check_images(bundle: Any, cohort: Cohort | None) -> tuple[torch.Tensor, str
     return torch.randn(8, spec.in_channels, spec.image_size, spec.image_size, generator=g), "random"
 
 
-def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike, *, int8: bool = False,
-                 calibration: str | os.PathLike | None = None, calibration_method: str = "minmax",
-                 force: bool = False, overwrite: bool = False, max_auc_drop: float | None = None,
-                 heldout_fraction: float = 0.5) -> ExportResult:
+def export_model(
+    model_path: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    int8: bool = False,
+    calibration: str | os.PathLike | None = None,
+    calibration_method: str = "minmax",
+    force: bool = False,
+    overwrite: bool = False,
+    max_auc_drop: float | None = None,
+    heldout_fraction: float = 0.5,
+) -> ExportResult:
     """Export the bundle at ``model_path`` as ``fmt`` into the folder ``out``.
 
     Raises UsageError (bad options, non-empty ``out``), BundleError, MissingExtraError,
@@ -84,45 +104,80 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
     bundle = load_bundle(model_path)
     model = bundle.model.float().eval()
     out = prepare_out(out, overwrite=overwrite)
-    cohort = cohort_from_manifest(calibration, bundle.transform_spec, bundle.positive_class) \
-        if calibration is not None else None
+    cohort = (
+        cohort_from_manifest(calibration, bundle.transform_spec, bundle.positive_class)
+        if calibration is not None
+        else None
+    )
     check_images, source = _check_images(bundle, cohort)
     torch_fn = model
-    result = ExportResult(out=out, format=fmt, files={}, parity={},
-                          rejected=list(cohort.rejected) if cohort is not None else [])
+    result = ExportResult(
+        out=out, format=fmt, files={}, parity={}, rejected=list(cohort.rejected) if cohort is not None else []
+    )
     if fmt == "monai-bundle":
         from cxr_cad.export.monai_bundle import write_monai_bundle
         from cxr_cad.export.runtime import TorchScriptModel
 
         result.files = write_monai_bundle(bundle, out, card=model_card_path(bundle.path))
-        result.parity = _parity(torch_fn, TorchScriptModel(out / result.files["torchscript"]), check_images,
-                                bundle.positive_index, "TorchScript", source)
+        result.parity = _parity(
+            torch_fn,
+            TorchScriptModel(out / result.files["torchscript"]),
+            check_images,
+            bundle.positive_index,
+            "TorchScript",
+            source,
+        )
     elif fmt == "torchscript":
         from cxr_cad.export.common import bundle_record
         from cxr_cad.export.runtime import TorchScriptModel
         from cxr_cad.export.torchscript import export_torchscript
 
         spec = bundle.transform_spec
-        export_torchscript(model, out / "model.ts", in_channels=spec.in_channels, image_size=spec.image_size,
-                           meta=bundle_record(bundle))
+        export_torchscript(
+            model,
+            out / "model.ts",
+            in_channels=spec.in_channels,
+            image_size=spec.image_size,
+            meta=bundle_record(bundle),
+        )
         result.files = {"model": "model.ts"}
-        result.parity = _parity(torch_fn, TorchScriptModel(out / "model.ts"), check_images, bundle.positive_index,
-                                "TorchScript", source)
+        result.parity = _parity(
+            torch_fn, TorchScriptModel(out / "model.ts"), check_images, bundle.positive_index, "TorchScript", source
+        )
     else:
-        _export_onnx_like(bundle, fmt, out, result, check_images, source, cohort, int8=int8,
-                          method=calibration_method, force=force, max_auc_drop=max_auc_drop,
-                          heldout_fraction=heldout_fraction)
+        _export_onnx_like(
+            bundle,
+            fmt,
+            out,
+            result,
+            check_images,
+            source,
+            cohort,
+            int8=int8,
+            method=calibration_method,
+            force=force,
+            max_auc_drop=max_auc_drop,
+            heldout_fraction=heldout_fraction,
+        )
     card = model_card_path(bundle.path)
     if card.is_file() and fmt != "monai-bundle":
         shutil.copyfile(card, out / "model_card.md")
         result.files["card"] = "model_card.md"
-    write_export_record(out, bundle, fmt, result.files, parity=result.parity, int8=result.int8,
-                        calibration_rejected=len(result.rejected))
+    write_export_record(
+        out,
+        bundle,
+        fmt,
+        result.files,
+        parity=result.parity,
+        int8=result.int8,
+        calibration_rejected=len(result.rejected),
+    )
     return result
 
 
-def _export_onnx_like(bundle, fmt, out, result, check_images, source, cohort, *, int8, method, force,
-                      max_auc_drop, heldout_fraction) -> None:
+def _export_onnx_like(
+    bundle, fmt, out, result, check_images, source, cohort, *, int8, method, force, max_auc_drop, heldout_fraction
+) -> None:
     """ONNX (kept, or converted to OpenVINO IR) and its optional int8 twin."""
     from cxr_cad.export.onnx import export_onnx
     from cxr_cad.export.openvino import convert_to_openvino
@@ -153,10 +208,22 @@ def _export_onnx_like(bundle, fmt, out, result, check_images, source, cohort, *,
             q_file = out / "model.int8.xml"
         else:
             q_file = q_onnx
-        held = Cohort(images=cohort.images[held_idx], labels=cohort.labels[held_idx],
-                      groups=cohort.groups[held_idx], paths=[cohort.paths[i] for i in held_idx], rejected=[])
-        report = int8_report(fp32, runner(q_file), held, bundle.positive_index, n_calibration=len(calib_idx),
-                             max_auc_drop=max_auc_drop, method=method)
+        held = Cohort(
+            images=cohort.images[held_idx],
+            labels=cohort.labels[held_idx],
+            groups=cohort.groups[held_idx],
+            paths=[cohort.paths[i] for i in held_idx],
+            rejected=[],
+        )
+        report = int8_report(
+            fp32,
+            runner(q_file),
+            held,
+            bundle.positive_index,
+            n_calibration=len(calib_idx),
+            max_auc_drop=max_auc_drop,
+            method=method,
+        )
         try:
             check_int8(report, force=force)
         except BaseException:  # a refused (or interrupted) check leaves no int8 model behind; re-raised

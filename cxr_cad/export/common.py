@@ -5,6 +5,7 @@ metadata so that an exported model can be used without the bundle: classes, posi
 class, threshold (and how it was chosen), the transform spec, and the SHA-256 of the source
 bundle and of every file written.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,7 +45,8 @@ def require(module: str, extra: str) -> Any:
     except ImportError as exc:
         raise MissingExtraError(
             f"{module} is not installed; install the optional extra with "
-            f"`pip install -c constraints/cpu.txt -e '.[{extra}]'` (or `pip install 'cxr_cad[{extra}]'`)") from exc
+            f"`pip install -c constraints/cpu.txt -e '.[{extra}]'` (or `pip install 'cxr_cad[{extra}]'`)"
+        ) from exc
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -63,23 +65,43 @@ def bundle_record(bundle: Any) -> dict:
         "threshold_selection": bundle.threshold_selection,
         "transform_spec": bundle.transform_spec.to_dict(),
         "manifest_hash": bundle.manifest_hash,
-        "source_bundle": {"file": Path(bundle.path).name, "sha256": bundle.sha256,
-                          "created": bundle.created, "arch": bundle.meta.get("arch")},
+        "source_bundle": {
+            "file": Path(bundle.path).name,
+            "sha256": bundle.sha256,
+            "created": bundle.created,
+            "arch": bundle.meta.get("arch"),
+        },
     }
 
 
 def write_export_record(out: Path, bundle: Any, fmt: str, files: dict[str, str], **extra: Any) -> Path:
     """Write ``out/export.json``: bundle metadata, format, files with their SHA-256, versions."""
-    record = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "export_format": fmt,
-              **bundle_record(bundle), "input": {"name": INPUT_NAME, "shape": ["batch", bundle.transform_spec.in_channels,
-                                                                          bundle.transform_spec.image_size,
-                                                                          bundle.transform_spec.image_size],
-                                                 "dtype": "float32"},
-              "output": {"name": OUTPUT_NAME, "shape": ["batch", len(bundle.classes)], "dtype": "float32",
-                         "meaning": "logits; softmax over classes gives the probabilities"},
-              "files": {role: {"path": rel, "sha256": sha256_file(out / rel)} for role, rel in files.items()},
-              "versions": software_versions(EXPORT_PACKAGES),
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+    record = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "export_format": fmt,
+        **bundle_record(bundle),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [
+                "batch",
+                bundle.transform_spec.in_channels,
+                bundle.transform_spec.image_size,
+                bundle.transform_spec.image_size,
+            ],
+            "dtype": "float32",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", len(bundle.classes)],
+            "dtype": "float32",
+            "meaning": "logits; softmax over classes gives the probabilities",
+        },
+        "files": {role: {"path": rel, "sha256": sha256_file(out / rel)} for role, rel in files.items()},
+        "versions": software_versions(EXPORT_PACKAGES),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
     path = out / EXPORT_FILE
     try:
         path.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
@@ -92,8 +114,9 @@ def read_export_record(folder: str | os.PathLike) -> dict:
     """Read and check ``export.json`` of an exported folder (BundleError says what is wrong)."""
     path = Path(folder) / EXPORT_FILE
     if not path.is_file():
-        raise BundleError(f"{folder} is not an exported cxr_cad model: {EXPORT_FILE} is missing; "
-                          "write one with `cxr-cad export`")
+        raise BundleError(
+            f"{folder} is not an exported cxr_cad model: {EXPORT_FILE} is missing; write one with `cxr-cad export`"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -101,8 +124,10 @@ def read_export_record(folder: str | os.PathLike) -> dict:
     if record.get("format") != EXPORT_FORMAT:
         raise BundleError(f"{path} is not a cxr_cad export record")
     if int(record.get("format_version", 0)) > EXPORT_VERSION:
-        raise BundleError(f"{path}: export format version {record.get('format_version')} is newer than this "
-                          f"cxr_cad supports ({EXPORT_VERSION}); upgrade cxr_cad")
+        raise BundleError(
+            f"{path}: export format version {record.get('format_version')} is newer than this "
+            f"cxr_cad supports ({EXPORT_VERSION}); upgrade cxr_cad"
+        )
     return record
 
 
@@ -124,15 +149,21 @@ def prepare_out(out: str | os.PathLike, *, overwrite: bool) -> Path:
 class Cohort:
     """Preprocessed images of a labelled manifest through the bundle's own eval chain."""
 
-    images: torch.Tensor          # (N, C, S, S) float32
-    labels: np.ndarray            # (N,) 1 = positive class, 0 = other, -1 = unlabelled
-    groups: np.ndarray            # (N,) patient ids (for grouped splits)
+    images: torch.Tensor  # (N, C, S, S) float32
+    labels: np.ndarray  # (N,) 1 = positive class, 0 = other, -1 = unlabelled
+    groups: np.ndarray  # (N,) patient ids (for grouped splits)
     paths: list[str]
-    rejected: list[tuple[str, str]]   # (path, reason) of rows that could not be read
+    rejected: list[tuple[str, str]]  # (path, reason) of rows that could not be read
 
 
-def load_cohort(paths: list[str], spec: Any, *, labels: list[str] | None = None, positive: str | None = None,
-                groups: list[str] | None = None) -> Cohort:
+def load_cohort(
+    paths: list[str],
+    spec: Any,
+    *,
+    labels: list[str] | None = None,
+    positive: str | None = None,
+    groups: list[str] | None = None,
+) -> Cohort:
     """Run ``cxr_cad.transforms.build_eval_transforms(spec)`` over ``paths`` (no copy of the chain).
 
     A file that cannot be read is listed in ``rejected`` with its reason, never dropped silently.
@@ -150,8 +181,9 @@ def load_cohort(paths: list[str], spec: Any, *, labels: list[str] | None = None,
             if rej is None:
                 raise
             rejected.append((str(p), rej.reason.value))
-    y = np.array([(1 if labels[i] == positive else 0) if labels is not None and labels[i] != "" else -1
-                  for i in keep], dtype=int)
+    y = np.array(
+        [(1 if labels[i] == positive else 0) if labels is not None and labels[i] != "" else -1 for i in keep], dtype=int
+    )
     g = np.array([groups[i] if groups is not None else str(i) for i in keep], dtype=object)
     x = torch.stack([torch.as_tensor(t) for t in images]) if images else torch.empty(0)
     return Cohort(images=x.float(), labels=y, groups=g, paths=[str(paths[i]) for i in keep], rejected=rejected)
@@ -162,8 +194,13 @@ def cohort_from_manifest(manifest: str | os.PathLike, spec: Any, positive: str) 
     from cxr_cad.manifest import read_manifest
 
     df = read_manifest(manifest, require_labels=True)
-    return load_cohort(df["path"].astype(str).tolist(), spec, labels=df["label"].astype(str).tolist(),
-                       positive=positive, groups=df["patient_id"].astype(str).tolist())
+    return load_cohort(
+        df["path"].astype(str).tolist(),
+        spec,
+        labels=df["label"].astype(str).tolist(),
+        positive=positive,
+        groups=df["patient_id"].astype(str).tolist(),
+    )
 
 
 def softmax_positive(logits: np.ndarray | torch.Tensor, positive_index: int) -> np.ndarray:
@@ -177,6 +214,6 @@ def batched(fn, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
     outs = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            out = fn(images[i:i + batch_size])
+            out = fn(images[i : i + batch_size])
             outs.append(out.float().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, dtype=np.float32))
     return np.concatenate(outs) if outs else np.empty((0, 0), dtype=np.float32)

@@ -23,6 +23,7 @@ points at an existing file; offline, pass ``--filepath docs/metadata_schema.json
 schema written from the mandatory keys of MONAI's specification (MONAI's own schema file
 cannot be fetched on an offline machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ from cxr_cad.export.common import require
 log = logging.getLogger(__name__)
 
 #: MONAI's published metadata schema (what verify_metadata downloads when online).
-MONAI_SCHEMA_URL = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
-                    "meta_schema_20240725.json")
+MONAI_SCHEMA_URL = (
+    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+)
 LOCAL_SCHEMA = Path(__file__).with_name("monai_metadata_schema.json")
 BATCH_SIZE = 16
 
@@ -65,29 +67,53 @@ def metadata(bundle: Any, card_text: str | None = None) -> dict:
         "required_packages_version": {"cxr_cad": __version__},
         "optional_packages_version": {},
         "task": f"Chest radiograph classification: {' vs '.join(bundle.classes)}",
-        "description": (f"ResNet18 ({bundle.meta.get('arch', {}).get('impl', 'monai')}) trained by cxr_cad; outputs "
-                        f"softmax probabilities of {bundle.classes}; the positive class {bundle.positive_class!r} is "
-                        f"called at probability >= {bundle.threshold:.6g}. See docs/README.md (model card)."),
+        "description": (
+            f"ResNet18 ({bundle.meta.get('arch', {}).get('impl', 'monai')}) trained by cxr_cad; outputs "
+            f"softmax probabilities of {bundle.classes}; the positive class {bundle.positive_class!r} is "
+            f"called at probability >= {bundle.threshold:.6g}. See docs/README.md (model card)."
+        ),
         "authors": "cxr_cad user (trained with cxr_cad)",
         "copyright": "See docs/README.md",
         "intended_use": "Research and decision support only; not a medical device. See docs/README.md.",
         "data_type": "dicom, png, jpeg",
         "image_classes": f"{spec.in_channels} channel(s), {spec.image_size}x{spec.image_size}, cxr_cad eval chain "
-                         "(read with VOI/photometric handling, resize, intensity standardisation, normalisation)",
+        "(read with VOI/photometric handling, resize, intensity standardisation, normalisation)",
         "pred_classes": f"{len(bundle.classes)} softmax probabilities: {channels}",
         "eval_metrics": {"val_auc": val.get("val_auc")} if val.get("val_auc") is not None else {},
-        "cxr_cad": {"positive_class": bundle.positive_class, "threshold": bundle.threshold,
-                    "threshold_selection": bundle.threshold_selection, "transform_spec": spec.to_dict(),
-                    "source_bundle_sha256": bundle.sha256, "manifest_hash": bundle.manifest_hash},
+        "cxr_cad": {
+            "positive_class": bundle.positive_class,
+            "threshold": bundle.threshold,
+            "threshold_selection": bundle.threshold_selection,
+            "transform_spec": spec.to_dict(),
+            "source_bundle_sha256": bundle.sha256,
+            "manifest_hash": bundle.manifest_hash,
+        },
         "network_data_format": {
-            "inputs": {"image": {
-                "type": "image", "format": "magnitude", "modality": "CR/DX", "num_channels": spec.in_channels,
-                "spatial_shape": [spec.image_size, spec.image_size], "dtype": "float32", "value_range": [],
-                "is_patch_data": False, "channel_def": {str(i): "radiograph" for i in range(spec.in_channels)}}},
-            "outputs": {"pred": {
-                "type": "probabilities", "format": "classes", "num_channels": len(bundle.classes),
-                "spatial_shape": [1], "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
-                "channel_def": channels}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "CR/DX",
+                    "num_channels": spec.in_channels,
+                    "spatial_shape": [spec.image_size, spec.image_size],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": {str(i): "radiograph" for i in range(spec.in_channels)},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "probabilities",
+                    "format": "classes",
+                    "num_channels": len(bundle.classes),
+                    "spatial_shape": [1],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": channels,
+                }
+            },
         },
     }
 
@@ -105,25 +131,50 @@ def inference_config(bundle: Any) -> dict:
         "datalist": "$[{'image': str(p), 'path': str(p)} for p in iter_files([@dataset_dir])]",
         "transform_spec": {"_target_": "cxr_cad.transforms.TransformSpec.from_dict", "d": spec.to_dict()},
         "preprocessing": {"_target_": "cxr_cad.transforms.build_eval_transforms", "spec": "@transform_spec"},
-        "network_def": {"_target_": "cxr_cad.model.build_resnet18", "num_classes": len(bundle.classes),
-                        "in_channels": spec.in_channels},
+        "network_def": {
+            "_target_": "cxr_cad.model.build_resnet18",
+            "num_classes": len(bundle.classes),
+            "in_channels": spec.in_channels,
+        },
         "network": "$@network_def.to(@device)",
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": BATCH_SIZE,
-                       "shuffle": False, "num_workers": 0},
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": BATCH_SIZE,
+            "shuffle": False,
+            "num_workers": 0,
+        },
         "inferer": {"_target_": "SimpleInferer"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}],
+        },
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
-             "map_location": "@device"},
-            {"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": "predictions.csv",
-             "batch_transform": "$lambda batch: [{'filename_or_obj': b['path']} for b in batch]",
-             "output_transform": "$lambda output: [o['pred'] for o in output]"},
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@ckpt_path",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {
+                "_target_": "ClassificationSaver",
+                "output_dir": "@output_dir",
+                "filename": "predictions.csv",
+                "batch_transform": "$lambda batch: [{'filename_or_obj': b['path']} for b in batch]",
+                "output_transform": "$lambda output: [o['pred'] for o in output]",
+            },
         ],
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
-                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                      "val_handlers": "@handlers", "amp": False},
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
         "initialize": ["$@network.eval()"],
         "run": ["$@evaluator.run()"],
     }
@@ -134,8 +185,9 @@ def verify(out: Path) -> None:
     require("jsonschema", "export")
     from monai.bundle import verify_metadata
 
-    verify_metadata(meta_file=str(out / "configs" / "metadata.json"),
-                    filepath=str(out / "docs" / "metadata_schema.json"))
+    verify_metadata(
+        meta_file=str(out / "configs" / "metadata.json"), filepath=str(out / "docs" / "metadata_schema.json")
+    )
 
 
 def write_monai_bundle(bundle: Any, out: Path, *, card: Path | None = None) -> dict[str, str]:
@@ -147,8 +199,9 @@ def write_monai_bundle(bundle: Any, out: Path, *, card: Path | None = None) -> d
             (out / sub).mkdir(parents=True, exist_ok=True)
         meta = metadata(bundle)
         (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        (out / "configs" / "inference.json").write_text(json.dumps(inference_config(bundle), indent=2) + "\n",
-                                                        encoding="utf-8")
+        (out / "configs" / "inference.json").write_text(
+            json.dumps(inference_config(bundle), indent=2) + "\n", encoding="utf-8"
+        )
         state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
         torch.save(state, out / "models" / "model.pt")
         shutil.copyfile(LOCAL_SCHEMA, out / "docs" / "metadata_schema.json")
@@ -159,8 +212,14 @@ def write_monai_bundle(bundle: Any, out: Path, *, card: Path | None = None) -> d
     except OSError as exc:
         raise OutputError(f"cannot write the MONAI bundle into {out}: {exc}") from exc
     spec = bundle.transform_spec
-    export_torchscript(bundle.model, out / "models" / "model.ts", in_channels=spec.in_channels,
-                       image_size=spec.image_size, meta=meta)
+    export_torchscript(
+        bundle.model, out / "models" / "model.ts", in_channels=spec.in_channels, image_size=spec.image_size, meta=meta
+    )
     verify(out)
-    return {"model": "models/model.pt", "torchscript": "models/model.ts", "metadata": "configs/metadata.json",
-            "inference": "configs/inference.json", "card": "docs/README.md"}
+    return {
+        "model": "models/model.pt",
+        "torchscript": "models/model.ts",
+        "metadata": "configs/metadata.json",
+        "inference": "configs/inference.json",
+        "card": "docs/README.md",
+    }

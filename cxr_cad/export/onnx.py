@@ -5,6 +5,7 @@ chain) and returns ``logits`` ``(batch, K)``; softmax is left to the caller, as 
 model. Opset :data:`OPSET` (the torch.export-based exporter's default) runs on onnxruntime
 >= 1.14 and OpenVINO >= 2023.0 on CPU. The exported file is checked by ``onnx.checker``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ OPSET = 18
 EXTRA = "export"
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, *, in_channels: int, image_size: int,
-                opset: int = OPSET) -> Path:
+def export_onnx(
+    model: torch.nn.Module, path: str | Path, *, in_channels: int, image_size: int, opset: int = OPSET
+) -> Path:
     """Write ``model`` (eval mode, fp32) as ONNX with a dynamic batch axis; returns the path.
 
     Raises MissingExtraError (onnx/onnxscript not installed) or OutputError.
@@ -37,9 +39,16 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, in_channels: int, i
     with warnings.catch_warnings():  # the exporter's progress chatter and deprecations of its internals
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         try:
-            program = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=({0: batch},), verbose=False)
+            program = torch.onnx.export(
+                model,
+                example,
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
         except Exception as exc:  # the exporter raises its own error types
             raise OutputError(f"torch.onnx.export failed: {exc}") from exc
     program.optimize()

@@ -5,6 +5,7 @@
 ``openvino.save_model`` writes the IR with ``compress_to_fp16=False``: the default would
 store fp32 weights as fp16 and break the 1e-4 parity with torch.
 """
+
 from __future__ import annotations
 
 import logging

@@ -12,12 +12,13 @@ a held-out part; :func:`int8_report` compares fp32 and int8 probabilities on the
 part (max and 99th-percentile absolute change, AUC of both). :func:`check_int8` refuses an
 int8 model whose AUC drops by more than ``max_auc_drop`` unless forced.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ class Int8Report:
     prob_change_p99: float
     auc_fp32: float
     auc_int8: float
-    auc_change: float            # int8 - fp32 (negative = int8 worse)
+    auc_change: float  # int8 - fp32 (negative = int8 worse)
     max_auc_drop: float
     accepted: bool
     forced: bool = False
@@ -59,19 +60,22 @@ class Int8Report:
         return asdict(self)
 
     def line(self) -> str:
-        return (f"int8 vs fp32 on {self.n_heldout} held-out image(s) (calibrated on {self.n_calibration}): "
-                f"probability change max {self.prob_change_max:.4f}, p99 {self.prob_change_p99:.4f}; "
-                f"AUC {self.auc_fp32:.4f} -> {self.auc_int8:.4f} ({self.auc_change:+.4f})")
+        return (
+            f"int8 vs fp32 on {self.n_heldout} held-out image(s) (calibrated on {self.n_calibration}): "
+            f"probability change max {self.prob_change_max:.4f}, p99 {self.prob_change_p99:.4f}; "
+            f"AUC {self.auc_fp32:.4f} -> {self.auc_int8:.4f} ({self.auc_change:+.4f})"
+        )
 
 
-def split_calibration(cohort: Cohort, *, heldout_fraction: float = 0.5, seed: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def split_calibration(cohort: Cohort, *, heldout_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(calibration_idx, heldout_idx): a patient-grouped, label-stratified split of ``cohort``."""
     from cxr_cad.manifest import grouped_split
 
     if len(cohort.labels) < 4 or len(set(cohort.labels.tolist())) < 2:
-        raise UsageError("--calibration needs a labelled manifest with both classes and at least 4 readable "
-                         f"images; got {len(cohort.labels)} image(s), labels {sorted(set(cohort.labels.tolist()))}")
+        raise UsageError(
+            "--calibration needs a labelled manifest with both classes and at least 4 readable "
+            f"images; got {len(cohort.labels)} image(s), labels {sorted(set(cohort.labels.tolist()))}"
+        )
     df = pd.DataFrame({"label": cohort.labels.astype(str), "patient_id": cohort.groups.astype(str)})
     calib, held = grouped_split(df, heldout_fraction, seed=seed)
     return np.asarray(calib), np.asarray(held)
@@ -86,8 +90,9 @@ def _nodes_to_keep_fp32(onnx_path: Path) -> list[str]:
     return [n for n in (first, last) if n]
 
 
-def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor, *,
-                  method: str = "minmax", batch_size: int = 16) -> Path:
+def quantize_onnx(
+    fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor, *, method: str = "minmax", batch_size: int = 16
+) -> Path:
     """Static QDQ int8 quantisation of ``fp32_path`` calibrated on ``images`` ``(N, C, S, S)``."""
     q = require("onnxruntime.quantization", EXTRA)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -99,7 +104,7 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Te
 
     class Reader(q.CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([images[i:i + batch_size].numpy() for i in range(0, len(images), batch_size)])
+            self.batches = iter([images[i : i + batch_size].numpy() for i in range(0, len(images), batch_size)])
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -107,21 +112,40 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, images: torch.Te
 
     pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    cal = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
-           "entropy": q.CalibrationMethod.Entropy}[method]
+    cal = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "percentile": q.CalibrationMethod.Percentile,
+        "entropy": q.CalibrationMethod.Entropy,
+    }[method]
     try:
-        q.quantize_static(str(pre), str(int8_path), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                          nodes_to_exclude=_nodes_to_keep_fp32(pre), calibrate_method=cal,
-                          extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        q.quantize_static(
+            str(pre),
+            str(int8_path),
+            Reader(),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=_nodes_to_keep_fp32(pre),
+            calibrate_method=cal,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
     finally:
         pre.unlink(missing_ok=True)
     log.info("wrote int8 ONNX model %s (calibrated on %d image(s), %s)", int8_path, len(images), method)
     return int8_path
 
 
-def int8_report(fp32_fn: Callable, int8_fn: Callable, heldout: Cohort, positive_index: int, *,
-                n_calibration: int, max_auc_drop: float = MAX_AUC_DROP, method: str = "minmax") -> Int8Report:
+def int8_report(
+    fp32_fn: Callable,
+    int8_fn: Callable,
+    heldout: Cohort,
+    positive_index: int,
+    *,
+    n_calibration: int,
+    max_auc_drop: float = MAX_AUC_DROP,
+    method: str = "minmax",
+) -> Int8Report:
     """Compare two logits functions on ``heldout`` (labels 0/1)."""
     from cxr_cad.metrics import roc_auc
 
@@ -130,10 +154,18 @@ def int8_report(fp32_fn: Callable, int8_fn: Callable, heldout: Cohort, positive_
     diff = np.abs(p8 - p32)
     a32, a8 = roc_auc(heldout.labels, p32), roc_auc(heldout.labels, p8)
     change = float(a8 - a32)
-    return Int8Report(n_calibration=n_calibration, n_heldout=len(diff), prob_change_max=float(diff.max()),
-                      prob_change_p99=float(np.percentile(diff, 99)), auc_fp32=float(a32), auc_int8=float(a8),
-                      auc_change=change, max_auc_drop=max_auc_drop,
-                      accepted=bool(np.isfinite(change) and -change <= max_auc_drop), calibration_method=method)
+    return Int8Report(
+        n_calibration=n_calibration,
+        n_heldout=len(diff),
+        prob_change_max=float(diff.max()),
+        prob_change_p99=float(np.percentile(diff, 99)),
+        auc_fp32=float(a32),
+        auc_int8=float(a8),
+        auc_change=change,
+        max_auc_drop=max_auc_drop,
+        accepted=bool(np.isfinite(change) and -change <= max_auc_drop),
+        calibration_method=method,
+    )
 
 
 def check_int8(report: Int8Report, *, force: bool) -> Int8Report:
@@ -141,9 +173,11 @@ def check_int8(report: Int8Report, *, force: bool) -> Int8Report:
     if report.accepted:
         return report
     if not force:
-        raise Int8Refused(f"{report.line()}: the AUC drop exceeds {report.max_auc_drop}; no int8 model written. "
-                          "Try --calibration-method percentile or a larger calibration manifest, or --force "
-                          "to write it anyway")
+        raise Int8Refused(
+            f"{report.line()}: the AUC drop exceeds {report.max_auc_drop}; no int8 model written. "
+            "Try --calibration-method percentile or a larger calibration manifest, or --force "
+            "to write it anyway"
+        )
     report.forced = True
     log.warning("int8 model written despite an AUC drop above %s (--force): %s", report.max_auc_drop, report.line())
     return report

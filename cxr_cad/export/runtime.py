@@ -13,6 +13,7 @@ written by ``cxr-cad export`` is read through its ``export.json``; when it holds
 model as well as the fp32 one, the int8 model is used (pass the ``.onnx``/``.xml`` file to
 choose).
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,11 @@ class OpenVinoModel(_Callable):
     def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "f32"):
         ov = require("openvino", "export")
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-                  "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
@@ -120,13 +124,16 @@ def _pick_file(folder: Path, record: dict, backend: str) -> Path:
         rel = files.get(role, {}).get("path")
         if rel and Path(rel).suffix in wanted:
             return folder / rel
-    raise UsageError(f"{folder} holds a {record.get('export_format')} export; --backend {backend} needs "
-                     f"a {' or '.join(wanted)} model (export one with `cxr-cad export --format "
-                     f"{'onnx' if backend == 'onnxruntime' else backend}`)")
+    raise UsageError(
+        f"{folder} holds a {record.get('export_format')} export; --backend {backend} needs "
+        f"a {' or '.join(wanted)} model (export one with `cxr-cad export --format "
+        f"{'onnx' if backend == 'onnxruntime' else backend}`)"
+    )
 
 
-def load_exported(path: str | os.PathLike, backend: str, *, threads: int | None = None,
-                  precision: str = "f32") -> ExportedModel:
+def load_exported(
+    path: str | os.PathLike, backend: str, *, threads: int | None = None, precision: str = "f32"
+) -> ExportedModel:
     """Load an exported model (a folder from ``cxr-cad export`` or a model file inside one).
 
     Raises UsageError (unknown backend, a file the backend cannot read), BundleError
@@ -139,13 +146,18 @@ def load_exported(path: str | os.PathLike, backend: str, *, threads: int | None 
     path = Path(path)
     if not path.exists():
         raise BundleError(f"exported model {path} does not exist; write one with `cxr-cad export`")
-    folder = path if path.is_dir() else next((p for p in (path.parent, path.parent.parent)
-                                              if (p / EXPORT_FILE).is_file()), path.parent)  # models/model.ts
+    folder = (
+        path
+        if path.is_dir()
+        else next((p for p in (path.parent, path.parent.parent) if (p / EXPORT_FILE).is_file()), path.parent)
+    )  # models/model.ts
     record = read_export_record(folder)
     file = _pick_file(folder, record, backend) if path.is_dir() else path
     if file.suffix not in _SUFFIXES[backend]:
-        raise UsageError(f"--backend {backend} cannot read {file.name}; give a {' or '.join(_SUFFIXES[backend])} "
-                         f"file or the folder written by `cxr-cad export` (with {EXPORT_FILE})")
+        raise UsageError(
+            f"--backend {backend} cannot read {file.name}; give a {' or '.join(_SUFFIXES[backend])} "
+            f"file or the folder written by `cxr-cad export` (with {EXPORT_FILE})"
+        )
     if backend == "onnxruntime":
         model = OnnxRuntimeModel(file, threads)
     elif backend == "openvino":
@@ -154,15 +166,33 @@ def load_exported(path: str | os.PathLike, backend: str, *, threads: int | None 
         model = TorchScriptModel(file)
     weights = file.with_suffix(".bin") if file.suffix == ".xml" else file
     sel = record.get("threshold_selection") or {}
-    log.info("%s model %s (export of bundle sha256 %s)", backend, file,
-             record.get("source_bundle", {}).get("sha256", "?")[:12])
-    return ExportedModel(model=model, backend=backend, path=str(file), sha256=sha256_file(weights),
-                         classes=list(record["classes"]), positive_class=record["positive_class"],
-                         positive_index=int(record["positive_index"]),
-                         transform_spec=TransformSpec.from_dict(record["transform_spec"]),
-                         threshold=float(record["threshold"]), threshold_method=str(sel.get("method", "")),
-                         record=record)
+    log.info(
+        "%s model %s (export of bundle sha256 %s)",
+        backend,
+        file,
+        record.get("source_bundle", {}).get("sha256", "?")[:12],
+    )
+    return ExportedModel(
+        model=model,
+        backend=backend,
+        path=str(file),
+        sha256=sha256_file(weights),
+        classes=list(record["classes"]),
+        positive_class=record["positive_class"],
+        positive_index=int(record["positive_index"]),
+        transform_spec=TransformSpec.from_dict(record["transform_spec"]),
+        threshold=float(record["threshold"]),
+        threshold_method=str(sel.get("method", "")),
+        record=record,
+    )
 
 
-__all__ = ["BACKENDS", "ExportedModel", "OnnxRuntimeModel", "OpenVinoModel", "TorchScriptModel", "load_exported",
-           "INPUT_NAME"]
+__all__ = [
+    "BACKENDS",
+    "ExportedModel",
+    "OnnxRuntimeModel",
+    "OpenVinoModel",
+    "TorchScriptModel",
+    "load_exported",
+    "INPUT_NAME",
+]

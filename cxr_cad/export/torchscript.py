@@ -4,6 +4,7 @@ The traced module is saved with the export record as MONAI metadata (``meta_valu
 format MONAI bundles use for ``models/model.ts``; ``monai.data.load_net_with_metadata``
 reads both back.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,9 @@ from cxr_cad.errors import OutputError
 log = logging.getLogger(__name__)
 
 
-def export_torchscript(model: torch.nn.Module, path: str | Path, *, in_channels: int, image_size: int,
-                       meta: dict) -> Path:
+def export_torchscript(
+    model: torch.nn.Module, path: str | Path, *, in_channels: int, image_size: int, meta: dict
+) -> Path:
     """Trace ``model`` (eval, fp32) and save it with ``meta`` as TorchScript at ``path``."""
     from monai.data import save_net_with_metadata
 

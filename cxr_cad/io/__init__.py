@@ -10,6 +10,7 @@ The format is detected from the file's content, never its name. Every file that
 is not accepted raises :class:`cxr_cad.errors.RejectedFile` with a stable
 :class:`cxr_cad.errors.Reason` code.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,24 @@ __all__ = ["AcceptPolicy", "read_header", "read_image", "META_KEYS", "sniff_form
 
 #: Keys of the ``meta`` dict, in manifest column order.
 META_KEYS = (
-    "path", "format", "sop_instance_uid", "patient_id", "study_instance_uid", "series_instance_uid",
-    "sop_class_uid", "modality", "view_position", "body_part", "photometric_interpretation",
-    "bits_stored", "rows", "columns", "transfer_syntax", "manufacturer", "patient_sex", "patient_age",
+    "path",
+    "format",
+    "sop_instance_uid",
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_class_uid",
+    "modality",
+    "view_position",
+    "body_part",
+    "photometric_interpretation",
+    "bits_stored",
+    "rows",
+    "columns",
+    "transfer_syntax",
+    "manufacturer",
+    "patient_sex",
+    "patient_age",
 )
 
 _DEFAULT_POLICY = AcceptPolicy()
@@ -54,8 +70,9 @@ def read_header(path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLI
     return read_raster_header(path, fmt, max_image_bytes=policy.max_image_bytes)
 
 
-def read_image(path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLICY,
-               reduce_to: int | None = None) -> tuple[np.ndarray, dict]:
+def read_image(
+    path: str | os.PathLike, *, policy: AcceptPolicy = _DEFAULT_POLICY, reduce_to: int | None = None
+) -> tuple[np.ndarray, dict]:
     """Read one DICOM/PNG/JPEG file -> (pixels, meta).
 
     ``pixels`` is a 2-D float32 array in [0, 1] in display orientation (high =

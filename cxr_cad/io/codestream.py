@@ -9,6 +9,7 @@ declaration from the first bytes of a frame so it can be checked too, without de
 Hand-written: the decoders expose no "header only" call through pydicom, and only the
 frame header markers are needed (ITU-T T.81 B.2.2 SOFn, T.87 SOF55, T.800 A.5.1 SIZ).
 """
+
 from __future__ import annotations
 
 import struct
@@ -26,7 +27,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int, int] | None:
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
-        if marker == 0xFF:           # fill byte
+        if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker in _STANDALONE:
@@ -38,7 +39,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int, int] | None:
                 return None
             precision, rows, columns, comps = struct.unpack_from(">BHHB", data, pos + 4)
             return rows, columns, comps, precision
-        if marker == 0xDA or length < 2:   # start of scan before a frame header: malformed
+        if marker == 0xDA or length < 2:  # start of scan before a frame header: malformed
             return None
         pos += 2 + length
     return None

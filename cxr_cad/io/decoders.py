@@ -28,6 +28,7 @@ pylibjpeg-libjpeg (GPL-3.0) is not installed by default. ``pip install 'cxr_cad[
 adds it, and pydicom's ``pylibjpeg`` plugin for JPEG and JPEG-LS (which is libjpeg) is then
 tried after the permissive ones: :data:`GPL_EXTRA` names the extra in the ``DECODE_FAILED`` hint.
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,10 +38,10 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
     HTJ2K,
+    JPEG2000,
     UID,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -56,14 +57,15 @@ from cxr_cad.io import jpeg_turbo
 #: The optional extra that installs the GPL-3.0 JPEG / JPEG-LS decoder (pylibjpeg-libjpeg).
 GPL_EXTRA = "gpl-decoders"
 #: Syntaxes whose ``pylibjpeg`` plugin is pylibjpeg-libjpeg (GPL-3.0); elsewhere it is -openjpeg / -rle (MIT).
-GPL_PLUGIN_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
-                                 JPEGLSLossless, JPEGLSNearLossless})
+GPL_PLUGIN_SYNTAXES = frozenset(
+    {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless}
+)
 
 _TURBO = jpeg_turbo.LABEL
 #: Permissively licensed plugins per transfer syntax, in the order they are tried.
 PERMISSIVE: dict[UID, tuple[str, ...]] = {
     JPEGBaseline8Bit: ("pillow", _TURBO),
-    JPEGExtended12Bit: ("pillow", _TURBO),   # more than 8 bits stored: libjpeg-turbo only, see plugin_order
+    JPEGExtended12Bit: ("pillow", _TURBO),  # more than 8 bits stored: libjpeg-turbo only, see plugin_order
     JPEGLossless: (_TURBO,),
     JPEGLosslessSV1: (_TURBO,),
     JPEGLSLossless: ("pyjpegls",),
@@ -160,8 +162,9 @@ def decode_array(ds: Dataset, ts: UID) -> tuple[np.ndarray, str]:
     bits_stored = int(ds.get("BitsStored", 8) or 8)
     plugins = usable_plugins(ts, bits_stored)
     if not plugins:
-        raise NoDecoderError(f"none of the decoders for {ts.name} is installed "
-                             f"({', '.join(plugin_order(ts, bits_stored))})")
+        raise NoDecoderError(
+            f"none of the decoders for {ts.name} is installed ({', '.join(plugin_order(ts, bits_stored))})"
+        )
     failures = []
     for name in plugins:
         try:

@@ -9,6 +9,7 @@
 * PNG (``\\x89PNG\\r\\n\\x1a\\n``) and JPEG (``FF D8 FF``).
 * Other image formats (TIFF, BMP, GIF, WebP, JPEG 2000 files) -> ``UNSUPPORTED_FORMAT``.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,7 @@ def _walk_elements(head: bytes, file_size: int, explicit: bool, little: bool = T
         if tag <= last_tag:
             return count
         if explicit:
-            vr = head[pos + 4: pos + 6]
+            vr = head[pos + 4 : pos + 6]
             if vr not in _VRS:
                 return count
             if vr in _LONG_VRS:
@@ -117,8 +118,11 @@ def sniff_format(path: str | os.PathLike) -> str:
     except NotRegularFileError as exc:
         raise RejectedFile(Reason.UNREADABLE, exc.strerror, path) from exc
     except OSError as exc:
-        raise RejectedFile(Reason.UNREADABLE, f"cannot read the file: {exc.strerror or exc}; "
-                           "check that it exists and is readable", path) from exc
+        raise RejectedFile(
+            Reason.UNREADABLE,
+            f"cannot read the file: {exc.strerror or exc}; check that it exists and is readable",
+            path,
+        ) from exc
     if size == 0 or not head:
         raise RejectedFile(Reason.EMPTY_FILE, "the file has 0 bytes; re-export or remove it", path)
     if len(head) >= 132 and head[128:132] == b"DICM":
@@ -131,14 +135,17 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "dicom"
     for magic, name in _OTHER_FORMATS:
         if head.startswith(magic):
-            raise RejectedFile(Reason.UNSUPPORTED_FORMAT, f"{name} image; only DICOM, PNG and JPEG are "
-                               "read: convert it to PNG", path)
+            raise RejectedFile(
+                Reason.UNSUPPORTED_FORMAT, f"{name} image; only DICOM, PNG and JPEG are read: convert it to PNG", path
+            )
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        raise RejectedFile(Reason.UNSUPPORTED_FORMAT, "WebP image; only DICOM, PNG and JPEG are read: "
-                           "convert it to PNG", path)
+        raise RejectedFile(
+            Reason.UNSUPPORTED_FORMAT, "WebP image; only DICOM, PNG and JPEG are read: convert it to PNG", path
+        )
     if head.startswith(b"BM") and len(head) >= 6 and struct.unpack_from("<I", head, 2)[0] == size:
-        raise RejectedFile(Reason.UNSUPPORTED_FORMAT, "BMP image; only DICOM, PNG and JPEG are read: "
-                           "convert it to PNG", path)
+        raise RejectedFile(
+            Reason.UNSUPPORTED_FORMAT, "BMP image; only DICOM, PNG and JPEG are read: convert it to PNG", path
+        )
     if size >= 132:
         detail = "no DICOM 'DICM' marker at byte 128, no plausible DICOM data set at byte 0, and not PNG/JPEG"
     else:

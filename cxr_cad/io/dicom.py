@@ -18,6 +18,7 @@ Acceptance checks (in this order, each a :class:`~cxr_cad.errors.Reason`):
 
 The pixel pipeline lives in :mod:`cxr_cad.io.dicom_pixels`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,9 +64,18 @@ def _text(value: Any) -> str:
 
 #: Attributes the pixel pipeline uses; converted (and so validated) by :func:`check_header`.
 _PIPELINE_KEYWORDS = (
-    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
-    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "WindowCenter", "WindowWidth",
-    "VOILUTFunction", "VOILUTSequence",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
 )
 
 
@@ -80,8 +90,12 @@ def _get(ds: Dataset, keyword: str, path: Path, *, default: Any = None, required
         value = ds.get(keyword, None)
     except Exception as exc:  # noqa: BLE001 - any conversion failure of a corrupt element
         if required:
-            raise RejectedFile(Reason.UNREADABLE, f"DICOM attribute {keyword} has an unreadable value "
-                               f"({type(exc).__name__}: {exc}); the file is corrupt: re-export it", path) from exc
+            raise RejectedFile(
+                Reason.UNREADABLE,
+                f"DICOM attribute {keyword} has an unreadable value "
+                f"({type(exc).__name__}: {exc}); the file is corrupt: re-export it",
+                path,
+            ) from exc
         # the exception text may quote the value (a patient identifier): log its type only
         log.warning("%s: ignoring unreadable DICOM attribute %s (%s)", path, keyword, type(exc).__name__)
         return default
@@ -97,8 +111,11 @@ def _int(ds: Dataset, keyword: str, path: Path) -> int | None:
     try:
         return int(value)
     except (ValueError, TypeError) as exc:
-        raise RejectedFile(Reason.UNREADABLE, f"DICOM attribute {keyword} is not an integer ({value!r}); "
-                           "fix or re-export the file", path) from exc
+        raise RejectedFile(
+            Reason.UNREADABLE,
+            f"DICOM attribute {keyword} is not an integer ({value!r}); fix or re-export the file",
+            path,
+        ) from exc
 
 
 def _check_inflated_size(path: Path, limit: int) -> None:
@@ -125,19 +142,24 @@ def _check_inflated_size(path: Path, limit: int) -> None:
                 try:
                     total += len(inflater.decompress(chunk, 1 << 20))
                 except zlib.error:
-                    return   # not valid deflate: pydicom reports it as unreadable
+                    return  # not valid deflate: pydicom reports it as unreadable
                 chunk = inflater.unconsumed_tail
                 if total > budget:
-                    raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"the deflated data set inflates to more than "
-                                       f"{budget >> 20} MiB (a decompression bomb, or an image above the "
-                                       f"{limit >> 20} MiB limit); raise CXR_CAD_MAX_IMAGE_BYTES if it is "
-                                       "a real image", path)
+                    raise RejectedFile(
+                        Reason.IMAGE_TOO_LARGE,
+                        f"the deflated data set inflates to more than "
+                        f"{budget >> 20} MiB (a decompression bomb, or an image above the "
+                        f"{limit >> 20} MiB limit); raise CXR_CAD_MAX_IMAGE_BYTES if it is "
+                        "a real image",
+                        path,
+                    )
             if inflater.eof:
                 return
 
 
-def read_dataset(path: str | os.PathLike, *, header_only: bool,
-                 max_image_bytes: int | None = None) -> tuple[Dataset, bool]:
+def read_dataset(
+    path: str | os.PathLike, *, header_only: bool, max_image_bytes: int | None = None
+) -> tuple[Dataset, bool]:
     """Parse a DICOM file (with or without preamble/File Meta) -> (dataset, has_pixel_data).
 
     With ``header_only`` the parse stops before (7FE0,0010) Pixel Data; its presence
@@ -156,13 +178,16 @@ def read_dataset(path: str | os.PathLike, *, header_only: bool,
     limit = default_max_image_bytes() if max_image_bytes is None else int(max_image_bytes)
     try:
         with open(path, "rb") as fp:
-            if DeflatedExplicitVRLittleEndian.encode() in fp.read(4096):   # the File Meta names it
+            if DeflatedExplicitVRLittleEndian.encode() in fp.read(4096):  # the File Meta names it
                 _check_inflated_size(path, limit)
             fp.seek(0)
             ds = dcmread(fp, force=True, stop_before_pixels=header_only)
             if len(ds) == 0:
-                raise RejectedFile(Reason.UNREADABLE, "no DICOM data set after the File Meta header; the file is "
-                                   "truncated or corrupt: re-export it", path)
+                raise RejectedFile(
+                    Reason.UNREADABLE,
+                    "no DICOM data set after the File Meta header; the file is truncated or corrupt: re-export it",
+                    path,
+                )
             ts = _ensure_transfer_syntax(ds)
             if not header_only:
                 return ds, any(k in ds for k in _PIXEL_KEYWORDS)
@@ -175,9 +200,12 @@ def read_dataset(path: str | os.PathLike, *, header_only: bool,
     except OSError as exc:
         raise RejectedFile(Reason.UNREADABLE, f"cannot read the file: {exc}", path) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure on a malformed file means "unreadable"
-        raise RejectedFile(Reason.UNREADABLE, f"pydicom cannot parse the DICOM data set "
-                           f"({type(exc).__name__}: {exc}); the file is truncated or corrupt: re-export it",
-                           path) from exc
+        raise RejectedFile(
+            Reason.UNREADABLE,
+            f"pydicom cannot parse the DICOM data set "
+            f"({type(exc).__name__}: {exc}); the file is truncated or corrupt: re-export it",
+            path,
+        ) from exc
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> UID:
@@ -187,8 +215,11 @@ def _ensure_transfer_syntax(ds: Dataset) -> UID:
     ts = ds.file_meta.get("TransferSyntaxUID")
     if not ts:
         implicit, little = ds.original_encoding
-        ts = (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian) if little is not False \
+        ts = (
+            (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
+            if little is not False
             else ExplicitVRBigEndian
+        )
         ds.file_meta.TransferSyntaxUID = ts
     return UID(str(ts))
 
@@ -221,37 +252,62 @@ def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy
     fm = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
     sop_class = _text(_get(ds, "SOPClassUID", path)) or _text(_get(fm, "MediaStorageSOPClassUID", path))
     if is_image_sop_class(sop_class) is False:
-        raise RejectedFile(Reason.NOT_AN_IMAGE_SOP_CLASS, f"(0008,0016) SOP Class UID is {sop_class} "
-                           f"({UID(sop_class).name}), not an image; remove it from the input", path)
+        raise RejectedFile(
+            Reason.NOT_AN_IMAGE_SOP_CLASS,
+            f"(0008,0016) SOP Class UID is {sop_class} ({UID(sop_class).name}), not an image; remove it from the input",
+            path,
+        )
     if not has_pixels:
-        raise RejectedFile(Reason.NO_PIXEL_DATA, "no (7FE0,0010) Pixel Data element; the file holds no "
-                           "image (a header-only or non-image object): remove it from the input", path)
+        raise RejectedFile(
+            Reason.NO_PIXEL_DATA,
+            "no (7FE0,0010) Pixel Data element; the file holds no "
+            "image (a header-only or non-image object): remove it from the input",
+            path,
+        )
     frames = _int(ds, "NumberOfFrames", path)
     if frames is not None and frames > 1:
-        raise RejectedFile(Reason.MULTI_FRAME, f"(0028,0008) Number of Frames is {frames}; only "
-                           "single-frame radiographs are read: export the frame you need as its own file", path)
+        raise RejectedFile(
+            Reason.MULTI_FRAME,
+            f"(0028,0008) Number of Frames is {frames}; only "
+            "single-frame radiographs are read: export the frame you need as its own file",
+            path,
+        )
     modality = _text(_get(ds, "Modality", path, default=""))
     if not policy.accepts_modality(modality):
         shown = modality or "missing"
-        raise RejectedFile(Reason.UNSUPPORTED_MODALITY, f"(0008,0060) Modality is {shown}, accepted are "
-                           f"{', '.join(policy.modalities)}; widen the accepted modalities if this is a "
-                           "radiograph", path)
+        raise RejectedFile(
+            Reason.UNSUPPORTED_MODALITY,
+            f"(0008,0060) Modality is {shown}, accepted are "
+            f"{', '.join(policy.modalities)}; widen the accepted modalities if this is a "
+            "radiograph",
+            path,
+        )
     view = _text(_get(ds, "ViewPosition", path, default="")).upper()
     if policy.reject_lateral and view in LATERAL_VIEW_POSITIONS:
-        raise RejectedFile(Reason.LATERAL_VIEW, f"(0018,5101) View Position is {view}: a lateral view, "
-                           "and the model reads frontal (PA/AP) views only", path)
+        raise RejectedFile(
+            Reason.LATERAL_VIEW,
+            f"(0018,5101) View Position is {view}: a lateral view, and the model reads frontal (PA/AP) views only",
+            path,
+        )
     photometric = _text(_get(ds, "PhotometricInterpretation", path, default="")).upper()
     samples = _int(ds, "SamplesPerPixel", path) or 1
     ok = (photometric in MONOCHROME + ("",) and samples == 1) or (photometric in COLOUR and samples == 3)
     if not ok:
-        raise RejectedFile(Reason.UNSUPPORTED_PHOTOMETRIC, f"(0028,0004) Photometric Interpretation is "
-                           f"{photometric or 'missing'} with (0028,0002) Samples per Pixel {samples}; a "
-                           "radiograph must be MONOCHROME1/2 (RGB/YBR colour is converted to gray): "
-                           "re-export it as grayscale", path)
+        raise RejectedFile(
+            Reason.UNSUPPORTED_PHOTOMETRIC,
+            f"(0028,0004) Photometric Interpretation is "
+            f"{photometric or 'missing'} with (0028,0002) Samples per Pixel {samples}; a "
+            "radiograph must be MONOCHROME1/2 (RGB/YBR colour is converted to gray): "
+            "re-export it as grayscale",
+            path,
+        )
     rows, columns = _int(ds, "Rows", path), _int(ds, "Columns", path)
     if not rows or not columns or rows < 0 or columns < 0:
-        raise RejectedFile(Reason.UNREADABLE, "(0028,0010) Rows or (0028,0011) Columns is missing or 0; "
-                           "the image header is broken: re-export the file", path)
+        raise RejectedFile(
+            Reason.UNREADABLE,
+            "(0028,0010) Rows or (0028,0011) Columns is missing or 0; the image header is broken: re-export the file",
+            path,
+        )
     check_declared_size(ds, path, policy.max_image_bytes)
     for keyword in _PIPELINE_KEYWORDS:
         _get(ds, keyword, path)
@@ -273,11 +329,15 @@ def check_declared_size(ds: Dataset, path: Path, limit: int) -> None:
     """Raise ``IMAGE_TOO_LARGE`` when :func:`declared_bytes` exceeds ``limit``; decodes nothing."""
     size = declared_bytes(ds, path)
     if size > limit:
-        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"the header declares {size / 2**20:,.0f} MiB of decoded "
-                           f"pixels ((0028,0010) Rows {ds.get('Rows')} x (0028,0011) Columns {ds.get('Columns')}"
-                           f" x frames x samples x bytes), above the {limit / 2**20:,.0f} MiB limit; a "
-                           "decompression bomb or a corrupt header (set CXR_CAD_MAX_IMAGE_BYTES to raise "
-                           "the limit for real images this large)", path)
+        raise RejectedFile(
+            Reason.IMAGE_TOO_LARGE,
+            f"the header declares {size / 2**20:,.0f} MiB of decoded "
+            f"pixels ((0028,0010) Rows {ds.get('Rows')} x (0028,0011) Columns {ds.get('Columns')}"
+            f" x frames x samples x bytes), above the {limit / 2**20:,.0f} MiB limit; a "
+            "decompression bomb or a corrupt header (set CXR_CAD_MAX_IMAGE_BYTES to raise "
+            "the limit for real images this large)",
+            path,
+        )
 
 
 def header_meta(ds: Dataset, path: Path) -> dict:
@@ -322,8 +382,9 @@ def read_dicom_header(path: str | os.PathLike, *, policy: AcceptPolicy = AcceptP
     return header_meta(ds, path)
 
 
-def read_dicom_image(path: str | os.PathLike, *, policy: AcceptPolicy = AcceptPolicy(),
-                     reduce_to: int | None = None) -> tuple[np.ndarray, dict]:
+def read_dicom_image(
+    path: str | os.PathLike, *, policy: AcceptPolicy = AcceptPolicy(), reduce_to: int | None = None
+) -> tuple[np.ndarray, dict]:
     """Read one DICOM file -> (2-D float32 pixels in [0, 1], bright = bone; ``meta``).
 
     ``reduce_to`` lets JPEG 2000 data decode at a reduced resolution whose shorter
@@ -339,6 +400,7 @@ def read_dicom_image(path: str | os.PathLike, *, policy: AcceptPolicy = AcceptPo
     ds, has_pixels = read_dataset(path, header_only=False, max_image_bytes=policy.max_image_bytes)
     check_header(ds, has_pixels, path, policy)
     meta = header_meta(ds, path)
-    pixels = display_pixels(ds, path, apply_voi=policy.apply_voi, reduce_to=reduce_to,
-                            max_image_bytes=policy.max_image_bytes)
+    pixels = display_pixels(
+        ds, path, apply_voi=policy.apply_voi, reduce_to=reduce_to, max_image_bytes=policy.max_image_bytes
+    )
     return pixels, meta

@@ -26,6 +26,7 @@ Order (PS3.4 N.2 grayscale pipeline, display orientation bright = bone):
 Colour data (RGB, or YBR converted to RGB by pydicom) skips 2-4 and becomes gray
 by ITU-R BT.601 luma, then min/max scaling.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
-from pydicom.uid import JPEG2000TransferSyntaxes, UID
+from pydicom.uid import UID, JPEG2000TransferSyntaxes
 
 from cxr_cad.errors import Reason, RejectedFile
 from cxr_cad.io.decoders import GPL_EXTRA, DecodeError, NoDecoderError, decode_array, is_decoder_panic, is_gpl
@@ -71,26 +72,34 @@ def check_codestream(ds: Dataset, ts: UID, path: Path, limit: int) -> None:
         return
     try:
         fragments = generate_fragments(ds.PixelData)
-        next(fragments)   # the Basic Offset Table item
+        next(fragments)  # the Basic Offset Table item
         first = next(fragments)
     except Exception:  # noqa: BLE001 - malformed encapsulation: the decoder reports DECODE_FAILED
         return
     size = codestream_bytes(bytes(first[:65536]))
     if size is not None and size > limit:
-        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"the compressed frame's own header declares "
-                           f"{size / 2**20:,.0f} MiB of decoded pixels, above the {limit / 2**20:,.0f} MiB "
-                           "limit (a decompression bomb, or a codestream that disagrees with (0028,0010) "
-                           "Rows / (0028,0011) Columns); set CXR_CAD_MAX_IMAGE_BYTES for real images this "
-                           "large", path)
+        raise RejectedFile(
+            Reason.IMAGE_TOO_LARGE,
+            f"the compressed frame's own header declares "
+            f"{size / 2**20:,.0f} MiB of decoded pixels, above the {limit / 2**20:,.0f} MiB "
+            "limit (a decompression bomb, or a codestream that disagrees with (0028,0010) "
+            "Rows / (0028,0011) Columns); set CXR_CAD_MAX_IMAGE_BYTES for real images this "
+            "large",
+            path,
+        )
 
 
 def _decode_hint(exc: BaseException, ts: UID) -> str:
     """What to do about a decode failure: install a decoder, try the GPL extra, or re-export."""
-    gpl = (f"the optional GPL-3.0 decoder pylibjpeg-libjpeg reads some JPEG files the default "
-           f"decoders refuse: pip install 'cxr_cad[{GPL_EXTRA}]'")
+    gpl = (
+        f"the optional GPL-3.0 decoder pylibjpeg-libjpeg reads some JPEG files the default "
+        f"decoders refuse: pip install 'cxr_cad[{GPL_EXTRA}]'"
+    )
     if isinstance(exc, NoDecoderError):
-        return ("reinstall cxr_cad to get its default decoders (Pillow, imagecodecs, pyjpegls, "
-                "pylibjpeg-openjpeg, pylibjpeg-rle)" + (f"; or {gpl}" if is_gpl(ts, "pylibjpeg") else ""))
+        return (
+            "reinstall cxr_cad to get its default decoders (Pillow, imagecodecs, pyjpegls, "
+            "pylibjpeg-openjpeg, pylibjpeg-rle)" + (f"; or {gpl}" if is_gpl(ts, "pylibjpeg") else "")
+        )
     if isinstance(exc, DecodeError) and is_gpl(ts, "pylibjpeg") and "pylibjpeg" not in exc.tried:
         return f"the pixel data may be truncated or corrupt: re-export the file; or {gpl}"
     if isinstance(exc, NotImplementedError):  # pydicom has no decoder for this transfer syntax
@@ -98,8 +107,7 @@ def _decode_hint(exc: BaseException, ts: UID) -> str:
     return "the pixel data is truncated or corrupt: re-export the file"
 
 
-def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None,
-           max_image_bytes: int | None = None) -> np.ndarray:
+def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None, max_image_bytes: int | None = None) -> np.ndarray:
     """Decoded stored values: 2-D (rows, columns), or (rows, columns, 3) RGB.
 
     With ``reduce_to`` and a JPEG 2000 / HTJ2K transfer syntax, decodes at the
@@ -128,14 +136,20 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None,
         if not isinstance(exc, Exception) and not is_decoder_panic(exc):
             raise  # KeyboardInterrupt, SystemExit
         syntax = ts.name or "unknown transfer syntax"
-        raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the pixel data ({syntax}): "
-                           f"{type(exc).__name__}: {exc}; {_decode_hint(exc, ts)}", path) from exc
+        raise RejectedFile(
+            Reason.DECODE_FAILED,
+            f"cannot decode the pixel data ({syntax}): {type(exc).__name__}: {exc}; {_decode_hint(exc, ts)}",
+            path,
+        ) from exc
     if plugin:
         log.debug("%s: decoded with pydicom's %r plugin", path, plugin)
     expected = 2 if int(ds.get("SamplesPerPixel", 1) or 1) == 1 else 3
     if arr.ndim != expected:
-        raise RejectedFile(Reason.MULTI_FRAME if arr.ndim == expected + 1 else Reason.DECODE_FAILED,
-                           f"decoded pixel array has shape {arr.shape}, expected one frame", path)
+        raise RejectedFile(
+            Reason.MULTI_FRAME if arr.ndim == expected + 1 else Reason.DECODE_FAILED,
+            f"decoded pixel array has shape {arr.shape}, expected one frame",
+            path,
+        )
     return arr
 
 
@@ -223,8 +237,9 @@ def _minmax_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(values, 0.0, 1.0, out=values)
 
 
-def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
-                   reduce_to: int | None = None, max_image_bytes: int | None = None) -> np.ndarray:
+def display_pixels(
+    ds: Dataset, path: Path, *, apply_voi: bool = True, reduce_to: int | None = None, max_image_bytes: int | None = None
+) -> np.ndarray:
     """The whole pipeline (module doc): 2-D float32 in [0, 1], bright = bone.
 
     Raises:
@@ -240,19 +255,30 @@ def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
     else:
         lo, hi = arr.min(), arr.max()
         if lo == hi:
-            raise RejectedFile(Reason.CONSTANT_IMAGE, f"every decoded pixel has the value {lo}; the image is "
-                               "blank or its pixel data is broken", path)
+            raise RejectedFile(
+                Reason.CONSTANT_IMAGE,
+                f"every decoded pixel has the value {lo}; the image is blank or its pixel data is broken",
+                path,
+            )
         try:
             values = modality_values(arr, ds)
         except Exception as exc:  # noqa: BLE001 - a corrupt Modality LUT in this file
-            raise RejectedFile(Reason.DECODE_FAILED, f"cannot apply the Modality LUT ((0028,3000) Modality "
-                               f"LUT Sequence or (0028,1052)/(0028,1053) Rescale): {exc}", path) from exc
+            raise RejectedFile(
+                Reason.DECODE_FAILED,
+                f"cannot apply the Modality LUT ((0028,3000) Modality "
+                f"LUT Sequence or (0028,1052)/(0028,1053) Rescale): {exc}",
+                path,
+            ) from exc
     lo, hi = float(values.min()), float(values.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise RejectedFile(Reason.DECODE_FAILED, "decoded pixel values include NaN or infinity", path)
     if lo == hi:
-        raise RejectedFile(Reason.CONSTANT_IMAGE, f"every pixel has the value {lo:g} after the Modality LUT "
-                           "(or colour to gray); the image is blank or its header is broken", path)
+        raise RejectedFile(
+            Reason.CONSTANT_IMAGE,
+            f"every pixel has the value {lo:g} after the Modality LUT "
+            "(or colour to gray); the image is blank or its header is broken",
+            path,
+        )
     out = None
     if apply_voi and arr.ndim == 2:
         if ds.get("VOILUTSequence"):
@@ -265,9 +291,13 @@ def display_pixels(ds: Dataset, path: Path, *, apply_voi: bool = True,
             if window is not None:
                 out = window_unit(values, *window)
         if out is not None and float(out.min()) == float(out.max()):
-            raise RejectedFile(Reason.CONSTANT_IMAGE, "the VOI LUT / window (0028,1050)/(0028,1051) maps every "
-                               "pixel to one value; the window does not fit the data: read it with the VOI "
-                               "switched off (AcceptPolicy(apply_voi=False))", path)
+            raise RejectedFile(
+                Reason.CONSTANT_IMAGE,
+                "the VOI LUT / window (0028,1050)/(0028,1051) maps every "
+                "pixel to one value; the window does not fit the data: read it with the VOI "
+                "switched off (AcceptPolicy(apply_voi=False))",
+                path,
+            )
     if out is None:
         out = _minmax_unit(values, lo, hi)
     if photometric == "MONOCHROME1":

@@ -11,11 +11,11 @@ reads a small text file (config, workflow) with a size limit and UTF-8 errors th
 Hand-written because neither ``open()`` nor ``pathlib`` offers "regular files only,
 without blocking".
 """
+
 from __future__ import annotations
 
 import errno
 import fcntl
-import io
 import os
 import stat
 from typing import BinaryIO
@@ -78,7 +78,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        if exc.errno == errno.ENXIO:   # a socket (a FIFO opens at once for reading with O_NONBLOCK)
+        if exc.errno == errno.ENXIO:  # a socket (a FIFO opens at once for reading with O_NONBLOCK)
             raise NotRegularFileError(errno.ENXIO, not_regular_detail(os.stat(path).st_mode), path) from exc
         raise
     try:
@@ -88,7 +88,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
             raise NotRegularFileError(code, not_regular_detail(st.st_mode), path)
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
-        return io.open(fd, "rb", closefd=True)
+        return open(fd, "rb", closefd=True)
     except BaseException:
         os.close(fd)
         raise
@@ -99,8 +99,11 @@ def read_bytes_limited(path: str | os.PathLike, limit: int) -> bytes:
     with open_regular(path) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise OSError(errno.EFBIG, f"the file is larger than {limit} bytes, far more than any "
-                      "config or workflow holds", os.fspath(path))
+        raise OSError(
+            errno.EFBIG,
+            f"the file is larger than {limit} bytes, far more than any config or workflow holds",
+            os.fspath(path),
+        )
     return data
 
 
@@ -115,5 +118,6 @@ def read_text_limited(path: str | os.PathLike, limit: int = MAX_TEXT_FILE_BYTES)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                         "save it as UTF-8") from None
+        raise ValueError(
+            f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None

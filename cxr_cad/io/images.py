@@ -8,6 +8,7 @@ decoded at full resolution (``reduce_to`` is accepted and ignored): PIL's DCT-sc
 ``draft()`` decoding changed the pixels enough to make a JPEG and a DICOM of the same
 film score differently (issue 10).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,9 +26,21 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 #: PIL mode -> (bits per sample, colour?)
 _MODES = {
-    "1": (1, False), "L": (8, False), "LA": (8, False), "La": (8, False), "P": (8, True), "PA": (8, True),
-    "I;16": (16, False), "I;16B": (16, False), "I;16L": (16, False), "I": (16, False),
-    "RGB": (8, True), "RGBA": (8, True), "RGBa": (8, True), "RGBX": (8, True), "CMYK": (8, True),
+    "1": (1, False),
+    "L": (8, False),
+    "LA": (8, False),
+    "La": (8, False),
+    "P": (8, True),
+    "PA": (8, True),
+    "I;16": (16, False),
+    "I;16B": (16, False),
+    "I;16L": (16, False),
+    "I": (16, False),
+    "RGB": (8, True),
+    "RGBA": (8, True),
+    "RGBa": (8, True),
+    "RGBX": (8, True),
+    "CMYK": (8, True),
     "YCbCr": (8, True),
 }
 
@@ -35,12 +48,16 @@ _MODES = {
 def _open(path: Path, fmt: str) -> Image.Image:
     try:
         return Image.open(path, formats=(_FORMATS[fmt],))
-    except Image.DecompressionBombError as exc:   # Pillow's own limit (2 x MAX_IMAGE_PIXELS), at open
-        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} header declares a decompression bomb "
-                           f"({exc}); it is not decoded", path) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (2 x MAX_IMAGE_PIXELS), at open
+        raise RejectedFile(
+            Reason.IMAGE_TOO_LARGE,
+            f"{fmt.upper()} header declares a decompression bomb ({exc}); it is not decoded",
+            path,
+        ) from exc
     except (UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise RejectedFile(Reason.UNREADABLE, f"{fmt.upper()} header cannot be parsed ({exc}); "
-                           "the file is corrupt: re-export it", path) from exc
+        raise RejectedFile(
+            Reason.UNREADABLE, f"{fmt.upper()} header cannot be parsed ({exc}); the file is corrupt: re-export it", path
+        ) from exc
     except OSError as exc:
         raise RejectedFile(Reason.UNREADABLE, f"cannot read the file: {exc}", path) from exc
 
@@ -51,31 +68,53 @@ def _check_size(image: Image.Image, path: Path, fmt: str, limit: int) -> None:
     columns, rows = image.size
     size = columns * rows * (3 if colour else 1) * (2 if bits == 16 else 1)
     if size > limit:
-        raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} header declares {columns} x {rows} pixels "
-                           f"({size / 2**20:,.0f} MiB decoded), above the {limit / 2**20:,.0f} MiB limit; a "
-                           "decompression bomb or a corrupt header (set CXR_CAD_MAX_IMAGE_BYTES to raise the "
-                           "limit for real images this large)", path)
+        raise RejectedFile(
+            Reason.IMAGE_TOO_LARGE,
+            f"{fmt.upper()} header declares {columns} x {rows} pixels "
+            f"({size / 2**20:,.0f} MiB decoded), above the {limit / 2**20:,.0f} MiB limit; a "
+            "decompression bomb or a corrupt header (set CXR_CAD_MAX_IMAGE_BYTES to raise the "
+            "limit for real images this large)",
+            path,
+        )
 
 
 def _meta(image: Image.Image, path: Path, fmt: str, max_image_bytes: int | None = None) -> dict:
     from cxr_cad.io.policy import default_max_image_bytes
 
     if image.mode not in _MODES:
-        raise RejectedFile(Reason.UNSUPPORTED_PHOTOMETRIC, f"{fmt.upper()} pixel mode {image.mode!r} is not "
-                           "supported; save it as 8/16-bit grayscale or RGB", path)
+        raise RejectedFile(
+            Reason.UNSUPPORTED_PHOTOMETRIC,
+            f"{fmt.upper()} pixel mode {image.mode!r} is not supported; save it as 8/16-bit grayscale or RGB",
+            path,
+        )
     if getattr(image, "n_frames", 1) > 1:
-        raise RejectedFile(Reason.MULTI_FRAME, f"animated {fmt.upper()} with {image.n_frames} frames; "
-                           "save the single image you need", path)
+        raise RejectedFile(
+            Reason.MULTI_FRAME,
+            f"animated {fmt.upper()} with {image.n_frames} frames; save the single image you need",
+            path,
+        )
     _check_size(image, path, fmt, default_max_image_bytes() if max_image_bytes is None else max_image_bytes)
     bits, _ = _MODES[image.mode]
     columns, rows = image.size
     return {
-        "path": str(path), "format": fmt, "sop_instance_uid": "", "patient_id": "",
-        "study_instance_uid": "", "series_instance_uid": "", "sop_class_uid": "", "modality": "",
-        "view_position": "", "body_part": "",
+        "path": str(path),
+        "format": fmt,
+        "sop_instance_uid": "",
+        "patient_id": "",
+        "study_instance_uid": "",
+        "series_instance_uid": "",
+        "sop_class_uid": "",
+        "modality": "",
+        "view_position": "",
+        "body_part": "",
         "photometric_interpretation": "MONOCHROME2" if not _MODES[image.mode][1] else "RGB",
-        "bits_stored": bits, "rows": rows, "columns": columns, "transfer_syntax": "",
-        "manufacturer": "", "patient_sex": "", "patient_age": "",
+        "bits_stored": bits,
+        "rows": rows,
+        "columns": columns,
+        "transfer_syntax": "",
+        "manufacturer": "",
+        "patient_sex": "",
+        "patient_age": "",
     }
 
 
@@ -108,8 +147,9 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     return np.tensordot(rgb, _LUMA, axes=([2], [0])).astype(np.float32)
 
 
-def read_raster_image(path: str | os.PathLike, fmt: str, *, reduce_to: int | None = None,
-                      max_image_bytes: int | None = None) -> tuple[np.ndarray, dict]:
+def read_raster_image(
+    path: str | os.PathLike, fmt: str, *, reduce_to: int | None = None, max_image_bytes: int | None = None
+) -> tuple[np.ndarray, dict]:
     """Read a PNG/JPEG file -> (2-D float32 in [0, 1], meta); see the module doc for the scaling.
 
     Raises:
@@ -128,15 +168,21 @@ def read_raster_image(path: str | os.PathLike, fmt: str, *, reduce_to: int | Non
             image.load()
             gray = _to_gray(image)
         except Image.DecompressionBombError as exc:
-            raise RejectedFile(Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} decompression bomb ({exc}); not "
-                               "decoded", path) from exc
+            raise RejectedFile(
+                Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} decompression bomb ({exc}); not decoded", path
+            ) from exc
         except (OSError, ValueError, SyntaxError) as exc:
-            raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the {fmt.upper()} pixel data "
-                               f"({type(exc).__name__}: {exc}); the file is truncated or corrupt", path) from exc
+            raise RejectedFile(
+                Reason.DECODE_FAILED,
+                f"cannot decode the {fmt.upper()} pixel data "
+                f"({type(exc).__name__}: {exc}); the file is truncated or corrupt",
+                path,
+            ) from exc
     if bits == 16 and image.mode == "I" and float(gray.max()) > 65535:
         bits = 32
     if float(gray.min()) == float(gray.max()):
-        raise RejectedFile(Reason.CONSTANT_IMAGE, f"every pixel has the value {gray.flat[0]:g}; the image "
-                           "is blank", path)
-    gray *= np.float32(1.0 / (2 ** bits - 1))
+        raise RejectedFile(
+            Reason.CONSTANT_IMAGE, f"every pixel has the value {gray.flat[0]:g}; the image is blank", path
+        )
+    gray *= np.float32(1.0 / (2**bits - 1))
     return np.clip(gray, 0.0, 1.0, out=gray), meta

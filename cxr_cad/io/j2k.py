@@ -7,6 +7,7 @@ so this goes through Pillow's OpenJPEG binding (``Image.reduce = N``), with the
 same precision / sign handling as pydicom's Pillow decoder. Level 0 equals
 pydicom's full-resolution decode exactly (tested).
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,14 @@ def codestream_info(frame: bytes) -> dict | None:
             xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", frame, body + 2)
             components = struct.unpack_from(">H", frame, body + 34)[0]
             ssiz = frame[body + 36]
-            info.update(columns=xsiz - xo, rows=ysiz - yo, origin=(xo, yo), components=components,
-                        precision=(ssiz & 0x7F) + 1, signed=bool(ssiz & 0x80))
+            info.update(
+                columns=xsiz - xo,
+                rows=ysiz - yo,
+                origin=(xo, yo),
+                components=components,
+                precision=(ssiz & 0x7F) + 1,
+                signed=bool(ssiz & 0x80),
+            )
         elif marker == 0xFF52 and body + 6 <= len(frame):  # COD
             info["levels"] = frame[body + 5]
         elif marker == 0xFF90:  # SOT: end of the main header
@@ -105,8 +112,11 @@ def decode_level(ds: Dataset, level: int, path: Path) -> np.ndarray:
             size = image.size
             buffer = bytearray(image.tobytes())
     except (OSError, ValueError, StopIteration, SyntaxError) as exc:
-        raise RejectedFile(Reason.DECODE_FAILED, f"cannot decode the JPEG 2000 pixel data at reduction "
-                           f"level {level}: {type(exc).__name__}: {exc}", path) from exc
+        raise RejectedFile(
+            Reason.DECODE_FAILED,
+            f"cannot decode the JPEG 2000 pixel data at reduction level {level}: {type(exc).__name__}: {exc}",
+            path,
+        ) from exc
     precision = int(info.get("precision", ds.BitsStored))
     pixel_rep = int(ds.get("PixelRepresentation", 0) or 0)
     signed = bool(info.get("signed", pixel_rep))
@@ -132,8 +142,9 @@ def decode_reduced(ds: Dataset, reduce_to: int, path: Path) -> np.ndarray | None
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except (ValueError, StopIteration, struct.error) as exc:
-        raise RejectedFile(Reason.DECODE_FAILED, f"cannot find the JPEG 2000 frame in (7FE0,0010) Pixel "
-                           f"Data: {exc}", path) from exc
+        raise RejectedFile(
+            Reason.DECODE_FAILED, f"cannot find the JPEG 2000 frame in (7FE0,0010) Pixel Data: {exc}", path
+        ) from exc
     info = codestream_info(frame)
     if info is None or info.get("components", 1) != 1 or info.get("origin", (0, 0)) != (0, 0):
         return None
@@ -143,13 +154,15 @@ def decode_reduced(ds: Dataset, reduce_to: int, path: Path) -> np.ndarray | None
     try:
         arr = decode_level(ds, level, path)
     except RejectedFile as exc:
-        log.warning("%s: reduced-resolution JPEG 2000 decode failed (%s); decoding at full resolution",
-                    path, exc.detail)
+        log.warning(
+            "%s: reduced-resolution JPEG 2000 decode failed (%s); decoding at full resolution", path, exc.detail
+        )
         return None
     expected = (-(-rows // (1 << level)), -(-columns // (1 << level)))
     if arr.shape != expected:
-        log.warning("%s: reduced JPEG 2000 decode gave %s, expected %s; decoding at full resolution",
-                    path, arr.shape, expected)
+        log.warning(
+            "%s: reduced JPEG 2000 decode gave %s, expected %s; decoding at full resolution", path, arr.shape, expected
+        )
         return None
     log.debug("%s: JPEG 2000 decoded at level %d: %s -> %s", path, level, (rows, columns), arr.shape)
     return arr

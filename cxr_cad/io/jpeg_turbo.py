@@ -23,6 +23,7 @@ Plugin interface (pydicom's decoder plugin guide): :func:`is_available`,
 :data:`DECODER_DEPENDENCIES` and the decode function :func:`decode_frame`, registered by
 :func:`cxr_cad.io.decoders.register_plugins` under :data:`LABEL`.
 """
+
 from __future__ import annotations
 
 from pydicom.pixels.decoders.base import DecodeRunner
@@ -38,8 +39,9 @@ except ImportError:  # imagecodecs is a core dependency; a broken install only l
 #: The label this plugin is registered under in pydicom's JPEG decoders.
 LABEL = "libjpeg-turbo"
 #: What the plugin needs, per transfer syntax (pydicom's plugin interface).
-DECODER_DEPENDENCIES = {uid: ("imagecodecs",) for uid in
-                        (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)}
+DECODER_DEPENDENCIES = {
+    uid: ("imagecodecs",) for uid in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
+}
 
 
 def is_available(uid: str) -> bool:
@@ -67,6 +69,8 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         runner.set_option("planar_configuration", 0)  # libjpeg-turbo returns colour-by-pixel
     width = 1 if runner.bits_allocated <= 8 else 2
     if frame.dtype.itemsize > width:
-        raise ValueError(f"the JPEG sample precision needs {8 * frame.dtype.itemsize} bits, but (0028,0100) "
-                         f"Bits Allocated is {runner.bits_allocated}")
+        raise ValueError(
+            f"the JPEG sample precision needs {8 * frame.dtype.itemsize} bits, but (0028,0100) "
+            f"Bits Allocated is {runner.bits_allocated}"
+        )
     return frame.astype(f"<u{width}", copy=False).tobytes()

@@ -1,4 +1,5 @@
 """What the readers accept: :class:`AcceptPolicy`."""
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ def default_max_image_bytes() -> int:
     except ValueError:
         value = 0
     return value if value > 0 else DEFAULT_MAX_IMAGE_BYTES
+
 
 #: (0018,5101) View Position values that mean a lateral projection.
 LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"})
@@ -50,8 +52,11 @@ class AcceptPolicy:
     max_image_bytes: int = field(default_factory=default_max_image_bytes)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_image_bytes, bool) or not isinstance(self.max_image_bytes, int) \
-                or self.max_image_bytes < 1:
+        if (
+            isinstance(self.max_image_bytes, bool)
+            or not isinstance(self.max_image_bytes, int)
+            or self.max_image_bytes < 1
+        ):
             raise ValueError(f"AcceptPolicy.max_image_bytes must be a positive integer, not {self.max_image_bytes!r}")
         if isinstance(self.modalities, str):
             raise TypeError("AcceptPolicy.modalities must be a tuple of strings, e.g. ('CR', 'DX'), not a str")

@@ -9,6 +9,7 @@ errors: a :class:`~cxr_cad.errors.RejectedFile` becomes a rejected row with its 
 code, anything unexpected becomes ``INTERNAL_ERROR`` with the exception text. Nothing is
 dropped silently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,11 +20,11 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
@@ -87,8 +88,10 @@ def compile_patient_id_pattern(pattern: str | None) -> re.Pattern:
     except re.error as exc:
         raise UsageError(f"--patient-id-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
     if compiled.groups < 1:
-        raise UsageError(f"--patient-id-pattern {pattern!r} has no capture group; put the part of the file "
-                         r"name that is the patient id in parentheses, e.g. '^(P\d+)-'")
+        raise UsageError(
+            f"--patient-id-pattern {pattern!r} has no capture group; put the part of the file "
+            r"name that is the patient id in parentheses, e.g. '^(P\d+)-'"
+        )
     return compiled
 
 
@@ -118,7 +121,7 @@ def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixel
 
     Returns ``{"status": "accepted", "row": {...}, "pid_source": str}`` or
     ``{"status": "rejected", "row": {"path", "reason", "detail"}}``."""
-    from cxr_cad.io import read_header, read_image   # the io package imports this module's siblings
+    from cxr_cad.io import read_header, read_image  # the io package imports this module's siblings
 
     try:
         meta = read_header(path, policy=policy)
@@ -128,13 +131,24 @@ def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixel
     except RejectedFile as exc:
         return {"status": "rejected", "row": {"path": path, "reason": exc.reason.value, "detail": exc.detail}}
     except OSError as exc:
-        return {"status": "rejected", "row": {"path": path, "reason": Reason.UNREADABLE.value,
-                                              "detail": f"cannot read the file: {exc.strerror or exc}"}}
+        return {
+            "status": "rejected",
+            "row": {
+                "path": path,
+                "reason": Reason.UNREADABLE.value,
+                "detail": f"cannot read the file: {exc.strerror or exc}",
+            },
+        }
     except Exception as exc:  # noqa: BLE001 - the one per-file catch-all; recorded, never dropped
         log.debug("unexpected error scanning %s", path, exc_info=True)
-        return {"status": "rejected", "row": {"path": path, "reason": Reason.INTERNAL_ERROR.value,
-                                              "detail": f"{type(exc).__name__}: {exc} (a bug in cxr_cad; "
-                                                        "please report it with this file's header)"}}
+        return {
+            "status": "rejected",
+            "row": {
+                "path": path,
+                "reason": Reason.INTERNAL_ERROR.value,
+                "detail": f"{type(exc).__name__}: {exc} (a bug in cxr_cad; please report it with this file's header)",
+            },
+        }
     row = {c: meta.get(c) for c in MANIFEST_COLUMNS if c in meta}
     row["path"] = path
     row["sha256"] = digest
@@ -168,8 +182,12 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     methods = multiprocessing.get_all_start_methods()
     # tqdm's monitor thread (left running by disabled bars) only sleeps and workers never use tqdm
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
-    if sys.platform.startswith("linux") and "fork" in methods and not others \
-            and threading.current_thread() is threading.main_thread():
+    if (
+        sys.platform.startswith("linux")
+        and "fork" in methods
+        and not others
+        and threading.current_thread() is threading.main_thread()
+    ):
         return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
@@ -223,10 +241,15 @@ def _scan_isolated(task: tuple, ctx: multiprocessing.context.BaseContext) -> dic
         try:
             return pool.submit(_scan_task, task).result()
         except BrokenProcessPool:
-            return {"status": "rejected", "row": {
-                "path": task[0], "reason": Reason.INTERNAL_ERROR.value,
-                "detail": "the process reading this file died (a crash in a decoder, or out of memory); "
-                          "check the file with another viewer and report it"}}
+            return {
+                "status": "rejected",
+                "row": {
+                    "path": task[0],
+                    "reason": Reason.INTERNAL_ERROR.value,
+                    "detail": "the process reading this file died (a crash in a decoder, or out of memory); "
+                    "check the file with another viewer and report it",
+                },
+            }
 
 
 def default_workers() -> int:
@@ -247,14 +270,26 @@ def _mark_duplicates(accepted: list[dict]) -> tuple[list[dict], list[dict]]:
         if uid and uid in first:
             other = first[uid]
             if uid.startswith("sha256:"):
-                dups.append({"path": row["path"], "reason": Reason.DUPLICATE_CONTENT.value,
-                             "detail": f"byte-identical copy of {other['path']}, which was kept"})
+                dups.append(
+                    {
+                        "path": row["path"],
+                        "reason": Reason.DUPLICATE_CONTENT.value,
+                        "detail": f"byte-identical copy of {other['path']}, which was kept",
+                    }
+                )
             else:
-                same = "a byte-identical copy" if other.get("sha256") == row.get("sha256") else \
-                    "different bytes: check the export"
-                dups.append({"path": row["path"], "reason": Reason.DUPLICATE_SOP_INSTANCE.value,
-                             "detail": f"same (0008,0018) SOP Instance UID as {other['path']}, which was kept "
-                                       f"({same})"})
+                same = (
+                    "a byte-identical copy"
+                    if other.get("sha256") == row.get("sha256")
+                    else "different bytes: check the export"
+                )
+                dups.append(
+                    {
+                        "path": row["path"],
+                        "reason": Reason.DUPLICATE_SOP_INSTANCE.value,
+                        "detail": f"same (0008,0018) SOP Instance UID as {other['path']}, which was kept ({same})",
+                    }
+                )
             continue
         if uid:
             first[uid] = row
@@ -262,9 +297,15 @@ def _mark_duplicates(accepted: list[dict]) -> tuple[list[dict], list[dict]]:
     return keep, dups
 
 
-def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy = AcceptPolicy(),
-                 workers: int | None = None, patient_id_pattern: str | None = None,
-                 verify_pixels: bool = False, exclude: Iterable[str | os.PathLike] = ()) -> ScanResult:
+def scan_sources(
+    sources: Iterable[str | os.PathLike],
+    *,
+    policy: AcceptPolicy = AcceptPolicy(),
+    workers: int | None = None,
+    patient_id_pattern: str | None = None,
+    verify_pixels: bool = False,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> ScanResult:
     """Scan folders/files into accepted manifest rows and rejected rows.
 
     Args:
@@ -287,7 +328,7 @@ def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy =
     t0 = time.perf_counter()
     pattern = compile_patient_id_pattern(patient_id_pattern)
     files, problems, skipped = walk_sources(sources, exclude)
-    if workers is None:   # a pool costs ~0.1-2 s to start: not worth it for a few hundred headers
+    if workers is None:  # a pool costs ~0.1-2 s to start: not worth it for a few hundred headers
         n_workers = default_workers() if len(files) >= _MIN_FILES_FOR_POOL else 1
     else:
         n_workers = max(1, int(workers))
@@ -307,8 +348,15 @@ def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy =
     rejected += [{"path": p, "reason": reason.value, "detail": detail} for p, reason, detail in problems]
     accepted, dups = _mark_duplicates(accepted)
     rejected += dups
-    rule = {"pattern": pattern.pattern, "default_pattern": patient_id_pattern is None,
-            "from_pattern": 0, "from_file_stem": 0, "from_dicom": 0, "from_study_uid": 0, "from_sop_uid": 0}
+    rule = {
+        "pattern": pattern.pattern,
+        "default_pattern": patient_id_pattern is None,
+        "from_pattern": 0,
+        "from_file_stem": 0,
+        "from_dicom": 0,
+        "from_study_uid": 0,
+        "from_sop_uid": 0,
+    }
     kept = {r["path"] for r in accepted}
     for r in results:
         if r["status"] == "accepted" and r["row"]["path"] in kept:
@@ -317,9 +365,21 @@ def scan_sources(sources: Iterable[str | os.PathLike], *, policy: AcceptPolicy =
     acc_df = acc_df.sort_values("path", kind="stable").reset_index(drop=True)
     rej_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path", kind="stable")
     rej_df = rej_df.reset_index(drop=True)
-    result = ScanResult(accepted=acc_df, rejected=rej_df, n_files=len(files) + len(problems),
-                        patient_id_rule=rule, skipped_dirs=skipped, seconds=time.perf_counter() - t0,
-                        workers=n_workers)
-    log.info("scanned %d files in %.1f s with %d worker(s): %d accepted, %d rejected", result.n_files,
-             result.seconds, n_workers, len(acc_df), len(rej_df))
+    result = ScanResult(
+        accepted=acc_df,
+        rejected=rej_df,
+        n_files=len(files) + len(problems),
+        patient_id_rule=rule,
+        skipped_dirs=skipped,
+        seconds=time.perf_counter() - t0,
+        workers=n_workers,
+    )
+    log.info(
+        "scanned %d files in %.1f s with %d worker(s): %d accepted, %d rejected",
+        result.n_files,
+        result.seconds,
+        n_workers,
+        len(acc_df),
+        len(rej_df),
+    )
     return result

@@ -7,13 +7,14 @@ folders, entries that cannot be stat'ed, devices/pipes/sockets, names that are n
 UTF-8) as ``(path, Reason.UNREADABLE, detail)`` and the folders skipped, so the scan can
 account for every one of them.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from cxr_cad.errors import Reason, UsageError
 from cxr_cad.io.files import not_regular_detail
@@ -35,8 +36,9 @@ def _under(path: str, folders: list[str]) -> bool:
     return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
 
 
-def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
-          ) -> tuple[list[str], list[tuple[str, Reason, str]], list[str]]:
+def walk_sources(
+    sources: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+) -> tuple[list[str], list[tuple[str, Reason, str]], list[str]]:
     """Collect candidate files, unreadable entries and skipped folders (see :func:`iter_files`).
 
     Returns:
@@ -53,8 +55,10 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
     excl += [os.path.realpath(e) for e in excl]
     inside = [s for s in srcs if _under(s, excl) or _under(os.path.realpath(s), excl)]
     if inside:
-        raise UsageError(f"the input {inside[0]} is the output folder or lies inside it, so none of its "
-                         "files would be read; give an output folder (--out) outside the inputs")
+        raise UsageError(
+            f"the input {inside[0]} is the output folder or lies inside it, so none of its "
+            "files would be read; give an output folder (--out) outside the inputs"
+        )
     files: set[str] = set()
     problems: dict[str, tuple[str, Reason, str]] = {}
     skipped: list[str] = []
@@ -68,11 +72,11 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
             return
         try:
             path.encode("utf-8")
-        except UnicodeEncodeError:   # undecodable bytes in the name: no CSV can hold it
+        except UnicodeEncodeError:  # undecodable bytes in the name: no CSV can hold it
             shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             problems[path] = (shown, Reason.UNREADABLE, "the file name is not valid UTF-8; rename the file")
             return
-        if st_mode is None or stat.S_ISREG(st_mode):   # None: broken symlink -> UNREADABLE later
+        if st_mode is None or stat.S_ISREG(st_mode):  # None: broken symlink -> UNREADABLE later
             files.add(path)
         else:
             problems[path] = (path, Reason.UNREADABLE, not_regular_detail(st_mode))
@@ -95,8 +99,11 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            problems[folder] = (folder, Reason.UNREADABLE, f"cannot list folder: {exc.strerror or exc}; "
-                                "its files were not scanned")
+            problems[folder] = (
+                folder,
+                Reason.UNREADABLE,
+                f"cannot list folder: {exc.strerror or exc}; its files were not scanned",
+            )
             return
         for entry in entries:
             path = os.path.join(folder, entry.name)
@@ -122,8 +129,7 @@ def walk_sources(sources: Iterable[str | os.PathLike], exclude: Iterable[str | o
     return sorted(files), sorted(problems.values()), skipped
 
 
-def iter_files(sources: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
-               ) -> Iterator[Path]:
+def iter_files(sources: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Every entry under ``sources`` that a batch must account for (folders, recursively; or
     single files), absolute, sorted by path, each once. Symlinks are followed, but a folder
     already entered (a symlink loop, or a second link to it) is not entered again. Broken

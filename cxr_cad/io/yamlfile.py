@@ -10,6 +10,7 @@ composes the node graph first, counts the nodes it stands for with every alias e
 
 Hand-written: PyYAML has no alias or size limit (ruamel.yaml neither).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def _expanded_size(root: yaml.Node, source: str) -> int:
         if key in sizes:
             return sizes[key]
         if depth > MAX_DEPTH:
-            raise ConfigError([f"YAML nesting is deeper than {MAX_DEPTH} levels; no config or workflow "
-                               "needs that"], source)
+            raise ConfigError(
+                [f"YAML nesting is deeper than {MAX_DEPTH} levels; no config or workflow needs that"], source
+            )
         if key in active:
             raise ConfigError(["a YAML alias refers to its own anchor (a recursive structure)"], source)
         active.add(key)
@@ -54,8 +56,13 @@ def _expanded_size(root: yaml.Node, source: str) -> int:
                     break
         active.discard(key)
         if total > MAX_EXPANDED_NODES:
-            raise ConfigError([f"the YAML aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} values "
-                               "(an alias bomb); write the values out, or use fewer aliases"], source)
+            raise ConfigError(
+                [
+                    f"the YAML aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} values "
+                    "(an alias bomb); write the values out, or use fewer aliases"
+                ],
+                source,
+            )
         sizes[key] = total
         return total
 
@@ -78,8 +85,9 @@ def load_yaml_text(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source) from None
     except RecursionError:
-        raise ConfigError([f"YAML nesting is deeper than {MAX_DEPTH} levels; no config or workflow needs "
-                           "that"], source) from None
+        raise ConfigError(
+            [f"YAML nesting is deeper than {MAX_DEPTH} levels; no config or workflow needs that"], source
+        ) from None
     finally:
         loader.dispose()
 

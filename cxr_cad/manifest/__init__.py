@@ -3,18 +3,62 @@
 A manifest is a CSV with one row per accepted image (``data_manifests/README.md``).
 Validation collects every problem and raises :class:`~cxr_cad.errors.ManifestError` once.
 """
+
 from cxr_cad.manifest.folds import grouped_split, patient_folds
-from cxr_cad.manifest.labels import (LABEL_KEYS, LabelJoinReport, detect_label_key, explain_unmatched,
-                                     join_labels, labels_from_folders, read_labels)
-from cxr_cad.manifest.schema import (FLOAT_COLUMNS, INT_COLUMNS, MANIFEST_COLUMNS, REQUIRED_COLUMNS,
-                                     age_in_years, atomic_write_many, atomic_write_text, manifest_hash,
-                                     manifest_text, normalise_manifest, read_manifest, relative_paths,
-                                     resolve_paths, table_text, validate_manifest, write_manifest, write_table)
+from cxr_cad.manifest.labels import (
+    LABEL_KEYS,
+    LabelJoinReport,
+    detect_label_key,
+    explain_unmatched,
+    join_labels,
+    labels_from_folders,
+    read_labels,
+)
+from cxr_cad.manifest.schema import (
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    MANIFEST_COLUMNS,
+    REQUIRED_COLUMNS,
+    age_in_years,
+    atomic_write_many,
+    atomic_write_text,
+    manifest_hash,
+    manifest_text,
+    normalise_manifest,
+    read_manifest,
+    relative_paths,
+    resolve_paths,
+    table_text,
+    validate_manifest,
+    write_manifest,
+    write_table,
+)
 
 __all__ = [
-    "MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "INT_COLUMNS", "FLOAT_COLUMNS", "LABEL_KEYS",
-    "LabelJoinReport", "read_manifest", "write_manifest", "validate_manifest", "normalise_manifest",
-    "join_labels", "explain_unmatched", "read_labels", "detect_label_key", "labels_from_folders", "manifest_hash",
-    "patient_folds", "grouped_split", "resolve_paths", "relative_paths", "age_in_years",
-    "atomic_write_text", "atomic_write_many", "write_table", "table_text", "manifest_text",
+    "MANIFEST_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "INT_COLUMNS",
+    "FLOAT_COLUMNS",
+    "LABEL_KEYS",
+    "LabelJoinReport",
+    "read_manifest",
+    "write_manifest",
+    "validate_manifest",
+    "normalise_manifest",
+    "join_labels",
+    "explain_unmatched",
+    "read_labels",
+    "detect_label_key",
+    "labels_from_folders",
+    "manifest_hash",
+    "patient_folds",
+    "grouped_split",
+    "resolve_paths",
+    "relative_paths",
+    "age_in_years",
+    "atomic_write_text",
+    "atomic_write_many",
+    "write_table",
+    "table_text",
+    "manifest_text",
 ]

@@ -3,6 +3,7 @@
 No patient ever appears on both sides of a split: images are grouped by ``patient_id``
 (or another group column) before anything is assigned.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ def _groups_and_labels(df: pd.DataFrame, label_col: str | None, group_col: str) 
     return groups, labels
 
 
-def patient_folds(df: pd.DataFrame, n_folds: int, *, seed: int = 0, label_col: str | None = "label",
-                  group_col: str = "patient_id") -> np.ndarray:
+def patient_folds(
+    df: pd.DataFrame, n_folds: int, *, seed: int = 0, label_col: str | None = "label", group_col: str = "patient_id"
+) -> np.ndarray:
     """Assign each row a fold in ``0..n_folds-1``, grouped by patient, stratified by label.
 
     Uses scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)``; every
@@ -64,8 +66,9 @@ def patient_folds(df: pd.DataFrame, n_folds: int, *, seed: int = 0, label_col: s
         per_class = pd.Series(groups).groupby(labels).nunique()
         thin = per_class[per_class < n_folds]
         for cls, n in thin.items():
-            log.warning("class %r has only %d patient(s) for %d folds: some folds will have none of it",
-                        cls, n, n_folds)
+            log.warning(
+                "class %r has only %d patient(s) for %d folds: some folds will have none of it", cls, n, n_folds
+            )
     codes = pd.factorize(labels, sort=True)[0]
     folds = np.full(len(df), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=int(n_folds), shuffle=True, random_state=seed)
@@ -79,8 +82,14 @@ def patient_folds(df: pd.DataFrame, n_folds: int, *, seed: int = 0, label_col: s
     return folds
 
 
-def grouped_split(df: pd.DataFrame, val_fraction: float, *, seed: int = 0, label_col: str | None = "label",
-                  group_col: str = "patient_id") -> tuple[np.ndarray, np.ndarray]:
+def grouped_split(
+    df: pd.DataFrame,
+    val_fraction: float,
+    *,
+    seed: int = 0,
+    label_col: str | None = "label",
+    group_col: str = "patient_id",
+) -> tuple[np.ndarray, np.ndarray]:
     """Split rows into training and validation sets by patient, stratified by label.
 
     Patients are visited in a seeded random order (larger patients first) and each goes to

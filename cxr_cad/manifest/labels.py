@@ -1,11 +1,12 @@
 """Attach class labels to a manifest: from a labels CSV (joined on one key) or from folder names."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Iterable
 
 import pandas as pd
 
@@ -41,9 +42,15 @@ class LabelJoinReport:
     images_unlabelled: int = 0
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "key_detected": self.key_detected, "label_rows": self.label_rows,
-                "matched_label_rows": self.matched_label_rows, "unmatched_label_rows": len(self.unmatched),
-                "images_labelled": self.images_labelled, "images_unlabelled": self.images_unlabelled}
+        return {
+            "key": self.key,
+            "key_detected": self.key_detected,
+            "label_rows": self.label_rows,
+            "matched_label_rows": self.matched_label_rows,
+            "unmatched_label_rows": len(self.unmatched),
+            "images_labelled": self.images_labelled,
+            "images_unlabelled": self.images_unlabelled,
+        }
 
 
 def detect_label_key(columns: Iterable[str], key: str | None = None) -> tuple[str, bool]:
@@ -60,13 +67,21 @@ def detect_label_key(columns: Iterable[str], key: str | None = None) -> tuple[st
     for k in LABEL_KEYS:
         if k in cols:
             return k, True
-    raise ManifestError([f"labels file has none of the key columns {', '.join(LABEL_KEYS)} "
-                         f"(columns found: {', '.join(cols) or 'none'}); rename one or use --label-key"])
+    raise ManifestError(
+        [
+            f"labels file has none of the key columns {', '.join(LABEL_KEYS)} "
+            f"(columns found: {', '.join(cols) or 'none'}); rename one or use --label-key"
+        ]
+    )
 
 
-def read_labels(labels: pd.DataFrame | str | os.PathLike, *, key: str | None = None,
-                label_column: str = "label", classes: Iterable[str] | None = None
-                ) -> tuple[pd.DataFrame, str, bool]:
+def read_labels(
+    labels: pd.DataFrame | str | os.PathLike,
+    *,
+    key: str | None = None,
+    label_column: str = "label",
+    classes: Iterable[str] | None = None,
+) -> tuple[pd.DataFrame, str, bool]:
     """Read and check a labels table.
 
     Returns ``(table, key, detected)``: ``table`` has columns ``key``, ``label`` and ``line``
@@ -96,8 +111,7 @@ def read_labels(labels: pd.DataFrame | str | os.PathLike, *, key: str | None = N
         problems.append(f"labels file has no {label_column!r} column (columns found: {', '.join(raw.columns)})")
     if problems:
         raise ManifestError(problems, source=source)
-    table = pd.DataFrame({"key": _text(raw[key]), "label": _text(raw[label_column]),
-                          "line": range(2, len(raw) + 2)})
+    table = pd.DataFrame({"key": _text(raw[key]), "label": _text(raw[label_column]), "line": range(2, len(raw) + 2)})
     for col, what in (("key", key), ("label", label_column)):
         empty = table.loc[table[col] == "", "line"].tolist()
         if empty:
@@ -106,16 +120,19 @@ def read_labels(labels: pd.DataFrame | str | os.PathLike, *, key: str | None = N
     n_labels = table.groupby("key", sort=False)["label"].nunique()
     for k in n_labels[n_labels > 1].index[:10]:
         rows = table[table["key"] == k]
-        problems.append(f"CSV lines {_lines(rows['line'].tolist())} give one {key} different labels "
-                        f"({', '.join(sorted(set(rows['label'])))})")
+        problems.append(
+            f"CSV lines {_lines(rows['line'].tolist())} give one {key} different labels "
+            f"({', '.join(sorted(set(rows['label'])))})"
+        )
     if (n_labels > 1).sum() > 10:
         problems.append(f"... {(n_labels > 1).sum() - 10} more keys with conflicting labels")
     if classes is not None:
         allowed = set(classes)
         unknown = sorted(set(table["label"]) - allowed)
         if unknown:
-            problems.append(f"label value(s) {', '.join(map(repr, unknown))} are not in --classes "
-                            f"{','.join(sorted(allowed))}")
+            problems.append(
+                f"label value(s) {', '.join(map(repr, unknown))} are not in --classes {','.join(sorted(allowed))}"
+            )
     if problems:
         raise ManifestError(problems, source=source)
     table = table.drop_duplicates("key", keep="first").reset_index(drop=True)
@@ -132,8 +149,9 @@ def _parts(p: str) -> tuple[str, ...]:
     return tuple(x for x in PurePath(p.replace("\\", "/")).parts if x not in ("", "."))
 
 
-def _match_paths(manifest_paths: list[str], label_paths: list[str], base_dir: str
-                 ) -> tuple[dict[int, int], dict[int, str]]:
+def _match_paths(
+    manifest_paths: list[str], label_paths: list[str], base_dir: str
+) -> tuple[dict[int, int], dict[int, str]]:
     """Map label rows to manifest rows by path: exact (absolute, or relative to ``base_dir``),
     else a unique trailing-components match (``NORMAL/a.png`` matches ``/data/x/NORMAL/a.png``).
 
@@ -162,10 +180,15 @@ def _match_paths(manifest_paths: list[str], label_paths: list[str], base_dir: st
     return matches, why
 
 
-def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame | str | os.PathLike, *,
-                key: str | None = None, label_column: str = "label",
-                classes: Iterable[str] | None = None,
-                base_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, LabelJoinReport]:
+def join_labels(
+    manifest: pd.DataFrame,
+    labels: pd.DataFrame | str | os.PathLike,
+    *,
+    key: str | None = None,
+    label_column: str = "label",
+    classes: Iterable[str] | None = None,
+    base_dir: str | os.PathLike | None = None,
+) -> tuple[pd.DataFrame, LabelJoinReport]:
     """Give manifest rows the label of the labels-table row with the same key.
 
     Args:
@@ -214,11 +237,23 @@ def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame | str | os.PathLike
     unmatched["why"] = [why.get(j, f"no image with this {key}") for j in unmatched_idx]
     unmatched = unmatched.reset_index(drop=True)
     n_labelled = int((_text(out["label"]) != "").sum())
-    report = LabelJoinReport(key=key, key_detected=detected, label_rows=len(table),
-                             matched_label_rows=len(matched_label_rows), unmatched=unmatched,
-                             images_labelled=n_labelled, images_unlabelled=len(out) - n_labelled)
-    log.info("labels joined on %s: %d of %d label rows matched; %d images labelled, %d without a label",
-             key, report.matched_label_rows, report.label_rows, n_labelled, report.images_unlabelled)
+    report = LabelJoinReport(
+        key=key,
+        key_detected=detected,
+        label_rows=len(table),
+        matched_label_rows=len(matched_label_rows),
+        unmatched=unmatched,
+        images_labelled=n_labelled,
+        images_unlabelled=len(out) - n_labelled,
+    )
+    log.info(
+        "labels joined on %s: %d of %d label rows matched; %d images labelled, %d without a label",
+        key,
+        report.matched_label_rows,
+        report.label_rows,
+        n_labelled,
+        report.images_unlabelled,
+    )
     return out, report
 
 
@@ -247,8 +282,9 @@ def labels_from_folders(manifest: pd.DataFrame, *, classes: Iterable[str] | None
     return out
 
 
-def explain_unmatched(report: LabelJoinReport, rejected: pd.DataFrame,
-                      base_dir: str | os.PathLike | None = None) -> LabelJoinReport:
+def explain_unmatched(
+    report: LabelJoinReport, rejected: pd.DataFrame, base_dir: str | os.PathLike | None = None
+) -> LabelJoinReport:
     """For a ``path``-keyed join, mark unmatched label rows whose file was rejected by the scan
     (``why`` = ``"file rejected: <REASON>"``), so they are not mistaken for typos. Other keys
     are left as they are (rejected files have no header values). Returns ``report``, updated."""

@@ -5,6 +5,7 @@ A manifest is a CSV with one row per accepted image (schema and column meanings 
 where possible, so a manifest travels with its data; :func:`resolve_paths` turns them
 back into absolute paths. No torch here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -24,10 +25,27 @@ log = logging.getLogger(__name__)
 
 #: Every column ``cxr-cad ingest`` writes, in this order. Other columns are kept as text.
 MANIFEST_COLUMNS: list[str] = [
-    "path", "format", "sop_instance_uid", "patient_id", "study_instance_uid",
-    "series_instance_uid", "sop_class_uid", "label", "modality", "view_position", "body_part",
-    "photometric_interpretation", "bits_stored", "rows", "columns", "transfer_syntax",
-    "manufacturer", "patient_sex", "patient_age", "patient_age_years", "sha256",
+    "path",
+    "format",
+    "sop_instance_uid",
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_class_uid",
+    "label",
+    "modality",
+    "view_position",
+    "body_part",
+    "photometric_interpretation",
+    "bits_stored",
+    "rows",
+    "columns",
+    "transfer_syntax",
+    "manufacturer",
+    "patient_sex",
+    "patient_age",
+    "patient_age_years",
+    "sha256",
 ]
 #: Columns a manifest must have to be read at all.
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "sop_instance_uid", "patient_id")
@@ -80,8 +98,10 @@ def _coerce_types(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                 frac = np.flatnonzero(num.notna().to_numpy() & (num.fillna(0) % 1 != 0).to_numpy())
                 bad = np.union1d(bad, frac)
             if len(bad):
-                problems.append(f"column {col!r} must hold {'whole numbers' if col in INT_COLUMNS else 'numbers'}; "
-                                f"{_rows_text(bad)} do not")
+                problems.append(
+                    f"column {col!r} must hold {'whole numbers' if col in INT_COLUMNS else 'numbers'}; "
+                    f"{_rows_text(bad)} do not"
+                )
                 num.iloc[bad] = np.nan
             out[col] = num.round().astype("Int64") if col in INT_COLUMNS else num.astype("float64")
         else:
@@ -136,7 +156,7 @@ def relative_paths(paths: Iterable[str], base_dir: str | os.PathLike) -> list[st
         absolute = os.path.abspath(p)
         try:
             common = os.path.commonpath([absolute, base])
-            if os.path.dirname(common) == common:      # only the root (or drive) in common
+            if os.path.dirname(common) == common:  # only the root (or drive) in common
                 out.append(absolute)
             else:
                 out.append(Path(os.path.relpath(absolute, base)).as_posix())
@@ -145,9 +165,13 @@ def relative_paths(paths: Iterable[str], base_dir: str | os.PathLike) -> list[st
     return out
 
 
-def validate_manifest(df: pd.DataFrame, *, require_labels: bool = False,
-                      classes: Iterable[str] | None = None,
-                      base_dir: str | os.PathLike | None = None) -> list[str]:
+def validate_manifest(
+    df: pd.DataFrame,
+    *,
+    require_labels: bool = False,
+    classes: Iterable[str] | None = None,
+    base_dir: str | os.PathLike | None = None,
+) -> list[str]:
     """Every problem with a manifest table, as sentences (empty list = valid).
 
     Checks: required columns (plus ``label`` when ``require_labels``), at least one row,
@@ -161,8 +185,10 @@ def validate_manifest(df: pd.DataFrame, *, require_labels: bool = False,
     needed = list(REQUIRED_COLUMNS) + (["label"] if require_labels else [])
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        problems.append(f"missing column(s) {', '.join(missing)} (columns found: {', '.join(map(str, df.columns)) or 'none'}); "
-                        "build manifests with `cxr-cad ingest`")
+        problems.append(
+            f"missing column(s) {', '.join(missing)} (columns found: {', '.join(map(str, df.columns)) or 'none'}); "
+            "build manifests with `cxr-cad ingest`"
+        )
     if len(df) == 0:
         problems.append("the manifest has no rows")
     _, type_problems = _coerce_types(df[[c for c in df.columns if c in INT_COLUMNS + FLOAT_COLUMNS]])
@@ -180,8 +206,10 @@ def validate_manifest(df: pd.DataFrame, *, require_labels: bool = False,
             gone = [i for i, p in enumerate(paths) if p and not os.path.isfile(os.path.join(base, p))]
             if gone:
                 example = os.path.join(base, paths.iloc[gone[0]])
-                problems.append(f"{len(gone)} file(s) not found ({_rows_text(gone)}; first: {example}); "
-                                "paths are relative to the manifest's folder")
+                problems.append(
+                    f"{len(gone)} file(s) not found ({_rows_text(gone)}; first: {example}); "
+                    "paths are relative to the manifest's folder"
+                )
     if "sop_instance_uid" in df.columns:
         uids = _text(df["sop_instance_uid"])
         empty = np.flatnonzero((uids == "").to_numpy())
@@ -189,13 +217,16 @@ def validate_manifest(df: pd.DataFrame, *, require_labels: bool = False,
             problems.append(f"empty sop_instance_uid in {_rows_text(empty)}")
         dup = np.flatnonzero((uids.duplicated(keep="first") & (uids != "")).to_numpy())
         if len(dup):
-            problems.append(f"{len(dup)} duplicate sop_instance_uid(s): {_rows_text(dup)} repeat an earlier row's "
-                            "image; keep one row per image")
+            problems.append(
+                f"{len(dup)} duplicate sop_instance_uid(s): {_rows_text(dup)} repeat an earlier row's "
+                "image; keep one row per image"
+            )
     if "patient_id" in df.columns:
         empty = np.flatnonzero((_text(df["patient_id"]) == "").to_numpy())
         if len(empty):
-            problems.append(f"empty patient_id in {_rows_text(empty)}; folds are grouped by patient, so every "
-                            "image needs one")
+            problems.append(
+                f"empty patient_id in {_rows_text(empty)}; folds are grouped by patient, so every image needs one"
+            )
     if "label" in df.columns:
         labels = _text(df["label"])
         if require_labels:
@@ -212,9 +243,14 @@ def validate_manifest(df: pd.DataFrame, *, require_labels: bool = False,
     return problems
 
 
-def read_manifest(path: str | os.PathLike, *, require_labels: bool = False,
-                  classes: Iterable[str] | None = None, resolve: bool = True,
-                  check_files: bool = True) -> pd.DataFrame:
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    require_labels: bool = False,
+    classes: Iterable[str] | None = None,
+    resolve: bool = True,
+    check_files: bool = True,
+) -> pd.DataFrame:
     """Read and validate a manifest CSV.
 
     Args:
@@ -237,8 +273,9 @@ def read_manifest(path: str | os.PathLike, *, require_labels: bool = False,
     src = os.path.abspath(os.fspath(path))
     raw = read_csv_regular(src, "build one with `cxr-cad ingest DIR --out OUT`")
     base = os.path.dirname(src)
-    problems = validate_manifest(raw, require_labels=require_labels, classes=classes,
-                                 base_dir=base if check_files else None)
+    problems = validate_manifest(
+        raw, require_labels=require_labels, classes=classes, base_dir=base if check_files else None
+    )
     if problems:
         raise ManifestError(problems, source=src)
     df = normalise_manifest(raw)
@@ -306,8 +343,10 @@ def atomic_write_many(files: dict) -> None:
             os.replace(tmp, dest)
         temps = []
     except OSError as exc:
-        raise OutputError(f"cannot write {dest} in {os.path.dirname(dest)}: {exc.strerror or exc}; free space "
-                          "or choose a writable output folder (nothing was replaced)") from exc
+        raise OutputError(
+            f"cannot write {dest} in {os.path.dirname(dest)}: {exc.strerror or exc}; free space "
+            "or choose a writable output folder (nothing was replaced)"
+        ) from exc
     finally:
         for tmp, _ in temps:
             if os.path.exists(tmp):

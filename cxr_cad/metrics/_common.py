@@ -1,4 +1,5 @@
 """Input checks, the undefined-metric warning and small shared helpers (no I/O)."""
+
 from __future__ import annotations
 
 import math
@@ -31,13 +32,15 @@ def warn_one_class(name: str, y: np.ndarray, undefined: str) -> tuple[int, int, 
     n_neg = int(y.size - n_pos)
     missing = n_pos == 0 or n_neg == 0
     if missing:
-        warn_undefined(f"{name}: needs both classes, got {n_pos} positive and {n_neg} negative cases; {undefined}",
-                       stacklevel=4)
+        warn_undefined(
+            f"{name}: needs both classes, got {n_pos} positive and {n_neg} negative cases; {undefined}", stacklevel=4
+        )
     return n_pos, n_neg, missing
 
 
-def check_binary(y_true: Any, y_score: Any, *, name: str = "y_score",
-                 probabilities: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def check_binary(
+    y_true: Any, y_score: Any, *, name: str = "y_score", probabilities: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert ``y_true`` (0/1 or bool) and a score array of the same length.
 
     Returns ``(y_true as int8 array, score as float64 array)``.
@@ -54,21 +57,24 @@ def check_binary(y_true: Any, y_score: Any, *, name: str = "y_score",
         y = y.astype(np.int8)
     elif y.size:
         if y.dtype.kind not in "iuf":
-            raise ValueError(f"y_true must hold 0/1 (1 = positive class); got dtype {y.dtype}. "
-                             "Map class names to 0/1 with the configured positive_class first.")
+            raise ValueError(
+                f"y_true must hold 0/1 (1 = positive class); got dtype {y.dtype}. "
+                "Map class names to 0/1 with the configured positive_class first."
+            )
         bad = ~np.isin(y, (0, 1))
         if bad.any():
-            raise ValueError(f"y_true must hold only 0 and 1 (1 = positive class); found "
-                             f"{np.unique(y[bad])[:5].tolist()}")
+            raise ValueError(
+                f"y_true must hold only 0 and 1 (1 = positive class); found {np.unique(y[bad])[:5].tolist()}"
+            )
         y = y.astype(np.int8)
     else:
         y = y.astype(np.int8)
     if s.size and not np.isfinite(s).all():
-        raise ValueError(f"{name} has {int((~np.isfinite(s)).sum())} non-finite values (NaN/inf); "
-                         "score or drop those images first")
+        raise ValueError(
+            f"{name} has {int((~np.isfinite(s)).sum())} non-finite values (NaN/inf); score or drop those images first"
+        )
     if probabilities and s.size and (s.min() < 0 or s.max() > 1):
-        raise ValueError(f"{name} must be probabilities in [0, 1]; found range "
-                         f"[{s.min():.4g}, {s.max():.4g}]")
+        raise ValueError(f"{name} must be probabilities in [0, 1]; found range [{s.min():.4g}, {s.max():.4g}]")
     return y, s
 
 

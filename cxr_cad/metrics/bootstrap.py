@@ -1,4 +1,5 @@
 """Stratified bootstrap confidence interval for the AUC (percentile method, vectorised)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,23 +22,22 @@ def bootstrap_aucs(y: np.ndarray, s: np.ndarray, *, n_resamples: int, rng: np.ra
     pos = s[y == 1]
     neg = np.sort(s[y == 0])
     m, n = pos.size, neg.size
-    lo = np.searchsorted(neg, pos, side="left")      # negatives strictly below each positive
-    hi = np.searchsorted(neg, pos, side="right")     # ... below or tied
+    lo = np.searchsorted(neg, pos, side="left")  # negatives strictly below each positive
+    hi = np.searchsorted(neg, pos, side="right")  # ... below or tied
     out = np.empty(n_resamples)
     block = max(1, _BLOCK_ELEMENTS // (m + n + 1))
     for start in range(0, n_resamples, block):
         b = min(block, n_resamples - start)
-        w = rng.multinomial(m, np.full(m, 1.0 / m), size=b).astype(np.float64)   # (b, m)
-        u = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)   # (b, n)
-        cu = np.concatenate([np.zeros((b, 1)), np.cumsum(u, axis=1)], axis=1)    # (b, n + 1)
+        w = rng.multinomial(m, np.full(m, 1.0 / m), size=b).astype(np.float64)  # (b, m)
+        u = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # (b, n)
+        cu = np.concatenate([np.zeros((b, 1)), np.cumsum(u, axis=1)], axis=1)  # (b, n + 1)
         below = cu[:, lo]
         tied = cu[:, hi] - below
-        out[start:start + b] = np.einsum("bm,bm->b", w, below + 0.5 * tied) / (m * n)
+        out[start : start + b] = np.einsum("bm,bm->b", w, below + 0.5 * tied) / (m * n)
     return out
 
 
-def bootstrap_auc_ci(y_true, y_score, *, n_resamples: int = 2000, seed: int = 0,
-                     alpha: float = 0.05) -> AucCI:
+def bootstrap_auc_ci(y_true, y_score, *, n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> AucCI:
     """AUC with a stratified-bootstrap percentile confidence interval.
 
     Positives and negatives are resampled separately (each keeps its size), so every
@@ -66,11 +66,13 @@ def bootstrap_auc_ci(y_true, y_score, *, n_resamples: int = 2000, seed: int = 0,
     n_pos, n_neg, missing = warn_one_class("bootstrap_auc_ci", y, "AUC and CI are undefined (NaN)")
     nan = float("nan")
     if missing:
-        return AucCI(nan, nan, nan, nan, "bootstrap", alpha, n_pos, n_neg, int(n_resamples), int(seed),
-                     interval="percentile")
+        return AucCI(
+            nan, nan, nan, nan, "bootstrap", alpha, n_pos, n_neg, int(n_resamples), int(seed), interval="percentile"
+        )
     rng = np.random.default_rng(seed)
     aucs = bootstrap_aucs(y, s, n_resamples=int(n_resamples), rng=rng)
     low, high = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
     se = float(aucs.std(ddof=1)) if aucs.size > 1 else nan
-    return AucCI(roc_auc(y, s), float(low), float(high), se, "bootstrap", alpha, n_pos, n_neg,
-                 int(n_resamples), int(seed))
+    return AucCI(
+        roc_auc(y, s), float(low), float(high), se, "bootstrap", alpha, n_pos, n_neg, int(n_resamples), int(seed)
+    )

@@ -1,4 +1,5 @@
 """Calibration: Brier score, reliability curve (equal-width or quantile bins), ECE."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -55,8 +56,9 @@ def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
     raise ValueError(f"strategy must be 'uniform' (equal-width) or 'quantile'; got {strategy!r}")
 
 
-def reliability_curve(y_true, y_prob, *, n_bins: int = 10, strategy: str = "uniform",
-                      alpha: float = 0.05) -> ReliabilityCurve:
+def reliability_curve(
+    y_true, y_prob, *, n_bins: int = 10, strategy: str = "uniform", alpha: float = 0.05
+) -> ReliabilityCurve:
     """Observed fraction of positives against mean predicted probability, per bin.
 
     Args:
@@ -95,9 +97,15 @@ def reliability_curve(y_true, y_prob, *, n_bins: int = 10, strategy: str = "unif
             lo, hi = wilson_ci(int(k), int(n), alpha=alpha)
             lows.append(lo)
             highs.append(hi)
-    return ReliabilityCurve(strategy, tuple(float(e) for e in edges), tuple(int(c) for c in count),
-                            tuple(float(v) for v in mean_p), tuple(float(v) for v in frac),
-                            tuple(lows), tuple(highs))
+    return ReliabilityCurve(
+        strategy,
+        tuple(float(e) for e in edges),
+        tuple(int(c) for c in count),
+        tuple(float(v) for v in mean_p),
+        tuple(float(v) for v in frac),
+        tuple(lows),
+        tuple(highs),
+    )
 
 
 def expected_calibration_error(y_true, y_prob, *, n_bins: int = 10, strategy: str = "uniform") -> float:

@@ -7,6 +7,7 @@ replacement and keeps all images of each drawn patient (Field & Welsh 2007; Obuc
 for clustered ROC data). A resample is a vector of patient multiplicities, so every
 statistic is a weighted statistic over the original images (vectorised, exact).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,8 +58,16 @@ def _percentile(values: np.ndarray, alpha: float) -> tuple[float, float, int]:
     return float(lo), float(hi), int(ok.size)
 
 
-def cluster_bootstrap(y_true, y_score, groups, *, threshold: float | None = None, n_resamples: int = 2000,
-                      seed: int = 0, alpha: float = 0.05) -> dict:
+def cluster_bootstrap(
+    y_true,
+    y_score,
+    groups,
+    *,
+    threshold: float | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
     """Patient cluster bootstrap percentile intervals for AUC, sensitivity and specificity.
 
     Args:
@@ -80,8 +89,12 @@ def cluster_bootstrap(y_true, y_score, groups, *, threshold: float | None = None
         raise ValueError(f"groups has {g.size} values but y_true has {y.size}")
     n_groups = int(g.max()) + 1 if g.size else 0
     keys = ["auc"] + (["sensitivity", "specificity"] if threshold is not None else [])
-    out: dict = {"n_patients": n_groups, "n_resamples": int(n_resamples), "seed": int(seed),
-                 "method": "patient cluster bootstrap (percentile)"}
+    out: dict = {
+        "n_patients": n_groups,
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "method": "patient cluster bootstrap (percentile)",
+    }
     if y.sum() == 0 or y.sum() == y.size:
         warn_undefined("cluster_bootstrap: needs both classes; intervals are undefined (NaN)")
         return {**out, **{k: {"low": float("nan"), "high": float("nan"), "n_valid": 0} for k in keys}}
@@ -100,8 +113,9 @@ def cluster_bootstrap(y_true, y_score, groups, *, threshold: float | None = None
     return out
 
 
-def calibration_bootstrap(y_true, y_prob, *, n_bins: int = 10, n_resamples: int = 2000, seed: int = 0,
-                          alpha: float = 0.05) -> dict:
+def calibration_bootstrap(
+    y_true, y_prob, *, n_bins: int = 10, n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> dict:
     """Percentile bootstrap intervals (images resampled) for the Brier score and the ECE.
 
     The ECE uses the same equal-width bins as

@@ -5,10 +5,12 @@ The table has one row per image with ``y_true`` (0/1), ``probability`` (positive
 calls :func:`crossval_roc` and :func:`crossval_summary` on ``oof_predictions.csv``;
 ``cxr-cad crossval`` writes their results to ``cv_metrics.json``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,8 +48,9 @@ def crossval_roc(y_true, y_score, folds, *, n_points: int = 101) -> dict:
         m = f == k
         fpr, tpr, thr = roc_curve(y[m], s[m])
         auc = roc_auc(y[m], s[m])
-        per_fold.append({"fold": int(k), "auc": auc, "fpr": fpr.tolist(), "tpr": tpr.tolist(),
-                         "thresholds": thr.tolist()})
+        per_fold.append(
+            {"fold": int(k), "auc": auc, "fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}
+        )
         curves.append((fpr, tpr))
         aucs.append(auc)
     mean = mean_roc(curves, n_points=n_points)
@@ -68,14 +71,23 @@ def mean_sd(values: Sequence[float]) -> dict:
     """``{"mean", "sd", "n", "values"}`` over the finite values (SD with ddof=1; NaN for < 2)."""
     vals = [float(v) for v in values]
     finite = [v for v in vals if not math.isnan(v)]
-    return {"mean": float(np.mean(finite)) if finite else float("nan"),
-            "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
-            "n": len(finite), "values": vals}
+    return {
+        "mean": float(np.mean(finite)) if finite else float("nan"),
+        "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
+        "n": len(finite),
+        "values": vals,
+    }
 
 
-def crossval_summary(oof: pd.DataFrame, *, class_names: tuple[str, str] = ("negative", "positive"),
-                     n_bootstrap: int = 2000, seed: int = 0, alpha: float = 0.05,
-                     n_roc_points: int = 101) -> dict[str, Any]:
+def crossval_summary(
+    oof: pd.DataFrame,
+    *,
+    class_names: tuple[str, str] = ("negative", "positive"),
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    n_roc_points: int = 101,
+) -> dict[str, Any]:
     """Per-fold metrics, their mean +/- SD across folds, and pooled out-of-fold metrics.
 
     Args:
@@ -106,22 +118,35 @@ def crossval_summary(oof: pd.DataFrame, *, class_names: tuple[str, str] = ("nega
         t = np.unique(thr[m])
         if t.size != 1:
             raise ValueError(f"fold {k} has {t.size} different thresholds; expected one per fold")
-        per_fold.append({"fold": int(k), "n": int(m.sum()), "n_pos": int(y[m].sum()),
-                         "n_neg": int(m.sum() - y[m].sum()), "threshold": float(t[0]),
-                         "auc": delong_auc_ci(y[m], s[m], alpha=alpha).to_dict(),
-                         "metrics": binary_metrics(y[m], s[m], threshold=float(t[0]), alpha=alpha,
-                                                   class_names=class_names)})
-    across = {key: mean_sd([f["auc"]["auc"] if key == "auc" else _value(f["metrics"], key) for f in per_fold])
-              for key in SUMMARY_KEYS}
+        per_fold.append(
+            {
+                "fold": int(k),
+                "n": int(m.sum()),
+                "n_pos": int(y[m].sum()),
+                "n_neg": int(m.sum() - y[m].sum()),
+                "threshold": float(t[0]),
+                "auc": delong_auc_ci(y[m], s[m], alpha=alpha).to_dict(),
+                "metrics": binary_metrics(y[m], s[m], threshold=float(t[0]), alpha=alpha, class_names=class_names),
+            }
+        )
+    across = {
+        key: mean_sd([f["auc"]["auc"] if key == "auc" else _value(f["metrics"], key) for f in per_fold])
+        for key in SUMMARY_KEYS
+    }
     for name in class_names:
         across[f"accuracy_{name}"] = mean_sd([f["metrics"]["per_class_accuracy"][name]["value"] for f in per_fold])
     # each image decided at its own fold's threshold: decisions as 0/1 scores, threshold 0.5
     decided = (s >= thr).astype(np.float64)
     pooled: dict[str, Any] = {
-        "n": int(y.size), "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()),
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "n_neg": int(y.size - y.sum()),
         "auc_delong": delong_auc_ci(y, s, alpha=alpha).to_dict(),
-        "auc_bootstrap": (bootstrap_auc_ci(y, s, n_resamples=n_bootstrap, seed=seed, alpha=alpha).to_dict()
-                          if n_bootstrap > 0 else None),
+        "auc_bootstrap": (
+            bootstrap_auc_ci(y, s, n_resamples=n_bootstrap, seed=seed, alpha=alpha).to_dict()
+            if n_bootstrap > 0
+            else None
+        ),
         "at_fold_thresholds": binary_metrics(y, decided, threshold=0.5, alpha=alpha, class_names=class_names),
     }
     pooled["at_fold_thresholds"]["threshold"] = "each fold's own threshold"
@@ -146,11 +171,15 @@ def roc_table(roc: dict) -> pd.DataFrame:
     ``fpr``, ``tpr``, ``threshold``, ``tpr_low``, ``tpr_high`` (the mean +/- 1 SD band)."""
     parts = []
     for f in roc["folds"]:
-        parts.append(pd.DataFrame({"curve": f"fold{f['fold']}", "fpr": f["fpr"], "tpr": f["tpr"],
-                                   "threshold": f["thresholds"]}))
+        parts.append(
+            pd.DataFrame({"curve": f"fold{f['fold']}", "fpr": f["fpr"], "tpr": f["tpr"], "threshold": f["thresholds"]})
+        )
     m = roc["mean"]
-    parts.append(pd.DataFrame({"curve": "mean", "fpr": m["fpr"], "tpr": m["tpr_mean"], "tpr_low": m["tpr_low"],
-                               "tpr_high": m["tpr_high"]}))
+    parts.append(
+        pd.DataFrame(
+            {"curve": "mean", "fpr": m["fpr"], "tpr": m["tpr_mean"], "tpr_low": m["tpr_low"], "tpr_high": m["tpr_high"]}
+        )
+    )
     p = roc["pooled"]
     parts.append(pd.DataFrame({"curve": "pooled", "fpr": p["fpr"], "tpr": p["tpr"], "threshold": p["thresholds"]}))
     out = pd.concat(parts, ignore_index=True)

@@ -8,6 +8,7 @@ References:
     under correlated receiver operating characteristic curves. IEEE Signal Processing
     Letters 21(11):1389-1393.
 """
+
 from __future__ import annotations
 
 import math
@@ -139,8 +140,10 @@ def delong_auc_ci(y_true, y_score, *, alpha: float = 0.05, interval: str = "wald
         return AucCI(nan, nan, nan, nan, "delong", alpha, n_pos, n_neg, interval=interval)
     if n_pos < 2 or n_neg < 2:
         auc = float(structural_components(y, s[None, :])[0][0])
-        warn_undefined(f"delong_auc_ci: {n_pos} positive and {n_neg} negative cases; the DeLong "
-                       "variance needs at least 2 of each, CI is undefined (NaN)")
+        warn_undefined(
+            f"delong_auc_ci: {n_pos} positive and {n_neg} negative cases; the DeLong "
+            "variance needs at least 2 of each, CI is undefined (NaN)"
+        )
         return AucCI(auc, nan, nan, nan, "delong", alpha, n_pos, n_neg, interval=interval)
     auc_arr, cov = delong_covariance(y, s[None, :])
     auc = float(auc_arr[0])
@@ -150,8 +153,18 @@ def delong_auc_ci(y_true, y_score, *, alpha: float = 0.05, interval: str = "wald
         low, high = logit_interval(auc, se, z)
         return AucCI(auc, low, high, se, "delong", alpha, n_pos, n_neg, interval="logit")
     low, high = auc - z * se, auc + z * se
-    return AucCI(auc, max(0.0, low), min(1.0, high), se, "delong", alpha, n_pos, n_neg, interval="wald",
-                 clipped=bool(low < 0.0 or high > 1.0))
+    return AucCI(
+        auc,
+        max(0.0, low),
+        min(1.0, high),
+        se,
+        "delong",
+        alpha,
+        n_pos,
+        n_neg,
+        interval="wald",
+        clipped=bool(low < 0.0 or high > 1.0),
+    )
 
 
 def logit_interval(auc: float, se: float, z: float) -> tuple[float, float]:
@@ -185,24 +198,29 @@ def delong_paired_test(y_true, score_a, score_b, *, alpha: float = 0.05) -> Pair
     n_neg = int(y.size - n_pos)
     nan = float("nan")
     if n_pos < 2 or n_neg < 2:
-        warn_undefined(f"delong_paired_test: needs at least 2 cases of each class, got {n_pos} positive "
-                       f"and {n_neg} negative; the test is undefined (NaN)")
+        warn_undefined(
+            f"delong_paired_test: needs at least 2 cases of each class, got {n_pos} positive "
+            f"and {n_neg} negative; the test is undefined (NaN)"
+        )
         aucs = structural_components(y, np.vstack([a, b]))[0] if n_pos and n_neg else [nan, nan]
-        return PairedTest(float(aucs[0]), float(aucs[1]), float(aucs[0] - aucs[1]), nan, nan, nan,
-                          nan, nan, nan, alpha, n_pos, n_neg)
+        return PairedTest(
+            float(aucs[0]), float(aucs[1]), float(aucs[0] - aucs[1]), nan, nan, nan, nan, nan, nan, alpha, n_pos, n_neg
+        )
     aucs, cov = delong_covariance(y, np.vstack([a, b]))
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     denom = math.sqrt(max(cov[0, 0], 0.0) * max(cov[1, 1], 0.0))
     corr = float(cov[0, 1] / denom) if denom > 0 else nan
     if not var > 0:
-        warn_undefined("delong_paired_test: the AUC difference has zero variance (the two scores rank "
-                       "the cases identically or perfectly); z and p are undefined (NaN)")
-        return PairedTest(float(aucs[0]), float(aucs[1]), diff, 0.0, nan, nan, diff, diff, corr,
-                          alpha, n_pos, n_neg)
+        warn_undefined(
+            "delong_paired_test: the AUC difference has zero variance (the two scores rank "
+            "the cases identically or perfectly); z and p are undefined (NaN)"
+        )
+        return PairedTest(float(aucs[0]), float(aucs[1]), diff, 0.0, nan, nan, diff, diff, corr, alpha, n_pos, n_neg)
     se = math.sqrt(var)
     z = diff / se
     p = float(2 * norm.sf(abs(z)))
     q = float(norm.ppf(1 - alpha / 2))
-    return PairedTest(float(aucs[0]), float(aucs[1]), diff, se, z, p, diff - q * se, diff + q * se,
-                      corr, alpha, n_pos, n_neg)
+    return PairedTest(
+        float(aucs[0]), float(aucs[1]), diff, se, z, p, diff - q * se, diff + q * se, corr, alpha, n_pos, n_neg
+    )

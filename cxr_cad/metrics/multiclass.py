@@ -1,7 +1,8 @@
 """Multi-class helpers: one-vs-rest AUCs and the K x K confusion matrix."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,8 +45,7 @@ def one_vs_rest_auc(y_true_multi, prob_matrix, classes: Sequence[str], *, alpha:
     idx = _class_indices(y_true_multi, classes)
     if p.ndim != 2 or p.shape != (idx.size, len(classes)):
         raise ValueError(f"prob_matrix must have shape ({idx.size}, {len(classes)}); got {p.shape}")
-    return {str(c): delong_auc_ci((idx == k).astype(np.int8), p[:, k], alpha=alpha)
-            for k, c in enumerate(classes)}
+    return {str(c): delong_auc_ci((idx == k).astype(np.int8), p[:, k], alpha=alpha) for k, c in enumerate(classes)}
 
 
 def confusion_matrix_k(y_true, y_pred, classes: Sequence[str]) -> np.ndarray:
@@ -69,5 +69,7 @@ def per_class_accuracy(y_true, y_pred, classes: Sequence[str], *, alpha: float =
     class with no cases.
     """
     cm = confusion_matrix_k(y_true, y_pred, classes)
-    return {str(c): proportion(int(cm[i, i]), int(cm[i].sum()), alpha=alpha, name=f"accuracy of {c}")
-            for i, c in enumerate(classes)}
+    return {
+        str(c): proportion(int(cm[i, i]), int(cm[i].sum()), alpha=alpha, name=f"accuracy of {c}")
+        for i, c in enumerate(classes)
+    }

@@ -12,6 +12,7 @@ two operating points with the same J tie however the floats round (``2/3 - 0`` a
 is taken (the highest of two equally near ones): a threshold in the middle of a plateau
 moves least when scores shift, an end sits next to a worse operating point.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,6 @@ import numpy as np
 
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class, warn_undefined
 from cxr_cad.metrics.proportions import balanced_accuracy_ci, f1_ci, likelihood_ratios, proportion
-from cxr_cad.metrics.roc import roc_curve
 
 _EPS = 1e-9
 
@@ -67,8 +67,14 @@ class YoudenChoice:
     n_neg: int
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "j": self.j, "tie_range": [self.tie_low, self.tie_high],
-                "n_tied": self.n_tied, "n_positive": self.n_pos, "n_negative": self.n_neg}
+        return {
+            "threshold": self.threshold,
+            "j": self.j,
+            "tie_range": [self.tie_low, self.tie_high],
+            "n_tied": self.n_tied,
+            "n_positive": self.n_pos,
+            "n_negative": self.n_neg,
+        }
 
 
 def youden_choice(y_true, y_score) -> YoudenChoice | None:
@@ -85,12 +91,13 @@ def youden_choice(y_true, y_score) -> YoudenChoice | None:
     tps, fps, thr, n_pos, n_neg = _counts_curve(y, s)
     j = [Fraction(int(tp), n_pos) - Fraction(int(fp), n_neg) for tp, fp in zip(tps, fps)]
     best = max(j)
-    tied = [i for i, v in enumerate(j) if v == best]          # thresholds decreasing with i
+    tied = [i for i, v in enumerate(j) if v == best]  # thresholds decreasing with i
     hi, lo = float(thr[tied[0]]), float(thr[tied[-1]])
     mid = Fraction(hi) / 2 + Fraction(lo) / 2
-    pick = min(tied, key=lambda i: (abs(Fraction(float(thr[i])) - mid), i))   # i smaller = higher threshold
-    return YoudenChoice(threshold=float(thr[pick]), j=float(best), tie_low=lo, tie_high=hi, n_tied=len(tied),
-                        n_pos=n_pos, n_neg=n_neg)
+    pick = min(tied, key=lambda i: (abs(Fraction(float(thr[i])) - mid), i))  # i smaller = higher threshold
+    return YoudenChoice(
+        threshold=float(thr[pick]), j=float(best), tie_low=lo, tie_high=hi, n_tied=len(tied), n_pos=n_pos, n_neg=n_neg
+    )
 
 
 def youden_threshold(y_true, y_score) -> float:
@@ -108,8 +115,10 @@ def small_class_warning(n_pos: int, n_neg: int, *, minimum: int = MIN_CLASS_COUN
     """A warning text when either class has fewer than ``minimum`` images (else None)."""
     if min(n_pos, n_neg) >= minimum:
         return None
-    return (f"the threshold was chosen on {n_pos} positive and {n_neg} negative images; with fewer than "
-            f"{minimum} of either class it is unreliable (use a larger validation split)")
+    return (
+        f"the threshold was chosen on {n_pos} positive and {n_neg} negative images; with fewer than "
+        f"{minimum} of either class it is unreliable (use a larger validation split)"
+    )
 
 
 def threshold_for_sensitivity(y_true, y_score, target: float) -> float:
@@ -155,8 +164,7 @@ def confusion_counts(y_true, y_score, *, threshold: float) -> dict:
     """``{"tp", "fp", "tn", "fn"}`` with decision ``score >= threshold``."""
     y, s = check_binary(y_true, y_score)
     if threshold is None or math.isnan(float(threshold)):
-        raise ValueError("threshold must be a number (it is NaN/None: was it chosen on a cohort "
-                         "with only one class?)")
+        raise ValueError("threshold must be a number (it is NaN/None: was it chosen on a cohort with only one class?)")
     pred = s >= float(threshold)
     tp = int(np.sum(pred & (y == 1)))
     fp = int(np.sum(pred & (y == 0)))
@@ -165,8 +173,9 @@ def confusion_counts(y_true, y_score, *, threshold: float) -> dict:
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
-def binary_metrics(y_true, y_score, *, threshold: float, alpha: float = 0.05,
-                   class_names: tuple[str, str] = ("negative", "positive")) -> dict:
+def binary_metrics(
+    y_true, y_score, *, threshold: float, alpha: float = 0.05, class_names: tuple[str, str] = ("negative", "positive")
+) -> dict:
     """Confusion matrix and clinical metrics at one operating point.
 
     Args:
@@ -207,7 +216,9 @@ def binary_metrics(y_true, y_score, *, threshold: float, alpha: float = 0.05,
     lr_pos, lr_neg = likelihood_ratios(tp, fp, tn, fn, alpha=alpha)
     return {
         "threshold": float(threshold),
-        "n": n, "n_pos": n_pos, "n_neg": n_neg,
+        "n": n,
+        "n_pos": n_pos,
+        "n_neg": n_neg,
         "confusion": c,
         "accuracy": proportion(tp + tn, n, alpha=alpha, name="accuracy"),
         "sensitivity": sens,
@@ -216,8 +227,9 @@ def binary_metrics(y_true, y_score, *, threshold: float, alpha: float = 0.05,
         "npv": proportion(tn, tn + fn, alpha=alpha, name="npv"),
         "f1": f1,
         "balanced_accuracy": (sens["value"] + spec["value"]) / 2.0,
-        "f1_ci": f1_ci(tp, fp, tn, fn, alpha=alpha) if f1_den else
-        {"value": f1, "low": f1, "high": f1, "method": "stratified bootstrap"},
+        "f1_ci": f1_ci(tp, fp, tn, fn, alpha=alpha)
+        if f1_den
+        else {"value": f1, "low": f1, "high": f1, "method": "stratified bootstrap"},
         "balanced_accuracy_ci": balanced_accuracy_ci(sens, spec),
         "per_class_accuracy": {str(class_names[0]): spec, str(class_names[1]): sens},
         "lr_pos": lr_pos,

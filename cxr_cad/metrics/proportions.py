@@ -7,12 +7,12 @@ References:
     Simel DL, Samsa GP, Matchar DB (1991). Likelihood ratios with confidence: sample size
     estimation for diagnostic test studies. J Clin Epidemiol 44:763-770 (log method).
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
 from scipy.stats import norm
 
 from cxr_cad.metrics._common import check_alpha, warn_undefined
@@ -70,8 +70,7 @@ def likelihood_ratios(tp: int, fp: int, tn: int, fn: int, *, alpha: float = 0.05
     def one(name: str, a: int, b: int) -> dict:
         # ratio (a / n_pos) / (b / n_neg)
         if n_pos == 0 or n_neg == 0 or b == 0:
-            warn_undefined(f"{name}: zero denominator (n_pos={n_pos}, n_neg={n_neg}, count={b}); "
-                           "undefined (NaN)")
+            warn_undefined(f"{name}: zero denominator (n_pos={n_pos}, n_neg={n_neg}, count={b}); undefined (NaN)")
             return {"value": nan, "low": nan, "high": nan}
         value = (a / n_pos) / (b / n_neg)
         if a == 0:
@@ -107,8 +106,7 @@ def balanced_accuracy_ci(sens: dict, spec: dict) -> dict:
     return {"value": ba, "low": max(0.0, low), "high": min(1.0, high), "method": "MOVER-Wilson"}
 
 
-def f1_ci(tp: int, fp: int, tn: int, fn: int, *, alpha: float = 0.05, n_resamples: int = 2000,
-          seed: int = 0) -> dict:
+def f1_ci(tp: int, fp: int, tn: int, fn: int, *, alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0) -> dict:
     """F1 score ``2 TP / (2 TP + FP + FN)`` with a stratified-bootstrap percentile interval.
 
     At a fixed threshold, resampling the positive images with replacement makes the number

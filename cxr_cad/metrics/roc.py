@@ -4,9 +4,10 @@ Decision rule everywhere in :mod:`cxr_cad.metrics`: an image is called positive 
 ``score >= threshold``. A ROC point at threshold ``t`` therefore counts scores equal
 to ``t`` as positive.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -83,7 +84,7 @@ def interpolate_roc(fpr, tpr, grid) -> np.ndarray:
     grid = np.asarray(grid, dtype=np.float64)
     if fpr.size == 0 or np.isnan(fpr).any() or np.isnan(tpr).any():
         return np.full(grid.shape, np.nan)
-    j = np.searchsorted(fpr, grid, side="right") - 1          # last point with fpr <= g
+    j = np.searchsorted(fpr, grid, side="right") - 1  # last point with fpr <= g
     j = np.clip(j, 0, fpr.size - 1)
     nxt = np.clip(j + 1, 0, fpr.size - 1)
     x0, x1, y0, y1 = fpr[j], fpr[nxt], tpr[j], tpr[nxt]
@@ -117,12 +118,24 @@ def mean_roc(curves: Sequence[tuple[np.ndarray, np.ndarray]], *, n_points: int =
     if not rows:
         warn_undefined("mean_roc: no defined ROC curves to average")
         nan = np.full(grid.shape, np.nan)
-        return {"fpr": grid.tolist(), "tpr_mean": nan.tolist(), "tpr_sd": nan.tolist(),
-                "tpr_low": nan.tolist(), "tpr_high": nan.tolist(), "n_curves": 0}
+        return {
+            "fpr": grid.tolist(),
+            "tpr_mean": nan.tolist(),
+            "tpr_sd": nan.tolist(),
+            "tpr_low": nan.tolist(),
+            "tpr_high": nan.tolist(),
+            "n_curves": 0,
+        }
     m = np.vstack(rows)
     mean = m.mean(axis=0)
     sd = m.std(axis=0, ddof=1) if m.shape[0] > 1 else np.full(grid.shape, np.nan)
     low = np.clip(mean - sd, 0.0, 1.0)
     high = np.clip(mean + sd, 0.0, 1.0)
-    return {"fpr": grid.tolist(), "tpr_mean": mean.tolist(), "tpr_sd": sd.tolist(),
-            "tpr_low": low.tolist(), "tpr_high": high.tolist(), "n_curves": int(m.shape[0])}
+    return {
+        "fpr": grid.tolist(),
+        "tpr_mean": mean.tolist(),
+        "tpr_sd": sd.tolist(),
+        "tpr_low": low.tolist(),
+        "tpr_high": high.tolist(),
+        "n_curves": int(m.shape[0]),
+    }

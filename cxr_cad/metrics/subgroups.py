@@ -1,10 +1,12 @@
 """Metrics per subgroup (view position, sex, age band, manufacturer, ...) and age banding."""
+
 from __future__ import annotations
 
 import math
 import re
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,11 +79,17 @@ def _labels01(series: pd.Series, positive_class: str | None) -> np.ndarray:
     return series.to_numpy()
 
 
-def _row(column: str, value: str, y: np.ndarray, s: np.ndarray, threshold: float, alpha: float,
-         class_names: tuple[str, str]) -> dict:
+def _row(
+    column: str, value: str, y: np.ndarray, s: np.ndarray, threshold: float, alpha: float, class_names: tuple[str, str]
+) -> dict:
     n_pos = int(np.sum(y == 1))
-    row: dict[str, Any] = {"column": column, "value": value, "n": int(y.size), "n_pos": n_pos,
-                           "n_neg": int(y.size) - n_pos}
+    row: dict[str, Any] = {
+        "column": column,
+        "value": value,
+        "n": int(y.size),
+        "n_pos": n_pos,
+        "n_neg": int(y.size) - n_pos,
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
         ci = delong_auc_ci(y, s, alpha=alpha)
@@ -89,24 +97,39 @@ def _row(column: str, value: str, y: np.ndarray, s: np.ndarray, threshold: float
     row.update(auc=ci.auc, auc_low=ci.low, auc_high=ci.high)
     for name in _PROPORTIONS:
         row[name], row[f"{name}_low"], row[f"{name}_high"] = bm[name]["value"], bm[name]["low"], bm[name]["high"]
-    row.update(tp=bm["confusion"]["tp"], fp=bm["confusion"]["fp"], tn=bm["confusion"]["tn"],
-               fn=bm["confusion"]["fn"], f1=bm["f1"], balanced_accuracy=bm["balanced_accuracy"])
+    row.update(
+        tp=bm["confusion"]["tp"],
+        fp=bm["confusion"]["fp"],
+        tn=bm["confusion"]["tn"],
+        fn=bm["confusion"]["fn"],
+        f1=bm["f1"],
+        balanced_accuracy=bm["balanced_accuracy"],
+    )
     row["estimable"] = bool(n_pos > 0 and n_pos < y.size)
     if y.size == 0:
         row["note"] = "not estimable: no cases"
     elif not row["estimable"]:
         row["note"] = f"not estimable: one class only ({class_names[1] if n_pos else class_names[0]})"
     else:
-        undefined = sorted({str(w.message).split(":")[0] for w in caught
-                            if issubclass(w.category, UndefinedMetricWarning)})
+        undefined = sorted(
+            {str(w.message).split(":")[0] for w in caught if issubclass(w.category, UndefinedMetricWarning)}
+        )
         row["note"] = ("undefined: " + ", ".join(undefined)) if undefined else ""
     return row
 
 
-def subgroup_table(df: pd.DataFrame, by: str | Sequence[str], *, label_col: str = "label",
-                   score_col: str = "probability", threshold: float, positive_class: str | None = None,
-                   alpha: float = 0.05, include_overall: bool = True,
-                   class_names: tuple[str, str] = ("negative", "positive")) -> pd.DataFrame:
+def subgroup_table(
+    df: pd.DataFrame,
+    by: str | Sequence[str],
+    *,
+    label_col: str = "label",
+    score_col: str = "probability",
+    threshold: float,
+    positive_class: str | None = None,
+    alpha: float = 0.05,
+    include_overall: bool = True,
+    class_names: tuple[str, str] = ("negative", "positive"),
+) -> pd.DataFrame:
     """The same metrics for every value of one or more columns.
 
     Args:
@@ -147,6 +170,8 @@ def subgroup_table(df: pd.DataFrame, by: str | Sequence[str], *, label_col: str 
     table = pd.DataFrame(rows)
     bad = table.loc[~table["estimable"], ["column", "value"]]
     if len(bad):
-        warn_undefined("subgroup_table: not estimable (one class or no cases) in "
-                       + ", ".join(f"{c}={v}" for c, v in bad.itertuples(index=False)))
+        warn_undefined(
+            "subgroup_table: not estimable (one class or no cases) in "
+            + ", ".join(f"{c}={v}" for c, v in bad.itertuples(index=False))
+        )
     return table

@@ -10,6 +10,7 @@ References:
     45:562-565 (calibration slope); Van Calster B et al. (2019). Calibration: the Achilles
     heel of predictive analytics. BMC Med 17:230.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,16 +61,27 @@ def decision_curve(y_true, y_score, *, thresholds=DEFAULT_THRESHOLDS) -> dict:
     if n == 0:
         warn_undefined("decision_curve: no cases; undefined (NaN)")
         nan = [float("nan")] * pts.size
-        return {"threshold": pts.tolist(), "model": nan, "treat_all": nan, "treat_none": [0.0] * pts.size,
-                "prevalence": float("nan"), "n": 0}
-    called = s[None, :] >= pts[:, None]                       # (thresholds, cases)
+        return {
+            "threshold": pts.tolist(),
+            "model": nan,
+            "treat_all": nan,
+            "treat_none": [0.0] * pts.size,
+            "prevalence": float("nan"),
+            "n": 0,
+        }
+    called = s[None, :] >= pts[:, None]  # (thresholds, cases)
     tp = (called & (y == 1)).sum(axis=1)
     fp = (called & (y == 0)).sum(axis=1)
     odds = pts / (1.0 - pts)
     prev = float(y.mean())
-    return {"threshold": pts.tolist(), "model": (tp / n - fp / n * odds).tolist(),
-            "treat_all": (prev - (1.0 - prev) * odds).tolist(), "treat_none": [0.0] * pts.size,
-            "prevalence": prev, "n": int(n)}
+    return {
+        "threshold": pts.tolist(),
+        "model": (tp / n - fp / n * odds).tolist(),
+        "treat_all": (prev - (1.0 - prev) * odds).tolist(),
+        "treat_none": [0.0] * pts.size,
+        "prevalence": prev,
+        "n": int(n),
+    }
 
 
 def _logit_interval(value: float, var: float, z: float) -> tuple[float, float]:
@@ -132,11 +144,21 @@ def precision_recall(y_true, y_score) -> dict:
     y, s = check_binary(y_true, y_score)
     n_pos, _, missing = warn_one_class("precision_recall", y, "the curve is undefined (NaN)")
     if missing or n_pos == 0:
-        return {"precision": [], "recall": [], "thresholds": [], "auprc": float("nan"),
-                "prevalence": float(y.mean()) if y.size else float("nan")}
+        return {
+            "precision": [],
+            "recall": [],
+            "thresholds": [],
+            "auprc": float("nan"),
+            "prevalence": float(y.mean()) if y.size else float("nan"),
+        }
     precision, recall, thr = precision_recall_curve(y, s)
-    return {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": thr.tolist(),
-            "auprc": float(average_precision_score(y, s)), "prevalence": float(y.mean())}
+    return {
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "thresholds": thr.tolist(),
+        "auprc": float(average_precision_score(y, s)),
+        "prevalence": float(y.mean()),
+    }
 
 
 def calibration_slope_intercept(y_true, y_prob) -> dict:

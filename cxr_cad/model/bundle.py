@@ -6,6 +6,7 @@ honour: not a file, not a torch file / corrupt / truncated, not a cxr_cad bundle
 format version, unknown transform keys, a state dict that does not fit the declared
 architecture, a positive class that is not one of the classes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,8 @@ import torch
 from torch import nn
 
 from cxr_cad.errors import BundleError, OutputError
-from cxr_cad.model.resnet import ARCH, ARCH_IMPL, ProbabilityAverage, build_model, unwrap_model
 from cxr_cad.model import integrity
+from cxr_cad.model.resnet import ARCH, ARCH_IMPL, ProbabilityAverage, build_model, unwrap_model
 from cxr_cad.model.weights import file_sha256, torch_load_file
 from cxr_cad.transforms.spec import TransformSpec
 
@@ -33,8 +34,21 @@ BUNDLE_FORMAT = "cxr_cad.model_bundle"
 #: that many networks, probabilities averaged) and ``arch.tta`` (``["hflip"]``: flipped input
 #: averaged in). Version-1 bundles load unchanged: one network, no TTA, spec version 1.
 BUNDLE_VERSION = 2
-REQUIRED_KEYS = ("format", "format_version", "arch", "classes", "positive_class", "input", "transform_spec",
-                 "threshold", "threshold_selection", "manifest_hash", "versions", "created", "state_dict")
+REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "arch",
+    "classes",
+    "positive_class",
+    "input",
+    "transform_spec",
+    "threshold",
+    "threshold_selection",
+    "manifest_hash",
+    "versions",
+    "created",
+    "state_dict",
+)
 
 
 @dataclass
@@ -52,7 +66,7 @@ class Bundle:
     versions: dict
     created: str
     sha256: str
-    meta: dict = field(repr=False)            # the whole file minus the state dict
+    meta: dict = field(repr=False)  # the whole file minus the state dict
     path: str = ""
     threshold_selection: dict = field(default_factory=dict)
     parent_bundle_sha256: str | None = None
@@ -70,8 +84,13 @@ def package_versions() -> dict[str, str]:
 
     import cxr_cad
 
-    return {"cxr_cad": cxr_cad.__version__, "torch": torch.__version__, "monai": monai.__version__,
-            "pydicom": pydicom.__version__, "numpy": np.__version__}
+    return {
+        "cxr_cad": cxr_cad.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "pydicom": pydicom.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def to_plain(obj: Any, where: str = "bundle") -> Any:
@@ -102,8 +121,10 @@ def to_plain(obj: Any, where: str = "bundle") -> Any:
                 raise BundleError(f"{where}: key {k!r} is not a string; bundles hold plain types only")
             out[k] = to_plain(v, f"{where}.{k}")
         return out
-    raise BundleError(f"{where}: value of type {type(obj).__name__} cannot be stored in a bundle "
-                      "(plain dict/list/str/int/float/bool/None/tensor only)")
+    raise BundleError(
+        f"{where}: value of type {type(obj).__name__} cannot be stored in a bundle "
+        "(plain dict/list/str/int/float/bool/None/tensor only)"
+    )
 
 
 def _threshold_selection(method: str | dict, params: dict | None, chosen_on: Any) -> dict:
@@ -122,11 +143,23 @@ def _threshold_selection(method: str | dict, params: dict | None, chosen_on: Any
     return sel
 
 
-def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str], positive_class: str,
-                transform_spec: TransformSpec, threshold: float, threshold_method: str | dict,
-                manifest_hash: str, extra: dict | None = None, threshold_params: dict | None = None,
-                threshold_chosen_on: Any = None, parent_bundle_sha256: str | None = None,
-                train_config: dict | None = None, init_record: dict | None = None) -> Path:
+def save_bundle(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    classes: list[str],
+    positive_class: str,
+    transform_spec: TransformSpec,
+    threshold: float,
+    threshold_method: str | dict,
+    manifest_hash: str,
+    extra: dict | None = None,
+    threshold_params: dict | None = None,
+    threshold_chosen_on: Any = None,
+    parent_bundle_sha256: str | None = None,
+    train_config: dict | None = None,
+    init_record: dict | None = None,
+) -> Path:
     """Write ``model`` and everything needed to use it as one bundle file (atomic).
 
     Args:
@@ -157,19 +190,22 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str]
     if not (isinstance(threshold, (int, float, np.floating)) and math.isfinite(threshold) and 0 <= threshold <= 1):
         problems.append(f"threshold must be a probability in [0, 1], got {threshold!r}")
     net = unwrap_model(model)
-    state = {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).contiguous()
-             for k, v in net.state_dict().items()}
+    state = {
+        k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in net.state_dict().items()
+    }
     members, tta = 1, []
     prefix = ""
-    if isinstance(net, ProbabilityAverage):   # an ensemble and/or hflip TTA (arch.members, arch.tta)
+    if isinstance(net, ProbabilityAverage):  # an ensemble and/or hflip TTA (arch.members, arch.tta)
         members, tta, prefix = len(net.members), (["hflip"] if net.hflip else []), "members.0."
     in_channels = int(state[f"{prefix}conv1.weight"].shape[1]) if f"{prefix}conv1.weight" in state else -1
     num_classes = int(state[f"{prefix}fc.weight"].shape[0]) if f"{prefix}fc.weight" in state else -1
     if num_classes != len(classes):
         problems.append(f"the model has {num_classes} outputs but {len(classes)} classes were given")
     if in_channels != transform_spec.in_channels:
-        problems.append(f"the model has {in_channels} input channel(s), the transform spec "
-                        f"{transform_spec.in_channels}")
+        problems.append(
+            f"the model has {in_channels} input channel(s), the transform spec {transform_spec.in_channels}"
+        )
     bad = integrity.first_non_finite(state)
     if bad is not None:
         problems.append(f"weight tensor {bad!r} holds NaN or infinite values (a diverged training run)")
@@ -178,15 +214,22 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str]
     payload = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "arch": {"name": ARCH, "impl": ARCH_IMPL, "in_channels": in_channels, "num_classes": num_classes,
-                 "members": members, "tta": tta},
+        "arch": {
+            "name": ARCH,
+            "impl": ARCH_IMPL,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "members": members,
+            "tta": tta,
+        },
         "classes": classes,
         "positive_class": str(positive_class),
         "input": {"size": transform_spec.image_size, "channels": transform_spec.in_channels},
         "transform_spec": transform_spec.to_dict(),
         "threshold": float(threshold),
-        "threshold_selection": to_plain(_threshold_selection(threshold_method, threshold_params,
-                                                             threshold_chosen_on), "threshold_selection"),
+        "threshold_selection": to_plain(
+            _threshold_selection(threshold_method, threshold_params, threshold_chosen_on), "threshold_selection"
+        ),
         "manifest_hash": str(manifest_hash),
         "parent_bundle_sha256": parent_bundle_sha256,
         "init": to_plain(init_record, "init"),
@@ -204,10 +247,12 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, *, classes: list[str]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:   # torch.save reports a full disk as a RuntimeError
-        raise OutputError(f"cannot write bundle {path.name} in {path.parent}: "
-                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}; "
-                          "check free space and permissions") from exc
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        raise OutputError(
+            f"cannot write bundle {path.name} in {path.parent}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}; "
+            "check free space and permissions"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     log.info("wrote model bundle %s", path)
@@ -226,23 +271,29 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
     """
     path = Path(path)
     if not path.exists():
-        raise BundleError(f"model bundle {path} does not exist; pass the .pt file written by "
-                          "`cxr-cad train` (model.pt in the run folder)")
+        raise BundleError(
+            f"model bundle {path} does not exist; pass the .pt file written by "
+            "`cxr-cad train` (model.pt in the run folder)"
+        )
     if not path.is_file():
         raise BundleError(f"model bundle {path} is not a file")
     d = torch_load_file(path, what="cxr_cad model bundle", error=BundleError)
     if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
         hint = ""
         if isinstance(d, dict) and d and all(isinstance(v, torch.Tensor) for v in d.values()):
-            hint = (" It looks like a bare state dict (e.g. ImageNet weights); use it for training with "
-                    "`--init imagenet:PATH`, not as a model bundle.")
+            hint = (
+                " It looks like a bare state dict (e.g. ImageNet weights); use it for training with "
+                "`--init imagenet:PATH`, not as a model bundle."
+            )
         raise BundleError(f"{path} is a torch file but not a cxr_cad model bundle.{hint}")
     version = d.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{path}: bundle has no integer format_version")
     if version > BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle format version {version} is newer than this cxr_cad supports "
-                          f"({BUNDLE_VERSION}); upgrade cxr_cad to use it")
+        raise BundleError(
+            f"{path}: bundle format version {version} is newer than this cxr_cad supports "
+            f"({BUNDLE_VERSION}); upgrade cxr_cad to use it"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in d]
     if missing:
         raise BundleError(f"{path}: bundle lacks {missing}; it is incomplete or was not written by save_bundle")
@@ -253,18 +304,26 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
     classes, positive = d["classes"], d["positive_class"]
     arch, state = d["arch"], d["state_dict"]
     problems = []
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
-            or len(set(classes)) != len(classes):
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         problems.append(f"classes must be a list of >= 2 distinct names, got {classes!r}")
     elif positive not in classes:
         problems.append(f"positive class {positive!r} is not one of the classes {classes}")
     if not isinstance(arch, dict) or arch.get("name") != ARCH:
-        problems.append(f"architecture {arch.get('name') if isinstance(arch, dict) else arch!r} is not "
-                        f"supported (only {ARCH})")
-    elif arch.get("in_channels") != spec.in_channels or (isinstance(classes, list)
-                                                         and arch.get("num_classes") != len(classes)):
-        problems.append(f"architecture {arch} disagrees with the transform spec ({spec.in_channels} channel(s)) "
-                        f"or the {len(classes) if isinstance(classes, list) else '?'} classes")
+        problems.append(
+            f"architecture {arch.get('name') if isinstance(arch, dict) else arch!r} is not supported (only {ARCH})"
+        )
+    elif arch.get("in_channels") != spec.in_channels or (
+        isinstance(classes, list) and arch.get("num_classes") != len(classes)
+    ):
+        problems.append(
+            f"architecture {arch} disagrees with the transform spec ({spec.in_channels} channel(s)) "
+            f"or the {len(classes) if isinstance(classes, list) else '?'} classes"
+        )
     members, tta = (arch.get("members", 1), arch.get("tta", [])) if isinstance(arch, dict) else (1, [])
     if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= 64:
         problems.append(f"arch.members must be an integer in [1, 64], got {members!r}")
@@ -273,8 +332,7 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
     thr = d["threshold"]
     if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not (math.isfinite(thr) and 0 <= thr <= 1):
         problems.append(f"threshold {thr!r} is not a probability in [0, 1]")
-    if not isinstance(d["threshold_selection"], dict) or not isinstance(d["threshold_selection"].get("method"),
-                                                                          str):
+    if not isinstance(d["threshold_selection"], dict) or not isinstance(d["threshold_selection"].get("method"), str):
         problems.append("threshold_selection has no 'method'")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         problems.append("state_dict is not a mapping of names to tensors")
@@ -284,23 +342,39 @@ def load_bundle(path: str | os.PathLike, *, map_location: str | torch.device = "
     model = build_model(len(classes), spec.in_channels, members=members, hflip="hflip" in tta)
     own = model.state_dict()
     bad = sorted(set(own) ^ set(state))
-    bad += [f"{k} shape {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-            if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    bad += [
+        f"{k} shape {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if bad:
-        raise BundleError(f"{path}: state dict does not match the declared architecture {ARCH} "
-                          f"({spec.in_channels} channel(s), {len(classes)} classes): {bad[:6]}"
-                          f"{' ...' if len(bad) > 6 else ''}")
-    if integrity.DIGEST_KEY in d:   # bundles written before the digest existed load without it
+        raise BundleError(
+            f"{path}: state dict does not match the declared architecture {ARCH} "
+            f"({spec.in_channels} channel(s), {len(classes)} classes): {bad[:6]}"
+            f"{' ...' if len(bad) > 6 else ''}"
+        )
+    if integrity.DIGEST_KEY in d:  # bundles written before the digest existed load without it
         integrity.check_digest(state, d[integrity.DIGEST_KEY], str(path), BundleError)
     integrity.check_finite(state, str(path), BundleError)
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     meta = {k: v for k, v in d.items() if k != "state_dict"}
     sel = d["threshold_selection"]
-    return Bundle(model=model, classes=list(classes), positive_class=positive,
-                  positive_index=classes.index(positive), transform_spec=spec, threshold=float(thr),
-                  threshold_method=sel["method"], manifest_hash=str(d["manifest_hash"]),
-                  versions=dict(d["versions"]) if isinstance(d["versions"], dict) else {},
-                  created=str(d["created"]), sha256=file_sha256(path), meta=meta, path=str(path),
-                  threshold_selection=sel, parent_bundle_sha256=d.get("parent_bundle_sha256"),
-                  train_config=d.get("train_config"))
+    return Bundle(
+        model=model,
+        classes=list(classes),
+        positive_class=positive,
+        positive_index=classes.index(positive),
+        transform_spec=spec,
+        threshold=float(thr),
+        threshold_method=sel["method"],
+        manifest_hash=str(d["manifest_hash"]),
+        versions=dict(d["versions"]) if isinstance(d["versions"], dict) else {},
+        created=str(d["created"]),
+        sha256=file_sha256(path),
+        meta=meta,
+        path=str(path),
+        threshold_selection=sel,
+        parent_bundle_sha256=d.get("parent_bundle_sha256"),
+        train_config=d.get("train_config"),
+    )

@@ -11,12 +11,13 @@ intact zip entries, and a cap on the input size a bundle may ask for.
 * :data:`MAX_IMAGE_SIZE`: the largest ``transform_spec.image_size`` accepted, the same cap
   training configs have (``model.image_size`` in [32, 2048]); a larger one costs tens of GB.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import zipfile
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -50,20 +51,23 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str, error: type[Exc
     """Raise ``error`` naming ``source`` and the tensor when any weight is NaN or infinite."""
     bad = first_non_finite(state)
     if bad is not None:
-        raise error(f"{source}: weight tensor {bad!r} holds NaN or infinite values; the weights are "
-                    "corrupt or come from a diverged training run and are refused")
+        raise error(
+            f"{source}: weight tensor {bad!r} holds NaN or infinite values; the weights are "
+            "corrupt or come from a diverged training run and are refused"
+        )
 
 
-def check_digest(state: Mapping[str, torch.Tensor], expected: object, source: str,
-                 error: type[Exception]) -> None:
+def check_digest(state: Mapping[str, torch.Tensor], expected: object, source: str, error: type[Exception]) -> None:
     """Raise ``error`` when the recomputed :func:`weights_digest` differs from ``expected``."""
     if not isinstance(expected, str) or len(expected) != 64:
         raise error(f"{source}: the bundle's {DIGEST_KEY} is not a SHA-256 hex digest; the file is corrupt")
     actual = weights_digest(state)
     if actual != expected:
-        raise error(f"{source}: the weights do not match the digest written when the bundle was saved "
-                    f"({actual[:12]}... != {expected[:12]}...); the file is corrupt: copy it again from its "
-                    "source or retrain")
+        raise error(
+            f"{source}: the weights do not match the digest written when the bundle was saved "
+            f"({actual[:12]}... != {expected[:12]}...); the file is corrupt: copy it again from its "
+            "source or retrain"
+        )
 
 
 def check_zip_crc(path: str | os.PathLike, what: str, error: type[Exception]) -> None:
@@ -78,12 +82,16 @@ def check_zip_crc(path: str | os.PathLike, what: str, error: type[Exception]) ->
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise error(f"{path}: not a readable {what}: the zip archive is damaged ({exc}); copy it again") from exc
     if bad is not None:
-        raise error(f"{path}: not a readable {what}: entry {bad!r} fails its CRC-32 check, so its bytes "
-                    "were changed after saving (disk or copy corruption); copy it again from its source")
+        raise error(
+            f"{path}: not a readable {what}: entry {bad!r} fails its CRC-32 check, so its bytes "
+            "were changed after saving (disk or copy corruption); copy it again from its source"
+        )
 
 
 def check_image_size(size: object, source: str, error: type[Exception]) -> None:
     """Raise ``error`` unless ``size`` is an integer in [32, :data:`MAX_IMAGE_SIZE`]."""
     if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= MAX_IMAGE_SIZE:
-        raise error(f"{source}: transform_spec.image_size {size!r} is outside [32, {MAX_IMAGE_SIZE}] px, the "
-                    "range training accepts; the bundle is corrupt or was edited")
+        raise error(
+            f"{source}: transform_spec.image_size {size!r} is outside [32, {MAX_IMAGE_SIZE}] px, the "
+            "range training accepts; the bundle is corrupt or was edited"
+        )

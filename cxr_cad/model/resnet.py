@@ -15,6 +15,7 @@ RGB, ``sum_c W_c * t = (sum_c W_c) * t``: the 1-channel network gives exactly th
 activations the RGB network gives on the replicated image, while ``conv1`` does a
 third of the multiply-adds and the input tensor is a third of the size.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,14 @@ def build_resnet18(num_classes: int, in_channels: int = 1) -> nn.Module:
         raise WeightsError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if in_channels not in (1, 3):
         raise WeightsError(f"in_channels must be 1 or 3, got {in_channels!r}")
-    return _monai_resnet18(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes,
-                           bias_downsample=False, conv1_t_stride=2, pretrained=False)
+    return _monai_resnet18(
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        num_classes=num_classes,
+        bias_downsample=False,
+        conv1_t_stride=2,
+        pretrained=False,
+    )
 
 
 class ProbabilityAverage(nn.Module):

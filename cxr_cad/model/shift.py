@@ -19,11 +19,13 @@ is flagged by :func:`cohort_shift` when clearly more than the expected 1% of its
 flagged (rule and reasons: docs/shift.md). Pure numpy/scikit-learn apart from the feature
 hook (:class:`FeatureTap`) and :func:`extract_features`; no I/O.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,18 +33,18 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEY = "shift"            # key under the bundle's ``extra``
+SUMMARY_KEY = "shift"  # key under the bundle's ``extra``
 SUMMARY_FORMAT = 1
-SHIFT_FILE = "shift.json"         # cohort result written next to predictions.csv
-IMAGE_QUANTILE = 0.99            # an image beyond this reference quantile is flagged
-IMAGE_LIMIT = 1.0                # shift_score = distance / reference q99; flagged above this
+SHIFT_FILE = "shift.json"  # cohort result written next to predictions.csv
+IMAGE_QUANTILE = 0.99  # an image beyond this reference quantile is flagged
+IMAGE_LIMIT = 1.0  # shift_score = distance / reference q99; flagged above this
 EXPECTED_RATE = 1.0 - IMAGE_QUANTILE
-MIN_COHORT_FRACTION = 0.05       # a cohort needs >= 5x the expected rate of flagged images ...
-COHORT_ALPHA = 0.001             # ... and a binomial tail probability below this under p = 1%
+MIN_COHORT_FRACTION = 0.05  # a cohort needs >= 5x the expected rate of flagged images ...
+COHORT_ALPHA = 0.001  # ... and a binomial tail probability below this under p = 1%
 MAX_COMPONENTS = 64
 REF_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
-EMPIRICAL_MIN = 300              # reference distances needed for empirical quantiles
-META_MIN = 20                    # ages/views known for at least this many training images
+EMPIRICAL_MIN = 300  # reference distances needed for empirical quantiles
+META_MIN = 20  # ages/views known for at least this many training images
 
 
 def head_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -50,7 +52,7 @@ def head_of(model: torch.nn.Module) -> torch.nn.Module:
     from cxr_cad.model.resnet import unwrap_model
 
     net = unwrap_model(model)
-    net = getattr(net, "members", [net])[0]   # an ensemble / TTA bundle: its first network (runs last)
+    net = getattr(net, "members", [net])[0]  # an ensemble / TTA bundle: its first network (runs last)
     head = getattr(net, "fc", None)
     if not isinstance(head, torch.nn.Module):
         raise ValueError("the model has no `fc` head; the shift score needs the ResNet head's input")
@@ -72,7 +74,7 @@ class FeatureTap:
     def _hook(self, module, inputs) -> None:
         self._last = inputs[0].detach()
 
-    def __enter__(self) -> "FeatureTap":
+    def __enter__(self) -> FeatureTap:
         self._handle = self.head.register_forward_pre_hook(self._hook)
         return self
 
@@ -108,8 +110,10 @@ class ShiftScorer:
         feats = self.tap.pop() if self.tap is not None else None
         if feats is None or len(feats) != n:
             return [{"shift_score": "", "shift_flag": ""} for _ in range(n)]
-        return [{"shift_score": f"{v:.4f}", "shift_flag": str(int(v > IMAGE_LIMIT))}
-                for v in image_scores(self.summary, feats)]
+        return [
+            {"shift_score": f"{v:.4f}", "shift_flag": str(int(v > IMAGE_LIMIT))}
+            for v in image_scores(self.summary, feats)
+        ]
 
     def close(self) -> None:
         if self.tap is not None:
@@ -117,8 +121,14 @@ class ShiftScorer:
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, dataset, *, batch_size: int = 32, workers: int = 0,
-                     autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+def extract_features(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+) -> np.ndarray:
     """Penultimate features ``(len(dataset), d)`` of a MONAI dataset of ``{"image": tensor}`` items
     (the deterministic eval chain), in dataset order, on the model's device."""
     from torch.utils.data import DataLoader
@@ -162,8 +172,8 @@ def _distances(mean, components, variances, noise, x: np.ndarray) -> np.ndarray:
     c = np.asarray(x, np.float64) - np.asarray(mean, np.float64)
     w = np.asarray(components, np.float64)
     z = c @ w.T
-    inside = (z ** 2 / np.asarray(variances, np.float64)).sum(1)
-    rest = np.maximum((c ** 2).sum(1) - (z ** 2).sum(1), 0.0) / float(noise)
+    inside = (z**2 / np.asarray(variances, np.float64)).sum(1)
+    rest = np.maximum((c**2).sum(1) - (z**2).sum(1), 0.0) / float(noise)
     return np.sqrt(inside + rest)
 
 
@@ -171,8 +181,12 @@ def _fit(x: np.ndarray) -> dict:
     k = _n_components(*x.shape)
     p = _pca(x, k)
     noise = float(p.noise_variance_) if p.noise_variance_ > 0 else float(p.explained_variance_[-1]) * 1e-3
-    return {"mean": p.mean_, "components": p.components_, "variances": np.maximum(p.explained_variance_, 1e-12),
-            "noise": max(noise, 1e-12)}
+    return {
+        "mean": p.mean_,
+        "components": p.components_,
+        "variances": np.maximum(p.explained_variance_, 1e-12),
+        "noise": max(noise, 1e-12),
+    }
 
 
 def _crossfit_distances(x: np.ndarray, groups: Sequence | None, n_folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -239,9 +253,14 @@ def _view_summary(views: Iterable | None) -> dict | None:
     return {"n": len(known), "counts": {str(v): int(c) for v, c in zip(vals, counts)}}
 
 
-def fit_summary(train_features: np.ndarray, reference_features: np.ndarray | None = None, *,
-                train_groups: Sequence | None = None, ages: Iterable | None = None,
-                views: Iterable | None = None) -> dict:
+def fit_summary(
+    train_features: np.ndarray,
+    reference_features: np.ndarray | None = None,
+    *,
+    train_groups: Sequence | None = None,
+    ages: Iterable | None = None,
+    views: Iterable | None = None,
+) -> dict:
     """The bundle's training-data summary (plain types; :data:`SUMMARY_FORMAT`).
 
     ``train_features``: penultimate features of the training images (eval chain, final
@@ -269,15 +288,24 @@ def fit_summary(train_features: np.ndarray, reference_features: np.ndarray | Non
     if len(d) < EMPIRICAL_MIN:  # too few points beyond the 99th percentile: log-normal extrapolation
         q = _lognormal_quantiles(d)
     f32 = lambda a: np.asarray(a, np.float32).tolist()  # noqa: E731 -- float32 precision is plenty
-    return {"format": SUMMARY_FORMAT, "features": "penultimate (fc input)", "dim": int(x.shape[1]),
-            "n_train": int(len(x)), "n_reference": int(len(d)), "n_validation": n_val,
-            "reference": "validation images + cross-fitted training images" if n_val else
-                         "cross-fitted training images",
-            "mean": f32(m["mean"]), "components": f32(m["components"]), "variances": f32(m["variances"]),
-            "noise_variance": float(m["noise"]),
-            "quantiles": {f"q{int(round(p * 1000)):03d}": float(v) for p, v in zip(REF_QUANTILES, q)},
-            "quantile_method": "empirical" if len(d) >= EMPIRICAL_MIN else "log-normal fit to q50 and q90",
-            "image_quantile": IMAGE_QUANTILE, "age_years": _age_summary(ages), "view": _view_summary(views)}
+    return {
+        "format": SUMMARY_FORMAT,
+        "features": "penultimate (fc input)",
+        "dim": int(x.shape[1]),
+        "n_train": int(len(x)),
+        "n_reference": int(len(d)),
+        "n_validation": n_val,
+        "reference": "validation images + cross-fitted training images" if n_val else "cross-fitted training images",
+        "mean": f32(m["mean"]),
+        "components": f32(m["components"]),
+        "variances": f32(m["variances"]),
+        "noise_variance": float(m["noise"]),
+        "quantiles": {f"q{int(round(p * 1000)):03d}": float(v) for p, v in zip(REF_QUANTILES, q)},
+        "quantile_method": "empirical" if len(d) >= EMPIRICAL_MIN else "log-normal fit to q50 and q90",
+        "image_quantile": IMAGE_QUANTILE,
+        "age_years": _age_summary(ages),
+        "view": _view_summary(views),
+    }
 
 
 def summary_from_bundle(bundle: Any) -> dict | None:
@@ -286,8 +314,9 @@ def summary_from_bundle(bundle: Any) -> dict | None:
     s = (meta.get("extra") or {}).get(SUMMARY_KEY) if isinstance(meta, dict) else None
     if not isinstance(s, dict):
         return None
-    if s.get("format") != SUMMARY_FORMAT or not all(k in s for k in ("mean", "components", "variances",
-                                                                     "noise_variance", "quantiles")):
+    if s.get("format") != SUMMARY_FORMAT or not all(
+        k in s for k in ("mean", "components", "variances", "noise_variance", "quantiles")
+    ):
         log.warning("the bundle's shift summary has an unknown format %r; no shift score", s.get("format"))
         return None
     return s
@@ -295,8 +324,13 @@ def summary_from_bundle(bundle: Any) -> dict | None:
 
 def image_distances(summary: dict, features: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of each feature row under the summary's PPCA model."""
-    return _distances(summary["mean"], summary["components"], summary["variances"], summary["noise_variance"],
-                      np.asarray(features, np.float64).reshape(len(features), -1))
+    return _distances(
+        summary["mean"],
+        summary["components"],
+        summary["variances"],
+        summary["noise_variance"],
+        np.asarray(features, np.float64).reshape(len(features), -1),
+    )
 
 
 def image_scores(summary: dict, features: np.ndarray) -> np.ndarray:
@@ -339,8 +373,9 @@ def _unseen_views(summary: dict, views: Iterable | None) -> tuple[int, int]:
     return sum(1 for v in known if v not in ref["counts"]), len(known)
 
 
-def cohort_shift(scores: Sequence[float], summary: dict, *, ages: Iterable | None = None,
-                 views: Iterable | None = None) -> dict:
+def cohort_shift(
+    scores: Sequence[float], summary: dict, *, ages: Iterable | None = None, views: Iterable | None = None
+) -> dict:
     """The cohort's shift result (the ``"shift"`` entry of metrics.json and shift.json).
 
     ``scores``: per-image ``shift_score`` (NaN/blank entries are ignored). ``ages``/``views``:
@@ -363,10 +398,14 @@ def cohort_shift(scores: Sequence[float], summary: dict, *, ages: Iterable | Non
     flagged = bool(k_min is not None and k >= k_min)
     reasons = []
     if flagged:
-        reasons.append(f"{k} of {n} images ({fraction:.1%}) lie beyond the training images' 99th percentile "
-                       f"of feature distance (about 1% expected; median shift score {np.median(s):.2f})")
-    for what, (bad, known) in (("outside the training age range", _outside_age(summary, ages)),
-                               ("of a view never seen in training", _unseen_views(summary, views))):
+        reasons.append(
+            f"{k} of {n} images ({fraction:.1%}) lie beyond the training images' 99th percentile "
+            f"of feature distance (about 1% expected; median shift score {np.median(s):.2f})"
+        )
+    for what, (bad, known) in (
+        ("outside the training age range", _outside_age(summary, ages)),
+        ("of a view never seen in training", _unseen_views(summary, views)),
+    ):
         need = min_flagged(known)
         if need is not None and bad >= need:
             flagged = True
@@ -374,18 +413,39 @@ def cohort_shift(scores: Sequence[float], summary: dict, *, ages: Iterable | Non
     if n == 0:
         message = "no images were scored; no shift assessment"
     elif flagged:
-        message = ("cohort is unlike the training data: " + "; ".join(reasons)
-                   + ". The model's accuracy on it is unknown.")
+        message = (
+            "cohort is unlike the training data: " + "; ".join(reasons) + ". The model's accuracy on it is unknown."
+        )
     else:
-        message = (f"cohort resembles the training data: {k} of {n} images ({fraction:.1%}) beyond the training "
-                   f"99th percentile (flagged from {threshold:.1%}{'' if k_min else ', not reachable at this size'})")
-    return {"cohort_score": float(fraction), "threshold": float(threshold), "flagged": flagged,
-            "n_images": n, "n_flagged": k, "fraction_flagged": float(fraction), "message": message}
+        message = (
+            f"cohort resembles the training data: {k} of {n} images ({fraction:.1%}) beyond the training "
+            f"99th percentile (flagged from {threshold:.1%}{'' if k_min else ', not reachable at this size'})"
+        )
+    return {
+        "cohort_score": float(fraction),
+        "threshold": float(threshold),
+        "flagged": flagged,
+        "n_images": n,
+        "n_flagged": k,
+        "fraction_flagged": float(fraction),
+        "message": message,
+    }
 
 
-def summarise_training(model: torch.nn.Module, spec: Any, train_df, val_df=None, *, group_col: str = "patient_id",
-                       cache_dir=None, batch_size: int = 32, workers: int = 0,
-                       autocast_dtype: torch.dtype | None = None, max_images: int = 4000, seed: int = 0) -> dict | None:
+def summarise_training(
+    model: torch.nn.Module,
+    spec: Any,
+    train_df,
+    val_df=None,
+    *,
+    group_col: str = "patient_id",
+    cache_dir=None,
+    batch_size: int = 32,
+    workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    max_images: int = 4000,
+    seed: int = 0,
+) -> dict | None:
     """:func:`fit_summary` of a trained model on its training (and validation) manifest rows.
 
     Features come from the eval chain of ``spec`` (no augmentation) and the model as given
@@ -395,8 +455,13 @@ def summarise_training(model: torch.nn.Module, spec: Any, train_df, val_df=None,
 
     def feats(df):
         items = [{"image": str(p), "label": 0} for p in df["path"]]
-        return extract_features(model, make_dataset(items, spec, cache_dir=cache_dir), batch_size=batch_size,
-                                workers=workers, autocast_dtype=autocast_dtype)
+        return extract_features(
+            model,
+            make_dataset(items, spec, cache_dir=cache_dir),
+            batch_size=batch_size,
+            workers=workers,
+            autocast_dtype=autocast_dtype,
+        )
 
     import time
 
@@ -406,15 +471,23 @@ def summarise_training(model: torch.nn.Module, spec: Any, train_df, val_df=None,
     groups = train_df[group_col].astype(str).tolist() if group_col in train_df.columns else None
     both = train_df if val_df is None else pd.concat([train_df, val_df], ignore_index=True)
     try:
-        summary = fit_summary(feats(train_df), feats(val_df) if val_df is not None and len(val_df) else None,
-                              train_groups=groups,
-                              ages=both["patient_age_years"] if "patient_age_years" in both.columns else None,
-                              views=both["view_position"] if "view_position" in both.columns else None)
+        summary = fit_summary(
+            feats(train_df),
+            feats(val_df) if val_df is not None and len(val_df) else None,
+            train_groups=groups,
+            ages=both["patient_age_years"] if "patient_age_years" in both.columns else None,
+            views=both["view_position"] if "view_position" in both.columns else None,
+        )
     except ValueError as exc:  # too few images: the bundle works, predictions get no shift score
         log.warning("the bundle gets no training-data summary, so no shift score: %s", exc)
         return None
-    log.info("shift summary of %d training + %d validation images in %.1f s (99th percentile distance %.2f)",
-             summary["n_train"], summary["n_validation"], time.perf_counter() - t0, summary["quantiles"]["q990"])
+    log.info(
+        "shift summary of %d training + %d validation images in %.1f s (99th percentile distance %.2f)",
+        summary["n_train"],
+        summary["n_validation"],
+        time.perf_counter() - t0,
+        summary["quantiles"]["q990"],
+    )
     return summary
 
 
@@ -426,7 +499,10 @@ def table_shift(table: pd.DataFrame, summary: dict | None) -> tuple[dict | None,
     if summary is None or "shift_score" not in table.columns:
         return None, False
     scores = table["shift_score"].tolist()
-    result = cohort_shift(scores, summary,
-                          ages=table["patient_age_years"] if "patient_age_years" in table.columns else None,
-                          views=table["view_position"] if "view_position" in table.columns else None)
+    result = cohort_shift(
+        scores,
+        summary,
+        ages=table["patient_age_years"] if "patient_age_years" in table.columns else None,
+        views=table["view_position"] if "view_position" in table.columns else None,
+    )
     return result, result["flagged"] and not cohort_shift(scores, summary)["flagged"]

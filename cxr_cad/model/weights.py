@@ -15,6 +15,7 @@ starting with that hex, like ``torch.hub`` checks it; downloads are always check
 against ``f37072fd``. When no weights can be had, :class:`~cxr_cad.errors.WeightsError`
 says how to pass a local file; there is never a silent fallback to random weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,10 +59,12 @@ def imagenet_cache_path() -> Path:
 
 def how_to_pass_weights() -> str:
     """The sentence every 'no ImageNet weights' error ends with."""
-    return (f"Download {IMAGENET_URL} on a machine with internet access (its SHA-256 starts with "
-            f"{IMAGENET_HASH_PREFIX}) and pass it with `--init imagenet:/path/to/{IMAGENET_FILENAME}`, "
-            f"or set {ENV_WEIGHTS}=/path/to/{IMAGENET_FILENAME}, or copy it to {imagenet_cache_path()}; "
-            "use `--init none` to train from random weights on purpose")
+    return (
+        f"Download {IMAGENET_URL} on a machine with internet access (its SHA-256 starts with "
+        f"{IMAGENET_HASH_PREFIX}) and pass it with `--init imagenet:/path/to/{IMAGENET_FILENAME}`, "
+        f"or set {ENV_WEIGHTS}=/path/to/{IMAGENET_FILENAME}, or copy it to {imagenet_cache_path()}; "
+        "use `--init none` to train from random weights on purpose"
+    )
 
 
 def check_hash_prefix(path: Path, prefix: str | None = None) -> str:
@@ -78,15 +81,18 @@ def check_hash_prefix(path: Path, prefix: str | None = None) -> str:
         raise WeightsError(
             f"{path}: SHA-256 {digest[:16]}... does not start with {prefix} (the hash in its name): the file "
             f"is corrupt, truncated or not the expected checkpoint. Delete it and fetch it again. "
-            f"{how_to_pass_weights()}")
+            f"{how_to_pass_weights()}"
+        )
     return digest
 
 
 def _download_imagenet(dst: Path, *, progress: bool) -> None:
     """Download :data:`IMAGENET_URL` to ``dst`` (tmp file + hash check + os.replace)."""
     if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
-        raise WeightsError(f"ImageNet weights are not in {dst} and {ENV_OFFLINE} is set, so they are not "
-                           f"downloaded. {how_to_pass_weights()}")
+        raise WeightsError(
+            f"ImageNet weights are not in {dst} and {ENV_OFFLINE} is set, so they are not "
+            f"downloaded. {how_to_pass_weights()}"
+        )
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     log.info("downloading ImageNet ResNet18 weights from %s to %s", IMAGENET_URL, dst)
@@ -97,8 +103,9 @@ def _download_imagenet(dst: Path, *, progress: bool) -> None:
     except WeightsError:
         raise
     except (OSError, RuntimeError, ValueError) as exc:  # URLError, HTTPError, SSL, timeouts are OSErrors
-        raise WeightsError(f"could not download ImageNet weights from {IMAGENET_URL}: {exc}. "
-                           f"{how_to_pass_weights()}") from exc
+        raise WeightsError(
+            f"could not download ImageNet weights from {IMAGENET_URL}: {exc}. {how_to_pass_weights()}"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -147,18 +154,25 @@ def torch_load_file(path: Path, *, what: str, error: type[Exception] = WeightsEr
         text = str(exc)
         m = re.search(r"GLOBAL ([\w.]+)", text)
         if m:
-            raise error(f"{path}: not a readable {what}: refused, it is not plain data; it holds pickled "
-                        f"Python objects (it references {m.group(1)}), which cxr_cad never loads because "
-                        "loading them can run code. Use a file written by cxr-cad, or a plain tensor "
-                        "state dict") from None
+            raise error(
+                f"{path}: not a readable {what}: refused, it is not plain data; it holds pickled "
+                f"Python objects (it references {m.group(1)}), which cxr_cad never loads because "
+                "loading them can run code. Use a file written by cxr-cad, or a plain tensor "
+                "state dict"
+            ) from None
         if "weights only load failed" in text.lower() or "weights_only" in text:
-            raise error(f"{path}: not a readable {what}: refused, it is not a plain-data torch file "
-                        "(corrupt, truncated, or pickled Python objects that cxr_cad never loads)") from None
-        raise error(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file): "
-                    f"{_first_line(exc)}") from exc
+            raise error(
+                f"{path}: not a readable {what}: refused, it is not a plain-data torch file "
+                "(corrupt, truncated, or pickled Python objects that cxr_cad never loads)"
+            ) from None
+        raise error(
+            f"{path}: not a readable {what} (corrupt, truncated, or not a torch file): {_first_line(exc)}"
+        ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise error(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file saved with "
-                    f"plain types): {_first_line(exc)}") from exc
+        raise error(
+            f"{path}: not a readable {what} (corrupt, truncated, or not a torch file saved with "
+            f"plain types): {_first_line(exc)}"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -169,8 +183,10 @@ def _first_line(exc: BaseException) -> str:
 def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """The tensor dict of a torchvision-format checkpoint (bare, or under 'state_dict'/'model')."""
     if isinstance(obj, dict) and obj.get("format") == "cxr_cad.model_bundle":
-        raise WeightsError(f"{path} is a cxr_cad bundle, not a torchvision state dict; pass it as "
-                           f"`--init {path}` to initialise from a previous bundle")
+        raise WeightsError(
+            f"{path} is a cxr_cad bundle, not a torchvision state dict; pass it as "
+            f"`--init {path}` to initialise from a previous bundle"
+        )
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -182,8 +198,7 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in obj.items()}
 
 
-def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
-                         load_head: bool) -> dict:
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, load_head: bool) -> dict:
     """Copy a torchvision-format ResNet18 state dict into ``model`` (conv1 adapted).
 
     ``load_head=False`` keeps the model's own (freshly initialised) ``fc``.
@@ -213,19 +228,19 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], *, so
         if k in own and k not in skip and tuple(v.shape) != tuple(own[k].shape):
             problems.append(f"{k}: shape {tuple(v.shape)} != model {tuple(own[k].shape)}")
     if problems:
-        raise WeightsError(f"{source} does not fit a torchvision-format ResNet18 with {in_channels} input "
-                           f"channel(s): " + "; ".join(problems))
+        raise WeightsError(
+            f"{source} does not fit a torchvision-format ResNet18 with {in_channels} input "
+            f"channel(s): " + "; ".join(problems)
+        )
     from cxr_cad.model.integrity import check_finite
 
     check_finite({k: v for k, v in state.items() if k not in skip}, source, WeightsError)
     new = {k: (state[k] if k not in skip else own[k]).to(own[k].dtype) for k in own}
     net.load_state_dict(new, strict=True)
-    return {"loaded_keys": len(own) - len(skip), "head": "loaded" if load_head else "reinitialised",
-            "conv1": conv1}
+    return {"loaded_keys": len(own) - len(skip), "head": "loaded" if load_head else "reinitialised", "conv1": conv1}
 
 
-def load_imagenet_weights(model: nn.Module, source: str | os.PathLike = "download", *,
-                          progress: bool = True) -> dict:
+def load_imagenet_weights(model: nn.Module, source: str | os.PathLike = "download", *, progress: bool = True) -> dict:
     """Load torchvision ImageNet ResNet18 weights into ``model`` (``fc`` left as initialised).
 
     Args:
@@ -242,11 +257,19 @@ def load_imagenet_weights(model: nn.Module, source: str | os.PathLike = "downloa
     digest = check_hash_prefix(path)
     state = extract_state_dict(torch_load_file(path, what="weights file"), path)
     if "fc.weight" in state and state["fc.weight"].shape[0] != 1000:
-        log.warning("%s: fc has %d outputs, not ImageNet's 1000; is this really the ImageNet checkpoint?",
-                    path.name, state["fc.weight"].shape[0])
+        log.warning(
+            "%s: fc has %d outputs, not ImageNet's 1000; is this really the ImageNet checkpoint?",
+            path.name,
+            state["fc.weight"].shape[0],
+        )
     info = load_state_dict_into(model, state, source=str(path), load_head=False)
-    return {"init": "imagenet", "source": str(path), "sha256": digest,
-            "verified_imagenet": digest.startswith(IMAGENET_HASH_PREFIX), **info}
+    return {
+        "init": "imagenet",
+        "source": str(path),
+        "sha256": digest,
+        "verified_imagenet": digest.startswith(IMAGENET_HASH_PREFIX),
+        **info,
+    }
 
 
 def _seeded_model(num_classes: int, in_channels: int, seed: int) -> nn.Module:
@@ -256,8 +279,15 @@ def _seeded_model(num_classes: int, in_channels: int, seed: int) -> nn.Module:
         return build_resnet18(num_classes, in_channels)
 
 
-def init_model(init: str | os.PathLike, num_classes: int, in_channels: int = 1, *, seed: int = 0,
-               classes: list[str] | None = None, progress: bool = True) -> tuple[nn.Module, dict]:
+def init_model(
+    init: str | os.PathLike,
+    num_classes: int,
+    in_channels: int = 1,
+    *,
+    seed: int = 0,
+    classes: list[str] | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:
     """Build a ResNet18 and initialise it.
 
     Args:
@@ -290,21 +320,30 @@ def init_model(init: str | os.PathLike, num_classes: int, in_channels: int = 1, 
         return model, {**load_imagenet_weights(model, source, progress=progress), "seed": int(seed)}
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise InitSpecError(f"--init {spec!r}: not 'imagenet', 'imagenet:/path', 'none', or an existing "
-                            "bundle / weights file")
+        raise InitSpecError(
+            f"--init {spec!r}: not 'imagenet', 'imagenet:/path', 'none', or an existing bundle / weights file"
+        )
     obj = torch_load_file(path, what="weights file or bundle")
     if isinstance(obj, dict) and obj.get("format") == "cxr_cad.model_bundle":
         from cxr_cad.model.bundle import load_bundle
 
         parent = load_bundle(path)
         if parent.transform_spec.in_channels != in_channels:
-            raise WeightsError(f"{path}: the parent bundle has {parent.transform_spec.in_channels} input "
-                               f"channel(s), the new model {in_channels}; use the same in_channels")
+            raise WeightsError(
+                f"{path}: the parent bundle has {parent.transform_spec.in_channels} input "
+                f"channel(s), the new model {in_channels}; use the same in_channels"
+            )
         same_head = classes is not None and list(classes) == list(parent.classes)
         state = parent.model.state_dict()
         info = load_state_dict_into(model, state, source=str(path), load_head=same_head)
-        return model, {"init": "bundle", "source": str(path), "parent_bundle_sha256": parent.sha256,
-                       "parent_classes": list(parent.classes), "seed": int(seed), **info}
+        return model, {
+            "init": "bundle",
+            "source": str(path),
+            "parent_bundle_sha256": parent.sha256,
+            "parent_classes": list(parent.classes),
+            "seed": int(seed),
+            **info,
+        }
     digest = check_hash_prefix(path)
     info = load_state_dict_into(model, extract_state_dict(obj, path), source=str(path), load_head=False)
     return model, {"init": "weights_file", "source": str(path), "sha256": digest, "seed": int(seed), **info}

@@ -19,6 +19,7 @@ Retries
     (``CXR_CAD_DICOMWEB_RETRIES``, default 4 retries: 0.5, 1, 2, 4 s). What still fails is
     the caller's to account for (see :func:`network_reason`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,8 @@ RETRIES_ENV = "CXR_CAD_DICOMWEB_RETRIES"
 TIMEOUT_S = 60
 
 #: Reason codes for instances that could not be fetched (rejected.csv ``reason``).
-NETWORK_ERROR = "NETWORK_ERROR"        # connection refused/reset, time-out, DNS, TLS: after the retries
-FETCH_FAILED = "FETCH_FAILED"          # the archive answered with an HTTP error status (after retries)
+NETWORK_ERROR = "NETWORK_ERROR"  # connection refused/reset, time-out, DNS, TLS: after the retries
+FETCH_FAILED = "FETCH_FAILED"  # the archive answered with an HTTP error status (after retries)
 NOT_FOUND_IN_ARCHIVE = "NOT_FOUND_IN_ARCHIVE"  # listed by QIDO-RS, gone by the time WADO-RS asked (404)
 NETWORK_REASONS = (NETWORK_ERROR, FETCH_FAILED, NOT_FOUND_IN_ARCHIVE)
 
@@ -55,14 +56,18 @@ def parse_url(source: str) -> str:
     Credentials inside the URL (``https://user:pw@host``) are refused: they would end up in
     logs and shell history; use the environment or netrc instead.
     """
-    url = str(source)[len(PREFIX):] if is_dicomweb(source) else str(source)
+    url = str(source)[len(PREFIX) :] if is_dicomweb(source) else str(source)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{source!r} is not a DICOMweb URL; write dicomweb:http(s)://HOST[:PORT]/PREFIX, "
-                         "e.g. dicomweb:http://127.0.0.1:8042/dicom-web")
+        raise UsageError(
+            f"{source!r} is not a DICOMweb URL; write dicomweb:http(s)://HOST[:PORT]/PREFIX, "
+            "e.g. dicomweb:http://127.0.0.1:8042/dicom-web"
+        )
     if parts.username or parts.password:
-        raise UsageError("do not put credentials in the DICOMweb URL; set CXR_CAD_DICOMWEB_USER and "
-                         "CXR_CAD_DICOMWEB_PASSWORD (or CXR_CAD_DICOMWEB_TOKEN, or a ~/.netrc entry)")
+        raise UsageError(
+            "do not put credentials in the DICOMweb URL; set CXR_CAD_DICOMWEB_USER and "
+            "CXR_CAD_DICOMWEB_PASSWORD (or CXR_CAD_DICOMWEB_TOKEN, or a ~/.netrc entry)"
+        )
     return url.rstrip("/")
 
 
@@ -72,9 +77,17 @@ def _session(retries: int):
     from urllib3.util.retry import Retry
 
     session = requests.Session()
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=0.5,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,  # STOW is idempotent per SOP UID
-                  raise_on_status=False, respect_retry_after_header=True)
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,  # STOW is idempotent per SOP UID
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
     adapter = HTTPAdapter(max_retries=retry, pool_maxsize=16)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

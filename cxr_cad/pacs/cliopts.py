@@ -4,6 +4,7 @@
 The orchestration lives here (and in :mod:`cxr_cad.pacs.source` / :mod:`cxr_cad.pacs.output`);
 the CLI modules only register the options and call :func:`run_predict` / :func:`materialise`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,25 +16,48 @@ from cxr_cad.pacs.client import is_dicomweb
 
 log = logging.getLogger(__name__)
 
-SOURCE_HELP = ("a DICOMweb archive is written dicomweb:http(s)://HOST[:PORT]/PREFIX (credentials from "
-               "CXR_CAD_DICOMWEB_USER/_PASSWORD, CXR_CAD_DICOMWEB_TOKEN or ~/.netrc, never arguments)")
+SOURCE_HELP = (
+    "a DICOMweb archive is written dicomweb:http(s)://HOST[:PORT]/PREFIX (credentials from "
+    "CXR_CAD_DICOMWEB_USER/_PASSWORD, CXR_CAD_DICOMWEB_TOKEN or ~/.netrc, never arguments)"
+)
 
 
 def add_query_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--query", action="append", default=None, metavar="KEYWORD=VALUE",
-                   help="QIDO-RS filter for a dicomweb: source, repeatable, e.g. --query Modality=DX "
-                        "--query StudyDate=20240101-20240131 --query AccessionNumber=A123")
-    p.add_argument("--fetch-chunk", type=int, default=128, metavar="N",
-                   help="dicomweb: instances fetched, scored and deleted together (default 128)")
+    p.add_argument(
+        "--query",
+        action="append",
+        default=None,
+        metavar="KEYWORD=VALUE",
+        help="QIDO-RS filter for a dicomweb: source, repeatable, e.g. --query Modality=DX "
+        "--query StudyDate=20240101-20240131 --query AccessionNumber=A123",
+    )
+    p.add_argument(
+        "--fetch-chunk",
+        type=int,
+        default=128,
+        metavar="N",
+        help="dicomweb: instances fetched, scored and deleted together (default 128)",
+    )
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dicom-out", default=None, metavar="DIR",
-                   help="write a DICOM SR (TID 1500) per scored DICOM image into DIR (research use)")
-    p.add_argument("--secondary-capture", action="store_true",
-                   help="with --dicom-out: also a Grad-CAM Secondary Capture image per scored image")
-    p.add_argument("--stow", default=None, metavar="URL",
-                   help="with --dicom-out: send the objects to this DICOMweb archive with STOW-RS")
+    p.add_argument(
+        "--dicom-out",
+        default=None,
+        metavar="DIR",
+        help="write a DICOM SR (TID 1500) per scored DICOM image into DIR (research use)",
+    )
+    p.add_argument(
+        "--secondary-capture",
+        action="store_true",
+        help="with --dicom-out: also a Grad-CAM Secondary Capture image per scored image",
+    )
+    p.add_argument(
+        "--stow",
+        default=None,
+        metavar="URL",
+        help="with --dicom-out: send the objects to this DICOMweb archive with STOW-RS",
+    )
 
 
 def pacs_requested(args: argparse.Namespace, sources: list[str]) -> bool:
@@ -69,13 +93,22 @@ def run_predict(args: argparse.Namespace, sources: list[str], out: str, model: s
     web, local = split_sources(sources)
     dicom_out = dicom_out_options(args)
     if dicom_out is not None and getattr(options, "backend", "torch") != "torch":
-        raise UsageError("--dicom-out needs a model bundle (--backend torch): the SR records the bundle's "
-                         "SHA-256 and the Secondary Capture runs Grad-CAM on its network")
+        raise UsageError(
+            "--dicom-out needs a model bundle (--backend torch): the SR records the bundle's "
+            "SHA-256 and the Secondary Capture runs Grad-CAM on its network"
+        )
     if web:
         if local:
             raise UsageError("a dicomweb: source cannot be mixed with folders or files in one run")
-        result = predict_dicomweb(web, out, model, options, query=parse_query(getattr(args, "query", None)),
-                                  chunk_size=getattr(args, "fetch_chunk", 128), dicom_out=dicom_out)
+        result = predict_dicomweb(
+            web,
+            out,
+            model,
+            options,
+            query=parse_query(getattr(args, "query", None)),
+            chunk_size=getattr(args, "fetch_chunk", 128),
+            dicom_out=dicom_out,
+        )
         return [result.summary_line()]
     if getattr(args, "query", None):
         raise UsageError("--query needs a dicomweb: source")
@@ -86,8 +119,9 @@ def run_predict(args: argparse.Namespace, sources: list[str], out: str, model: s
     return lines
 
 
-def materialise(source: str, folder: Path, query_items: list[str] | None, *, failed_csv: Path,
-                chunk: int = 128) -> Path:
+def materialise(
+    source: str, folder: Path, query_items: list[str] | None, *, failed_csv: Path, chunk: int = 128
+) -> Path:
     """Fetch the instances of a dicomweb: source matching the query into ``folder`` (for ingest/evaluate).
 
     Ingest and evaluate build a cohort on disk by design; this copies only the selected
@@ -104,7 +138,7 @@ def materialise(source: str, folder: Path, query_items: list[str] | None, *, fai
     folder.mkdir(parents=True, exist_ok=True)
     failed_all = {}
     for s in range(0, len(instances), chunk):
-        todo = [i for i in instances[s:s + chunk] if not (folder / f"{i.sop_instance_uid}.dcm").exists()]
+        todo = [i for i in instances[s : s + chunk] if not (folder / f"{i.sop_instance_uid}.dcm").exists()]
         failed_all.update(fetch_many(client, todo, folder)[1])
     failed_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(failed_csv, "w", newline="", encoding="utf-8") as fh:
@@ -117,11 +151,20 @@ def materialise(source: str, folder: Path, query_items: list[str] | None, *, fai
 
 def add_fetch_options(p: argparse.ArgumentParser) -> None:
     """``--query`` and ``--fetch-to`` for commands that build a cohort on disk (ingest)."""
-    p.add_argument("--query", action="append", default=None, metavar="KEYWORD=VALUE",
-                   help="QIDO-RS filter for a dicomweb: source, repeatable (e.g. Modality=DX, StudyDate=20240101-20240131)")
-    p.add_argument("--fetch-to", default=None, metavar="DIR",
-                   help="with a dicomweb: source: folder the selected instances are fetched into (the manifest "
-                        "points at them); instances that could not be fetched go to OUT/fetch_failed.csv")
+    p.add_argument(
+        "--query",
+        action="append",
+        default=None,
+        metavar="KEYWORD=VALUE",
+        help="QIDO-RS filter for a dicomweb: source, repeatable (e.g. Modality=DX, StudyDate=20240101-20240131)",
+    )
+    p.add_argument(
+        "--fetch-to",
+        default=None,
+        metavar="DIR",
+        help="with a dicomweb: source: folder the selected instances are fetched into (the manifest "
+        "points at them); instances that could not be fetched go to OUT/fetch_failed.csv",
+    )
 
 
 def materialise_sources(args: argparse.Namespace, out: str) -> list[str]:

@@ -5,6 +5,7 @@ Each :meth:`Journal.append` is one ``write`` + ``fsync``; a torn last line left 
 record of each SOP Instance UID (the last word on an instance wins). Safe to append from
 several threads.
 """
+
 from __future__ import annotations
 
 import json

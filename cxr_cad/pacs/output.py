@@ -14,23 +14,33 @@ instance. Each run (a new ``D``) gets new series: one SR series and one SC serie
 A scored image that is not DICOM (PNG/JPEG) has no header to copy: ``objects.csv`` says
 ``NOT_DICOM_SOURCE`` and nothing is written for it.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from cxr_cad.errors import OutputError
 
 log = logging.getLogger(__name__)
 
 OBJECTS = "objects.csv"
-OBJECT_COLUMNS = ["source_sop_instance_uid", "study_instance_uid", "sr_sop_instance_uid", "sr_file",
-                  "sc_sop_instance_uid", "sc_file", "stow", "reason", "detail"]
+OBJECT_COLUMNS = [
+    "source_sop_instance_uid",
+    "study_instance_uid",
+    "sr_sop_instance_uid",
+    "sr_file",
+    "sc_sop_instance_uid",
+    "sc_file",
+    "stow",
+    "reason",
+    "detail",
+]
 NOT_DICOM_SOURCE = "NOT_DICOM_SOURCE"
 STOW_FAILED = "STOW_FAILED"
 
@@ -42,7 +52,7 @@ class DicomOutOptions:
     out_dir: Path
     secondary_capture: bool = False
     stow_url: str | None = None
-    forward: tuple[str, str, int] | None = None   # (AE title, host, port): C-STORE instead of STOW-RS
+    forward: tuple[str, str, int] | None = None  # (AE title, host, port): C-STORE instead of STOW-RS
     calling_aet: str = "CXRCAD"
 
 
@@ -71,14 +81,19 @@ class DicomOutput:
         if run_file.exists():
             self.run_uid = json.loads(run_file.read_text())["run_uid"]
         else:
-            from cxr_cad.engine.writer import atomic_write_text
             from pydicom.uid import generate_uid
+
+            from cxr_cad.engine.writer import atomic_write_text
 
             self.run_uid = generate_uid()
             atomic_write_text(run_file, json.dumps({"run_uid": self.run_uid}))
-        self.info = AlgorithmInfo(version=__version__, model_sha256=self.bundle.sha256,
-                                  positive_class=str(self.bundle.positive_class), threshold=float(self.bundle.threshold),
-                                  device_uid=_uid("cxr_cad device", self.bundle.sha256))
+        self.info = AlgorithmInfo(
+            version=__version__,
+            model_sha256=self.bundle.sha256,
+            positive_class=str(self.bundle.positive_class),
+            threshold=float(self.bundle.threshold),
+            device_uid=_uid("cxr_cad device", self.bundle.sha256),
+        )
         self.info.finding_code()  # fail now (UsageError) when the class has no SNOMED CT code
         self.client = None
         if options.stow_url:
@@ -96,8 +111,9 @@ class DicomOutput:
             return {r["source_sop_instance_uid"]: r for r in csv.DictReader(fh)}
 
     def _save(self) -> None:
-        from cxr_cad.engine.writer import atomic_write_text
         import io
+
+        from cxr_cad.engine.writer import atomic_write_text
 
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=OBJECT_COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -111,7 +127,7 @@ class DicomOutput:
 
         if self._gradcam is None:
             self._gradcam = GradcamSource.from_bundle(self.bundle)
-        (gray, heat), = gradcam_maps(self._gradcam, [path])
+        ((gray, heat),) = gradcam_maps(self._gradcam, [path])
         return compose_overlay(gray, heat, probability=probability, threshold=threshold)
 
     def _one(self, row: dict, source_path: str, number: int) -> tuple[dict, list]:
@@ -125,8 +141,13 @@ class DicomOutput:
         from cxr_cad.pacs.sr import build_sr, evidence_header
 
         sop = row["sop_instance_uid"]
-        rec = {"source_sop_instance_uid": sop, "study_instance_uid": row.get("study_instance_uid", ""),
-               "stow": "", "reason": "", "detail": ""}
+        rec = {
+            "source_sop_instance_uid": sop,
+            "study_instance_uid": row.get("study_instance_uid", ""),
+            "stow": "",
+            "reason": "",
+            "detail": "",
+        }
         try:
             header = pydicom.dcmread(source_path, stop_before_pixels=True)
         except (InvalidDicomError, OSError) as exc:
@@ -139,15 +160,25 @@ class DicomOutput:
         folder = self.out / study
         folder.mkdir(exist_ok=True)
         sr_uid = _uid(self.run_uid, sop, "SR")
-        sr = build_sr(header, prob, info, series_instance_uid=_uid(self.run_uid, study, "SR series"),
-                      sop_instance_uid=sr_uid, instance_number=number)
+        sr = build_sr(
+            header,
+            prob,
+            info,
+            series_instance_uid=_uid(self.run_uid, study, "SR series"),
+            sop_instance_uid=sr_uid,
+            instance_number=number,
+        )
         datasets = [sr]
         rec.update(study_instance_uid=study, sr_sop_instance_uid=sr_uid, sr_file=f"{study}/SR_{sr_uid}.dcm")
         if self.options.secondary_capture:
             sc_uid = _uid(self.run_uid, sop, "SC")
-            sc = build_sc(header, self._picture(source_path, prob, thr),
-                          series_instance_uid=_uid(self.run_uid, study, "SC series"), sop_instance_uid=sc_uid,
-                          instance_number=number)
+            sc = build_sc(
+                header,
+                self._picture(source_path, prob, thr),
+                series_instance_uid=_uid(self.run_uid, study, "SC series"),
+                sop_instance_uid=sc_uid,
+                instance_number=number,
+            )
             datasets.append(sc)
             rec.update(sc_sop_instance_uid=sc_uid, sc_file=f"{study}/SC_{sc_uid}.dcm")
         for ds, name in zip(datasets, (rec["sr_file"], rec.get("sc_file"))):
@@ -165,7 +196,11 @@ class DicomOutput:
         for row, source_path, number in items:
             old = self.rows.get(row["sop_instance_uid"])
             sending = self.client is not None or self.options.forward is not None
-            if old and old["reason"] in (NOT_DICOM_SOURCE, "") and (old["stow"] in ("sent", "forwarded") or not sending):
+            if (
+                old
+                and old["reason"] in (NOT_DICOM_SOURCE, "")
+                and (old["stow"] in ("sent", "forwarded") or not sending)
+            ):
                 continue
             try:
                 rec, datasets = self._one(row, source_path, number)
@@ -173,8 +208,14 @@ class DicomOutput:
                 from cxr_cad.errors import RejectedFile
 
                 reason = exc.reason if isinstance(exc, RejectedFile) else "DICOM_OUT_FAILED"
-                rec, datasets = ({"source_sop_instance_uid": row["sop_instance_uid"], "reason": str(reason),
-                                  "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}, [])
+                rec, datasets = (
+                    {
+                        "source_sop_instance_uid": row["sop_instance_uid"],
+                        "reason": str(reason),
+                        "detail": f"{type(exc).__name__}: {str(exc)[:200]}",
+                    },
+                    [],
+                )
                 log.warning("--dicom-out: no SR for instance %s: %s", row["sop_instance_uid"], rec["detail"])
             batch += datasets
             recs.append((rec, datasets))
@@ -196,8 +237,12 @@ class DicomOutput:
         except Exception as exc:  # noqa: BLE001 - recorded per object; the rerun sends them again
             reason, detail = network_reason(exc)
             status = STOW_FAILED
-            log.warning("STOW-RS of %d object(s) failed: %s (%s); rerun the same command to send them",
-                        len(datasets), reason, detail)
+            log.warning(
+                "STOW-RS of %d object(s) failed: %s (%s); rerun the same command to send them",
+                len(datasets),
+                reason,
+                detail,
+            )
         for rec, sets in recs:
             if sets:
                 rec["stow"] = status
@@ -225,10 +270,14 @@ class DicomOutput:
                 ok = all(c == 0x0000 for c in codes)
                 rec["stow"] = "forwarded" if ok else "FORWARD_FAILED"
                 if not ok:
-                    rec.update(reason="FORWARD_FAILED",
-                               detail=f"C-STORE to {aet}@{host}:{port}: " + ("association refused or aborted"
-                                       if not assoc.is_established else f"status {codes}"))
-                    log.warning("forward of the objects of %s failed: %s", rec["source_sop_instance_uid"], rec["detail"])
+                    rec.update(
+                        reason="FORWARD_FAILED",
+                        detail=f"C-STORE to {aet}@{host}:{port}: "
+                        + ("association refused or aborted" if not assoc.is_established else f"status {codes}"),
+                    )
+                    log.warning(
+                        "forward of the objects of %s failed: %s", rec["source_sop_instance_uid"], rec["detail"]
+                    )
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -246,14 +295,25 @@ class DicomOutput:
 
     def summary_line(self) -> str:
         c = self.counts()
-        extra = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in ("sr_written", "sc_written", "stow_sent"))
-        sent = (f", {c['stow_sent']} sent with STOW-RS" if self.client else
-                f", {c['stow_sent']} forwarded with C-STORE" if self.options.forward else "")
-        return (f"{c['sr_written']} SR, {c['sc_written']} Secondary Capture written{sent}"
-                f"{' (' + extra + ')' if extra else ''} -> {self.out}")
+        extra = ", ".join(
+            f"{k} {v}" for k, v in sorted(c.items()) if k not in ("sr_written", "sc_written", "stow_sent")
+        )
+        sent = (
+            f", {c['stow_sent']} sent with STOW-RS"
+            if self.client
+            else f", {c['stow_sent']} forwarded with C-STORE"
+            if self.options.forward
+            else ""
+        )
+        return (
+            f"{c['sr_written']} SR, {c['sc_written']} Secondary Capture written{sent}"
+            f"{' (' + extra + ')' if extra else ''} -> {self.out}"
+        )
 
 
-def write_for_predictions(options: DicomOutOptions, model_path: str | os.PathLike, predictions_csv: Path) -> DicomOutput:
+def write_for_predictions(
+    options: DicomOutOptions, model_path: str | os.PathLike, predictions_csv: Path
+) -> DicomOutput:
     """``--dicom-out`` for a finished local run: an SR (+SC) for each row of ``predictions.csv``."""
     with open(predictions_csv, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

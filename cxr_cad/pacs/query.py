@@ -6,13 +6,14 @@ archive as QIDO-RS search filters at the instance level, e.g. ``Modality=DX``,
 ``StudyInstanceUID=1.2.3``. Several filters must all match; a keyword pydicom does not know
 is a usage error (listing every bad one).
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cxr_cad.errors import UsageError
 from cxr_cad.pacs.client import network_reason
@@ -34,8 +35,10 @@ class RemoteInstance:
 
     def url(self, base: str) -> str:
         """Its WADO-RS address: an identifier for predictions.csv (no credentials in it)."""
-        return (f"dicomweb:{base}/studies/{self.study_instance_uid}/series/{self.series_instance_uid}"
-                f"/instances/{self.sop_instance_uid}")
+        return (
+            f"dicomweb:{base}/studies/{self.study_instance_uid}/series/{self.series_instance_uid}"
+            f"/instances/{self.sop_instance_uid}"
+        )
 
 
 def parse_query(items: Sequence[str] | None) -> dict[str, str]:
@@ -77,11 +80,13 @@ def list_instances(client, filters: dict[str, str]) -> list[RemoteInstance]:
     found: set[RemoteInstance] = set()
     offset = 0
     while True:
-        page = client.search_for_instances(search_filters=dict(filters), limit=PAGE, offset=offset,
-                                           fields=["SOPClassUID"])
+        page = client.search_for_instances(
+            search_filters=dict(filters), limit=PAGE, offset=offset, fields=["SOPClassUID"]
+        )
         for item in page:
-            inst = RemoteInstance(_value(item, "study"), _value(item, "series"), _value(item, "sop"),
-                                  _value(item, "sop_class"))
+            inst = RemoteInstance(
+                _value(item, "study"), _value(item, "series"), _value(item, "sop"), _value(item, "sop_class")
+            )
             if inst.sop_instance_uid:
                 found.add(inst)
         if len(page) < PAGE:
@@ -96,8 +101,12 @@ def fetch_to(client, inst: RemoteInstance, folder: Path) -> Path:
 
     The dataset exists in memory only while it is written. Raises what the client raises.
     """
-    ds = client.retrieve_instance(inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid,
-                                  media_types=(("application/dicom", "*"),))
+    ds = client.retrieve_instance(
+        inst.study_instance_uid,
+        inst.series_instance_uid,
+        inst.sop_instance_uid,
+        media_types=(("application/dicom", "*"),),
+    )
     path = folder / f"{inst.sop_instance_uid}.dcm"
     tmp = path.with_suffix(".part")
     ds.save_as(tmp, enforce_file_format=True)
@@ -105,8 +114,9 @@ def fetch_to(client, inst: RemoteInstance, folder: Path) -> Path:
     return path
 
 
-def fetch_many(client, instances: Sequence[RemoteInstance], folder: Path, *, threads: int = 4
-               ) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
+def fetch_many(
+    client, instances: Sequence[RemoteInstance], folder: Path, *, threads: int = 4
+) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
     """Fetch ``instances`` into ``folder`` with a few parallel requests.
 
     Returns ({SOP UID: file}, {SOP UID: (reason code, detail)} for the ones that failed

@@ -7,6 +7,7 @@ burned into the pixels (so it survives any viewer; (0028,0301) Burned In Annotat
 Patient and study attributes come from the source through highdicom's
 :meth:`highdicom.sc.SCImage.from_ref_dataset`; nothing else of the source is copied.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -16,13 +17,14 @@ from pydicom.dataset import Dataset
 
 from cxr_cad.pacs.sr import MANUFACTURER, SERIES_DESCRIPTION, drop_invalid_copied
 
-VIEW = 512          # side of the image panel, pixels
+VIEW = 512  # side of the image panel, pixels
 BAR_W, BANNER_H = 90, 64
 WARNING_TEXT = "NOT FOR DIAGNOSTIC USE"
 
 
-def compose_overlay(gray: np.ndarray, heat: np.ndarray, *, probability: float, threshold: float,
-                    alpha: float = 0.45) -> np.ndarray:
+def compose_overlay(
+    gray: np.ndarray, heat: np.ndarray, *, probability: float, threshold: float, alpha: float = 0.45
+) -> np.ndarray:
     """RGB uint8 picture (H, W, 3): overlay + colour bar + burned-in text. ``gray``/``heat`` in [0, 1]."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw, ImageFont
@@ -36,8 +38,8 @@ def compose_overlay(gray: np.ndarray, heat: np.ndarray, *, probability: float, t
     blend = (1 - alpha) * np.repeat(g[..., None], 3, axis=2) + alpha * jet(np.clip(h, 0, 1))[..., :3]
     canvas = np.zeros((VIEW + BANNER_H, VIEW + BAR_W, 3), dtype=np.float32)
     canvas[:VIEW, :VIEW] = blend
-    ramp = np.linspace(1, 0, VIEW - 40)[:, None]          # top = 1 (hot), bottom = 0
-    canvas[20:VIEW - 20, VIEW + 15:VIEW + 40] = jet(np.repeat(ramp, 25, axis=1))[..., :3]
+    ramp = np.linspace(1, 0, VIEW - 40)[:, None]  # top = 1 (hot), bottom = 0
+    canvas[20 : VIEW - 20, VIEW + 15 : VIEW + 40] = jet(np.repeat(ramp, 25, axis=1))[..., :3]
     img = Image.fromarray((canvas * 255).round().astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(img)
     small, big = ImageFont.load_default(size=14), ImageFont.load_default(size=26)
@@ -46,13 +48,24 @@ def compose_overlay(gray: np.ndarray, heat: np.ndarray, *, probability: float, t
     draw.text((VIEW + 44, VIEW // 2 - 8), "Grad-", fill=(255, 255, 255), font=small)
     draw.text((VIEW + 44, VIEW // 2 + 8), "CAM", fill=(255, 255, 255), font=small)
     draw.text((10, VIEW + 4), WARNING_TEXT, fill=(255, 40, 40), font=big)
-    draw.text((10, VIEW + 36), f"cxr_cad research result: probability {probability:.3f} "
-              f"(threshold {threshold:g})", fill=(255, 255, 255), font=small)
+    draw.text(
+        (10, VIEW + 36),
+        f"cxr_cad research result: probability {probability:.3f} (threshold {threshold:g})",
+        fill=(255, 255, 255),
+        font=small,
+    )
     return np.asarray(img, dtype=np.uint8)
 
 
-def build_sc(source: Dataset, picture: np.ndarray, *, series_instance_uid: str, sop_instance_uid: str,
-             series_number: int = 9902, instance_number: int = 1) -> Dataset:
+def build_sc(
+    source: Dataset,
+    picture: np.ndarray,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 9902,
+    instance_number: int = 1,
+) -> Dataset:
     """A Secondary Capture image of ``picture`` (RGB uint8) in the study of ``source``."""
     import highdicom as hd
 
@@ -64,10 +77,19 @@ def build_sc(source: Dataset, picture: np.ndarray, *, series_instance_uid: str, 
         # highdicom warns about an odd (0010,0010) Patient's Name and quotes it: keep it out of the logs
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_instance_uid=series_instance_uid, series_number=series_number,
-            sop_instance_uid=sop_instance_uid, instance_number=instance_number, manufacturer=MANUFACTURER,
-            patient_orientation=orientation, transfer_syntax_uid="1.2.840.10008.1.2.1")
+            ref_dataset=source,
+            pixel_array=picture,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            patient_orientation=orientation,
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc:  # (0020,0060) type 2C; empty = not a paired structure (dciodvfy asks for it)

@@ -26,6 +26,7 @@ Shutdown
     :meth:`Listener.stop` (``SIGTERM``/``SIGINT`` in the CLI) stops accepting associations,
     scores what is queued, writes the CSVs and returns.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,12 @@ class Listener:
         self.received.mkdir(exist_ok=True)
         self.predict_options = dataclasses.replace(predict_options or PredictOptions(workers=0), overwrite=True)
         self.journal = Journal(self.out / "journal.jsonl")
-        self.writer = DicomOutput(DicomOutOptions(self.out / "dicom", options.secondary_capture, options.stow_url,
-                                                  options.forward, options.aet), options.model)
+        self.writer = DicomOutput(
+            DicomOutOptions(
+                self.out / "dicom", options.secondary_capture, options.stow_url, options.forward, options.aet
+            ),
+            options.model,
+        )
         self.queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._server = None
@@ -114,11 +119,22 @@ class Listener:
                 raise ValueError("(0008,0018) SOP Instance UID is missing or malformed")
         except Exception as exc:  # noqa: BLE001 - any parse failure is answered, journaled and survived
             key = sop if sop else f"unparsed-{time.time_ns()}"
-            self.journal.append([{"sop_instance_uid": key, "kind": "rejected", "event": "received",
-                                  "calling_ae": calling, "path": "", "reason": UNREADABLE,
-                                  "detail": f"dataset does not parse ({type(exc).__name__}); ask the sender to check it"}])
-            log.warning("C-STORE from %s: instance %s does not parse (%s); answered 0xC210", calling, key,
-                        type(exc).__name__)
+            self.journal.append(
+                [
+                    {
+                        "sop_instance_uid": key,
+                        "kind": "rejected",
+                        "event": "received",
+                        "calling_ae": calling,
+                        "path": "",
+                        "reason": UNREADABLE,
+                        "detail": f"dataset does not parse ({type(exc).__name__}); ask the sender to check it",
+                    }
+                ]
+            )
+            log.warning(
+                "C-STORE from %s: instance %s does not parse (%s); answered 0xC210", calling, key, type(exc).__name__
+            )
             return 0xC210
         path = self.received / f"{sop}.dcm"
         try:
@@ -128,32 +144,45 @@ class Listener:
         except OSError as exc:
             log.error("C-STORE from %s: cannot write %s (%s); answered 0xA700", calling, path, exc.strerror)
             return 0xA700
-        self.journal.append([{"sop_instance_uid": sop, "kind": "received", "event": "received",
-                              "calling_ae": calling, "sop_class_uid": str(req.AffectedSOPClassUID),
-                              "path": str(path)}])
+        self.journal.append(
+            [
+                {
+                    "sop_instance_uid": sop,
+                    "kind": "received",
+                    "event": "received",
+                    "calling_ae": calling,
+                    "sop_class_uid": str(req.AffectedSOPClassUID),
+                    "path": str(path),
+                }
+            ]
+        )
         self.queue.put(sop)
         return 0x0000
 
     def start(self) -> None:
         """Listen on (host, port) in background threads; returns at once."""
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pydicom.uid import UID, ExplicitVRLittleEndian
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.options.aet)
         # pynetdicom accepts the first of *our* syntaxes that the sender proposes. Compressed ones first: a
         # sender that proposes JPEG/JPEG 2000/... holds the image that way (dcmtk's storescu proposes the
         # file's syntax with uncompressed fallbacks and cannot transcode), so it is stored as it was made.
-        syntaxes = sorted(ALL_TRANSFER_SYNTAXES, key=lambda ts: (not UID(ts).is_compressed, ts != ExplicitVRLittleEndian))
+        syntaxes = sorted(
+            ALL_TRANSFER_SYNTAXES, key=lambda ts: (not UID(ts).is_compressed, ts != ExplicitVRLittleEndian)
+        )
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
         ae.maximum_associations = 16
         self._scorer.start()
-        self._server = ae.start_server((self.options.host, self.options.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        log.info("listening as %s on %s:%d; results in %s", self.options.aet, self.options.host,
-                 self.options.port, self.out)
+        self._server = ae.start_server(
+            (self.options.host, self.options.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        log.info(
+            "listening as %s on %s:%d; results in %s", self.options.aet, self.options.host, self.options.port, self.out
+        )
 
     def stop(self) -> None:
         """Stop accepting, score what is queued, write the CSVs."""
@@ -188,9 +217,19 @@ class Listener:
                 self._score(batch)
             except Exception as exc:  # noqa: BLE001 - the node never dies on one batch
                 log.exception("scoring %d instance(s) failed; they are rejected as INTERNAL_ERROR", len(batch))
-                self.journal.append([{"sop_instance_uid": s, "kind": "rejected", "event": "scored",
-                                      "path": str(self.received / f"{s}.dcm"), "reason": INTERNAL_ERROR,
-                                      "detail": f"{type(exc).__name__}: {str(exc)[:200]}"} for s in batch])
+                self.journal.append(
+                    [
+                        {
+                            "sop_instance_uid": s,
+                            "kind": "rejected",
+                            "event": "scored",
+                            "path": str(self.received / f"{s}.dcm"),
+                            "reason": INTERNAL_ERROR,
+                            "detail": f"{type(exc).__name__}: {str(exc)[:200]}",
+                        }
+                        for s in batch
+                    ]
+                )
             self._write_tables()
 
     def _score(self, sops: list[str]) -> None:

@@ -19,6 +19,7 @@ Resume
     network reason, which are tried again. Chunks are cut from the full sorted list, so a
     resumed run scores the same instances in the same batches and gets the same numbers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,9 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from cxr_cad.errors import CxrCadError, UsageError
 from cxr_cad.pacs.journal import Journal
@@ -62,11 +63,13 @@ class DicomwebResult:
 
     def summary_line(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        line = (f"{self.n_listed} instance(s) listed: {self.n_predicted} scored, {self.n_rejected} rejected"
-                f"{' (' + reasons + ')' if reasons else ''}"
-                f"{f', {self.n_done_before} from an earlier run' if self.n_done_before else ''}; "
-                f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) -> "
-                f"{self.out_dir / 'predictions.csv'}, {self.out_dir / 'rejected.csv'}")
+        line = (
+            f"{self.n_listed} instance(s) listed: {self.n_predicted} scored, {self.n_rejected} rejected"
+            f"{' (' + reasons + ')' if reasons else ''}"
+            f"{f', {self.n_done_before} from an earlier run' if self.n_done_before else ''}; "
+            f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) -> "
+            f"{self.out_dir / 'predictions.csv'}, {self.out_dir / 'rejected.csv'}"
+        )
         return line + (f"; DICOM: {self.dicom_out}" if self.dicom_out else "")
 
 
@@ -81,13 +84,15 @@ def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
         if changed:
-            raise UsageError(f"{state_dir.parent} holds a DICOMweb run with a different {', '.join(changed)}; "
-                             "use a new --out, or --overwrite to discard it")
+            raise UsageError(
+                f"{state_dir.parent} holds a DICOMweb run with a different {', '.join(changed)}; "
+                "use a new --out, or --overwrite to discard it"
+            )
     else:
         atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
 
 
-def _fetcher(client, chunks, spool_root: Path, threads: int, out_q: "queue.Queue", stop: threading.Event) -> None:
+def _fetcher(client, chunks, spool_root: Path, threads: int, out_q: queue.Queue, stop: threading.Event) -> None:
     from cxr_cad.pacs.query import fetch_many
 
     try:
@@ -117,12 +122,21 @@ def _score_chunk(folder: Path, files: dict, model_path, options, run_dir: Path) 
     def rows(name):
         with open(run_dir / name, newline="", encoding="utf-8") as fh:
             return {Path(r["path"]).stem: r for r in csv.DictReader(fh)}
+
     return rows(PREDICTIONS), rows(REJECTED)
 
 
-def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.PathLike, options=None, *,
-                     query: dict | None = None, chunk_size: int = 128, fetch_threads: int = 4,
-                     dicom_out=None) -> DicomwebResult:
+def predict_dicomweb(
+    url: str,
+    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike,
+    options=None,
+    *,
+    query: dict | None = None,
+    chunk_size: int = 128,
+    fetch_threads: int = 4,
+    dicom_out=None,
+) -> DicomwebResult:
     """Score every instance of the archive at ``url`` matching ``query`` into ``out_dir`` (see module doc).
 
     ``options``: :class:`cxr_cad.engine.predict.PredictOptions` (its ``overwrite`` discards an
@@ -150,22 +164,39 @@ def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.
     try:
         instances = list_instances(client, query or {})
     except requests.RequestException as exc:
-        raise CxrCadError(f"QIDO-RS query of {base} failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the URL, the "
-                          "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
-                          "archive is up") from exc
+        raise CxrCadError(
+            f"QIDO-RS query of {base} failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the URL, the "
+            "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
+            "archive is up"
+        ) from exc
     state_dir = out / STATE_DIR
-    _check_state(state_dir, {"source": base, "query": query or {}, "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else str(Path(model_path).resolve()),
-                             "threshold": options.threshold}, options.overwrite)
+    _check_state(
+        state_dir,
+        {
+            "source": base,
+            "query": query or {},
+            "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else str(Path(model_path).resolve()),
+            "threshold": options.threshold,
+        },
+        options.overwrite,
+    )
     writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
     journal = Journal(state_dir / "journal.jsonl")
     done = {s for s, r in journal.records.items() if r.get("reason") not in NETWORK_REASONS}
     n_before = sum(1 for i in instances if i.sop_instance_uid in done)
-    chunks = [(k, [i for i in instances[s:s + chunk_size] if i.sop_instance_uid not in done])
-              for k, s in enumerate(range(0, len(instances), chunk_size))]
+    chunks = [
+        (k, [i for i in instances[s : s + chunk_size] if i.sop_instance_uid not in done])
+        for k, s in enumerate(range(0, len(instances), chunk_size))
+    ]
     chunks = [(k, c) for k, c in chunks if c]
-    log.info("%d instance(s) listed, %d done earlier, %d chunk(s) of <= %d to fetch and score", len(instances),
-             n_before, len(chunks), chunk_size)
+    log.info(
+        "%d instance(s) listed, %d done earlier, %d chunk(s) of <= %d to fetch and score",
+        len(instances),
+        n_before,
+        len(chunks),
+        chunk_size,
+    )
     spool = state_dir / "spool"
     shutil.rmtree(spool, ignore_errors=True)  # what a killed run left behind
     q: queue.Queue = queue.Queue(maxsize=1)
@@ -182,8 +213,11 @@ def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.
             records = _chunk_records(base, chunk, files, failed, preds, rejs)
             if writer is not None:
                 number = {i.sop_instance_uid: n + 1 for n, i in enumerate(instances)}
-                writer.write((r, str(files[r["sop_instance_uid"]]), number[r["sop_instance_uid"]])
-                             for r in records if r["kind"] == "prediction")
+                writer.write(
+                    (r, str(files[r["sop_instance_uid"]]), number[r["sop_instance_uid"]])
+                    for r in records
+                    if r["kind"] == "prediction"
+                )
             journal.append(records)
             n_processed += len(records)
             shutil.rmtree(folder, ignore_errors=True)
@@ -192,8 +226,16 @@ def predict_dicomweb(url: str, out_dir: str | os.PathLike, model_path: str | os.
         stop.set()
         journal.close()
     shutil.rmtree(spool, ignore_errors=True)
-    result = DicomwebResult(out, len(instances), 0, 0, n_before, n_processed, time.perf_counter() - t0,
-                            dicom_out=writer.summary_line() if writer else "")
+    result = DicomwebResult(
+        out,
+        len(instances),
+        0,
+        0,
+        n_before,
+        n_processed,
+        time.perf_counter() - t0,
+        dicom_out=writer.summary_line() if writer else "",
+    )
     _finish(out, instances, journal.records, result)
     return result
 
@@ -226,7 +268,7 @@ def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict
     import csv
     import io
 
-    from cxr_cad.engine.writer import PREDICTIONS, PREDICTION_COLUMNS, REJECTED, atomic_write_text
+    from cxr_cad.engine.writer import PREDICTION_COLUMNS, PREDICTIONS, REJECTED, atomic_write_text
 
     preds = [r for r in rows if r["kind"] == "prediction"]
     rejs = [r for r in rows if r["kind"] == "rejected"]

@@ -20,6 +20,7 @@ General Study modules of the evidence: name, ID, birth date, sex, Study Instance
 time, ID, accession number, referring physician); nothing else of it is copied. The SR goes
 into a new series of the same study, described "RESEARCH - NOT FOR DIAGNOSTIC USE".
 """
+
 from __future__ import annotations
 
 import warnings
@@ -54,13 +55,23 @@ class AlgorithmInfo:
 
         code = FINDING_CODES.get(str(self.positive_class).upper())
         if code is None:
-            raise UsageError(f"--dicom-out: no SNOMED CT code is known for the positive class "
-                             f"{self.positive_class!r} (known: {', '.join(FINDING_CODES)})")
+            raise UsageError(
+                f"--dicom-out: no SNOMED CT code is known for the positive class "
+                f"{self.positive_class!r} (known: {', '.join(FINDING_CODES)})"
+            )
         return CodedConcept(code[0], "SCT", code[1])
 
 
-def build_sr(source: Dataset, probability: float, info: AlgorithmInfo, *, series_instance_uid: str,
-             sop_instance_uid: str, series_number: int = 9901, instance_number: int = 1) -> Dataset:
+def build_sr(
+    source: Dataset,
+    probability: float,
+    info: AlgorithmInfo,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 9901,
+    instance_number: int = 1,
+) -> Dataset:
     """A Comprehensive SR (TID 1500) for the score ``probability`` of the image ``source`` (header only is fine).
 
     Raises UsageError when the positive class has no known code; ValueError from highdicom
@@ -73,47 +84,78 @@ def build_sr(source: Dataset, probability: float, info: AlgorithmInfo, *, series
     finding = info.finding_code()
     positive = probability >= info.threshold
     algorithm = hd.sr.AlgorithmIdentification(
-        name="cxr_cad", version=info.version,
-        parameters=[f"model SHA-256 {info.model_sha256}", f"decision threshold {info.threshold:g}", DISCLAIMER])
+        name="cxr_cad",
+        version=info.version,
+        parameters=[f"model SHA-256 {info.model_sha256}", f"decision threshold {info.threshold:g}", DISCLAIMER],
+    )
     image = hd.sr.SourceImageForMeasurement.from_source_image(source)
     measurements = [
-        hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=codes.UCUM.NoUnits,
-                          algorithm_id=algorithm, referenced_images=[image]),
-        hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=float(info.threshold), unit=codes.UCUM.NoUnits,
-                          algorithm_id=algorithm),
+        hd.sr.Measurement(
+            name=codes.DCM.Probability,
+            value=float(probability),
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algorithm,
+            referenced_images=[image],
+        ),
+        hd.sr.Measurement(
+            name=codes.DCM.ThresholdValue, value=float(info.threshold), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+        ),
     ]
     value = PRESENT if positive else ABSENT
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"cxr_cad {finding.meaning}"),
-        finding_type=finding, algorithm_id=algorithm,
+        finding_type=finding,
+        algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Lung)],
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=finding,
-                                                              value=CodedConcept(value[0], "SCT", value[1]))],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=finding, value=CodedConcept(value[0], "SCT", value[1]))
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=info.device_uid, name="cxr_cad", manufacturer_name=MANUFACTURER, model_name=f"cxr_cad {info.version}"))
+            uid=info.device_uid, name="cxr_cad", manufacturer_name=MANUFACTURER, model_name=f"cxr_cad {info.version}"
+        ),
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
-        imaging_measurements=[group])  # no Image Library: it needs (0018,1164) Imager Pixel Spacing
+        imaging_measurements=[group],
+    )  # no Image Library: it needs (0018,1164) Imager Pixel Spacing
     with warnings.catch_warnings():
         # highdicom warns about an odd (0010,0010) Patient's Name and quotes it: keep it out of the logs
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
         sr = hd.sr.ComprehensiveSR(
-            evidence=[source], content=report[0], series_instance_uid=series_instance_uid,
-            series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=instance_number,
-            manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-            series_description=SERIES_DESCRIPTION)
+            evidence=[source],
+            content=report[0],
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=SERIES_DESCRIPTION,
+        )
     drop_invalid_copied(sr)
     return sr
 
 
 #: Type 2 attributes of the Patient and General Study modules: present in every SR/SC, empty when unknown.
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def evidence_header(source: Dataset) -> Dataset:
@@ -179,6 +221,11 @@ def read_sr(ds: Dataset) -> SrFinding:
     ev = g.get_qualitative_evaluations()[0]
     present = ev.value == hd.sr.CodedConcept(PRESENT[0], "SCT", PRESENT[1])
     src = g.source_images[0].referenced_sop_instance_uid
-    version = next((str(item.TextValue) for item in hd.sr.utils.find_content_items(g[0], name=codes.DCM.AlgorithmVersion,
-                                                                                   recursive=True)), "")
+    version = next(
+        (
+            str(item.TextValue)
+            for item in hd.sr.utils.find_content_items(g[0], name=codes.DCM.AlgorithmVersion, recursive=True)
+        ),
+        "",
+    )
     return SrFinding(float(prob.value), float(thr.value), bool(present), str(src), version)

@@ -11,21 +11,22 @@ Typical use::
     from cxr_cad.report import write_report
     result = write_report(predictions_df, "report/", positive_class="PNEUMONIA", threshold=0.5)
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
 from cxr_cad.errors import OutputError, UsageError
-from cxr_cad.report.build import (IDENTIFIER_COLUMNS, ReportOptions, build_report_data,
-                                  prepare_predictions)
+from cxr_cad.report.build import IDENTIFIER_COLUMNS, ReportOptions, build_report_data, prepare_predictions
 from cxr_cad.report.clinical import dedupe_rows, jsonable_shift
 from cxr_cad.report.gradcam import GradcamSource, write_gallery
 
@@ -33,8 +34,10 @@ __all__ = ["write_report", "ReportResult", "ReportOptions", "GradcamSource", "mo
 
 log = logging.getLogger(__name__)
 
-NO_MODEL_NOTE = ("Grad-CAM explanations are not included: this report was written from a table of "
-                 "predictions without the model and the images, and Grad-CAM needs both.")
+NO_MODEL_NOTE = (
+    "Grad-CAM explanations are not included: this report was written from a table of "
+    "predictions without the model and the images, and Grad-CAM needs both."
+)
 
 
 @dataclass
@@ -54,17 +57,26 @@ def model_info_from_bundle(bundle: Any, path: str | os.PathLike | None = None) -
     meta = dict(getattr(bundle, "meta", None) or {})
     extra = meta.get("extra") or {}
     spec = bundle.transform_spec.to_dict() if hasattr(bundle.transform_spec, "to_dict") else bundle.transform_spec
-    return jsonable({"name": Path(path).name if path else "model bundle", "sha256": bundle.sha256,
-                     "classes": [str(c) for c in bundle.classes], "positive_class": str(bundle.positive_class),
-                     "threshold": float(bundle.threshold), "threshold_bundle": float(bundle.threshold),
-                     "threshold_method": bundle.threshold_method,
-                     "threshold_selection": dict(getattr(bundle, "threshold_selection", None) or {}),
-                     "training_manifest_hash": bundle.manifest_hash, "created": bundle.created,
-                     "versions": dict(bundle.versions or {}), "transform_spec": spec,
-                     "train_config": getattr(bundle, "train_config", None) or {},
-                     "training": (extra.get("training") if isinstance(extra, dict) else None) or {},
-                     "init": meta.get("init") or {},
-                     "model_card": find_model_card(path or getattr(bundle, "path", None))})
+    return jsonable(
+        {
+            "name": Path(path).name if path else "model bundle",
+            "sha256": bundle.sha256,
+            "classes": [str(c) for c in bundle.classes],
+            "positive_class": str(bundle.positive_class),
+            "threshold": float(bundle.threshold),
+            "threshold_bundle": float(bundle.threshold),
+            "threshold_method": bundle.threshold_method,
+            "threshold_selection": dict(getattr(bundle, "threshold_selection", None) or {}),
+            "training_manifest_hash": bundle.manifest_hash,
+            "created": bundle.created,
+            "versions": dict(bundle.versions or {}),
+            "transform_spec": spec,
+            "train_config": getattr(bundle, "train_config", None) or {},
+            "training": (extra.get("training") if isinstance(extra, dict) else None) or {},
+            "init": meta.get("init") or {},
+            "model_card": find_model_card(path or getattr(bundle, "path", None)),
+        }
+    )
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -101,15 +113,28 @@ def _predictions_table(ev: pd.DataFrame, d: dict, include_identifiers: bool) -> 
     return out
 
 
-def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
-                 positive_class: str | None = None, threshold: float | None = None,
-                 threshold_method: str | None = None, model_info: Mapping[str, Any] | None = None,
-                 cohort_info: Mapping[str, Any] | None = None, rejected_df: pd.DataFrame | None = None,
-                 cv: Mapping[str, Any] | None = None, comparison: Mapping[str, Any] | None = None,
-                 include_identifiers: bool = False, gradcam: GradcamSource | None = None,
-                 gradcam_note: str | None = None, label_col: str = "label", score_col: str | None = None,
-                 options: ReportOptions = ReportOptions(), pdf: bool = True,
-                 threshold_source: str | None = None, shift: Mapping[str, Any] | None = None) -> ReportResult:
+def write_report(
+    predictions: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    positive_class: str | None = None,
+    threshold: float | None = None,
+    threshold_method: str | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    cohort_info: Mapping[str, Any] | None = None,
+    rejected_df: pd.DataFrame | None = None,
+    cv: Mapping[str, Any] | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    include_identifiers: bool = False,
+    gradcam: GradcamSource | None = None,
+    gradcam_note: str | None = None,
+    label_col: str = "label",
+    score_col: str | None = None,
+    options: ReportOptions = ReportOptions(),
+    pdf: bool = True,
+    threshold_source: str | None = None,
+    shift: Mapping[str, Any] | None = None,
+) -> ReportResult:
     """Write a complete report folder for one labelled cohort.
 
     Args:
@@ -157,12 +182,16 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
 
     info = dict(model_info or {})
     if positive_class is not None and info.get("positive_class") not in (None, str(positive_class)):
-        raise UsageError(f"positive class {positive_class!r} differs from the model's "
-                         f"{info['positive_class']!r}, whose probability the predictions hold")
+        raise UsageError(
+            f"positive class {positive_class!r} differs from the model's "
+            f"{info['positive_class']!r}, whose probability the predictions hold"
+        )
     positive_class = positive_class if positive_class is not None else info.get("positive_class")
     if positive_class is None:
-        raise UsageError("the positive class is not known: give it (e.g. --positive-class PNEUMONIA) "
-                         "or a model bundle that records it")
+        raise UsageError(
+            "the positive class is not known: give it (e.g. --positive-class PNEUMONIA) "
+            "or a model bundle that records it"
+        )
     if threshold is None and info.get("threshold") is not None:
         threshold = float(info["threshold"])
         threshold_method = threshold_method or info.get("threshold_method")
@@ -180,26 +209,48 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
     except OSError as exc:
         raise OutputError(f"cannot create the report folder {out}: {exc}") from exc
     predictions, dup_warning = dedupe_rows(predictions)
-    ev, not_evaluated = prepare_predictions(predictions, positive_class=positive_class,
-                                            negative_class=others[0] if len(others) == 1 else None,
-                                            label_col=label_col, score_col=score_col)
+    ev, not_evaluated = prepare_predictions(
+        predictions,
+        positive_class=positive_class,
+        negative_class=others[0] if len(others) == 1 else None,
+        label_col=label_col,
+        score_col=score_col,
+    )
     # outputs of an earlier report in this folder that this report may not rewrite
     from cxr_cad.report.figures import FIGURE_FILES
 
     old_png = [out / f.replace(".svg", ".png") for f in FIGURE_FILES]  # figures of earlier versions
-    for stale in [*out.glob("gradcam_*.png"), *(out / f for f in FIGURE_FILES), *old_png,
-                  out / "report.pdf", out / "rejected.csv"]:
+    for stale in [
+        *out.glob("gradcam_*.png"),
+        *(out / f for f in FIGURE_FILES),
+        *old_png,
+        out / "report.pdf",
+        out / "rejected.csv",
+    ]:
         stale.unlink(missing_ok=True)
-    d = build_report_data(ev, not_evaluated, threshold=threshold, threshold_method=threshold_method,
-                          model_info=info or None, cohort_info=cohort_info, rejected=rejected_df, cv=cv,
-                          comparison=comparison, options=options, threshold_source=threshold_source)
+    d = build_report_data(
+        ev,
+        not_evaluated,
+        threshold=threshold,
+        threshold_method=threshold_method,
+        model_info=info or None,
+        cohort_info=cohort_info,
+        rejected=rejected_df,
+        cv=cv,
+        comparison=comparison,
+        options=options,
+        threshold_source=threshold_source,
+    )
     d["shift"] = jsonable_shift(shift)
     if dup_warning:
         d["warnings"].insert(0, dup_warning)
         d["duplicates_removed"] = int(dup_warning.split(" ", 1)[0])
     if d["shift"] and d["shift"].get("flagged"):
-        d["warnings"].insert(0, "Cohort shift: " + str(d["shift"].get("message") or "this cohort differs from "
-                                                           "the training data; results may not transfer"))
+        d["warnings"].insert(
+            0,
+            "Cohort shift: "
+            + str(d["shift"].get("message") or "this cohort differs from the training data; results may not transfer"),
+        )
     images = write_figures(d, ev, out)
     fixed = [o["threshold"] for o in d["operating_points"] if o["threshold"] is not None]
     if gradcam is not None and fixed:
@@ -209,17 +260,22 @@ def write_report(predictions: pd.DataFrame, out_dir: str | os.PathLike, *,
         g = {"cases": [], "note": gradcam_note or NO_MODEL_NOTE}
     d["gradcam"] = g
     doc = build_document(d)
-    files = {"metrics.json": out / "metrics.json", "predictions.csv": out / "predictions.csv",
-             "report.html": out / "report.html", **images}
+    files = {
+        "metrics.json": out / "metrics.json",
+        "predictions.csv": out / "predictions.csv",
+        "report.html": out / "report.html",
+        **images,
+    }
     try:
         _atomic_text(files["metrics.json"], json.dumps(d, indent=2, allow_nan=False) + "\n")
-        _atomic_text(files["predictions.csv"],
-                     _predictions_table(ev, d, include_identifiers).to_csv(index=False, lineterminator="\n"))
+        _atomic_text(
+            files["predictions.csv"],
+            _predictions_table(ev, d, include_identifiers).to_csv(index=False, lineterminator="\n"),
+        )
         _atomic_text(files["report.html"], render_html(doc, images))
         if pdf:
             files["report.pdf"] = render_pdf(doc, images, out / "report.pdf")
     except OSError as exc:
         raise OutputError(f"cannot write the report into {out}: {exc}") from exc
-    log.info("report written to %s (%d images evaluated, AUC %s)", out, len(ev),
-             d["auc"]["delong"]["auc"])
+    log.info("report written to %s (%d images evaluated, AUC %s)", out, len(ev), d["auc"]["delong"]["auc"])
     return ReportResult(out_dir=out, files=files, data=d)

@@ -6,13 +6,15 @@ selects the cases, calls those functions and counts categories for the cohort su
 
 Input is a predictions table with one row per image (see :func:`prepare_predictions`).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,14 +28,22 @@ log = logging.getLogger(__name__)
 SCHEMA = "cxr_cad.report/1"
 #: Columns summarised in the cohort summary and the subgroup table (label shown in reports).
 SUBGROUP_COLUMNS: dict[str, str] = {
-    "view_position": "View position", "patient_sex": "Sex", "age_band": "Age band",
+    "view_position": "View position",
+    "patient_sex": "Sex",
+    "age_band": "Age band",
     "manufacturer": "Manufacturer",
 }
 #: Columns that identify a patient; never written unless identifiers are requested.
-IDENTIFIER_COLUMNS = ("patient_id", "patient_name", "path", "study_instance_uid",
-                      "series_instance_uid", "accession_number", "patient_key")
-_SOFTWARE = ("torch", "monai", "numpy", "pandas", "scipy", "scikit-learn", "pydicom",
-             "matplotlib", "jinja2", "fpdf2")
+IDENTIFIER_COLUMNS = (
+    "patient_id",
+    "patient_name",
+    "path",
+    "study_instance_uid",
+    "series_instance_uid",
+    "accession_number",
+    "patient_key",
+)
+_SOFTWARE = ("torch", "monai", "numpy", "pandas", "scipy", "scikit-learn", "pydicom", "matplotlib", "jinja2", "fpdf2")
 DECISION_RULE = "score >= threshold"
 FOLD_THRESHOLDS_LABEL = "Each fold's own threshold (chosen on that fold's training data)"
 
@@ -76,9 +86,14 @@ def software_versions() -> dict[str, str]:
     return versions.software_versions(_SOFTWARE)
 
 
-def prepare_predictions(predictions: pd.DataFrame, *, positive_class: str | int,
-                        negative_class: str | int | None = None, label_col: str = "label",
-                        score_col: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def prepare_predictions(
+    predictions: pd.DataFrame,
+    *,
+    positive_class: str | int,
+    negative_class: str | int | None = None,
+    label_col: str = "label",
+    score_col: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a predictions table into evaluable rows and rows that cannot be evaluated.
 
     Args:
@@ -104,11 +119,15 @@ def prepare_predictions(predictions: pd.DataFrame, *, positive_class: str | int,
         score_col = "probability" if "probability" in df.columns else f"prob_{positive_class}"
     problems = [f"column {c!r} is missing" for c in (label_col,) if c not in df.columns]
     if score_col not in df.columns:
-        problems.append(f"no score column: expected 'probability' or 'prob_{positive_class}'"
-                        if score_col == f"prob_{positive_class}" else f"column {score_col!r} is missing")
+        problems.append(
+            f"no score column: expected 'probability' or 'prob_{positive_class}'"
+            if score_col == f"prob_{positive_class}"
+            else f"column {score_col!r} is missing"
+        )
     if problems:
-        raise UsageError(f"predictions table: {'; '.join(problems)} (columns present: "
-                         f"{', '.join(map(str, df.columns))})")
+        raise UsageError(
+            f"predictions table: {'; '.join(problems)} (columns present: {', '.join(map(str, df.columns))})"
+        )
     df["image_index"] = np.arange(len(df))
     labels = df[label_col]
     pos = str(positive_class)
@@ -119,26 +138,36 @@ def prepare_predictions(predictions: pd.DataFrame, *, positive_class: str | int,
     bad = df.loc[~no_label & ~no_score]
     others = sorted(set(lab_text[bad.index]) - {pos})
     if pos not in set(lab_text[bad.index]) and negative_class is None and len(others) != 1:
-        raise UsageError(f"predictions table: positive class {pos!r} does not occur in column "
-                         f"{label_col!r} (values: {', '.join(others[:10]) or 'none'})")
+        raise UsageError(
+            f"predictions table: positive class {pos!r} does not occur in column "
+            f"{label_col!r} (values: {', '.join(others[:10]) or 'none'})"
+        )
     if negative_class is None:
         if len(others) > 1:
-            raise UsageError(f"predictions table: a binary report needs two classes but {label_col!r} "
-                             f"holds {pos!r} and {', '.join(map(repr, others))}")
+            raise UsageError(
+                f"predictions table: a binary report needs two classes but {label_col!r} "
+                f"holds {pos!r} and {', '.join(map(repr, others))}"
+            )
         negative_class = others[0] if others else "negative"
     neg = str(negative_class)
     extra = sorted(set(others) - {neg})
     if extra:
-        raise UsageError(f"predictions table: labels {', '.join(map(repr, extra))} are neither the "
-                         f"positive class {pos!r} nor the negative class {neg!r}")
+        raise UsageError(
+            f"predictions table: labels {', '.join(map(repr, extra))} are neither the "
+            f"positive class {pos!r} nor the negative class {neg!r}"
+        )
     s = score[bad.index]
     if len(s) and (s.min() < 0 or s.max() > 1):
-        raise UsageError(f"predictions table: {score_col!r} must be probabilities in [0, 1]; found "
-                         f"[{s.min():.4g}, {s.max():.4g}]")
+        raise UsageError(
+            f"predictions table: {score_col!r} must be probabilities in [0, 1]; found [{s.min():.4g}, {s.max():.4g}]"
+        )
     reason = df["reason"].astype("string") if "reason" in df.columns else pd.Series("", index=df.index)
     rest = df.loc[no_label | no_score].copy()
-    rest["reason"] = np.where(reason[rest.index].fillna("") != "", reason[rest.index].fillna(""),
-                              np.where(no_label[rest.index], "NO_LABEL", "NOT_SCORED"))
+    rest["reason"] = np.where(
+        reason[rest.index].fillna("") != "",
+        reason[rest.index].fillna(""),
+        np.where(no_label[rest.index], "NO_LABEL", "NOT_SCORED"),
+    )
     ev = bad.copy()
     ev["label"] = lab_text[ev.index].astype(str)
     ev["y_true"] = (ev["label"] == pos).astype(int)
@@ -164,21 +193,25 @@ def _counts(series: pd.Series, unknown: str = "(missing)") -> dict[str, int]:
     return {str(k): int(v) for k, v in vals.value_counts().sort_index().items()}
 
 
-def cohort_summary(ev: pd.DataFrame, not_evaluated: pd.DataFrame, rejected: pd.DataFrame | None,
-                   cohort_info: Mapping[str, Any] | None) -> dict:
+def cohort_summary(
+    ev: pd.DataFrame, not_evaluated: pd.DataFrame, rejected: pd.DataFrame | None, cohort_info: Mapping[str, Any] | None
+) -> dict:
     """Counts of accepted / rejected images, patients, classes and subgroup categories."""
     rej = rejected if rejected is not None else pd.DataFrame(columns=["reason"])
-    by_reason = _counts(pd.concat([rej.get("reason", pd.Series(dtype=str)),
-                                   not_evaluated.get("reason", pd.Series(dtype=str))]))
+    by_reason = _counts(
+        pd.concat([rej.get("reason", pd.Series(dtype=str)), not_evaluated.get("reason", pd.Series(dtype=str))])
+    )
     out = dict(cohort_info or {})
-    out.update({
-        "n_images_evaluated": int(len(ev)),
-        "n_rejected": int(len(rej) + len(not_evaluated)),
-        "rejected_by_reason": by_reason,
-        "n_patients": int(ev["patient_id"].nunique()) if "patient_id" in ev.columns else None,
-        "class_counts": _counts(ev["label"]),
-        "distributions": {c: _counts(ev[c]) for c in SUBGROUP_COLUMNS if c in ev.columns and recorded(ev[c])},
-    })
+    out.update(
+        {
+            "n_images_evaluated": int(len(ev)),
+            "n_rejected": int(len(rej) + len(not_evaluated)),
+            "rejected_by_reason": by_reason,
+            "n_patients": int(ev["patient_id"].nunique()) if "patient_id" in ev.columns else None,
+            "class_counts": _counts(ev["label"]),
+            "distributions": {c: _counts(ev[c]) for c in SUBGROUP_COLUMNS if c in ev.columns and recorded(ev[c])},
+        }
+    )
     return out
 
 
@@ -188,8 +221,9 @@ def _f1_follows(m: dict, options: ReportOptions) -> dict:
 
     c = m["confusion"]
     if 2 * c["tp"] + c["fp"] + c["fn"]:
-        m["f1_ci"] = f1_ci(c["tp"], c["fp"], c["tn"], c["fn"], alpha=options.alpha,
-                           n_resamples=options.n_bootstrap, seed=options.seed)
+        m["f1_ci"] = f1_ci(
+            c["tp"], c["fp"], c["tn"], c["fn"], alpha=options.alpha, n_resamples=options.n_bootstrap, seed=options.seed
+        )
     return m
 
 
@@ -199,10 +233,12 @@ def _operating_point(name: str, label: str, y, s, threshold: float, classes, opt
 
 
 #: operating-point labels by where the threshold came from
-_OP_LABELS = {"bundle": "Model's stored threshold (fixed before this cohort)",
-              "command line": "Threshold given on the command line",
-              "predictions table": "Threshold recorded in the predictions table",
-              "caller": "Threshold given for this report"}
+_OP_LABELS = {
+    "bundle": "Model's stored threshold (fixed before this cohort)",
+    "command line": "Threshold given on the command line",
+    "predictions table": "Threshold recorded in the predictions table",
+    "caller": "Threshold given for this report",
+}
 
 
 def _subgroups(ev: pd.DataFrame, threshold: float, alpha: float, classes: tuple[str, str]) -> dict:
@@ -210,9 +246,16 @@ def _subgroups(ev: pd.DataFrame, threshold: float, alpha: float, classes: tuple[
     for col in SUBGROUP_COLUMNS:
         if col not in ev.columns or not recorded(ev[col]):
             continue
-        table = metrics.subgroup_table(ev, col, label_col="y_true", score_col="score",
-                                       threshold=threshold, alpha=alpha, include_overall=False,
-                                       class_names=classes)
+        table = metrics.subgroup_table(
+            ev,
+            col,
+            label_col="y_true",
+            score_col="score",
+            threshold=threshold,
+            alpha=alpha,
+            include_overall=False,
+            class_names=classes,
+        )
         out[col] = metrics.jsonable(table.to_dict(orient="records"))
     return out
 
@@ -225,8 +268,9 @@ def _fold_numbers(folds: pd.Series) -> np.ndarray:
     return pd.factorize(folds.astype(str), sort=True)[0]
 
 
-def _cross_validation(ev: pd.DataFrame, cv: Mapping[str, Any] | None, classes: tuple[str, str],
-                      alpha: float) -> dict | None:
+def _cross_validation(
+    ev: pd.DataFrame, cv: Mapping[str, Any] | None, classes: tuple[str, str], alpha: float
+) -> dict | None:
     """Per-fold ROC curves + mean +/- SD band (metrics.crossval_roc) and per-fold metrics.
 
     Per-fold metrics at each fold's own threshold come from ``cv`` (cv_metrics.json:
@@ -238,13 +282,23 @@ def _cross_validation(ev: pd.DataFrame, cv: Mapping[str, Any] | None, classes: t
     folds = _fold_numbers(ev["fold"])
     y, s = ev["y_true"].to_numpy(), ev["score"].to_numpy()
     roc = metrics.crossval_roc(y, s, folds)
-    out: dict[str, Any] = {"folds": [], "mean_roc": roc["mean"],
-                           "auc_summary": {"n_folds": len(roc["folds"]), "mean": roc["mean"]["auc_mean"],
-                                           "sd": roc["mean"]["auc_sd"]}}
+    out: dict[str, Any] = {
+        "folds": [],
+        "mean_roc": roc["mean"],
+        "auc_summary": {"n_folds": len(roc["folds"]), "mean": roc["mean"]["auc_mean"], "sd": roc["mean"]["auc_sd"]},
+    }
     for f in roc["folds"]:
         m = folds == f["fold"]
-        out["folds"].append({"fold": f["fold"], "n": int(m.sum()), "n_pos": int(y[m].sum()), "auc": f["auc"],
-                             "fpr": f["fpr"], "tpr": f["tpr"]})
+        out["folds"].append(
+            {
+                "fold": f["fold"],
+                "n": int(m.sum()),
+                "n_pos": int(y[m].sum()),
+                "auc": f["auc"],
+                "fpr": f["fpr"],
+                "tpr": f["tpr"],
+            }
+        )
     summary = None
     if cv and cv.get("per_fold") and cv.get("across_folds"):
         summary = cv
@@ -257,16 +311,17 @@ def _cross_validation(ev: pd.DataFrame, cv: Mapping[str, Any] | None, classes: t
         pooled = summary.get("pooled") or {}
         if pooled.get("at_fold_thresholds"):
             out["pooled_at_fold_thresholds"] = pooled["at_fold_thresholds"]
-        out["per_fold_metrics"] = [{k: f.get(k) for k in ("fold", "n", "n_pos", "n_neg", "threshold", "auc", "metrics")}
-                                   for f in summary["per_fold"]]
+        out["per_fold_metrics"] = [
+            {k: f.get(k) for k in ("fold", "n", "n_pos", "n_neg", "threshold", "auc", "metrics")}
+            for f in summary["per_fold"]
+        ]
         out["across_folds"] = summary["across_folds"]
     if cv:
         out["crossval"] = {k: v for k, v in cv.items() if k not in ("roc", "per_fold", "across_folds")}
     return out
 
 
-def _comparison(ev: pd.DataFrame, comparison: Mapping[str, Any] | None, alpha: float,
-                key: str) -> dict | None:
+def _comparison(ev: pd.DataFrame, comparison: Mapping[str, Any] | None, alpha: float, key: str) -> dict | None:
     if not comparison:
         return None
     other = comparison["predictions"]
@@ -274,30 +329,48 @@ def _comparison(ev: pd.DataFrame, comparison: Mapping[str, Any] | None, alpha: f
         raise UsageError(f"comparing two models needs the id column {key!r} in both prediction tables")
     o_score = comparison.get("score_col") or "probability"
     joined = ev[[key, "y_true", "score"]].merge(
-        other[[key, o_score]].rename(columns={o_score: "score_b"}), on=key, how="inner")
+        other[[key, o_score]].rename(columns={o_score: "score_b"}), on=key, how="inner"
+    )
     joined = joined.dropna(subset=["score_b"])
     if len(joined) < len(ev):
-        log.warning("model comparison: %d of %d images have a score from both models; the paired "
-                    "test uses only those", len(joined), len(ev))
+        log.warning(
+            "model comparison: %d of %d images have a score from both models; the paired test uses only those",
+            len(joined),
+            len(ev),
+        )
     y = joined["y_true"].to_numpy()
     a, b = joined["score"].to_numpy(), joined["score_b"].to_numpy(dtype=float)
     test = metrics.delong_paired_test(y, a, b, alpha=alpha)
     fa, ta, _ = metrics.roc_curve(y, a)
     fb, tb, _ = metrics.roc_curve(y, b)
-    return {"name_a": comparison.get("name_a", "this model"), "name_b": comparison.get("name", "other model"),
-            "sha256_b": comparison.get("sha256"), "n": int(len(joined)), "paired_delong": test,
-            "auc_a_delong": metrics.delong_auc_ci(y, a, alpha=alpha),
-            "auc_b_delong": metrics.delong_auc_ci(y, b, alpha=alpha),
-            "roc_a": {"fpr": fa.tolist(), "tpr": ta.tolist()},
-            "roc_b": {"fpr": fb.tolist(), "tpr": tb.tolist()}}
+    return {
+        "name_a": comparison.get("name_a", "this model"),
+        "name_b": comparison.get("name", "other model"),
+        "sha256_b": comparison.get("sha256"),
+        "n": int(len(joined)),
+        "paired_delong": test,
+        "auc_a_delong": metrics.delong_auc_ci(y, a, alpha=alpha),
+        "auc_b_delong": metrics.delong_auc_ci(y, b, alpha=alpha),
+        "roc_a": {"fpr": fa.tolist(), "tpr": ta.tolist()},
+        "roc_b": {"fpr": fb.tolist(), "tpr": tb.tolist()},
+    }
 
 
-def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshold: float | None,
-                      threshold_method: str | None = None, model_info: Mapping[str, Any] | None = None,
-                      cohort_info: Mapping[str, Any] | None = None, rejected: pd.DataFrame | None = None,
-                      cv: Mapping[str, Any] | None = None, comparison: Mapping[str, Any] | None = None,
-                      options: ReportOptions = ReportOptions(), id_col: str = "sop_instance_uid",
-                      threshold_source: str | None = None) -> dict:
+def build_report_data(
+    ev: pd.DataFrame,
+    not_evaluated: pd.DataFrame,
+    *,
+    threshold: float | None,
+    threshold_method: str | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    cohort_info: Mapping[str, Any] | None = None,
+    rejected: pd.DataFrame | None = None,
+    cv: Mapping[str, Any] | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    options: ReportOptions = ReportOptions(),
+    id_col: str = "sop_instance_uid",
+    threshold_source: str | None = None,
+) -> dict:
     """All numbers of one report as a JSON-safe dict (the content of ``metrics.json``).
 
     ``ev``/``not_evaluated`` come from :func:`prepare_predictions`. ``threshold`` is the
@@ -306,8 +379,7 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
     when no image can be evaluated.
     """
     if ev.empty:
-        raise UsageError("no image in the predictions table has both a label and a score; "
-                         "nothing to evaluate")
+        raise UsageError("no image in the predictions table has both a label and a score; nothing to evaluate")
     pos, neg = ev.attrs["positive_class"], ev.attrs["negative_class"]
     y, s = ev["y_true"].to_numpy(), ev["score"].to_numpy()
     a = options.alpha
@@ -318,33 +390,61 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
         youden = metrics.youden_threshold(y, s)
         points = []
         if threshold is not None:
-            points.append(_operating_point("model", _OP_LABELS.get(threshold_source or "caller", _OP_LABELS["caller"]),
-                                           y, s, threshold, (neg, pos), options))
+            points.append(
+                _operating_point(
+                    "model",
+                    _OP_LABELS.get(threshold_source or "caller", _OP_LABELS["caller"]),
+                    y,
+                    s,
+                    threshold,
+                    (neg, pos),
+                    options,
+                )
+            )
         cv_data = _cross_validation(ev, cv, (neg, pos), a)
         if cv_data and cv_data.get("pooled_at_fold_thresholds"):
-            points.append({"name": "folds", "label": FOLD_THRESHOLDS_LABEL, "threshold": None,
-                           "metrics": _f1_follows(dict(cv_data["pooled_at_fold_thresholds"]), options)})
+            points.append(
+                {
+                    "name": "folds",
+                    "label": FOLD_THRESHOLDS_LABEL,
+                    "threshold": None,
+                    "metrics": _f1_follows(dict(cv_data["pooled_at_fold_thresholds"]), options),
+                }
+            )
         if np.isfinite(youden):
-            points.append(_operating_point("youden", "Youden threshold chosen on this cohort (optimistic)",
-                                           y, s, youden, (neg, pos), options))
+            points.append(
+                _operating_point(
+                    "youden", "Youden threshold chosen on this cohort (optimistic)", y, s, youden, (neg, pos), options
+                )
+            )
         data = {
             "schema": SCHEMA,
             "generated_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "software": software_versions(),
             "model": dict(model_info) if model_info else None,
             "cohort": cohort_summary(ev, not_evaluated, rejected, cohort_info),
-            "positive_class": pos, "negative_class": neg,
-            "settings": {"alpha": a, "confidence_level": 1 - a, "n_bootstrap": options.n_bootstrap,
-                         "bootstrap_seed": options.seed, "n_calibration_bins": options.n_calibration_bins,
-                         "decision_rule": DECISION_RULE, "proportion_ci": "Wilson score",
-                         "likelihood_ratio_ci": "log method (Simel 1991)",
-                         "prevalences": [float(p) for p in options.prevalences],
-                         "auc_interval": options.auc_interval},
-            "auc": {"primary": f"delong_{options.auc_interval}",
-                    "delong": metrics.delong_auc_ci(y, s, alpha=a),
-                    "delong_logit": metrics.delong_auc_ci(y, s, alpha=a, interval="logit"),
-                    "bootstrap": metrics.bootstrap_auc_ci(y, s, n_resamples=options.n_bootstrap,
-                                                          seed=options.seed, alpha=a)},
+            "positive_class": pos,
+            "negative_class": neg,
+            "settings": {
+                "alpha": a,
+                "confidence_level": 1 - a,
+                "n_bootstrap": options.n_bootstrap,
+                "bootstrap_seed": options.seed,
+                "n_calibration_bins": options.n_calibration_bins,
+                "decision_rule": DECISION_RULE,
+                "proportion_ci": "Wilson score",
+                "likelihood_ratio_ci": "log method (Simel 1991)",
+                "prevalences": [float(p) for p in options.prevalences],
+                "auc_interval": options.auc_interval,
+            },
+            "auc": {
+                "primary": f"delong_{options.auc_interval}",
+                "delong": metrics.delong_auc_ci(y, s, alpha=a),
+                "delong_logit": metrics.delong_auc_ci(y, s, alpha=a, interval="logit"),
+                "bootstrap": metrics.bootstrap_auc_ci(
+                    y, s, n_resamples=options.n_bootstrap, seed=options.seed, alpha=a
+                ),
+            },
             "roc": {"fpr": fpr, "tpr": tpr, "thresholds": thr},
             "youden_threshold": youden,
             "operating_points": points,
@@ -353,14 +453,26 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
                 "ece": metrics.expected_calibration_error(y, s, n_bins=options.n_calibration_bins),
                 "reliability": metrics.reliability_curve(y, s, n_bins=options.n_calibration_bins, alpha=a),
             },
-            "subgroups": (_subgroups(ev, threshold if threshold is not None else youden, a, (neg, pos))
-                          if threshold is not None or np.isfinite(youden) else {}),
+            "subgroups": (
+                _subgroups(ev, threshold if threshold is not None else youden, a, (neg, pos))
+                if threshold is not None or np.isfinite(youden)
+                else {}
+            ),
             "subgroup_threshold": "model" if threshold is not None else "youden",
             "cross_validation": cv_data,
             "comparison": _comparison(ev, comparison, a, id_col),
         }
-        _clinical_additions(data, ev, points, threshold, threshold_source, threshold_method, info=model_info,
-                            cohort_info=cohort_info, options=options)
+        _clinical_additions(
+            data,
+            ev,
+            points,
+            threshold,
+            threshold_source,
+            threshold_method,
+            info=model_info,
+            cohort_info=cohort_info,
+            options=options,
+        )
     for w in caught:
         if issubclass(w.category, metrics.UndefinedMetricWarning):
             undefined.append(str(w.message))
@@ -372,20 +484,39 @@ def build_report_data(ev: pd.DataFrame, not_evaluated: pd.DataFrame, *, threshol
     return data
 
 
-def _clinical_additions(data: dict, ev: pd.DataFrame, points: list[dict], threshold: float | None,
-                        threshold_source: str | None, threshold_method: str | None, *, info, cohort_info,
-                        options: ReportOptions) -> None:
+def _clinical_additions(
+    data: dict,
+    ev: pd.DataFrame,
+    points: list[dict],
+    threshold: float | None,
+    threshold_source: str | None,
+    threshold_method: str | None,
+    *,
+    info,
+    cohort_info,
+    options: ReportOptions,
+) -> None:
     """Provenance, population, model description, patient-level CIs, utility, failures."""
     primary = points[0] if points else None
     fixed = primary["threshold"] if primary and primary["threshold"] is not None else None
     data["threshold_provenance"] = clinical.threshold_provenance(threshold, threshold_source, threshold_method, info)
     data["population"] = clinical.population(ev, cohort_info)
     data["model_description"] = clinical.model_description(info) if info else None
-    data["patient_level"] = clinical.patient_level(ev, fixed, n_resamples=options.n_bootstrap, seed=options.seed,
-                                                   alpha=options.alpha)
-    data["utility"] = clinical.clinical_utility(ev, primary if fixed is not None else None, options.prevalences,
-                                                n_bins=options.n_calibration_bins, n_resamples=options.n_bootstrap,
-                                                seed=options.seed, alpha=options.alpha)
-    data["failures"] = {"operating_point": primary["name"] if fixed is not None else None, "threshold": fixed,
-                        "cases": clinical.failures(ev, fixed)}
+    data["patient_level"] = clinical.patient_level(
+        ev, fixed, n_resamples=options.n_bootstrap, seed=options.seed, alpha=options.alpha
+    )
+    data["utility"] = clinical.clinical_utility(
+        ev,
+        primary if fixed is not None else None,
+        options.prevalences,
+        n_bins=options.n_calibration_bins,
+        n_resamples=options.n_bootstrap,
+        seed=options.seed,
+        alpha=options.alpha,
+    )
+    data["failures"] = {
+        "operating_point": primary["name"] if fixed is not None else None,
+        "threshold": fixed,
+        "cases": clinical.failures(ev, fixed),
+    }
     data["small_subgroups"] = clinical.small_subgroups(metrics.jsonable(data["subgroups"]))

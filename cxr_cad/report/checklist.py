@@ -12,9 +12,10 @@ Item numbers follow the published checklists; topics are abridged. An item whose
 depends on a recorded value (data source, reference standard, ...) is "not recorded" when
 the inputs did not give it, never silently mapped to a section.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from cxr_cad.report.clinical import NOT_RECORDED
 
@@ -47,8 +48,13 @@ ITEMS: tuple[tuple[str, str, str, str | None, Callable[[dict], bool]], ...] = (
     ("CLAIM", "14", "Definition of the reference standard", "population", _pop("reference_standard")),
     ("CLAIM", "16", "Source and qualifications of annotators", "population", _pop("reference_standard")),
     ("CLAIM", "17", "Inter- and intra-rater variability of annotations", None, _NEVER),
-    ("CLAIM", "19", "How data were assigned to partitions; disjoint at patient level", "model",
-     _has("model_description")),
+    (
+        "CLAIM",
+        "19",
+        "How data were assigned to partitions; disjoint at patient level",
+        "model",
+        _has("model_description"),
+    ),
     ("CLAIM", "20", "Model architecture", "model", _has("model_description")),
     ("CLAIM", "21", "Software libraries and versions", "header", _ALWAYS),
     ("CLAIM", "22", "Initialisation of model parameters", "model", _has("model_description")),
@@ -58,8 +64,16 @@ ITEMS: tuple[tuple[str, str, str, str | None, Callable[[dict], bool]], ...] = (
     ("CLAIM", "27", "Statistical measures of uncertainty", "methods", _ALWAYS),
     ("CLAIM", "28", "Robustness or sensitivity analysis (patient-level CIs, subgroups)", "subgroups", _ALWAYS),
     ("CLAIM", "29", "Methods for explainability", "explanations", _ALWAYS),
-    ("CLAIM", "30", "Internal or external testing", "summary", lambda d: (d.get("population") or {}).get(
-        "validation", NOT_RECORDED) != NOT_RECORDED or bool((d.get("cross_validation") or {}).get("folds"))),
+    (
+        "CLAIM",
+        "30",
+        "Internal or external testing",
+        "summary",
+        lambda d: (
+            (d.get("population") or {}).get("validation", NOT_RECORDED) != NOT_RECORDED
+            or bool((d.get("cross_validation") or {}).get("folds"))
+        ),
+    ),
     ("CLAIM", "31", "Flow of participants or cases", "cohort", _ALWAYS),
     ("CLAIM", "32", "Demographic and clinical characteristics", "cohort", _ALWAYS),
     ("CLAIM", "33", "Performance estimates with uncertainty", "study", _ALWAYS),
@@ -105,10 +119,20 @@ def checklist_rows(d: dict, sections: dict[str, tuple[int, str]]) -> list[list[s
 
 def checklist_blocks(d: dict, sections: dict[str, tuple[int, str]]) -> list[dict]:
     rows = checklist_rows(d, sections)
-    return [{"kind": "paragraph", "text": "Each reporting item of CLAIM 2024 (Checklist for Artificial Intelligence "
-             "in Medical Imaging; Tejani et al. 2024) and TRIPOD+AI 2024 (Collins et al. 2024) that this kind of "
-             "evaluation can answer, with the section that answers it; items the inputs did not record say "
-             "so. Topics are abridged; item numbers follow the published checklists."},
-            {"kind": "table", "caption": "Reporting checklist (CLAIM 2024, TRIPOD+AI 2024)",
-             "columns": ["Checklist", "Item", "Topic", "Where answered"], "rows": rows,
-             "widths": [1.1, 0.6, 3.2, 2.6], "left": True}]
+    return [
+        {
+            "kind": "paragraph",
+            "text": "Each reporting item of CLAIM 2024 (Checklist for Artificial Intelligence "
+            "in Medical Imaging; Tejani et al. 2024) and TRIPOD+AI 2024 (Collins et al. 2024) that this kind of "
+            "evaluation can answer, with the section that answers it; items the inputs did not record say "
+            "so. Topics are abridged; item numbers follow the published checklists.",
+        },
+        {
+            "kind": "table",
+            "caption": "Reporting checklist (CLAIM 2024, TRIPOD+AI 2024)",
+            "columns": ["Checklist", "Item", "Topic", "Where answered"],
+            "rows": rows,
+            "widths": [1.1, 0.6, 3.2, 2.6],
+            "left": True,
+        },
+    ]

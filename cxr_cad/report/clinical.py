@@ -5,18 +5,19 @@ intervals, duplicated rows).
 
 Statistics come from :mod:`cxr_cad.metrics`; this module selects inputs and words.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
 from cxr_cad import metrics
 from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap
-from cxr_cad.metrics.utility import (calibration_slope_intercept, decision_curve, precision_recall,
-                                     predictive_values)
+from cxr_cad.metrics.utility import calibration_slope_intercept, decision_curve, precision_recall, predictive_values
 
 NOT_RECORDED = "not recorded"
 #: a sample is "small" below this many images of either class, or with a CI wider than SMALL_CI_WIDTH
@@ -32,15 +33,23 @@ THRESHOLD_SOURCES = {
     "predictions table": "as recorded in the predictions table",
     "caller": "given by the caller",
 }
-_METHOD_WORDS = {"youden": "maximised Youden's J", "fixed": "fixed value",
-                 "sensitivity": "highest threshold reaching the target sensitivity",
-                 "specificity": "lowest threshold reaching the target specificity"}
+_METHOD_WORDS = {
+    "youden": "maximised Youden's J",
+    "fixed": "fixed value",
+    "sensitivity": "highest threshold reaching the target sensitivity",
+    "specificity": "lowest threshold reaching the target specificity",
+}
 #: items of the population block, in order, with their display names
-POPULATION_ITEMS = (("source", "Data source"), ("site", "Site"), ("dates", "Dates"),
-                    ("design", "Study design (retrospective / prospective)"),
-                    ("population", "Population"), ("eligibility", "Eligibility"),
-                    ("reference_standard", "Reference standard (how labels were made)"),
-                    ("validation", "Validation type"))
+POPULATION_ITEMS = (
+    ("source", "Data source"),
+    ("site", "Site"),
+    ("dates", "Dates"),
+    ("design", "Study design (retrospective / prospective)"),
+    ("population", "Population"),
+    ("eligibility", "Eligibility"),
+    ("reference_standard", "Reference standard (how labels were made)"),
+    ("validation", "Validation type"),
+)
 
 
 def _num(x: Any) -> float | None:
@@ -57,21 +66,27 @@ def _thr(x: float) -> str:
     return fmt_threshold(float(x))
 
 
-def threshold_provenance(threshold: float | None, source: str | None, method: str | None,
-                         model_info: Mapping[str, Any] | None) -> dict:
+def threshold_provenance(
+    threshold: float | None, source: str | None, method: str | None, model_info: Mapping[str, Any] | None
+) -> dict:
     """Where the reported threshold came from, in words, e.g. ``0.9317, maximised Youden's J
     on 14 validation images (7 positive), tie range 0.635–0.932; stored in the model bundle,
     fixed before this cohort``. A command-line threshold is never called stored or pre-fixed."""
     if threshold is None:
-        return {"source": None, "text": "No decision threshold was fixed before this cohort; only the "
-                "optimistic Youden threshold chosen on this cohort is reported."}
+        return {
+            "source": None,
+            "text": "No decision threshold was fixed before this cohort; only the "
+            "optimistic Youden threshold chosen on this cohort is reported.",
+        }
     info = dict(model_info or {})
     src = source or "caller"
     out: dict[str, Any] = {"source": src, "threshold": float(threshold)}
     if src != "bundle":
-        how = f"; how it was chosen: {method}" if method and method not in (
-            "given on the command line", "as recorded in the predictions table") else \
-            "; how it was chosen is not recorded"
+        how = (
+            f"; how it was chosen: {method}"
+            if method and method not in ("given on the command line", "as recorded in the predictions table")
+            else "; how it was chosen is not recorded"
+        )
         out["text"] = f"{_thr(threshold)}, {THRESHOLD_SOURCES.get(src, src)}{how}"
         bundle_thr = _num(info.get("threshold_bundle"))
         if bundle_thr is not None and abs(bundle_thr - float(threshold)) > 1e-12:
@@ -116,15 +131,16 @@ def population(ev: pd.DataFrame, cohort_info: Mapping[str, Any] | None) -> dict:
     """Population and reference standard: each item's recorded text or ``not recorded``,
     plus how many images lack sex and age (from the image headers)."""
     info = dict(cohort_info or {})
-    items = {key: (str(info[key]) if info.get(key) not in (None, "") else NOT_RECORDED)
-             for key, _ in POPULATION_ITEMS}
+    items = {key: (str(info[key]) if info.get(key) not in (None, "") else NOT_RECORDED) for key, _ in POPULATION_ITEMS}
     if info.get("ingest_rules"):
         items["ingest_rules"] = str(info["ingest_rules"])
     else:
         items["ingest_rules"] = NOT_RECORDED
     n = len(ev)
-    missing = {"patient_sex": _missing_count(ev, "patient_sex"),
-               "age": min(_missing_count(ev, "patient_age_years"), _missing_count(ev, "patient_age"))}
+    missing = {
+        "patient_sex": _missing_count(ev, "patient_sex"),
+        "age": min(_missing_count(ev, "patient_age_years"), _missing_count(ev, "patient_age")),
+    }
     items["sex_missing"] = f"{missing['patient_sex']}/{n} images"
     items["age_missing"] = f"{missing['age']}/{n} images"
     return items
@@ -142,8 +158,10 @@ def ingest_rules_text(ingest: Mapping[str, Any] | None, policy: Mapping[str, Any
         parts.append("VOI LUT applied" if pol["apply_voi"] else "VOI LUT not applied")
     c = (ingest or {}).get("counts") or {}
     if c:
-        parts.append(f"{c.get('images', '?')} images of {c.get('patients', '?')} patients accepted, "
-                     f"{c.get('rejected', 0)} rejected, {c.get('unlabelled', 0)} unlabelled")
+        parts.append(
+            f"{c.get('images', '?')} images of {c.get('patients', '?')} patients accepted, "
+            f"{c.get('rejected', 0)} rejected, {c.get('unlabelled', 0)} unlabelled"
+        )
     return "; ".join(parts) or None
 
 
@@ -166,11 +184,18 @@ def model_description(model_info: Mapping[str, Any] | None) -> dict:
     out = {
         "architecture": rec(mcfg.get("arch") or ("ResNet18 (MONAI)" if m else None)),
         "initialisation": rec(init.get("init") or mcfg.get("init")),
-        "input": (f"{size} x {size} px, {spec.get('in_channels', 1)} channel(s), aspect '{spec.get('aspect')}'"
-                  if size else NOT_RECORDED),
-        "preprocessing": (f"intensity scaled to [0, 1] (VOI LUT "
-                          f"{'applied' if spec.get('apply_voi', True) else 'not applied'}), normalised with mean "
-                          f"{spec.get('mean')} and SD {spec.get('std')}" if spec else NOT_RECORDED),
+        "input": (
+            f"{size} x {size} px, {spec.get('in_channels', 1)} channel(s), aspect '{spec.get('aspect')}'"
+            if size
+            else NOT_RECORDED
+        ),
+        "preprocessing": (
+            f"intensity scaled to [0, 1] (VOI LUT "
+            f"{'applied' if spec.get('apply_voi', True) else 'not applied'}), normalised with mean "
+            f"{spec.get('mean')} and SD {spec.get('std')}"
+            if spec
+            else NOT_RECORDED
+        ),
         "augmentation": _augmentation_text(aug) if cfg else NOT_RECORDED,
         "n_train": rec(tr.get("n_train")),
         "n_validation": rec(detail.get("n_val")),
@@ -206,22 +231,39 @@ def find_model_card(bundle_path: str | Path | None) -> str | None:
     return None
 
 
-def patient_level(ev: pd.DataFrame, threshold: float | None, *, n_resamples: int, seed: int, alpha: float) -> dict | None:
+def patient_level(
+    ev: pd.DataFrame, threshold: float | None, *, n_resamples: int, seed: int, alpha: float
+) -> dict | None:
     """Patient cluster bootstrap (AUC, sensitivity, specificity) when patient ids are known."""
     if "patient_id" not in ev.columns:
         return None
     ids = ev["patient_id"].astype("string").fillna("").str.strip()
     if (ids == "").any():
         return None
-    out = cluster_bootstrap(ev["y_true"].to_numpy(), ev["score"].to_numpy(), ids.to_numpy(), threshold=threshold,
-                            n_resamples=n_resamples, seed=seed, alpha=alpha)
+    out = cluster_bootstrap(
+        ev["y_true"].to_numpy(),
+        ev["score"].to_numpy(),
+        ids.to_numpy(),
+        threshold=threshold,
+        n_resamples=n_resamples,
+        seed=seed,
+        alpha=alpha,
+    )
     out["n_images"] = int(len(ev))
     out["threshold"] = threshold
     return out
 
 
-def clinical_utility(ev: pd.DataFrame, op: Mapping[str, Any] | None, prevalences, *, n_bins: int,
-                     n_resamples: int, seed: int, alpha: float) -> dict:
+def clinical_utility(
+    ev: pd.DataFrame,
+    op: Mapping[str, Any] | None,
+    prevalences,
+    *,
+    n_bins: int,
+    n_resamples: int,
+    seed: int,
+    alpha: float,
+) -> dict:
     """Decision curve, PPV/NPV at the given prevalences (at operating point ``op``), PR curve,
     calibration slope/intercept and bootstrap CIs of Brier and ECE."""
     y, s = ev["y_true"].to_numpy(), ev["score"].to_numpy()
@@ -229,12 +271,15 @@ def clinical_utility(ev: pd.DataFrame, op: Mapping[str, Any] | None, prevalences
     if op is not None:
         c = op["metrics"]["confusion"]
         pv = [predictive_values(c["tp"], c["fp"], c["tn"], c["fn"], p, alpha=alpha) for p in prevalences]
-    return {"decision_curve": decision_curve(y, s), "operating_point": op["name"] if op else None,
-            "predictive_values": pv, "cohort_prevalence": float(y.mean()),
-            "precision_recall": precision_recall(y, s),
-            "calibration_fit": calibration_slope_intercept(y, s),
-            "calibration_ci": calibration_bootstrap(y, s, n_bins=n_bins, n_resamples=n_resamples, seed=seed,
-                                                    alpha=alpha)}
+    return {
+        "decision_curve": decision_curve(y, s),
+        "operating_point": op["name"] if op else None,
+        "predictive_values": pv,
+        "cohort_prevalence": float(y.mean()),
+        "precision_recall": precision_recall(y, s),
+        "calibration_fit": calibration_slope_intercept(y, s),
+        "calibration_ci": calibration_bootstrap(y, s, n_bins=n_bins, n_resamples=n_resamples, seed=seed, alpha=alpha),
+    }
 
 
 def failures(ev: pd.DataFrame, threshold: float | None) -> list[dict]:
@@ -248,8 +293,12 @@ def failures(ev: pd.DataFrame, threshold: float | None) -> list[dict]:
     wrong = wrong.sort_values(["y_true", "score"], ascending=[True, False], kind="mergesort")
     out = []
     for _, r in wrong.iterrows():
-        row = {"image_index": int(r["image_index"]), "score": float(r["score"]), "label": str(r["label"]),
-               "error": "false positive" if r["y_true"] == 0 else "false negative"}
+        row = {
+            "image_index": int(r["image_index"]),
+            "score": float(r["score"]),
+            "label": str(r["label"]),
+            "error": "false positive" if r["y_true"] == 0 else "false negative",
+        }
         for col in ("view_position", "patient_sex", "age_band", "manufacturer"):
             if col in ev.columns:
                 row[col] = str(r[col]) if pd.notna(r[col]) and str(r[col]).strip() else "(missing)"
@@ -266,8 +315,10 @@ def _ci_warning(name: str, ci: Mapping[str, Any] | None, *, value_key: str = "va
     if v is None or lo is None or hi is None:
         return None
     if hi - lo == 0:
-        return (f"{name}: the interval has zero width ({v:.3f} ({lo:.3f}\u2013{hi:.3f})); with this few cases "
-                "or a perfect split the data cannot show the uncertainty, which is not zero")
+        return (
+            f"{name}: the interval has zero width ({v:.3f} ({lo:.3f}\u2013{hi:.3f})); with this few cases "
+            "or a perfect split the data cannot show the uncertainty, which is not zero"
+        )
     return None
 
 
@@ -279,17 +330,24 @@ def collect_warnings(d: Mapping[str, Any]) -> list[str]:
     auc = d["auc"]
     n_pos, n_neg = auc["delong"].get("n_pos") or 0, auc["delong"].get("n_neg") or 0
     if n_pos < SMALL_CLASS or n_neg < SMALL_CLASS:
-        out.append(f"Small sample: {n_pos} positive and {n_neg} negative images (fewer than {SMALL_CLASS} of a "
-                   "class); every estimate here is imprecise.")
-    for key, label in (("delong_logit", "AUC (DeLong, logit)"), ("delong", "AUC (DeLong, Wald)"),
-                       ("bootstrap", "AUC (bootstrap)")):
+        out.append(
+            f"Small sample: {n_pos} positive and {n_neg} negative images (fewer than {SMALL_CLASS} of a "
+            "class); every estimate here is imprecise."
+        )
+    for key, label in (
+        ("delong_logit", "AUC (DeLong, logit)"),
+        ("delong", "AUC (DeLong, Wald)"),
+        ("bootstrap", "AUC (bootstrap)"),
+    ):
         ci = auc.get(key)
         w = _ci_warning(label, ci, value_key="auc")
         if w:
             out.append(w)
         if ci and ci.get("clipped"):
-            out.append(f"{label}: the interval was clipped at {'1' if (ci.get('high') or 0) >= 1 else '0'}; "
-                       "the logit interval does not need clipping")
+            out.append(
+                f"{label}: the interval was clipped at {'1' if (ci.get('high') or 0) >= 1 else '0'}; "
+                "the logit interval does not need clipping"
+            )
     wide = []
     for op in d["operating_points"][:1]:
         m = op["metrics"]
@@ -302,14 +360,18 @@ def collect_warnings(d: Mapping[str, Any]) -> list[str]:
                 wide.append(f"{key} ({hi - lo:.2f})")
         f1 = m.get("f1_ci") or {}
         if _num(f1.get("value")) in (0.0, 1.0) and _num(f1.get("low")) == _num(f1.get("high")):
-            out.append(f"F1 at {op['label']} is {f1['value']:.0f} and its bootstrap interval has zero width: "
-                       "every resample gives the same value, which does not mean there is no uncertainty")
+            out.append(
+                f"F1 at {op['label']} is {f1['value']:.0f} and its bootstrap interval has zero width: "
+                "every resample gives the same value, which does not mean there is no uncertainty"
+            )
     pl = d.get("patient_level") or {}
     for key in ("auc", "sensitivity", "specificity"):
         ci = pl.get(key) or {}
         if _num(ci.get("low")) is not None and ci.get("low") == ci.get("high"):
-            out.append(f"Patient-level {key} interval has zero width ({ci['low']:.3f}–{ci['high']:.3f}): every "
-                       "patient resample gives the same value, which does not mean there is no uncertainty")
+            out.append(
+                f"Patient-level {key} interval has zero width ({ci['low']:.3f}–{ci['high']:.3f}): every "
+                "patient resample gives the same value, which does not mean there is no uncertainty"
+            )
     lo, hi = _num(auc["delong_logit"].get("low")), _num(auc["delong_logit"].get("high"))
     if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
         wide.append(f"AUC ({hi - lo:.2f})")
@@ -354,10 +416,14 @@ def dedupe_rows(df: pd.DataFrame, key: str = "sop_instance_uid") -> tuple[pd.Dat
     groups = df[dup].assign(_k=ids[dup]).groupby("_k")
     conflicting = [k for k, g in groups if len(g[cols].astype(str).drop_duplicates()) > 1]
     if conflicting:
-        raise UsageError(f"predictions table: {len(conflicting)} image(s) appear more than once with different "
-                         f"labels or probabilities ({key} {conflicting[0][:24]}...); remove the duplicated rows")
+        raise UsageError(
+            f"predictions table: {len(conflicting)} image(s) appear more than once with different "
+            f"labels or probabilities ({key} {conflicting[0][:24]}...); remove the duplicated rows"
+        )
     keep = ~(ids.duplicated(keep="first") & (ids != ""))
     n_drop = int((~keep).sum())
-    return (df[keep.to_numpy()].reset_index(drop=True),
-            f"{n_drop} duplicated prediction row(s) (same {key}, label and probability) were removed; "
-            "each image is counted once")
+    return (
+        df[keep.to_numpy()].reset_index(drop=True),
+        f"{n_drop} duplicated prediction row(s) (same {key}, label and probability) were removed; "
+        "each image is counted once",
+    )

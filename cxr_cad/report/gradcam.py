@@ -7,6 +7,7 @@ the worst false positives (highest score) and false negatives (lowest score). Ea
 picture is written with PIL (no text metadata); captions carry the image's row number
 in ``predictions.csv``, never a patient identifier.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,12 @@ from cxr_cad.errors import RejectedFile
 log = logging.getLogger(__name__)
 
 TARGET_LAYER = "layer4"
-GROUPS = (("tp", "True positive (most confident)"), ("tn", "True negative (most confident)"),
-          ("fp", "False positive (worst)"), ("fn", "False negative (worst)"))
+GROUPS = (
+    ("tp", "True positive (most confident)"),
+    ("tn", "True negative (most confident)"),
+    ("fp", "False positive (worst)"),
+    ("fn", "False negative (worst)"),
+)
 
 
 @dataclass
@@ -43,7 +48,7 @@ class GradcamSource:
     n_per_group: int = 2
 
     @classmethod
-    def from_bundle(cls, bundle: Any, **kwargs: Any) -> "GradcamSource":
+    def from_bundle(cls, bundle: Any, **kwargs: Any) -> GradcamSource:
         """From a loaded :class:`cxr_cad.model.Bundle`."""
         return cls(bundle.model, bundle.transform_spec, int(bundle.positive_index), **kwargs)
 
@@ -56,8 +61,12 @@ def select_cases(ev: pd.DataFrame, threshold: float, n_per_group: int) -> list[t
     """
     called = ev["score"] >= threshold
     y = ev["y_true"] == 1
-    groups = {"tp": (ev[called & y], False), "tn": (ev[~called & ~y], True),
-              "fp": (ev[called & ~y], False), "fn": (ev[~called & y], True)}
+    groups = {
+        "tp": (ev[called & y], False),
+        "tn": (ev[~called & ~y], True),
+        "fp": (ev[called & ~y], False),
+        "fn": (ev[~called & y], True),
+    }
     out = []
     for key, _ in GROUPS:
         frame, ascending = groups[key]
@@ -110,8 +119,7 @@ def unit_normalizer(x: torch.Tensor) -> torch.Tensor:
     lo = x.amin(dim=(-2, -1), keepdim=True)
     hi = x.amax(dim=(-2, -1), keepdim=True)
     span = hi - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(x))
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
 
 
 def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -127,7 +135,7 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
     spec = source.transform_spec
     load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))
     model = source.model.eval()
-    model = getattr(model, "members", [model])[0]   # an ensemble / TTA bundle: its first network's map
+    model = getattr(model, "members", [model])[0]  # an ensemble / TTA bundle: its first network's map
     cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER, postprocessing=unit_normalizer)
     out = []
     for p in paths:
@@ -136,8 +144,9 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
         x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()
         with torch.enable_grad():
             heat = cam(x, class_idx=source.positive_index)
-        out.append((shown[0].detach().cpu().numpy().astype(np.float32),
-                    heat[0, 0].detach().cpu().numpy().astype(np.float32)))
+        out.append(
+            (shown[0].detach().cpu().numpy().astype(np.float32), heat[0, 0].detach().cpu().numpy().astype(np.float32))
+        )
     return out
 
 
@@ -148,15 +157,17 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
     A case whose image can no longer be read is left out and named in the note.
     """
     if source.path_col not in ev.columns:
-        return {"cases": [], "note": f"Grad-CAM skipped: the predictions carry no {source.path_col!r} column "
-                                     "to find the images."}
+        return {
+            "cases": [],
+            "note": f"Grad-CAM skipped: the predictions carry no {source.path_col!r} column to find the images.",
+        }
     cases = select_cases(ev, threshold, source.n_per_group)
     names = dict(GROUPS)
     out, failed = [], []
     counters: dict[str, int] = {}
     for key, row in cases:
         try:
-            (gray, heat), = gradcam_maps(source, [str(row[source.path_col])])
+            ((gray, heat),) = gradcam_maps(source, [str(row[source.path_col])])
         except RejectedFile as exc:
             log.warning("Grad-CAM: image #%d cannot be read (%s)", int(row["image_index"]), exc.reason)
             failed.append(f"#{int(row['image_index'])} ({exc.reason})")
@@ -164,17 +175,26 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
         counters[key] = counters.get(key, 0) + 1
         fname = f"gradcam_{key}_{counters[key]}.png"
         _overlay(gray, heat).save(Path(out_dir) / fname, format="PNG")
-        out.append({"group": key, "image_index": int(row["image_index"]), "score": float(row["score"]),
-                    "label": str(row["label"]), "file": fname,
-                    "caption": f"{names[key]}: image #{int(row['image_index'])}, truly {row['label']}, "
-                               f"score {float(row['score']):.3f}"})
+        out.append(
+            {
+                "group": key,
+                "image_index": int(row["image_index"]),
+                "score": float(row["score"]),
+                "label": str(row["label"]),
+                "file": fname,
+                "caption": f"{names[key]}: image #{int(row['image_index'])}, truly {row['label']}, "
+                f"score {float(row['score']):.3f}",
+            }
+        )
     missing = [names[k].split(" (")[0].lower() + "s" for k, _ in GROUPS if k not in counters]
-    note = (f"Grad-CAM (MONAI GradCAM on the last ResNet stage, '{TARGET_LAYER}', for the positive-class "
-            f"output) at threshold {threshold:.6g}. Left: the image as the model sees it; right: the "
-            "heatmap (red = strongest influence on the score; colour bar from 0 to the map's maximum). "
-            "Each map is scaled to its own maximum, so colours cannot be compared between images, and an "
-            "all-blue map means the image held no positive evidence. Image numbers are rows of "
-            "predictions.csv.")
+    note = (
+        f"Grad-CAM (MONAI GradCAM on the last ResNet stage, '{TARGET_LAYER}', for the positive-class "
+        f"output) at threshold {threshold:.6g}. Left: the image as the model sees it; right: the "
+        "heatmap (red = strongest influence on the score; colour bar from 0 to the map's maximum). "
+        "Each map is scaled to its own maximum, so colours cannot be compared between images, and an "
+        "all-blue map means the image held no positive evidence. Image numbers are rows of "
+        "predictions.csv."
+    )
     if missing:
         note += f" No {', '.join(missing)} in this cohort."
     if failed:

@@ -1,5 +1,6 @@
 """Render the document model as one self-contained HTML file (figures as base64 data URIs:
 SVG for the charts, PNG for the Grad-CAM tiles)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,13 @@ import jinja2
 from cxr_cad import __version__
 from cxr_cad.errors import OutputError
 
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("cxr_cad.report", "templates"),
-                          autoescape=jinja2.select_autoescape(["html", "j2"]),
-                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("cxr_cad.report", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def data_uri(path: Path) -> str:

@@ -4,18 +4,31 @@
 Each reader returns plain dicts and raises :class:`~cxr_cad.errors.UsageError` naming the file
 and every problem at once.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cxr_cad.errors import UsageError
 
 #: keys a cohort description may hold (all free text; missing ones are "not recorded")
-COHORT_KEYS = ("name", "date", "source", "site", "dates", "design", "population", "eligibility",
-               "reference_standard", "validation", "ingest_rules")
+COHORT_KEYS = (
+    "name",
+    "date",
+    "source",
+    "site",
+    "dates",
+    "design",
+    "population",
+    "eligibility",
+    "reference_standard",
+    "validation",
+    "ingest_rules",
+)
 _MAX_TEXT = 2000
 
 
@@ -24,8 +37,9 @@ def check_cohort_info(info: Any, source: str) -> dict:
     if info is None:
         return {}
     if not isinstance(info, Mapping):
-        raise UsageError(f"{source}: the cohort description must be a mapping of "
-                         f"{', '.join(COHORT_KEYS)}; got {type(info).__name__}")
+        raise UsageError(
+            f"{source}: the cohort description must be a mapping of {', '.join(COHORT_KEYS)}; got {type(info).__name__}"
+        )
     problems = [f"unknown key {k!r} (known: {', '.join(COHORT_KEYS)})" for k in info if k not in COHORT_KEYS]
     out = {}
     for k, v in info.items():
@@ -88,8 +102,10 @@ def check_cv_metrics(cv: Any, source: str) -> dict:
     """
     problems: list[str] = []
     if not isinstance(cv, dict):
-        raise UsageError(f"{source}: not a cross-validation summary: expected a JSON object with per_fold and "
-                         f"across_folds (cv_metrics.json from cxr-cad crossval), got {type(cv).__name__}")
+        raise UsageError(
+            f"{source}: not a cross-validation summary: expected a JSON object with per_fold and "
+            f"across_folds (cv_metrics.json from cxr-cad crossval), got {type(cv).__name__}"
+        )
     folds = cv.get("per_fold")
     if not isinstance(folds, list) or not folds:
         problems.append("per_fold must be a non-empty list")
@@ -116,6 +132,9 @@ def check_cv_metrics(cv: Any, source: str) -> dict:
         if not isinstance(f.get("metrics"), dict):
             problems.append(f"per_fold[{i}].metrics must be an object")
     if problems:
-        raise UsageError(f"{source}: not a valid cv_metrics.json: " + "; ".join(problems[:10])
-                         + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+        raise UsageError(
+            f"{source}: not a valid cv_metrics.json: "
+            + "; ".join(problems[:10])
+            + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
+        )
     return cv

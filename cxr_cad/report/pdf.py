@@ -7,6 +7,7 @@ fpdf2 as vector paths; figure rows use two columns. A table's caption moves to t
 page with the table's first rows (never alone at a page foot), and a table that splits
 repeats its header row (fpdf2's ``repeat_headings``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,7 @@ class _ReportPDF(FPDF):
         self.report_title = title
         self.set_margins(15, 15, 15)
         self.set_auto_page_break(True, margin=15)
-        for style, name in (("", "DejaVuSans.ttf"), ("B", "DejaVuSans-Bold.ttf"),
-                            ("I", "DejaVuSans-Oblique.ttf")):
+        for style, name in (("", "DejaVuSans.ttf"), ("B", "DejaVuSans-Bold.ttf"), ("I", "DejaVuSans-Oblique.ttf")):
             path = _FONT_DIR / name
             if not path.is_file():
                 raise OutputError(f"PDF font {path} not found: reinstall matplotlib, which ships it")
@@ -51,8 +51,12 @@ class _ReportPDF(FPDF):
         self.set_y(-11)
         self.set_font(_FONT, "", 7)
         self.set_text_color(110)
-        self.cell(0, 5, f"{self.report_title} \u2014 research use only, not a medical device \u2014 "
-                        f"page {self.page_no()}/{{nb}}", align="C")
+        self.cell(
+            0,
+            5,
+            f"{self.report_title} \u2014 research use only, not a medical device \u2014 page {self.page_no()}/{{nb}}",
+            align="C",
+        )
         self.set_text_color(0)
 
 
@@ -60,8 +64,7 @@ def _paragraph(pdf: _ReportPDF, text: str, *, size: float = 9, style: str = "", 
     pdf.set_font(_FONT, style, size)
     if fill:
         pdf.set_fill_color(*fill)
-    pdf.multi_cell(0, size * 0.5, text, fill=bool(fill), padding=(1.5, 2) if fill else 0,
-                   new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, size * 0.5, text, fill=bool(fill), padding=(1.5, 2) if fill else 0, new_x="LMARGIN", new_y="NEXT")
     pdf.set_fill_color(255)
     pdf.ln(2)
 
@@ -106,14 +109,23 @@ def _caption(pdf: _ReportPDF, text: str, rows_after: int = 2) -> None:
         pdf.multi_cell(0, 4.5, text, new_x="LMARGIN", new_y="NEXT")
 
 
-def _table(pdf: _ReportPDF, rows: list[list[str]], widths: list[float], *, header: bool, size: float = 8,
-           left: bool = False) -> None:
+def _table(
+    pdf: _ReportPDF, rows: list[list[str]], widths: list[float], *, header: bool, size: float = 8, left: bool = False
+) -> None:
     pdf.set_font(_FONT, "", size)
     align = ["LEFT"] + ["RIGHT"] * (len(widths) - 1) if header and not left else "LEFT"
     width = pdf.epw if len(widths) > 3 or not header else pdf.epw * 0.6  # short lists stay compact
-    with pdf.table(col_widths=tuple(widths), width=width, align="LEFT", first_row_as_headings=header,
-                   headings_style=FontFace(emphasis="BOLD", fill_color=_HEAD_FILL),
-                   line_height=size * 0.5, padding=1, text_align=align, v_align="TOP") as t:
+    with pdf.table(
+        col_widths=tuple(widths),
+        width=width,
+        align="LEFT",
+        first_row_as_headings=header,
+        headings_style=FontFace(emphasis="BOLD", fill_color=_HEAD_FILL),
+        line_height=size * 0.5,
+        padding=1,
+        text_align=align,
+        v_align="TOP",
+    ) as t:
         for r in rows:
             row = t.row()
             for cell in r:
@@ -136,9 +148,19 @@ def _figure(pdf: _ReportPDF, path: Path, caption: str, width: float = _FIG_WIDTH
 def _headline(pdf: _ReportPDF, block: dict) -> None:
     """The summary box: a filled two-column table, then the warnings as highlighted notes."""
     pdf.set_font(_FONT, "", 8.5)
-    with pdf.table(col_widths=(1.0, 2.6), width=pdf.epw, align="LEFT", first_row_as_headings=False,
-                   line_height=4.4, padding=1.2, text_align="LEFT", v_align="TOP",
-                   cell_fill_color=_BOX_FILL, cell_fill_mode="ALL", borders_layout="HORIZONTAL_LINES") as t:
+    with pdf.table(
+        col_widths=(1.0, 2.6),
+        width=pdf.epw,
+        align="LEFT",
+        first_row_as_headings=False,
+        line_height=4.4,
+        padding=1.2,
+        text_align="LEFT",
+        v_align="TOP",
+        cell_fill_color=_BOX_FILL,
+        cell_fill_mode="ALL",
+        borders_layout="HORIZONTAL_LINES",
+    ) as t:
         for k, v in block["rows"]:
             row = t.row()
             row.cell(k, style=FontFace(emphasis="BOLD"))
@@ -153,7 +175,7 @@ def _gallery(pdf: _ReportPDF, items: list[dict], images: dict[str, Path], per_ro
     gap = 5.0
     w = (pdf.epw - gap * (per_row - 1)) / per_row
     for start in range(0, len(items), per_row):
-        row = items[start:start + per_row]
+        row = items[start : start + per_row]
         heights = []
         for it in row:
             iw, ih = _image_size(images[it["file"]])
@@ -194,7 +216,7 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
         elif first["kind"] == "kv":
             need = _kv_height(first) + 12
         elif first["kind"] in ("figrow", "gallery") and all(it["file"] in images for it in first["items"][:2]):
-            col = (pdf.epw - 5.0) / 2   # a section title never sits alone above its first figure row
+            col = (pdf.epw - 5.0) / 2  # a section title never sits alone above its first figure row
             need = max(col * h / w for w, h in (_image_size(images[it["file"]]) for it in first["items"][:2])) + 30
         _keep_with_next(pdf, need)
         pdf.set_font(_FONT, "B", 12.5)
@@ -214,8 +236,14 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
                 _table(pdf, b["rows"], [1.0, 2.2], header=False, size=8)
             elif kind == "table":
                 _caption(pdf, b["caption"], len(b["rows"]) + 1)
-                _table(pdf, [b["columns"], *b["rows"]], b["widths"], header=True, left=bool(b.get("left")),
-                       size=7 if len(b["columns"]) > 6 else 7.5 if len(b["columns"]) > 4 else 8)
+                _table(
+                    pdf,
+                    [b["columns"], *b["rows"]],
+                    b["widths"],
+                    header=True,
+                    left=bool(b.get("left")),
+                    size=7 if len(b["columns"]) > 6 else 7.5 if len(b["columns"]) > 4 else 8,
+                )
             elif kind in ("figure", "gallery", "figrow"):
                 files = [b["file"]] if kind == "figure" else [it["file"] for it in b["items"]]
                 missing = [f for f in files if f not in images]

@@ -1,17 +1,20 @@
 """Fixed report text: intended use, limitations and the Methods paragraphs."""
+
 from __future__ import annotations
 
 INTENDED_USE = (
     "Intended use: to measure, for research, how well a chest-radiograph classification model "
     "separates the two classes on a labelled cohort, and to document that measurement so it can "
-    "be repeated. The numbers describe this cohort only.")
+    "be repeated. The numbers describe this cohort only."
+)
 
 LIMITATIONS = (
     "Limitations: research use only. This software is not a medical device and not a diagnostic "
     "device; its output must not be used to diagnose, treat or triage patients. Performance "
     "depends on the population, equipment and labelling of the cohort: numbers from one hospital "
     "or data set need not hold at another. Labels are taken as given and may contain errors. "
-    "Grad-CAM heatmaps show which image regions influenced the score, not where disease is.")
+    "Grad-CAM heatmaps show which image regions influenced the score, not where disease is."
+)
 
 
 def methods_paragraphs(d: dict) -> list[str]:
@@ -23,19 +26,26 @@ def methods_paragraphs(d: dict) -> list[str]:
     model_thr = next((o for o in d["operating_points"] if o["name"] == "model"), None)
     used = []
     if model_thr:
-        used.append("the fixed threshold " + ((d.get("threshold_provenance") or {}).get("text")
-                                             or f"{model_thr['threshold']:.4f}"))
+        used.append(
+            "the fixed threshold "
+            + ((d.get("threshold_provenance") or {}).get("text") or f"{model_thr['threshold']:.4f}")
+        )
     if "folds" in names:
-        used.append("each cross-validation fold's own threshold (every image is decided at the threshold of "
-                    "the fold model that scored it, chosen on that fold's training data only)")
+        used.append(
+            "each cross-validation fold's own threshold (every image is decided at the threshold of "
+            "the fold model that scored it, chosen on that fold's training data only)"
+        )
     if "youden" in names:
-        used.append("the Youden threshold, the observed score that maximises sensitivity + specificity - 1 "
-                    "on this same cohort (ties go to the higher threshold); because it is chosen on the data "
-                    "it is evaluated on, its numbers are optimistic")
+        used.append(
+            "the Youden threshold, the observed score that maximises sensitivity + specificity - 1 "
+            "on this same cohort (ties go to the higher threshold); because it is chosen on the data "
+            "it is evaluated on, its numbers are optimistic"
+        )
     parts = [
         f"Scores and decisions. Each image's score is the model's probability of {pos} (softmax output). "
         f"An image is called {pos} when score >= threshold, otherwise {neg}. Thresholds used: "
-        + ("; ".join(used) or "none could be evaluated") + "."
+        + ("; ".join(used) or "none could be evaluated")
+        + "."
         + ("" if model_thr else " No model threshold was given."),
         f"Confidence intervals ({level}; every interval in this report is a {level} interval). Accuracy, "
         "class accuracy, sensitivity, specificity, PPV and "
@@ -73,20 +83,28 @@ def methods_paragraphs(d: dict) -> list[str]:
         "under 30 images or 10 of a class are flagged.",
     ]
     if d.get("cross_validation") and d["cross_validation"].get("folds"):
-        parts.append("Cross-validation. Every image was scored by the model that did not see its patient "
-                     "in training (folds grouped by patient). The pooled out-of-fold scores give the "
-                     "main ROC and tables; per-fold ROC curves are averaged vertically on a common "
-                     "false-positive-rate grid, with a band of the mean +/- 1 SD across folds. The "
-                     "per-fold AUC spread is the sample SD. Where each fold has its own threshold (chosen "
-                     "on that fold's training data only), per-fold metrics are given at that threshold, "
-                     "with their mean +/- SD across folds.")
+        parts.append(
+            "Cross-validation. Every image was scored by the model that did not see its patient "
+            "in training (folds grouped by patient). The pooled out-of-fold scores give the "
+            "main ROC and tables; per-fold ROC curves are averaged vertically on a common "
+            "false-positive-rate grid, with a band of the mean +/- 1 SD across folds. The "
+            "per-fold AUC spread is the sample SD. Where each fold has its own threshold (chosen "
+            "on that fold's training data only), per-fold metrics are given at that threshold, "
+            "with their mean +/- SD across folds."
+        )
     if d.get("comparison"):
-        parts.append("Model comparison. Both models score the same images; the difference of their AUCs "
-                     "is tested with DeLong's paired test (two-sided), which accounts for the correlation "
-                     "between the two AUCs on the same cases.")
-    parts.append("Privacy. The report, metrics.json and the figures carry no patient name, patient ID, birth date, "
-                 "accession number, study UID or file path; images are named by their row in predictions.csv, which "
-                 "holds patient IDs and paths only when identifiers were asked for (--include-identifiers).")
-    parts.append("All statistics come from the cxr_cad.metrics module; the numbers in this report, its "
-                 "PDF and metrics.json are formatted from the same values.")
+        parts.append(
+            "Model comparison. Both models score the same images; the difference of their AUCs "
+            "is tested with DeLong's paired test (two-sided), which accounts for the correlation "
+            "between the two AUCs on the same cases."
+        )
+    parts.append(
+        "Privacy. The report, metrics.json and the figures carry no patient name, patient ID, birth date, "
+        "accession number, study UID or file path; images are named by their row in predictions.csv, which "
+        "holds patient IDs and paths only when identifiers were asked for (--include-identifiers)."
+    )
+    parts.append(
+        "All statistics come from the cxr_cad.metrics module; the numbers in this report, its "
+        "PDF and metrics.json are formatted from the same values."
+    )
     return parts

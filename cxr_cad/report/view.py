@@ -7,6 +7,7 @@ three files always show the same numbers. Block kinds: ``paragraph``, ``note``
 side), ``gallery``, ``headline`` (the boxed summary that opens the report). Every interval
 label names the report's confidence level (``level(d)``, e.g. "90% CI").
 """
+
 from __future__ import annotations
 
 import math
@@ -113,8 +114,13 @@ def _kv(rows: list[tuple[str, str]], caption: str = "") -> dict:
 
 
 def _table(columns: list[str], rows: list[list[str]], caption: str = "", widths: list[float] | None = None) -> dict:
-    return {"kind": "table", "caption": caption, "columns": columns, "rows": rows,
-            "widths": widths or [1.0] * len(columns)}
+    return {
+        "kind": "table",
+        "caption": caption,
+        "columns": columns,
+        "rows": rows,
+        "widths": widths or [1.0] * len(columns),
+    }
 
 
 def _header(d: dict) -> list[dict]:
@@ -122,23 +128,44 @@ def _header(d: dict) -> list[dict]:
     blocks = []
     if m:
         thr = m.get("threshold")
-        blocks.append(_kv([
-            ("Model bundle", str(m.get("name", "unnamed"))),
-            ("Bundle SHA-256", str(m.get("sha256", "not recorded"))),
-            ("Classes (positive class)", f"{', '.join(map(str, m.get('classes') or []))} ({d['positive_class']})"),
-            ("Decision threshold used", (d.get("threshold_provenance") or {}).get("text") or fmt_threshold(thr)),
-            ("Training cohort (manifest hash)", str(m.get("training_manifest_hash") or "not recorded")),
-            ("Model created", str(m.get("created") or "not recorded")),
-        ], "Model"))
+        blocks.append(
+            _kv(
+                [
+                    ("Model bundle", str(m.get("name", "unnamed"))),
+                    ("Bundle SHA-256", str(m.get("sha256", "not recorded"))),
+                    (
+                        "Classes (positive class)",
+                        f"{', '.join(map(str, m.get('classes') or []))} ({d['positive_class']})",
+                    ),
+                    (
+                        "Decision threshold used",
+                        (d.get("threshold_provenance") or {}).get("text") or fmt_threshold(thr),
+                    ),
+                    ("Training cohort (manifest hash)", str(m.get("training_manifest_hash") or "not recorded")),
+                    ("Model created", str(m.get("created") or "not recorded")),
+                ],
+                "Model",
+            )
+        )
     else:
-        blocks.append({"kind": "note", "text": "No model bundle was given: this report was written from a "
-                       "predictions table, so the model cannot be identified beyond what is stated here."})
-    blocks.append(_kv([
-        ("Cohort", str(c.get("name") or "unnamed")),
-        ("Manifest hash", str(c.get("manifest_hash") or "not recorded")),
-        ("Cohort date", str(c.get("date") or "not recorded")),
-        ("Report generated (UTC)", d["generated_utc"]),
-    ], "Cohort"))
+        blocks.append(
+            {
+                "kind": "note",
+                "text": "No model bundle was given: this report was written from a "
+                "predictions table, so the model cannot be identified beyond what is stated here.",
+            }
+        )
+    blocks.append(
+        _kv(
+            [
+                ("Cohort", str(c.get("name") or "unnamed")),
+                ("Manifest hash", str(c.get("manifest_hash") or "not recorded")),
+                ("Cohort date", str(c.get("date") or "not recorded")),
+                ("Report generated (UTC)", d["generated_utc"]),
+            ],
+            "Cohort",
+        )
+    )
     sw = d["software"]
     blocks.append(_kv([("Software versions", ", ".join(f"{k} {v}" for k, v in sw.items()))], "Software"))
     blocks.append({"kind": "paragraph", "text": INTENDED_USE})
@@ -148,38 +175,55 @@ def _header(d: dict) -> list[dict]:
 
 def _cohort(d: dict) -> list[dict]:
     c = d["cohort"]
-    rows = [("Images evaluated", str(c["n_images_evaluated"])),
-            ("Images not evaluated (rejected)", str(c["n_rejected"])),
-            ("Patients", str(c["n_patients"]) if c.get("n_patients") is not None else "not recorded")]
+    rows = [
+        ("Images evaluated", str(c["n_images_evaluated"])),
+        ("Images not evaluated (rejected)", str(c["n_rejected"])),
+        ("Patients", str(c["n_patients"]) if c.get("n_patients") is not None else "not recorded"),
+    ]
     rows += [(f"Images labelled {k}", str(v)) for k, v in c["class_counts"].items()]
     blocks = [_kv(rows, "Images and patients")]
     if c["rejected_by_reason"]:
-        blocks.append(_table(["Rejection reason", "Images"],
-                             [[k, str(v)] for k, v in c["rejected_by_reason"].items()],
-                             "Images not evaluated, by reason code", [3, 1]))
+        blocks.append(
+            _table(
+                ["Rejection reason", "Images"],
+                [[k, str(v)] for k, v in c["rejected_by_reason"].items()],
+                "Images not evaluated, by reason code",
+                [3, 1],
+            )
+        )
     from cxr_cad.report.build import SUBGROUP_COLUMNS
+
     n = max(c["n_images_evaluated"], 1)
     for col, counts in c.get("distributions", {}).items():
-        blocks.append(_table([SUBGROUP_COLUMNS.get(col, col), "Images", "Share"],
-                             [[k, str(v), fmt_pct(v / n)] for k, v in
-                              sorted(counts.items(), key=lambda kv: category_key(col, kv[0]))],
-                             f"Distribution of {SUBGROUP_COLUMNS.get(col, col).lower()}", [3, 1, 1]))
+        blocks.append(
+            _table(
+                [SUBGROUP_COLUMNS.get(col, col), "Images", "Share"],
+                [
+                    [k, str(v), fmt_pct(v / n)]
+                    for k, v in sorted(counts.items(), key=lambda kv: category_key(col, kv[0]))
+                ],
+                f"Distribution of {SUBGROUP_COLUMNS.get(col, col).lower()}",
+                [3, 1, 1],
+            )
+        )
     return blocks
 
 
 def _confusion(op: dict, neg: str, pos: str) -> dict:
     cm = op["metrics"]["confusion"]
-    return _table(["", f"Called {neg}", f"Called {pos}"],
-                  [[f"Truly {neg}", str(cm["tn"]), str(cm["fp"])],
-                   [f"Truly {pos}", str(cm["fn"]), str(cm["tp"])]],
-                  f"Confusion matrix: {op['label']}" + (f", threshold {fmt_threshold(op['threshold'])}"
-                                                        if op["threshold"] is not None else ""), [2, 1, 1])
+    return _table(
+        ["", f"Called {neg}", f"Called {pos}"],
+        [[f"Truly {neg}", str(cm["tn"]), str(cm["fp"])], [f"Truly {pos}", str(cm["fn"]), str(cm["tp"])]],
+        f"Confusion matrix: {op['label']}"
+        + (f", threshold {fmt_threshold(op['threshold'])}" if op["threshold"] is not None else ""),
+        [2, 1, 1],
+    )
 
 
 _OP_EXPLAINED = {
     "model": "",
     "folds": "In cross-validation every image is decided at the threshold of the model that scored it, "
-             "chosen on that fold's training data only: these are the honest out-of-fold numbers.",
+    "chosen on that fold's training data only: these are the honest out-of-fold numbers.",
     "youden": "The Youden threshold is chosen on this cohort itself.",
 }
 
@@ -187,25 +231,51 @@ _OP_EXPLAINED = {
 def _study_table(d: dict) -> list[dict]:
     ops, neg, pos = d["operating_points"], d["negative_class"], d["positive_class"]
     if not ops:
-        return [{"kind": "note", "text": "No operating point could be evaluated (the cohort has one class "
-                 "and no model threshold was given)."}]
-    blocks: list[dict] = [{"kind": "paragraph", "text": (
-        "Decision rule: an image is called " + pos + " when its score is at least the threshold. "
-        + " ".join(_OP_EXPLAINED[o["name"]] for o in ops)
-        + (f" Threshold: {(d.get('threshold_provenance') or {}).get('text')}."
-           if any(o["name"] == "model" for o in ops) else ""))}]
+        return [
+            {
+                "kind": "note",
+                "text": "No operating point could be evaluated (the cohort has one class "
+                "and no model threshold was given).",
+            }
+        ]
+    blocks: list[dict] = [
+        {
+            "kind": "paragraph",
+            "text": (
+                "Decision rule: an image is called "
+                + pos
+                + " when its score is at least the threshold. "
+                + " ".join(_OP_EXPLAINED[o["name"]] for o in ops)
+                + (
+                    f" Threshold: {(d.get('threshold_provenance') or {}).get('text')}."
+                    if any(o["name"] == "model" for o in ops)
+                    else ""
+                )
+            ),
+        }
+    ]
     if any(o["name"] == "youden" for o in ops):
-        blocks.append({"kind": "note", "text": "The Youden threshold is chosen on this same cohort to maximise "
-                       "sensitivity + specificity, so the numbers at that threshold are optimistic: they show "
-                       "the best this model could do here, not what to expect on new patients."})
+        blocks.append(
+            {
+                "kind": "note",
+                "text": "The Youden threshold is chosen on this same cohort to maximise "
+                "sensitivity + specificity, so the numbers at that threshold are optimistic: they show "
+                "the best this model could do here, not what to expect on new patients.",
+            }
+        )
     blocks += [_confusion(o, neg, pos) for o in ops]
     rows_spec = [("Accuracy", "accuracy", "prop")]
     rows_spec += [(f"Class accuracy: {cls}", ("per_class_accuracy", cls), "prop") for cls in (neg, pos)]
-    rows_spec += [("Sensitivity", "sensitivity", "prop"), ("Specificity", "specificity", "prop"),
-                  ("PPV (precision)", "ppv", "prop"), ("NPV", "npv", "prop"),
-                  ("F1 score", "f1_ci", "num"), ("Balanced accuracy", "balanced_accuracy_ci", "pct"),
-                  ("Positive likelihood ratio", "lr_pos", "ratio"),
-                  ("Negative likelihood ratio", "lr_neg", "ratio")]
+    rows_spec += [
+        ("Sensitivity", "sensitivity", "prop"),
+        ("Specificity", "specificity", "prop"),
+        ("PPV (precision)", "ppv", "prop"),
+        ("NPV", "npv", "prop"),
+        ("F1 score", "f1_ci", "num"),
+        ("Balanced accuracy", "balanced_accuracy_ci", "pct"),
+        ("Positive likelihood ratio", "lr_pos", "ratio"),
+        ("Negative likelihood ratio", "lr_neg", "ratio"),
+    ]
     rows = []
     for title, key, kind in rows_spec:
         row = [title]
@@ -226,8 +296,14 @@ def _study_table(d: dict) -> list[dict]:
             continue
         short = "Fixed threshold" if o["name"] == "model" else "Youden (optimistic)"
         cols += [f"{short} {fmt_threshold(o['threshold'])}: value ({level(d)} CI)", "k/n"]
-    blocks.append(_table(cols, rows, "The study's table (as in Chandola et al. 2021, ch. 4): metrics at each "
-                         "operating point", [2.2] + [2.4, 0.8] * len(ops)))
+    blocks.append(
+        _table(
+            cols,
+            rows,
+            "The study's table (as in Chandola et al. 2021, ch. 4): metrics at each operating point",
+            [2.2] + [2.4, 0.8] * len(ops),
+        )
+    )
     return blocks
 
 
@@ -236,27 +312,42 @@ def _roc(d: dict) -> list[dict]:
     s = d["settings"]
     lv = level(d)
     wald = auc["delong"]
-    rows = [(f"AUC, DeLong {lv} CI, logit (primary)", fmt_auc(auc.get("delong_logit"))),
-            (f"AUC, DeLong {lv} CI, Wald", fmt_auc(wald) + (" (clipped at 1)" if wald.get("clipped") else "")),
-            (f"AUC, bootstrap {lv} CI", f"{fmt_auc(auc['bootstrap'])} ({s['n_bootstrap']} stratified "
-                                        f"resamples, seed {s['bootstrap_seed']})")]
+    rows = [
+        (f"AUC, DeLong {lv} CI, logit (primary)", fmt_auc(auc.get("delong_logit"))),
+        (f"AUC, DeLong {lv} CI, Wald", fmt_auc(wald) + (" (clipped at 1)" if wald.get("clipped") else "")),
+        (
+            f"AUC, bootstrap {lv} CI",
+            f"{fmt_auc(auc['bootstrap'])} ({s['n_bootstrap']} stratified resamples, seed {s['bootstrap_seed']})",
+        ),
+    ]
     pl = d.get("patient_level")
     if pl:
         a = pl["auc"]
-        rows.append((f"AUC, patient cluster bootstrap {lv} CI",
-                     f"{fmt_num(auc['delong']['auc'])} {fmt_interval(a['low'], a['high'])} ({pl['n_patients']} "
-                     f"patients, {pl['n_resamples']} resamples)"))
+        rows.append(
+            (
+                f"AUC, patient cluster bootstrap {lv} CI",
+                f"{fmt_num(auc['delong']['auc'])} {fmt_interval(a['low'], a['high'])} ({pl['n_patients']} "
+                f"patients, {pl['n_resamples']} resamples)",
+            )
+        )
     rows.append(("Positive / negative images", f"{wald['n_pos']} / {wald['n_neg']}"))
-    blocks = [{"kind": "figure", "file": "roc.svg", "caption": "ROC curve with the operating points marked."},
-              _kv(rows, "Area under the ROC curve")]
+    blocks = [
+        {"kind": "figure", "file": "roc.svg", "caption": "ROC curve with the operating points marked."},
+        _kv(rows, "Area under the ROC curve"),
+    ]
     cv = d.get("cross_validation")
     if cv and cv.get("folds"):
         rows = [[str(f["fold"]), str(f["n"]), str(f["n_pos"]), fmt_num(f["auc"])] for f in cv["folds"]]
         sm = cv["auc_summary"]
         rows.append(["mean \u00b1 SD", "", "", f"{fmt_num(sm['mean'])} \u00b1 {fmt_num(sm['sd'])}"])
-        blocks.append({"kind": "figure", "file": "cv_roc.svg",
-                       "caption": "Cross-validation: one ROC curve per held-out fold, their vertical mean "
-                                  "and the mean \u00b1 1 SD band."})
+        blocks.append(
+            {
+                "kind": "figure",
+                "file": "cv_roc.svg",
+                "caption": "Cross-validation: one ROC curve per held-out fold, their vertical mean "
+                "and the mean \u00b1 1 SD band.",
+            }
+        )
         if cv.get("per_fold_metrics"):
             blocks.append(_per_fold_table(cv, level(d)))
         else:
@@ -272,9 +363,15 @@ def _per_fold_table(cv: dict, lv: str) -> dict:
     rows = []
     for f in cv["per_fold_metrics"]:
         m = f.get("metrics") or {}
-        rows.append([str(f["fold"]), f"{f['n']} ({f.get('n_pos', '?')})", fmt_threshold(f.get("threshold")),
-                     fmt_auc(f.get("auc"))]
-                    + [fmt_prop(m.get(k)) for k, _ in _FOLD_KEYS])
+        rows.append(
+            [
+                str(f["fold"]),
+                f"{f['n']} ({f.get('n_pos', '?')})",
+                fmt_threshold(f.get("threshold")),
+                fmt_auc(f.get("auc")),
+            ]
+            + [fmt_prop(m.get(k)) for k, _ in _FOLD_KEYS]
+        )
     across = cv.get("across_folds") or {}
 
     def msd(key: str, pct: bool) -> str:
@@ -283,26 +380,42 @@ def _per_fold_table(cv: dict, lv: str) -> dict:
             return NOT_ESTIMABLE
         f = fmt_pct if pct else fmt_num
         return f"{f(v['mean'])} \u00b1 {f(v.get('sd'))}"
+
     rows.append(["mean \u00b1 SD", "", "", msd("auc", False)] + [msd(k, True) for k, _ in _FOLD_KEYS])
-    return _table(["Fold", "Images (positive)", "Threshold", f"AUC (DeLong {lv} CI)"]
-                  + [f"{t} ({lv} CI)" for _, t in _FOLD_KEYS],
-                  rows, "Each held-out fold at its own threshold (chosen on that fold's training data)",
-                  [0.75, 1.0, 0.9, 1.9, 1.8, 1.8, 1.8])
+    return _table(
+        ["Fold", "Images (positive)", "Threshold", f"AUC (DeLong {lv} CI)"] + [f"{t} ({lv} CI)" for _, t in _FOLD_KEYS],
+        rows,
+        "Each held-out fold at its own threshold (chosen on that fold's training data)",
+        [0.75, 1.0, 0.9, 1.9, 1.8, 1.8, 1.8],
+    )
 
 
 def _subgroups(d: dict) -> list[dict]:
     from cxr_cad.report.build import SUBGROUP_COLUMNS
+
     if not d["subgroups"]:
-        return [{"kind": "paragraph", "text": "No subgroup information (view position, sex, age, "
-                 "manufacturer) is present in this cohort."}]
-    which = "the model's stored threshold" if d["subgroup_threshold"] == "model" else \
-        "the Youden threshold (no model threshold was given)"
+        return [
+            {
+                "kind": "paragraph",
+                "text": "No subgroup information (view position, sex, age, manufacturer) is present in this cohort.",
+            }
+        ]
+    which = (
+        "the model's stored threshold"
+        if d["subgroup_threshold"] == "model"
+        else "the Youden threshold (no model threshold was given)"
+    )
     lv = level(d)
-    blocks = [{"kind": "paragraph", "text": f"Sensitivity and specificity at {which}; AUC with DeLong {lv} CI, "
-               f"proportions with Wilson {lv} CI. 'not estimable' where a subgroup holds one class only. "
-               "Subgroup results are not corrected for multiplicity: with several subgroups, some differences "
-               "arise by chance. Subgroups marked * hold fewer than 30 images or fewer than 10 of a class; "
-               "read them as descriptive only."}]
+    blocks = [
+        {
+            "kind": "paragraph",
+            "text": f"Sensitivity and specificity at {which}; AUC with DeLong {lv} CI, "
+            f"proportions with Wilson {lv} CI. 'not estimable' where a subgroup holds one class only. "
+            "Subgroup results are not corrected for multiplicity: with several subgroups, some differences "
+            "arise by chance. Subgroups marked * hold fewer than 30 images or fewer than 10 of a class; "
+            "read them as descriptive only.",
+        }
+    ]
     for col, rows in d["subgroups"].items():
         out = []
         for r in sorted(rows, key=lambda r: category_key(col, r["value"])):
@@ -311,12 +424,18 @@ def _subgroups(d: dict) -> list[dict]:
             sens = fmt_prop({"value": r["sensitivity"], "low": r["sensitivity_low"], "high": r["sensitivity_high"]})
             spec = fmt_prop({"value": r["specificity"], "low": r["specificity_low"], "high": r["specificity_high"]})
             small = r["n"] < 30 or min(r["n_pos"], r["n_neg"]) < 10
-            out.append([str(r["value"]) + (" *" if small else ""), str(r["n"]), f"{r['n_pos']}/{r['n_neg']}",
-                        auc, sens, spec])
+            out.append(
+                [str(r["value"]) + (" *" if small else ""), str(r["n"]), f"{r['n_pos']}/{r['n_neg']}", auc, sens, spec]
+            )
         name = SUBGROUP_COLUMNS.get(col, col)
-        blocks.append(_table([name, "Images", "Pos/Neg", f"AUC ({lv} CI)", f"Sensitivity ({lv} CI)",
-                              f"Specificity ({lv} CI)"], out, f"Subgroups by {name.lower()}",
-                             [1.3, 0.7, 0.8, 1.9, 1.9, 1.9]))
+        blocks.append(
+            _table(
+                [name, "Images", "Pos/Neg", f"AUC ({lv} CI)", f"Sensitivity ({lv} CI)", f"Specificity ({lv} CI)"],
+                out,
+                f"Subgroups by {name.lower()}",
+                [1.3, 0.7, 0.8, 1.9, 1.9, 1.9],
+            )
+        )
     return blocks
 
 
@@ -331,12 +450,22 @@ def _gradcam(d: dict) -> list[dict]:
 def _comparison(d: dict) -> list[dict]:
     c = d["comparison"]
     t = c["paired_delong"]
-    return [{"kind": "figure", "file": "comparison_roc.svg", "caption": "ROC curves of both models on the same images."},
-            _kv([(f"AUC, {c['name_a']}", fmt_auc(c["auc_a_delong"])),
-                 (f"AUC, {c['name_b']}", fmt_auc(c["auc_b_delong"])),
-                 (f"Difference (A \u2212 B), {level(d)} CI", f"{fmt_num(t['diff'])} {fmt_interval(t['low'], t['high'])}"),
-                 ("Paired DeLong test", f"z = {fmt_num(t['z'], 2)}, {fmt_p(t['p_value'])}"),
-                 ("Images scored by both models", str(c["n"]))], "Paired comparison (DeLong 1988)")]
+    return [
+        {"kind": "figure", "file": "comparison_roc.svg", "caption": "ROC curves of both models on the same images."},
+        _kv(
+            [
+                (f"AUC, {c['name_a']}", fmt_auc(c["auc_a_delong"])),
+                (f"AUC, {c['name_b']}", fmt_auc(c["auc_b_delong"])),
+                (
+                    f"Difference (A \u2212 B), {level(d)} CI",
+                    f"{fmt_num(t['diff'])} {fmt_interval(t['low'], t['high'])}",
+                ),
+                ("Paired DeLong test", f"z = {fmt_num(t['z'], 2)}, {fmt_p(t['p_value'])}"),
+                ("Images scored by both models", str(c["n"])),
+            ],
+            "Paired comparison (DeLong 1988)",
+        ),
+    ]
 
 
 def build_document(d: dict) -> dict:
@@ -368,13 +497,20 @@ def build_document(d: dict) -> dict:
         sections.append(("comparison", "Comparison of two models on this cohort", _comparison(d)))
     sections.append(("methods", "Methods", [{"kind": "paragraph", "text": p} for p in methods_paragraphs(d)]))
     if d.get("undefined_statistics"):
-        sections[-1][2].append({"kind": "note", "text": "Statistics that are undefined for these data and "
-                                "are shown as 'not estimable': " + "; ".join(d["undefined_statistics"])})
+        sections[-1][2].append(
+            {
+                "kind": "note",
+                "text": "Statistics that are undefined for these data and "
+                "are shown as 'not estimable': " + "; ".join(d["undefined_statistics"]),
+            }
+        )
     numbers = {sid: (n + 1, title) for n, (sid, title, _) in enumerate(sections)}
     sections.append(("checklist", "Appendix: CLAIM 2024 and TRIPOD+AI 2024 checklist", checklist_blocks(d, numbers)))
     title = "Chest radiograph CAD: clinical evaluation report"
     m = d.get("model") or {}
     sub = f"Model {m.get('name', '(not given)')} on cohort {d['cohort'].get('name') or '(unnamed)'}"
-    return {"title": title, "subtitle": sub,
-            "sections": [{"id": i, "number": n + 1, "title": t, "blocks": b}
-                         for n, (i, t, b) in enumerate(sections)]}
+    return {
+        "title": title,
+        "subtitle": sub,
+        "sections": [{"id": i, "number": n + 1, "title": t, "blocks": b} for n, (i, t, b) in enumerate(sections)],
+    }

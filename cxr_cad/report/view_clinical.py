@@ -2,18 +2,32 @@
 standard, model description, cohort shift, clinical utility, calibration, patient-level
 intervals and the failure table. Numbers are formatted from ``metrics.json`` with
 :mod:`cxr_cad.report.view`."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from cxr_cad.report.clinical import NOT_RECORDED, POPULATION_ITEMS
-from cxr_cad.report.view import (DASH, NOT_ESTIMABLE, _kv, _table, fmt_auc, fmt_interval, fmt_num, fmt_pct,
-                                 fmt_prop, fmt_threshold, level)
+from cxr_cad.report.view import (
+    DASH,
+    NOT_ESTIMABLE,
+    _kv,
+    _table,
+    fmt_auc,
+    fmt_interval,
+    fmt_num,
+    fmt_pct,
+    fmt_prop,
+    fmt_threshold,
+    level,
+)
 
-PRIMARY_CI_TEXT = ("Primary intervals are image-level (Wilson for proportions, DeLong on the logit scale for the "
-                   "AUC). Patient-level intervals (cluster bootstrap over patients) are shown beside them; where "
-                   "they are wider, images of one patient are correlated and the patient-level interval is the "
-                   "safer reading.")
+PRIMARY_CI_TEXT = (
+    "Primary intervals are image-level (Wilson for proportions, DeLong on the logit scale for the "
+    "AUC). Patient-level intervals (cluster bootstrap over patients) are shown beside them; where "
+    "they are wider, images of one patient are correlated and the patient-level interval is the "
+    "safer reading."
+)
 
 
 def primary_op(d: dict) -> dict | None:
@@ -41,10 +55,12 @@ def headline(d: dict) -> list[dict]:
     rows = []
     if op is not None:
         m = op["metrics"]
-        where = {"model": f"at the threshold {(d.get('threshold_provenance') or {}).get('text', '')}",
-                 "folds": "at each fold's own threshold (chosen on that fold's training data)",
-                 "youden": "at the Youden threshold chosen on this cohort (optimistic: no threshold was fixed "
-                           "before this cohort)"}[op["name"]]
+        where = {
+            "model": f"at the threshold {(d.get('threshold_provenance') or {}).get('text', '')}",
+            "folds": "at each fold's own threshold (chosen on that fold's training data)",
+            "youden": "at the Youden threshold chosen on this cohort (optimistic: no threshold was fixed "
+            "before this cohort)",
+        }[op["name"]]
         for key in ("sensitivity", "specificity"):
             text = f"{fmt_prop(m[key])} {m[key].get('k', '')}/{m[key].get('n', '')}"
             p = pl.get(key) if pl.get("threshold") == op["threshold"] else None
@@ -57,27 +73,50 @@ def headline(d: dict) -> list[dict]:
         auc_text += f"; patient-level {fmt_interval(pl['auc']['low'], pl['auc']['high'])}"
     rows.append((f"AUC ({lv} CI)", auc_text))
     counts = c["class_counts"]
-    rows.append(("Images / patients / positives",
-                 f"{c['n_images_evaluated']} / {c['n_patients'] if c.get('n_patients') is not None else NOT_RECORDED}"
-                 f" / {counts.get(d['positive_class'], 0)} ({d['positive_class']})"
-                 + (f"; {c['n_rejected']} not evaluated" if c.get("n_rejected") else "")))
+    rows.append(
+        (
+            "Images / patients / positives",
+            f"{c['n_images_evaluated']} / {c['n_patients'] if c.get('n_patients') is not None else NOT_RECORDED}"
+            f" / {counts.get(d['positive_class'], 0)} ({d['positive_class']})"
+            + (f"; {c['n_rejected']} not evaluated" if c.get("n_rejected") else ""),
+        )
+    )
     rows.append(("Validation", _validation_kind(d)))
     shift = d.get("shift")
-    rows.append(("Cohort shift check", (("FLAGGED: " if shift.get("flagged") else "not flagged: ")
-                                        + str(shift.get("message") or "")) if shift else "not computed"))
-    return [{"kind": "headline", "title": "Summary", "rows": [[k, v] for k, v in rows],
-             "warnings": list(d.get("warnings") or [])}]
+    rows.append(
+        (
+            "Cohort shift check",
+            (("FLAGGED: " if shift.get("flagged") else "not flagged: ") + str(shift.get("message") or ""))
+            if shift
+            else "not computed",
+        )
+    )
+    return [
+        {
+            "kind": "headline",
+            "title": "Summary",
+            "rows": [[k, v] for k, v in rows],
+            "warnings": list(d.get("warnings") or []),
+        }
+    ]
 
 
 def population(d: dict) -> list[dict]:
     p = d.get("population") or {}
     rows = [(name, p.get(key, NOT_RECORDED)) for key, name in POPULATION_ITEMS]
-    rows += [("Ingest rules that applied", p.get("ingest_rules", NOT_RECORDED)),
-             ("Patient sex missing", p.get("sex_missing", NOT_RECORDED)),
-             ("Patient age missing", p.get("age_missing", NOT_RECORDED))]
-    return [{"kind": "paragraph", "text": "Who was tested and against what truth. Items the inputs do not record "
-             "are shown as 'not recorded' (give them in the workflow's cohort: block or with --cohort-info)."},
-            _kv(rows, "Population and reference standard")]
+    rows += [
+        ("Ingest rules that applied", p.get("ingest_rules", NOT_RECORDED)),
+        ("Patient sex missing", p.get("sex_missing", NOT_RECORDED)),
+        ("Patient age missing", p.get("age_missing", NOT_RECORDED)),
+    ]
+    return [
+        {
+            "kind": "paragraph",
+            "text": "Who was tested and against what truth. Items the inputs do not record "
+            "are shown as 'not recorded' (give them in the workflow's cohort: block or with --cohort-info).",
+        },
+        _kv(rows, "Population and reference standard"),
+    ]
 
 
 def model_description(d: dict) -> list[dict]:
@@ -86,14 +125,22 @@ def model_description(d: dict) -> list[dict]:
         return [{"kind": "note", "text": "No model bundle was given, so the model cannot be described."}]
     op = primary_op(d)
     test_auc = fmt_auc(d["auc"].get("delong_logit") or d["auc"]["delong"])
-    rows = [("Architecture", md["architecture"]), ("Initialisation", md["initialisation"]),
-            ("Input size and aspect", md["input"]), ("Intensity preprocessing", md["preprocessing"]),
-            ("Augmentation", md["augmentation"]), ("Training images", md["n_train"]),
-            ("Validation images", md["n_validation"]), ("Split", md["split"]),
-            ("Epochs run / best epoch", f"{md['epochs']} / {md['best_epoch']}"),
-            ("Performance: validation AUC beside this cohort's AUC", f"{md['validation_auc']} (validation) | "
-                                                                    f"{test_auc} (this cohort)"),
-            ("Model card", Path(md["model_card"]).as_uri() if md.get("model_card") else "not available")]
+    rows = [
+        ("Architecture", md["architecture"]),
+        ("Initialisation", md["initialisation"]),
+        ("Input size and aspect", md["input"]),
+        ("Intensity preprocessing", md["preprocessing"]),
+        ("Augmentation", md["augmentation"]),
+        ("Training images", md["n_train"]),
+        ("Validation images", md["n_validation"]),
+        ("Split", md["split"]),
+        ("Epochs run / best epoch", f"{md['epochs']} / {md['best_epoch']}"),
+        (
+            "Performance: validation AUC beside this cohort's AUC",
+            f"{md['validation_auc']} (validation) | {test_auc} (this cohort)",
+        ),
+        ("Model card", Path(md["model_card"]).as_uri() if md.get("model_card") else "not available"),
+    ]
     blocks = [_kv(rows, "Model description")]
     if op is None:
         blocks.append({"kind": "note", "text": "No operating point could be evaluated on this cohort."})
@@ -103,12 +150,17 @@ def model_description(d: dict) -> list[dict]:
 def shift(d: dict) -> list[dict]:
     s = d.get("shift")
     if not s:
-        return [{"kind": "paragraph", "text": "Cohort shift (out-of-distribution) check: not computed for this "
-                 "report."}]
-    rows = [("Result", "FLAGGED" if s.get("flagged") else "not flagged"),
-            ("Cohort shift score / threshold", f"{fmt_num(s.get('cohort_score'))} / {fmt_num(s.get('threshold'))}"),
-            ("Images flagged", f"{s.get('n_flagged', '?')} of {s.get('n_images', '?')} "
-                               f"({fmt_pct(s.get('fraction_flagged'))})")]
+        return [
+            {"kind": "paragraph", "text": "Cohort shift (out-of-distribution) check: not computed for this report."}
+        ]
+    rows = [
+        ("Result", "FLAGGED" if s.get("flagged") else "not flagged"),
+        ("Cohort shift score / threshold", f"{fmt_num(s.get('cohort_score'))} / {fmt_num(s.get('threshold'))}"),
+        (
+            "Images flagged",
+            f"{s.get('n_flagged', '?')} of {s.get('n_images', '?')} ({fmt_pct(s.get('fraction_flagged'))})",
+        ),
+    ]
     blocks = [_kv(rows, "Cohort shift check")]
     if s.get("message"):
         blocks.insert(0, {"kind": "note" if s.get("flagged") else "paragraph", "text": str(s["message"])})
@@ -119,40 +171,78 @@ def patient_level(d: dict) -> list[dict]:
     pl = d.get("patient_level")
     lv = level(d)
     if not pl:
-        return [{"kind": "paragraph", "text": "Patient-level intervals: not computed (the predictions carry no "
-                 "patient IDs). " + PRIMARY_CI_TEXT}]
+        return [
+            {
+                "kind": "paragraph",
+                "text": "Patient-level intervals: not computed (the predictions carry no "
+                "patient IDs). " + PRIMARY_CI_TEXT,
+            }
+        ]
     op = primary_op(d)
-    rows = [("Patients / images", f"{pl['n_patients']} / {pl['n_images']}"),
-            (f"AUC: image-level DeLong logit | patient-level {lv} CI",
-             f"{fmt_auc(d['auc'].get('delong_logit'))} | {fmt_interval(pl['auc']['low'], pl['auc']['high'])}")]
+    rows = [
+        ("Patients / images", f"{pl['n_patients']} / {pl['n_images']}"),
+        (
+            f"AUC: image-level DeLong logit | patient-level {lv} CI",
+            f"{fmt_auc(d['auc'].get('delong_logit'))} | {fmt_interval(pl['auc']['low'], pl['auc']['high'])}",
+        ),
+    ]
     if op is not None and pl.get("threshold") == op["threshold"] and pl.get("sensitivity"):
         for key in ("sensitivity", "specificity"):
             m = op["metrics"][key]
-            rows.append((f"{key.capitalize()}: image-level Wilson | patient-level {lv} CI",
-                         f"{fmt_prop(m)} | {fmt_interval(pl[key]['low'], pl[key]['high'], pct=True)}"))
-    return [{"kind": "paragraph", "text": PRIMARY_CI_TEXT},
-            _kv(rows, f"Image-level and patient-level intervals ({pl['n_resamples']} patient resamples, "
-                      f"seed {pl['seed']})")]
+            rows.append(
+                (
+                    f"{key.capitalize()}: image-level Wilson | patient-level {lv} CI",
+                    f"{fmt_prop(m)} | {fmt_interval(pl[key]['low'], pl[key]['high'], pct=True)}",
+                )
+            )
+    return [
+        {"kind": "paragraph", "text": PRIMARY_CI_TEXT},
+        _kv(
+            rows, f"Image-level and patient-level intervals ({pl['n_resamples']} patient resamples, seed {pl['seed']})"
+        ),
+    ]
 
 
 def utility(d: dict) -> list[dict]:
     u = d.get("utility") or {}
     lv = level(d)
     pr = u.get("precision_recall") or {}
-    blocks: list[dict] = [{"kind": "figrow", "items": [
-        {"file": "decision_curve.svg", "caption": "Decision curve: net benefit of acting on the model's call at "
-                                                  "each threshold probability, against treating everyone and no one."},
-        {"file": "precision_recall.svg", "caption": f"Precision-recall curve; AUPRC {fmt_num(pr.get('auprc'))} "
-                                                    f"(cohort prevalence {fmt_num(pr.get('prevalence'), 2)})."}]}]
+    blocks: list[dict] = [
+        {
+            "kind": "figrow",
+            "items": [
+                {
+                    "file": "decision_curve.svg",
+                    "caption": "Decision curve: net benefit of acting on the model's call at "
+                    "each threshold probability, against treating everyone and no one.",
+                },
+                {
+                    "file": "precision_recall.svg",
+                    "caption": f"Precision-recall curve; AUPRC {fmt_num(pr.get('auprc'))} "
+                    f"(cohort prevalence {fmt_num(pr.get('prevalence'), 2)}).",
+                },
+            ],
+        }
+    ]
     pv = u.get("predictive_values") or []
     if pv:
         rows = [[fmt_pct(v["prevalence"]), fmt_prop(v["ppv"]), fmt_prop(v["npv"])] for v in pv]
-        blocks.append(_table(["Prevalence", f"PPV ({lv} CI)", f"NPV ({lv} CI)"], rows,
-                             "PPV and NPV at other prevalences (sensitivity and specificity of the fixed operating "
-                             "point; logit intervals, Mercaldo 2007)", [1, 2, 2]))
+        blocks.append(
+            _table(
+                ["Prevalence", f"PPV ({lv} CI)", f"NPV ({lv} CI)"],
+                rows,
+                "PPV and NPV at other prevalences (sensitivity and specificity of the fixed operating "
+                "point; logit intervals, Mercaldo 2007)",
+                [1, 2, 2],
+            )
+        )
     else:
-        blocks.append({"kind": "paragraph", "text": "PPV/NPV at other prevalences: " + NOT_ESTIMABLE +
-                       " (no fixed operating point)."})
+        blocks.append(
+            {
+                "kind": "paragraph",
+                "text": "PPV/NPV at other prevalences: " + NOT_ESTIMABLE + " (no fixed operating point).",
+            }
+        )
     return blocks
 
 
@@ -160,18 +250,37 @@ def failures(d: dict) -> list[dict]:
     f = d.get("failures") or {}
     cases = f.get("cases") or []
     if f.get("threshold") is None:
-        return [{"kind": "paragraph", "text": "Failure analysis: no fixed operating point, so no image is "
-                 "misclassified by a pre-set rule."}]
+        return [
+            {
+                "kind": "paragraph",
+                "text": "Failure analysis: no fixed operating point, so no image is misclassified by a pre-set rule.",
+            }
+        ]
     if not cases:
-        return [{"kind": "paragraph", "text": f"No image is misclassified at threshold {fmt_threshold(f['threshold'])}."}]
+        return [
+            {"kind": "paragraph", "text": f"No image is misclassified at threshold {fmt_threshold(f['threshold'])}."}
+        ]
     extra = [c for c in ("view_position", "patient_sex", "age_band", "manufacturer", "shift_flag") if c in cases[0]]
-    names = {"view_position": "View", "patient_sex": "Sex", "age_band": "Age band", "manufacturer": "Manufacturer",
-             "shift_flag": "Shift flag"}
-    rows = [[f"#{c['image_index']}", c["error"], c["label"], fmt_num(c["score"])] + [str(c[k]) for k in extra]
-            for c in cases]
-    return [_table(["Image", "Error", "True label", "Score"] + [names[k] for k in extra], rows,
-                   f"Every misclassified image at threshold {fmt_threshold(f['threshold'])} ({len(cases)} images; "
-                   "image numbers are rows of predictions.csv)", [0.8, 1.4, 1.2, 0.8] + [1.0] * len(extra))]
+    names = {
+        "view_position": "View",
+        "patient_sex": "Sex",
+        "age_band": "Age band",
+        "manufacturer": "Manufacturer",
+        "shift_flag": "Shift flag",
+    }
+    rows = [
+        [f"#{c['image_index']}", c["error"], c["label"], fmt_num(c["score"])] + [str(c[k]) for k in extra]
+        for c in cases
+    ]
+    return [
+        _table(
+            ["Image", "Error", "True label", "Score"] + [names[k] for k in extra],
+            rows,
+            f"Every misclassified image at threshold {fmt_threshold(f['threshold'])} ({len(cases)} images; "
+            "image numbers are rows of predictions.csv)",
+            [0.8, 1.4, 1.2, 0.8] + [1.0] * len(extra),
+        )
+    ]
 
 
 def calibration(d: dict) -> list[dict]:
@@ -181,24 +290,53 @@ def calibration(d: dict) -> list[dict]:
     rows = []
     for i, n in enumerate(rel["count"]):
         if n:
-            rows.append([f"{rel['edges'][i]:.1f}{DASH}{rel['edges'][i + 1]:.1f}", str(n),
-                         fmt_num(rel["mean_predicted"][i]), fmt_num(rel["fraction_positive"][i]),
-                         fmt_interval(rel["low"][i], rel["high"][i])])
+            rows.append(
+                [
+                    f"{rel['edges'][i]:.1f}{DASH}{rel['edges'][i + 1]:.1f}",
+                    str(n),
+                    fmt_num(rel["mean_predicted"][i]),
+                    fmt_num(rel["fraction_positive"][i]),
+                    fmt_interval(rel["low"][i], rel["high"][i]),
+                ]
+            )
     lv = level(d)
     util = d.get("utility") or {}
     ci = util.get("calibration_ci") or {}
     fit = util.get("calibration_fit") or {}
     b, e = ci.get("brier") or {}, ci.get("ece") or {}
-    return [{"kind": "figrow", "items": [
-                {"file": "calibration.svg", "caption": f"Reliability diagram (observed fraction positive per "
-                                                       f"probability bin, Wilson {lv} CI)."},
-                {"file": "score_histogram.svg", "caption": "Distribution of the score for each true class."}]},
-            _kv([(f"Brier score (0 = perfect), bootstrap {lv} CI",
-                  f"{fmt_num(cal['brier_score'], 4)} {fmt_interval(b.get('low'), b.get('high'), digits=4)}"),
-                 (f"Expected calibration error, bootstrap {lv} CI",
-                  f"{fmt_num(cal['ece'], 4)} {fmt_interval(e.get('low'), e.get('high'), digits=4)}"),
-                 ("Calibration slope (1 = ideal; < 1 = scores too extreme)", fmt_num(fit.get("slope"), 2)),
-                 ("Calibration intercept, slope fixed at 1 (0 = ideal; > 0 = scores too low)",
-                  fmt_num(fit.get("intercept"), 2))], "Calibration"),
-            _table(["Probability bin", "Images", "Mean predicted", "Observed positive", f"{lv} CI"], rows,
-                   "Reliability bins (empty bins omitted)", [1.2, 0.8, 1.2, 1.2, 1.4])]
+    return [
+        {
+            "kind": "figrow",
+            "items": [
+                {
+                    "file": "calibration.svg",
+                    "caption": f"Reliability diagram (observed fraction positive per probability bin, Wilson {lv} CI).",
+                },
+                {"file": "score_histogram.svg", "caption": "Distribution of the score for each true class."},
+            ],
+        },
+        _kv(
+            [
+                (
+                    f"Brier score (0 = perfect), bootstrap {lv} CI",
+                    f"{fmt_num(cal['brier_score'], 4)} {fmt_interval(b.get('low'), b.get('high'), digits=4)}",
+                ),
+                (
+                    f"Expected calibration error, bootstrap {lv} CI",
+                    f"{fmt_num(cal['ece'], 4)} {fmt_interval(e.get('low'), e.get('high'), digits=4)}",
+                ),
+                ("Calibration slope (1 = ideal; < 1 = scores too extreme)", fmt_num(fit.get("slope"), 2)),
+                (
+                    "Calibration intercept, slope fixed at 1 (0 = ideal; > 0 = scores too low)",
+                    fmt_num(fit.get("intercept"), 2),
+                ),
+            ],
+            "Calibration",
+        ),
+        _table(
+            ["Probability bin", "Images", "Mean predicted", "Observed positive", f"{lv} CI"],
+            rows,
+            "Reliability bins (empty bins omitted)",
+            [1.2, 0.8, 1.2, 1.2, 1.4],
+        ),
+    ]

@@ -15,6 +15,7 @@ Every chain is split in two:
 Items are dicts ``{"image": path, "label": int, ...}``; other keys pass through
 untouched. The output ``"image"`` is a ``(C, S, S)`` float32 ``torch.Tensor``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,16 +24,29 @@ import json
 import logging
 import math
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import (Compose, EnsureTyped, Lambdad, NormalizeIntensityd, RandAdjustContrastd,
-                              RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
-                              RandScaleIntensityFixedMeand, RandShiftIntensityd, RandSimulateLowResolutiond,
-                              RepeatChanneld, Resized, SpatialPadd)
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    Lambdad,
+    NormalizeIntensityd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityFixedMeand,
+    RandShiftIntensityd,
+    RandSimulateLowResolutiond,
+    RepeatChanneld,
+    Resized,
+    SpatialPadd,
+)
 
 from cxr_cad.transforms.intensity import ScalePercentilesd
 from cxr_cad.transforms.reader import CxrReader, LoadCxrImaged
@@ -70,8 +84,9 @@ def build_load_transforms(spec: TransformSpec, *, policy: Any = None, key: str =
     if spec.aspect == "squash":
         chain.append(Resized(keys=key, spatial_size=(size, size), mode=spec.interpolation, anti_aliasing=aa))
     else:  # pad: longer side -> size, then pad the shorter side symmetrically with black
-        chain.append(Resized(keys=key, spatial_size=size, size_mode="longest", mode=spec.interpolation,
-                             anti_aliasing=aa))
+        chain.append(
+            Resized(keys=key, spatial_size=size, size_mode="longest", mode=spec.interpolation, anti_aliasing=aa)
+        )
         chain.append(SpatialPadd(keys=key, spatial_size=(size, size), method="symmetric", mode="constant"))
     chain.append(Lambdad(keys=key, func=_clip01))  # bicubic may overshoot [0, 1]
     chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
@@ -93,12 +108,17 @@ def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: 
     lo, hi = augment.scale
     if augment.affine_prob > 0 and (augment.rotate_deg > 0 or augment.translate_frac > 0 or (lo, hi) != (1, 1)):
         shift = augment.translate_frac * size
-        chain.append(RandAffined(
-            keys=key, prob=augment.affine_prob,
-            rotate_range=(math.radians(augment.rotate_deg),),
-            translate_range=(shift, shift),
-            scale_range=((lo - 1.0, hi - 1.0), (lo - 1.0, hi - 1.0)),
-            mode="bilinear", padding_mode=augment.padding_mode))
+        chain.append(
+            RandAffined(
+                keys=key,
+                prob=augment.affine_prob,
+                rotate_range=(math.radians(augment.rotate_deg),),
+                translate_range=(shift, shift),
+                scale_range=((lo - 1.0, hi - 1.0), (lo - 1.0, hi - 1.0)),
+                mode="bilinear",
+                padding_mode=augment.padding_mode,
+            )
+        )
     if augment.hflip:
         chain.append(RandFlipd(keys=key, prob=0.5, spatial_axis=1))  # axis 1 of (H, W) = columns
     p = augment.intensity_prob
@@ -115,12 +135,19 @@ def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: 
         lo, hi = augment.blur_sigma
         chain.append(RandGaussianSmoothd(keys=key, sigma_x=(lo, hi), sigma_y=(lo, hi), prob=p))
     if augment.lowres_zoom[0] < 1.0:
-        chain.append(RandSimulateLowResolutiond(keys=key, zoom_range=augment.lowres_zoom, prob=p,
-                                                 downsample_mode="area", upsample_mode="bilinear"))
+        chain.append(
+            RandSimulateLowResolutiond(
+                keys=key, zoom_range=augment.lowres_zoom, prob=p, downsample_mode="area", upsample_mode="bilinear"
+            )
+        )
     if augment.noise_std > 0:
         chain.append(RandGaussianNoised(keys=key, std=augment.noise_std, prob=p))
-    if augment.noise_std > 0 or augment.lowres_zoom[0] < 1.0 or augment.blur_sigma[1] > 0 \
-            or augment.gamma != (1.0, 1.0):
+    if (
+        augment.noise_std > 0
+        or augment.lowres_zoom[0] < 1.0
+        or augment.blur_sigma[1] > 0
+        or augment.gamma != (1.0, 1.0)
+    ):
         chain.append(Lambdad(keys=key, func=_clip01))
     return chain
 
@@ -141,16 +168,14 @@ def build_intensity_transforms(spec: TransformSpec, *, key: str = IMAGE_KEY) -> 
     return [ScalePercentilesd(keys=key, lower=lower, upper=upper)]
 
 
-def build_post_transforms(spec: TransformSpec, augment: AugmentSpec | None = None, *,
-                          key: str = IMAGE_KEY) -> list:
+def build_post_transforms(spec: TransformSpec, augment: AugmentSpec | None = None, *, key: str = IMAGE_KEY) -> list:
     """The per-sample part: (augment) -> intensity standardisation -> replicate to ``in_channels``
     -> normalise -> tensor."""
     chain = build_augment_transforms(spec, augment, key=key) if augment is not None else []
     chain += build_intensity_transforms(spec, key=key)
     if spec.in_channels != 1:
         chain.append(RepeatChanneld(keys=key, repeats=spec.in_channels))
-    chain.append(NormalizeIntensityd(keys=key, subtrahend=list(spec.mean), divisor=list(spec.std),
-                                     channel_wise=True))
+    chain.append(NormalizeIntensityd(keys=key, subtrahend=list(spec.mean), divisor=list(spec.std), channel_wise=True))
     chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
     return chain
 
@@ -160,16 +185,16 @@ def build_eval_transforms(spec: TransformSpec, *, policy: Any = None, key: str =
     return Compose(build_load_transforms(spec, policy=policy, key=key) + build_post_transforms(spec, key=key))
 
 
-def build_train_transforms(spec: TransformSpec, augment: AugmentSpec | None, *, seed: int,
-                           policy: Any = None, key: str = IMAGE_KEY) -> Compose:
+def build_train_transforms(
+    spec: TransformSpec, augment: AugmentSpec | None, *, seed: int, policy: Any = None, key: str = IMAGE_KEY
+) -> Compose:
     """The training chain: load -> resize -> augment -> normalise, seeded with ``seed``.
 
     The random transforms own their random state (``Compose.set_random_state``); the
     global numpy/torch RNGs are neither read nor changed. ``augment=None`` means no
     augmentation (the eval chain).
     """
-    chain = Compose(build_load_transforms(spec, policy=policy, key=key)
-                    + build_post_transforms(spec, augment, key=key))
+    chain = Compose(build_load_transforms(spec, policy=policy, key=key) + build_post_transforms(spec, augment, key=key))
     chain.set_random_state(seed=int(seed))
     return chain
 
@@ -177,7 +202,7 @@ def build_train_transforms(spec: TransformSpec, augment: AugmentSpec | None, *, 
 def spec_cache_key(spec: TransformSpec) -> str:
     """Short hash of the fields that decide the cached (deterministic) output."""
     fields = {k: getattr(spec, k) for k in ("image_size", "aspect", "apply_voi", "interpolation")}
-    blob = json.dumps({"v": 3, **fields}, sort_keys=True).encode()   # v3: every file decoded at full resolution
+    blob = json.dumps({"v": 3, **fields}, sort_keys=True).encode()  # v3: every file decoded at full resolution
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -213,9 +238,18 @@ class _WithCachedImage(Sequence):
         return {**self.items[index], self.key: self.images[index][self.key]}
 
 
-def make_dataset(items: Sequence[dict], spec: TransformSpec, *, augment: AugmentSpec | None = None,
-                 cache_dir: str | os.PathLike | None = None, seed: int = 0, memory_cache: bool = False,
-                 policy: Any = None, cache_workers: int = 0, key: str = IMAGE_KEY) -> Dataset:
+def make_dataset(
+    items: Sequence[dict],
+    spec: TransformSpec,
+    *,
+    augment: AugmentSpec | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    memory_cache: bool = False,
+    policy: Any = None,
+    cache_workers: int = 0,
+    key: str = IMAGE_KEY,
+) -> Dataset:
     """A MONAI Dataset over ``items`` with decoded, resized images cached.
 
     Args:
@@ -251,8 +285,7 @@ def make_dataset(items: Sequence[dict], spec: TransformSpec, *, augment: Augment
         base: Sequence = PersistentDataset(images, transform=load, cache_dir=where, hash_func=_image_hash)
         log.debug("caching %d decoded images under %s", len(items), where)
     elif memory_cache:
-        base = CacheDataset(images, transform=load, cache_rate=1.0, num_workers=cache_workers or None,
-                            progress=False)
+        base = CacheDataset(images, transform=load, cache_rate=1.0, num_workers=cache_workers or None, progress=False)
     else:
         base = Dataset(images, transform=load)
     post = Compose(build_post_transforms(spec, augment, key=key))

@@ -15,12 +15,14 @@ Arrays come back in numpy (rows, columns) order, display orientation — *not* M
 ``PILReader``'s reversed (x, y) indexing — so ``image[0, r, c]`` is row ``r``,
 column ``c`` of the radiograph as displayed, and horizontal flips act on the last axis.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from monai.data import ImageReader
@@ -36,8 +38,10 @@ SUFFIXES = ("dcm", "dicom", "dic", "png", "jpg", "jpeg", "")
 _META_KEYS = ("format", "modality", "view_position", "photometric_interpretation", "rows", "columns")
 
 
-_REJECTED_LINE = re.compile(r"^(?:cxr_cad\.errors\.)?RejectedFile: (?:(?P<path>.*?): )?"
-                            r"\[(?P<reason>[A-Z_]+)\] (?P<detail>.*)$")
+_REJECTED_LINE = re.compile(
+    r"^(?:cxr_cad\.errors\.)?RejectedFile: (?:(?P<path>.*?): )?"
+    r"\[(?P<reason>[A-Z_]+)\] (?P<detail>.*)$"
+)
 
 
 def find_rejection(exc: BaseException) -> RejectedFile | None:
@@ -120,10 +124,12 @@ class CxrReader(ImageReader):
         if pixels.ndim != 2:
             raise RejectedFile("DECODE_FAILED", f"expected a 2-D image, got shape {pixels.shape}", img)
         out = {k: meta[k] for k in _META_KEYS if k in meta and isinstance(meta[k], (str, int))}
-        out.update({
-            "original_channel_dim": "no_channel",
-            "spatial_shape": np.asarray(pixels.shape),
-        })
+        out.update(
+            {
+                "original_channel_dim": "no_channel",
+                "spatial_shape": np.asarray(pixels.shape),
+            }
+        )
         return pixels, out
 
 

@@ -25,6 +25,7 @@ by at most 1.3 %, so the first-layer inputs keep the distribution the weights we
 trained on. With 3 input channels the gray image is replicated and the ImageNet
 per-channel values are used unchanged.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,8 @@ from cxr_cad.errors import BundleError, ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-GRAY_MEAN: tuple[float] = (round(sum(IMAGENET_MEAN) / 3, 3),)   # 0.449
-GRAY_STD: tuple[float] = (round(sum(IMAGENET_STD) / 3, 3),)     # 0.226
+GRAY_MEAN: tuple[float] = (round(sum(IMAGENET_MEAN) / 3, 3),)  # 0.449
+GRAY_STD: tuple[float] = (round(sum(IMAGENET_STD) / 3, 3),)  # 0.226
 
 #: Version of the ``TransformSpec.to_dict`` layout. Bump when a key's meaning changes.
 #: 2: ``intensity`` / ``intensity_percentiles`` (per-image percentile scaling). A version-1
@@ -104,13 +105,15 @@ class TransformSpec:
         try:
             object.__setattr__(self, "intensity_percentiles", tuple(float(v) for v in self.intensity_percentiles))
         except (TypeError, ValueError):
-            problems.append(f"intensity_percentiles must be two numbers (lower, upper), "
-                            f"got {self.intensity_percentiles!r}")
+            problems.append(
+                f"intensity_percentiles must be two numbers (lower, upper), got {self.intensity_percentiles!r}"
+            )
             object.__setattr__(self, "intensity_percentiles", DEFAULT_PERCENTILES)
         lo_hi = self.intensity_percentiles
         if len(lo_hi) != 2 or not (0.0 <= lo_hi[0] < lo_hi[1] <= 100.0):
-            problems.append(f"intensity_percentiles must be (lower, upper) with 0 <= lower < upper <= 100, "
-                            f"got {lo_hi!r}")
+            problems.append(
+                f"intensity_percentiles must be (lower, upper) with 0 <= lower < upper <= 100, got {lo_hi!r}"
+            )
         if self.intensity not in INTENSITIES:
             problems.append(f"intensity must be one of {INTENSITIES}, got {self.intensity!r}")
         for name in ("mean", "std"):
@@ -143,7 +146,7 @@ class TransformSpec:
             raise ConfigError(problems, source="transform spec")
 
     @classmethod
-    def for_init(cls, in_channels: int = 1, **kwargs: Any) -> "TransformSpec":
+    def for_init(cls, in_channels: int = 1, **kwargs: Any) -> TransformSpec:
         """A spec whose normalisation matches ImageNet weights for ``in_channels``."""
         mean, std = imagenet_normalization(in_channels)
         return cls(in_channels=in_channels, mean=mean, std=std, **kwargs)
@@ -157,7 +160,7 @@ class TransformSpec:
         return {"version": TRANSFORM_SPEC_VERSION, **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransformSpec":
+    def from_dict(cls, d: dict) -> TransformSpec:
         """Rebuild a spec from :meth:`to_dict` output.
 
         Raises:
@@ -172,18 +175,20 @@ class TransformSpec:
         if version > TRANSFORM_SPEC_VERSION:
             raise BundleError(
                 f"transform spec version {version} is newer than this cxr_cad supports "
-                f"({TRANSFORM_SPEC_VERSION}); upgrade cxr_cad to use this bundle")
+                f"({TRANSFORM_SPEC_VERSION}); upgrade cxr_cad to use this bundle"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known - {"version"})
         if unknown:
             raise BundleError(
                 f"transform spec has unknown keys {unknown}; this cxr_cad cannot honour them "
-                "(the bundle was written by a different version of cxr_cad)")
+                "(the bundle was written by a different version of cxr_cad)"
+            )
         kwargs = {k: v for k, v in d.items() if k != "version"}
         if version < 2:
             if "intensity" in kwargs or "intensity_percentiles" in kwargs:
                 raise BundleError(f"transform spec version {version} cannot hold intensity settings")
-            kwargs["intensity"] = "none"   # what version-1 chains did: no per-image scaling
+            kwargs["intensity"] = "none"  # what version-1 chains did: no per-image scaling
         try:
             return cls(**kwargs)
         except ConfigError as exc:
@@ -236,15 +241,23 @@ class AugmentSpec:
             try:
                 object.__setattr__(self, name, tuple(float(s) for s in getattr(self, name)))
             except (TypeError, ValueError):
-                raise ConfigError([f"{name} must be a pair of numbers (low, high), got {getattr(self, name)!r}"],
-                                  source="augmentation spec") from None
+                raise ConfigError(
+                    [f"{name} must be a pair of numbers (low, high), got {getattr(self, name)!r}"],
+                    source="augmentation spec",
+                ) from None
         for name, (lo, hi) in {"gamma": (0.2, 5.0), "blur_sigma": (0.0, 5.0), "lowres_zoom": (0.1, 1.0)}.items():
             v = getattr(self, name)
             if len(v) != 2 or not lo <= v[0] <= v[1] <= hi:
                 problems.append(f"{name} must be (low, high) with {lo:g} <= low <= high <= {hi:g}, got {v!r}")
-        ranges = {"rotate_deg": (0.0, 45.0), "translate_frac": (0.0, 0.5), "affine_prob": (0.0, 1.0),
-                  "brightness": (0.0, 0.5), "contrast": (0.0, 0.9), "intensity_prob": (0.0, 1.0),
-                  "noise_std": (0.0, 0.5)}
+        ranges = {
+            "rotate_deg": (0.0, 45.0),
+            "translate_frac": (0.0, 0.5),
+            "affine_prob": (0.0, 1.0),
+            "brightness": (0.0, 0.5),
+            "contrast": (0.0, 0.9),
+            "intensity_prob": (0.0, 1.0),
+            "noise_std": (0.0, 0.5),
+        }
         for name, (lo, hi) in ranges.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
@@ -265,18 +278,29 @@ class AugmentSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AugmentSpec":
+    def from_dict(cls, d: dict) -> AugmentSpec:
         """Raises ConfigError on unknown keys or bad values."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError([f"unknown augmentation option(s) {unknown}; known: {sorted(known)}"],
-                              source="augmentation spec")
+            raise ConfigError(
+                [f"unknown augmentation option(s) {unknown}; known: {sorted(known)}"], source="augmentation spec"
+            )
         return cls(**d)
 
     @classmethod
-    def off(cls) -> "AugmentSpec":
+    def off(cls) -> AugmentSpec:
         """No augmentation at all (every random transform disabled)."""
-        return cls(rotate_deg=0.0, translate_frac=0.0, scale=(1.0, 1.0), affine_prob=0.0,
-                   hflip=False, brightness=0.0, contrast=0.0, gamma=(1.0, 1.0), blur_sigma=(0.0, 0.0),
-                   lowres_zoom=(1.0, 1.0), noise_std=0.0)
+        return cls(
+            rotate_deg=0.0,
+            translate_frac=0.0,
+            scale=(1.0, 1.0),
+            affine_prob=0.0,
+            hflip=False,
+            brightness=0.0,
+            contrast=0.0,
+            gamma=(1.0, 1.0),
+            blur_sigma=(0.0, 0.0),
+            lowres_zoom=(1.0, 1.0),
+            noise_std=0.0,
+        )

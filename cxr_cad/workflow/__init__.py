@@ -6,6 +6,7 @@
 * :mod:`~cxr_cad.workflow.pipeline` - workflow -> steps -> :func:`run_workflow`.
 * :mod:`~cxr_cad.workflow.demo` - the quickstart on the bundled sample radiographs.
 """
+
 from cxr_cad.workflow.schema import STEP_NAMES, load_workflow, validate_workflow
 
 __all__ = ["STEP_NAMES", "load_workflow", "validate_workflow", "run_workflow", "WorkflowResult"]

@@ -18,15 +18,16 @@ Then a workflow runs on it: ingest (labels joined by patient_id from ``labels.cs
 hold out 30 % of the patients -> train a randomly initialised ResNet18 briefly -> score
 the held-out patients -> report. Rerunning on the same folder skips finished steps.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -40,9 +41,13 @@ __all__ = ["DemoSettings", "sample_dir", "sample_table", "write_demo_dicoms", "d
 #: The (0008,0016) SOP Class UID of Computed Radiography Image Storage.
 _CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 #: Variants by image index modulo 5: (transfer syntax name, bits stored, photometric).
-VARIANTS = [("jpeg_baseline", 8, "MONOCHROME2"), ("explicit_le", 12, "MONOCHROME1"),
-            ("rle", 12, "MONOCHROME2"), ("jpeg2000_lossless", 12, "MONOCHROME2"),
-            ("explicit_le", 8, "MONOCHROME2")]
+VARIANTS = [
+    ("jpeg_baseline", 8, "MONOCHROME2"),
+    ("explicit_le", 12, "MONOCHROME1"),
+    ("rle", 12, "MONOCHROME2"),
+    ("jpeg2000_lossless", 12, "MONOCHROME2"),
+    ("explicit_le", 8, "MONOCHROME2"),
+]
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,14 @@ class DemoSettings:
     batch_size: int = 8
     lr: float = 0.001
     test_fraction: float = 0.3
-    n_images: int | None = None      # None = all 100; else a patient-whole, label-balanced subset
+    n_images: int | None = None  # None = all 100; else a patient-whole, label-balanced subset
     bootstrap: int = 1000
     pdf: bool = True
     workers: int = 0
     seed: int = 0
 
     @classmethod
-    def fast(cls) -> "DemoSettings":
+    def fast(cls) -> DemoSettings:
         return cls(image_size=64, epochs=1, batch_size=8, n_images=24, bootstrap=200, pdf=True)
 
 
@@ -124,7 +129,7 @@ def _dataset(pixels8: np.ndarray, jpeg_bytes: bytes, row: pd.Series, index: int)
     ds.PixelRepresentation = 0
     stored = (pixels8.astype(np.uint32) * 4095 + 127) // 255 if bits == 12 else pixels8.astype(np.uint32)
     if photometric == "MONOCHROME1":
-        stored = (2 ** bits - 1) - stored
+        stored = (2**bits - 1) - stored
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -170,15 +175,20 @@ def write_demo_dicoms(out_dir: str | os.PathLike, table: pd.DataFrame) -> Path:
             data = buf.getvalue()
             if not (target.is_file() and target.read_bytes() == data):
                 target.write_bytes(data)
-        labels = (table[["patient_key", "label"]].drop_duplicates()
-                  .rename(columns={"patient_key": "patient_id"}).sort_values("patient_id"))
+        labels = (
+            table[["patient_key", "label"]]
+            .drop_duplicates()
+            .rename(columns={"patient_key": "patient_id"})
+            .sort_values("patient_id")
+        )
         text = labels.to_csv(index=False, lineterminator="\n")
         lab = out / "labels.csv"
         if not (lab.is_file() and lab.read_text(encoding="utf-8") == text):
             lab.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise OutputError(f"cannot write the demo DICOM folder in {out}: {exc.strerror or exc}; "
-                          "choose another --out") from exc
+        raise OutputError(
+            f"cannot write the demo DICOM folder in {out}: {exc.strerror or exc}; choose another --out"
+        ) from exc
     log.info("demo: wrote %d DICOM files (%d patients) to %s", len(table), table["patient_key"].nunique(), dicom_dir)
     return dicom_dir
 
@@ -191,33 +201,43 @@ def demo_workflow(out_dir: str | os.PathLike, settings: DemoSettings = DemoSetti
         "name": "demo",
         "description": "cxr-cad demo: bundled Kermany sample as DICOM, random-init ResNet18, held-out patients",
         "steps": ["ingest", "split", "train", "evaluate", "report"],
-        "data": {"train": str(out / "dicom"), "train_labels": str(out / "labels.csv"), "label_key": "patient_id",
-                 "classes": ["NORMAL", "PNEUMONIA"], "positive_class": "PNEUMONIA"},
+        "data": {
+            "train": str(out / "dicom"),
+            "train_labels": str(out / "labels.csv"),
+            "label_key": "patient_id",
+            "classes": ["NORMAL", "PNEUMONIA"],
+            "positive_class": "PNEUMONIA",
+        },
         "ingest": {"modalities": ["CR", "DX", "DR"], "workers": 1},
         "split": {"test_fraction": s.test_fraction, "seed": s.seed},
         "model": {"init": "none", "image_size": s.image_size},
-        "train": {"epochs": s.epochs, "batch_size": s.batch_size, "seed": s.seed,
-                  "optim": {"name": "adamw", "lr": s.lr, "weight_decay": 0.0001},
-                  "schedule": {"name": "cosine"}, "early_stopping": {"patience": 0},
-                  "data": {"val_fraction": 0.2}, "threshold": {"method": "youden"},
-                  "runtime": {"device": "cpu", "precision": "fp32", "workers": s.workers}},
+        "train": {
+            "epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "seed": s.seed,
+            "optim": {"name": "adamw", "lr": s.lr, "weight_decay": 0.0001},
+            "schedule": {"name": "cosine"},
+            "early_stopping": {"patience": 0},
+            "data": {"val_fraction": 0.2},
+            "threshold": {"method": "youden"},
+            "runtime": {"device": "cpu", "precision": "fp32", "workers": s.workers},
+        },
         "evaluate": {"batch_size": 32, "workers": s.workers, "device": "cpu"},
         "cohort": {  # shown in the report's population section (cxr_cad/data/ATTRIBUTION.md)
             "source": "Kermany et al. 2018 (Mendeley Data doi:10.17632/rscbjbr9sj.2, CC BY 4.0), 100-image "
-                      "sample bundled with cxr_cad, written out as DICOM",
+            "sample bundled with cxr_cad, written out as DICOM",
             "site": "Guangzhou Women and Children's Medical Center, China",
             "design": "retrospective: images from a public data set",
             "population": "paediatric patients (children), frontal chest radiographs",
             "eligibility": "random whole patients with at most 3 images from the data set's training split",
             "reference_standard": "the data set's labels (graded by expert physicians in the original study); "
-                                  "taken as given",
+            "taken as given",
         },
         "report": {"pdf": s.pdf, "bootstrap": s.bootstrap, "alpha": 0.05},
     }
 
 
-def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings(), *,
-             on_step: Callable | None = None):
+def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings(), *, on_step: Callable | None = None):
     """Write the DICOM folder, then run :func:`demo_workflow` in ``out_dir/run``.
 
     Returns the :class:`~cxr_cad.workflow.pipeline.WorkflowResult`.

@@ -13,15 +13,16 @@ Run folder layout (``RUN_DIR``)::
     report/test/         report.html, report.pdf, metrics.json, figures
     report/crossval/     the same for the out-of-fold predictions
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -58,8 +59,10 @@ def planned_steps(wf: dict) -> tuple[list[str], list[str]]:
     steps, notes = list(wf["steps"]), []
     if "evaluate" in steps and wf["data"]["test"] is None and "split" not in steps:
         steps.remove("evaluate")
-        notes.append("no test cohort (data.test is not set): evaluating cross-validation only; "
-                     "set --set data.test=PATH to evaluate the final model on a separate cohort")
+        notes.append(
+            "no test cohort (data.test is not set): evaluating cross-validation only; "
+            "set --set data.test=PATH to evaluate the final model on a separate cohort"
+        )
     return steps, notes
 
 
@@ -80,18 +83,40 @@ def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
             if src is None:
                 continue
             labels = data[f"{cohort}_labels"]
-            cohorts[cohort] = {"source": src, "labels": labels,
-                               "require_labels": cohort == "train" or "report" in names}
+            cohorts[cohort] = {
+                "source": src,
+                "labels": labels,
+                "require_labels": cohort == "train" or "report" in names,
+            }
             inputs[cohort] = src
             if labels not in (None, "folders"):
                 inputs[f"{cohort}_labels"] = labels
-        cfg = {"cohorts": cohorts, "classes": classes, "label_key": data["label_key"],
-               "patient_id_pattern": data["patient_id_pattern"], "ingest": _policy_config(wf)}
-        steps.append(Step("ingest", ingest_step, cfg, inputs,
-                          output_files=[f"{c}_manifest" for c in cohorts] + [f"{c}_rejected" for c in cohorts]))
+        cfg = {
+            "cohorts": cohorts,
+            "classes": classes,
+            "label_key": data["label_key"],
+            "patient_id_pattern": data["patient_id_pattern"],
+            "ingest": _policy_config(wf),
+        }
+        steps.append(
+            Step(
+                "ingest",
+                ingest_step,
+                cfg,
+                inputs,
+                output_files=[f"{c}_manifest" for c in cohorts] + [f"{c}_rejected" for c in cohorts],
+            )
+        )
     if "split" in names:
-        steps.append(Step("split", split_step, {"classes": classes, **wf["split"]}, depends=["ingest"],
-                          output_files=["train_manifest", "test_manifest"]))
+        steps.append(
+            Step(
+                "split",
+                split_step,
+                {"classes": classes, **wf["split"]},
+                depends=["ingest"],
+                output_files=["train_manifest", "test_manifest"],
+            )
+        )
     manifest_source = ["split"] if "split" in names else ["ingest"]
     tcfg = train_config_dict(wf)
     init_inputs = {}
@@ -101,11 +126,27 @@ def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
     elif init not in ("imagenet", "none"):
         init_inputs["init_weights"] = init
     if "crossval" in names:
-        steps.append(Step("crossval", crossval_step, {"classes": classes, "train_config": tcfg, **wf["crossval"]},
-                          init_inputs, depends=manifest_source, output_files=["oof_predictions"]))
+        steps.append(
+            Step(
+                "crossval",
+                crossval_step,
+                {"classes": classes, "train_config": tcfg, **wf["crossval"]},
+                init_inputs,
+                depends=manifest_source,
+                output_files=["oof_predictions"],
+            )
+        )
     if "train" in names:
-        steps.append(Step("train", train_step, {"classes": classes, "train_config": tcfg}, init_inputs,
-                          depends=manifest_source, output_files=["bundle"]))
+        steps.append(
+            Step(
+                "train",
+                train_step,
+                {"classes": classes, "train_config": tcfg},
+                init_inputs,
+                depends=manifest_source,
+                output_files=["bundle"],
+            )
+        )
     if "evaluate" in names:
         models, inputs = {}, {}
         if "train" in names:
@@ -115,16 +156,35 @@ def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
             models[key] = model["bundle"]
             inputs[f"{key}_bundle"] = model["bundle"]
         deps = manifest_source + (["train"] if "train" in names else [])
-        steps.append(Step("evaluate", evaluate_step,
-                          {"classes": classes, "models": models, "ingest": _policy_config(wf), **wf["evaluate"]},
-                          inputs, depends=deps, output_files=[f"{m}_predictions" for m in models]))
+        steps.append(
+            Step(
+                "evaluate",
+                evaluate_step,
+                {"classes": classes, "models": models, "ingest": _policy_config(wf), **wf["evaluate"]},
+                inputs,
+                depends=deps,
+                output_files=[f"{m}_predictions" for m in models],
+            )
+        )
     if "report" in names:
         deps = [s.name for s in steps if s.name in ("ingest", "split", "crossval", "evaluate")]
         model_labels = {"new": "newly trained model", "previous": "previous model", "model": "model"}
-        steps.append(Step("report", report_step,
-                          {"classes": classes, "positive_class": data["positive_class"], "model_labels": model_labels,
-                           "cohort": wf.get("cohort") or {}, "ingest": _policy_config(wf), **wf["report"]}, depends=deps,
-                          output_files=[k for k in ("test_metrics", "crossval_metrics")]))
+        steps.append(
+            Step(
+                "report",
+                report_step,
+                {
+                    "classes": classes,
+                    "positive_class": data["positive_class"],
+                    "model_labels": model_labels,
+                    "cohort": wf.get("cohort") or {},
+                    "ingest": _policy_config(wf),
+                    **wf["report"],
+                },
+                depends=deps,
+                output_files=[k for k in ("test_metrics", "crossval_metrics")],
+            )
+        )
     return steps, notes
 
 
@@ -156,8 +216,9 @@ class _RunLog:
             h.setLevel(level)
 
 
-def run_workflow(wf: dict, run_dir: str | os.PathLike, *,
-                 on_step: Callable[[StepOutcome], None] | None = None) -> WorkflowResult:
+def run_workflow(
+    wf: dict, run_dir: str | os.PathLike, *, on_step: Callable[[StepOutcome], None] | None = None
+) -> WorkflowResult:
     """Run a validated workflow in ``run_dir`` (created); skips up-to-date steps, resumes
     an interrupted one. Writes ``workflow.yaml``, ``run.json`` and ``run.log`` there.
 
@@ -178,9 +239,13 @@ def run_workflow(wf: dict, run_dir: str | os.PathLike, *,
         log.info("workflow %s: steps %s in %s", wf["name"], ", ".join(s.name for s in steps), run)
         outcomes = run_steps(steps, run, on_step=on_step)
     result = WorkflowResult(run, outcomes, notes)
-    record = {"workflow": wf["name"], "started": started,
-              "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "notes": notes,
-              "steps": [{"step": o.name, "status": o.status, "seconds": round(o.seconds, 2)} for o in outcomes],
-              "report": result.report}
+    record = {
+        "workflow": wf["name"],
+        "started": started,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "notes": notes,
+        "steps": [{"step": o.name, "status": o.status, "seconds": round(o.seconds, 2)} for o in outcomes],
+        "report": result.report,
+    }
     (run / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     return result

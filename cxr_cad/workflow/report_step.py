@@ -2,6 +2,7 @@
 predictions (with a paired DeLong comparison when two models were scored) and on the
 cross-validation's out-of-fold predictions. Also :func:`headline`, the few numbers the
 CLI prints."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,22 @@ log = logging.getLogger(__name__)
 __all__ = ["report_step", "headline"]
 
 #: Manifest columns joined onto predictions for the report's subgroup tables.
-_SUBGROUP_COLUMNS = ["sop_instance_uid", "patient_id", "view_position", "patient_sex", "patient_age",
-                     "patient_age_years", "manufacturer", "modality"]
+_SUBGROUP_COLUMNS = [
+    "sop_instance_uid",
+    "patient_id",
+    "view_position",
+    "patient_sex",
+    "patient_age",
+    "patient_age_years",
+    "manufacturer",
+    "modality",
+]
 
 
 def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in _SUBGROUP_COLUMNS if c in manifest.columns and (c == "sop_instance_uid" or c not in pred.columns)]
+    cols = [
+        c for c in _SUBGROUP_COLUMNS if c in manifest.columns and (c == "sop_instance_uid" or c not in pred.columns)
+    ]
     if "sop_instance_uid" not in pred.columns or len(cols) < 2:
         return pred
     return pred.merge(manifest[cols].drop_duplicates("sop_instance_uid"), on="sop_instance_uid", how="left")
@@ -34,9 +45,13 @@ def headline(data: dict) -> dict:
     """AUC with its DeLong CI and accuracy / sensitivity / specificity at the model's
     threshold (or the cohort's Youden point), from a report's ``metrics.json`` dict."""
     auc = (data.get("auc") or {}).get("delong_logit") or (data.get("auc") or {}).get("delong") or {}
-    out: dict[str, Any] = {"n": (data.get("cohort") or {}).get("n_images_evaluated"),
-                           "auc": auc.get("auc"), "auc_low": auc.get("low"), "auc_high": auc.get("high"),
-                           "confidence_level": (data.get("settings") or {}).get("confidence_level", 0.95)}
+    out: dict[str, Any] = {
+        "n": (data.get("cohort") or {}).get("n_images_evaluated"),
+        "auc": auc.get("auc"),
+        "auc_low": auc.get("low"),
+        "auc_high": auc.get("high"),
+        "confidence_level": (data.get("settings") or {}).get("confidence_level", 0.95),
+    }
     points = data.get("operating_points") or []
     if points:
         m = points[0]["metrics"]
@@ -48,15 +63,23 @@ def headline(data: dict) -> dict:
     cmp_ = data.get("comparison")
     if cmp_:
         test = cmp_.get("paired_delong") or {}
-        out["comparison"] = {"auc_a": test.get("auc_a"), "auc_b": test.get("auc_b"),
-                             "p_value": test.get("p_value"), "name_a": cmp_.get("name_a"),
-                             "name_b": cmp_.get("name_b")}
+        out["comparison"] = {
+            "auc_a": test.get("auc_a"),
+            "auc_b": test.get("auc_b"),
+            "p_value": test.get("p_value"),
+            "name_a": cmp_.get("name_a"),
+            "name_b": cmp_.get("name_b"),
+        }
     return out
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"sop_instance_uid": str, "label": str, "patient_id": str},
-                       keep_default_na=False, na_values={"probability": [""]})
+    return pd.read_csv(
+        path,
+        dtype={"sop_instance_uid": str, "label": str, "patient_id": str},
+        keep_default_na=False,
+        na_values={"probability": [""]},
+    )
 
 
 def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
@@ -73,14 +96,18 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
     pred = _with_manifest_columns(_read_csv(ctx.run_dir / "evaluate" / ev[f"{main}_predictions"]), manifest)
     rejected = _read_csv(ctx.run_dir / "evaluate" / ev[f"{main}_rejected"])
     if step == "ingest" and ctx.upstream["ingest"].get("test_rejected"):
-        rejected = pd.concat([_read_csv(ctx.run_dir / "ingest" / ctx.upstream["ingest"]["test_rejected"]), rejected],
-                             ignore_index=True)
+        rejected = pd.concat(
+            [_read_csv(ctx.run_dir / "ingest" / ctx.upstream["ingest"]["test_rejected"]), rejected], ignore_index=True
+        )
     comparison = None
     if len(names) > 1:
         other = names[1]
-        comparison = {"predictions": _read_csv(ctx.run_dir / "evaluate" / ev[f"{other}_predictions"]),
-                      "name": cfg["model_labels"].get(other, other), "name_a": cfg["model_labels"].get(main, main),
-                      "sha256": ev["models"][other]["sha256"]}
+        comparison = {
+            "predictions": _read_csv(ctx.run_dir / "evaluate" / ev[f"{other}_predictions"]),
+            "name": cfg["model_labels"].get(other, other),
+            "name_a": cfg["model_labels"].get(main, main),
+            "sha256": ev["models"][other]["sha256"],
+        }
     cohort_name = "held-out patients of the training data" if step == "split" else "test cohort"
     shift = None
     try:
@@ -89,10 +116,19 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
         shift = table_shift(pred, summary_from_bundle(bundle))[0]
     except (ImportError, KeyError, ValueError) as exc:  # no shift summary / columns: reported as "not computed"
         log.info("cohort shift not computed: %s", exc)
-    result = write_report(pred, ctx.step_dir / "test", model_info=model_info_from_bundle(bundle, bundle_path),
-                          cohort_info=_cohort_info(ctx, cfg, cohort_name, step), rejected_df=rejected,
-                          comparison=comparison, gradcam=GradcamSource.from_bundle(bundle), options=opts,
-                          pdf=cfg["pdf"], threshold_source="bundle", shift=shift)
+    result = write_report(
+        pred,
+        ctx.step_dir / "test",
+        model_info=model_info_from_bundle(bundle, bundle_path),
+        cohort_info=_cohort_info(ctx, cfg, cohort_name, step),
+        rejected_df=rejected,
+        comparison=comparison,
+        gradcam=GradcamSource.from_bundle(bundle),
+        options=opts,
+        pdf=cfg["pdf"],
+        threshold_source="bundle",
+        shift=shift,
+    )
     return result.data
 
 
@@ -127,13 +163,21 @@ def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
     summary = json.loads((base / cv["cv_metrics"]).read_text(encoding="utf-8")) if cv.get("cv_metrics") else None
     # the per-fold `threshold` column and cv_metrics.json give the operating point at each
     # fold's own threshold; there is no single model threshold for out-of-fold predictions
-    result = write_report(pred, ctx.step_dir / "crossval", positive_class=cfg["positive_class"],
-                          threshold=None, cohort_info={**{k: v for k, v in (cfg.get("cohort") or {}).items() if v},
-                                                       "name": "cross-validation (out-of-fold predictions)",
-                                                       "validation": "internal (cross-validation, patient-grouped "
-                                                                     "folds)"},
-                          cv=summary, gradcam_note="Grad-CAM is drawn in the test-cohort report (one model per fold "
-                          "here).", options=opts, pdf=cfg["pdf"])
+    result = write_report(
+        pred,
+        ctx.step_dir / "crossval",
+        positive_class=cfg["positive_class"],
+        threshold=None,
+        cohort_info={
+            **{k: v for k, v in (cfg.get("cohort") or {}).items() if v},
+            "name": "cross-validation (out-of-fold predictions)",
+            "validation": "internal (cross-validation, patient-grouped folds)",
+        },
+        cv=summary,
+        gradcam_note="Grad-CAM is drawn in the test-cohort report (one model per fold here).",
+        options=opts,
+        pdf=cfg["pdf"],
+    )
     return result.data
 
 
@@ -156,7 +200,7 @@ def report_step(ctx: StepContext) -> dict:
         outputs["crossval_metrics"] = "crossval/metrics.json"
         outputs["crossval"] = headline(data)
         cvd = data.get("cross_validation") or {}
-        outputs["crossval"]["fold_auc"] = (cvd.get("auc_summary") or {})
+        outputs["crossval"]["fold_auc"] = cvd.get("auc_summary") or {}
     if not outputs:
         log.warning("report: neither an evaluation nor a cross-validation ran; nothing to report")
     return outputs

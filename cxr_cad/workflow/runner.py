@@ -18,6 +18,7 @@ cxr_cad version (an upgrade reruns everything). On a rerun:
   emptied and the step runs from the start, and so do the steps downstream of it
   (their fingerprints include this step's output hashes).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -27,9 +28,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from cxr_cad import __version__
 from cxr_cad.errors import OutputError
@@ -78,7 +80,7 @@ def hash_path(path: str | os.PathLike | None) -> str:
                     st = f.stat()
                 except OSError:
                     continue
-                h.update(f"{f.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
+                h.update(f"{f.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return "listing:" + h.hexdigest()
     return "missing"
 
@@ -173,8 +175,9 @@ def _clear(step_dir: Path) -> None:
             child.unlink()
 
 
-def run_steps(steps: Sequence[Step], run_dir: str | os.PathLike, *,
-              on_step: Callable[[StepOutcome], None] | None = None) -> list[StepOutcome]:
+def run_steps(
+    steps: Sequence[Step], run_dir: str | os.PathLike, *, on_step: Callable[[StepOutcome], None] | None = None
+) -> list[StepOutcome]:
     """Run ``steps`` in order in ``run_dir``; returns one :class:`StepOutcome` per step.
 
     Raises whatever a step raises (its record stays ``running``, so the next call resumes
@@ -218,24 +221,33 @@ def run_steps(steps: Sequence[Step], run_dir: str | os.PathLike, *,
             if old and old.get("config_hash") != config_hash:
                 why = "config changed"
             elif old and old.get("inputs") != inputs:
-                changed = sorted(k for k in set(inputs) | set(old.get("inputs") or {})
-                                 if inputs.get(k) != (old.get("inputs") or {}).get(k))
+                changed = sorted(
+                    k
+                    for k in set(inputs) | set(old.get("inputs") or {})
+                    if inputs.get(k) != (old.get("inputs") or {}).get(k)
+                )
                 why = "inputs changed: " + ", ".join(changed)
             log.info("step %s: %s; starting it again in an emptied folder", step.name, why)
             _clear(step_dir)
         elif resume:
             log.info("step %s: resuming an interrupted run", step.name)
-        record = {"step": step.name, "status": "running", "config": step.config, "config_hash": config_hash,
-                  "inputs": inputs, "fingerprint": fingerprint, "started": _now(),
-                  "resumed": resume}
+        record = {
+            "step": step.name,
+            "status": "running",
+            "config": step.config,
+            "config_hash": config_hash,
+            "inputs": inputs,
+            "fingerprint": fingerprint,
+            "started": _now(),
+            "resumed": resume,
+        }
         _write_json(record_path, record)
         t0 = time.perf_counter()
         ctx = StepContext(step.name, run, step_dir, step.config, dict(done), resume)
         outputs = step.func(ctx) or {}
         seconds = time.perf_counter() - t0
         hashes = _output_hashes(step, step_dir, outputs)
-        record.update(status="done", outputs=outputs, output_hashes=hashes, finished=_now(),
-                      seconds=round(seconds, 2))
+        record.update(status="done", outputs=outputs, output_hashes=hashes, finished=_now(), seconds=round(seconds, 2))
         _write_json(record_path, record)
         done[step.name] = outputs
         out_hashes[step.name] = hashes

@@ -6,21 +6,30 @@ dict with every default filled in, or raises one :class:`~cxr_cad.errors.ConfigE
 listing every problem (unknown keys, wrong types, missing paths, bad step lists) before
 anything runs. The ``train`` section is checked by :class:`cxr_cad.config.TrainConfig`.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
+from typing import Any
 
 from cxr_cad.config import TrainConfig, read_yaml_mapping
-from cxr_cad.io.yamlfile import load_yaml_text
 from cxr_cad.errors import ConfigError
+from cxr_cad.io.yamlfile import load_yaml_text
 
-__all__ = ["SCHEMA", "STEP_NAMES", "load_workflow", "parse_set", "apply_sets", "expand_env",
-           "validate_workflow", "train_config_dict"]
+__all__ = [
+    "SCHEMA",
+    "STEP_NAMES",
+    "load_workflow",
+    "parse_set",
+    "apply_sets",
+    "expand_env",
+    "validate_workflow",
+    "train_config_dict",
+]
 
 #: Steps a workflow may name, in the only order they can run.
 STEP_NAMES: tuple[str, ...] = ("ingest", "split", "crossval", "train", "evaluate", "report")
@@ -32,17 +41,17 @@ SCHEMA: dict[str, Any] = {
     "description": ("str", "", True),
     "steps": ("strlist", list(STEP_NAMES), False),
     "data": {
-        "train": ("path", None, True),            # folder of DICOM/PNG/JPEG, or a manifest .csv
+        "train": ("path", None, True),  # folder of DICOM/PNG/JPEG, or a manifest .csv
         "train_labels": ("str", "folders", True),  # "folders", a labels CSV, or null (labels in the manifest)
         "test": ("path", None, True),
         "test_labels": ("str", "folders", True),
-        "label_key": ("str", None, True),          # key column of a labels CSV (None = detected)
+        "label_key": ("str", None, True),  # key column of a labels CSV (None = detected)
         "classes": ("strlist", ["NORMAL", "PNEUMONIA"], False),
         "positive_class": ("str", "PNEUMONIA", False),
         "patient_id_pattern": ("str", None, True),
     },
     "ingest": {
-        "modalities": ("strlist", ["CR", "DX", "DR"], False),   # [] = any modality
+        "modalities": ("strlist", ["CR", "DX", "DR"], False),  # [] = any modality
         "reject_lateral": ("bool", True, False),
         "apply_voi": ("bool", True, False),
         "verify_pixels": ("bool", False, False),
@@ -53,15 +62,15 @@ SCHEMA: dict[str, Any] = {
         "seed": ("int", 0, False),
     },
     "model": {
-        "init": ("str", "imagenet", False),     # imagenet | imagenet:/path.pth | none | bundle | /path
-        "bundle": ("path", None, True),         # an existing model bundle (scored / compared / fine-tuned)
+        "init": ("str", "imagenet", False),  # imagenet | imagenet:/path.pth | none | bundle | /path
+        "bundle": ("path", None, True),  # an existing model bundle (scored / compared / fine-tuned)
         "image_size": ("int", 224, False),
         "aspect": ("str", "squash", False),
         "in_channels": ("int", 1, False),
         "freeze_backbone_epochs": ("int", 0, False),
     },
-    "train": ("mapping", {}, False),            # TrainConfig options except model / classes
-    "crossval": {                               # folds are seeded by train.seed
+    "train": ("mapping", {}, False),  # TrainConfig options except model / classes
+    "crossval": {  # folds are seeded by train.seed
         "folds": ("int", 5, False),
     },
     "evaluate": {
@@ -69,10 +78,15 @@ SCHEMA: dict[str, Any] = {
         "workers": ("int", None, True),
         "device": ("str", "auto", False),
     },
-    "cohort": {                                 # shown in the report (docs/report.md); null = "not recorded"
-        "source": ("str", None, True), "site": ("str", None, True), "dates": ("str", None, True),
-        "design": ("str", None, True), "population": ("str", None, True), "eligibility": ("str", None, True),
-        "reference_standard": ("str", None, True), "validation": ("str", None, True),
+    "cohort": {  # shown in the report (docs/report.md); null = "not recorded"
+        "source": ("str", None, True),
+        "site": ("str", None, True),
+        "dates": ("str", None, True),
+        "design": ("str", None, True),
+        "population": ("str", None, True),
+        "eligibility": ("str", None, True),
+        "reference_standard": ("str", None, True),
+        "validation": ("str", None, True),
     },
     "report": {
         "pdf": ("bool", True, False),
@@ -118,7 +132,7 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
             continue
         try:
             value = load_yaml_text(text, "command line") if text.strip() else None
-        except ConfigError as exc:   # not YAML, or an alias bomb (cxr_cad.io.yamlfile limits)
+        except ConfigError as exc:  # not YAML, or an alias bomb (cxr_cad.io.yamlfile limits)
             problems.append(f"--set {item!r}: value is not valid YAML or too large ({exc.problems[0]})")
             continue
         if isinstance(value, str) and _YAML11_FLOAT_RE.fullmatch(value.strip()):
@@ -174,8 +188,15 @@ def _coerce(kind: str, value: Any) -> tuple[bool, Any]:
     raise ValueError(kind)
 
 
-_KIND_TEXT = {"str": "a string", "path": "a path", "int": "a whole number", "float": "a number",
-              "bool": "true or false", "strlist": "a list of names", "mapping": "a mapping"}
+_KIND_TEXT = {
+    "str": "a string",
+    "path": "a path",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "strlist": "a list of names",
+    "mapping": "a mapping",
+}
 
 
 def _resolve_section(spec: dict, given: Any, prefix: str, problems: list[str]) -> dict:
@@ -228,9 +249,11 @@ def _check_paths(wf: dict, base: Path, problems: list[str]) -> None:
         p = Path(os.path.expanduser(value))
         p = p if p.is_absolute() else (base / p)
         if not p.exists():
-            problems.append(f"{section}.{key}: {p} does not exist; give an existing "
-                            f"{'model bundle' if key == 'bundle' else 'folder or manifest .csv'} "
-                            f"(e.g. --set {section}.{key}=PATH)")
+            problems.append(
+                f"{section}.{key}: {p} does not exist; give an existing "
+                f"{'model bundle' if key == 'bundle' else 'folder or manifest .csv'} "
+                f"(e.g. --set {section}.{key}=PATH)"
+            )
         wf[section][key] = str(p)
     for key in ("train_labels", "test_labels"):
         value = wf["data"][key]
@@ -240,8 +263,10 @@ def _check_paths(wf: dict, base: Path, problems: list[str]) -> None:
         p = Path(os.path.expanduser(value))
         p = p if p.is_absolute() else (base / p)
         if not p.is_file():
-            problems.append(f"data.{key}: labels file {p} does not exist (use 'folders' for labels taken "
-                            "from folder names, or null when the manifest has labels)")
+            problems.append(
+                f"data.{key}: labels file {p} does not exist (use 'folders' for labels taken "
+                "from folder names, or null when the manifest has labels)"
+            )
         wf["data"][key] = str(p)
     init = wf["model"]["init"]
     if init.startswith("imagenet:") or init not in ("imagenet", "none", "bundle"):
@@ -249,8 +274,10 @@ def _check_paths(wf: dict, base: Path, problems: list[str]) -> None:
         p = Path(os.path.expanduser(raw))
         p = p if p.is_absolute() else (base / p)
         if not p.is_file():
-            problems.append(f"model.init: weights file {p} does not exist (use imagenet, "
-                            "imagenet:/path/resnet18-f37072fd.pth, none, bundle or a bundle path)")
+            problems.append(
+                f"model.init: weights file {p} does not exist (use imagenet, "
+                "imagenet:/path/resnet18-f37072fd.pth, none, bundle or a bundle path)"
+            )
         wf["model"]["init"] = f"imagenet:{p}" if init.startswith("imagenet:") else str(p)
 
 
@@ -267,13 +294,17 @@ def _check_steps(wf: dict, problems: list[str]) -> None:
     data, model = wf["data"], wf["model"]
     needs_train = {"crossval", "train"} & set(steps) or ("split" in steps)
     if needs_train and data["train"] is None:
-        problems.append("data.train is required by steps " + ", ".join(sorted({"crossval", "train", "split"} & set(steps)))
-                        + ": set it with --set data.train=PATH (a folder or a manifest .csv)")
+        problems.append(
+            "data.train is required by steps "
+            + ", ".join(sorted({"crossval", "train", "split"} & set(steps)))
+            + ": set it with --set data.train=PATH (a folder or a manifest .csv)"
+        )
     if "ingest" in steps and data["train"] is None and data["test"] is None and not needs_train:
         problems.append("ingest needs data.train and/or data.test: set them with --set data.train=PATH")
     if "split" in steps and data["test"] is not None:
-        problems.append("steps has split (held-out patients from data.train) but data.test is also given; "
-                        "drop one of them")
+        problems.append(
+            "steps has split (held-out patients from data.train) but data.test is also given; drop one of them"
+        )
     if "evaluate" in steps and "train" not in steps and model["bundle"] is None:
         problems.append("evaluate without a train step needs an existing model: --set model.bundle=PATH")
     if "evaluate" in steps and data["test"] is None and "split" not in steps and "crossval" not in steps:
@@ -353,8 +384,9 @@ def validate_workflow(doc: Any, *, base_dir: str | os.PathLike = ".", source: st
     return wf
 
 
-def load_workflow(path: str | os.PathLike, sets: Sequence[str] = (), *,
-                  environ: Mapping[str, str] | None = None) -> dict:
+def load_workflow(
+    path: str | os.PathLike, sets: Sequence[str] = (), *, environ: Mapping[str, str] | None = None
+) -> dict:
     """Read a workflow file, expand ``${ENV}``, apply ``--set KEY=VALUE`` items, validate.
 
     Relative paths in the file are resolved against the current folder (where the user

@@ -7,6 +7,7 @@ like ``cxr-cad predict``) and writes into its own step folder. The report step i
 :mod:`cxr_cad.workflow.report_step`. Heavy imports (torch) happen inside the steps, so
 validating a workflow stays fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ from cxr_cad.workflow.runner import StepContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ingest_step", "split_step", "crossval_step", "train_step", "evaluate_step",
-           "read_step_manifest", "cohort_manifest"]
+__all__ = [
+    "ingest_step",
+    "split_step",
+    "crossval_step",
+    "train_step",
+    "evaluate_step",
+    "read_step_manifest",
+    "cohort_manifest",
+]
 
 
 def read_step_manifest(ctx: StepContext, step: str, rel: str, *, require_labels: bool = True) -> pd.DataFrame:
@@ -48,8 +56,15 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
     """Scan (or read) one cohort into ``<step>/<cohort>/manifest.csv``; returns its summary."""
     from cxr_cad.io import AcceptPolicy
     from cxr_cad.io.scan import scan_sources
-    from cxr_cad.manifest import (join_labels, labels_from_folders, manifest_hash, read_manifest,
-                                  validate_manifest, write_manifest, write_table)
+    from cxr_cad.manifest import (
+        join_labels,
+        labels_from_folders,
+        manifest_hash,
+        read_manifest,
+        validate_manifest,
+        write_manifest,
+        write_table,
+    )
 
     cfg = ctx.config
     out = ctx.step_dir / cohort
@@ -67,48 +82,73 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
     else:
         ing = cfg["ingest"]
         mods = tuple(m.upper() for m in ing["modalities"])
-        policy = AcceptPolicy(modalities=() if [m.lower() for m in mods] == ["any"] else mods,
-                              reject_lateral=ing["reject_lateral"], apply_voi=ing["apply_voi"])
-        result = scan_sources([source], policy=policy, workers=ing["workers"],
-                              patient_id_pattern=cfg["patient_id_pattern"], verify_pixels=ing["verify_pixels"],
-                              exclude=[ctx.run_dir])
+        policy = AcceptPolicy(
+            modalities=() if [m.lower() for m in mods] == ["any"] else mods,
+            reject_lateral=ing["reject_lateral"],
+            apply_voi=ing["apply_voi"],
+        )
+        result = scan_sources(
+            [source],
+            policy=policy,
+            workers=ing["workers"],
+            patient_id_pattern=cfg["patient_id_pattern"],
+            verify_pixels=ing["verify_pixels"],
+            exclude=[ctx.run_dir],
+        )
         manifest, rejected = result.accepted, result.rejected
         label_source = labels or "none"
     if labels == "folders":
         manifest = labels_from_folders(manifest, classes=classes)
     elif labels not in (None, "manifest"):
-        manifest, report = join_labels(manifest, labels, key=cfg["label_key"], classes=classes,
-                                       base_dir=os.path.dirname(labels))
+        manifest, report = join_labels(
+            manifest, labels, key=cfg["label_key"], classes=classes, base_dir=os.path.dirname(labels)
+        )
         unmatched = len(report.unmatched)
     unlabelled = manifest.iloc[0:0]
     if spec["require_labels"]:
         keep = manifest["label"].isin(classes)
         unlabelled = manifest.loc[~keep, ["path", "label"]]
         if len(unlabelled):
-            log.warning("%s cohort: %d images have no label among %s; they are left out (listed in %s)",
-                        cohort, len(unlabelled), classes, out / "unlabelled.csv")
+            log.warning(
+                "%s cohort: %d images have no label among %s; they are left out (listed in %s)",
+                cohort,
+                len(unlabelled),
+                classes,
+                out / "unlabelled.csv",
+            )
         manifest = manifest[keep].reset_index(drop=True)
     write_table(unlabelled[["path", "label"]], out / "unlabelled.csv")
     if manifest.empty:
         why = [f"no usable images in {source}: {len(rejected)} files rejected (see {out / 'rejected.csv'})"]
         if len(unlabelled):
-            why.append(f"{len(unlabelled)} images have no label among {', '.join(classes)} (labels: {label_source}); "
-                       f"set data.{cohort}_labels to a labels CSV, or 'folders' for class-named folders")
+            why.append(
+                f"{len(unlabelled)} images have no label among {', '.join(classes)} (labels: {label_source}); "
+                f"set data.{cohort}_labels to a labels CSV, or 'folders' for class-named folders"
+            )
         raise ManifestError(why, source=f"data.{cohort}")
     problems = validate_manifest(manifest, classes=classes)
     if problems:
         raise ManifestError(problems, source=f"data.{cohort} ({source})")
     write_manifest(manifest, out / "manifest.csv")
     write_table(rejected, out / "rejected.csv")
-    counts = {"images": int(len(manifest)), "patients": int(manifest["patient_id"].nunique()),
-              "rejected": int(len(rejected)), "unlabelled": int(len(unlabelled)),
-              "unmatched_labels": int(unmatched),
-              "by_label": {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()},
-              "rejected_by_reason": {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}}
+    counts = {
+        "images": int(len(manifest)),
+        "patients": int(manifest["patient_id"].nunique()),
+        "rejected": int(len(rejected)),
+        "unlabelled": int(len(unlabelled)),
+        "unmatched_labels": int(unmatched),
+        "by_label": {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()},
+        "rejected_by_reason": {str(k): int(v) for k, v in rejected["reason"].value_counts().items()},
+    }
     summary = {"source": source, "labels": label_source, "manifest_hash": manifest_hash(manifest), "counts": counts}
     (out / "ingest.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    log.info("ingest %s: %d images of %d patients, %d rejected", cohort, counts["images"], counts["patients"],
-             counts["rejected"])
+    log.info(
+        "ingest %s: %d images of %d patients, %d rejected",
+        cohort,
+        counts["images"],
+        counts["patients"],
+        counts["rejected"],
+    )
     return summary
 
 
@@ -135,12 +175,21 @@ def split_step(ctx: StepContext) -> dict:
     overlap = set(train["patient_id"]) & set(test["patient_id"])
     if overlap:  # grouped_split guarantees this; a check that costs nothing
         raise ManifestError([f"{len(overlap)} patients are on both sides of the split"], source="split")
-    counts = {name: {"images": int(len(part)), "patients": int(part["patient_id"].nunique()),
-                     "by_label": {str(k): int(v) for k, v in part["label"].value_counts().items()}}
-              for name, part in (("train", train), ("test", test))}
-    log.info("split: %d training images (%d patients), %d held-out test images (%d patients)",
-             counts["train"]["images"], counts["train"]["patients"], counts["test"]["images"],
-             counts["test"]["patients"])
+    counts = {
+        name: {
+            "images": int(len(part)),
+            "patients": int(part["patient_id"].nunique()),
+            "by_label": {str(k): int(v) for k, v in part["label"].value_counts().items()},
+        }
+        for name, part in (("train", train), ("test", test))
+    }
+    log.info(
+        "split: %d training images (%d patients), %d held-out test images (%d patients)",
+        counts["train"]["images"],
+        counts["train"]["patients"],
+        counts["test"]["images"],
+        counts["test"]["patients"],
+    )
     return {"train_manifest": "train.csv", "test_manifest": "test.csv", "counts": counts}
 
 
@@ -158,8 +207,12 @@ def crossval_step(ctx: StepContext) -> dict:
     df = read_step_manifest(ctx, step, rel)
     cfg = _train_config(ctx)
     result = run_crossval(df, ctx.step_dir, cfg, n_folds=ctx.config["folds"])
-    return {"oof_predictions": OOF_FILE, "cv_metrics": METRICS_FILE, "n_folds": int(result.n_folds),
-            "fold_status": list(result.fold_status)}
+    return {
+        "oof_predictions": OOF_FILE,
+        "cv_metrics": METRICS_FILE,
+        "n_folds": int(result.n_folds),
+        "fold_status": list(result.fold_status),
+    }
 
 
 def train_step(ctx: StepContext) -> dict:
@@ -170,9 +223,14 @@ def train_step(ctx: StepContext) -> dict:
     df = read_step_manifest(ctx, step, rel)
     result = train_model(df, ctx.step_dir, _train_config(ctx))
     val_auc = float(result.val_auc)
-    return {"bundle": os.path.relpath(result.bundle_path, ctx.step_dir), "best_epoch": result.best_epoch,
-            "val_auc": None if val_auc != val_auc else round(val_auc, 6), "threshold": float(result.threshold),
-            "threshold_method": result.threshold_method, "epochs_run": int(result.epochs_run)}
+    return {
+        "bundle": os.path.relpath(result.bundle_path, ctx.step_dir),
+        "best_epoch": result.best_epoch,
+        "val_auc": None if val_auc != val_auc else round(val_auc, 6),
+        "threshold": float(result.threshold),
+        "threshold_method": result.threshold_method,
+        "epochs_run": int(result.epochs_run),
+    }
 
 
 def evaluate_step(ctx: StepContext) -> dict:
@@ -188,16 +246,22 @@ def evaluate_step(ctx: StepContext) -> dict:
     cfg = ctx.config
     ing = cfg["ingest"]
     mods = tuple(m.upper() for m in ing["modalities"])
-    policy = AcceptPolicy(modalities=() if [m.lower() for m in mods] == ["any"] else mods,
-                          reject_lateral=ing["reject_lateral"], apply_voi=ing["apply_voi"])
+    policy = AcceptPolicy(
+        modalities=() if [m.lower() for m in mods] == ["any"] else mods,
+        reject_lateral=ing["reject_lateral"],
+        apply_voi=ing["apply_voi"],
+    )
     outputs: dict[str, Any] = {"models": {}}
     for name, model in cfg["models"].items():
         path = ctx.run_dir / "train" / ctx.upstream["train"]["bundle"] if model == "train" else Path(model)
-        opts = PredictOptions(batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"],
-                              policy=policy)
+        opts = PredictOptions(batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"], policy=policy)
         result = predict([str(manifest)], ctx.step_dir / name, str(path), opts)
-        outputs["models"][name] = {"bundle": str(path), "n_predicted": int(result.n_predicted),
-                                   "n_rejected": int(result.n_rejected), "sha256": result.model_sha256}
+        outputs["models"][name] = {
+            "bundle": str(path),
+            "n_predicted": int(result.n_predicted),
+            "n_rejected": int(result.n_rejected),
+            "sha256": result.model_sha256,
+        }
         outputs[f"{name}_predictions"] = f"{name}/predictions.csv"
         outputs[f"{name}_rejected"] = f"{name}/rejected.csv"
     return outputs

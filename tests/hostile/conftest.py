@@ -1,4 +1,5 @@
 """Fixtures of the hostile-input suite: a small bundle, a time guard, a full disk (root only)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,10 @@ def bundle(tmp_path_factory) -> Path:
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fail (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""
+
     def on_alarm(signum, frame):  # noqa: ARG001
         raise TimeoutError(f"still running after {seconds} s: a read that blocks?")
+
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(seconds)
     try:

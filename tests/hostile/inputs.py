@@ -4,6 +4,7 @@ Each maker writes one small file (or FIFO) and returns its path. They are used b
 ``tests/hostile`` suite and by ``tests/hostile/measure.py`` (the before/after table).
 Nothing here needs ``../shared`` or a network.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,16 @@ def write_bundle(path: Path, *, image_size: int = 64, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = build_resnet18(2, 1)
-    return save_bundle(path, model, classes=CLASSES, positive_class="PNEUMONIA",
-                       transform_spec=TransformSpec(image_size=image_size), threshold=0.5,
-                       threshold_method="fixed", manifest_hash="hostile")
+    return save_bundle(
+        path,
+        model,
+        classes=CLASSES,
+        positive_class="PNEUMONIA",
+        transform_spec=TransformSpec(image_size=image_size),
+        threshold=0.5,
+        threshold_method="fixed",
+        manifest_hash="hostile",
+    )
 
 
 def flip_head_exponents(src: Path, dst: Path) -> Path:
@@ -46,7 +54,7 @@ def flip_head_exponents(src: Path, dst: Path) -> Path:
     info = infos[0]
     name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
     start = info.header_offset + 30 + name_len + extra_len
-    for k in range(start + 3, start + info.file_size, 4):   # little-endian: byte 3 holds the exponent MSBs
+    for k in range(start + 3, start + info.file_size, 4):  # little-endian: byte 3 holds the exponent MSBs
         data[k] ^= 0x40
     Path(dst).write_bytes(bytes(data))
     return Path(dst)
@@ -64,9 +72,11 @@ def rewrite_bundle(src: Path, dst: Path, edit) -> Path:
 
 def nan_bundle(src: Path, dst: Path) -> Path:
     """A bundle whose head weight holds a NaN (and no digest, as an old bundle would)."""
+
     def edit(p):
         p["state_dict"]["fc.weight"][0, 0] = float("nan")
         p.pop("weights_sha256", None)
+
     return rewrite_bundle(src, dst, edit)
 
 
@@ -74,6 +84,7 @@ def huge_image_size_bundle(src: Path, dst: Path, size: int = 8192) -> Path:
     def edit(p):
         p["transform_spec"]["image_size"] = size
         p["input"]["size"] = size
+
     return rewrite_bundle(src, dst, edit)
 
 
@@ -108,8 +119,9 @@ def crafted_dicom(ts, pixel_data: bytes, rows: int = 64, columns: int = 64, *, b
     return ds
 
 
-def rle_bomb_dicom(path: Path, rows: int = 65535, columns: int = 65535, bits: int = 16,
-                   frames: int | None = None) -> Path:
+def rle_bomb_dicom(
+    path: Path, rows: int = 65535, columns: int = 65535, bits: int = 16, frames: int | None = None
+) -> Path:
     """An ~8 KB RLE Lossless DICOM whose header declares ``rows`` x ``columns`` pixels."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import RLELossless, generate_uid

@@ -7,6 +7,7 @@ Usage (as root for the full-disk rows, which mount a 1 MiB tmpfs)::
 Every command runs under a 4 GiB address-space limit (so a bomb cannot take the host
 down while measuring) and a timeout; ``timeout(wchan=...)`` in the exit-code column means it was still running, blocked where wchan says.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,19 @@ def _bundle_with(pythonpath: str | None, path: Path) -> Path:
     if not pythonpath:
         return H.write_bundle(path)
     import sys
+
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": f"{pythonpath}:{root}"}
-    subprocess.run([sys.executable, "-c", f"from tests.hostile.inputs import write_bundle; "
-                    f"write_bundle(__import__('pathlib').Path({str(path)!r}))"], check=True, env=env, cwd="/")
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from tests.hostile.inputs import write_bundle; write_bundle(__import__('pathlib').Path({str(path)!r}))",
+        ],
+        check=True,
+        env=env,
+        cwd="/",
+    )
     return path
 
 
@@ -78,15 +88,19 @@ def build(tmp: Path, pythonpath: str | None = None) -> dict:
     H.make_fifo(d["fifo_dir"] / "pipe.png")
     d["fifo"] = H.make_fifo(tmp / "lonely.fifo")
     d["fifo_manifest"] = tmp / "fifo_manifest.csv"
-    d["fifo_manifest"].write_text(f"path,label,sop_instance_uid,patient_id\n"
-                                  f"{d['fifo_dir'] / 'pipe.png'},NORMAL,1.2.3.1,P1\n"
-                                  f"{d['fifo_dir'] / 'P0000-0.png'},NORMAL,1.2.3.2,P2\n")
+    d["fifo_manifest"].write_text(
+        f"path,label,sop_instance_uid,patient_id\n"
+        f"{d['fifo_dir'] / 'pipe.png'},NORMAL,1.2.3.1,P1\n"
+        f"{d['fifo_dir'] / 'P0000-0.png'},NORMAL,1.2.3.2,P2\n"
+    )
     # a labelled cohort (two classes) and a one-class one
     from tests.synth import write_png_cohort
+
     d["cohort"] = tmp / "cohort"
     write_png_cohort(d["cohort"], n_patients=8, images_per_patient=1, size=64)
     d["manifest"] = d["cohort"] / "manifest.csv"
     import pandas as pd
+
     df = pd.read_csv(d["manifest"])
     df["label"] = "NORMAL"
     d["oneclass"] = d["cohort"] / "oneclass.csv"
@@ -98,40 +112,90 @@ def cases(d: dict, tmp: Path) -> list[tuple[str, list, dict]]:
     out = lambda name: str(tmp / "out" / name)  # noqa: E731
     tr = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
     return [
-        ("1 corrupt bundle (flipped exponents)", ["predict", d["pngs"], "--model", d["flipped"], "--out",
-                                                  out("flip"), "--workers", "0"], {}),
-        ("1 NaN weights bundle", ["predict", d["pngs"], "--model", d["nan"], "--out", out("nan"),
-                                  "--workers", "0"], {}),
-        ("1 NaN init weights", ["train", "--manifest", d["manifest"], "--out", out("naninit"), "--init",
-                                d["nan"], *tr], {}),
+        (
+            "1 corrupt bundle (flipped exponents)",
+            ["predict", d["pngs"], "--model", d["flipped"], "--out", out("flip"), "--workers", "0"],
+            {},
+        ),
+        (
+            "1 NaN weights bundle",
+            ["predict", d["pngs"], "--model", d["nan"], "--out", out("nan"), "--workers", "0"],
+            {},
+        ),
+        (
+            "1 NaN init weights",
+            ["train", "--manifest", d["manifest"], "--out", out("naninit"), "--init", d["nan"], *tr],
+            {},
+        ),
         ("7 non-plain-data pickle", ["predict", d["pngs"], "--model", d["pickle"], "--out", out("pkl")], {}),
-        ("2 RLE bomb 65535^2 (predict)", ["predict", d["rle"], "--model", d["bundle"], "--out", out("rle"),
-                                          "--workers", "0"], {}),
-        ("2 RLE bomb 65535^2 (ingest --verify-pixels)", ["ingest", d["rle"], "--out", out("rle_ing"),
-                                                         "--verify-pixels", "--workers", "1"], {}),
-        ("2 PNG Pillow bomb (predict)", ["predict", d["pngbomb"], "--model", d["bundle"], "--out",
-                                         out("pngbomb"), "--workers", "0"], {}),
-        ("2 bundle image_size 8192", ["predict", d["pngs"], "--model", d["huge"], "--out", out("huge"),
-                                      "--workers", "0"], {}),
+        (
+            "2 RLE bomb 65535^2 (predict)",
+            ["predict", d["rle"], "--model", d["bundle"], "--out", out("rle"), "--workers", "0"],
+            {},
+        ),
+        (
+            "2 RLE bomb 65535^2 (ingest --verify-pixels)",
+            ["ingest", d["rle"], "--out", out("rle_ing"), "--verify-pixels", "--workers", "1"],
+            {},
+        ),
+        (
+            "2 PNG Pillow bomb (predict)",
+            ["predict", d["pngbomb"], "--model", d["bundle"], "--out", out("pngbomb"), "--workers", "0"],
+            {},
+        ),
+        (
+            "2 bundle image_size 8192",
+            ["predict", d["pngs"], "--model", d["huge"], "--out", out("huge"), "--workers", "0"],
+            {},
+        ),
         ("3 YAML bomb", ["run", d["ybomb"], "--check"], {}),
         ("3 YAML bomb under valid keys", ["run", d["ybomb_valid"], "--check"], {}),
         ("3 non-UTF-8 workflow", ["run", d["nonutf8"], "--check"], {}),
-        ("3 non-UTF-8 --config", ["train", "--manifest", d["manifest"], "--out", out("cfg"), "--config",
-                                  d["nonutf8"]], {}),
-        ("4 FIFO as source (predict)", ["predict", d["fifo"], "--model", d["bundle"], "--out", out("fifo1"),
-                                        "--workers", "0"], {}),
-        ("4 FIFO in folder (predict)", ["predict", d["fifo_dir"], "--model", d["bundle"], "--out",
-                                        out("fifo2"), "--workers", "0"], {}),
-        ("4 FIFO manifest row (predict)", ["predict", d["fifo_manifest"], "--model", d["bundle"], "--out",
-                                           out("fifo3"), "--workers", "0"], {}),
-        ("6 one-class train", ["train", "--manifest", d["oneclass"], "--out", out("one"), "--init", "none",
-                               "--classes", "NORMAL,PNEUMONIA", "--positive-class", "PNEUMONIA", *tr],
-         {}),
-        ("6 --init imagenett", ["train", "--manifest", d["manifest"], "--out", out("typo"), "--init",
-                                "imagenett", *tr], {}),
+        (
+            "3 non-UTF-8 --config",
+            ["train", "--manifest", d["manifest"], "--out", out("cfg"), "--config", d["nonutf8"]],
+            {},
+        ),
+        (
+            "4 FIFO as source (predict)",
+            ["predict", d["fifo"], "--model", d["bundle"], "--out", out("fifo1"), "--workers", "0"],
+            {},
+        ),
+        (
+            "4 FIFO in folder (predict)",
+            ["predict", d["fifo_dir"], "--model", d["bundle"], "--out", out("fifo2"), "--workers", "0"],
+            {},
+        ),
+        (
+            "4 FIFO manifest row (predict)",
+            ["predict", d["fifo_manifest"], "--model", d["bundle"], "--out", out("fifo3"), "--workers", "0"],
+            {},
+        ),
+        (
+            "6 one-class train",
+            [
+                "train",
+                "--manifest",
+                d["oneclass"],
+                "--out",
+                out("one"),
+                "--init",
+                "none",
+                "--classes",
+                "NORMAL,PNEUMONIA",
+                "--positive-class",
+                "PNEUMONIA",
+                *tr,
+            ],
+            {},
+        ),
+        (
+            "6 --init imagenett",
+            ["train", "--manifest", d["manifest"], "--out", out("typo"), "--init", "imagenett", *tr],
+            {},
+        ),
         ("6 ingest --out = input", ["ingest", d["pngs"], "--out", d["pngs"]], {}),
-        ("6 pattern without group", ["ingest", d["cohort"], "--out", out("pat"), "--patient-id-pattern",
-                                     "P"], {}),
+        ("6 pattern without group", ["ingest", d["cohort"], "--out", out("pat"), "--patient-id-pattern", "P"], {}),
         ("7 -q after subcommand", ["ingest", d["pngs"], "--out", out("q"), "-q"], {}),
     ]
 
@@ -139,11 +203,13 @@ def cases(d: dict, tmp: Path) -> list[tuple[str, list, dict]]:
 def disk_cases(d: dict, disk: Path) -> list[tuple[str, list, dict]]:
     tr = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
     return [
-        ("5 full disk (predict)", ["predict", d["pngs"], "--model", d["bundle"], "--out", disk / "p",
-                                   "--workers", "0"], {}),
+        (
+            "5 full disk (predict)",
+            ["predict", d["pngs"], "--model", d["bundle"], "--out", disk / "p", "--workers", "0"],
+            {},
+        ),
         ("5 full disk (ingest)", ["ingest", d["pngs"], "--out", disk / "i"], {}),
-        ("5 full disk (train)", ["train", "--manifest", d["manifest"], "--out", disk / "t", "--init",
-                                 "none", *tr], {}),
+        ("5 full disk (train)", ["train", "--manifest", d["manifest"], "--out", disk / "t", "--init", "none", *tr], {}),
     ]
 
 
@@ -166,8 +232,8 @@ def main() -> None:
             o = run_cli(args, address_limit=LIMIT, pythonpath=a.pythonpath, cwd=t, **kw)
             cmd = "cxr-cad " + " ".join(str(x).replace(t, "T") for x in args[:1])
             line = o.last_line.replace(t, "T").replace("|", "/")[:140]
-            print(f"| {name} | {cmd} | {o.rc} | {o.rss_mb:.0f} | {line} (stderr {len(o.stderr)} B) |",
-                  flush=True)
+            print(f"| {name} | {cmd} | {o.rc} | {o.rss_mb:.0f} | {line} (stderr {len(o.stderr)} B) |", flush=True)
+
         for c in cases(d, tmp):
             show(*c)
         with full_disk(tmp / "disk") as disk:

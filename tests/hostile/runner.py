@@ -4,6 +4,7 @@ Peak RSS is ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` read in a fresh wr
 process, so it is the largest resident set of that one command (its DataLoader workers
 included) and not of anything run before it.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,16 @@ sys.stdout.write(json.dumps({"rc": rc, "rss_kb": rss, "stderr": err.decode("utf-
 
 @dataclass
 class Outcome:
-    rc: int | str          # exit code, or "timeout(wchan=... rss_kb=...)" (where it was blocked)
-    rss_mb: float          # peak resident set of the command, MiB
+    rc: int | str  # exit code, or "timeout(wchan=... rss_kb=...)" (where it was blocked)
+    rss_mb: float  # peak resident set of the command, MiB
     stderr: str
 
     @property
     def stderr_lines(self) -> list[str]:
         """Lines of stderr that are not log records (INFO/WARNING ...) or progress output."""
-        return [ln for ln in self.stderr.splitlines()
-                if ln.strip() and not ln.startswith(("INFO ", "WARNING ", "DEBUG "))]
+        return [
+            ln for ln in self.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO ", "WARNING ", "DEBUG "))
+        ]
 
     @property
     def last_line(self) -> str:
@@ -62,16 +64,32 @@ class Outcome:
         return "Traceback (most recent call last)" in self.stderr
 
 
-def run_cli(args: list[str], *, timeout: float = 120, env: dict | None = None, cwd: str | None = None,
-            address_limit: int = 0, pythonpath: str | None = None) -> Outcome:
+def run_cli(
+    args: list[str],
+    *,
+    timeout: float = 120,
+    env: dict | None = None,
+    cwd: str | None = None,
+    address_limit: int = 0,
+    pythonpath: str | None = None,
+) -> Outcome:
     """``python -m cxr_cad ARGS`` in a child; ``address_limit`` bytes caps its address space (0 = none)."""
     environ = dict(os.environ)
     environ.update({"OMP_NUM_THREADS": "1", "CXR_CAD_OFFLINE": "1"})
     if pythonpath:
         environ["PYTHONPATH"] = pythonpath
     environ.update(env or {})
-    cmd = [sys.executable, "-c", _WRAPPER, str(address_limit), str(timeout),
-           sys.executable, "-m", "cxr_cad", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-c",
+        _WRAPPER,
+        str(address_limit),
+        str(timeout),
+        sys.executable,
+        "-m",
+        "cxr_cad",
+        *map(str, args),
+    ]
     p = subprocess.run(cmd, capture_output=True, env=environ, cwd=cwd, timeout=timeout + 60)
     d = json.loads(p.stdout.decode())
     return Outcome(rc=d["rc"], rss_mb=d["rss_kb"] / 1024, stderr=d["stderr"])

@@ -1,4 +1,5 @@
 """Class 2: decompression bombs are rejected from their declared size, before any decode."""
+
 from __future__ import annotations
 
 import csv
@@ -25,9 +26,15 @@ def _reason(fn, path, **kw):
     return info.value.reason
 
 
-@pytest.mark.parametrize("rows,columns,bits,frames", [
-    (65535, 65535, 16, None), (65535, 65535, 8, None), (12000, 12000, 16, None), (20000, 8000, 8, None),
-])
+@pytest.mark.parametrize(
+    "rows,columns,bits,frames",
+    [
+        (65535, 65535, 16, None),
+        (65535, 65535, 8, None),
+        (12000, 12000, 16, None),
+        (20000, 8000, 8, None),
+    ],
+)
 def test_rle_bomb_rejected_before_decoding(tmp_path, rows, columns, bits, frames):
     path = H.rle_bomb_dicom(tmp_path / "bomb.dcm", rows, columns, bits, frames)
     assert path.stat().st_size < 20_000
@@ -36,9 +43,9 @@ def test_rle_bomb_rejected_before_decoding(tmp_path, rows, columns, bits, frames
 
 
 def test_limit_is_configurable(tmp_path, monkeypatch):
-    path = H.rle_bomb_dicom(tmp_path / "big.dcm", 4096, 4096, 16)   # 32 MiB declared
+    path = H.rle_bomb_dicom(tmp_path / "big.dcm", 4096, 4096, 16)  # 32 MiB declared
     assert _reason(read_header, path, policy=AcceptPolicy(max_image_bytes=16 << 20)) == Reason.IMAGE_TOO_LARGE
-    read_header(path)   # under the default limit
+    read_header(path)  # under the default limit
     monkeypatch.setenv("CXR_CAD_MAX_IMAGE_BYTES", str(1 << 20))
     assert AcceptPolicy().max_image_bytes == 1 << 20
     assert _reason(read_header, path, policy=AcceptPolicy()) == Reason.IMAGE_TOO_LARGE
@@ -67,13 +74,16 @@ def test_jpeg_codestream_larger_than_its_header_is_not_decoded(tmp_path):
     ds["PixelData"].VR = "OB"
     path = tmp_path / "jpeg_bomb.dcm"
     ds.save_as(path, enforce_file_format=True)
-    read_header(path)   # the header alone is fine
+    read_header(path)  # the header alone is fine
     assert _reason(read_image, path) == Reason.IMAGE_TOO_LARGE
 
 
 def test_j2k_siz_is_read():
-    siz = b"\xff\x4f\xff\x51" + struct.pack(">HHIIIIIIIIH", 41, 0, 70000, 50000, 0, 0, 512, 512, 0, 0, 1) + \
-        bytes([15, 1, 1])
+    siz = (
+        b"\xff\x4f\xff\x51"
+        + struct.pack(">HHIIIIIIIIH", 41, 0, 70000, 50000, 0, 0, 512, 512, 0, 0, 1)
+        + bytes([15, 1, 1])
+    )
     assert codestream_size(siz) == (50000, 70000, 1, 16)
 
 
@@ -85,6 +95,7 @@ def test_deflate_bomb_is_rejected_in_bounded_memory(tmp_path):
     # now replace the deflated body with one that inflates to ~300 MiB
     raw = path.read_bytes()
     from pydicom.filereader import read_file_meta_info
+
     start = 132 + 12 + int(read_file_meta_info(path).FileMetaInformationGroupLength)
     comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     body = comp.compress(b"\x00" * (300 << 20)) + comp.flush()
@@ -130,8 +141,10 @@ def test_largest_allowed_image_decodes_within_the_memory_bar(tmp_path):
     ds.PixelData = np.tile(np.arange(8192, dtype=np.uint16) % 4096, (8192, 1)).tobytes()
     path = tmp_path / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
-    code = ("import sys, resource; from cxr_cad.io import read_image; p, _ = read_image(sys.argv[1]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    code = (
+        "import sys, resource; from cxr_cad.io import read_image; p, _ = read_image(sys.argv[1]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=600, text=True)
     assert p.returncode == 0, p.stderr

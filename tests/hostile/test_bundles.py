@@ -1,4 +1,5 @@
 """Class 1 (and 7's pickle message): a corrupt, NaN, oversized or non-plain-data bundle is never used."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,6 +30,7 @@ def test_changed_weights_with_valid_zip_are_refused_by_the_digest(bundle, tmp_pa
     # rewritten by torch.save: every CRC is right, only the digest can tell
     def edit(p):
         p["state_dict"]["fc.weight"].mul_(-1.0)
+
     bad = H.rewrite_bundle(bundle, tmp_path / "edited.pt", edit)
     with pytest.raises(BundleError, match="do not match the digest"):
         load_bundle(bad)
@@ -79,11 +81,15 @@ def test_non_plain_data_pickle_gets_a_plain_refusal(tmp_path):
 
 def test_predict_with_corrupt_bundles_exits_1_with_one_line(bundle, tmp_path):
     H.write_pngs(tmp_path / "imgs", n=2)
-    for name, make in (("flipped", lambda p: H.flip_head_exponents(bundle, p)),
-                       ("nan", lambda p: H.nan_bundle(bundle, p))):
+    for name, make in (
+        ("flipped", lambda p: H.flip_head_exponents(bundle, p)),
+        ("nan", lambda p: H.nan_bundle(bundle, p)),
+    ):
         bad = make(tmp_path / f"{name}.pt")
-        o = run_cli(["predict", tmp_path / "imgs", "--model", bad, "--out", tmp_path / f"out_{name}",
-                     "--workers", "0"], timeout=600)
+        o = run_cli(
+            ["predict", tmp_path / "imgs", "--model", bad, "--out", tmp_path / f"out_{name}", "--workers", "0"],
+            timeout=600,
+        )
         assert o.rc == 1, o.stderr
         assert not o.has_traceback
         assert len(o.stderr_lines) == 1 and str(bad) in o.last_line

@@ -1,5 +1,6 @@
 """Classes 6 and 7 (the parts owned here): silent inconsistencies refused with exit 2, file modes
 that follow the umask, -q/-v after the command name, line-based progress off a terminal."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,11 @@ TRAIN = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers"
 
 
 def _errors(capsys) -> list[str]:
-    return [ln for ln in capsys.readouterr().err.splitlines()
-            if ln.strip() and not ln.startswith(("INFO", "WARNING", "DEBUG"))]
+    return [
+        ln
+        for ln in capsys.readouterr().err.splitlines()
+        if ln.strip() and not ln.startswith(("INFO", "WARNING", "DEBUG"))
+    ]
 
 
 def test_out_equal_to_the_input_is_refused(tmp_path, capsys):
@@ -38,8 +42,7 @@ def test_patient_id_pattern_needs_a_group(tmp_path, capsys):
     write_png_cohort(tmp_path / "c", n_patients=4, images_per_patient=1, size=32)
     assert main(["ingest", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--patient-id-pattern", "P"]) == 2
     assert "capture group" in _errors(capsys)[0]
-    assert main(["ingest", str(tmp_path / "c"), "--out", str(tmp_path / "o"),
-                 "--patient-id-pattern", r"^(P\d+)-"]) == 0
+    assert main(["ingest", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--patient-id-pattern", r"^(P\d+)-"]) == 0
     assert pd.read_csv(tmp_path / "o" / "manifest.csv")["patient_id"].nunique() == 4
 
 
@@ -50,8 +53,22 @@ def test_one_class_training_is_refused(tmp_path, capsys):
     df = pd.read_csv(tmp_path / "c" / "manifest.csv")
     df["label"] = "NORMAL"
     df.to_csv(tmp_path / "c" / "one.csv", index=False)
-    rc = main(["train", "--manifest", str(tmp_path / "c" / "one.csv"), "--out", str(tmp_path / "o"),
-               "--init", "none", "--classes", "NORMAL,PNEUMONIA", "--positive-class", "PNEUMONIA", *TRAIN])
+    rc = main(
+        [
+            "train",
+            "--manifest",
+            str(tmp_path / "c" / "one.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--init",
+            "none",
+            "--classes",
+            "NORMAL,PNEUMONIA",
+            "--positive-class",
+            "PNEUMONIA",
+            *TRAIN,
+        ]
+    )
     assert rc == 2
     assert "PNEUMONIA" in " ".join(_errors(capsys))
     assert not (tmp_path / "o" / "model.pt").exists()
@@ -61,19 +78,32 @@ def test_init_typo_exits_2(tmp_path, capsys):
     from tests.synth import write_png_cohort
 
     write_png_cohort(tmp_path / "c", n_patients=4, images_per_patient=1, size=32)
-    rc = main(["train", "--manifest", str(tmp_path / "c" / "manifest.csv"), "--out", str(tmp_path / "o"),
-               "--init", "imagenett", *TRAIN])
+    rc = main(
+        [
+            "train",
+            "--manifest",
+            str(tmp_path / "c" / "manifest.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--init",
+            "imagenett",
+            *TRAIN,
+        ]
+    )
     assert rc == 2
     assert "imagenett" in _errors(capsys)[-1]
 
 
-@pytest.mark.parametrize("argv,quiet,verbose", [
-    (["-q", "ingest", "x", "--out", "y"], True, 0),
-    (["ingest", "x", "--out", "y", "-q"], True, 0),
-    (["ingest", "x", "-vv", "--out", "y"], False, 2),
-    (["-v", "ingest", "x", "--out", "y"], False, 1),
-    (["ingest", "x", "--out", "y"], False, 0),
-])
+@pytest.mark.parametrize(
+    "argv,quiet,verbose",
+    [
+        (["-q", "ingest", "x", "--out", "y"], True, 0),
+        (["ingest", "x", "--out", "y", "-q"], True, 0),
+        (["ingest", "x", "-vv", "--out", "y"], False, 2),
+        (["-v", "ingest", "x", "--out", "y"], False, 1),
+        (["ingest", "x", "--out", "y"], False, 0),
+    ],
+)
 def test_quiet_and_verbose_in_both_places(argv, quiet, verbose):
     args = build_parser().parse_args(argv)
     assert (args.quiet, args.verbose) == (quiet, verbose)

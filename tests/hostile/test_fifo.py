@@ -1,4 +1,5 @@
 """Class 4: FIFOs and other non-regular files are never opened for content, and always accounted for."""
+
 from __future__ import annotations
 
 import csv
@@ -82,8 +83,10 @@ def test_predict_accounts_for_fifo_source_folder_entry_and_manifest_row(tmp_path
     listed = H.make_fifo(tmp_path / "listed.png")
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,label,sop_instance_uid,patient_id\n{listed},NORMAL,1.2.3,P1\n")
-    o = run_cli(["predict", folder, lonely, manifest, "--model", bundle, "--out", tmp_path / "out",
-                 "--workers", "1"], timeout=600)
+    o = run_cli(
+        ["predict", folder, lonely, manifest, "--model", bundle, "--out", tmp_path / "out", "--workers", "1"],
+        timeout=600,
+    )
     assert o.rc == 0, o.stderr
     preds = {r["path"] for r in _rows(tmp_path / "out" / "predictions.csv")}
     rejected = {r["path"]: r for r in _rows(tmp_path / "out" / "rejected.csv")}

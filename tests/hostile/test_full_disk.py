@@ -1,5 +1,6 @@
 """Class 5: a real full disk (1 MiB tmpfs, root only): exit 1, one line naming the folder,
 outputs complete or absent, and predict resumes once space is freed."""
+
 from __future__ import annotations
 
 import csv
@@ -48,11 +49,31 @@ def test_ingest_on_full_disk_writes_all_or_nothing(tmp_path, full_disk):
 def test_train_on_full_disk(tmp_path, full_disk):
     disk, _ = full_disk
     from tests.synth import write_png_cohort
+
     write_png_cohort(tmp_path / "c", n_patients=8, images_per_patient=1, size=64)
     out = disk / "train"
-    o = run_cli(["train", "--manifest", tmp_path / "c" / "manifest.csv", "--out", out, "--init", "none",
-                 "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0",
-                 "--device", "cpu"], timeout=600)
+    o = run_cli(
+        [
+            "train",
+            "--manifest",
+            tmp_path / "c" / "manifest.csv",
+            "--out",
+            out,
+            "--init",
+            "none",
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        timeout=600,
+    )
     _check_failure(o, out)
 
 
@@ -107,7 +128,7 @@ def test_predict_outputs_fill_the_disk_mid_run(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writer.os, "fsync", full)
-    with pytest.raises(OutputError, match=f"No space left.*free space"):
+    with pytest.raises(OutputError, match="No space left.*free space"):
         writer.merge_outputs(out, 1, with_label=False)
     assert (out / writer.PREDICTIONS).read_text() == "old" and (out / writer.REJECTED).read_text() == "old"
     assert not [n for n in os.listdir(out) if ".tmp" in n]

@@ -1,4 +1,5 @@
 """Class 3: YAML bombs, oversized and non-UTF-8 workflow/config files: exit 2, one short line."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,11 +38,14 @@ def test_aliases_within_the_limit_still_work():
     assert len(load_yaml_text(big, "t")["x"]) == MAX_EXPANDED_NODES // 2
 
 
-@pytest.mark.parametrize("text,match", [
-    ("a: &a [*a]\n", "recursive|alias bomb"),
-    ("x: " + "[" * 200 + "]" * 200 + "\n", "deeper"),
-    ("a: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("a: &a [*a]\n", "recursive|alias bomb"),
+        ("x: " + "[" * 200 + "]" * 200 + "\n", "deeper"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
 def test_malformed_structures_are_config_errors(text, match):
     with deadline(20), pytest.raises(ConfigError, match=match):
         load_yaml_text(text, "t")
@@ -60,10 +64,13 @@ def test_oversized_file_is_refused(tmp_path):
         load_workflow(path)
 
 
-@pytest.mark.parametrize("argv", [
-    lambda p, t: ["run", str(p), "--check"],
-    lambda p, t: ["train", "--manifest", str(t / "m.csv"), "--out", str(t / "o"), "--config", str(p)],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        lambda p, t: ["run", str(p), "--check"],
+        lambda p, t: ["train", "--manifest", str(t / "m.csv"), "--out", str(t / "o"), "--config", str(p)],
+    ],
+)
 def test_non_utf8_file_exits_2_with_one_line(tmp_path, capsys, argv):
     path = H.non_utf8_yaml(tmp_path / "latin1.yaml")
     (tmp_path / "m.csv").write_text("path,label\n")
