@@ -1,13 +1,29 @@
 """The exception family and the rejection reason codes. Nothing else.
 
-The library raises; only the CLI prints and chooses exit codes:
+One error type per kind of fault, whichever module or entry point (CLI flag, YAML file,
+Python API) finds it:
 
-* :class:`UsageError` (and its subclasses) -> exit code 2: a bad argument,
-  a bad config or workflow file, a manifest that fails validation.
-* any other :class:`CxrCadError` -> exit code 1 with a one-line reason.
-* :class:`RejectedFile` is raised per input file by ``cxr_cad.io``; batch code
-  (``io.scan``, ``engine.predict``) catches it and writes a ``rejected.csv`` row.
+=========================  ==================================================  =========
+fault                      type                                                CLI exit
+=========================  ==================================================  =========
+a setting has a bad value  :class:`ConfigError` (lists every problem, with      2
+                           its location: ``optim.lr``, ``--lr``)
+a command is used wrongly  :class:`UsageError` (no input, conflicting options)  2
+a table fails validation   :class:`ManifestError` (manifest, labels CSV)        2
+a model bundle is unusable :class:`BundleError`                                 1
+initial weights cannot be  :class:`WeightsError` (download, hash, shape)        1
+obtained or do not fit
+an output cannot be        :class:`OutputError`                                 1
+written
+one input file is refused  :class:`RejectedFile` (a :class:`Reason` code);      --
+                           batch code records it and goes on
+=========================  ==================================================  =========
+
+A value the user chose is never reported as a bare ``ValueError``/``TypeError``. The library
+raises; only the CLI prints and chooses exit codes (any other :class:`CxrCadError` exits 1
+with a one-line reason).
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -17,23 +33,23 @@ from os import PathLike
 class Reason(str, Enum):
     """Stable reason codes for a file that was not accepted (``rejected.csv``)."""
 
-    NOT_DICOM = "NOT_DICOM"                      # neither DICOM nor a supported PNG/JPEG
-    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"    # an image format we do not read
-    EMPTY_FILE = "EMPTY_FILE"                    # zero bytes
-    UNREADABLE = "UNREADABLE"                    # I/O error, permission, truncated header
-    NO_PIXEL_DATA = "NO_PIXEL_DATA"              # DICOM without (7FE0,0010) Pixel Data
+    NOT_DICOM = "NOT_DICOM"  # neither DICOM nor a supported PNG/JPEG
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"  # an image format we do not read
+    EMPTY_FILE = "EMPTY_FILE"  # zero bytes
+    UNREADABLE = "UNREADABLE"  # I/O error, permission, truncated header
+    NO_PIXEL_DATA = "NO_PIXEL_DATA"  # DICOM without (7FE0,0010) Pixel Data
     NOT_AN_IMAGE_SOP_CLASS = "NOT_AN_IMAGE_SOP_CLASS"  # SR, PR, RT, KO, ...
-    MULTI_FRAME = "MULTI_FRAME"                  # (0028,0008) Number of Frames > 1
+    MULTI_FRAME = "MULTI_FRAME"  # (0028,0008) Number of Frames > 1
     UNSUPPORTED_MODALITY = "UNSUPPORTED_MODALITY"  # (0008,0060) Modality not in the accepted set
-    LATERAL_VIEW = "LATERAL_VIEW"                # (0018,5101) View Position LL/RL/LAT with a frontal-only model
+    LATERAL_VIEW = "LATERAL_VIEW"  # (0018,5101) View Position LL/RL/LAT with a frontal-only model
     UNSUPPORTED_PHOTOMETRIC = "UNSUPPORTED_PHOTOMETRIC"  # e.g. PALETTE COLOR, YBR for a CXR
-    DECODE_FAILED = "DECODE_FAILED"              # pixel data could not be decoded
-    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"          # declared decoded size above the limit (decompression bomb)
-    CONSTANT_IMAGE = "CONSTANT_IMAGE"            # decoded image has a single value
+    DECODE_FAILED = "DECODE_FAILED"  # pixel data could not be decoded
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # declared decoded size above the limit (decompression bomb)
+    CONSTANT_IMAGE = "CONSTANT_IMAGE"  # decoded image has a single value
     DUPLICATE_SOP_INSTANCE = "DUPLICATE_SOP_INSTANCE"  # second file with a SOP Instance UID already seen
-    DUPLICATE_CONTENT = "DUPLICATE_CONTENT"      # byte-identical copy of a file already accepted
-    NO_LABEL = "NO_LABEL"                        # evaluate: an image the labels file gives no label for
-    INTERNAL_ERROR = "INTERNAL_ERROR"            # a bug in cxr_cad; the detail carries the exception
+    DUPLICATE_CONTENT = "DUPLICATE_CONTENT"  # byte-identical copy of a file already accepted
+    NO_LABEL = "NO_LABEL"  # evaluate: an image the labels file gives no label for
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug in cxr_cad; the detail carries the exception
 
     def __str__(self) -> str:  # so f"{reason}" gives the bare code
         return self.value
@@ -115,7 +131,7 @@ class RejectedFile(CxrCadError):
 
     def __init__(self, reason: Reason, detail: str, path: str | PathLike | None = None):
         self.reason = Reason(reason)
-        self.detail = cap_message(detail, MAX_MESSAGE_CHARS // 2)   # decoder texts can quote data
+        self.detail = cap_message(detail, MAX_MESSAGE_CHARS // 2)  # decoder texts can quote data
         self.path = None if path is None else str(path)
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}[{self.reason.value}] {self.detail}")
