@@ -10,9 +10,7 @@ plain Python values, so it is read back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +57,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+    """``torch.save`` through :func:`cxr_cad.infra.atomic_write` (temporary file, fsync, rename).
 
-    Raises OutputError when the folder cannot be written.
+    Raises OutputError when the folder cannot be written (finished epochs are kept).
     """
-    from cxr_cad.io.files import umask_file_mode
-
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), umask_file_mode())  # mkstemp's 0600 -> what the umask says
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
-        raise OutputError(
-            f"cannot write {path.name} in {path.parent}: {detail}; check the folder's "
-            "permissions and free space (finished epochs are kept)"
-        ) from exc
+    atomic_write(
+        path,
+        lambda fh: torch.save(obj, fh),
+        hint="check the folder's permissions and free space (finished epochs are kept)",
+    )
 
 
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:

@@ -25,8 +25,8 @@ import yaml
 
 from cxr_cad.config import TrainConfig, config_diff
 from cxr_cad.errors import ConfigError, OutputError
-from cxr_cad.manifest import atomic_write_many, atomic_write_text, table_text, write_table
-from cxr_cad.versions import software_versions
+from cxr_cad.infra import atomic_write_json, atomic_write_many, json_dumps, software_versions
+from cxr_cad.manifest import table_text, write_table
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,15 @@ BUNDLE_FILE = "model.pt"
 RESULT_FILE = "result.json"
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "images_per_s", "best", "frozen_backbone"]
 
-_PACKAGES = ("torch", "monai", "numpy", "pandas", "scikit-learn", "pydicom", "pillow", "pyyaml")
-
 
 def package_versions() -> dict[str, str]:
-    """cxr_cad, Python and the installed versions of the packages training depends on."""
-    return software_versions(_PACKAGES)
+    """cxr_cad, Python and the installed versions of the core packages (:func:`cxr_cad.infra.software_versions`)."""
+    return software_versions()
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+    """``obj`` as JSON (:func:`cxr_cad.infra.json_dumps` style), written atomically."""
+    atomic_write_json(path, obj)
 
 
 def read_json(path: Path) -> dict:
@@ -96,7 +95,7 @@ def write_run_files(out_dir: Path, cfg: TrainConfig, run: dict, split: pd.DataFr
         {
             out_dir / CONFIG_FILE: cfg.to_yaml(),
             out_dir / SPLIT_FILE: table_text(split),
-            out_dir / RUN_FILE: json.dumps(run, indent=2, sort_keys=True, default=str) + "\n",
+            out_dir / RUN_FILE: json_dumps(run),
         }
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import io
 import json
 import logging
 import os
@@ -27,7 +28,9 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cxr_cad import infra
 from cxr_cad.errors import OutputError, UsageError
+from cxr_cad.infra import PREDICTION_COLUMNS, REJECTED_COLUMNS, PathLike
 
 log = logging.getLogger(__name__)
 
@@ -36,59 +39,15 @@ STATE_FILE = "state.json"
 PREDICTIONS = "predictions.csv"
 REJECTED = "rejected.csv"
 SUMMARY = "summary.json"
-PREDICTION_COLUMNS = [
-    "path",
-    "sop_instance_uid",
-    "study_instance_uid",
-    "probability",
-    "decision",
-    "threshold",
-    "model_sha256",
-    "shift_score",
-    "shift_flag",
-]  # shift: docs/shift.md
-REJECTED_COLUMNS = ["path", "reason", "detail"]
+#: Hint of every OutputError raised here: a rerun keeps the finished inputs.
+_HINT = "free space (or fix permissions) and run the same command again: finished inputs are kept"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_temp(path: Path, write) -> Path:
-    """``write(fh)`` into a temporary file next to ``path`` (fsynced); removed again on failure."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:  # open() follows the umask
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _output_error(path: Path, exc: OSError) -> OutputError:
-    return OutputError(
-        f"cannot write {path.name} in {path.parent}: {exc.strerror or exc}; free space (or "
-        "fix permissions) and run the same command again: finished inputs are kept"
-    )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace``.
+def atomic_write_text(path: PathLike, text: str, *, hint: str = _HINT) -> None:
+    """:func:`cxr_cad.infra.atomic_write_text` with this module's hint (``(path, text)`` order).
 
     Raises OutputError naming the folder (a full disk leaves the old file, or none)."""
-    try:
-        tmp = _write_temp(path, lambda fh: fh.write(text))
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise _output_error(path, exc) from exc
+    infra.atomic_write_text(path, text, hint=hint)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -212,7 +171,9 @@ class Journal:
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:  # a torn last line is cut when the run is resumed
-            raise _output_error(self.path, exc) from exc
+            raise OutputError(
+                f"cannot write {self.path.name} in {self.path.parent}: {exc.strerror or exc}; {_HINT}"
+            ) from exc
 
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
@@ -221,16 +182,14 @@ class Journal:
             self._fh = None
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
-    """Write a CSV to a temporary file next to ``path``; returns the temporary path."""
-
-    def write(fh) -> None:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-
-    return _write_temp(path, write)
+def _csv_text(columns: Sequence[str], rows: Iterable[dict]) -> str:
+    """``rows`` as CSV text with ``columns`` (other keys ignored), ``\n`` line ends."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buf.getvalue()
 
 
 def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dict]:
@@ -249,19 +208,11 @@ def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dic
     records = [done[i] for i in range(n_inputs)]
     pred_cols = PREDICTION_COLUMNS + (["label"] if with_label else [])
     # both tables are one unit: both written in full before either replaces an old one
-    temps: list[Path] = []
-    target = out_dir / PREDICTIONS
-    try:
-        temps.append(_write_csv(target, pred_cols, (r for r in records if r["kind"] == "prediction")))
-        target = out_dir / REJECTED
-        temps.append(_write_csv(target, REJECTED_COLUMNS, (r for r in records if r["kind"] == "rejected")))
-        for tmp, name in zip(temps, (PREDICTIONS, REJECTED)):
-            os.replace(tmp, out_dir / name)
-        temps = []
-        _fsync_dir(out_dir)
-    except OSError as exc:
-        raise _output_error(target, exc) from exc
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+    infra.atomic_write_many(
+        {
+            out_dir / PREDICTIONS: _csv_text(pred_cols, (r for r in records if r["kind"] == "prediction")),
+            out_dir / REJECTED: _csv_text(REJECTED_COLUMNS, (r for r in records if r["kind"] == "rejected")),
+        },
+        hint=_HINT,
+    )
     return records
