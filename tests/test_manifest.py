@@ -157,7 +157,7 @@ def test_resolve_paths_idempotent(tmp_path):
         ("052W", 0.9966),
         ("010D", 0.0274),
         ("", None),
-        ("45", None),
+        ("45", 45.0),  # a number without a unit: years (one parser with the metrics, issue 13)
         (None, None),
         ("xxY", None),
     ],

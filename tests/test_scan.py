@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +353,27 @@ def test_worker_crash_is_an_internal_error_row_not_a_stop(tmp_path, monkeypatch)
     assert result.n_files == 12 and len(result.accepted) == 11
     row = result.rejected.iloc[0]
     assert row["path"].endswith("f05.png") and row["reason"] == "INTERNAL_ERROR" and "died" in row["detail"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the Linux default here")
+def test_tqdm_monitor_thread_does_not_stop_fork(monkeypatch):
+    """tqdm's monitor thread (found through tqdm's public ``monitor`` attribute) is the one
+    thread that may run while the pool forks; any other thread means forkserver/spawn."""
+    import io
+    import threading
+
+    from tqdm.auto import tqdm
+
+    from cxr_cad.io import scan as scan_mod
+
+    bar = tqdm(total=2, file=io.StringIO())  # starts tqdm's monitor thread (monitor_interval > 0)
+    try:
+        monitor = tqdm.monitor
+        assert isinstance(monitor, threading.Thread) and monitor in scan_mod._tqdm_monitors()
+        monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread(), monitor])
+        assert scan_mod._pool_context().get_start_method() == "fork"
+        other = threading.Thread(target=lambda: None)
+        monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread(), monitor, other])
+        assert scan_mod._pool_context().get_start_method() in ("forkserver", "spawn")
+    finally:
+        bar.close()

@@ -15,6 +15,7 @@ import logging
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -76,13 +77,18 @@ def reduction_level(shorter_side: int, reduce_to: int, levels: int) -> int:
     return max(0, min(levels, int(math.floor(math.log2(shorter_side / target)))))
 
 
-def _set_reduce(image, level: int) -> None:
+def _set_reduce(image: Any, level: int) -> None:
     """Ask Pillow's JPEG 2000 decoder for resolution ``level`` (``image.reduce = level``).
 
-    OpenJPEG's reduced size is ``ceil(size / 2**level)``; Pillow's ``load()`` computes
-    ``int((size + 2**level // 2) / 2**level)``, which is one pixel short for some odd
-    sizes and then fails ("broken data stream"). Pre-setting the size so that Pillow's
-    formula gives OpenJPEG's size avoids that (checked by the tests against pydicom).
+    The one place that touches a Pillow internal, on purpose. OpenJPEG's reduced size is
+    ``ceil(size / 2**level)``; Pillow's ``load()`` computes ``int((size + 2**level // 2) / 2**level)``,
+    which is one pixel short for some odd sizes (101 px at level 2: 25, OpenJPEG writes 26) and
+    then fails ("broken data stream"). Pillow has no public way to set the decoded size (``size``
+    is read-only, ``draft()`` is JPEG-only, ``Image.reduce()`` shrinks after a full decode), so
+    the size Pillow starts from is pre-set (``_size``) such that its formula gives OpenJPEG's
+    size. ``test_j2k_pillow_reduce_needs_the_size_fix`` fails when a Pillow release makes this
+    unnecessary; if Pillow drops ``_size``, the decode fails and :func:`decode_reduced` falls
+    back to a full-resolution decode (same pixels, slower).
     """
     power = 1 << level
     adjust = power >> 1

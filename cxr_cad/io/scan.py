@@ -12,7 +12,6 @@ dropped silently.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -28,10 +27,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_cad.errors import Reason, RejectedFile, UsageError
+from cxr_cad.errors import ConfigError, Reason, RejectedFile
+from cxr_cad.infra import REJECTED_COLUMNS, default_workers, sha256_file
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.io.walk import iter_files, walk_sources  # noqa: F401 - iter_files re-exported (public API)
-from cxr_cad.manifest.schema import MANIFEST_COLUMNS, age_in_years, normalise_manifest
+from cxr_cad.manifest.age import age_in_years
+from cxr_cad.manifest.schema import MANIFEST_COLUMNS, normalise_manifest
 from cxr_cad.progress import progress
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 #: ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``, ``person1000_bacteria_2931.jpeg`` ->
 #: ``person1000``. Names it does not match fall back to the file stem (one patient per image).
 DEFAULT_PATIENT_ID_PATTERN = r"^((?:[A-Za-z]+\d*-)?IM-\d+|person\d+)(?=[-_.])"
-#: Columns of ``rejected.csv``.
-REJECTED_COLUMNS = ["path", "reason", "detail"]
-_HASH_CHUNK = 1 << 20
 _MIN_FILES_FOR_POOL = 200
 
 
@@ -80,15 +78,15 @@ class ScanResult:
 def compile_patient_id_pattern(pattern: str | None) -> re.Pattern:
     """Compile a ``--patient-id-pattern`` (None = :data:`DEFAULT_PATIENT_ID_PATTERN`).
 
-    Raises UsageError when it is not a valid regular expression, or has no capture group:
+    Raises ConfigError when it is not a valid regular expression, or has no capture group:
     without one, the whole match would be the id, and a pattern such as ``P`` gives every
     file the same patient id (merging patients across folds)."""
     try:
         compiled = re.compile(DEFAULT_PATIENT_ID_PATTERN if pattern is None else pattern)
     except re.error as exc:
-        raise UsageError(f"--patient-id-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise ConfigError(f"--patient-id-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
     if compiled.groups < 1:
-        raise UsageError(
+        raise ConfigError(
             f"--patient-id-pattern {pattern!r} has no capture group; put the part of the file "
             r"name that is the patient id in parentheses, e.g. '^(P\d+)-'"
         )
@@ -108,14 +106,6 @@ def patient_id_from_name(name: str, pattern: re.Pattern) -> tuple[str, bool]:
     return Path(name).stem or name, False
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixels: bool = False) -> dict:
     """Scan one file; never raises for a bad file.
 
@@ -127,7 +117,7 @@ def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixel
         meta = read_header(path, policy=policy)
         if verify_pixels:
             read_image(path, policy=policy)
-        digest = _sha256(path)
+        digest = sha256_file(path)
     except RejectedFile as exc:
         return {"status": "rejected", "row": {"path": path, "reason": exc.reason.value, "detail": exc.detail}}
     except OSError as exc:
@@ -175,13 +165,22 @@ def _scan_task(args: tuple) -> dict:
     return scan_file(*args)
 
 
+def _tqdm_monitors() -> set[object]:
+    """The monitor threads tqdm started (its public class attribute ``monitor``; None when none)."""
+    import tqdm.auto
+    import tqdm.std
+
+    return {m for m in (tqdm.std.tqdm.monitor, tqdm.auto.tqdm.monitor) if m is not None}
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     """``fork`` on Linux when this process runs no other thread than tqdm's monitor (fast: workers
     inherit the imported readers); else ``forkserver`` (its server imports the readers once, workers fork
     from it), else ``spawn``. Forking a process that runs other threads can deadlock the child."""
     methods = multiprocessing.get_all_start_methods()
     # tqdm's monitor thread (left running by disabled bars) only sleeps and workers never use tqdm
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
+    monitors = _tqdm_monitors()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t not in monitors]
     if (
         sys.platform.startswith("linux")
         and "fork" in methods
@@ -252,15 +251,6 @@ def _scan_isolated(task: tuple, ctx: multiprocessing.context.BaseContext) -> dic
             }
 
 
-def default_workers() -> int:
-    """Worker processes used when none are asked for: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
-
-
 def _mark_duplicates(accepted: list[dict]) -> tuple[list[dict], list[dict]]:
     """First file (in sorted path order) with a SOP Instance UID wins; later ones are rejected."""
     first: dict[str, dict] = {}
@@ -323,7 +313,8 @@ def scan_sources(
         :class:`ScanResult`; every file found is in exactly one of ``accepted``/``rejected``.
 
     Raises:
-        UsageError: a source does not exist, or the pattern is not a valid regex.
+        UsageError: a source does not exist.
+        ConfigError: the pattern is not a valid regex (a UsageError too).
     """
     t0 = time.perf_counter()
     pattern = compile_patient_id_pattern(patient_id_pattern)

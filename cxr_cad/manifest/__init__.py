@@ -4,6 +4,7 @@ A manifest is a CSV with one row per accepted image (``data_manifests/README.md`
 Validation collects every problem and raises :class:`~cxr_cad.errors.ManifestError` once.
 """
 
+from cxr_cad.manifest.age import age_in_years
 from cxr_cad.manifest.folds import grouped_split, patient_folds
 from cxr_cad.manifest.labels import (
     LABEL_KEYS,
@@ -19,9 +20,7 @@ from cxr_cad.manifest.schema import (
     INT_COLUMNS,
     MANIFEST_COLUMNS,
     REQUIRED_COLUMNS,
-    age_in_years,
     atomic_write_many,
-    atomic_write_text,
     manifest_hash,
     manifest_text,
     normalise_manifest,
@@ -56,8 +55,7 @@ __all__ = [
     "resolve_paths",
     "relative_paths",
     "age_in_years",
-    "atomic_write_text",
-    "atomic_write_many",
+    "atomic_write_many",  # deprecated: cxr_cad.infra.atomic_write_many
     "write_table",
     "table_text",
     "manifest_text",

@@ -8,18 +8,20 @@ back into absolute paths. No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-import re
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr_cad.errors import ManifestError, OutputError
+from cxr_cad import infra
+from cxr_cad.errors import ManifestError
+from cxr_cad.infra import PathLike
+from cxr_cad.manifest.age import age_in_years  # noqa: F401 - re-exported (was defined here)
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +55,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("path", "sop_instance_uid", "patient_id")
 INT_COLUMNS: tuple[str, ...] = ("bits_stored", "rows", "columns")
 #: Real-number columns (``float64``, NaN when unknown).
 FLOAT_COLUMNS: tuple[str, ...] = ("patient_age_years",)
-
-_AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
-
-
-def age_in_years(value: object) -> float | None:
-    """Convert a DICOM Age String ((0010,1010) Patient's Age, VR AS, e.g. ``"045Y"``,
-    ``"006M"``, ``"003W"``, ``"010D"``) to years. Returns None when empty or malformed."""
-    if value is None:
-        return None
-    m = _AGE_RE.match(str(value))
-    if not m:
-        return None
-    return round(int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()], 4)
 
 
 def _rows_text(positions: Iterable[int], limit: int = 8) -> str:
@@ -306,51 +294,23 @@ def read_csv_regular(src: str, hint: str) -> pd.DataFrame:
         raise ManifestError([f"cannot be read as CSV: {exc}"], source=src) from exc
 
 
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same folder,
-    then ``os.replace``; the file mode follows the umask. Raises OutputError when the
-    folder is not writable or full (nothing is left behind)."""
-    atomic_write_many({path: text})
+#: What to do when a manifest or table cannot be written (:class:`~cxr_cad.errors.OutputError`).
+WRITE_HINT = "free space or choose a writable output folder (nothing was replaced)"
 
 
-def atomic_write_many(files: dict) -> None:
-    """Write several files as a unit: ``{path: text}`` (UTF-8) all go to temporary files first
-    (fsynced), and only when every one is complete are they renamed into place. On a failure
-    (a full disk) no file is replaced and the temporary files are removed, so a folder holds
-    either the old complete set or the new one, never a mix. Modes follow the umask.
+def _make_parents(paths: Iterable[PathLike]) -> None:
+    """Create the folders the files go to; a failure shows as the OutputError of the write."""
+    for parent in {Path(p).parent for p in paths}:
+        with contextlib.suppress(OSError):
+            parent.mkdir(parents=True, exist_ok=True)
 
-    Raises:
-        OutputError: naming the folder, when a file cannot be written.
-    """
-    from cxr_cad.io.files import umask_file_mode
 
-    mode = umask_file_mode()
-    temps: list[tuple[str, str]] = []
-    dest = ""
-    try:
-        for path, text in files.items():
-            dest = os.path.abspath(os.fspath(path))
-            folder = os.path.dirname(dest)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
-            temps.append((tmp, dest))
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fchmod(fh.fileno(), mode)
-                os.fsync(fh.fileno())
-        for tmp, dest in temps:
-            os.replace(tmp, dest)
-        temps = []
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write {dest} in {os.path.dirname(dest)}: {exc.strerror or exc}; free space "
-            "or choose a writable output folder (nothing was replaced)"
-        ) from exc
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+def atomic_write_many(files: Mapping[PathLike, str]) -> None:
+    """Deprecated: use :func:`cxr_cad.infra.atomic_write_many` (this one also creates the folders).
+
+    Kept while ``cxr_cad.cli.ingest`` imports it from here."""
+    _make_parents(files)
+    infra.atomic_write_many(files, hint=WRITE_HINT)
 
 
 def table_text(df: pd.DataFrame) -> str:
@@ -359,8 +319,9 @@ def table_text(df: pd.DataFrame) -> str:
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write any table as CSV atomically (missing values as empty cells)."""
-    atomic_write_text(table_text(df), path)
+    """Write any table as CSV atomically (missing values as empty cells); creates the folder."""
+    _make_parents([path])
+    infra.atomic_write_text(path, table_text(df), hint=WRITE_HINT)
 
 
 def manifest_text(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool = True) -> str:
@@ -385,7 +346,8 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool 
         ManifestError: a numeric column holds text.
         OutputError: the file cannot be written.
     """
-    atomic_write_text(manifest_text(df, path, relative=relative), path)
+    _make_parents([path])
+    infra.atomic_write_text(path, manifest_text(df, path, relative=relative), hint=WRITE_HINT)
 
 
 def manifest_hash(df: pd.DataFrame) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr_cad.manifest.age import age_in_years
 from cxr_cad.metrics._common import UndefinedMetricWarning, warn_undefined
 from cxr_cad.metrics.delong import delong_auc_ci
 from cxr_cad.metrics.operating import binary_metrics
@@ -19,28 +19,15 @@ from cxr_cad.metrics.operating import binary_metrics
 AGE_EDGES: tuple[float, ...] = (1, 5, 12, 18, 40, 65, 80)
 UNKNOWN_AGE = "unknown"
 MISSING = "(missing)"
-_AS = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
-_DAYS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 _PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
 
 
 def age_years(patient_age: Any) -> float:
     """Age in years from a DICOM Age String "(0010,1010) Patient's Age" ("045Y", "006M", "010W",
-    "003D") or a number of years. NaN when missing or unparseable (never raises)."""
-    if patient_age is None:
-        return float("nan")
-    if isinstance(patient_age, (int, float, np.integer, np.floating)) and not isinstance(patient_age, bool):
-        v = float(patient_age)
-        return v if math.isfinite(v) and v >= 0 else float("nan")
-    text = str(patient_age).strip()
-    m = _AS.match(text)
-    if m:
-        return int(m.group(1)) * _DAYS[m.group(2).upper()]
-    try:
-        v = float(text)
-    except ValueError:
-        return float("nan")
-    return v if math.isfinite(v) and v >= 0 else float("nan")
+    "003D") or a number of years (see :func:`cxr_cad.manifest.age.age_in_years`, the one parser).
+    NaN when missing or unparseable (never raises)."""
+    years = age_in_years(patient_age)
+    return float("nan") if years is None else years
 
 
 def _band_label(lo: float | None, hi: float | None) -> str:

@@ -111,18 +111,18 @@ def test_quiet_and_verbose_in_both_places(argv, quiet, verbose):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_outputs_follow_the_umask(tmp_path, umask):
+    import pandas as pd
     import torch
 
-    from cxr_cad.engine.checkpoint import atomic_torch_save
-    from cxr_cad.manifest import atomic_write_many, atomic_write_text
-    from cxr_cad.report import _atomic_text as report_atomic_text
+    from cxr_cad.infra import atomic_write, atomic_write_many, atomic_write_text
+    from cxr_cad.manifest import write_table
 
     old = os.umask(umask)
     try:
-        atomic_write_text("a", tmp_path / "run.json")
-        report_atomic_text(tmp_path / "report.html", "<html></html>")
+        atomic_write_text(tmp_path / "run.json", "a")
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "report.html")
         atomic_write_many({tmp_path / "m.csv": "x", tmp_path / "r.csv": "y"})
-        atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "checkpoint.pt")
+        atomic_write(tmp_path / "checkpoint.pt", lambda fh: torch.save({"x": torch.zeros(1)}, fh))
         with open(tmp_path / "plain.txt", "w") as fh:
             fh.write("z")
     finally:

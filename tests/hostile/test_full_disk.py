@@ -85,7 +85,7 @@ def test_multi_file_outputs_are_a_unit(tmp_path, monkeypatch):
     import pytest
 
     from cxr_cad.errors import OutputError
-    from cxr_cad.manifest import atomic_write_many
+    from cxr_cad.infra import atomic_write_many
 
     names = ["manifest.csv", "rejected.csv", "ingest.json"]
     for n in names:
