@@ -225,7 +225,6 @@ def test_ingest_usage_errors_exit_2(tmp_path, capsys):
             ["ingest", src, "--out", out, "--labels", str(tmp_path / "unknown.csv"), "--classes", "NORMAL,PNEUMONIA"],
             "'COVID'",
         ),
-        (["ingest", src, "--out", str(tmp_path / "afile" / "sub")], "not writable"),
         (["ingest", src, "--out", out, "--classes", "A,B", "--positive-class", "C"], "--positive-class"),
         (["ingest", src, "--out", out, "--patient-id-pattern", "("], "regular expression"),
         (["ingest", src, "--out", out, "--labels", str(tmp_path / "nope.csv")], "not found"),
@@ -236,6 +235,9 @@ def test_ingest_usage_errors_exit_2(tmp_path, capsys):
     for argv, needle in cases:
         assert main(argv) == 2, argv
         assert needle in capsys.readouterr().err, argv
+    # an output folder that cannot be written is an OutputError (exit 1), not a usage error
+    assert main(["ingest", src, "--out", str(tmp_path / "afile" / "sub")]) == 1
+    assert "not writable" in capsys.readouterr().err
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 

@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 
-from cxr_cad.config import load_config
 from cxr_cad.errors import UsageError
 
 #: option dest -> dotted config key (None = option not given).
@@ -28,6 +27,7 @@ _OVERRIDES = {
     "precision": "runtime.precision",
     "workers": "runtime.workers",
     "init": "model.init",
+    "arch": "model.arch",
     "tta": "model.tta",
     "optimizer": "optim.name",
 }
@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds, >= 2 (default 5)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML training config (docs/train.md); options below override it")
+    from cxr_cad.cli.train import add_arch_option
+
+    add_arch_option(p)
     p.add_argument(
         "--init",
         help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
@@ -130,26 +133,44 @@ def _fmt(ci: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.engine.crossval import run_crossval
-    from cxr_cad.manifest import read_manifest
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("crossval runs as a single process; start it without torchrun")
-    if args.folds < 2:
-        raise UsageError(f"--folds must be at least 2, not {args.folds}")
-    if args.bootstrap < 0:
-        raise UsageError(f"--bootstrap must be >= 0, not {args.bootstrap}")
-    overrides = {key: getattr(args, dest, None) for dest, key in _OVERRIDES.items()}
-    cfg = load_config(args.config, overrides)
-    df = read_manifest(args.manifest, require_labels=True, classes=cfg.data.classes)
+    from cxr_cad import api
+    from cxr_cad.cli.train import overrides_from
     from cxr_cad.manifest import manifest_hash
     from cxr_cad.tracking import log_crossval_run, track_run
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("crossval runs as a single process; start it without torchrun")
+    cfg = api.as_config(args.config, overrides_from(args, _OVERRIDES))
+    df = api.read_labelled(args.manifest, cfg.data.classes)
     with track_run(args.track, "crossval", {**cfg.to_dict(), "folds": args.folds}) as tracker:  # docs/export.md
-        res = run_crossval(
-            df, args.out, cfg, n_folds=args.folds, init=args.init, final=args.final or False, n_bootstrap=args.bootstrap
+        res = api.crossval(
+            df, cfg, args.out, folds=args.folds, init=args.init, final=args.final or False, n_bootstrap=args.bootstrap
         )
         log_crossval_run(tracker, res, manifest_hash(df))
+    _print_result(res)
+    if not args.no_report:
+        from pathlib import Path
+
+        from cxr_cad.report import ReportOptions
+
+        report = api.write_cv_report(
+            res,
+            Path(args.out) / "report",
+            positive_class=cfg.data.positive_class,
+            manifest=df,
+            cohort_info={
+                "name": f"cross-validation of {Path(args.manifest).name} ({args.folds} folds, out-of-fold predictions)",
+                "manifest_hash": manifest_hash(df),
+            },
+            options=ReportOptions(n_bootstrap=max(args.bootstrap, 100)),
+            pdf=not args.no_pdf,
+        )
+        tracker.log_artifact(report.out_dir, "report")  # the MLflow run is closed; artifacts can still be added
+        print(f"report: {report.out_dir / 'report.html'}")
+    return 0
+
+
+def _print_result(res) -> None:
     m = res.metrics
     for f in m["per_fold"]:
         sens, spec = f["metrics"]["sensitivity"]["value"], f["metrics"]["specificity"]["value"]
@@ -172,39 +193,3 @@ def run(args: argparse.Namespace) -> int:
             else f"{m['final']['epochs']} epochs"
         )
         print(f"final bundle: {res.final_bundle} ({what}, threshold {m['final']['threshold']:.4f})")
-    if not args.no_report:
-        report = _write_cv_report(res, df, cfg, args)
-        tracker.log_artifact(report.out_dir, "report")  # the MLflow run is closed; artifacts can still be added
-        print(f"report: {report.out_dir / 'report.html'}")
-    return 0
-
-
-def _write_cv_report(res, df, cfg, args):
-    """The cross-validation report from the out-of-fold predictions (no single model threshold)."""
-    from pathlib import Path
-
-    from cxr_cad.manifest import manifest_hash
-    from cxr_cad.report import ReportOptions, write_report
-
-    oof = res.oof.copy()
-    # subgroup columns (view, sex, age, manufacturer) come from the manifest
-    by_uid = df.set_index("sop_instance_uid")
-    for col in df.columns:
-        if col not in oof.columns:
-            oof[col] = oof["sop_instance_uid"].map(by_uid[col])
-    cohort = {
-        "name": f"cross-validation of {Path(args.manifest).name} ({args.folds} folds, out-of-fold predictions)",
-        "manifest_hash": manifest_hash(df),
-    }
-    return write_report(
-        oof,
-        Path(args.out) / "report",
-        positive_class=cfg.data.positive_class,
-        threshold=None,
-        cohort_info=cohort,
-        cv=res.metrics,
-        gradcam_note="Grad-CAM needs one model; cross-validation has one per fold. "
-        "Run `cxr-cad evaluate` with a bundle for the gallery.",
-        options=ReportOptions(n_bootstrap=max(args.bootstrap, 100)),
-        pdf=not args.no_pdf,
-    )

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import logging
 import os
-import tempfile
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.io.policy import AcceptPolicy
-from cxr_cad.io.scan import compile_patient_id_pattern, scan_sources
-from cxr_cad.manifest import (
-    LABEL_KEYS,
-    atomic_write_many,
-    explain_unmatched,
-    join_labels,
-    labels_from_folders,
-    manifest_hash,
-    manifest_text,
-    read_labels,
-    table_text,
-    validate_manifest,
-)
-from cxr_cad.versions import software_versions
+from cxr_cad.manifest import LABEL_KEYS
+
+if TYPE_CHECKING:
+    from cxr_cad.api import IngestOutcome
 
 log = logging.getLogger(__name__)
 
@@ -120,164 +105,37 @@ def _split_list(text: str | None) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
-def _check_args(args) -> tuple[list[str] | None, AcceptPolicy]:
-    problems = []
-    missing = [s for s in args.sources if not os.path.exists(s)]
-    if missing:
-        problems.append("input not found: " + ", ".join(missing))
-    classes = _split_list(args.classes) or None
-    if classes and len(set(classes)) != len(classes):
-        problems.append(f"--classes lists a class twice: {args.classes}")
-    if args.positive_class and classes and args.positive_class not in classes:
-        problems.append(f"--positive-class {args.positive_class!r} is not one of --classes {','.join(classes)}")
-    if args.workers is not None and args.workers < 1:
-        problems.append(f"--workers must be 1 or more (got {args.workers})")
-    if (args.label_key or args.label_column != "label") and not args.labels:
-        problems.append("--label-key/--label-column need --labels")
-    mods = _split_list(args.modalities)
-    modalities = () if [m.lower() for m in mods] == ["any"] else tuple(m.upper() for m in mods)
-    if not mods:
-        problems.append("--modalities is empty; give e.g. CR,DX,DR or 'any'")
-    try:
-        compile_patient_id_pattern(args.patient_id_pattern)
-    except UsageError as exc:
-        problems.append(str(exc))
-    problems += _check_out_dir(args.out)
-    if problems:
-        raise UsageError("; ".join(problems))
-    policy = AcceptPolicy(modalities=modalities, reject_lateral=not args.allow_lateral, apply_voi=not args.no_voi)
-    return classes, policy
-
-
-def _check_out_dir(out: str) -> list[str]:
-    """The output folder must be creatable and writable (checked with a probe file)."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        return [f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out"]
-    return []
-
-
-def _folder_label_problem(df: pd.DataFrame, classes: list[str]) -> str | None:
-    unknown = df[~df["label"].isin(classes)]
-    if unknown.empty:
-        return None
-    names = unknown["label"].replace("", "(no folder)")
-    named = ", ".join(
-        f"{k!r} ({v} files, e.g. {unknown['path'][names == k].iloc[0]})" for k, v in names.value_counts().items()
-    )
-    return (
-        f"folder label(s) not in --classes {','.join(classes)}: {named}; put each image under a folder named "
-        "after its class, or fix --classes"
-    )
-
-
-def run_ingest(args) -> int:
+def run_ingest(args: argparse.Namespace) -> int:
     """Handler of ``cxr-cad ingest``; returns the exit code."""
-    started = _dt.datetime.now(_dt.timezone.utc)
+    from cxr_cad import api
     from cxr_cad.pacs.cliopts import materialise_sources  # dicomweb: -> the folder it is fetched into
 
     args.sources = materialise_sources(args, os.path.abspath(args.out))
-    classes, policy = _check_args(args)
-    out = os.path.abspath(args.out)
-    if args.labels:  # check the labels file before the (long) scan; join_labels reads it again
-        read_labels(args.labels, key=args.label_key, label_column=args.label_column, classes=classes)
-    result = scan_sources(
+    policy = AcceptPolicy.from_options(
+        modalities=args.modalities, allow_lateral=args.allow_lateral, apply_voi=not args.no_voi
+    )
+    outcome = api.run_ingest(
         args.sources,
+        args.out,
+        labels="folders" if args.labels_from_folders else args.labels,
+        classes=_split_list(args.classes) or None,
+        positive_class=args.positive_class,
         policy=policy,
-        workers=args.workers,
+        label_key=args.label_key,
+        label_column=args.label_column,
         patient_id_pattern=args.patient_id_pattern,
         verify_pixels=args.verify_pixels,
-        exclude=[out],
+        workers=args.workers,
+        absolute_paths=args.absolute_paths,
+        options={k: v for k, v in vars(args).items() if k != "func"},
     )
-    manifest = result.accepted
-    report = None
-    label_source = None
-    if args.labels_from_folders:
-        label_source = "folders"
-        manifest = labels_from_folders(manifest, classes=classes)
-        if classes:
-            problem = _folder_label_problem(manifest, classes)
-            if problem:
-                raise UsageError(problem)
-    elif args.labels:
-        label_source = os.path.abspath(args.labels)
-        manifest, report = join_labels(
-            manifest,
-            label_source,
-            key=args.label_key,
-            label_column=args.label_column,
-            classes=classes,
-            base_dir=os.path.dirname(label_source),
-        )
-        explain_unmatched(report, result.rejected, os.path.dirname(label_source))
-    found = sorted(set(manifest["label"]) - {""})
-    if classes is None and found:
-        classes = found
-    if args.positive_class and classes is not None and args.positive_class not in classes:
-        raise UsageError(
-            f"--positive-class {args.positive_class!r} is not among the labels found "
-            f"({', '.join(found) or 'none'}); set --classes or fix the name"
-        )
-    problems = validate_manifest(manifest, classes=classes) if len(manifest) else []
-    if problems:
-        raise ManifestError(problems, source="scanned images")
-    # the outputs are one unit: all written to temporary files, then all renamed (a full disk
-    # leaves the folder as it was, never a manifest.csv without its rejected.csv / ingest.json)
-    outputs = {
-        os.path.join(out, "manifest.csv"): manifest_text(
-            manifest, os.path.join(out, "manifest.csv"), relative=not args.absolute_paths
-        ),
-        os.path.join(out, "rejected.csv"): table_text(result.rejected),
-    }
-    if report is not None:
-        outputs[os.path.join(out, "unmatched_labels.csv")] = table_text(report.unmatched)
-    labels_by_class = {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()}
-    record = {
-        "software": software_versions(("pydicom", "pandas")),
-        "created": started.isoformat(timespec="seconds"),
-        "seconds": round(result.seconds, 2),
-        "options": {k: v for k, v in sorted(vars(args).items()) if k != "func"},
-        "sources": [os.path.abspath(s) for s in args.sources],
-        "outputs": {
-            "manifest": "manifest.csv",
-            "rejected": "rejected.csv",
-            "unmatched_labels": "unmatched_labels.csv" if report is not None else None,
-        },
-        "paths": "absolute" if args.absolute_paths else "relative to this folder where they share a parent",
-        "policy": {
-            "modalities": list(policy.modalities) or "any",
-            "reject_lateral": policy.reject_lateral,
-            "apply_voi": policy.apply_voi,
-            "verify_pixels": bool(args.verify_pixels),
-        },
-        "classes": classes,
-        "positive_class": args.positive_class,
-        "labels": {"source": label_source, **(report.to_dict() if report is not None else {})},
-        "patient_id_rule": result.patient_id_rule,
-        "counts": {
-            "files": result.n_files,
-            "accepted": len(manifest),
-            "rejected": len(result.rejected),
-            "rejected_by_reason": result.rejected_by_reason(),
-            "labels_by_class": labels_by_class,
-            "patients": int(manifest["patient_id"].nunique()),
-            "studies": int(manifest.loc[manifest["study_instance_uid"] != "", "study_instance_uid"].nunique()),
-        },
-        "skipped_folders": len(result.skipped_dirs),
-        "workers": result.workers,
-        "manifest_hash": manifest_hash(manifest),
-    }
-    outputs[os.path.join(out, "ingest.json")] = json.dumps(record, indent=2) + "\n"
-    atomic_write_many(outputs)
-    _print_summary(result, manifest, record, report, out)
+    _print_summary(outcome, os.path.abspath(args.out))
     return 0
 
 
-def _print_summary(result, manifest: pd.DataFrame, record: dict, report, out: str) -> None:
+def _print_summary(outcome: IngestOutcome, out: str) -> None:
     """One screen on stdout: counts, reasons, labels, patient-id rule, outputs. No identifiers."""
+    result, record, report = outcome.scan, outcome.record, outcome.label_report
     c = record["counts"]
     lines = [
         f"ingest: {c['files']} files in {result.seconds:.1f} s ({result.workers} worker(s))",

@@ -23,14 +23,6 @@ Exit codes: 0 done; 1 bad model bundle, unwritable --out or another failure;
 2 bad arguments, missing sources, or --out holding a different run."""
 
 
-def _modalities(text: str) -> tuple[str, ...]:
-    """``CR,DX,DR`` -> ("CR", "DX", "DR"); ``any`` -> () (accept every modality), as ingest."""
-    mods = tuple(m.strip().upper() for m in text.split(",") if m.strip())
-    if not mods:
-        raise argparse.ArgumentTypeError("--modalities is empty; give e.g. CR,DX,DR or 'any'")
-    return () if mods == ("ANY",) else mods
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -82,8 +74,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--modalities",
-        type=_modalities,
-        default=("CR", "DX", "DR"),
+        default="CR,DX,DR",
         metavar="LIST",
         help="accepted (0008,0060) Modality values, comma separated, or 'any' (default CR,DX,DR)",
     )
@@ -112,10 +103,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.engine.predict import PredictOptions, predict
-    from cxr_cad.io import AcceptPolicy
+    from cxr_cad import api
+    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.io.policy import AcceptPolicy
 
-    policy = AcceptPolicy(modalities=args.modalities, reject_lateral=not args.allow_lateral)
+    policy = AcceptPolicy.from_options(modalities=args.modalities, allow_lateral=args.allow_lateral)
     options = PredictOptions(
         batch_size=args.batch_size,
         workers=args.workers,
@@ -133,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         for line in run_predict(args, args.sources, args.out, args.model, options):
             print(f"cxr-cad predict: {line}")
         return 0
-    result = predict(args.sources, args.out, args.model, options)
+    result = api.score(args.model, args.sources, args.out, options)
     if result.runtime.get("rank", 0) == 0:
         print(f"cxr-cad predict: {result.summary_line()}")
     return 0

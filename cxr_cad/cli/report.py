@@ -152,39 +152,11 @@ def cohort_description(args: argparse.Namespace, manifest_path: str | Path | Non
     return info
 
 
-def read_table(path: str | Path, what: str) -> pd.DataFrame:
-    """A CSV read as text (ids keep their leading zeros); UsageError naming the file otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} {p} not found")
-    try:
-        return pd.read_csv(p, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{what} {p} is not a readable CSV table: {exc}") from exc
-
-
-def join_metadata(
-    pred: pd.DataFrame, manifest: pd.DataFrame, keys: tuple[str, ...] = ("sop_instance_uid", "path")
-) -> pd.DataFrame:
-    """Add manifest columns (patient id, view, sex, age, manufacturer...) to predictions.
-
-    Joined on the first of ``keys`` that both tables have filled in every prediction row;
-    prediction columns win. Raises UsageError when no key is shared.
-    """
-    for key in keys:
-        if key in pred.columns and key in manifest.columns and (pred[key].astype(str) != "").all():
-            extra = [c for c in manifest.columns if c not in pred.columns or c == key]
-            right = manifest[extra].drop_duplicates(subset=[key]).astype({key: str})
-            return pred.astype({key: str}).merge(right, on=key, how="left")
-    raise UsageError(
-        f"cannot join the manifest to the predictions: they share no filled column among {', '.join(keys)}"
-    )
-
-
 def write_rejected(rejected: pd.DataFrame, out_dir: Path) -> None:
     """rejected.csv (path, reason, detail) in the report folder; only with identifiers."""
-    cols = [c for c in ("path", "reason", "detail") if c in rejected.columns]
-    rejected[cols].to_csv(Path(out_dir) / "rejected.csv", index=False, lineterminator="\n")
+    from cxr_cad.infra import REJECTED_COLUMNS, atomic_write_csv
+
+    atomic_write_csv(Path(out_dir) / "rejected.csv", rejected[[c for c in REJECTED_COLUMNS if c in rejected.columns]])
 
 
 def register(subparsers) -> None:
@@ -247,6 +219,7 @@ def _cohort_shift(pred: pd.DataFrame, bundle) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxr_cad.api import join_metadata, read_table
     from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
 
     pred = read_table(args.predictions, "predictions table")

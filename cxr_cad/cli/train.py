@@ -1,4 +1,4 @@
-"""``cxr-cad train``: train a ResNet18 on a labelled manifest into a run folder."""
+"""``cxr-cad train``: train a network (``--arch``, default ResNet18) on a labelled manifest into a run folder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 
-from cxr_cad.config import load_config
 from cxr_cad.tracking import add_track_option
 
 #: option dest -> dotted config key (None values = option not given).
@@ -14,6 +13,7 @@ _OVERRIDES = {
     "epochs": "epochs",
     "batch_size": "batch_size",
     "seed": "seed",
+    "arch": "model.arch",
     "init": "model.init",
     "image_size": "model.image_size",
     "aspect": "model.aspect",
@@ -49,8 +49,8 @@ _OVERRIDES = {
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a ResNet18 on a labelled manifest",
-        description="Train a ResNet18 classifier on a labelled manifest. Training/validation are split by "
+        help="train a network (ResNet18 by default) on a labelled manifest",
+        description="Train a classifier (--arch; ResNet18 by default) on a labelled manifest. Training/validation are split by "
         "patient (or by a 'split' / 'fold' column); validation AUC picks the best epoch and stops early; the "
         "decision threshold is chosen on validation data. Everything goes into --out (config.yaml, run.json, "
         "split.csv, train_log.csv, checkpoint.pt, model.pt); rerunning the same command resumes. Options "
@@ -63,6 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML config file (see docs/train.md); options below override it")
     g = p.add_argument_group("model")
+    add_arch_option(g)
     g.add_argument(
         "--init",
         help="initial weights: imagenet, imagenet:/path/weights.pth, none, or a bundle "
@@ -137,21 +138,39 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from cxr_cad.engine.train import train_model
-    from cxr_cad.manifest import read_manifest
+def arch_choices() -> list[str] | None:
+    """The registered network names (``cxr_cad.model.registry``; no torch import), or None when
+    the registry is not there (then the config validation judges the name)."""
+    try:
+        from cxr_cad.model.registry import arch_names
+    except ImportError:  # pragma: no cover - registry not in this tree
+        return None
+    return list(arch_names())
 
-    overrides = {key: getattr(args, dest, None) for dest, key in _OVERRIDES.items()}
-    cfg = load_config(args.config, overrides)
-    df = read_manifest(args.manifest, require_labels=True, classes=cfg.data.classes)
+
+def add_arch_option(g) -> None:
+    """``--arch NAME``: the network (config key ``model.arch``)."""
+    choices = arch_choices()
+    g.add_argument(
+        "--arch",
+        choices=choices,
+        metavar="NAME",
+        help="network architecture" + (f": {', '.join(choices)}" if choices else "") + " [resnet18]",
+    )
+
+
+def overrides_from(args: argparse.Namespace, table: dict[str, str]) -> dict:
+    """``{dotted config key: value}`` of the options given (None = not given)."""
+    return {key: getattr(args, dest, None) for dest, key in table.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_cad import api
     from cxr_cad.tracking import log_training_run, track_run
 
+    cfg = api.as_config(args.config, overrides_from(args, _OVERRIDES))
     with track_run(args.track, "train", cfg.to_dict()) as tracker:  # --track mlflow (docs/export.md)
-        result = train_model(df, args.out, cfg, callbacks=[tracker.epoch_callback()])
-        if int(os.environ.get("RANK", "0")) == 0:
-            from cxr_cad.model.card import add_manifest_to_card
-
-            add_manifest_to_card(result.bundle_path, args.manifest)  # sources recorded at ingest
+        result = api.run_training(args.manifest, cfg, args.out, callbacks=[tracker.epoch_callback()])
         log_training_run(tracker, args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         auc = "n/a" if math.isnan(result.val_auc) else f"{result.val_auc:.4f}"

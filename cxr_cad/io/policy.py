@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from cxr_cad.errors import ConfigError
 
 #: Default limit on the declared decoded size of one image, bytes: (0028,0010) Rows x
 #: (0028,0011) Columns x (0028,0008) Number of Frames x (0028,0002) Samples per Pixel x
@@ -23,6 +26,9 @@ def default_max_image_bytes() -> int:
         value = 0
     return value if value > 0 else DEFAULT_MAX_IMAGE_BYTES
 
+
+#: The modalities accepted by default: (0008,0060) values of chest radiographs.
+DEFAULT_MODALITIES: tuple[str, ...] = ("CR", "DX", "DR")
 
 #: (0018,5101) View Position values that mean a lateral projection.
 LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"})
@@ -46,7 +52,7 @@ class AcceptPolicy:
             or ``$CXR_CAD_MAX_IMAGE_BYTES``.
     """
 
-    modalities: tuple[str, ...] = ("CR", "DX", "DR")
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
     reject_lateral: bool = True
     apply_voi: bool = True
     max_image_bytes: int = field(default_factory=default_max_image_bytes)
@@ -57,11 +63,59 @@ class AcceptPolicy:
             or not isinstance(self.max_image_bytes, int)
             or self.max_image_bytes < 1
         ):
-            raise ValueError(f"AcceptPolicy.max_image_bytes must be a positive integer, not {self.max_image_bytes!r}")
+            raise ConfigError(f"max_image_bytes must be a positive integer, not {self.max_image_bytes!r}")
         if isinstance(self.modalities, str):
-            raise TypeError("AcceptPolicy.modalities must be a tuple of strings, e.g. ('CR', 'DX'), not a str")
+            raise ConfigError("modalities must be a tuple of strings, e.g. ('CR', 'DX'), not a str")
         object.__setattr__(self, "modalities", tuple(str(m).strip().upper() for m in self.modalities))
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        modalities: str | Iterable[str] | None = None,
+        allow_lateral: bool = False,
+        apply_voi: bool = True,
+        max_image_bytes: int | None = None,
+    ) -> AcceptPolicy:
+        """The policy a command line, a workflow file or an API call describes.
+
+        Args:
+            modalities: accepted (0008,0060) values as a list or a comma-separated text
+                (``"CR,DX,DR"``); ``"any"`` (or ``["any"]``) accepts every modality; None = the
+                default :data:`DEFAULT_MODALITIES`.
+            allow_lateral: accept lateral views (the policy's ``reject_lateral`` is the opposite).
+            apply_voi: apply the VOI LUT / window.
+            max_image_bytes: None = the default limit.
+
+        Raises:
+            ConfigError: an empty modality list.
+        """
+        mods = parse_modalities(modalities)
+        kwargs: dict = {"modalities": mods, "reject_lateral": not allow_lateral, "apply_voi": bool(apply_voi)}
+        if max_image_bytes is not None:
+            kwargs["max_image_bytes"] = max_image_bytes
+        return cls(**kwargs)
+
+    def record(self) -> dict:
+        """The policy as ingest.json records it (``modalities`` ``"any"`` for the empty tuple)."""
+        return {
+            "modalities": list(self.modalities) or "any",
+            "reject_lateral": self.reject_lateral,
+            "apply_voi": self.apply_voi,
+        }
 
     def accepts_modality(self, modality: str) -> bool:
         """True when ``modality`` ((0008,0060) Modality) is accepted by this policy."""
         return not self.modalities or modality.strip().upper() in self.modalities
+
+
+def parse_modalities(modalities: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"CR,DX,DR"`` or ``["cr", "dx"]`` -> ``("CR", "DX", ...)``; ``"any"`` -> ``()`` (every
+    modality); None -> :data:`DEFAULT_MODALITIES`. Raises ConfigError for an empty list."""
+    if modalities is None:
+        return DEFAULT_MODALITIES
+    items = modalities.split(",") if isinstance(modalities, str) else [str(m) for m in modalities]
+    mods = tuple(m.strip().upper() for m in items if m.strip())
+    if not mods:
+        raise ConfigError("modalities is empty; give e.g. CR,DX,DR or 'any'")
+    return () if mods == ("ANY",) else mods

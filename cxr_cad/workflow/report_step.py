@@ -19,26 +19,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["report_step", "headline"]
 
-#: Manifest columns joined onto predictions for the report's subgroup tables.
-_SUBGROUP_COLUMNS = [
-    "sop_instance_uid",
-    "patient_id",
-    "view_position",
-    "patient_sex",
-    "patient_age",
-    "patient_age_years",
-    "manufacturer",
-    "modality",
-]
-
 
 def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
-    cols = [
-        c for c in _SUBGROUP_COLUMNS if c in manifest.columns and (c == "sop_instance_uid" or c not in pred.columns)
-    ]
-    if "sop_instance_uid" not in pred.columns or len(cols) < 2:
-        return pred
-    return pred.merge(manifest[cols].drop_duplicates("sop_instance_uid"), on="sop_instance_uid", how="left")
+    """The manifest's subgroup columns (view, sex, age, manufacturer) joined on by SOP Instance UID."""
+    from cxr_cad.api import SUBGROUP_COLUMNS, join_metadata
+
+    return join_metadata(pred, manifest, keys=("sop_instance_uid",), columns=SUBGROUP_COLUMNS, strict=False)
 
 
 def headline(data: dict) -> dict:
@@ -74,12 +60,9 @@ def headline(data: dict) -> dict:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(
-        path,
-        dtype={"sop_instance_uid": str, "label": str, "patient_id": str},
-        keep_default_na=False,
-        na_values={"probability": [""]},
-    )
+    from cxr_cad.api import read_scores
+
+    return read_scores(path)
 
 
 def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
@@ -155,7 +138,7 @@ def _cohort_info(ctx: StepContext, cfg: dict, name: str, step: str) -> dict:
 
 
 def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
-    from cxr_cad.report import write_report
+    from cxr_cad.api import write_cv_report
 
     cv = ctx.upstream["crossval"]
     base = ctx.run_dir / "crossval"
@@ -163,17 +146,16 @@ def _cv_report(ctx: StepContext, cfg: dict, opts) -> dict:
     summary = json.loads((base / cv["cv_metrics"]).read_text(encoding="utf-8")) if cv.get("cv_metrics") else None
     # the per-fold `threshold` column and cv_metrics.json give the operating point at each
     # fold's own threshold; there is no single model threshold for out-of-fold predictions
-    result = write_report(
+    result = write_cv_report(
         pred,
         ctx.step_dir / "crossval",
         positive_class=cfg["positive_class"],
-        threshold=None,
+        cv_metrics=summary,
         cohort_info={
             **{k: v for k, v in (cfg.get("cohort") or {}).items() if v},
             "name": "cross-validation (out-of-fold predictions)",
             "validation": "internal (cross-validation, patient-grouped folds)",
         },
-        cv=summary,
         gradcam_note="Grad-CAM is drawn in the test-cohort report (one model per fold here).",
         options=opts,
         pdf=cfg["pdf"],

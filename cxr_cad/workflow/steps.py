@@ -10,7 +10,6 @@ validating a workflow stays fast.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_cad.errors import ManifestError, UsageError
+from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.workflow.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -52,72 +52,53 @@ def cohort_manifest(ctx: StepContext, cohort: str) -> tuple[str, str]:
     raise UsageError(f"no {cohort} cohort in this workflow (set data.{cohort})")
 
 
-def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
-    """Scan (or read) one cohort into ``<step>/<cohort>/manifest.csv``; returns its summary."""
-    from cxr_cad.io import AcceptPolicy
-    from cxr_cad.io.scan import scan_sources
-    from cxr_cad.manifest import (
-        join_labels,
-        labels_from_folders,
-        manifest_hash,
-        read_manifest,
-        validate_manifest,
-        write_manifest,
-        write_table,
+def _policy(cfg: dict) -> AcceptPolicy:
+    ing = cfg["ingest"]
+    return AcceptPolicy.from_options(
+        modalities=ing["modalities"], allow_lateral=not ing["reject_lateral"], apply_voi=ing["apply_voi"]
     )
+
+
+def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
+    """Scan (or read) one cohort into ``<step>/<cohort>/`` (manifest.csv, rejected.csv,
+    unlabelled.csv, ingest.json: :func:`cxr_cad.api.run_ingest`); returns its summary."""
+    from cxr_cad import api
+    from cxr_cad.manifest import manifest_hash, read_manifest, validate_manifest
 
     cfg = ctx.config
     out = ctx.step_dir / cohort
-    out.mkdir(parents=True, exist_ok=True)
     source, labels = spec["source"], spec["labels"]
     classes = list(cfg["classes"])
-    rejected = pd.DataFrame(columns=["path", "reason", "detail"])
-    unmatched = 0
+    sources: Any = [source]
+    label_source = labels or "none"
     if Path(source).is_file() and source.lower().endswith(".csv"):
-        manifest = read_manifest(source)
-        label_source = "manifest"
-        if labels == "folders" and (manifest["label"] != "").all():
+        sources, label_source = read_manifest(source), "manifest"
+        if labels == "folders" and (sources["label"] != "").all():
             log.info("%s cohort: %s already has a label on every row; using them (not folder names)", cohort, source)
             labels = None
-    else:
-        ing = cfg["ingest"]
-        mods = tuple(m.upper() for m in ing["modalities"])
-        policy = AcceptPolicy(
-            modalities=() if [m.lower() for m in mods] == ["any"] else mods,
-            reject_lateral=ing["reject_lateral"],
-            apply_voi=ing["apply_voi"],
+    outcome = api.run_ingest(
+        sources,
+        labels=None if labels == "manifest" else labels,
+        classes=classes,
+        policy=_policy(cfg),
+        label_key=cfg["label_key"],
+        patient_id_pattern=cfg["patient_id_pattern"],
+        verify_pixels=cfg["ingest"]["verify_pixels"],
+        workers=cfg["ingest"]["workers"],
+        drop_unlabelled=spec["require_labels"],
+        exclude=[ctx.run_dir],
+        options={"step": "ingest", "cohort": cohort, **spec, **cfg["ingest"]},
+    )
+    manifest, rejected = outcome.manifest, outcome.rejected
+    unlabelled = outcome.unlabelled if outcome.unlabelled is not None else manifest.iloc[0:0][["path", "label"]]
+    if len(unlabelled):
+        log.warning(
+            "%s cohort: %d images have no label among %s; they are left out (listed in %s)",
+            cohort,
+            len(unlabelled),
+            classes,
+            out / "unlabelled.csv",
         )
-        result = scan_sources(
-            [source],
-            policy=policy,
-            workers=ing["workers"],
-            patient_id_pattern=cfg["patient_id_pattern"],
-            verify_pixels=ing["verify_pixels"],
-            exclude=[ctx.run_dir],
-        )
-        manifest, rejected = result.accepted, result.rejected
-        label_source = labels or "none"
-    if labels == "folders":
-        manifest = labels_from_folders(manifest, classes=classes)
-    elif labels not in (None, "manifest"):
-        manifest, report = join_labels(
-            manifest, labels, key=cfg["label_key"], classes=classes, base_dir=os.path.dirname(labels)
-        )
-        unmatched = len(report.unmatched)
-    unlabelled = manifest.iloc[0:0]
-    if spec["require_labels"]:
-        keep = manifest["label"].isin(classes)
-        unlabelled = manifest.loc[~keep, ["path", "label"]]
-        if len(unlabelled):
-            log.warning(
-                "%s cohort: %d images have no label among %s; they are left out (listed in %s)",
-                cohort,
-                len(unlabelled),
-                classes,
-                out / "unlabelled.csv",
-            )
-        manifest = manifest[keep].reset_index(drop=True)
-    write_table(unlabelled[["path", "label"]], out / "unlabelled.csv")
     if manifest.empty:
         why = [f"no usable images in {source}: {len(rejected)} files rejected (see {out / 'rejected.csv'})"]
         if len(unlabelled):
@@ -125,23 +106,23 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
                 f"{len(unlabelled)} images have no label among {', '.join(classes)} (labels: {label_source}); "
                 f"set data.{cohort}_labels to a labels CSV, or 'folders' for class-named folders"
             )
+        outcome.unlabelled = unlabelled
+        outcome.write(out)  # the rejected/unlabelled lists say why
         raise ManifestError(why, source=f"data.{cohort}")
     problems = validate_manifest(manifest, classes=classes)
     if problems:
         raise ManifestError(problems, source=f"data.{cohort} ({source})")
-    write_manifest(manifest, out / "manifest.csv")
-    write_table(rejected, out / "rejected.csv")
+    outcome.unlabelled = unlabelled
+    outcome.write(out)
     counts = {
         "images": int(len(manifest)),
         "patients": int(manifest["patient_id"].nunique()),
         "rejected": int(len(rejected)),
         "unlabelled": int(len(unlabelled)),
-        "unmatched_labels": int(unmatched),
+        "unmatched_labels": 0 if outcome.label_report is None else int(len(outcome.label_report.unmatched)),
         "by_label": {str(k) or "(none)": int(v) for k, v in manifest["label"].value_counts().items()},
         "rejected_by_reason": {str(k): int(v) for k, v in rejected["reason"].value_counts().items()},
     }
-    summary = {"source": source, "labels": label_source, "manifest_hash": manifest_hash(manifest), "counts": counts}
-    (out / "ingest.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log.info(
         "ingest %s: %d images of %d patients, %d rejected",
         cohort,
@@ -149,7 +130,7 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
         counts["patients"],
         counts["rejected"],
     )
-    return summary
+    return {"source": source, "labels": label_source, "manifest_hash": manifest_hash(manifest), "counts": counts}
 
 
 def ingest_step(ctx: StepContext) -> dict:
@@ -194,19 +175,19 @@ def split_step(ctx: StepContext) -> dict:
 
 
 def _train_config(ctx: StepContext):
-    from cxr_cad.config import TrainConfig
+    from cxr_cad.api import as_config
 
-    return TrainConfig.from_dict(ctx.config["train_config"], source="workflow train section")
+    return as_config(ctx.config["train_config"], source="workflow train section")
 
 
 def crossval_step(ctx: StepContext) -> dict:
-    """Patient-grouped k-fold cross-validation on the training cohort (``run_crossval``)."""
-    from cxr_cad.engine.crossval import METRICS_FILE, OOF_FILE, run_crossval
+    """Patient-grouped k-fold cross-validation on the training cohort (:func:`cxr_cad.api.crossval`)."""
+    from cxr_cad import api
+    from cxr_cad.engine.crossval import METRICS_FILE, OOF_FILE
 
     step, rel = cohort_manifest(ctx, "train")
     df = read_step_manifest(ctx, step, rel)
-    cfg = _train_config(ctx)
-    result = run_crossval(df, ctx.step_dir, cfg, n_folds=ctx.config["folds"])
+    result = api.crossval(df, _train_config(ctx), ctx.step_dir, folds=ctx.config["folds"])
     return {
         "oof_predictions": OOF_FILE,
         "cv_metrics": METRICS_FILE,
@@ -216,12 +197,12 @@ def crossval_step(ctx: StepContext) -> dict:
 
 
 def train_step(ctx: StepContext) -> dict:
-    """Final training on the whole training cohort (``train_model``; resumes by itself)."""
-    from cxr_cad.engine.train import train_model
+    """Final training on the whole training cohort (:func:`cxr_cad.api.run_training`; resumes by itself)."""
+    from cxr_cad import api
 
     step, rel = cohort_manifest(ctx, "train")
     df = read_step_manifest(ctx, step, rel)
-    result = train_model(df, ctx.step_dir, _train_config(ctx))
+    result = api.run_training(df, _train_config(ctx), ctx.step_dir)
     val_auc = float(result.val_auc)
     return {
         "bundle": os.path.relpath(result.bundle_path, ctx.step_dir),
@@ -234,28 +215,22 @@ def train_step(ctx: StepContext) -> dict:
 
 
 def evaluate_step(ctx: StepContext) -> dict:
-    """Score the test cohort with each model (``engine.predict.predict``, resumable).
+    """Score the test cohort with each model (:func:`cxr_cad.api.score`, resumable).
 
     ``config["models"]``: name -> bundle path, or ``"train"`` for the bundle the train
     step wrote."""
-    from cxr_cad.engine.predict import PredictOptions, predict
-    from cxr_cad.io import AcceptPolicy
+    from cxr_cad import api
+    from cxr_cad.engine.predict import PredictOptions
 
     step, rel = cohort_manifest(ctx, "test")
     manifest = ctx.run_dir / step / rel
     cfg = ctx.config
-    ing = cfg["ingest"]
-    mods = tuple(m.upper() for m in ing["modalities"])
-    policy = AcceptPolicy(
-        modalities=() if [m.lower() for m in mods] == ["any"] else mods,
-        reject_lateral=ing["reject_lateral"],
-        apply_voi=ing["apply_voi"],
-    )
+    policy = _policy(cfg)
     outputs: dict[str, Any] = {"models": {}}
     for name, model in cfg["models"].items():
         path = ctx.run_dir / "train" / ctx.upstream["train"]["bundle"] if model == "train" else Path(model)
         opts = PredictOptions(batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"], policy=policy)
-        result = predict([str(manifest)], ctx.step_dir / name, str(path), opts)
+        result = api.score(path, [manifest], ctx.step_dir / name, opts)
         outputs["models"][name] = {
             "bundle": str(path),
             "n_predicted": int(result.n_predicted),

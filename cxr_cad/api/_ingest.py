@@ -1,0 +1,349 @@
+"""``ingest``: folders of DICOM/PNG/JPEG (or a manifest table) -> manifest + rejected + ingest.json.
+
+One implementation for ``cxr-cad ingest``, the workflow's ingest step and the Python API; one
+``ingest.json`` layout (read by :mod:`cxr_cad.model.card` and :mod:`cxr_cad.report.inputs`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
+from cxr_cad.infra import REJECTED_COLUMNS, PathLike, atomic_write_many, software_versions
+from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad.io.scan import ScanResult
+
+__all__ = ["IngestOutcome", "ingest", "run_ingest", "INGEST_FILES"]
+
+#: The files an ingest folder holds (``unmatched_labels.csv`` with a labels CSV only,
+#: ``unlabelled.csv`` when unlabelled images are dropped).
+INGEST_FILES = ("manifest.csv", "rejected.csv", "unmatched_labels.csv", "unlabelled.csv", "ingest.json")
+
+
+@dataclass
+class IngestOutcome:
+    """What an ingest found.
+
+    Attributes:
+        manifest: accepted images (absolute paths), labelled where labels were given.
+        rejected: files not accepted (``path``, ``reason``, ``detail``).
+        unlabelled: images left out because they had no label among the classes
+            (``path``, ``label``; only with ``drop_unlabelled``).
+        scan: the scan's counts and patient-id rule (an empty scan for a table input).
+        label_report: the label join (a labels CSV only).
+        classes, positive_class: as given, or the labels found.
+        label_source: ``"folders"``, the labels file, ``"manifest"`` or None.
+        record: ``ingest.json`` once :meth:`write` has run.
+    """
+
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+    unlabelled: pd.DataFrame | None
+    scan: ScanResult
+    label_report: Any
+    classes: list[str] | None
+    positive_class: str | None
+    label_source: str | None
+    policy: AcceptPolicy
+    verify_pixels: bool
+    sources: list[str]
+    options: dict
+    started: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    record: dict = field(default_factory=dict)
+
+    def make_record(self, absolute_paths: bool = False) -> dict:
+        """The ``ingest.json`` record (the one layout)."""
+        from cxr_cad.manifest import manifest_hash
+
+        m, result, report = self.manifest, self.scan, self.label_report
+        return {
+            "software": software_versions(("pydicom", "pandas")),
+            "created": self.started.isoformat(timespec="seconds"),
+            "seconds": round(result.seconds, 2),
+            "options": self.options,
+            "sources": self.sources,
+            "outputs": {
+                "manifest": "manifest.csv",
+                "rejected": "rejected.csv",
+                "unmatched_labels": "unmatched_labels.csv" if report is not None else None,
+            },
+            "paths": "absolute" if absolute_paths else "relative to this folder where they share a parent",
+            "policy": {**self.policy.record(), "verify_pixels": bool(self.verify_pixels)},
+            "classes": self.classes,
+            "positive_class": self.positive_class,
+            "labels": {"source": self.label_source, **(report.to_dict() if report is not None else {})},
+            "patient_id_rule": result.patient_id_rule,
+            "counts": {
+                "files": result.n_files,
+                "accepted": len(m),
+                "rejected": len(self.rejected),
+                "rejected_by_reason": _by_reason(self.rejected),
+                "labels_by_class": {str(k) or "(none)": int(v) for k, v in m["label"].value_counts().items()},
+                "patients": int(m["patient_id"].nunique()),
+                "studies": int(m.loc[m["study_instance_uid"] != "", "study_instance_uid"].nunique()),
+                "unlabelled": 0 if self.unlabelled is None else len(self.unlabelled),
+            },
+            "skipped_folders": len(result.skipped_dirs),
+            "workers": result.workers,
+            "manifest_hash": manifest_hash(m),
+        }
+
+    def write(self, out_dir: PathLike, *, absolute_paths: bool = False) -> Path:
+        """Write manifest.csv, rejected.csv (and unmatched_labels.csv / unlabelled.csv) and
+        ingest.json into ``out_dir`` as one unit: all go to temporary files first, then all are
+        renamed (a full disk leaves the folder as it was). Returns the folder."""
+        from cxr_cad.manifest import manifest_text, table_text
+
+        out = Path(out_dir).absolute()
+        out.mkdir(parents=True, exist_ok=True)
+        outputs: dict[PathLike, str] = {
+            out / "manifest.csv": manifest_text(self.manifest, out / "manifest.csv", relative=not absolute_paths),
+            out / "rejected.csv": table_text(self.rejected),
+        }
+        if self.label_report is not None:
+            outputs[out / "unmatched_labels.csv"] = table_text(self.label_report.unmatched)
+        if self.unlabelled is not None:
+            outputs[out / "unlabelled.csv"] = table_text(self.unlabelled)
+        self.record = self.make_record(absolute_paths)
+        import json
+
+        outputs[out / "ingest.json"] = json.dumps(self.record, indent=2) + "\n"
+        atomic_write_many(outputs)
+        return out
+
+
+def _by_reason(rejected: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}
+
+
+def _check_options(
+    classes: list[str] | None, positive_class: str | None, workers: int | None, labels: Any, label_key: Any
+) -> None:
+    problems = []
+    if classes is not None and len(set(classes)) != len(classes):
+        problems.append(f"classes (--classes) lists a class twice: {','.join(classes)}")
+    if positive_class and classes and positive_class not in classes:
+        problems.append(
+            f"positive class (--positive-class) {positive_class!r} is not one of classes {','.join(classes)}"
+        )
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        problems.append(f"workers (--workers) must be 1 or more (got {workers})")
+    if label_key and labels is None:
+        problems.append("label_key (--label-key/--label-column) needs a labels table (--labels)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _folder_label_problem(df: pd.DataFrame, classes: list[str]) -> str | None:
+    unknown = df[~df["label"].isin(classes)]
+    if unknown.empty:
+        return None
+    names = unknown["label"].replace("", "(no folder)")
+    named = ", ".join(
+        f"{k!r} ({v} files, e.g. {unknown['path'][names == k].iloc[0]})" for k, v in names.value_counts().items()
+    )
+    return (
+        f"folder label(s) not in --classes {','.join(classes)}: {named}; put each image under a folder named "
+        "after its class, or fix --classes"
+    )
+
+
+def _describe(labels: Any) -> str | None:
+    """How ``labels`` is recorded: None, ``"folders"``, a path, or ``"table"`` (a DataFrame)."""
+    if labels is None or isinstance(labels, (str, os.PathLike)):
+        return None if labels is None else os.fspath(labels)
+    return "table"
+
+
+def _check_out_dir(out: PathLike) -> None:
+    """The output folder must be creatable and writable (checked with a probe file)."""
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out") from exc
+
+
+def _table_scan(df: pd.DataFrame) -> ScanResult:
+    """The scan record of a manifest given as a table (nothing was scanned)."""
+    return ScanResult(accepted=df, rejected=pd.DataFrame(columns=REJECTED_COLUMNS), n_files=len(df))
+
+
+def _scan(sources: Any, policy: AcceptPolicy, opts: dict, exclude: Sequence[PathLike]) -> tuple[ScanResult, list]:
+    if isinstance(sources, pd.DataFrame):
+        where = sources.attrs.get("manifest_path")
+        return _table_scan(sources), [os.path.abspath(where)] if where else []
+    from cxr_cad.io.scan import scan_sources
+
+    paths = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+    missing = [s for s in paths if not os.path.exists(s)]
+    if missing:
+        raise UsageError("input not found: " + ", ".join(missing))
+    result = scan_sources(
+        paths,
+        policy=policy,
+        workers=opts["workers"],
+        patient_id_pattern=opts["patient_id_pattern"],
+        verify_pixels=opts["verify_pixels"],
+        exclude=exclude,
+    )
+    return result, [os.path.abspath(s) for s in paths]
+
+
+def _label(
+    manifest: pd.DataFrame, scan: ScanResult, labels: Any, opts: dict, classes: list[str] | None
+) -> tuple[pd.DataFrame, Any, str | None]:
+    """``(labelled manifest, label join report or None, label source)``."""
+    from cxr_cad.manifest import explain_unmatched, join_labels, labels_from_folders
+
+    if labels == "folders":
+        manifest = labels_from_folders(manifest, classes=classes)
+        if classes and not opts["drop_unlabelled"]:
+            problem = _folder_label_problem(manifest, classes)
+            if problem:
+                raise UsageError(problem)
+        return manifest, None, "folders"
+    if labels is None:
+        return manifest, None, None
+    source = os.path.abspath(labels) if isinstance(labels, (str, os.PathLike)) else "table"
+    manifest, report = join_labels(
+        manifest,
+        source if isinstance(labels, (str, os.PathLike)) else labels,
+        key=opts["label_key"],
+        label_column=opts["label_column"],
+        classes=classes,
+        base_dir=os.path.dirname(source) if source != "table" else None,
+    )
+    explain_unmatched(report, scan.rejected, os.path.dirname(source) if source != "table" else None)
+    return manifest, report, source
+
+
+def run_ingest(
+    sources: Sequence[PathLike] | PathLike | pd.DataFrame,
+    out_dir: PathLike | None = None,
+    *,
+    labels: PathLike | pd.DataFrame | None = None,
+    classes: Sequence[str] | None = None,
+    positive_class: str | None = None,
+    policy: AcceptPolicy | None = None,
+    label_key: str | None = None,
+    label_column: str = "label",
+    patient_id_pattern: str | None = None,
+    verify_pixels: bool = False,
+    workers: int | None = None,
+    absolute_paths: bool = False,
+    drop_unlabelled: bool = False,
+    exclude: Sequence[PathLike] = (),
+    options: Mapping[str, Any] | None = None,
+) -> IngestOutcome:
+    """:func:`ingest` returning the whole :class:`IngestOutcome` (counts, label join, record).
+
+    ``options`` is what ``ingest.json`` records under ``options`` (default: these arguments).
+    """
+    opts = {
+        "labels": _describe(labels),
+        "classes": list(classes) if classes is not None else None,
+        "positive_class": positive_class,
+        "label_key": label_key,
+        "label_column": label_column,
+        "patient_id_pattern": patient_id_pattern,
+        "verify_pixels": verify_pixels,
+        "workers": workers,
+        "absolute_paths": absolute_paths,
+        "drop_unlabelled": drop_unlabelled,
+    }
+    cls = opts["classes"]
+    _check_options(cls, positive_class, workers, labels, label_key or (label_column != "label"))
+    policy = policy or AcceptPolicy()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    if out_dir is not None:
+        _check_out_dir(out_dir)
+    if isinstance(labels, (str, os.PathLike)) and labels != "folders":  # check before the (long) scan
+        from cxr_cad.manifest import read_labels
+
+        read_labels(labels, key=label_key, label_column=label_column, classes=cls)
+    exclude = [*exclude, *([os.path.abspath(out_dir)] if out_dir is not None else [])]
+    scan, source_list = _scan(sources, policy, opts, exclude)
+    manifest, report, label_source = _label(scan.accepted, scan, labels, opts, cls)
+    if isinstance(sources, pd.DataFrame) and label_source is None:
+        label_source = "manifest"
+    unlabelled = None
+    if drop_unlabelled:
+        keep = manifest["label"].isin(cls or [])
+        unlabelled = manifest.loc[~keep, ["path", "label"]]
+        manifest = manifest[keep].reset_index(drop=True)
+    found = sorted(set(manifest["label"]) - {""})
+    if cls is None and found:
+        cls = found
+    if positive_class and cls is not None and positive_class not in cls:
+        raise ConfigError(
+            f"positive class (--positive-class) {positive_class!r} is not among the labels found "
+            f"({', '.join(found) or 'none'}); set the classes or fix the name"
+        )
+    outcome = IngestOutcome(
+        manifest=manifest,
+        rejected=scan.rejected,
+        unlabelled=unlabelled,
+        scan=scan,
+        label_report=report,
+        classes=cls,
+        positive_class=positive_class,
+        label_source=label_source,
+        policy=policy,
+        verify_pixels=verify_pixels,
+        sources=source_list,
+        options=dict(sorted((options if options is not None else opts).items())),
+        started=started,
+    )
+    if out_dir is not None:
+        _validate(outcome, "scanned images")
+        outcome.write(out_dir, absolute_paths=absolute_paths)
+    return outcome
+
+
+def _validate(outcome: IngestOutcome, where: str) -> None:
+    from cxr_cad.manifest import validate_manifest
+
+    problems = validate_manifest(outcome.manifest, classes=outcome.classes) if len(outcome.manifest) else []
+    if problems:
+        raise ManifestError(problems, source=where)
+
+
+def ingest(
+    sources: Sequence[PathLike] | PathLike | pd.DataFrame,
+    out_dir: PathLike | None = None,
+    **options: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan folders/files of DICOM/PNG/JPEG into ``(manifest_df, rejected_df)``.
+
+    Every input file is in exactly one of the two tables. With ``out_dir`` the folder gets
+    ``manifest.csv``, ``rejected.csv``, ``ingest.json`` (and ``unmatched_labels.csv`` with a
+    labels CSV), written as one unit, exactly as ``cxr-cad ingest --out`` writes them.
+
+    Args:
+        sources: folders (recursive) and/or files; or a manifest DataFrame (labels only joined).
+        out_dir: folder to write (created); None writes nothing.
+        **options: keyword arguments of :func:`run_ingest`: ``labels`` (a labels CSV or
+            DataFrame, or ``"folders"``: the class-named folder of each file), ``classes``,
+            ``positive_class``, ``policy`` (:class:`~cxr_cad.io.AcceptPolicy`, e.g.
+            ``AcceptPolicy.from_options(modalities="any")``), ``label_key``,
+            ``patient_id_pattern``, ``verify_pixels``, ``workers``, ``absolute_paths``.
+
+    Raises:
+        UsageError: a source does not exist; ConfigError: bad options; ManifestError: a labels
+        table or the result fails validation; OutputError: ``out_dir`` cannot be written.
+    """
+    outcome = run_ingest(sources, out_dir, **options)
+    if out_dir is None:
+        _validate(outcome, "scanned images")
+    return outcome.manifest, outcome.rejected
