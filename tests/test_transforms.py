@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +18,14 @@ from cxr_cad.transforms import (
     GRAY_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    REJECTED_KEY,
     AugmentSpec,
     CxrReader,
     TransformSpec,
     build_eval_transforms,
     build_post_transforms,
     build_train_transforms,
+    collate_samples,
     find_rejection,
     make_dataset,
 )
@@ -191,13 +194,41 @@ def test_rejected_file_keeps_reason_and_path(tmp_path):
     rej = find_rejection(err.value)
     assert isinstance(rej, RejectedFile) and rej.reason == Reason.NOT_DICOM and rej.path.endswith("notes.txt")
     assert find_rejection(ValueError("x")) is None
-    # as re-raised from a DataLoader worker process: traceback text only
+    # an error re-raised from a DataLoader worker (traceback text only) is never parsed: datasets
+    # return rejection records instead (test_dataset_returns_rejection_records_from_workers)
     text = RuntimeError(
         f"Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback:\n  ...\n"
         f"cxr_cad.errors.RejectedFile: {bad}: [NOT_DICOM] no DICM magic\n\nThe above ..."
     )
-    rej = find_rejection(text)
-    assert rej.reason == Reason.NOT_DICOM and rej.path == str(bad) and rej.detail == "no DICM magic"
+    assert find_rejection(text) is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("cached", [False, True])
+def test_dataset_returns_rejection_records_from_workers(images, tmp_path, workers, cached):
+    """A file that is not accepted comes back as a record (from a worker process too); the
+    collate sets it apart and the good images keep their place and values."""
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image at all\n" * 20)
+    missing = tmp_path / "gone.png"
+    items = [{"image": images[0], "label": 0}, {"image": str(bad), "label": 1}, {"image": str(missing), "label": 1}]
+    items.append({"image": images[1], "label": 1})
+    spec = TransformSpec(image_size=32)
+    ds = make_dataset(items, spec, cache_dir=tmp_path / "cache" if cached else None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_samples)
+    (batch,) = list(loader)
+    assert [(Path(r["path"]).name, r["reason"]) for r in batch[REJECTED_KEY]] == [
+        ("notes.txt", "NOT_DICOM"),
+        ("gone.png", "UNREADABLE"),
+    ]
+    assert all(r["detail"] for r in batch[REJECTED_KEY])
+    assert batch["label"].tolist() == [0, 1] and batch["image"].shape == (2, 1, 32, 32)
+    want = build_eval_transforms(spec)({"image": images[1]})["image"]
+    assert torch.equal(batch["image"][1], want)
+    if cached:  # a rejection is not cached: the fixed file is read next time
+        Image.fromarray(np.arange(1600, dtype=np.uint8).reshape(40, 40)).save(bad, format="PNG")
+        fresh = make_dataset(items[1:2], spec, cache_dir=tmp_path / "cache")[0]
+        assert REJECTED_KEY not in fresh and fresh["image"].shape == (1, 32, 32)
 
 
 def test_policy_apply_voi_comes_from_spec(tmp_path):

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler, get_worker_info
 from cxr_cad.config import DataConfig
 from cxr_cad.errors import ManifestError
 from cxr_cad.manifest import grouped_split
+from cxr_cad.transforms import collate_samples
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ def train_loader(
         num_workers=workers,
         worker_init_fn=worker_init_fn if workers else None,
         generator=gen,
+        collate_fn=collate_samples,
         drop_last=len(sampler) % batch_size == 1 and len(sampler) > 1,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -7,9 +7,8 @@ with native bf16, AMP on CUDA), channels-last input, GradScaler only for fp16.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,12 @@ from torch.utils.data import DataLoader, Subset
 
 from cxr_cad.engine.data import shard_rows
 from cxr_cad.engine.runtime import RuntimeInfo, autocast, prepare_model, resolve_runtime, to_device
-from cxr_cad.errors import CxrCadError
+from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.progress import progress
+from cxr_cad.transforms import REJECTED_KEY, Rejection, collate_samples
+
+#: A collated batch: ``"image"`` (N, C, S, S), ``"label"`` (N,), ``"rejected"`` (records).
+Batch = dict[Hashable, Any]
 
 log = logging.getLogger(__name__)
 
@@ -52,43 +55,29 @@ def train_step(
     return loss.detach()
 
 
-_REJECTED_LINE = re.compile(r"RejectedFile: (.+)")
+def rejected_error(records: Sequence[Rejection], what: str) -> ManifestError:
+    """The error for images of a training/validation table that cannot be read (each one named).
 
-
-def image_error(exc: BaseException, what: str) -> BaseException:
-    """A clear CxrCadError for an image that failed to load in a DataLoader (else ``exc``).
-
-    MONAI wraps the reader's :class:`RejectedFile` in ``RuntimeError``; a DataLoader worker
-    re-raises it as text, so the worker's traceback is searched too.
-    """
-    from cxr_cad.transforms import find_rejection
-
-    rej = find_rejection(exc)
-    found = str(rej) if rej is not None else None
-    if found is None:
-        m = _REJECTED_LINE.search(str(exc))
-        found = m.group(1).strip() if m else None
-    if found is None:
-        return exc
-    return CxrCadError(
-        f"a {what} image cannot be read: {found}; remove it from the manifest "
-        "(`cxr-cad ingest` rejects such files) and rerun"
+    The records come from the dataset (:func:`cxr_cad.transforms.collate_samples`), in the
+    DataLoader worker that read the file, never from exception text."""
+    names = [f"{r['path']}: [{r['reason']}] {r['detail']}" for r in records]
+    return ManifestError(
+        [
+            f"a {what} image cannot be read: {name}; remove it from the manifest "
+            "(`cxr-cad ingest` rejects such files) and rerun"
+            for name in names
+        ]
     )
 
 
-def _batches(loader: DataLoader, info: RuntimeInfo, desc: str, what: str):
+def _batches(loader: DataLoader, info: RuntimeInfo, desc: str, what: str) -> Iterator[tuple[Any, Batch]]:
     """Yield ``(bar, batch)``: a progress bar on rank 0 (None elsewhere) and each batch;
-    an image that cannot be read becomes a CxrCadError naming it (:func:`image_error`)."""
+    a batch holding images that cannot be read raises :func:`rejected_error` naming them."""
     bar = progress(loader, total=len(loader), desc=desc, unit="batch", leave=False) if info.is_main else None
-    it = iter(bar if bar is not None else loader)
     try:
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except RuntimeError as exc:
-                raise image_error(exc, what) from exc
+        for batch in bar if bar is not None else loader:
+            if batch.get(REJECTED_KEY):
+                raise rejected_error(batch[REJECTED_KEY], what)
             yield bar, batch
     finally:
         if bar is not None:
@@ -180,7 +169,7 @@ def evaluate(
     model.eval()
     rows = shard_rows(len(dataset), info.rank, info.world_size)
     subset = Subset(dataset, rows.tolist()) if info.distributed else dataset
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_samples)
     probs, labels = [], []
     for _, batch in _batches(loader, info, desc, "validation" if desc == "validate" else "input"):
         images = to_device(batch["image"], info)
@@ -229,9 +218,9 @@ def predict_probabilities(
     ``model_or_bundle``: a bundle path, a loaded ``cxr_cad.model.Bundle`` (its model, eval
     transform spec and positive class are used), or an ``nn.Module`` (then ``spec`` and, unless
     ``all_classes``, ``positive_index`` are required). ``df`` needs a ``path`` column of
-    readable files (absolute or relative to the current folder). Single process; a file that
-    cannot be read raises (MONAI ``RuntimeError`` with the ``RejectedFile`` as cause) — use
-    ``cxr-cad predict`` for batch scoring with per-file rejection.
+    readable files (absolute or relative to the current folder). Single process; files that
+    cannot be read raise a ManifestError naming them — use ``cxr-cad predict`` (or
+    :func:`cxr_cad.engine.predict.predict`) for batch scoring with per-file rejection.
     """
     from cxr_cad.transforms import TransformSpec, make_dataset
 
@@ -246,7 +235,7 @@ def predict_probabilities(
         spec = spec or model_or_bundle.transform_spec
         positive_index = model_or_bundle.positive_index if positive_index is None else positive_index
     if spec is None or (positive_index is None and not all_classes):
-        raise ValueError("predict_probabilities needs spec and positive_index with a bare model")
+        raise UsageError("predict_probabilities needs spec and positive_index with a bare model")
     if isinstance(spec, dict):
         spec = TransformSpec.from_dict(spec)
     info = resolve_runtime(device, precision)

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from cxr_cad.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -82,10 +84,10 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> RuntimeInf
     """Resolve ``device`` ("auto"/"cpu"/"cuda"/"cuda:N") and ``precision`` into a RuntimeInfo.
 
     Under torchrun (``WORLD_SIZE`` > 1) each rank takes ``cuda:LOCAL_RANK`` when CUDA is used.
-    Raises ValueError for an unknown precision or an unavailable CUDA device.
+    Raises ConfigError for an unknown precision or device, or an unavailable CUDA device.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -93,11 +95,11 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> RuntimeInf
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+            raise ConfigError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
         if device == "cuda":
             device = f"cuda:{local_rank if world_size > 1 else torch.cuda.current_device()}"
     elif device != "cpu":
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
     if precision == "auto":
         if device.startswith("cuda"):
@@ -105,7 +107,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> RuntimeInf
         else:
             precision = "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device == "cpu":
-        raise ValueError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
+        raise ConfigError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
     channels_last = precision != "fp32" or device.startswith("cuda")
     return RuntimeInfo(
         device=device,

@@ -16,14 +16,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
+import numpy as np
 import torch
 
-from cxr_cad.errors import Reason, RejectedFile, UsageError
+from cxr_cad.errors import ConfigError, Reason, RejectedFile, UsageError
+from cxr_cad.infra import sha256_file
+
+if TYPE_CHECKING:
+    from cxr_cad.io import AcceptPolicy
+    from cxr_cad.transforms import TransformSpec
 
 log = logging.getLogger(__name__)
 
@@ -129,34 +135,59 @@ def batch_shard(indices: Sequence[int], batch_size: int, rank: int = 0, world_si
     batches are the same as in a single-process run.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
     return batches[rank::world_size]
 
 
-def make_preprocess(spec: Any):
+#: One decoded image, (H, W) float32 in [0, 1] -> the model input, (C, S, S) float32.
+Preprocess = Callable[[np.ndarray], torch.Tensor]
+
+
+class Sample(TypedDict, total=False):
+    """One item of :class:`PredictDataset`: the input's index and either the image and its
+    identifiers, or why it was not scored (``reason``, ``detail``)."""
+
+    index: int
+    image: torch.Tensor
+    sop_instance_uid: str
+    study_instance_uid: str
+    reason: str
+    detail: str
+
+
+class Batch(TypedDict):
+    """What :func:`collate_records` makes of a list of :class:`Sample`."""
+
+    images: torch.Tensor | None
+    accepted: list[Sample]
+    rejected: list[Sample]
+
+
+def make_preprocess(spec: TransformSpec) -> Preprocess:
     """The bundle's eval chain after decoding: (H, W) float32 [0, 1] array -> (C, S, S) tensor.
 
     It is :func:`cxr_cad.transforms.build_eval_transforms` without its first step
-    (``LoadImaged``), because predict decodes with ``cxr_cad.io.read_image`` itself to keep
-    the file's DICOM identifiers. Raises RuntimeError if that chain no longer starts with
-    ``LoadImaged`` (the two would silently drift apart otherwise).
+    (:class:`~cxr_cad.transforms.LoadCxrImaged`), because predict decodes with
+    ``cxr_cad.io.read_image`` itself to keep the file's DICOM identifiers. Raises
+    RuntimeError if that chain no longer starts with ``LoadCxrImaged`` (the two would
+    silently drift apart otherwise).
     """
-    from monai.transforms import Compose, LoadImaged
+    from monai.transforms import Compose
 
-    from cxr_cad.transforms import build_load_transforms, build_post_transforms
+    from cxr_cad.transforms import LoadCxrImaged, build_load_transforms, build_post_transforms
 
     load = build_load_transforms(spec)
-    if not isinstance(load[0], LoadImaged):
+    if not isinstance(load[0], LoadCxrImaged):
         raise RuntimeError(
-            "cxr_cad.transforms.build_load_transforms no longer starts with LoadImaged; "
+            "cxr_cad.transforms.build_load_transforms no longer starts with LoadCxrImaged; "
             "update cxr_cad.engine.shards.make_preprocess"
         )
     chain = Compose(load[1:] + build_post_transforms(spec))
 
-    def preprocess(pixels) -> torch.Tensor:
+    def preprocess(pixels: np.ndarray) -> torch.Tensor:
         if not pixels.flags.writeable:  # torch wants writable memory
             pixels = pixels.copy()
         image = chain({"image": torch.from_numpy(pixels[None])})["image"]
@@ -165,15 +196,15 @@ def make_preprocess(spec: Any):
     return preprocess
 
 
-class PredictDataset(torch.utils.data.Dataset):
+class PredictDataset(torch.utils.data.Dataset[Sample]):
     """Decodes and preprocesses one input per item; never raises for a bad file.
 
-    An item is a dict with ``index`` and either ``image`` (a (C, S, S) float32 tensor),
-    ``sop_instance_uid``, ``study_instance_uid``, or ``reason`` + ``detail`` for a file
-    that was not accepted (``RejectedFile``) or failed unexpectedly (``INTERNAL_ERROR``).
+    An item is a :class:`Sample`: ``index`` and either ``image`` (a (C, S, S) float32
+    tensor), ``sop_instance_uid``, ``study_instance_uid``, or ``reason`` + ``detail`` for a
+    file that was not accepted (``RejectedFile``) or failed unexpectedly (``INTERNAL_ERROR``).
     """
 
-    def __init__(self, inputs: Sequence[PredictInput], policy: Any, spec: Any):
+    def __init__(self, inputs: Sequence[PredictInput], policy: AcceptPolicy | None, spec: TransformSpec):
         self.inputs = inputs
         self.policy = policy
         # full-resolution decode, as cxr_cad.transforms.build_load_transforms: a reduced JPEG 2000
@@ -184,18 +215,14 @@ class PredictDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def _load(self, item: PredictInput) -> dict:
+    def _load(self, item: PredictInput) -> Sample:
         from cxr_cad.io import read_image
 
         pixels, meta = read_image(item.path, policy=self.policy, reduce_to=self.reduce_to)
         image = self.preprocess(pixels)
         sop = meta.get("sop_instance_uid") or ""
         if not sop and meta.get("format") in ("png", "jpeg"):
-            digest = hashlib.sha256()
-            with open(item.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            sop = f"sha256:{digest.hexdigest()}"
+            sop = f"sha256:{sha256_file(item.path)}"
         return {
             "index": item.index,
             "image": image,
@@ -203,18 +230,18 @@ class PredictDataset(torch.utils.data.Dataset):
             "study_instance_uid": meta.get("study_instance_uid") or "",
         }
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> Sample:
+        from cxr_cad.transforms import rejection_record
+
         item = self.inputs[i]
         try:
             return self._load(item)
         except RejectedFile as exc:
             return {"index": item.index, "reason": exc.reason.value, "detail": exc.detail}
         except Exception as exc:  # noqa: BLE001 -- every input is accounted for, never dropped
-            from cxr_cad.transforms.reader import find_rejection
-
-            rejection = find_rejection(exc)
-            if rejection is not None:
-                return {"index": item.index, "reason": rejection.reason.value, "detail": rejection.detail}
+            record = rejection_record(exc, item.path)  # a RejectedFile wrapped by a MONAI transform
+            if record is not None:
+                return {"index": item.index, "reason": record["reason"], "detail": record["detail"]}
             log.warning("internal error on input #%d: %s: %s", item.index, type(exc).__name__, exc)
             return {
                 "index": item.index,
@@ -223,7 +250,7 @@ class PredictDataset(torch.utils.data.Dataset):
             }
 
 
-def collate_records(items: list[dict]) -> dict:
+def collate_records(items: list[Sample]) -> Batch:
     """Stack the accepted images of a batch; pass the rejected records through.
 
     Returns ``{"images": (N, C, S, S) tensor or None, "accepted": [...], "rejected": [...]}``.

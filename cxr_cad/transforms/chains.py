@@ -13,7 +13,10 @@ Every chain is split in two:
   ``(x - mean) / std``.
 
 Items are dicts ``{"image": path, "label": int, ...}``; other keys pass through
-untouched. The output ``"image"`` is a ``(C, S, S)`` float32 ``torch.Tensor``.
+untouched. The output ``"image"`` is a ``(C, S, S)`` float32 ``torch.Tensor``. In a
+:func:`make_dataset` dataset a file that is not accepted comes back as the item with a
+``"rejected"`` record (:data:`~cxr_cad.transforms.reader.REJECTED_KEY`) instead of an image;
+:func:`collate_samples` sets those records apart from the batch.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -46,11 +49,18 @@ from monai.transforms import (
     RepeatChanneld,
     Resized,
     SpatialPadd,
+    Transform,
 )
 
 from cxr_cad.transforms.intensity import ScalePercentilesd
-from cxr_cad.transforms.reader import CxrReader, LoadCxrImaged
+from cxr_cad.transforms.reader import REJECTED_KEY, CxrReader, LoadCxrImaged, rejection_record
 from cxr_cad.transforms.spec import AugmentSpec, TransformSpec
+
+if TYPE_CHECKING:
+    from cxr_cad.io import AcceptPolicy
+
+#: A MONAI dictionary item: ``{"image": path or tensor, "label": int, ...}``.
+Item = dict[Hashable, Any]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,9 @@ def _clip01(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
-def build_load_transforms(spec: TransformSpec, *, policy: Any = None, key: str = IMAGE_KEY) -> list:
+def build_load_transforms(
+    spec: TransformSpec, *, policy: AcceptPolicy | None = None, key: str = IMAGE_KEY
+) -> list[Transform]:
     """The deterministic, cacheable part: read -> resize -> ``(1, S, S)`` float32 in [0, 1].
 
     Args:
@@ -80,7 +92,7 @@ def build_load_transforms(spec: TransformSpec, *, policy: Any = None, key: str =
     size = spec.image_size
     # area interpolation averages source pixels (no aliasing); the others need smoothing first
     aa = spec.interpolation != "area"
-    chain: list = [LoadCxrImaged(keys=key, reader=reader)]
+    chain: list[Transform] = [LoadCxrImaged(keys=key, reader=reader)]
     if spec.aspect == "squash":
         chain.append(Resized(keys=key, spatial_size=(size, size), mode=spec.interpolation, anti_aliasing=aa))
     else:  # pad: longer side -> size, then pad the shorter side symmetrically with black
@@ -93,7 +105,7 @@ def build_load_transforms(spec: TransformSpec, *, policy: Any = None, key: str =
     return chain
 
 
-def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: str = IMAGE_KEY) -> list:
+def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: str = IMAGE_KEY) -> list[Transform]:
     """The random augmentations of ``augment`` for a ``(1, S, S)`` image in [0, 1].
 
     Rotation/translation/scaling are one ``RandAffined`` (bilinear; scaling is drawn per
@@ -103,7 +115,7 @@ def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: 
     (down- then up-sampling) and Gaussian noise, each followed by a clamp to [0, 1].
     Transforms whose range is zero are left out.
     """
-    chain: list = []
+    chain: list[Transform] = []
     size = spec.image_size
     lo, hi = augment.scale
     if augment.affine_prob > 0 and (augment.rotate_deg > 0 or augment.translate_frac > 0 or (lo, hi) != (1, 1)):
@@ -152,7 +164,7 @@ def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: 
     return chain
 
 
-def build_intensity_transforms(spec: TransformSpec, *, key: str = IMAGE_KEY) -> list:
+def build_intensity_transforms(spec: TransformSpec, *, key: str = IMAGE_KEY) -> list[Transform]:
     """The per-image intensity standardisation of ``spec.intensity`` (an empty list for "none").
 
     ``"percentile"``: :class:`~cxr_cad.transforms.intensity.ScalePercentilesd` maps the
@@ -168,7 +180,9 @@ def build_intensity_transforms(spec: TransformSpec, *, key: str = IMAGE_KEY) -> 
     return [ScalePercentilesd(keys=key, lower=lower, upper=upper)]
 
 
-def build_post_transforms(spec: TransformSpec, augment: AugmentSpec | None = None, *, key: str = IMAGE_KEY) -> list:
+def build_post_transforms(
+    spec: TransformSpec, augment: AugmentSpec | None = None, *, key: str = IMAGE_KEY
+) -> list[Transform]:
     """The per-sample part: (augment) -> intensity standardisation -> replicate to ``in_channels``
     -> normalise -> tensor."""
     chain = build_augment_transforms(spec, augment, key=key) if augment is not None else []
@@ -180,13 +194,18 @@ def build_post_transforms(spec: TransformSpec, augment: AugmentSpec | None = Non
     return chain
 
 
-def build_eval_transforms(spec: TransformSpec, *, policy: Any = None, key: str = IMAGE_KEY) -> Compose:
+def build_eval_transforms(spec: TransformSpec, *, policy: AcceptPolicy | None = None, key: str = IMAGE_KEY) -> Compose:
     """The deterministic eval chain of ``spec`` (load -> resize -> normalise)."""
     return Compose(build_load_transforms(spec, policy=policy, key=key) + build_post_transforms(spec, key=key))
 
 
 def build_train_transforms(
-    spec: TransformSpec, augment: AugmentSpec | None, *, seed: int, policy: Any = None, key: str = IMAGE_KEY
+    spec: TransformSpec,
+    augment: AugmentSpec | None,
+    *,
+    seed: int,
+    policy: AcceptPolicy | None = None,
+    key: str = IMAGE_KEY,
 ) -> Compose:
     """The training chain: load -> resize -> augment -> normalise, seeded with ``seed``.
 
@@ -206,14 +225,14 @@ def spec_cache_key(spec: TransformSpec) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _image_hash(item: dict) -> bytes:
+def _image_hash(item: Mapping[Hashable, Any]) -> bytes:
     """Cache key of one image: its path plus the file's size and mtime.
 
     A rewritten file (same path, new content) gets a new key instead of stale pixels.
     """
     path = item.get(IMAGE_KEY)
     try:
-        st = os.stat(path)
+        st = os.stat(path)  # type: ignore[arg-type]  # None/odd values: reported by the reader
         stamp = [st.st_size, st.st_mtime_ns]
     except (OSError, TypeError):
         stamp = None  # a missing file is reported by the reader, not here
@@ -221,35 +240,66 @@ def _image_hash(item: dict) -> bytes:
     return hashlib.sha256(blob).hexdigest().encode()
 
 
-class _WithCachedImage(Sequence):
+class _WithCachedImage(Sequence[Item]):
     """``items[i]`` with its image key replaced by the cached decoded image.
 
     Only the image goes through the cache, so labels and other keys of an item can never
-    come back stale from a cache written by another run or fold.
+    come back stale from a cache written by another run or fold. A file that is not
+    accepted gives the item with a ``"rejected"`` record instead of the image (nothing is
+    cached for it, so a fixed file is read again next time).
     """
 
-    def __init__(self, items: list[dict], images: Sequence, key: str):
+    def __init__(self, items: list[Item], images: Sequence[Item], key: str):
         self.items, self.images, self.key = items, images, key
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
-        return {**self.items[index], self.key: self.images[index][self.key]}
+    def __getitem__(self, index: int) -> Item:  # type: ignore[override]  # int only, as Dataset asks
+        item = self.items[index]
+        try:
+            image = self.images[index][self.key]
+        except Exception as exc:  # MONAI wraps the reader's RejectedFile in a RuntimeError
+            record = rejection_record(exc, item.get(self.key))
+            if record is None:
+                raise
+            return {**{k: v for k, v in item.items() if k != self.key}, REJECTED_KEY: record}
+        return {**item, self.key: image}
+
+
+class CxrDataset(Dataset):
+    """A MONAI ``Dataset`` whose per-sample ``transform`` skips items holding a rejection record."""
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (slice, Sequence)):  # MONAI's Subset, which comes back here per item
+            return super().__getitem__(index)
+        item = self.data[index]
+        if REJECTED_KEY in item or self.transform is None:
+            return item
+        return self.transform(item)
+
+
+def collate_samples(samples: list[Item]) -> Item:
+    """Collate the accepted samples of a batch (``torch.utils.data.default_collate``) and put the
+    rejection records of the others under ``"rejected"`` (a list, empty when all were read)."""
+    accepted = [x for x in samples if REJECTED_KEY not in x]
+    batch: Item = torch.utils.data.default_collate(accepted) if accepted else {}
+    batch[REJECTED_KEY] = [x[REJECTED_KEY] for x in samples if REJECTED_KEY in x]
+    return batch
 
 
 def make_dataset(
-    items: Sequence[dict],
+    items: Sequence[Item],
     spec: TransformSpec,
     *,
     augment: AugmentSpec | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     memory_cache: bool = False,
-    policy: Any = None,
+    policy: AcceptPolicy | None = None,
     cache_workers: int = 0,
     key: str = IMAGE_KEY,
-) -> Dataset:
+) -> CxrDataset:
     """A MONAI Dataset over ``items`` with decoded, resized images cached.
 
     Args:
@@ -262,27 +312,28 @@ def make_dataset(
             image path + size + mtime), shared by train/eval datasets, epochs, folds and runs.
         seed: seed of the random transforms' own state (no global RNG).
         memory_cache: with no ``cache_dir``, decode everything once up front and keep it
-            in memory (MONAI ``CacheDataset``; about ``S*S*4`` bytes per image).
+            in memory (MONAI ``CacheDataset``; about ``S*S*4`` bytes per image; a file that
+            is not accepted raises while the cache is filled).
         policy: ``AcceptPolicy`` for the reader (``apply_voi`` taken from ``spec``).
         cache_workers: threads used by ``CacheDataset`` to fill the memory cache.
 
     Returns:
-        ``monai.data.Dataset`` whose ``transform`` is the per-sample chain (augment,
+        :class:`CxrDataset` whose ``transform`` is the per-sample chain (augment,
         channels, normalise) and whose ``data`` yields items with the cached ``(1, S, S)``
-        image. Use ``monai.data.DataLoader`` (its ``worker_init_fn`` gives every worker
-        its own random state; pass a seeded ``generator`` for reproducible multi-worker
-        augmentation).
-
-    Raises (when an item is read): ``RuntimeError`` from MONAI with the
-    :class:`~cxr_cad.errors.RejectedFile` as its cause (see ``find_rejection``).
+        image. A file that is not accepted yields its item with a ``"rejected"`` record
+        ``{"path", "reason", "detail"}`` instead of the image (in a DataLoader worker too);
+        batch with :func:`collate_samples`. Use a DataLoader with
+        :func:`cxr_cad.engine.data.worker_init_fn` and a seeded ``generator`` for
+        reproducible multi-worker augmentation.
     """
     items = list(items)
-    images = [{key: it[key]} for it in items]
+    images: list[Item] = [{key: it[key]} for it in items]
     load = Compose(build_load_transforms(spec, policy=policy, key=key))
+    base: Sequence[Item]
     if cache_dir is not None:
         where = Path(cache_dir) / f"load-{spec_cache_key(spec)}"
         where.mkdir(parents=True, exist_ok=True)
-        base: Sequence = PersistentDataset(images, transform=load, cache_dir=where, hash_func=_image_hash)
+        base = PersistentDataset(images, transform=load, cache_dir=where, hash_func=_image_hash)
         log.debug("caching %d decoded images under %s", len(items), where)
     elif memory_cache:
         base = CacheDataset(images, transform=load, cache_rate=1.0, num_workers=cache_workers or None, progress=False)
@@ -290,4 +341,4 @@ def make_dataset(
         base = Dataset(images, transform=load)
     post = Compose(build_post_transforms(spec, augment, key=key))
     post.set_random_state(seed=int(seed))
-    return Dataset(_WithCachedImage(items, base, key), transform=post)
+    return CxrDataset(_WithCachedImage(items, base, key), transform=post)
