@@ -116,7 +116,7 @@ def sniff_format(path: str | os.PathLike) -> str:
             size = os.fstat(fp.fileno()).st_size
             head = fp.read(HEAD_BYTES)
     except NotRegularFileError as exc:
-        raise RejectedFile(Reason.UNREADABLE, exc.strerror, path) from exc
+        raise RejectedFile(Reason.UNREADABLE, exc.strerror or "not a regular file", path) from exc
     except OSError as exc:
         raise RejectedFile(
             Reason.UNREADABLE,

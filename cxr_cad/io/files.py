@@ -20,26 +20,10 @@ import os
 import stat
 from typing import BinaryIO
 
+from cxr_cad.infra import umask_file_mode as umask_file_mode  # deprecated re-export: use cxr_cad.infra
+
 #: Largest config or workflow file read (bytes); real ones are a few kB.
 MAX_TEXT_FILE_BYTES = 1 << 20
-
-
-def umask_file_mode() -> int:
-    """Mode a new file gets from ``open()`` under this process's umask (``0o666 & ~umask``).
-
-    ``tempfile.mkstemp`` creates 0600 whatever the umask; files written through a temporary
-    name are chmod'ed to this so run outputs follow the umask like every other file. The umask
-    is read from ``/proc/self/status`` (thread-safe) where there is one."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 class NotRegularFileError(OSError):

@@ -87,10 +87,11 @@ def _meta(image: Image.Image, path: Path, fmt: str, max_image_bytes: int | None 
             f"{fmt.upper()} pixel mode {image.mode!r} is not supported; save it as 8/16-bit grayscale or RGB",
             path,
         )
-    if getattr(image, "n_frames", 1) > 1:
+    n_frames = int(getattr(image, "n_frames", 1))  # only multi-frame formats have it
+    if n_frames > 1:
         raise RejectedFile(
             Reason.MULTI_FRAME,
-            f"animated {fmt.upper()} with {image.n_frames} frames; save the single image you need",
+            f"animated {fmt.upper()} with {n_frames} frames; save the single image you need",
             path,
         )
     _check_size(image, path, fmt, default_max_image_bytes() if max_image_bytes is None else max_image_bytes)

@@ -57,9 +57,11 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
             one (0028,0010) Rows, (0028,0011) Columns and (0028,0002) Samples per Pixel declare.
     """
     samples = runner.samples_per_pixel
-    kwargs = {"colorspace": "RGB", "outcolorspace": "RGB"} if samples == 3 else {}  # no conversion
     try:
-        frame = imagecodecs.jpeg8_decode(src, **kwargs)
+        if samples == 3:  # no colour conversion
+            frame = imagecodecs.jpeg8_decode(src, colorspace="RGB", outcolorspace="RGB")
+        else:
+            frame = imagecodecs.jpeg8_decode(src)
     except Exception as exc:  # imagecodecs.Jpeg8Error and friends
         raise ValueError(f"libjpeg-turbo: {exc}") from exc
     expected = (runner.rows, runner.columns) + ((samples,) if samples > 1 else ())

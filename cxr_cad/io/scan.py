@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pandas as pd
 
@@ -34,6 +35,9 @@ from cxr_cad.io.walk import iter_files, walk_sources  # noqa: F401 - iter_files 
 from cxr_cad.manifest.age import age_in_years
 from cxr_cad.manifest.schema import MANIFEST_COLUMNS, normalise_manifest
 from cxr_cad.progress import progress
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +208,7 @@ def _run_pool(tasks: list[tuple], n_workers: int) -> list[dict]:
     ctx = _pool_context()
     results: list[dict | None] = [None] * len(tasks)
     remaining = list(range(len(tasks)))
-    bar = None
+    bar: tqdm[NoReturn] | None = None
     try:
         while remaining:
             chunk = max(1, min(16, len(remaining) // (n_workers * 16)))
@@ -249,6 +253,36 @@ def _scan_isolated(task: tuple, ctx: multiprocessing.context.BaseContext) -> dic
                     "check the file with another viewer and report it",
                 },
             }
+
+
+def _scan_all(tasks: list[tuple], n_workers: int) -> list[dict]:
+    """:func:`scan_file` over ``tasks``, in this process (``n_workers == 1``) or in a pool."""
+    if n_workers > 1:
+        return _run_pool(tasks, n_workers)
+    results: list[dict] = []
+    bar: tqdm[NoReturn]
+    with progress(total=len(tasks), desc="ingest", unit="file") as bar:
+        for t in tasks:
+            results.append(_scan_task(t))
+            bar.update(1)
+    return results
+
+
+def _patient_id_rule(pattern: re.Pattern[str], default: bool, results: list[dict], kept: set[str]) -> dict[str, Any]:
+    """:attr:`ScanResult.patient_id_rule`: the pattern and how many kept rows got their id each way."""
+    rule: dict[str, Any] = {
+        "pattern": pattern.pattern,
+        "default_pattern": default,
+        "from_pattern": 0,
+        "from_file_stem": 0,
+        "from_dicom": 0,
+        "from_study_uid": 0,
+        "from_sop_uid": 0,
+    }
+    for r in results:
+        if r["status"] == "accepted" and r["row"]["path"] in kept:
+            rule[r["pid_source"]] += 1
+    return rule
 
 
 def _mark_duplicates(accepted: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -324,34 +358,15 @@ def scan_sources(
     else:
         n_workers = max(1, int(workers))
     n_workers = min(n_workers, max(1, len(files)))
-    tasks = [(f, policy, pattern, verify_pixels) for f in files]
-    results: list[dict] = []
-    if n_workers == 1 or len(files) < 4:
+    if len(files) < 4:
         n_workers = 1
-        with progress(total=len(files), desc="ingest", unit="file") as bar:
-            for t in tasks:
-                results.append(_scan_task(t))
-                bar.update(1)
-    else:
-        results = _run_pool(tasks, n_workers)
+    results = _scan_all([(f, policy, pattern, verify_pixels) for f in files], n_workers)
     accepted = [r["row"] for r in results if r["status"] == "accepted"]
     rejected = [r["row"] for r in results if r["status"] == "rejected"]
     rejected += [{"path": p, "reason": reason.value, "detail": detail} for p, reason, detail in problems]
     accepted, dups = _mark_duplicates(accepted)
     rejected += dups
-    rule = {
-        "pattern": pattern.pattern,
-        "default_pattern": patient_id_pattern is None,
-        "from_pattern": 0,
-        "from_file_stem": 0,
-        "from_dicom": 0,
-        "from_study_uid": 0,
-        "from_sop_uid": 0,
-    }
-    kept = {r["path"] for r in accepted}
-    for r in results:
-        if r["status"] == "accepted" and r["row"]["path"] in kept:
-            rule[r["pid_source"]] += 1
+    rule = _patient_id_rule(pattern, patient_id_pattern is None, results, {r["path"] for r in accepted})
     acc_df = normalise_manifest(pd.DataFrame(accepted, columns=MANIFEST_COLUMNS))
     acc_df = acc_df.sort_values("path", kind="stable").reset_index(drop=True)
     rej_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path", kind="stable")

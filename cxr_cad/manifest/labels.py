@@ -222,15 +222,15 @@ def join_labels(
             base_dir = os.path.dirname(table.attrs["source"]) if table.attrs.get("source") else os.getcwd()
         matches, why = _match_paths(_text(out["path"]).tolist(), table["key"].tolist(), os.fspath(base_dir))
         for i, j in matches.items():
-            new[i] = table["label"].iat[j]
+            new[i] = str(table["label"].iat[j])
             matched_label_rows.add(j)
     else:
         lookup = dict(zip(table["key"], range(len(table))))
         for i, k in enumerate(_text(out[key])):
-            j = lookup.get(k) if k else None
-            if j is not None:
-                new[i] = table["label"].iat[j]
-                matched_label_rows.add(j)
+            hit = lookup.get(k) if k else None
+            if hit is not None:
+                new[i] = str(table["label"].iat[hit])
+                matched_label_rows.add(hit)
     out["label"] = new
     unmatched_idx = [j for j in range(len(table)) if j not in matched_label_rows]
     unmatched = table.iloc[unmatched_idx].rename(columns={"key": key})[["line", key, "label"]].copy()

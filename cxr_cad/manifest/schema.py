@@ -136,7 +136,7 @@ def relative_paths(paths: Iterable[str], base_dir: str | os.PathLike) -> list[st
     ``base_dir`` share a folder below the file-system root; absolute otherwise (nothing to travel
     together, or another drive on Windows). Input paths are absolute or relative to the cwd."""
     base = os.path.abspath(os.fspath(base_dir))
-    out = []
+    out: list[str] = []
     for p in paths:
         if not p:
             out.append(p)
@@ -289,7 +289,7 @@ def read_csv_regular(src: str, hint: str) -> pd.DataFrame:
     except FileNotFoundError:
         raise ManifestError([f"file not found; {hint}"], source=src) from None
     except NotRegularFileError as exc:
-        raise ManifestError([exc.strerror], source=src) from None
+        raise ManifestError([exc.strerror or "not a regular file"], source=src) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise ManifestError([f"cannot be read as CSV: {exc}"], source=src) from exc
 

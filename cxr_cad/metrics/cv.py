@@ -112,7 +112,7 @@ def crossval_summary(
     s = oof["probability"].to_numpy(dtype=np.float64)
     folds = oof["fold"].to_numpy(dtype=np.int64)
     thr = oof["threshold"].to_numpy(dtype=np.float64)
-    per_fold = []
+    per_fold: list[dict[str, Any]] = []
     for k in sorted(np.unique(folds).tolist()):
         m = folds == k
         t = np.unique(thr[m])

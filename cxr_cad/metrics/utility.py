@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -122,7 +123,7 @@ def predictive_values(tp: int, fp: int, tn: int, fn: int, prevalence: float, *, 
     se_, sp_ = (tp + adj) / (n_pos + 2 * adj), (tn + adj) / (n_neg + 2 * adj)
     var_ppv = (1 - se_) / (se_ * (n_pos + 2 * adj)) + sp_ / ((1 - sp_) * (n_neg + 2 * adj))
     var_npv = se_ / ((1 - se_) * (n_pos + 2 * adj)) + (1 - sp_) / (sp_ * (n_neg + 2 * adj))
-    out = {"prevalence": p}
+    out: dict[str, Any] = {"prevalence": p}
     for name, value, var in (("ppv", ppv, var_ppv), ("npv", npv, var_npv)):
         lo, hi = _logit_interval(value, var, z)
         if value in (0.0, 1.0):  # the logit of 0 or 1 is infinite: the interval ends there

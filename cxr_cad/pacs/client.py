@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cxr_cad.errors import UsageError
+
+if TYPE_CHECKING:
+    from dicomweb_client import DICOMwebClient
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ def _session(retries: int):
     return session
 
 
-def make_client(url: str, *, retries: int | None = None):
+def make_client(url: str, *, retries: int | None = None) -> DICOMwebClient:
     """A :class:`dicomweb_client.DICOMwebClient` for ``url`` (with or without the ``dicomweb:`` prefix).
 
     Raises UsageError for a malformed URL or half-set credentials. Nothing is sent yet.

@@ -112,8 +112,8 @@ def run_predict(args: argparse.Namespace, sources: list[str], out: str, model: s
         return [result.summary_line()]
     if getattr(args, "query", None):
         raise UsageError("--query needs a dicomweb: source")
-    result = predict(local, out, model, options)
-    lines = [result.summary_line()]
+    local_result = predict(local, out, model, options)
+    lines = [local_result.summary_line()]
     if dicom_out is not None:
         lines.append(write_for_predictions(dicom_out, model, Path(out) / "predictions.csv").summary_line())
     return lines

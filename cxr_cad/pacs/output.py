@@ -24,8 +24,16 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from dicomweb_client import DICOMwebClient
+    from pydicom.dataset import Dataset
+
+    from cxr_cad.report.gradcam import GradcamSource
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,11 @@ class DicomOutOptions:
     calling_aet: str = "CXRCAD"
 
 
+def _save_dataset(path: Path, ds: Dataset) -> None:
+    """Write ``ds`` as a DICOM file (with File Meta) atomically."""
+    atomic_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
+
+
 def _uid(*parts: str) -> str:
     from pydicom.uid import generate_uid
 
@@ -83,8 +96,6 @@ class DicomOutput:
         else:
             from pydicom.uid import generate_uid
 
-            from cxr_cad.engine.writer import atomic_write_text
-
             self.run_uid = generate_uid()
             atomic_write_text(run_file, json.dumps({"run_uid": self.run_uid}))
         self.info = AlgorithmInfo(
@@ -95,12 +106,12 @@ class DicomOutput:
             device_uid=_uid("cxr_cad device", self.bundle.sha256),
         )
         self.info.finding_code()  # fail now (UsageError) when the class has no SNOMED CT code
-        self.client = None
+        self.client: DICOMwebClient | None = None
         if options.stow_url:
             from cxr_cad.pacs.client import make_client
 
             self.client = make_client(options.stow_url)
-        self._gradcam = None
+        self._gradcam: GradcamSource | None = None
         self.rows: dict[str, dict] = self._read_objects()
 
     def _read_objects(self) -> dict[str, dict]:
@@ -112,8 +123,6 @@ class DicomOutput:
 
     def _save(self) -> None:
         import io
-
-        from cxr_cad.engine.writer import atomic_write_text
 
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=OBJECT_COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -148,6 +157,7 @@ class DicomOutput:
             "reason": "",
             "detail": "",
         }
+        header: Dataset
         try:
             header = pydicom.dcmread(source_path, stop_before_pixels=True)
         except (InvalidDicomError, OSError) as exc:
@@ -182,9 +192,7 @@ class DicomOutput:
             datasets.append(sc)
             rec.update(sc_sop_instance_uid=sc_uid, sc_file=f"{study}/SC_{sc_uid}.dcm")
         for ds, name in zip(datasets, (rec["sr_file"], rec.get("sc_file"))):
-            tmp = self.out / f"{name}.part"
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, self.out / name)
+            _save_dataset(self.out / name, ds)
         return rec, datasets
 
     def write(self, items: Iterable[tuple[dict, str, int]]) -> None:
@@ -232,6 +240,7 @@ class DicomOutput:
 
         datasets = [ds for _, sets in recs for ds in sets]
         try:
+            assert self.client is not None  # _stow runs only with a STOW-RS client
             self.client.store_instances(datasets)
             status, detail = "sent", ""
         except Exception as exc:  # noqa: BLE001 - recorded per object; the rerun sends them again
@@ -251,9 +260,10 @@ class DicomOutput:
 
     def _forward(self, recs: list) -> None:
         """C-STORE the new objects to ``options.forward`` (pynetdicom SCU); status per object."""
+        from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
         from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
+        assert self.options.forward is not None  # _forward runs only with --forward
         aet, host, port = self.options.forward
         ae = AE(ae_title=self.options.calling_aet)
         ae.add_requested_context(ComprehensiveSRStorage)

@@ -10,12 +10,12 @@ is a usage error (listing every bad one).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_cad.errors import UsageError
+from cxr_cad.infra import atomic_write
 from cxr_cad.pacs.client import network_reason
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def parse_query(items: Sequence[str] | None) -> dict[str, str]:
     """
     from pydicom.datadict import tag_for_keyword
 
-    out, problems = {}, []
+    out: dict[str, str] = {}
+    problems: list[str] = []
     for item in items or ():
         key, sep, value = str(item).partition("=")
         key, value = key.strip(), value.strip()
@@ -108,9 +109,7 @@ def fetch_to(client, inst: RemoteInstance, folder: Path) -> Path:
         media_types=(("application/dicom", "*"),),
     )
     path = folder / f"{inst.sop_instance_uid}.dcm"
-    tmp = path.with_suffix(".part")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from cxr_cad.pacs.sr import MANUFACTURER, SERIES_DESCRIPTION, drop_invalid_copied
@@ -31,7 +32,7 @@ def compose_overlay(
 
     def up(a: np.ndarray) -> np.ndarray:
         img = Image.fromarray(np.clip(a, 0, 1).astype(np.float32), mode="F")
-        return np.asarray(img.resize((VIEW, VIEW), Image.BILINEAR), dtype=np.float32)
+        return np.asarray(img.resize((VIEW, VIEW), Image.Resampling.BILINEAR), dtype=np.float32)
 
     g, h = up(gray), up(heat)
     jet = colormaps["jet"]
@@ -93,7 +94,7 @@ def build_sc(
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc:  # (0020,0060) type 2C; empty = not a paired structure (dciodvfy asks for it)
-        sc.Laterality = None
+        sc["Laterality"] = DataElement(0x00200060, "CS", None)
     sc.ImageComments = "Grad-CAM overlay by cxr_cad. RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
     drop_invalid_copied(sc)
     return sc

@@ -32,15 +32,23 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 import queue
 import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write_bytes
 from cxr_cad.pacs.journal import Journal
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
+
+#: (0008,0016) of C-ECHO: the Verification SOP Class (PS3.4 A.4), answered so senders can test the node.
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,7 @@ class Listener:
         )
         self.queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
         self._scorer = threading.Thread(target=self._score_loop, name="cxr-cad-scorer", daemon=True)
         self._order: dict[str, int] = {}
         pending = [s for s, r in self.journal.records.items() if r["kind"] == "received"]
@@ -138,11 +146,9 @@ class Listener:
             return 0xC210
         path = self.received / f"{sop}.dcm"
         try:
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.error("C-STORE from %s: cannot write %s (%s); answered 0xA700", calling, path, exc.strerror)
+            atomic_write_bytes(path, data)
+        except OutputError as exc:
+            log.error("C-STORE from %s: %s; answered 0xA700", calling, exc)
             return 0xA700
         self.journal.append(
             [
@@ -163,7 +169,6 @@ class Listener:
         """Listen on (host, port) in background threads; returns at once."""
         from pydicom.uid import UID, ExplicitVRLittleEndian
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.options.aet)
         # pynetdicom accepts the first of *our* syntaxes that the sender proposes. Compressed ones first: a
@@ -173,8 +178,9 @@ class Listener:
             ALL_TRANSFER_SYNTAXES, key=lambda ts: (not UID(ts).is_compressed, ts != ExplicitVRLittleEndian)
         )
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, syntaxes)
-        ae.add_supported_context(Verification)
+            if cx.abstract_syntax is not None:  # always set for the storage contexts
+                ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
         ae.maximum_associations = 16
         self._scorer.start()
         self._server = ae.start_server(

@@ -34,13 +34,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_cad import infra
 from cxr_cad.errors import CxrCadError, UsageError
 from cxr_cad.pacs.journal import Journal
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".dicomweb"
-REJECTED_COLUMNS = ["path", "reason", "detail", "sop_instance_uid"]
+#: rejected.csv of a DICOMweb run: the shared columns plus the instance's UID.
+REJECTED_COLUMNS = [*infra.REJECTED_COLUMNS, "sop_instance_uid"]
 
 
 @dataclass
@@ -74,8 +76,6 @@ class DicomwebResult:
 
 
 def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
-    from cxr_cad.engine.writer import atomic_write_text
-
     if overwrite:
         shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
                 "use a new --out, or --overwrite to discard it"
             )
     else:
-        atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
+        infra.atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
 
 
 def _fetcher(client, chunks, spool_root: Path, threads: int, out_q: queue.Queue, stop: threading.Event) -> None:
@@ -148,7 +148,6 @@ def predict_dicomweb(
 
     from cxr_cad.engine.predict import PredictOptions
     from cxr_cad.engine.writer import check_writable
-    from cxr_cad.model.weights import file_sha256
     from cxr_cad.pacs.client import NETWORK_REASONS, make_client, parse_url
     from cxr_cad.pacs.output import DicomOutput
     from cxr_cad.pacs.query import list_instances
@@ -176,7 +175,9 @@ def predict_dicomweb(
         {
             "source": base,
             "query": query or {},
-            "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else str(Path(model_path).resolve()),
+            "model_sha256": infra.sha256_file(model_path)
+            if Path(model_path).is_file()
+            else str(Path(model_path).resolve()),
             "threshold": options.threshold,
         },
         options.overwrite,
@@ -268,11 +269,11 @@ def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict
     import csv
     import io
 
-    from cxr_cad.engine.writer import PREDICTION_COLUMNS, PREDICTIONS, REJECTED, atomic_write_text
+    from cxr_cad.engine.writer import PREDICTIONS, REJECTED
 
     preds = [r for r in rows if r["kind"] == "prediction"]
     rejs = [r for r in rows if r["kind"] == "rejected"]
-    columns = list(PREDICTION_COLUMNS)
+    columns = list(infra.PREDICTION_COLUMNS)
     for r in preds:
         columns += [c for c in r if c not in columns and c not in ("kind", "event", "calling_ae", "file")]
     for name, cols, table in ((PREDICTIONS, columns, preds), (REJECTED, REJECTED_COLUMNS, rejs)):
@@ -280,7 +281,7 @@ def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(table)
-        atomic_write_text(out / name, buf.getvalue())
+        infra.atomic_write_text(out / name, buf.getvalue())
     return preds, rejs
 
 
@@ -288,11 +289,11 @@ def _finish(out: Path, instances: Sequence, records: dict[str, dict], result: Di
     """Write predictions.csv / rejected.csv (listing order) and summary.json from the journal."""
     import collections
 
-    from cxr_cad.engine.writer import SUMMARY, atomic_write_text
+    from cxr_cad.engine.writer import SUMMARY
 
     preds, rejs = write_tables(out, [records[i.sop_instance_uid] for i in instances if i.sop_instance_uid in records])
     reasons = collections.Counter(r["reason"] for r in rejs)
     result.reasons, result.n_predicted, result.n_rejected = dict(sorted(reasons.items())), len(preds), len(rejs)
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
     summary["images_per_s"] = round(result.images_per_s, 3)
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
+    infra.atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))

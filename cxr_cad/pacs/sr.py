@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 from pydicom.dataset import Dataset
 
@@ -212,7 +213,8 @@ def read_sr(ds: Dataset) -> SrFinding:
     from pydicom.sr.codedict import codes
 
     sr = ds if isinstance(ds, hd.sr.ComprehensiveSR) else hd.sr.ComprehensiveSR.from_dataset(ds)
-    groups = sr.content.get_image_measurement_groups()
+    report = cast("hd.sr.MeasurementReport", sr.content)  # a TID 1500 report: what build_sr writes
+    groups = report.get_image_measurement_groups()
     if len(groups) != 1:
         raise ValueError(f"expected one measurement group, found {len(groups)}")
     g = groups[0]
