@@ -164,3 +164,32 @@ def test_evaluate_needs_exactly_one_cohort(cohort, tmp_path, extra, capsys):
     rc = main(["-q", "evaluate", "--model", str(a), "--out", str(tmp_path / "r"), *extra])
     assert rc == 2
     assert "either --manifest" in capsys.readouterr().err
+
+
+def test_evaluate_modalities_and_no_voi_like_ingest(cohort, tmp_path, capsys):
+    """--modalities decides which DICOM modalities a folder cohort keeps; --no-voi is accepted."""
+    import shutil
+
+    from tests.test_scan import write_dicom
+
+    root, a, _ = cohort
+    folder = tmp_path / "cohort"
+    shutil.copytree(root, folder, ignore=shutil.ignore_patterns("*.csv"))
+    write_dicom(folder / "PNEUMONIA" / "ct.dcm", modality="CT", patient_id="CTPAT")
+    base = ["-q", "evaluate", "--model", str(a), str(folder), "--workers", "0", "--bootstrap", "100"]
+    base += ["--gradcam-per-group", "0", "--no-pdf", "--include-identifiers"]
+
+    def run(out, *extra):
+        assert main([*base, "--out", str(tmp_path / out), *extra]) == 0
+        d = json.loads((tmp_path / out / "metrics.json").read_text())
+        return d["cohort"], pd.read_csv(tmp_path / out / "rejected.csv", dtype=str)
+
+    cohort_default, rejected = run("default")
+    assert rejected["reason"].tolist() == ["UNSUPPORTED_MODALITY"]
+    assert cohort_default["n_images_evaluated"] == 20
+    cohort_any, rejected = run("any", "--modalities", "any", "--no-voi")
+    assert rejected.empty and cohort_any["n_images_evaluated"] == 21
+    cohort_ct, rejected = run("ct", "--modalities", "ct")
+    assert cohort_ct["n_images_evaluated"] == 21  # PNG has no Modality; the CT file is accepted
+    assert main([*base, "--out", str(tmp_path / "bad"), "--modalities", ","]) == 2
+    assert "modalities is empty" in capsys.readouterr().err
