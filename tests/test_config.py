@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from cxr_cad.config import DataConfig, OptimConfig, TrainConfig, apply_overrides, config_diff, load_config
 from cxr_cad.errors import ConfigError, UsageError
@@ -53,15 +52,15 @@ def test_every_problem_is_listed_together(tmp_path):
     text = str(exc)
     assert str(path) in text
     for needle in (
-        "epochs must be",
-        "batch_size must be",
-        "unknown option 'foo'",
-        "optim.lr",
-        "optim.momentum",
-        "optim.bar",
-        "positive_class 'COVID'",
-        "data.imbalance",
-        "runtime.precision",
+        "epochs: Input should be greater than or equal to 1 (got 0)",
+        "batch_size: Input should be a valid integer",
+        "foo: unknown key",
+        "optim.lr: Input should be greater than 0 (got -1)",
+        "optim.momentum: Input should be less than 1 (got 2)",
+        "optim.bar: unknown key",
+        "data.positive_class: must be one of data.classes ['NORMAL', 'PNEUMONIA'] (got 'COVID')",
+        "data.imbalance: Input should be",
+        "runtime.precision: Input should be",
     ):
         assert needle in text, needle
     assert len(exc.problems) == 9
@@ -85,7 +84,11 @@ def test_direct_construction_validates():
         OptimConfig(lr=0)
     with pytest.raises(ConfigError) as err:
         DataConfig(classes=("A",), positive_class="B", val_fraction=1.5)
-    assert len(err.value.problems) == 3
+    assert [p.split(":")[0] for p in err.value.problems] == ["classes", "val_fraction"]
+    with pytest.raises(ConfigError, match="positive_class: must be one of data.classes"):
+        DataConfig(classes=("A", "C"), positive_class="B")
+    with pytest.raises(ConfigError, match="optim.lr: Input should be greater than 0"):
+        TrainConfig(optim={"lr": 0})  # nested sections name their location
 
 
 def test_round_trip_and_frozen():
@@ -93,8 +96,13 @@ def test_round_trip_and_frozen():
     assert cfg.data.classes == ("NORMAL", "PNEUMONIA", "COVID")
     again = TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg and again.fingerprint() == cfg.fingerprint()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.epochs = 4  # type: ignore[misc]
+    d = cfg.to_dict()
+    assert d["data"]["classes"] == ["NORMAL", "PNEUMONIA", "COVID"] and d["model"]["intensity_percentiles"] == [
+        0.5,
+        99.5,
+    ]
 
 
 def test_fingerprint_ignores_speed_only_settings():
@@ -115,9 +123,9 @@ def test_apply_overrides_does_not_mutate():
 def test_bool_and_optional_coercion():
     cfg = load_config(None, {"runtime.compile": "yes", "data.val_fold": "2", "data.split": "fold"})
     assert cfg.runtime.compile is True and cfg.data.val_fold == 2
-    with pytest.raises(ConfigError, match="runtime.compile must be bool"):
+    with pytest.raises(ConfigError, match="runtime.compile: Input should be a valid boolean"):
         load_config(None, {"runtime.compile": "maybe"})
-    with pytest.raises(ConfigError, match="needs data.val_fold"):
+    with pytest.raises(ConfigError, match="data.val_fold: needed when data.split is 'fold'"):
         load_config(None, {"data.split": "fold"})
 
 
@@ -128,3 +136,65 @@ def test_config_module_imports_neither_torch_nor_monai():
     code = "import sys, cxr_cad.config; print('torch' in sys.modules, 'monai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_command_line_text_values_are_converted():
+    cfg = load_config(
+        None,
+        {
+            "optim.lr": "0.01",
+            "epochs": "3",
+            "data.cache_dir": "none",
+            "data.val_fold": "null",
+            "model.intensity_percentiles": "[1, 99]",
+            "data.classes": "[A, B]",
+            "data.positive_class": "B",
+            "optim.label_smoothing": "1e-1",
+        },
+    )
+    assert cfg.optim.lr == 0.01 and isinstance(cfg.optim.lr, float) and cfg.epochs == 3
+    assert cfg.data.cache_dir is None and cfg.data.val_fold is None
+    assert cfg.model.intensity_percentiles == (1.0, 99.0) and cfg.data.classes == ("A", "B")
+    assert cfg.optim.label_smoothing == 0.1
+    assert load_config(None, {"optim.lr": 1}).optim.lr == 1.0  # ints become floats (same fingerprint)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"epochs": True, "optim.lr": True, "model.image_size": 2.5})
+    assert [p.split(":")[0] for p in err.value.problems] == ["epochs", "model.image_size", "optim.lr"]
+
+
+def test_fingerprint_is_unchanged_for_existing_run_folders():
+    """Pinned hashes of configs written before the pydantic models: resumption keeps working."""
+    assert load_config().fingerprint() == "8f589f9d49e1d61278c2f7ef958f43a0bf594cd0a47fb9f5fcb9dabbc885b5b0"
+    scratch = load_config(None, {"model.init": "none"})
+    assert scratch.fingerprint() == "2b45ac80c7dd83aab65c54d891e85d1e859bb15307825b8c1af0991eda30d748"
+    lr = load_config(None, {"optim.lr": "0.01", "epochs": "3"})
+    assert lr.fingerprint() == "ea90e244362658475889a48af39e2a1a0da860b249852d7978db936879ec6237"
+    old = load_config().to_dict()
+    del old["model"]["arch"]  # a config.yaml written before model.arch existed
+    assert TrainConfig.from_dict(old).fingerprint() == load_config().fingerprint()
+
+
+def test_arch_is_validated_and_counts_when_not_the_default():
+    from cxr_cad.config.sections import arch_choices
+
+    assert load_config().model.arch == "resnet18" and "resnet18" in arch_choices()
+    other = next(a for a in arch_choices() if a != "resnet18")
+    cfg = load_config(None, {"model.arch": other})
+    assert cfg.model.arch == other and cfg.fingerprint() != load_config().fingerprint()
+    assert config_diff(load_config(), cfg) == [f"model.arch: 'resnet18' -> {other!r}"]
+    with pytest.raises(ConfigError, match="model.arch: must be a registered network"):
+        load_config(None, {"model.arch": "vgg11"})
+
+
+def test_replace_validates_and_keeps_the_original():
+    cfg = load_config()
+    new = cfg.replace(epochs=3, data=cfg.data.replace(split="grouped"))
+    assert (new.epochs, new.data.split, cfg.epochs, cfg.data.split) == (3, "grouped", 20, "auto")
+    assert isinstance(new, TrainConfig) and new.optim == cfg.optim
+    with pytest.raises(ConfigError, match="lr: Input should be greater than 0"):
+        cfg.optim.replace(lr=-1)
+
+
+def test_null_sections_and_augment_are_empty():
+    cfg = TrainConfig.from_dict({"optim": None, "augment": None})
+    assert cfg == TrainConfig() and cfg.augment == {}

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pydantic
 import pytest
+import yaml
 
 from cxr_cad.cli import main
 from cxr_cad.errors import ConfigError
+from cxr_cad.workflow.gen_schema import SCHEMA_FILE, schema_text
+from cxr_cad.workflow.gen_schema import main as schema_main
 from cxr_cad.workflow.pipeline import planned_steps
-from cxr_cad.workflow.schema import apply_sets, expand_env, load_workflow, parse_set, validate_workflow
+from cxr_cad.workflow.schema import (
+    apply_sets,
+    expand_env,
+    load_workflow,
+    parse_set,
+    train_config_dict,
+    validate_workflow,
+    workflow_json_schema,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
@@ -74,17 +87,18 @@ def test_every_problem_listed(tmp_path):
         validate_workflow(doc, source="wf.yaml")
     text = "\n".join(exc.value.problems)
     for needle in (
-        "unknown key 'stepz'",
-        "unknown key data.colour",
+        "stepz: unknown key",
+        "data.colour: unknown key",
         "data.train:",
         "does not exist",
-        "model.image_size must be a whole number",
+        "model.image_size: Input should be a valid integer",
         "model.init: weights file",
-        "report.pdf must be true or false",
-        "unknown step(s) ['fly']",
-        "train.epochs must be",
-        "train.optim.lr must be",
-        "'bogus'",
+        "report.pdf: Input should be a valid boolean (got 'yes')",
+        "steps[2]: Input should be 'ingest'",
+        "train.epochs: Input should be greater than or equal to 1 (got 0)",
+        "train.optim.lr: Input should be a valid number",
+        "train.bogus: unknown key",
+        "data.classes: Tuple should have at least 2 items",
     ):
         assert needle in text, (needle, text)
     assert str(exc.value).startswith("wf.yaml: ")
@@ -164,3 +178,54 @@ def test_cli_check_and_bad_set(folders, tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     assert main(["run", str(tmp_path / "list.yaml")]) == 2
+
+
+def test_model_section_is_the_train_model_config(folders):
+    from cxr_cad.config import ModelConfig
+
+    train = folders[0]
+    base = {"steps": ["ingest", "train"], "data": {"train": str(train)}}
+    wf = validate_workflow(base)
+    assert {k: v for k, v in wf["model"].items() if k != "bundle"} == ModelConfig().to_dict()
+    # options that are not set stay out of the step config (fingerprints of earlier runs hold)
+    assert set(train_config_dict(wf)["model"]) == {
+        "init",
+        "image_size",
+        "aspect",
+        "in_channels",
+        "freeze_backbone_epochs",
+    }
+    wf = validate_workflow({**base, "model": {"tta": "hflip", "intensity": "none"}})
+    assert train_config_dict(wf)["model"]["tta"] == "hflip" and wf["model"]["intensity"] == "none"
+    with pytest.raises(ConfigError, match=r"model.tta: Input should be 'none' or 'hflip'"):
+        validate_workflow({**base, "model": {"tta": "vflip"}})
+    with pytest.raises(ConfigError, match="model.arch: must be a registered network"):
+        validate_workflow({**base, "model": {"arch": "vgg11"}})
+
+
+def test_committed_json_schema_is_generated_from_the_models(tmp_path, capsys):
+    text = SCHEMA_FILE.read_text(encoding="utf-8")
+    made_with = json.loads(text)["$comment"].split("pydantic ")[1].split(")")[0]
+    if made_with != pydantic.VERSION:  # e.g. the minimum-versions CI job
+        pytest.skip(f"the schema file was generated with pydantic {made_with}, this is {pydantic.VERSION}")
+    assert text == schema_text(), "run: python -m cxr_cad.workflow.gen_schema"
+    assert json.loads(text)["properties"]["model"] == {"$ref": "#/$defs/WorkflowModel"}
+    assert schema_main(["--check"]) == 0
+    stale = tmp_path / "s.json"
+    stale.write_text(text.replace('"workflow"', '"flow"', 1))
+    assert schema_main([str(stale), "--check"]) == 1
+    assert schema_main([str(stale)]) == 0 and stale.read_text(encoding="utf-8") == text
+    assert "out of date" in capsys.readouterr().out
+
+
+def test_shipped_workflows_follow_the_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = workflow_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted(WORKFLOWS.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert list(validator.iter_errors(doc)) == [], path.name
+    bad = {"model": {"tta": "vflip"}, "train": {"model": {}, "optim": {"lr": -1}}, "colour": 1}
+    where = sorted(".".join(map(str, e.absolute_path)) for e in validator.iter_errors(bad))
+    assert where == ["", "model.tta", "train", "train.optim.lr"]

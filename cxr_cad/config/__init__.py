@@ -1,4 +1,4 @@
-"""Training configuration: frozen dataclasses loaded from YAML, validated on construction.
+"""Training configuration: frozen pydantic models loaded from YAML, validated on construction.
 
 A config file is a YAML mapping whose sections mirror :class:`TrainConfig`::
 
@@ -6,7 +6,7 @@ A config file is a YAML mapping whose sections mirror :class:`TrainConfig`::
     batch_size: 32
     seed: 0
     data:      {classes: [NORMAL, PNEUMONIA], positive_class: PNEUMONIA, val_fraction: 0.2}
-    model:     {init: imagenet, image_size: 224}
+    model:     {arch: resnet18, init: imagenet, image_size: 224}
     optim:     {name: sgd, lr: 0.001, momentum: 0.9}
     schedule:  {name: cosine}
     early_stopping: {patience: 5}
@@ -15,9 +15,12 @@ A config file is a YAML mapping whose sections mirror :class:`TrainConfig`::
 
 Every value has a default (the study defaults, see docs/train.md); a file only names what
 it changes. Files are read with ``yaml.safe_load``; command-line flags override the file
-through dotted keys (``{"optim.lr": 0.01}``). Every problem found (unknown keys, wrong
-types, values out of range) is collected and raised together as one
-:class:`~cxr_cad.errors.ConfigError`.
+through dotted keys (``{"optim.lr": 0.01}``; text values such as ``"0.01"``, ``"none"`` or
+``"NORMAL,PNEUMONIA"`` are converted to the setting's type). Every problem found (unknown
+keys, wrong types, values out of range) is collected and raised together as one
+:class:`~cxr_cad.errors.ConfigError`, each with its location (``optim.lr: ...``).
+
+Objects are frozen: ``cfg.replace(epochs=3)`` returns a validated copy.
 """
 
 from __future__ import annotations
@@ -25,17 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BeforeValidator, Field
 
-from cxr_cad.config._validate import _build, _check, _coerce, _Section, _type_name
+from cxr_cad.config.base import parse_model
 from cxr_cad.config.sections import (
-    _SECTIONS,
+    DEFAULT_ARCH,
     DataConfig,
     EarlyStoppingConfig,
     ModelConfig,
@@ -44,6 +46,7 @@ from cxr_cad.config.sections import (
     ScheduleConfig,
     ThresholdConfig,
 )
+from cxr_cad.config.types import ConfigModel, Int, section_default
 from cxr_cad.errors import ConfigError
 
 __all__ = [
@@ -113,8 +116,15 @@ def recipe_defaults(d: Mapping[str, Any]) -> dict:
 RESUME_FREE_KEYS = frozenset({"runtime.workers", "data.cache_dir"})
 
 
-@dataclass(frozen=True)
-class TrainConfig(_Section):
+def _mapping_or_empty(value: Any) -> Any:
+    """A section or ``augment`` given as null (``optim:`` with nothing under it) is empty."""
+    return {} if value is None else value
+
+
+_Empty = BeforeValidator(_mapping_or_empty)
+
+
+class TrainConfig(ConfigModel):
     """Everything ``cxr-cad train`` needs besides the manifest and the output folder.
 
     ``augment`` holds keyword arguments for :class:`cxr_cad.transforms.AugmentSpec`
@@ -122,72 +132,27 @@ class TrainConfig(_Section):
     neither torch nor MONAI).
     """
 
-    epochs: int = 20
-    batch_size: int = 32
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    augment: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "augment", dict(self.augment))
-        super().__post_init__()
-
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(p, 1 <= self.epochs <= 10000, f"epochs must be in [1, 10000], not {self.epochs}")
-        _check(p, 1 <= self.batch_size <= 4096, f"batch_size must be in [1, 4096], not {self.batch_size}")
-        _check(p, 0 <= self.seed < 2**32, f"seed must be in [0, 2**32), not {self.seed}")
-        return p
+    epochs: Int = Field(default=20, ge=1, le=10000)
+    batch_size: Int = Field(default=32, ge=1, le=4096)
+    seed: Int = Field(default=0, ge=0, lt=2**32)
+    data: Annotated[DataConfig, _Empty] = section_default(DataConfig)
+    model: Annotated[ModelConfig, _Empty] = section_default(ModelConfig)
+    optim: Annotated[OptimConfig, _Empty] = section_default(OptimConfig)
+    schedule: Annotated[ScheduleConfig, _Empty] = section_default(ScheduleConfig)
+    early_stopping: Annotated[EarlyStoppingConfig, _Empty] = section_default(EarlyStoppingConfig)
+    threshold: Annotated[ThresholdConfig, _Empty] = section_default(ThresholdConfig)
+    runtime: Annotated[RuntimeConfig, _Empty] = section_default(RuntimeConfig)
+    augment: Annotated[dict[str, Any], _Empty] = Field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None) -> TrainConfig:
-        """Build from a (YAML) mapping; raises ConfigError listing every problem.
+    def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None, prefix: str = "") -> TrainConfig:
+        """Build from a (YAML) mapping; raises ConfigError listing every problem, each located
+        (``prefix.optim.lr: ...``).
 
         With ``model.init: none`` the options the mapping does not set come from
         :data:`SCRATCH_RECIPE` (the recommended from-scratch recipe), not the class defaults.
         """
-        d = recipe_defaults(dict(d or {}))
-        problems: list[str] = []
-        kwargs: dict[str, Any] = {}
-        top_hints = typing.get_type_hints(cls)
-        for key, value in d.items():
-            if key in _SECTIONS:
-                if value is None:
-                    value = {}
-                if not isinstance(value, Mapping):
-                    problems.append(f"{key} must be a mapping of options, not {type(value).__name__}")
-                    continue
-                section, sp = _build(_SECTIONS[key], value, prefix=f"{key}.")
-                problems += sp
-                if section is not None:
-                    kwargs[key] = section
-            elif key == "augment":
-                if value is not None and not isinstance(value, Mapping):
-                    problems.append(f"augment must be a mapping of AugmentSpec options, not {type(value).__name__}")
-                else:
-                    kwargs[key] = dict(value or {})
-            elif key in top_hints:
-                ok, conv = _coerce(value, top_hints[key])
-                if ok:
-                    kwargs[key] = conv
-                else:
-                    problems.append(f"{key} must be {_type_name(top_hints[key])}, not {value!r}")
-            else:
-                problems.append(f"unknown option {key!r} (known: {', '.join(sorted(top_hints))})")
-        try:
-            cfg = cls(**kwargs)
-        except ConfigError as exc:
-            problems += exc.problems
-            cfg = None
-        if problems:
-            raise ConfigError(problems, source)
-        return cfg
+        return parse_model(cls, recipe_defaults(dict(d or {})), source=source, prefix=prefix)
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, e.g. ``{"optim.lr": 0.001, ...}`` (for diffs and resume checks)."""
@@ -201,12 +166,24 @@ class TrainConfig(_Section):
         return out
 
     def fingerprint(self) -> str:
-        """sha256 of the settings that change the numbers (everything but RESUME_FREE_KEYS)."""
-        flat = {k: v for k, v in self.flat().items() if k not in RESUME_FREE_KEYS}
+        """sha256 of the settings that change the numbers (everything but RESUME_FREE_KEYS).
+
+        Settings added later (:data:`_ADDED_KEYS`) count only when they differ from their
+        default, so run folders written before them keep their fingerprint.
+        """
+        flat = {
+            k: v
+            for k, v in self.flat().items()
+            if k not in RESUME_FREE_KEYS and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])
+        }
         return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+#: Settings added after run folders were first written -> the value they had implicitly.
+_ADDED_KEYS: dict[str, Any] = {"model.arch": DEFAULT_ARCH}
 
 
 def apply_overrides(d: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict:

@@ -1,16 +1,47 @@
 """The sections of a training config (``data``, ``model``, ``optim``, ``schedule``,
-``early_stopping``, ``threshold``, ``runtime``): frozen dataclasses validated on construction.
+``early_stopping``, ``threshold``, ``runtime``): frozen pydantic models, validated on construction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from typing import Literal
 
-from cxr_cad.config._validate import _check, _Section
+from pydantic import Field, ValidationInfo, field_validator
+
+from cxr_cad.config.types import ConfigModel, Float, FloatTuple, Int, OptInt, OptStr, StrTuple, problem
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "EarlyStoppingConfig",
+    "ThresholdConfig",
+    "RuntimeConfig",
+    "SECTIONS",
+    "DEFAULT_ARCH",
+    "arch_choices",
+]
+
+#: The study's network, and the default of ``model.arch``.
+DEFAULT_ARCH = "resnet18"
+#: Architectures accepted while :mod:`cxr_cad.model.registry` does not exist.
+_FALLBACK_ARCHS = ("resnet18", "resnet50", "densenet121")
 
 
-@dataclass(frozen=True)
-class DataConfig(_Section):
+def arch_choices() -> tuple[str, ...]:
+    """Names ``model.arch`` accepts: :func:`cxr_cad.model.registry.arch_names` (imported lazily)."""
+    try:
+        registry = importlib.import_module("cxr_cad.model.registry")
+    except ModuleNotFoundError as exc:
+        if exc.name != "cxr_cad.model.registry":
+            raise
+        return _FALLBACK_ARCHS
+    return tuple(registry.arch_names())
+
+
+class DataConfig(ConfigModel):
     """Which rows train, which validate, which class is positive, how imbalance is handled.
 
     ``split``: ``auto`` (a ``split`` column with train/val values if the table has one, else a
@@ -21,207 +52,159 @@ class DataConfig(_Section):
     ``weighted_sampler`` (class-balanced sampling with replacement) or ``none``.
     """
 
-    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+    classes: StrTuple = Field(default=("NORMAL", "PNEUMONIA"), min_length=2)
     positive_class: str = "PNEUMONIA"
     label_col: str = "label"
     group_col: str = "patient_id"
-    split: str = "auto"
-    val_fraction: float = 0.2
-    val_fold: int | None = None
-    imbalance: str = "weighted_loss"
-    cache_dir: str | None = None  # None = <run dir>/cache
+    split: Literal["auto", "grouped", "column", "fold"] = "auto"
+    val_fraction: Float = Field(default=0.2, ge=0.0, lt=1.0)
+    val_fold: OptInt = None
+    imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
+    cache_dir: OptStr = None  # None = <run dir>/cache
 
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(p, len(self.classes) >= 2, f"data.classes needs at least 2 class names, got {list(self.classes)}")
-        _check(p, len(set(self.classes)) == len(self.classes), f"data.classes has duplicates: {list(self.classes)}")
-        _check(
-            p,
-            self.positive_class in self.classes,
-            f"data.positive_class {self.positive_class!r} is not one of data.classes {list(self.classes)}",
-        )
-        _check(
-            p,
-            self.split in ("auto", "grouped", "column", "fold"),
-            f"data.split must be auto, grouped, column or fold, not {self.split!r}",
-        )
-        _check(p, 0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
-        _check(p, self.split != "fold" or self.val_fold is not None, "data.split 'fold' needs data.val_fold")
-        _check(
-            p,
-            self.imbalance in ("weighted_loss", "weighted_sampler", "none"),
-            f"data.imbalance must be weighted_loss, weighted_sampler or none, not {self.imbalance!r}",
-        )
-        return p
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(classes)) != len(classes):
+            raise problem("class names must be distinct")
+        return classes
+
+    @field_validator("positive_class")
+    @classmethod
+    def _positive_is_a_class(cls, positive: str, info: ValidationInfo) -> str:
+        classes = info.data.get("classes")
+        if classes is not None and positive not in classes:
+            raise problem(f"must be one of data.classes {list(classes)}")
+        return positive
+
+    @field_validator("val_fold")
+    @classmethod
+    def _fold_given(cls, fold: int | None, info: ValidationInfo) -> int | None:
+        if fold is None and info.data.get("split") == "fold":
+            raise problem("needed when data.split is 'fold'")
+        return fold
 
 
-@dataclass(frozen=True)
-class ModelConfig(_Section):
-    """Initialisation, input geometry and intensity. ``init``: ``imagenet``, ``none`` or a bundle
-    path. ``intensity``: per-image standardisation stored in the bundle's transform spec
-    (``percentile``: the ``intensity_percentiles`` (lower, upper) of each resized image map
-    to 0 and 1; ``none``: the readers' [0, 1] values, the behaviour before spec version 2).
-    ``tta``: ``hflip`` stores the network wrapped to average its probability with that of the
-    horizontally flipped image (test-time augmentation, recorded in the bundle's ``arch.tta``;
-    the threshold is chosen on validation scored the same way); ``none`` = off."""
+class ModelConfig(ConfigModel):
+    """Network, initialisation, input geometry and intensity. ``arch``: a registered network
+    (:mod:`cxr_cad.model.registry`; ``resnet18`` is the study's). ``init``: ``imagenet``,
+    ``none`` or a bundle path. ``intensity``: per-image standardisation stored in the bundle's
+    transform spec (``percentile``: the ``intensity_percentiles`` (lower, upper) of each
+    resized image map to 0 and 1; ``none``: the readers' [0, 1] values, the behaviour before
+    spec version 2). ``tta``: ``hflip`` stores the network wrapped to average its probability
+    with that of the horizontally flipped image (test-time augmentation, recorded in the
+    bundle's ``arch.tta``; the threshold is chosen on validation scored the same way);
+    ``none`` = off."""
 
+    arch: str = DEFAULT_ARCH
     init: str = "imagenet"
-    image_size: int = 224
-    aspect: str = "squash"
-    in_channels: int = 1
-    freeze_backbone_epochs: int = 0
-    intensity: str = "percentile"
-    intensity_percentiles: tuple[float, ...] = (0.5, 99.5)
-    tta: str = "none"
+    image_size: Int = Field(default=224, ge=32, le=2048)
+    aspect: Literal["squash", "pad"] = "squash"
+    in_channels: Int = 1
+    freeze_backbone_epochs: Int = Field(default=0, ge=0)
+    intensity: Literal["percentile", "none"] = "percentile"
+    intensity_percentiles: FloatTuple = (0.5, 99.5)
+    tta: Literal["none", "hflip"] = "none"
 
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(p, bool(self.init), "model.init must be imagenet, none or a path to a bundle")
-        _check(p, 32 <= self.image_size <= 2048, f"model.image_size must be in [32, 2048] px, not {self.image_size}")
-        _check(p, self.aspect in ("squash", "pad"), f"model.aspect must be squash or pad, not {self.aspect!r}")
-        _check(p, self.in_channels in (1, 3), f"model.in_channels must be 1 or 3, not {self.in_channels}")
-        _check(p, self.tta in ("none", "hflip"), f"model.tta must be none or hflip, not {self.tta!r}")
-        _check(
-            p,
-            self.intensity in ("percentile", "none"),
-            f"model.intensity must be percentile or none, not {self.intensity!r}",
-        )
-        lo_hi = self.intensity_percentiles
-        _check(
-            p,
-            len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0,
-            f"model.intensity_percentiles must be [lower, upper] with 0 <= lower < upper <= 100, not {list(lo_hi)}",
-        )
-        _check(
-            p,
-            self.freeze_backbone_epochs >= 0,
-            f"model.freeze_backbone_epochs must be >= 0, not {self.freeze_backbone_epochs}",
-        )
-        return p
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, arch: str) -> str:
+        if arch != DEFAULT_ARCH:  # the default needs no registry (and no torch import)
+            known = arch_choices()
+            if arch not in known:
+                raise problem(f"must be a registered network: {', '.join(known)}")
+        return arch
+
+    @field_validator("init")
+    @classmethod
+    def _init_given(cls, init: str) -> str:
+        if not init:
+            raise problem("must be imagenet, none or a path to a bundle")
+        return init
+
+    @field_validator("in_channels")
+    @classmethod
+    def _channels(cls, n: int) -> int:
+        if n not in (1, 3):
+            raise problem("must be 1 or 3")
+        return n
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _percentiles(cls, lo_hi: tuple[float, ...]) -> tuple[float, ...]:
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0:
+            raise problem("must be [lower, upper] with 0 <= lower < upper <= 100")
+        return lo_hi
 
 
-@dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(ConfigModel):
     """Optimizer and loss. Study default (fine-tuning): SGD, momentum 0.9, lr 1e-3.
     ``label_smoothing``: cross-entropy label smoothing in [0, 0.5) (0 = off)."""
 
-    name: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: Float = Field(default=1e-3, gt=0.0, le=10.0)
+    momentum: Float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: Float = Field(default=1e-4, ge=0.0)
     nesterov: bool = False
-    label_smoothing: float = 0.0
+    label_smoothing: Float = Field(default=0.0, ge=0.0, lt=0.5)
 
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(p, self.name in ("sgd", "adamw"), f"optim.name must be sgd or adamw, not {self.name!r}")
-        _check(p, 0.0 < self.lr <= 10.0, f"optim.lr must be in (0, 10], not {self.lr}")
-        _check(p, 0.0 <= self.momentum < 1.0, f"optim.momentum must be in [0, 1), not {self.momentum}")
-        _check(p, self.weight_decay >= 0.0, f"optim.weight_decay must be >= 0, not {self.weight_decay}")
-        _check(p, not (self.nesterov and self.momentum == 0.0), "optim.nesterov needs optim.momentum > 0")
-        _check(
-            p,
-            0.0 <= self.label_smoothing < 0.5,
-            f"optim.label_smoothing must be in [0, 0.5), not {self.label_smoothing}",
-        )
-        return p
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, nesterov: bool, info: ValidationInfo) -> bool:
+        if nesterov and info.data.get("momentum") == 0.0:
+            raise problem("needs optim.momentum > 0")
+        return nesterov
 
 
-@dataclass(frozen=True)
-class ScheduleConfig(_Section):
+class ScheduleConfig(ConfigModel):
     """Learning-rate schedule, stepped once per epoch: ``cosine`` (to 0 over the epochs),
     ``step`` (times ``gamma`` every ``step_size`` epochs) or ``constant``; ``warmup_epochs``
     first ramps the rate linearly from a tenth of ``optim.lr`` (0 = no warm-up)."""
 
-    name: str = "cosine"
-    step_size: int = 7
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(
-            p,
-            self.name in ("cosine", "step", "constant"),
-            f"schedule.name must be cosine, step or constant, not {self.name!r}",
-        )
-        _check(p, self.step_size >= 1, f"schedule.step_size must be >= 1 epoch, not {self.step_size}")
-        _check(p, 0.0 < self.gamma <= 1.0, f"schedule.gamma must be in (0, 1], not {self.gamma}")
-        _check(
-            p, 0 <= self.warmup_epochs <= 100, f"schedule.warmup_epochs must be in [0, 100], not {self.warmup_epochs}"
-        )
-        return p
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    step_size: Int = Field(default=7, ge=1)
+    gamma: Float = Field(default=0.1, gt=0.0, le=1.0)
+    warmup_epochs: Int = Field(default=0, ge=0, le=100)
 
 
-@dataclass(frozen=True)
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(ConfigModel):
     """Stop when validation AUC has not improved by more than ``min_delta`` for ``patience``
     epochs (0 = never stop early). The best epoch's weights are kept either way."""
 
-    patience: int = 5
-    min_delta: float = 0.0
-
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(p, self.patience >= 0, f"early_stopping.patience must be >= 0, not {self.patience}")
-        _check(p, 0.0 <= self.min_delta < 1.0, f"early_stopping.min_delta must be in [0, 1), not {self.min_delta}")
-        return p
+    patience: Int = Field(default=5, ge=0)
+    min_delta: Float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-@dataclass(frozen=True)
-class ThresholdConfig(_Section):
+class ThresholdConfig(ConfigModel):
     """How the decision threshold is chosen on validation data: ``youden`` (max sensitivity +
     specificity - 1), ``sensitivity`` (highest threshold reaching ``target_sensitivity``) or
     ``fixed`` (``value``; also used when there is no validation data)."""
 
-    method: str = "youden"
-    target_sensitivity: float = 0.9
-    value: float = 0.5
-
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(
-            p,
-            self.method in ("youden", "sensitivity", "fixed"),
-            f"threshold.method must be youden, sensitivity or fixed, not {self.method!r}",
-        )
-        _check(
-            p,
-            0.0 < self.target_sensitivity <= 1.0,
-            f"threshold.target_sensitivity must be in (0, 1], not {self.target_sensitivity}",
-        )
-        _check(p, 0.0 <= self.value <= 1.0, f"threshold.value must be in [0, 1], not {self.value}")
-        return p
+    method: Literal["youden", "sensitivity", "fixed"] = "youden"
+    target_sensitivity: Float = Field(default=0.9, gt=0.0, le=1.0)
+    value: Float = Field(default=0.5, ge=0.0, le=1.0)
 
 
-@dataclass(frozen=True)
-class RuntimeConfig(_Section):
+class RuntimeConfig(ConfigModel):
     """Where it runs. ``precision`` auto = bf16 autocast + channels-last on CPUs with native
     bf16, AMP on CUDA, else fp32 (see cxr_cad.engine.runtime). ``workers``: DataLoader
     decode processes (0 = decode in the training process)."""
 
     device: str = "auto"
-    precision: str = "auto"
-    workers: int = 2
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    workers: Int = Field(default=2, ge=0, le=64)
     compile: bool = False
 
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        _check(
-            p,
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            f"runtime.device must be auto, cpu, cuda or cuda:N, not {self.device!r}",
-        )
-        _check(
-            p,
-            self.precision in ("auto", "fp32", "bf16", "fp16"),
-            f"runtime.precision must be auto, fp32, bf16 or fp16, not {self.precision!r}",
-        )
-        _check(p, 0 <= self.workers <= 64, f"runtime.workers must be in [0, 64], not {self.workers}")
-        return p
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+            raise problem("must be auto, cpu, cuda or cuda:N")
+        return device
 
 
-_SECTIONS: dict[str, type] = {
+#: Section name -> its model, in the order of :class:`~cxr_cad.config.TrainConfig`.
+SECTIONS: dict[str, type[ConfigModel]] = {
     "data": DataConfig,
     "model": ModelConfig,
     "optim": OptimConfig,

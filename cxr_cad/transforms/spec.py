@@ -29,9 +29,13 @@ per-channel values are used unchanged.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+
+from cxr_cad.config.base import parse_model
+from cxr_cad.config.types import ConfigModel, Float, FloatTuple, Int, Number, NumberPair, StrictBool, problem
 from cxr_cad.errors import BundleError, ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -63,8 +67,18 @@ def imagenet_normalization(in_channels: int) -> tuple[tuple[float, ...], tuple[f
     raise ConfigError([f"in_channels must be 1 or 3, got {in_channels!r}"])
 
 
-@dataclass(frozen=True)
-class TransformSpec:
+def _number_list(field: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise problem(f"{field} must be a list of numbers, one per input channel")
+        return value
+
+    return BeforeValidator(check)
+
+
+class TransformSpec(ConfigModel):
     """The eval chain: read -> resize to ``image_size`` -> channels -> normalise.
 
     Attributes:
@@ -90,60 +104,50 @@ class TransformSpec:
         intensity_percentiles: (lower, upper) percentiles in [0, 100], lower < upper.
     """
 
-    image_size: int = 224
-    aspect: str = "squash"
-    in_channels: int = 1
-    mean: tuple[float, ...] = GRAY_MEAN
-    std: tuple[float, ...] = GRAY_STD
-    apply_voi: bool = True
-    interpolation: str = "area"
-    intensity: str = "percentile"
-    intensity_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    error_source: ClassVar[str | None] = "transform spec"
 
-    def __post_init__(self) -> None:
-        problems = []
-        try:
-            object.__setattr__(self, "intensity_percentiles", tuple(float(v) for v in self.intensity_percentiles))
-        except (TypeError, ValueError):
-            problems.append(
-                f"intensity_percentiles must be two numbers (lower, upper), got {self.intensity_percentiles!r}"
-            )
-            object.__setattr__(self, "intensity_percentiles", DEFAULT_PERCENTILES)
-        lo_hi = self.intensity_percentiles
-        if len(lo_hi) != 2 or not (0.0 <= lo_hi[0] < lo_hi[1] <= 100.0):
-            problems.append(
-                f"intensity_percentiles must be (lower, upper) with 0 <= lower < upper <= 100, got {lo_hi!r}"
-            )
-        if self.intensity not in INTENSITIES:
-            problems.append(f"intensity must be one of {INTENSITIES}, got {self.intensity!r}")
-        for name in ("mean", "std"):
-            try:
-                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-            except (TypeError, ValueError):
-                problems.append(f"{name} must be a list of numbers, got {getattr(self, name)!r}")
-                object.__setattr__(self, name, ())
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
-            problems.append(f"image_size must be an integer >= 32, got {self.image_size!r}")
-        if self.aspect not in ASPECTS:
-            problems.append(f"aspect must be one of {ASPECTS}, got {self.aspect!r}")
-        if self.in_channels not in (1, 3):
-            problems.append(f"in_channels must be 1 or 3, got {self.in_channels!r}")
-        for name in ("mean", "std"):
-            vals = getattr(self, name)
-            if not vals:
-                continue
-            if len(vals) != self.in_channels:
-                problems.append(f"{name} needs one value per input channel ({self.in_channels}), got {vals!r}")
-            if not all(math.isfinite(v) for v in vals):
-                problems.append(f"{name} values must be finite, got {vals!r}")
-        if any(s <= 0 for s in self.std):
-            problems.append(f"std values must be > 0, got {self.std!r}")
-        if not isinstance(self.apply_voi, bool):
-            problems.append(f"apply_voi must be true or false, got {self.apply_voi!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            problems.append(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if problems:
-            raise ConfigError(problems, source="transform spec")
+    image_size: Int = Field(default=224, ge=32)
+    aspect: Literal["squash", "pad"] = "squash"
+    in_channels: Int = 1
+    mean: Annotated[tuple[Float, ...], _number_list("mean")] = GRAY_MEAN
+    std: Annotated[tuple[Float, ...], _number_list("std")] = GRAY_STD
+    apply_voi: StrictBool = True
+    interpolation: Literal["area", "bilinear", "bicubic"] = "area"
+    intensity: str = "percentile"
+    intensity_percentiles: FloatTuple = DEFAULT_PERCENTILES
+
+    @field_validator("in_channels")
+    @classmethod
+    def _channels(cls, n: int) -> int:
+        if n not in (1, 3):
+            raise problem("must be 1 or 3")
+        return n
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, values: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
+        name, channels = info.field_name, info.data.get("in_channels")
+        if channels is not None and len(values) != channels:
+            raise problem(f"needs one value per input channel ({channels})")
+        if not all(math.isfinite(v) for v in values):
+            raise problem("values must be finite")
+        if name == "std" and any(v <= 0 for v in values):
+            raise problem("values must be > 0")
+        return values
+
+    @field_validator("intensity")
+    @classmethod
+    def _intensity(cls, intensity: str) -> str:
+        if intensity not in INTENSITIES:
+            raise problem(f"intensity must be one of {', '.join(INTENSITIES)}")
+        return intensity
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _percentiles(cls, lo_hi: tuple[float, ...]) -> tuple[float, ...]:
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0:
+            raise problem("must be (lower, upper) with 0 <= lower < upper <= 100")
+        return lo_hi
 
     @classmethod
     def for_init(cls, in_channels: int = 1, **kwargs: Any) -> TransformSpec:
@@ -151,23 +155,19 @@ class TransformSpec:
         mean, std = imagenet_normalization(in_channels)
         return cls(in_channels=in_channels, mean=mean, std=std, **kwargs)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-types dict (str/int/float/bool/list) for the bundle, with ``version``."""
-        d = asdict(self)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
-        d["intensity_percentiles"] = list(self.intensity_percentiles)
-        return {"version": TRANSFORM_SPEC_VERSION, **d}
+        return {"version": TRANSFORM_SPEC_VERSION, **super().to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> TransformSpec:
-        """Rebuild a spec from :meth:`to_dict` output.
+    def from_dict(cls, d: Mapping[str, Any]) -> TransformSpec:
+        """Rebuild a spec from :meth:`to_dict` output (any version up to TRANSFORM_SPEC_VERSION).
 
         Raises:
             BundleError: not a dict, missing/newer ``version``, an unknown key, or values
                 this code cannot honour.
         """
-        if not isinstance(d, dict):
+        if not isinstance(d, Mapping):
             raise BundleError(f"transform spec must be a dict, got {type(d).__name__}")
         version = d.get("version")
         if not isinstance(version, int) or isinstance(version, bool):
@@ -177,8 +177,7 @@ class TransformSpec:
                 f"transform spec version {version} is newer than this cxr_cad supports "
                 f"({TRANSFORM_SPEC_VERSION}); upgrade cxr_cad to use this bundle"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"version"})
+        unknown = sorted(set(d) - set(cls.model_fields) - {"version"})
         if unknown:
             raise BundleError(
                 f"transform spec has unknown keys {unknown}; this cxr_cad cannot honour them "
@@ -190,13 +189,23 @@ class TransformSpec:
                 raise BundleError(f"transform spec version {version} cannot hold intensity settings")
             kwargs["intensity"] = "none"  # what version-1 chains did: no per-image scaling
         try:
-            return cls(**kwargs)
+            return parse_model(cls, kwargs, source="transform spec")
         except ConfigError as exc:
             raise BundleError(f"transform spec cannot be honoured: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class AugmentSpec:
+def _pair_within(name: str, lo: float, hi: float) -> Any:
+    """A validator: ``name`` is (low, high) with ``lo <= low <= high <= hi``."""
+
+    def check(cls: type, v: tuple[float, float]) -> tuple[float, float]:
+        if not lo <= v[0] <= v[1] <= hi:
+            raise problem(f"must be (low, high) with {lo:g} <= low <= high <= {hi:g}")
+        return v
+
+    return field_validator(name)(classmethod(check))
+
+
+class AugmentSpec(ConfigModel):
     """Training-only random augmentation (applied to the resized [0, 1] image).
 
     Attributes:
@@ -221,72 +230,46 @@ class AugmentSpec:
         noise_std: standard deviation of additive Gaussian noise (image units); 0 = off.
     """
 
-    rotate_deg: float = 10.0
-    translate_frac: float = 0.05
-    scale: tuple[float, float] = (0.9, 1.1)
-    affine_prob: float = 1.0
-    hflip: bool = False
-    brightness: float = 0.0
-    contrast: float = 0.0
-    padding_mode: str = "zeros"
-    intensity_prob: float = 1.0
-    gamma: tuple[float, float] = (1.0, 1.0)
-    blur_sigma: tuple[float, float] = (0.0, 0.0)
-    lowres_zoom: tuple[float, float] = (1.0, 1.0)
-    noise_std: float = 0.0
+    error_source: ClassVar[str | None] = "augmentation spec"
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("scale", "gamma", "blur_sigma", "lowres_zoom"):
-            try:
-                object.__setattr__(self, name, tuple(float(s) for s in getattr(self, name)))
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    [f"{name} must be a pair of numbers (low, high), got {getattr(self, name)!r}"],
-                    source="augmentation spec",
-                ) from None
-        for name, (lo, hi) in {"gamma": (0.2, 5.0), "blur_sigma": (0.0, 5.0), "lowres_zoom": (0.1, 1.0)}.items():
-            v = getattr(self, name)
-            if len(v) != 2 or not lo <= v[0] <= v[1] <= hi:
-                problems.append(f"{name} must be (low, high) with {lo:g} <= low <= high <= {hi:g}, got {v!r}")
-        ranges = {
-            "rotate_deg": (0.0, 45.0),
-            "translate_frac": (0.0, 0.5),
-            "affine_prob": (0.0, 1.0),
-            "brightness": (0.0, 0.5),
-            "contrast": (0.0, 0.9),
-            "intensity_prob": (0.0, 1.0),
-            "noise_std": (0.0, 0.5),
-        }
-        for name, (lo, hi) in ranges.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                problems.append(f"{name} must be a number within [{lo:g}, {hi:g}], got {v!r}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            problems.append(f"scale must be (low, high) with 0 < low <= high, got {self.scale!r}")
-        if not isinstance(self.hflip, bool):
-            problems.append(f"hflip must be true or false, got {self.hflip!r}")
-        if self.padding_mode not in ("zeros", "border", "reflection"):
-            problems.append(f"padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
-        if problems:
-            raise ConfigError(problems, source="augmentation spec")
+    rotate_deg: Number = Field(default=10.0, ge=0.0, le=45.0)
+    translate_frac: Number = Field(default=0.05, ge=0.0, le=0.5)
+    scale: NumberPair = (0.9, 1.1)
+    affine_prob: Number = Field(default=1.0, ge=0.0, le=1.0)
+    hflip: StrictBool = False
+    brightness: Number = Field(default=0.0, ge=0.0, le=0.5)
+    contrast: Number = Field(default=0.0, ge=0.0, le=0.9)
+    padding_mode: Literal["zeros", "border", "reflection"] = "zeros"
+    intensity_prob: Number = Field(default=1.0, ge=0.0, le=1.0)
+    gamma: NumberPair = (1.0, 1.0)
+    blur_sigma: NumberPair = (0.0, 0.0)
+    lowres_zoom: NumberPair = (1.0, 1.0)
+    noise_std: Number = Field(default=0.0, ge=0.0, le=0.5)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for name in ("scale", "gamma", "blur_sigma", "lowres_zoom"):
-            d[name] = list(getattr(self, name))
-        return d
+    _gamma = _pair_within("gamma", 0.2, 5.0)
+    _blur = _pair_within("blur_sigma", 0.0, 5.0)
+    _lowres = _pair_within("lowres_zoom", 0.1, 1.0)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise problem("must be (low, high) with 0 < low <= high")
+        return v
 
     @classmethod
-    def from_dict(cls, d: dict) -> AugmentSpec:
-        """Raises ConfigError on unknown keys or bad values."""
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls, d: Mapping[str, Any]) -> AugmentSpec:
+        """Raises ConfigError listing unknown keys and bad values together."""
+        known = set(cls.model_fields)
         unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                [f"unknown augmentation option(s) {unknown}; known: {sorted(known)}"], source="augmentation spec"
-            )
-        return cls(**d)
+        problems = [f"unknown augmentation option(s) {unknown}; known: {sorted(known)}"] if unknown else []
+        try:
+            spec = parse_model(cls, {k: v for k, v in d.items() if k in known}, source=cls.error_source)
+        except ConfigError as exc:
+            problems += exc.problems
+        if problems:
+            raise ConfigError(problems, source=cls.error_source)
+        return spec
 
     @classmethod
     def off(cls) -> AugmentSpec:

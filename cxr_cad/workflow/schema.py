@@ -1,10 +1,15 @@
 """Workflow files: reading, ``--set`` overrides, ``${ENV}`` expansion and validation.
 
-A workflow is a YAML mapping (read with ``yaml.safe_load``) whose sections are listed in
-:data:`SCHEMA`. :func:`load_workflow` returns the resolved workflow as a plain nested
-dict with every default filled in, or raises one :class:`~cxr_cad.errors.ConfigError`
-listing every problem (unknown keys, wrong types, missing paths, bad step lists) before
-anything runs. The ``train`` section is checked by :class:`cxr_cad.config.TrainConfig`.
+A workflow is a YAML mapping (read with ``yaml.safe_load``) whose sections are the models of
+:mod:`cxr_cad.workflow.sections` (:class:`~cxr_cad.workflow.sections.WorkflowFile`; JSON
+Schema in ``docs/workflow.schema.json``). :func:`load_workflow` returns the resolved
+workflow as a plain nested dict with every default filled in, or raises one
+:class:`~cxr_cad.errors.ConfigError` listing every problem (unknown keys, wrong types,
+missing paths, bad step lists) before anything runs. The ``train`` section is checked by
+:class:`cxr_cad.config.TrainConfig`.
+
+``python -m cxr_cad.workflow.gen_schema [--check]`` writes (or checks) ``docs/workflow.schema.json``
+from :func:`workflow_json_schema`.
 """
 
 from __future__ import annotations
@@ -16,84 +21,30 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_cad.config import TrainConfig, read_yaml_mapping
+from pydantic import ValidationError
+
+from cxr_cad.config import ModelConfig, TrainConfig, read_yaml_mapping
+from cxr_cad.config.base import validation_problems
+from cxr_cad.config.types import ConfigModel
 from cxr_cad.errors import ConfigError
 from cxr_cad.io.yamlfile import load_yaml_text
+from cxr_cad.workflow.sections import SECTION_MODELS, STEP_NAMES, WorkflowFile
 
 __all__ = [
     "SCHEMA",
     "STEP_NAMES",
+    "WorkflowFile",
     "load_workflow",
     "parse_set",
     "apply_sets",
     "expand_env",
     "validate_workflow",
     "train_config_dict",
+    "workflow_json_schema",
 ]
 
-#: Steps a workflow may name, in the only order they can run.
-STEP_NAMES: tuple[str, ...] = ("ingest", "split", "crossval", "train", "evaluate", "report")
-
-# Value kinds: "str", "int", "float", "bool", "strlist", "path" (must exist), "mapping".
-# Each entry: key -> (kind, default, may_be_null).
-SCHEMA: dict[str, Any] = {
-    "name": ("str", "workflow", False),
-    "description": ("str", "", True),
-    "steps": ("strlist", list(STEP_NAMES), False),
-    "data": {
-        "train": ("path", None, True),  # folder of DICOM/PNG/JPEG, or a manifest .csv
-        "train_labels": ("str", "folders", True),  # "folders", a labels CSV, or null (labels in the manifest)
-        "test": ("path", None, True),
-        "test_labels": ("str", "folders", True),
-        "label_key": ("str", None, True),  # key column of a labels CSV (None = detected)
-        "classes": ("strlist", ["NORMAL", "PNEUMONIA"], False),
-        "positive_class": ("str", "PNEUMONIA", False),
-        "patient_id_pattern": ("str", None, True),
-    },
-    "ingest": {
-        "modalities": ("strlist", ["CR", "DX", "DR"], False),  # [] = any modality
-        "reject_lateral": ("bool", True, False),
-        "apply_voi": ("bool", True, False),
-        "verify_pixels": ("bool", False, False),
-        "workers": ("int", None, True),
-    },
-    "split": {
-        "test_fraction": ("float", 0.2, False),
-        "seed": ("int", 0, False),
-    },
-    "model": {
-        "init": ("str", "imagenet", False),  # imagenet | imagenet:/path.pth | none | bundle | /path
-        "bundle": ("path", None, True),  # an existing model bundle (scored / compared / fine-tuned)
-        "image_size": ("int", 224, False),
-        "aspect": ("str", "squash", False),
-        "in_channels": ("int", 1, False),
-        "freeze_backbone_epochs": ("int", 0, False),
-    },
-    "train": ("mapping", {}, False),  # TrainConfig options except model / classes
-    "crossval": {  # folds are seeded by train.seed
-        "folds": ("int", 5, False),
-    },
-    "evaluate": {
-        "batch_size": ("int", 32, False),
-        "workers": ("int", None, True),
-        "device": ("str", "auto", False),
-    },
-    "cohort": {  # shown in the report (docs/report.md); null = "not recorded"
-        "source": ("str", None, True),
-        "site": ("str", None, True),
-        "dates": ("str", None, True),
-        "design": ("str", None, True),
-        "population": ("str", None, True),
-        "eligibility": ("str", None, True),
-        "reference_standard": ("str", None, True),
-        "validation": ("str", None, True),
-    },
-    "report": {
-        "pdf": ("bool", True, False),
-        "bootstrap": ("int", 2000, False),
-        "alpha": ("float", 0.05, False),
-    },
-}
+#: The workflow file model (it replaced a hand-written table of kinds and defaults).
+SCHEMA = WorkflowFile
 
 _YAML11_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -157,71 +108,10 @@ def apply_sets(doc: dict, sets: Sequence[tuple[str, Any]]) -> dict:
     return out
 
 
-def _coerce(kind: str, value: Any) -> tuple[bool, Any]:
-    if kind in ("str", "path"):
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            return False, value
-        return True, str(value)
-    if kind == "int":
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            return False, value
-        return True, int(value)
-    if kind == "float":
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return (isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value)
-    if kind == "bool":
-        return isinstance(value, bool), value
-    if kind == "strlist":
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-            return False, value
-        return True, [str(v) for v in value]
-    if kind == "mapping":
-        return isinstance(value, dict), value
-    raise ValueError(kind)
-
-
-_KIND_TEXT = {
-    "str": "a string",
-    "path": "a path",
-    "int": "a whole number",
-    "float": "a number",
-    "bool": "true or false",
-    "strlist": "a list of names",
-    "mapping": "a mapping",
-}
-
-
-def _resolve_section(spec: dict, given: Any, prefix: str, problems: list[str]) -> dict:
-    out: dict[str, Any] = {}
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        problems.append(f"{prefix} must be a mapping of options, not {type(given).__name__}")
-        given = {}
-    for key in given:
-        if key not in spec:
-            problems.append(f"unknown key {prefix}.{key} (known: {', '.join(spec)})")
-    for key, entry in spec.items():
-        kind, default, nullable = entry
-        value = given.get(key, copy.deepcopy(default))
-        if value is None:
-            if not nullable:
-                problems.append(f"{prefix}.{key} must be {_KIND_TEXT[kind]}, not null")
-            out[key] = None
-            continue
-        ok, conv = _coerce(kind, value)
-        if not ok:
-            problems.append(f"{prefix}.{key} must be {_KIND_TEXT[kind]}, not {value!r}")
-        out[key] = conv
-    return out
+#: The model options workflows had before the section became ModelConfig; the others are
+#: passed on only when they differ from the default, so step configs (and the fingerprints
+#: that decide what a resumed run re-does) stay as they were.
+_FIRST_MODEL_KEYS = ("init", "image_size", "aspect", "in_channels", "freeze_backbone_epochs")
 
 
 def train_config_dict(wf: Mapping[str, Any]) -> dict:
@@ -232,7 +122,8 @@ def train_config_dict(wf: Mapping[str, Any]) -> dict:
     data["classes"] = list(wf["data"]["classes"])
     data["positive_class"] = wf["data"]["positive_class"]
     cfg["data"] = data
-    model = {k: v for k, v in wf["model"].items() if k != "bundle"}
+    defaults = ModelConfig().to_dict()
+    model = {k: v for k, v in wf["model"].items() if k in _FIRST_MODEL_KEYS or (k in defaults and v != defaults[k])}
     if model["init"] == "bundle":
         model["init"] = wf["model"]["bundle"] or "bundle"
     cfg["model"] = model
@@ -283,10 +174,6 @@ def _check_paths(wf: dict, base: Path, problems: list[str]) -> None:
 
 def _check_steps(wf: dict, problems: list[str]) -> None:
     steps = wf["steps"]
-    unknown = [s for s in steps if s not in STEP_NAMES]
-    if unknown:
-        problems.append(f"steps: unknown step(s) {unknown} (known, in order: {', '.join(STEP_NAMES)})")
-        return
     if len(set(steps)) != len(steps) or steps != sorted(steps, key=STEP_NAMES.index):
         problems.append(f"steps must be distinct and in the order {', '.join(STEP_NAMES)}; got {steps}")
     if not steps:
@@ -312,27 +199,50 @@ def _check_steps(wf: dict, problems: list[str]) -> None:
         problems.append("evaluate needs a test cohort: set data.test (or add the split step)")
     if model["init"] == "bundle" and model["bundle"] is None:
         problems.append("model.init is 'bundle' but model.bundle is not set: --set model.bundle=PATH")
-    if data["positive_class"] not in data["classes"]:
-        problems.append(f"data.positive_class {data['positive_class']!r} is not one of data.classes {data['classes']}")
-    if not 0.0 < wf["split"]["test_fraction"] < 1.0:
-        problems.append(f"split.test_fraction must be in (0, 1), not {wf['split']['test_fraction']}")
-    if not 2 <= wf["crossval"]["folds"] <= 50:
-        problems.append(f"crossval.folds must be in [2, 50], not {wf['crossval']['folds']}")
-    if wf["evaluate"]["batch_size"] < 1:
-        problems.append(f"evaluate.batch_size must be >= 1, not {wf['evaluate']['batch_size']}")
-    if not 0.0 < wf["report"]["alpha"] < 0.5:
-        problems.append(f"report.alpha must be in (0, 0.5), not {wf['report']['alpha']}")
+
+
+def _valid_part(cls: type[ConfigModel], given: Any, where: str, problems: list[str]) -> dict:
+    """``given`` validated by ``cls`` as a plain dict. Problems are recorded with their
+    location (prefix ``where``), and the keys at fault fall back to their defaults so the
+    remaining checks still run."""
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        problems.append(f"{where} must be a mapping of options, not {type(given).__name__}")
+        given = {}
+    try:
+        return cls.model_validate(given).to_dict()
+    except ValidationError as exc:
+        problems += validation_problems(exc, prefix=where)
+        bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    try:
+        return cls.model_validate({k: v for k, v in given.items() if k not in bad}).to_dict()
+    except ValidationError:
+        return cls().to_dict()
 
 
 def _train_problem(text: str) -> str:
-    """Name the workflow section a TrainConfig problem belongs to."""
-    if text.startswith(("model.", "unknown option model.")):
-        return text
-    if text.startswith("unknown option "):
-        return "train: " + text
-    if text.split()[0] in ("data.classes", "data.positive_class"):
-        return text
-    return f"train.{text}"
+    """Name the workflow section a TrainConfig problem belongs to (model and classes are top level)."""
+    for moved in ("model.", "data.classes:", "data.positive_class:"):
+        if text.startswith("train." + moved):
+            return text[len("train.") :]
+    return text
+
+
+def _check_train(wf: dict, problems: list[str]) -> None:
+    train = wf["train"]
+    if "model" in train:
+        problems.append("train.model: put model options in the top-level model section")
+    tdata = train.get("data")
+    if tdata is not None and not isinstance(tdata, Mapping):
+        problems.append(f"train.data must be a mapping of options, not {type(tdata).__name__}")
+        return
+    if tdata and {"classes", "positive_class"} & set(tdata):
+        problems.append("train.data.classes/positive_class: set them in the top-level data section")
+    try:
+        TrainConfig.from_dict(train_config_dict(wf), prefix="train")
+    except ConfigError as exc:
+        problems += [_train_problem(p) for p in exc.problems]
 
 
 def validate_workflow(doc: Any, *, base_dir: str | os.PathLike = ".", source: str | None = None) -> dict:
@@ -342,43 +252,25 @@ def validate_workflow(doc: Any, *, base_dir: str | os.PathLike = ".", source: st
         ConfigError: with every problem found (unknown keys, wrong types, missing paths,
             steps that cannot run with the inputs given, invalid ``train`` options).
     """
-    problems: list[str] = []
     if doc is None:
         doc = {}
-    if not isinstance(doc, dict):
+    if not isinstance(doc, Mapping):
         raise ConfigError([f"a workflow must be a mapping of sections, not {type(doc).__name__}"], source)
-    for key in doc:
-        if key not in SCHEMA:
-            problems.append(f"unknown key {key!r} (known: {', '.join(SCHEMA)})")
-    wf: dict[str, Any] = {}
-    for key, spec in SCHEMA.items():
-        if isinstance(spec, dict):
-            wf[key] = _resolve_section(spec, doc.get(key), key, problems)
-        else:
-            kind, default, nullable = spec
-            value = doc.get(key, copy.deepcopy(default))
-            if value is None and nullable:
-                wf[key] = None
-                continue
-            ok, conv = _coerce(kind, value)
-            if not ok:
-                problems.append(f"{key} must be {_KIND_TEXT[kind]}, not {value!r}")
-                conv = copy.deepcopy(default)
-            wf[key] = conv
-    if "model" in wf["train"]:
-        problems.append("train.model: put model options in the top-level model section")
-    tdata = wf["train"].get("data")
-    if isinstance(tdata, dict) and {"classes", "positive_class"} & set(tdata):
-        problems.append("train.data.classes/positive_class: set them in the top-level data section")
+    problems: list[str] = []
+    top = {k: v for k, v in doc.items() if k not in SECTION_MODELS and k != "train"}
+    wf = _valid_part(WorkflowFile, top, "", problems)
+    steps_ok = not any(p.startswith("steps") for p in problems)
+    for name, cls in SECTION_MODELS.items():
+        wf[name] = _valid_part(cls, doc.get(name), name, problems)
+    train = doc.get("train")
+    if train is not None and not isinstance(train, Mapping):
+        problems.append(f"train must be a mapping of TrainConfig options, not {type(train).__name__}")
+        train = None
+    wf["train"] = copy.deepcopy(dict(train or {}))
     _check_paths(wf, Path(base_dir), problems)
-    _check_steps(wf, problems)
-    if tdata is not None and not isinstance(tdata, dict):
-        problems.append(f"train.data must be a mapping of options, not {type(tdata).__name__}")
-    else:
-        try:
-            TrainConfig.from_dict(train_config_dict(wf))
-        except ConfigError as exc:
-            problems += [_train_problem(p) for p in exc.problems]
+    if steps_ok:
+        _check_steps(wf, problems)
+    _check_train(wf, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
     return wf
@@ -397,3 +289,33 @@ def load_workflow(
     doc = expand_env(doc, environ)
     doc = apply_sets(doc, parse_set(list(sets)))
     return validate_workflow(doc, base_dir=Path.cwd(), source=source)
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of workflow files, from the pydantic models.
+
+    The ``train`` section is described by TrainConfig's schema without ``model`` and without
+    ``data.classes``/``data.positive_class`` (those live in the top-level sections).
+    """
+    schema = WorkflowFile.model_json_schema()
+    train = TrainConfig.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    defs.update(train.pop("$defs", {}))
+    data = defs["DataConfig"]
+    defs["TrainDataConfig"] = {
+        **data,
+        "title": "TrainDataConfig",
+        "properties": {k: v for k, v in data["properties"].items() if k not in ("classes", "positive_class")},
+    }
+    del defs["DataConfig"]
+    props = {k: v for k, v in train["properties"].items() if k != "model"}
+    props["data"] = {"$ref": "#/$defs/TrainDataConfig"}
+    defs["TrainSection"] = {
+        **train,
+        "title": "TrainSection",
+        "description": "TrainConfig options (docs/train.md) except model and data.classes/positive_class. "
+        "With model.init: none, options not given follow the from-scratch recipe.",
+        "properties": props,
+    }
+    schema["properties"]["train"] = {"$ref": "#/$defs/TrainSection"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
