@@ -133,7 +133,10 @@ def test_config_module_imports_neither_torch_nor_monai():
     import subprocess
     import sys
 
-    code = "import sys, cxr_cad.config; print('torch' in sys.modules, 'monai' in sys.modules)"
+    code = (
+        "import sys, cxr_cad.config; cxr_cad.config.load_config(None, {'optim.lr': 0.01}); "
+        "print('torch' in sys.modules, 'monai' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
