@@ -110,6 +110,21 @@ def score(
     return predict([os.fspath(s) for s in srcs], out_dir, _bundle_path(bundle), options or PredictOptions())
 
 
+def _options(options: PredictOptions | None, values: dict[str, Any]) -> PredictOptions:
+    """``options`` with ``values`` changed (validated: a bad value is a ConfigError)."""
+    from cxr_cad.engine.predict import PredictOptions
+
+    if options is None:
+        return PredictOptions(**values)
+    if not values:
+        return options
+    if hasattr(options, "replace"):
+        return options.replace(**values)
+    import dataclasses  # the dataclass form of PredictOptions
+
+    return dataclasses.replace(options, **values)  # type: ignore[type-var]  # either form
+
+
 def predict(
     bundle: Bundle | PathLike,
     sources: Sequence[PathLike] | PathLike | pd.DataFrame,
@@ -130,11 +145,7 @@ def predict(
         options: a :class:`~cxr_cad.engine.predict.PredictOptions`; or give its fields as
             keywords (``batch_size=8, workers=0, device="cpu"``, ``policy=AcceptPolicy(...)``).
     """
-    from dataclasses import replace
-
-    from cxr_cad.engine.predict import PredictOptions
-
-    opts = replace(options or PredictOptions(), **option_values) if option_values else options
+    opts = _options(options, option_values)
     with tempfile.TemporaryDirectory(prefix="cxr-cad-predict-") as tmp:
         if isinstance(sources, pd.DataFrame):
             from cxr_cad.manifest import write_manifest
