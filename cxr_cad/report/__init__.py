@@ -1,15 +1,16 @@
 """Clinical metric reports: ``report.html`` (self-contained), ``report.pdf``, ``metrics.json``,
-``predictions.csv`` and the figures as PNG files, all in one folder.
+``predictions.csv`` and the figures as SVG files, all in one folder.
 
 The report computes no statistics of its own (everything comes from :mod:`cxr_cad.metrics`);
 HTML and PDF are drawn from one document model whose numbers are formatted from the values
 written to ``metrics.json``. Patient identifiers (patient ID, file paths, study UIDs) are
-written only with ``include_identifiers=True``.
+written only with ``ReportOptions(include_identifiers=True)``.
 
 Typical use::
 
-    from cxr_cad.report import write_report
-    result = write_report(predictions_df, "report/", positive_class="PNEUMONIA", threshold=0.5)
+    from cxr_cad.report import ReportOptions, write_report
+    options = ReportOptions(positive_class="PNEUMONIA", threshold=0.5, n_bootstrap=2000)
+    result = write_report(predictions_df, "report/", options, model_info=info)
 """
 
 from __future__ import annotations
@@ -17,22 +18,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import pandas as pd
 
 from cxr_cad.errors import OutputError, UsageError
-from cxr_cad.report.build import IDENTIFIER_COLUMNS, ReportOptions, build_report_data, prepare_predictions
-from cxr_cad.report.clinical import dedupe_rows, jsonable_shift
+from cxr_cad.infra import IDENTIFIER_COLUMNS, atomic_write_many, atomic_write_text
+from cxr_cad.report.build import build_report_data
+from cxr_cad.report.clinical import jsonable_shift
 from cxr_cad.report.gradcam import GradcamSource, write_gallery
+from cxr_cad.report.options import LegacyReportKwargs, ReportOptions, fold_legacy_kwargs
+from cxr_cad.report.prepare import dedupe_rows, prepare_predictions
+
+if TYPE_CHECKING:
+    from cxr_cad.model.bundle import Bundle
 
 __all__ = ["write_report", "ReportResult", "ReportOptions", "GradcamSource", "model_info_from_bundle"]
 
 log = logging.getLogger(__name__)
+
+#: kept for tests/hostile/test_cli_misc.py, which imports it; new code uses cxr_cad.infra
+_atomic_text = atomic_write_text
 
 NO_MODEL_NOTE = (
     "Grad-CAM explanations are not included: this report was written from a table of "
@@ -49,14 +58,13 @@ class ReportResult:
     data: dict = field(default_factory=dict)
 
 
-def model_info_from_bundle(bundle: Any, path: str | os.PathLike | None = None) -> dict:
+def model_info_from_bundle(bundle: Bundle, path: str | os.PathLike[str] | None = None) -> dict:
     """Header fields for a loaded :class:`cxr_cad.model.Bundle` (no identifiers)."""
     from cxr_cad.metrics import jsonable
     from cxr_cad.report.clinical import find_model_card
 
     meta = dict(getattr(bundle, "meta", None) or {})
     extra = meta.get("extra") or {}
-    spec = bundle.transform_spec.to_dict() if hasattr(bundle.transform_spec, "to_dict") else bundle.transform_spec
     return jsonable(
         {
             "name": Path(path).name if path else "model bundle",
@@ -70,7 +78,7 @@ def model_info_from_bundle(bundle: Any, path: str | os.PathLike | None = None) -
             "training_manifest_hash": bundle.manifest_hash,
             "created": bundle.created,
             "versions": dict(bundle.versions or {}),
-            "transform_spec": spec,
+            "transform_spec": _spec_dict(bundle.transform_spec),
             "train_config": getattr(bundle, "train_config", None) or {},
             "training": (extra.get("training") if isinstance(extra, dict) else None) or {},
             "init": meta.get("init") or {},
@@ -79,18 +87,12 @@ def model_info_from_bundle(bundle: Any, path: str | os.PathLike | None = None) -
     )
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from cxr_cad.io.files import umask_file_mode
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, umask_file_mode())  # mkstemp creates 0600; follow the umask like every output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _spec_dict(spec: object) -> Any:
+    """The transform spec as a plain dict (a dataclass with ``to_dict``, a pydantic model, or a dict)."""
+    for method in ("to_dict", "model_dump"):
+        if callable(getattr(spec, method, None)):
+            return getattr(spec, method)()
+    return spec
 
 
 def _predictions_table(ev: pd.DataFrame, d: dict, include_identifiers: bool) -> pd.DataFrame:
@@ -109,31 +111,22 @@ def _predictions_table(ev: pd.DataFrame, d: dict, include_identifiers: bool) -> 
         elif "threshold" in ev.columns:  # each fold's own threshold, per row
             thr = pd.to_numeric(ev["threshold"], errors="coerce").to_numpy()
             out["threshold"] = thr
-            out[name] = [pos if s >= t else neg for s, t in zip(ev["score"], thr)]
+            out[name] = [pos if s >= t else neg for s, t in zip(ev["score"], thr, strict=True)]
     return out
 
 
 def write_report(
     predictions: pd.DataFrame,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
+    options: ReportOptions | None = None,
     *,
-    positive_class: str | None = None,
-    threshold: float | None = None,
-    threshold_method: str | None = None,
     model_info: Mapping[str, Any] | None = None,
-    cohort_info: Mapping[str, Any] | None = None,
     rejected_df: pd.DataFrame | None = None,
     cv: Mapping[str, Any] | None = None,
     comparison: Mapping[str, Any] | None = None,
-    include_identifiers: bool = False,
     gradcam: GradcamSource | None = None,
-    gradcam_note: str | None = None,
-    label_col: str = "label",
-    score_col: str | None = None,
-    options: ReportOptions = ReportOptions(),
-    pdf: bool = True,
-    threshold_source: str | None = None,
     shift: Mapping[str, Any] | None = None,
+    **legacy: Unpack[LegacyReportKwargs],
 ) -> ReportResult:
     """Write a complete report folder for one labelled cohort.
 
@@ -143,27 +136,23 @@ def write_report(
             ``patient_id``, ``path`` (needed for Grad-CAM), ``view_position``, ``patient_sex``,
             ``patient_age``/``patient_age_years``, ``manufacturer``.
         out_dir: report folder (created; existing report files are replaced).
-        positive_class: label of the positive class; default ``model_info["positive_class"]``.
-        threshold: the model's stored decision threshold; default ``model_info["threshold"]``;
-            None reports only the cohort's Youden threshold.
-        threshold_method: how that threshold was chosen (shown in the header and Methods).
-        model_info: header fields (see :func:`model_info_from_bundle`).
-        cohort_info: ``name``, ``manifest_hash``, ``date`` of the cohort.
+        options: :class:`ReportOptions`: statistics, positive class and threshold, cohort
+            description, identifiers, PDF (default ``ReportOptions()``).
+        model_info: header fields (see :func:`model_info_from_bundle`); supplies the positive
+            class and threshold that ``options`` leaves unset.
         rejected_df: files not scored, with a ``reason`` column (counted by reason code).
         cv: cross-validation summary (``cv_metrics.json``); per-fold curves come from ``fold``.
         comparison: ``{"predictions": DataFrame, "name": str, "name_a": str, "sha256": str}``,
             the other model's scores of the same images (joined on ``sop_instance_uid``).
-        include_identifiers: also write ``patient_id``, ``path`` and study UIDs to predictions.csv.
-        gradcam: model + transform spec for the Grad-CAM gallery; None skips it (with a note).
-        gradcam_note: the note shown when ``gradcam`` is None.
-        options: CI level, bootstrap resamples and seed, calibration bins, prevalences.
-        pdf: also write report.pdf (without it an older report.pdf in ``out_dir`` is removed).
-        threshold_source: where ``threshold`` came from: ``"bundle"``, ``"command line"``,
-            ``"predictions table"``; default ``"bundle"`` when it is taken from ``model_info``,
-            else ``"caller"``. Only ``"bundle"`` is described as fixed before this cohort.
+        gradcam: model + transform spec for the Grad-CAM gallery; None skips it (with
+            ``options.gradcam_note``).
         shift: the cohort-shift (out-of-distribution) result, ``cohort_score, threshold,
             flagged, n_images, n_flagged, fraction_flagged, message``; shown and written as
             ``metrics["shift"]``.
+        **legacy: the fields of :class:`ReportOptions` that were keyword arguments before
+            (``positive_class``, ``threshold``, ``threshold_method``, ``threshold_source``,
+            ``cohort_info``, ``include_identifiers``, ``gradcam_note``, ``label_col``,
+            ``score_col``, ``pdf``); folded into ``options``.
 
     Duplicated rows (same ``sop_instance_uid``, label and probability) are counted once and
     named in ``metrics["warnings"]``; the same image with different values is refused.
@@ -172,15 +161,40 @@ def write_report(
         :class:`ReportResult` with the file paths and the metrics dict.
 
     Raises:
-        UsageError: missing columns, labels outside two classes, no positive class, nothing to evaluate.
+        ConfigError: a bad option value.
+        UsageError: no positive class, or one that contradicts the model's; nothing to evaluate.
+        ManifestError: missing columns, labels outside two classes, scores outside [0, 1].
         OutputError: the folder cannot be written.
     """
-    from cxr_cad.report.figures import write_figures
-    from cxr_cad.report.html import render_html
-    from cxr_cad.report.pdf import render_pdf
-    from cxr_cad.report.view import build_document
+    opts = fold_legacy_kwargs(options, dict(legacy))
+    info, opts, negative = _resolve_classes_and_threshold(opts, model_info)
+    out = _report_folder(out_dir)
+    predictions, dup_warning = dedupe_rows(predictions)
+    ev, not_evaluated = prepare_predictions(
+        predictions,
+        positive_class=opts.positive_class,  # type: ignore[arg-type]  # resolved: never None here
+        negative_class=negative,
+        label_col=opts.label_col,
+        score_col=opts.score_col,
+    )
+    _remove_stale_outputs(out)
+    d = build_report_data(
+        ev, not_evaluated, opts, model_info=info or None, rejected=rejected_df, cv=cv, comparison=comparison
+    )
+    _add_shift_and_duplicates(d, shift, dup_warning)
+    images = _figures_and_gallery(d, ev, out, gradcam, opts.gradcam_note)
+    files = _write_outputs(out, d, ev, images, opts)
+    log.info("report written to %s (%d images evaluated, AUC %s)", out, len(ev), d["auc"]["delong"]["auc"])
+    return ReportResult(out_dir=out, files=files, data=d)
 
+
+def _resolve_classes_and_threshold(
+    options: ReportOptions, model_info: Mapping[str, Any] | None
+) -> tuple[dict, ReportOptions, str | None]:
+    """The positive class and threshold from the options, else from the model: ``(model info with
+    the threshold used, options with positive class and threshold filled in, negative class)``."""
     info = dict(model_info or {})
+    positive_class = options.positive_class
     if positive_class is not None and info.get("positive_class") not in (None, str(positive_class)):
         raise UsageError(
             f"positive class {positive_class!r} differs from the model's "
@@ -192,31 +206,35 @@ def write_report(
             "the positive class is not known: give it (e.g. --positive-class PNEUMONIA) "
             "or a model bundle that records it"
         )
+    threshold, method, source = options.threshold, options.threshold_method, options.threshold_source
     if threshold is None and info.get("threshold") is not None:
         threshold = float(info["threshold"])
-        threshold_method = threshold_method or info.get("threshold_method")
-        threshold_source = threshold_source or "bundle"
-    elif threshold is not None and threshold_source is None:
-        threshold_source = "command line" if "command line" in str(threshold_method or "") else "caller"
+        method = method or info.get("threshold_method")
+        source = source or "bundle"
+    elif threshold is not None and source is None:
+        source = "command line" if "command line" in str(method or "") else "caller"
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise UsageError(f"threshold must be within [0, 1], not {threshold}")
     if info:
-        info["threshold"], info["threshold_method"] = threshold, threshold_method or info.get("threshold_method")
+        info["threshold"], info["threshold_method"] = threshold, method or info.get("threshold_method")
     others = [c for c in info.get("classes", []) if str(c) != str(positive_class)]
+    resolved = options.replace(
+        positive_class=positive_class, threshold=threshold, threshold_method=method, threshold_source=source
+    )
+    return info, resolved, others[0] if len(others) == 1 else None
+
+
+def _report_folder(out_dir: str | os.PathLike[str]) -> Path:
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the report folder {out}: {exc}") from exc
-    predictions, dup_warning = dedupe_rows(predictions)
-    ev, not_evaluated = prepare_predictions(
-        predictions,
-        positive_class=positive_class,
-        negative_class=others[0] if len(others) == 1 else None,
-        label_col=label_col,
-        score_col=score_col,
-    )
-    # outputs of an earlier report in this folder that this report may not rewrite
+    return out
+
+
+def _remove_stale_outputs(out: Path) -> None:
+    """Outputs of an earlier report in this folder that this report may not rewrite."""
     from cxr_cad.report.figures import FIGURE_FILES
 
     old_png = [out / f.replace(".svg", ".png") for f in FIGURE_FILES]  # figures of earlier versions
@@ -228,19 +246,9 @@ def write_report(
         out / "rejected.csv",
     ]:
         stale.unlink(missing_ok=True)
-    d = build_report_data(
-        ev,
-        not_evaluated,
-        threshold=threshold,
-        threshold_method=threshold_method,
-        model_info=info or None,
-        cohort_info=cohort_info,
-        rejected=rejected_df,
-        cv=cv,
-        comparison=comparison,
-        options=options,
-        threshold_source=threshold_source,
-    )
+
+
+def _add_shift_and_duplicates(d: dict, shift: Mapping[str, Any] | None, dup_warning: str | None) -> None:
     d["shift"] = jsonable_shift(shift)
     if dup_warning:
         d["warnings"].insert(0, dup_warning)
@@ -251,14 +259,33 @@ def write_report(
             "Cohort shift: "
             + str(d["shift"].get("message") or "this cohort differs from the training data; results may not transfer"),
         )
+
+
+def _figures_and_gallery(
+    d: dict, ev: pd.DataFrame, out: Path, gradcam: GradcamSource | None, note: str | None
+) -> dict[str, Path]:
+    """Write the figures and the Grad-CAM gallery (``d["gradcam"]``); returns {file name: path}."""
+    from cxr_cad.report.figures import write_figures
+
     images = write_figures(d, ev, out)
     fixed = [o["threshold"] for o in d["operating_points"] if o["threshold"] is not None]
     if gradcam is not None and fixed:
         g = write_gallery(gradcam, ev, fixed[0], out)
         images.update({c["file"]: out / c["file"] for c in g["cases"]})
     else:
-        g = {"cases": [], "note": gradcam_note or NO_MODEL_NOTE}
+        g = {"cases": [], "note": note or NO_MODEL_NOTE}
     d["gradcam"] = g
+    return images
+
+
+def _write_outputs(
+    out: Path, d: dict, ev: pd.DataFrame, images: dict[str, Path], options: ReportOptions
+) -> dict[str, Path]:
+    """metrics.json, predictions.csv, report.html (and report.pdf), replaced together."""
+    from cxr_cad.report.html import render_html
+    from cxr_cad.report.pdf import pdf_bytes
+    from cxr_cad.report.view import build_document
+
     doc = build_document(d)
     files = {
         "metrics.json": out / "metrics.json",
@@ -266,16 +293,17 @@ def write_report(
         "report.html": out / "report.html",
         **images,
     }
+    table = _predictions_table(ev, d, options.include_identifiers)
     try:
-        _atomic_text(files["metrics.json"], json.dumps(d, indent=2, allow_nan=False) + "\n")
-        _atomic_text(
-            files["predictions.csv"],
-            _predictions_table(ev, d, include_identifiers).to_csv(index=False, lineterminator="\n"),
-        )
-        _atomic_text(files["report.html"], render_html(doc, images))
-        if pdf:
-            files["report.pdf"] = render_pdf(doc, images, out / "report.pdf")
-    except OSError as exc:
+        content: dict[Path, str | bytes] = {
+            files["metrics.json"]: json.dumps(d, indent=2, allow_nan=False) + "\n",
+            files["predictions.csv"]: table.to_csv(index=False, lineterminator="\n"),
+            files["report.html"]: render_html(doc, images),
+        }
+        if options.pdf:
+            files["report.pdf"] = out / "report.pdf"
+            content[files["report.pdf"]] = pdf_bytes(doc, images)
+    except OSError as exc:  # a figure that cannot be read back
         raise OutputError(f"cannot write the report into {out}: {exc}") from exc
-    log.info("report written to %s (%d images evaluated, AUC %s)", out, len(ev), d["auc"]["delong"]["auc"])
-    return ReportResult(out_dir=out, files=files, data=d)
+    atomic_write_many(content)
+    return files

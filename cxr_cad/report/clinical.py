@@ -9,6 +9,7 @@ Statistics come from :mod:`cxr_cad.metrics`; this module selects inputs and word
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,9 @@ import pandas as pd
 from cxr_cad import metrics
 from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap
 from cxr_cad.metrics.utility import calibration_slope_intercept, decision_curve, precision_recall, predictive_values
+from cxr_cad.report.fmt import fmt_threshold
 
 NOT_RECORDED = "not recorded"
-#: a sample is "small" below this many images of either class, or with a CI wider than SMALL_CI_WIDTH
-SMALL_CLASS = 50
-SMALL_CI_WIDTH = 0.2
-#: subgroups are flagged below this many images or this many of either class
-SMALL_SUBGROUP_N = 30
-SMALL_SUBGROUP_CLASS = 10
 #: how each source of the threshold is named (never "stored"/"chosen before" unless it was)
 THRESHOLD_SOURCES = {
     "bundle": "stored in the model bundle, fixed before this cohort",
@@ -61,8 +57,6 @@ def _num(x: Any) -> float | None:
 
 
 def _thr(x: float) -> str:
-    from cxr_cad.report.view import fmt_threshold
-
     return fmt_threshold(float(x))
 
 
@@ -211,16 +205,19 @@ def model_description(model_info: Mapping[str, Any] | None) -> dict:
 def _augmentation_text(aug: Mapping[str, Any]) -> str:
     """The training augmentation: the bundle's settings over cxr_cad's AugmentSpec defaults (an
     empty ``augment`` section means the defaults were used)."""
-    from dataclasses import asdict
+    import dataclasses
 
     from cxr_cad.transforms.spec import AugmentSpec
 
-    full = {**asdict(AugmentSpec()), **dict(aug)}
+    default: Any = AugmentSpec()
+    # a pydantic model (issue 13) or, in older code, a dataclass
+    defaults = default.model_dump() if hasattr(default, "model_dump") else dataclasses.asdict(default)
+    full = {**defaults, **dict(aug)}
     text = ", ".join(f"{k} {v}" for k, v in full.items())
     return text + ("" if aug else " (cxr_cad defaults)")
 
 
-def find_model_card(bundle_path: str | Path | None) -> str | None:
+def find_model_card(bundle_path: str | os.PathLike[str] | None) -> str | None:
     """``<bundle stem>.model_card.md`` or ``model_card.md`` next to the bundle, if it exists."""
     if not bundle_path:
         return None
@@ -308,122 +305,7 @@ def failures(ev: pd.DataFrame, threshold: float | None) -> list[dict]:
     return out
 
 
-def _ci_warning(name: str, ci: Mapping[str, Any] | None, *, value_key: str = "value") -> str | None:
-    if not ci:
-        return None
-    v, lo, hi = _num(ci.get(value_key)), _num(ci.get("low")), _num(ci.get("high"))
-    if v is None or lo is None or hi is None:
-        return None
-    if hi - lo == 0:
-        return (
-            f"{name}: the interval has zero width ({v:.3f} ({lo:.3f}\u2013{hi:.3f})); with this few cases "
-            "or a perfect split the data cannot show the uncertainty, which is not zero"
-        )
-    return None
-
-
-def collect_warnings(d: Mapping[str, Any]) -> list[str]:
-    """Warnings for the headline and metrics.json: small samples, zero-width and clipped intervals."""
-    out: list[str] = []
-    if (d.get("threshold_provenance") or {}).get("warning"):
-        out.append(str(d["threshold_provenance"]["warning"]))
-    auc = d["auc"]
-    n_pos, n_neg = auc["delong"].get("n_pos") or 0, auc["delong"].get("n_neg") or 0
-    if n_pos < SMALL_CLASS or n_neg < SMALL_CLASS:
-        out.append(
-            f"Small sample: {n_pos} positive and {n_neg} negative images (fewer than {SMALL_CLASS} of a "
-            "class); every estimate here is imprecise."
-        )
-    for key, label in (
-        ("delong_logit", "AUC (DeLong, logit)"),
-        ("delong", "AUC (DeLong, Wald)"),
-        ("bootstrap", "AUC (bootstrap)"),
-    ):
-        ci = auc.get(key)
-        w = _ci_warning(label, ci, value_key="auc")
-        if w:
-            out.append(w)
-        if ci and ci.get("clipped"):
-            out.append(
-                f"{label}: the interval was clipped at {'1' if (ci.get('high') or 0) >= 1 else '0'}; "
-                "the logit interval does not need clipping"
-            )
-    wide = []
-    for op in d["operating_points"][:1]:
-        m = op["metrics"]
-        for key in ("sensitivity", "specificity"):
-            w = _ci_warning(f"{key.capitalize()} at {op['label']}", m.get(key))
-            if w:
-                out.append(w)
-            lo, hi = _num((m.get(key) or {}).get("low")), _num((m.get(key) or {}).get("high"))
-            if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
-                wide.append(f"{key} ({hi - lo:.2f})")
-        f1 = m.get("f1_ci") or {}
-        if _num(f1.get("value")) in (0.0, 1.0) and _num(f1.get("low")) == _num(f1.get("high")):
-            out.append(
-                f"F1 at {op['label']} is {f1['value']:.0f} and its bootstrap interval has zero width: "
-                "every resample gives the same value, which does not mean there is no uncertainty"
-            )
-    pl = d.get("patient_level") or {}
-    for key in ("auc", "sensitivity", "specificity"):
-        ci = pl.get(key) or {}
-        if _num(ci.get("low")) is not None and ci.get("low") == ci.get("high"):
-            out.append(
-                f"Patient-level {key} interval has zero width ({ci['low']:.3f}–{ci['high']:.3f}): every "
-                "patient resample gives the same value, which does not mean there is no uncertainty"
-            )
-    lo, hi = _num(auc["delong_logit"].get("low")), _num(auc["delong_logit"].get("high"))
-    if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
-        wide.append(f"AUC ({hi - lo:.2f})")
-    if wide:
-        out.append(f"Wide confidence intervals (wider than {SMALL_CI_WIDTH}): " + ", ".join(wide) + ".")
-    if n_pos == 1 or n_neg == 1:
-        out.append("Only one image in a class: bootstrap intervals are degenerate.")
-    return out
-
-
-def small_subgroups(subgroups: Mapping[str, list]) -> list[str]:
-    """``column=value`` of every subgroup under 30 images or 10 of a class."""
-    flagged = []
-    for col, rows in subgroups.items():
-        for r in rows:
-            if r["n"] < SMALL_SUBGROUP_N or min(r["n_pos"], r["n_neg"]) < SMALL_SUBGROUP_CLASS:
-                flagged.append(f"{col}={r['value']}")
-    return flagged
-
-
 def jsonable_shift(shift: Mapping[str, Any] | None) -> dict | None:
     """The cohort-shift result as given (``cohort_score, threshold, flagged, n_images, n_flagged,
     fraction_flagged, message``), JSON-safe."""
     return metrics.jsonable(dict(shift)) if shift else None
-
-
-def dedupe_rows(df: pd.DataFrame, key: str = "sop_instance_uid") -> tuple[pd.DataFrame, str | None]:
-    """Drop exact duplicate image rows (same ``key``, label and probability) with a warning text.
-
-    Raises :class:`~cxr_cad.errors.UsageError` when one image appears with different labels or
-    probabilities: which row is right cannot be decided.
-    """
-    from cxr_cad.errors import UsageError
-
-    if key not in df.columns:
-        return df, None
-    ids = df[key].astype("string").fillna("").str.strip()
-    dup = ids.duplicated(keep=False) & (ids != "")
-    if not dup.any():
-        return df, None
-    cols = [c for c in ("label", "probability") if c in df.columns]
-    groups = df[dup].assign(_k=ids[dup]).groupby("_k")
-    conflicting = [k for k, g in groups if len(g[cols].astype(str).drop_duplicates()) > 1]
-    if conflicting:
-        raise UsageError(
-            f"predictions table: {len(conflicting)} image(s) appear more than once with different "
-            f"labels or probabilities ({key} {conflicting[0][:24]}...); remove the duplicated rows"
-        )
-    keep = ~(ids.duplicated(keep="first") & (ids != ""))
-    n_drop = int((~keep).sum())
-    return (
-        df[keep.to_numpy()].reset_index(drop=True),
-        f"{n_drop} duplicated prediction row(s) (same {key}, label and probability) were removed; "
-        "each image is counted once",
-    )

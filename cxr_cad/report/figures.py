@@ -10,6 +10,7 @@ draw the scores themselves.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
-from cxr_cad.report.view import fmt_auc, fmt_p, fmt_threshold
+from cxr_cad.infra import atomic_write_text
+from cxr_cad.report.fmt import fmt_auc, fmt_p, fmt_threshold, level
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +42,17 @@ _OP_NAME = {"model": "fixed threshold", "youden": "Youden (this cohort)", "folds
 _METADATA_RE = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
 
 
-def _level(d: dict) -> str:
-    return f"{100 * d['settings']['confidence_level']:g}%"
-
-
-def _new(w: float = 5.2, h: float = 4.6) -> tuple[Figure, object]:
+def _new(w: float = 5.2, h: float = 4.6) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(w, h), layout="constrained")
     FigureCanvasSVG(fig)
     return fig, fig.add_subplot()
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    buf = io.BytesIO()
     with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "cxr_cad"}):
-        fig.savefig(path, format="svg", metadata={"Date": None})
-    text = _METADATA_RE.sub("", Path(path).read_text(encoding="utf-8"))
-    Path(path).write_text(text, encoding="utf-8")
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    atomic_write_text(path, _METADATA_RE.sub("", buf.getvalue().decode("utf-8")))
     log.debug("wrote %s", path)
     return path
 
@@ -87,7 +86,7 @@ def roc_figure(d: dict, path: Path) -> Path:
         lw=2,
         label=(
             f"AUC {fmt_auc(auc.get('delong_logit') or auc['delong'])} DeLong\n"
-            f"      {fmt_auc(auc['bootstrap'])} bootstrap\n      ({_level(d)} CIs)"
+            f"      {fmt_auc(auc['bootstrap'])} bootstrap\n      ({level(d)} CIs)"
         ),
     )
     for op in d["operating_points"]:
@@ -146,7 +145,7 @@ def calibration_figure(d: dict, path: Path) -> Path:
         marker="o",
         color="#1f77b4",
         capsize=3,
-        label=f"observed ({_level(d)} CI)",
+        label=f"observed ({level(d)} CI)",
     )
     cal = d["calibration"]
     brier = "n/e" if cal["brier_score"] is None else f"{cal['brier_score']:.4f}"
@@ -203,7 +202,7 @@ def comparison_figure(d: dict, path: Path) -> Path:
         _arr(c["roc_a"]["fpr"]),
         _arr(c["roc_a"]["tpr"]),
         lw=2,
-        label=f"{c['name_a']}: AUC {fmt_auc(c['auc_a_delong'])} ({_level(d)} CI)",
+        label=f"{c['name_a']}: AUC {fmt_auc(c['auc_a_delong'])} ({level(d)} CI)",
     )
     ax.plot(
         _arr(c["roc_b"]["fpr"]), _arr(c["roc_b"]["tpr"]), lw=2, label=f"{c['name_b']}: AUC {fmt_auc(c['auc_b_delong'])}"

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cxr_cad import __version__
 from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,54 @@ def _gallery(pdf: _ReportPDF, items: list[dict], images: dict[str, Path], per_ro
         pdf.set_xy(pdf.l_margin, bottom + 3)
 
 
-def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
-    """Write the document as a PDF at ``path``. Raises :class:`OutputError` for a missing figure."""
+def _section_need(pdf: _ReportPDF, first: dict, images: dict[str, Path]) -> float:
+    """Room (mm) a section title needs below it so that it never sits alone at a page foot."""
+    if first["kind"] == "figure" and first["file"] in images:
+        w0, h0 = _image_size(images[first["file"]])
+        return _FIG_WIDTH_MM * h0 / w0 + 25
+    if first["kind"] == "kv":
+        return _kv_height(first) + 12
+    if first["kind"] in ("figrow", "gallery") and all(it["file"] in images for it in first["items"][:2]):
+        col = (pdf.epw - 5.0) / 2  # a section title never sits alone above its first figure row
+        return max(col * h / w for w, h in (_image_size(images[it["file"]]) for it in first["items"][:2])) + 30
+    return 40.0
+
+
+def _block(pdf: _ReportPDF, b: dict, images: dict[str, Path]) -> None:
+    kind = b["kind"]
+    if kind == "paragraph":
+        _paragraph(pdf, b["text"])
+    elif kind == "note":
+        _paragraph(pdf, b["text"], fill=_NOTE_FILL)
+    elif kind == "headline":
+        _headline(pdf, b)
+    elif kind == "kv":  # short two-column lists stay on one page (they have no header to repeat)
+        _keep_with_next(pdf, _kv_height(b))
+        _caption(pdf, b["caption"], len(b["rows"]))
+        _table(pdf, b["rows"], [1.0, 2.2], header=False, size=8)
+    elif kind == "table":
+        _caption(pdf, b["caption"], len(b["rows"]) + 1)
+        _table(
+            pdf,
+            [b["columns"], *b["rows"]],
+            b["widths"],
+            header=True,
+            left=bool(b.get("left")),
+            size=7 if len(b["columns"]) > 6 else 7.5 if len(b["columns"]) > 4 else 8,
+        )
+    elif kind in ("figure", "gallery", "figrow"):
+        files = [b["file"]] if kind == "figure" else [it["file"] for it in b["items"]]
+        missing = [f for f in files if f not in images]
+        if missing:
+            raise OutputError(f"report figures missing: {', '.join(missing)}")
+        if kind == "figure":
+            _figure(pdf, images[b["file"]], b["caption"])
+        else:
+            _gallery(pdf, b["items"], images)
+
+
+def pdf_bytes(doc: dict, images: dict[str, Path]) -> bytes:
+    """The document as PDF bytes. Raises :class:`OutputError` for a missing figure."""
     pdf = _ReportPDF(doc["title"])
     pdf.alias_nb_pages()
     pdf.add_page()
@@ -208,54 +255,21 @@ def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
     pdf.set_text_color(0)
     pdf.ln(3)
     for s in doc["sections"]:
-        first = s["blocks"][0] if s["blocks"] else {"kind": "paragraph"}
-        need = 40.0
-        if first["kind"] == "figure" and first["file"] in images:
-            w0, h0 = _image_size(images[first["file"]])
-            need = _FIG_WIDTH_MM * h0 / w0 + 25
-        elif first["kind"] == "kv":
-            need = _kv_height(first) + 12
-        elif first["kind"] in ("figrow", "gallery") and all(it["file"] in images for it in first["items"][:2]):
-            col = (pdf.epw - 5.0) / 2  # a section title never sits alone above its first figure row
-            need = max(col * h / w for w, h in (_image_size(images[it["file"]]) for it in first["items"][:2])) + 30
-        _keep_with_next(pdf, need)
+        first: dict = s["blocks"][0] if s["blocks"] else {"kind": "paragraph"}
+        _keep_with_next(pdf, _section_need(pdf, first, images))
         pdf.set_font(_FONT, "B", 12.5)
         pdf.multi_cell(0, 7, f"{s['number']}. {s['title']}", border="B", new_x="LMARGIN", new_y="NEXT")
         pdf.ln(2)
         for b in s["blocks"]:
-            kind = b["kind"]
-            if kind == "paragraph":
-                _paragraph(pdf, b["text"])
-            elif kind == "note":
-                _paragraph(pdf, b["text"], fill=_NOTE_FILL)
-            elif kind == "headline":
-                _headline(pdf, b)
-            elif kind == "kv":  # short two-column lists stay on one page (they have no header to repeat)
-                _keep_with_next(pdf, _kv_height(b))
-                _caption(pdf, b["caption"], len(b["rows"]))
-                _table(pdf, b["rows"], [1.0, 2.2], header=False, size=8)
-            elif kind == "table":
-                _caption(pdf, b["caption"], len(b["rows"]) + 1)
-                _table(
-                    pdf,
-                    [b["columns"], *b["rows"]],
-                    b["widths"],
-                    header=True,
-                    left=bool(b.get("left")),
-                    size=7 if len(b["columns"]) > 6 else 7.5 if len(b["columns"]) > 4 else 8,
-                )
-            elif kind in ("figure", "gallery", "figrow"):
-                files = [b["file"]] if kind == "figure" else [it["file"] for it in b["items"]]
-                missing = [f for f in files if f not in images]
-                if missing:
-                    raise OutputError(f"report figures missing: {', '.join(missing)}")
-                if kind == "figure":
-                    _figure(pdf, images[b["file"]], b["caption"])
-                else:
-                    _gallery(pdf, b["items"], images)
-    try:
-        pdf.output(str(path))
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
-    log.debug("wrote %s (%d pages)", path, pdf.page_no())
+            _block(pdf, b, images)
+    data = bytes(pdf.output())
+    log.debug("PDF of %d pages", pdf.page_no())
+    return data
+
+
+def render_pdf(doc: dict, images: dict[str, Path], path: Path) -> Path:
+    """Write the document as a PDF at ``path`` (atomically). Raises :class:`OutputError` for a
+    missing figure or an unwritable file."""
+    atomic_write_bytes(path, pdf_bytes(doc, images))
+    log.debug("wrote %s", path)
     return Path(path)

@@ -1,25 +1,25 @@
 """Document blocks a clinical reviewer reads first: the headline box, population and reference
 standard, model description, cohort shift, clinical utility, calibration, patient-level
 intervals and the failure table. Numbers are formatted from ``metrics.json`` with
-:mod:`cxr_cad.report.view`."""
+:mod:`cxr_cad.report.fmt`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cxr_cad.report.clinical import NOT_RECORDED, POPULATION_ITEMS
-from cxr_cad.report.view import (
+from cxr_cad.report.fmt import (
     DASH,
     NOT_ESTIMABLE,
-    _kv,
-    _table,
     fmt_auc,
     fmt_interval,
     fmt_num,
     fmt_pct,
     fmt_prop,
     fmt_threshold,
+    kv,
     level,
+    table,
 )
 
 PRIMARY_CI_TEXT = (
@@ -115,7 +115,7 @@ def population(d: dict) -> list[dict]:
             "text": "Who was tested and against what truth. Items the inputs do not record "
             "are shown as 'not recorded' (give them in the workflow's cohort: block or with --cohort-info).",
         },
-        _kv(rows, "Population and reference standard"),
+        kv(rows, "Population and reference standard"),
     ]
 
 
@@ -141,7 +141,7 @@ def model_description(d: dict) -> list[dict]:
         ),
         ("Model card", Path(md["model_card"]).as_uri() if md.get("model_card") else "not available"),
     ]
-    blocks = [_kv(rows, "Model description")]
+    blocks = [kv(rows, "Model description")]
     if op is None:
         blocks.append({"kind": "note", "text": "No operating point could be evaluated on this cohort."})
     return blocks
@@ -161,7 +161,7 @@ def shift(d: dict) -> list[dict]:
             f"{s.get('n_flagged', '?')} of {s.get('n_images', '?')} ({fmt_pct(s.get('fraction_flagged'))})",
         ),
     ]
-    blocks = [_kv(rows, "Cohort shift check")]
+    blocks = [kv(rows, "Cohort shift check")]
     if s.get("message"):
         blocks.insert(0, {"kind": "note" if s.get("flagged") else "paragraph", "text": str(s["message"])})
     return blocks
@@ -197,9 +197,7 @@ def patient_level(d: dict) -> list[dict]:
             )
     return [
         {"kind": "paragraph", "text": PRIMARY_CI_TEXT},
-        _kv(
-            rows, f"Image-level and patient-level intervals ({pl['n_resamples']} patient resamples, seed {pl['seed']})"
-        ),
+        kv(rows, f"Image-level and patient-level intervals ({pl['n_resamples']} patient resamples, seed {pl['seed']})"),
     ]
 
 
@@ -228,7 +226,7 @@ def utility(d: dict) -> list[dict]:
     if pv:
         rows = [[fmt_pct(v["prevalence"]), fmt_prop(v["ppv"]), fmt_prop(v["npv"])] for v in pv]
         blocks.append(
-            _table(
+            table(
                 ["Prevalence", f"PPV ({lv} CI)", f"NPV ({lv} CI)"],
                 rows,
                 "PPV and NPV at other prevalences (sensitivity and specificity of the fixed operating "
@@ -273,7 +271,7 @@ def failures(d: dict) -> list[dict]:
         for c in cases
     ]
     return [
-        _table(
+        table(
             ["Image", "Error", "True label", "Score"] + [names[k] for k in extra],
             rows,
             f"Every misclassified image at threshold {fmt_threshold(f['threshold'])} ({len(cases)} images; "
@@ -315,7 +313,7 @@ def calibration(d: dict) -> list[dict]:
                 {"file": "score_histogram.svg", "caption": "Distribution of the score for each true class."},
             ],
         },
-        _kv(
+        kv(
             [
                 (
                     f"Brier score (0 = perfect), bootstrap {lv} CI",
@@ -333,7 +331,7 @@ def calibration(d: dict) -> list[dict]:
             ],
             "Calibration",
         ),
-        _table(
+        table(
             ["Probability bin", "Images", "Mean predicted", "Observed positive", f"{lv} CI"],
             rows,
             "Reliability bins (empty bins omitted)",
