@@ -84,7 +84,8 @@ def test_round_trip_weights_only_identical_outputs(saved, model):
     assert b.threshold == pytest.approx(0.37) and b.threshold_method == "youden"
     assert b.threshold_selection["chosen_on"]["n"] == 40
     assert b.manifest_hash == "m" * 64 and b.parent_bundle_sha256 is None
-    assert set(b.versions) == {"cxr_cad", "torch", "monai", "pydicom", "numpy"}
+    assert {"cxr_cad", "python", "torch", "monai", "pydicom", "numpy"} <= set(b.versions)  # infra.software_versions
+    assert raw["arch"]["name"] == b.arch == "resnet18"
     assert all(type(v) is str for v in b.versions.values())
     assert datetime.fromisoformat(b.created).utcoffset().total_seconds() == 0
     assert b.train_config["augment"]["scale"] == [0.9, 1.1]
@@ -160,7 +161,7 @@ def test_pickled_objects_refused_by_weights_only(saved, tmp_path):
         (lambda d: d.update(classes=["NORMAL", "NORMAL"]), "distinct"),
         (lambda d: d["state_dict"].pop("layer3.0.bn1.running_var"), "layer3.0.bn1.running_var"),
         (lambda d: d["state_dict"].update({"fc.weight": torch.zeros(3, 512)}), "fc.weight shape"),
-        (lambda d: d["arch"].update(name="densenet121"), "not supported"),
+        (lambda d: d["arch"].update(name="vgg16"), r"not supported \(registered: resnet18, resnet50, densenet121\)"),
         (lambda d: d["arch"].update(in_channels=3), "disagrees"),
         (lambda d: d.update(threshold=1.5), "threshold 1.5"),
         (lambda d: d.pop("manifest_hash"), "lacks.*manifest_hash"),

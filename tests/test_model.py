@@ -1,7 +1,10 @@
-"""cxr_cad.model: ResNet18 (torchvision names), initial weights, conv1 adaptation, fine-tuning."""
+"""cxr_cad.model: ResNet18 (torchvision names), initial weights, conv1 adaptation, fine-tuning.
+
+The other registered networks: tests/test_registry.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.error
 from pathlib import Path
@@ -11,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import cxr_cad.model.weights as weights_mod
-from cxr_cad.errors import WeightsError
-from cxr_cad.model import build_resnet18, init_model, load_imagenet_weights, set_trainable
+from cxr_cad.errors import ConfigError, WeightsError
+from cxr_cad.model import build_resnet18, get_arch, init_model, load_imagenet_weights, set_trainable
 
 # torchvision.models.resnet18().state_dict().keys(), in order (torchvision is not imported).
 TORCHVISION_RESNET18_KEYS = [
@@ -257,10 +260,25 @@ def test_forward_equals_torchvision_definition():
 
 
 def test_bad_arguments():
-    with pytest.raises(WeightsError):
+    with pytest.raises(ConfigError, match="num_classes"):
         build_resnet18(1)
-    with pytest.raises(WeightsError):
+    with pytest.raises(ConfigError, match="in_channels"):
         build_resnet18(2, in_channels=2)
+
+
+def test_seeded_resnet18_is_monai_resnet18_under_the_seed():
+    """init_model("none") draws exactly what MONAI's resnet18 draws after manual_seed(seed): the
+    registry changed nothing in the default network's random initialisation."""
+    from monai.networks.nets import resnet18
+
+    model, _ = init_model("none", 2, 1, seed=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        ref = resnet18(
+            spatial_dims=2, n_input_channels=1, num_classes=2, bias_downsample=False, conv1_t_stride=2, pretrained=False
+        )
+    a, b = model.state_dict(), ref.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------- weights files and conv1
@@ -322,7 +340,7 @@ def test_weights_file_that_does_not_fit(tmp_path):
         init_model(f"imagenet:{junk}", 2, 1)
     with pytest.raises(WeightsError, match="does not exist"):
         init_model(f"imagenet:{tmp_path / 'missing.pth'}", 2, 1)
-    with pytest.raises(WeightsError, match="not 'imagenet'"):
+    with pytest.raises(ConfigError, match="not 'imagenet'"):  # a typo in --init: exit 2
         init_model(str(tmp_path / "nowhere.pt"), 2, 1)
 
 
@@ -365,8 +383,12 @@ def test_download_with_wrong_hash_is_refused(hub_dir, monkeypatch):
 
 def test_download_into_hub_cache_then_reuse(hub_dir, monkeypatch, tv_file):
     prefix = hashlib.sha256(tv_file.read_bytes()).hexdigest()[:8]
-    monkeypatch.setattr(weights_mod, "IMAGENET_HASH_PREFIX", prefix)
-    monkeypatch.setattr(weights_mod, "IMAGENET_FILENAME", f"resnet18-{prefix}.pth")
+    spec = dataclasses.replace(
+        get_arch("resnet18"),
+        weights_url=f"https://example.invalid/resnet18-{prefix}.pth",
+        weights_sha256_prefix=prefix,
+    )
+    monkeypatch.setattr(weights_mod, "get_arch", lambda name: spec)
     calls = []
 
     def fake_download(url, dst, hash_prefix=None, progress=True):
@@ -375,7 +397,7 @@ def test_download_into_hub_cache_then_reuse(hub_dir, monkeypatch, tv_file):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     _, rec = init_model("imagenet", 2, 1)
-    assert calls == [weights_mod.IMAGENET_URL] and (hub_dir / f"resnet18-{prefix}.pth").is_file()
+    assert calls == [spec.weights_url] and (hub_dir / f"resnet18-{prefix}.pth").is_file()
     assert rec["verified_imagenet"] and rec["source"] == str(hub_dir / f"resnet18-{prefix}.pth")
     init_model("imagenet", 2, 1)
     assert len(calls) == 1  # second time from the cache
@@ -416,5 +438,5 @@ def test_set_trainable_head_and_all():
     assert torch.equal(model.bn1.running_mean, before) and model.conv1.weight.grad is None
     n_all = set_trainable(model, "all")
     assert n_all == sum(p.numel() for p in model.parameters())
-    with pytest.raises(WeightsError, match="trainable mode"):
+    with pytest.raises(ConfigError, match="trainable mode"):
         set_trainable(model, "frozen")

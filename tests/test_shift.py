@@ -20,7 +20,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats import binom
 
-from cxr_cad.model import shift
+from cxr_cad.model import shift, shift_stats
 
 DATA = Path(__file__).parent / "data"
 FAST = {
@@ -50,7 +50,7 @@ def test_distance_is_the_ppca_mahalanobis_distance_of_scikit_learn():
 
     x = _features(np.random.default_rng(0), 200)
     pca = PCA(n_components=10, svd_solver="full").fit(x)
-    got = shift._distances(pca.mean_, pca.components_, pca.explained_variance_, pca.noise_variance_, x[:7])
+    got = shift_stats._distances(pca.mean_, pca.components_, pca.explained_variance_, pca.noise_variance_, x[:7])
     c = x[:7] - pca.mean_
     want = np.sqrt(np.einsum("ij,jk,ik->i", c, pca.get_precision(), c))
     np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_cad.errors import OutputError, UsageError
+from cxr_cad.errors import ConfigError, OutputError, UsageError
 from cxr_cad.export.common import (
     Cohort,
     batched,
@@ -87,7 +87,8 @@ def export_model(
 ) -> ExportResult:
     """Export the bundle at ``model_path`` as ``fmt`` into the folder ``out``.
 
-    Raises UsageError (bad options, non-empty ``out``), BundleError, MissingExtraError,
+    Raises ConfigError (a bad ``fmt``), UsageError (options that do not go together, a
+    non-empty ``out``), BundleError, MissingExtraError,
     OutputError (writing or the parity check failed), Int8Refused (int8 AUC drop too large).
     """
     from cxr_cad.export.quantize import MAX_AUC_DROP
@@ -95,7 +96,7 @@ def export_model(
     from cxr_cad.model.card import model_card_path
 
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {FORMATS}, not {fmt!r}")
+        raise ConfigError(f"--format must be one of {FORMATS}, not {fmt!r}")
     if int8 and fmt not in INT8_FORMATS:
         raise UsageError(f"--int8 is offered for {INT8_FORMATS}, not {fmt}")
     if int8 and calibration is None:
@@ -189,6 +190,7 @@ def _export_onnx_like(
     try:
         onnx_path = (out if fmt == "onnx" else tmp) / "model.onnx"
         export_onnx(bundle.model, onnx_path, in_channels=spec.in_channels, image_size=spec.image_size)
+        runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
         if fmt == "onnx":
             result.files["model"] = "model.onnx"
             runner = OnnxRuntimeModel

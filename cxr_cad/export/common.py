@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cxr_cad.errors import BundleError, CxrCadError, OutputError, UsageError
-from cxr_cad.versions import software_versions
+from cxr_cad.infra import atomic_write_text, sha256_file, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,6 @@ def require(module: str, extra: str) -> Any:
             f"{module} is not installed; install the optional extra with "
             f"`pip install -c constraints/cpu.txt -e '.[{extra}]'` (or `pip install 'cxr_cad[{extra}]'`)"
         ) from exc
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    from cxr_cad.model.weights import file_sha256
-
-    return file_sha256(path)
 
 
 def bundle_record(bundle: Any) -> dict:
@@ -103,10 +97,7 @@ def write_export_record(out: Path, bundle: Any, fmt: str, files: dict[str, str],
         **extra,
     }
     path = out / EXPORT_FILE
-    try:
-        path.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
     return path
 
 

@@ -36,6 +36,7 @@ import torch
 
 from cxr_cad.errors import OutputError
 from cxr_cad.export.common import require
+from cxr_cad.model.registry import DEFAULT_ARCH
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ MONAI_SCHEMA_URL = (
 )
 LOCAL_SCHEMA = Path(__file__).with_name("monai_metadata_schema.json")
 BATCH_SIZE = 16
+
+
+def _arch(bundle: Any) -> str:
+    """The registered network of ``bundle`` (``arch.name``; bundles always record it)."""
+    return str(getattr(bundle, "arch", None) or bundle.meta.get("arch", {}).get("name", DEFAULT_ARCH))
 
 
 def metadata(bundle: Any, card_text: str | None = None) -> dict:
@@ -68,7 +74,7 @@ def metadata(bundle: Any, card_text: str | None = None) -> dict:
         "optional_packages_version": {},
         "task": f"Chest radiograph classification: {' vs '.join(bundle.classes)}",
         "description": (
-            f"ResNet18 ({bundle.meta.get('arch', {}).get('impl', 'monai')}) trained by cxr_cad; outputs "
+            f"{_arch(bundle)} ({bundle.meta.get('arch', {}).get('impl', 'monai')}) trained by cxr_cad; outputs "
             f"softmax probabilities of {bundle.classes}; the positive class {bundle.positive_class!r} is "
             f"called at probability >= {bundle.threshold:.6g}. See docs/README.md (model card)."
         ),
@@ -132,9 +138,10 @@ def inference_config(bundle: Any) -> dict:
         "transform_spec": {"_target_": "cxr_cad.transforms.TransformSpec.from_dict", "d": spec.to_dict()},
         "preprocessing": {"_target_": "cxr_cad.transforms.build_eval_transforms", "spec": "@transform_spec"},
         "network_def": {
-            "_target_": "cxr_cad.model.build_resnet18",
+            "_target_": "cxr_cad.model.build_network",
             "num_classes": len(bundle.classes),
             "in_channels": spec.in_channels,
+            "arch": _arch(bundle),
         },
         "network": "$@network_def.to(@device)",
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},

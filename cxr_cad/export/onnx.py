@@ -51,6 +51,8 @@ def export_onnx(
             )
         except Exception as exc:  # the exporter raises its own error types
             raise OutputError(f"torch.onnx.export failed: {exc}") from exc
+    if program is None:  # only the legacy (dynamo=False) exporter returns None
+        raise OutputError("torch.onnx.export returned no program")
     program.optimize()
     try:
         program.save(str(path), external_data=False)

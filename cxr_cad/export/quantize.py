@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_cad.errors import CxrCadError, UsageError
+from cxr_cad.errors import ConfigError, CxrCadError, UsageError
 from cxr_cad.export.common import INPUT_NAME, Cohort, batched, require, softmax_positive
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,11 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATION_METHODS:
-        raise UsageError(f"calibration method must be one of {CALIBRATION_METHODS}, not {method!r}")
+        raise ConfigError(f"calibration method must be one of {CALIBRATION_METHODS}, not {method!r}")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     images = images[:MAX_CALIBRATION_IMAGES]
 
-    class Reader(q.CalibrationDataReader):
+    class Reader(q.CalibrationDataReader):  # type: ignore[name-defined]  # q: the optional extra, imported at run time
         def __init__(self):
             self.batches = iter([images[i : i + batch_size].numpy() for i in range(0, len(images), batch_size)])
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from cxr_cad.errors import BundleError, UsageError
-from cxr_cad.export.common import EXPORT_FILE, INPUT_NAME, read_export_record, require, sha256_file
+from cxr_cad.errors import BundleError, ConfigError, UsageError
+from cxr_cad.export.common import EXPORT_FILE, INPUT_NAME, read_export_record, require
+from cxr_cad.infra import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class OnnxRuntimeModel(_Callable):
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().contiguous().cpu().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input: x})[0])
+        arr = x.detach().float().contiguous().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input: arr})[0])
 
 
 class OpenVinoModel(_Callable):
@@ -80,8 +81,8 @@ class OpenVinoModel(_Callable):
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().contiguous().cpu().numpy()
-        out = self.request.infer({0: x})
+        arr = x.detach().float().contiguous().cpu().numpy()
+        out = self.request.infer({0: arr})
         return torch.from_numpy(next(iter(out.values())).copy())
 
 
@@ -136,13 +137,13 @@ def load_exported(
 ) -> ExportedModel:
     """Load an exported model (a folder from ``cxr-cad export`` or a model file inside one).
 
-    Raises UsageError (unknown backend, a file the backend cannot read), BundleError
+    Raises ConfigError (unknown backend), UsageError (a file the backend cannot read), BundleError
     (missing or unreadable ``export.json``), MissingExtraError (runtime not installed).
     """
     from cxr_cad.transforms import TransformSpec
 
     if backend not in BACKENDS:
-        raise UsageError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        raise ConfigError(f"backend must be one of {BACKENDS}, not {backend!r}")
     path = Path(path)
     if not path.exists():
         raise BundleError(f"exported model {path} does not exist; write one with `cxr-cad export`")
@@ -158,6 +159,7 @@ def load_exported(
             f"--backend {backend} cannot read {file.name}; give a {' or '.join(_SUFFIXES[backend])} "
             f"file or the folder written by `cxr-cad export` (with {EXPORT_FILE})"
         )
+    model: _Callable
     if backend == "onnxruntime":
         model = OnnxRuntimeModel(file, threads)
     elif backend == "openvino":

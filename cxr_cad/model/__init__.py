@@ -1,57 +1,129 @@
-"""ResNet18 construction, initial weights, and the model bundle.
+"""Registered networks, initial weights, BatchNorm folding and the model bundle.
 
-Public API (see docs/architecture.md, ``cxr_cad.model``)::
+Public API (see docs/model.md and docs/architecture.md, ``cxr_cad.model``)::
 
-    build_resnet18(num_classes, in_channels=1) -> nn.Module
-    load_imagenet_weights(model, source="download", *, progress=True) -> dict
-    init_model(init, num_classes, in_channels=1, *, seed=0, classes=None) -> (model, init_record)
+    arch_names() -> tuple[str, ...]             # registered networks, the default ("resnet18") first
+    get_arch(name) -> ArchSpec                  # ConfigError for an unknown name
+    build_network(num_classes, in_channels=1, *, arch="resnet18") -> nn.Module
+    init_model(init, num_classes, in_channels=1, *, seed=0, classes=None, arch="resnet18")
+        -> (model, init_record)
+    load_imagenet_weights(model, source="download", *, progress=True, arch=None) -> dict
     set_trainable(model, "all" | "head") -> int
-    save_bundle(path, model, *, classes, positive_class, transform_spec, threshold,
-                threshold_method, manifest_hash, extra=None, ...) -> Path
+    fold_batchnorm(model) -> nn.Module
+    save_bundle(path, model, options: BundleOptions | None = None, **BundleOptions fields) -> Path
     load_bundle(path, *, map_location="cpu") -> Bundle
+
+Names are imported on first use, so ``from cxr_cad.model.registry import arch_names`` (config
+validation, ``--help``) does not import torch.
 """
 
-from cxr_cad.model.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, load_bundle, package_versions, save_bundle
-from cxr_cad.model.resnet import (
-    ARCH,
-    ProbabilityAverage,
-    adapt_conv1,
-    build_model,
-    build_resnet18,
-    set_trainable,
-    unwrap_model,
-)
-from cxr_cad.model.weights import (
-    ENV_OFFLINE,
-    ENV_WEIGHTS,
-    IMAGENET_HASH_PREFIX,
-    IMAGENET_URL,
-    file_sha256,
-    imagenet_cache_path,
-    init_model,
-    load_imagenet_weights,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cxr_cad.model.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, BundleOptions, load_bundle, save_bundle
+    from cxr_cad.model.fold import fold_batchnorm
+    from cxr_cad.model.init import init_model
+    from cxr_cad.model.networks import (
+        ARCH,
+        ProbabilityAverage,
+        adapt_conv1,
+        adapt_stem,
+        build_model,
+        build_network,
+        build_resnet18,
+        find_arch,
+        head_of,
+        set_trainable,
+        unwrap_model,
+    )
+    from cxr_cad.model.registry import ARCHITECTURES, DEFAULT_ARCH, ArchSpec, arch_names, get_arch
+    from cxr_cad.model.weights import (
+        ENV_OFFLINE,
+        ENV_WEIGHTS,
+        IMAGENET_HASH_PREFIX,
+        IMAGENET_URL,
+        file_sha256,
+        imagenet_cache_path,
+        load_imagenet_weights,
+    )
+
+_HOME = {
+    "bundle": ("BUNDLE_FORMAT", "BUNDLE_VERSION", "Bundle", "BundleOptions", "load_bundle", "save_bundle"),
+    "fold": ("fold_batchnorm",),
+    "init": ("init_model",),
+    "networks": (
+        "ARCH",
+        "ProbabilityAverage",
+        "adapt_conv1",
+        "adapt_stem",
+        "build_model",
+        "build_network",
+        "build_resnet18",
+        "find_arch",
+        "head_of",
+        "set_trainable",
+        "unwrap_model",
+    ),
+    "registry": ("ARCHITECTURES", "DEFAULT_ARCH", "ArchSpec", "arch_names", "get_arch"),
+    "weights": (
+        "ENV_OFFLINE",
+        "ENV_WEIGHTS",
+        "IMAGENET_HASH_PREFIX",
+        "IMAGENET_URL",
+        "file_sha256",
+        "imagenet_cache_path",
+        "load_imagenet_weights",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 
 __all__ = [
     "ARCH",
-    "ProbabilityAverage",
-    "build_model",
+    "ARCHITECTURES",
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
-    "Bundle",
+    "DEFAULT_ARCH",
     "ENV_OFFLINE",
     "ENV_WEIGHTS",
     "IMAGENET_HASH_PREFIX",
     "IMAGENET_URL",
+    "ArchSpec",
+    "Bundle",
+    "BundleOptions",
+    "ProbabilityAverage",
     "adapt_conv1",
+    "adapt_stem",
+    "arch_names",
+    "build_model",
+    "build_network",
     "build_resnet18",
     "file_sha256",
+    "find_arch",
+    "fold_batchnorm",
+    "get_arch",
+    "head_of",
     "imagenet_cache_path",
     "init_model",
     "load_bundle",
     "load_imagenet_weights",
-    "package_versions",
     "save_bundle",
     "set_trainable",
     "unwrap_model",
 ]
+assert sorted(__all__) == sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

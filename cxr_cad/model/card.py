@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,7 @@ def write_model_card(bundle_path: str | os.PathLike, meta: dict, *, manifest: st
         bundle_path.parent,
         Path(manifest) if manifest is not None else None,
     )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write the model card {path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, text, hint="the model card could not be written; check free space and permissions")
     log.info("wrote model card %s", path)
     return path
 

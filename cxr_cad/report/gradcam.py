@@ -1,7 +1,8 @@
 """Grad-CAM gallery: which image regions drove the score, for a few chosen cases.
 
-Uses MONAI's :class:`monai.visualize.GradCAM` on the last ResNet stage (``layer4``) with
-respect to the positive-class logit. Cases are chosen from the predictions at the
+Uses MONAI's :class:`monai.visualize.GradCAM` on the network's last feature stage (its
+registry entry's ``target_layer``: ``layer4`` for the ResNets, ``class_layers.relu`` for
+DenseNet121) with respect to the positive-class logit. Cases are chosen from the predictions at the
 report's decision threshold: the most confident true positives and true negatives and
 the worst false positives (highest score) and false negatives (lowest score). Each
 picture is written with PIL (no text metadata); captions carry the image's row number
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +23,17 @@ from matplotlib import colormaps
 from PIL import Image
 
 from cxr_cad.errors import RejectedFile
+from cxr_cad.model.networks import layout_arch
+from cxr_cad.model.registry import ARCHITECTURES, DEFAULT_ARCH, get_arch
+from cxr_cad.transforms.spec import TransformSpec
+
+if TYPE_CHECKING:
+    from cxr_cad.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-TARGET_LAYER = "layer4"
+#: The default network's Grad-CAM layer (kept for callers; each network's is in its registry entry).
+TARGET_LAYER = get_arch(DEFAULT_ARCH).target_layer
 GROUPS = (
     ("tp", "True positive (most confident)"),
     ("tn", "True negative (most confident)"),
@@ -38,19 +46,31 @@ GROUPS = (
 class GradcamSource:
     """What Grad-CAM needs: the model, its eval transform spec and the positive-class index.
 
-    ``path_col`` names the predictions column holding each image's file path.
+    ``path_col`` names the predictions column holding each image's file path;
+    ``target_layer`` the layer the maps are taken at (None: the registry entry's for the network
+    ``model`` is).
     """
 
     model: torch.nn.Module
-    transform_spec: Any
+    transform_spec: TransformSpec
     positive_index: int
     path_col: str = "path"
     n_per_group: int = 2
+    target_layer: str | None = None
 
     @classmethod
-    def from_bundle(cls, bundle: Any, **kwargs: Any) -> GradcamSource:
-        """From a loaded :class:`cxr_cad.model.Bundle`."""
+    def from_bundle(cls, bundle: Bundle, **kwargs: Any) -> GradcamSource:
+        """From a loaded :class:`cxr_cad.model.Bundle` (its architecture's Grad-CAM layer)."""
+        arch = ARCHITECTURES.get(getattr(bundle, "arch", DEFAULT_ARCH))
+        kwargs.setdefault("target_layer", arch.target_layer if arch is not None else None)
         return cls(bundle.model, bundle.transform_spec, int(bundle.positive_index), **kwargs)
+
+    def layer(self) -> str:
+        """The Grad-CAM layer: ``target_layer``, or the registry entry's of the model's network."""
+        if self.target_layer is not None:
+            return self.target_layer
+        spec = layout_arch(self.model)
+        return spec.target_layer if spec is not None else TARGET_LAYER
 
 
 def select_cases(ev: pd.DataFrame, threshold: float, n_per_group: int) -> list[tuple[str, pd.Series]]:
@@ -93,7 +113,7 @@ def _overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45, min_size: 
     img = Image.fromarray((pair * 255).round().astype(np.uint8), mode="RGB")
     scale = max(1.0, min_size / g.shape[0])
     if scale > 1:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
     from PIL import ImageDraw, ImageFont
 
     pad, bar_w, label_w = 6, 14, 30
@@ -136,7 +156,7 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
     load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))
     model = source.model.eval()
     model = getattr(model, "members", [model])[0]  # an ensemble / TTA bundle: its first network's map
-    cam = GradCAM(nn_module=model, target_layers=TARGET_LAYER, postprocessing=unit_normalizer)
+    cam = GradCAM(nn_module=model, target_layers=source.layer(), postprocessing=unit_normalizer)
     out = []
     for p in paths:
         shown = load({"image": p})["image"]
@@ -187,8 +207,9 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
             }
         )
     missing = [names[k].split(" (")[0].lower() + "s" for k, _ in GROUPS if k not in counters]
+    layer = source.layer()
     note = (
-        f"Grad-CAM (MONAI GradCAM on the last ResNet stage, '{TARGET_LAYER}', for the positive-class "
+        f"Grad-CAM (MONAI GradCAM on the network's last feature stage, '{layer}', for the positive-class "
         f"output) at threshold {threshold:.6g}. Left: the image as the model sees it; right: the "
         "heatmap (red = strongest influence on the score; colour bar from 0 to the map's maximum). "
         "Each map is scaled to its own maximum, so colours cannot be compared between images, and an "
@@ -199,4 +220,4 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
         note += f" No {', '.join(missing)} in this cohort."
     if failed:
         note += f" Not shown because the image could not be read: {', '.join(failed)}."
-    return {"cases": out, "note": note, "threshold": threshold, "target_layer": TARGET_LAYER}
+    return {"cases": out, "note": note, "threshold": threshold, "target_layer": layer}
