@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_cad.errors import UsageError
-from cxr_cad.versions import software_versions
+from cxr_cad.infra import software_versions
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ Run folder layout (``RUN_DIR``)::
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -27,8 +26,9 @@ from pathlib import Path
 import yaml
 
 from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write_text
 from cxr_cad.workflow.report_step import report_step
-from cxr_cad.workflow.runner import Step, StepOutcome, run_steps
+from cxr_cad.workflow.runner import Step, StepOutcome, run_steps, write_record
 from cxr_cad.workflow.schema import train_config_dict
 from cxr_cad.workflow.steps import crossval_step, evaluate_step, ingest_step, split_step, train_step
 
@@ -228,9 +228,9 @@ def run_workflow(
     run = Path(run_dir).absolute()
     try:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "workflow.yaml").write_text(yaml.safe_dump(wf, sort_keys=False), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write the run folder {run}: {exc.strerror or exc}; choose another --out") from exc
+    atomic_write_text(run / "workflow.yaml", yaml.safe_dump(wf, sort_keys=False), hint="choose another --out")
     steps, notes = build_steps(wf)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     with _RunLog(run / "run.log"):
@@ -247,5 +247,5 @@ def run_workflow(
         "steps": [{"step": o.name, "status": o.status, "seconds": round(o.seconds, 2)} for o in outcomes],
         "report": result.report,
     }
-    (run / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    write_record(run / "run.json", record)
     return result

@@ -35,26 +35,18 @@ from typing import Any
 
 from cxr_cad import __version__
 from cxr_cad.errors import OutputError
+from cxr_cad.infra import atomic_write_text, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Step", "StepContext", "StepOutcome", "run_steps", "hash_path", "hash_config", "STEP_RECORD"]
 
 STEP_RECORD = "step.json"
-_CHUNK = 1 << 20
 
 
 def hash_config(config: Any) -> str:
     """sha256 of a JSON-able value (keys sorted; non-JSON values by ``str``)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
 
 
 def hash_path(path: str | os.PathLike | None) -> str:
@@ -69,7 +61,7 @@ def hash_path(path: str | os.PathLike | None) -> str:
         return "missing"
     p = Path(path)
     if p.is_file():
-        return "sha256:" + _hash_file(p)
+        return "sha256:" + sha256_file(p)
     if p.is_dir():
         h = hashlib.sha256()
         for root, dirs, files in os.walk(p):
@@ -135,13 +127,9 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; choose another --out") from exc
+def write_record(path: Path, obj: Any) -> None:
+    """A JSON record (keys in the order given), written atomically; OutputError when it cannot be."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n", hint="choose another --out")
 
 
 def _read_record(path: Path) -> dict | None:
@@ -241,14 +229,14 @@ def run_steps(
             "started": _now(),
             "resumed": resume,
         }
-        _write_json(record_path, record)
+        write_record(record_path, record)
         t0 = time.perf_counter()
         ctx = StepContext(step.name, run, step_dir, step.config, dict(done), resume)
         outputs = step.func(ctx) or {}
         seconds = time.perf_counter() - t0
         hashes = _output_hashes(step, step_dir, outputs)
         record.update(status="done", outputs=outputs, output_hashes=hashes, finished=_now(), seconds=round(seconds, 2))
-        _write_json(record_path, record)
+        write_record(record_path, record)
         done[step.name] = outputs
         out_hashes[step.name] = hashes
         outcome = StepOutcome(step.name, "resumed" if resume else "ran", seconds, outputs, step_dir)
