@@ -100,7 +100,7 @@ class ModelConfig(ConfigModel):
     init: str = "imagenet"
     image_size: Int = Field(default=224, ge=32, le=2048)
     aspect: Literal["squash", "pad"] = "squash"
-    in_channels: Int = 1
+    in_channels: Int = Field(default=1, json_schema_extra={"enum": [1, 3]})
     freeze_backbone_epochs: Int = Field(default=0, ge=0)
     intensity: Literal["percentile", "none"] = "percentile"
     intensity_percentiles: FloatTuple = (0.5, 99.5)

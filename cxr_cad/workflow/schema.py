@@ -307,7 +307,7 @@ def workflow_json_schema() -> dict[str, Any]:
         "title": "TrainDataConfig",
         "properties": {k: v for k, v in data["properties"].items() if k not in ("classes", "positive_class")},
     }
-    del defs["DataConfig"]
+    del defs["DataConfig"], defs["ModelConfig"]  # the model section is WorkflowModel
     props = {k: v for k, v in train["properties"].items() if k != "model"}
     props["data"] = {"$ref": "#/$defs/TrainDataConfig"}
     defs["TrainSection"] = {
