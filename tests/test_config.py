@@ -201,3 +201,17 @@ def test_replace_validates_and_keeps_the_original():
 def test_null_sections_and_augment_are_empty():
     cfg = TrainConfig.from_dict({"optim": None, "augment": None})
     assert cfg == TrainConfig() and cfg.augment == {}
+
+
+def test_the_documented_config_file_loads(tmp_path):
+    """The example in docs/train.md is a valid config naming every section."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text(encoding="utf-8")
+    block = text.split("## Config file", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "train.yaml"
+    path.write_text(block)
+    cfg = load_config(path)
+    assert set(yaml.safe_load(block)) == set(TrainConfig.model_fields)
+    assert set(yaml.safe_load(block)["model"]) == set(type(cfg.model).model_fields)
+    assert cfg.epochs == 30 and cfg.augment["scale"] == [0.9, 1.1]
