@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -62,8 +62,8 @@ def progress(
     desc: str = "",
     unit: str = "it",
     leave: bool = True,
-    **kwargs,
-) -> tqdm[T]:
+    **kwargs: Any,
+) -> tqdm:
     """A tqdm bar on stderr; disabled (but still iterable/updatable) when bars are off.
 
     Not a terminal: one status line every :data:`LOG_INTERVAL_S` seconds instead of redraws."""

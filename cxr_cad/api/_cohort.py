@@ -97,7 +97,7 @@ def _dicomweb_cohort(
         )
     fetched = work / "dicomweb"
     failed_csv = work / "fetch_failed.csv"
-    materialise(url, fetched, query, failed_csv=failed_csv)
+    materialise(url, fetched, list(query) if query else None, failed_csv=failed_csv)
     scan = scan_sources([fetched], policy=policy)
     df, _report = join_labels(scan.accepted, labels, classes=classes)
     unlabelled = df["label"].astype(str) == ""

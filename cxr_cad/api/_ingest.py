@@ -250,9 +250,10 @@ def run_ingest(
 
     ``options`` is what ``ingest.json`` records under ``options`` (default: these arguments).
     """
-    opts = {
+    cls: list[str] | None = list(classes) if classes is not None else None
+    opts: dict[str, Any] = {
         "labels": _describe(labels),
-        "classes": list(classes) if classes is not None else None,
+        "classes": cls,
         "positive_class": positive_class,
         "label_key": label_key,
         "label_column": label_column,
@@ -262,7 +263,6 @@ def run_ingest(
         "absolute_paths": absolute_paths,
         "drop_unlabelled": drop_unlabelled,
     }
-    cls = opts["classes"]
     _check_options(cls, positive_class, workers, labels, label_key or (label_column != "label"))
     policy = policy or AcceptPolicy()
     started = _dt.datetime.now(_dt.timezone.utc)

@@ -34,7 +34,7 @@ def as_config(config: Any = None, overrides: Mapping[str, Any] | None = None, *,
     from cxr_cad.config import TrainConfig, apply_overrides, load_config
 
     if config is None or isinstance(config, (str, os.PathLike)):
-        return load_config(config, overrides)
+        return load_config(None if config is None else Path(config), overrides)
     if isinstance(config, TrainConfig):
         if not overrides:
             return config

@@ -122,7 +122,7 @@ def _options(options: PredictOptions | None, values: dict[str, Any]) -> PredictO
         return options.replace(**values)
     import dataclasses  # the dataclass form of PredictOptions
 
-    return dataclasses.replace(options, **values)  # type: ignore[type-var]  # either form
+    return dataclasses.replace(options, **values)
 
 
 def predict(

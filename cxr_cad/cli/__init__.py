@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"cxr-cad {args.command}: error: {cap_message(exc)}", file=sys.stderr)
+        print(f"cxr-cad {args.command}: error: {cap_message(str(exc))}", file=sys.stderr)
         return 2
     except CxrCadError as exc:
-        print(f"cxr-cad {args.command}: failed: {cap_message(exc)}", file=sys.stderr)
+        print(f"cxr-cad {args.command}: failed: {cap_message(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:
         if exc.errno not in _OUTPUT_ERRNOS:

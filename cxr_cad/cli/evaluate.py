@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         pred = join_metadata(pred.drop(columns=["label"], errors="ignore"), cohort_data.manifest, keys=("path",))
         shift, newly_flagged = table_shift(pred, summary_from_bundle(bundle))  # docs/shift.md
         if newly_flagged:
-            log.warning("dataset shift: %s", shift["message"])
+            log.warning("dataset shift: %s", (shift or {}).get("message"))
         rejected = pd.concat([cohort_data.rejected, rejected], ignore_index=True)
         comparison = _comparison(args, bundle, cohort_data.manifest_path, work)
         source = cohort_data.manifest_path if args.manifest else Path(args.cohort_dir)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,7 +102,7 @@ def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=["cxr_cad demo", *parts])
 
 
-def _dataset(pixels8: np.ndarray, jpeg_bytes: bytes, row: pd.Series, index: int):
+def _dataset(pixels8: np.ndarray, jpeg_bytes: bytes, row: Mapping[Any, Any], index: int) -> Any:
     """One CR data set for the sample image ``row`` (pixels8: uint8 2-D)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
