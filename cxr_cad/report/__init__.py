@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import pandas as pd
 
 from cxr_cad.errors import OutputError, UsageError
-from cxr_cad.infra import IDENTIFIER_COLUMNS, atomic_write_many, atomic_write_text
+from cxr_cad.infra import IDENTIFIER_COLUMNS, PathLike, atomic_write_many, atomic_write_text
 from cxr_cad.report.build import build_report_data
 from cxr_cad.report.clinical import jsonable_shift
 from cxr_cad.report.gradcam import GradcamSource, write_gallery
@@ -161,9 +161,10 @@ def write_report(
         :class:`ReportResult` with the file paths and the metrics dict.
 
     Raises:
-        ConfigError: a bad option value.
-        UsageError: no positive class, or one that contradicts the model's; nothing to evaluate.
-        ManifestError: missing columns, labels outside two classes, scores outside [0, 1].
+        ConfigError: a bad option value (a model threshold outside [0, 1] included).
+        UsageError: no positive class, or one that contradicts the model's.
+        ManifestError: missing columns, labels outside two classes, scores outside [0, 1],
+            no image with both a label and a score, no id column to pair a comparison on.
         OutputError: the folder cannot be written.
     """
     opts = fold_legacy_kwargs(options, dict(legacy))
@@ -213,8 +214,6 @@ def _resolve_classes_and_threshold(
         source = source or "bundle"
     elif threshold is not None and source is None:
         source = "command line" if "command line" in str(method or "") else "caller"
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise UsageError(f"threshold must be within [0, 1], not {threshold}")
     if info:
         info["threshold"], info["threshold_method"] = threshold, method or info.get("threshold_method")
     others = [c for c in info.get("classes", []) if str(c) != str(positive_class)]
@@ -295,7 +294,7 @@ def _write_outputs(
     }
     table = _predictions_table(ev, d, options.include_identifiers)
     try:
-        content: dict[Path, str | bytes] = {
+        content: dict[PathLike, str | bytes] = {
             files["metrics.json"]: json.dumps(d, indent=2, allow_nan=False) + "\n",
             files["predictions.csv"]: table.to_csv(index=False, lineterminator="\n"),
             files["report.html"]: render_html(doc, images),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad import infra, metrics
-from cxr_cad.errors import UsageError
+from cxr_cad.errors import ManifestError
 from cxr_cad.report import cautions, clinical
 from cxr_cad.report.options import ReportOptions
 from cxr_cad.report.prepare import SUBGROUP_COLUMNS, cohort_summary, prepare_predictions, recorded
@@ -143,7 +143,7 @@ def _comparison(ev: pd.DataFrame, comparison: Mapping[str, Any] | None, alpha: f
         return None
     other = comparison["predictions"]
     if key not in ev.columns or key not in other.columns:
-        raise UsageError(f"comparing two models needs the id column {key!r} in both prediction tables")
+        raise ManifestError(f"comparing two models needs the id column {key!r} in both prediction tables")
     o_score = comparison.get("score_col") or "probability"
     joined = ev[[key, "y_true", "score"]].merge(
         other[[key, o_score]].rename(columns={o_score: "score_b"}), on=key, how="inner"
@@ -189,11 +189,11 @@ def build_report_data(
     ``ev``/``not_evaluated`` come from :func:`prepare_predictions`. ``options.threshold`` is the
     model's stored decision threshold (None: only the cohort's Youden point is reported); the
     threshold's method and source and the cohort description come from ``options`` too.
-    Undefined statistics (one class, empty cells) are ``null``. Raises :class:`UsageError`
+    Undefined statistics (one class, empty cells) are ``null``. Raises :class:`~cxr_cad.errors.ManifestError`
     when no image can be evaluated.
     """
     if ev.empty:
-        raise UsageError("no image in the predictions table has both a label and a score; nothing to evaluate")
+        raise ManifestError("no image in the predictions table has both a label and a score; nothing to evaluate")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", metrics.UndefinedMetricWarning)
         data = _numbers(ev, not_evaluated, options, model_info, rejected, cv, comparison, id_col)

@@ -92,13 +92,14 @@ def threshold_provenance(
     params = sel.get("params") or {}
     if params.get("target") is not None:
         words += f" {float(params['target']):.2f}"
-    on = sel.get("chosen_on") if isinstance(sel.get("chosen_on"), dict) else {}
+    chosen = sel.get("chosen_on")
+    on: dict[str, Any] = chosen if isinstance(chosen, dict) else {}
     n = sel.get("n_val", on.get("n"))
     n_pos = sel.get("n_val_pos", on.get("n_positive"))
     n_neg = sel.get("n_val_neg", on.get("n_negative"))
     where = ""
-    if n is not None or (n_pos is not None and n_neg is not None):
-        total = n if n is not None else int(n_pos) + int(n_neg)
+    total = n if n is not None else int(n_pos) + int(n_neg) if n_pos is not None and n_neg is not None else None
+    if total is not None:
         where = f" on {total} validation images" + (f" ({n_pos} positive)" if n_pos is not None else "")
     elif name != "fixed":
         where = " on validation data of unrecorded size"

@@ -167,7 +167,7 @@ def calibration_figure(d: dict, path: Path) -> Path:
 def score_histogram_figure(ev: pd.DataFrame, d: dict, path: Path) -> Path:
     """Histogram of scores for each true class, with the thresholds as vertical lines."""
     fig, ax = _new(5.6, 3.6)
-    bins = np.linspace(0, 1, 26)
+    bins = np.linspace(0, 1, 26).tolist()
     for cls, y, color in ((d["negative_class"], 0, "#1f77b4"), (d["positive_class"], 1, "#ff7f0e")):
         s = ev.loc[ev["y_true"] == y, "score"].to_numpy()
         ax.hist(s, bins=bins, alpha=0.6, color=color, label=f"truly {cls} (n={s.size})")

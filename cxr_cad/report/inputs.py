@@ -1,7 +1,7 @@
 """Checked side inputs of a report: the cohort description (workflow ``cohort:`` block or
 ``--cohort-info FILE``), the ingest record next to a manifest, and ``cv_metrics.json``.
 
-Each reader returns plain dicts and raises :class:`~cxr_cad.errors.UsageError` naming the file
+Each reader returns plain dicts and raises :class:`~cxr_cad.errors.ConfigError` naming the file
 and every problem at once.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxr_cad.errors import UsageError
+from cxr_cad.errors import ConfigError
 
 #: keys a cohort description may hold (all free text; missing ones are "not recorded")
 COHORT_KEYS = (
@@ -33,12 +33,17 @@ _MAX_TEXT = 2000
 
 
 def check_cohort_info(info: Any, source: str) -> dict:
-    """Validate a cohort description mapping; returns it with text values. Raises UsageError."""
+    """Validate a cohort description mapping; returns it with text values.
+
+    Raises:
+        ConfigError: listing every unknown key and every value that is not short text.
+    """
     if info is None:
         return {}
     if not isinstance(info, Mapping):
-        raise UsageError(
-            f"{source}: the cohort description must be a mapping of {', '.join(COHORT_KEYS)}; got {type(info).__name__}"
+        raise ConfigError(
+            f"the cohort description must be a mapping of {', '.join(COHORT_KEYS)}; got {type(info).__name__}",
+            source=source,
         )
     problems = [f"unknown key {k!r} (known: {', '.join(COHORT_KEYS)})" for k in info if k not in COHORT_KEYS]
     out = {}
@@ -56,7 +61,7 @@ def check_cohort_info(info: Any, source: str) -> dict:
             continue
         out[k] = text
     if problems:
-        raise UsageError(f"{source}: " + "; ".join(problems))
+        raise ConfigError(problems, source=source)
     return out
 
 
@@ -66,14 +71,14 @@ def read_cohort_info(path: str | Path) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"--cohort-info {p}: file not found")
+        raise ConfigError("file not found", source=f"--cohort-info {p}")
     try:
         text = p.read_text(encoding="utf-8")
         if len(text) > 100_000:
-            raise UsageError(f"--cohort-info {p}: larger than 100 kB; a cohort description is a few lines")
+            raise ConfigError("larger than 100 kB; a cohort description is a few lines", source=f"--cohort-info {p}")
         data = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"--cohort-info {p}: cannot read it as YAML/JSON: {str(exc)[:300]}") from exc
+        raise ConfigError(f"cannot read it as YAML/JSON: {str(exc)[:300]}", source=f"--cohort-info {p}") from exc
     return check_cohort_info(data, f"--cohort-info {p}")
 
 
@@ -94,7 +99,8 @@ def _is_num(x: Any) -> bool:
 
 
 def check_cv_metrics(cv: Any, source: str) -> dict:
-    """Validate ``cv_metrics.json`` from ``cxr-cad crossval``; returns it. Raises UsageError.
+    """Validate ``cv_metrics.json`` from ``cxr-cad crossval``; returns it. Raises ConfigError
+    listing every problem.
 
     Needs an object with ``per_fold`` (a list of objects with an integer ``fold``, counts
     ``n``/``n_pos``/``n_neg``, a ``threshold`` in [0, 1] and a ``metrics`` object) and
@@ -102,9 +108,10 @@ def check_cv_metrics(cv: Any, source: str) -> dict:
     """
     problems: list[str] = []
     if not isinstance(cv, dict):
-        raise UsageError(
-            f"{source}: not a cross-validation summary: expected a JSON object with per_fold and "
-            f"across_folds (cv_metrics.json from cxr-cad crossval), got {type(cv).__name__}"
+        raise ConfigError(
+            "not a cross-validation summary: expected a JSON object with per_fold and "
+            f"across_folds (cv_metrics.json from cxr-cad crossval), got {type(cv).__name__}",
+            source=source,
         )
     folds = cv.get("per_fold")
     if not isinstance(folds, list) or not folds:
@@ -132,9 +139,5 @@ def check_cv_metrics(cv: Any, source: str) -> dict:
         if not isinstance(f.get("metrics"), dict):
             problems.append(f"per_fold[{i}].metrics must be an object")
     if problems:
-        raise UsageError(
-            f"{source}: not a valid cv_metrics.json: "
-            + "; ".join(problems[:10])
-            + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
-        )
+        raise ConfigError(problems, source=f"{source} (not a valid cv_metrics.json)")
     return cv

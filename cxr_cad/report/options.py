@@ -48,15 +48,15 @@ class ReportOptions(StrictModel):
         gradcam_note: the note shown when no Grad-CAM source is given.
     """
 
-    alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    n_bootstrap: int = Field(2000, ge=100)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    n_bootstrap: int = Field(default=2000, ge=100)
     seed: int = 0
-    n_calibration_bins: int = Field(10, ge=2)
+    n_calibration_bins: int = Field(default=10, ge=2)
     prevalences: tuple[float, ...] = (0.05, 0.2)
     auc_interval: Literal["logit", "wald"] = "logit"
 
     positive_class: str | int | None = None
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     threshold_method: str | None = None
     threshold_source: str | None = None
     label_col: str = "label"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 from fpdf import FPDF
@@ -65,7 +66,8 @@ def _paragraph(pdf: _ReportPDF, text: str, *, size: float = 9, style: str = "", 
     pdf.set_font(_FONT, style, size)
     if fill:
         pdf.set_fill_color(*fill)
-    pdf.multi_cell(0, size * 0.5, text, fill=bool(fill), padding=(1.5, 2) if fill else 0, new_x="LMARGIN", new_y="NEXT")
+    padding: Any = (1.5, 2) if fill else 0  # mm; fpdf2 takes floats, its annotation says int
+    pdf.multi_cell(0, size * 0.5, text, fill=bool(fill), padding=padding, new_x="LMARGIN", new_y="NEXT")
     pdf.set_fill_color(255)
     pdf.ln(2)
 

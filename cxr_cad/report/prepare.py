@@ -185,7 +185,7 @@ def dedupe_rows(df: pd.DataFrame, key: str = "sop_instance_uid") -> tuple[pd.Dat
     if conflicting:
         raise ManifestError(
             f"predictions table: {len(conflicting)} image(s) appear more than once with different "
-            f"labels or probabilities ({key} {conflicting[0][:24]}...); remove the duplicated rows"
+            f"labels or probabilities ({key} {str(conflicting[0])[:24]}...); remove the duplicated rows"
         )
     keep = ~(ids.duplicated(keep="first") & (ids != ""))
     n_drop = int((~keep).sum())
