@@ -22,49 +22,9 @@ def methods_paragraphs(d: dict) -> list[str]:
     s = d["settings"]
     level = f"{100 * s['confidence_level']:g}%"
     pos, neg = d["positive_class"], d["negative_class"]
-    names = [o["name"] for o in d["operating_points"]]
-    model_thr = next((o for o in d["operating_points"] if o["name"] == "model"), None)
-    used = []
-    if model_thr:
-        used.append(
-            "the fixed threshold "
-            + ((d.get("threshold_provenance") or {}).get("text") or f"{model_thr['threshold']:.4f}")
-        )
-    if "folds" in names:
-        used.append(
-            "each cross-validation fold's own threshold (every image is decided at the threshold of "
-            "the fold model that scored it, chosen on that fold's training data only)"
-        )
-    if "youden" in names:
-        used.append(
-            "the Youden threshold, the observed score that maximises sensitivity + specificity - 1 "
-            "on this same cohort (ties go to the higher threshold); because it is chosen on the data "
-            "it is evaluated on, its numbers are optimistic"
-        )
     parts = [
-        f"Scores and decisions. Each image's score is the model's probability of {pos} (softmax output). "
-        f"An image is called {pos} when score >= threshold, otherwise {neg}. Thresholds used: "
-        + ("; ".join(used) or "none could be evaluated")
-        + "."
-        + ("" if model_thr else " No model threshold was given."),
-        f"Confidence intervals ({level}; every interval in this report is a {level} interval). Accuracy, "
-        "class accuracy, sensitivity, specificity, PPV and "
-        "NPV are proportions of images with Wilson score intervals. Class accuracy is the fraction of "
-        f"images of that class called correctly (for {pos} it equals sensitivity, for {neg} "
-        "specificity). Likelihood ratios use the log method (Simel 1991). Balanced accuracy "
-        "has a MOVER interval combining the Wilson intervals of sensitivity and specificity (Newcombe "
-        f"1998); F1 has a percentile interval from {s['n_bootstrap']} stratified bootstrap resamples (seed "
-        f"{s['bootstrap_seed']}). The AUC is the Mann-Whitney estimate (ties count one half) with three "
-        "intervals: DeLong's (1988) variance with a normal approximation on the logit scale (primary: in a "
-        "simulation with 10 positive and 40 negative images at AUC 0.95 its measured coverage of a nominal "
-        "95% interval was 0.93, against 0.81 for the untransformed Wald interval clipped at 1; "
-        "benchmarks/auc_ci_coverage.py), the same Wald interval untransformed (marked when clipped), and the "
-        f"percentile interval of {s['n_bootstrap']} stratified bootstrap resamples (positives and negatives "
-        f"resampled separately, random seed {s['bootstrap_seed']}). These image-level intervals are primary. "
-        "Images of one patient are not independent, so a patient cluster bootstrap (patients resampled with "
-        "replacement, all their images kept) gives patient-level intervals for AUC, sensitivity and "
-        "specificity beside them. Zero-width intervals (a perfect split, an F1 of 0 or 1, a single case of a "
-        "class) are flagged: the uncertainty is not zero, the data cannot show it.",
+        _scores_paragraph(d),
+        _intervals_paragraph(s, level, pos, neg),
         f"Calibration. The Brier score is the mean squared difference between score and outcome (0/1). "
         f"The reliability diagram and the expected calibration error use {s['n_calibration_bins']} "
         "equal-width probability bins; ECE is the image-weighted mean absolute gap between the observed "
@@ -108,3 +68,58 @@ def methods_paragraphs(d: dict) -> list[str]:
         "PDF and metrics.json are formatted from the same values."
     )
     return parts
+
+
+def _scores_paragraph(d: dict) -> str:
+    """How scores become decisions, and the thresholds used."""
+    pos, neg = d["positive_class"], d["negative_class"]
+    names = [o["name"] for o in d["operating_points"]]
+    model_thr = next((o for o in d["operating_points"] if o["name"] == "model"), None)
+    used = []
+    if model_thr:
+        used.append(
+            "the fixed threshold "
+            + ((d.get("threshold_provenance") or {}).get("text") or f"{model_thr['threshold']:.4f}")
+        )
+    if "folds" in names:
+        used.append(
+            "each cross-validation fold's own threshold (every image is decided at the threshold of "
+            "the fold model that scored it, chosen on that fold's training data only)"
+        )
+    if "youden" in names:
+        used.append(
+            "the Youden threshold, the observed score that maximises sensitivity + specificity - 1 "
+            "on this same cohort (ties go to the higher threshold); because it is chosen on the data "
+            "it is evaluated on, its numbers are optimistic"
+        )
+    return (
+        f"Scores and decisions. Each image's score is the model's probability of {pos} (softmax output). "
+        f"An image is called {pos} when score >= threshold, otherwise {neg}. Thresholds used: "
+        + ("; ".join(used) or "none could be evaluated")
+        + "."
+        + ("" if model_thr else " No model threshold was given.")
+    )
+
+
+def _intervals_paragraph(s: dict, level: str, pos: str, neg: str) -> str:
+    """The confidence intervals: which method for which statistic, with the settings used."""
+    return (
+        f"Confidence intervals ({level}; every interval in this report is a {level} interval). Accuracy, "
+        "class accuracy, sensitivity, specificity, PPV and "
+        "NPV are proportions of images with Wilson score intervals. Class accuracy is the fraction of "
+        f"images of that class called correctly (for {pos} it equals sensitivity, for {neg} "
+        "specificity). Likelihood ratios use the log method (Simel 1991). Balanced accuracy "
+        "has a MOVER interval combining the Wilson intervals of sensitivity and specificity (Newcombe "
+        f"1998); F1 has a percentile interval from {s['n_bootstrap']} stratified bootstrap resamples (seed "
+        f"{s['bootstrap_seed']}). The AUC is the Mann-Whitney estimate (ties count one half) with three "
+        "intervals: DeLong's (1988) variance with a normal approximation on the logit scale (primary: in a "
+        "simulation with 10 positive and 40 negative images at AUC 0.95 its measured coverage of a nominal "
+        "95% interval was 0.93, against 0.81 for the untransformed Wald interval clipped at 1; "
+        "benchmarks/auc_ci_coverage.py), the same Wald interval untransformed (marked when clipped), and the "
+        f"percentile interval of {s['n_bootstrap']} stratified bootstrap resamples (positives and negatives "
+        f"resampled separately, random seed {s['bootstrap_seed']}). These image-level intervals are primary. "
+        "Images of one patient are not independent, so a patient cluster bootstrap (patients resampled with "
+        "replacement, all their images kept) gives patient-level intervals for AUC, sensitivity and "
+        "specificity beside them. Zero-width intervals (a perfect split, an F1 of 0 or 1, a single case of a "
+        "class) are flagged: the uncertainty is not zero, the data cannot show it."
+    )
