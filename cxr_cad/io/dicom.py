@@ -39,6 +39,7 @@ from pydicom.uid import (
 )
 
 from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.io.deflate import check_inflated_size
 from cxr_cad.io.policy import LATERAL_VIEW_POSITIONS, AcceptPolicy
 
 log = logging.getLogger(__name__)
@@ -118,45 +119,6 @@ def _int(ds: Dataset, keyword: str, path: Path) -> int | None:
         ) from exc
 
 
-def _check_inflated_size(path: Path, limit: int) -> None:
-    """Inflate a Deflated Explicit VR Little Endian file in bounded chunks, counting the output.
-
-    pydicom inflates the whole data set in one ``zlib.decompress``; a few kB can inflate to
-    gigabytes. The data set after the File Meta group is raw deflate (PS3.5 A.5).
-
-    Raises:
-        RejectedFile: ``IMAGE_TOO_LARGE`` when it inflates beyond ``limit`` + 16 MiB of header.
-    """
-    import zlib
-
-    from pydicom.filereader import read_file_meta_info
-
-    meta = read_file_meta_info(path)
-    start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)
-    budget = limit + (16 << 20)
-    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        while chunk := fh.read(1 << 16):
-            while chunk:
-                try:
-                    total += len(inflater.decompress(chunk, 1 << 20))
-                except zlib.error:
-                    return  # not valid deflate: pydicom reports it as unreadable
-                chunk = inflater.unconsumed_tail
-                if total > budget:
-                    raise RejectedFile(
-                        Reason.IMAGE_TOO_LARGE,
-                        f"the deflated data set inflates to more than "
-                        f"{budget >> 20} MiB (a decompression bomb, or an image above the "
-                        f"{limit >> 20} MiB limit); raise CXR_CAD_MAX_IMAGE_BYTES if it is "
-                        "a real image",
-                        path,
-                    )
-            if inflater.eof:
-                return
-
-
 def read_dataset(
     path: str | os.PathLike, *, header_only: bool, max_image_bytes: int | None = None
 ) -> tuple[Dataset, bool]:
@@ -179,7 +141,7 @@ def read_dataset(
     try:
         with open(path, "rb") as fp:
             if DeflatedExplicitVRLittleEndian.encode() in fp.read(4096):  # the File Meta names it
-                _check_inflated_size(path, limit)
+                check_inflated_size(path, limit)
             fp.seek(0)
             ds = dcmread(fp, force=True, stop_before_pixels=header_only)
             if len(ds) == 0:
@@ -249,6 +211,16 @@ def is_image_sop_class(uid: str) -> bool | None:
 
 def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy) -> None:
     """Raise :class:`RejectedFile` when ``ds`` is not an image this ``policy`` accepts (module doc)."""
+    _check_single_image(ds, has_pixels, path)
+    _check_policy(ds, path, policy)
+    _check_pixel_layout(ds, path)
+    check_declared_size(ds, path, policy.max_image_bytes)
+    for keyword in _PIPELINE_KEYWORDS:
+        _get(ds, keyword, path)
+
+
+def _check_single_image(ds: Dataset, has_pixels: bool, path: Path) -> None:
+    """Checks 1-3 of the module doc: an image SOP class, with pixel data, one frame."""
     fm = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
     sop_class = _text(_get(ds, "SOPClassUID", path)) or _text(_get(fm, "MediaStorageSOPClassUID", path))
     if is_image_sop_class(sop_class) is False:
@@ -272,6 +244,10 @@ def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy
             "single-frame radiographs are read: export the frame you need as its own file",
             path,
         )
+
+
+def _check_policy(ds: Dataset, path: Path, policy: AcceptPolicy) -> None:
+    """Checks 4-5 of the module doc: the modality and the view position ``policy`` accepts."""
     modality = _text(_get(ds, "Modality", path, default=""))
     if not policy.accepts_modality(modality):
         shown = modality or "missing"
@@ -289,6 +265,10 @@ def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy
             f"(0018,5101) View Position is {view}: a lateral view, and the model reads frontal (PA/AP) views only",
             path,
         )
+
+
+def _check_pixel_layout(ds: Dataset, path: Path) -> None:
+    """Check 6 of the module doc, and Rows/Columns present and positive."""
     photometric = _text(_get(ds, "PhotometricInterpretation", path, default="")).upper()
     samples = _int(ds, "SamplesPerPixel", path) or 1
     ok = (photometric in MONOCHROME + ("",) and samples == 1) or (photometric in COLOUR and samples == 3)
@@ -308,9 +288,6 @@ def check_header(ds: Dataset, has_pixels: bool, path: Path, policy: AcceptPolicy
             "(0028,0010) Rows or (0028,0011) Columns is missing or 0; the image header is broken: re-export the file",
             path,
         )
-    check_declared_size(ds, path, policy.max_image_bytes)
-    for keyword in _PIPELINE_KEYWORDS:
-        _get(ds, keyword, path)
 
 
 def declared_bytes(ds: Dataset, path: Path) -> int:

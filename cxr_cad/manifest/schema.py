@@ -182,33 +182,9 @@ def validate_manifest(
     _, type_problems = _coerce_types(df[[c for c in df.columns if c in INT_COLUMNS + FLOAT_COLUMNS]])
     problems += type_problems
     if "path" in df.columns:
-        paths = _text(df["path"])
-        empty = np.flatnonzero((paths == "").to_numpy())
-        if len(empty):
-            problems.append(f"empty path in {_rows_text(empty)}")
-        dup = np.flatnonzero((paths.duplicated(keep="first") & (paths != "")).to_numpy())
-        if len(dup):
-            problems.append(f"{len(dup)} path(s) listed twice: {_rows_text(dup)} repeat an earlier row")
-        if base_dir is not None:
-            base = os.path.abspath(os.fspath(base_dir))
-            gone = [i for i, p in enumerate(paths) if p and not os.path.isfile(os.path.join(base, p))]
-            if gone:
-                example = os.path.join(base, paths.iloc[gone[0]])
-                problems.append(
-                    f"{len(gone)} file(s) not found ({_rows_text(gone)}; first: {example}); "
-                    "paths are relative to the manifest's folder"
-                )
+        problems += _path_problems(_text(df["path"]), base_dir)
     if "sop_instance_uid" in df.columns:
-        uids = _text(df["sop_instance_uid"])
-        empty = np.flatnonzero((uids == "").to_numpy())
-        if len(empty):
-            problems.append(f"empty sop_instance_uid in {_rows_text(empty)}")
-        dup = np.flatnonzero((uids.duplicated(keep="first") & (uids != "")).to_numpy())
-        if len(dup):
-            problems.append(
-                f"{len(dup)} duplicate sop_instance_uid(s): {_rows_text(dup)} repeat an earlier row's "
-                "image; keep one row per image"
-            )
+        problems += _uid_problems(_text(df["sop_instance_uid"]))
     if "patient_id" in df.columns:
         empty = np.flatnonzero((_text(df["patient_id"]) == "").to_numpy())
         if len(empty):
@@ -216,18 +192,60 @@ def validate_manifest(
                 f"empty patient_id in {_rows_text(empty)}; folds are grouped by patient, so every image needs one"
             )
     if "label" in df.columns:
-        labels = _text(df["label"])
-        if require_labels:
-            empty = np.flatnonzero((labels == "").to_numpy())
-            if len(empty):
-                problems.append(f"no label in {_rows_text(empty)}")
-        if classes is not None:
-            allowed = set(classes)
-            unknown = sorted(set(labels[labels != ""]) - allowed)
-            if unknown:
-                counts = labels.value_counts()
-                named = ", ".join(f"{u!r} ({counts[u]} rows)" for u in unknown)
-                problems.append(f"label value(s) not in classes {sorted(allowed)}: {named}")
+        problems += _label_problems(_text(df["label"]), require_labels, classes)
+    return problems
+
+
+def _path_problems(paths: pd.Series, base_dir: str | os.PathLike[str] | None) -> list[str]:
+    """Empty and repeated paths; with ``base_dir``, files that do not exist."""
+    problems: list[str] = []
+    empty = np.flatnonzero((paths == "").to_numpy())
+    if len(empty):
+        problems.append(f"empty path in {_rows_text(empty)}")
+    dup = np.flatnonzero((paths.duplicated(keep="first") & (paths != "")).to_numpy())
+    if len(dup):
+        problems.append(f"{len(dup)} path(s) listed twice: {_rows_text(dup)} repeat an earlier row")
+    if base_dir is not None:
+        base = os.path.abspath(os.fspath(base_dir))
+        gone = [i for i, p in enumerate(paths) if p and not os.path.isfile(os.path.join(base, p))]
+        if gone:
+            example = os.path.join(base, paths.iloc[gone[0]])
+            problems.append(
+                f"{len(gone)} file(s) not found ({_rows_text(gone)}; first: {example}); "
+                "paths are relative to the manifest's folder"
+            )
+    return problems
+
+
+def _uid_problems(uids: pd.Series) -> list[str]:
+    """Empty and repeated SOP Instance UIDs."""
+    problems: list[str] = []
+    empty = np.flatnonzero((uids == "").to_numpy())
+    if len(empty):
+        problems.append(f"empty sop_instance_uid in {_rows_text(empty)}")
+    dup = np.flatnonzero((uids.duplicated(keep="first") & (uids != "")).to_numpy())
+    if len(dup):
+        problems.append(
+            f"{len(dup)} duplicate sop_instance_uid(s): {_rows_text(dup)} repeat an earlier row's "
+            "image; keep one row per image"
+        )
+    return problems
+
+
+def _label_problems(labels: pd.Series, require_labels: bool, classes: Iterable[str] | None) -> list[str]:
+    """Empty labels (when required) and labels outside ``classes`` (when given)."""
+    problems: list[str] = []
+    if require_labels:
+        empty = np.flatnonzero((labels == "").to_numpy())
+        if len(empty):
+            problems.append(f"no label in {_rows_text(empty)}")
+    if classes is not None:
+        allowed = set(classes)
+        unknown = sorted(set(labels[labels != ""]) - allowed)
+        if unknown:
+            counts = labels.value_counts()
+            named = ", ".join(f"{u!r} ({counts[u]} rows)" for u in unknown)
+            problems.append(f"label value(s) not in classes {sorted(allowed)}: {named}")
     return problems
 
 

@@ -79,6 +79,71 @@ def mean_sd(values: Sequence[float]) -> dict:
     }
 
 
+def _per_fold(
+    y: np.ndarray, s: np.ndarray, folds: np.ndarray, thr: np.ndarray, *, alpha: float, class_names: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """``per_fold`` of :func:`crossval_summary`: each fold at its own (single) threshold."""
+    per_fold: list[dict[str, Any]] = []
+    for k in sorted(np.unique(folds).tolist()):
+        m = folds == k
+        t = np.unique(thr[m])
+        if t.size != 1:
+            raise ValueError(f"fold {k} has {t.size} different thresholds; expected one per fold")
+        per_fold.append(
+            {
+                "fold": int(k),
+                "n": int(m.sum()),
+                "n_pos": int(y[m].sum()),
+                "n_neg": int(m.sum() - y[m].sum()),
+                "threshold": float(t[0]),
+                "auc": delong_auc_ci(y[m], s[m], alpha=alpha).to_dict(),
+                "metrics": binary_metrics(y[m], s[m], threshold=float(t[0]), alpha=alpha, class_names=class_names),
+            }
+        )
+    return per_fold
+
+
+def _pooled(
+    y: np.ndarray,
+    s: np.ndarray,
+    thr: np.ndarray,
+    *,
+    n_bootstrap: int,
+    seed: int,
+    alpha: float,
+    class_names: tuple[str, str],
+) -> dict[str, Any]:
+    """``pooled`` of :func:`crossval_summary`: the out-of-fold predictions as one cohort."""
+    # each image decided at its own fold's threshold: decisions as 0/1 scores, threshold 0.5
+    decided = (s >= thr).astype(np.float64)
+    pooled: dict[str, Any] = {
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "n_neg": int(y.size - y.sum()),
+        "auc_delong": delong_auc_ci(y, s, alpha=alpha).to_dict(),
+        "auc_bootstrap": (
+            bootstrap_auc_ci(y, s, n_resamples=n_bootstrap, seed=seed, alpha=alpha).to_dict()
+            if n_bootstrap > 0
+            else None
+        ),
+        "at_fold_thresholds": binary_metrics(y, decided, threshold=0.5, alpha=alpha, class_names=class_names),
+    }
+    pooled["at_fold_thresholds"]["threshold"] = "each fold's own threshold"
+    yt = youden_threshold(y, s)
+    pooled["youden_threshold"] = yt
+    if math.isnan(yt):
+        warn_undefined("crossval_summary: pooled Youden threshold undefined (one class); no metrics at it")
+        pooled["at_pooled_youden"] = None
+    else:
+        pooled["at_pooled_youden"] = binary_metrics(y, s, threshold=yt, alpha=alpha, class_names=class_names)
+    probs_ok = bool(s.size and s.min() >= 0 and s.max() <= 1)
+    if probs_ok:
+        pooled["brier"] = brier_score(y, s)
+        pooled["ece"] = expected_calibration_error(y, s, n_bins=10)
+        pooled["reliability"] = reliability_curve(y, s, n_bins=10).to_dict()
+    return pooled
+
+
 def crossval_summary(
     oof: pd.DataFrame,
     *,
@@ -112,56 +177,14 @@ def crossval_summary(
     s = oof["probability"].to_numpy(dtype=np.float64)
     folds = oof["fold"].to_numpy(dtype=np.int64)
     thr = oof["threshold"].to_numpy(dtype=np.float64)
-    per_fold: list[dict[str, Any]] = []
-    for k in sorted(np.unique(folds).tolist()):
-        m = folds == k
-        t = np.unique(thr[m])
-        if t.size != 1:
-            raise ValueError(f"fold {k} has {t.size} different thresholds; expected one per fold")
-        per_fold.append(
-            {
-                "fold": int(k),
-                "n": int(m.sum()),
-                "n_pos": int(y[m].sum()),
-                "n_neg": int(m.sum() - y[m].sum()),
-                "threshold": float(t[0]),
-                "auc": delong_auc_ci(y[m], s[m], alpha=alpha).to_dict(),
-                "metrics": binary_metrics(y[m], s[m], threshold=float(t[0]), alpha=alpha, class_names=class_names),
-            }
-        )
+    per_fold = _per_fold(y, s, folds, thr, alpha=alpha, class_names=class_names)
     across = {
         key: mean_sd([f["auc"]["auc"] if key == "auc" else _value(f["metrics"], key) for f in per_fold])
         for key in SUMMARY_KEYS
     }
     for name in class_names:
         across[f"accuracy_{name}"] = mean_sd([f["metrics"]["per_class_accuracy"][name]["value"] for f in per_fold])
-    # each image decided at its own fold's threshold: decisions as 0/1 scores, threshold 0.5
-    decided = (s >= thr).astype(np.float64)
-    pooled: dict[str, Any] = {
-        "n": int(y.size),
-        "n_pos": int(y.sum()),
-        "n_neg": int(y.size - y.sum()),
-        "auc_delong": delong_auc_ci(y, s, alpha=alpha).to_dict(),
-        "auc_bootstrap": (
-            bootstrap_auc_ci(y, s, n_resamples=n_bootstrap, seed=seed, alpha=alpha).to_dict()
-            if n_bootstrap > 0
-            else None
-        ),
-        "at_fold_thresholds": binary_metrics(y, decided, threshold=0.5, alpha=alpha, class_names=class_names),
-    }
-    pooled["at_fold_thresholds"]["threshold"] = "each fold's own threshold"
-    yt = youden_threshold(y, s)
-    pooled["youden_threshold"] = yt
-    if math.isnan(yt):
-        warn_undefined("crossval_summary: pooled Youden threshold undefined (one class); no metrics at it")
-        pooled["at_pooled_youden"] = None
-    else:
-        pooled["at_pooled_youden"] = binary_metrics(y, s, threshold=yt, alpha=alpha, class_names=class_names)
-    probs_ok = bool(s.size and s.min() >= 0 and s.max() <= 1)
-    if probs_ok:
-        pooled["brier"] = brier_score(y, s)
-        pooled["ece"] = expected_calibration_error(y, s, n_bins=10)
-        pooled["reliability"] = reliability_curve(y, s, n_bins=10).to_dict()
+    pooled = _pooled(y, s, thr, n_bootstrap=n_bootstrap, seed=seed, alpha=alpha, class_names=class_names)
     roc = crossval_roc(y, s, folds, n_points=n_roc_points)
     return {"per_fold": per_fold, "across_folds": across, "pooled": pooled, "roc": roc}
 

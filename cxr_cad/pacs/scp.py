@@ -29,7 +29,6 @@ Shutdown
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import queue
@@ -94,7 +93,7 @@ class Listener:
         check_writable(self.out)
         self.received = self.out / "received"
         self.received.mkdir(exist_ok=True)
-        self.predict_options = dataclasses.replace(predict_options or PredictOptions(workers=0), overwrite=True)
+        self.predict_options = (predict_options or PredictOptions(workers=0)).model_copy(update={"overwrite": True})
         self.journal = Journal(self.out / "journal.jsonl")
         self.writer = DicomOutput(
             DicomOutOptions(

@@ -33,10 +33,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr_cad import infra
-from cxr_cad.errors import CxrCadError, UsageError
+from cxr_cad.errors import ConfigError, CxrCadError, UsageError
 from cxr_cad.pacs.journal import Journal
+
+if TYPE_CHECKING:
+    from dicomweb_client import DICOMwebClient
+
+    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.pacs.output import DicomOutOptions, DicomOutput
+    from cxr_cad.pacs.query import RemoteInstance
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,17 @@ class DicomwebResult:
             f"{self.out_dir / 'predictions.csv'}, {self.out_dir / 'rejected.csv'}"
         )
         return line + (f"; DICOM: {self.dicom_out}" if self.dicom_out else "")
+
+
+def _run_identity(base: str, query: dict, model_path: str | os.PathLike[str], threshold: float | None) -> dict:
+    """What makes a DICOMweb run folder resumable: the same source, query, model and threshold."""
+    model = Path(model_path)
+    return {
+        "source": base,
+        "query": query,
+        "model_sha256": infra.sha256_file(model) if model.is_file() else str(model.resolve()),
+        "threshold": threshold,
+    }
 
 
 def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
@@ -116,7 +135,7 @@ def _score_chunk(folder: Path, files: dict, model_path, options, run_dir: Path) 
 
     if not files:
         return {}, {}
-    predict([folder], run_dir, model_path, dataclasses.replace(options, overwrite=True))
+    predict([folder], run_dir, model_path, options.model_copy(update={"overwrite": True}))
     import csv
 
     def rows(name):
@@ -126,42 +145,14 @@ def _score_chunk(folder: Path, files: dict, model_path, options, run_dir: Path) 
     return rows(PREDICTIONS), rows(REJECTED)
 
 
-def predict_dicomweb(
-    url: str,
-    out_dir: str | os.PathLike,
-    model_path: str | os.PathLike,
-    options=None,
-    *,
-    query: dict | None = None,
-    chunk_size: int = 128,
-    fetch_threads: int = 4,
-    dicom_out=None,
-) -> DicomwebResult:
-    """Score every instance of the archive at ``url`` matching ``query`` into ``out_dir`` (see module doc).
-
-    ``options``: :class:`cxr_cad.engine.predict.PredictOptions` (its ``overwrite`` discards an
-    earlier run in ``out_dir``). ``dicom_out``: :class:`cxr_cad.pacs.output.DicomOutOptions` or None.
-    Raises UsageError (bad URL/query, ``out_dir`` holds another run), CxrCadError when the
-    archive cannot be queried, and what the engine raises for a bad bundle.
-    """
+def _list(client: DICOMwebClient, base: str, query: dict) -> list[RemoteInstance]:
+    """QIDO-RS: the instances to score; CxrCadError when the archive cannot be queried."""
     import requests
 
-    from cxr_cad.engine.predict import PredictOptions
-    from cxr_cad.engine.writer import check_writable
-    from cxr_cad.pacs.client import NETWORK_REASONS, make_client, parse_url
-    from cxr_cad.pacs.output import DicomOutput
     from cxr_cad.pacs.query import list_instances
 
-    t0 = time.perf_counter()
-    options = options or PredictOptions()
-    if chunk_size < 1:
-        raise UsageError(f"chunk size must be >= 1, not {chunk_size}")
-    out = Path(out_dir).absolute()
-    check_writable(out)
-    base = parse_url(url)
-    client = make_client(url)
     try:
-        instances = list_instances(client, query or {})
+        return list_instances(client, query)
     except requests.RequestException as exc:
         raise CxrCadError(
             f"QIDO-RS query of {base} failed ({type(exc).__name__}: "
@@ -169,48 +160,51 @@ def predict_dicomweb(
             "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
             "archive is up"
         ) from exc
-    state_dir = out / STATE_DIR
-    _check_state(
-        state_dir,
-        {
-            "source": base,
-            "query": query or {},
-            "model_sha256": infra.sha256_file(model_path)
-            if Path(model_path).is_file()
-            else str(Path(model_path).resolve()),
-            "threshold": options.threshold,
-        },
-        options.overwrite,
-    )
-    writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
-    journal = Journal(state_dir / "journal.jsonl")
-    done = {s for s, r in journal.records.items() if r.get("reason") not in NETWORK_REASONS}
-    n_before = sum(1 for i in instances if i.sop_instance_uid in done)
+
+
+def _pending_chunks(
+    instances: Sequence[RemoteInstance], done: set[str], chunk_size: int
+) -> list[tuple[int, list[RemoteInstance]]]:
+    """``(chunk number, instances not done yet)`` for every chunk of the listing with work left."""
     chunks = [
         (k, [i for i in instances[s : s + chunk_size] if i.sop_instance_uid not in done])
         for k, s in enumerate(range(0, len(instances), chunk_size))
     ]
-    chunks = [(k, c) for k, c in chunks if c]
-    log.info(
-        "%d instance(s) listed, %d done earlier, %d chunk(s) of <= %d to fetch and score",
-        len(instances),
-        n_before,
-        len(chunks),
-        chunk_size,
-    )
-    spool = state_dir / "spool"
+    return [(k, c) for k, c in chunks if c]
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    model_path: str | os.PathLike[str]
+    options: PredictOptions
+    fetch_threads: int
+
+
+def _fetch_and_score(
+    client: DICOMwebClient,
+    base: str,
+    instances: Sequence[RemoteInstance],
+    chunks: list[tuple[int, list[RemoteInstance]]],
+    journal: Journal,
+    writer: DicomOutput | None,
+    spool: Path,
+    scoring: _Scoring,
+) -> int:
+    """Fetch ``chunks`` in a background thread while the previous one is scored; journal every
+    instance (and write its DICOM objects). Returns the number of instances processed."""
     shutil.rmtree(spool, ignore_errors=True)  # what a killed run left behind
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
-    thread = threading.Thread(target=_fetcher, args=(client, chunks, spool, fetch_threads, q, stop), daemon=True)
-    thread.start()
+    args = (client, chunks, spool, scoring.fetch_threads, q, stop)
+    threading.Thread(target=_fetcher, args=args, daemon=True).start()
     n_processed = 0
     try:
         while (item := q.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             k, chunk, folder, files, failed = item
-            preds, rejs = _score_chunk(folder, files, model_path, options, spool / f"run-{k:06d}")
+            run_dir = spool / f"run-{k:06d}"
+            preds, rejs = _score_chunk(folder, files, scoring.model_path, scoring.options, run_dir)
             records = _chunk_records(base, chunk, files, failed, preds, rejs)
             if writer is not None:
                 number = {i.sop_instance_uid: n + 1 for n, i in enumerate(instances)}
@@ -222,11 +216,72 @@ def predict_dicomweb(
             journal.append(records)
             n_processed += len(records)
             shutil.rmtree(folder, ignore_errors=True)
-            shutil.rmtree(spool / f"run-{k:06d}", ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
     finally:
         stop.set()
-        journal.close()
     shutil.rmtree(spool, ignore_errors=True)
+    return n_processed
+
+
+def predict_dicomweb(
+    url: str,
+    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike,
+    options: PredictOptions | None = None,
+    *,
+    query: dict | None = None,
+    chunk_size: int = 128,
+    fetch_threads: int = 4,
+    dicom_out: DicomOutOptions | None = None,
+) -> DicomwebResult:
+    """Score every instance of the archive at ``url`` matching ``query`` into ``out_dir`` (see module doc).
+
+    ``options``: :class:`cxr_cad.engine.predict.PredictOptions` (its ``overwrite`` discards an
+    earlier run in ``out_dir``). ``dicom_out``: :class:`cxr_cad.pacs.output.DicomOutOptions` or None.
+    Raises ConfigError (bad URL/query/chunk size), UsageError (``out_dir`` holds another run), CxrCadError when the
+    archive cannot be queried, and what the engine raises for a bad bundle.
+    """
+    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.engine.writer import check_writable
+    from cxr_cad.pacs.client import NETWORK_REASONS, make_client, parse_url
+    from cxr_cad.pacs.output import DicomOutput
+
+    t0 = time.perf_counter()
+    options = options or PredictOptions()
+    if chunk_size < 1:
+        raise ConfigError(f"chunk size must be >= 1, not {chunk_size}")
+    out = Path(out_dir).absolute()
+    check_writable(out)
+    base = parse_url(url)
+    client = make_client(url)
+    instances = _list(client, base, query or {})
+    state_dir = out / STATE_DIR
+    _check_state(state_dir, _run_identity(base, query or {}, model_path, options.threshold), options.overwrite)
+    writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
+    journal = Journal(state_dir / "journal.jsonl")
+    done = {s for s, r in journal.records.items() if r.get("reason") not in NETWORK_REASONS}
+    n_before = sum(1 for i in instances if i.sop_instance_uid in done)
+    chunks = _pending_chunks(instances, done, chunk_size)
+    log.info(
+        "%d instance(s) listed, %d done earlier, %d chunk(s) of <= %d to fetch and score",
+        len(instances),
+        n_before,
+        len(chunks),
+        chunk_size,
+    )
+    try:
+        n_processed = _fetch_and_score(
+            client,
+            base,
+            instances,
+            chunks,
+            journal,
+            writer,
+            state_dir / "spool",
+            _Scoring(model_path, options, fetch_threads),
+        )
+    finally:
+        journal.close()
     result = DicomwebResult(
         out,
         len(instances),

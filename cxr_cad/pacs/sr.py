@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
 
 from cxr_cad.errors import UsageError
+
+if TYPE_CHECKING:
+    from highdicom.sr import MeasurementReport
 
 #: SNOMED CT concepts for the classes a bundle may call positive.
 FINDING_CODES = {"PNEUMONIA": ("233604007", "Pneumonia")}
@@ -63,21 +66,9 @@ class AlgorithmInfo:
         return CodedConcept(code[0], "SCT", code[1])
 
 
-def build_sr(
-    source: Dataset,
-    probability: float,
-    info: AlgorithmInfo,
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int = 9901,
-    instance_number: int = 1,
-) -> Dataset:
-    """A Comprehensive SR (TID 1500) for the score ``probability`` of the image ``source`` (header only is fine).
-
-    Raises UsageError when the positive class has no known code; ValueError from highdicom
-    when the source lacks (0008,0016) SOP Class UID / (0008,0018) SOP Instance UID.
-    """
+def _measurement_report(source: Dataset, probability: float, info: AlgorithmInfo) -> MeasurementReport:
+    """The TID 1500 Measurement Report of :func:`build_sr`: probability, threshold and the finding's
+    presence or absence, for the image ``source``, observed by the cxr_cad device."""
     import highdicom as hd
     from highdicom.sr import CodedConcept
     from pydicom.sr.codedict import codes
@@ -120,11 +111,31 @@ def build_sr(
             uid=info.device_uid, name="cxr_cad", manufacturer_name=MANUFACTURER, model_name=f"cxr_cad {info.version}"
         ),
     )
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
         imaging_measurements=[group],
     )  # no Image Library: it needs (0018,1164) Imager Pixel Spacing
+
+
+def build_sr(
+    source: Dataset,
+    probability: float,
+    info: AlgorithmInfo,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 9901,
+    instance_number: int = 1,
+) -> Dataset:
+    """A Comprehensive SR (TID 1500) for the score ``probability`` of the image ``source`` (header only is fine).
+
+    Raises UsageError when the positive class has no known code; ValueError from highdicom
+    when the source lacks (0008,0016) SOP Class UID / (0008,0018) SOP Instance UID.
+    """
+    import highdicom as hd
+
+    report = _measurement_report(source, probability, info)
     with warnings.catch_warnings():
         # highdicom warns about an odd (0010,0010) Patient's Name and quotes it: keep it out of the logs
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
