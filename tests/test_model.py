@@ -440,3 +440,13 @@ def test_set_trainable_head_and_all():
     assert n_all == sum(p.numel() for p in model.parameters())
     with pytest.raises(ConfigError, match="trainable mode"):
         set_trainable(model, "frozen")
+
+
+def test_unwrap_model_sees_through_compile_and_data_parallel():
+    """torch.compile's wrapper has no public accessor; unwrap_model's one private read is checked here."""
+    from cxr_cad.model import unwrap_model
+
+    model = build_resnet18(2, 1)
+    assert unwrap_model(torch.compile(model)) is model  # compiles lazily: nothing is compiled here
+    assert unwrap_model(torch.nn.DataParallel(model)) is model
+    assert set_trainable(torch.compile(model), "head") == 512 * 2 + 2
