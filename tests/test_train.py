@@ -322,7 +322,7 @@ def test_cli_train_exit_codes(cohort, cfg, tmp_path, capsys):
     bad.write_text("epochs: 0\noptim: {momentum: 3}\n")
     assert main(common + ["--out", str(tmp_path / "b"), "--config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "epochs must be" in err and "optim.momentum" in err
+    assert "epochs" in err and "optim.momentum" in err
     assert main(common + ["--out", str(tmp_path / "c"), "--epochs", "1", "--seed", "5"]) == 0
     out = capsys.readouterr().out
     assert "bundle:" in out and (tmp_path / "c" / "model.pt").is_file()

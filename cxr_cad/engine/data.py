@@ -47,7 +47,9 @@ def split_train_val(df: pd.DataFrame, data: DataConfig, *, seed: int) -> tuple[p
     column that are neither train nor val (e.g. ``test``) are left out of both, and
     logged. Raises ManifestError when the requested column is missing or a side is empty.
     """
-    mode = data.split
+    mode: str = data.split
+    train_mask: pd.Series
+    val_mask: pd.Series
     if mode == "auto":
         mode = "column" if "split" in df.columns else ("grouped" if data.val_fraction > 0 else "none")
     if mode == "none" or (mode == "grouped" and data.val_fraction == 0):
@@ -79,8 +81,9 @@ def split_train_val(df: pd.DataFrame, data: DataConfig, *, seed: int) -> tuple[p
         train_idx, val_idx = grouped_split(
             df, data.val_fraction, seed=seed, label_col=data.label_col, group_col=data.group_col
         )
-        train_mask = np.zeros(len(df), dtype=bool)
-        train_mask[train_idx] = True
+        in_train = np.zeros(len(df), dtype=bool)
+        in_train[train_idx] = True
+        train_mask = pd.Series(in_train, dtype=bool)
         val_mask = ~train_mask
         how = f"grouped by {data.group_col}, val_fraction {data.val_fraction}, seed {seed}"
     train_df = df[np.asarray(train_mask)].reset_index(drop=True)

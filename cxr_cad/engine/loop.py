@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cxr_cad.engine.data import shard_rows
 from cxr_cad.engine.runtime import RuntimeInfo, autocast, prepare_model, resolve_runtime, to_device
 from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.progress import progress
 from cxr_cad.transforms import REJECTED_KEY, Rejection, collate_samples
+
+if TYPE_CHECKING:
+    from cxr_cad.model import Bundle
+    from cxr_cad.transforms import TransformSpec
 
 #: A collated batch: ``"image"`` (N, C, S, S), ``"label"`` (N,), ``"rejected"`` (records).
 Batch = dict[Hashable, Any]
@@ -137,8 +141,8 @@ def train_epoch(
         n += k
         if bar is not None:
             bar.set_postfix(loss=f"{loss_sum / n:.4f}")
-    loss_sum, n = _all_reduce_sum([loss_sum, float(n)], info)
-    return EpochStats(loss=loss_sum / max(n, 1), images=int(n), seconds=time.perf_counter() - t0)
+    loss_total, n_total = _all_reduce_sum([loss_sum, float(n)], info)
+    return EpochStats(loss=loss_total / max(n_total, 1), images=int(n_total), seconds=time.perf_counter() - t0)
 
 
 @dataclass
@@ -156,7 +160,13 @@ class EvalOutput:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, dataset, info: RuntimeInfo, *, batch_size: int, workers: int = 0, desc: str = "validate"
+    model: torch.nn.Module,
+    dataset: Dataset,
+    info: RuntimeInfo,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    desc: str = "validate",
 ) -> EvalOutput:
     """Softmax probabilities and loss for every item of ``dataset`` (deterministic chain).
 
@@ -167,7 +177,8 @@ def evaluate(
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
-    rows = shard_rows(len(dataset), info.rank, info.world_size)
+    n_items = len(cast(Sized, dataset))  # every dataset cxr_cad builds has a length
+    rows = shard_rows(n_items, info.rank, info.world_size)
     subset = Subset(dataset, rows.tolist()) if info.distributed else dataset
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_samples)
     probs, labels = [], []
@@ -189,8 +200,8 @@ def evaluate(
         gathered: list[Any] = [None] * info.world_size
         dist.all_gather_object(gathered, (rows, p, y))
         n_cls = max(g[1].shape[1] for g in gathered if g[1].size) if any(g[1].size for g in gathered) else 0
-        p = np.zeros((len(dataset), n_cls), np.float32)
-        y = np.zeros(len(dataset), np.int64)
+        p = np.zeros((n_items, n_cls), np.float32)
+        y = np.zeros(n_items, np.int64)
         for r, pr, yr in gathered:
             if len(r):
                 p[r], y[r] = pr, yr
@@ -201,10 +212,10 @@ def evaluate(
 
 
 def predict_probabilities(
-    model_or_bundle: Any,
+    model_or_bundle: torch.nn.Module | Bundle | str | Path,
     df: pd.DataFrame,
     *,
-    spec=None,
+    spec: TransformSpec | Mapping[str, Any] | None = None,
     positive_index: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
@@ -222,7 +233,8 @@ def predict_probabilities(
     cannot be read raise a ManifestError naming them — use ``cxr-cad predict`` (or
     :func:`cxr_cad.engine.predict.predict`) for batch scoring with per-file rejection.
     """
-    from cxr_cad.transforms import TransformSpec, make_dataset
+    from cxr_cad.transforms import TransformSpec as Spec
+    from cxr_cad.transforms import make_dataset
 
     if isinstance(model_or_bundle, (str, Path)):
         from cxr_cad.model import load_bundle
@@ -236,12 +248,12 @@ def predict_probabilities(
         positive_index = model_or_bundle.positive_index if positive_index is None else positive_index
     if spec is None or (positive_index is None and not all_classes):
         raise UsageError("predict_probabilities needs spec and positive_index with a bare model")
-    if isinstance(spec, dict):
-        spec = TransformSpec.from_dict(spec)
+    if not isinstance(spec, Spec):
+        spec = Spec.from_dict(spec)
     info = resolve_runtime(device, precision)
     info = RuntimeInfo(info.device, info.precision, info.channels_last)  # single process
     prepare_model(model, info)
-    items = [{"image": str(p), "label": 0} for p in df["path"]]
+    items: list[dict[Hashable, Any]] = [{"image": str(p), "label": 0} for p in df["path"]]
     dataset = make_dataset(items, spec, cache_dir=cache_dir)
     out = evaluate(model, dataset, info, batch_size=batch_size, workers=workers, desc="predict")
     return out.probabilities if all_classes else out.probabilities[:, positive_index]

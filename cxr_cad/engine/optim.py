@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epoch
     after ``cfg.warmup_epochs`` epochs of linear warm-up from a tenth of the rate."""
     sched = torch.optim.lr_scheduler
     warmup = min(cfg.warmup_epochs, max(epochs - 1, 0))
+    main: sched.LRScheduler
     if cfg.name == "cosine":
         main = sched.CosineAnnealingLR(optimizer, T_max=max(epochs - warmup, 1))
     elif cfg.name == "step":
@@ -67,7 +69,7 @@ def wrap_model(model: torch.nn.Module, info: RuntimeInfo, *, compile_model: bool
         device_ids = [info.torch_device.index] if info.device.startswith("cuda") else None
         module = DistributedDataParallel(model, device_ids=device_ids)
     if compile_model:
-        module = torch.compile(module)
+        module = cast(torch.nn.Module, torch.compile(module))  # an OptimizedModule at run time
     return module
 
 
@@ -102,6 +104,7 @@ def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConf
         return float(cfg.value), "fixed", detail
     if cfg.method == "youden":
         choice = youden_choice(y_true, y_score)
+        assert choice is not None  # both classes are present (checked above)
         thr, method = choice.threshold, "youden"
         detail.update(tie_range=[choice.tie_low, choice.tie_high], n_tied=choice.n_tied, j=choice.j)
     else:

@@ -27,34 +27,51 @@ with its message. A bad model bundle or an unwritable output folder stops the ru
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
-import json
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cxr_cad.engine import runtime
-from cxr_cad.engine.shards import PredictDataset, batch_shard, collate_records, collect_inputs, inputs_fingerprint
+from cxr_cad.engine.inference import Forward, Fp32Module, ScoringModel, load_model, prepare_for_inference
+from cxr_cad.engine.inference import fold_batchnorm as fold_batchnorm
+from cxr_cad.engine.predict_options import PredictOptions, PredictResult
+from cxr_cad.engine.shards import (
+    Batch,
+    PredictDataset,
+    PredictInput,
+    Sample,
+    batch_shard,
+    collate_records,
+    collect_inputs,
+    inputs_fingerprint,
+)
 from cxr_cad.engine.writer import (
     PREDICTIONS,
     REJECTED,
     SUMMARY,
     Journal,
-    atomic_write_text,
     check_writable,
     merge_outputs,
     prepare_out_dir,
     read_journals,
 )
-from cxr_cad.errors import CxrCadError, OutputError, UsageError
+from cxr_cad.errors import ConfigError, CxrCadError, OutputError, UsageError
+from cxr_cad.infra import atomic_write_json, default_workers
+from cxr_cad.io import AcceptPolicy
 from cxr_cad.progress import progress
+
+if TYPE_CHECKING:
+    from cxr_cad.model.shift import ShiftScorer
+    from cxr_cad.transforms import TransformSpec
+
+__all__ = ["Fp32Module", "PredictOptions", "PredictResult", "fold_batchnorm", "predict", "prepare_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -63,86 +80,13 @@ DELAY_ENV = "CXR_CAD_PREDICT_BATCH_DELAY_S"
 STATE_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class PredictOptions:
-    """Settings of a prediction run.
-
-    Attributes:
-        batch_size: images per forward pass (>= 1).
-        workers: DataLoader decode processes; 0 decodes in the main process; None = one per
-            CPU core (at most 8).
-        device: "auto", "cpu", "cuda" or "cuda:N".
-        precision: "auto" (bf16 on CPUs with native bf16 and on CUDA, else fp32), "fp32", "bf16".
-        threshold: decision threshold on the positive-class probability in [0, 1]; None =
-            the bundle's.
-        policy: which files are accepted (``cxr_cad.io.AcceptPolicy``); its ``apply_voi`` is
-            always taken from the bundle's transform spec. None = the default policy.
-        overwrite: discard an earlier run in the output folder instead of resuming it.
-        compile: ``torch.compile`` the model (on a 2-core CPU measured: ~80 s to compile, no
-            steady-state gain over eager bf16; may pay off on GPUs and very large runs).
-        backend: "torch" (``model_path`` is a bundle) or "onnxruntime" / "openvino" /
-            "torchscript" (``model_path`` is a folder or file from ``cxr-cad export``; fp32 input,
-            ``precision`` ignored; see :mod:`cxr_cad.export.runtime`).
-    """
-
-    batch_size: int = 32
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    threshold: float | None = None
-    policy: Any = None
-    overwrite: bool = False
-    compile: bool = False
-    backend: str = "torch"
-
-
-@dataclass
-class PredictResult:
-    """What a run did (rank 0's view after the merge; other ranks get their own counts)."""
-
-    out_dir: Path
-    n_inputs: int
-    n_predicted: int
-    n_rejected: int
-    n_positive: int
-    reasons: dict[str, int]
-    n_done_before: int  # inputs already finished by an earlier, interrupted run
-    n_processed: int  # inputs this invocation (this rank) processed
-    seconds: float
-    model_sha256: str
-    threshold: float
-    runtime: dict = field(default_factory=dict)
-    shift: dict | None = None  # cohort shift result (cxr_cad.model.shift.cohort_shift); None: no summary
-
-    @property
-    def images_per_s(self) -> float:
-        return self.n_processed / self.seconds if self.seconds > 0 else 0.0
-
-    def summary_line(self) -> str:
-        """One line for the terminal: counts, reasons, speed, where the CSVs are."""
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        resumed = f", {self.n_done_before} from an earlier run" if self.n_done_before else ""
-        return (
-            f"{self.n_inputs} file(s): {self.n_predicted} scored ({self.n_positive} positive at "
-            f"threshold {self.threshold:g}), {self.n_rejected} rejected"
-            f"{' (' + reasons + ')' if reasons else ''}{resumed}; "
-            f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
-            f"{self.runtime.get('device', '?')} {self.runtime.get('precision', '?')}); "
-            f"-> {self.out_dir / PREDICTIONS}, {self.out_dir / REJECTED}"
-        )
-
-
-def _decision_names(bundle: Any) -> tuple[str, str]:
+def _decision_names(bundle: ScoringModel) -> tuple[str, str]:
     positive = str(bundle.positive_class)
     others = [str(c) for c in bundle.classes if str(c) != positive]
     return positive, (others[0] if len(others) == 1 else f"not {positive}")
 
 
-def _default_workers() -> int:
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def _prepare_everywhere(info: runtime.RuntimeInfo, out: Path, state: dict, overwrite: bool) -> None:
+def _prepare_everywhere(info: runtime.RuntimeInfo, out: Path, state: dict[str, Any], overwrite: bool) -> None:
     """Rank 0 prepares ``out``; its error, if any, is raised on every rank (same class)."""
     error: tuple[str, str] | None = None
     if info.is_main:
@@ -162,147 +106,69 @@ def _prepare_everywhere(info: runtime.RuntimeInfo, out: Path, state: dict, overw
         raise (UsageError if error[0] == "usage" else OutputError)(error[1])
 
 
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` (eval mode) with each BatchNorm2d folded into the Conv2d before it.
+@dataclass
+class _Scoring:
+    """What turns a batch into journal records: the model and how its outputs are written."""
 
-    Pairs are siblings ``convN``/``bnN`` (ResNet blocks and stem) and consecutive
-    ``Conv2d, BatchNorm2d`` in a ``Sequential`` (downsample paths). Same function in fp32
-    (checked on a random input; the unfolded model is returned if the check fails), fewer
-    operations, and one bf16 rounding fewer per layer under autocast.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    forward: Forward
+    info: runtime.RuntimeInfo
+    positive_index: int
+    threshold: float
+    names: tuple[str, str]
+    sha256: str
+    labels: dict[int, str]
+    paths: Sequence[str]
+    shift: ShiftScorer | None = None
 
-    folded = copy.deepcopy(model).eval()
-    pairs = []
-    for parent in folded.modules():
-        children = dict(parent.named_children())
-        names = list(children)
-        for a, b in zip(names, names[1:]):
-            if (
-                isinstance(parent, torch.nn.Sequential)
-                and isinstance(children[a], torch.nn.Conv2d)
-                and isinstance(children[b], torch.nn.BatchNorm2d)
-            ):
-                pairs.append((parent, a, b))
-        for name, child in children.items():
-            bn = "bn" + name[4:]
-            if (
-                name.startswith("conv")
-                and isinstance(child, torch.nn.Conv2d)
-                and isinstance(children.get(bn), torch.nn.BatchNorm2d)
-            ):
-                pairs.append((parent, name, bn))
-    first = next((m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    if not pairs or first is None:
-        return model
-    for parent, conv, bn in pairs:
-        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
-        setattr(parent, bn, torch.nn.Identity())
-    x = torch.randn(2, first.in_channels, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        want, got = model.eval()(x), folded(x)
-    if not torch.allclose(want, got, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6):
-        log.info("BatchNorm folding changed the outputs; using the model as it is")
-        return model
-    return folded
+    def records(self, batch: Batch) -> list[dict[str, Any]]:
+        """Journal records of one batch: a prediction per accepted image, then the rejections."""
+        records: list[dict[str, Any]] = []
+        if batch["images"] is not None:
+            x = runtime.to_device(batch["images"], self.info)
+            with runtime.autocast(self.info):
+                logits = self.forward(x)
+            probs = torch.softmax(logits.float(), dim=1)[:, self.positive_index].cpu().tolist()
+            shift_cols = self.shift.columns(len(probs)) if self.shift is not None else [{}] * len(probs)
+            for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
+                records.append(self._prediction(rec, p, cols))
+        for rej in batch["rejected"]:
+            i = rej["index"]
+            records.append(
+                {
+                    "index": i,
+                    "kind": "rejected",
+                    "path": self.paths[i],
+                    "reason": rej["reason"],
+                    "detail": rej["detail"],
+                }
+            )
+        return records
 
-
-class Fp32Module(torch.nn.Module):
-    """Runs the wrapped module in fp32 even inside an autocast region.
-
-    Used for the first convolution under bf16: the input image keeps its fp32 precision
-    (bf16 would round it to about 1/500 of its range before the first layer, the largest
-    single source of bf16-vs-fp32 difference in ResNet18), at the cost of one small layer.
-    """
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.module(x.float())
+    def _prediction(self, rec: Sample, p: float, cols: dict[str, str]) -> dict[str, Any]:
+        i = rec["index"]
+        return {
+            "index": i,
+            "kind": "prediction",
+            "path": self.paths[i],
+            "sop_instance_uid": rec["sop_instance_uid"],
+            "study_instance_uid": rec["study_instance_uid"],
+            "probability": f"{p:.6f}",
+            "decision": self.names[0] if p >= self.threshold else self.names[1],
+            "threshold": f"{self.threshold:g}",
+            "model_sha256": self.sha256,
+            "label": self.labels.get(i, ""),
+            **cols,
+        }
 
 
-def prepare_for_inference(model: torch.nn.Module, info: runtime.RuntimeInfo) -> torch.nn.Module:
-    """Fold BatchNorm, keep the first convolution in fp32 under autocast, move to the device."""
-    model = fold_batchnorm(model.eval())
-    if info.autocast_dtype is not None:
-        for net in getattr(model, "members", [model]):  # every network of an ensemble / TTA bundle
-            for parent in net.modules():
-                name, child = next(iter(parent.named_children()), (None, None))
-                if isinstance(child, torch.nn.Conv2d):  # the first conv of the network
-                    setattr(parent, name, Fp32Module(child))
-                    break
-    return runtime.prepare_model(model, info)
-
-
-def _load_model(model_path: str | os.PathLike, info: runtime.RuntimeInfo, use_compile: bool, backend: str = "torch"):
-    from cxr_cad.model import load_bundle
-    from cxr_cad.model.shift import ShiftScorer
-
-    if backend != "torch":  # an exported model replaces the torch forward; everything else is the same path
-        from cxr_cad.export import load_exported
-
-        exported = load_exported(model_path, backend)
-        return exported, exported.model, ShiftScorer(exported, exported.model)  # no features: empty shift columns
-    bundle = load_bundle(model_path, map_location="cpu")
-    model = prepare_for_inference(bundle.model, info)
-    shift = ShiftScorer(bundle, model)  # hooks the head; before torch.compile
-    if use_compile:
-        model = torch.compile(model)
-    return bundle, model, shift
-
-
-def _run_batches(
-    model,
-    loader,
-    info,
-    *,
-    positive_index: int,
-    threshold: float,
-    names: tuple[str, str],
-    sha256: str,
-    labels: dict[int, str],
-    paths: Sequence[str],
-    journal: Journal,
-    total: int,
-    shift: Any = None,
-) -> int:
+def _run_batches(scoring: _Scoring, loader: Iterable[Batch], journal: Journal, total: int) -> int:
     """Score every batch of ``loader`` and journal it. Returns the number of inputs handled."""
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     n = 0
+    bar: Any
     with torch.inference_mode(), progress(total=total, desc="predict", unit="img") as bar:
         for batch in loader:
-            records = []
-            if batch["images"] is not None:
-                x = runtime.to_device(batch["images"], info)
-                with runtime.autocast(info):
-                    logits = model(x)
-                probs = torch.softmax(logits.float(), dim=1)[:, positive_index].cpu().tolist()
-                shift_cols = shift.columns(len(probs)) if shift is not None else [{}] * len(probs)
-                for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
-                    i = rec["index"]
-                    records.append(
-                        {
-                            "index": i,
-                            "kind": "prediction",
-                            "path": paths[i],
-                            "sop_instance_uid": rec["sop_instance_uid"],
-                            "study_instance_uid": rec["study_instance_uid"],
-                            "probability": f"{p:.6f}",
-                            "decision": names[0] if p >= threshold else names[1],
-                            "threshold": f"{threshold:g}",
-                            "model_sha256": sha256,
-                            "label": labels.get(i, ""),
-                            **cols,
-                        }
-                    )
-            for rec in batch["rejected"]:
-                i = rec["index"]
-                records.append(
-                    {"index": i, "kind": "rejected", "path": paths[i], "reason": rec["reason"], "detail": rec["detail"]}
-                )
+            records = scoring.records(batch)
             journal.append(records)
             n += len(records)
             bar.update(len(records))
@@ -311,11 +177,80 @@ def _run_batches(
     return n
 
 
+@dataclass
+class _Plan:
+    """The inputs of a run, what an earlier run finished, and this rank's batches."""
+
+    inputs: list[PredictInput]
+    has_labels: bool
+    n_done: int
+    batches: list[list[int]]
+
+
+def _plan(
+    sources: Sequence[str | os.PathLike[str]],
+    out: Path,
+    bundle: ScoringModel,
+    policy: AcceptPolicy,
+    threshold: float,
+    options: PredictOptions,
+    info: runtime.RuntimeInfo,
+) -> _Plan:
+    """List the inputs, prepare (or resume) ``out`` and deal the remaining batches to the ranks."""
+    inputs, has_labels = collect_inputs(sources, exclude=[out])
+    state = {
+        "format": STATE_FORMAT,
+        "model_sha256": bundle.sha256,
+        "n_inputs": len(inputs),
+        "inputs_fingerprint": inputs_fingerprint(inputs),
+        "threshold": threshold,
+        "policy": dataclasses.asdict(policy),
+    }
+    _prepare_everywhere(info, out, state, options.overwrite)
+    done = read_journals(out)
+    runtime.barrier(info)  # every rank has read the journals before any rank appends
+    remaining = [x.index for x in inputs if x.index not in done]
+    batches = batch_shard(remaining, options.batch_size, info.rank, info.world_size)
+    if info.is_main:
+        log.info(
+            "%d input(s), %d done earlier, %d to do on %d process(es); %s %s",
+            len(inputs),
+            len(done),
+            len(remaining),
+            info.world_size,
+            info.device,
+            info.precision,
+        )
+    return _Plan(inputs, has_labels, len(done), batches)
+
+
+def _loader(plan: _Plan, policy: AcceptPolicy, spec: TransformSpec, options: PredictOptions, info: runtime.RuntimeInfo):
+    """Decode workers over this rank's batches (``options.workers``; None = :func:`default_workers`)."""
+    workers = default_workers() if options.workers is None else options.workers
+    workers = min(workers, len(plan.batches))
+    return torch.utils.data.DataLoader(
+        PredictDataset(plan.inputs, policy, spec),
+        batch_sampler=plan.batches,
+        collate_fn=collate_records,
+        num_workers=workers,
+        pin_memory=info.device.startswith("cuda"),
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def _resolve(options: PredictOptions) -> runtime.RuntimeInfo:
+    """The runtime of ``options`` (ConfigError for a setting predict does not offer)."""
+    if options.precision == "fp16":
+        raise ConfigError("--precision fp16 is not offered for predict; use auto, fp32 or bf16")
+    return runtime.resolve_runtime(options.device, options.precision if options.backend == "torch" else "fp32")
+
+
 def predict(
-    sources: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    model_path: str | os.PathLike,
-    options: PredictOptions = PredictOptions(),
+    sources: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    options: PredictOptions | None = None,
 ) -> PredictResult:
     """Score every input file of ``sources`` with the bundle at ``model_path`` into ``out_dir``.
 
@@ -325,102 +260,54 @@ def predict(
     Raises:
         BundleError: the bundle is missing, corrupt or cannot be honoured (CLI exit 1).
         OutputError: ``out_dir`` cannot be written (CLI exit 1).
-        UsageError: bad options, missing sources, or ``out_dir`` holds a different run
-            (use a new folder or ``overwrite``) (CLI exit 2).
+        ConfigError: bad options (CLI exit 2).
+        UsageError: missing sources, or ``out_dir`` holds a different run (use a new folder
+            or ``overwrite``) (CLI exit 2).
     """
-    from cxr_cad.io import AcceptPolicy
-
+    options = options or PredictOptions()
     t0 = time.perf_counter()
     out = Path(out_dir).absolute()
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, not {options.batch_size}")
-    if options.threshold is not None and not 0.0 <= options.threshold <= 1.0:
-        raise UsageError(f"--threshold must be within [0, 1], not {options.threshold}")
-    if options.precision == "fp16":
-        raise UsageError("--precision fp16 is not offered for predict; use auto, fp32 or bf16")
-    try:
-        info = runtime.resolve_runtime(options.device, options.precision if options.backend == "torch" else "fp32")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    info = _resolve(options)
     check_writable(out)  # fail at once, before loading the model and listing the inputs
     created = runtime.init_distributed(info)
     try:
-        bundle, model, shift = _load_model(model_path, info, options.compile, options.backend)
+        bundle, model, shift = load_model(model_path, info, options.compile, options.backend)
         spec = bundle.transform_spec
         policy = dataclasses.replace(options.policy or AcceptPolicy(), apply_voi=spec.apply_voi)
         threshold = float(bundle.threshold if options.threshold is None else options.threshold)
-        inputs, has_labels = collect_inputs(sources, exclude=[out])
-        state = {
-            "format": STATE_FORMAT,
-            "model_sha256": bundle.sha256,
-            "n_inputs": len(inputs),
-            "inputs_fingerprint": inputs_fingerprint(inputs),
-            "threshold": threshold,
-            "policy": dataclasses.asdict(policy),
-        }
-        _prepare_everywhere(info, out, state, options.overwrite)
-        done = read_journals(out)
-        runtime.barrier(info)  # every rank has read the journals before any rank appends
-        remaining = [x.index for x in inputs if x.index not in done]
-        batches = batch_shard(remaining, options.batch_size, info.rank, info.world_size)
-        if info.is_main:
-            log.info(
-                "%d input(s), %d done earlier, %d to do on %d process(es); %s %s",
-                len(inputs),
-                len(done),
-                len(remaining),
-                info.world_size,
-                info.device,
-                info.precision,
-            )
-        workers = _default_workers() if options.workers is None else options.workers
-        n_local = sum(len(b) for b in batches)
-        workers = min(workers, len(batches))
-        loader = torch.utils.data.DataLoader(
-            PredictDataset(inputs, policy, spec),
-            batch_sampler=batches,
-            collate_fn=collate_records,
-            num_workers=workers,
-            pin_memory=info.device.startswith("cuda"),
-            prefetch_factor=4 if workers else None,
-            persistent_workers=False,
+        plan = _plan(sources, out, bundle, policy, threshold, options, info)
+        scoring = _Scoring(
+            model,
+            info,
+            bundle.positive_index,
+            threshold,
+            _decision_names(bundle),
+            bundle.sha256,
+            labels={x.index: x.label for x in plan.inputs if x.label},
+            paths=[x.path for x in plan.inputs],
+            shift=shift,
         )
-        labels = {x.index: x.label for x in inputs if x.label}
-        paths = [x.path for x in inputs]
         with Journal(out, info.rank) as journal:
-            n_processed = _run_batches(
-                model,
-                loader,
-                info,
-                positive_index=bundle.positive_index,
-                threshold=threshold,
-                names=_decision_names(bundle),
-                sha256=bundle.sha256,
-                labels=labels,
-                paths=paths,
-                journal=journal,
-                total=n_local,
-                shift=shift,
-            )
+            total = sum(len(b) for b in plan.batches)
+            n_processed = _run_batches(scoring, _loader(plan, policy, spec, options, info), journal, total)
         shift.close()
         runtime.barrier(info)
-        seconds = time.perf_counter() - t0
         result = PredictResult(
             out_dir=out,
-            n_inputs=len(inputs),
+            n_inputs=len(plan.inputs),
             n_predicted=0,
             n_rejected=0,
             n_positive=0,
             reasons={},
-            n_done_before=len(done),
+            n_done_before=plan.n_done,
             n_processed=n_processed,
-            seconds=seconds,
+            seconds=time.perf_counter() - t0,
             model_sha256=bundle.sha256,
             threshold=threshold,
             runtime={**info.to_dict(), "backend": options.backend},
         )
         if info.is_main:
-            _finish(result, out, has_labels, _decision_names(bundle)[0], shift.summary)
+            _finish(result, out, plan.has_labels, scoring.names[0], shift.summary)
         runtime.barrier(info)
         return result
     finally:
@@ -445,11 +332,11 @@ def _finish(
         result.shift = cohort_shift(
             [r.get("shift_score", "") for r in records if r["kind"] == "prediction"], shift_summary
         )
-        atomic_write_text(out / SHIFT_FILE, json.dumps(result.shift, indent=2, sort_keys=True))
+        atomic_write_json(out / SHIFT_FILE, result.shift)
         if result.shift["flagged"]:
             log.warning("dataset shift: %s", result.shift["message"])
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
     summary["images_per_s"] = round(result.images_per_s, 3)
     summary["predictions_csv"] = PREDICTIONS
     summary["rejected_csv"] = REJECTED
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
+    atomic_write_json(out / SUMMARY, summary)

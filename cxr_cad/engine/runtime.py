@@ -131,7 +131,7 @@ def prepare_model(model: torch.nn.Module, info: RuntimeInfo) -> torch.nn.Module:
     """Move ``model`` to the device and memory format of ``info`` (in place; returned)."""
     model.to(info.torch_device)
     if info.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; not in torch's stubs
     return model
 
 

@@ -216,9 +216,9 @@ class PredictDataset(torch.utils.data.Dataset[Sample]):
         return len(self.inputs)
 
     def _load(self, item: PredictInput) -> Sample:
-        from cxr_cad.io import read_image
+        from cxr_cad.io import AcceptPolicy, read_image
 
-        pixels, meta = read_image(item.path, policy=self.policy, reduce_to=self.reduce_to)
+        pixels, meta = read_image(item.path, policy=self.policy or AcceptPolicy(), reduce_to=self.reduce_to)
         image = self.preprocess(pixels)
         sop = meta.get("sop_instance_uid") or ""
         if not sop and meta.get("format") in ("png", "jpeg"):

@@ -27,6 +27,7 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from cxr_cad import infra
 from cxr_cad.errors import OutputError, UsageError
@@ -143,7 +144,7 @@ class Journal:
 
     def __init__(self, out_dir: Path, rank: int = 0):
         self.path = out_dir / STATE_DIR / f"part-rank{rank}.jsonl"
-        self._fh = None
+        self._fh: BinaryIO | None = None
 
     def __enter__(self) -> Journal:
         fh = open(self.path, "ab+")
@@ -166,6 +167,8 @@ class Journal:
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
         if not payload:
             return
+        if self._fh is None:
+            raise RuntimeError("Journal.append outside its `with` block")
         try:
             self._fh.write(payload.encode("utf-8", "surrogatepass"))
             self._fh.flush()

@@ -189,7 +189,9 @@ def build_post_transforms(
     chain += build_intensity_transforms(spec, key=key)
     if spec.in_channels != 1:
         chain.append(RepeatChanneld(keys=key, repeats=spec.in_channels))
-    chain.append(NormalizeIntensityd(keys=key, subtrahend=list(spec.mean), divisor=list(spec.std), channel_wise=True))
+    # per-channel lists are what MONAI documents for channel_wise (its stubs say arrays only)
+    mean, std = list(spec.mean), list(spec.std)
+    chain.append(NormalizeIntensityd(keys=key, subtrahend=mean, divisor=std, channel_wise=True))  # type: ignore[arg-type]
     chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
     return chain
 
@@ -249,7 +251,7 @@ class _WithCachedImage(Sequence[Item]):
     cached for it, so a fixed file is read again next time).
     """
 
-    def __init__(self, items: list[Item], images: Sequence[Item], key: str):
+    def __init__(self, items: list[Item], images: Dataset, key: str):
         self.items, self.images, self.key = items, images, key
 
     def __len__(self) -> int:
@@ -329,7 +331,7 @@ def make_dataset(
     items = list(items)
     images: list[Item] = [{key: it[key]} for it in items]
     load = Compose(build_load_transforms(spec, policy=policy, key=key))
-    base: Sequence[Item]
+    base: Dataset  # MONAI's datasets are sequences of items
     if cache_dir is not None:
         where = Path(cache_dir) / f"load-{spec_cache_key(spec)}"
         where.mkdir(parents=True, exist_ok=True)

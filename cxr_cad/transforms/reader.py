@@ -34,7 +34,7 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import EnsureChannelFirst, MapTransform
 from monai.utils import ImageMetaKey
 
-from cxr_cad.errors import RejectedFile
+from cxr_cad.errors import Reason, RejectedFile
 
 if TYPE_CHECKING:
     from monai.config import KeysCollection
@@ -102,10 +102,10 @@ def read_cxr(
     """
     import cxr_cad.io as cio  # looked up at call time (tests count calls)
 
-    pixels, meta = cio.read_image(path, policy=policy, reduce_to=reduce_to)
+    pixels, meta = cio.read_image(path, policy=policy or cio.AcceptPolicy(), reduce_to=reduce_to)
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 2:
-        raise RejectedFile("DECODE_FAILED", f"expected a 2-D image, got shape {pixels.shape}", path)
+        raise RejectedFile(Reason.DECODE_FAILED, f"expected a 2-D image, got shape {pixels.shape}", path)
     out: dict[str, Any] = {k: meta[k] for k in _META_KEYS if k in meta and isinstance(meta[k], (str, int))}
     out.update({"original_channel_dim": "no_channel", "spatial_shape": np.asarray(pixels.shape)})
     return pixels, out
