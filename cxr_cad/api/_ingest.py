@@ -228,6 +228,26 @@ def _label(
     return manifest, report, source
 
 
+def _classes_found(
+    manifest: pd.DataFrame, cls: list[str] | None, positive_class: str | None, drop_unlabelled: bool
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None]:
+    """(manifest, unlabelled rows left out or None, classes: as given, else the labels found)."""
+    unlabelled = None
+    if drop_unlabelled:
+        keep = manifest["label"].isin(cls or [])
+        unlabelled = manifest.loc[~keep, ["path", "label"]]
+        manifest = manifest[keep].reset_index(drop=True)
+    found = sorted(set(manifest["label"]) - {""})
+    if cls is None and found:
+        cls = found
+    if positive_class and cls is not None and positive_class not in cls:
+        raise ConfigError(
+            f"positive class (--positive-class) {positive_class!r} is not among the labels found "
+            f"({', '.join(found) or 'none'}); set the classes or fix the name"
+        )
+    return manifest, unlabelled, cls
+
+
 def run_ingest(
     sources: Sequence[PathLike] | PathLike | pd.DataFrame,
     out_dir: PathLike | None = None,
@@ -277,19 +297,7 @@ def run_ingest(
     manifest, report, label_source = _label(scan.accepted, scan, labels, opts, cls)
     if isinstance(sources, pd.DataFrame) and label_source is None:
         label_source = "manifest"
-    unlabelled = None
-    if drop_unlabelled:
-        keep = manifest["label"].isin(cls or [])
-        unlabelled = manifest.loc[~keep, ["path", "label"]]
-        manifest = manifest[keep].reset_index(drop=True)
-    found = sorted(set(manifest["label"]) - {""})
-    if cls is None and found:
-        cls = found
-    if positive_class and cls is not None and positive_class not in cls:
-        raise ConfigError(
-            f"positive class (--positive-class) {positive_class!r} is not among the labels found "
-            f"({', '.join(found) or 'none'}); set the classes or fix the name"
-        )
+    manifest, unlabelled, cls = _classes_found(manifest, cls, positive_class, drop_unlabelled)
     outcome = IngestOutcome(
         manifest=manifest,
         rejected=scan.rejected,

@@ -218,9 +218,39 @@ def _cohort_shift(pred: pd.DataFrame, bundle) -> dict | None:
     return table_shift(table, summary_from_bundle(bundle))[0]
 
 
+def _threshold_choice(
+    args: argparse.Namespace, pred: pd.DataFrame, bundle
+) -> tuple[float | None, str | None, str | None]:
+    """(threshold, how it was chosen, where it came from): --threshold, else (without a bundle)
+    the predictions' single ``threshold`` value, else None (the bundle's is used)."""
+    threshold, method, source = args.threshold, args.threshold_method, None
+    if threshold is None and bundle is None and "threshold" in pred.columns:
+        values = set(pred["threshold"].astype(str)) - {""}
+        if len(values) == 1:
+            threshold, method = float(values.pop()), method or "as recorded in the predictions table"
+            source = "predictions table"
+    elif threshold is not None:
+        method, source = method or "given on the command line", "command line"
+    return threshold, method, source
+
+
+def _gradcam(args: argparse.Namespace, bundle, pred: pd.DataFrame):
+    """(Grad-CAM source or None, the note shown when there is none)."""
+    from cxr_cad.report import GradcamSource
+
+    if bundle is not None and args.gradcam_per_group > 0 and "path" in pred.columns:
+        return GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group), None
+    if bundle is None:
+        return None, (
+            "Grad-CAM explanations are not included: this report was written from a predictions table "
+            "without the model (give --model and a table whose 'path' column points at the images)."
+        )
+    return None, "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
+
+
 def run(args: argparse.Namespace) -> int:
     from cxr_cad.api import join_metadata, read_table
-    from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
+    from cxr_cad.report import model_info_from_bundle, write_report
 
     pred = read_table(args.predictions, "predictions table")
     bundle, info = None, None
@@ -236,14 +266,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = read_manifest(args.manifest, check_files=False)
         cohort["manifest_hash"] = manifest_hash(manifest)
         pred = join_metadata(pred, manifest)
-    threshold, method, source = args.threshold, args.threshold_method, None
-    if threshold is None and bundle is None and "threshold" in pred.columns:
-        values = set(pred["threshold"].astype(str)) - {""}
-        if len(values) == 1:
-            threshold, method = float(values.pop()), method or "as recorded in the predictions table"
-            source = "predictions table"
-    elif threshold is not None:
-        method, source = method or "given on the command line", "command line"
+    threshold, method, source = _threshold_choice(args, pred, bundle)
     rejected = read_table(args.rejected, "rejected-files table") if args.rejected else None
     cv = None
     if args.cv_metrics:
@@ -262,16 +285,7 @@ def run(args: argparse.Namespace) -> int:
             "name": args.compare_name or Path(args.compare_predictions).stem,
             "name_a": (info or {}).get("name", "this model"),
         }
-    gradcam, note = None, None
-    if bundle is not None and args.gradcam_per_group > 0 and "path" in pred.columns:
-        gradcam = GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group)
-    elif bundle is None:
-        note = (
-            "Grad-CAM explanations are not included: this report was written from a predictions table "
-            "without the model (give --model and a table whose 'path' column points at the images)."
-        )
-    else:
-        note = "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
+    gradcam, note = _gradcam(args, bundle, pred)
     shift = _cohort_shift(pred, bundle)
     result = write_report(
         pred,

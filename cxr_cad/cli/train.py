@@ -90,23 +90,7 @@ def register(subparsers) -> None:
         metavar="N",
         help="train only the head for the first N epochs, then everything [0]",
     )
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="maximum epochs [20; with --init none 12]")
-    g.add_argument("--batch-size", type=int, help="images per step and process [32]")
-    g.add_argument("--lr", type=float, help="learning rate [0.001; with --init none 0.0003]")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="[sgd, momentum 0.9; with --init none adamw]")
-    g.add_argument("--momentum", type=float, help="SGD momentum [0.9]")
-    g.add_argument("--weight-decay", type=float, help="[0.0001; with --init none 0.05]")
-    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing [0]")
-    g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs [0; with --init none 1]")
-    g.add_argument("--schedule", choices=["cosine", "step", "constant"], help="learning-rate schedule [cosine]")
-    g.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: epochs without validation AUC gain; 0 = off [5; with --init none 4]",
-    )
-    g.add_argument("--imbalance", choices=["weighted_loss", "weighted_sampler", "none"], help="[weighted_loss]")
-    g.add_argument("--seed", type=int, help="seed of split, initialisation, order and augmentation [0]")
+    _add_optimisation(p)
     g = p.add_argument_group("data and threshold")
     g.add_argument("--classes", help="comma-separated class names, in model output order [NORMAL,PNEUMONIA]")
     g.add_argument("--positive-class", help="the class whose probability is scored [PNEUMONIA]")
@@ -136,6 +120,27 @@ def register(subparsers) -> None:
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     add_track_option(p)
     p.set_defaults(func=run)
+
+
+def _add_optimisation(p: argparse.ArgumentParser) -> None:
+    """The optimisation options of ``cxr-cad train``."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="maximum epochs [20; with --init none 12]")
+    g.add_argument("--batch-size", type=int, help="images per step and process [32]")
+    g.add_argument("--lr", type=float, help="learning rate [0.001; with --init none 0.0003]")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="[sgd, momentum 0.9; with --init none adamw]")
+    g.add_argument("--momentum", type=float, help="SGD momentum [0.9]")
+    g.add_argument("--weight-decay", type=float, help="[0.0001; with --init none 0.05]")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing [0]")
+    g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs [0; with --init none 1]")
+    g.add_argument("--schedule", choices=["cosine", "step", "constant"], help="learning-rate schedule [cosine]")
+    g.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping: epochs without validation AUC gain; 0 = off [5; with --init none 4]",
+    )
+    g.add_argument("--imbalance", choices=["weighted_loss", "weighted_sampler", "none"], help="[weighted_loss]")
+    g.add_argument("--seed", type=int, help="seed of split, initialisation, order and augmentation [0]")
 
 
 def arch_choices() -> list[str] | None:

@@ -70,61 +70,48 @@ def _policy_config(wf: dict) -> dict:
     return dict(wf["ingest"])
 
 
-def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
-    """Runner :class:`Step` objects for a validated workflow, plus notes."""
-    names, notes = planned_steps(wf)
-    data, model = wf["data"], wf["model"]
-    classes = list(data["classes"])
-    steps: list[Step] = []
-    if "ingest" in names:
-        cohorts, inputs = {}, {}
-        for cohort in ("train", "test"):
-            src = data[cohort]
-            if src is None:
-                continue
-            labels = data[f"{cohort}_labels"]
-            cohorts[cohort] = {
-                "source": src,
-                "labels": labels,
-                "require_labels": cohort == "train" or "report" in names,
-            }
-            inputs[cohort] = src
-            if labels not in (None, "folders"):
-                inputs[f"{cohort}_labels"] = labels
-        cfg = {
-            "cohorts": cohorts,
-            "classes": classes,
-            "label_key": data["label_key"],
-            "patient_id_pattern": data["patient_id_pattern"],
-            "ingest": _policy_config(wf),
+def _ingest_step(wf: dict, names: list[str], classes: list[str]) -> Step:
+    data = wf["data"]
+    cohorts, inputs = {}, {}
+    for cohort in ("train", "test"):
+        src = data[cohort]
+        if src is None:
+            continue
+        labels = data[f"{cohort}_labels"]
+        cohorts[cohort] = {
+            "source": src,
+            "labels": labels,
+            "require_labels": cohort == "train" or "report" in names,
         }
-        steps.append(
-            Step(
-                "ingest",
-                ingest_step,
-                cfg,
-                inputs,
-                output_files=[f"{c}_manifest" for c in cohorts] + [f"{c}_rejected" for c in cohorts],
-            )
-        )
-    if "split" in names:
-        steps.append(
-            Step(
-                "split",
-                split_step,
-                {"classes": classes, **wf["split"]},
-                depends=["ingest"],
-                output_files=["train_manifest", "test_manifest"],
-            )
-        )
-    manifest_source = ["split"] if "split" in names else ["ingest"]
+        inputs[cohort] = src
+        if labels not in (None, "folders"):
+            inputs[f"{cohort}_labels"] = labels
+    cfg = {
+        "cohorts": cohorts,
+        "classes": classes,
+        "label_key": data["label_key"],
+        "patient_id_pattern": data["patient_id_pattern"],
+        "ingest": _policy_config(wf),
+    }
+    return Step(
+        "ingest",
+        ingest_step,
+        cfg,
+        inputs,
+        output_files=[f"{c}_manifest" for c in cohorts] + [f"{c}_rejected" for c in cohorts],
+    )
+
+
+def _training_steps(wf: dict, names: list[str], classes: list[str], manifest_source: list[str]) -> list[Step]:
+    """The crossval and train steps (each when named)."""
     tcfg = train_config_dict(wf)
     init_inputs = {}
-    init = model["init"]
+    init = wf["model"]["init"]
     if init.startswith("imagenet:"):
         init_inputs["init_weights"] = init.split(":", 1)[1]
     elif init not in ("imagenet", "none"):
         init_inputs["init_weights"] = init
+    steps = []
     if "crossval" in names:
         steps.append(
             Step(
@@ -147,44 +134,71 @@ def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
                 output_files=["bundle"],
             )
         )
+    return steps
+
+
+def _evaluate_step(wf: dict, names: list[str], classes: list[str], manifest_source: list[str]) -> Step:
+    models, inputs = {}, {}
+    if "train" in names:
+        models["new"] = "train"
+    bundle = wf["model"]["bundle"]
+    if bundle is not None:
+        key = "previous" if "train" in names else "model"
+        models[key] = bundle
+        inputs[f"{key}_bundle"] = bundle
+    deps = manifest_source + (["train"] if "train" in names else [])
+    return Step(
+        "evaluate",
+        evaluate_step,
+        {"classes": classes, "models": models, "ingest": _policy_config(wf), **wf["evaluate"]},
+        inputs,
+        depends=deps,
+        output_files=[f"{m}_predictions" for m in models],
+    )
+
+
+def _report_step(wf: dict, classes: list[str], steps: list[Step]) -> Step:
+    deps = [s.name for s in steps if s.name in ("ingest", "split", "crossval", "evaluate")]
+    model_labels = {"new": "newly trained model", "previous": "previous model", "model": "model"}
+    return Step(
+        "report",
+        report_step,
+        {
+            "classes": classes,
+            "positive_class": wf["data"]["positive_class"],
+            "model_labels": model_labels,
+            "cohort": wf.get("cohort") or {},
+            "ingest": _policy_config(wf),
+            **wf["report"],
+        },
+        depends=deps,
+        output_files=["test_metrics", "crossval_metrics"],
+    )
+
+
+def build_steps(wf: dict) -> tuple[list[Step], list[str]]:
+    """Runner :class:`Step` objects for a validated workflow, plus notes."""
+    names, notes = planned_steps(wf)
+    classes = list(wf["data"]["classes"])
+    steps: list[Step] = []
+    if "ingest" in names:
+        steps.append(_ingest_step(wf, names, classes))
+    if "split" in names:
+        steps.append(
+            Step(
+                "split",
+                split_step,
+                {"classes": classes, **wf["split"]},
+                depends=["ingest"],
+                output_files=["train_manifest", "test_manifest"],
+            )
+        )
+    manifest_source = ["split"] if "split" in names else ["ingest"]
+    steps += _training_steps(wf, names, classes, manifest_source)
     if "evaluate" in names:
-        models, inputs = {}, {}
-        if "train" in names:
-            models["new"] = "train"
-        if model["bundle"] is not None:
-            key = "previous" if "train" in names else "model"
-            models[key] = model["bundle"]
-            inputs[f"{key}_bundle"] = model["bundle"]
-        deps = manifest_source + (["train"] if "train" in names else [])
-        steps.append(
-            Step(
-                "evaluate",
-                evaluate_step,
-                {"classes": classes, "models": models, "ingest": _policy_config(wf), **wf["evaluate"]},
-                inputs,
-                depends=deps,
-                output_files=[f"{m}_predictions" for m in models],
-            )
-        )
+        steps.append(_evaluate_step(wf, names, classes, manifest_source))
     if "report" in names:
-        deps = [s.name for s in steps if s.name in ("ingest", "split", "crossval", "evaluate")]
-        model_labels = {"new": "newly trained model", "previous": "previous model", "model": "model"}
-        steps.append(
-            Step(
-                "report",
-                report_step,
-                {
-                    "classes": classes,
-                    "positive_class": data["positive_class"],
-                    "model_labels": model_labels,
-                    "cohort": wf.get("cohort") or {},
-                    "ingest": _policy_config(wf),
-                    **wf["report"],
-                },
-                depends=deps,
-                output_files=[k for k in ("test_metrics", "crossval_metrics")],
-            )
-        )
+        steps.append(_report_step(wf, classes, steps))
     return steps, notes
 
 

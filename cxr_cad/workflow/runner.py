@@ -163,6 +163,34 @@ def _clear(step_dir: Path) -> None:
             child.unlink()
 
 
+def _why_rerun(old: dict | None, config_hash: str, inputs: dict[str, str]) -> str:
+    """Why a step folder with content is emptied and the step run again (for the log)."""
+    if old is None:
+        return "no step record"
+    if old.get("config_hash") != config_hash:
+        return "config changed"
+    before = old.get("inputs") or {}
+    if before != inputs:
+        changed = sorted(k for k in set(inputs) | set(before) if inputs.get(k) != before.get(k))
+        return "inputs changed: " + ", ".join(changed)
+    return "its output files changed"
+
+
+def _run_one(step: Step, ctx: StepContext, record: dict) -> StepOutcome:
+    """Run one step with its ``running`` record written first and ``done`` after (``record``
+    gains the outputs and their hashes)."""
+    record_path = ctx.step_dir / STEP_RECORD
+    write_record(record_path, record)
+    t0 = time.perf_counter()
+    outputs = step.func(ctx) or {}
+    seconds = time.perf_counter() - t0
+    hashes = _output_hashes(step, ctx.step_dir, outputs)
+    record.update(status="done", outputs=outputs, output_hashes=hashes, finished=_now(), seconds=round(seconds, 2))
+    write_record(record_path, record)
+    log.info("step %s: finished in %.1f s", step.name, seconds)
+    return StepOutcome(step.name, "resumed" if ctx.resume else "ran", seconds, outputs, ctx.step_dir)
+
+
 def run_steps(
     steps: Sequence[Step], run_dir: str | os.PathLike, *, on_step: Callable[[StepOutcome], None] | None = None
 ) -> list[StepOutcome]:
@@ -205,21 +233,13 @@ def run_steps(
             log.info("step %s: its output files changed since it finished; running it again", step.name)
         resume = bool(old and old.get("fingerprint") == fingerprint and old.get("status") == "running")
         if not resume and any(step_dir.iterdir()):
-            why = "no step record" if old is None else "its output files changed"
-            if old and old.get("config_hash") != config_hash:
-                why = "config changed"
-            elif old and old.get("inputs") != inputs:
-                changed = sorted(
-                    k
-                    for k in set(inputs) | set(old.get("inputs") or {})
-                    if inputs.get(k) != (old.get("inputs") or {}).get(k)
-                )
-                why = "inputs changed: " + ", ".join(changed)
-            log.info("step %s: %s; starting it again in an emptied folder", step.name, why)
+            log.info(
+                "step %s: %s; starting it again in an emptied folder", step.name, _why_rerun(old, config_hash, inputs)
+            )
             _clear(step_dir)
         elif resume:
             log.info("step %s: resuming an interrupted run", step.name)
-        record = {
+        record: dict[str, Any] = {
             "step": step.name,
             "status": "running",
             "config": step.config,
@@ -229,18 +249,9 @@ def run_steps(
             "started": _now(),
             "resumed": resume,
         }
-        write_record(record_path, record)
-        t0 = time.perf_counter()
-        ctx = StepContext(step.name, run, step_dir, step.config, dict(done), resume)
-        outputs = step.func(ctx) or {}
-        seconds = time.perf_counter() - t0
-        hashes = _output_hashes(step, step_dir, outputs)
-        record.update(status="done", outputs=outputs, output_hashes=hashes, finished=_now(), seconds=round(seconds, 2))
-        write_record(record_path, record)
-        done[step.name] = outputs
-        out_hashes[step.name] = hashes
-        outcome = StepOutcome(step.name, "resumed" if resume else "ran", seconds, outputs, step_dir)
-        log.info("step %s: finished in %.1f s", step.name, seconds)
+        outcome = _run_one(step, StepContext(step.name, run, step_dir, step.config, dict(done), resume), record)
+        done[step.name] = outcome.outputs
+        out_hashes[step.name] = record["output_hashes"]
         outcomes.append(outcome)
         if on_step:
             on_step(outcome)
