@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from cxr_cad.export.common import (
     softmax_positive,
     write_export_record,
 )
+
+if TYPE_CHECKING:
+    from cxr_cad.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def _parity(
     return {"n_images": len(images), "inputs": source, "max_abs_prob_diff": diff, "tolerance": PARITY_TOLERANCE}
 
 
-def _check_images(bundle: Any, cohort: Cohort | None) -> tuple[torch.Tensor, str]:
+def _check_images(bundle: Bundle, cohort: Cohort | None) -> tuple[torch.Tensor, str]:
     """Real preprocessed radiographs when a calibration manifest is given, else a seeded random batch."""
     if cohort is not None and len(cohort.images):
         return cohort.images[:64], "calibration-manifest"
@@ -72,13 +75,43 @@ def _check_images(bundle: Any, cohort: Cohort | None) -> tuple[torch.Tensor, str
     return torch.randn(8, spec.in_channels, spec.image_size, spec.image_size, generator=g), "random"
 
 
+@dataclass
+class _Job:
+    """One export: the loaded bundle, where it goes, what it is checked on, the int8 options."""
+
+    bundle: Bundle
+    fmt: str
+    out: Path
+    result: ExportResult
+    check_images: torch.Tensor
+    source: str  # what the check images are ("calibration-manifest" or "random")
+    cohort: Cohort | None
+    int8: bool = False
+    method: str = "minmax"
+    force: bool = False
+    max_auc_drop: float = 0.005
+    heldout_fraction: float = 0.5
+
+    def parity(self, other_fn: Callable, what: str) -> dict:
+        return _parity(self.bundle.model, other_fn, self.check_images, self.bundle.positive_index, what, self.source)
+
+
+def _check_options(fmt: str, int8: bool, calibration: object) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {FORMATS}, not {fmt!r}")
+    if int8 and fmt not in INT8_FORMATS:
+        raise UsageError(f"--int8 is offered for {INT8_FORMATS}, not {fmt}")
+    if int8 and calibration is None:
+        raise UsageError("--int8 needs --calibration MANIFEST (a labelled manifest of representative radiographs)")
+
+
 def export_model(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike[str],
     fmt: str,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
     int8: bool = False,
-    calibration: str | os.PathLike | None = None,
+    calibration: str | os.PathLike[str] | None = None,
     calibration_method: str = "minmax",
     force: bool = False,
     overwrite: bool = False,
@@ -88,84 +121,47 @@ def export_model(
     """Export the bundle at ``model_path`` as ``fmt`` into the folder ``out``.
 
     Raises ConfigError (a bad ``fmt``), UsageError (options that do not go together, a
-    non-empty ``out``), BundleError, MissingExtraError,
-    OutputError (writing or the parity check failed), Int8Refused (int8 AUC drop too large).
+    non-empty ``out``), BundleError, MissingExtraError, OutputError (writing or the parity
+    check failed), Int8Refused (int8 AUC drop too large).
     """
     from cxr_cad.export.quantize import MAX_AUC_DROP
     from cxr_cad.model import load_bundle
     from cxr_cad.model.card import model_card_path
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {FORMATS}, not {fmt!r}")
-    if int8 and fmt not in INT8_FORMATS:
-        raise UsageError(f"--int8 is offered for {INT8_FORMATS}, not {fmt}")
-    if int8 and calibration is None:
-        raise UsageError("--int8 needs --calibration MANIFEST (a labelled manifest of representative radiographs)")
-    max_auc_drop = MAX_AUC_DROP if max_auc_drop is None else float(max_auc_drop)
+    _check_options(fmt, int8, calibration)
     bundle = load_bundle(model_path)
-    model = bundle.model.float().eval()
-    out = prepare_out(out, overwrite=overwrite)
-    cohort = (
-        cohort_from_manifest(calibration, bundle.transform_spec, bundle.positive_class)
-        if calibration is not None
-        else None
-    )
+    bundle.model.float().eval()
+    folder = prepare_out(out, overwrite=overwrite)
+    spec, positive = bundle.transform_spec, bundle.positive_class
+    cohort = cohort_from_manifest(calibration, spec, positive) if calibration is not None else None
     check_images, source = _check_images(bundle, cohort)
-    torch_fn = model
     result = ExportResult(
-        out=out, format=fmt, files={}, parity={}, rejected=list(cohort.rejected) if cohort is not None else []
+        out=folder, format=fmt, files={}, parity={}, rejected=list(cohort.rejected) if cohort is not None else []
     )
-    if fmt == "monai-bundle":
-        from cxr_cad.export.monai_bundle import write_monai_bundle
-        from cxr_cad.export.runtime import TorchScriptModel
-
-        result.files = write_monai_bundle(bundle, out, card=model_card_path(bundle.path))
-        result.parity = _parity(
-            torch_fn,
-            TorchScriptModel(out / result.files["torchscript"]),
-            check_images,
-            bundle.positive_index,
-            "TorchScript",
-            source,
-        )
-    elif fmt == "torchscript":
-        from cxr_cad.export.common import bundle_record
-        from cxr_cad.export.runtime import TorchScriptModel
-        from cxr_cad.export.torchscript import export_torchscript
-
-        spec = bundle.transform_spec
-        export_torchscript(
-            model,
-            out / "model.ts",
-            in_channels=spec.in_channels,
-            image_size=spec.image_size,
-            meta=bundle_record(bundle),
-        )
-        result.files = {"model": "model.ts"}
-        result.parity = _parity(
-            torch_fn, TorchScriptModel(out / "model.ts"), check_images, bundle.positive_index, "TorchScript", source
-        )
+    job = _Job(
+        bundle=bundle,
+        fmt=fmt,
+        out=folder,
+        result=result,
+        check_images=check_images,
+        source=source,
+        cohort=cohort,
+        int8=int8,
+        method=calibration_method,
+        force=force,
+        max_auc_drop=MAX_AUC_DROP if max_auc_drop is None else float(max_auc_drop),
+        heldout_fraction=heldout_fraction,
+    )
+    if fmt in ("monai-bundle", "torchscript"):
+        _export_torchscript_like(job)
     else:
-        _export_onnx_like(
-            bundle,
-            fmt,
-            out,
-            result,
-            check_images,
-            source,
-            cohort,
-            int8=int8,
-            method=calibration_method,
-            force=force,
-            max_auc_drop=max_auc_drop,
-            heldout_fraction=heldout_fraction,
-        )
+        _export_onnx_like(job)
     card = model_card_path(bundle.path)
     if card.is_file() and fmt != "monai-bundle":
-        shutil.copyfile(card, out / "model_card.md")
+        shutil.copyfile(card, folder / "model_card.md")
         result.files["card"] = "model_card.md"
     write_export_record(
-        out,
+        folder,
         bundle,
         fmt,
         result.files,
@@ -176,66 +172,96 @@ def export_model(
     return result
 
 
-def _export_onnx_like(
-    bundle, fmt, out, result, check_images, source, cohort, *, int8, method, force, max_auc_drop, heldout_fraction
-) -> None:
+def _export_torchscript_like(job: _Job) -> None:
+    """A MONAI bundle (its ``models/model.ts``) or a bare TorchScript file, parity-checked."""
+    from cxr_cad.export.runtime import TorchScriptModel
+
+    bundle, out = job.bundle, job.out
+    if job.fmt == "monai-bundle":
+        from cxr_cad.export.monai_bundle import write_monai_bundle
+        from cxr_cad.model.card import model_card_path
+
+        job.result.files = write_monai_bundle(bundle, out, card=model_card_path(bundle.path))
+        ts = out / job.result.files["torchscript"]
+    else:
+        from cxr_cad.export.common import bundle_record
+        from cxr_cad.export.torchscript import export_torchscript
+
+        spec = bundle.transform_spec
+        ts = out / "model.ts"
+        export_torchscript(
+            bundle.model, ts, in_channels=spec.in_channels, image_size=spec.image_size, meta=bundle_record(bundle)
+        )
+        job.result.files = {"model": "model.ts"}
+    job.result.parity = job.parity(TorchScriptModel(ts), "TorchScript")
+
+
+def _export_onnx_like(job: _Job) -> None:
     """ONNX (kept, or converted to OpenVINO IR) and its optional int8 twin."""
     from cxr_cad.export.onnx import export_onnx
     from cxr_cad.export.openvino import convert_to_openvino
-    from cxr_cad.export.quantize import check_int8, int8_report, quantize_onnx, split_calibration
     from cxr_cad.export.runtime import OnnxRuntimeModel, OpenVinoModel
 
-    spec = bundle.transform_spec
+    spec, fmt, out, files = job.bundle.transform_spec, job.fmt, job.out, job.result.files
     tmp = Path(tempfile.mkdtemp(prefix="cxr-cad-export-"))
     try:
         onnx_path = (out if fmt == "onnx" else tmp) / "model.onnx"
-        export_onnx(bundle.model, onnx_path, in_channels=spec.in_channels, image_size=spec.image_size)
+        export_onnx(job.bundle.model, onnx_path, in_channels=spec.in_channels, image_size=spec.image_size)
         runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
         if fmt == "onnx":
-            result.files["model"] = "model.onnx"
+            files["model"] = "model.onnx"
             runner = OnnxRuntimeModel
         else:
             convert_to_openvino(onnx_path, out / "model.xml")
-            result.files.update(model="model.xml", weights="model.bin")
+            files.update(model="model.xml", weights="model.bin")
             runner = OpenVinoModel
-        fp32 = runner(out / result.files["model"])
-        result.parity = _parity(bundle.model, fp32, check_images, bundle.positive_index, fmt, source)
-        if not int8:
-            return
-        calib_idx, held_idx = split_calibration(cohort, heldout_fraction=heldout_fraction)
-        q_onnx = (out if fmt == "onnx" else tmp) / "model.int8.onnx"
-        quantize_onnx(onnx_path, q_onnx, cohort.images[calib_idx], method=method)
-        if fmt == "openvino":
-            convert_to_openvino(q_onnx, out / "model.int8.xml")
-            q_file = out / "model.int8.xml"
-        else:
-            q_file = q_onnx
-        held = Cohort(
-            images=cohort.images[held_idx],
-            labels=cohort.labels[held_idx],
-            groups=cohort.groups[held_idx],
-            paths=[cohort.paths[i] for i in held_idx],
-            rejected=[],
-        )
-        report = int8_report(
-            fp32,
-            runner(q_file),
-            held,
-            bundle.positive_index,
-            n_calibration=len(calib_idx),
-            max_auc_drop=max_auc_drop,
-            method=method,
-        )
-        try:
-            check_int8(report, force=force)
-        except BaseException:  # a refused (or interrupted) check leaves no int8 model behind; re-raised
-            for f in (q_file, q_file.with_suffix(".bin")):
-                f.unlink(missing_ok=True)
-            raise
-        result.int8 = report.to_dict()
-        if fmt == "onnx":
-            result.files["model_int8"] = "model.int8.onnx"
-        else:
-            result.files.update(model_int8="model.int8.xml", weights_int8="model.int8.bin")
+        fp32 = runner(out / files["model"])
+        job.result.parity = job.parity(fp32, fmt)
+        if job.int8:
+            _int8_twin(job, onnx_path, tmp, fp32, runner)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _int8_twin(job: _Job, onnx_path: Path, tmp: Path, fp32: Callable, runner: Callable) -> None:
+    """Quantise on the calibration part, check on the held-out part, keep it only if accepted."""
+    from cxr_cad.export.openvino import convert_to_openvino
+    from cxr_cad.export.quantize import check_int8, int8_report, quantize_onnx, split_calibration
+
+    cohort, fmt, out = job.cohort, job.fmt, job.out
+    assert cohort is not None  # --int8 needs --calibration (_check_options)
+    calib_idx, held_idx = split_calibration(cohort, heldout_fraction=job.heldout_fraction)
+    q_onnx = (out if fmt == "onnx" else tmp) / "model.int8.onnx"
+    quantize_onnx(onnx_path, q_onnx, cohort.images[calib_idx], method=job.method)
+    if fmt == "openvino":
+        convert_to_openvino(q_onnx, out / "model.int8.xml")
+        q_file = out / "model.int8.xml"
+    else:
+        q_file = q_onnx
+    held = Cohort(
+        images=cohort.images[held_idx],
+        labels=cohort.labels[held_idx],
+        groups=cohort.groups[held_idx],
+        paths=[cohort.paths[i] for i in held_idx],
+        rejected=[],
+    )
+    report = int8_report(
+        fp32,
+        runner(q_file),
+        held,
+        job.bundle.positive_index,
+        n_calibration=len(calib_idx),
+        max_auc_drop=job.max_auc_drop,
+        method=job.method,
+    )
+    try:
+        check_int8(report, force=job.force)
+    except BaseException:  # a refused (or interrupted) check leaves no int8 model behind; re-raised
+        for f in (q_file, q_file.with_suffix(".bin")):
+            f.unlink(missing_ok=True)
+        raise
+    job.result.int8 = report.to_dict()
+    if fmt == "onnx":
+        job.result.files["model_int8"] = "model.int8.onnx"
+    else:
+        job.result.files.update(model_int8="model.int8.xml", weights_int8="model.int8.bin")

@@ -5,8 +5,9 @@ At the end of training the bundle stores a compact summary of the training image
 
 * a probabilistic PCA model (scikit-learn ``PCA``: mean, ``k`` principal axes, their
   variances and the isotropic variance of the rest) of the d penultimate-layer features
-  (the pooled input of the classifier; 512 for ResNet18, 2048 for ResNet50, 1024 for DenseNet121), i.e. a regularised low-rank + isotropic covariance, stored
-  in ``k x d`` numbers instead of ``d x d``;
+  (the pooled input of the classifier; 512 for ResNet18, 2048 for ResNet50, 1024 for
+  DenseNet121), i.e. a regularised low-rank + isotropic covariance, stored in ``k x d``
+  numbers instead of ``d x d``;
 * quantiles of the Mahalanobis distance of *held-out* images of the training source under
   that model (validation images, plus training images scored by a PPCA fitted without
   their cross-fitting fold), so that "the 99th percentile" means what an unseen patient of
