@@ -16,7 +16,7 @@ from pydicom.uid import (
     RTPlanStorage,
 )
 
-from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.errors import ConfigError, Reason, RejectedFile
 from cxr_cad.io import META_KEYS, AcceptPolicy, read_header, read_image
 from cxr_cad.io.dicom_pixels import modality_values, window_unit
 from tests.dicom_factory import (
@@ -479,5 +479,5 @@ def test_reduce_to_is_ignored_by_other_syntaxes(tmp_path, reference):
     stored, expected = reference
     pixels, _ = read_image(write_dicom(tmp_path / "e.dcm", stored, transfer_syntax="rle"), reduce_to=32)
     np.testing.assert_allclose(pixels, expected, atol=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         read_image(tmp_path / "e.dcm", reduce_to=0)

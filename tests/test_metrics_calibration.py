@@ -9,6 +9,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics import (
     UndefinedMetricWarning,
     brier_score,
@@ -60,7 +61,7 @@ def test_empty_bins_are_nan_and_ece_by_hand():
 def test_calibration_input_checks():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         brier_score([0, 1], [0.2, 1.2])
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(ConfigError, match="strategy"):
         reliability_curve([0, 1], [0.2, 0.3], strategy="kmeans")
     with pytest.warns(UndefinedMetricWarning):
         assert math.isnan(brier_score([], []))

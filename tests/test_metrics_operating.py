@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics import (
     UndefinedMetricWarning,
     binary_metrics,
@@ -117,9 +118,9 @@ def test_specificity_one_without_a_clean_score_gives_finite_threshold():
 
 def test_threshold_targets_are_validated_and_one_class_is_nan():
     y, s = _data(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         threshold_for_sensitivity(y, s, 0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         threshold_for_specificity(y, s, 1.2)
     with pytest.warns(UndefinedMetricWarning):
         assert math.isnan(youden_threshold(np.zeros(4), np.arange(4.0)))

@@ -11,6 +11,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics import (
     UndefinedMetricWarning,
     bootstrap_auc_ci,
@@ -152,7 +153,7 @@ def test_bad_inputs_raise():
         roc_auc([0, 1], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="positive_class"):
         roc_auc(["NORMAL", "PNEUMONIA"], [0.1, 0.2])
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ConfigError, match="alpha"):
         delong_auc_ci([0, 1], [0.1, 0.2], alpha=1.5)
     assert roc_auc(np.array([False, True]), [0.1, 0.2]) == 1.0
 
@@ -185,7 +186,7 @@ def test_bootstrap_ci_is_seeded_and_close_to_delong_on_large_samples():
     assert a.se == pytest.approx(d.se, rel=0.1)
     assert a.low < a.auc < a.high
     assert a.n_resamples == 2000 and a.seed == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         bootstrap_auc_ci(y, s, n_resamples=0)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics import (
     UndefinedMetricWarning,
     age_band,
@@ -50,7 +51,7 @@ def test_age_years_and_custom_edges():
     assert age_years("018M") == pytest.approx(1.5)
     assert age_band("030Y", edges=(18, 65)) == "18-64y"
     assert age_band(70, edges=(18, 65)) == "65+y"
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         age_band(3, edges=(5, 2))
 
 

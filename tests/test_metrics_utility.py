@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics import UndefinedMetricWarning, delong_auc_ci
 from cxr_cad.metrics.calibration import expected_calibration_error
 from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap, cluster_weights, weighted_stats
@@ -38,7 +39,7 @@ def test_decision_curve_against_hand_computed_net_benefit():
     assert len(full["threshold"]) == 99 and full["threshold"][0] == 0.01 and full["threshold"][-1] == 0.99
     for k in (4, 49, 90):  # every point of the default curve is the one-threshold formula
         assert full["model"][k] == pytest.approx(net_benefit(y, s, full["threshold"][k]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         net_benefit(y, s, 1.0)
 
 

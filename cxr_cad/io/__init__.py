@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.io.detect import sniff_format
 from cxr_cad.io.policy import AcceptPolicy
 
@@ -85,9 +86,10 @@ def read_image(
     Raises:
         RejectedFile: everything :func:`read_header` raises, plus ``DECODE_FAILED`` and
             ``CONSTANT_IMAGE``.
+        ConfigError: ``reduce_to`` below 1.
     """
     if reduce_to is not None and int(reduce_to) < 1:
-        raise ValueError(f"reduce_to must be a positive number of pixels or None, got {reduce_to!r}")
+        raise ConfigError(f"reduce_to must be a positive number of pixels or None, got {reduce_to!r}")
     fmt = sniff_format(path)
     if fmt == "dicom":
         from cxr_cad.io.dicom import read_dicom_image

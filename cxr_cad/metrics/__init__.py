@@ -5,6 +5,11 @@ positive-class probability; a case is called positive when ``score >= threshold`
 Undefined statistics are NaN with :class:`UndefinedMetricWarning`, never an invented value.
 Results are plain dicts or frozen dataclasses with ``to_dict()``; :func:`jsonable`
 makes any of them strict-JSON safe (NaN -> null).
+
+Errors: a bad setting (``alpha``, ``n_resamples``, ``n_bins``, ``strategy``, ``interval``, a target
+sensitivity/specificity, age-band ``edges``, a threshold probability or prevalence) raises
+:class:`~cxr_cad.errors.ConfigError`; data that cannot be scored (labels other than 0/1,
+mismatched lengths, NaN scores) raises ``ValueError``.
 """
 
 from cxr_cad.metrics._common import UndefinedMetricWarning, jsonable

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from cxr_cad.errors import ConfigError
+
 
 class UndefinedMetricWarning(UserWarning):
     """A statistic is undefined for these data (one class only, empty group, zero denominator).
@@ -79,10 +81,10 @@ def check_binary(
 
 
 def check_alpha(alpha: float) -> float:
-    """``alpha`` must lie in (0, 1); returns it as float. Raises ``ValueError``."""
+    """``alpha`` must lie in (0, 1); returns it as float. Raises ``ConfigError`` (a setting)."""
     alpha = float(alpha)
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), e.g. 0.05 for a 95% interval; got {alpha}")
+        raise ConfigError(f"alpha must be in (0, 1), e.g. 0.05 for a 95% interval; got {alpha}")
     return alpha
 
 

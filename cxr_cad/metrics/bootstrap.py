@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class
 from cxr_cad.metrics.delong import AucCI
 from cxr_cad.metrics.roc import roc_auc
@@ -57,11 +58,12 @@ def bootstrap_auc_ci(y_true, y_score, *, n_resamples: int = 2000, seed: int = 0,
         missing.
 
     Raises:
-        ValueError: bad labels/scores, alpha or n_resamples.
+        ValueError: bad labels/scores.
+        ConfigError: bad alpha or n_resamples.
     """
     alpha = check_alpha(alpha)
     if int(n_resamples) != n_resamples or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer; got {n_resamples}")
+        raise ConfigError(f"n_resamples must be a positive integer; got {n_resamples}")
     y, s = check_binary(y_true, y_score)
     n_pos, n_neg, missing = warn_one_class("bootstrap_auc_ci", y, "AUC and CI are undefined (NaN)")
     nan = float("nan")

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_undefined
 from cxr_cad.metrics.proportions import wilson_ci
 
@@ -53,7 +54,7 @@ def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
         # np.linspace(0, 100) differs in the last bit (e.g. 30.0 vs 30.000000000000004), which
         # moves an image whose score equals a percentile into the other bin.
         return np.percentile(p, np.linspace(0, 1, n_bins + 1) * 100)
-    raise ValueError(f"strategy must be 'uniform' (equal-width) or 'quantile'; got {strategy!r}")
+    raise ConfigError(f"strategy must be 'uniform' (equal-width) or 'quantile'; got {strategy!r}")
 
 
 def reliability_curve(
@@ -69,11 +70,11 @@ def reliability_curve(
         alpha: for the Wilson interval of each bin's fraction of positives.
 
     Non-empty bins agree with ``sklearn.calibration.calibration_curve``.
-    Raises ``ValueError`` for bad input, strategy or n_bins.
+    Raises ``ValueError`` for bad input, ``ConfigError`` for a bad strategy or n_bins.
     """
     alpha = check_alpha(alpha)
     if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer; got {n_bins}")
+        raise ConfigError(f"n_bins must be a positive integer; got {n_bins}")
     n_bins = int(n_bins)
     y, p = check_binary(y_true, y_prob, name="y_prob", probabilities=True)
     if y.size == 0:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class, warn_undefined
 
 
@@ -128,11 +129,12 @@ def delong_auc_ci(y_true, y_score, *, alpha: float = 0.05, interval: str = "wald
         :class:`UndefinedMetricWarning`.
 
     Raises:
-        ValueError: bad labels/scores or alpha.
+        ValueError: bad labels/scores.
+        ConfigError: bad alpha or interval.
     """
     alpha = check_alpha(alpha)
     if interval not in ("wald", "logit"):
-        raise ValueError(f"interval must be 'wald' or 'logit'; got {interval!r}")
+        raise ConfigError(f"interval must be 'wald' or 'logit'; got {interval!r}")
     y, s = check_binary(y_true, y_score)
     n_pos, n_neg, missing = warn_one_class("delong_auc_ci", y, "AUC and CI are undefined (NaN)")
     nan = float("nan")
@@ -189,7 +191,8 @@ def delong_paired_test(y_true, score_a, score_b, *, alpha: float = 0.05) -> Pair
         has fewer than 2 cases or the difference has zero variance (identical rankings).
 
     Raises:
-        ValueError: bad labels/scores, different lengths, bad alpha.
+        ValueError: bad labels/scores, different lengths.
+        ConfigError: bad alpha.
     """
     alpha = check_alpha(alpha)
     y, a = check_binary(y_true, score_a, name="score_a")

@@ -21,6 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class, warn_undefined
 from cxr_cad.metrics.proportions import balanced_accuracy_ci, f1_ci, likelihood_ratios, proportion
 
@@ -130,7 +131,7 @@ def threshold_for_sensitivity(y_true, y_score, target: float) -> float:
     """
     target = float(target)
     if not 0.0 < target <= 1.0:
-        raise ValueError(f"target sensitivity must be in (0, 1]; got {target}")
+        raise ConfigError(f"target sensitivity must be in (0, 1]; got {target}")
     y, s = check_binary(y_true, y_score)
     if not _both_classes("threshold_for_sensitivity", y):
         return float("nan")
@@ -149,7 +150,7 @@ def threshold_for_specificity(y_true, y_score, target: float) -> float:
     """
     target = float(target)
     if not 0.0 <= target <= 1.0:
-        raise ValueError(f"target specificity must be in [0, 1]; got {target}")
+        raise ConfigError(f"target specificity must be in [0, 1]; got {target}")
     y, s = check_binary(y_true, y_score)
     if not _both_classes("threshold_for_specificity", y):
         return float("nan")

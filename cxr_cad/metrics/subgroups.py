@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.manifest.age import age_in_years
 from cxr_cad.metrics._common import UndefinedMetricWarning, warn_undefined
 from cxr_cad.metrics.delong import delong_auc_ci
@@ -50,7 +51,7 @@ def age_band(patient_age: Any, *, edges: Sequence[float] = AGE_EDGES) -> str:
     """
     edges = [float(e) for e in edges]
     if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"age band edges must be a non-empty increasing sequence; got {edges}")
+        raise ConfigError(f"age band edges must be a non-empty increasing sequence; got {edges}")
     years = age_years(patient_age)
     if math.isnan(years):
         return UNKNOWN_AGE

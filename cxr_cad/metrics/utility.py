@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 from scipy.stats import norm
 
+from cxr_cad.errors import ConfigError
 from cxr_cad.metrics._common import check_alpha, check_binary, warn_one_class, warn_undefined
 
 #: threshold probabilities of the decision curve: 1% to 99% in steps of 1%
@@ -36,7 +37,7 @@ def net_benefit(y_true, y_score, threshold: float) -> float:
     """
     pt = float(threshold)
     if not 0.0 < pt < 1.0:
-        raise ValueError(f"threshold probability must be in (0, 1); got {threshold}")
+        raise ConfigError(f"threshold probability must be in (0, 1); got {threshold}")
     y, s = check_binary(y_true, y_score, probabilities=True)
     if y.size == 0:
         warn_undefined("net_benefit: no cases; undefined (NaN)")
@@ -57,7 +58,7 @@ def decision_curve(y_true, y_score, *, thresholds=DEFAULT_THRESHOLDS) -> dict:
     y, s = check_binary(y_true, y_score, probabilities=True)
     pts = np.asarray(thresholds, dtype=np.float64)
     if pts.size == 0 or pts.min() <= 0 or pts.max() >= 1:
-        raise ValueError("decision curve thresholds must lie in (0, 1)")
+        raise ConfigError("decision curve thresholds must lie in (0, 1)")
     n = y.size
     if n == 0:
         warn_undefined("decision_curve: no cases; undefined (NaN)")
@@ -106,7 +107,7 @@ def predictive_values(tp: int, fp: int, tn: int, fn: int, prevalence: float, *, 
     alpha = check_alpha(alpha)
     p = float(prevalence)
     if not 0.0 < p < 1.0:
-        raise ValueError(f"prevalence must be in (0, 1); got {prevalence}")
+        raise ConfigError(f"prevalence must be in (0, 1); got {prevalence}")
     n_pos, n_neg = tp + fn, fp + tn
     nan = {"value": float("nan"), "low": float("nan"), "high": float("nan")}
     if n_pos == 0 or n_neg == 0:

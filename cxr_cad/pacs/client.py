@@ -27,7 +27,7 @@ import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from cxr_cad.errors import UsageError
+from cxr_cad.errors import ConfigError
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -55,7 +55,7 @@ def is_dicomweb(source: str | os.PathLike) -> bool:
 
 
 def parse_url(source: str) -> str:
-    """``dicomweb:https://pacs/dicom-web`` -> ``https://pacs/dicom-web`` (UsageError if malformed).
+    """``dicomweb:https://pacs/dicom-web`` -> ``https://pacs/dicom-web`` (ConfigError if malformed).
 
     Credentials inside the URL (``https://user:pw@host``) are refused: they would end up in
     logs and shell history; use the environment or netrc instead.
@@ -63,12 +63,12 @@ def parse_url(source: str) -> str:
     url = str(source)[len(PREFIX) :] if is_dicomweb(source) else str(source)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(
+        raise ConfigError(
             f"{source!r} is not a DICOMweb URL; write dicomweb:http(s)://HOST[:PORT]/PREFIX, "
             "e.g. dicomweb:http://127.0.0.1:8042/dicom-web"
         )
     if parts.username or parts.password:
-        raise UsageError(
+        raise ConfigError(
             "do not put credentials in the DICOMweb URL; set CXR_CAD_DICOMWEB_USER and "
             "CXR_CAD_DICOMWEB_PASSWORD (or CXR_CAD_DICOMWEB_TOKEN, or a ~/.netrc entry)"
         )
@@ -101,7 +101,7 @@ def _session(retries: int):
         session.headers["Authorization"] = f"Bearer {token}"
     elif user:
         if password is None:
-            raise UsageError(f"{USER_ENV} is set but {PASSWORD_ENV} is not; set both, or neither to use ~/.netrc")
+            raise ConfigError(f"{USER_ENV} is set but {PASSWORD_ENV} is not; set both, or neither to use ~/.netrc")
         session.auth = (user, password)
     # else: requests reads ~/.netrc (or $NETRC) for the host on each request (trust_env)
     ca = os.environ.get(CA_BUNDLE_ENV)
@@ -112,7 +112,7 @@ def _session(retries: int):
 def make_client(url: str, *, retries: int | None = None) -> DICOMwebClient:
     """A :class:`dicomweb_client.DICOMwebClient` for ``url`` (with or without the ``dicomweb:`` prefix).
 
-    Raises UsageError for a malformed URL or half-set credentials. Nothing is sent yet.
+    Raises ConfigError (a UsageError) for a malformed URL or half-set credentials. Nothing is sent yet.
     """
     from dicomweb_client import DICOMwebClient
 
@@ -121,7 +121,7 @@ def make_client(url: str, *, retries: int | None = None) -> DICOMwebClient:
         try:
             retries = int(os.environ.get(RETRIES_ENV, "4"))
         except ValueError as exc:
-            raise UsageError(f"{RETRIES_ENV} must be a whole number of retries") from exc
+            raise ConfigError(f"{RETRIES_ENV} must be a whole number of retries") from exc
     client = DICOMwebClient(base, session=_session(max(0, retries)), timeout=TIMEOUT_S)
     # dicomweb-client's own retry layer would retry again on top of urllib3's: off.
     client.set_http_retry_params(retry=False)

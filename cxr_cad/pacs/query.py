@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_cad.errors import UsageError
+from cxr_cad.errors import ConfigError
 from cxr_cad.infra import atomic_write
 from cxr_cad.pacs.client import network_reason
 
@@ -44,7 +44,7 @@ class RemoteInstance:
 def parse_query(items: Sequence[str] | None) -> dict[str, str]:
     """``["Modality=DX", "StudyDate=20240101-20240131"]`` -> a QIDO-RS filter dict.
 
-    Raises UsageError listing every malformed item or unknown keyword.
+    Raises ConfigError (a UsageError) listing every malformed item or unknown keyword.
     """
     from pydicom.datadict import tag_for_keyword
 
@@ -62,7 +62,7 @@ def parse_query(items: Sequence[str] | None) -> dict[str, str]:
         else:
             out[key] = value
     if problems:
-        raise UsageError("--query: " + "; ".join(problems))
+        raise ConfigError("--query: " + "; ".join(problems))
     return out
 
 

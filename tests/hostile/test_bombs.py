@@ -11,7 +11,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.errors import ConfigError, Reason, RejectedFile
 from cxr_cad.io import AcceptPolicy, read_header, read_image
 from cxr_cad.io.codestream import codestream_size
 from cxr_cad.io.policy import DEFAULT_MAX_IMAGE_BYTES
@@ -49,7 +49,7 @@ def test_limit_is_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_CAD_MAX_IMAGE_BYTES", str(1 << 20))
     assert AcceptPolicy().max_image_bytes == 1 << 20
     assert _reason(read_header, path, policy=AcceptPolicy()) == Reason.IMAGE_TOO_LARGE
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         AcceptPolicy(max_image_bytes=0)
 
 
