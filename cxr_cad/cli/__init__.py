@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cxr-cad",
         description="Chest-radiograph computer-aided classification: ingest DICOM/PNG/JPEG, "
-        "train and cross-validate a ResNet18, predict, evaluate and report.",
+        "train and cross-validate a network (ResNet18, ResNet50, DenseNet121: --arch), predict, evaluate and report.",
     )
     parser.add_argument("--version", action="version", version=f"cxr-cad {__version__}")
     _add_verbosity(parser, 0, False)
