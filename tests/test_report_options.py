@@ -75,6 +75,10 @@ def test_new_call_form_gives_the_numbers_of_the_old_one(tmp_path):
         == {k: v for k, v in result.data.items() if k != "generated_utc"}
     )
     assert (tmp_path / "old" / "predictions.csv").read_text() == (tmp_path / "new" / "predictions.csv").read_text()
+    from_dict = write_report(df, tmp_path / "dict", opts.model_dump())
+    assert {k: v for k, v in from_dict.data.items() if k != "generated_utc"} == _metrics(tmp_path / "new")
+    with pytest.raises(ConfigError, match="n_bootstrap"):
+        write_report(df, tmp_path / "dict", {"n_bootstrap": 3})
     assert "patient_id" in (tmp_path / "new" / "predictions.csv").read_text().splitlines()[0]
     assert result.data["threshold_provenance"]["source"] == "command line"
     assert not (tmp_path / "new" / "report.pdf").exists()

@@ -118,7 +118,7 @@ def _predictions_table(ev: pd.DataFrame, d: dict, include_identifiers: bool) -> 
 def write_report(
     predictions: pd.DataFrame,
     out_dir: str | os.PathLike[str],
-    options: ReportOptions | None = None,
+    options: ReportOptions | Mapping[str, Any] | None = None,
     *,
     model_info: Mapping[str, Any] | None = None,
     rejected_df: pd.DataFrame | None = None,
@@ -137,7 +137,8 @@ def write_report(
             ``patient_age``/``patient_age_years``, ``manufacturer``.
         out_dir: report folder (created; existing report files are replaced).
         options: :class:`ReportOptions`: statistics, positive class and threshold, cohort
-            description, identifiers, PDF (default ``ReportOptions()``).
+            description, identifiers, PDF (default ``ReportOptions()``); a mapping of its fields
+            is validated into one.
         model_info: header fields (see :func:`model_info_from_bundle`); supplies the positive
             class and threshold that ``options`` leaves unset.
         rejected_df: files not scored, with a ``reason`` column (counted by reason code).

@@ -106,8 +106,9 @@ class LegacyReportKwargs(TypedDict, total=False):
 _LEGACY = frozenset(LegacyReportKwargs.__annotations__)
 
 
-def fold_legacy_kwargs(options: ReportOptions | None, legacy: dict[str, Any]) -> ReportOptions:
-    """``options`` with the old-style keyword arguments of ``write_report`` folded in.
+def fold_legacy_kwargs(options: ReportOptions | Mapping[str, Any] | None, legacy: dict[str, Any]) -> ReportOptions:
+    """``options`` (a :class:`ReportOptions`, or a mapping of its fields, e.g. a workflow's
+    ``report:`` section) with the old-style keyword arguments of ``write_report`` folded in.
 
     Raises:
         TypeError: a keyword ``write_report`` never took (a programming error, as Python reports it).
@@ -117,7 +118,10 @@ def fold_legacy_kwargs(options: ReportOptions | None, legacy: dict[str, Any]) ->
     unknown = sorted(set(legacy) - _LEGACY)
     if unknown:
         raise TypeError(f"write_report() got unexpected keyword argument(s): {', '.join(unknown)}")
-    options = options if options is not None else ReportOptions()
+    if options is None:
+        options = ReportOptions()
+    elif not isinstance(options, ReportOptions):
+        options = ReportOptions.model_validate(dict(options))
     if not legacy:
         return options
     clash = [k for k in legacy if k in options.model_fields_set and getattr(options, k) != legacy[k]]
