@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from cxr_cad.errors import Reason, UsageError
+from cxr_cad.errors import ConfigError, Reason, UsageError
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.io.scan import (
     DEFAULT_PATIENT_ID_PATTERN,
@@ -255,8 +255,10 @@ def test_custom_patient_id_pattern(tmp_path):
     result = scan_sources([tmp_path], workers=1, patient_id_pattern=r"_(pat\d+)_")
     assert result.accepted["patient_id"].tolist() == ["pat42", "pat42"]
     assert result.patient_id_rule["pattern"] == r"_(pat\d+)_" and not result.patient_id_rule["default_pattern"]
-    with pytest.raises(UsageError, match="not a valid regular expression"):
+    with pytest.raises(ConfigError, match="not a valid regular expression"):  # a bad setting (exit 2)
         scan_sources([tmp_path], patient_id_pattern="(")
+    with pytest.raises(ConfigError, match="no capture group"):
+        compile_patient_id_pattern("P")
     assert DEFAULT_PATIENT_ID_PATTERN.startswith("^")
 
 
