@@ -16,6 +16,7 @@ from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest
 from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report
 from cxr_cad.api._scoring import (
     SUBGROUP_COLUMNS,
+    cohort_shift,
     evaluate,
     join_metadata,
     predict,
@@ -34,6 +35,7 @@ __all__ = [
     "IngestOutcome",
     "SUBGROUP_COLUMNS",
     "as_config",
+    "cohort_shift",
     "crossval",
     "evaluate",
     "ingest",

@@ -89,6 +89,25 @@ def join_metadata(
     )
 
 
+def cohort_shift(pred: pd.DataFrame, bundle: Bundle | None) -> tuple[dict | None, bool]:
+    """Whether the scored cohort is unlike the model's training images (docs/shift.md), from the
+    predictions' ``shift_score`` (and age/view) and the bundle's training summary: ``(result,
+    flagged only by the age/view comparison)``; ``(None, False)`` ("not computed") when the
+    bundle or the column is missing."""
+    if bundle is None or "shift_score" not in pred.columns:
+        return None, False
+    from cxr_cad.model.shift import summary_from_bundle, table_shift
+
+    table = pred.assign(shift_score=pd.to_numeric(pred["shift_score"], errors="coerce"))
+    if "patient_age_years" in table.columns:
+        table["patient_age_years"] = pd.to_numeric(table["patient_age_years"], errors="coerce")
+    try:
+        return table_shift(table, summary_from_bundle(bundle))
+    except (KeyError, ValueError) as exc:  # a summary this code cannot use: reported as "not computed"
+        log.info("cohort shift not computed: %s", exc)
+        return None, False
+
+
 def _bundle_path(bundle: Bundle | PathLike) -> str:
     path = bundle if isinstance(bundle, (str, os.PathLike)) else getattr(bundle, "path", "")
     if not path:

@@ -169,10 +169,9 @@ def _report(args: argparse.Namespace, bundle, pred: pd.DataFrame, rejected: pd.D
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.api import join_metadata, labelled_cohort
+    from cxr_cad.api import cohort_shift, join_metadata, labelled_cohort
     from cxr_cad.manifest import manifest_hash
     from cxr_cad.model import load_bundle
-    from cxr_cad.model.shift import summary_from_bundle, table_shift
     from cxr_cad.pacs.cliopts import write_dicom_outputs
 
     bundle = load_bundle(args.model)
@@ -192,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         pred, rejected = _score(args.model, cohort_data.manifest_path, work / "scores", args)
         dicom_line = write_dicom_outputs(args, args.model, work / "scores" / "predictions.csv")
         pred = join_metadata(pred.drop(columns=["label"], errors="ignore"), cohort_data.manifest, keys=("path",))
-        shift, newly_flagged = table_shift(pred, summary_from_bundle(bundle))  # docs/shift.md
+        shift, newly_flagged = cohort_shift(pred, bundle)  # docs/shift.md
         if newly_flagged:
             log.warning("dataset shift: %s", (shift or {}).get("message"))
         rejected = pd.concat([cohort_data.rejected, rejected], ignore_index=True)

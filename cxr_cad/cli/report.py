@@ -203,21 +203,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _cohort_shift(pred: pd.DataFrame, bundle) -> dict | None:
-    """The cohort-shift result from the predictions' ``shift_score`` column and the bundle's
-    training summary (docs/shift.md); None ("not computed") when either is missing."""
-    if bundle is None or "shift_score" not in pred.columns:
-        return None
-    try:
-        from cxr_cad.model.shift import summary_from_bundle, table_shift
-    except ImportError:  # pragma: no cover - shift module absent in this installation
-        return None
-    table = pred.assign(shift_score=pd.to_numeric(pred["shift_score"], errors="coerce"))
-    if "patient_age_years" in table.columns:
-        table["patient_age_years"] = pd.to_numeric(table["patient_age_years"], errors="coerce")
-    return table_shift(table, summary_from_bundle(bundle))[0]
-
-
 def _threshold_choice(
     args: argparse.Namespace, pred: pd.DataFrame, bundle
 ) -> tuple[float | None, str | None, str | None]:
@@ -249,7 +234,7 @@ def _gradcam(args: argparse.Namespace, bundle, pred: pd.DataFrame):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.api import join_metadata, read_table
+    from cxr_cad.api import cohort_shift, join_metadata, read_table
     from cxr_cad.report import model_info_from_bundle, write_report
 
     pred = read_table(args.predictions, "predictions table")
@@ -286,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             "name_a": (info or {}).get("name", "this model"),
         }
     gradcam, note = _gradcam(args, bundle, pred)
-    shift = _cohort_shift(pred, bundle)
+    shift = cohort_shift(pred, bundle)[0]
     result = write_report(
         pred,
         args.out,

@@ -66,6 +66,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
+    from cxr_cad.api import cohort_shift
     from cxr_cad.model import load_bundle
     from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
 
@@ -92,13 +93,7 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
             "sha256": ev["models"][other]["sha256"],
         }
     cohort_name = "held-out patients of the training data" if step == "split" else "test cohort"
-    shift = None
-    try:
-        from cxr_cad.model.shift import summary_from_bundle, table_shift
-
-        shift = table_shift(pred, summary_from_bundle(bundle))[0]
-    except (ImportError, KeyError, ValueError) as exc:  # no shift summary / columns: reported as "not computed"
-        log.info("cohort shift not computed: %s", exc)
+    shift = cohort_shift(pred, bundle)[0]  # None: reported as "not computed"
     result = write_report(
         pred,
         ctx.step_dir / "test",
