@@ -114,10 +114,6 @@ class WeightsError(CxrCadError):
     """Initial weights that cannot be obtained or do not fit the model."""
 
 
-class InitSpecError(WeightsError, UsageError):
-    """An ``--init`` value that names no initialisation (a typo such as ``imagenett``): exit 2."""
-
-
 class OutputError(CxrCadError):
     """An output folder or file that cannot be written."""
 
