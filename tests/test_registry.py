@@ -93,6 +93,8 @@ def test_unknown_arch_is_a_config_error_naming_the_known_ones():
         init_model("none", 2, 1, arch="resnet34")
     with pytest.raises(ConfigError):
         build_network(2, 1, arch="Resnet18")
+    with pytest.raises(ConfigError, match="needs a path after the colon"):
+        init_model("imagenet:", 2, 1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

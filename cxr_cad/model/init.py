@@ -102,7 +102,7 @@ def init_model(
     if spec == "imagenet" or spec.startswith("imagenet:"):
         source = spec.split(":", 1)[1] if ":" in spec else "download"
         if not source:
-            raise WeightsError(f"--init imagenet: needs a path after the colon. {how_to_pass_weights(arch)}")
+            raise ConfigError(f"--init imagenet: needs a path after the colon. {how_to_pass_weights(arch)}")
         return model, {**load_imagenet_weights(model, source, progress=progress, arch=arch), "seed": int(seed)}
     path = Path(spec).expanduser()
     if not path.is_file():
