@@ -20,8 +20,6 @@ import os
 import stat
 from typing import BinaryIO
 
-from cxr_cad.infra import umask_file_mode as umask_file_mode  # deprecated re-export: use cxr_cad.infra
-
 #: Largest config or workflow file read (bytes); real ones are a few kB.
 MAX_TEXT_FILE_BYTES = 1 << 20
 

@@ -20,7 +20,6 @@ from cxr_cad.manifest.schema import (
     INT_COLUMNS,
     MANIFEST_COLUMNS,
     REQUIRED_COLUMNS,
-    atomic_write_many,
     manifest_hash,
     manifest_text,
     normalise_manifest,
@@ -55,7 +54,6 @@ __all__ = [
     "resolve_paths",
     "relative_paths",
     "age_in_years",
-    "atomic_write_many",  # deprecated: cxr_cad.infra.atomic_write_many
     "write_table",
     "table_text",
     "manifest_text",

@@ -180,6 +180,36 @@ def _match_paths(
     return matches, why
 
 
+def _matched_labels(
+    manifest: pd.DataFrame, table: pd.DataFrame, key: str, base_dir: str | os.PathLike[str] | None
+) -> tuple[list[str], set[int], dict[int, str]]:
+    """The manifest's labels after the join, the label rows that matched, and why others did not
+    (``path`` keys only)."""
+    previous = (
+        _text(manifest["label"])
+        if "label" in manifest.columns
+        else pd.Series([""] * len(manifest), index=manifest.index)
+    )
+    new = previous.tolist()
+    matched_label_rows: set[int] = set()
+    why: dict[int, str] = {}
+    if key == "path":
+        if base_dir is None:
+            base_dir = os.path.dirname(table.attrs["source"]) if table.attrs.get("source") else os.getcwd()
+        matches, why = _match_paths(_text(manifest["path"]).tolist(), table["key"].tolist(), os.fspath(base_dir))
+        for i, j in matches.items():
+            new[i] = str(table["label"].iat[j])
+            matched_label_rows.add(j)
+    else:
+        lookup = dict(zip(table["key"], range(len(table))))
+        for i, k in enumerate(_text(manifest[key])):
+            hit = lookup.get(k) if k else None
+            if hit is not None:
+                new[i] = str(table["label"].iat[hit])
+                matched_label_rows.add(hit)
+    return new, matched_label_rows, why
+
+
 def join_labels(
     manifest: pd.DataFrame,
     labels: pd.DataFrame | str | os.PathLike,
@@ -213,24 +243,7 @@ def join_labels(
     if key not in manifest.columns:
         raise ManifestError([f"the manifest has no {key!r} column to join labels on"])
     out = manifest.copy()
-    previous = _text(out["label"]) if "label" in out.columns else pd.Series([""] * len(out), index=out.index)
-    new = previous.tolist()
-    matched_label_rows: set[int] = set()
-    why: dict[int, str] = {}
-    if key == "path":
-        if base_dir is None:
-            base_dir = os.path.dirname(table.attrs["source"]) if table.attrs.get("source") else os.getcwd()
-        matches, why = _match_paths(_text(out["path"]).tolist(), table["key"].tolist(), os.fspath(base_dir))
-        for i, j in matches.items():
-            new[i] = str(table["label"].iat[j])
-            matched_label_rows.add(j)
-    else:
-        lookup = dict(zip(table["key"], range(len(table))))
-        for i, k in enumerate(_text(out[key])):
-            hit = lookup.get(k) if k else None
-            if hit is not None:
-                new[i] = str(table["label"].iat[hit])
-                matched_label_rows.add(hit)
+    new, matched_label_rows, why = _matched_labels(out, table, key, base_dir)
     out["label"] = new
     unmatched_idx = [j for j in range(len(table)) if j not in matched_label_rows]
     unmatched = table.iloc[unmatched_idx].rename(columns={"key": key})[["line", key, "label"]].copy()

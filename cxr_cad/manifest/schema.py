@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -321,14 +321,6 @@ def _make_parents(paths: Iterable[PathLike]) -> None:
     for parent in {Path(p).parent for p in paths}:
         with contextlib.suppress(OSError):
             parent.mkdir(parents=True, exist_ok=True)
-
-
-def atomic_write_many(files: Mapping[PathLike, str]) -> None:
-    """Deprecated: use :func:`cxr_cad.infra.atomic_write_many` (this one also creates the folders).
-
-    Kept while ``cxr_cad.cli.ingest`` imports it from here."""
-    _make_parents(files)
-    infra.atomic_write_many(files, hint=WRITE_HINT)
 
 
 def table_text(df: pd.DataFrame) -> str:
