@@ -325,3 +325,18 @@ def test_labels_csv_with_excel_bom(tmp_path):
     (tmp_path / "l.csv").write_bytes("\ufeffpatient_id,label\np1,NORMAL\n".encode("utf-8"))
     table, key, detected = read_labels(tmp_path / "l.csv")
     assert key == "patient_id" and table["label"].tolist() == ["NORMAL"]
+
+
+def test_write_table_creates_the_folder_and_reports_unwritable_ones(tmp_path):
+    """Tables go through cxr_cad.infra's atomic writer; the folder is created as before, and a
+    file where the folder should be is an OutputError naming it (nothing left behind)."""
+    from cxr_cad.errors import OutputError
+    from cxr_cad.manifest import write_table
+
+    dest = tmp_path / "a" / "b" / "t.csv"
+    write_table(pd.DataFrame({"x": [1, 2]}), dest)
+    assert dest.read_text() == "x\n1\n2\n"
+    assert [p.name for p in dest.parent.iterdir()] == ["t.csv"]  # no temporary file left
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    with pytest.raises(OutputError, match="t.csv in .*blocked"):
+        write_table(pd.DataFrame({"x": [1]}), tmp_path / "blocked" / "t.csv")
