@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cxr_cad.config import TrainConfig
 from cxr_cad.engine import rundir
@@ -19,26 +21,51 @@ from cxr_cad.engine.train_setup import with_changes
 from cxr_cad.errors import OutputError
 from cxr_cad.manifest import manifest_hash
 
+if TYPE_CHECKING:
+    from cxr_cad.model import Bundle
+
 log = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
 
 
-def ensemble_final(
-    df: pd.DataFrame, out_dir: Path, fold_bundles: list[Path], youden: float, fold_thresholds: list[float]
-) -> dict:
-    """``final/model.pt``: the fold models as one bundle averaging their probabilities.
+def _pooled_threshold(youden: float, fold_thresholds: list[float]) -> tuple[float, str]:
+    """(threshold, method): the pooled out-of-fold Youden threshold, else the mean of the folds'."""
+    if math.isfinite(youden):
+        return youden, "youden"
+    return float(np.mean(fold_thresholds)), "fixed"
 
-    The members are the fold networks (a fold bundle with hflip TTA keeps it: the ensemble
-    then averages flipped views too). The threshold is the pooled out-of-fold Youden
-    threshold (each image scored by the fold model that never saw its patient: the nearest
-    unbiased stand-in for the ensemble's own scores), else the mean of the fold thresholds.
-    """
-    from cxr_cad.model import ProbabilityAverage, load_bundle, save_bundle, unwrap_model
 
-    bundles = [load_bundle(p) for p in fold_bundles]
+def _chosen_on(df: pd.DataFrame, n_folds: int) -> dict[str, Any]:
+    """The final bundle's ``threshold_chosen_on``: the pooled out-of-fold predictions."""
+    return {
+        "manifest_hash": manifest_hash(df),
+        "n": len(df),
+        "description": f"pooled out-of-fold predictions of {n_folds}-fold patient-grouped "
+        "cross-validation (crossval/oof_predictions.csv)",
+    }
+
+
+def _record(bundle: Path, threshold: float, method: str, fold_thresholds: list[float], **more: Any) -> dict[str, Any]:
+    """What ``cv_metrics.json`` records under ``final``."""
+    return {
+        "bundle": str(bundle),
+        **more,
+        "threshold": float(threshold),
+        "threshold_method": f"pooled out-of-fold {method}" if method == "youden" else "mean of fold thresholds",
+        "fold_threshold_mean": float(np.mean(fold_thresholds)),
+    }
+
+
+def _members(bundles: list[Bundle]) -> tuple[list[torch.nn.Module], bool]:
+    """The networks of the fold bundles (a TTA bundle's members, with its hflip) for one ensemble.
+
+    Raises OutputError when the fold bundles differ in classes or transform spec."""
+    from cxr_cad.model import ProbabilityAverage, unwrap_model
+
     first = bundles[0]
-    members, hflip = [], False
+    members: list[torch.nn.Module] = []
+    hflip = False
     for b in bundles:
         net = unwrap_model(b.model)
         if isinstance(net, ProbabilityAverage):
@@ -51,14 +78,25 @@ def ensemble_final(
                 f"fold bundle {b.path} differs from {first.path} in classes or transform spec; "
                 "they cannot form one ensemble"
             )
-    threshold = youden if math.isfinite(youden) else float(np.mean(fold_thresholds))
-    method = "youden" if math.isfinite(youden) else "fixed"
-    chosen_on = {
-        "manifest_hash": manifest_hash(df),
-        "n": len(df),
-        "description": f"pooled out-of-fold predictions of {len(bundles)}-fold patient-grouped "
-        "cross-validation (crossval/oof_predictions.csv)",
-    }
+    return members, hflip
+
+
+def ensemble_final(
+    df: pd.DataFrame, out_dir: Path, fold_bundles: list[Path], youden: float, fold_thresholds: list[float]
+) -> dict[str, Any]:
+    """``final/model.pt``: the fold models as one bundle averaging their probabilities.
+
+    The members are the fold networks (a fold bundle with hflip TTA keeps it: the ensemble
+    then averages flipped views too). The threshold is the pooled out-of-fold Youden
+    threshold (each image scored by the fold model that never saw its patient: the nearest
+    unbiased stand-in for the ensemble's own scores), else the mean of the fold thresholds.
+    """
+    from cxr_cad.model import ProbabilityAverage, load_bundle, save_bundle
+
+    bundles = [load_bundle(p) for p in fold_bundles]
+    first = bundles[0]
+    members, hflip = _members(bundles)
+    threshold, method = _pooled_threshold(youden, fold_thresholds)
     path = out_dir / FINAL_DIR / rundir.BUNDLE_FILE
     save_bundle(
         path,
@@ -69,7 +107,7 @@ def ensemble_final(
         threshold=float(threshold),
         threshold_method=method,
         threshold_params={} if method == "youden" else {"value": float(threshold)},
-        threshold_chosen_on=chosen_on,
+        threshold_chosen_on=_chosen_on(df, len(bundles)),
         manifest_hash=manifest_hash(df),
         train_config=first.train_config,
         init_record=first.meta.get("init"),
@@ -92,15 +130,7 @@ def ensemble_final(
         threshold,
         method,
     )
-    return {
-        "bundle": str(path),
-        "epochs": None,
-        "kind": "ensemble",
-        "members": len(members),
-        "threshold": float(threshold),
-        "threshold_method": f"pooled out-of-fold {method}" if method == "youden" else "mean of fold thresholds",
-        "fold_threshold_mean": float(np.mean(fold_thresholds)),
-    }
+    return _record(path, threshold, method, fold_thresholds, epochs=None, kind="ensemble", members=len(members))
 
 
 def final_epochs(best_epochs: list[int | None], default: int) -> int:
@@ -114,17 +144,16 @@ def train_final(
     out_dir: Path,
     cfg: TrainConfig,
     cache_dir: Path,
-    best: list,
+    best: list[int | None],
     youden: float,
     fold_thresholds: list[float],
     n_folds: int,
-) -> dict:
+) -> dict[str, Any]:
     """Train on every image for the CV-chosen epochs; the bundle gets the pooled OOF Youden threshold."""
     from cxr_cad.model import load_bundle, save_bundle
 
     epochs = final_epochs(best, cfg.epochs)
-    threshold = youden if math.isfinite(youden) else float(np.mean(fold_thresholds))
-    method = "youden" if math.isfinite(youden) else "fixed"
+    threshold, method = _pooled_threshold(youden, fold_thresholds)
     final_cfg = with_changes(
         cfg,
         epochs=epochs,
@@ -141,12 +170,7 @@ def train_final(
         method,
     )
     result = train_model(df.drop(columns=["row"]), final_dir, final_cfg)
-    chosen_on = {
-        "manifest_hash": manifest_hash(df),
-        "n": len(df),
-        "description": f"pooled out-of-fold predictions of {n_folds}-fold patient-grouped "
-        "cross-validation (crossval/oof_predictions.csv)",
-    }
+    chosen_on = _chosen_on(df, n_folds)
     bundle = load_bundle(result.bundle_path)
     if bundle.threshold_selection.get("chosen_on") != chosen_on:
         meta = bundle.meta
@@ -174,10 +198,4 @@ def train_final(
             init_record=meta.get("init"),
             extra=extra,
         )
-    return {
-        "bundle": str(result.bundle_path),
-        "epochs": epochs,
-        "threshold": float(threshold),
-        "threshold_method": f"pooled out-of-fold {method}" if method == "youden" else "mean of fold thresholds",
-        "fold_threshold_mean": float(np.mean(fold_thresholds)),
-    }
+    return _record(result.bundle_path, threshold, method, fold_thresholds, epochs=epochs)

@@ -17,6 +17,7 @@ from cxr_cad.engine import rundir
 from cxr_cad.engine.data import make_items
 from cxr_cad.engine.train import TrainResult
 from cxr_cad.errors import ConfigError, OutputError
+from cxr_cad.infra import sha256_file
 from cxr_cad.manifest import write_table
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,8 @@ def heldout(
     cache_dir: Path,
 ) -> tuple[np.ndarray, float]:
     """Held-out probabilities of fold ``k`` (reused when the same bundle made them)."""
-    from cxr_cad.model import file_sha256
-
     meta_path, pred_path = fold_dir / HELDOUT_META, fold_dir / HELDOUT_FILE
-    sha = file_sha256(result.bundle_path)
+    sha = sha256_file(result.bundle_path)
     if meta_path.exists() and pred_path.exists():
         meta = rundir.read_json(meta_path)
         old = pd.read_csv(pred_path, dtype={"sop_instance_uid": str}, keep_default_na=False)

@@ -7,8 +7,8 @@ exactly one of the two.
 
 How it is fast
     Decoding and preprocessing run in DataLoader worker processes, overlapped with
-    inference on batches; the decoder is told the model's input size (``reduce_to``) so
-    JPEG 2000 decodes at a reduced resolution; BatchNorm is folded into the convolutions;
+    inference on batches; every file is decoded at full resolution (issue 10); BatchNorm is
+    folded into the convolutions (every registered network, :func:`cxr_cad.model.fold_batchnorm`);
     the model runs with bf16 autocast and channels-last on CPUs with native bf16 units,
     AMP on CUDA, fp32 elsewhere (:mod:`cxr_cad.engine.runtime`), the first convolution
     kept in fp32 (:func:`prepare_for_inference`); optionally ``torch.compile``.

@@ -22,7 +22,6 @@ untouched. The output ``"image"`` is a ``(C, S, S)`` float32 ``torch.Tensor``. I
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -52,6 +51,7 @@ from monai.transforms import (
     Transform,
 )
 
+from cxr_cad.infra import sha256_bytes
 from cxr_cad.transforms.intensity import ScalePercentilesd
 from cxr_cad.transforms.reader import REJECTED_KEY, CxrReader, LoadCxrImaged, rejection_record
 from cxr_cad.transforms.spec import AugmentSpec, TransformSpec
@@ -224,7 +224,7 @@ def spec_cache_key(spec: TransformSpec) -> str:
     """Short hash of the fields that decide the cached (deterministic) output."""
     fields = {k: getattr(spec, k) for k in ("image_size", "aspect", "apply_voi", "interpolation")}
     blob = json.dumps({"v": 3, **fields}, sort_keys=True).encode()  # v3: every file decoded at full resolution
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return sha256_bytes(blob)[:16]
 
 
 def _image_hash(item: Mapping[Hashable, Any]) -> bytes:
@@ -239,7 +239,7 @@ def _image_hash(item: Mapping[Hashable, Any]) -> bytes:
     except (OSError, TypeError):
         stamp = None  # a missing file is reported by the reader, not here
     blob = json.dumps({"image": os.fspath(path) if path is not None else None, "stat": stamp}).encode()
-    return hashlib.sha256(blob).hexdigest().encode()
+    return sha256_bytes(blob).encode()
 
 
 class _WithCachedImage(Sequence[Item]):
