@@ -176,16 +176,13 @@ def write_cv_report(
         cv_metrics = result.metrics
     if manifest is not None:
         oof = join_metadata(oof, manifest, keys=("sop_instance_uid",))
-    return write_report(
-        oof,
-        out_dir,
+    opts = (options or ReportOptions()).replace(
         positive_class=positive_class,
         threshold=None,
-        cohort_info=cohort_info,
-        cv=cv_metrics,
+        cohort_info=dict(cohort_info) if cohort_info is not None else None,
         gradcam_note=gradcam_note
         or "Grad-CAM needs one model; cross-validation has one per fold. Run `cxr-cad evaluate` with a bundle "
         "for the gallery.",
-        options=options or ReportOptions(),
         pdf=pdf,
     )
+    return write_report(oof, out_dir, opts, cv=cv_metrics)

@@ -140,27 +140,28 @@ def _comparison(args: argparse.Namespace, bundle, manifest_path: Path, work: Pat
     }
 
 
-def _report(args: argparse.Namespace, bundle, pred: pd.DataFrame, rejected: pd.DataFrame, **fields):
+def _report(args: argparse.Namespace, bundle, pred: pd.DataFrame, rejected: pd.DataFrame, cohort_info: dict, **fields):
     """The clinical report of the scored cohort into --out."""
     from cxr_cad.report import GradcamSource, model_info_from_bundle, write_report
 
     gradcam = (
         GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group) if args.gradcam_per_group > 0 else None
     )
+    opts = report_options(
+        args,
+        threshold=args.threshold,
+        threshold_method="given on the command line" if args.threshold is not None else None,
+        threshold_source="command line" if args.threshold is not None else "bundle",
+        cohort_info=cohort_info,
+        gradcam_note="Grad-CAM explanations were not requested (--gradcam-per-group 0).",
+    )
     result = write_report(
         pred,
         args.out,
-        positive_class=args.positive_class,
-        threshold=args.threshold,
-        threshold_method="given on the command line" if args.threshold is not None else None,
+        opts,
         model_info=model_info_from_bundle(bundle, args.model),
         rejected_df=rejected,
-        include_identifiers=args.include_identifiers,
         gradcam=gradcam,
-        gradcam_note="Grad-CAM explanations were not requested (--gradcam-per-group 0).",
-        options=report_options(args),
-        pdf=not args.no_pdf,
-        threshold_source="command line" if args.threshold is not None else "bundle",
         **fields,
     )
     if args.include_identifiers:
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         source = cohort_data.manifest_path if args.manifest else Path(args.cohort_dir)
         cohort = cohort_description(args, args.manifest, source.stem if args.manifest else source.name)
         cohort["manifest_hash"] = manifest_hash(cohort_data.manifest)
-        result = _report(args, bundle, pred, rejected, cohort_info=cohort, comparison=comparison, shift=shift)
+        result = _report(args, bundle, pred, rejected, cohort, comparison=comparison, shift=shift)
     from cxr_cad.tracking import log_evaluate_run
 
     log_evaluate_run(args.track, args, bundle, result)  # --track mlflow (docs/export.md)

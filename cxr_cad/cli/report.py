@@ -122,7 +122,8 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-pdf", action="store_true", help="skip report.pdf")
 
 
-def report_options(args: argparse.Namespace):
+def report_options(args: argparse.Namespace, **fields):
+    """The report's :class:`~cxr_cad.report.ReportOptions` from the shared options, plus ``fields``."""
     from cxr_cad.report import ReportOptions
 
     return ReportOptions(
@@ -130,6 +131,10 @@ def report_options(args: argparse.Namespace):
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         prevalences=tuple(args.prevalence),
+        positive_class=args.positive_class,
+        include_identifiers=args.include_identifiers,
+        pdf=not args.no_pdf,
+        **fields,
     )
 
 
@@ -272,23 +277,23 @@ def run(args: argparse.Namespace) -> int:
         }
     gradcam, note = _gradcam(args, bundle, pred)
     shift = cohort_shift(pred, bundle)[0]
+    opts = report_options(
+        args,
+        threshold=threshold,
+        threshold_method=method,
+        threshold_source=source,
+        cohort_info=cohort,
+        gradcam_note=note,
+    )
     result = write_report(
         pred,
         args.out,
-        positive_class=args.positive_class,
-        threshold=threshold,
-        threshold_method=method,
+        opts,
         model_info=info,
-        cohort_info=cohort,
         rejected_df=rejected,
         cv=cv,
         comparison=comparison,
-        include_identifiers=args.include_identifiers,
         gradcam=gradcam,
-        gradcam_note=note,
-        options=report_options(args),
-        pdf=not args.no_pdf,
-        threshold_source=source,
         shift=shift,
     )
     if args.include_identifiers and rejected is not None:

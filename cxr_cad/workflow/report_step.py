@@ -97,14 +97,11 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
     result = write_report(
         pred,
         ctx.step_dir / "test",
+        opts.replace(threshold_source="bundle", cohort_info=_cohort_info(ctx, cfg, cohort_name, step)),
         model_info=model_info_from_bundle(bundle, bundle_path),
-        cohort_info=_cohort_info(ctx, cfg, cohort_name, step),
         rejected_df=rejected,
         comparison=comparison,
         gradcam=GradcamSource.from_bundle(bundle),
-        options=opts,
-        pdf=cfg["pdf"],
-        threshold_source="bundle",
         shift=shift,
     )
     return result.data
@@ -164,7 +161,8 @@ def report_step(ctx: StepContext) -> dict:
     from cxr_cad.report import ReportOptions
 
     cfg = ctx.config
-    opts = ReportOptions(alpha=cfg["alpha"], n_bootstrap=cfg["bootstrap"])  # defaults: prevalences 0.05, 0.2
+    # defaults: prevalences 0.05, 0.2
+    opts = ReportOptions(alpha=cfg["alpha"], n_bootstrap=cfg["bootstrap"], pdf=cfg["pdf"])
     outputs: dict[str, Any] = {}
     if "evaluate" in ctx.upstream:
         data = _test_report(ctx, cfg, opts)
