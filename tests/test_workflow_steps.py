@@ -37,6 +37,18 @@ def test_folder_ingest_then_patient_split(png_cohort, tmp_path):
     test = pd.read_csv(tmp_path / "run" / "split" / "test.csv", dtype=str)
     assert len(train) + len(test) == len(truth) and not set(train["patient_id"]) & set(test["patient_id"])
     assert set(test["label"]) == {"NORMAL", "PNEUMONIA"}
+    # ingest.json has the one layout `cxr-cad ingest` writes (read by the model card and the report)
+    info = json.loads((tmp_path / "run" / "ingest" / "train" / "ingest.json").read_text())
+    assert info["counts"]["accepted"] == len(truth) and info["counts"]["rejected"] == 1
+    assert info["counts"]["files"] == len(truth) + 1 and info["counts"]["unlabelled"] == 0
+    assert info["policy"] == {
+        "modalities": ["CR", "DX", "DR"],
+        "reject_lateral": True,
+        "apply_voi": True,
+        "verify_pixels": False,
+    }
+    assert info["sources"] == [str(root)] and info["labels"]["source"] == "folders"
+    assert info["manifest_hash"] and info["classes"] == ["NORMAL", "PNEUMONIA"]
     rec = json.loads((tmp_path / "run" / "ingest" / "step.json").read_text())
     assert rec["status"] == "done" and rec["inputs"]["train"].startswith("listing:")
     # a new file in the input folder changes the ingest fingerprint

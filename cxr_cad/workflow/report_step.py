@@ -110,17 +110,14 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
 def _cohort_info(ctx: StepContext, cfg: dict, name: str, step: str) -> dict:
     """The workflow's ``cohort:`` block, the ingest rules and counts, and the validation type."""
     from cxr_cad.report.clinical import ingest_rules_text
+    from cxr_cad.report.inputs import ingest_record
 
     info = {k: v for k, v in (cfg.get("cohort") or {}).items() if v not in (None, "")}
     info["name"] = name
     record = None
-    if "ingest" in ctx.upstream:
+    if "ingest" in ctx.upstream:  # ingest.json beside the cohort's manifest, as for `cxr-cad ingest`
         side = "train" if step == "split" else "test"
-        path = ctx.run_dir / "ingest" / side / "ingest.json"
-        try:
-            record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, ValueError):
-            record = None
+        record = ingest_record(ctx.run_dir / "ingest" / side / "manifest.csv")
     rules = ingest_rules_text(record, cfg.get("ingest"))
     if rules:
         info.setdefault("ingest_rules", rules)
