@@ -13,10 +13,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr_cad.errors import ConfigError
 from cxr_cad.infra import atomic_write
 from cxr_cad.pacs.client import network_reason
+
+if TYPE_CHECKING:
+    from dicomweb_client import DICOMwebClient
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def _value(item: dict, key: str) -> str:
     return str(values[0])
 
 
-def list_instances(client, filters: dict[str, str]) -> list[RemoteInstance]:
+def list_instances(client: DICOMwebClient, filters: dict[str, str]) -> list[RemoteInstance]:
     """Every instance matching ``filters`` (QIDO-RS, paged), sorted, each once.
 
     Network failures after the client's retries propagate as ``requests`` exceptions; the
@@ -97,7 +101,7 @@ def list_instances(client, filters: dict[str, str]) -> list[RemoteInstance]:
     return sorted(found)
 
 
-def fetch_to(client, inst: RemoteInstance, folder: Path) -> Path:
+def fetch_to(client: DICOMwebClient, inst: RemoteInstance, folder: Path) -> Path:
     """WADO-RS one instance in its stored transfer syntax and write it to ``folder/<SOP UID>.dcm``.
 
     The dataset exists in memory only while it is written. Raises what the client raises.
@@ -114,7 +118,7 @@ def fetch_to(client, inst: RemoteInstance, folder: Path) -> Path:
 
 
 def fetch_many(
-    client, instances: Sequence[RemoteInstance], folder: Path, *, threads: int = 4
+    client: DICOMwebClient, instances: Sequence[RemoteInstance], folder: Path, *, threads: int = 4
 ) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
     """Fetch ``instances`` into ``folder`` with a few parallel requests.
 

@@ -46,6 +46,8 @@ from cxr_cad.pacs.journal import Journal
 if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
 
+    from cxr_cad.engine.predict import PredictOptions
+
 #: (0008,0016) of C-ECHO: the Verification SOP Class (PS3.4 A.4), answered so senders can test the node.
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
@@ -83,7 +85,7 @@ def parse_forward(text: str) -> tuple[str, str, int]:
 class Listener:
     """The node: :meth:`start`, then :meth:`stop` (blocks until the queue is scored)."""
 
-    def __init__(self, options: ListenOptions, predict_options=None):
+    def __init__(self, options: ListenOptions, predict_options: PredictOptions | None = None):
         from cxr_cad.engine.predict import PredictOptions
         from cxr_cad.engine.writer import check_writable
         from cxr_cad.pacs.output import DicomOutOptions, DicomOutput

@@ -111,7 +111,14 @@ def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
         infra.atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
 
 
-def _fetcher(client, chunks, spool_root: Path, threads: int, out_q: queue.Queue, stop: threading.Event) -> None:
+def _fetcher(
+    client: DICOMwebClient,
+    chunks: list[tuple[int, list[RemoteInstance]]],
+    spool_root: Path,
+    threads: int,
+    out_q: queue.Queue,
+    stop: threading.Event,
+) -> None:
     from cxr_cad.pacs.query import fetch_many
 
     try:
@@ -128,7 +135,9 @@ def _fetcher(client, chunks, spool_root: Path, threads: int, out_q: queue.Queue,
     out_q.put(None)
 
 
-def _score_chunk(folder: Path, files: dict, model_path, options, run_dir: Path) -> tuple[dict, dict]:
+def _score_chunk(
+    folder: Path, files: dict, model_path: str | os.PathLike[str], options: PredictOptions, run_dir: Path
+) -> tuple[dict, dict]:
     """Run the engine over one spool folder: ({SOP UID: prediction row}, {SOP UID: rejected row})."""
     from cxr_cad.engine.predict import predict
     from cxr_cad.engine.writer import PREDICTIONS, REJECTED
