@@ -303,3 +303,10 @@ def test_unmatched_label_rows_of_rejected_files_say_so(tmp_path):
     unmatched = pd.read_csv(out / "unmatched_labels.csv", dtype=str)
     assert unmatched["why"].tolist() == ["file rejected: NOT_DICOM", "no image with this path"]
     assert _read(out)[0]["label"].tolist() == ["NORMAL"]
+
+
+def test_label_key_needs_a_labels_csv(tmp_path, capsys):
+    write_png(tmp_path / "in" / "NORMAL" / "a.png")
+    argv = ["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--labels-from-folders"]
+    assert main([*argv, "--label-key", "path"]) == 2
+    assert "--label-key" in capsys.readouterr().err

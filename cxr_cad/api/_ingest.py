@@ -7,6 +7,7 @@ One implementation for ``cxr-cad ingest``, the workflow's ingest step and the Py
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,8 +113,6 @@ class IngestOutcome:
         if self.unlabelled is not None:
             outputs[out / "unlabelled.csv"] = table_text(self.unlabelled)
         self.record = self.make_record(absolute_paths)
-        import json
-
         outputs[out / "ingest.json"] = json.dumps(self.record, indent=2) + "\n"
         atomic_write_many(outputs)
         return out
@@ -135,7 +134,7 @@ def _check_options(
         )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         problems.append(f"workers (--workers) must be 1 or more (got {workers})")
-    if label_key and labels is None:
+    if label_key and (labels is None or (isinstance(labels, str) and labels == "folders")):
         problems.append("label_key (--label-key/--label-column) needs a labels table (--labels)")
     if problems:
         raise ConfigError(problems)
