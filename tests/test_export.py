@@ -122,7 +122,7 @@ def _export(setup, fmt, *extra) -> Path:
 )
 def test_export_and_predict_with_backend_matches_torch(setup, fmt, backend, tmp_path):
     from cxr_cad.export import read_export_record
-    from cxr_cad.model.weights import file_sha256
+    from cxr_cad.infra import sha256_file as file_sha256
 
     root, images, bundle, ref = setup
     out = root / fmt if (root / fmt).is_dir() else _export(setup, fmt)
@@ -330,3 +330,18 @@ def test_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
     with pytest.raises(MissingExtraError, match=r"pip install .*\[export\]"):
         require("onnxruntime", "export")
+
+
+def test_bad_format_backend_and_method_are_config_errors(tmp_path):
+    """A bad value of a setting is a ConfigError (exit 2), whatever the entry point."""
+    from cxr_cad.errors import ConfigError
+    from cxr_cad.export import export_model, load_exported
+    from cxr_cad.export.quantize import quantize_onnx
+
+    with pytest.raises(ConfigError, match="--format must be one of"):
+        export_model(tmp_path / "model.pt", "tflite", tmp_path / "out")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        load_exported(tmp_path, "tensorrt")
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ConfigError, match="calibration method"):
+        quantize_onnx(tmp_path / "a.onnx", tmp_path / "b.onnx", torch.zeros(1, 1, 8, 8), method="median")

@@ -15,13 +15,17 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cxr_cad.errors import BundleError, CxrCadError, OutputError, UsageError
 from cxr_cad.infra import atomic_write_text, sha256_file, software_versions
+
+if TYPE_CHECKING:
+    from cxr_cad.model.bundle import Bundle
+    from cxr_cad.transforms.spec import TransformSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ def require(module: str, extra: str) -> Any:
         ) from exc
 
 
-def bundle_record(bundle: Any) -> dict:
+def bundle_record(bundle: Bundle) -> dict:
     """The source bundle's metadata an exported model needs (plain types)."""
     return {
         "classes": list(bundle.classes),
@@ -68,7 +72,7 @@ def bundle_record(bundle: Any) -> dict:
     }
 
 
-def write_export_record(out: Path, bundle: Any, fmt: str, files: dict[str, str], **extra: Any) -> Path:
+def write_export_record(out: Path, bundle: Bundle, fmt: str, files: dict[str, str], **extra: Any) -> Path:
     """Write ``out/export.json``: bundle metadata, format, files with their SHA-256, versions."""
     record = {
         "format": EXPORT_FORMAT,
@@ -149,7 +153,7 @@ class Cohort:
 
 def load_cohort(
     paths: list[str],
-    spec: Any,
+    spec: TransformSpec,
     *,
     labels: list[str] | None = None,
     positive: str | None = None,
@@ -180,7 +184,7 @@ def load_cohort(
     return Cohort(images=x.float(), labels=y, groups=g, paths=[str(paths[i]) for i in keep], rejected=rejected)
 
 
-def cohort_from_manifest(manifest: str | os.PathLike, spec: Any, positive: str) -> Cohort:
+def cohort_from_manifest(manifest: str | os.PathLike[str], spec: TransformSpec, positive: str) -> Cohort:
     """:func:`load_cohort` over a labelled manifest (``read_manifest`` checks it)."""
     from cxr_cad.manifest import read_manifest
 

@@ -30,13 +30,16 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from cxr_cad.errors import OutputError
 from cxr_cad.export.common import require
 from cxr_cad.model.registry import DEFAULT_ARCH
+
+if TYPE_CHECKING:
+    from cxr_cad.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,12 @@ LOCAL_SCHEMA = Path(__file__).with_name("monai_metadata_schema.json")
 BATCH_SIZE = 16
 
 
-def _arch(bundle: Any) -> str:
+def _arch(bundle: Bundle) -> str:
     """The registered network of ``bundle`` (``arch.name``; bundles always record it)."""
-    return str(getattr(bundle, "arch", None) or bundle.meta.get("arch", {}).get("name", DEFAULT_ARCH))
+    return str(bundle.arch or DEFAULT_ARCH)
 
 
-def metadata(bundle: Any, card_text: str | None = None) -> dict:
+def metadata(bundle: Bundle, card_text: str | None = None) -> dict:
     """``configs/metadata.json`` content for ``bundle``."""
     import monai
     import numpy as np
@@ -124,7 +127,7 @@ def metadata(bundle: Any, card_text: str | None = None) -> dict:
     }
 
 
-def inference_config(bundle: Any) -> dict:
+def inference_config(bundle: Bundle) -> dict:
     """``configs/inference.json``: MONAI components + cxr_cad's eval chain, no copy of it."""
     spec = bundle.transform_spec
     return {
@@ -197,7 +200,7 @@ def verify(out: Path) -> None:
     )
 
 
-def write_monai_bundle(bundle: Any, out: Path, *, card: Path | None = None) -> dict[str, str]:
+def write_monai_bundle(bundle: Bundle, out: Path, *, card: Path | None = None) -> dict[str, str]:
     """Write the bundle layout into ``out``; returns {role: relative path} of the files written."""
     from cxr_cad.export.torchscript import export_torchscript
 
