@@ -376,12 +376,10 @@ def test_choose_threshold_records_ties_counts_and_small_class_warning(caplog):
 
 
 def test_hflip_tta_is_stored_and_the_threshold_uses_it(cohort, cfg, tmp_path):
-    from dataclasses import replace
-
     from cxr_cad.engine.loop import predict_probabilities
     from cxr_cad.model import ProbabilityAverage, load_bundle
 
-    tta_cfg = replace(cfg, epochs=1, model=replace(cfg.model, tta="hflip"))
+    tta_cfg = cfg.replace(epochs=1, model=cfg.model.replace(tta="hflip"))
     result = train_model(cohort[1], tmp_path / "tta", tta_cfg)
     bundle = load_bundle(result.bundle_path)
     assert isinstance(bundle.model, ProbabilityAverage) and bundle.model.hflip

@@ -197,7 +197,12 @@ def reseed_transforms(dataset, seed: int) -> None:
 
 
 def worker_init_fn(worker_id: int) -> None:  # noqa: ARG001 - DataLoader signature
-    """Seed a DataLoader worker's transforms from its per-epoch seed (``worker_info.seed``)."""
+    """Seed a DataLoader worker's transforms from its per-epoch seed (``worker_info.seed``).
+
+    Public API only (``torch.utils.data.get_worker_info``, MONAI ``set_random_state``). MONAI's
+    own ``monai.data.utils.worker_init_fn`` is not used: it walks the dataset's attributes
+    and would seed the cached load chain first, handing the augmentation chain ``seed + 1``
+    and so changing every seeded multi-worker run."""
     info = get_worker_info()
     if info is not None:
         reseed_transforms(info.dataset, info.seed)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Transform
 
+from cxr_cad.errors import ConfigError
+
 
 class ScalePercentiles(Transform):
     """Map the ``lower``/``upper`` percentiles (in [0, 100]) of an image to 0/1 and clip.
@@ -29,7 +31,7 @@ class ScalePercentiles(Transform):
 
     def __init__(self, lower: float, upper: float):
         if not 0.0 <= lower < upper <= 100.0:
-            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got ({lower}, {upper})")
+            raise ConfigError(f"intensity percentiles must satisfy 0 <= lower < upper <= 100, got ({lower}, {upper})")
         self.lower, self.upper = float(lower), float(upper)
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
