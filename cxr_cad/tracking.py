@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cxr_cad.errors import UsageError
+from cxr_cad.errors import ConfigError
 from cxr_cad.infra import software_versions
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,12 @@ _EPOCH_KEYS = ("train_loss", "val_loss", "val_auc", "lr", "images_per_s", "secon
 
 
 def parse_track(spec: str | None) -> str | None:
-    """``"mlflow"`` -> :data:`DEFAULT_URI`; ``"mlflow:URI"`` -> URI; None -> None. UsageError otherwise."""
+    """``"mlflow"`` -> :data:`DEFAULT_URI`; ``"mlflow:URI"`` -> URI; None -> None. ConfigError otherwise."""
     if spec is None:
         return None
     kind, _, uri = spec.partition(":")
     if kind != "mlflow":
-        raise UsageError(f"--track {spec!r}: only 'mlflow' or 'mlflow:URI' is supported")
+        raise ConfigError(f"--track {spec!r}: only 'mlflow' or 'mlflow:URI' is supported")
     return uri or DEFAULT_URI
 
 
@@ -209,7 +209,7 @@ def add_track_option(parser: Any) -> None:
     def _check(text: str) -> str:
         try:
             parse_track(text)
-        except UsageError as exc:
+        except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
         return text
 

@@ -45,17 +45,17 @@ def run_command(args) -> int:
     from dataclasses import replace
 
     from cxr_cad.cli.run import print_result
-    from cxr_cad.errors import UsageError
+    from cxr_cad.errors import ConfigError
     from cxr_cad.workflow.demo import DemoSettings, run_demo
 
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     if args.epochs is not None:
         if args.epochs < 1:
-            raise UsageError(f"--epochs must be >= 1, not {args.epochs}")
+            raise ConfigError(f"--epochs must be >= 1, not {args.epochs}")
         settings = replace(settings, epochs=args.epochs)
     if args.image_size is not None:
         if not 32 <= args.image_size <= 256:
-            raise UsageError(
+            raise ConfigError(
                 f"--image-size must be in [32, 256] px (the sample images are 256 px), not {args.image_size}"
             )
         settings = replace(settings, image_size=args.image_size)

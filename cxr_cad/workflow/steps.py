@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr_cad.errors import ManifestError, UsageError
+from cxr_cad.errors import ConfigError, ManifestError
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.workflow.runner import StepContext
 
@@ -49,7 +49,7 @@ def cohort_manifest(ctx: StepContext, cohort: str) -> tuple[str, str]:
         rel = ctx.upstream.get(step, {}).get(f"{cohort}_manifest")
         if rel:
             return step, rel
-    raise UsageError(f"no {cohort} cohort in this workflow (set data.{cohort})")
+    raise ConfigError(f"no {cohort} cohort in this workflow (set data.{cohort})")
 
 
 def _policy(cfg: dict) -> AcceptPolicy:
