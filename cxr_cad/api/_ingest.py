@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -20,6 +20,14 @@ from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
 from cxr_cad.infra import REJECTED_COLUMNS, PathLike, atomic_write_many, software_versions
 from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.io.scan import ScanResult
+
+if TYPE_CHECKING:
+    from cxr_cad.manifest.labels import LabelJoinReport
+
+#: What ``labels`` may be: a labels CSV, a labels table, ``"folders"`` (class-named folders) or None.
+Labels = PathLike | pd.DataFrame | None
+#: What ``sources`` may be: folders/files, one of them, or a manifest table (nothing scanned).
+Sources = Sequence[PathLike] | PathLike | pd.DataFrame
 
 __all__ = ["IngestOutcome", "ingest", "run_ingest", "INGEST_FILES"]
 
@@ -48,7 +56,7 @@ class IngestOutcome:
     rejected: pd.DataFrame
     unlabelled: pd.DataFrame | None
     scan: ScanResult
-    label_report: Any
+    label_report: LabelJoinReport | None
     classes: list[str] | None
     positive_class: str | None
     label_source: str | None
@@ -123,7 +131,7 @@ def _by_reason(rejected: pd.DataFrame) -> dict[str, int]:
 
 
 def _check_options(
-    classes: list[str] | None, positive_class: str | None, workers: int | None, labels: Any, label_key: Any
+    classes: list[str] | None, positive_class: str | None, workers: int | None, labels: Labels, label_key: object
 ) -> None:
     problems = []
     if classes is not None and len(set(classes)) != len(classes):
@@ -154,7 +162,7 @@ def _folder_label_problem(df: pd.DataFrame, classes: list[str]) -> str | None:
     )
 
 
-def _describe(labels: Any) -> str | None:
+def _describe(labels: Labels) -> str | None:
     """How ``labels`` is recorded: None, ``"folders"``, a path, or ``"table"`` (a DataFrame)."""
     if labels is None or isinstance(labels, (str, os.PathLike)):
         return None if labels is None else os.fspath(labels)
@@ -178,7 +186,9 @@ def _table_scan(df: pd.DataFrame) -> ScanResult:
     return ScanResult(accepted=df, rejected=pd.DataFrame(columns=REJECTED_COLUMNS), n_files=len(df))
 
 
-def _scan(sources: Any, policy: AcceptPolicy, opts: dict, exclude: Sequence[PathLike]) -> tuple[ScanResult, list]:
+def _scan(
+    sources: Sources, policy: AcceptPolicy, opts: dict[str, Any], exclude: Sequence[PathLike]
+) -> tuple[ScanResult, list[str]]:
     if isinstance(sources, pd.DataFrame):
         where = sources.attrs.get("manifest_path")
         return _table_scan(sources), [os.path.abspath(where)] if where else []
@@ -200,8 +210,8 @@ def _scan(sources: Any, policy: AcceptPolicy, opts: dict, exclude: Sequence[Path
 
 
 def _label(
-    manifest: pd.DataFrame, scan: ScanResult, labels: Any, opts: dict, classes: list[str] | None
-) -> tuple[pd.DataFrame, Any, str | None]:
+    manifest: pd.DataFrame, scan: ScanResult, labels: Labels, opts: dict[str, Any], classes: list[str] | None
+) -> tuple[pd.DataFrame, LabelJoinReport | None, str | None]:
     """``(labelled manifest, label join report or None, label source)``."""
     from cxr_cad.manifest import explain_unmatched, join_labels, labels_from_folders
 
@@ -248,10 +258,10 @@ def _classes_found(
 
 
 def run_ingest(
-    sources: Sequence[PathLike] | PathLike | pd.DataFrame,
+    sources: Sources,
     out_dir: PathLike | None = None,
     *,
-    labels: PathLike | pd.DataFrame | None = None,
+    labels: Labels = None,
     classes: Sequence[str] | None = None,
     positive_class: str | None = None,
     policy: AcceptPolicy | None = None,
@@ -327,7 +337,7 @@ def _validate(outcome: IngestOutcome, where: str) -> None:
 
 
 def ingest(
-    sources: Sequence[PathLike] | PathLike | pd.DataFrame,
+    sources: Sources,
     out_dir: PathLike | None = None,
     **options: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
