@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_cad.cli.report import _threshold  # the --threshold type shared with report/evaluate
+from cxr_cad.cli.report import threshold_arg  # the --threshold type shared with report/evaluate
 
 DESCRIPTION = """\
 Score every image file under SOURCE (folders, recursively; manifest .csv files; single
@@ -68,7 +68,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=_threshold,
+        type=threshold_arg,
         default=None,
         help="decision threshold on the positive-class probability (default: the bundle's)",
     )

@@ -30,7 +30,8 @@ Exit codes: 0 done; 1 failure (unreadable bundle, unwritable --out); 2 bad argum
 a predictions table that cannot be evaluated."""
 
 
-def _threshold(text: str) -> float:
+def threshold_arg(text: str) -> float:
+    """argparse type of --threshold: a number in [0, 1]."""
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"threshold must be within [0, 1], not {text}")
@@ -78,7 +79,7 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--threshold",
-        type=_threshold,
+        type=threshold_arg,
         default=None,
         help="decision threshold to report instead of the model's stored one",
     )
