@@ -175,11 +175,17 @@ def extract_features(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    from cxr_cad.engine.loop import rejected_error
+    from cxr_cad.transforms import collate_samples
+
+    # collate_samples: a file that cannot be read arrives as a rejection record, named in the error
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_samples)
     feats = []
     try:
         with FeatureTap(model) as tap:
             for batch in loader:
+                if batch["rejected"]:
+                    raise rejected_error(batch["rejected"], "training")
                 x = batch["image"].to(device)
                 if autocast_dtype is not None:
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype):
