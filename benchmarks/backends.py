@@ -88,12 +88,13 @@ def _fit_head(model_path: str, manifest: str, out: Path) -> str:
     from sklearn.linear_model import LogisticRegression
 
     from cxr_cad.export.common import cohort_from_manifest
-    from cxr_cad.model import load_bundle, save_bundle
+    from cxr_cad.model import head_of, load_bundle, save_bundle
 
     b = load_bundle(model_path)
     c = cohort_from_manifest(manifest, b.transform_spec, b.positive_class)
     feats = []
-    hook = b.model.fc.register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
+    head = head_of(b.model)
+    hook = head.register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
     with torch.inference_mode():
         for i in range(0, len(c.images), 32):
             b.model(c.images[i : i + 32])
@@ -104,8 +105,8 @@ def _fit_head(model_path: str, manifest: str, out: Path) -> str:
     w = torch.tensor(clf.coef_[0] / sd, dtype=torch.float32)
     bias = float(clf.intercept_[0] - (clf.coef_[0] * mu / sd).sum())
     with torch.no_grad():  # two-class softmax: logit difference = w.x + bias
-        b.model.fc.weight.copy_(torch.stack([-w / 2, w / 2]))
-        b.model.fc.bias.copy_(torch.tensor([-bias / 2, bias / 2]))
+        head.weight.copy_(torch.stack([-w / 2, w / 2]))
+        head.bias.copy_(torch.tensor([-bias / 2, bias / 2]))
     path = out / "model_fitted_head.pt"
     save_bundle(
         path,

@@ -23,3 +23,21 @@ def test_every_command_has_help(name, capsys):
     assert name in registered, f"command {name!r} is not registered"
     assert main([name, "--help"]) == 0
     assert name in capsys.readouterr().out
+
+
+def test_help_does_not_import_torch():
+    """`cxr-cad --help` and every subcommand's parser are built without loading PyTorch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cxr_cad.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -107,7 +107,7 @@ def test_evaluate_run_has_auc_report_and_parent(tracked):
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     primary = metrics["auc"][metrics["auc"]["primary"]]
     assert run.data.metrics["auc"] == pytest.approx(primary["auc"])
-    from cxr_cad.model.weights import file_sha256
+    from cxr_cad.infra import sha256_file as file_sha256
 
     assert run.data.tags["parent_bundle"] == file_sha256(root / "run" / "model.pt")
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}

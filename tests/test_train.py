@@ -329,7 +329,7 @@ def test_cli_train_exit_codes(cohort, cfg, tmp_path, capsys):
     assert "seed: 5" in (tmp_path / "c" / "config.yaml").read_text()
     assert main(common + ["--out", str(tmp_path / "c"), "--epochs", "2", "--seed", "5"]) == 2
     assert "different config" in capsys.readouterr().err
-    # a missing --init file is a usage error (InitSpecError, exit 2)
+    # a missing --init file is a usage error (ConfigError, exit 2)
     assert main(common + ["--out", str(tmp_path / "d"), "--epochs", "1", "--init", str(tmp_path / "nope.pt")]) == 2
 
 

@@ -137,11 +137,7 @@ def _options(options: PredictOptions | None, values: dict[str, Any]) -> PredictO
         return PredictOptions(**values)
     if not values:
         return options
-    if hasattr(options, "replace"):
-        return options.replace(**values)
-    import dataclasses  # the dataclass form of PredictOptions
-
-    return dataclasses.replace(options, **values)
+    return options.replace(**values)
 
 
 def predict(

@@ -25,8 +25,7 @@ Exit codes: 0 done; 1 bad bundle, failed check or refused int8 model; 2 bad argu
 
 
 def register(subparsers) -> None:
-    from cxr_cad.export.api import FORMATS
-    from cxr_cad.export.quantize import CALIBRATION_METHODS, MAX_AUC_DROP
+    from cxr_cad.export.names import CALIBRATION_METHODS, FORMATS, MAX_AUC_DROP
 
     p = subparsers.add_parser(
         "export",

@@ -9,21 +9,83 @@ its location (``optim.lr: ...``), as one :class:`~cxr_cad.errors.ConfigError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from contextvars import ContextVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cxr_cad.errors import ConfigError
 
-__all__ = ["StrictModel", "validation_problems", "parse_model"]
+__all__ = ["StrictModel", "validation_problems", "parse_model", "plain"]
 
 M = TypeVar("M", bound=BaseModel)
 
 
+#: True while pydantic validates (nested models are built by calling their ``__init__``).
+_INSIDE_VALIDATION: ContextVar[bool] = ContextVar("cxr_cad_inside_validation", default=False)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with models as dicts, tuples as lists and mappings as dicts, recursively (YAML/JSON-ready)."""
+    if isinstance(value, StrictModel):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 class StrictModel(BaseModel):
-    """Frozen, extra fields forbidden; construct with :func:`parse_model` to get a ConfigError."""
+    """A frozen options model, unknown fields forbidden.
+
+    ``Model(a=1)``, :meth:`replace` and :func:`parse_model` all raise one
+    :class:`~cxr_cad.errors.ConfigError` listing every problem with its location (a bad value the
+    user chose is never pydantic's ``ValidationError`` or a bare ``ValueError``). ``error_source``
+    names the object in that error; ``error_prefix`` starts every location (``"predict"``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    error_source: ClassVar[str | None] = None
+    error_prefix: ClassVar[str] = ""
+
+    def __init__(self, /, **data: Any) -> None:
+        if _INSIDE_VALIDATION.get():  # a nested section: pydantic collects its errors with their location
+            super().__init__(**data)
+            return
+        token = _INSIDE_VALIDATION.set(True)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(exc, prefix=self.error_prefix), source=self.error_source) from None
+        finally:
+            _INSIDE_VALIDATION.reset(token)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """pydantic's, raising ValidationError (:func:`parse_model` turns it into a ConfigError
+        with the source and location prefix)."""
+        token = _INSIDE_VALIDATION.set(True)
+        try:
+            return super().model_validate(obj, **kwargs)
+        finally:
+            _INSIDE_VALIDATION.reset(token)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types (str/int/float/bool/None/list/dict; tuples as lists), in field order."""
+        return {name: plain(getattr(self, name)) for name in type(self).model_fields}
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied and validated (``dataclasses.replace`` for models).
+
+        Raises:
+            ConfigError: a changed value is invalid (every problem listed).
+        """
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        try:
+            return type(self).model_validate({**data, **changes})
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(exc, prefix=self.error_prefix), source=self.error_source) from None
 
 
 def _location(loc: tuple[int | str, ...], prefix: str) -> str:

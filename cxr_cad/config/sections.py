@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -26,19 +25,13 @@ __all__ = [
 
 #: The study's network, and the default of ``model.arch``.
 DEFAULT_ARCH = "resnet18"
-#: Architectures accepted while :mod:`cxr_cad.model.registry` does not exist.
-_FALLBACK_ARCHS = ("resnet18", "resnet50", "densenet121")
 
 
 def arch_choices() -> tuple[str, ...]:
-    """Names ``model.arch`` accepts: :func:`cxr_cad.model.registry.arch_names` (imported lazily)."""
-    try:
-        registry = importlib.import_module("cxr_cad.model.registry")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cxr_cad.model.registry":
-            raise
-        return _FALLBACK_ARCHS
-    return tuple(registry.arch_names())
+    """Names ``model.arch`` accepts: :func:`cxr_cad.model.registry.arch_names` (which imports no torch)."""
+    from cxr_cad.model.registry import arch_names
+
+    return arch_names()
 
 
 class DataConfig(ConfigModel):

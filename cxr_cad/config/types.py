@@ -9,15 +9,12 @@ pydantic's; :func:`cxr_cad.config.base.parse_model` reports every problem with i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextvars import ContextVar
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
-from cxr_cad.config.base import StrictModel, validation_problems
-from cxr_cad.errors import ConfigError
+from cxr_cad.config.base import StrictModel, plain
 
 __all__ = [
     "ConfigModel",
@@ -46,71 +43,12 @@ def section_default(cls: type[ConfigModel]) -> Any:
     return Field(default_factory=cls)
 
 
-def plain(value: Any) -> Any:
-    """``value`` with tuples turned into lists and mappings into dicts, recursively (YAML/JSON-ready)."""
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-#: True while pydantic validates (nested models are built by calling their ``__init__``).
-_INSIDE_VALIDATION: ContextVar[bool] = ContextVar("cxr_cad_inside_validation", default=False)
-
-
 class ConfigModel(StrictModel):
-    """A frozen options model: direct construction raises ConfigError too; dict round trip.
-
-    ``Model(a=1)`` and :func:`~cxr_cad.config.base.parse_model` both list every problem in
-    one :class:`~cxr_cad.errors.ConfigError` (a bad value the user chose is never a bare
-    ``ValueError``). ``error_source`` names the object in that error.
-    """
+    """A settings model of a config/workflow file: :class:`~cxr_cad.config.base.StrictModel`
+    (ConfigError on construction, ``to_dict``, ``replace``) whose numbers given as text are
+    coerced like YAML values."""
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
-    error_source: ClassVar[str | None] = None
-
-    def __init__(self, /, **data: Any) -> None:
-        if _INSIDE_VALIDATION.get():  # a nested section: pydantic collects its errors with their location
-            super().__init__(**data)
-            return
-        token = _INSIDE_VALIDATION.set(True)
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc), source=self.error_source) from None
-        finally:
-            _INSIDE_VALIDATION.reset(token)
-
-    @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
-        """pydantic's, raising ValidationError (:func:`~cxr_cad.config.base.parse_model` turns
-        it into a ConfigError with the source and location prefix)."""
-        token = _INSIDE_VALIDATION.set(True)
-        try:
-            return super().model_validate(obj, **kwargs)
-        finally:
-            _INSIDE_VALIDATION.reset(token)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types (str/int/float/bool/None/list/dict; tuples as lists), in field order."""
-        return {name: plain(_dump(getattr(self, name))) for name in type(self).model_fields}
-
-    def replace(self, **changes: Any) -> Self:
-        """A copy with ``changes`` applied and validated (``dataclasses.replace`` for models).
-
-        Raises:
-            ConfigError: a changed value is invalid (every problem listed).
-        """
-        data = {name: getattr(self, name) for name in type(self).model_fields}
-        try:
-            return type(self).model_validate({**data, **changes})
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc), source=self.error_source) from None
-
-
-def _dump(value: Any) -> Any:
-    return value.to_dict() if isinstance(value, ConfigModel) else value
 
 
 def _not_bool(kind: str) -> Any:

@@ -53,7 +53,6 @@ from cxr_cad.engine.crossval_folds import (
 )
 from cxr_cad.engine.data import label_indices
 from cxr_cad.engine.train import train_model
-from cxr_cad.engine.train_setup import with_changes
 from cxr_cad.errors import ManifestError, OutputError
 from cxr_cad.manifest import manifest_hash, patient_folds, write_table
 from cxr_cad.metrics import UndefinedMetricWarning, crossval_summary, jsonable, roc_table
@@ -106,7 +105,7 @@ class _Cohort:
 
 def _fold_config(cfg: TrainConfig, cache_dir: Path) -> TrainConfig:
     """Each fold splits its training rows by patient for the inner validation set."""
-    return with_changes(cfg, data=with_changes(cfg.data, split="grouped", cache_dir=str(cache_dir)))
+    return cfg.replace(data=cfg.data.replace(split="grouped", cache_dir=str(cache_dir)))
 
 
 def _decision_names(classes: tuple[str, ...], positive: str) -> tuple[str, str]:
@@ -301,7 +300,7 @@ def run_crossval(
         OutputError, WeightsError, BundleError: as :func:`train_model`.
     """
     if init is not None:
-        cfg = with_changes(cfg, model=with_changes(cfg.model, init=str(init)))
+        cfg = cfg.replace(model=cfg.model.replace(init=str(init)))
     data = cfg.data
     out_dir = Path(out_dir).resolve()
     cohort = _cohort(manifest_df, cfg, n_folds)

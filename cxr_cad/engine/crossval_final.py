@@ -17,7 +17,6 @@ import torch
 from cxr_cad.config import TrainConfig
 from cxr_cad.engine import rundir
 from cxr_cad.engine.train import train_model
-from cxr_cad.engine.train_setup import with_changes
 from cxr_cad.errors import OutputError
 from cxr_cad.manifest import manifest_hash
 
@@ -154,12 +153,11 @@ def train_final(
 
     epochs = final_epochs(best, cfg.epochs)
     threshold, method = _pooled_threshold(youden, fold_thresholds)
-    final_cfg = with_changes(
-        cfg,
+    final_cfg = cfg.replace(
         epochs=epochs,
-        data=with_changes(cfg.data, split="grouped", val_fraction=0.0, cache_dir=str(cache_dir)),
-        early_stopping=with_changes(cfg.early_stopping, patience=0),
-        threshold=with_changes(cfg.threshold, method="fixed", value=float(threshold)),
+        data=cfg.data.replace(split="grouped", val_fraction=0.0, cache_dir=str(cache_dir)),
+        early_stopping=cfg.early_stopping.replace(patience=0),
+        threshold=cfg.threshold.replace(method="fixed", value=float(threshold)),
     )
     final_dir = out_dir / FINAL_DIR
     log.info(

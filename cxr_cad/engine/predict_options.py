@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
-from cxr_cad.config.base import StrictModel, validation_problems
+from cxr_cad.config.base import StrictModel
 from cxr_cad.engine.writer import PREDICTIONS, REJECTED
-from cxr_cad.errors import ConfigError
 from cxr_cad.io import AcceptPolicy
 
 __all__ = ["PredictOptions", "PredictResult"]
@@ -41,6 +40,7 @@ class PredictOptions(StrictModel):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
+    error_prefix: ClassVar[str] = "predict"
 
     batch_size: int = Field(32, ge=1)
     workers: int | None = Field(None, ge=0)
@@ -51,16 +51,6 @@ class PredictOptions(StrictModel):
     overwrite: bool = False
     compile: bool = False
     backend: str = "torch"
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc, prefix="predict")) from None
-
-    def replace(self, **changes: Any) -> PredictOptions:
-        """A copy with ``changes`` applied (validated: a bad value raises ConfigError)."""
-        return PredictOptions(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
 
 @dataclass

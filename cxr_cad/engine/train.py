@@ -52,7 +52,6 @@ from cxr_cad.engine.train_setup import (
     restore,
     run_record,
     transform_spec,
-    with_changes,
 )
 from cxr_cad.errors import OutputError
 from cxr_cad.metrics import roc_auc
@@ -95,7 +94,7 @@ def train_model(
         OutputError: the run folder cannot be written.
     """
     if init is not None:
-        cfg = with_changes(cfg, model=with_changes(cfg.model, init=str(init)))
+        cfg = cfg.replace(model=cfg.model.replace(init=str(init)))
     out_dir = Path(out_dir).resolve()
     info = resolve_runtime(cfg.runtime.device, cfg.runtime.precision)
     created_group = init_distributed(info)

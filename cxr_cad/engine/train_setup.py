@@ -5,11 +5,10 @@ and its initial weights, the transform spec, the optimizer and friends, and the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,14 +32,6 @@ T = TypeVar("T")
 
 #: The architecture of a config without ``model.arch`` (the study's network).
 DEFAULT_ARCH = "resnet18"
-
-
-def with_changes(obj: T, **changes: Any) -> T:
-    """A copy of a config object with ``changes`` (its ``replace`` method, or ``dataclasses.replace``)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **changes)
-    model: Any = obj  # a pydantic config model (cxr_cad.config.types.ConfigModel.replace)
-    return cast(T, model.replace(**changes))
 
 
 def arch_of(cfg: TrainConfig) -> str:

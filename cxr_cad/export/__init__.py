@@ -11,10 +11,31 @@ Formats: ``monai-bundle`` (:mod:`.monai_bundle`), ``onnx`` (:mod:`.onnx`), ``ope
 ONNX, onnxruntime and OpenVINO are the optional extra ``export``.
 """
 
-from cxr_cad.export.api import FORMATS, INT8_FORMATS, PARITY_TOLERANCE, ExportResult, export_model
-from cxr_cad.export.common import EXPORT_FILE, MissingExtraError, read_export_record
-from cxr_cad.export.quantize import Int8Refused, Int8Report
-from cxr_cad.export.runtime import BACKENDS, ExportedModel, load_exported
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cxr_cad.export.names import BACKENDS, EXPORT_FILE, FORMATS, INT8_FORMATS, PARITY_TOLERANCE
+
+#: Names that need PyTorch, imported on first use (``cxr-cad --help`` must not load torch).
+_LAZY = {
+    "ExportResult": "cxr_cad.export.api",
+    "export_model": "cxr_cad.export.api",
+    "MissingExtraError": "cxr_cad.export.common",
+    "read_export_record": "cxr_cad.export.common",
+    "Int8Refused": "cxr_cad.export.quantize",
+    "Int8Report": "cxr_cad.export.quantize",
+    "ExportedModel": "cxr_cad.export.runtime",
+    "load_exported": "cxr_cad.export.runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",

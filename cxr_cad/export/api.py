@@ -34,11 +34,9 @@ from cxr_cad.export.common import (
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
 
-log = logging.getLogger(__name__)
+from cxr_cad.export.names import FORMATS, INT8_FORMATS, PARITY_TOLERANCE
 
-FORMATS = ("monai-bundle", "onnx", "openvino", "torchscript")
-INT8_FORMATS = ("onnx", "openvino")
-PARITY_TOLERANCE = 1e-4
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
     from cxr_cad.transforms.spec import TransformSpec
 
+from cxr_cad.export.names import EXPORT_FILE
+
 log = logging.getLogger(__name__)
 
-EXPORT_FILE = "export.json"
+
 EXPORT_FORMAT = "cxr_cad.export"
 EXPORT_VERSION = 1
 INPUT_NAME = "image"

@@ -26,14 +26,13 @@ import torch
 
 from cxr_cad.errors import ConfigError, CxrCadError, UsageError
 from cxr_cad.export.common import INPUT_NAME, Cohort, batched, require, softmax_positive
+from cxr_cad.export.names import CALIBRATION_METHODS, MAX_AUC_DROP
 
 log = logging.getLogger(__name__)
 
 EXTRA = "export"
-MAX_AUC_DROP = 0.005
 #: At most this many calibration images (onnxruntime keeps every batch's activations to find ranges).
 MAX_CALIBRATION_IMAGES = 256
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 class Int8Refused(CxrCadError):

@@ -26,11 +26,12 @@ import torch
 
 from cxr_cad.errors import BundleError, ConfigError, UsageError
 from cxr_cad.export.common import EXPORT_FILE, INPUT_NAME, read_export_record, require
+from cxr_cad.export.names import BACKENDS
 from cxr_cad.infra import sha256_file
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "openvino", "torchscript")
+
 _SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".xml", ".onnx"), "torchscript": (".ts",)}
 
 

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
         ENV_WEIGHTS,
         IMAGENET_HASH_PREFIX,
         IMAGENET_URL,
-        file_sha256,
         imagenet_cache_path,
         load_imagenet_weights,
     )
@@ -73,7 +72,6 @@ _HOME = {
         "ENV_WEIGHTS",
         "IMAGENET_HASH_PREFIX",
         "IMAGENET_URL",
-        "file_sha256",
         "imagenet_cache_path",
         "load_imagenet_weights",
     ),
@@ -100,7 +98,6 @@ __all__ = [
     "build_model",
     "build_network",
     "build_resnet18",
-    "file_sha256",
     "find_arch",
     "fold_batchnorm",
     "get_arch",

@@ -48,8 +48,6 @@ ENV_WEIGHTS = "CXR_CAD_IMAGENET_WEIGHTS"
 ENV_OFFLINE = "CXR_CAD_OFFLINE"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 HEAD_KEYS = _DEFAULT.head_keys
-#: The former name of :func:`cxr_cad.infra.sha256_file` (pacs.source, engine.crossval and tests use it).
-file_sha256 = sha256_file
 
 __all__ = [
     "ENV_OFFLINE",
@@ -58,7 +56,6 @@ __all__ = [
     "IMAGENET_URL",
     "check_hash_prefix",
     "extract_state_dict",
-    "file_sha256",
     "imagenet_cache_path",
     "load_imagenet_weights",
     "load_state_dict_into",

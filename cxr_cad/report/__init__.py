@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import pandas as pd
 
 from cxr_cad.errors import OutputError, UsageError
-from cxr_cad.infra import IDENTIFIER_COLUMNS, PathLike, atomic_write_many, atomic_write_text
+from cxr_cad.infra import IDENTIFIER_COLUMNS, PathLike, atomic_write_many
 from cxr_cad.report.build import build_report_data
 from cxr_cad.report.clinical import jsonable_shift
 from cxr_cad.report.gradcam import GradcamSource, write_gallery
@@ -41,7 +41,6 @@ __all__ = ["write_report", "ReportResult", "ReportOptions", "GradcamSource", "mo
 log = logging.getLogger(__name__)
 
 #: kept for tests/hostile/test_cli_misc.py, which imports it; new code uses cxr_cad.infra
-_atomic_text = atomic_write_text
 
 NO_MODEL_NOTE = (
     "Grad-CAM explanations are not included: this report was written from a table of "

@@ -154,7 +154,7 @@ def ingest_rules_text(ingest: Mapping[str, Any] | None, policy: Mapping[str, Any
     c = (ingest or {}).get("counts") or {}
     if c:
         parts.append(
-            f"{c.get('images', '?')} images of {c.get('patients', '?')} patients accepted, "
+            f"{c.get('accepted', c.get('images', '?'))} images of {c.get('patients', '?')} patients accepted, "
             f"{c.get('rejected', 0)} rejected, {c.get('unlabelled', 0)} unlabelled"
         )
     return "; ".join(parts) or None

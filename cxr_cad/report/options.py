@@ -8,12 +8,12 @@ its field name, whether the options come from the command line, a workflow file 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, ClassVar, Literal, TypedDict
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from cxr_cad.config.base import StrictModel, validation_problems
-from cxr_cad.errors import ConfigError, UsageError
+from cxr_cad.config.base import StrictModel
+from cxr_cad.errors import UsageError
 
 __all__ = ["ReportOptions", "LegacyReportKwargs", "fold_legacy_kwargs"]
 
@@ -48,6 +48,8 @@ class ReportOptions(StrictModel):
         gradcam_note: the note shown when no Grad-CAM source is given.
     """
 
+    error_source: ClassVar[str | None] = "report options"
+
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     n_bootstrap: int = Field(default=2000, ge=100)
     seed: int = 0
@@ -73,19 +75,6 @@ class ReportOptions(StrictModel):
         if not value or any(not 0.0 < float(p) < 1.0 for p in value):
             raise ValueError(f"prevalences must be in (0, 1), e.g. 0.05,0.2; got {list(value)}")
         return value
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _one_error_type(cls, data: Any, handler: Any) -> Any:
-        """Direct construction (``ReportOptions(alpha=2)``) raises ConfigError too, not pydantic's error."""
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc), source="report options") from None
-
-    def replace(self, **changes: Any) -> ReportOptions:
-        """A copy with ``changes`` applied and validated (ConfigError on a bad value)."""
-        return type(self).model_validate({**dict(self), **changes})
 
 
 class LegacyReportKwargs(TypedDict, total=False):
