@@ -143,24 +143,16 @@ def _add_optimisation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed of split, initialisation, order and augmentation [0]")
 
 
-def arch_choices() -> list[str] | None:
-    """The registered network names (``cxr_cad.model.registry``; no torch import), or None when
-    the registry is not there (then the config validation judges the name)."""
-    try:
-        from cxr_cad.model.registry import arch_names
-    except ImportError:  # pragma: no cover - registry not in this tree
-        return None
-    return list(arch_names())
-
-
 def add_arch_option(g) -> None:
     """``--arch NAME``: the network (config key ``model.arch``)."""
-    choices = arch_choices()
+    from cxr_cad.model.registry import DEFAULT_ARCH, arch_names  # no torch import
+
+    choices = list(arch_names())
     g.add_argument(
         "--arch",
         choices=choices,
         metavar="NAME",
-        help="network architecture" + (f": {', '.join(choices)}" if choices else "") + " [resnet18]",
+        help=f"network architecture: {', '.join(choices)} [{DEFAULT_ARCH}]",
     )
 
 

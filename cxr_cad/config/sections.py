@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from cxr_cad.config.types import ConfigModel, Float, FloatTuple, Int, OptInt, OptStr, StrTuple, problem
+from cxr_cad.model.registry import DEFAULT_ARCH  # the registry imports no torch
 
 __all__ = [
     "DataConfig",
@@ -22,9 +23,6 @@ __all__ = [
     "DEFAULT_ARCH",
     "arch_choices",
 ]
-
-#: The study's network, and the default of ``model.arch``.
-DEFAULT_ARCH = "resnet18"
 
 
 def arch_choices() -> tuple[str, ...]:

@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The architecture of a config without ``model.arch`` (the study's network).
-DEFAULT_ARCH = "resnet18"
-
-
-def arch_of(cfg: TrainConfig) -> str:
-    """``cfg.model.arch`` (the registered network; ``resnet18`` for a config without one)."""
-    return str(getattr(cfg.model, "arch", DEFAULT_ARCH))
-
 
 @dataclass
 class TrainData:
@@ -100,7 +92,7 @@ def init_model(cfg: TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
         cfg.model.in_channels,
         seed=cfg.seed,
         classes=list(cfg.data.classes),
-        arch=arch_of(cfg),
+        arch=cfg.model.arch,
     )
     parent = record.get("parent_classes")
     if record.get("init") == "bundle" and list(parent or []) != list(cfg.data.classes):
