@@ -29,3 +29,15 @@ def test_rejected_columns_extend_the_shared_ones():
     from cxr_cad.infra import REJECTED_COLUMNS as SHARED
 
     assert REJECTED_COLUMNS == [*SHARED, "sop_instance_uid"]
+
+
+def test_a_malformed_forward_node_is_a_config_error_and_exit_2(capsys):
+    from cxr_cad.cli import main
+    from cxr_cad.pacs.scp import parse_forward
+
+    assert parse_forward("PACS@10.0.0.5:104") == ("PACS", "10.0.0.5", 104)
+    for bad in ("PACS", "PACS@host", "@host:104", "PACS@host:port", "A" * 17 + "@h:1"):
+        with pytest.raises(ConfigError, match="AET@HOST:PORT"):
+            parse_forward(bad)
+    assert main(["listen", "--model", "m.pt", "--out", "o", "--forward", "PACS@host"]) == 2
+    assert "AET@HOST:PORT" in capsys.readouterr().err

@@ -23,11 +23,12 @@ Exit codes: 0 stopped cleanly; 1 bad model bundle, port in use or another failur
 
 
 def _forward(text: str):
+    from cxr_cad.errors import ConfigError
     from cxr_cad.pacs.scp import parse_forward
 
     try:
         return parse_forward(text)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 

@@ -74,11 +74,13 @@ class ListenOptions:
 
 
 def parse_forward(text: str) -> tuple[str, str, int]:
-    """``PACS@10.0.0.5:104`` -> ("PACS", "10.0.0.5", 104); ValueError when malformed."""
+    """``PACS@10.0.0.5:104`` -> ("PACS", "10.0.0.5", 104); ConfigError (a bad setting) when malformed."""
+    from cxr_cad.errors import ConfigError
+
     aet, sep, rest = text.partition("@")
     host, colon, port = rest.rpartition(":")
     if not sep or not colon or not aet or not host or not port.isdigit() or len(aet) > 16:
-        raise ValueError(f"{text!r} is not AET@HOST:PORT (e.g. PACS@10.0.0.5:104)")
+        raise ConfigError(f"--forward {text!r} is not AET@HOST:PORT (e.g. PACS@10.0.0.5:104)")
     return aet, host, int(port)
 
 
