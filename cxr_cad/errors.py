@@ -50,6 +50,10 @@ class Reason(str, Enum):
     DUPLICATE_CONTENT = "DUPLICATE_CONTENT"  # byte-identical copy of a file already accepted
     NO_LABEL = "NO_LABEL"  # evaluate: an image the labels file gives no label for
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug in cxr_cad; the detail carries the exception
+    # An image listed by a DICOMweb archive that could not be fetched (retried on the next run):
+    NETWORK_ERROR = "NETWORK_ERROR"  # connection refused/reset, time-out, DNS, TLS: after the retries
+    FETCH_FAILED = "FETCH_FAILED"  # the archive answered with an HTTP error status (after retries)
+    NOT_FOUND_IN_ARCHIVE = "NOT_FOUND_IN_ARCHIVE"  # listed by QIDO-RS, gone by the time WADO-RS asked (404)
 
     def __str__(self) -> str:  # so f"{reason}" gives the bare code
         return self.value

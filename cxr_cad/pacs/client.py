@@ -27,7 +27,7 @@ import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from cxr_cad.errors import ConfigError
+from cxr_cad.errors import ConfigError, Reason
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -43,9 +43,10 @@ RETRIES_ENV = "CXR_CAD_DICOMWEB_RETRIES"
 TIMEOUT_S = 60
 
 #: Reason codes for instances that could not be fetched (rejected.csv ``reason``).
-NETWORK_ERROR = "NETWORK_ERROR"  # connection refused/reset, time-out, DNS, TLS: after the retries
-FETCH_FAILED = "FETCH_FAILED"  # the archive answered with an HTTP error status (after retries)
-NOT_FOUND_IN_ARCHIVE = "NOT_FOUND_IN_ARCHIVE"  # listed by QIDO-RS, gone by the time WADO-RS asked (404)
+NETWORK_ERROR = Reason.NETWORK_ERROR.value
+FETCH_FAILED = Reason.FETCH_FAILED.value
+NOT_FOUND_IN_ARCHIVE = Reason.NOT_FOUND_IN_ARCHIVE.value
+#: The reasons of an image a later run fetches again.
 NETWORK_REASONS = (NETWORK_ERROR, FETCH_FAILED, NOT_FOUND_IN_ARCHIVE)
 
 
