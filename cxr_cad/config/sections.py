@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from cxr_cad.config.types import ConfigModel, Float, FloatTuple, Int, OptInt, OptStr, StrTuple, problem
+from cxr_cad.config.types import ConfigModel, Float, Int, OptInt, OptStr, PercentilePair, StrTuple, problem
 from cxr_cad.model.registry import DEFAULT_ARCH  # the registry imports no torch
 
 __all__ = [
@@ -94,7 +94,7 @@ class ModelConfig(ConfigModel):
     in_channels: Int = Field(default=1, json_schema_extra={"enum": [1, 3]})
     freeze_backbone_epochs: Int = Field(default=0, ge=0)
     intensity: Literal["percentile", "none"] = "percentile"
-    intensity_percentiles: FloatTuple = (0.5, 99.5)
+    intensity_percentiles: PercentilePair = (0.5, 99.5)
     tta: Literal["none", "hflip"] = "none"
 
     @field_validator("arch")
@@ -119,13 +119,6 @@ class ModelConfig(ConfigModel):
         if n not in (1, 3):
             raise problem("must be 1 or 3")
         return n
-
-    @field_validator("intensity_percentiles")
-    @classmethod
-    def _percentiles(cls, lo_hi: tuple[float, ...]) -> tuple[float, ...]:
-        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0:
-            raise problem("must be [lower, upper] with 0 <= lower < upper <= 100")
-        return lo_hi
 
 
 class OptimConfig(ConfigModel):

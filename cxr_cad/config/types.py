@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
 from cxr_cad.config.base import StrictModel, plain
@@ -30,6 +30,7 @@ __all__ = [
     "StrTuple",
     "FloatTuple",
     "NumberPair",
+    "PercentilePair",
 ]
 
 
@@ -97,3 +98,13 @@ StrTuple = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
 FloatTuple = Annotated[tuple[Float, ...], BeforeValidator(_split_list)]
 #: (low, high) numbers.
 NumberPair = Annotated[tuple[Float, Float], BeforeValidator(_split_list)]
+
+
+def _percentile_pair(lo_hi: tuple[float, ...]) -> tuple[float, ...]:
+    if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0:
+        raise problem("must be [lower, upper] with 0 <= lower < upper <= 100")
+    return lo_hi
+
+
+#: Intensity percentiles ``(lower, upper)`` in [0, 100] (``model.intensity_percentiles``, the transform spec's).
+PercentilePair = Annotated[FloatTuple, AfterValidator(_percentile_pair)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -115,23 +116,12 @@ class ArchSpec:
         return {self.map_key(k): v for k, v in state.items()}
 
 
-def _build_resnet18(num_classes: int, in_channels: int) -> nn.Module:
-    from monai.networks.nets import resnet18
+def _build_monai_resnet(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """MONAI's ``resnet18``/``resnet50`` with torchvision's layout (7x7 stride-2 stem, no
+    downsample bias), so torchvision checkpoints load by name."""
+    from monai.networks import nets
 
-    return resnet18(
-        spatial_dims=2,
-        n_input_channels=in_channels,
-        num_classes=num_classes,
-        bias_downsample=False,
-        conv1_t_stride=2,
-        pretrained=False,
-    )
-
-
-def _build_resnet50(num_classes: int, in_channels: int) -> nn.Module:
-    from monai.networks.nets import resnet50
-
-    return resnet50(
+    return getattr(nets, name)(
         spatial_dims=2,
         n_input_channels=in_channels,
         num_classes=num_classes,
@@ -158,7 +148,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
             # MONAI's resnet18 with these arguments is torchvision's layer for layer, same names
             ArchSpec(
                 name="resnet18",
-                builder=_build_resnet18,
+                builder=partial(_build_monai_resnet, "resnet18"),
                 impl=_RESNET_IMPL.format("resnet18"),
                 stem="conv1",
                 head="fc",
@@ -169,7 +159,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
             # bottleneck blocks with the stride on the 3x3 convolution: torchvision's "v1.5"
             ArchSpec(
                 name="resnet50",
-                builder=_build_resnet50,
+                builder=partial(_build_monai_resnet, "resnet50"),
                 impl=_RESNET_IMPL.format("resnet50"),
                 stem="conv1",
                 head="fc",

@@ -3,9 +3,10 @@ intervals, wide intervals, small subgroups (``metrics["warnings"]``, ``metrics["
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
+
+from cxr_cad.report.fmt import finite_or_none
 
 __all__ = [
     "SMALL_CLASS",
@@ -24,18 +25,10 @@ SMALL_SUBGROUP_N = 30
 SMALL_SUBGROUP_CLASS = 10
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _ci_warning(name: str, ci: Mapping[str, Any] | None, *, value_key: str = "value") -> str | None:
     if not ci:
         return None
-    v, lo, hi = _num(ci.get(value_key)), _num(ci.get("low")), _num(ci.get("high"))
+    v, lo, hi = finite_or_none(ci.get(value_key)), finite_or_none(ci.get("low")), finite_or_none(ci.get("high"))
     if v is None or lo is None or hi is None:
         return None
     if hi - lo == 0:
@@ -79,11 +72,13 @@ def collect_warnings(d: Mapping[str, Any]) -> list[str]:
             w = _ci_warning(f"{key.capitalize()} at {op['label']}", m.get(key))
             if w:
                 out.append(w)
-            lo, hi = _num((m.get(key) or {}).get("low")), _num((m.get(key) or {}).get("high"))
+            lo, hi = finite_or_none((m.get(key) or {}).get("low")), finite_or_none((m.get(key) or {}).get("high"))
             if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
                 wide.append(f"{key} ({hi - lo:.2f})")
         f1 = m.get("f1_ci") or {}
-        if _num(f1.get("value")) in (0.0, 1.0) and _num(f1.get("low")) == _num(f1.get("high")):
+        if finite_or_none(f1.get("value")) in (0.0, 1.0) and finite_or_none(f1.get("low")) == finite_or_none(
+            f1.get("high")
+        ):
             out.append(
                 f"F1 at {op['label']} is {f1['value']:.0f} and its bootstrap interval has zero width: "
                 "every resample gives the same value, which does not mean there is no uncertainty"
@@ -91,12 +86,12 @@ def collect_warnings(d: Mapping[str, Any]) -> list[str]:
     pl = d.get("patient_level") or {}
     for key in ("auc", "sensitivity", "specificity"):
         ci = pl.get(key) or {}
-        if _num(ci.get("low")) is not None and ci.get("low") == ci.get("high"):
+        if finite_or_none(ci.get("low")) is not None and ci.get("low") == ci.get("high"):
             out.append(
                 f"Patient-level {key} interval has zero width ({ci['low']:.3f}–{ci['high']:.3f}): every "
                 "patient resample gives the same value, which does not mean there is no uncertainty"
             )
-    lo, hi = _num(auc["delong_logit"].get("low")), _num(auc["delong_logit"].get("high"))
+    lo, hi = finite_or_none(auc["delong_logit"].get("low")), finite_or_none(auc["delong_logit"].get("high"))
     if lo is not None and hi is not None and hi - lo > SMALL_CI_WIDTH:
         wide.append(f"AUC ({hi - lo:.2f})")
     if wide:

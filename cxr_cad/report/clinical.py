@@ -8,7 +8,6 @@ Statistics come from :mod:`cxr_cad.metrics`; this module selects inputs and word
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 from cxr_cad import metrics
 from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap
 from cxr_cad.metrics.utility import calibration_slope_intercept, decision_curve, precision_recall, predictive_values
-from cxr_cad.report.fmt import fmt_threshold
+from cxr_cad.report.fmt import finite_or_none, fmt_threshold
 
 NOT_RECORDED = "not recorded"
 #: how each source of the threshold is named (never "stored"/"chosen before" unless it was)
@@ -48,14 +47,6 @@ POPULATION_ITEMS = (
 )
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _thr(x: float) -> str:
     return fmt_threshold(float(x))
 
@@ -82,7 +73,7 @@ def threshold_provenance(
             else "; how it was chosen is not recorded"
         )
         out["text"] = f"{_thr(threshold)}, {THRESHOLD_SOURCES.get(src, src)}{how}"
-        bundle_thr = _num(info.get("threshold_bundle"))
+        bundle_thr = finite_or_none(info.get("threshold_bundle"))
         if bundle_thr is not None and abs(bundle_thr - float(threshold)) > 1e-12:
             out["text"] += f" (the bundle's own threshold, {_thr(bundle_thr)}, is not used)"
         return out
@@ -197,7 +188,9 @@ def model_description(model_info: Mapping[str, Any] | None) -> dict:
         "split": rec(tr.get("split")),
         "epochs": rec(tr.get("epochs_run") or cfg.get("epochs")),
         "best_epoch": rec(tr.get("best_epoch")),
-        "validation_auc": "not recorded" if _num(tr.get("val_auc")) is None else f"{float(tr['val_auc']):.3f}",
+        "validation_auc": "not recorded"
+        if finite_or_none(tr.get("val_auc")) is None
+        else f"{float(tr['val_auc']):.3f}",
         "model_card": m.get("model_card"),
     }
     return out

@@ -22,6 +22,15 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def finite_or_none(x: Any) -> float | None:
+    """``float(x)`` when that is a finite number, else None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def fmt_num(x: Any, digits: int = 3) -> str:
     """A number with ``digits`` decimals; ``not estimable`` for null/NaN."""
     return f"{x:.{digits}f}" if _finite(x) else NOT_ESTIMABLE

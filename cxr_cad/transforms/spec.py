@@ -35,7 +35,16 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from cxr_cad.config.base import parse_model
-from cxr_cad.config.types import ConfigModel, Float, FloatTuple, Int, Number, NumberPair, StrictBool, problem
+from cxr_cad.config.types import (
+    ConfigModel,
+    Float,
+    Int,
+    Number,
+    NumberPair,
+    PercentilePair,
+    StrictBool,
+    problem,
+)
 from cxr_cad.errors import BundleError, ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -114,7 +123,7 @@ class TransformSpec(ConfigModel):
     apply_voi: StrictBool = True
     interpolation: Literal["area", "bilinear", "bicubic"] = "area"
     intensity: str = "percentile"
-    intensity_percentiles: FloatTuple = DEFAULT_PERCENTILES
+    intensity_percentiles: PercentilePair = DEFAULT_PERCENTILES
 
     @field_validator("in_channels")
     @classmethod
@@ -141,13 +150,6 @@ class TransformSpec(ConfigModel):
         if intensity not in INTENSITIES:
             raise problem(f"intensity must be one of {', '.join(INTENSITIES)}")
         return intensity
-
-    @field_validator("intensity_percentiles")
-    @classmethod
-    def _percentiles(cls, lo_hi: tuple[float, ...]) -> tuple[float, ...]:
-        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0:
-            raise problem("must be (lower, upper) with 0 <= lower < upper <= 100")
-        return lo_hi
 
     @classmethod
     def for_init(cls, in_channels: int = 1, **kwargs: Any) -> TransformSpec:
