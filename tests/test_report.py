@@ -14,7 +14,7 @@ import pytest
 from cxr_cad import metrics
 from cxr_cad.errors import UsageError
 from cxr_cad.report import ReportOptions, write_report
-from cxr_cad.report.view import fmt_auc, fmt_interval, fmt_num, fmt_p, fmt_prop
+from cxr_cad.report.fmt import fmt_auc, fmt_interval, fmt_num, fmt_p, fmt_prop
 
 PATIENT_TAG = "QZXPATIENTKEY"
 

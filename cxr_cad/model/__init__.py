@@ -27,9 +27,7 @@ if TYPE_CHECKING:
     from cxr_cad.model.fold import fold_batchnorm
     from cxr_cad.model.init import init_model
     from cxr_cad.model.networks import (
-        ARCH,
         ProbabilityAverage,
-        adapt_conv1,
         adapt_stem,
         build_model,
         build_network,
@@ -54,9 +52,7 @@ _HOME = {
     "fold": ("fold_batchnorm",),
     "init": ("init_model",),
     "networks": (
-        "ARCH",
         "ProbabilityAverage",
-        "adapt_conv1",
         "adapt_stem",
         "build_model",
         "build_network",
@@ -79,7 +75,6 @@ _HOME = {
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 
 __all__ = [
-    "ARCH",
     "ARCHITECTURES",
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
@@ -92,7 +87,6 @@ __all__ = [
     "Bundle",
     "BundleOptions",
     "ProbabilityAverage",
-    "adapt_conv1",
     "adapt_stem",
     "arch_names",
     "build_model",

@@ -26,9 +26,6 @@ from cxr_cad.model.registry import ARCHITECTURES, DEFAULT_ARCH, ArchSpec, get_ar
 
 log = logging.getLogger(__name__)
 
-#: The default network's name and how it is built (kept for callers of the single-network API).
-ARCH = DEFAULT_ARCH
-ARCH_IMPL = get_arch(DEFAULT_ARCH).impl
 TRAINABLE_MODES = ("all", "head")
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -113,10 +110,6 @@ def adapt_stem(weight: torch.Tensor, in_channels: int, mode: str = "sum") -> tor
     if in_channels == 3 and src == 1:
         return weight.repeat(1, 3, 1, 1) / 3.0
     raise WeightsError(f"cannot adapt a stem with {src} input channels to {in_channels} channels ({mode})")
-
-
-#: The former name of :func:`adapt_stem`.
-adapt_conv1 = adapt_stem
 
 
 @cache

@@ -269,12 +269,3 @@ def load_imagenet_weights(
         "verified_imagenet": digest.startswith(spec.weights_sha256_prefix),
         **info,
     }
-
-
-def __getattr__(name: str) -> Any:
-    """``init_model`` moved to :mod:`cxr_cad.model.init`; the old import path still works."""
-    if name == "init_model":
-        from cxr_cad.model.init import init_model
-
-        return init_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

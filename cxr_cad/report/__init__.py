@@ -40,8 +40,6 @@ __all__ = ["write_report", "ReportResult", "ReportOptions", "GradcamSource", "mo
 
 log = logging.getLogger(__name__)
 
-#: kept for tests/hostile/test_cli_misc.py, which imports it; new code uses cxr_cad.infra
-
 NO_MODEL_NOTE = (
     "Grad-CAM explanations are not included: this report was written from a table of "
     "predictions without the model and the images, and Grad-CAM needs both."

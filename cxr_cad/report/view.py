@@ -13,19 +13,15 @@ from __future__ import annotations
 from cxr_cad.report import view_clinical as vc
 from cxr_cad.report import view_performance as vp
 from cxr_cad.report.checklist import checklist_blocks
-from cxr_cad.report.fmt import (  # re-exported: the formatters were defined here
-    DASH,
+from cxr_cad.report.fmt import (
     NOT_ESTIMABLE,
     category_key,
     fmt_auc,
     fmt_interval,
-    fmt_k_n,
-    fmt_maybe_ci,
     fmt_num,
     fmt_p,
     fmt_pct,
     fmt_prop,
-    fmt_ratio,
     fmt_threshold,
     kv,
     level,
@@ -34,23 +30,7 @@ from cxr_cad.report.fmt import (  # re-exported: the formatters were defined her
 from cxr_cad.report.prepare import SUBGROUP_COLUMNS
 from cxr_cad.report.text import INTENDED_USE, LIMITATIONS, methods_paragraphs
 
-__all__ = [
-    "DASH",
-    "NOT_ESTIMABLE",
-    "build_document",
-    "category_key",
-    "fmt_auc",
-    "fmt_interval",
-    "fmt_k_n",
-    "fmt_maybe_ci",
-    "fmt_num",
-    "fmt_p",
-    "fmt_pct",
-    "fmt_prop",
-    "fmt_ratio",
-    "fmt_threshold",
-    "level",
-]
+__all__ = ["build_document"]
 
 
 def _header(d: dict) -> list[dict]:

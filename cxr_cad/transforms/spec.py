@@ -11,7 +11,7 @@ Intensity normalisation matching the initial weights
 The torchvision ImageNet ResNet18 expects RGB input normalised per channel with
 ``mean = (0.485, 0.456, 0.406)`` and ``std = (0.229, 0.224, 0.225)``. For one input
 channel, ``conv1`` is adapted by summing its weights over the colour axis (timm style,
-see :mod:`cxr_cad.model.resnet`): for a gray image ``t`` replicated to three channels,
+see :mod:`cxr_cad.model.networks`): for a gray image ``t`` replicated to three channels,
 ``sum_c W_c * t == (sum_c W_c) * t``, so the 1-channel model sees exactly what the RGB
 model sees on the replicated image. The replicated image must be normalised with *one*
 mean/std, and the single affine map closest to the three per-channel maps is the one

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cxr_cad.errors import BundleError, ConfigError, UsageError, WeightsError
+from cxr_cad.model import init_model
 from cxr_cad.model.bundle import load_bundle
 from cxr_cad.model.integrity import DIGEST_KEY, weights_digest
-from cxr_cad.model.weights import init_model
 from tests.hostile import inputs as H
 from tests.hostile.runner import run_cli
 
