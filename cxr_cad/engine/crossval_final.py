@@ -90,26 +90,21 @@ def ensemble_final(
     threshold (each image scored by the fold model that never saw its patient: the nearest
     unbiased stand-in for the ensemble's own scores), else the mean of the fold thresholds.
     """
-    from cxr_cad.model import ProbabilityAverage, load_bundle, save_bundle
+    from cxr_cad.model import ProbabilityAverage, load_bundle
 
     bundles = [load_bundle(p) for p in fold_bundles]
     first = bundles[0]
     members, hflip = _members(bundles)
     threshold, method = _pooled_threshold(youden, fold_thresholds)
     path = out_dir / FINAL_DIR / rundir.BUNDLE_FILE
-    save_bundle(
+    _save_like(
         path,
         ProbabilityAverage(members, hflip=hflip),
-        classes=first.classes,
-        positive_class=first.positive_class,
-        transform_spec=first.transform_spec,
-        threshold=float(threshold),
-        threshold_method=method,
-        threshold_params={} if method == "youden" else {"value": float(threshold)},
-        threshold_chosen_on=_chosen_on(df, len(bundles)),
+        first,
+        threshold,
+        method,
+        _chosen_on(df, len(bundles)),
         manifest_hash=manifest_hash(df),
-        train_config=first.train_config,
-        init_record=first.meta.get("init"),
         extra={
             "crossval": {
                 "final": "ensemble",
@@ -149,7 +144,7 @@ def train_final(
     n_folds: int,
 ) -> dict[str, Any]:
     """Train on every image for the CV-chosen epochs; the bundle gets the pooled OOF Youden threshold."""
-    from cxr_cad.model import load_bundle, save_bundle
+    from cxr_cad.model import load_bundle
 
     epochs = final_epochs(best, cfg.epochs)
     threshold, method = _pooled_threshold(youden, fold_thresholds)
@@ -180,20 +175,38 @@ def train_final(
             "fold_thresholds": fold_thresholds,
             "fold_threshold_mean": float(np.mean(fold_thresholds)),
         }
-        save_bundle(
+        _save_like(
             result.bundle_path,
             bundle.model,
-            classes=bundle.classes,
-            positive_class=bundle.positive_class,
-            transform_spec=bundle.transform_spec,
-            threshold=float(threshold),
-            threshold_method=method,
-            threshold_params={} if method == "youden" else {"value": float(threshold)},
-            threshold_chosen_on=chosen_on,
+            bundle,
+            threshold,
+            method,
+            chosen_on,
             manifest_hash=bundle.manifest_hash,
             parent_bundle_sha256=meta.get("parent_bundle_sha256"),
-            train_config=bundle.train_config,
-            init_record=meta.get("init"),
             extra=extra,
         )
     return _record(result.bundle_path, threshold, method, fold_thresholds, epochs=epochs)
+
+
+def _save_like(
+    path: Path, model: torch.nn.Module, like: Bundle, threshold: float, method: str, chosen_on: dict, **fields: Any
+) -> None:
+    """``save_bundle`` with ``like``'s classes, transform spec, training config and init record, and
+    the cross-validation threshold (``fields``: manifest hash, parent, extra)."""
+    from cxr_cad.model import save_bundle
+
+    save_bundle(
+        path,
+        model,
+        classes=like.classes,
+        positive_class=like.positive_class,
+        transform_spec=like.transform_spec,
+        threshold=float(threshold),
+        threshold_method=method,
+        threshold_params={} if method == "youden" else {"value": float(threshold)},
+        threshold_chosen_on=chosen_on,
+        train_config=like.train_config,
+        init_record=like.meta.get("init"),
+        **fields,
+    )
