@@ -56,22 +56,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`cxr_cad.infra.atomic_write` (temporary file, fsync, rename).
-
-    Raises OutputError when the folder cannot be written (finished epochs are kept).
-    """
+def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (see module docstring) to ``out_dir/checkpoint.pt`` atomically."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    obj = {"version": CHECKPOINT_VERSION, **state}
     atomic_write(
         path,
         lambda fh: torch.save(obj, fh),
         hint="check the folder's permissions and free space (finished epochs are kept)",
     )
-
-
-def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (see module docstring) to ``out_dir/checkpoint.pt`` atomically."""
-    path = Path(out_dir) / CHECKPOINT_NAME
-    atomic_torch_save({"version": CHECKPOINT_VERSION, **state}, path)
     log.debug("checkpoint written after epoch %d", state.get("epoch", -1))
     return path
 
