@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal, TypedDict
 
 from pydantic import Field, field_validator
 
-from cxr_cad.config.base import StrictModel
+from cxr_cad.config.base import StrictModel, parse_model
 from cxr_cad.errors import UsageError
 
 __all__ = ["ReportOptions", "LegacyReportKwargs", "fold_legacy_kwargs"]
@@ -110,7 +110,7 @@ def fold_legacy_kwargs(options: ReportOptions | Mapping[str, Any] | None, legacy
     if options is None:
         options = ReportOptions()
     elif not isinstance(options, ReportOptions):
-        options = ReportOptions.model_validate(dict(options))
+        options = parse_model(ReportOptions, options, source=ReportOptions.error_source)
     if not legacy:
         return options
     clash = [k for k in legacy if k in options.model_fields_set and getattr(options, k) != legacy[k]]
