@@ -10,15 +10,16 @@ import pytest
 import yaml
 
 from cxr_cad.cli import main
+from cxr_cad.cli.schema import main as schema_main
 from cxr_cad.errors import ConfigError
-from cxr_cad.workflow.gen_schema import SCHEMA_FILE, schema_text
-from cxr_cad.workflow.gen_schema import main as schema_main
 from cxr_cad.workflow.pipeline import planned_steps
 from cxr_cad.workflow.schema import (
+    SCHEMA_FILE,
     apply_sets,
     expand_env,
     load_workflow,
     parse_set,
+    schema_text,
     train_config_dict,
     validate_workflow,
     workflow_json_schema,
@@ -208,7 +209,7 @@ def test_committed_json_schema_is_generated_from_the_models(tmp_path, capsys):
     made_with = json.loads(text)["$comment"].split("pydantic ")[1].split(")")[0]
     if made_with != pydantic.VERSION:  # e.g. the minimum-versions CI job
         pytest.skip(f"the schema file was generated with pydantic {made_with}, this is {pydantic.VERSION}")
-    assert text == schema_text(), "run: python -m cxr_cad.workflow.gen_schema"
+    assert text == schema_text(), "run: python -m cxr_cad.cli.schema"
     assert json.loads(text)["properties"]["model"] == {"$ref": "#/$defs/WorkflowModel"}
     assert schema_main(["--check"]) == 0
     stale = tmp_path / "s.json"
