@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from cxr_cad.config.types import ConfigModel, Float, Int, OptInt, OptStr, PercentilePair, StrTuple, problem
+from cxr_cad.config.types import Channels, ConfigModel, Float, Int, OptInt, OptStr, PercentilePair, StrTuple, problem
 from cxr_cad.model.registry import DEFAULT_ARCH  # the registry imports no torch
 
 __all__ = [
@@ -91,7 +91,7 @@ class ModelConfig(ConfigModel):
     init: str = "imagenet"
     image_size: Int = Field(default=224, ge=32, le=2048)
     aspect: Literal["squash", "pad"] = "squash"
-    in_channels: Int = Field(default=1, json_schema_extra={"enum": [1, 3]})
+    in_channels: Channels = 1
     freeze_backbone_epochs: Int = Field(default=0, ge=0)
     intensity: Literal["percentile", "none"] = "percentile"
     intensity_percentiles: PercentilePair = (0.5, 99.5)
@@ -112,13 +112,6 @@ class ModelConfig(ConfigModel):
         if not init:
             raise problem("must be imagenet, none or a path to a bundle")
         return init
-
-    @field_validator("in_channels")
-    @classmethod
-    def _channels(cls, n: int) -> int:
-        if n not in (1, 3):
-            raise problem("must be 1 or 3")
-        return n
 
 
 class OptimConfig(ConfigModel):

@@ -30,6 +30,7 @@ __all__ = [
     "StrTuple",
     "FloatTuple",
     "NumberPair",
+    "Channels",
     "PercentilePair",
 ]
 
@@ -105,6 +106,15 @@ def _percentile_pair(lo_hi: tuple[float, ...]) -> tuple[float, ...]:
         raise problem("must be [lower, upper] with 0 <= lower < upper <= 100")
     return lo_hi
 
+
+def _channels(n: int) -> int:
+    if n not in (1, 3):
+        raise problem("must be 1 or 3")
+    return n
+
+
+#: Input channels of the network: 1 (gray) or 3 (gray replicated to RGB).
+Channels = Annotated[Int, AfterValidator(_channels), Field(json_schema_extra={"enum": [1, 3]})]
 
 #: Intensity percentiles ``(lower, upper)`` in [0, 100] (``model.intensity_percentiles``, the transform spec's).
 PercentilePair = Annotated[FloatTuple, AfterValidator(_percentile_pair)]

@@ -36,6 +36,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from cxr_cad.config.base import parse_model
 from cxr_cad.config.types import (
+    Channels,
     ConfigModel,
     Float,
     Int,
@@ -117,20 +118,13 @@ class TransformSpec(ConfigModel):
 
     image_size: Int = Field(default=224, ge=32)
     aspect: Literal["squash", "pad"] = "squash"
-    in_channels: Int = 1
+    in_channels: Channels = 1
     mean: Annotated[tuple[Float, ...], _number_list("mean")] = GRAY_MEAN
     std: Annotated[tuple[Float, ...], _number_list("std")] = GRAY_STD
     apply_voi: StrictBool = True
     interpolation: Literal["area", "bilinear", "bicubic"] = "area"
     intensity: str = "percentile"
     intensity_percentiles: PercentilePair = DEFAULT_PERCENTILES
-
-    @field_validator("in_channels")
-    @classmethod
-    def _channels(cls, n: int) -> int:
-        if n not in (1, 3):
-            raise problem("must be 1 or 3")
-        return n
 
     @field_validator("mean", "std")
     @classmethod
