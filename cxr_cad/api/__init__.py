@@ -15,7 +15,7 @@ from cxr_cad.api._cohort import Cohort, labelled_cohort
 from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest
 from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report
 from cxr_cad.api._scoring import (
-    SUBGROUP_COLUMNS,
+    METADATA_COLUMNS,
     cohort_shift,
     evaluate,
     join_metadata,
@@ -33,7 +33,7 @@ __all__ = [
     "Cohort",
     "INGEST_FILES",
     "IngestOutcome",
-    "SUBGROUP_COLUMNS",
+    "METADATA_COLUMNS",
     "as_config",
     "cohort_shift",
     "crossval",

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["join_metadata", "read_table", "read_scores", "score", "predict", "evaluate", "write_report"]
 
-#: Manifest columns a report's subgroup tables use (joined onto predictions by the workflow).
-SUBGROUP_COLUMNS = (
+#: Manifest columns joined onto predictions for the report (ids, and what its subgroup tables and
+#: cohort summary use: report.prepare.SUBGROUP_COLUMNS, age, modality).
+METADATA_COLUMNS = (
     "sop_instance_uid",
     "patient_id",
     "view_position",

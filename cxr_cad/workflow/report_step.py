@@ -22,9 +22,9 @@ __all__ = ["report_step", "headline"]
 
 def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest's subgroup columns (view, sex, age, manufacturer) joined on by SOP Instance UID."""
-    from cxr_cad.api import SUBGROUP_COLUMNS, join_metadata
+    from cxr_cad.api import METADATA_COLUMNS, join_metadata
 
-    return join_metadata(pred, manifest, keys=("sop_instance_uid",), columns=SUBGROUP_COLUMNS, strict=False)
+    return join_metadata(pred, manifest, keys=("sop_instance_uid",), columns=METADATA_COLUMNS, strict=False)
 
 
 def headline(data: dict) -> dict:
