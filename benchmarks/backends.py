@@ -4,7 +4,7 @@ One run, the same labelled images (e.g. 720 Kermany 224x224 JPEGs from
 ../shared/data/kermany-224-train, patients not used for training), prints a table of:
 
 * images/s **model-only** (pre-decoded, preprocessed tensors, batch ``--batch-size``) and
-  **end to end** (``cxr_cad.engine.predict.predict``: decode workers, preprocessing, model,
+  **end to end** (``cxr_cad.inference.predict.predict``: decode workers, preprocessing, model,
   journaled CSVs) for torch fp32, torch bf16 (today's ``predict`` default on CPUs with native
   bf16), onnxruntime fp32 / int8 and OpenVINO fp32 / int8 (plus OpenVINO with its bf16
   hint, for reference);
@@ -35,7 +35,7 @@ import torch
 
 def _model_only(fn, images: torch.Tensor, batch: int, autocast: bool = False) -> tuple[float, np.ndarray]:
     """(images/s, logits) over ``images`` in batches after one warm-up batch."""
-    from cxr_cad.engine import runtime
+    from cxr_cad import runtime
 
     def run(x):
         if autocast:
@@ -53,7 +53,7 @@ def _model_only(fn, images: torch.Tensor, batch: int, autocast: bool = False) ->
 
 
 def _end_to_end(model_path, backend: str, manifest: str, out: Path, batch: int, precision: str) -> float:
-    from cxr_cad.engine.predict import PredictOptions, predict
+    from cxr_cad.inference.predict import PredictOptions, predict
 
     res = predict(
         [manifest],
@@ -66,7 +66,7 @@ def _end_to_end(model_path, backend: str, manifest: str, out: Path, batch: int, 
 
 def _decode_only(manifest: str, spec, n: int) -> float:
     """Images/s of decode + preprocessing alone (one process), the floor of end-to-end time."""
-    from cxr_cad.engine.shards import PredictDataset, collect_inputs
+    from cxr_cad.inference.inputs import PredictDataset, collect_inputs
     from cxr_cad.io import AcceptPolicy
 
     inputs, _ = collect_inputs([manifest])
@@ -138,11 +138,11 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from cxr_cad.engine import runtime
-    from cxr_cad.engine.predict import prepare_for_inference
+    from cxr_cad import runtime
     from cxr_cad.export import export_model, load_exported
+    from cxr_cad.export.backends import OpenVinoModel
     from cxr_cad.export.common import cohort_from_manifest, softmax_positive
-    from cxr_cad.export.runtime import OpenVinoModel
+    from cxr_cad.inference.predict import prepare_for_inference
     from cxr_cad.metrics import roc_auc
     from cxr_cad.model import load_bundle
 

@@ -28,7 +28,7 @@ SYNTAXES = ("explicit", "implicit", "rle", "j2k")
 
 
 def write_dicoms(jpegs: list[Path], where: Path) -> list[Path]:
-    from tests.dicom_factory import write_dicom
+    from tests.factories.dicom import write_dicom
 
     where.mkdir(parents=True, exist_ok=True)
     out = []
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "container_invariance")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    from cxr_cad.engine.loop import predict_probabilities
     from cxr_cad.model import load_bundle
+    from cxr_cad.training.loop import predict_probabilities
 
     table = pd.read_csv(args.dev / "manifest.csv")
     jpegs = [args.dev / p for p in table["path"]]

@@ -63,7 +63,7 @@ def run_predict(source: str, out: Path, model: Path, args, env: dict) -> dict:
 def main() -> None:
     from predict_throughput import default_model
 
-    from tests.pacs_orthanc import PASSWORD, USER, skip_reason, start_orthanc
+    from tests.factories.orthanc import PASSWORD, USER, skip_reason, start_orthanc
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--folder", type=Path, default=None, help="DICOM folder (default: generated)")

@@ -134,7 +134,7 @@ def _shifted(gray: np.ndarray, shift: str) -> np.ndarray | bytes:
 
 def make_shift(cohort: pd.DataFrame, shift: str, out: Path) -> pd.DataFrame:
     """Write the shifted copies of ``cohort``'s images under ``out/shift`` (cached)."""
-    from tests.dicom_factory import write_dicom
+    from tests.factories.dicom import write_dicom
 
     where = out / shift
     where.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def make_shift(cohort: pd.DataFrame, shift: str, out: Path) -> pd.DataFrame:
 def train(name: str, recipe: dict, dev: pd.DataFrame, work: Path, workers: int) -> tuple[Path, float]:
     """Train one recipe into ``work/runs/name`` (a finished run is reused); (bundle, minutes)."""
     from cxr_cad.config import TrainConfig, apply_overrides
-    from cxr_cad.engine.train import train_model
+    from cxr_cad.training.trainer import train_model
 
     d = apply_overrides(recipe, {"data.cache_dir": str(work / "cache"), "runtime.workers": workers})
     cfg = TrainConfig.from_dict(d, source=name)
@@ -180,9 +180,9 @@ def train(name: str, recipe: dict, dev: pd.DataFrame, work: Path, workers: int) 
 def score(bundle_path: Path, cohort: pd.DataFrame, work: Path, workers: int, *, tta: bool = False) -> dict:
     """AUC + DeLong CI and the metrics at the stored threshold; ``tta`` wraps the network to
     average in the horizontally flipped image (same stored threshold)."""
-    from cxr_cad.engine.loop import predict_probabilities
     from cxr_cad.metrics import binary_metrics, delong_auc_ci
     from cxr_cad.model import ProbabilityAverage, load_bundle
+    from cxr_cad.training.loop import predict_probabilities
 
     bundle = load_bundle(bundle_path)
     if tta:

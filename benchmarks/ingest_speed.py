@@ -1,4 +1,4 @@
-"""Time `cxr-cad ingest` (cxr_cad.io.scan.scan_sources) on N generated DICOM files.
+"""Time `cxr-cad ingest` (cxr_cad.manifest.scan.scan_sources) on N generated DICOM files.
 
     python benchmarks/ingest_speed.py --n 1000 --size 512 --workers 1,2
 
@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cxr_cad.io.scan import scan_sources  # noqa: E402
-from cxr_cad.progress import set_enabled  # noqa: E402
+from cxr_cad.core.progress import set_enabled  # noqa: E402
+from cxr_cad.manifest.scan import scan_sources  # noqa: E402
 
 
 def write_cohort(root: Path, n: int, size: int, rle: bool, seed: int = 0) -> None:

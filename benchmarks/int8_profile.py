@@ -38,8 +38,8 @@ def openvino_profile(xml: str, batch: int, iters: int, size: int) -> tuple[float
 
 
 def torch_profile(bundle: str, batch: int, iters: int, size: int) -> tuple[float, list[tuple[str, float]]]:
-    from cxr_cad.engine import runtime
-    from cxr_cad.engine.predict import prepare_for_inference
+    from cxr_cad import runtime
+    from cxr_cad.inference.predict import prepare_for_inference
     from cxr_cad.model import load_bundle
 
     info = runtime.resolve_runtime("cpu", "bf16")

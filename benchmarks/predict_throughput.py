@@ -203,7 +203,7 @@ def model_only(model: Path, args, precision: str) -> dict:
     """Images/s of the bare model on random pre-decoded batches (after 2 warm-up batches)."""
     import torch
 
-    from cxr_cad.engine import runtime
+    from cxr_cad import runtime
     from cxr_cad.model import load_bundle
 
     bundle = load_bundle(model)

@@ -45,7 +45,7 @@ SHIFTS = {
 
 def _bundle_with_summary(run: Path, train_manifest: pd.DataFrame, work: Path) -> Path:
     from cxr_cad.model import load_bundle
-    from cxr_cad.model.shift import summarise_training, summary_from_bundle
+    from cxr_cad.shift.monitor import summarise_training, summary_from_bundle
 
     src = run / "model.pt"
     b = load_bundle(src)
@@ -87,7 +87,7 @@ def _derive(paths: list[str], out: Path, name: str) -> Path:
 
 
 def _score(bundle: Path, sources: list, out: Path) -> dict:
-    from cxr_cad.engine.predict import PredictOptions, predict
+    from cxr_cad.inference.predict import PredictOptions, predict
     from cxr_cad.io import AcceptPolicy
 
     r = predict(sources, out, bundle, PredictOptions(workers=2, policy=AcceptPolicy(modalities=()), overwrite=True))

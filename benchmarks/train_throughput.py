@@ -7,7 +7,7 @@ table; ``--json`` also writes the numbers.
 
 Variants:
   * ``fp32-eager``: plain PyTorch (contiguous NCHW, no autocast) — the baseline.
-  * ``project``: ``cxr_cad.engine.loop.train_step`` with the runtime chosen by
+  * ``project``: ``cxr_cad.training.loop.train_step`` with the runtime chosen by
     ``resolve_runtime("cpu", "auto")`` (bf16 autocast + channels-last on CPUs with native
     bf16, else fp32).
   * ``project+compile`` (``--compile``): the same, with ``torch.compile``.
@@ -31,9 +31,9 @@ import time
 def _measure(variant: str, image_size: int, batch_size: int, steps: int, warmup: int, threads: int | None) -> dict:
     import torch
 
-    from cxr_cad.engine.loop import train_step
-    from cxr_cad.engine.runtime import RuntimeInfo, prepare_model, resolve_runtime, to_device
     from cxr_cad.model import build_resnet18
+    from cxr_cad.runtime import RuntimeInfo, prepare_model, resolve_runtime, to_device
+    from cxr_cad.training.loop import train_step
 
     if threads:
         torch.set_num_threads(threads)

@@ -8,13 +8,7 @@ The Python API (:mod:`cxr_cad.api`, docs/api.md) is available at the top level:
 It is imported on first use, so ``import cxr_cad`` stays light.
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
-try:
-    __version__ = _version("cxr_cad")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from cxr_cad.core.provenance import __version__
 
 #: Names re-exported from :mod:`cxr_cad.api` on first use.
 _API = ("ingest", "train", "crossval", "predict", "evaluate", "write_report", "CVResult", "AcceptPolicy")

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import ConfigError
-from cxr_cad.infra import software_versions
 
 log = logging.getLogger(__name__)
 

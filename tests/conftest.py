@@ -12,7 +12,7 @@ os.environ.setdefault("CXR_CAD_NO_PROGRESS", "1")
 @pytest.fixture
 def png_cohort(tmp_path):
     """A small labelled PNG cohort (24 patients x 2 images, 96 px) with manifest.csv."""
-    from tests.synth import write_png_cohort
+    from tests.factories.synth import write_png_cohort
 
     root = tmp_path / "cohort"
     df = write_png_cohort(root)

@@ -56,7 +56,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:  # CVResult lives in the engine, which imports torch
     if name == "CVResult":
-        from cxr_cad.engine.crossval import CrossvalResult
+        from cxr_cad.crossval.run import CrossvalResult
 
         return CrossvalResult
     raise AttributeError(f"module 'cxr_cad.api' has no attribute {name!r}")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_cad.core.atomic import PathLike
+from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.errors import Reason, UsageError
-from cxr_cad.infra import REJECTED_COLUMNS, PathLike
 from cxr_cad.io.policy import AcceptPolicy
 
 __all__ = ["Cohort", "labelled_cohort"]
@@ -57,7 +58,7 @@ def labelled_cohort(
         path = Path(manifest)
         df = resolve_paths(read_manifest(path, require_labels=True, check_files=False), path.parent)
         return Cohort(path, df, pd.DataFrame(columns=REJECTED_COLUMNS))
-    from cxr_cad.io.scan import scan_sources
+    from cxr_cad.manifest.scan import scan_sources
 
     root = Path(str(folder))
     if not root.is_dir():
@@ -86,9 +87,9 @@ def _dicomweb_cohort(
     """The instances the query selects, fetched into ``work``, scanned and joined to ``labels``.
     Instances that could not be fetched keep their network reason code, images without a label
     are NO_LABEL: every selected instance ends in the predictions or the rejected table."""
-    from cxr_cad.io.scan import scan_sources
+    from cxr_cad.api._pacs import materialise
     from cxr_cad.manifest import join_labels, write_manifest
-    from cxr_cad.pacs.cliopts import materialise
+    from cxr_cad.manifest.scan import scan_sources
 
     if not labels:
         raise UsageError(

@@ -1,7 +1,7 @@
 """``ingest``: folders of DICOM/PNG/JPEG (or a manifest table) -> manifest + rejected + ingest.json.
 
 One implementation for ``cxr-cad ingest``, the workflow's ingest step and the Python API; one
-``ingest.json`` layout (read by :mod:`cxr_cad.model.card` and :mod:`cxr_cad.report.inputs`).
+``ingest.json`` layout (read by :mod:`cxr_cad.modelcard` and :mod:`cxr_cad.report.inputs`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.core.atomic import PathLike, atomic_write_many
+from cxr_cad.core.columns import REJECTED_COLUMNS
+from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
-from cxr_cad.infra import REJECTED_COLUMNS, PathLike, atomic_write_many, software_versions
 from cxr_cad.io.policy import AcceptPolicy
-from cxr_cad.io.scan import ScanResult
+from cxr_cad.manifest.scan import ScanResult
 
 if TYPE_CHECKING:
     from cxr_cad.manifest.labels import LabelJoinReport
@@ -192,7 +194,7 @@ def _scan(
     if isinstance(sources, pd.DataFrame):
         where = sources.attrs.get("manifest_path")
         return _table_scan(sources), [os.path.abspath(where)] if where else []
-    from cxr_cad.io.scan import scan_sources
+    from cxr_cad.manifest.scan import scan_sources
 
     paths = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     missing = [s for s in paths if not os.path.exists(s)]

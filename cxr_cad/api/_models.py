@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.core.atomic import PathLike
 from cxr_cad.errors import ConfigError
-from cxr_cad.infra import PathLike
 
 if TYPE_CHECKING:
     from cxr_cad.config import TrainConfig
-    from cxr_cad.engine.crossval import CrossvalResult
-    from cxr_cad.engine.train import EpochCallback, TrainResult
+    from cxr_cad.crossval.run import CrossvalResult
     from cxr_cad.model import Bundle
     from cxr_cad.report import ReportOptions, ReportResult
+    from cxr_cad.training.trainer import EpochCallback, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,15 @@ def run_training(
     init: str | None = None,
     callbacks: Sequence[EpochCallback] = (),
 ) -> TrainResult:
-    """:func:`train` returning the engine's :class:`~cxr_cad.engine.train.TrainResult`."""
-    from cxr_cad.engine.train import train_model
+    """:func:`train` returning the engine's :class:`~cxr_cad.training.trainer.TrainResult`."""
+    from cxr_cad.training.trainer import train_model
 
     cfg = as_config(config)
     df = read_labelled(manifest, cfg.data.classes)
     out = _out_dir(out_dir, "train")
     result = train_model(df, out, cfg, init=init, callbacks=callbacks)
     if not isinstance(manifest, pd.DataFrame) and int(os.environ.get("RANK", "0")) == 0:
-        from cxr_cad.model.card import add_manifest_to_card
+        from cxr_cad.modelcard import add_manifest_to_card
 
         add_manifest_to_card(result.bundle_path, manifest)  # sources recorded at ingest
     return result
@@ -123,7 +123,7 @@ def crossval(
 ) -> CrossvalResult:
     """Patient-grouped K-fold cross-validation of the training recipe.
 
-    Returns the engine's :class:`~cxr_cad.engine.crossval.CrossvalResult` (also exported as
+    Returns the engine's :class:`~cxr_cad.crossval.run.CrossvalResult` (also exported as
     ``CVResult``): ``oof`` (out-of-fold predictions), ``metrics`` (``cv_metrics.json``),
     ``fold_status``, ``final_bundle``. ``final``: False, ``"retrain"`` or ``"ensemble"``.
     Write its report with :func:`write_cv_report`.
@@ -131,7 +131,7 @@ def crossval(
     Raises:
         ConfigError: ``folds`` < 2, ``n_bootstrap`` < 0, bad config; others as :func:`train`.
     """
-    from cxr_cad.engine.crossval import run_crossval
+    from cxr_cad.crossval.run import run_crossval
 
     problems = []
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.core.atomic import PathLike
 from cxr_cad.errors import UsageError
-from cxr_cad.infra import PathLike
 
 if TYPE_CHECKING:
-    from cxr_cad.engine.predict import PredictOptions, PredictResult
+    from cxr_cad.inference.predict import PredictOptions, PredictResult
     from cxr_cad.model import Bundle
     from cxr_cad.report import ReportResult
 
@@ -97,7 +97,7 @@ def cohort_shift(pred: pd.DataFrame, bundle: Bundle | None) -> tuple[dict | None
     bundle or the column is missing."""
     if bundle is None or "shift_score" not in pred.columns:
         return None, False
-    from cxr_cad.model.shift import summary_from_bundle, table_shift
+    from cxr_cad.shift.monitor import summary_from_bundle, table_shift
 
     table = pred.assign(shift_score=pd.to_numeric(pred["shift_score"], errors="coerce"))
     if "patient_age_years" in table.columns:
@@ -124,7 +124,7 @@ def score(
 ) -> PredictResult:
     """Score ``sources`` (folders, manifest files, image files) into ``out_dir``
     (predictions.csv, rejected.csv, summary.json); resumes an interrupted run there."""
-    from cxr_cad.engine.predict import PredictOptions, predict
+    from cxr_cad.inference.predict import PredictOptions, predict
 
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     return predict([os.fspath(s) for s in srcs], out_dir, _bundle_path(bundle), options or PredictOptions())
@@ -132,7 +132,7 @@ def score(
 
 def _options(options: PredictOptions | None, values: dict[str, Any]) -> PredictOptions:
     """``options`` with ``values`` changed (validated: a bad value is a ConfigError)."""
-    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.inference.predict import PredictOptions
 
     if options is None:
         return PredictOptions(**values)
@@ -158,7 +158,7 @@ def predict(
         bundle: a loaded :class:`~cxr_cad.model.Bundle` (from :func:`train`) or a bundle file.
         sources: folders (recursive), manifest files, image files, or a manifest DataFrame.
         out_dir: keep the CSVs there (resumable); None = a temporary folder, removed.
-        options: a :class:`~cxr_cad.engine.predict.PredictOptions`; or give its fields as
+        options: a :class:`~cxr_cad.inference.predict.PredictOptions`; or give its fields as
             keywords (``batch_size=8, workers=0, device="cpu"``, ``policy=AcceptPolicy(...)``).
     """
     opts = _options(options, option_values)

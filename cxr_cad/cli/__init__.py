@@ -19,8 +19,8 @@ import os
 import sys
 
 from cxr_cad import __version__
+from cxr_cad.core.progress import set_enabled
 from cxr_cad.errors import CxrCadError, UsageError, cap_message
-from cxr_cad.progress import set_enabled
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = ["ingest", "train", "crossval", "predict", "evaluate", "report", "export", "run", "demo", "listen"]

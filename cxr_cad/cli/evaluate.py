@@ -80,7 +80,7 @@ def register(subparsers) -> None:
         help="scan the cohort without VOI LUT / windowing (scoring follows the bundle's setting)",
     )
     add_report_options(p)
-    from cxr_cad.pacs.cliopts import add_output_options  # --dicom-out/--secondary-capture/--stow (docs/pacs.md)
+    from cxr_cad.api._pacs import add_output_options  # --dicom-out/--secondary-capture/--stow (docs/pacs.md)
 
     add_output_options(p)
     p.add_argument(
@@ -109,7 +109,7 @@ def _score(
     bundle_path: str, manifest_path: Path, out: Path, args: argparse.Namespace
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from cxr_cad.api import read_table, score
-    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.inference.predict import PredictOptions
 
     options = PredictOptions(batch_size=args.batch_size, workers=args.workers, device=args.device, policy=_policy(args))
     log.info("%s", score(bundle_path, [manifest_path], out, options).summary_line())
@@ -171,9 +171,9 @@ def _report(args: argparse.Namespace, bundle, pred: pd.DataFrame, rejected: pd.D
 
 def run(args: argparse.Namespace) -> int:
     from cxr_cad.api import cohort_shift, join_metadata, labelled_cohort
+    from cxr_cad.api._pacs import write_dicom_outputs
     from cxr_cad.manifest import manifest_hash
     from cxr_cad.model import load_bundle
-    from cxr_cad.pacs.cliopts import write_dicom_outputs
 
     bundle = load_bundle(args.model)
     policy = _policy(args)  # a bad --modalities stops here, before anything is scanned

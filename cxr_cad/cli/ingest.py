@@ -95,7 +95,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="write absolute paths (default: relative to the manifest's folder)",
     )
-    from cxr_cad.pacs.cliopts import add_fetch_options  # dicomweb: sources (docs/pacs.md)
+    from cxr_cad.api._pacs import add_fetch_options  # dicomweb: sources (docs/pacs.md)
 
     add_fetch_options(p)
     p.set_defaults(func=run_ingest)
@@ -108,7 +108,7 @@ def _split_list(text: str | None) -> list[str]:
 def run_ingest(args: argparse.Namespace) -> int:
     """Handler of ``cxr-cad ingest``; returns the exit code."""
     from cxr_cad import api
-    from cxr_cad.pacs.cliopts import materialise_sources  # dicomweb: -> the folder it is fetched into
+    from cxr_cad.api._pacs import materialise_sources  # dicomweb: -> the folder it is fetched into
 
     args.sources = materialise_sources(args, os.path.abspath(args.out))
     policy = AcceptPolicy.from_options(

@@ -69,8 +69,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.engine.predict import PredictOptions
     from cxr_cad.errors import CxrCadError
+    from cxr_cad.inference.predict import PredictOptions
     from cxr_cad.io import AcceptPolicy
     from cxr_cad.pacs.scp import Listener, ListenOptions
 

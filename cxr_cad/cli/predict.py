@@ -90,7 +90,7 @@ def register(subparsers) -> None:
         help="torch (default; --model is a bundle) or a runtime for a model written by `cxr-cad export` "
         "(--model is the export folder or its model file; needs the 'export' extra)",
     )
-    from cxr_cad.pacs.cliopts import (  # DICOMweb / DICOM SR (docs/pacs.md)
+    from cxr_cad.api._pacs import (  # DICOMweb / DICOM SR (docs/pacs.md)
         SOURCE_HELP,
         add_output_options,
         add_query_option,
@@ -104,7 +104,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr_cad import api
-    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.inference.predict import PredictOptions
     from cxr_cad.io.policy import AcceptPolicy
 
     policy = AcceptPolicy.from_options(modalities=args.modalities, allow_lateral=args.allow_lateral)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         backend=args.backend,
     )
-    from cxr_cad.pacs.cliopts import pacs_requested, run_predict
+    from cxr_cad.api._pacs import pacs_requested, run_predict
 
     if pacs_requested(args, args.sources) or args.query:  # dicomweb: source, --dicom-out (docs/pacs.md)
         for line in run_predict(args, args.sources, args.out, args.model, options):

@@ -160,7 +160,8 @@ def cohort_description(args: argparse.Namespace, manifest_path: str | Path | Non
 
 def write_rejected(rejected: pd.DataFrame, out_dir: Path) -> None:
     """rejected.csv (path, reason, detail) in the report folder; only with identifiers."""
-    from cxr_cad.infra import REJECTED_COLUMNS, atomic_write_csv
+    from cxr_cad.core.atomic import atomic_write_csv
+    from cxr_cad.core.columns import REJECTED_COLUMNS
 
     atomic_write_csv(Path(out_dir) / "rejected.csv", rejected[[c for c in REJECTED_COLUMNS if c in rejected.columns]])
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_cad.infra import atomic_write_text
+from cxr_cad.core.atomic import atomic_write_text
 from cxr_cad.workflow.schema import SCHEMA_FILE, schema_text
 
 __all__ = ["main"]

@@ -164,7 +164,7 @@ class ThresholdConfig(ConfigModel):
 
 class RuntimeConfig(ConfigModel):
     """Where it runs. ``precision`` auto = bf16 autocast + channels-last on CPUs with native
-    bf16, AMP on CUDA, else fp32 (see cxr_cad.engine.runtime). ``workers``: DataLoader
+    bf16, AMP on CUDA, else fp32 (see cxr_cad.runtime). ``workers``: DataLoader
     decode processes (0 = decode in the training process)."""
 
     device: str = "auto"

@@ -20,14 +20,14 @@ from cxr_cad.export.names import BACKENDS, EXPORT_FILE, FORMATS, INT8_FORMATS, P
 
 #: Names that need PyTorch, imported on first use (``cxr-cad --help`` must not load torch).
 _LAZY = {
-    "ExportResult": "cxr_cad.export.api",
-    "export_model": "cxr_cad.export.api",
+    "ExportResult": "cxr_cad.export.exporter",
+    "export_model": "cxr_cad.export.exporter",
     "MissingExtraError": "cxr_cad.export.common",
     "read_export_record": "cxr_cad.export.common",
     "Int8Refused": "cxr_cad.export.quantize",
     "Int8Report": "cxr_cad.export.quantize",
-    "ExportedModel": "cxr_cad.export.runtime",
-    "load_exported": "cxr_cad.export.runtime",
+    "ExportedModel": "cxr_cad.export.backends",
+    "load_exported": "cxr_cad.export.backends",
 }
 
 

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cxr_cad.core.atomic import atomic_write_text
+from cxr_cad.core.provenance import sha256_file, software_versions
 from cxr_cad.errors import BundleError, CxrCadError, OutputError, UsageError
-from cxr_cad.infra import atomic_write_text, sha256_file, software_versions
 
 if TYPE_CHECKING:
+    from cxr_cad.config.transforms import TransformSpec
     from cxr_cad.model.bundle import Bundle
-    from cxr_cad.transforms.spec import TransformSpec
 
 from cxr_cad.export.names import EXPORT_FILE
 

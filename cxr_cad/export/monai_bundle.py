@@ -131,7 +131,7 @@ def inference_config(bundle: Bundle) -> dict:
     """``configs/inference.json``: MONAI components + cxr_cad's eval chain, no copy of it."""
     spec = bundle.transform_spec
     return {
-        "imports": ["$from cxr_cad.io.walk import iter_files"],
+        "imports": ["$from cxr_cad.manifest.walk import iter_files"],
         "bundle_root": ".",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "ckpt_path": "$@bundle_root + '/models/model.pt'",

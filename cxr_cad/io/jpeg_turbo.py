@@ -11,7 +11,7 @@ pydicom 3.0 has no permissively licensed decoder for two JPEG syntaxes of old CR
 libjpeg-turbo 3 (through imagecodecs, BSD-3; libjpeg-turbo itself IJG/BSD-3) decodes
 8 and 12-bit lossy and 2-16-bit lossless JPEG, warns about those scan values like
 dcmtk's ``dcmdjpeg`` (same IJG lineage), and gives ``dcmdjpeg``'s pixels exactly
-(``tests/test_decoders.py``). python-gdcm was tried first and dropped: on byte-mutated
+(``tests/io/test_decoders.py``). python-gdcm was tried first and dropped: on byte-mutated
 codestreams its JPEG codec killed the process (SIGSEGV / uncaught C++ exception) within the
 first 100 mutations, and on 8-bit data with fewer than 8 bits stored it aborts outright;
 libjpeg-turbo, fuzzed by OSS-Fuzz, survived 4,000 such mutations here (docs/io.md).

@@ -4,7 +4,7 @@ A manifest is a CSV with one row per accepted image (``data_manifests/README.md`
 Validation collects every problem and raises :class:`~cxr_cad.errors.ManifestError` once.
 """
 
-from cxr_cad.manifest.age import age_in_years
+from cxr_cad.io.age import age_in_years
 from cxr_cad.manifest.folds import grouped_split, patient_folds
 from cxr_cad.manifest.labels import (
     LABEL_KEYS,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_cad import infra
+from cxr_cad.core import atomic
+from cxr_cad.core.atomic import PathLike
 from cxr_cad.errors import ManifestError
-from cxr_cad.infra import PathLike
-from cxr_cad.manifest.age import age_in_years  # noqa: F401 - re-exported (was defined here)
+from cxr_cad.io.age import age_in_years  # noqa: F401 - re-exported (was defined here)
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def table_text(df: pd.DataFrame) -> str:
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write any table as CSV atomically (missing values as empty cells); creates the folder."""
     _make_parents([path])
-    infra.atomic_write_text(path, table_text(df), hint=WRITE_HINT)
+    atomic.atomic_write_text(path, table_text(df), hint=WRITE_HINT)
 
 
 def manifest_text(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool = True) -> str:
@@ -357,7 +357,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, relative: bool 
         OutputError: the file cannot be written.
     """
     _make_parents([path])
-    infra.atomic_write_text(path, manifest_text(df, path, relative=relative), hint=WRITE_HINT)
+    atomic.atomic_write_text(path, manifest_text(df, path, relative=relative), hint=WRITE_HINT)
 
 
 def manifest_hash(df: pd.DataFrame) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad.errors import ConfigError
-from cxr_cad.manifest.age import age_in_years
+from cxr_cad.io.age import age_in_years
 from cxr_cad.metrics._common import UndefinedMetricWarning, warn_undefined
 from cxr_cad.metrics.delong import delong_auc_ci
 from cxr_cad.metrics.operating import binary_metrics
@@ -25,7 +25,7 @@ _PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
 
 def age_years(patient_age: Any) -> float:
     """Age in years from a DICOM Age String "(0010,1010) Patient's Age" ("045Y", "006M", "010W",
-    "003D") or a number of years (see :func:`cxr_cad.manifest.age.age_in_years`, the one parser).
+    "003D") or a number of years (see :func:`cxr_cad.io.age.age_in_years`, the one parser).
     NaN when missing or unparseable (never raises)."""
     years = age_in_years(patient_age)
     return float("nan") if years is None else years

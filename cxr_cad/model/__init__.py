@@ -23,9 +23,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cxr_cad.model.batchnorm import fold_batchnorm
     from cxr_cad.model.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, BundleOptions, load_bundle, save_bundle
-    from cxr_cad.model.fold import fold_batchnorm
-    from cxr_cad.model.init import init_model
+    from cxr_cad.model.imagenet import (
+        ENV_OFFLINE,
+        ENV_WEIGHTS,
+        IMAGENET_HASH_PREFIX,
+        IMAGENET_URL,
+        imagenet_cache_path,
+        load_imagenet_weights,
+    )
+    from cxr_cad.model.initialise import init_model
     from cxr_cad.model.networks import (
         ProbabilityAverage,
         adapt_stem,
@@ -38,19 +46,11 @@ if TYPE_CHECKING:
         unwrap_model,
     )
     from cxr_cad.model.registry import ARCHITECTURES, DEFAULT_ARCH, ArchSpec, arch_names, get_arch
-    from cxr_cad.model.weights import (
-        ENV_OFFLINE,
-        ENV_WEIGHTS,
-        IMAGENET_HASH_PREFIX,
-        IMAGENET_URL,
-        imagenet_cache_path,
-        load_imagenet_weights,
-    )
 
 _HOME = {
     "bundle": ("BUNDLE_FORMAT", "BUNDLE_VERSION", "Bundle", "BundleOptions", "load_bundle", "save_bundle"),
-    "fold": ("fold_batchnorm",),
-    "init": ("init_model",),
+    "batchnorm": ("fold_batchnorm",),
+    "initialise": ("init_model",),
     "networks": (
         "ProbabilityAverage",
         "adapt_stem",
@@ -63,7 +63,7 @@ _HOME = {
         "unwrap_model",
     ),
     "registry": ("ARCHITECTURES", "DEFAULT_ARCH", "ArchSpec", "arch_names", "get_arch"),
-    "weights": (
+    "imagenet": (
         "ENV_OFFLINE",
         "ENV_WEIGHTS",
         "IMAGENET_HASH_PREFIX",

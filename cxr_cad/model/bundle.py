@@ -23,14 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_cad.config.transforms import TransformSpec
+from cxr_cad.core.atomic import atomic_write
+from cxr_cad.core.provenance import sha256_file, software_versions
 from cxr_cad.errors import BundleError, OutputError
-from cxr_cad.infra import atomic_write, sha256_file, software_versions
 from cxr_cad.model import integrity
 from cxr_cad.model.networks import ProbabilityAverage, build_model, find_arch, unwrap_model
 from cxr_cad.model.plain import threshold_selection, to_plain
 from cxr_cad.model.registry import ARCHITECTURES, DEFAULT_ARCH, arch_names
 from cxr_cad.model.torchfile import torch_load_file
-from cxr_cad.transforms.spec import TransformSpec
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def save_bundle(
         ) from exc
     atomic_write(path, lambda fh: torch.save(payload, fh), hint="check free space and permissions")
     log.info("wrote model bundle %s", path)
-    from cxr_cad.model.card import write_model_card  # model_card.md beside every bundle (docs/model.md)
+    from cxr_cad.modelcard import write_model_card  # model_card.md beside every bundle (docs/model.md)
 
     write_model_card(path, payload)
     return path

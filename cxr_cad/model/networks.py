@@ -52,7 +52,7 @@ class ProbabilityAverage(nn.Module):
     mean probability (the log of a distribution is a valid logit vector) and everything that
     applies a softmax to a model's output (validation, ``predict``, ``evaluate``) scores
     the average without knowing it is one. The flip is along the last axis (image columns).
-    Grad-CAM (cxr_cad.report.gradcam) and the shift score's features use the first member
+    Grad-CAM (cxr_cad.explain.gradcam) and the shift score's features use the first member
     network on the unflipped image.
     """
 
@@ -67,7 +67,7 @@ class ProbabilityAverage(nn.Module):
         total: torch.Tensor | None = None
         n = 0
         # members[0] on the unflipped image runs last: a hook on its head (the shift score's
-        # feature tap, cxr_cad.model.shift) then sees the plain image's features
+        # feature tap, cxr_cad.shift.monitor) then sees the plain image's features
         for member in reversed(self.members):
             views = (torch.flip(x, dims=(-1,)), x) if self.hflip else (x,)
             for v in views:
@@ -163,7 +163,7 @@ def layout_arch(model: object) -> ArchSpec | None:
 
 def head_of(model: nn.Module) -> nn.Linear:
     """The classifier of a registered network (of the first member of an ensemble), also after
-    :func:`cxr_cad.model.fold.fold_batchnorm`.
+    :func:`cxr_cad.model.batchnorm.fold_batchnorm`.
 
     Raises:
         WeightsError: ``model`` is none of the registered networks.
@@ -218,7 +218,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain network inside DistributedDataParallel / DataParallel / torch.compile wrappers.
 
     torch.compile's wrapper has no public accessor for the module it wraps; ``_orig_mod`` is
-    the one place cxr_cad reads it (tests/test_model.py checks it still works)."""
+    the one place cxr_cad reads it (tests/model/test_model.py checks it still works)."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module

@@ -7,7 +7,7 @@ and the SHA-256 prefix torchvision publishes in its file name), how torchvision'
 names map onto the MONAI network's, how a pretrained RGB stem adapts to gray input, and the
 input normalisation those weights expect. Nothing else in cxr_cad names a network.
 
-Adding a network is one entry in :data:`ARCHITECTURES` plus its test (``tests/test_registry.py``
+Adding a network is one entry in :data:`ARCHITECTURES` plus its test (``tests/model/test_registry.py``
 builds every entry, loads a fake ImageNet checkpoint through its key map, folds its BatchNorm
 and runs Grad-CAM on it).
 

@@ -7,7 +7,7 @@
 * :mod:`cxr_cad.pacs.sc`      – Grad-CAM Secondary Capture (highdicom)
 * :mod:`cxr_cad.pacs.output`  – ``--dicom-out`` / ``--stow``: writes and sends the objects of a run
 * :mod:`cxr_cad.pacs.scp`     – ``cxr-cad listen``: C-STORE SCP that scores on arrival (pynetdicom)
-* :mod:`cxr_cad.pacs.cliopts` – the options the CLI commands share
+* :mod:`cxr_cad.api._pacs` – the options the CLI commands share
 
 See docs/pacs.md.
 """

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr_cad.core.atomic import atomic_write, atomic_write_text
 from cxr_cad.errors import OutputError
-from cxr_cad.infra import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
     from pydicom.dataset import Dataset
 
-    from cxr_cad.report.gradcam import GradcamSource
+    from cxr_cad.explain.gradcam import GradcamSource
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class DicomOutput:
     """Writes the DICOM objects of one run; :meth:`write` takes scored rows with their source files."""
 
     def __init__(self, options: DicomOutOptions, model_path: str | os.PathLike):
-        from cxr_cad import __version__
+        from cxr_cad.core.provenance import __version__
         from cxr_cad.model import load_bundle
         from cxr_cad.pacs.sr import AlgorithmInfo
 
@@ -131,8 +131,8 @@ class DicomOutput:
         atomic_write_text(self.out / OBJECTS, buf.getvalue())
 
     def _picture(self, path: str, probability: float, threshold: float):
+        from cxr_cad.explain.gradcam import GradcamSource, gradcam_maps
         from cxr_cad.pacs.sc import compose_overlay
-        from cxr_cad.report.gradcam import GradcamSource, gradcam_maps
 
         if self._gradcam is None:
             self._gradcam = GradcamSource.from_bundle(self.bundle)

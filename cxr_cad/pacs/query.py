@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr_cad.core.atomic import atomic_write
 from cxr_cad.errors import ConfigError
-from cxr_cad.infra import atomic_write
 from cxr_cad.pacs.client import network_reason
 
 if TYPE_CHECKING:

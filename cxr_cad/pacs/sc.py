@@ -1,7 +1,7 @@
 """A Grad-CAM overlay as a DICOM Secondary Capture image (highdicom), for a PACS viewer.
 
 The picture: the radiograph as the model sees it (scaled up for viewing), the Grad-CAM map
-of :func:`cxr_cad.report.gradcam.gradcam_maps` blended on top in the "jet" colour map, a
+of :func:`cxr_cad.explain.gradcam.gradcam_maps` blended on top in the "jet" colour map, a
 colour bar (0 = no influence, 1 = strongest), the probability, and "NOT FOR DIAGNOSTIC USE"
 burned into the pixels (so it survives any viewer; (0028,0301) Burned In Annotation = YES).
 Patient and study attributes come from the source through highdicom's

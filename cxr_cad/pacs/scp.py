@@ -18,7 +18,7 @@ Answers (C-STORE response status)
     0xA700 (out of resources) when it cannot be written to disk.
 Robustness
     Scoring runs in its own thread, in batches of what arrived within ``batch_wait_s``,
-    through :func:`cxr_cad.engine.predict.predict`; an exception there becomes
+    through :func:`cxr_cad.inference.predict.predict`; an exception there becomes
     ``INTERNAL_ERROR`` rows, never a dead node. pynetdicom runs each association in its own
     thread; one bad association does not touch the others. On restart, instances received
     but not yet scored are scored first.
@@ -39,14 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr_cad.core.atomic import atomic_write_bytes
 from cxr_cad.errors import OutputError
-from cxr_cad.infra import atomic_write_bytes
 from cxr_cad.pacs.journal import Journal
 
 if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
 
-    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.inference.predict import PredictOptions
 
 #: (0008,0016) of C-ECHO: the Verification SOP Class (PS3.4 A.4), answered so senders can test the node.
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -88,8 +88,8 @@ class Listener:
     """The node: :meth:`start`, then :meth:`stop` (blocks until the queue is scored)."""
 
     def __init__(self, options: ListenOptions, predict_options: PredictOptions | None = None):
-        from cxr_cad.engine.predict import PredictOptions
-        from cxr_cad.engine.writer import check_writable
+        from cxr_cad.inference.outputs import check_writable
+        from cxr_cad.inference.predict import PredictOptions
         from cxr_cad.pacs.output import DicomOutOptions, DicomOutput
 
         self.options = options
@@ -244,7 +244,7 @@ class Listener:
     def _score(self, sops: list[str]) -> None:
         import csv
 
-        from cxr_cad.engine.predict import predict
+        from cxr_cad.inference.predict import predict
 
         run_dir = self.out / ".listen-run"
         paths = [self.received / f"{s}.dcm" for s in sops]

@@ -3,7 +3,7 @@
 :func:`predict_dicomweb` lists the instances with QIDO-RS (:mod:`cxr_cad.pacs.query`), cuts
 the sorted list into chunks of ``chunk_size``, and for each chunk: fetches it with WADO-RS
 into a spool folder (a background thread fetches the next chunk while this one is scored),
-scores the folder with :func:`cxr_cad.engine.predict.predict`, writes its DICOM objects
+scores the folder with :func:`cxr_cad.inference.predict.predict`, writes its DICOM objects
 (``--dicom-out``), appends the chunk's rows to a journal (fsync) and deletes the spool. At
 most two chunks are on disk at once; the archive is never copied whole.
 
@@ -35,14 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxr_cad import infra
+from cxr_cad.core import atomic, provenance
+from cxr_cad.core.columns import PREDICTION_COLUMNS
+from cxr_cad.core.columns import REJECTED_COLUMNS as _REJECTED
 from cxr_cad.errors import ConfigError, CxrCadError, UsageError
 from cxr_cad.pacs.journal import Journal
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
 
-    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.inference.predict import PredictOptions
     from cxr_cad.pacs.output import DicomOutOptions, DicomOutput
     from cxr_cad.pacs.query import RemoteInstance
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".dicomweb"
 #: rejected.csv of a DICOMweb run: the shared columns plus the instance's UID.
-REJECTED_COLUMNS = [*infra.REJECTED_COLUMNS, "sop_instance_uid"]
+REJECTED_COLUMNS = [*_REJECTED, "sop_instance_uid"]
 
 
 @dataclass
@@ -89,7 +91,7 @@ def _run_identity(base: str, query: dict, model_path: str | os.PathLike[str], th
     return {
         "source": base,
         "query": query,
-        "model_sha256": infra.sha256_file(model) if model.is_file() else str(model.resolve()),
+        "model_sha256": provenance.sha256_file(model) if model.is_file() else str(model.resolve()),
         "threshold": threshold,
     }
 
@@ -108,7 +110,7 @@ def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
                 "use a new --out, or --overwrite to discard it"
             )
     else:
-        infra.atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
+        atomic.atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
 
 
 def _fetcher(
@@ -139,8 +141,8 @@ def _score_chunk(
     folder: Path, files: dict, model_path: str | os.PathLike[str], options: PredictOptions, run_dir: Path
 ) -> tuple[dict, dict]:
     """Run the engine over one spool folder: ({SOP UID: prediction row}, {SOP UID: rejected row})."""
-    from cxr_cad.engine.predict import predict
-    from cxr_cad.engine.writer import PREDICTIONS, REJECTED
+    from cxr_cad.inference.outputs import PREDICTIONS, REJECTED
+    from cxr_cad.inference.predict import predict
 
     if not files:
         return {}, {}
@@ -245,13 +247,13 @@ def predict_dicomweb(
 ) -> DicomwebResult:
     """Score every instance of the archive at ``url`` matching ``query`` into ``out_dir`` (see module doc).
 
-    ``options``: :class:`cxr_cad.engine.predict.PredictOptions` (its ``overwrite`` discards an
+    ``options``: :class:`cxr_cad.inference.predict.PredictOptions` (its ``overwrite`` discards an
     earlier run in ``out_dir``). ``dicom_out``: :class:`cxr_cad.pacs.output.DicomOutOptions` or None.
     Raises ConfigError (bad URL/query/chunk size), UsageError (``out_dir`` holds another run), CxrCadError when the
     archive cannot be queried, and what the engine raises for a bad bundle.
     """
-    from cxr_cad.engine.predict import PredictOptions
-    from cxr_cad.engine.writer import check_writable
+    from cxr_cad.inference.outputs import check_writable
+    from cxr_cad.inference.predict import PredictOptions
     from cxr_cad.pacs.client import NETWORK_REASONS, make_client, parse_url
     from cxr_cad.pacs.output import DicomOutput
 
@@ -333,11 +335,11 @@ def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict
     import csv
     import io
 
-    from cxr_cad.engine.writer import PREDICTIONS, REJECTED
+    from cxr_cad.inference.outputs import PREDICTIONS, REJECTED
 
     preds = [r for r in rows if r["kind"] == "prediction"]
     rejs = [r for r in rows if r["kind"] == "rejected"]
-    columns = list(infra.PREDICTION_COLUMNS)
+    columns = list(PREDICTION_COLUMNS)
     for r in preds:
         columns += [c for c in r if c not in columns and c not in ("kind", "event", "calling_ae", "file")]
     for name, cols, table in ((PREDICTIONS, columns, preds), (REJECTED, REJECTED_COLUMNS, rejs)):
@@ -345,7 +347,7 @@ def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(table)
-        infra.atomic_write_text(out / name, buf.getvalue())
+        atomic.atomic_write_text(out / name, buf.getvalue())
     return preds, rejs
 
 
@@ -353,11 +355,11 @@ def _finish(out: Path, instances: Sequence, records: dict[str, dict], result: Di
     """Write predictions.csv / rejected.csv (listing order) and summary.json from the journal."""
     import collections
 
-    from cxr_cad.engine.writer import SUMMARY
+    from cxr_cad.inference.outputs import SUMMARY
 
     preds, rejs = write_tables(out, [records[i.sop_instance_uid] for i in instances if i.sop_instance_uid in records])
     reasons = collections.Counter(r["reason"] for r in rejs)
     result.reasons, result.n_predicted, result.n_rejected = dict(sorted(reasons.items())), len(preds), len(rejs)
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
     summary["images_per_s"] = round(result.images_per_s, 3)
-    infra.atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
+    atomic.atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 import pandas as pd
 
+from cxr_cad.core.atomic import PathLike, atomic_write_many
+from cxr_cad.core.columns import IDENTIFIER_COLUMNS
 from cxr_cad.errors import OutputError, UsageError
-from cxr_cad.infra import IDENTIFIER_COLUMNS, PathLike, atomic_write_many
+from cxr_cad.explain.gradcam import GradcamSource, write_gallery
 from cxr_cad.report.build import build_report_data
 from cxr_cad.report.clinical import jsonable_shift
-from cxr_cad.report.gradcam import GradcamSource, write_gallery
 from cxr_cad.report.options import LegacyReportKwargs, ReportOptions, fold_legacy_kwargs
 from cxr_cad.report.prepare import dedupe_rows, prepare_predictions
 

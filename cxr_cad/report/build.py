@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_cad import infra, metrics
+from cxr_cad import metrics
+from cxr_cad.core import provenance
 from cxr_cad.errors import ManifestError
 from cxr_cad.report import cautions, clinical
 from cxr_cad.report.options import ReportOptions
@@ -229,7 +230,7 @@ def _numbers(
     data = {
         "schema": SCHEMA,
         "generated_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "software": infra.software_versions(infra.CORE_PACKAGES),
+        "software": provenance.software_versions(provenance.CORE_PACKAGES),
         "model": dict(model_info) if model_info else None,
         "cohort": cohort_summary(ev, not_evaluated, rejected, options.cohort_info),
         "positive_class": pos,

@@ -201,7 +201,7 @@ def _augmentation_text(aug: Mapping[str, Any]) -> str:
     empty ``augment`` section means the defaults were used)."""
     import dataclasses
 
-    from cxr_cad.transforms.spec import AugmentSpec
+    from cxr_cad.config.transforms import AugmentSpec
 
     default: Any = AugmentSpec()
     # a pydantic model (issue 13) or, in older code, a dataclass

@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
-from cxr_cad.infra import atomic_write_text
+from cxr_cad.core.atomic import atomic_write_text
 from cxr_cad.report.fmt import fmt_auc, fmt_p, fmt_threshold, level
 
 log = logging.getLogger(__name__)

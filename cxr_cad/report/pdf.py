@@ -21,8 +21,8 @@ from fpdf.fonts import FontFace
 from PIL import Image
 
 from cxr_cad import __version__
+from cxr_cad.core.atomic import atomic_write_bytes
 from cxr_cad.errors import OutputError
-from cxr_cad.infra import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

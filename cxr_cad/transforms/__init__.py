@@ -9,6 +9,16 @@ Public API (see docs/architecture.md, ``cxr_cad.transforms``)::
     collate_samples(samples) -> batch dict with a "rejected" list (REJECTED_KEY)
 """
 
+from cxr_cad.config.transforms import (
+    GRAY_MEAN,
+    GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRANSFORM_SPEC_VERSION,
+    AugmentSpec,
+    TransformSpec,
+    imagenet_normalization,
+)
 from cxr_cad.transforms.chains import (
     IMAGE_KEY,
     CxrDataset,
@@ -29,16 +39,6 @@ from cxr_cad.transforms.reader import (
     find_rejection,
     read_cxr,
     rejection_record,
-)
-from cxr_cad.transforms.spec import (
-    GRAY_MEAN,
-    GRAY_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TRANSFORM_SPEC_VERSION,
-    AugmentSpec,
-    TransformSpec,
-    imagenet_normalization,
 )
 
 __all__ = [

@@ -51,10 +51,10 @@ from monai.transforms import (
     Transform,
 )
 
-from cxr_cad.infra import sha256_bytes
+from cxr_cad.config.transforms import AugmentSpec, TransformSpec
+from cxr_cad.core.provenance import sha256_bytes
 from cxr_cad.transforms.intensity import ScalePercentilesd
 from cxr_cad.transforms.reader import REJECTED_KEY, CxrReader, LoadCxrImaged, rejection_record
-from cxr_cad.transforms.spec import AugmentSpec, TransformSpec
 
 if TYPE_CHECKING:
     from cxr_cad.io import AcceptPolicy
@@ -325,7 +325,7 @@ def make_dataset(
         image. A file that is not accepted yields its item with a ``"rejected"`` record
         ``{"path", "reason", "detail"}`` instead of the image (in a DataLoader worker too);
         batch with :func:`collate_samples`. Use a DataLoader with
-        :func:`cxr_cad.engine.data.worker_init_fn` and a seeded ``generator`` for
+        :func:`cxr_cad.training.data.worker_init_fn` and a seeded ``generator`` for
         reproducible multi-worker augmentation.
     """
     items = list(items)

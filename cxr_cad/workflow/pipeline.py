@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from cxr_cad.core.atomic import atomic_write_text
 from cxr_cad.errors import OutputError
-from cxr_cad.infra import atomic_write_text
 from cxr_cad.workflow.report_step import report_step
 from cxr_cad.workflow.runner import Step, StepOutcome, run_steps, write_record
 from cxr_cad.workflow.schema import train_config_dict

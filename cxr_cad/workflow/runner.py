@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from cxr_cad import __version__
+from cxr_cad.core.atomic import atomic_write_text
+from cxr_cad.core.provenance import sha256_bytes, sha256_file
 from cxr_cad.errors import OutputError
-from cxr_cad.infra import atomic_write_text, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 

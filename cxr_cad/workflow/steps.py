@@ -183,7 +183,7 @@ def _train_config(ctx: StepContext):
 def crossval_step(ctx: StepContext) -> dict:
     """Patient-grouped k-fold cross-validation on the training cohort (:func:`cxr_cad.api.crossval`)."""
     from cxr_cad import api
-    from cxr_cad.engine.crossval import METRICS_FILE, OOF_FILE
+    from cxr_cad.crossval.run import METRICS_FILE, OOF_FILE
 
     step, rel = cohort_manifest(ctx, "train")
     df = read_step_manifest(ctx, step, rel)
@@ -220,7 +220,7 @@ def evaluate_step(ctx: StepContext) -> dict:
     ``config["models"]``: name -> bundle path, or ``"train"`` for the bundle the train
     step wrote."""
     from cxr_cad import api
-    from cxr_cad.engine.predict import PredictOptions
+    from cxr_cad.inference.predict import PredictOptions
 
     step, rel = cohort_manifest(ctx, "test")
     manifest = ctx.run_dir / step / rel

@@ -23,9 +23,9 @@ def write_bundle(path: Path, *, image_size: int = 64, seed: int = 0) -> Path:
     """A valid (randomly initialised) two-class bundle with a small input size."""
     import torch
 
+    from cxr_cad.config.transforms import TransformSpec
     from cxr_cad.model import build_resnet18
     from cxr_cad.model.bundle import save_bundle
-    from cxr_cad.transforms.spec import TransformSpec
 
     torch.manual_seed(seed)
     model = build_resnet18(2, 1)

@@ -94,7 +94,7 @@ def build(tmp: Path, pythonpath: str | None = None) -> dict:
         f"{d['fifo_dir'] / 'P0000-0.png'},NORMAL,1.2.3.2,P2\n"
     )
     # a labelled cohort (two classes) and a one-class one
-    from tests.synth import write_png_cohort
+    from tests.factories.synth import write_png_cohort
 
     d["cohort"] = tmp / "cohort"
     write_png_cohort(d["cohort"], n_patients=8, images_per_patient=1, size=64)

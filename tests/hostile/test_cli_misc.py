@@ -11,8 +11,8 @@ import sys
 import pandas as pd
 import pytest
 
-from cxr_cad import progress as progress_mod
 from cxr_cad.cli import build_parser, main
+from cxr_cad.core import progress as progress_mod
 from tests.hostile import inputs as H
 
 TRAIN = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
@@ -37,7 +37,7 @@ def test_out_equal_to_the_input_is_refused(tmp_path, capsys):
 
 
 def test_patient_id_pattern_needs_a_group(tmp_path, capsys):
-    from tests.synth import write_png_cohort
+    from tests.factories.synth import write_png_cohort
 
     write_png_cohort(tmp_path / "c", n_patients=4, images_per_patient=1, size=32)
     assert main(["ingest", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--patient-id-pattern", "P"]) == 2
@@ -47,7 +47,7 @@ def test_patient_id_pattern_needs_a_group(tmp_path, capsys):
 
 
 def test_one_class_training_is_refused(tmp_path, capsys):
-    from tests.synth import write_png_cohort
+    from tests.factories.synth import write_png_cohort
 
     write_png_cohort(tmp_path / "c", n_patients=8, images_per_patient=1, size=64)
     df = pd.read_csv(tmp_path / "c" / "manifest.csv")
@@ -75,7 +75,7 @@ def test_one_class_training_is_refused(tmp_path, capsys):
 
 
 def test_init_typo_exits_2(tmp_path, capsys):
-    from tests.synth import write_png_cohort
+    from tests.factories.synth import write_png_cohort
 
     write_png_cohort(tmp_path / "c", n_patients=4, images_per_patient=1, size=32)
     rc = main(
@@ -114,7 +114,7 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     import pandas as pd
     import torch
 
-    from cxr_cad.infra import atomic_write, atomic_write_many, atomic_write_text
+    from cxr_cad.core.atomic import atomic_write, atomic_write_many, atomic_write_text
     from cxr_cad.manifest import write_table
 
     old = os.umask(umask)

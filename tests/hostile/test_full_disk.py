@@ -48,7 +48,7 @@ def test_ingest_on_full_disk_writes_all_or_nothing(tmp_path, full_disk):
 
 def test_train_on_full_disk(tmp_path, full_disk):
     disk, _ = full_disk
-    from tests.synth import write_png_cohort
+    from tests.factories.synth import write_png_cohort
 
     write_png_cohort(tmp_path / "c", n_patients=8, images_per_patient=1, size=64)
     out = disk / "train"
@@ -84,8 +84,8 @@ def test_multi_file_outputs_are_a_unit(tmp_path, monkeypatch):
 
     import pytest
 
+    from cxr_cad.core.atomic import atomic_write_many
     from cxr_cad.errors import OutputError
-    from cxr_cad.infra import atomic_write_many
 
     names = ["manifest.csv", "rejected.csv", "ingest.json"]
     for n in names:
@@ -113,8 +113,8 @@ def test_predict_outputs_fill_the_disk_mid_run(tmp_path, monkeypatch):
 
     import pytest
 
-    from cxr_cad.engine import writer
     from cxr_cad.errors import OutputError
+    from cxr_cad.inference import outputs as writer
 
     out = tmp_path / "out"
     (out / writer.STATE_DIR).mkdir(parents=True)

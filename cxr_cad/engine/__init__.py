@@ -1,1 +1,0 @@
-"""Training, cross-validation and batch inference. No plotting, no argparse."""

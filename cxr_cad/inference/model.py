@@ -1,0 +1,118 @@
+"""The inference model of a prediction run: load it, fold BatchNorm, keep the first convolution
+in fp32 under autocast, move it to the device.
+
+Nothing here names a network's layers: BatchNorm folding comes from
+:func:`cxr_cad.model.fold_batchnorm` (traced with ``torch.fx``, for every registered
+architecture), and the first convolution is found by walking the module tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from cxr_cad import runtime
+
+if TYPE_CHECKING:
+    from cxr_cad.shift.monitor import ShiftScorer
+    from cxr_cad.transforms import TransformSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Fp32Module", "ScoringModel", "fold_batchnorm", "load_model", "prepare_for_inference"]
+
+
+class ScoringModel(Protocol):
+    """What prediction needs from a model: a bundle (:class:`cxr_cad.model.Bundle`) or an
+    exported model (:class:`cxr_cad.export.backends.ExportedModel`)."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def classes(self) -> Sequence[str]: ...
+    @property
+    def positive_class(self) -> str: ...
+    @property
+    def positive_index(self) -> int: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def transform_spec(self) -> TransformSpec: ...
+
+
+#: The forward of the inference model: a batch (N, C, S, S) -> logits (N, K).
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` (eval mode) with each BatchNorm2d folded into the Conv2d before it
+    (:func:`cxr_cad.model.fold_batchnorm`: found by tracing, for every registered network;
+    the model is returned unfolded when folding would change its outputs)."""
+    from cxr_cad.model import fold_batchnorm as fold
+
+    return fold(model)
+
+
+class Fp32Module(torch.nn.Module):
+    """Runs the wrapped module in fp32 even inside an autocast region.
+
+    Used for the first convolution under bf16: the input image keeps its fp32 precision
+    (bf16 would round it to about 1/500 of its range before the first layer, the largest
+    single source of bf16-vs-fp32 difference in ResNet18), at the cost of one small layer.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.module(x.float())
+
+
+def _keep_first_conv_fp32(net: torch.nn.Module) -> None:
+    """Wrap the first convolution of ``net`` (depth first, first children) in :class:`Fp32Module`."""
+    for parent in net.modules():
+        first = next(iter(parent.named_children()), None)
+        if first is not None and isinstance(first[1], torch.nn.Conv2d):
+            setattr(parent, first[0], Fp32Module(first[1]))
+            return
+
+
+def prepare_for_inference(model: torch.nn.Module, info: runtime.RuntimeInfo) -> torch.nn.Module:
+    """Fold BatchNorm, keep the first convolution in fp32 under autocast, move to the device."""
+    model = fold_batchnorm(model.eval())
+    if info.autocast_dtype is not None:
+        members = getattr(model, "members", None)  # every network of an ensemble / TTA bundle
+        for net in list(members) if members is not None else [model]:
+            _keep_first_conv_fp32(net)
+    return runtime.prepare_model(model, info)
+
+
+def load_model(
+    model_path: str | os.PathLike[str], info: runtime.RuntimeInfo, use_compile: bool, backend: str = "torch"
+) -> tuple[ScoringModel, Any, ShiftScorer]:
+    """``(model record, forward callable, shift scorer)`` for a bundle (``backend="torch"``) or an
+    exported model (another backend; no features: empty shift columns).
+
+    Raises:
+        BundleError: the bundle is missing, corrupt or cannot be honoured.
+    """
+    from cxr_cad.model import load_bundle
+    from cxr_cad.shift.monitor import ShiftScorer
+
+    if backend != "torch":  # an exported model replaces the torch forward; everything else is the same path
+        from cxr_cad.export import load_exported
+
+        exported = load_exported(model_path, backend)
+        return exported, exported.model, ShiftScorer(exported, exported.model)
+    bundle = load_bundle(model_path, map_location="cpu")
+    model: Any = prepare_for_inference(bundle.model, info)
+    shift = ShiftScorer(bundle, model)  # hooks the head; before torch.compile
+    if use_compile:
+        model = torch.compile(model)
+    return bundle, model, shift

@@ -1,0 +1,343 @@
+"""Streaming batch inference over DICOM/PNG/JPEG folders and manifests: fast, resumable, sharded.
+
+:func:`predict` scores every input file with a model bundle and writes ``predictions.csv``
+(one row per scored image) and ``rejected.csv`` (one row per file that was not scored, with
+a :class:`~cxr_cad.errors.Reason` code) into an output folder; every input file ends up in
+exactly one of the two.
+
+How it is fast
+    Decoding and preprocessing run in DataLoader worker processes, overlapped with
+    inference on batches; every file is decoded at full resolution (issue 10); BatchNorm is
+    folded into the convolutions (every registered network, :func:`cxr_cad.model.fold_batchnorm`);
+    the model runs with bf16 autocast and channels-last on CPUs with native bf16 units,
+    AMP on CUDA, fp32 elsewhere (:mod:`cxr_cad.runtime`), the first convolution
+    kept in fp32 (:func:`prepare_for_inference`); optionally ``torch.compile``.
+How it survives crashes
+    Each finished batch is appended to a journal with fsync (:mod:`cxr_cad.inference.outputs`);
+    a rerun with the same output folder skips what is done; the final CSVs are written
+    atomically at the end. A rerun checks it is the same model, inputs and settings.
+How it scales out
+    Under ``torchrun`` each rank takes every ``world_size``-th batch of the sorted inputs
+    still to do (:func:`cxr_cad.inference.inputs.batch_shard`); rank 0 merges after a barrier.
+A file that cannot be read becomes a ``rejected`` record inside the worker (never an
+exception that stops the run); an unexpected exception becomes an ``INTERNAL_ERROR`` row
+with its message. A bad model bundle or an unwritable output folder stops the run at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cxr_cad import runtime
+from cxr_cad.core.atomic import atomic_write_json
+from cxr_cad.core.progress import progress
+from cxr_cad.core.workers import default_workers
+from cxr_cad.errors import ConfigError, CxrCadError, OutputError, UsageError
+from cxr_cad.inference.inputs import (
+    Batch,
+    PredictDataset,
+    PredictInput,
+    Sample,
+    batch_shard,
+    collate_records,
+    collect_inputs,
+    inputs_fingerprint,
+)
+from cxr_cad.inference.model import Forward, Fp32Module, ScoringModel, load_model, prepare_for_inference
+from cxr_cad.inference.model import fold_batchnorm as fold_batchnorm
+from cxr_cad.inference.options import PredictOptions, PredictResult
+from cxr_cad.inference.outputs import (
+    PREDICTIONS,
+    REJECTED,
+    SUMMARY,
+    Journal,
+    check_writable,
+    merge_outputs,
+    prepare_out_dir,
+    read_journals,
+)
+from cxr_cad.io import AcceptPolicy
+
+if TYPE_CHECKING:
+    from cxr_cad.shift.monitor import ShiftScorer
+    from cxr_cad.transforms import TransformSpec
+
+__all__ = ["Fp32Module", "PredictOptions", "PredictResult", "fold_batchnorm", "predict", "prepare_for_inference"]
+
+log = logging.getLogger(__name__)
+
+#: Test hook: seconds to sleep after each journaled batch (lets tests kill a run mid-way).
+DELAY_ENV = "CXR_CAD_PREDICT_BATCH_DELAY_S"
+STATE_FORMAT = 1
+
+
+def _decision_names(bundle: ScoringModel) -> tuple[str, str]:
+    positive = str(bundle.positive_class)
+    others = [str(c) for c in bundle.classes if str(c) != positive]
+    return positive, (others[0] if len(others) == 1 else f"not {positive}")
+
+
+def _prepare_everywhere(info: runtime.RuntimeInfo, out: Path, state: dict[str, Any], overwrite: bool) -> None:
+    """Rank 0 prepares ``out``; its error, if any, is raised on every rank (same class)."""
+    error: tuple[str, str] | None = None
+    if info.is_main:
+        try:
+            prepare_out_dir(out, state, overwrite=overwrite)
+        except CxrCadError as exc:
+            if not info.distributed:
+                raise
+            error = ("usage" if isinstance(exc, UsageError) else "output", str(exc))
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise (UsageError if error[0] == "usage" else OutputError)(error[1])
+
+
+@dataclass
+class _Scoring:
+    """What turns a batch into journal records: the model and how its outputs are written."""
+
+    forward: Forward
+    info: runtime.RuntimeInfo
+    positive_index: int
+    threshold: float
+    names: tuple[str, str]
+    sha256: str
+    labels: dict[int, str]
+    paths: Sequence[str]
+    shift: ShiftScorer | None = None
+
+    def records(self, batch: Batch) -> list[dict[str, Any]]:
+        """Journal records of one batch: a prediction per accepted image, then the rejections."""
+        records: list[dict[str, Any]] = []
+        if batch["images"] is not None:
+            x = runtime.to_device(batch["images"], self.info)
+            with runtime.autocast(self.info):
+                logits = self.forward(x)
+            probs = torch.softmax(logits.float(), dim=1)[:, self.positive_index].cpu().tolist()
+            shift_cols = self.shift.columns(len(probs)) if self.shift is not None else [{}] * len(probs)
+            for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
+                records.append(self._prediction(rec, p, cols))
+        for rej in batch["rejected"]:
+            i = rej["index"]
+            records.append(
+                {
+                    "index": i,
+                    "kind": "rejected",
+                    "path": self.paths[i],
+                    "reason": rej["reason"],
+                    "detail": rej["detail"],
+                }
+            )
+        return records
+
+    def _prediction(self, rec: Sample, p: float, cols: dict[str, str]) -> dict[str, Any]:
+        i = rec["index"]
+        return {
+            "index": i,
+            "kind": "prediction",
+            "path": self.paths[i],
+            "sop_instance_uid": rec["sop_instance_uid"],
+            "study_instance_uid": rec["study_instance_uid"],
+            "probability": f"{p:.6f}",
+            "decision": self.names[0] if p >= self.threshold else self.names[1],
+            "threshold": f"{self.threshold:g}",
+            "model_sha256": self.sha256,
+            "label": self.labels.get(i, ""),
+            **cols,
+        }
+
+
+def _run_batches(scoring: _Scoring, loader: Iterable[Batch], journal: Journal, total: int) -> int:
+    """Score every batch of ``loader`` and journal it. Returns the number of inputs handled."""
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    n = 0
+    bar: Any
+    with torch.inference_mode(), progress(total=total, desc="predict", unit="img") as bar:
+        for batch in loader:
+            records = scoring.records(batch)
+            journal.append(records)
+            n += len(records)
+            bar.update(len(records))
+            if delay:
+                time.sleep(delay)
+    return n
+
+
+@dataclass
+class _Plan:
+    """The inputs of a run, what an earlier run finished, and this rank's batches."""
+
+    inputs: list[PredictInput]
+    has_labels: bool
+    n_done: int
+    batches: list[list[int]]
+
+
+def _plan(
+    sources: Sequence[str | os.PathLike[str]],
+    out: Path,
+    bundle: ScoringModel,
+    policy: AcceptPolicy,
+    threshold: float,
+    options: PredictOptions,
+    info: runtime.RuntimeInfo,
+) -> _Plan:
+    """List the inputs, prepare (or resume) ``out`` and deal the remaining batches to the ranks."""
+    inputs, has_labels = collect_inputs(sources, exclude=[out])
+    state = {
+        "format": STATE_FORMAT,
+        "model_sha256": bundle.sha256,
+        "n_inputs": len(inputs),
+        "inputs_fingerprint": inputs_fingerprint(inputs),
+        "threshold": threshold,
+        "policy": dataclasses.asdict(policy),
+    }
+    _prepare_everywhere(info, out, state, options.overwrite)
+    done = read_journals(out)
+    runtime.barrier(info)  # every rank has read the journals before any rank appends
+    remaining = [x.index for x in inputs if x.index not in done]
+    batches = batch_shard(remaining, options.batch_size, info.rank, info.world_size)
+    if info.is_main:
+        log.info(
+            "%d input(s), %d done earlier, %d to do on %d process(es); %s %s",
+            len(inputs),
+            len(done),
+            len(remaining),
+            info.world_size,
+            info.device,
+            info.precision,
+        )
+    return _Plan(inputs, has_labels, len(done), batches)
+
+
+def _loader(plan: _Plan, policy: AcceptPolicy, spec: TransformSpec, options: PredictOptions, info: runtime.RuntimeInfo):
+    """Decode workers over this rank's batches (``options.workers``; None = :func:`default_workers`)."""
+    workers = default_workers() if options.workers is None else options.workers
+    workers = min(workers, len(plan.batches))
+    return torch.utils.data.DataLoader(
+        PredictDataset(plan.inputs, policy, spec),
+        batch_sampler=plan.batches,
+        collate_fn=collate_records,
+        num_workers=workers,
+        pin_memory=info.device.startswith("cuda"),
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def _resolve(options: PredictOptions) -> runtime.RuntimeInfo:
+    """The runtime of ``options`` (ConfigError for a setting predict does not offer)."""
+    if options.precision == "fp16":
+        raise ConfigError("--precision fp16 is not offered for predict; use auto, fp32 or bf16")
+    return runtime.resolve_runtime(options.device, options.precision if options.backend == "torch" else "fp32")
+
+
+def predict(
+    sources: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    options: PredictOptions | None = None,
+) -> PredictResult:
+    """Score every input file of ``sources`` with the bundle at ``model_path`` into ``out_dir``.
+
+    ``sources``: folders (recursive), manifests (``.csv``; their ``label`` column is copied
+    to the output) and single files. Resumes an interrupted run in ``out_dir``.
+
+    Raises:
+        BundleError: the bundle is missing, corrupt or cannot be honoured (CLI exit 1).
+        OutputError: ``out_dir`` cannot be written (CLI exit 1).
+        ConfigError: bad options (CLI exit 2).
+        UsageError: missing sources, or ``out_dir`` holds a different run (use a new folder
+            or ``overwrite``) (CLI exit 2).
+    """
+    options = options or PredictOptions()
+    t0 = time.perf_counter()
+    out = Path(out_dir).absolute()
+    info = _resolve(options)
+    check_writable(out)  # fail at once, before loading the model and listing the inputs
+    created = runtime.init_distributed(info)
+    try:
+        bundle, model, shift = load_model(model_path, info, options.compile, options.backend)
+        spec = bundle.transform_spec
+        policy = dataclasses.replace(options.policy or AcceptPolicy(), apply_voi=spec.apply_voi)
+        threshold = float(bundle.threshold if options.threshold is None else options.threshold)
+        plan = _plan(sources, out, bundle, policy, threshold, options, info)
+        scoring = _Scoring(
+            model,
+            info,
+            bundle.positive_index,
+            threshold,
+            _decision_names(bundle),
+            bundle.sha256,
+            labels={x.index: x.label for x in plan.inputs if x.label},
+            paths=[x.path for x in plan.inputs],
+            shift=shift,
+        )
+        with Journal(out, info.rank) as journal:
+            total = sum(len(b) for b in plan.batches)
+            n_processed = _run_batches(scoring, _loader(plan, policy, spec, options, info), journal, total)
+        shift.close()
+        runtime.barrier(info)
+        result = PredictResult(
+            out_dir=out,
+            n_inputs=len(plan.inputs),
+            n_predicted=0,
+            n_rejected=0,
+            n_positive=0,
+            reasons={},
+            n_done_before=plan.n_done,
+            n_processed=n_processed,
+            seconds=time.perf_counter() - t0,
+            model_sha256=bundle.sha256,
+            threshold=threshold,
+            runtime={**info.to_dict(), "backend": options.backend},
+        )
+        if info.is_main:
+            _finish(result, out, plan.has_labels, scoring.names[0], shift.summary)
+        runtime.barrier(info)
+        return result
+    finally:
+        if created:
+            runtime.cleanup_distributed()
+
+
+def _finish(
+    result: PredictResult, out: Path, has_labels: bool, positive: str, shift_summary: dict | None = None
+) -> None:
+    """Merge the journals into the final CSVs and write ``summary.json`` (rank 0)."""
+    records = merge_outputs(out, result.n_inputs, with_label=has_labels)
+    reasons = collections.Counter(r["reason"] for r in records if r["kind"] == "rejected")
+    result.reasons = dict(sorted(reasons.items()))
+    result.n_rejected = sum(reasons.values())
+    result.n_predicted = result.n_inputs - result.n_rejected
+    result.n_positive = sum(1 for r in records if r["kind"] == "prediction" and r["decision"] == positive)
+    from cxr_cad.shift.monitor import SHIFT_FILE, cohort_shift
+
+    (out / SHIFT_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
+    if shift_summary is not None:  # docs/shift.md
+        result.shift = cohort_shift(
+            [r.get("shift_score", "") for r in records if r["kind"] == "prediction"], shift_summary
+        )
+        atomic_write_json(out / SHIFT_FILE, result.shift)
+        if result.shift["flagged"]:
+            log.warning("dataset shift: %s", result.shift["message"])
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
+    summary["images_per_s"] = round(result.images_per_s, 3)
+    summary["predictions_csv"] = PREDICTIONS
+    summary["rejected_csv"] = REJECTED
+    atomic_write_json(out / SUMMARY, summary)

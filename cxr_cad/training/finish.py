@@ -1,0 +1,278 @@
+"""The end of a training run: hflip TTA, the decision threshold on the best epoch's validation
+predictions, the bundle (``model.pt``) and ``result.json``; and reading a finished run back.
+Used by :func:`cxr_cad.training.trainer.train_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr_cad.config import TrainConfig
+from cxr_cad.manifest import manifest_hash as compute_manifest_hash
+from cxr_cad.manifest import write_table
+from cxr_cad.runtime import RuntimeInfo, barrier
+from cxr_cad.training import rundir
+from cxr_cad.training.data import label_indices
+from cxr_cad.training.loop import EvalOutput, evaluate
+from cxr_cad.training.optim import choose_threshold
+from cxr_cad.training.setup import TrainData
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from cxr_cad.transforms import TransformSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (also in ``out_dir/result.json``)."""
+
+    out_dir: Path
+    bundle_path: Path
+    best_epoch: int | None  # 1-based; None without validation data
+    val_auc: float  # NaN without validation data
+    threshold: float
+    threshold_method: str
+    epochs_run: int
+    stopped_early: bool
+    resumed_from_epoch: int  # 0 = started fresh
+    split: str  # how train/validation were chosen
+    history: pd.DataFrame  # train_log.csv
+    val_predictions: pd.DataFrame | None  # best epoch: identity columns, label, y_true, probability
+
+
+@dataclass
+class RunContext:
+    """The fixed facts of a run that its end needs."""
+
+    out_dir: Path
+    cfg: TrainConfig
+    info: RuntimeInfo
+    spec: TransformSpec
+    data: TrainData
+    init_record: dict[str, Any]
+    resumed_from: int
+
+    @property
+    def pos(self) -> int:
+        """Index of the positive class."""
+        return list(self.cfg.data.classes).index(self.cfg.data.positive_class)
+
+
+def val_table(val_df: pd.DataFrame, out: EvalOutput, cfg: TrainConfig, pos: int) -> pd.DataFrame:
+    """``val_predictions.csv``: identity columns, label, y_true and the positive probability."""
+    y_true, score = out.positive(pos)
+    table = pd.DataFrame(
+        {
+            c: val_df[c].astype(str).to_numpy()
+            for c in ("sop_instance_uid", cfg.data.group_col, "path")
+            if c in val_df.columns
+        }
+    )
+    table["label"] = val_df[cfg.data.label_col].astype(str).to_numpy()
+    table["y_true"] = y_true
+    table["probability"] = score
+    return table
+
+
+def load_finished(out_dir: Path) -> TrainResult:
+    """The result of the finished run in ``out_dir`` (``result.json`` and its tables)."""
+    r = rundir.read_json(out_dir / rundir.RESULT_FILE)
+    preds = out_dir / rundir.VAL_PRED_FILE
+    return TrainResult(
+        out_dir=out_dir,
+        bundle_path=out_dir / rundir.BUNDLE_FILE,
+        best_epoch=r["best_epoch"],
+        val_auc=float("nan") if r["val_auc"] is None else r["val_auc"],
+        threshold=r["threshold"],
+        threshold_method=r["threshold_method"],
+        epochs_run=r["epochs_run"],
+        stopped_early=r["stopped_early"],
+        resumed_from_epoch=r["epochs_run"],
+        split=r["split"],
+        history=pd.read_csv(out_dir / rundir.LOG_FILE),
+        val_predictions=_read_val_predictions(preds) if preds.exists() else None,
+    )
+
+
+def _read_val_predictions(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table["y_true"] = table["y_true"].astype(np.int64)
+    table["probability"] = table["probability"].astype(np.float64)
+    return table
+
+
+def with_hflip_tta(
+    model: torch.nn.Module, state: dict[str, Any], val_ds: Dataset | None, info: RuntimeInfo, cfg: TrainConfig
+) -> dict[str, Any]:
+    """The best epoch's network wrapped to average its probability with the horizontally
+    flipped image's (``model.tta: hflip``); the threshold is then chosen on validation
+    probabilities scored the same way. Returns ``state`` updated, with ``tta_model``."""
+    from cxr_cad.model import ProbabilityAverage
+
+    model.load_state_dict(state["best_state"])
+    wrapped = ProbabilityAverage([model], hflip=True)
+    state = {**state, "best_state": None, "tta_model": wrapped}  # weights already in place
+    if val_ds is not None:
+        out = evaluate(
+            wrapped, val_ds, info, batch_size=cfg.batch_size, workers=cfg.runtime.workers, desc="validate (hflip TTA)"
+        )
+        state["best_probs"] = torch.from_numpy(out.probabilities.copy())
+    return state
+
+
+def _shift_summary(model: torch.nn.Module, ctx: RunContext) -> dict[str, Any] | None:
+    """Training-data summary for the shift score (cxr_cad.shift.monitor; docs/shift.md), or None."""
+    from cxr_cad.shift.monitor import summarise_training
+
+    cfg = ctx.cfg
+    return summarise_training(
+        model,
+        ctx.spec,
+        ctx.data.train_df,
+        ctx.data.val_df,
+        group_col=cfg.data.group_col,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else ctx.out_dir / "cache",
+        batch_size=cfg.batch_size,
+        workers=cfg.runtime.workers,
+        autocast_dtype=ctx.info.autocast_dtype,
+        seed=cfg.seed,
+    )
+
+
+def _threshold(ctx: RunContext, state: dict[str, Any]) -> tuple[float, str, dict[str, Any], pd.DataFrame | None]:
+    """(threshold, method, detail, validation table) from the best epoch's validation predictions."""
+    cfg, val_df = ctx.cfg, ctx.data.val_df
+    table = None
+    threshold, method = cfg.threshold.value, "fixed"
+    detail: dict[str, Any] = {"reason": "no validation data"}
+    if val_df is not None and state["best_probs"] is not None:
+        out = EvalOutput(
+            probabilities=state["best_probs"].numpy(),
+            labels=label_indices(val_df, cfg.data.classes, cfg.data.label_col),
+            loss=float("nan"),
+        )
+        table = val_table(val_df, out, cfg, ctx.pos)
+        threshold, method, detail = choose_threshold(
+            table["y_true"].to_numpy(), table["probability"].to_numpy(), cfg.threshold
+        )
+    detail.update(best_epoch=state["best_epoch"], n_val=0 if val_df is None else len(val_df))
+    return threshold, method, detail, table
+
+
+def _chosen_on(ctx: RunContext, state: dict[str, Any], detail: dict[str, Any]) -> dict[str, Any] | None:
+    """The bundle's ``threshold_chosen_on``: the validation rows (None without validation)."""
+    val_df = ctx.data.val_df
+    if val_df is None:
+        return None
+    chosen_on = {
+        "manifest_hash": compute_manifest_hash(val_df),
+        "n": len(val_df),
+        "n_positive": detail.get("n_positive"),
+        "n_negative": detail.get("n_negative"),
+        "description": f"validation split ({ctx.data.how}), best epoch {state['best_epoch']}",
+    }
+    if "warning" in detail:
+        chosen_on["warning"] = detail["warning"]
+    return chosen_on
+
+
+def _save(
+    ctx: RunContext, model: torch.nn.Module, state: dict[str, Any], result: dict[str, Any], detail: dict[str, Any]
+) -> None:
+    """Write the bundle (rank 0)."""
+    from cxr_cad.model import save_bundle
+
+    cfg, method, threshold = ctx.cfg, result["threshold_method"], result["threshold"]
+    params: dict[str, Any] = {k: detail[k] for k in ("target", "tie_range", "n_tied") if k in detail}
+    if method == "fixed":
+        params = {"value": float(threshold)}
+    save_bundle(
+        ctx.out_dir / rundir.BUNDLE_FILE,
+        model,
+        classes=list(cfg.data.classes),
+        positive_class=cfg.data.positive_class,
+        transform_spec=ctx.spec,
+        threshold=float(threshold),
+        threshold_method=method,
+        threshold_params=params,
+        threshold_chosen_on=_chosen_on(ctx, state, detail),
+        manifest_hash=ctx.data.manifest_hash,
+        parent_bundle_sha256=ctx.init_record.get("parent_bundle_sha256"),
+        train_config=cfg.to_dict(),
+        init_record=ctx.init_record,
+        extra={
+            "training": {
+                **result,
+                "n_train": len(ctx.data.train_df),
+                "runtime": ctx.info.to_dict(),
+                "threshold_detail": detail,
+            },
+            "shift": _shift_summary(model, ctx),
+        },
+    )
+
+
+def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> TrainResult:
+    """Best weights in place, threshold chosen, bundle and ``result.json`` written (rank 0)."""
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    threshold, method, detail, table = _threshold(ctx, state)
+    has_val = state["best_epoch"] is not None and ctx.data.val_df is not None
+    best_auc = state["best_auc"] if has_val else float("nan")
+    result = {
+        "best_epoch": state["best_epoch"],
+        "val_auc": None if math.isnan(best_auc) else best_auc,
+        "threshold": threshold,
+        "threshold_method": method,
+        "threshold_detail": detail,
+        "epochs_run": state["epoch"],
+        "stopped_early": state["stopped_early"],
+        "split": ctx.data.how,
+        "manifest_hash": ctx.data.manifest_hash,
+        "parent_bundle": (
+            {"path": ctx.init_record.get("source"), "sha256": ctx.init_record.get("parent_bundle_sha256")}
+            if ctx.init_record.get("init") == "bundle"
+            else None
+        ),
+    }
+    if ctx.info.is_main:
+        if table is not None:
+            write_table(table, ctx.out_dir / rundir.VAL_PRED_FILE)
+        _save(ctx, model, state, result, detail)
+        rundir.write_json(ctx.out_dir / rundir.RESULT_FILE, result)
+    barrier(ctx.info)
+    bundle_path = ctx.out_dir / rundir.BUNDLE_FILE
+    log.log(
+        logging.INFO if ctx.info.is_main else logging.DEBUG,
+        "training done: best epoch %s, validation AUC %.4f, threshold %.4f (%s); bundle %s",
+        state["best_epoch"],
+        best_auc,
+        threshold,
+        method,
+        bundle_path,
+    )
+    return TrainResult(
+        out_dir=ctx.out_dir,
+        bundle_path=bundle_path,
+        best_epoch=state["best_epoch"],
+        val_auc=best_auc,
+        threshold=float(threshold),
+        threshold_method=method,
+        epochs_run=state["epoch"],
+        stopped_early=state["stopped_early"],
+        resumed_from_epoch=ctx.resumed_from,
+        split=ctx.data.how,
+        history=pd.DataFrame(state["history"], columns=rundir.LOG_COLUMNS),
+        val_predictions=table,
+    )

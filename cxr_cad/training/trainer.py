@@ -1,0 +1,296 @@
+"""Train a registered network (``model.arch``; ResNet18 by default) on a labelled manifest: :func:`train_model` (used by ``cxr-cad train`` and
+by cross-validation, one call per fold).
+
+Per epoch: one pass over the training images (class imbalance handled by a weighted loss
+or a class-balanced sampler), the learning-rate schedule steps, the validation images are
+scored (gathered over all ranks under torchrun), validation AUC decides the best epoch and
+early stopping, ``train_log.csv`` gets a row and ``checkpoint.pt`` is replaced atomically.
+At the end the best epoch's weights go into the bundle (``model.pt``) together with the
+decision threshold chosen on the validation predictions and how it was chosen.
+
+Rerunning on the same run folder with the same config and data resumes after the last
+finished epoch (or returns the finished result); anything else is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cxr_cad.config import TrainConfig
+from cxr_cad.core.progress import progress
+from cxr_cad.errors import OutputError
+from cxr_cad.metrics import roc_auc
+from cxr_cad.runtime import (
+    RuntimeInfo,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    prepare_model,
+    resolve_runtime,
+    seed_everything,
+)
+from cxr_cad.training import checkpoint as ckpt
+from cxr_cad.training import rundir
+from cxr_cad.training.data import make_items, train_loader
+from cxr_cad.training.finish import RunContext, TrainResult, finish, load_finished, with_hflip_tta
+from cxr_cad.training.loop import EpochStats, evaluate, predict_probabilities, train_epoch
+from cxr_cad.training.optim import set_backbone_frozen, wrap_model
+from cxr_cad.training.setup import (
+    Training,
+    build_training,
+    checkpoint_state,
+    init_model,
+    new_state,
+    prepare_data,
+    restore,
+    run_record,
+    transform_spec,
+)
+
+__all__ = ["TrainResult", "train_model", "predict_probabilities", "EpochCallback"]
+
+log = logging.getLogger(__name__)
+
+#: Called after every finished (and checkpointed) epoch with (epoch 1-based, log record).
+EpochCallback = Callable[[int, dict], None]
+
+
+def train_model(
+    train_df: pd.DataFrame,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    val_df: pd.DataFrame | None = None,
+    init: str | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+) -> TrainResult:
+    """Train, validate, checkpoint and write the bundle into ``out_dir``.
+
+    Args:
+        train_df: labelled manifest rows (``path`` readable as given: absolute or relative to
+            the current folder, e.g. from ``read_manifest``). Without ``val_df`` it is split
+            into training and validation by ``cfg.data`` (patient-grouped by default).
+        out_dir: the run folder (created). Rerunning with the same config and rows resumes.
+        cfg: the training config (``cfg.model.arch`` names the network).
+        val_df: validation rows given by the caller (a cross-validation fold); then
+            ``train_df`` is used whole for training.
+        init: overrides ``cfg.model.init`` (``imagenet``, ``none`` or a bundle path).
+        callbacks: called on every rank after each finished, checkpointed epoch.
+
+    Raises:
+        ConfigError: bad runtime settings, or ``out_dir`` holds a run with another config/data.
+        ManifestError: missing or unknown labels, an empty split side, unreadable images.
+        WeightsError/BundleError: initial weights that cannot be loaded or whose classes differ.
+        OutputError: the run folder cannot be written.
+    """
+    if init is not None:
+        cfg = cfg.replace(model=cfg.model.replace(init=str(init)))
+    out_dir = Path(out_dir).resolve()
+    info = resolve_runtime(cfg.runtime.device, cfg.runtime.precision)
+    created_group = init_distributed(info)
+    try:
+        return _train(train_df, val_df, out_dir, cfg, info, callbacks)
+    finally:
+        if created_group:
+            cleanup_distributed()
+
+
+def _train(
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame | None,
+    out_dir: Path,
+    cfg: TrainConfig,
+    info: RuntimeInfo,
+    callbacks: Sequence[EpochCallback],
+) -> TrainResult:
+    from cxr_cad.transforms import make_dataset
+
+    data = prepare_data(train_df, val_df, cfg)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run folder {out_dir}: {exc.strerror or exc}") from exc
+    resuming = rundir.check_resumable(out_dir, cfg, data.manifest_hash)
+    barrier(info)  # every rank has decided before rank 0 writes run.json
+    if resuming and (out_dir / rundir.RESULT_FILE).exists():
+        log.info("%s already holds this finished run; nothing to do", out_dir)
+        return load_finished(out_dir)
+
+    seed_everything(cfg.seed)
+    model, init_record = init_model(cfg)
+    spec = transform_spec(cfg)
+    if info.is_main and not resuming:
+        split = rundir.split_table(data.train_df, data.val_df, cfg.data.label_col, cfg.data.group_col)
+        rundir.write_run_files(out_dir, cfg, run_record(cfg, data, init_record, info), split)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+    train_ds = make_dataset(
+        make_items(data.train_df, data.y_train), spec, augment=data.augment, cache_dir=cache_dir, seed=cfg.seed
+    )
+    val_ds = None
+    if data.val_df is not None and data.y_val is not None:
+        val_ds = make_dataset(make_items(data.val_df, data.y_val), spec, cache_dir=cache_dir)
+
+    prepare_model(model, info)
+    training = build_training(model, cfg, data, info)
+    state = new_state()
+    barrier(info)
+    saved = ckpt.load_checkpoint(out_dir) if resuming else None
+    if saved is not None:
+        restore(saved, model, training, state)
+        log.info("resuming %s after epoch %d of %d", out_dir, state["epoch"], cfg.epochs)
+    ctx = RunContext(out_dir, cfg, info, spec, data, init_record, resumed_from=state["epoch"])
+    _Epochs(ctx, model, training, train_ds, val_ds, callbacks).run(state)
+    if cfg.model.tta == "hflip" and state["best_state"] is not None:
+        state = with_hflip_tta(model, state, val_ds, info, cfg)
+        model = state.pop("tta_model")
+    return finish(ctx, model, state)
+
+
+@dataclass
+class _Epochs:
+    """The epoch loop of a run: train, step the schedule, validate, keep the best, checkpoint."""
+
+    ctx: RunContext
+    model: torch.nn.Module
+    training: Training
+    train_ds: Dataset
+    val_ds: Dataset | None
+    callbacks: Sequence[EpochCallback]
+
+    def run(self, state: dict[str, Any]) -> None:
+        """Epochs ``state["epoch"]`` .. ``cfg.epochs - 1`` (or until early stopping); updates ``state``."""
+        cfg, info = self.ctx.cfg, self.ctx.info
+        frozen: bool | None = None
+        train_module = self.model
+        todo = range(state["epoch"], cfg.epochs)
+        epochs: Iterable[int] = (
+            progress(todo, total=cfg.epochs, initial=state["epoch"], desc="epochs", unit="epoch")
+            if info.is_main
+            else todo
+        )
+        for epoch in epochs:
+            if state["stopped_early"]:
+                break
+            want_frozen = epoch < cfg.model.freeze_backbone_epochs
+            if want_frozen != frozen:
+                set_backbone_frozen(self.model, want_frozen)
+                frozen = want_frozen
+                train_module = wrap_model(self.model, info, compile_model=cfg.runtime.compile)
+            stats, record = self._epoch(epoch, train_module, want_frozen)
+            self._keep_best(state, epoch, record)
+            if info.is_main:
+                ckpt.save_checkpoint(self.ctx.out_dir, checkpoint_state(state, self.model, self.training, cfg))
+                rundir.write_log(self.ctx.out_dir, state["history"])
+                if hasattr(epochs, "set_postfix"):
+                    epochs.set_postfix(loss=f"{stats.loss:.4f}", val_auc=f"{record['val_auc']:.4f}")
+            self._log(epoch, stats, record)
+            barrier(info)
+            for cb in self.callbacks:
+                cb(epoch + 1, record)
+            if state["stopped_early"]:
+                log.info("early stopping: validation AUC has not improved for %d epochs", cfg.early_stopping.patience)
+        if hasattr(epochs, "close"):
+            epochs.close()
+
+    def _epoch(self, epoch: int, train_module: torch.nn.Module, want_frozen: bool) -> tuple[EpochStats, dict]:
+        """Train one epoch and validate; (training stats, log record with ``improved`` probabilities)."""
+        cfg, info, training = self.ctx.cfg, self.ctx.info, self.training
+        lr = training.optimizer.param_groups[0]["lr"]
+        t_epoch = time.perf_counter()
+        loader = train_loader(
+            self.train_ds,
+            training.sampler,
+            batch_size=cfg.batch_size,
+            workers=cfg.runtime.workers,
+            seed=cfg.seed,
+            epoch=epoch,
+            rank=info.rank,
+            pin_memory=info.device != "cpu",
+        )
+        model = self.model
+        stats = train_epoch(
+            train_module,
+            loader,
+            training.criterion,
+            training.optimizer,
+            info,
+            scaler=training.scaler,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            on_train_mode=(lambda m: set_backbone_frozen(model, True)) if want_frozen else None,
+        )
+        training.scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": stats.loss,
+            "val_loss": float("nan"),
+            "val_auc": float("nan"),
+            "lr": lr,
+            "seconds": round(stats.seconds, 3),
+            "images_per_s": round(stats.images_per_s, 2),
+            "best": False,
+            "frozen_backbone": want_frozen,
+        }
+        record["probs"] = self._validate(record)
+        record["seconds"] = round(time.perf_counter() - t_epoch, 3)
+        return stats, record
+
+    def _validate(self, record: dict[str, Any]) -> torch.Tensor | None:
+        """Score the validation set into ``record``; its probabilities (None without validation)."""
+        if self.val_ds is None:
+            return None
+        cfg = self.ctx.cfg
+        out = evaluate(self.model, self.val_ds, self.ctx.info, batch_size=cfg.batch_size, workers=cfg.runtime.workers)
+        y_true, score = out.positive(self.ctx.pos)
+        record.update(val_loss=out.loss, val_auc=roc_auc(y_true, score))
+        return torch.from_numpy(out.probabilities.copy())
+
+    def _keep_best(self, state: dict[str, Any], epoch: int, record: dict[str, Any]) -> None:
+        """Update the best epoch, the early-stopping count and the history with ``record``."""
+        cfg = self.ctx.cfg
+        probs = record.pop("probs")
+        auc = record["val_auc"]
+        improved = self.val_ds is None or (
+            not math.isnan(auc)
+            and (state["best_epoch"] is None or auc > state["best_auc"] + cfg.early_stopping.min_delta)
+        )
+        if improved:
+            if self.val_ds is not None:
+                state["best_probs"] = probs
+            state.update(
+                best_epoch=epoch + 1,
+                best_auc=auc,
+                bad_epochs=0,
+                best_state={k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()},
+            )
+            record["best"] = True
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        patience = cfg.early_stopping.patience
+        state["stopped_early"] = bool(patience and state["bad_epochs"] >= patience and epoch + 1 < cfg.epochs)
+
+    def _log(self, epoch: int, stats: EpochStats, record: dict[str, Any]) -> None:
+        info = self.ctx.info
+        log.log(
+            logging.INFO if info.is_main else logging.DEBUG,
+            "epoch %d/%d: train_loss %.4f val_loss %.4f val_auc %.4f lr %.3g %.1f images/s%s",
+            epoch + 1,
+            self.ctx.cfg.epochs,
+            stats.loss,
+            record["val_loss"],
+            record["val_auc"],
+            record["lr"],
+            stats.images_per_s,
+            " (best)" if record["best"] else "",
+        )

@@ -1,0 +1,105 @@
+"""The shipped workflows end to end on tiny synthetic cohorts (slow: several short trainings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cxr_cad.cli import main
+from tests.factories.synth import write_png_cohort
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+
+TINY = [
+    "model.init=none",
+    "model.image_size=32",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "train.runtime.workers=0",
+    "train.runtime.device=cpu",
+    "evaluate.workers=0",
+    "evaluate.device=cpu",
+    "report.bootstrap=100",
+    "report.pdf=false",
+    "ingest.workers=1",
+    r"data.patient_id_pattern=^(P\d+)-",
+]
+
+
+def _sets(*items):
+    out = []
+    for item in (*TINY, *items):
+        out += ["--set", item]
+    return out
+
+
+@pytest.mark.slow
+def test_study_then_batch_evaluate_then_retrain(tmp_path, capsys):
+    train, test = tmp_path / "train", tmp_path / "test"
+    write_png_cohort(train, n_patients=12, size=48, seed=1)
+    write_png_cohort(test, n_patients=10, size=48, seed=2)
+    study = tmp_path / "study"
+    argv = [
+        "-q",
+        "run",
+        str(WORKFLOWS / "chandola2021_pneumonia.yaml"),
+        "--out",
+        str(study),
+        *_sets(f"data.train={train}", f"data.test={test}", "crossval.folds=2"),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "test-cohort report" in out and "cross-validation report" in out
+    run = json.loads((study / "run.json").read_text())
+    assert [s["step"] for s in run["steps"]] == ["ingest", "crossval", "train", "evaluate", "report"]
+    cv = json.loads((study / "report" / "crossval" / "metrics.json").read_text())
+    assert cv["cohort"]["n_images_evaluated"] == 24 and len(cv["cross_validation"]["folds"]) == 2
+    test_metrics = json.loads((study / "report" / "test" / "metrics.json").read_text())
+    assert test_metrics["cohort"]["n_images_evaluated"] == 20
+    # unchanged rerun: nothing runs; a report-only change reruns only the report
+    assert main(argv) == 0
+    assert {s["status"] for s in json.loads((study / "run.json").read_text())["steps"]} == {"skipped"}
+    assert main(argv + ["--set", "report.alpha=0.1"]) == 0
+    statuses = [s["status"] for s in json.loads((study / "run.json").read_text())["steps"]]
+    assert statuses == ["skipped"] * 4 + ["ran"]
+
+    bundle = study / "train" / "model.pt"
+    batch = tmp_path / "batch"
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                str(WORKFLOWS / "batch_evaluate.yaml"),
+                "--out",
+                str(batch),
+                *_sets(f"data.test={test}", f"model.bundle={bundle}"),
+            ]
+        )
+        == 0
+    )
+    m = json.loads((batch / "report" / "test" / "metrics.json").read_text())
+    assert m["cohort"]["n_images_evaluated"] == 20
+    assert m["auc"]["delong"]["auc"] == pytest.approx(test_metrics["auc"]["delong"]["auc"])
+
+    retrain = tmp_path / "retrain"
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                str(WORKFLOWS / "retrain_new_cohort.yaml"),
+                "--out",
+                str(retrain),
+                *_sets(f"data.train={test}", f"model.bundle={bundle}"),
+            ]
+        )
+        == 0
+    )
+    m = json.loads((retrain / "report" / "test" / "metrics.json").read_text())
+    cmp_ = m["comparison"]
+    assert cmp_["n"] == m["cohort"]["n_images_evaluated"] > 0
+    assert "p_value" in cmp_["paired_delong"]
+    assert "paired DeLong p =" in capsys.readouterr().out
