@@ -193,3 +193,11 @@ def add_manifest_to_card(bundle_path: str | os.PathLike, manifest: str | os.Path
     from cxr_cad.model.bundle import load_bundle
 
     return write_model_card(bundle_path, load_bundle(bundle_path).meta, manifest=manifest)
+
+
+def write_card_for_bundle(bundle_path: str | os.PathLike) -> Path:
+    """``model_card.md`` beside the bundle just saved at ``bundle_path``, from its own metadata
+    (every bundle a run writes gets one: training, cross-validation final models)."""
+    from cxr_cad.model import load_bundle
+
+    return write_model_card(bundle_path, load_bundle(bundle_path).meta)

@@ -15,7 +15,6 @@ from cxr_cad.api._cohort import Cohort, labelled_cohort
 from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest
 from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report
 from cxr_cad.api._scoring import (
-    METADATA_COLUMNS,
     cohort_shift,
     evaluate,
     join_metadata,
@@ -25,6 +24,7 @@ from cxr_cad.api._scoring import (
     score,
     write_report,
 )
+from cxr_cad.core.columns import METADATA_COLUMNS
 from cxr_cad.io.policy import AcceptPolicy
 
 __all__ = [

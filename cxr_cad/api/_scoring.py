@@ -24,19 +24,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["join_metadata", "read_table", "read_scores", "score", "predict", "evaluate", "write_report"]
 
-#: Manifest columns joined onto predictions for the report (ids, and what its subgroup tables and
-#: cohort summary use: report.prepare.SUBGROUP_COLUMNS, age, modality).
-METADATA_COLUMNS = (
-    "sop_instance_uid",
-    "patient_id",
-    "view_position",
-    "patient_sex",
-    "patient_age",
-    "patient_age_years",
-    "manufacturer",
-    "modality",
-)
-
 
 def read_table(path: PathLike, what: str) -> pd.DataFrame:
     """A CSV read as text (ids keep their leading zeros); UsageError naming the file otherwise."""

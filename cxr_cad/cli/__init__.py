@@ -18,8 +18,8 @@ import logging
 import os
 import sys
 
-from cxr_cad import __version__
 from cxr_cad.core.progress import set_enabled
+from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import CxrCadError, UsageError, cap_message
 
 #: Subcommand modules, in the order ``--help`` lists them.

@@ -219,7 +219,7 @@ def read_yaml_mapping(path: str | os.PathLike, *, what: str, must_hold: str) -> 
     Raises:
         ConfigError: the file cannot be read, is not valid YAML, or is not a mapping.
     """
-    from cxr_cad.io.yamlfile import read_yaml_file  # regular files only; size/alias/UTF-8 limits
+    from cxr_cad.core.yamlfile import read_yaml_file  # regular files only; size/alias/UTF-8 limits
 
     source = str(path)
     loaded = read_yaml_file(path, what=what)

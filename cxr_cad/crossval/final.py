@@ -195,6 +195,7 @@ def _save_like(
     """``save_bundle`` with ``like``'s classes, transform spec, training config and init record, and
     the cross-validation threshold (``fields``: manifest hash, parent, extra)."""
     from cxr_cad.model import save_bundle
+    from cxr_cad.modelcard import write_card_for_bundle
 
     save_bundle(
         path,
@@ -210,3 +211,4 @@ def _save_like(
         init_record=like.meta.get("init"),
         **fields,
     )
+    write_card_for_bundle(path)  # model_card.md beside every bundle (docs/model.md)

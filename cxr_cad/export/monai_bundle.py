@@ -61,7 +61,7 @@ def metadata(bundle: Bundle, card_text: str | None = None) -> dict:
     import monai
     import numpy as np
 
-    from cxr_cad import __version__
+    from cxr_cad.core.provenance import __version__
 
     spec = bundle.transform_spec
     channels = {str(i): c for i, c in enumerate(bundle.classes)}

@@ -17,33 +17,13 @@ import os
 
 import numpy as np
 
+from cxr_cad.core.columns import META_KEYS
 from cxr_cad.errors import ConfigError
 from cxr_cad.io.detect import sniff_format
 from cxr_cad.io.policy import AcceptPolicy
 
 __all__ = ["AcceptPolicy", "read_header", "read_image", "META_KEYS", "sniff_format"]
 
-#: Keys of the ``meta`` dict, in manifest column order.
-META_KEYS = (
-    "path",
-    "format",
-    "sop_instance_uid",
-    "patient_id",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_class_uid",
-    "modality",
-    "view_position",
-    "body_part",
-    "photometric_interpretation",
-    "bits_stored",
-    "rows",
-    "columns",
-    "transfer_syntax",
-    "manufacturer",
-    "patient_sex",
-    "patient_age",
-)
 
 _DEFAULT_POLICY = AcceptPolicy()
 

@@ -16,8 +16,8 @@ import os
 import struct
 from pathlib import Path
 
+from cxr_cad.core.files import NotRegularFileError, open_regular
 from cxr_cad.errors import Reason, RejectedFile
-from cxr_cad.io.files import NotRegularFileError, open_regular
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -102,7 +102,7 @@ def looks_like_bare_dataset(head: bytes, file_size: int) -> bool:
 def sniff_format(path: str | os.PathLike) -> str:
     """Return ``"dicom"``, ``"png"`` or ``"jpeg"`` from the first bytes of ``path``.
 
-    Only a regular file is opened for reading (:func:`cxr_cad.io.files.open_regular`); a FIFO,
+    Only a regular file is opened for reading (:func:`cxr_cad.core.files.open_regular`); a FIFO,
     device or socket is ``UNREADABLE`` at once, never a read that blocks.
 
     Raises:

@@ -20,41 +20,11 @@ import pandas as pd
 
 from cxr_cad.core import atomic
 from cxr_cad.core.atomic import PathLike
+from cxr_cad.core.columns import FLOAT_COLUMNS, INT_COLUMNS, MANIFEST_COLUMNS, REQUIRED_COLUMNS
 from cxr_cad.errors import ManifestError
 from cxr_cad.io.age import age_in_years  # noqa: F401 - re-exported (was defined here)
 
 log = logging.getLogger(__name__)
-
-#: Every column ``cxr-cad ingest`` writes, in this order. Other columns are kept as text.
-MANIFEST_COLUMNS: list[str] = [
-    "path",
-    "format",
-    "sop_instance_uid",
-    "patient_id",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_class_uid",
-    "label",
-    "modality",
-    "view_position",
-    "body_part",
-    "photometric_interpretation",
-    "bits_stored",
-    "rows",
-    "columns",
-    "transfer_syntax",
-    "manufacturer",
-    "patient_sex",
-    "patient_age",
-    "patient_age_years",
-    "sha256",
-]
-#: Columns a manifest must have to be read at all.
-REQUIRED_COLUMNS: tuple[str, ...] = ("path", "sop_instance_uid", "patient_id")
-#: Whole-number columns (nullable ``Int64``); everything else but :data:`FLOAT_COLUMNS` is text.
-INT_COLUMNS: tuple[str, ...] = ("bits_stored", "rows", "columns")
-#: Real-number columns (``float64``, NaN when unknown).
-FLOAT_COLUMNS: tuple[str, ...] = ("patient_age_years",)
 
 
 def _rows_text(positions: Iterable[int], limit: int = 8) -> str:
@@ -299,7 +269,7 @@ def read_csv_regular(src: str, hint: str) -> pd.DataFrame:
     Raises:
         ManifestError: not found (with ``hint``), not a regular file, or not readable as CSV.
     """
-    from cxr_cad.io.files import NotRegularFileError, open_regular
+    from cxr_cad.core.files import NotRegularFileError, open_regular
 
     try:
         with open_regular(src) as fh:

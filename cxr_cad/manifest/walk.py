@@ -16,8 +16,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cxr_cad.core.files import not_regular_detail
 from cxr_cad.errors import Reason, UsageError
-from cxr_cad.io.files import not_regular_detail
 
 log = logging.getLogger(__name__)
 

@@ -225,9 +225,6 @@ def save_bundle(
         ) from exc
     atomic_write(path, lambda fh: torch.save(payload, fh), hint="check free space and permissions")
     log.info("wrote model bundle %s", path)
-    from cxr_cad.modelcard import write_model_card  # model_card.md beside every bundle (docs/model.md)
-
-    write_model_card(path, payload)
     return path
 
 

@@ -19,12 +19,13 @@ import pandas as pd
 
 from cxr_cad import metrics
 from cxr_cad.core import provenance
+from cxr_cad.core.columns import SUBGROUP_COLUMNS
 from cxr_cad.errors import ManifestError
 from cxr_cad.report import cautions, clinical
 from cxr_cad.report.options import ReportOptions
-from cxr_cad.report.prepare import SUBGROUP_COLUMNS, cohort_summary, prepare_predictions, recorded
+from cxr_cad.report.prepare import cohort_summary, prepare_predictions, recorded
 
-__all__ = ["SCHEMA", "SUBGROUP_COLUMNS", "ReportOptions", "build_report_data", "prepare_predictions", "recorded"]
+__all__ = ["SCHEMA", "ReportOptions", "build_report_data", "prepare_predictions", "recorded"]
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jinja2
 
-from cxr_cad import __version__
+from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import OutputError
 
 _ENV = jinja2.Environment(

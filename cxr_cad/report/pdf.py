@@ -20,8 +20,8 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 from PIL import Image
 
-from cxr_cad import __version__
 from cxr_cad.core.atomic import atomic_write_bytes
+from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import OutputError
 
 log = logging.getLogger(__name__)

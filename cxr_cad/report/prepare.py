@@ -13,17 +13,10 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad import metrics
+from cxr_cad.core.columns import SUBGROUP_COLUMNS
 from cxr_cad.errors import ManifestError
 
-__all__ = ["SUBGROUP_COLUMNS", "prepare_predictions", "dedupe_rows", "recorded", "cohort_summary"]
-
-#: Columns summarised in the cohort summary and the subgroup table (label shown in reports).
-SUBGROUP_COLUMNS: dict[str, str] = {
-    "view_position": "View position",
-    "patient_sex": "Sex",
-    "age_band": "Age band",
-    "manufacturer": "Manufacturer",
-}
+__all__ = ["prepare_predictions", "dedupe_rows", "recorded", "cohort_summary"]
 
 
 def prepare_predictions(

@@ -10,6 +10,7 @@ label names the report's confidence level (``level(d)``, e.g. "90% CI").
 
 from __future__ import annotations
 
+from cxr_cad.core.columns import SUBGROUP_COLUMNS
 from cxr_cad.report import view_clinical as vc
 from cxr_cad.report import view_performance as vp
 from cxr_cad.report.checklist import checklist_blocks
@@ -27,7 +28,6 @@ from cxr_cad.report.fmt import (
     level,
     table,
 )
-from cxr_cad.report.prepare import SUBGROUP_COLUMNS
 from cxr_cad.report.text import INTENDED_USE, LIMITATIONS, methods_paragraphs
 
 __all__ = ["build_document"]

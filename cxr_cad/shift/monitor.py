@@ -175,8 +175,7 @@ def extract_features(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    from cxr_cad.training.loop import rejected_error
-    from cxr_cad.transforms import collate_samples
+    from cxr_cad.transforms import collate_samples, rejected_error
 
     # collate_samples: a file that cannot be read arrives as a rejection record, named in the error
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_samples)

@@ -192,6 +192,7 @@ def _save(
 ) -> None:
     """Write the bundle (rank 0)."""
     from cxr_cad.model import save_bundle
+    from cxr_cad.modelcard import write_card_for_bundle
 
     cfg, method, threshold = ctx.cfg, result["threshold_method"], result["threshold"]
     params: dict[str, Any] = {k: detail[k] for k in ("target", "tie_range", "n_tied") if k in detail}
@@ -221,6 +222,7 @@ def _save(
             "shift": _shift_summary(model, ctx),
         },
     )
+    write_card_for_bundle(ctx.out_dir / rundir.BUNDLE_FILE)  # model_card.md beside every bundle (docs/model.md)
 
 
 def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> TrainResult:

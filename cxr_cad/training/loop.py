@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cxr_cad.core.progress import progress
-from cxr_cad.errors import ManifestError, UsageError
+from cxr_cad.errors import UsageError
 from cxr_cad.runtime import RuntimeInfo, autocast, prepare_model, resolve_runtime, to_device
 from cxr_cad.training.data import shard_rows
-from cxr_cad.transforms import REJECTED_KEY, Rejection, collate_samples
+from cxr_cad.transforms import REJECTED_KEY, collate_samples, rejected_error
 
 if TYPE_CHECKING:
     from cxr_cad.model import Bundle
@@ -57,21 +57,6 @@ def train_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
-
-
-def rejected_error(records: Sequence[Rejection], what: str) -> ManifestError:
-    """The error for images of a training/validation table that cannot be read (each one named).
-
-    The records come from the dataset (:func:`cxr_cad.transforms.collate_samples`), in the
-    DataLoader worker that read the file, never from exception text."""
-    names = [f"{r['path']}: [{r['reason']}] {r['detail']}" for r in records]
-    return ManifestError(
-        [
-            f"a {what} image cannot be read: {name}; remove it from the manifest "
-            "(`cxr-cad ingest` rejects such files) and rerun"
-            for name in names
-        ]
-    )
 
 
 def _batches(loader: DataLoader, info: RuntimeInfo, desc: str, what: str) -> Iterator[tuple[Any, Batch]]:

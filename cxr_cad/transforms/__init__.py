@@ -38,6 +38,7 @@ from cxr_cad.transforms.reader import (
     Rejection,
     find_rejection,
     read_cxr,
+    rejected_error,
     rejection_record,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "CxrReader",
     "LoadCxrImaged",
     "Rejection",
+    "rejected_error",
     "collate_samples",
     "find_rejection",
     "read_cxr",

@@ -34,7 +34,7 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import EnsureChannelFirst, MapTransform
 from monai.utils import ImageMetaKey
 
-from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.errors import ManifestError, Reason, RejectedFile
 
 if TYPE_CHECKING:
     from monai.config import KeysCollection
@@ -197,3 +197,18 @@ class LoadCxrImaged(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.load(d[key])
         return d
+
+
+def rejected_error(records: Sequence[Rejection], what: str) -> ManifestError:
+    """The error for images of a training/validation table that cannot be read (each one named).
+
+    The records come from the dataset (:func:`cxr_cad.transforms.collate_samples`), in the
+    DataLoader worker that read the file, never from exception text."""
+    names = [f"{r['path']}: [{r['reason']}] {r['detail']}" for r in records]
+    return ManifestError(
+        [
+            f"a {what} image cannot be read: {name}; remove it from the manifest "
+            "(`cxr-cad ingest` rejects such files) and rerun"
+            for name in names
+        ]
+    )

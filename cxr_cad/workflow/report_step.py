@@ -22,7 +22,8 @@ __all__ = ["report_step", "headline"]
 
 def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest's subgroup columns (view, sex, age, manufacturer) joined on by SOP Instance UID."""
-    from cxr_cad.api import METADATA_COLUMNS, join_metadata
+    from cxr_cad.api import join_metadata
+    from cxr_cad.core.columns import METADATA_COLUMNS
 
     return join_metadata(pred, manifest, keys=("sop_instance_uid",), columns=METADATA_COLUMNS, strict=False)
 

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_cad import __version__
 from cxr_cad.core.atomic import atomic_write_text
-from cxr_cad.core.provenance import sha256_bytes, sha256_file
+from cxr_cad.core.provenance import __version__, sha256_bytes, sha256_file
 from cxr_cad.errors import OutputError
 
 log = logging.getLogger(__name__)

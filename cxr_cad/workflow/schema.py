@@ -26,8 +26,8 @@ from pydantic import ValidationError
 from cxr_cad.config import ModelConfig, TrainConfig, read_yaml_mapping
 from cxr_cad.config.base import validation_problems
 from cxr_cad.config.types import ConfigModel
+from cxr_cad.core.yamlfile import load_yaml_text
 from cxr_cad.errors import ConfigError
-from cxr_cad.io.yamlfile import load_yaml_text
 from cxr_cad.workflow.sections import SECTION_MODELS, STEP_NAMES, WorkflowFile
 
 __all__ = [
@@ -85,7 +85,7 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
             continue
         try:
             value = load_yaml_text(text, "command line") if text.strip() else None
-        except ConfigError as exc:  # not YAML, or an alias bomb (cxr_cad.io.yamlfile limits)
+        except ConfigError as exc:  # not YAML, or an alias bomb (cxr_cad.core.yamlfile limits)
             problems.append(f"--set {item!r}: value is not valid YAML or too large ({exc.problems[0]})")
             continue
         if isinstance(value, str) and _YAML11_FLOAT_RE.fullmatch(value.strip()):

@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
+from cxr_cad.core.files import NotRegularFileError, open_regular
 from cxr_cad.errors import ConfigError, Reason, RejectedFile
 from cxr_cad.io import read_header, read_image, sniff_format
-from cxr_cad.io.files import NotRegularFileError, open_regular
 from cxr_cad.manifest.scan import iter_files, scan_sources
 from cxr_cad.workflow.schema import load_workflow
 from tests.hostile import inputs as H

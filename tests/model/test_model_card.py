@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cxr_cad.model import build_resnet18, save_bundle
-from cxr_cad.modelcard import model_card_path
+from cxr_cad.modelcard import model_card_path, write_card_for_bundle
 from cxr_cad.transforms import TransformSpec
 
 PATIENT_TAG = "QZXCARDPATIENT"
@@ -38,19 +38,26 @@ def _run_folder(tmp_path, n=40, seed=0):
 
 def _save(path, **kw):
     torch.manual_seed(0)
-    return save_bundle(
-        path,
-        build_resnet18(2, 1),
-        classes=["NORMAL", "PNEUMONIA"],
-        positive_class="PNEUMONIA",
-        transform_spec=TransformSpec(image_size=64),
-        threshold=0.4321,
-        threshold_method="youden",
-        threshold_chosen_on={"n": 10, "description": "validation split"},
-        manifest_hash="ab" * 32,
-        init_record={"init": "none"},
-        **kw,
+    return _with_card(
+        save_bundle(
+            path,
+            build_resnet18(2, 1),
+            classes=["NORMAL", "PNEUMONIA"],
+            positive_class="PNEUMONIA",
+            transform_spec=TransformSpec(image_size=64),
+            threshold=0.4321,
+            threshold_method="youden",
+            threshold_chosen_on={"n": 10, "description": "validation split"},
+            manifest_hash="ab" * 32,
+            init_record={"init": "none"},
+            **kw,
+        )
     )
+
+
+def _with_card(path):
+    write_card_for_bundle(path)  # what a training run does after save_bundle
+    return path
 
 
 def test_card_beside_bundle_has_every_section(tmp_path):

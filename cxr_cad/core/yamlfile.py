@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from cxr_cad.core.files import MAX_TEXT_FILE_BYTES, read_text_limited
 from cxr_cad.errors import ConfigError
-from cxr_cad.io.files import MAX_TEXT_FILE_BYTES, read_text_limited
 
 #: Nodes a document may stand for once every alias is expanded (real workflows: a few hundred).
 MAX_EXPANDED_NODES = 100_000
