@@ -23,11 +23,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from cxr_cad.config.choices import PRECISIONS
 from cxr_cad.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from cxr_cad.config.choices import Precision
 from cxr_cad.config.types import Channels, ConfigModel, Float, Int, OptInt, OptStr, PercentilePair, StrTuple, problem
 from cxr_cad.model.registry import DEFAULT_ARCH  # the registry imports no torch
 
@@ -168,7 +169,7 @@ class RuntimeConfig(ConfigModel):
     decode processes (0 = decode in the training process)."""
 
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     workers: Int = Field(default=2, ge=0, le=64)
     compile: bool = False
 

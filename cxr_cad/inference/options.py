@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import ConfigDict, Field
 
 from cxr_cad.config.base import StrictModel
+from cxr_cad.config.choices import Precision
 from cxr_cad.inference.outputs import PREDICTIONS, REJECTED
 from cxr_cad.io import AcceptPolicy
 
@@ -45,7 +46,7 @@ class PredictOptions(StrictModel):
     batch_size: int = Field(32, ge=1)
     workers: int | None = Field(None, ge=0)
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     policy: AcceptPolicy | None = None
     overwrite: bool = False
