@@ -15,6 +15,8 @@ initial weights cannot be  :class:`WeightsError` (download, hash, shape)        
 obtained or do not fit
 an output cannot be        :class:`OutputError`                                 1
 written
+an optional extra is not   :class:`MissingExtraError` (names the ``pip          1
+installed                  install`` command)
 one input file is refused  :class:`RejectedFile` (a :class:`Reason` code);      --
                            batch code records it and goes on
 =========================  ==================================================  =========
@@ -120,6 +122,10 @@ class WeightsError(CxrCadError):
 
 class OutputError(CxrCadError):
     """An output folder or file that cannot be written."""
+
+
+class MissingExtraError(CxrCadError):
+    """An optional dependency is not installed; the message says which extra to install."""
 
 
 class RejectedFile(CxrCadError):

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad.core.atomic import atomic_write_text
+from cxr_cad.metrics import binary_metrics, delong_auc_ci
+from cxr_cad.model.bundle import load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,6 @@ def _training_data(folder: Path, meta: dict, manifest: Path | None) -> list[str]
 
 
 def _validation(folder: Path, meta: dict) -> list[str]:
-    from cxr_cad.metrics import binary_metrics, delong_auc_ci
-
     lines = ["## Validation metrics", ""]
     path = folder / "val_predictions.csv"
     if not path.is_file():
@@ -190,14 +190,10 @@ def write_model_card(bundle_path: str | os.PathLike, meta: dict, *, manifest: st
 
 def add_manifest_to_card(bundle_path: str | os.PathLike, manifest: str | os.PathLike) -> Path:
     """Rewrite the card of a finished training run with the sources recorded at ingest of ``manifest``."""
-    from cxr_cad.model.bundle import load_bundle
-
     return write_model_card(bundle_path, load_bundle(bundle_path).meta, manifest=manifest)
 
 
 def write_card_for_bundle(bundle_path: str | os.PathLike) -> Path:
     """``model_card.md`` beside the bundle just saved at ``bundle_path``, from its own metadata
     (every bundle a run writes gets one: training, cross-validation final models)."""
-    from cxr_cad.model import load_bundle
-
     return write_model_card(bundle_path, load_bundle(bundle_path).meta)

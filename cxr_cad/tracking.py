@@ -20,13 +20,13 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cxr_cad.core.provenance import software_versions
-from cxr_cad.errors import ConfigError
+from cxr_cad.errors import ConfigError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,6 @@ def _mlflow():
         import mlflow  # noqa: F401
         from mlflow import MlflowClient
     except ImportError as exc:
-        from cxr_cad.export.common import MissingExtraError
-
         raise MissingExtraError(
             "--track mlflow needs MLflow; install the optional extra with "
             "`pip install -c constraints/cpu.txt -e '.[track]'` (or `pip install mlflow-skinny`)"
@@ -265,11 +263,12 @@ def log_crossval_run(tracker: Tracker, res: Any, manifest_hash: str | None = Non
         log_training_run(tracker, Path(res.final_bundle).parent, prefix="final.")
 
 
-def log_evaluate_run(spec: str | None, args: Any, bundle: Any, result: Any) -> None:
-    """One MLflow run for ``cxr-cad evaluate``: options, AUC with CI and operating points, the report."""
+def log_evaluate_run(spec: str | None, options: Mapping[str, Any], bundle: Any, result: Any) -> None:
+    """One MLflow run for ``cxr-cad evaluate``: options (a mapping of the command's settings),
+    AUC with CI and operating points, the report."""
     if parse_track(spec) is None:
         return
-    params = {k: v for k, v in vars(args).items() if k not in ("func", "track") and not callable(v)}
+    params = {k: v for k, v in options.items() if k not in ("func", "track") and not callable(v)}
     with track_run(spec, "evaluate", params) as tracker:
         d = result.data
         primary = (d.get("auc") or {}).get((d.get("auc") or {}).get("primary", "delong")) or {}

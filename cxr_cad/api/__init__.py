@@ -1,6 +1,6 @@
 """The Python API: the one place that orchestrates ingest, training, cross-validation,
-prediction, evaluation and reports. The ``cxr-cad`` commands and the workflow steps call
-these functions; a notebook can too (docs/api.md)::
+prediction, evaluation, reports and the PACS round trip. The ``cxr-cad`` commands and the
+workflow steps call these functions; a notebook can too (docs/api.md)::
 
     import cxr_cad
     manifest, rejected = cxr_cad.ingest(["dicom/"], labels="labels.csv", classes=["NORMAL", "PNEUMONIA"])
@@ -8,12 +8,28 @@ these functions; a notebook can too (docs/api.md)::
     predictions, rejected = cxr_cad.predict(bundle, test_manifest)
     metrics = cxr_cad.evaluate(predictions, bundle=bundle)
 
-Importing this module is light (no torch); the functions import what they need.
+Importing this module imports no torch: the functions import the engine when they run. The
+names that live in the engine itself (``CVResult``, the cross-validation file names,
+``ReportOptions``) are looked up on first use (the module ``__getattr__`` below); this module only re-exports.
 """
+
+from typing import TYPE_CHECKING
 
 from cxr_cad.api._cohort import Cohort, labelled_cohort
 from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest
 from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report
+from cxr_cad.api._pacs import (
+    DicomOutOptions,
+    Listener,
+    ListenOptions,
+    ListenResult,
+    PacsOptions,
+    fetch_sources,
+    listen,
+    predict_dicomweb,
+    predict_sources,
+)
+from cxr_cad.api._report import INGESTED_SOURCE, EvaluateResult, cohort_info, evaluate_cohort, report_cohort
 from cxr_cad.api._scoring import (
     cohort_shift,
     evaluate,
@@ -24,27 +40,50 @@ from cxr_cad.api._scoring import (
     score,
     write_report,
 )
+from cxr_cad.config import AcceptPolicy, PredictOptions
 from cxr_cad.core.columns import METADATA_COLUMNS
-from cxr_cad.io.policy import AcceptPolicy
+
+if TYPE_CHECKING:
+    from cxr_cad.crossvalidation.run import METRICS_FILE, OOF_FILE
+    from cxr_cad.crossvalidation.run import CrossvalResult as CVResult
+    from cxr_cad.report.options import ReportOptions
 
 __all__ = [
+    "INGESTED_SOURCE",
+    "INGEST_FILES",
+    "METADATA_COLUMNS",
+    "METRICS_FILE",
+    "OOF_FILE",
     "AcceptPolicy",
+    "ReportOptions",
     "CVResult",
     "Cohort",
-    "INGEST_FILES",
+    "DicomOutOptions",
+    "EvaluateResult",
     "IngestOutcome",
-    "METADATA_COLUMNS",
+    "ListenOptions",
+    "ListenResult",
+    "Listener",
+    "PacsOptions",
+    "PredictOptions",
     "as_config",
+    "cohort_info",
     "cohort_shift",
     "crossval",
     "evaluate",
+    "evaluate_cohort",
+    "fetch_sources",
     "ingest",
     "join_metadata",
     "labelled_cohort",
+    "listen",
     "predict",
+    "predict_dicomweb",
+    "predict_sources",
     "read_labelled",
     "read_scores",
     "read_table",
+    "report_cohort",
     "run_ingest",
     "run_training",
     "score",
@@ -53,10 +92,19 @@ __all__ = [
     "write_report",
 ]
 
+#: Names defined in the engine (which imports torch): ``name -> (module, attribute)``.
+_ENGINE_NAMES = {
+    "CVResult": ("cxr_cad.crossvalidation.run", "CrossvalResult"),
+    "OOF_FILE": ("cxr_cad.crossvalidation.run", "OOF_FILE"),
+    "METRICS_FILE": ("cxr_cad.crossvalidation.run", "METRICS_FILE"),
+    "ReportOptions": ("cxr_cad.report.options", "ReportOptions"),  # the report package imports torch
+}
 
-def __getattr__(name: str) -> object:  # CVResult lives in the engine, which imports torch
-    if name == "CVResult":
-        from cxr_cad.crossval.run import CrossvalResult
 
-        return CrossvalResult
+def __getattr__(name: str) -> object:
+    if name in _ENGINE_NAMES:
+        import importlib
+
+        module, attribute = _ENGINE_NAMES[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'cxr_cad.api' has no attribute {name!r}")

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_cad.api._pacs import materialise
+from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.atomic import PathLike
 from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.errors import Reason, UsageError
-from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad.manifest import join_labels, labels_from_folders, read_manifest, resolve_paths, write_manifest
+from cxr_cad.manifest.scan import scan_sources
+from cxr_cad.pacs.client import is_dicomweb
 
 __all__ = ["Cohort", "labelled_cohort"]
 
@@ -42,9 +46,6 @@ def labelled_cohort(
 
     Raises UsageError: neither or both given, a folder without class folders, no labels.
     """
-    from cxr_cad.manifest import labels_from_folders, read_manifest, resolve_paths, write_manifest
-    from cxr_cad.pacs.client import is_dicomweb
-
     if bool(manifest) == bool(folder):
         raise UsageError("give either --manifest M.csv or a cohort folder DIR, not both or neither")
     if folder and is_dicomweb(folder):
@@ -58,7 +59,6 @@ def labelled_cohort(
         path = Path(manifest)
         df = resolve_paths(read_manifest(path, require_labels=True, check_files=False), path.parent)
         return Cohort(path, df, pd.DataFrame(columns=REJECTED_COLUMNS))
-    from cxr_cad.manifest.scan import scan_sources
 
     root = Path(str(folder))
     if not root.is_dir():
@@ -87,10 +87,6 @@ def _dicomweb_cohort(
     """The instances the query selects, fetched into ``work``, scanned and joined to ``labels``.
     Instances that could not be fetched keep their network reason code, images without a label
     are NO_LABEL: every selected instance ends in the predictions or the rejected table."""
-    from cxr_cad.api._pacs import materialise
-    from cxr_cad.manifest import join_labels, write_manifest
-    from cxr_cad.manifest.scan import scan_sources
-
     if not labels:
         raise UsageError(
             "a dicomweb: cohort needs --labels L.csv (a `label` column and a sop_instance_uid, "

@@ -16,12 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.atomic import PathLike, atomic_write_many
 from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
-from cxr_cad.io.policy import AcceptPolicy
-from cxr_cad.manifest.scan import ScanResult
+from cxr_cad.manifest import (
+    explain_unmatched,
+    join_labels,
+    labels_from_folders,
+    manifest_hash,
+    manifest_text,
+    read_labels,
+    table_text,
+    validate_manifest,
+)
+from cxr_cad.manifest.scan import ScanResult, scan_sources
 
 if TYPE_CHECKING:
     from cxr_cad.manifest.labels import LabelJoinReport
@@ -71,8 +81,6 @@ class IngestOutcome:
 
     def make_record(self, absolute_paths: bool = False) -> dict:
         """The ``ingest.json`` record (the one layout)."""
-        from cxr_cad.manifest import manifest_hash
-
         m, result, report = self.manifest, self.scan, self.label_report
         return {
             "software": software_versions(("pydicom", "pandas")),
@@ -110,8 +118,6 @@ class IngestOutcome:
         """Write manifest.csv, rejected.csv (and unmatched_labels.csv / unlabelled.csv) and
         ingest.json into ``out_dir`` as one unit: all go to temporary files first, then all are
         renamed (a full disk leaves the folder as it was). Returns the folder."""
-        from cxr_cad.manifest import manifest_text, table_text
-
         out = Path(out_dir).absolute()
         out.mkdir(parents=True, exist_ok=True)
         outputs: dict[PathLike, str] = {
@@ -194,7 +200,6 @@ def _scan(
     if isinstance(sources, pd.DataFrame):
         where = sources.attrs.get("manifest_path")
         return _table_scan(sources), [os.path.abspath(where)] if where else []
-    from cxr_cad.manifest.scan import scan_sources
 
     paths = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     missing = [s for s in paths if not os.path.exists(s)]
@@ -215,8 +220,6 @@ def _label(
     manifest: pd.DataFrame, scan: ScanResult, labels: Labels, opts: dict[str, Any], classes: list[str] | None
 ) -> tuple[pd.DataFrame, LabelJoinReport | None, str | None]:
     """``(labelled manifest, label join report or None, label source)``."""
-    from cxr_cad.manifest import explain_unmatched, join_labels, labels_from_folders
-
     if labels == "folders":
         manifest = labels_from_folders(manifest, classes=classes)
         if classes and not opts["drop_unlabelled"]:
@@ -300,8 +303,6 @@ def run_ingest(
     if out_dir is not None:
         _check_out_dir(out_dir)
     if isinstance(labels, (str, os.PathLike)) and labels != "folders":  # check before the (long) scan
-        from cxr_cad.manifest import read_labels
-
         read_labels(labels, key=label_key, label_column=label_column, classes=cls)
     exclude = [*exclude, *([os.path.abspath(out_dir)] if out_dir is not None else [])]
     scan, source_list = _scan(sources, policy, opts, exclude)
@@ -331,8 +332,6 @@ def run_ingest(
 
 
 def _validate(outcome: IngestOutcome, where: str) -> None:
-    from cxr_cad.manifest import validate_manifest
-
     problems = validate_manifest(outcome.manifest, classes=outcome.classes) if len(outcome.manifest) else []
     if problems:
         raise ManifestError(problems, source=where)

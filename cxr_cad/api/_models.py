@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.api._scoring import join_metadata
+from cxr_cad.config import TrainConfig, apply_overrides, load_config
 from cxr_cad.core.atomic import PathLike
 from cxr_cad.errors import ConfigError
+from cxr_cad.manifest import read_manifest
 
 if TYPE_CHECKING:
-    from cxr_cad.config import TrainConfig
-    from cxr_cad.crossval.run import CrossvalResult
+    from cxr_cad.crossvalidation.run import CrossvalResult
     from cxr_cad.model import Bundle
     from cxr_cad.report import ReportOptions, ReportResult
     from cxr_cad.training.trainer import EpochCallback, TrainResult
@@ -31,8 +33,6 @@ def as_config(config: Any = None, overrides: Mapping[str, Any] | None = None, *,
     """A :class:`~cxr_cad.config.TrainConfig` from a TrainConfig, a mapping of settings (as the
     YAML file holds them), a YAML file path, or None (the study defaults); ``overrides`` are
     dotted keys (``{"model.arch": "resnet50"}``). Raises ConfigError listing every problem."""
-    from cxr_cad.config import TrainConfig, apply_overrides, load_config
-
     if config is None or isinstance(config, (str, os.PathLike)):
         return load_config(None if config is None else Path(config), overrides)
     if isinstance(config, TrainConfig):
@@ -48,8 +48,6 @@ def read_labelled(manifest: pd.DataFrame | PathLike, classes: Sequence[str] | No
     """A labelled manifest: a DataFrame as given, or a manifest file read and validated."""
     if isinstance(manifest, pd.DataFrame):
         return manifest
-    from cxr_cad.manifest import read_manifest
-
     return read_manifest(manifest, require_labels=True, classes=classes)
 
 
@@ -105,7 +103,7 @@ def train(
     Raises:
         ConfigError, ManifestError, WeightsError, BundleError, OutputError (see ``train_model``).
     """
-    from cxr_cad.model import load_bundle
+    from cxr_cad.model import load_bundle  # torch
 
     result = run_training(manifest, config, out_dir, init=init, callbacks=callbacks)
     return load_bundle(result.bundle_path)
@@ -123,7 +121,7 @@ def crossval(
 ) -> CrossvalResult:
     """Patient-grouped K-fold cross-validation of the training recipe.
 
-    Returns the engine's :class:`~cxr_cad.crossval.run.CrossvalResult` (also exported as
+    Returns the engine's :class:`~cxr_cad.crossvalidation.run.CrossvalResult` (also exported as
     ``CVResult``): ``oof`` (out-of-fold predictions), ``metrics`` (``cv_metrics.json``),
     ``fold_status``, ``final_bundle``. ``final``: False, ``"retrain"`` or ``"ensemble"``.
     Write its report with :func:`write_cv_report`.
@@ -131,7 +129,7 @@ def crossval(
     Raises:
         ConfigError: ``folds`` < 2, ``n_bootstrap`` < 0, bad config; others as :func:`train`.
     """
-    from cxr_cad.crossval.run import run_crossval
+    from cxr_cad.crossvalidation.run import run_crossval
 
     problems = []
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
@@ -168,7 +166,6 @@ def write_cv_report(
         manifest: the cross-validated manifest: its subgroup columns (view, sex, age,
             manufacturer) are joined onto the predictions by ``sop_instance_uid``.
     """
-    from cxr_cad.api._scoring import join_metadata
     from cxr_cad.report import ReportOptions, write_report
 
     oof = result if isinstance(result, pd.DataFrame) else result.oof.copy()

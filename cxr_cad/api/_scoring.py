@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.config import PredictOptions
 from cxr_cad.core.atomic import PathLike
 from cxr_cad.errors import UsageError
 
 if TYPE_CHECKING:
-    from cxr_cad.inference.predict import PredictOptions, PredictResult
+    from cxr_cad.inference.result import PredictResult
     from cxr_cad.model import Bundle
     from cxr_cad.report import ReportResult
 
@@ -111,7 +112,7 @@ def score(
 ) -> PredictResult:
     """Score ``sources`` (folders, manifest files, image files) into ``out_dir``
     (predictions.csv, rejected.csv, summary.json); resumes an interrupted run there."""
-    from cxr_cad.inference.predict import PredictOptions, predict
+    from cxr_cad.inference.predict import predict
 
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     return predict([os.fspath(s) for s in srcs], out_dir, _bundle_path(bundle), options or PredictOptions())
@@ -119,8 +120,6 @@ def score(
 
 def _options(options: PredictOptions | None, values: dict[str, Any]) -> PredictOptions:
     """``options`` with ``values`` changed (validated: a bad value is a ConfigError)."""
-    from cxr_cad.inference.predict import PredictOptions
-
     if options is None:
         return PredictOptions(**values)
     if not values:
@@ -145,7 +144,7 @@ def predict(
         bundle: a loaded :class:`~cxr_cad.model.Bundle` (from :func:`train`) or a bundle file.
         sources: folders (recursive), manifest files, image files, or a manifest DataFrame.
         out_dir: keep the CSVs there (resumable); None = a temporary folder, removed.
-        options: a :class:`~cxr_cad.inference.predict.PredictOptions`; or give its fields as
+        options: a :class:`~cxr_cad.config.PredictOptions`; or give its fields as
             keywords (``batch_size=8, workers=0, device="cpu"``, ``policy=AcceptPolicy(...)``).
     """
     opts = _options(options, option_values)
@@ -179,14 +178,13 @@ def write_report(
         **report_options: keywords of :func:`cxr_cad.report.write_report` (``positive_class``,
             ``threshold``, ``options=ReportOptions(...)``, ``pdf``, ``rejected_df`` ...).
     """
+    from cxr_cad.model import load_bundle  # torch
     from cxr_cad.report import GradcamSource, model_info_from_bundle
     from cxr_cad.report import write_report as _write
 
     if manifest is not None:
         predictions = join_metadata(predictions, manifest)
     if bundle is not None:
-        from cxr_cad.model import load_bundle
-
         loaded = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
         report_options.setdefault("model_info", model_info_from_bundle(loaded, _bundle_path(bundle)))
         if "path" in predictions.columns:

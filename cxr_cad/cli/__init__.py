@@ -5,6 +5,18 @@ Each subcommand lives in its own module ``cxr_cad.cli.<name>`` exposing
 ``set_defaults(func=handler)``. A handler takes the parsed ``argparse.Namespace``
 and returns an exit code (0 on success).
 
+A handler parses its arguments into typed options and makes one :mod:`cxr_cad.api` call (the
+workflow steps make the same calls); options several commands share are declared once in
+:mod:`cxr_cad.cli.options` (accept policy, PACS) and :mod:`cxr_cad.cli.train_options` (the
+training flags, from :class:`~cxr_cad.config.TrainConfig`). The CLI reaches the engine
+(the inference, training, crossval and runtime packages) only through the API.
+
+Imports are at module top, with two exceptions: optional third-party packages, and the
+subcommand modules, which :func:`build_parser` imports one by one (a command not built yet is
+skipped). ``cxr-cad --help`` and ``cxr-cad <command> --help`` import no torch: the API imports
+the engine when a function runs, and names defined in torch-importing modules
+(``api.ReportOptions``, ``api.CVResult``) are looked up when first used, at run time.
+
 Exit codes: 0 success, 2 usage/config errors (:class:`~cxr_cad.errors.UsageError`),
 1 any other failure (one-line reason on stderr), 130 on Ctrl-C.
 """

@@ -5,32 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from pathlib import Path
 
+from cxr_cad import api
+from cxr_cad.cli.train_options import add_train_flags, overrides_from
 from cxr_cad.errors import UsageError
-
-#: option dest -> dotted config key (None = option not given).
-_OVERRIDES = {
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "image_size": "model.image_size",
-    "lr": "optim.lr",
-    "patience": "early_stopping.patience",
-    "threshold": "threshold.method",
-    "target_sensitivity": "threshold.target_sensitivity",
-    "classes": "data.classes",
-    "positive_class": "data.positive_class",
-    "val_fraction": "data.val_fraction",
-    "group_col": "data.group_col",
-    "cache_dir": "data.cache_dir",
-    "device": "runtime.device",
-    "precision": "runtime.precision",
-    "workers": "runtime.workers",
-    "init": "model.init",
-    "arch": "model.arch",
-    "tta": "model.tta",
-    "optimizer": "optim.name",
-}
+from cxr_cad.manifest import manifest_hash
+from cxr_cad.tracking import add_track_option, log_crossval_run, track_run
 
 DESCRIPTION = """\
 K-fold cross-validation, stratified by label and grouped by patient (no patient in two folds;
@@ -58,14 +39,6 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds, >= 2 (default 5)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML training config (docs/train.md); options below override it")
-    from cxr_cad.cli.train import add_arch_option
-
-    add_arch_option(p)
-    p.add_argument(
-        "--init",
-        help="initial weights for every fold: imagenet, imagenet:/path/weights.pth, none, "
-        "or a bundle to fine-tune (default: the config's, imagenet)",
-    )
     p.add_argument(
         "--final",
         nargs="?",
@@ -89,39 +62,7 @@ def register(subparsers) -> None:
         metavar="N",
         help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)",
     )
-    g = p.add_argument_group("training overrides (default: the config file, else the study defaults)")
-    g.add_argument("--epochs", type=int, help="maximum epochs per fold")
-    g.add_argument(
-        "--tta",
-        choices=["none", "hflip"],
-        help="test-time augmentation stored in every bundle (hflip: average with the horizontally flipped image)",
-    )
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--image-size", type=int, help="model input side in pixels")
-    g.add_argument("--lr", type=float, help="learning rate")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: sgd; with --init none adamw)")
-    g.add_argument("--patience", type=int, help="early stopping patience in epochs; 0 = off")
-    g.add_argument("--seed", type=int, help="seed of the folds, splits, initialisation and augmentation")
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        help="share of each fold's training images used for inner validation (default 0.2)",
-    )
-    g.add_argument("--group-col", help="manifest column grouping images of one patient (default patient_id)")
-    g.add_argument("--classes", help="comma-separated class names in model output order")
-    g.add_argument("--positive-class", help="the class whose probability is scored")
-    g.add_argument(
-        "--threshold",
-        choices=["youden", "sensitivity", "fixed"],
-        help="how each fold's threshold is chosen on its inner validation split",
-    )
-    g.add_argument("--target-sensitivity", type=float, help="with --threshold sensitivity")
-    g.add_argument("--cache-dir", help="decoded-image cache (default RUN_DIR/cache)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    g.add_argument("--workers", type=int, help="DataLoader decode processes")
-    from cxr_cad.tracking import add_track_option
-
+    add_train_flags(p, "crossval", title="training overrides (default: the config file, else the study defaults)")
     add_track_option(p)
     p.set_defaults(func=run)
 
@@ -133,14 +74,9 @@ def _fmt(ci: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad import api
-    from cxr_cad.cli.train import overrides_from
-    from cxr_cad.manifest import manifest_hash
-    from cxr_cad.tracking import log_crossval_run, track_run
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("crossval runs as a single process; start it without torchrun")
-    cfg = api.as_config(args.config, overrides_from(args, _OVERRIDES))
+    cfg = api.as_config(args.config, overrides_from(args, "crossval"))
     df = api.read_labelled(args.manifest, cfg.data.classes)
     with track_run(args.track, "crossval", {**cfg.to_dict(), "folds": args.folds}) as tracker:  # docs/export.md
         res = api.crossval(
@@ -149,10 +85,6 @@ def run(args: argparse.Namespace) -> int:
         log_crossval_run(tracker, res, manifest_hash(df))
     _print_result(res)
     if not args.no_report:
-        from pathlib import Path
-
-        from cxr_cad.report import ReportOptions
-
         report = api.write_cv_report(
             res,
             Path(args.out) / "report",
@@ -162,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 "name": f"cross-validation of {Path(args.manifest).name} ({args.folds} folds, out-of-fold predictions)",
                 "manifest_hash": manifest_hash(df),
             },
-            options=ReportOptions(n_bootstrap=max(args.bootstrap, 100)),
+            options=api.ReportOptions(n_bootstrap=max(args.bootstrap, 100)),
             pdf=not args.no_pdf,
         )
         tracker.log_artifact(report.out_dir, "report")  # the MLflow run is closed; artifacts can still be added

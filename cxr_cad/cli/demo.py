@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+
+from cxr_cad.cli.run import print_result
+from cxr_cad.errors import ConfigError
+from cxr_cad.workflow.demo import DemoSettings, run_demo
 
 DESCRIPTION = """\
 Run the whole pipeline on 100 real pediatric chest radiographs shipped with cxr_cad
@@ -42,12 +47,6 @@ def register(subparsers) -> None:
 
 
 def run_command(args) -> int:
-    from dataclasses import replace
-
-    from cxr_cad.cli.run import print_result
-    from cxr_cad.errors import ConfigError
-    from cxr_cad.workflow.demo import DemoSettings, run_demo
-
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     if args.epochs is not None:
         if args.epochs < 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_cad.export.names import CALIBRATION_METHODS, FORMATS, MAX_AUC_DROP
+
 DESCRIPTION = """\
 Export a cxr_cad model bundle for other runtimes into the folder --out:
   monai-bundle  MONAI Bundle layout (configs/metadata.json, configs/inference.json running
@@ -25,8 +27,6 @@ Exit codes: 0 done; 1 bad bundle, failed check or refused int8 model; 2 bad argu
 
 
 def register(subparsers) -> None:
-    from cxr_cad.export.names import CALIBRATION_METHODS, FORMATS, MAX_AUC_DROP
-
     p = subparsers.add_parser(
         "export",
         help="export a model bundle (MONAI bundle, ONNX, OpenVINO, TorchScript)",
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.export import export_model
+    from cxr_cad.export import export_model  # torch (cli/__init__.py: lazy imports)
 
     result = export_model(
         args.model,
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         f"{par['max_abs_prob_diff']:.2g}"
     )
     if result.int8:
-        from cxr_cad.export.quantize import Int8Report
+        from cxr_cad.export.quantize import Int8Report  # torch
 
         rep = Int8Report(**result.int8)
         print(f"cxr-cad export: {rep.line()}{' (forced)' if rep.forced else ''}")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import TYPE_CHECKING
 
-from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad import api
+from cxr_cad.cli.options import add_pacs_query, add_policy_options, pacs_from, policy_from
 from cxr_cad.manifest import LABEL_KEYS
-
-if TYPE_CHECKING:
-    from cxr_cad.api import IngestOutcome
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +72,11 @@ def register(subparsers) -> None:
         "Kermany names: IM-0115-0001.jpeg -> IM-0115, person12_virus_3.jpeg -> person12); "
         "no match -> file stem",
     )
-    p.add_argument(
-        "--modalities",
-        default="CR,DX,DR",
-        metavar="LIST",
-        help="accepted (0008,0060) Modality values, comma-separated, or 'any' (default: CR,DX,DR)",
+    add_policy_options(
+        p,
+        lateral_help="accept lateral views ((0018,5101) LL/RL/LAT)",
+        no_voi_help="record that VOI LUT / windowing is not to be applied",
     )
-    p.add_argument("--allow-lateral", action="store_true", help="accept lateral views ((0018,5101) LL/RL/LAT)")
-    p.add_argument("--no-voi", action="store_true", help="record that VOI LUT / windowing is not to be applied")
     p.add_argument(
         "--verify-pixels",
         action="store_true",
@@ -95,9 +89,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="write absolute paths (default: relative to the manifest's folder)",
     )
-    from cxr_cad.api._pacs import add_fetch_options  # dicomweb: sources (docs/pacs.md)
-
-    add_fetch_options(p)
+    add_pacs_query(  # dicomweb: sources (docs/pacs.md)
+        p,
+        help="QIDO-RS filter for a dicomweb: source, repeatable (e.g. Modality=DX, StudyDate=20240101-20240131)",
+        fetch_to=True,
+    )
     p.set_defaults(func=run_ingest)
 
 
@@ -107,13 +103,8 @@ def _split_list(text: str | None) -> list[str]:
 
 def run_ingest(args: argparse.Namespace) -> int:
     """Handler of ``cxr-cad ingest``; returns the exit code."""
-    from cxr_cad import api
-    from cxr_cad.api._pacs import materialise_sources  # dicomweb: -> the folder it is fetched into
-
-    args.sources = materialise_sources(args, os.path.abspath(args.out))
-    policy = AcceptPolicy.from_options(
-        modalities=args.modalities, allow_lateral=args.allow_lateral, apply_voi=not args.no_voi
-    )
+    policy = policy_from(args)
+    args.sources = api.fetch_sources(args.sources, os.path.abspath(args.out), pacs_from(args))  # dicomweb: -> files
     outcome = api.run_ingest(
         args.sources,
         args.out,
@@ -133,7 +124,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(outcome: IngestOutcome, out: str) -> None:
+def _print_summary(outcome: api.IngestOutcome, out: str) -> None:
     """One screen on stdout: counts, reasons, labels, patient-id rule, outputs. No identifiers."""
     result, record, report = outcome.scan, outcome.record, outcome.label_report
     c = record["counts"]

@@ -7,6 +7,11 @@ import signal
 import threading
 from pathlib import Path
 
+from cxr_cad import api
+from cxr_cad.cli.options import add_policy_options, policy_from
+from cxr_cad.errors import ConfigError
+from cxr_cad.pacs.scp import parse_forward
+
 DESCRIPTION = """\
 Run a DICOM storage node (C-STORE SCP, pynetdicom) that scores each radiograph as it
 arrives and writes its DICOM SR (TID 1500) into OUT/dicom/, or sends it on with STOW-RS
@@ -22,10 +27,7 @@ Exit codes: 0 stopped cleanly; 1 bad model bundle, port in use or another failur
 2 bad arguments."""
 
 
-def _forward(text: str):
-    from cxr_cad.errors import ConfigError
-    from cxr_cad.pacs.scp import parse_forward
-
+def _forward(text: str) -> tuple[str, str, int]:
     try:
         return parse_forward(text)
     except ConfigError as exc:
@@ -64,17 +66,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--secondary-capture", action="store_true", help="also a Grad-CAM Secondary Capture per image")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--allow-lateral", action="store_true", help="score lateral views too")
+    add_policy_options(p, lateral_help="score lateral views too")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.errors import CxrCadError
-    from cxr_cad.inference.predict import PredictOptions
-    from cxr_cad.io import AcceptPolicy
-    from cxr_cad.pacs.scp import Listener, ListenOptions
-
-    options = ListenOptions(
+    options = api.ListenOptions(
         model=Path(args.model),
         out_dir=Path(args.out),
         aet=args.aet,
@@ -83,34 +80,23 @@ def run(args: argparse.Namespace) -> int:
         stow_url=args.stow,
         forward=args.forward,
         secondary_capture=args.secondary_capture,
+        predict=api.PredictOptions(workers=0, device=args.device, policy=policy_from(args)),
     )
-    predict_options = PredictOptions(
-        workers=0, device=args.device, policy=AcceptPolicy(reject_lateral=not args.allow_lateral)
-    )
-    listener = Listener(options, predict_options)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            listener.start()
-        except OSError as exc:
-            raise CxrCadError(
-                f"cannot listen on {args.bind}:{args.port} ({exc.strerror or exc}); choose another --port"
-            ) from exc
+
+    def listening(out: Path) -> None:
         print(
-            f"cxr-cad listen: {args.aet} on {args.bind}:{args.port}, results in {listener.out} "
-            "(SIGTERM or Ctrl-C to stop)",
+            f"cxr-cad listen: {args.aet} on {args.bind}:{args.port}, results in {out} (SIGTERM or Ctrl-C to stop)",
             flush=True,
         )
-        while not stop.wait(0.5):
-            pass
+
+    try:
+        result = api.listen(options, stop, on_listening=listening)
     finally:
-        listener.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    n = sum(1 for r in listener.journal.records.values() if r["kind"] == "prediction")
     print(
-        f"cxr-cad listen: stopped; {len(listener.journal.records)} instance(s) journaled, {n} scored; "
-        f"{listener.writer.summary_line()}"
+        f"cxr-cad listen: stopped; {result.n_journaled} instance(s) journaled, {result.n_scored} scored; {result.dicom}"
     )
     return 0

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_cad.cli.report import threshold_arg  # the --threshold type shared with report/evaluate
+from cxr_cad import api
+from cxr_cad.cli.options import (
+    SOURCE_HELP,
+    add_output_options,
+    add_pacs_query,
+    add_policy_options,
+    non_negative_int,
+    pacs_from,
+    policy_from,
+    positive_int,
+    threshold_arg,
+)
+from cxr_cad.config.choices import PRECISIONS
 
 DESCRIPTION = """\
 Score every image file under SOURCE (folders, recursively; manifest .csv files; single
@@ -23,20 +35,6 @@ Exit codes: 0 done; 1 bad model bundle, unwritable --out or another failure;
 2 bad arguments, missing sources, or --out holding a different run."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
@@ -52,17 +50,17 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="output folder (created; resumed if it holds an interrupted run of the same command)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         help="decode processes (default: one per CPU core, at most 8; 0 = decode in the main process)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="auto: bf16 autocast + channels-last on CPUs with native bf16 and on CUDA, else fp32",
     )
@@ -72,15 +70,7 @@ def register(subparsers) -> None:
         default=None,
         help="decision threshold on the positive-class probability (default: the bundle's)",
     )
-    p.add_argument(
-        "--modalities",
-        default="CR,DX,DR",
-        metavar="LIST",
-        help="accepted (0008,0060) Modality values, comma separated, or 'any' (default CR,DX,DR)",
-    )
-    p.add_argument(
-        "--allow-lateral", action="store_true", help="score lateral views too (default: reject them as LATERAL_VIEW)"
-    )
+    add_policy_options(p, lateral_help="score lateral views too (default: reject them as LATERAL_VIEW)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out instead of resuming")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (only pays off on large runs)")
     p.add_argument(
@@ -90,42 +80,29 @@ def register(subparsers) -> None:
         help="torch (default; --model is a bundle) or a runtime for a model written by `cxr-cad export` "
         "(--model is the export folder or its model file; needs the 'export' extra)",
     )
-    from cxr_cad.api._pacs import (  # DICOMweb / DICOM SR (docs/pacs.md)
-        SOURCE_HELP,
-        add_output_options,
-        add_query_option,
+    p.epilog = f"SOURCE: {SOURCE_HELP}."  # DICOMweb / DICOM SR (docs/pacs.md)
+    add_pacs_query(
+        p,
+        help="QIDO-RS filter for a dicomweb: source, repeatable, e.g. --query Modality=DX "
+        "--query StudyDate=20240101-20240131 --query AccessionNumber=A123",
+        fetch_chunk=True,
     )
-
-    p.epilog = f"SOURCE: {SOURCE_HELP}."
-    add_query_option(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad import api
-    from cxr_cad.inference.predict import PredictOptions
-    from cxr_cad.io.policy import AcceptPolicy
-
-    policy = AcceptPolicy.from_options(modalities=args.modalities, allow_lateral=args.allow_lateral)
-    options = PredictOptions(
+    options = api.PredictOptions(
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
         precision=args.precision,
         threshold=args.threshold,
-        policy=policy,
+        policy=policy_from(args),
         overwrite=args.overwrite,
         compile=args.compile,
         backend=args.backend,
     )
-    from cxr_cad.api._pacs import pacs_requested, run_predict
-
-    if pacs_requested(args, args.sources) or args.query:  # dicomweb: source, --dicom-out (docs/pacs.md)
-        for line in run_predict(args, args.sources, args.out, args.model, options):
-            print(f"cxr-cad predict: {line}")
-        return 0
-    result = api.score(args.model, args.sources, args.out, options)
-    if result.runtime.get("rank", 0) == 0:
-        print(f"cxr-cad predict: {result.summary_line()}")
+    for line in api.predict_sources(args.model, args.sources, args.out, options, pacs_from(args)):
+        print(f"cxr-cad predict: {line}")
     return 0

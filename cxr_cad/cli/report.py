@@ -6,12 +6,10 @@ Also holds the report options and table helpers that ``cxr-cad evaluate`` shares
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import pandas as pd
-
-from cxr_cad.errors import UsageError
+from cxr_cad import api
+from cxr_cad.cli.options import threshold_arg
 
 DESCRIPTION = """\
 Write a clinical metric report from PREDICTIONS.csv (one row per image with `label` and
@@ -28,14 +26,6 @@ otherwise.
 
 Exit codes: 0 done; 1 failure (unreadable bundle, unwritable --out); 2 bad arguments or
 a predictions table that cannot be evaluated."""
-
-
-def threshold_arg(text: str) -> float:
-    """argparse type of --threshold: a number in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"threshold must be within [0, 1], not {text}")
-    return value
 
 
 def _confidence(text: str) -> float:
@@ -123,11 +113,9 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-pdf", action="store_true", help="skip report.pdf")
 
 
-def report_options(args: argparse.Namespace, **fields):
+def report_options(args: argparse.Namespace, **fields) -> api.ReportOptions:
     """The report's :class:`~cxr_cad.report.ReportOptions` from the shared options, plus ``fields``."""
-    from cxr_cad.report import ReportOptions
-
-    return ReportOptions(
+    return api.ReportOptions(
         alpha=round(1.0 - args.confidence, 10),
         n_bootstrap=args.bootstrap,
         seed=args.seed,
@@ -137,33 +125,6 @@ def report_options(args: argparse.Namespace, **fields):
         pdf=not args.no_pdf,
         **fields,
     )
-
-
-def cohort_description(args: argparse.Namespace, manifest_path: str | Path | None, name: str) -> dict:
-    """Cohort fields for the report: --cohort-info FILE, ingest.json next to the manifest, the
-    command line's name and date (each later source fills only what is still missing)."""
-    from cxr_cad.report.clinical import ingest_rules_text
-    from cxr_cad.report.inputs import ingest_record, read_cohort_info
-
-    info = read_cohort_info(args.cohort_info) if args.cohort_info else {}
-    ingest = ingest_record(manifest_path)
-    if ingest:
-        info.setdefault("source", "DICOM/image folder ingested by cxr-cad ingest")
-        rules = ingest_rules_text(ingest, ingest.get("policy"))
-        if rules:
-            info.setdefault("ingest_rules", rules)
-    info["name"] = args.cohort_name or info.get("name") or name
-    if args.cohort_date or not info.get("date"):
-        info["date"] = args.cohort_date
-    return info
-
-
-def write_rejected(rejected: pd.DataFrame, out_dir: Path) -> None:
-    """rejected.csv (path, reason, detail) in the report folder; only with identifiers."""
-    from cxr_cad.core.atomic import atomic_write_csv
-    from cxr_cad.core.columns import REJECTED_COLUMNS
-
-    atomic_write_csv(Path(out_dir) / "rejected.csv", rejected[[c for c in REJECTED_COLUMNS if c in rejected.columns]])
 
 
 def register(subparsers) -> None:
@@ -210,96 +171,49 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _threshold_choice(
-    args: argparse.Namespace, pred: pd.DataFrame, bundle
-) -> tuple[float | None, str | None, str | None]:
-    """(threshold, how it was chosen, where it came from): --threshold, else (without a bundle)
-    the predictions' single ``threshold`` value, else None (the bundle's is used)."""
-    threshold, method, source = args.threshold, args.threshold_method, None
-    if threshold is None and bundle is None and "threshold" in pred.columns:
-        values = set(pred["threshold"].astype(str)) - {""}
-        if len(values) == 1:
-            threshold, method = float(values.pop()), method or "as recorded in the predictions table"
-            source = "predictions table"
-    elif threshold is not None:
-        method, source = method or "given on the command line", "command line"
-    return threshold, method, source
-
-
-def _gradcam(args: argparse.Namespace, bundle, pred: pd.DataFrame):
-    """(Grad-CAM source or None, the note shown when there is none)."""
-    from cxr_cad.report import GradcamSource
-
-    if bundle is not None and args.gradcam_per_group > 0 and "path" in pred.columns:
-        return GradcamSource.from_bundle(bundle, n_per_group=args.gradcam_per_group), None
-    if bundle is None:
-        return None, (
-            "Grad-CAM explanations are not included: this report was written from a predictions table "
-            "without the model (give --model and a table whose 'path' column points at the images)."
-        )
-    return None, "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
+#: Why a report has no Grad-CAM gallery: without --model, and with it.
+_NO_MODEL_NOTE = (
+    "Grad-CAM explanations are not included: this report was written from a predictions table "
+    "without the model (give --model and a table whose 'path' column points at the images)."
+)
+_NOT_REQUESTED_NOTE = (
+    "Grad-CAM explanations were not requested (--gradcam-per-group 0) or the table has no 'path' column."
+)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_cad.api import cohort_shift, join_metadata, read_table
-    from cxr_cad.report import model_info_from_bundle, write_report
-
-    pred = read_table(args.predictions, "predictions table")
-    bundle, info = None, None
-    if args.model:
-        from cxr_cad.model import load_bundle
-
-        bundle = load_bundle(args.model)
-        info = model_info_from_bundle(bundle, args.model)
-    cohort = cohort_description(args, args.manifest, Path(args.predictions).parent.name or Path(args.predictions).stem)
-    if args.manifest:
-        from cxr_cad.manifest import manifest_hash, read_manifest
-
-        manifest = read_manifest(args.manifest, check_files=False)
-        cohort["manifest_hash"] = manifest_hash(manifest)
-        pred = join_metadata(pred, manifest)
-    threshold, method, source = _threshold_choice(args, pred, bundle)
-    rejected = read_table(args.rejected, "rejected-files table") if args.rejected else None
-    cv = None
-    if args.cv_metrics:
-        from cxr_cad.report.inputs import check_cv_metrics
-
-        try:
-            cv = json.loads(Path(args.cv_metrics).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--cv-metrics {args.cv_metrics}: cannot read JSON: {str(exc)[:300]}") from exc
-        cv = check_cv_metrics(cv, f"--cv-metrics {args.cv_metrics}")
+    predictions = Path(args.predictions)
     comparison = None
     if args.compare_predictions:
-        other = read_table(args.compare_predictions, "comparison predictions table")
         comparison = {
-            "predictions": other,
+            "predictions": api.read_table(args.compare_predictions, "comparison predictions table"),
             "name": args.compare_name or Path(args.compare_predictions).stem,
-            "name_a": (info or {}).get("name", "this model"),
         }
-    gradcam, note = _gradcam(args, bundle, pred)
-    shift = cohort_shift(pred, bundle)[0]
-    opts = report_options(
-        args,
-        threshold=threshold,
-        threshold_method=method,
-        threshold_source=source,
-        cohort_info=cohort,
-        gradcam_note=note,
-    )
-    result = write_report(
-        pred,
+    threshold_given = args.threshold is not None
+    result = api.report_cohort(
+        predictions,
         args.out,
-        opts,
-        model_info=info,
-        rejected_df=rejected,
-        cv=cv,
+        report_options(
+            args,
+            threshold=args.threshold,
+            threshold_method=args.threshold_method or ("given on the command line" if threshold_given else None),
+            threshold_source="command line" if threshold_given else None,
+            cohort_info=api.cohort_info(
+                args.cohort_name,
+                default_name=predictions.parent.name or predictions.stem,
+                info=args.cohort_info,
+                manifest=args.manifest,
+                date=args.cohort_date,
+            ),
+            gradcam_note=_NOT_REQUESTED_NOTE if args.model else _NO_MODEL_NOTE,
+        ),
+        bundle=args.model,
+        manifest=args.manifest,
+        rejected=args.rejected,
+        cv=args.cv_metrics,
         comparison=comparison,
-        gradcam=gradcam,
-        shift=shift,
+        gradcam_per_group=args.gradcam_per_group,
     )
-    if args.include_identifiers and rejected is not None:
-        write_rejected(rejected, result.out_dir)
     auc = result.data["auc"]["delong"]
     print(
         f"report: {len(result.files)} files in {result.out_dir} "

@@ -7,6 +7,9 @@ import math
 import sys
 from pathlib import Path
 
+from cxr_cad.workflow.pipeline import planned_steps, run_workflow
+from cxr_cad.workflow.schema import load_workflow
+
 DESCRIPTION = """\
 Run the steps a workflow file names (ingest -> split -> crossval -> train -> evaluate ->
 report) in one run folder. The whole file is checked before anything runs; every problem
@@ -109,9 +112,6 @@ def print_result(result) -> None:
 
 
 def run_command(args) -> int:
-    from cxr_cad.workflow.pipeline import planned_steps, run_workflow
-    from cxr_cad.workflow.schema import load_workflow
-
     wf = load_workflow(args.workflow, args.sets)
     out = Path(args.out) if args.out else Path("runs") / wf["name"]
     if args.check:

@@ -8,9 +8,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from cxr_cad.config.choices import Precision
+from cxr_cad.config.choices import ARCH_NAMES, DEFAULT_ARCH, Precision
 from cxr_cad.config.types import Channels, ConfigModel, Float, Int, OptInt, OptStr, PercentilePair, StrTuple, problem
-from cxr_cad.model.registry import DEFAULT_ARCH  # the registry imports no torch
 
 __all__ = [
     "DataConfig",
@@ -21,16 +20,15 @@ __all__ = [
     "ThresholdConfig",
     "RuntimeConfig",
     "SECTIONS",
+    "ARCH_NAMES",
     "DEFAULT_ARCH",
     "arch_choices",
 ]
 
 
 def arch_choices() -> tuple[str, ...]:
-    """Names ``model.arch`` accepts: :func:`cxr_cad.model.registry.arch_names` (which imports no torch)."""
-    from cxr_cad.model.registry import arch_names
-
-    return arch_names()
+    """Names ``model.arch`` accepts (:data:`~cxr_cad.config.choices.ARCH_NAMES`, the default first)."""
+    return ARCH_NAMES
 
 
 class DataConfig(ConfigModel):
@@ -79,7 +77,8 @@ class DataConfig(ConfigModel):
 
 class ModelConfig(ConfigModel):
     """Network, initialisation, input geometry and intensity. ``arch``: a registered network
-    (:mod:`cxr_cad.model.registry`; ``resnet18`` is the study's). ``init``: ``imagenet``,
+    (:data:`~cxr_cad.config.choices.ARCH_NAMES`, each an entry of :mod:`cxr_cad.model.registry`;
+    ``resnet18`` is the study's). ``init``: ``imagenet``,
     ``none`` or a bundle path. ``intensity``: per-image standardisation stored in the bundle's
     transform spec (``percentile``: the ``intensity_percentiles`` (lower, upper) of each
     resized image map to 0 and 1; ``none``: the readers' [0, 1] values, the behaviour before
@@ -101,10 +100,8 @@ class ModelConfig(ConfigModel):
     @field_validator("arch")
     @classmethod
     def _registered(cls, arch: str) -> str:
-        if arch != DEFAULT_ARCH:  # the default needs no registry (and no torch import)
-            known = arch_choices()
-            if arch not in known:
-                raise problem(f"must be a registered network: {', '.join(known)}")
+        if arch not in ARCH_NAMES:
+            raise problem(f"must be a registered network: {', '.join(ARCH_NAMES)}")
         return arch
 
     @field_validator("init")

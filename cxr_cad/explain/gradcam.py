@@ -26,6 +26,7 @@ from cxr_cad.config.transforms import TransformSpec
 from cxr_cad.errors import RejectedFile
 from cxr_cad.model.networks import layout_arch
 from cxr_cad.model.registry import ARCHITECTURES, DEFAULT_ARCH, get_arch
+from cxr_cad.transforms import build_load_transforms, build_post_transforms
 
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
@@ -149,8 +150,6 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
     """
     from monai.transforms import Compose
     from monai.visualize import GradCAM
-
-    from cxr_cad.transforms import build_load_transforms, build_post_transforms
 
     spec = source.transform_spec
     load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))

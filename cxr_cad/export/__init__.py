@@ -6,8 +6,12 @@ Public API (docs/export.md)::
     load_exported(path, backend) -> ExportedModel          # backend: onnxruntime | openvino | torchscript
     FORMATS, BACKENDS, MissingExtraError, Int8Refused
 
-Formats: ``monai-bundle`` (:mod:`.monai_bundle`), ``onnx`` (:mod:`.onnx`), ``openvino``
-(:mod:`.openvino`), ``torchscript`` (:mod:`.torchscript`); int8 by :mod:`.quantize`.
+Formats: one :class:`~cxr_cad.export.formats.ExportFormat` each in
+:data:`cxr_cad.export.formats.EXPORT_FORMATS` (``monai-bundle`` :mod:`.monai_bundle`, ``onnx``
+:mod:`.onnx`, ``openvino`` :mod:`.openvino`, ``torchscript`` :mod:`.torchscript`; int8 by
+:mod:`.quantize`); runtimes: one :class:`~cxr_cad.export.backends.Backend` each in
+:data:`cxr_cad.export.backends.BACKEND_REGISTRY`. ``MissingExtraError`` is
+:class:`cxr_cad.errors.MissingExtraError`.
 ONNX, onnxruntime and OpenVINO are the optional extra ``export``.
 """
 
@@ -16,13 +20,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from cxr_cad.errors import MissingExtraError
 from cxr_cad.export.names import BACKENDS, EXPORT_FILE, FORMATS, INT8_FORMATS, PARITY_TOLERANCE
 
 #: Names that need PyTorch, imported on first use (``cxr-cad --help`` must not load torch).
 _LAZY = {
     "ExportResult": "cxr_cad.export.exporter",
     "export_model": "cxr_cad.export.exporter",
-    "MissingExtraError": "cxr_cad.export.common",
     "read_export_record": "cxr_cad.export.common",
     "Int8Refused": "cxr_cad.export.quantize",
     "Int8Report": "cxr_cad.export.quantize",

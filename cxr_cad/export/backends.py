@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
+from monai.data import load_net_with_metadata
 
 from cxr_cad.core.provenance import sha256_file
 from cxr_cad.errors import BundleError, ConfigError, UsageError
 from cxr_cad.export.common import EXPORT_FILE, INPUT_NAME, read_export_record, require
 from cxr_cad.export.names import BACKENDS
+from cxr_cad.transforms import TransformSpec
 
 log = logging.getLogger(__name__)
-
-
-_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".xml", ".onnx"), "torchscript": (".ts",)}
 
 
 class _Callable:
@@ -43,6 +44,9 @@ class _Callable:
 
     def to(self, *args: Any, **kwargs: Any):
         return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, S, S) float32 -> (N, K) logits
+        raise NotImplementedError
 
 
 class OnnxRuntimeModel(_Callable):
@@ -89,13 +93,47 @@ class OpenVinoModel(_Callable):
 
 class TorchScriptModel(_Callable):
     def __init__(self, path: str | os.PathLike):
-        from monai.data import load_net_with_metadata
-
         self.module, self.meta, _ = load_net_with_metadata(str(path), map_location=torch.device("cpu"))
         self.module.eval()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x.float())
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One runtime that runs exported models.
+
+    Attributes:
+        name: the ``--backend`` value.
+        suffixes: model files it reads (the first suffix it finds in an export folder is used).
+        load: ``(file, threads, precision) -> model``: a callable from a ``(N, C, S, S)`` float32
+            tensor to ``(N, K)`` logits (``threads`` None = torch's; ``precision`` is OpenVINO's
+            inference precision hint, ignored by the others).
+        export_format: the ``cxr-cad export --format`` that writes a file it reads.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    load: Callable[[Path, int | None, str], _Callable]
+    export_format: str
+
+
+#: Every backend, by name (the names of :data:`cxr_cad.export.names.BACKENDS`, in that order).
+BACKEND_REGISTRY: Mapping[str, Backend] = MappingProxyType(
+    {
+        b.name: b
+        for b in (
+            Backend("onnxruntime", (".onnx",), lambda f, threads, _: OnnxRuntimeModel(f, threads), "onnx"),
+            Backend("openvino", (".xml", ".onnx"), OpenVinoModel, "openvino"),
+            Backend("torchscript", (".ts",), lambda f, _threads, _precision: TorchScriptModel(f), "torchscript"),
+        )
+    }
+)
+if tuple(BACKEND_REGISTRY) != BACKENDS:  # the torch-free names the CLI offers
+    raise RuntimeError(
+        f"export backends {tuple(BACKEND_REGISTRY)} differ from cxr_cad.export.names.BACKENDS {BACKENDS}"
+    )
 
 
 @dataclass
@@ -121,7 +159,7 @@ class ExportedModel:
 def _pick_file(folder: Path, record: dict, backend: str) -> Path:
     """The model file of an export folder for ``backend`` (int8 first, then fp32)."""
     files = record.get("files", {})
-    wanted = _SUFFIXES[backend]
+    wanted = BACKEND_REGISTRY[backend].suffixes
     for role in ("model_int8", "model", "torchscript", "onnx_int8", "onnx"):
         rel = files.get(role, {}).get("path")
         if rel and Path(rel).suffix in wanted:
@@ -129,7 +167,7 @@ def _pick_file(folder: Path, record: dict, backend: str) -> Path:
     raise UsageError(
         f"{folder} holds a {record.get('export_format')} export; --backend {backend} needs "
         f"a {' or '.join(wanted)} model (export one with `cxr-cad export --format "
-        f"{'onnx' if backend == 'onnxruntime' else backend}`)"
+        f"{BACKEND_REGISTRY[backend].export_format}`)"
     )
 
 
@@ -141,9 +179,7 @@ def load_exported(
     Raises ConfigError (unknown backend), UsageError (a file the backend cannot read), BundleError
     (missing or unreadable ``export.json``), MissingExtraError (runtime not installed).
     """
-    from cxr_cad.transforms import TransformSpec
-
-    if backend not in BACKENDS:
+    if backend not in BACKEND_REGISTRY:
         raise ConfigError(f"backend must be one of {BACKENDS}, not {backend!r}")
     path = Path(path)
     if not path.exists():
@@ -155,18 +191,13 @@ def load_exported(
     )  # models/model.ts
     record = read_export_record(folder)
     file = _pick_file(folder, record, backend) if path.is_dir() else path
-    if file.suffix not in _SUFFIXES[backend]:
+    spec = BACKEND_REGISTRY[backend]
+    if file.suffix not in spec.suffixes:
         raise UsageError(
-            f"--backend {backend} cannot read {file.name}; give a {' or '.join(_SUFFIXES[backend])} "
+            f"--backend {backend} cannot read {file.name}; give a {' or '.join(spec.suffixes)} "
             f"file or the folder written by `cxr-cad export` (with {EXPORT_FILE})"
         )
-    model: _Callable
-    if backend == "onnxruntime":
-        model = OnnxRuntimeModel(file, threads)
-    elif backend == "openvino":
-        model = OpenVinoModel(file, threads, precision)
-    else:
-        model = TorchScriptModel(file)
+    model = spec.load(file, threads, precision)
     weights = file.with_suffix(".bin") if file.suffix == ".xml" else file
     sel = record.get("threshold_selection") or {}
     log.info(
@@ -192,6 +223,8 @@ def load_exported(
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_REGISTRY",
+    "Backend",
     "ExportedModel",
     "OnnxRuntimeModel",
     "OpenVinoModel",

@@ -22,13 +22,31 @@ import torch
 
 from cxr_cad.core.atomic import atomic_write_text
 from cxr_cad.core.provenance import sha256_file, software_versions
-from cxr_cad.errors import BundleError, CxrCadError, OutputError, UsageError
+from cxr_cad.errors import BundleError, MissingExtraError, OutputError, UsageError
+from cxr_cad.export.names import EXPORT_FILE
+from cxr_cad.manifest import read_manifest
+from cxr_cad.transforms import build_eval_transforms, find_rejection
 
 if TYPE_CHECKING:
     from cxr_cad.config.transforms import TransformSpec
     from cxr_cad.model.bundle import Bundle
 
-from cxr_cad.export.names import EXPORT_FILE
+__all__ = [
+    "EXPORT_FILE",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "Cohort",
+    "MissingExtraError",
+    "batched",
+    "bundle_record",
+    "cohort_from_manifest",
+    "load_cohort",
+    "prepare_out",
+    "read_export_record",
+    "require",
+    "softmax_positive",
+    "write_export_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +57,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 #: Distributions recorded in export.json (what wrote and what can read the exported files).
 EXPORT_PACKAGES = ("torch", "monai", "numpy", "onnx", "onnxruntime", "onnxscript", "openvino")
-
-
-class MissingExtraError(CxrCadError):
-    """An optional dependency is not installed; the message says which extra to install."""
 
 
 def require(module: str, extra: str) -> Any:
@@ -166,8 +180,6 @@ def load_cohort(
 
     A file that cannot be read is listed in ``rejected`` with its reason, never dropped silently.
     """
-    from cxr_cad.transforms import build_eval_transforms, find_rejection
-
     chain = build_eval_transforms(spec)
     images, keep, rejected = [], [], []
     for i, p in enumerate(paths):
@@ -189,8 +201,6 @@ def load_cohort(
 
 def cohort_from_manifest(manifest: str | os.PathLike[str], spec: TransformSpec, positive: str) -> Cohort:
     """:func:`load_cohort` over a labelled manifest (``read_manifest`` checks it)."""
-    from cxr_cad.manifest import read_manifest
-
     df = read_manifest(manifest, require_labels=True)
     return load_cohort(
         df["path"].astype(str).tolist(),

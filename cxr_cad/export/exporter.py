@@ -1,4 +1,5 @@
-"""``export_model``: one cxr_cad bundle -> a MONAI bundle, ONNX, OpenVINO IR or TorchScript folder.
+"""``export_model``: one cxr_cad bundle -> a MONAI bundle, ONNX, OpenVINO IR or TorchScript folder
+(the formats: :data:`cxr_cad.export.formats.EXPORT_FORMATS`; every one goes through the same steps).
 
 Every exported folder holds ``export.json`` (:mod:`cxr_cad.export.common`) and a copy of the
 bundle's model card. The exported fp32 model is checked against the torch model (fp32,
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from cxr_cad.errors import ConfigError, OutputError, UsageError
+from cxr_cad.export.backends import BACKEND_REGISTRY
 from cxr_cad.export.common import (
     Cohort,
     batched,
@@ -30,11 +32,14 @@ from cxr_cad.export.common import (
     softmax_positive,
     write_export_record,
 )
+from cxr_cad.export.formats import EXPORT_FORMATS, ExportFormat, Target
+from cxr_cad.export.names import FORMATS, INT8_FORMATS, MAX_AUC_DROP, PARITY_TOLERANCE
+from cxr_cad.export.quantize import check_int8, int8_report, split_calibration
+from cxr_cad.model import load_bundle
+from cxr_cad.modelcard import model_card_path
 
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
-
-from cxr_cad.export.names import FORMATS, INT8_FORMATS, PARITY_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +100,9 @@ class _Job:
 
 
 def _check_options(fmt: str, int8: bool, calibration: object) -> None:
-    if fmt not in FORMATS:
+    if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format must be one of {FORMATS}, not {fmt!r}")
-    if int8 and fmt not in INT8_FORMATS:
+    if int8 and EXPORT_FORMATS[fmt].write_int8 is None:
         raise UsageError(f"--int8 is offered for {INT8_FORMATS}, not {fmt}")
     if int8 and calibration is None:
         raise UsageError("--int8 needs --calibration MANIFEST (a labelled manifest of representative radiographs)")
@@ -122,10 +127,6 @@ def export_model(
     non-empty ``out``), BundleError, MissingExtraError, OutputError (writing or the parity
     check failed), Int8Refused (int8 AUC drop too large).
     """
-    from cxr_cad.export.quantize import MAX_AUC_DROP
-    from cxr_cad.model import load_bundle
-    from cxr_cad.modelcard import model_card_path
-
     _check_options(fmt, int8, calibration)
     bundle = load_bundle(model_path)
     bundle.model.float().eval()
@@ -150,12 +151,10 @@ def export_model(
         max_auc_drop=MAX_AUC_DROP if max_auc_drop is None else float(max_auc_drop),
         heldout_fraction=heldout_fraction,
     )
-    if fmt in ("monai-bundle", "torchscript"):
-        _export_torchscript_like(job)
-    else:
-        _export_onnx_like(job)
+    entry = EXPORT_FORMATS[fmt]
+    _export(job, entry)
     card = model_card_path(bundle.path)
-    if card.is_file() and fmt != "monai-bundle":
+    if card.is_file() and entry.copy_card:
         shutil.copyfile(card, folder / "model_card.md")
         result.files["card"] = "model_card.md"
     write_export_record(
@@ -170,72 +169,33 @@ def export_model(
     return result
 
 
-def _export_torchscript_like(job: _Job) -> None:
-    """A MONAI bundle (its ``models/model.ts``) or a bare TorchScript file, parity-checked."""
-    from cxr_cad.export.backends import TorchScriptModel
-
-    bundle, out = job.bundle, job.out
-    if job.fmt == "monai-bundle":
-        from cxr_cad.export.monai_bundle import write_monai_bundle
-        from cxr_cad.modelcard import model_card_path
-
-        job.result.files = write_monai_bundle(bundle, out, card=model_card_path(bundle.path))
-        ts = out / job.result.files["torchscript"]
-    else:
-        from cxr_cad.export.common import bundle_record
-        from cxr_cad.export.torchscript import export_torchscript
-
-        spec = bundle.transform_spec
-        ts = out / "model.ts"
-        export_torchscript(
-            bundle.model, ts, in_channels=spec.in_channels, image_size=spec.image_size, meta=bundle_record(bundle)
-        )
-        job.result.files = {"model": "model.ts"}
-    job.result.parity = job.parity(TorchScriptModel(ts), "TorchScript")
+def _runner(entry: ExportFormat) -> Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]:
+    """Loads a written model file of ``entry`` with its backend (default threads, fp32)."""
+    load = BACKEND_REGISTRY[entry.backend].load
+    return lambda path: load(path, None, "f32")
 
 
-def _export_onnx_like(job: _Job) -> None:
-    """ONNX (kept, or converted to OpenVINO IR) and its optional int8 twin."""
-    from cxr_cad.export.backends import OnnxRuntimeModel, OpenVinoModel
-    from cxr_cad.export.onnx import export_onnx
-    from cxr_cad.export.openvino import convert_to_openvino
-
-    spec, fmt, out, files = job.bundle.transform_spec, job.fmt, job.out, job.result.files
-    tmp = Path(tempfile.mkdtemp(prefix="cxr-cad-export-"))
+def _export(job: _Job, entry: ExportFormat) -> None:
+    """Write the fp32 model, check it against torch, and write its int8 twin when asked."""
+    scratch = Path(tempfile.mkdtemp(prefix="cxr-cad-export-"))
     try:
-        onnx_path = (out if fmt == "onnx" else tmp) / "model.onnx"
-        export_onnx(job.bundle.model, onnx_path, in_channels=spec.in_channels, image_size=spec.image_size)
-        runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
-        if fmt == "onnx":
-            files["model"] = "model.onnx"
-            runner = OnnxRuntimeModel
-        else:
-            convert_to_openvino(onnx_path, out / "model.xml")
-            files.update(model="model.xml", weights="model.bin")
-            runner = OpenVinoModel
-        fp32 = runner(out / files["model"])
-        job.result.parity = job.parity(fp32, fmt)
+        target = Target(job.bundle, job.out, scratch)
+        job.result.files.update(entry.write(target))
+        runner = _runner(entry)
+        fp32 = runner(job.out / job.result.files[entry.checked])
+        job.result.parity = job.parity(fp32, entry.label)
         if job.int8:
-            _int8_twin(job, onnx_path, tmp, fp32, runner)
+            _int8_twin(job, target, entry, fp32, runner)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _int8_twin(job: _Job, onnx_path: Path, tmp: Path, fp32: Callable, runner: Callable) -> None:
+def _int8_twin(job: _Job, target: Target, entry: ExportFormat, fp32: Callable, runner: Callable) -> None:
     """Quantise on the calibration part, check on the held-out part, keep it only if accepted."""
-    from cxr_cad.export.openvino import convert_to_openvino
-    from cxr_cad.export.quantize import check_int8, int8_report, quantize_onnx, split_calibration
-
-    cohort, fmt, out = job.cohort, job.fmt, job.out
-    assert cohort is not None  # --int8 needs --calibration (_check_options)
+    cohort = job.cohort
+    assert cohort is not None and entry.write_int8 is not None  # checked by _check_options
     calib_idx, held_idx = split_calibration(cohort, heldout_fraction=job.heldout_fraction)
-    q_onnx = (out if fmt == "onnx" else tmp) / "model.int8.onnx"
-    quantize_onnx(onnx_path, q_onnx, cohort.images[calib_idx], method=job.method)
-    if fmt == "openvino":
-        convert_to_openvino(q_onnx, out / "model.int8.xml")
-        q_file = out / "model.int8.xml"
-    else:
-        q_file = q_onnx
+    q_file, files = entry.write_int8(target, cohort.images[calib_idx], job.method)
     held = Cohort(
         images=cohort.images[held_idx],
         labels=cohort.labels[held_idx],
@@ -259,7 +219,4 @@ def _int8_twin(job: _Job, onnx_path: Path, tmp: Path, fp32: Callable, runner: Ca
             f.unlink(missing_ok=True)
         raise
     job.result.int8 = report.to_dict()
-    if fmt == "onnx":
-        job.result.files["model_int8"] = "model.int8.onnx"
-    else:
-        job.result.files.update(model_int8="model.int8.xml", weights_int8="model.int8.bin")
+    job.result.files.update(files)

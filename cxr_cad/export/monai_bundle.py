@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import OutputError
 from cxr_cad.export.common import require
+from cxr_cad.export.torchscript import export_torchscript
 from cxr_cad.model.registry import DEFAULT_ARCH
 
 if TYPE_CHECKING:
@@ -60,8 +62,6 @@ def metadata(bundle: Bundle, card_text: str | None = None) -> dict:
     """``configs/metadata.json`` content for ``bundle``."""
     import monai
     import numpy as np
-
-    from cxr_cad.core.provenance import __version__
 
     spec = bundle.transform_spec
     channels = {str(i): c for i, c in enumerate(bundle.classes)}
@@ -202,8 +202,6 @@ def verify(out: Path) -> None:
 
 def write_monai_bundle(bundle: Bundle, out: Path, *, card: Path | None = None) -> dict[str, str]:
     """Write the bundle layout into ``out``; returns {role: relative path} of the files written."""
-    from cxr_cad.export.torchscript import export_torchscript
-
     try:
         for sub in ("configs", "models", "docs"):
             (out / sub).mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ import torch
 from cxr_cad.errors import ConfigError, CxrCadError, UsageError
 from cxr_cad.export.common import INPUT_NAME, Cohort, batched, require, softmax_positive
 from cxr_cad.export.names import CALIBRATION_METHODS, MAX_AUC_DROP
+from cxr_cad.manifest import grouped_split
+from cxr_cad.metrics import roc_auc
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,6 @@ class Int8Report:
 
 def split_calibration(cohort: Cohort, *, heldout_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(calibration_idx, heldout_idx): a patient-grouped, label-stratified split of ``cohort``."""
-    from cxr_cad.manifest import grouped_split
-
     if len(cohort.labels) < 4 or len(set(cohort.labels.tolist())) < 2:
         raise UsageError(
             "--calibration needs a labelled manifest with both classes and at least 4 readable "
@@ -146,8 +146,6 @@ def int8_report(
     method: str = "minmax",
 ) -> Int8Report:
     """Compare two logits functions on ``heldout`` (labels 0/1)."""
-    from cxr_cad.metrics import roc_auc
-
     p32 = softmax_positive(batched(fp32_fn, heldout.images), positive_index)
     p8 = softmax_positive(batched(int8_fn, heldout.images), positive_index)
     diff = np.abs(p8 - p32)

@@ -24,11 +24,15 @@ from typing import TYPE_CHECKING, TypedDict
 import numpy as np
 import torch
 
+from cxr_cad import io as image_io
+from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.provenance import sha256_file
 from cxr_cad.errors import ConfigError, Reason, RejectedFile, UsageError
+from cxr_cad.manifest import read_manifest, resolve_paths
+from cxr_cad.manifest.scan import iter_files
+from cxr_cad.transforms import LoadCxrImaged, build_load_transforms, build_post_transforms, rejection_record
 
 if TYPE_CHECKING:
-    from cxr_cad.io import AcceptPolicy
     from cxr_cad.transforms import TransformSpec
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,6 @@ def _manifest_items(path: Path) -> list[tuple[str, str]]:
     Listed files that do not exist are kept (they become rejected rows, not a failure).
     Raises :class:`~cxr_cad.errors.ManifestError` (exit 2) for a manifest that fails validation.
     """
-    from cxr_cad.manifest import read_manifest, resolve_paths
-
     df = resolve_paths(read_manifest(path, check_files=False), path.parent)
     labels = df["label"] if "label" in df.columns else None
     out = []
@@ -75,8 +77,6 @@ def collect_inputs(
     Files under ``exclude`` (the output folder) are never inputs.
     Raises UsageError for a source that does not exist.
     """
-    from cxr_cad.manifest.scan import iter_files
-
     labels: dict[str, str] = {}
     missing = [str(s) for s in sources if not Path(s).exists()]
     if missing:
@@ -177,8 +177,6 @@ def make_preprocess(spec: TransformSpec) -> Preprocess:
     """
     from monai.transforms import Compose
 
-    from cxr_cad.transforms import LoadCxrImaged, build_load_transforms, build_post_transforms
-
     load = build_load_transforms(spec)
     if not isinstance(load[0], LoadCxrImaged):
         raise RuntimeError(
@@ -216,9 +214,9 @@ class PredictDataset(torch.utils.data.Dataset[Sample]):
         return len(self.inputs)
 
     def _load(self, item: PredictInput) -> Sample:
-        from cxr_cad.io import AcceptPolicy, read_image
-
-        pixels, meta = read_image(item.path, policy=self.policy or AcceptPolicy(), reduce_to=self.reduce_to)
+        pixels, meta = image_io.read_image(  # looked up per call (tests replace it)
+            item.path, policy=self.policy or AcceptPolicy(), reduce_to=self.reduce_to
+        )
         image = self.preprocess(pixels)
         sop = meta.get("sop_instance_uid") or ""
         if not sop and meta.get("format") in ("png", "jpeg"):
@@ -231,8 +229,6 @@ class PredictDataset(torch.utils.data.Dataset[Sample]):
         }
 
     def __getitem__(self, i: int) -> Sample:
-        from cxr_cad.transforms import rejection_record
-
         item = self.inputs[i]
         try:
             return self._load(item)

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from cxr_cad import runtime
+from cxr_cad.export.backends import load_exported
+from cxr_cad.model import fold_batchnorm as model_fold_batchnorm
+from cxr_cad.model import load_bundle
+from cxr_cad.shift.monitor import ShiftScorer
 
 if TYPE_CHECKING:
-    from cxr_cad.shift.monitor import ShiftScorer
     from cxr_cad.transforms import TransformSpec
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` (eval mode) with each BatchNorm2d folded into the Conv2d before it
     (:func:`cxr_cad.model.fold_batchnorm`: found by tracing, for every registered network;
     the model is returned unfolded when folding would change its outputs)."""
-    from cxr_cad.model import fold_batchnorm as fold
-
-    return fold(model)
+    return model_fold_batchnorm(model)
 
 
 class Fp32Module(torch.nn.Module):
@@ -102,12 +103,7 @@ def load_model(
     Raises:
         BundleError: the bundle is missing, corrupt or cannot be honoured.
     """
-    from cxr_cad.model import load_bundle
-    from cxr_cad.shift.monitor import ShiftScorer
-
     if backend != "torch":  # an exported model replaces the torch forward; everything else is the same path
-        from cxr_cad.export import load_exported
-
         exported = load_exported(model_path, backend)
         return exported, exported.model, ShiftScorer(exported, exported.model)
     bundle = load_bundle(model_path, map_location="cpu")

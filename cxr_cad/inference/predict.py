@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cxr_cad import runtime
+from cxr_cad.config import AcceptPolicy, PredictOptions
 from cxr_cad.core.atomic import atomic_write_json
 from cxr_cad.core.progress import progress
 from cxr_cad.core.workers import default_workers
@@ -55,7 +56,6 @@ from cxr_cad.inference.inputs import (
 )
 from cxr_cad.inference.model import Forward, Fp32Module, ScoringModel, load_model, prepare_for_inference
 from cxr_cad.inference.model import fold_batchnorm as fold_batchnorm
-from cxr_cad.inference.options import PredictOptions, PredictResult
 from cxr_cad.inference.outputs import (
     PREDICTIONS,
     REJECTED,
@@ -66,7 +66,8 @@ from cxr_cad.inference.outputs import (
     prepare_out_dir,
     read_journals,
 )
-from cxr_cad.io import AcceptPolicy
+from cxr_cad.inference.result import PredictResult
+from cxr_cad.shift.monitor import SHIFT_FILE, cohort_shift
 
 if TYPE_CHECKING:
     from cxr_cad.shift.monitor import ShiftScorer
@@ -326,8 +327,6 @@ def _finish(
     result.n_rejected = sum(reasons.values())
     result.n_predicted = result.n_inputs - result.n_rejected
     result.n_positive = sum(1 for r in records if r["kind"] == "prediction" and r["decision"] == positive)
-    from cxr_cad.shift.monitor import SHIFT_FILE, cohort_shift
-
     (out / SHIFT_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
     if shift_summary is not None:  # docs/shift.md
         result.shift = cohort_shift(

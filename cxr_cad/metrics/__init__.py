@@ -31,7 +31,7 @@ from cxr_cad.metrics.operating import (
 )
 from cxr_cad.metrics.proportions import likelihood_ratios, proportion, wilson_ci
 from cxr_cad.metrics.roc import interpolate_roc, mean_roc, roc_auc, roc_curve
-from cxr_cad.metrics.subgroups import age_band, age_years, subgroup_table
+from cxr_cad.metrics.subgroups import age_band, subgroup_table
 
 __all__ = [
     "AucCI",
@@ -39,7 +39,6 @@ __all__ = [
     "ReliabilityCurve",
     "UndefinedMetricWarning",
     "age_band",
-    "age_years",
     "binary_metrics",
     "bootstrap_auc_ci",
     "brier_score",

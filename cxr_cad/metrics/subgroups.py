@@ -1,4 +1,5 @@
-"""Metrics per subgroup (view position, sex, age band, manufacturer, ...) and age banding."""
+"""Metrics per subgroup (view position, sex, age band, manufacturer, ...) and age banding (of ages
+in years: reading a DICOM Age String is the caller's job, :func:`cxr_cad.io.age.age_in_years`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad.errors import ConfigError
-from cxr_cad.io.age import age_in_years
 from cxr_cad.metrics._common import UndefinedMetricWarning, warn_undefined
 from cxr_cad.metrics.delong import delong_auc_ci
 from cxr_cad.metrics.operating import binary_metrics
@@ -21,14 +21,6 @@ AGE_EDGES: tuple[float, ...] = (1, 5, 12, 18, 40, 65, 80)
 UNKNOWN_AGE = "unknown"
 MISSING = "(missing)"
 _PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
-
-
-def age_years(patient_age: Any) -> float:
-    """Age in years from a DICOM Age String "(0010,1010) Patient's Age" ("045Y", "006M", "010W",
-    "003D") or a number of years (see :func:`cxr_cad.io.age.age_in_years`, the one parser).
-    NaN when missing or unparseable (never raises)."""
-    years = age_in_years(patient_age)
-    return float("nan") if years is None else years
 
 
 def _band_label(lo: float | None, hi: float | None) -> str:
@@ -42,19 +34,23 @@ def _band_label(lo: float | None, hi: float | None) -> str:
     return f"{lo:g}-<{hi:g}y"
 
 
-def age_band(patient_age: Any, *, edges: Sequence[float] = AGE_EDGES) -> str:
-    """Age band label for a DICOM AS string or years, e.g. ``"045Y"`` -> ``"40-64y"``.
+def age_band(years: float | None, *, edges: Sequence[float] = AGE_EDGES) -> str:
+    """Age band label for an age in years, e.g. ``45`` -> ``"40-64y"``.
 
     Bands are ``[edge_i, edge_{i+1})`` in years with open ends: with the default edges
-    ``<1y, 1-4y, 5-11y, 12-17y, 18-39y, 40-64y, 65-79y, 80+y``. Missing or unparseable ages
-    give ``"unknown"``. Raises ``ValueError`` if ``edges`` is empty or not increasing.
+    ``<1y, 1-4y, 5-11y, 12-17y, 18-39y, 40-64y, 65-79y, 80+y``. A missing age (None, NaN), or
+    one that is negative or infinite, gives ``"unknown"``. Ages are numbers: the caller reads a
+    DICOM Age String (``"045Y"``) with :func:`cxr_cad.io.age.age_in_years` first.
+
+    Raises:
+        ConfigError: ``edges`` is empty or not increasing.
     """
     edges = [float(e) for e in edges]
     if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ConfigError(f"age band edges must be a non-empty increasing sequence; got {edges}")
-    years = age_years(patient_age)
-    if math.isnan(years):
+    if years is None or isinstance(years, bool) or not math.isfinite(float(years)) or float(years) < 0:
         return UNKNOWN_AGE
+    years = float(years)
     i = int(np.searchsorted(edges, years, side="right"))
     lo = None if i == 0 else edges[i - 1]
     hi = None if i == len(edges) else edges[i]

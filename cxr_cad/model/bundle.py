@@ -196,7 +196,8 @@ def save_bundle(
 
     The metadata is a :class:`BundleOptions`, passed as ``options`` or as its fields by keyword
     (``save_bundle(path, model, classes=..., positive_class=..., ...)``); keywords given with
-    ``options`` replace its fields. A ``model_card.md`` is written beside the bundle.
+    ``options`` replace its fields. The runs that save a bundle write its ``model_card.md``
+    (:func:`cxr_cad.modelcard.write_card_for_bundle`); this function writes only the bundle.
 
     Returns the path written. Raises BundleError (values that cannot be stored or do not
     agree, a model that is not the declared registered network) or OutputError (the file

@@ -7,7 +7,9 @@ and the SHA-256 prefix torchvision publishes in its file name), how torchvision'
 names map onto the MONAI network's, how a pretrained RGB stem adapts to gray input, and the
 input normalisation those weights expect. Nothing else in cxr_cad names a network.
 
-Adding a network is one entry in :data:`ARCHITECTURES` plus its test (``tests/model/test_registry.py``
+Adding a network is one entry in :data:`ARCHITECTURES`, its name in
+:data:`cxr_cad.config.choices.ARCH_NAMES` (what ``model.arch`` accepts; config validation must not
+import this package), plus its test (``tests/model/test_registry.py``
 builds every entry, loads a fake ImageNet checkpoint through its key map, folds its BatchNorm
 and runs Grad-CAM on it).
 
@@ -24,6 +26,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from cxr_cad.config.choices import ARCH_NAMES, DEFAULT_ARCH
 from cxr_cad.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +41,6 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: How a pretrained RGB stem becomes a 1-channel one: ``"sum"`` sums the filters over the colour
 #: axis (exact for a gray image replicated to RGB; timm's ``adapt_input_conv``).
 GRAY_STEM_MODES = ("sum",)
-DEFAULT_ARCH = "resnet18"
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ def _build_densenet121(num_classes: int, in_channels: int) -> nn.Module:
 _RESNET_IMPL = "monai.networks.nets.{}(spatial_dims=2, conv1_t_stride=2, bias_downsample=False)"
 _TORCHVISION = "https://download.pytorch.org/models/"
 
-#: Every registered network, by name. The first is the default (the study's).
+#: Every registered network, by name, in the order of :data:`~cxr_cad.config.choices.ARCH_NAMES`.
+#: The first is the default (the study's).
 ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
     {
         spec.name: spec
@@ -187,6 +190,13 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
         )
     }
 )
+
+
+if tuple(ARCHITECTURES) != ARCH_NAMES:  # one table of names for config and the registry
+    raise RuntimeError(
+        f"cxr_cad.model.registry registers {tuple(ARCHITECTURES)}, cxr_cad.config.choices.ARCH_NAMES "
+        f"lists {ARCH_NAMES}: they must name the same networks in the same order"
+    )
 
 
 def arch_names() -> tuple[str, ...]:

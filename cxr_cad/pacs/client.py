@@ -27,6 +27,11 @@ import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import requests
+from dicomweb_client import DICOMwebClient
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
 from cxr_cad.errors import ConfigError, Reason
 
 if TYPE_CHECKING:
@@ -77,10 +82,6 @@ def parse_url(source: str) -> str:
 
 
 def _session(retries: int):
-    import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
-
     session = requests.Session()
     retry = Retry(
         total=retries,
@@ -115,8 +116,6 @@ def make_client(url: str, *, retries: int | None = None) -> DICOMwebClient:
 
     Raises ConfigError (a UsageError) for a malformed URL or half-set credentials. Nothing is sent yet.
     """
-    from dicomweb_client import DICOMwebClient
-
     base = parse_url(url)
     if retries is None:
         try:
@@ -141,8 +140,6 @@ def auth_kind() -> str:
 
 def network_reason(exc: BaseException) -> tuple[str, str]:
     """(reason code, one-line detail without credentials) for a failed DICOMweb request."""
-    import requests
-
     response = getattr(exc, "response", None)
     if isinstance(exc, requests.HTTPError) and response is not None:
         code = NOT_FOUND_IN_ARCHIVE if response.status_code == 404 else FETCH_FAILED

@@ -18,6 +18,8 @@ A scored image that is not DICOM (PNG/JPEG) has no header to copy: ``objects.csv
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import logging
 import os
@@ -26,8 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE
+
 from cxr_cad.core.atomic import atomic_write, atomic_write_text
-from cxr_cad.errors import OutputError
+from cxr_cad.core.provenance import __version__
+from cxr_cad.errors import OutputError, RejectedFile
+from cxr_cad.pacs.client import make_client, network_reason
+from cxr_cad.pacs.sc import build_sc, compose_overlay
+from cxr_cad.pacs.sr import AlgorithmInfo, build_sr, evidence_header
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -70,8 +81,6 @@ def _save_dataset(path: Path, ds: Dataset) -> None:
 
 
 def _uid(*parts: str) -> str:
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
@@ -79,9 +88,7 @@ class DicomOutput:
     """Writes the DICOM objects of one run; :meth:`write` takes scored rows with their source files."""
 
     def __init__(self, options: DicomOutOptions, model_path: str | os.PathLike):
-        from cxr_cad.core.provenance import __version__
         from cxr_cad.model import load_bundle
-        from cxr_cad.pacs.sr import AlgorithmInfo
 
         self.options = options
         self.out = Path(options.out_dir).absolute()
@@ -94,8 +101,6 @@ class DicomOutput:
         if run_file.exists():
             self.run_uid = json.loads(run_file.read_text())["run_uid"]
         else:
-            from pydicom.uid import generate_uid
-
             self.run_uid = generate_uid()
             atomic_write_text(run_file, json.dumps({"run_uid": self.run_uid}))
         self.info = AlgorithmInfo(
@@ -108,8 +113,6 @@ class DicomOutput:
         self.info.finding_code()  # fail now (UsageError) when the class has no SNOMED CT code
         self.client: DICOMwebClient | None = None
         if options.stow_url:
-            from cxr_cad.pacs.client import make_client
-
             self.client = make_client(options.stow_url)
         self._gradcam: GradcamSource | None = None
         self.rows: dict[str, dict] = self._read_objects()
@@ -122,8 +125,6 @@ class DicomOutput:
             return {r["source_sop_instance_uid"]: r for r in csv.DictReader(fh)}
 
     def _save(self) -> None:
-        import io
-
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=OBJECT_COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
@@ -132,7 +133,6 @@ class DicomOutput:
 
     def _picture(self, path: str, probability: float, threshold: float):
         from cxr_cad.explain.gradcam import GradcamSource, gradcam_maps
-        from cxr_cad.pacs.sc import compose_overlay
 
         if self._gradcam is None:
             self._gradcam = GradcamSource.from_bundle(self.bundle)
@@ -141,13 +141,6 @@ class DicomOutput:
 
     def _one(self, row: dict, source_path: str, number: int) -> tuple[dict, list]:
         """Build (and write) the objects of one scored row; returns its objects.csv row and datasets."""
-        import dataclasses
-
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-
-        from cxr_cad.pacs.sc import build_sc
-        from cxr_cad.pacs.sr import build_sr, evidence_header
 
         sop = row["sop_instance_uid"]
         rec = {
@@ -213,8 +206,6 @@ class DicomOutput:
             try:
                 rec, datasets = self._one(row, source_path, number)
             except Exception as exc:  # noqa: BLE001 - one bad header must not stop the run; it is recorded
-                from cxr_cad.errors import RejectedFile
-
                 reason = exc.reason if isinstance(exc, RejectedFile) else "DICOM_OUT_FAILED"
                 rec, datasets = (
                     {
@@ -236,8 +227,6 @@ class DicomOutput:
         self._save()
 
     def _stow(self, recs: list) -> None:
-        from cxr_cad.pacs.client import network_reason
-
         datasets = [ds for _, sets in recs for ds in sets]
         try:
             assert self.client is not None  # _stow runs only with a STOW-RS client
@@ -260,9 +249,6 @@ class DicomOutput:
 
     def _forward(self, recs: list) -> None:
         """C-STORE the new objects to ``options.forward`` (pynetdicom SCU); status per object."""
-        from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
-        from pynetdicom import AE
-
         assert self.options.forward is not None  # _forward runs only with --forward
         aet, host, port = self.options.forward
         ae = AE(ae_title=self.options.calling_aet)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pydicom.datadict import tag_for_keyword
 
 from cxr_cad.core.atomic import atomic_write
 from cxr_cad.errors import ConfigError
@@ -50,8 +53,6 @@ def parse_query(items: Sequence[str] | None) -> dict[str, str]:
 
     Raises ConfigError (a UsageError) listing every malformed item or unknown keyword.
     """
-    from pydicom.datadict import tag_for_keyword
-
     out: dict[str, str] = {}
     problems: list[str] = []
     for item in items or ():
@@ -125,7 +126,6 @@ def fetch_many(
     Returns ({SOP UID: file}, {SOP UID: (reason code, detail)} for the ones that failed
     after the retries). Never raises for one instance.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(inst):
         try:

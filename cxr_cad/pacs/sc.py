@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import warnings
 
+import highdicom as hd
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -27,8 +30,6 @@ def compose_overlay(
     gray: np.ndarray, heat: np.ndarray, *, probability: float, threshold: float, alpha: float = 0.45
 ) -> np.ndarray:
     """RGB uint8 picture (H, W, 3): overlay + colour bar + burned-in text. ``gray``/``heat`` in [0, 1]."""
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw, ImageFont
 
     def up(a: np.ndarray) -> np.ndarray:
         img = Image.fromarray(np.clip(a, 0, 1).astype(np.float32), mode="F")
@@ -68,8 +69,6 @@ def build_sc(
     instance_number: int = 1,
 ) -> Dataset:
     """A Secondary Capture image of ``picture`` (RGB uint8) in the study of ``source``."""
-    import highdicom as hd
-
     # the overlay keeps the source's row/column directions; (0020,0020) from the source when it has two
     # values, else that of a PA chest film as displayed (columns to the patient's left, rows to the feet)
     orientation = tuple(source.get("PatientOrientation") or ())

@@ -1,18 +1,20 @@
-"""Score the instances of a DICOMweb archive: a streaming producer in front of the predict engine.
+"""A DICOMweb archive as a source: list instances (QIDO-RS), fetch them in chunks (WADO-RS) and
+hand each chunk to a callback; every listed instance accounted for once, resumable by SOP UID.
 
-:func:`predict_dicomweb` lists the instances with QIDO-RS (:mod:`cxr_cad.pacs.query`), cuts
-the sorted list into chunks of ``chunk_size``, and for each chunk: fetches it with WADO-RS
-into a spool folder (a background thread fetches the next chunk while this one is scored),
-scores the folder with :func:`cxr_cad.inference.predict.predict`, writes its DICOM objects
-(``--dicom-out``), appends the chunk's rows to a journal (fsync) and deletes the spool. At
-most two chunks are on disk at once; the archive is never copied whole.
+:func:`stream_chunks` cuts the sorted listing into chunks of ``chunk_size`` and, for each chunk,
+fetches it into a spool folder (a background thread fetches the next chunk while the callback
+handles this one), calls ``score(folder, run_dir)``, writes its DICOM objects (an optional
+sink), appends the chunk's rows to a journal (fsync) and deletes the spool. At most two chunks
+are on disk at once; the archive is never copied whole. What scores a chunk is the caller's
+business (:func:`cxr_cad.api.predict_dicomweb` runs the predict engine); this package imports
+no engine code.
 
 Accounting
-    Every listed instance ends in ``OUT/predictions.csv`` or ``OUT/rejected.csv`` exactly
-    once. ``path`` is the instance's WADO-RS address (``dicomweb:<base>/studies/...``);
-    ``rejected.csv`` has a ``sop_instance_uid`` column too. Fetch failures (after the
-    client's retries) are rejected with ``NETWORK_ERROR``, ``FETCH_FAILED`` or
-    ``NOT_FOUND_IN_ARCHIVE``; everything else keeps the engine's reason codes.
+    Every listed instance ends in ``predictions.csv`` or ``rejected.csv`` exactly once
+    (:func:`write_tables`). ``path`` is the instance's WADO-RS address
+    (``dicomweb:<base>/studies/...``); ``rejected.csv`` has a ``sop_instance_uid`` column too.
+    Fetch failures (after the client's retries) are rejected with ``NETWORK_ERROR``,
+    ``FETCH_FAILED`` or ``NOT_FOUND_IN_ARCHIVE``; everything else keeps the scorer's reason codes.
 Resume
     ``OUT/.dicomweb/journal.jsonl`` holds one JSON line per finished instance. A rerun
     (after ``kill -9``, say) skips every SOP Instance UID in it, except those rejected for a
@@ -22,31 +24,29 @@ Resume
 
 from __future__ import annotations
 
-import dataclasses
+import csv
+import io
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from cxr_cad.core import atomic, provenance
+import requests
+
+from cxr_cad.core import atomic
 from cxr_cad.core.columns import PREDICTION_COLUMNS
 from cxr_cad.core.columns import REJECTED_COLUMNS as _REJECTED
-from cxr_cad.errors import ConfigError, CxrCadError, UsageError
+from cxr_cad.errors import CxrCadError, UsageError
 from cxr_cad.pacs.journal import Journal
+from cxr_cad.pacs.query import RemoteInstance, fetch_many, list_instances
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
-
-    from cxr_cad.inference.predict import PredictOptions
-    from cxr_cad.pacs.output import DicomOutOptions, DicomOutput
-    from cxr_cad.pacs.query import RemoteInstance
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,19 @@ STATE_DIR = ".dicomweb"
 #: rejected.csv of a DICOMweb run: the shared columns plus the instance's UID.
 REJECTED_COLUMNS = [*_REJECTED, "sop_instance_uid"]
 
+#: ``score(spool folder, run folder) -> ({SOP UID: prediction row}, {SOP UID: rejected row})``.
+ScoreChunk = Callable[[Path, Path], tuple[dict[str, dict], dict[str, dict]]]
+
+
+class ObjectSink(Protocol):
+    """Where the DICOM objects of scored rows go (:class:`cxr_cad.pacs.output.DicomOutput`)."""
+
+    def write(self, items) -> None: ...
+
 
 @dataclass
 class DicomwebResult:
-    """What :func:`predict_dicomweb` did."""
+    """What a DICOMweb run did."""
 
     out_dir: Path
     n_listed: int
@@ -85,18 +94,8 @@ class DicomwebResult:
         return line + (f"; DICOM: {self.dicom_out}" if self.dicom_out else "")
 
 
-def _run_identity(base: str, query: dict, model_path: str | os.PathLike[str], threshold: float | None) -> dict:
-    """What makes a DICOMweb run folder resumable: the same source, query, model and threshold."""
-    model = Path(model_path)
-    return {
-        "source": base,
-        "query": query,
-        "model_sha256": provenance.sha256_file(model) if model.is_file() else str(model.resolve()),
-        "threshold": threshold,
-    }
-
-
-def _check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
+def check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
+    """Record what the run folder is for (``state.json``); UsageError when it holds another run."""
     if overwrite:
         shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -121,8 +120,6 @@ def _fetcher(
     out_q: queue.Queue,
     stop: threading.Event,
 ) -> None:
-    from cxr_cad.pacs.query import fetch_many
-
     try:
         for k, chunk in chunks:
             if stop.is_set():
@@ -137,31 +134,8 @@ def _fetcher(
     out_q.put(None)
 
 
-def _score_chunk(
-    folder: Path, files: dict, model_path: str | os.PathLike[str], options: PredictOptions, run_dir: Path
-) -> tuple[dict, dict]:
-    """Run the engine over one spool folder: ({SOP UID: prediction row}, {SOP UID: rejected row})."""
-    from cxr_cad.inference.outputs import PREDICTIONS, REJECTED
-    from cxr_cad.inference.predict import predict
-
-    if not files:
-        return {}, {}
-    predict([folder], run_dir, model_path, options.model_copy(update={"overwrite": True}))
-    import csv
-
-    def rows(name):
-        with open(run_dir / name, newline="", encoding="utf-8") as fh:
-            return {Path(r["path"]).stem: r for r in csv.DictReader(fh)}
-
-    return rows(PREDICTIONS), rows(REJECTED)
-
-
-def _list(client: DICOMwebClient, base: str, query: dict) -> list[RemoteInstance]:
+def list_remote(client: DICOMwebClient, base: str, query: dict) -> list[RemoteInstance]:
     """QIDO-RS: the instances to score; CxrCadError when the archive cannot be queried."""
-    import requests
-
-    from cxr_cad.pacs.query import list_instances
-
     try:
         return list_instances(client, query)
     except requests.RequestException as exc:
@@ -173,7 +147,7 @@ def _list(client: DICOMwebClient, base: str, query: dict) -> list[RemoteInstance
         ) from exc
 
 
-def _pending_chunks(
+def pending_chunks(
     instances: Sequence[RemoteInstance], done: set[str], chunk_size: int
 ) -> list[tuple[int, list[RemoteInstance]]]:
     """``(chunk number, instances not done yet)`` for every chunk of the listing with work left."""
@@ -184,29 +158,24 @@ def _pending_chunks(
     return [(k, c) for k, c in chunks if c]
 
 
-@dataclass(frozen=True)
-class _Scoring:
-    model_path: str | os.PathLike[str]
-    options: PredictOptions
-    fetch_threads: int
-
-
-def _fetch_and_score(
+def stream_chunks(
     client: DICOMwebClient,
     base: str,
     instances: Sequence[RemoteInstance],
     chunks: list[tuple[int, list[RemoteInstance]]],
     journal: Journal,
-    writer: DicomOutput | None,
     spool: Path,
-    scoring: _Scoring,
+    score: ScoreChunk,
+    *,
+    sink: ObjectSink | None = None,
+    fetch_threads: int = 4,
 ) -> int:
-    """Fetch ``chunks`` in a background thread while the previous one is scored; journal every
-    instance (and write its DICOM objects). Returns the number of instances processed."""
+    """Fetch ``chunks`` in a background thread while the previous one is scored by ``score``;
+    journal every instance (and hand its row to ``sink``). Returns the number of instances processed."""
     shutil.rmtree(spool, ignore_errors=True)  # what a killed run left behind
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
-    args = (client, chunks, spool, scoring.fetch_threads, q, stop)
+    args = (client, chunks, spool, fetch_threads, q, stop)
     threading.Thread(target=_fetcher, args=args, daemon=True).start()
     n_processed = 0
     try:
@@ -215,11 +184,11 @@ def _fetch_and_score(
                 raise item
             k, chunk, folder, files, failed = item
             run_dir = spool / f"run-{k:06d}"
-            preds, rejs = _score_chunk(folder, files, scoring.model_path, scoring.options, run_dir)
-            records = _chunk_records(base, chunk, files, failed, preds, rejs)
-            if writer is not None:
+            preds, rejs = score(folder, run_dir) if files else ({}, {})
+            records = chunk_records(base, chunk, files, failed, preds, rejs)
+            if sink is not None:
                 number = {i.sop_instance_uid: n + 1 for n, i in enumerate(instances)}
-                writer.write(
+                sink.write(
                     (r, str(files[r["sop_instance_uid"]]), number[r["sop_instance_uid"]])
                     for r in records
                     if r["kind"] == "prediction"
@@ -234,80 +203,7 @@ def _fetch_and_score(
     return n_processed
 
 
-def predict_dicomweb(
-    url: str,
-    out_dir: str | os.PathLike,
-    model_path: str | os.PathLike,
-    options: PredictOptions | None = None,
-    *,
-    query: dict | None = None,
-    chunk_size: int = 128,
-    fetch_threads: int = 4,
-    dicom_out: DicomOutOptions | None = None,
-) -> DicomwebResult:
-    """Score every instance of the archive at ``url`` matching ``query`` into ``out_dir`` (see module doc).
-
-    ``options``: :class:`cxr_cad.inference.predict.PredictOptions` (its ``overwrite`` discards an
-    earlier run in ``out_dir``). ``dicom_out``: :class:`cxr_cad.pacs.output.DicomOutOptions` or None.
-    Raises ConfigError (bad URL/query/chunk size), UsageError (``out_dir`` holds another run), CxrCadError when the
-    archive cannot be queried, and what the engine raises for a bad bundle.
-    """
-    from cxr_cad.inference.outputs import check_writable
-    from cxr_cad.inference.predict import PredictOptions
-    from cxr_cad.pacs.client import NETWORK_REASONS, make_client, parse_url
-    from cxr_cad.pacs.output import DicomOutput
-
-    t0 = time.perf_counter()
-    options = options or PredictOptions()
-    if chunk_size < 1:
-        raise ConfigError(f"chunk size must be >= 1, not {chunk_size}")
-    out = Path(out_dir).absolute()
-    check_writable(out)
-    base = parse_url(url)
-    client = make_client(url)
-    instances = _list(client, base, query or {})
-    state_dir = out / STATE_DIR
-    _check_state(state_dir, _run_identity(base, query or {}, model_path, options.threshold), options.overwrite)
-    writer = DicomOutput(dicom_out, model_path) if dicom_out is not None else None
-    journal = Journal(state_dir / "journal.jsonl")
-    done = {s for s, r in journal.records.items() if r.get("reason") not in NETWORK_REASONS}
-    n_before = sum(1 for i in instances if i.sop_instance_uid in done)
-    chunks = _pending_chunks(instances, done, chunk_size)
-    log.info(
-        "%d instance(s) listed, %d done earlier, %d chunk(s) of <= %d to fetch and score",
-        len(instances),
-        n_before,
-        len(chunks),
-        chunk_size,
-    )
-    try:
-        n_processed = _fetch_and_score(
-            client,
-            base,
-            instances,
-            chunks,
-            journal,
-            writer,
-            state_dir / "spool",
-            _Scoring(model_path, options, fetch_threads),
-        )
-    finally:
-        journal.close()
-    result = DicomwebResult(
-        out,
-        len(instances),
-        0,
-        0,
-        n_before,
-        n_processed,
-        time.perf_counter() - t0,
-        dicom_out=writer.summary_line() if writer else "",
-    )
-    _finish(out, instances, journal.records, result)
-    return result
-
-
-def _chunk_records(base: str, chunk, files: dict, failed: dict, preds: dict, rejs: dict) -> list[dict]:
+def chunk_records(base: str, chunk, files: dict, failed: dict, preds: dict, rejs: dict) -> list[dict]:
     """One journal record per instance of ``chunk``: a prediction row or a rejected row."""
     records = []
     for inst in chunk:
@@ -320,46 +216,27 @@ def _chunk_records(base: str, chunk, files: dict, failed: dict, preds: dict, rej
             row = {"path": path, "reason": rejs[sop]["reason"], "detail": rejs[sop]["detail"], "kind": "rejected"}
         elif sop in failed:
             row = {"path": path, "reason": failed[sop][0], "detail": failed[sop][1], "kind": "rejected"}
-        else:  # fetched but the engine did not report it: a bug, never a silent loss
+        else:  # fetched but the scorer did not report it: a bug, never a silent loss
             row = {"path": path, "reason": "INTERNAL_ERROR", "detail": "no result from the engine", "kind": "rejected"}
         row["sop_instance_uid"] = sop
         records.append(row)
     return records
 
 
-def write_tables(out: Path, rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """Write ``out/predictions.csv`` and ``out/rejected.csv`` (atomically) from journal records, in order.
+def write_tables(rows: Sequence[dict], predictions_csv: Path, rejected_csv: Path) -> tuple[list[dict], list[dict]]:
+    """Write ``predictions_csv`` and ``rejected_csv`` (atomically) from journal records, in order.
 
-    Prediction columns: the engine's, then any extra column the rows carry. Returns (predictions, rejected).
+    Prediction columns: the shared ones, then any extra column the rows carry. Returns (predictions, rejected).
     """
-    import csv
-    import io
-
-    from cxr_cad.inference.outputs import PREDICTIONS, REJECTED
-
     preds = [r for r in rows if r["kind"] == "prediction"]
     rejs = [r for r in rows if r["kind"] == "rejected"]
     columns = list(PREDICTION_COLUMNS)
     for r in preds:
         columns += [c for c in r if c not in columns and c not in ("kind", "event", "calling_ae", "file")]
-    for name, cols, table in ((PREDICTIONS, columns, preds), (REJECTED, REJECTED_COLUMNS, rejs)):
+    for path, cols, table in ((predictions_csv, columns, preds), (rejected_csv, REJECTED_COLUMNS, rejs)):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(table)
-        atomic.atomic_write_text(out / name, buf.getvalue())
+        atomic.atomic_write_text(path, buf.getvalue())
     return preds, rejs
-
-
-def _finish(out: Path, instances: Sequence, records: dict[str, dict], result: DicomwebResult) -> None:
-    """Write predictions.csv / rejected.csv (listing order) and summary.json from the journal."""
-    import collections
-
-    from cxr_cad.inference.outputs import SUMMARY
-
-    preds, rejs = write_tables(out, [records[i.sop_instance_uid] for i in instances if i.sop_instance_uid in records])
-    reasons = collections.Counter(r["reason"] for r in rejs)
-    result.reasons, result.n_predicted, result.n_rejected = dict(sorted(reasons.items())), len(preds), len(rejs)
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
-    summary["images_per_s"] = round(result.images_per_s, 3)
-    atomic.atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, sort_keys=True))

@@ -23,11 +23,16 @@ into a new series of the same study, described "RESEARCH - NOT FOR DIAGNOSTIC US
 
 from __future__ import annotations
 
+import copy
+import re
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+import highdicom as hd
+from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 
 from cxr_cad.errors import UsageError
 
@@ -55,8 +60,6 @@ class AlgorithmInfo:
 
     def finding_code(self):
         """The SNOMED CT concept of the positive class (UsageError when none is known)."""
-        from highdicom.sr import CodedConcept
-
         code = FINDING_CODES.get(str(self.positive_class).upper())
         if code is None:
             raise UsageError(
@@ -69,10 +72,6 @@ class AlgorithmInfo:
 def _measurement_report(source: Dataset, probability: float, info: AlgorithmInfo) -> MeasurementReport:
     """The TID 1500 Measurement Report of :func:`build_sr`: probability, threshold and the finding's
     presence or absence, for the image ``source``, observed by the cxr_cad device."""
-    import highdicom as hd
-    from highdicom.sr import CodedConcept
-    from pydicom.sr.codedict import codes
-
     finding = info.finding_code()
     positive = probability >= info.threshold
     algorithm = hd.sr.AlgorithmIdentification(
@@ -133,8 +132,6 @@ def build_sr(
     Raises UsageError when the positive class has no known code; ValueError from highdicom
     when the source lacks (0008,0016) SOP Class UID / (0008,0018) SOP Instance UID.
     """
-    import highdicom as hd
-
     report = _measurement_report(source, probability, info)
     with warnings.catch_warnings():
         # highdicom warns about an odd (0010,0010) Patient's Name and quotes it: keep it out of the logs
@@ -176,8 +173,6 @@ def evidence_header(source: Dataset) -> Dataset:
     highdicom copies them from the evidence and needs them to exist; a source without, e.g.,
     (0010,0030) Patient's Birth Date gets an empty one ("unknown"), as the standard asks.
     """
-    import copy
-
     ds = copy.copy(source)  # shallow: only top-level elements are added
     for key in TYPE2_COPIED:
         if key not in ds:
@@ -192,8 +187,6 @@ def drop_invalid_copied(ds: Dataset) -> list[str]:
     is, the SR would fail validation. Only (0010,1010) Patient's Age, (0010,1020) Patient's
     Size and (0010,1030) Patient's Weight are checked; returns the keywords removed.
     """
-    import re
-
     removed = []
     age = ds.get("PatientAge")
     if age is not None and not re.fullmatch(r"\d{3}[DWMY]", str(age)):
@@ -220,9 +213,6 @@ class SrFinding:
 
 def read_sr(ds: Dataset) -> SrFinding:
     """Read back an SR written by :func:`build_sr` with highdicom's TID 1500 parser (for tests and tools)."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
     sr = ds if isinstance(ds, hd.sr.ComprehensiveSR) else hd.sr.ComprehensiveSR.from_dataset(ds)
     report = cast("hd.sr.MeasurementReport", sr.content)  # a TID 1500 report: what build_sr writes
     groups = report.get_image_measurement_groups()

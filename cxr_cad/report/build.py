@@ -21,6 +21,7 @@ from cxr_cad import metrics
 from cxr_cad.core import provenance
 from cxr_cad.core.columns import SUBGROUP_COLUMNS
 from cxr_cad.errors import ManifestError
+from cxr_cad.metrics.proportions import f1_ci
 from cxr_cad.report import cautions, clinical
 from cxr_cad.report.options import ReportOptions
 from cxr_cad.report.prepare import cohort_summary, prepare_predictions, recorded
@@ -36,8 +37,6 @@ FOLD_THRESHOLDS_LABEL = "Each fold's own threshold (chosen on that fold's traini
 
 def _f1_follows(m: dict, options: ReportOptions) -> dict:
     """Redo the F1 bootstrap with the report's resamples and seed (binary_metrics uses 2000, seed 0)."""
-    from cxr_cad.metrics.proportions import f1_ci
-
     c = m["confusion"]
     if 2 * c["tp"] + c["fp"] + c["fn"]:
         m["f1_ci"] = f1_ci(

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_cad import metrics
+from cxr_cad.config.transforms import AugmentSpec
 from cxr_cad.metrics.cluster import calibration_bootstrap, cluster_bootstrap
 from cxr_cad.metrics.utility import calibration_slope_intercept, decision_curve, precision_recall, predictive_values
 from cxr_cad.report.fmt import finite_or_none, fmt_threshold
@@ -200,8 +201,6 @@ def _augmentation_text(aug: Mapping[str, Any]) -> str:
     """The training augmentation: the bundle's settings over cxr_cad's AugmentSpec defaults (an
     empty ``augment`` section means the defaults were used)."""
     import dataclasses
-
-    from cxr_cad.config.transforms import AugmentSpec
 
     default: Any = AugmentSpec()
     # a pydantic model (issue 13) or, in older code, a dataclass

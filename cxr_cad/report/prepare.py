@@ -15,6 +15,7 @@ import pandas as pd
 from cxr_cad import metrics
 from cxr_cad.core.columns import SUBGROUP_COLUMNS
 from cxr_cad.errors import ManifestError
+from cxr_cad.io.age import age_in_years
 
 __all__ = ["prepare_predictions", "dedupe_rows", "recorded", "cohort_summary"]
 
@@ -77,7 +78,7 @@ def prepare_predictions(
     if "age_band" not in ev.columns:
         age_col = next((c for c in ("patient_age_years", "patient_age") if c in ev.columns), None)
         if age_col is not None:
-            ev["age_band"] = [metrics.age_band(a) for a in ev[age_col]]
+            ev["age_band"] = [metrics.age_band(age_in_years(a)) for a in ev[age_col]]  # AS strings or years
     ev.attrs.update(positive_class=pos, negative_class=neg, score_col=score_col)
     return ev, rest
 

@@ -56,6 +56,7 @@ from cxr_cad.shift.stats import (
     summary_from_bundle,
     table_shift,
 )
+from cxr_cad.transforms import collate_samples, make_dataset, rejected_error
 
 __all__ = [
     "COHORT_ALPHA",
@@ -175,8 +176,6 @@ def extract_features(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    from cxr_cad.transforms import collate_samples, rejected_error
-
     # collate_samples: a file that cannot be read arrives as a rejection record, named in the error
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_samples)
     feats = []
@@ -218,7 +217,6 @@ def summarise_training(
     Features come from the eval chain of ``spec`` (no augmentation) and the model as given
     (the final weights). At most ``max_images`` training rows are used (a seeded sample).
     """
-    from cxr_cad.transforms import make_dataset
 
     def feats(df: pd.DataFrame) -> np.ndarray:
         items: list[dict[Hashable, Any]] = [{"image": str(p), "label": 0} for p in df["path"]]

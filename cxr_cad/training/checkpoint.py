@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxr_cad.config import TrainConfig
 from cxr_cad.core.atomic import atomic_write
 from cxr_cad.errors import OutputError
+from cxr_cad.training.optim import Training
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +91,43 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
             f"{path} is not a cxr_cad checkpoint of version {CHECKPOINT_VERSION}; delete it to start the training over"
         )
     return state
+
+
+def new_state() -> dict[str, Any]:
+    """The per-epoch state of a fresh run (what ``checkpoint.pt`` carries besides the weights)."""
+    return {
+        "epoch": 0,
+        "best_epoch": None,
+        "best_auc": float("-inf"),
+        "best_state": None,
+        "best_probs": None,
+        "bad_epochs": 0,
+        "history": [],
+        "stopped_early": False,
+    }
+
+
+def restore(saved: dict[str, Any], model: torch.nn.Module, training: Training, state: dict[str, Any]) -> None:
+    """Load a checkpoint's weights, optimizer, schedule, scaler and RNG states; update ``state``."""
+    model.load_state_dict(saved["model"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    if training.scaler is not None and saved.get("scaler"):
+        training.scaler.load_state_dict(saved["scaler"])
+    set_rng_states(saved["rng"])
+    state.update({k: saved[k] for k in state})
+
+
+def checkpoint_state(
+    state: dict[str, Any], model: torch.nn.Module, training: Training, cfg: TrainConfig
+) -> dict[str, Any]:
+    """Everything ``checkpoint.pt`` holds after an epoch (see :mod:`cxr_cad.training.checkpoint`)."""
+    return {
+        **state,
+        "model": model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(),
+        "scaler": training.scaler.state_dict() if training.scaler else None,
+        "rng": rng_states(),
+        "fingerprint": cfg.fingerprint(),
+    }

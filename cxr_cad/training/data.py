@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 
-from cxr_cad.config import DataConfig
-from cxr_cad.errors import ManifestError
+from cxr_cad.config import DataConfig, TrainConfig
+from cxr_cad.errors import ConfigError, ManifestError
 from cxr_cad.manifest import grouped_split
-from cxr_cad.transforms import collate_samples
+from cxr_cad.manifest import manifest_hash as compute_manifest_hash
+from cxr_cad.transforms import AugmentSpec, collate_samples
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +249,52 @@ def train_loader(
 def shard_rows(n: int, rank: int, world_size: int) -> np.ndarray:
     """Rows ``rank, rank + W, ...`` of ``n`` (no padding: every row evaluated exactly once)."""
     return np.arange(rank, n, world_size, dtype=np.int64)
+
+
+@dataclass
+class TrainData:
+    """The rows a run trains and validates on, their class indices, and how they were chosen."""
+
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame | None
+    how: str
+    y_train: np.ndarray
+    y_val: np.ndarray | None
+    manifest_hash: str
+    augment: AugmentSpec
+
+
+def prepare_data(train_df: pd.DataFrame, val_df: pd.DataFrame | None, cfg: TrainConfig) -> TrainData:
+    """Split (unless ``val_df`` is given), check labels, hash the rows, parse ``cfg.augment``.
+
+    Raises:
+        ManifestError: missing or unknown labels, an empty split side, an absent class.
+        ConfigError: bad augmentation settings.
+    """
+    data = cfg.data
+    if val_df is not None:
+        train_df, how = train_df.reset_index(drop=True), "given by the caller"
+        val_df = val_df.reset_index(drop=True)
+    else:
+        train_df, val_df, how = split_train_val(train_df, data, seed=cfg.seed)
+    y_train = label_indices(train_df, data.classes, data.label_col, what="training")
+    absent = [c for i, c in enumerate(data.classes) if not (y_train == i).any()]
+    if absent:  # a one-class manifest would train a model that never predicts the other class
+        raise ManifestError(
+            [
+                f"the training rows hold no image of class(es) {absent}; training needs every "
+                f"one of {list(data.classes)} (check the labels, or --classes)"
+            ]
+        )
+    y_val = label_indices(val_df, data.classes, data.label_col, what="validation") if val_df is not None else None
+    all_rows = pd.concat([train_df, val_df], ignore_index=True) if val_df is not None else train_df
+    return TrainData(train_df, val_df, how, y_train, y_val, compute_manifest_hash(all_rows), _augment(cfg))
+
+
+def _augment(cfg: TrainConfig) -> AugmentSpec:
+    try:
+        return AugmentSpec.from_dict(dict(cfg.augment))
+    except ConfigError as exc:
+        raise ConfigError([f"augment: {p}" for p in exc.problems]) from exc
+    except TypeError as exc:  # e.g. a number where (low, high) is expected
+        raise ConfigError([f"augment: {exc}"]) from exc

@@ -1,5 +1,6 @@
-"""The end of a training run: hflip TTA, the decision threshold on the best epoch's validation
-predictions, the bundle (``model.pt``) and ``result.json``; and reading a finished run back.
+"""The outputs of a training run: hflip TTA of the best epoch, the bundle (``model.pt``, with
+its model card and shift summary), ``val_predictions.csv`` and ``result.json``
+(:class:`TrainResult`); and reading a finished run back.
 Used by :func:`cxr_cad.training.trainer.train_model`.
 """
 
@@ -16,14 +17,15 @@ import pandas as pd
 import torch
 
 from cxr_cad.config import TrainConfig
-from cxr_cad.manifest import manifest_hash as compute_manifest_hash
 from cxr_cad.manifest import write_table
+from cxr_cad.model import ProbabilityAverage, save_bundle
+from cxr_cad.modelcard import write_card_for_bundle
 from cxr_cad.runtime import RuntimeInfo, barrier
+from cxr_cad.shift.monitor import summarise_training
 from cxr_cad.training import rundir
-from cxr_cad.training.data import label_indices
-from cxr_cad.training.loop import EvalOutput, evaluate
-from cxr_cad.training.optim import choose_threshold
-from cxr_cad.training.setup import TrainData
+from cxr_cad.training.data import TrainData
+from cxr_cad.training.loop import evaluate
+from cxr_cad.training.threshold import threshold_chosen_on, threshold_on_validation
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -69,22 +71,6 @@ class RunContext:
         return list(self.cfg.data.classes).index(self.cfg.data.positive_class)
 
 
-def val_table(val_df: pd.DataFrame, out: EvalOutput, cfg: TrainConfig, pos: int) -> pd.DataFrame:
-    """``val_predictions.csv``: identity columns, label, y_true and the positive probability."""
-    y_true, score = out.positive(pos)
-    table = pd.DataFrame(
-        {
-            c: val_df[c].astype(str).to_numpy()
-            for c in ("sop_instance_uid", cfg.data.group_col, "path")
-            if c in val_df.columns
-        }
-    )
-    table["label"] = val_df[cfg.data.label_col].astype(str).to_numpy()
-    table["y_true"] = y_true
-    table["probability"] = score
-    return table
-
-
 def load_finished(out_dir: Path) -> TrainResult:
     """The result of the finished run in ``out_dir`` (``result.json`` and its tables)."""
     r = rundir.read_json(out_dir / rundir.RESULT_FILE)
@@ -118,8 +104,6 @@ def with_hflip_tta(
     """The best epoch's network wrapped to average its probability with the horizontally
     flipped image's (``model.tta: hflip``); the threshold is then chosen on validation
     probabilities scored the same way. Returns ``state`` updated, with ``tta_model``."""
-    from cxr_cad.model import ProbabilityAverage
-
     model.load_state_dict(state["best_state"])
     wrapped = ProbabilityAverage([model], hflip=True)
     state = {**state, "best_state": None, "tta_model": wrapped}  # weights already in place
@@ -133,8 +117,6 @@ def with_hflip_tta(
 
 def _shift_summary(model: torch.nn.Module, ctx: RunContext) -> dict[str, Any] | None:
     """Training-data summary for the shift score (cxr_cad.shift.monitor; docs/shift.md), or None."""
-    from cxr_cad.shift.monitor import summarise_training
-
     cfg = ctx.cfg
     return summarise_training(
         model,
@@ -150,50 +132,10 @@ def _shift_summary(model: torch.nn.Module, ctx: RunContext) -> dict[str, Any] | 
     )
 
 
-def _threshold(ctx: RunContext, state: dict[str, Any]) -> tuple[float, str, dict[str, Any], pd.DataFrame | None]:
-    """(threshold, method, detail, validation table) from the best epoch's validation predictions."""
-    cfg, val_df = ctx.cfg, ctx.data.val_df
-    table = None
-    threshold, method = cfg.threshold.value, "fixed"
-    detail: dict[str, Any] = {"reason": "no validation data"}
-    if val_df is not None and state["best_probs"] is not None:
-        out = EvalOutput(
-            probabilities=state["best_probs"].numpy(),
-            labels=label_indices(val_df, cfg.data.classes, cfg.data.label_col),
-            loss=float("nan"),
-        )
-        table = val_table(val_df, out, cfg, ctx.pos)
-        threshold, method, detail = choose_threshold(
-            table["y_true"].to_numpy(), table["probability"].to_numpy(), cfg.threshold
-        )
-    detail.update(best_epoch=state["best_epoch"], n_val=0 if val_df is None else len(val_df))
-    return threshold, method, detail, table
-
-
-def _chosen_on(ctx: RunContext, state: dict[str, Any], detail: dict[str, Any]) -> dict[str, Any] | None:
-    """The bundle's ``threshold_chosen_on``: the validation rows (None without validation)."""
-    val_df = ctx.data.val_df
-    if val_df is None:
-        return None
-    chosen_on = {
-        "manifest_hash": compute_manifest_hash(val_df),
-        "n": len(val_df),
-        "n_positive": detail.get("n_positive"),
-        "n_negative": detail.get("n_negative"),
-        "description": f"validation split ({ctx.data.how}), best epoch {state['best_epoch']}",
-    }
-    if "warning" in detail:
-        chosen_on["warning"] = detail["warning"]
-    return chosen_on
-
-
 def _save(
     ctx: RunContext, model: torch.nn.Module, state: dict[str, Any], result: dict[str, Any], detail: dict[str, Any]
 ) -> None:
     """Write the bundle (rank 0)."""
-    from cxr_cad.model import save_bundle
-    from cxr_cad.modelcard import write_card_for_bundle
-
     cfg, method, threshold = ctx.cfg, result["threshold_method"], result["threshold"]
     params: dict[str, Any] = {k: detail[k] for k in ("target", "tie_range", "n_tied") if k in detail}
     if method == "fixed":
@@ -207,7 +149,7 @@ def _save(
         threshold=float(threshold),
         threshold_method=method,
         threshold_params=params,
-        threshold_chosen_on=_chosen_on(ctx, state, detail),
+        threshold_chosen_on=threshold_chosen_on(ctx.data.val_df, ctx.data.how, state["best_epoch"], detail),
         manifest_hash=ctx.data.manifest_hash,
         parent_bundle_sha256=ctx.init_record.get("parent_bundle_sha256"),
         train_config=cfg.to_dict(),
@@ -229,7 +171,9 @@ def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> Tr
     """Best weights in place, threshold chosen, bundle and ``result.json`` written (rank 0)."""
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
-    threshold, method, detail, table = _threshold(ctx, state)
+    threshold, method, detail, table = threshold_on_validation(
+        ctx.cfg, ctx.data.val_df, state["best_probs"], state["best_epoch"], ctx.pos
+    )
     has_val = state["best_epoch"] is not None and ctx.data.val_df is not None
     best_auc = state["best_auc"] if has_val else float("nan")
     result = {

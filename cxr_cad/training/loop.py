@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cxr_cad.core.progress import progress
 from cxr_cad.errors import UsageError
+from cxr_cad.model import load_bundle
 from cxr_cad.runtime import RuntimeInfo, autocast, prepare_model, resolve_runtime, to_device
 from cxr_cad.training.data import shard_rows
-from cxr_cad.transforms import REJECTED_KEY, collate_samples, rejected_error
+from cxr_cad.transforms import REJECTED_KEY, TransformSpec, collate_samples, make_dataset, rejected_error
 
 if TYPE_CHECKING:
     from cxr_cad.model import Bundle
-    from cxr_cad.transforms import TransformSpec
 
 #: A collated batch: ``"image"`` (N, C, S, S), ``"label"`` (N,), ``"rejected"`` (records).
 Batch = dict[Hashable, Any]
@@ -218,12 +218,7 @@ def predict_probabilities(
     cannot be read raise a ManifestError naming them — use ``cxr-cad predict`` (or
     :func:`cxr_cad.inference.predict.predict`) for batch scoring with per-file rejection.
     """
-    from cxr_cad.transforms import TransformSpec as Spec
-    from cxr_cad.transforms import make_dataset
-
     if isinstance(model_or_bundle, (str, Path)):
-        from cxr_cad.model import load_bundle
-
         model_or_bundle = load_bundle(model_or_bundle)
     if isinstance(model_or_bundle, torch.nn.Module):
         model = model_or_bundle
@@ -233,8 +228,8 @@ def predict_probabilities(
         positive_index = model_or_bundle.positive_index if positive_index is None else positive_index
     if spec is None or (positive_index is None and not all_classes):
         raise UsageError("predict_probabilities needs spec and positive_index with a bare model")
-    if not isinstance(spec, Spec):
-        spec = Spec.from_dict(spec)
+    if not isinstance(spec, TransformSpec):
+        spec = TransformSpec.from_dict(spec)
     info = resolve_runtime(device, precision)
     info = RuntimeInfo(info.device, info.precision, info.channels_last)  # single process
     prepare_model(model, info)

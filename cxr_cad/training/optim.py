@@ -1,17 +1,18 @@
-"""Optimizer, learning-rate schedule, backbone freezing, DDP wrapping and threshold choice."""
+"""The optimisation machinery of a run: optimizer, learning-rate schedule, GradScaler, loss and
+sampler (:class:`Training`), backbone freezing and DDP / ``torch.compile`` wrapping."""
 
 from __future__ import annotations
 
 import logging
-import math
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
-import numpy as np
 import torch
 
-from cxr_cad.config import OptimConfig, ScheduleConfig, ThresholdConfig
-from cxr_cad.metrics import threshold_for_sensitivity
+from cxr_cad.config import OptimConfig, ScheduleConfig, TrainConfig
+from cxr_cad.model import set_trainable
 from cxr_cad.runtime import RuntimeInfo
+from cxr_cad.training.data import EpochSampler, TrainData, class_weights, sample_weights
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
     """Freeze (or unfreeze) everything but the classification head ``fc``
     (:func:`cxr_cad.model.set_trainable`; frozen backbone BatchNorm layers run in eval mode,
     so call this again after every ``model.train()`` while frozen)."""
-    from cxr_cad.model import set_trainable
-
     n = set_trainable(model, "head" if frozen else "all")
     log.debug("backbone %s: %d trainable parameters", "frozen" if frozen else "trainable", n)
 
@@ -73,45 +72,32 @@ def wrap_model(model: torch.nn.Module, info: RuntimeInfo, *, compile_model: bool
     return module
 
 
-def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConfig) -> tuple[float, str, dict]:
-    """The decision threshold on validation predictions: (threshold, method, detail).
+@dataclass
+class Training:
+    """The optimisation machinery of a run."""
 
-    ``method`` is what goes into the bundle: ``youden``, ``sensitivity`` or ``fixed``;
-    ``detail`` records the inputs (counts ``n``, ``n_positive``, ``n_negative``, ``target``
-    sensitivity, Youden's ``tie_range``/``n_tied``, a fallback ``reason``, and ``warning``
-    when either class has fewer than :data:`cxr_cad.metrics.MIN_CLASS_COUNT` images, which
-    is also logged). When validation has a single class the configured ``value`` is used
-    with method ``fixed``.
-    """
-    from cxr_cad.metrics import small_class_warning, youden_choice
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # torch.optim.lr_scheduler.LRScheduler (SequentialLR is not one in the stubs)
+    scaler: torch.amp.GradScaler | None
+    criterion: torch.nn.Module
+    sampler: EpochSampler
 
-    n_pos = int(np.sum(y_true))
-    detail: dict = {
-        "n": int(len(y_true)),
-        "n_positive": n_pos,
-        "n_negative": int(len(y_true)) - n_pos,
-        "configured": cfg.method,
-    }
-    if cfg.method == "fixed":
-        return float(cfg.value), "fixed", detail
-    warning = small_class_warning(n_pos, detail["n_negative"])
-    if warning:
-        detail["warning"] = warning
-        log.warning("decision threshold: %s", warning)
-    if n_pos == 0 or n_pos == len(y_true):
-        detail["reason"] = "validation data has one class; threshold.value used"
-        log.warning("validation data has one class: decision threshold falls back to %.3f", cfg.value)
-        return float(cfg.value), "fixed", detail
-    if cfg.method == "youden":
-        choice = youden_choice(y_true, y_score)
-        assert choice is not None  # both classes are present (checked above)
-        thr, method = choice.threshold, "youden"
-        detail.update(tie_range=[choice.tie_low, choice.tie_high], n_tied=choice.n_tied, j=choice.j)
-    else:
-        thr = threshold_for_sensitivity(y_true, y_score, cfg.target_sensitivity)
-        method = "sensitivity"
-        detail["target"] = cfg.target_sensitivity
-    if not math.isfinite(thr):
-        detail["reason"] = "threshold undefined; threshold.value used"
-        return float(cfg.value), "fixed", detail
-    return float(thr), method, detail
+
+def build_training(model: torch.nn.Module, cfg: TrainConfig, data: TrainData, info: RuntimeInfo) -> Training:
+    """Optimizer, schedule, GradScaler (fp16 only), loss (class-weighted on request), sampler."""
+    n_classes = len(cfg.data.classes)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.epochs)
+    scaler = torch.amp.GradScaler("cuda") if info.precision == "fp16" else None
+    weight = None
+    if cfg.data.imbalance == "weighted_loss":
+        weight = class_weights(data.y_train, n_classes).to(info.torch_device)
+    criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
+    sampler = EpochSampler(
+        len(data.train_df),
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        weights=sample_weights(data.y_train, n_classes) if cfg.data.imbalance == "weighted_sampler" else None,
+    )
+    return Training(optimizer, scheduler, scaler, criterion, sampler)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from cxr_cad.core.atomic import atomic_write_json, atomic_write_many, json_dumps
 from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import ConfigError, OutputError
 from cxr_cad.manifest import table_text, write_table
+from cxr_cad.runtime import RuntimeInfo
+from cxr_cad.training.data import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +120,19 @@ def split_table(train_df: pd.DataFrame, val_df: pd.DataFrame | None, label_col: 
         part["split"] = name
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
+
+
+def run_record(cfg: TrainConfig, data: TrainData, init_record: dict[str, Any], info: RuntimeInfo) -> dict[str, Any]:
+    """``run.json``: what this run is (fingerprint, data hash, split, init, versions, runtime)."""
+    return {
+        "fingerprint": cfg.fingerprint(),
+        "manifest_hash": data.manifest_hash,
+        "seed": cfg.seed,
+        "split": data.how,
+        "n_train": len(data.train_df),
+        "n_val": 0 if data.val_df is None else len(data.val_df),
+        "init": init_record,
+        "versions": package_versions(),
+        "runtime": info.to_dict(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

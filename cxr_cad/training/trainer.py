@@ -41,21 +41,14 @@ from cxr_cad.runtime import (
 )
 from cxr_cad.training import checkpoint as ckpt
 from cxr_cad.training import rundir
-from cxr_cad.training.data import make_items, train_loader
+from cxr_cad.training.checkpoint import checkpoint_state, new_state, restore
+from cxr_cad.training.data import make_items, prepare_data, train_loader
 from cxr_cad.training.finish import RunContext, TrainResult, finish, load_finished, with_hflip_tta
 from cxr_cad.training.loop import EpochStats, evaluate, predict_probabilities, train_epoch
-from cxr_cad.training.optim import set_backbone_frozen, wrap_model
-from cxr_cad.training.setup import (
-    Training,
-    build_training,
-    checkpoint_state,
-    init_model,
-    new_state,
-    prepare_data,
-    restore,
-    run_record,
-    transform_spec,
-)
+from cxr_cad.training.network import init_model, transform_spec
+from cxr_cad.training.optim import Training, build_training, set_backbone_frozen, wrap_model
+from cxr_cad.training.rundir import run_record
+from cxr_cad.transforms import make_dataset
 
 __all__ = ["TrainResult", "train_model", "predict_probabilities", "EpochCallback"]
 
@@ -113,8 +106,6 @@ def _train(
     info: RuntimeInfo,
     callbacks: Sequence[EpochCallback],
 ) -> TrainResult:
-    from cxr_cad.transforms import make_dataset
-
     data = prepare_data(train_df, val_df, cfg)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

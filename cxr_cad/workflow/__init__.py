@@ -7,14 +7,7 @@
 * :mod:`~cxr_cad.workflow.demo` - the quickstart on the bundled sample radiographs.
 """
 
+from cxr_cad.workflow.pipeline import WorkflowResult, run_workflow
 from cxr_cad.workflow.schema import STEP_NAMES, load_workflow, validate_workflow
 
-__all__ = ["STEP_NAMES", "load_workflow", "validate_workflow", "run_workflow", "WorkflowResult"]
-
-
-def __getattr__(name: str):  # pipeline imports pandas; keep `import cxr_cad.workflow` light
-    if name in ("run_workflow", "WorkflowResult"):
-        from cxr_cad.workflow import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(name)
+__all__ = ["STEP_NAMES", "WorkflowResult", "load_workflow", "run_workflow", "validate_workflow"]

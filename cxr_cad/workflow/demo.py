@@ -32,8 +32,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
 
 from cxr_cad.errors import OutputError
+from cxr_cad.workflow.pipeline import run_workflow
+from cxr_cad.workflow.schema import validate_workflow
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +103,11 @@ def sample_table(n_images: int | None = None) -> pd.DataFrame:
 
 
 def _uid(*parts: str) -> str:
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=["cxr_cad demo", *parts])
 
 
 def _dataset(pixels8: np.ndarray, jpeg_bytes: bytes, row: Mapping[Any, Any], index: int) -> Any:
     """One CR data set for the sample image ``row`` (pixels8: uint8 2-D)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
-
     syntax, bits, photometric = VARIANTS[index % len(VARIANTS)]
     ds = Dataset()
     ds.SOPClassUID = _CR_STORAGE
@@ -157,8 +157,6 @@ def write_demo_dicoms(out_dir: str | os.PathLike, table: pd.DataFrame) -> Path:
 
     Returns the DICOM folder. Raises OutputError when it cannot be written.
     """
-    from PIL import Image
-
     out = Path(out_dir)
     dicom_dir = out / "dicom"
     try:
@@ -243,9 +241,6 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
 
     Returns the :class:`~cxr_cad.workflow.pipeline.WorkflowResult`.
     """
-    from cxr_cad.workflow.pipeline import run_workflow
-    from cxr_cad.workflow.schema import validate_workflow
-
     out = Path(out_dir).absolute()
     write_demo_dicoms(out, sample_table(settings.n_images))
     wf = validate_workflow(demo_workflow(out, settings), base_dir=out, source="cxr-cad demo")

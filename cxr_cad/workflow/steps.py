@@ -1,11 +1,11 @@
 """The workflow steps: ingest, split, crossval, train, evaluate.
 
-Each step calls the same library function as the matching CLI command
-(``scan_sources``/``join_labels`` like ``cxr-cad ingest``, ``run_crossval`` like
-``cxr-cad crossval``, ``train_model`` like ``cxr-cad train``, ``engine.predict.predict``
-like ``cxr-cad predict``) and writes into its own step folder. The report step is in
-:mod:`cxr_cad.workflow.report_step`. Heavy imports (torch) happen inside the steps, so
-validating a workflow stays fast.
+Each step makes the same :mod:`cxr_cad.api` call as the matching CLI command
+(:func:`~cxr_cad.api.run_ingest` like ``cxr-cad ingest``, :func:`~cxr_cad.api.crossval` like
+``cxr-cad crossval``, :func:`~cxr_cad.api.run_training` like ``cxr-cad train``,
+:func:`~cxr_cad.api.score` like ``cxr-cad predict``) and writes into its own step folder. The
+report step is in :mod:`cxr_cad.workflow.report_step`. The API imports torch only when a step
+runs, so validating a workflow stays fast.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_cad import api
 from cxr_cad.errors import ConfigError, ManifestError
-from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad.manifest import grouped_split, manifest_hash, read_manifest, validate_manifest, write_manifest
 from cxr_cad.workflow.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ __all__ = [
 
 def read_step_manifest(ctx: StepContext, step: str, rel: str, *, require_labels: bool = True) -> pd.DataFrame:
     """Read a manifest another step wrote (``RUN_DIR/step/rel``), absolute paths, labels checked."""
-    from cxr_cad.manifest import read_manifest
-
     classes = ctx.config.get("classes")
     return read_manifest(ctx.run_dir / step / rel, require_labels=require_labels, classes=classes)
 
@@ -52,9 +51,9 @@ def cohort_manifest(ctx: StepContext, cohort: str) -> tuple[str, str]:
     raise ConfigError(f"no {cohort} cohort in this workflow (set data.{cohort})")
 
 
-def _policy(cfg: dict) -> AcceptPolicy:
+def _policy(cfg: dict) -> api.AcceptPolicy:
     ing = cfg["ingest"]
-    return AcceptPolicy.from_options(
+    return api.AcceptPolicy.from_options(
         modalities=ing["modalities"], allow_lateral=not ing["reject_lateral"], apply_voi=ing["apply_voi"]
     )
 
@@ -62,9 +61,6 @@ def _policy(cfg: dict) -> AcceptPolicy:
 def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
     """Scan (or read) one cohort into ``<step>/<cohort>/`` (manifest.csv, rejected.csv,
     unlabelled.csv, ingest.json: :func:`cxr_cad.api.run_ingest`); returns its summary."""
-    from cxr_cad import api
-    from cxr_cad.manifest import manifest_hash, read_manifest, validate_manifest
-
     cfg = ctx.config
     out = ctx.step_dir / cohort
     source, labels = spec["source"], spec["labels"]
@@ -146,8 +142,6 @@ def ingest_step(ctx: StepContext) -> dict:
 
 def split_step(ctx: StepContext) -> dict:
     """Hold out whole patients of the training cohort as the test cohort (stratified by label)."""
-    from cxr_cad.manifest import grouped_split, write_manifest
-
     df = read_step_manifest(ctx, "ingest", ctx.upstream["ingest"]["train_manifest"])
     train_idx, test_idx = grouped_split(df, ctx.config["test_fraction"], seed=ctx.config["seed"])
     train, test = df.iloc[train_idx].reset_index(drop=True), df.iloc[test_idx].reset_index(drop=True)
@@ -175,22 +169,17 @@ def split_step(ctx: StepContext) -> dict:
 
 
 def _train_config(ctx: StepContext):
-    from cxr_cad.api import as_config
-
-    return as_config(ctx.config["train_config"], source="workflow train section")
+    return api.as_config(ctx.config["train_config"], source="workflow train section")
 
 
 def crossval_step(ctx: StepContext) -> dict:
     """Patient-grouped k-fold cross-validation on the training cohort (:func:`cxr_cad.api.crossval`)."""
-    from cxr_cad import api
-    from cxr_cad.crossval.run import METRICS_FILE, OOF_FILE
-
     step, rel = cohort_manifest(ctx, "train")
     df = read_step_manifest(ctx, step, rel)
     result = api.crossval(df, _train_config(ctx), ctx.step_dir, folds=ctx.config["folds"])
     return {
-        "oof_predictions": OOF_FILE,
-        "cv_metrics": METRICS_FILE,
+        "oof_predictions": api.OOF_FILE,
+        "cv_metrics": api.METRICS_FILE,
         "n_folds": int(result.n_folds),
         "fold_status": list(result.fold_status),
     }
@@ -198,8 +187,6 @@ def crossval_step(ctx: StepContext) -> dict:
 
 def train_step(ctx: StepContext) -> dict:
     """Final training on the whole training cohort (:func:`cxr_cad.api.run_training`; resumes by itself)."""
-    from cxr_cad import api
-
     step, rel = cohort_manifest(ctx, "train")
     df = read_step_manifest(ctx, step, rel)
     result = api.run_training(df, _train_config(ctx), ctx.step_dir)
@@ -219,9 +206,6 @@ def evaluate_step(ctx: StepContext) -> dict:
 
     ``config["models"]``: name -> bundle path, or ``"train"`` for the bundle the train
     step wrote."""
-    from cxr_cad import api
-    from cxr_cad.inference.predict import PredictOptions
-
     step, rel = cohort_manifest(ctx, "test")
     manifest = ctx.run_dir / step / rel
     cfg = ctx.config
@@ -229,7 +213,9 @@ def evaluate_step(ctx: StepContext) -> dict:
     outputs: dict[str, Any] = {"models": {}}
     for name, model in cfg["models"].items():
         path = ctx.run_dir / "train" / ctx.upstream["train"]["bundle"] if model == "train" else Path(model)
-        opts = PredictOptions(batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"], policy=policy)
+        opts = api.PredictOptions(
+            batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"], policy=policy
+        )
         result = api.score(path, [manifest], ctx.step_dir / name, opts)
         outputs["models"][name] = {
             "bundle": str(path),

@@ -178,14 +178,14 @@ def test_fingerprint_is_unchanged_for_existing_run_folders():
 
 
 def test_arch_is_validated_and_counts_when_not_the_default():
-    from cxr_cad.config.sections import arch_choices
+    from cxr_cad.config.choices import ARCH_NAMES
 
-    assert load_config().model.arch == "resnet18" and "resnet18" in arch_choices()
-    other = next(a for a in arch_choices() if a != "resnet18")
+    assert load_config().model.arch == "resnet18" and "resnet18" in ARCH_NAMES
+    other = next(a for a in ARCH_NAMES if a != "resnet18")
     cfg = load_config(None, {"model.arch": other})
     assert cfg.model.arch == other and cfg.fingerprint() != load_config().fingerprint()
     assert config_diff(load_config(), cfg) == [f"model.arch: 'resnet18' -> {other!r}"]
-    with pytest.raises(ConfigError, match="model.arch: must be a registered network"):
+    with pytest.raises(ConfigError, match="model.arch: must be a registered network: resnet18, resnet50, densenet121"):
         load_config(None, {"model.arch": "vgg11"})
 
 

@@ -57,6 +57,7 @@ def kermany_manifest(path: Path, n: int | None = None) -> Path:
 def setup(tmp_path_factory):
     """A bundle, a folder of real radiographs (+ one non-image) and the torch fp32 predictions."""
     from cxr_cad.model import build_resnet18, save_bundle
+    from cxr_cad.modelcard import write_card_for_bundle
     from cxr_cad.transforms import TransformSpec
 
     root = tmp_path_factory.mktemp("export")
@@ -76,6 +77,7 @@ def setup(tmp_path_factory):
         threshold_method="fixed",
         manifest_hash="0" * 64,
     )
+    write_card_for_bundle(bundle)  # as every run does beside the bundles it saves
     ref = root / "ref"
     assert (
         main(
@@ -317,7 +319,8 @@ def test_usage_errors(setup, tmp_path, capsys):
 def test_missing_extra_names_the_install_command(monkeypatch):
     import builtins
 
-    from cxr_cad.export.common import MissingExtraError, require
+    from cxr_cad.errors import MissingExtraError
+    from cxr_cad.export.common import require
 
     real = builtins.__import__
 

@@ -86,6 +86,16 @@ def test_names_default_first_and_no_torch_import():
     assert out.strip() == "False"
 
 
+def test_config_accepts_exactly_the_registered_networks():
+    """``model.arch`` is validated against config's table of names (config imports no model code)."""
+    from cxr_cad.config import load_config
+    from cxr_cad.config.choices import ARCH_NAMES, DEFAULT_ARCH
+
+    assert ARCHS == ARCH_NAMES and DEFAULT_ARCH == ARCHS[0]
+    for arch in ARCHS:
+        assert load_config(None, {"model.arch": arch}).model.arch == arch
+
+
 def test_unknown_arch_is_a_config_error_naming_the_known_ones():
     with pytest.raises(ConfigError, match="resnet18, resnet50, densenet121"):
         get_arch("vgg16")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from cxr_cad.api import predict_dicomweb
 from cxr_cad.errors import ConfigError, UsageError
 from cxr_cad.pacs.client import make_client, parse_url
 from cxr_cad.pacs.query import parse_query
-from cxr_cad.pacs.source import REJECTED_COLUMNS, predict_dicomweb
+from cxr_cad.pacs.source import REJECTED_COLUMNS
 
 
 def test_bad_query_url_and_retries_are_config_errors(monkeypatch, tmp_path):

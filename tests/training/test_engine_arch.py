@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cxr_cad.config import load_config
-from cxr_cad.crossval.run import run_crossval
+from cxr_cad.crossvalidation.run import run_crossval
 from cxr_cad.errors import ConfigError
 from cxr_cad.inference.predict import PredictOptions, predict, prepare_for_inference
 from cxr_cad.manifest import read_manifest

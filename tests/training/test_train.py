@@ -16,7 +16,7 @@ from cxr_cad.errors import ConfigError, ManifestError, WeightsError
 from cxr_cad.manifest import read_manifest
 from cxr_cad.metrics import youden_threshold
 from cxr_cad.training.data import EpochSampler, epoch_seed, sample_weights, split_train_val
-from cxr_cad.training.optim import choose_threshold
+from cxr_cad.training.threshold import choose_threshold
 from cxr_cad.training.trainer import train_model
 from tests.factories.synth import write_png_cohort
 

@@ -16,9 +16,13 @@ from cxr_cad.config import TrainConfig, config_diff
 from cxr_cad.core.provenance import sha256_file
 from cxr_cad.errors import ConfigError, OutputError
 from cxr_cad.manifest import write_table
+from cxr_cad.model import load_bundle
+from cxr_cad.runtime import RuntimeInfo, prepare_model, resolve_runtime
 from cxr_cad.training import rundir
 from cxr_cad.training.data import make_items
+from cxr_cad.training.loop import evaluate
 from cxr_cad.training.trainer import TrainResult
+from cxr_cad.transforms import make_dataset
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +137,6 @@ def predict_heldout(
 
     Uses the same decoded-image cache as training (identical item keys), single process.
     """
-    from cxr_cad.model import load_bundle
-    from cxr_cad.runtime import RuntimeInfo, prepare_model, resolve_runtime
-    from cxr_cad.training.loop import evaluate
-    from cxr_cad.transforms import make_dataset
-
     bundle = load_bundle(bundle_path)
     info = resolve_runtime(cfg.runtime.device, cfg.runtime.precision)
     info = RuntimeInfo(info.device, info.precision, info.channels_last)

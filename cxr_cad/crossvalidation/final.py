@@ -17,6 +17,8 @@ import torch
 from cxr_cad.config import TrainConfig
 from cxr_cad.errors import OutputError
 from cxr_cad.manifest import manifest_hash
+from cxr_cad.model import ProbabilityAverage, load_bundle, save_bundle, unwrap_model
+from cxr_cad.modelcard import write_card_for_bundle
 from cxr_cad.training import rundir
 from cxr_cad.training.trainer import train_model
 
@@ -60,8 +62,6 @@ def _members(bundles: list[Bundle]) -> tuple[list[torch.nn.Module], bool]:
     """The networks of the fold bundles (a TTA bundle's members, with its hflip) for one ensemble.
 
     Raises OutputError when the fold bundles differ in classes or transform spec."""
-    from cxr_cad.model import ProbabilityAverage, unwrap_model
-
     first = bundles[0]
     members: list[torch.nn.Module] = []
     hflip = False
@@ -90,8 +90,6 @@ def ensemble_final(
     threshold (each image scored by the fold model that never saw its patient: the nearest
     unbiased stand-in for the ensemble's own scores), else the mean of the fold thresholds.
     """
-    from cxr_cad.model import ProbabilityAverage, load_bundle
-
     bundles = [load_bundle(p) for p in fold_bundles]
     first = bundles[0]
     members, hflip = _members(bundles)
@@ -144,8 +142,6 @@ def train_final(
     n_folds: int,
 ) -> dict[str, Any]:
     """Train on every image for the CV-chosen epochs; the bundle gets the pooled OOF Youden threshold."""
-    from cxr_cad.model import load_bundle
-
     epochs = final_epochs(best, cfg.epochs)
     threshold, method = _pooled_threshold(youden, fold_thresholds)
     final_cfg = cfg.replace(
@@ -194,9 +190,6 @@ def _save_like(
 ) -> None:
     """``save_bundle`` with ``like``'s classes, transform spec, training config and init record, and
     the cross-validation threshold (``fields``: manifest hash, parent, extra)."""
-    from cxr_cad.model import save_bundle
-    from cxr_cad.modelcard import write_card_for_bundle
-
     save_bundle(
         path,
         model,

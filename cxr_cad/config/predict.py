@@ -1,19 +1,17 @@
-"""The settings and the result of a batch prediction (:func:`cxr_cad.inference.predict.predict`)."""
+"""The settings of a batch prediction (:func:`cxr_cad.inference.predict.predict`): a typed option,
+so the CLI, the API and workflow steps build it without importing the inference package."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from pydantic import ConfigDict, Field
 
+from cxr_cad.config.accept import AcceptPolicy
 from cxr_cad.config.base import StrictModel
 from cxr_cad.config.choices import Precision
-from cxr_cad.inference.outputs import PREDICTIONS, REJECTED
-from cxr_cad.io import AcceptPolicy
 
-__all__ = ["PredictOptions", "PredictResult"]
+__all__ = ["PredictOptions"]
 
 
 class PredictOptions(StrictModel):
@@ -27,7 +25,7 @@ class PredictOptions(StrictModel):
         precision: "auto" (bf16 on CPUs with native bf16 and on CUDA, else fp32), "fp32", "bf16".
         threshold: decision threshold on the positive-class probability in [0, 1]; None =
             the bundle's.
-        policy: which files are accepted (``cxr_cad.io.AcceptPolicy``); its ``apply_voi`` is
+        policy: which files are accepted (:class:`~cxr_cad.config.accept.AcceptPolicy`); its ``apply_voi`` is
             always taken from the bundle's transform spec. None = the default policy.
         overwrite: discard an earlier run in the output folder instead of resuming it.
         compile: ``torch.compile`` the model (on a 2-core CPU measured: ~80 s to compile, no
@@ -52,39 +50,3 @@ class PredictOptions(StrictModel):
     overwrite: bool = False
     compile: bool = False
     backend: str = "torch"
-
-
-@dataclass
-class PredictResult:
-    """What a run did (rank 0's view after the merge; other ranks get their own counts)."""
-
-    out_dir: Path
-    n_inputs: int
-    n_predicted: int
-    n_rejected: int
-    n_positive: int
-    reasons: dict[str, int]
-    n_done_before: int  # inputs already finished by an earlier, interrupted run
-    n_processed: int  # inputs this invocation (this rank) processed
-    seconds: float
-    model_sha256: str
-    threshold: float
-    runtime: dict = field(default_factory=dict)
-    shift: dict | None = None  # cohort shift result (cxr_cad.shift.monitor.cohort_shift); None: no summary
-
-    @property
-    def images_per_s(self) -> float:
-        return self.n_processed / self.seconds if self.seconds > 0 else 0.0
-
-    def summary_line(self) -> str:
-        """One line for the terminal: counts, reasons, speed, where the CSVs are."""
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        resumed = f", {self.n_done_before} from an earlier run" if self.n_done_before else ""
-        return (
-            f"{self.n_inputs} file(s): {self.n_predicted} scored ({self.n_positive} positive at "
-            f"threshold {self.threshold:g}), {self.n_rejected} rejected"
-            f"{' (' + reasons + ')' if reasons else ''}{resumed}; "
-            f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
-            f"{self.runtime.get('device', '?')} {self.runtime.get('precision', '?')}); "
-            f"-> {self.out_dir / PREDICTIONS}, {self.out_dir / REJECTED}"
-        )

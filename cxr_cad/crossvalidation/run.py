@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad.config import TrainConfig
-from cxr_cad.crossval.final import FINAL_DIR, ensemble_final, final_epochs, train_final
-from cxr_cad.crossval.folds import (
+from cxr_cad.crossvalidation.final import FINAL_DIR, ensemble_final, final_epochs, train_final
+from cxr_cad.crossvalidation.folds import (
     CV_RUN_FILE,
     FOLDS_FILE,
     HELDOUT_FILE,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cxr_cad.cli import main
-from cxr_cad.crossval.run import final_epochs, fold_check
+from cxr_cad.crossvalidation.run import final_epochs, fold_check
 from cxr_cad.metrics import roc_auc
 from cxr_cad.model import load_bundle
 from tests.factories.synth import write_png_cohort
@@ -157,7 +157,7 @@ def test_final_epochs_and_fold_check():
 def test_final_ensemble_is_one_bundle_averaging_the_folds(cv_run, tmp_path):
     """``--final ensemble``: the fold models as one bundle; softmax of its output = mean probability,
     and ``cxr-cad predict`` scores it like any bundle."""
-    from cxr_cad.crossval.run import ensemble_final
+    from cxr_cad.crossvalidation.run import ensemble_final
     from cxr_cad.manifest import read_manifest
     from cxr_cad.training.loop import predict_probabilities
 
