@@ -5,6 +5,8 @@ scores each on
 
 * ``unseen``: the patients of ../shared/data/kermany-224-train who are not in kermany-dev
   (matched by ``patient_key`` of both shared manifests; no patient in both);
+* ``test-a``: ../shared/data/kermany-test-a, half of the study's own test split (external test
+  only; docs/generalisation.md);
 * simulated acquisition shifts of a seeded subsample of those images: ``gamma0.6``,
   ``gamma1.6`` (pixel gamma), ``contrast0.6`` (contrast x0.6 about the mean),
   ``dicom12`` (12-bit CR DICOM, stored = 16 x value + 8, uncompressed, no window),
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dev", type=Path, default=SHARED / "kermany-dev")
     ap.add_argument("--pool", type=Path, default=SHARED / "kermany-224-train")
+    ap.add_argument("--test", type=Path, default=SHARED / "kermany-test-a", help="external test (never trained on)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "generalisation")
     ap.add_argument("--subsample", type=int, default=0, help="score this many unseen images (0 = all)")
     ap.add_argument("--shift-subsample", type=int, default=1000, help="images per simulated shift")
@@ -246,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     if args.subsample and args.subsample < len(unseen):
         unseen = unseen.iloc[np.sort(rng.choice(len(unseen), args.subsample, replace=False))].reset_index(drop=True)
-    cohorts = {"unseen": unseen}
+    # the study's own test split (half of it): the external test the unseen-patients proxy misses
+    cohorts = {"test-a": ingest(args.test, work / "data" / "testa"), "unseen": unseen}
     if not args.no_shifts:
         k = min(args.shift_subsample, len(unseen))
         base = unseen.iloc[np.sort(np.random.default_rng(1).choice(len(unseen), k, replace=False))]
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * r['bal_acc']:.1f} | {minutes:.1f} |"
             )
             print(rows[-1], flush=True)
-    (work / "results.json").write_text(json.dumps(results))
+    (work / f"results-{'-'.join(recipes)}.json").write_text(json.dumps(results))
     print("\n| recipe | cohort | n | AUC (DeLong 95% CI) | threshold | sens % | spec % | bal. acc % | train min |")
     print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))

@@ -107,6 +107,42 @@ def _validation(folder: Path, meta: dict) -> list[str]:
     return lines
 
 
+_CRITERIA = {
+    "auc_then_loss": "the highest validation AUC, ties (e.g. a saturated AUC of 1.0) broken by the lowest "
+    "validation loss",
+    "loss": "the lowest validation loss",
+}
+
+
+def _selection(meta: dict) -> list[str]:
+    """How the kept epoch was chosen, and every guard ``--force`` overrode (cxr_cad.training.guards)."""
+    training = (meta.get("extra") or {}).get("training")
+    if not isinstance(training, dict):
+        return []
+    sel = training.get("selection") or {}
+    criterion = sel.get("criterion", "validation AUC (bundles written before the criterion was recorded)")
+    lines = [
+        "## Model selection",
+        "",
+        f"- Kept epoch {training.get('best_epoch', 'n/a')} of {training.get('epochs_run', 'n/a')} run"
+        f"{' (stopped early)' if training.get('stopped_early') else ''}: {_CRITERIA.get(criterion, criterion)}.",
+        f"- Validation AUC {_fmt(training.get('val_auc'))}, validation loss {_fmt(sel.get('best_val_loss'))} "
+        "at that epoch.",
+        "",
+    ]
+    forced = training.get("forced") or []
+    if forced:
+        lines += [
+            "## Guards overridden (--force)",
+            "",
+            "cxr_cad would have refused this model; it was kept because training was run with `--force`:",
+            "",
+            *[f"- forced: {f}" for f in forced],
+            "",
+        ]
+    return lines
+
+
 def render_model_card(meta: dict, folder: Path, manifest: Path | None = None) -> str:
     """The card's Markdown for a bundle's metadata (``save_bundle``'s payload)."""
     arch, spec, init = meta.get("arch", {}), meta.get("transform_spec", {}), meta.get("init") or {}
@@ -150,6 +186,7 @@ def render_model_card(meta: dict, folder: Path, manifest: Path | None = None) ->
         "",
     ]
     lines += _validation(folder, meta)
+    lines += _selection(meta)
     lines += [
         "## Threshold provenance",
         "",

@@ -8,6 +8,11 @@ Precision policy (``precision="auto"``):
   bf16 autocast + channels-last (about 3x fp32 eager for ResNet18 on such CPUs).
 * anything else: fp32.
 
+The environment variable ``CXR_CAD_PRECISION`` (``fp32``, ``bf16`` or ``fp16``) replaces
+``auto`` for every run of the process: ``CXR_CAD_PRECISION=fp32`` makes a machine with
+native bf16 compute as one without, ``=bf16`` the reverse (bf16 autocast runs on any x86
+CPU, slowly). A precision set explicitly (``--precision``) wins over it.
+
 The choice is recorded (``RuntimeInfo.to_dict``) in every run folder.
 """
 
@@ -27,6 +32,22 @@ from cxr_cad.config.choices import PRECISIONS
 from cxr_cad.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: Environment variable that replaces ``precision: auto`` (see the module docstring).
+PRECISION_ENV = "CXR_CAD_PRECISION"
+
+
+def precision_override() -> str | None:
+    """The precision ``CXR_CAD_PRECISION`` asks for (None when unset or empty).
+
+    Raises ConfigError naming the variable for any other value than fp32, bf16 or fp16."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if not value:
+        return None
+    allowed = tuple(p for p in PRECISIONS if p != "auto")
+    if value not in allowed:
+        raise ConfigError(f"{PRECISION_ENV}={value!r}: must be one of {', '.join(allowed)} (or unset)")
+    return value
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,11 +97,14 @@ class RuntimeInfo:
         d["cpu_native_bf16"] = cpu_has_native_bf16()
         if self.device.startswith("cuda") and torch.cuda.is_available():
             d["cuda_device_name"] = torch.cuda.get_device_name(self.torch_device)
+        if precision_override() is not None:
+            d["precision_env"] = f"{PRECISION_ENV}={precision_override()}"
         return d
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto") -> RuntimeInfo:
-    """Resolve ``device`` ("auto"/"cpu"/"cuda"/"cuda:N") and ``precision`` into a RuntimeInfo.
+    """Resolve ``device`` ("auto"/"cpu"/"cuda"/"cuda:N") and ``precision`` into a RuntimeInfo
+    (``auto`` precision: ``CXR_CAD_PRECISION`` when set, else the policy of the module docstring).
 
     Under torchrun (``WORLD_SIZE`` > 1) each rank takes ``cuda:LOCAL_RANK`` when CUDA is used.
     Raises ConfigError for an unknown precision or device, or an unavailable CUDA device.
@@ -100,6 +124,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> RuntimeInf
     elif device != "cpu":
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
+    if precision == "auto":
+        precision = precision_override() or "auto"
     if precision == "auto":
         if device.startswith("cuda"):
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

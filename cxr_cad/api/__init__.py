@@ -1,6 +1,6 @@
 """The Python API: the one place that orchestrates ingest, training, cross-validation,
-prediction, evaluation, reports and the PACS round trip. The ``cxr-cad`` commands and the
-workflow steps call these functions; a notebook can too (docs/api.md)::
+prediction, evaluation, reports, site adaptation and the PACS round trip. The ``cxr-cad``
+commands and the workflow steps call these functions; a notebook can too (docs/api.md)::
 
     import cxr_cad
     manifest, rejected = cxr_cad.ingest(["dicom/"], labels="labels.csv", classes=["NORMAL", "PNEUMONIA"])
@@ -8,103 +8,127 @@ workflow steps call these functions; a notebook can too (docs/api.md)::
     predictions, rejected = cxr_cad.predict(bundle, test_manifest)
     metrics = cxr_cad.evaluate(predictions, bundle=bundle)
 
-Importing this module imports no torch: the functions import the engine when they run. The
-names that live in the engine itself (``CVResult``, the cross-validation file names,
-``ReportOptions``) are looked up on first use (the module ``__getattr__`` below); this module only re-exports.
+Every name is imported on first use (the module ``__getattr__`` below), so ``import
+cxr_cad.api`` costs nothing: ``cxr-cad --help`` and a command that fails its argument checks
+never load pandas, the PACS libraries or torch. ``dir(cxr_cad.api)`` lists every name.
+
+To export a new name, add ONE line to :data:`_EXPORTS` (``"name": "cxr_cad.api._module",``);
+for type checkers also add it to the ``TYPE_CHECKING`` imports (a test checks that every name
+there is exported, and that every exported name resolves).
 """
 
-from typing import TYPE_CHECKING
+from __future__ import annotations
 
-from cxr_cad.api._cohort import Cohort, labelled_cohort
-from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest
-from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report
-from cxr_cad.api._pacs import (
-    DicomOutOptions,
-    Listener,
-    ListenOptions,
-    ListenResult,
-    PacsOptions,
-    fetch_sources,
-    listen,
-    predict_dicomweb,
-    predict_sources,
-)
-from cxr_cad.api._report import INGESTED_SOURCE, EvaluateResult, cohort_info, evaluate_cohort, report_cohort
-from cxr_cad.api._scoring import (
-    cohort_shift,
-    evaluate,
-    join_metadata,
-    predict,
-    read_scores,
-    read_table,
-    score,
-    write_report,
-)
-from cxr_cad.config import AcceptPolicy, PredictOptions
-from cxr_cad.core.columns import METADATA_COLUMNS
+import importlib
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from cxr_cad.crossvalidation.run import METRICS_FILE, OOF_FILE
-    from cxr_cad.crossvalidation.run import CrossvalResult as CVResult
-    from cxr_cad.report.options import ReportOptions
-
-__all__ = [
-    "INGESTED_SOURCE",
-    "INGEST_FILES",
-    "METADATA_COLUMNS",
-    "METRICS_FILE",
-    "OOF_FILE",
-    "AcceptPolicy",
-    "ReportOptions",
-    "CVResult",
-    "Cohort",
-    "DicomOutOptions",
-    "EvaluateResult",
-    "IngestOutcome",
-    "ListenOptions",
-    "ListenResult",
-    "Listener",
-    "PacsOptions",
-    "PredictOptions",
-    "as_config",
-    "cohort_info",
-    "cohort_shift",
-    "crossval",
-    "evaluate",
-    "evaluate_cohort",
-    "fetch_sources",
-    "ingest",
-    "join_metadata",
-    "labelled_cohort",
-    "listen",
-    "predict",
-    "predict_dicomweb",
-    "predict_sources",
-    "read_labelled",
-    "read_scores",
-    "read_table",
-    "report_cohort",
-    "run_ingest",
-    "run_training",
-    "score",
-    "train",
-    "write_cv_report",
-    "write_report",
-]
-
-#: Names defined in the engine (which imports torch): ``name -> (module, attribute)``.
-_ENGINE_NAMES = {
-    "CVResult": ("cxr_cad.crossvalidation.run", "CrossvalResult"),
-    "OOF_FILE": ("cxr_cad.crossvalidation.run", "OOF_FILE"),
-    "METRICS_FILE": ("cxr_cad.crossvalidation.run", "METRICS_FILE"),
-    "ReportOptions": ("cxr_cad.report.options", "ReportOptions"),  # the report package imports torch
+#: Every public name of the API -> the module that defines it (imported when first used).
+_EXPORTS: dict[str, str] = {
+    # ingest
+    "ingest": "cxr_cad.api._ingest",
+    "run_ingest": "cxr_cad.api._ingest",
+    "IngestOutcome": "cxr_cad.api._ingest",
+    "INGEST_FILES": "cxr_cad.api._ingest",
+    # train and cross-validate
+    "train": "cxr_cad.api._models",
+    "run_training": "cxr_cad.api._models",
+    "crossval": "cxr_cad.api._models",
+    "write_cv_report": "cxr_cad.api._models",
+    "as_config": "cxr_cad.api._models",
+    "read_labelled": "cxr_cad.api._models",
+    "CrossvalResult": "cxr_cad.crossvalidation.run",  # the engine's class (imports torch)
+    "OOF_FILE": "cxr_cad.crossvalidation.run",
+    "METRICS_FILE": "cxr_cad.crossvalidation.run",
+    # score, evaluate, report
+    "predict": "cxr_cad.api._scoring",
+    "score": "cxr_cad.api._scoring",
+    "evaluate": "cxr_cad.api._scoring",
+    "write_report": "cxr_cad.api._scoring",
+    "join_metadata": "cxr_cad.api._scoring",
+    "read_scores": "cxr_cad.api._scoring",
+    "read_table": "cxr_cad.api._scoring",
+    "cohort_shift": "cxr_cad.api._scoring",
+    "report_cohort": "cxr_cad.api._report",
+    "evaluate_cohort": "cxr_cad.api._report",
+    "cohort_info": "cxr_cad.api._report",
+    "EvaluateResult": "cxr_cad.api._report",
+    "INGESTED_SOURCE": "cxr_cad.api._report",
+    "Cohort": "cxr_cad.api._cohort",
+    "labelled_cohort": "cxr_cad.api._cohort",
+    "ReportOptions": "cxr_cad.report.options",  # the report package imports torch
+    # PACS: DICOMweb sources, DICOM outputs, the listen node
+    "predict_sources": "cxr_cad.api._pacs",
+    "predict_dicomweb": "cxr_cad.api._pacs",
+    "fetch_sources": "cxr_cad.api._pacs",
+    "listen": "cxr_cad.api._pacs",
+    "Listener": "cxr_cad.api._pacs",
+    "ListenOptions": "cxr_cad.api._pacs",
+    "ListenResult": "cxr_cad.api._pacs",
+    "PacsOptions": "cxr_cad.api._pacs",
+    "DicomOutOptions": "cxr_cad.api._pacs",
+    "DicomwebResult": "cxr_cad.api._pacs",
+    # site adaptation
+    "adapt": "cxr_cad.api._adapt",
+    "AdaptResult": "cxr_cad.api._adapt",
+    # typed options and table columns
+    "AcceptPolicy": "cxr_cad.config",
+    "PredictOptions": "cxr_cad.config",
+    "METADATA_COLUMNS": "cxr_cad.core.columns",
 }
 
+#: Names whose attribute in the defining module is spelled differently.
+_ALIASES: dict[str, tuple[str, str]] = {
+    "CVResult": ("cxr_cad.crossvalidation.run", "CrossvalResult"),  # the older name, kept
+}
 
-def __getattr__(name: str) -> object:
-    if name in _ENGINE_NAMES:
-        import importlib
+__all__ = sorted([*_EXPORTS, *_ALIASES])
 
-        module, attribute = _ENGINE_NAMES[name]
-        return getattr(importlib.import_module(module), attribute)
-    raise AttributeError(f"module 'cxr_cad.api' has no attribute {name!r}")
+if TYPE_CHECKING:  # the names for type checkers (re-exported by __getattr__ at run time)
+    from cxr_cad.api._adapt import AdaptResult, adapt  # noqa: F401
+    from cxr_cad.api._cohort import Cohort, labelled_cohort  # noqa: F401
+    from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest  # noqa: F401
+    from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report  # noqa: F401
+    from cxr_cad.api._pacs import (  # noqa: F401
+        DicomOutOptions,
+        DicomwebResult,
+        Listener,
+        ListenOptions,
+        ListenResult,
+        PacsOptions,
+        fetch_sources,
+        listen,
+        predict_dicomweb,
+        predict_sources,
+    )
+    from cxr_cad.api._report import INGESTED_SOURCE, EvaluateResult, cohort_info, evaluate_cohort, report_cohort  # noqa: F401
+    from cxr_cad.api._scoring import (  # noqa: F401
+        cohort_shift,
+        evaluate,
+        join_metadata,
+        predict,
+        read_scores,
+        read_table,
+        score,
+        write_report,
+    )
+    from cxr_cad.config import AcceptPolicy, PredictOptions  # noqa: F401
+    from cxr_cad.core.columns import METADATA_COLUMNS  # noqa: F401
+    from cxr_cad.crossvalidation.run import METRICS_FILE, OOF_FILE, CrossvalResult  # noqa: F401
+    from cxr_cad.crossvalidation.run import CrossvalResult as CVResult  # noqa: F401
+    from cxr_cad.report.options import ReportOptions  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name], name
+    elif name in _ALIASES:
+        module, attribute = _ALIASES[name]
+    else:
+        raise AttributeError(f"module 'cxr_cad.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -64,6 +64,8 @@ def labelled_cohort(
     if not root.is_dir():
         raise UsageError(f"cohort folder {root} not found")
     scan = scan_sources([root], policy=policy)
+    if scan.accepted.empty:
+        raise UsageError(_nothing_accepted(root, scan.n_files, scan.rejected_by_reason()))
     df = labels_from_folders(scan.accepted, classes=classes)
     unknown = sorted(set(df["label"]) - set(classes))
     if unknown:
@@ -74,6 +76,17 @@ def labelled_cohort(
     path = work / "cohort_manifest.csv"
     write_manifest(df, path)
     return Cohort(path, df, scan.rejected)
+
+
+def _nothing_accepted(root: Path, n_files: int, reasons: dict[str, int]) -> str:
+    """The message of a cohort folder without an accepted image (exit 2)."""
+    if not n_files:
+        return f"cohort folder {root} holds no file; give the folder that holds DIR/<class>/ images"
+    why = ", ".join(f"{k} {v}" for k, v in reasons.items())
+    return (
+        f"no image of cohort folder {root} was accepted: all {n_files} files were rejected ({why}); "
+        "run `cxr-cad ingest` on it to see each file's reason"
+    )
 
 
 def _dicomweb_cohort(
@@ -90,7 +103,7 @@ def _dicomweb_cohort(
     if not labels:
         raise UsageError(
             "a dicomweb: cohort needs --labels L.csv (a `label` column and a sop_instance_uid, "
-            "study_instance_uid or patient_id column)"
+            "study_instance_uid, accession_number or patient_id column)"
         )
     fetched = work / "dicomweb"
     failed_csv = work / "fetch_failed.csv"

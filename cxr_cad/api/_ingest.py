@@ -306,6 +306,7 @@ def run_ingest(
         read_labels(labels, key=label_key, label_column=label_column, classes=cls)
     exclude = [*exclude, *([os.path.abspath(out_dir)] if out_dir is not None else [])]
     scan, source_list = _scan(sources, policy, opts, exclude)
+    _check_found(scan, source_list, isinstance(sources, pd.DataFrame))
     manifest, report, label_source = _label(scan.accepted, scan, labels, opts, cls)
     if isinstance(sources, pd.DataFrame) and label_source is None:
         label_source = "manifest"
@@ -328,7 +329,51 @@ def run_ingest(
     if out_dir is not None:
         _validate(outcome, "scanned images")
         outcome.write(out_dir, absolute_paths=absolute_paths)
+    _check_accepted(outcome, out_dir)
     return outcome
+
+
+#: What to change for the rejection reasons that an option decides (the rest: fix the export).
+_REASON_HINTS = {
+    "UNSUPPORTED_MODALITY": "--modalities any (or the modalities of these images) accepts other modalities",
+    "LATERAL_VIEW": "--allow-lateral accepts lateral views",
+    "NOT_DICOM": "give the folder that holds the DICOM/PNG/JPEG images",
+    "UNSUPPORTED_FORMAT": "convert the images to DICOM, PNG or JPEG",
+}
+
+
+def _check_found(scan: ScanResult, sources: list[str], table: bool) -> None:
+    """Nothing to ingest is the user's input, not a result: UsageError (exit 2), nothing written."""
+    if scan.n_files:
+        return
+    if table:
+        where = f" {sources[0]}" if sources else ""
+        raise UsageError(f"the manifest table{where} has no rows; give a table with one row per image")
+    raise UsageError(
+        f"no file found in {', '.join(sources)}: the folder is empty (files under --out are not scanned); "
+        "give the folder that holds the DICOM/PNG/JPEG images"
+    )
+
+
+def _check_accepted(outcome: IngestOutcome, out_dir: PathLike | None) -> None:
+    """Files were found but none was accepted: UsageError (exit 2) naming the sources, the
+    reasons and what to change. With ``out_dir`` the outputs were written first, so rejected.csv
+    lists every file and why. (Accepted images all left out as unlabelled, ``drop_unlabelled``,
+    are the caller's to explain: the workflow names its labels setting.)"""
+    if len(outcome.scan.accepted) or not outcome.scan.n_files:
+        return
+    where = ", ".join(outcome.sources) or "the manifest table"
+    written = f"; rejected.csv in {Path(out_dir).absolute()} lists each file and why" if out_dir is not None else ""
+    rejected = outcome.rejected
+    counts = _by_reason(rejected)
+    first = rejected.iloc[0] if len(rejected) else None
+    example = f"; e.g. {first['path']}: {first['detail']}" if first is not None else ""
+    hints = [_REASON_HINTS[r] for r in counts if r in _REASON_HINTS]
+    hint = "; ".join(hints) if hints else "fix or re-export the files"
+    raise UsageError(
+        f"no image was accepted: all {outcome.scan.n_files} files in {where} were rejected "
+        f"({', '.join(f'{k} {v}' for k, v in counts.items())}){example}. {hint}{written}"
+    )
 
 
 def _validate(outcome: IngestOutcome, where: str) -> None:
@@ -358,8 +403,11 @@ def ingest(
             ``patient_id_pattern``, ``verify_pixels``, ``workers``, ``absolute_paths``.
 
     Raises:
-        UsageError: a source does not exist; ConfigError: bad options; ManifestError: a labels
-        table or the result fails validation; OutputError: ``out_dir`` cannot be written.
+        UsageError: a source does not exist, holds no file, or no image of it is accepted
+        (with ``out_dir``, rejected.csv and ingest.json are written first); a given
+        ``patient_id_pattern`` matches no PNG/JPEG name; ConfigError: bad options;
+        ManifestError: a labels table or the result fails validation; OutputError: ``out_dir``
+        cannot be written.
     """
     outcome = run_ingest(sources, out_dir, **options)
     if out_dir is None:

@@ -59,6 +59,11 @@ def _out_dir(out_dir: PathLike | None, what: str) -> Path:
     return path
 
 
+def _forced(cfg: TrainConfig, force: bool) -> TrainConfig:
+    """``cfg`` with ``force`` set when asked (``force=False`` leaves the config's own value)."""
+    return cfg.replace(force=True) if force and not cfg.force else cfg
+
+
 def run_training(
     manifest: pd.DataFrame | PathLike,
     config: Any = None,
@@ -66,11 +71,12 @@ def run_training(
     *,
     init: str | None = None,
     callbacks: Sequence[EpochCallback] = (),
+    force: bool = False,
 ) -> TrainResult:
     """:func:`train` returning the engine's :class:`~cxr_cad.training.trainer.TrainResult`."""
     from cxr_cad.training.trainer import train_model
 
-    cfg = as_config(config)
+    cfg = _forced(as_config(config), force)
     df = read_labelled(manifest, cfg.data.classes)
     out = _out_dir(out_dir, "train")
     result = train_model(df, out, cfg, init=init, callbacks=callbacks)
@@ -88,6 +94,7 @@ def train(
     *,
     init: str | None = None,
     callbacks: Sequence[EpochCallback] = (),
+    force: bool = False,
 ) -> Bundle:
     """Train a model on a labelled manifest; returns the loaded bundle (``bundle.path``).
 
@@ -99,13 +106,17 @@ def train(
         out_dir: the run folder (rerun to resume); None = a new temporary folder, kept.
         init: overrides ``model.init``.
         callbacks: called after every finished epoch with ``(epoch, log record)``.
+        force: keep a model the training guards refuse (too small a cohort, a diverged run, a
+            run that never beat chance, a parent bundle with other input settings); recorded
+            in the bundle and its model card (``force: true`` in the config does the same).
 
     Raises:
-        ConfigError, ManifestError, WeightsError, BundleError, OutputError (see ``train_model``).
+        ConfigError, ManifestError, WeightsError, BundleError, OutputError, TrainingFailed
+        (see ``train_model``).
     """
     from cxr_cad.model import load_bundle  # torch
 
-    result = run_training(manifest, config, out_dir, init=init, callbacks=callbacks)
+    result = run_training(manifest, config, out_dir, init=init, callbacks=callbacks, force=force)
     return load_bundle(result.bundle_path)
 
 
@@ -118,13 +129,15 @@ def crossval(
     init: str | None = None,
     final: bool | str = False,
     n_bootstrap: int = 2000,
+    force: bool = False,
 ) -> CrossvalResult:
     """Patient-grouped K-fold cross-validation of the training recipe.
 
     Returns the engine's :class:`~cxr_cad.crossvalidation.run.CrossvalResult` (also exported as
     ``CVResult``): ``oof`` (out-of-fold predictions), ``metrics`` (``cv_metrics.json``),
     ``fold_status``, ``final_bundle``. ``final``: False, ``"retrain"`` or ``"ensemble"``.
-    Write its report with :func:`write_cv_report`.
+    ``force``: as :func:`train`, for every fold (and the fold-size check made before any fold
+    trains). Write its report with :func:`write_cv_report`.
 
     Raises:
         ConfigError: ``folds`` < 2, ``n_bootstrap`` < 0, bad config; others as :func:`train`.
@@ -138,7 +151,7 @@ def crossval(
         problems.append(f"n_bootstrap (--bootstrap) must be >= 0, not {n_bootstrap}")
     if problems:
         raise ConfigError(problems)
-    cfg = as_config(config)
+    cfg = _forced(as_config(config), force)
     df = read_labelled(manifest, cfg.data.classes)
     return run_crossval(
         df, _out_dir(out_dir, "crossval"), cfg, n_folds=folds, init=init, final=final, n_bootstrap=n_bootstrap

@@ -6,11 +6,15 @@ cohort), :func:`report_cohort` (bundle header, Grad-CAM, dataset shift, the repo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import signal
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +25,10 @@ from cxr_cad.api._cohort import labelled_cohort
 from cxr_cad.api._pacs import PacsOptions, write_dicom_outputs
 from cxr_cad.api._scoring import cohort_shift, join_metadata, read_table, score
 from cxr_cad.config import AcceptPolicy, PredictOptions
+from cxr_cad.config.sections import name_problem
 from cxr_cad.core.atomic import PathLike, atomic_write_csv
 from cxr_cad.core.columns import REJECTED_COLUMNS
-from cxr_cad.errors import UsageError
+from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
 from cxr_cad.manifest import manifest_hash, read_manifest
 from cxr_cad.tracking import log_evaluate_run
 
@@ -79,7 +84,10 @@ def cohort_info(
     rules = ingest_rules_text(record, policy if policy is not None else (record or {}).get("policy"))
     if rules:
         out.setdefault("ingest_rules", rules)
-    out["name"] = name or out.get("name") or default_name
+    given = name or out.get("name")
+    if given and name_problem(given):  # shown in titles, CSV and DICOM text: docs/report.md#names
+        raise ConfigError(f"cohort name: {name_problem(given)}", source="--cohort-name / cohort.name")
+    out["name"] = given or ("" if name_problem(default_name) else default_name)
     if record_date and (date or not out.get("date")):
         out["date"] = date
     if validation:
@@ -129,6 +137,153 @@ def _table_threshold(pred: pd.DataFrame, options: ReportOptions) -> ReportOption
     )
 
 
+def _one_value(pred: pd.DataFrame, column: str) -> str | None:
+    """The single non-empty value of ``column``, or None (absent, empty or several values)."""
+    if column not in pred.columns:
+        return None
+    values = set(pred[column].astype("string").fillna("").str.strip()) - {""}
+    return values.pop() if len(values) == 1 else None
+
+
+def _classes_from_table(pred: pd.DataFrame) -> tuple[str | None, list[str], str]:
+    """``(positive class, classes, what was looked at)`` from the columns a predictions table
+    carries: ``positive_class``; ``y_true`` beside ``label`` (out-of-fold predictions);
+    ``decision`` beside ``probability`` and ``threshold`` (cxr-cad predict)."""
+    positive = _one_value(pred, "positive_class")
+    if positive is not None:
+        return positive, [], "its positive_class column"
+    looked = ["no positive_class column"]
+    if {"y_true", "label"} <= set(pred.columns):
+        y = pd.to_numeric(pred["y_true"], errors="coerce")
+        labels = pred["label"].astype("string").fillna("").str.strip()
+        pos, neg = set(labels[(y == 1) & (labels != "")]), set(labels[(y == 0) & (labels != "")])
+        if len(pos) == 1 and len(neg) <= 1 and not pos & neg:
+            return pos.pop(), sorted(neg), "its y_true and label columns"
+        looked.append("y_true/label columns that do not name one positive class")
+    else:
+        looked.append("no y_true column")
+    if {"decision", "probability", "threshold"} <= set(pred.columns):
+        prob = pd.to_numeric(pred["probability"], errors="coerce")
+        thr = pd.to_numeric(pred["threshold"], errors="coerce")
+        decision = pred["decision"].astype("string").fillna("").str.strip().str.lstrip("'")
+        known = prob.notna() & thr.notna() & (decision != "")
+        pos, neg = set(decision[known & (prob >= thr)]), set(decision[known & (prob < thr)])
+        if len(pos) == 1 and len(neg) <= 1 and not pos & neg:
+            return pos.pop(), sorted(neg), "its decision, probability and threshold columns"
+        looked.append("decision/probability/threshold columns that do not name one positive class")
+    else:
+        looked.append("no decision + probability + threshold columns")
+    return None, [], "; ".join(looked)
+
+
+def _resolve_positive_class(
+    pred: pd.DataFrame, opts: ReportOptions, info: dict | None, cv: Mapping[str, Any] | None
+) -> tuple[ReportOptions, list[str]]:
+    """The positive class, in order: the option (checked against the rest), the bundle, the
+    cross-validation summary, the predictions table's columns. Returns the options with it and
+    the classes found; UsageError listing what was looked at when none says."""
+    settings = (cv or {}).get("settings") if isinstance((cv or {}).get("settings"), Mapping) else {}
+    cv_pos = settings.get("positive_class") if settings else None
+    cv_classes = [str(c) for c in settings.get("classes") or []] if settings else []
+    table_pos, table_classes, looked_table = _classes_from_table(pred)
+    found = [
+        (w, str(v))
+        for w, v in (
+            ("the --model bundle", (info or {}).get("positive_class")),
+            ("the --cv-metrics summary", cv_pos),
+            ("the predictions table", table_pos),
+        )
+        if v is not None
+    ]
+    given = opts.positive_class
+    if given is not None:
+        clash = [f"{w} says {v!r}" for w, v in found if v != str(given)]
+        if clash:
+            raise UsageError(f"positive class {given!r} differs from what the inputs record: {'; '.join(clash)}")
+    elif found:
+        which, value = found[0]
+        clash = [f"{w} says {v!r}" for w, v in found[1:] if v != value]
+        if clash:
+            raise UsageError(f"{which} says the positive class is {value!r}, but {'; '.join(clash)}")
+        log.info("positive class %r from %s", value, which)
+        opts = opts.replace(positive_class=value)
+    else:
+        raise UsageError(
+            "the positive class is not known; looked at: the --model bundle (not given), the --cv-metrics "
+            f"summary ({'no settings.positive_class' if cv else 'not given'}), the predictions table "
+            f"({looked_table}); give --positive-class NAME (e.g. --positive-class PNEUMONIA)"
+        )
+    if opts.positive_class is not None and name_problem(opts.positive_class):
+        raise UsageError(f"positive class: {name_problem(opts.positive_class)}")
+    return opts, cv_classes or ([str(opts.positive_class), *table_classes] if table_classes else [])
+
+
+def _table_model(pred: pd.DataFrame, info: dict | None, classes: list[str]) -> dict | None:
+    """The model header: the bundle's (its hash checked against the table's ``model_sha256``),
+    else the one ``model_sha256`` the table records (a short hash names it), else None."""
+    sha = _one_value(pred, "model_sha256")
+    if info is not None:
+        if sha is not None and info.get("sha256") and sha != info["sha256"]:
+            raise UsageError(
+                f"the predictions were made by the model with SHA-256 {sha[:12]}..., not by --model "
+                f"{info.get('name')} ({str(info['sha256'])[:12]}...); give the bundle that made them"
+            )
+        return info
+    if sha is None:
+        return None
+    return {
+        "name": f"model {sha[:12]}",
+        "sha256": sha,
+        "classes": classes,
+        "identified_by": "the predictions table's model_sha256 column (the bundle was not given)",
+    }
+
+
+def _data_folder_name(pred: pd.DataFrame) -> str | None:
+    """The name of the folder holding the scored images (their common parent, above class
+    folders), from the table's ``path`` column; None without usable paths."""
+    if "path" not in pred.columns:
+        return None
+    paths = [p for p in pred["path"].astype("string").fillna("").str.strip() if p]
+    if not paths:
+        return None
+    try:
+        common = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
+    except ValueError:  # mixed drives / relative and absolute
+        return None
+    labels = set(pred["label"].astype(str)) if "label" in pred.columns else set()
+    while common.name in labels and common.parent != common:
+        common = common.parent
+    name = common.name
+    return name if name and not name_problem(name) else None
+
+
+def _cohort_name(pred: pd.DataFrame, predictions: pd.DataFrame | PathLike, opts: ReportOptions) -> ReportOptions:
+    """A cohort name when none was given: the folder holding the images, else the table's file name."""
+    info = dict(opts.cohort_info or {})
+    if info.get("name"):
+        return opts
+    name = _data_folder_name(pred)
+    if name is None and not isinstance(predictions, pd.DataFrame):
+        name = f"images scored in {Path(predictions).name}"
+    return opts.replace(cohort_info={**info, "name": name or "unnamed cohort"})
+
+
+def check_table(pred: pd.DataFrame, opts: ReportOptions, source: str) -> None:
+    """ManifestError listing every reason ``pred`` cannot give a complete report, unless
+    ``opts.allow_partial`` (docs/report.md#input)."""
+    from cxr_cad.report.prepare import table_problems
+
+    if opts.allow_partial:
+        return
+    problems = table_problems(
+        pred, positive_class=opts.positive_class, label_col=opts.label_col, score_col=opts.score_col
+    )
+    if problems:
+        problems.append("fix the table, or give --allow-partial for a deliberate partial report")
+        raise ManifestError(problems, source=source)
+
+
 def report_cohort(
     predictions: pd.DataFrame | PathLike,
     out_dir: PathLike,
@@ -167,15 +322,21 @@ def report_cohort(
     from cxr_cad.report import ReportOptions, model_info_from_bundle, write_report
 
     opts = options or ReportOptions()
+    source = "predictions table" if isinstance(predictions, pd.DataFrame) else f"predictions table {predictions}"
     pred = predictions if isinstance(predictions, pd.DataFrame) else read_table(predictions, "predictions table")
     loaded, info = None, None
     if bundle is not None:
         loaded, path = _load(bundle)
         info = model_info_from_bundle(loaded, path)
+    cv_data = _read_cv_metrics(cv)
+    opts, classes = _resolve_positive_class(pred, opts, info, cv_data)
+    info = _table_model(pred, info, classes)
+    check_table(pred, opts, source)  # before any join: line numbers are the file's
     if manifest is not None:
         table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, check_files=False)
         opts = opts.replace(cohort_info={**(opts.cohort_info or {}), "manifest_hash": manifest_hash(table)})
         pred = join_metadata(pred, table)
+    opts = _cohort_name(pred, predictions, opts)
     if loaded is None:
         opts = _table_threshold(pred, opts)
     rejected_df = _as_table(rejected, "rejected-files table")
@@ -187,14 +348,14 @@ def report_cohort(
         opts = opts.replace(gradcam_note=None)  # the note says why there is no gallery
     shift, newly_flagged = cohort_shift(pred, loaded)  # docs/shift.md; None: "not computed"
     if warn_shift and newly_flagged:
-        log.warning("dataset shift: %s", (shift or {}).get("message"))
+        log.warning("%s: dataset shift: %s", model_label(info), (shift or {}).get("message"))
     result = write_report(
         pred,
         out_dir,
         opts,
         model_info=info,
         rejected_df=rejected_df,
-        cv=_read_cv_metrics(cv),
+        cv=cv_data,
         comparison=comparison,
         gradcam=gradcam,
         shift=shift,
@@ -203,6 +364,35 @@ def report_cohort(
         columns = [c for c in REJECTED_COLUMNS if c in rejected_df.columns]
         atomic_write_csv(Path(result.out_dir) / "rejected.csv", rejected_df[columns])
     return result
+
+
+def model_label(info: Mapping[str, Any] | None, role: str = "model") -> str:
+    """``"<role> <name> (<short hash>)"``: how log lines and warnings name a model."""
+    if not info:
+        return role
+    sha = str(info.get("sha256") or "")[:12]
+    name = str(info.get("name") or "")
+    if name and sha and sha not in name:
+        return f"{role} {name} ({sha})"
+    return f"{role} {name or sha}".strip()
+
+
+@contextlib.contextmanager
+def named_warnings(label: str) -> Iterator[None]:
+    """Warnings a scoring run logs (e.g. "dataset shift: ...") start with ``label``, so that two
+    models scored one after the other are told apart ("previous model <hash>: dataset shift ...")."""
+    logger = logging.getLogger("cxr_cad.inference.predict")
+
+    def prefix(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and not str(record.msg).startswith(label):
+            record.msg = f"{label}: {record.msg}"
+        return True
+
+    logger.addFilter(prefix)
+    try:
+        yield
+    finally:
+        logger.removeFilter(prefix)
 
 
 @dataclass
@@ -215,9 +405,10 @@ class EvaluateResult:
 
 
 def _scores(
-    model: PathLike, manifest_path: Path, out: Path, options: PredictOptions
+    model: PathLike, manifest_path: Path, out: Path, options: PredictOptions, label: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    log.info("%s", score(model, [manifest_path], out, options).summary_line())
+    with named_warnings(label):
+        log.info("%s: %s", label, score(model, [manifest_path], out, options).summary_line())
     return (
         read_table(out / "predictions.csv", "predictions table"),
         read_table(out / "rejected.csv", "rejected-files table"),
@@ -236,13 +427,57 @@ def _comparison(
             f"--compare: the other model's positive class {other_bundle.positive_class!r} "
             f"differs from {bundle.positive_class!r}; the AUCs would not be comparable"
         )
-    other, _ = _scores(compare, manifest_path, work / "scores_compare", options)
+    label = model_label({"name": Path(compare).name, "sha256": other_bundle.sha256}, "compared model")
+    other, _ = _scores(compare, manifest_path, work / "scores_compare", options, label)
     return {
         "predictions": other,
         "name": Path(compare).name,
         "sha256": other_bundle.sha256,
         "name_a": Path(model).name,
+        "shift": cohort_shift(other, other_bundle)[0],  # the other model's own verdict on this cohort
     }
+
+
+#: prefix of evaluate's scratch folder, inside the output folder (docs/report.md#outputs)
+SCRATCH_PREFIX = ".cxr-cad-evaluate-"
+
+
+@contextlib.contextmanager
+def _scratch(out: Path) -> Iterator[Path]:
+    """A scratch folder inside ``out`` (scores, journals, the scanned manifest), removed on every
+    exit path; one left by a killed earlier run (``kill -9``) is removed first. Its file names
+    are fixed (cohort_manifest.csv, scores/predictions.csv ...), never patient data."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob(SCRATCH_PREFIX + "*"):
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out))
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to the output folder {out}: {exc.strerror or exc}; choose a writable --out"
+        ) from exc
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while the block runs (main thread only), so ``finally``
+    blocks (the scratch folder's removal) run when a scheduler stops the command."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def evaluate_cohort(
@@ -276,8 +511,8 @@ def evaluate_cohort(
     pacs = pacs or PacsOptions()
     bundle = load_bundle(model)
     predict_options = (predict or PredictOptions()).replace(policy=policy or AcceptPolicy())
-    with tempfile.TemporaryDirectory(prefix="cxr-cad-evaluate-") as tmp:
-        work = Path(work_dir) if work_dir else Path(tmp)
+    with _scratch(Path(out_dir)) as tmp, _terminate_as_interrupt():
+        work = Path(work_dir) if work_dir else tmp
         work.mkdir(parents=True, exist_ok=True)
         cohort = labelled_cohort(
             manifest=manifest,
@@ -288,7 +523,8 @@ def evaluate_cohort(
             labels=labels,
             query=list(pacs.query) or None,
         )
-        pred, rejected = _scores(model, cohort.manifest_path, work / "scores", predict_options)
+        label = model_label({"name": Path(model).name, "sha256": bundle.sha256})
+        pred, rejected = _scores(model, cohort.manifest_path, work / "scores", predict_options, label)
         dicom = write_dicom_outputs(pacs, model, work / "scores" / "predictions.csv")
         pred = join_metadata(pred.drop(columns=["label"], errors="ignore"), cohort.manifest, keys=("path",))
         rejected = pd.concat([cohort.rejected, rejected], ignore_index=True)

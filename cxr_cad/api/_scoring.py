@@ -81,20 +81,27 @@ def join_metadata(
 def cohort_shift(pred: pd.DataFrame, bundle: Bundle | None) -> tuple[dict | None, bool]:
     """Whether the scored cohort is unlike the model's training images (docs/shift.md), from the
     predictions' ``shift_score`` (and age/view) and the bundle's training summary: ``(result,
-    flagged only by the age/view comparison)``; ``(None, False)`` ("not computed") when the
-    bundle or the column is missing."""
-    if bundle is None or "shift_score" not in pred.columns:
+    flagged only by the age/view comparison)``. Without the bundle the verdict comes from the
+    ``shift_score`` column alone (the age/view comparison needs the bundle's summary).
+    ``(None, False)`` ("not computed") when the column holds no score."""
+    if "shift_score" not in pred.columns:
         return None, False
     from cxr_cad.shift.monitor import summary_from_bundle, table_shift
 
     table = pred.assign(shift_score=pd.to_numeric(pred["shift_score"], errors="coerce"))
+    if not table["shift_score"].notna().any():
+        return None, False
     if "patient_age_years" in table.columns:
         table["patient_age_years"] = pd.to_numeric(table["patient_age_years"], errors="coerce")
+    summary = summary_from_bundle(bundle) if bundle is not None else None
     try:
-        return table_shift(table, summary_from_bundle(bundle))
+        result, newly = table_shift(table, summary if summary is not None else {})
     except (KeyError, ValueError) as exc:  # a summary this code cannot use: reported as "not computed"
         log.info("cohort shift not computed: %s", exc)
         return None, False
+    if result is not None and summary is None:
+        result = {**result, "message": f"{result['message']} (from the shift_score column; age and view not compared)"}
+    return result, newly
 
 
 def _bundle_path(bundle: Bundle | PathLike) -> str:

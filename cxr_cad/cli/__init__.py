@@ -3,57 +3,109 @@
 Each subcommand lives in its own module ``cxr_cad.cli.<name>`` exposing
 ``register(subparsers)``, which adds a parser and binds its handler with
 ``set_defaults(func=handler)``. A handler takes the parsed ``argparse.Namespace``
-and returns an exit code (0 on success).
+and returns an exit code (0 on success). To add a command: its module, and ONE line in
+:data:`COMMANDS`.
 
 A handler parses its arguments into typed options and makes one :mod:`cxr_cad.api` call (the
 workflow steps make the same calls); options several commands share are declared once in
-:mod:`cxr_cad.cli.options` (accept policy, PACS) and :mod:`cxr_cad.cli.train_options` (the
-training flags, from :class:`~cxr_cad.config.TrainConfig`). The CLI reaches the engine
-(the inference, training, crossval and runtime packages) only through the API.
+:mod:`cxr_cad.cli.options` (accept policy, PACS, the checks) and
+:mod:`cxr_cad.cli.train_options` (the training flags, from :class:`~cxr_cad.config.TrainConfig`).
+The CLI reaches the engine (the inference, training, crossval and runtime packages) only
+through the API.
 
-Imports are at module top, with two exceptions: optional third-party packages, and the
-subcommand modules, which :func:`build_parser` imports one by one (a command not built yet is
-skipped). ``cxr-cad --help`` and ``cxr-cad <command> --help`` import no torch: the API imports
-the engine when a function runs, and names defined in torch-importing modules
-(``api.ReportOptions``, ``api.CVResult``) are looked up when first used, at run time.
+Fast failures. :func:`main` imports only the module of the command named (all of them for
+``cxr-cad --help``); ``cxr_cad.api`` imports each function's module when it is first called.
+Before the handler runs:
 
-Exit codes: 0 success, 2 usage/config errors (:class:`~cxr_cad.errors.UsageError`),
-1 any other failure (one-line reason on stderr), 130 on Ctrl-C.
+1. every ``--flag`` is checked against the command's options; an unknown or misspelt one
+   is one line with the closest valid flag (abbreviations are not accepted: ``--epoch`` is
+   not silently ``--epochs``); argparse errors are one line, not the usage block;
+2. :func:`cxr_cad.cli.options.preflight` checks the paths the user named (input files and
+   folders exist, ``--model``, output folders can be created and written).
+
+So a wrong argument is reported in about a second, before torch, MONAI or a bundle load.
+Command modules keep their top-level imports light (argparse, :mod:`cxr_cad.api`,
+:mod:`cxr_cad.config`, :mod:`cxr_cad.errors`) and import heavier packages in the handler.
+
+Exit codes (docs/cli.md has the table): 0 success; 2 usage and configuration errors -
+whatever the user gave is wrong: an argument, a path that does not exist, an output folder that
+cannot be created or written, a config or workflow, a manifest or labels table
+(:class:`~cxr_cad.errors.UsageError` and its subclasses); 1 the work itself failed (a corrupt
+bundle, a full disk, a failed export check, a port in use...), with a one-line reason on
+stderr; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
 import logging
 import os
+import re
 import sys
+from typing import NoReturn
 
 from cxr_cad.core.progress import set_enabled
 from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import CxrCadError, UsageError, cap_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ["ingest", "train", "crossval", "predict", "evaluate", "report", "export", "run", "demo", "listen"]
+COMMANDS = ["ingest", "train", "crossval", "predict", "evaluate", "report", "export", "run", "demo", "listen", "adapt"]
 
 log = logging.getLogger("cxr_cad")
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+(e-?\d+)?$")
+
+
+def _closest(given: str, candidates: list[str]) -> str | None:
+    close = difflib.get_close_matches(given, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits with 2 on usage errors already; keep its message one line + usage."""
+    """No abbreviations; an error is one line (with the closest valid choice) and exit 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        m = _INVALID_CHOICE.search(message)
+        if m:
+            choices = [c.strip().strip("'") for c in m.group("choices").split(",")]
+            close = _closest(m.group("given"), choices)
+            if close:
+                message += f"; did you mean {close}?"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_named(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option), when it is one."""
+    for token in argv:
+        if token == "--":
+            return None
+        if not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``cxr-cad`` parser; ``only``: register that one command (its module alone is imported)."""
     parser = _Parser(
         prog="cxr-cad",
         description="Chest-radiograph computer-aided classification: ingest DICOM/PNG/JPEG, "
         "train and cross-validate a network (ResNet18, ResNet50, DenseNet121: --arch), predict, evaluate and report.",
+        epilog="Exit codes: 0 done; 2 usage or configuration error (an argument, a path, an output folder "
+        "that cannot be written, a config, workflow or table); 1 the work failed (one-line reason). "
+        "docs/cli.md has the table.",
     )
     parser.add_argument("--version", action="version", version=f"cxr-cad {__version__}")
     _add_verbosity(parser, 0, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in [only] if only else COMMANDS:
         try:
             module = importlib.import_module(f"cxr_cad.cli.{name}")
         except ModuleNotFoundError as exc:  # a command not built yet in this tree
@@ -75,6 +127,42 @@ def _add_verbosity(parser: argparse.ArgumentParser, verbose_default, quiet_defau
     parser.add_argument(
         "-q", "--quiet", action="store_true", default=quiet_default, help="only warnings and errors; no progress bars"
     )
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command)
+    return None
+
+
+def unknown_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The one-line error for the first option of ``argv`` that the command does not have
+    (with the closest one it has), or None when every option is known."""
+    words = [t for t in argv if not t.startswith("-")]
+    command = _command_named(argv)
+    if words and command is None:  # not a command: argparse names the commands (did you mean ...)
+        return None
+    sub = _subparser(parser, command) if command else None
+    known = dict(parser._option_string_actions)
+    if sub is not None:
+        known.update(sub._option_string_actions)
+    prog = sub.prog if sub is not None else parser.prog
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-" or _NEGATIVE_NUMBER.match(token):
+            continue
+        flag = token.split("=", 1)[0]
+        if flag in known:
+            continue
+        if not flag.startswith("--") and all(f"-{c}" in known for c in flag[1:]):  # -vv, -qv
+            continue
+        longs = sorted(k for k in known if k.startswith("--"))
+        close = _closest(flag, longs)
+        hint = f"; did you mean {close}?" if close else ""
+        return f"{prog}: error: unknown option {flag}{hint} (see {prog} --help)"
+    return None
 
 
 #: errno values that mean "the output cannot be written here" rather than a bug.
@@ -106,7 +194,12 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Returns the exit code (tests call ``main([...])`` directly)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_named(argv))
+    wrong = unknown_option(parser, argv)
+    if wrong:
+        print(wrong, file=sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help / --version (0) or argparse usage errors (2)
@@ -117,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     if args.quiet:
         set_enabled(False)
+    from cxr_cad.cli.options import preflight  # (imports cxr_cad.api, which is light)
+
     try:
+        preflight(args)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"cxr-cad {args.command}: error: {cap_message(str(exc))}", file=sys.stderr)

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 from cxr_cad import api
+from cxr_cad.cli.options import non_negative_int
+from cxr_cad.cli.train import train_config
 from cxr_cad.cli.train_options import add_train_flags, overrides_from
 from cxr_cad.errors import UsageError
-from cxr_cad.manifest import manifest_hash
 from cxr_cad.tracking import add_track_option, log_crossval_run, track_run
 
 DESCRIPTION = """\
@@ -36,7 +37,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--manifest", required=True, help="labelled manifest CSV (from `cxr-cad ingest`)")
-    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds, >= 2 (default 5)")
+    p.add_argument("--folds", type=_folds, default=5, metavar="K", help="number of folds, >= 2 (default 5)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; rerun to resume)")
     p.add_argument("--config", help="YAML training config (docs/train.md); options below override it")
     p.add_argument(
@@ -57,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-pdf", action="store_true", help="write the report without report.pdf")
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=non_negative_int,
         default=2000,
         metavar="N",
         help="bootstrap resamples for the pooled AUC CI; 0 = DeLong only (default 2000)",
@@ -65,6 +66,13 @@ def register(subparsers) -> None:
     add_train_flags(p, "crossval", title="training overrides (default: the config file, else the study defaults)")
     add_track_option(p)
     p.set_defaults(func=run)
+
+
+def _folds(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, not {text}")
+    return value
 
 
 def _fmt(ci: dict) -> str:
@@ -76,7 +84,9 @@ def _fmt(ci: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("crossval runs as a single process; start it without torchrun")
-    cfg = api.as_config(args.config, overrides_from(args, "crossval"))
+    from cxr_cad.manifest import manifest_hash  # pandas: after the argument checks
+
+    cfg = train_config(args.config, overrides_from(args, "crossval"))
     df = api.read_labelled(args.manifest, cfg.data.classes)
     with track_run(args.track, "crossval", {**cfg.to_dict(), "folds": args.folds}) as tracker:  # docs/export.md
         res = api.crossval(

@@ -80,7 +80,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    name = Path(args.manifest).stem if args.manifest else Path(args.cohort_dir or "").name
+    # a cohort folder names the cohort; a manifest's images name it by their folder (in report_cohort)
+    name = "" if args.manifest else Path(args.cohort_dir or "").name
     cohort = api.cohort_info(
         args.cohort_name, default_name=name, info=args.cohort_info, manifest=args.manifest, date=args.cohort_date
     )

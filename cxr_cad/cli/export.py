@@ -23,7 +23,8 @@ checked on the rest: it is refused when its AUC drops by more than --max-auc-dro
 --force. Score with `cxr-cad predict --backend onnxruntime|openvino --model DIR`.
 
 Needs the optional extra: pip install -c constraints/cpu.txt -e '.[export]'.
-Exit codes: 0 done; 1 bad bundle, failed check or refused int8 model; 2 bad arguments."""
+Exit codes: 0 done; 2 bad arguments, a missing model or calibration manifest, an --out that
+cannot be created or written; 1 a corrupt bundle, a failed check or a refused int8 model."""
 
 
 def register(subparsers) -> None:
@@ -33,7 +34,9 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt) from cxr-cad train")
+    p.add_argument(
+        "--model", required=True, metavar="BUNDLE", help="model bundle (.pt) from cxr-cad train, or its run folder"
+    )
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     p.add_argument("--int8", action="store_true", help="also write a post-training int8 model (onnx, openvino)")

@@ -9,6 +9,7 @@ import os
 from cxr_cad import api
 from cxr_cad.cli.options import add_pacs_query, add_policy_options, pacs_from, policy_from
 from cxr_cad.manifest import LABEL_KEYS
+from cxr_cad.manifest.patients import PATIENT_PATTERNS
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--patient-id-pattern",
-        metavar="REGEX",
-        help="regex whose first group is the patient id in a PNG/JPEG file name (default handles "
-        "Kermany names: IM-0115-0001.jpeg -> IM-0115, person12_virus_3.jpeg -> person12); "
-        "no match -> file stem",
+        metavar="NAME|REGEX",
+        help="how a PNG/JPEG file gets its patient id: a pattern name ("
+        + "; ".join(f"{k}: {v.example}" for k, v in PATIENT_PATTERNS.items())
+        + "; stem: one image per patient), or a REGEX whose first group is the id (searched in the "
+        "path when it holds '/', else in the file name). Default: the named pattern that matches "
+        "the most names; a warning when under 90%% match; a REGEX that matches no name stops with exit 2",
     )
     add_policy_options(
         p,
@@ -138,16 +141,19 @@ def _print_summary(outcome: api.IngestOutcome, out: str) -> None:
         lines.append(f"  folders not entered twice (symlink loops): {len(result.skipped_dirs)}")
     rule = result.patient_id_rule
     pid = []
-    if rule["from_pattern"] or rule["from_file_stem"]:
-        which = "default Kermany pattern" if rule["default_pattern"] else f"pattern {rule['pattern']}"
+    if rule.get("raster_images"):
+        name = rule["pattern_name"] or f"pattern {rule['pattern']}"
+        which = {"given": f"{name}, given", "detected": f"{name}, detected"}.get(rule["chosen"], "no pattern matched")
         pid.append(f"PNG/JPEG from file name ({which}) {rule['from_pattern']}, file stem {rule['from_file_stem']}")
-    if rule["from_dicom"] or rule["from_study_uid"] or rule["from_sop_uid"]:
+    if rule.get("from_dicom") or rule.get("from_study_uid") or rule.get("from_sop_uid"):
         pid.append(
             f"DICOM (0010,0020) {rule['from_dicom']}, no Patient ID -> study UID {rule['from_study_uid']}, "
             f"-> SOP UID {rule['from_sop_uid']}"
         )
     if pid:
         lines.append("  patient ids: " + "; ".join(pid))
+    if rule.get("warning"):
+        lines.append(f"  WARNING: patient ids: {rule['warning']}")
     lab = record["labels"]
     if lab["source"] is None:
         lines.append("  labels: none (no --labels / --labels-from-folders)")
@@ -171,8 +177,6 @@ def _print_summary(outcome: api.IngestOutcome, out: str) -> None:
         f"  classes: {','.join(cls) if cls else '-'}; positive class: "
         f"{record['positive_class'] or 'not set (give --positive-class)'}"
     )
-    if not c["accepted"]:
-        lines.append("  WARNING: no image was accepted; see rejected.csv for the reasons")
     written = (
         ["manifest.csv", "rejected.csv"] + (["unmatched_labels.csv"] if report is not None else []) + ["ingest.json"]
     )

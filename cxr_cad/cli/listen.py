@@ -10,7 +10,6 @@ from pathlib import Path
 from cxr_cad import api
 from cxr_cad.cli.options import add_policy_options, policy_from
 from cxr_cad.errors import ConfigError
-from cxr_cad.pacs.scp import parse_forward
 
 DESCRIPTION = """\
 Run a DICOM storage node (C-STORE SCP, pynetdicom) that scores each radiograph as it
@@ -23,11 +22,13 @@ not parse are answered 0xC210. Research use only: results are not for diagnostic
 Stops cleanly on SIGTERM or Ctrl-C: no new associations, queued instances are scored, the
 CSVs written. Restarting with the same --out scores what was received but not yet scored.
 
-Exit codes: 0 stopped cleanly; 1 bad model bundle, port in use or another failure;
-2 bad arguments."""
+Exit codes: 0 stopped cleanly; 2 bad arguments, a missing model, an --out that cannot be
+created or written; 1 a corrupt model bundle, port in use or another failure."""
 
 
 def _forward(text: str) -> tuple[str, str, int]:
+    from cxr_cad.pacs.scp import parse_forward  # pynetdicom: only when --forward is given
+
     try:
         return parse_forward(text)
     except ConfigError as exc:
@@ -48,7 +49,9 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt)")
+    p.add_argument(
+        "--model", required=True, metavar="BUNDLE", help="model bundle (.pt), or the run folder holding model.pt"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="journal, received instances, CSVs, DICOM results")
     p.add_argument("--aet", default="CXRCAD", help="this node's AE title (default CXRCAD)")
     p.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")

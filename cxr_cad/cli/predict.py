@@ -31,8 +31,11 @@ Rerunning the same command with the same --out resumes an interrupted run. Under
 `torchrun --nproc_per_node N -m cxr_cad predict ...` each process scores a shard and
 rank 0 writes the merged CSVs.
 
-Exit codes: 0 done; 1 bad model bundle, unwritable --out or another failure;
-2 bad arguments, missing sources, or --out holding a different run."""
+--model may be the run folder of `cxr-cad train` (its model.pt is used, and logged).
+
+Exit codes: 0 done; 2 bad arguments, missing sources or model, an --out that cannot be
+created or written, or --out holding a different run; 1 a corrupt model bundle, a full disk
+or another failure of the run."""
 
 
 def register(subparsers) -> None:
@@ -43,7 +46,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder (recursive), manifest .csv, or image file")
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle (.pt) from cxr-cad train")
+    p.add_argument(
+        "--model", required=True, metavar="BUNDLE", help="model bundle (.pt) from cxr-cad train, or its run folder"
+    )
     p.add_argument(
         "--out",
         required=True,

@@ -18,9 +18,19 @@ cross-validation's oof_predictions.csv with a `fold` column). The report folder 
 report.html (self-contained), report.pdf, metrics.json, predictions.csv (no patient ids
 unless --include-identifiers) and the figures as PNG files.
 
-The decision threshold is --threshold, else the --model bundle's, else the predictions'
-`threshold` column; the cohort's Youden threshold is always reported too (labelled as
-optimistic). Grad-CAM needs the model and the images: it is drawn when --model is given
+The positive class is the --model bundle's, else the --cv-metrics summary's, else what the
+table's columns record (a positive_class column; y_true beside label; decision beside
+probability and threshold), else --positive-class. The decision threshold is --threshold,
+else the --model bundle's, else the predictions' `threshold` column; the cohort's Youden
+threshold is always reported too (labelled as optimistic). The model is the --model bundle,
+else the one the table's model_sha256 column names; shift_score gives the cohort-shift
+section and metadata columns (view, sex, age, manufacturer) the subgroups. The cohort is
+named by --cohort-name, else by the folder holding the images (the `path` column).
+
+The table is checked first: an empty label, a probability that is empty, not a number, not
+finite or outside [0, 1], one class only or fewer than two evaluable rows is refused (exit 2,
+every problem listed); --allow-partial writes a report anyway, counting such rows as not
+evaluated. Grad-CAM needs the model and the images: it is drawn when --model is given
 and the predictions' `path` column points at readable files, and skipped with a note
 otherwise.
 
@@ -167,6 +177,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--compare-name", default=None, help="name of the other model (default: its file name)")
     p.add_argument("--threshold-method", default=None, help="how --threshold was chosen (shown in Methods)")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="write a report even when rows lack a label or a finite probability, or one class or one "
+        "row remains (a deliberate partial report; such rows are counted as not evaluated)",
+    )
     add_report_options(p)
     p.set_defaults(func=run)
 
@@ -198,9 +214,10 @@ def run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             threshold_method=args.threshold_method or ("given on the command line" if threshold_given else None),
             threshold_source="command line" if threshold_given else None,
+            allow_partial=args.allow_partial,
             cohort_info=api.cohort_info(
                 args.cohort_name,
-                default_name=predictions.parent.name or predictions.stem,
+                default_name="",  # report_cohort names it after the folder holding the images
                 info=args.cohort_info,
                 manifest=args.manifest,
                 date=args.cohort_date,

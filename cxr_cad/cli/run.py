@@ -1,4 +1,4 @@
-"""``cxr-cad run WORKFLOW.yaml``: run a workflow's steps in one run folder."""
+"""``cxr-cad run WORKFLOW.yaml|NAME``: run a workflow's steps in one run folder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import sys
 from pathlib import Path
 
-from cxr_cad.workflow.pipeline import planned_steps, run_workflow
-from cxr_cad.workflow.schema import load_workflow
+from cxr_cad.cli.options import check_out_dir
+from cxr_cad.errors import UsageError
+from cxr_cad.workflow.schema import find_workflow, load_workflow, shipped_workflows
 
 DESCRIPTION = """\
 Run the steps a workflow file names (ingest -> split -> crossval -> train -> evaluate ->
@@ -19,35 +20,35 @@ Each step records its resolved config and the hashes of its inputs in RUN_DIR/<s
 Running the same command again skips the steps whose config and inputs are unchanged and
 resumes a step that was interrupted (training resumes after its last finished epoch).
 
-Workflows shipped with cxr_cad (folder workflows/ of the source tree):
-  chandola2021_pneumonia.yaml  the study protocol: 5-fold patient-grouped CV + final model + test cohort
-  batch_evaluate.yaml          score a DICOM folder with an existing model bundle and report
-  retrain_new_cohort.yaml      fine-tune a bundle on a new cohort; compare old vs new (paired DeLong)"""
+WORKFLOW is a workflow file, or the name of a workflow shipped with cxr_cad:
+{shipped}"""
 
 EPILOG = """\
 examples:
-  cxr-cad run workflows/chandola2021_pneumonia.yaml --set data.train=/data/chest_xray/train \\
+  cxr-cad run chandola2021_pneumonia --set data.train=/data/chest_xray/train \\
       --set data.test=/data/chest_xray/test --out runs/chandola
-  cxr-cad run workflows/chandola2021_pneumonia.yaml --set data.train=DIR --set model.init=none \\
+  cxr-cad run chandola2021_pneumonia --set data.train=DIR --set model.init=none \\
       --set train.epochs=3
   cxr-cad run workflows/batch_evaluate.yaml --set data.test=/pacs/export \\
       --set data.test_labels=labels.csv --set model.bundle=model.pt --out runs/site_a
   cxr-cad run WORKFLOW.yaml --check      # validate and show the plan, run nothing
 
 --set KEY=VALUE takes a dotted key and a YAML value (train.epochs=3, data.classes=[NORMAL,PNEUMONIA],
-data.test=null). Exit codes: 0 done; 2 invalid workflow or options; 1 a step failed (rerun the
-same command to resume)."""
+data.test=null); an unknown key is named with the closest valid one. Exit codes: 0 done;
+2 invalid workflow, options or --out; 1 a step failed (rerun the same command to resume)."""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
         help="run a workflow file (ingest, cross-validation, training, evaluation, report) in one run folder",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(shipped=_shipped_lines()),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("workflow", metavar="WORKFLOW.yaml", help="workflow file")
+    p.add_argument(
+        "workflow", metavar="WORKFLOW", help="workflow .yaml file, or the name of a shipped workflow (listed above)"
+    )
     p.add_argument(
         "--set",
         dest="sets",
@@ -59,6 +60,21 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<workflow name>)")
     p.add_argument("--check", action="store_true", help="validate the workflow and print the plan; run nothing")
     p.set_defaults(func=run_command)
+
+
+def _shipped_lines() -> str:
+    """One line per shipped workflow: name, description, file."""
+    import yaml
+
+    lines = []
+    for name, path in shipped_workflows().items():
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            about = " ".join(str(doc.get("description") or "").split())
+        except (OSError, yaml.YAMLError):
+            about = ""
+        lines.append(f"  {name:<24} {about[:100]}{'...' if len(about) > 100 else ''}\n  {'':<24} ({path})")
+    return "\n".join(lines) or "  (none found beside this installation)"
 
 
 def _fmt(x) -> str:
@@ -112,14 +128,23 @@ def print_result(result) -> None:
 
 
 def run_command(args) -> int:
-    wf = load_workflow(args.workflow, args.sets)
+    path = find_workflow(args.workflow)
+    wf = load_workflow(path, args.sets)
     out = Path(args.out) if args.out else Path("runs") / wf["name"]
+    if not args.out:  # the default folder is checked here; a given --out was checked before
+        problem = check_out_dir(str(out), "--out (default runs/<workflow name>)")
+        if problem:
+            raise UsageError(problem)
     if args.check:
+        from cxr_cad.workflow.pipeline import planned_steps
+
         steps, notes = planned_steps(wf)
         for note in notes:
             print(f"note: {note}")
-        print(f"{args.workflow}: valid; would run {', '.join(steps)} in {out.absolute()}")
+        print(f"{path}: valid; would run {', '.join(steps)} in {out.absolute()}")
         return 0
+    from cxr_cad.workflow.pipeline import run_workflow  # the steps and their engines
+
     result = run_workflow(wf, out, on_step=lambda o: print(f"step {o.name}: {o.status}", file=sys.stderr))
     print_result(result)
     return 0

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from cxr_cad import api
 from cxr_cad.cli.train_options import add_train_flags, overrides_from
+from cxr_cad.errors import ConfigError
 from cxr_cad.tracking import add_track_option, log_training_run, track_run
+
+if TYPE_CHECKING:
+    from cxr_cad.config import TrainConfig
 
 
 def register(subparsers) -> None:
@@ -32,8 +38,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def train_config(config: str | None, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The training config of ``--config`` and the flags; an unknown key of the config file is
+    reported with the closest valid one (``epoch: unknown key ...; did you mean epochs?``)."""
+    from cxr_cad.config import TrainConfig
+    from cxr_cad.workflow.schema import suggest_keys
+
+    try:
+        return api.as_config(config, overrides)
+    except ConfigError as exc:
+        raise ConfigError(suggest_keys(exc.problems, TrainConfig), exc.source) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = api.as_config(args.config, overrides_from(args, "train"))
+    cfg = train_config(args.config, overrides_from(args, "train"))
     with track_run(args.track, "train", cfg.to_dict()) as tracker:  # --track mlflow (docs/export.md)
         result = api.run_training(args.manifest, cfg, args.out, callbacks=[tracker.epoch_callback()])
         log_training_run(tracker, args.out)

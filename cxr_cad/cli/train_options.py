@@ -176,6 +176,15 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("workers", "runtime.workers", "runtime", "DataLoader decode processes [2]", "DataLoader decode processes"),
     Flag("compile", "runtime.compile", "runtime", "torch.compile the model"),
+    Flag(
+        "force",
+        "force",
+        "guards",
+        "keep a model the guards refuse: a cohort too small to select a model or a threshold, a run whose "
+        "loss is not finite or whose validation AUC never beats chance, a parent bundle (--init) with other "
+        "input settings; recorded in the bundle and its model card (docs/train.md#guards)",
+        "as for train, for every fold; the folds' sizes are checked before any fold trains",
+    ),
 )
 
 
@@ -222,7 +231,7 @@ def _keywords(flag: Flag, help_text: str) -> dict[str, Any]:
 
 def add_train_flags(parser: argparse.ArgumentParser, command: Literal["train", "crossval"], *, title: str = "") -> None:
     """The training flags of ``command``: for ``train`` in their groups (model, optimisation,
-    data and threshold, runtime), for ``crossval`` in one group called ``title``."""
+    data and threshold, runtime, guards), for ``crossval`` in one group called ``title``."""
     groups: dict[str, Any] = {}
     for flag in TRAIN_FLAGS:
         help_text = flag.help if command == "train" else flag.crossval

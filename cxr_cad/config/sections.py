@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -23,12 +24,31 @@ __all__ = [
     "ARCH_NAMES",
     "DEFAULT_ARCH",
     "arch_choices",
+    "NAME_RE",
+    "name_problem",
 ]
 
 
 def arch_choices() -> tuple[str, ...]:
     """Names ``model.arch`` accepts (:data:`~cxr_cad.config.choices.ARCH_NAMES`, the default first)."""
     return ARCH_NAMES
+
+
+#: The characters a class, finding or cohort name may hold (docs/report.md#names): a letter, digit
+#: or underscore first, then letters, digits, space and _ - . ( ) + / , : ' % #; at most 64
+#: characters. No markup (< > & "), no formula lead (= + - @ first), no control characters.
+NAME_RE = re.compile(r"\w[\w .()+/,:'%#-]{0,63}")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is not a valid class/finding/cohort name (see :data:`NAME_RE`), or None."""
+    text = str(name)
+    if NAME_RE.fullmatch(text) and text == text.strip():
+        return None
+    return (
+        f"{text[:80]!r} is not a valid name: use at most 64 letters, digits, spaces and _ - . ( ) + / , : ' % #, "
+        "starting with a letter, digit or underscore"
+    )
 
 
 class DataConfig(ConfigModel):
@@ -57,6 +77,9 @@ class DataConfig(ConfigModel):
     def _distinct(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(classes)) != len(classes):
             raise problem("class names must be distinct")
+        bad = [p for p in map(name_problem, classes) if p]
+        if bad:
+            raise problem("; ".join(bad))
         return classes
 
     @field_validator("positive_class")
@@ -143,21 +166,32 @@ class ScheduleConfig(ConfigModel):
 
 
 class EarlyStoppingConfig(ConfigModel):
-    """Stop when validation AUC has not improved by more than ``min_delta`` for ``patience``
-    epochs (0 = never stop early). The best epoch's weights are kept either way."""
+    """Which epoch is kept, and when to stop. ``criterion``: ``auc_then_loss`` (the default)
+    keeps the epoch with the highest validation AUC and, among epochs whose AUC is as high
+    (a saturated AUC of 1.0 on a small split), the one with the lowest validation loss;
+    ``loss`` keeps the lowest validation loss (cxr_cad.training.guards.selection_better).
+    Stop when no epoch has become the best for ``patience`` epochs (0 = never stop early);
+    ``min_delta``: how much the AUC must rise (``auc_then_loss``) or the loss fall (``loss``)
+    to count. The best epoch's weights are kept either way (docs/train.md)."""
 
+    criterion: Literal["auc_then_loss", "loss"] = "auc_then_loss"
     patience: Int = Field(default=5, ge=0)
     min_delta: Float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class ThresholdConfig(ConfigModel):
     """How the decision threshold is chosen on validation data: ``youden`` (max sensitivity +
-    specificity - 1), ``sensitivity`` (highest threshold reaching ``target_sensitivity``) or
-    ``fixed`` (``value``; also used when there is no validation data)."""
+    specificity - 1), ``sensitivity`` (highest threshold reaching ``target_sensitivity``),
+    ``calibrated`` (``calibration``: Platt or temperature scaling fitted on the validation
+    predictions, stored in the bundle and applied by predict; then ``cutoff`` on the calibrated
+    probability) or ``fixed`` (``value``; also used when there is no validation data).
+    docs/adaptation.md#threshold-policies."""
 
-    method: Literal["youden", "sensitivity", "fixed"] = "youden"
+    method: Literal["youden", "sensitivity", "calibrated", "fixed"] = "youden"
     target_sensitivity: Float = Field(default=0.9, gt=0.0, le=1.0)
     value: Float = Field(default=0.5, ge=0.0, le=1.0)
+    calibration: Literal["platt", "temperature"] = "platt"
+    cutoff: Float = Field(default=0.5, gt=0.0, lt=1.0)
 
 
 class RuntimeConfig(ConfigModel):

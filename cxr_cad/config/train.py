@@ -107,7 +107,9 @@ def recipe_defaults(d: Mapping[str, Any]) -> dict:
 
 #: Dotted keys that may change between an interrupted run and its resumption
 #: (they change speed or storage, not the numbers).
-RESUME_FREE_KEYS = frozenset({"runtime.workers", "data.cache_dir"})
+#: ``force`` changes whether a refused run may finish, not its numbers: rerun a refused run
+#: folder with ``--force`` to finish it.
+RESUME_FREE_KEYS = frozenset({"runtime.workers", "data.cache_dir", "force"})
 
 
 def _mapping_or_empty(value: Any) -> Any:
@@ -123,7 +125,10 @@ class TrainConfig(ConfigModel):
 
     ``augment`` holds keyword arguments for :class:`cxr_cad.transforms.AugmentSpec`
     (empty = its defaults); they are checked when training starts (this module imports
-    neither torch nor MONAI).
+    neither torch nor MONAI). ``force`` (``--force``): keep a model the guards of
+    :mod:`cxr_cad.training.guards` would refuse (a cohort too small to select a model or a
+    threshold, a run that diverged or never beat chance, a parent bundle with other input
+    settings); what was forced is recorded in the bundle and its model card.
     """
 
     epochs: Int = Field(default=20, ge=1, le=10000)
@@ -137,6 +142,7 @@ class TrainConfig(ConfigModel):
     threshold: Annotated[ThresholdConfig, _Empty] = section_default(ThresholdConfig)
     runtime: Annotated[RuntimeConfig, _Empty] = section_default(RuntimeConfig)
     augment: Annotated[dict[str, Any], _Empty] = Field(default_factory=dict)
+    force: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None, prefix: str = "") -> TrainConfig:
@@ -177,7 +183,12 @@ class TrainConfig(ConfigModel):
 
 
 #: Settings added after run folders were first written -> the value they had implicitly.
-_ADDED_KEYS: dict[str, Any] = {"model.arch": DEFAULT_ARCH}
+_ADDED_KEYS: dict[str, Any] = {
+    "model.arch": DEFAULT_ARCH,
+    "threshold.calibration": "platt",
+    "threshold.cutoff": 0.5,
+    "early_stopping.criterion": "auc_then_loss",
+}
 
 
 def apply_overrides(d: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict:

@@ -35,6 +35,7 @@ META_KEYS: tuple[str, ...] = (
     "manufacturer",
     "patient_sex",
     "patient_age",
+    "accession_number",  # (0008,0050): an identifier, a label key; never in reports
 )
 
 #: Every column ``cxr-cad ingest`` writes, in this order: the reader's keys with ``label`` after the

@@ -53,8 +53,8 @@ from cxr_cad.crossvalidation.folds import (
 from cxr_cad.errors import ManifestError, OutputError
 from cxr_cad.manifest import manifest_hash, patient_folds, write_table
 from cxr_cad.metrics import UndefinedMetricWarning, crossval_summary, jsonable, roc_table
-from cxr_cad.training import rundir
-from cxr_cad.training.data import label_indices
+from cxr_cad.training import guards, rundir
+from cxr_cad.training.data import label_indices, split_train_val
 from cxr_cad.training.trainer import train_model
 
 __all__ = [
@@ -139,8 +139,36 @@ def _cohort(manifest_df: pd.DataFrame, cfg: TrainConfig, n_folds: int) -> _Cohor
     return _Cohort(df, labels, folds, check)
 
 
-def _start(out_dir: Path, cohort: _Cohort, cfg: TrainConfig, n_folds: int) -> None:
-    """Check a rerun may resume ``out_dir``, create it, write ``folds.csv`` and ``crossval.json``."""
+def _fold_guard(cohort: _Cohort, fold_cfg: TrainConfig, n_folds: int) -> None:
+    """Every fold's training rows, split again by patient, must be big enough to select a model
+    and a threshold (:func:`cxr_cad.training.guards.cohort_problems`), checked for all folds
+    before the first one trains: ManifestError (exit 2) listing each short fold, unless ``force``."""
+    data = fold_cfg.data
+    problems = []
+    for k in range(int(n_folds)):
+        rows = cohort.df[cohort.folds != k].drop(columns=["row"]).reset_index(drop=True)
+        try:
+            train_df, val_df, how = split_train_val(rows, data, seed=fold_cfg.seed)
+        except ManifestError as exc:
+            problems += [f"fold {k}: {p}" for p in exc.problems]
+            continue
+        found = guards.cohort_problems(
+            train_df, val_df, classes=data.classes, label_col=data.label_col, group_col=data.group_col, how=how
+        )
+        problems += [f"fold {k} ({len(rows)} images outside it): {p}" for p in found]
+    if not problems:
+        return
+    if not fold_cfg.force:
+        raise ManifestError(
+            [*problems, f"use fewer folds (--folds), a larger --val-fraction or more patients; {guards.FORCE_HINT}"]
+        )
+    for p in problems:
+        log.warning("forced: %s", p)
+
+
+def _start(out_dir: Path, cohort: _Cohort, cfg: TrainConfig, n_folds: int, fold_cfg: TrainConfig) -> None:
+    """Check a rerun may resume ``out_dir`` and every fold is big enough (:func:`_fold_guard`),
+    create it, write ``folds.csv`` and ``crossval.json``."""
     data, df = cfg.data, cohort.df
     record = {
         "n_folds": int(n_folds),
@@ -166,6 +194,7 @@ def _start(out_dir: Path, cohort: _Cohort, cfg: TrainConfig, n_folds: int) -> No
     )
     check_rerun(out_dir, record)
     check_stored_folds(out_dir, folds_table)
+    _fold_guard(cohort, fold_cfg, n_folds)  # before anything is written or trained
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -295,7 +324,9 @@ def run_crossval(
         n_bootstrap: resamples of the pooled bootstrap AUC CI.
 
     Raises:
-        ManifestError: missing/unknown labels, too few patients for K folds, unreadable images.
+        ManifestError: missing/unknown labels, too few patients for K folds, a fold whose inner
+            split is too small to select a model or a threshold (unless ``cfg.force``), unreadable images.
+        TrainingFailed: a fold's training diverged or never beat chance (unless ``cfg.force``).
         ConfigError: ``out_dir`` holds a cross-validation with other settings or data.
         OutputError, WeightsError, BundleError: as :func:`train_model`.
     """
@@ -304,9 +335,9 @@ def run_crossval(
     data = cfg.data
     out_dir = Path(out_dir).resolve()
     cohort = _cohort(manifest_df, cfg, n_folds)
-    _start(out_dir, cohort, cfg, n_folds)
     cache_dir = Path(data.cache_dir) if data.cache_dir else out_dir / "cache"
     fold_cfg = _fold_config(cfg, cache_dir)
+    _start(out_dir, cohort, cfg, n_folds, fold_cfg)
     if fold_cfg.data.val_fraction == 0:
         log.warning(
             "data.val_fraction is 0: folds train without inner validation (no early stopping; "

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from cxr_cad import runtime
+from cxr_cad.errors import BundleError
 from cxr_cad.export.backends import load_exported
+from cxr_cad.metrics.recalibration import LOGIT_EPS, Calibration
 from cxr_cad.model import fold_batchnorm as model_fold_batchnorm
 from cxr_cad.model import load_bundle
 from cxr_cad.shift.monitor import ShiftScorer
@@ -26,7 +28,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fp32Module", "ScoringModel", "fold_batchnorm", "load_model", "prepare_for_inference"]
+__all__ = [
+    "Fp32Module",
+    "ScoringModel",
+    "calibrated_probability",
+    "fold_batchnorm",
+    "load_model",
+    "model_calibration",
+    "prepare_for_inference",
+]
 
 
 class ScoringModel(Protocol):
@@ -45,6 +55,37 @@ class ScoringModel(Protocol):
     def threshold(self) -> float: ...
     @property
     def transform_spec(self) -> TransformSpec: ...
+
+
+def model_calibration(bundle: Any) -> Calibration | None:
+    """The calibration a bundle (or an exported model's ``export.json``) stores in
+    ``threshold_selection.params.calibration`` (a ``calibrated`` threshold or a ``cxr-cad adapt
+    --method recalibrate`` child), or None: a bundle without one is scored as before.
+    BundleError when the record is there but unusable."""
+    sel = getattr(bundle, "threshold_selection", None)
+    if sel is None:
+        sel = (getattr(bundle, "record", None) or {}).get("threshold_selection")
+    record = ((sel or {}).get("params") or {}).get("calibration")
+    if record is None:
+        return None
+    try:
+        return Calibration.from_dict(record)
+    except ValueError as exc:
+        raise BundleError(f"{getattr(bundle, 'path', 'the model')}: {exc}") from exc
+
+
+def calibrated_probability(logits: torch.Tensor, positive_index: int, calibration: Calibration | None) -> torch.Tensor:
+    """Positive-class probability ``(N,)`` of ``(N, K)`` logits: the float32 softmax column,
+    or with a calibration ``sigmoid(a * s + b)`` of the positive-class log-odds ``s`` computed
+    from the float32 softmax probability and clipped exactly as :func:`cxr_cad.metrics.log_odds`
+    (so it is the same function of the probability the calibration was fitted on), in float64."""
+    p = torch.softmax(logits.float(), dim=1)[:, positive_index]
+    if calibration is None:  # exactly as before calibrations existed
+        return p
+    p = p.double()  # the float32 probability, as the calibration was fitted on
+    q = p.clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
+    s = torch.log(q) - torch.log1p(-q)
+    return torch.sigmoid(calibration.a * s + calibration.b)
 
 
 #: The forward of the inference model: a batch (N, C, S, S) -> logits (N, K).

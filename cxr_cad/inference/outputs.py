@@ -192,7 +192,12 @@ def _csv_text(columns: Sequence[str], rows: Iterable[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow(
+            {
+                k: f"'{v}" if k in ("decision", "label") and str(v)[:1] in ("=", "+", "-", "@") else v
+                for k, v in row.items()
+            }
+        )  # no spreadsheet formulas (docs/report.md#names)
     return buf.getvalue()
 
 

@@ -54,7 +54,15 @@ from cxr_cad.inference.inputs import (
     collect_inputs,
     inputs_fingerprint,
 )
-from cxr_cad.inference.model import Forward, Fp32Module, ScoringModel, load_model, prepare_for_inference
+from cxr_cad.inference.model import (
+    Forward,
+    Fp32Module,
+    ScoringModel,
+    calibrated_probability,
+    load_model,
+    model_calibration,
+    prepare_for_inference,
+)
 from cxr_cad.inference.model import fold_batchnorm as fold_batchnorm
 from cxr_cad.inference.outputs import (
     PREDICTIONS,
@@ -70,6 +78,7 @@ from cxr_cad.inference.result import PredictResult
 from cxr_cad.shift.monitor import SHIFT_FILE, cohort_shift
 
 if TYPE_CHECKING:
+    from cxr_cad.metrics.recalibration import Calibration
     from cxr_cad.shift.monitor import ShiftScorer
     from cxr_cad.transforms import TransformSpec
 
@@ -121,6 +130,7 @@ class _Scoring:
     labels: dict[int, str]
     paths: Sequence[str]
     shift: ShiftScorer | None = None
+    calibration: Calibration | None = None  # the bundle's; applied to every probability
 
     def records(self, batch: Batch) -> list[dict[str, Any]]:
         """Journal records of one batch: a prediction per accepted image, then the rejections."""
@@ -129,7 +139,7 @@ class _Scoring:
             x = runtime.to_device(batch["images"], self.info)
             with runtime.autocast(self.info):
                 logits = self.forward(x)
-            probs = torch.softmax(logits.float(), dim=1)[:, self.positive_index].cpu().tolist()
+            probs = calibrated_probability(logits.float(), self.positive_index, self.calibration).cpu().tolist()
             shift_cols = self.shift.columns(len(probs)) if self.shift is not None else [{}] * len(probs)
             for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
                 records.append(self._prediction(rec, p, cols))
@@ -274,6 +284,7 @@ def predict(
     created = runtime.init_distributed(info)
     try:
         bundle, model, shift = load_model(model_path, info, options.compile, options.backend)
+        calibration = model_calibration(bundle)
         spec = bundle.transform_spec
         policy = dataclasses.replace(options.policy or AcceptPolicy(), apply_voi=spec.apply_voi)
         threshold = float(bundle.threshold if options.threshold is None else options.threshold)
@@ -288,6 +299,7 @@ def predict(
             labels={x.index: x.label for x in plan.inputs if x.label},
             paths=[x.path for x in plan.inputs],
             shift=shift,
+            calibration=calibration,
         )
         with Journal(out, info.rank) as journal:
             total = sum(len(b) for b in plan.batches)
@@ -307,6 +319,7 @@ def predict(
             model_sha256=bundle.sha256,
             threshold=threshold,
             runtime={**info.to_dict(), "backend": options.backend},
+            calibration=None if calibration is None else calibration.to_dict(),
         )
         if info.is_main:
             _finish(result, out, plan.has_labels, scoring.names[0], shift.summary)

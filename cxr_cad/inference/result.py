@@ -28,6 +28,7 @@ class PredictResult:
     threshold: float
     runtime: dict = field(default_factory=dict)
     shift: dict | None = None  # cohort shift result (cxr_cad.shift.monitor.cohort_shift); None: no summary
+    calibration: dict | None = None  # the bundle's calibration applied to the probabilities; None: raw softmax
 
     @property
     def images_per_s(self) -> float:

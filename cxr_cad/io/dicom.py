@@ -344,6 +344,7 @@ def header_meta(ds: Dataset, path: Path) -> dict:
         "manufacturer": text("Manufacturer"),
         "patient_sex": sex if sex in ("M", "F", "O") else "",
         "patient_age": text("PatientAge").upper(),
+        "accession_number": text("AccessionNumber"),  # an identifier: a label key, never reported
     }
 
 

@@ -116,6 +116,7 @@ def _meta(image: Image.Image, path: Path, fmt: str, max_image_bytes: int | None 
         "manufacturer": "",
         "patient_sex": "",
         "patient_age": "",
+        "accession_number": "",
     }
 
 

@@ -16,7 +16,9 @@ from cxr_cad.manifest.schema import _text
 log = logging.getLogger(__name__)
 
 #: Key columns a labels CSV may be joined on, most specific first (auto-detection order).
-LABEL_KEYS: tuple[str, ...] = ("sop_instance_uid", "study_instance_uid", "patient_id", "path")
+#: ``accession_number`` is (0008,0050) of DICOM files (one per study at most sites); PNG/JPEG
+#: images have none.
+LABEL_KEYS: tuple[str, ...] = ("sop_instance_uid", "study_instance_uid", "accession_number", "patient_id", "path")
 
 
 @dataclass
@@ -210,6 +212,24 @@ def _matched_labels(
     return new, matched_label_rows, why
 
 
+_KEY_TAGS = {
+    "sop_instance_uid": "(0008,0018) SOP Instance UID",
+    "study_instance_uid": "(0020,000D) Study Instance UID",
+    "accession_number": "(0008,0050) Accession Number",
+    "patient_id": "(0010,0020) Patient ID",
+}
+
+
+def _empty_key_problem(key: str, n: int) -> str:
+    """Why no label can match: the manifest's key column is empty in every row."""
+    tag = _KEY_TAGS.get(key, key)
+    return (
+        f"none of the {n} images has a {key} ({tag}) to join the labels on: PNG/JPEG images have none, "
+        f"the DICOM headers leave it empty, or the manifest was written before ingest read it (run "
+        f"`cxr-cad ingest` again); key the labels CSV by another column: {', '.join(k for k in LABEL_KEYS if k != key)}"
+    )
+
+
 def join_labels(
     manifest: pd.DataFrame,
     labels: pd.DataFrame | str | os.PathLike,
@@ -242,6 +262,8 @@ def join_labels(
     table, key, detected = read_labels(labels, key=key, label_column=label_column, classes=classes)
     if key not in manifest.columns:
         raise ManifestError([f"the manifest has no {key!r} column to join labels on"])
+    if key != "path" and len(manifest) and not (_text(manifest[key]) != "").any():
+        raise ManifestError([_empty_key_problem(key, len(manifest))])
     out = manifest.copy()
     new, matched_label_rows, why = _matched_labels(out, table, key, base_dir)
     out["label"] = new

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import re
 import sys
 import threading
 import time
@@ -23,7 +22,6 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pandas as pd
@@ -32,9 +30,17 @@ from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.core.progress import progress
 from cxr_cad.core.provenance import sha256_file
 from cxr_cad.core.workers import default_workers
-from cxr_cad.errors import ConfigError, Reason, RejectedFile
+from cxr_cad.errors import Reason, RejectedFile
 from cxr_cad.io.age import age_in_years
 from cxr_cad.io.policy import AcceptPolicy
+from cxr_cad.manifest.patients import (
+    KERMANY_PATTERN,
+    RASTER_SUFFIXES,
+    PatientPattern,
+    assign_patient_ids,
+    check_given_pattern,
+    resolve_patient_pattern,
+)
 from cxr_cad.manifest.schema import MANIFEST_COLUMNS, normalise_manifest
 from cxr_cad.manifest.walk import iter_files, walk_sources  # noqa: F401 - iter_files re-exported (public API)
 
@@ -43,10 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Patient id from a Kermany-style file name (first group): ``IM-0115-0001.jpeg`` -> ``IM-0115``,
-#: ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``, ``person1000_bacteria_2931.jpeg`` ->
-#: ``person1000``. Names it does not match fall back to the file stem (one patient per image).
-DEFAULT_PATIENT_ID_PATTERN = r"^((?:[A-Za-z]+\d*-)?IM-\d+|person\d+)(?=[-_.])"
+#: The Kermany pattern (kept under its old name; ingest now detects the collection's pattern,
+#: :mod:`cxr_cad.manifest.patients`).
+DEFAULT_PATIENT_ID_PATTERN = KERMANY_PATTERN
 _MIN_FILES_FOR_POOL = 200
 
 
@@ -60,9 +65,12 @@ class ScanResult:
         rejected: one row per file not accepted: ``path``, ``reason`` (a
             :class:`~cxr_cad.errors.Reason` code), ``detail`` (a sentence), sorted by path.
         n_files: files considered (= accepted + rejected rows).
-        patient_id_rule: how patient ids were obtained: ``pattern`` and counts ``from_pattern``,
+        patient_id_rule: how patient ids were obtained: ``pattern``, ``pattern_name``,
+            ``chosen``, ``default_pattern`` (True when none was given), counts ``from_pattern``,
             ``from_file_stem`` (PNG/JPEG), ``from_dicom`` ((0010,0020) Patient ID),
-            ``from_study_uid`` (DICOM without Patient ID: grouped by study), ``from_sop_uid``.
+            ``from_study_uid`` (DICOM without Patient ID: grouped by study), ``from_sop_uid``;
+            ``shipped_pattern_matches`` and ``warning`` (see
+            :func:`~cxr_cad.manifest.patients.assign_patient_ids`).
         skipped_dirs: folders not entered again (symlink loops or a second link to a folder).
         seconds: wall time of the scan.
         workers: processes used (1 = in this process).
@@ -81,39 +89,11 @@ class ScanResult:
         return {str(k): int(v) for k, v in self.rejected["reason"].value_counts().items()}
 
 
-def compile_patient_id_pattern(pattern: str | None) -> re.Pattern:
-    """Compile a ``--patient-id-pattern`` (None = :data:`DEFAULT_PATIENT_ID_PATTERN`).
-
-    Raises ConfigError when it is not a valid regular expression, or has no capture group:
-    without one, the whole match would be the id, and a pattern such as ``P`` gives every
-    file the same patient id (merging patients across folds)."""
-    try:
-        compiled = re.compile(DEFAULT_PATIENT_ID_PATTERN if pattern is None else pattern)
-    except re.error as exc:
-        raise ConfigError(f"--patient-id-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
-    if compiled.groups < 1:
-        raise ConfigError(
-            f"--patient-id-pattern {pattern!r} has no capture group; put the part of the file "
-            r"name that is the patient id in parentheses, e.g. '^(P\d+)-'"
-        )
-    return compiled
-
-
-def patient_id_from_name(name: str, pattern: re.Pattern) -> tuple[str, bool]:
-    """Patient id from a file name: the pattern's first group, searched in the name with
-    extension; else the file stem.
-
-    Returns ``(patient_id, matched)``."""
-    m = pattern.search(name)
-    if m:
-        pid = m.group(1)
-        if pid:
-            return pid, True
-    return Path(name).stem or name, False
-
-
-def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixels: bool = False) -> dict:
+def scan_file(path: str, policy: AcceptPolicy, verify_pixels: bool = False) -> dict:
     """Scan one file; never raises for a bad file.
+
+    PNG/JPEG rows get their patient id later, from the whole cohort's names
+    (:func:`~cxr_cad.manifest.patients.assign_patient_ids`; ``pid_source`` ``"raster"``).
 
     Returns ``{"status": "accepted", "row": {...}, "pid_source": str}`` or
     ``{"status": "rejected", "row": {"path", "reason", "detail"}}``."""
@@ -152,9 +132,8 @@ def scan_file(path: str, policy: AcceptPolicy, pattern: re.Pattern, verify_pixel
     fmt = str(meta.get("format") or "")
     if fmt in ("png", "jpeg"):
         row["sop_instance_uid"] = f"sha256:{digest}"
-        pid, matched = patient_id_from_name(os.path.basename(path), pattern)
-        row["patient_id"] = pid
-        source = "from_pattern" if matched else "from_file_stem"
+        row["patient_id"] = ""
+        source = "raster"
     else:
         pid = str(meta.get("patient_id") or "").strip()
         source = "from_dicom"
@@ -270,21 +249,21 @@ def _scan_all(tasks: list[tuple], n_workers: int) -> list[dict]:
     return results
 
 
-def _patient_id_rule(pattern: re.Pattern[str], default: bool, results: list[dict], kept: set[str]) -> dict[str, Any]:
-    """:attr:`ScanResult.patient_id_rule`: the pattern and how many kept rows got their id each way."""
-    rule: dict[str, Any] = {
-        "pattern": pattern.pattern,
-        "default_pattern": default,
-        "from_pattern": 0,
-        "from_file_stem": 0,
-        "from_dicom": 0,
-        "from_study_uid": 0,
-        "from_sop_uid": 0,
-    }
-    for r in results:
-        if r["status"] == "accepted" and r["row"]["path"] in kept:
-            rule[r["pid_source"]] += 1
-    return rule
+def _patient_id_rule(
+    given: PatientPattern | None, results: list[dict], keep: list[dict]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """:attr:`ScanResult.patient_id_rule` and the PNG/JPEG patient ids (``{path: id}``) of the kept rows.
+
+    PNG/JPEG ids come from the pattern given, else from the shipped pattern that matches most
+    of the kept PNG/JPEG paths (:func:`~cxr_cad.manifest.patients.assign_patient_ids`)."""
+    kept = {r["path"] for r in keep}
+    source = {r["row"]["path"]: r["pid_source"] for r in results if r["status"] == "accepted"}
+    raster = sorted(p for p in kept if source.get(p) == "raster")
+    ids, rule = assign_patient_ids(raster, given)
+    rule["default_pattern"] = given is None
+    for k in ("from_dicom", "from_study_uid", "from_sop_uid"):
+        rule[k] = sum(source.get(p) == k for p in kept)
+    return rule, dict(zip(raster, ids))
 
 
 def _mark_duplicates(accepted: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -339,8 +318,12 @@ def scan_sources(
         policy: what is accepted (modalities, lateral views); passed to ``read_header``.
         workers: processes (None = :func:`default_workers`, or 1 below 200 files; 1 = no pool,
             in this process).
-        patient_id_pattern: regex whose first group is the patient id in a PNG/JPEG file name
-            (None = :data:`DEFAULT_PATIENT_ID_PATTERN`); no match -> the file stem.
+        patient_id_pattern: how PNG/JPEG files get their patient id: a shipped pattern name
+            (:data:`~cxr_cad.manifest.patients.PATIENT_PATTERNS`: ``kermany``, ``nih``,
+            ``chexpert``, ``mimic``; or ``stem``), or a regex whose first group is the id
+            (searched in the path when it holds ``/``, else in the file name). None: the shipped
+            pattern matching the most names. No match -> the file stem; under 90 % matched ->
+            ``patient_id_rule["warning"]`` (also logged).
         verify_pixels: also decode every file (``read_image``) so ``DECODE_FAILED`` and
             ``CONSTANT_IMAGE`` are found now rather than at training time (slower).
         exclude: folders whose files are not scanned (e.g. the output folder).
@@ -351,10 +334,13 @@ def scan_sources(
     Raises:
         UsageError: a source does not exist.
         ConfigError: the pattern is not a valid regex (a UsageError too).
+        UsageError: a given pattern matches none of the PNG/JPEG names.
     """
     t0 = time.perf_counter()
-    pattern = compile_patient_id_pattern(patient_id_pattern)
+    pattern = resolve_patient_pattern(patient_id_pattern)
     files, problems, skipped = walk_sources(sources, exclude)
+    # a given pattern that matches no PNG/JPEG-named file fails now, not after a long scan
+    check_given_pattern(pattern, [f for f in files if f.lower().endswith(RASTER_SUFFIXES)])
     if workers is None:  # a pool costs ~0.1-2 s to start: not worth it for a few hundred headers
         n_workers = default_workers() if len(files) >= _MIN_FILES_FOR_POOL else 1
     else:
@@ -362,13 +348,18 @@ def scan_sources(
     n_workers = min(n_workers, max(1, len(files)))
     if len(files) < 4:
         n_workers = 1
-    results = _scan_all([(f, policy, pattern, verify_pixels) for f in files], n_workers)
+    results = _scan_all([(f, policy, verify_pixels) for f in files], n_workers)
     accepted = [r["row"] for r in results if r["status"] == "accepted"]
     rejected = [r["row"] for r in results if r["status"] == "rejected"]
     rejected += [{"path": p, "reason": reason.value, "detail": detail} for p, reason, detail in problems]
     accepted, dups = _mark_duplicates(accepted)
     rejected += dups
-    rule = _patient_id_rule(pattern, patient_id_pattern is None, results, {r["path"] for r in accepted})
+    rule, raster_ids = _patient_id_rule(pattern, results, accepted)
+    for row in accepted:
+        if row["path"] in raster_ids:
+            row["patient_id"] = raster_ids[row["path"]]
+    if rule["warning"]:
+        log.warning("patient ids: %s", rule["warning"])
     acc_df = normalise_manifest(pd.DataFrame(accepted, columns=MANIFEST_COLUMNS))
     acc_df = acc_df.sort_values("path", kind="stable").reset_index(drop=True)
     rej_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path", kind="stable")

@@ -30,6 +30,16 @@ from cxr_cad.metrics.operating import (
     youden_threshold,
 )
 from cxr_cad.metrics.proportions import likelihood_ratios, proportion, wilson_ci
+from cxr_cad.metrics.recalibration import (
+    Calibration,
+    apply_calibration,
+    calibrated_policy,
+    fit_calibration,
+    fit_platt,
+    fit_temperature,
+    log_odds,
+    sensitivity_policy,
+)
 from cxr_cad.metrics.roc import interpolate_roc, mean_roc, roc_auc, roc_curve
 from cxr_cad.metrics.subgroups import age_band, subgroup_table
 
@@ -70,4 +80,12 @@ __all__ = [
     "YoudenChoice",
     "small_class_warning",
     "youden_choice",
+    "Calibration",
+    "apply_calibration",
+    "calibrated_policy",
+    "fit_calibration",
+    "fit_platt",
+    "fit_temperature",
+    "log_odds",
+    "sensitivity_policy",
 ]

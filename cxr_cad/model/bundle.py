@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_cad.config.sections import name_problem
 from cxr_cad.config.transforms import TransformSpec
 from cxr_cad.core.atomic import atomic_write
 from cxr_cad.core.provenance import sha256_file, software_versions
@@ -294,6 +295,8 @@ def _header_problems(d: dict, spec: TransformSpec) -> list[str]:
         problems.append(f"classes must be a list of >= 2 distinct names, got {classes!r}")
     elif positive not in classes:
         problems.append(f"positive class {positive!r} is not one of the classes {classes}")
+    else:  # names end up in reports, CSV cells and DICOM text: docs/report.md#names
+        problems += [f"classes: {why}" for why in map(name_problem, classes) if why]
     problems += _arch_problems(d["arch"], spec, classes)
     thr = d["threshold"]
     if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not (math.isfinite(thr) and 0 <= thr <= 1):

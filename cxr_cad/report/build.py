@@ -139,7 +139,13 @@ def _cross_validation(
     return out
 
 
-def _comparison(ev: pd.DataFrame, comparison: Mapping[str, Any] | None, alpha: float, key: str) -> dict | None:
+def _comparison(
+    ev: pd.DataFrame, comparison: Mapping[str, Any] | None, options: ReportOptions, key: str
+) -> dict | None:
+    """Both models on the images they both scored: each AUC with the report's primary interval
+    (``options.auc_interval``, the one the summary shows), the paired DeLong test, and what the
+    caller knows of the other model (its hash, its own shift verdict, the validation kind)."""
+    alpha = options.alpha
     if not comparison:
         return None
     other = comparison["predictions"]
@@ -161,14 +167,19 @@ def _comparison(ev: pd.DataFrame, comparison: Mapping[str, Any] | None, alpha: f
     test = metrics.delong_paired_test(y, a, b, alpha=alpha)
     fa, ta, _ = metrics.roc_curve(y, a)
     fb, tb, _ = metrics.roc_curve(y, b)
+    interval = options.auc_interval
     return {
         "name_a": comparison.get("name_a", "this model"),
         "name_b": comparison.get("name", "other model"),
         "sha256_b": comparison.get("sha256"),
+        "shift_b": clinical.jsonable_shift(comparison.get("shift")),
+        "validation_a": comparison.get("validation_a"),
+        "validation_b": comparison.get("validation_b"),
         "n": int(len(joined)),
+        "auc_interval": interval,
         "paired_delong": test,
-        "auc_a_delong": metrics.delong_auc_ci(y, a, alpha=alpha),
-        "auc_b_delong": metrics.delong_auc_ci(y, b, alpha=alpha),
+        "auc_a_delong": metrics.delong_auc_ci(y, a, alpha=alpha, interval=interval),
+        "auc_b_delong": metrics.delong_auc_ci(y, b, alpha=alpha, interval=interval),
         "roc_a": {"fpr": fa.tolist(), "tpr": ta.tolist()},
         "roc_b": {"fpr": fb.tolist(), "tpr": tb.tolist()},
     }
@@ -252,7 +263,7 @@ def _numbers(
         ),
         "subgroup_threshold": "model" if threshold is not None else "youden",
         "cross_validation": cv_data,
-        "comparison": _comparison(ev, comparison, a, id_col),
+        "comparison": _comparison(ev, comparison, options, id_col),
     }
     _clinical_additions(data, ev, points, options, info=model_info)
     return data
@@ -325,7 +336,8 @@ def _clinical_additions(
         options.threshold, options.threshold_source, options.threshold_method, info
     )
     data["population"] = clinical.population(ev, options.cohort_info)
-    data["model_description"] = clinical.model_description(info) if info else None
+    # a model known only by the table's hash is not described (its architecture is unknown)
+    data["model_description"] = clinical.model_description(info) if info and not info.get("identified_by") else None
     data["patient_level"] = clinical.patient_level(
         ev, fixed, n_resamples=options.n_bootstrap, seed=options.seed, alpha=options.alpha
     )

@@ -1,5 +1,6 @@
 """The warnings a reader of a report must see: small samples, zero-width or clipped
-intervals, wide intervals, small subgroups (``metrics["warnings"]``, ``metrics["small_subgroups"]``)."""
+intervals, wide intervals, a saturated threshold, poor calibration, small subgroups
+(``metrics["warnings"]``, ``metrics["small_subgroups"]``). The rules: docs/report.md#warnings."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ __all__ = [
     "SMALL_CI_WIDTH",
     "SMALL_SUBGROUP_N",
     "SMALL_SUBGROUP_CLASS",
+    "SATURATED_LOW",
+    "SATURATED_HIGH",
+    "POOR_ECE",
+    "POOR_ECE_MIN_N",
+    "POOR_BRIER",
     "collect_warnings",
     "small_subgroups",
 ]
@@ -23,6 +29,14 @@ SMALL_CI_WIDTH = 0.2
 #: subgroups are flagged below this many images or this many of either class
 SMALL_SUBGROUP_N = 30
 SMALL_SUBGROUP_CLASS = 10
+#: a stored threshold at or beyond these calls (almost) every image one class
+SATURATED_LOW = 0.001
+SATURATED_HIGH = 0.999
+#: poor calibration: ECE above POOR_ECE with at least POOR_ECE_MIN_N images, or a Brier score above
+#: POOR_BRIER (worse than scoring every image 0.5) at any size
+POOR_ECE = 0.1
+POOR_ECE_MIN_N = 50
+POOR_BRIER = 0.25
 
 
 def _ci_warning(name: str, ci: Mapping[str, Any] | None, *, value_key: str = "value") -> str | None:
@@ -98,6 +112,36 @@ def collect_warnings(d: Mapping[str, Any]) -> list[str]:
         out.append(f"Wide confidence intervals (wider than {SMALL_CI_WIDTH}): " + ", ".join(wide) + ".")
     if n_pos == 1 or n_neg == 1:
         out.append("Only one image in a class: bootstrap intervals are degenerate.")
+    out += _threshold_and_calibration(d, n_pos + n_neg)
+    return out
+
+
+def _threshold_and_calibration(d: Mapping[str, Any], n: int) -> list[str]:
+    """A saturated stored threshold; poor calibration (docs/report.md#warnings)."""
+    out = []
+    model = next((op for op in d["operating_points"] if op["name"] == "model"), None)
+    thr = finite_or_none(model["threshold"]) if model else None
+    if thr is not None and (thr >= SATURATED_HIGH or thr <= SATURATED_LOW):
+        calls = d.get("negative_class") if thr >= SATURATED_HIGH else d.get("positive_class")
+        out.append(
+            f"Saturated threshold: the model's threshold is {thr:.4g} (at or beyond {SATURATED_LOW:g} / "
+            f"{SATURATED_HIGH:g}), so it calls almost every image {calls}; the sensitivity and specificity "
+            "at it say little. Check how the threshold was chosen (a validation set with one class, or "
+            "scores that are all 0 or 1)."
+        )
+    cal = d.get("calibration") or {}
+    ece, brier = finite_or_none(cal.get("ece")), finite_or_none(cal.get("brier_score"))
+    poor = []
+    if ece is not None and ece > POOR_ECE and n >= POOR_ECE_MIN_N:
+        poor.append(f"ECE {ece:.3f} > {POOR_ECE:g}")
+    if brier is not None and brier > POOR_BRIER:
+        poor.append(f"Brier score {brier:.3f} > {POOR_BRIER:g}, worse than scoring every image 0.5")
+    if poor:
+        out.append(
+            "Poor calibration: "
+            + "; ".join(poor)
+            + ". The scores are not probabilities of disease on this cohort; do not read them as risks."
+        )
     return out
 
 

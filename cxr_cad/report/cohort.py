@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from cxr_cad.report.view import build_document
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
 
-__all__ = ["NO_MODEL_NOTE", "ReportResult", "model_info_from_bundle", "write_report"]
+__all__ = ["NO_MODEL_NOTE", "ReportResult", "csv_cell", "model_info_from_bundle", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +93,24 @@ def _predictions_table(ev: pd.DataFrame, d: dict, include_identifiers: bool) -> 
     if include_identifiers:
         cols += [c for c in IDENTIFIER_COLUMNS if c in ev.columns]
     out = ev[cols].copy()
-    out["label"] = ev["label"]
+    out["label"] = ev["label"].map(csv_cell)
     out["probability"] = ev["score"].map(lambda v: f"{v:.6f}")
     for op in d["operating_points"]:
         name = "decision" if op["name"] == "model" else f"decision_{op['name']}"
         if op["threshold"] is not None:
-            out[name] = [pos if s >= op["threshold"] else neg for s in ev["score"]]
+            out[name] = [csv_cell(pos if s >= op["threshold"] else neg) for s in ev["score"]]
         elif "threshold" in ev.columns:  # each fold's own threshold, per row
             thr = pd.to_numeric(ev["threshold"], errors="coerce").to_numpy()
             out["threshold"] = thr
-            out[name] = [pos if s >= t else neg for s, t in zip(ev["score"], thr, strict=True)]
+            out[name] = [csv_cell(pos if s >= t else neg) for s, t in zip(ev["score"], thr, strict=True)]
     return out
+
+
+def csv_cell(value: object) -> str:
+    """A text cell that a spreadsheet will not run as a formula: one starting with = + - @ gets a
+    leading single quote (docs/report.md#names)."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def write_report(
@@ -168,13 +177,11 @@ def write_report(
         label_col=opts.label_col,
         score_col=opts.score_col,
     )
-    _remove_stale_outputs(out)
     d = build_report_data(
         ev, not_evaluated, opts, model_info=info or None, rejected=rejected_df, cv=cv, comparison=comparison
     )
     _add_shift_and_duplicates(d, shift, dup_warning)
-    images = _figures_and_gallery(d, ev, out, gradcam, opts.gradcam_note)
-    files = _write_outputs(out, d, ev, images, opts)
+    files = _write_staged(out, d, ev, gradcam, opts)
     log.info("report written to %s (%d images evaluated, AUC %s)", out, len(ev), d["auc"]["delong"]["auc"])
     return ReportResult(out_dir=out, files=files, data=d)
 
@@ -235,17 +242,60 @@ def _remove_stale_outputs(out: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+#: prefix of the folder inside the report folder where a report is written before it is moved in
+STAGING_PREFIX = ".cxr-cad-report-"
+
+
+def _write_staged(
+    out: Path, d: dict, ev: pd.DataFrame, gradcam: GradcamSource | None, options: ReportOptions
+) -> dict[str, Path]:
+    """Write every file into a staging folder inside ``out``, then move them in: a failed write
+    (full disk, unreadable figure) leaves the folder as it was, without partial files."""
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    except OSError as exc:
+        raise OutputError(f"cannot write the report into {out}: {exc.strerror or exc}") from exc
+    try:
+        images = _figures_and_gallery(d, ev, stage, gradcam, options.gradcam_note)
+        staged = _write_outputs(stage, d, ev, images, options)
+        _remove_stale_outputs(out)
+        for old in out.glob(STAGING_PREFIX + "*"):  # left by a killed earlier run
+            if old != stage:
+                shutil.rmtree(old, ignore_errors=True)
+        files = {}
+        for name, path in staged.items():
+            os.replace(path, out / path.name)
+            files[name] = out / path.name
+        return files
+    except (OutputError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OutputError(f"cannot write the report into {out}: {reason.replace(str(stage), str(out))}") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def _add_shift_and_duplicates(d: dict, shift: Mapping[str, Any] | None, dup_warning: str | None) -> None:
     d["shift"] = jsonable_shift(shift)
     if dup_warning:
         d["warnings"].insert(0, dup_warning)
         d["duplicates_removed"] = int(dup_warning.split(" ", 1)[0])
-    if d["shift"] and d["shift"].get("flagged"):
-        d["warnings"].insert(
-            0,
-            "Cohort shift: "
-            + str(d["shift"].get("message") or "this cohort differs from the training data; results may not transfer"),
-        )
+    cmp_ = d.get("comparison") or {}
+    for name, result in ((_model_name(d), d["shift"]), (cmp_.get("name_b"), cmp_.get("shift_b"))):
+        if result and result.get("flagged"):  # each warning names the model whose training data it compares with
+            d["warnings"].insert(
+                0,
+                f"Cohort shift, {name}: "
+                + str(result.get("message") or "this cohort differs from the training data; results may not transfer"),
+            )
+
+
+def _model_name(d: dict) -> str:
+    """How warnings name the report's model: the comparison's name for it, else its name and short hash."""
+    if (d.get("comparison") or {}).get("name_a"):
+        return str(d["comparison"]["name_a"])
+    m = d.get("model") or {}
+    name, sha = str(m.get("name") or "the model"), str(m.get("sha256") or "")[:12]
+    return f"{name} ({sha})" if sha and sha not in name else name
 
 
 def _figures_and_gallery(

@@ -256,8 +256,15 @@ def decision_curve_figure(d: dict, path: Path) -> Path:
 
 
 def write_figures(d: dict, ev: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """Write every figure the data calls for into ``out_dir``; returns {file name: path}."""
-    out_dir = Path(out_dir)
+    """Write every figure the data calls for into ``out_dir``; returns {file name: path}.
+
+    Text is drawn as given: ``$`` in a class or model name is not read as mathtext (and the
+    SVG stores text as paths, so no name can add markup to it)."""
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _write_figures(d, ev, Path(out_dir))
+
+
+def _write_figures(d: dict, ev: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     paths = {
         "roc.svg": roc_figure(d, out_dir / "roc.svg"),
         "calibration.svg": calibration_figure(d, out_dir / "calibration.svg"),

@@ -46,6 +46,10 @@ class ReportOptions(StrictModel):
         include_identifiers: also write ``patient_id``, ``path`` and study UIDs to predictions.csv.
         pdf: also write report.pdf (without it an older report.pdf in the folder is removed).
         gradcam_note: the note shown when no Grad-CAM source is given.
+        allow_partial: write a report from a table whose rows are not all evaluable (no label,
+            no finite probability; one class, one row): they are counted as not evaluated and
+            the AUC may be "not estimable". Off (the default), :func:`cxr_cad.api.report_cohort`
+            refuses such a table, listing every problem (``cxr-cad report --allow-partial``).
     """
 
     error_source: ClassVar[str | None] = "report options"
@@ -68,6 +72,7 @@ class ReportOptions(StrictModel):
     include_identifiers: bool = False
     pdf: bool = True
     gradcam_note: str | None = None
+    allow_partial: bool = False
 
     @field_validator("prevalences")
     @classmethod

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad import metrics
+from cxr_cad.config.sections import name_problem
 from cxr_cad.core.columns import SUBGROUP_COLUMNS
 from cxr_cad.errors import ManifestError
 from cxr_cad.io.age import age_in_years
 
-__all__ = ["prepare_predictions", "dedupe_rows", "recorded", "cohort_summary"]
+__all__ = ["prepare_predictions", "dedupe_rows", "recorded", "cohort_summary", "table_problems"]
 
 
 def prepare_predictions(
@@ -124,6 +125,74 @@ def _negative_class(labels: set[str], pos: str, negative_class: str | int | None
             f"positive class {pos!r} nor the negative class {neg!r}"
         )
     return neg
+
+
+def _rows(mask: pd.Series) -> str:
+    """``N row(s) (CSV lines a, b, c...)``: line numbers count the header as line 1."""
+    lines = [str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5]]
+    n = int(mask.sum())
+    return f"{n} row(s) (CSV line{'s' if n > 1 else ''} {', '.join(lines)}{', ...' if n > 5 else ''})"
+
+
+def table_problems(
+    predictions: pd.DataFrame,
+    *,
+    positive_class: str | int | None,
+    label_col: str = "label",
+    score_col: str | None = None,
+) -> list[str]:
+    """Every reason a predictions table cannot give a complete report (empty list: it can).
+
+    A complete report needs: the label and score columns; a label on every row, each a valid
+    class name (docs/report.md#names); a finite probability in [0, 1] on every row; at least two
+    evaluable rows holding both classes; one model (``model_sha256``) for every row.
+    ``cxr-cad report --allow-partial`` writes a report anyway (bad rows counted as not evaluated).
+    """
+    df = predictions.reset_index(drop=True)
+    if score_col is None:
+        score_col = "probability" if "probability" in df.columns else f"prob_{positive_class}"
+    missing = [c for c in (label_col, score_col) if c not in df.columns]
+    if missing:
+        return [f"column {c!r} is missing (columns present: {', '.join(map(str, df.columns))})" for c in missing]
+    problems = []
+    labels = df[label_col].astype("string").fillna("").str.strip()
+    no_label = labels == ""
+    if no_label.any():
+        problems.append(f"{_rows(no_label)} have an empty {label_col!r}")
+    bad_names = sorted({str(v) for v in labels[~no_label].unique() if name_problem(v)})
+    problems += [f"{label_col!r}: {name_problem(v)}" for v in bad_names[:5]]
+    raw = df[score_col].astype("string").fillna("").str.strip()
+    number = pd.to_numeric(raw.where(raw != ""), errors="coerce")
+    empty = raw == ""
+    text = ~empty & number.isna() & ~raw.str.lower().isin(["nan", "-nan", "+nan"])
+    nonfinite = ~empty & ~text & ~np.isfinite(number.fillna(np.nan).to_numpy(dtype=float))
+    outside = np.isfinite(number.to_numpy(dtype=float)) & ((number < 0) | (number > 1)).fillna(False).to_numpy()
+    for mask, what in (
+        (empty, f"an empty {score_col!r}"),
+        (text, f"a {score_col!r} that is not a number (e.g. {raw[text].iloc[0][:20]!r})" if text.any() else ""),
+        (nonfinite, f"a non-finite {score_col!r} (NaN or infinite)"),
+        (pd.Series(outside, index=df.index), f"a {score_col!r} outside [0, 1]"),
+    ):
+        if mask.any():
+            problems.append(f"{_rows(mask)} have {what}")
+    good = ~no_label & pd.Series(np.isfinite(number.to_numpy(dtype=float)) & ~outside, index=df.index)
+    classes = sorted(set(labels[good]))
+    if int(good.sum()) < 2:
+        problems.append(f"only {int(good.sum())} row(s) have both a label and a probability; a report needs at least 2")
+    elif len(classes) < 2:
+        problems.append(
+            f"every evaluable row is labelled {classes[0]!r}: the AUC, sensitivity and specificity need "
+            f"images of both classes (positive class {positive_class!r})"
+        )
+    if "model_sha256" in df.columns:
+        models = sorted(set(df["model_sha256"].astype("string").fillna("").str.strip()) - {""})
+        if len(models) > 1:
+            problems.append(
+                f"the rows come from {len(models)} different models (model_sha256 "
+                + ", ".join(m[:12] for m in models[:4])
+                + "); report each model's predictions separately"
+            )
+    return problems
 
 
 _MISSING_VALUES = ("", "unknown", "(missing)", "nan", "<NA>", "None")

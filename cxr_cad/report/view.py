@@ -36,7 +36,26 @@ __all__ = ["build_document"]
 def _header(d: dict) -> list[dict]:
     m, c = d.get("model") or {}, d["cohort"]
     blocks = []
-    if m:
+    if m.get("identified_by"):
+        blocks.append(
+            kv(
+                [
+                    ("Model", str(m.get("name"))),
+                    ("Model SHA-256", str(m.get("sha256", "not recorded"))),
+                    ("Identified by", str(m["identified_by"])),
+                    (
+                        "Classes (positive class)",
+                        f"{', '.join(map(str, m.get('classes') or [])) or 'not recorded'} ({d['positive_class']})",
+                    ),
+                    (
+                        "Decision threshold used",
+                        (d.get("threshold_provenance") or {}).get("text") or fmt_threshold(m.get("threshold")),
+                    ),
+                ],
+                "Model",
+            )
+        )
+    elif m:
         thr = m.get("threshold")
         blocks.append(
             kv(
@@ -175,12 +194,17 @@ def _gradcam(d: dict) -> list[dict]:
 def _comparison(d: dict) -> list[dict]:
     c = d["comparison"]
     t = c["paired_delong"]
+    lv, method = level(d), vc.primary_auc(d)[1]
     return [
+        {"kind": "paragraph", "text": vc.comparison_conclusion(d)},
         {"kind": "figure", "file": "comparison_roc.svg", "caption": "ROC curves of both models on the same images."},
         kv(
             [
-                (f"AUC, {c['name_a']}", fmt_auc(c["auc_a_delong"])),
-                (f"AUC, {c['name_b']}", fmt_auc(c["auc_b_delong"])),
+                (f"AUC ({lv} CI, {method}), {c['name_a']}", fmt_auc(c["auc_a_delong"])),
+                (f"AUC ({lv} CI, {method}), {c['name_b']}", fmt_auc(c["auc_b_delong"])),
+                (f"Model SHA-256, {c['name_b']}", str(c.get("sha256_b") or "not recorded")),
+                (f"Cohort shift check, {c['name_a']}", vc.shift_text(d.get("shift"))),
+                (f"Cohort shift check, {c['name_b']}", vc.shift_text(c.get("shift_b"))),
                 (
                     f"Difference (A \u2212 B), {level(d)} CI",
                     f"{fmt_num(t['diff'])} {fmt_interval(t['low'], t['high'])}",
@@ -230,7 +254,11 @@ def build_document(d: dict) -> dict:
     sections.append(("checklist", "Appendix: CLAIM 2024 and TRIPOD+AI 2024 checklist", checklist_blocks(d, numbers)))
     title = "Chest radiograph CAD: clinical evaluation report"
     m = d.get("model") or {}
-    sub = f"Model {m.get('name', '(not given)')} on cohort {d['cohort'].get('name') or '(unnamed)'}"
+    name = str(m.get("name", "(not given)"))
+    sha = str(m.get("sha256") or "")[:12]
+    if sha and sha not in name:
+        name += f" ({sha})"
+    sub = f"Model {name} on cohort {d['cohort'].get('name') or '(unnamed)'}"
     return {
         "title": title,
         "subtitle": sub,

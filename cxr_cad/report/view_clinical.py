@@ -14,6 +14,7 @@ from cxr_cad.report.fmt import (
     fmt_auc,
     fmt_interval,
     fmt_num,
+    fmt_p,
     fmt_pct,
     fmt_prop,
     fmt_threshold,
@@ -38,6 +39,9 @@ def primary_op(d: dict) -> dict | None:
 
 def _validation_kind(d: dict) -> str:
     v = (d.get("population") or {}).get("validation")
+    c = d.get("comparison") or {}
+    if c.get("validation_b"):  # two models, each with its own relation to this cohort
+        return f"{c['name_a']}: {c.get('validation_a') or v or NOT_RECORDED}; {c['name_b']}: {c['validation_b']}"
     if v and v != NOT_RECORDED:
         return v
     if d.get("cross_validation") and d["cross_validation"].get("folds"):
@@ -45,12 +49,50 @@ def _validation_kind(d: dict) -> str:
     return NOT_RECORDED
 
 
+def primary_auc(d: dict) -> tuple[dict, str]:
+    """The AUC interval the report leads with (``settings.auc_interval``) and its name."""
+    auc = d["auc"]
+    if (d.get("settings") or {}).get("auc_interval", "logit") == "wald":
+        return auc["delong"], "DeLong Wald"
+    return auc.get("delong_logit") or auc["delong"], "DeLong logit"
+
+
+def shift_text(shift: dict | None) -> str:
+    if not shift:
+        return "not computed"
+    return ("FLAGGED: " if shift.get("flagged") else "not flagged: ") + str(shift.get("message") or "")
+
+
+def comparison_conclusion(d: dict) -> str:
+    """One sentence: which model did better on these images, whether the paired test shows it,
+    and whether the cohort is unlike either model's training data."""
+    c = d["comparison"]
+    t = c["paired_delong"]
+    a, b = c["name_a"], c["name_b"]
+    alpha = (d.get("settings") or {}).get("alpha", 0.05)
+    diff, p = t.get("diff"), t.get("p_value")
+    if diff is None or p is None or diff != diff or p != p:
+        text = f"The AUCs of {a} and {b} could not be compared on these images (paired test not estimable)."
+    else:
+        ci = f"difference {fmt_num(diff)}, {level(d)} CI {fmt_interval(t.get('low'), t.get('high'))}, {fmt_p(p)}"
+        if p < alpha:
+            text = f"{a} separates the classes {'better' if diff > 0 else 'worse'} than {b} on these {c['n']} images ({ci})."
+        else:
+            text = (
+                f"No difference in AUC between {a} and {b} was shown on these {c['n']} images ({ci}); "
+                "the study may be too small to show one."
+            )
+    flagged = [name for name, s in ((a, d.get("shift")), (b, c.get("shift_b"))) if s and s.get("flagged")]
+    if flagged:
+        text += f" The cohort is unlike the training data of {' and '.join(flagged)}."
+    return text
+
+
 def headline(d: dict) -> list[dict]:
     """The boxed summary: operating point, AUC, counts, validation type, warnings."""
     lv = level(d)
     op = primary_op(d)
     c = d["cohort"]
-    auc = d["auc"]
     pl = d.get("patient_level") or {}
     rows = []
     if op is not None:
@@ -68,10 +110,23 @@ def headline(d: dict) -> list[dict]:
                 text += f"; patient-level {fmt_interval(p['low'], p['high'], pct=True)}"
             rows.append((f"{key.capitalize()} ({lv} CI)", text))
         rows.insert(0, ("Operating point", where))
-    auc_text = fmt_auc(auc.get("delong_logit") or auc["delong"]) + " DeLong logit"
+    main_auc, method = primary_auc(d)
+    auc_text = fmt_auc(main_auc) + " " + method
     if pl.get("auc"):
         auc_text += f"; patient-level {fmt_interval(pl['auc']['low'], pl['auc']['high'])}"
-    rows.append((f"AUC ({lv} CI)", auc_text))
+    cmp_ = d.get("comparison")
+    rows.append((f"AUC ({lv} CI)" + (f", {cmp_['name_a']}" if cmp_ else ""), auc_text))
+    if cmp_:
+        rows.append((f"AUC ({lv} CI), {cmp_['name_b']}", fmt_auc(cmp_["auc_b_delong"]) + " " + method))
+        t = cmp_["paired_delong"]
+        rows.append(
+            (
+                "Paired DeLong test (A \u2212 B)",
+                f"{fmt_num(t['diff'])} {fmt_interval(t['low'], t['high'])}, {fmt_p(t['p_value'])} "
+                f"({cmp_['n']} images scored by both)",
+            )
+        )
+        rows.append(("Conclusion", comparison_conclusion(d)))
     counts = c["class_counts"]
     rows.append(
         (
@@ -82,15 +137,11 @@ def headline(d: dict) -> list[dict]:
         )
     )
     rows.append(("Validation", _validation_kind(d)))
-    shift = d.get("shift")
-    rows.append(
-        (
-            "Cohort shift check",
-            (("FLAGGED: " if shift.get("flagged") else "not flagged: ") + str(shift.get("message") or ""))
-            if shift
-            else "not computed",
-        )
-    )
+    if cmp_:
+        rows.append((f"Cohort shift check, {cmp_['name_a']}", shift_text(d.get("shift"))))
+        rows.append((f"Cohort shift check, {cmp_['name_b']}", shift_text(cmp_.get("shift_b"))))
+    else:
+        rows.append(("Cohort shift check", shift_text(d.get("shift"))))
     return [
         {
             "kind": "headline",
@@ -124,7 +175,7 @@ def model_description(d: dict) -> list[dict]:
     if not md:
         return [{"kind": "note", "text": "No model bundle was given, so the model cannot be described."}]
     op = primary_op(d)
-    test_auc = fmt_auc(d["auc"].get("delong_logit") or d["auc"]["delong"])
+    test_auc = fmt_auc(primary_auc(d)[0])
     rows = [
         ("Architecture", md["architecture"]),
         ("Initialisation", md["initialisation"]),

@@ -99,6 +99,7 @@ def new_state() -> dict[str, Any]:
         "epoch": 0,
         "best_epoch": None,
         "best_auc": float("-inf"),
+        "best_loss": float("inf"),
         "best_state": None,
         "best_probs": None,
         "bad_epochs": 0,
@@ -115,7 +116,10 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, training: Training, s
     if training.scaler is not None and saved.get("scaler"):
         training.scaler.load_state_dict(saved["scaler"])
     set_rng_states(saved["rng"])
-    state.update({k: saved[k] for k in state})
+    state.update({k: saved[k] for k in state if k in saved})
+    if "best_loss" not in saved:  # a checkpoint written before the loss tie-break: the best epoch's loss
+        best = [r for r in state["history"] if r.get("epoch") == state["best_epoch"]]
+        state["best_loss"] = float(best[0]["val_loss"]) if best else float("inf")
 
 
 def checkpoint_state(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +24,9 @@ from cxr_cad.runtime import RuntimeInfo, barrier
 from cxr_cad.shift.monitor import summarise_training
 from cxr_cad.training import rundir
 from cxr_cad.training.data import TrainData
+from cxr_cad.training.guards import FAILED_FILE
 from cxr_cad.training.loop import evaluate
-from cxr_cad.training.threshold import threshold_chosen_on, threshold_on_validation
+from cxr_cad.training.threshold import selection_params, threshold_chosen_on, threshold_on_validation
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -51,6 +52,8 @@ class TrainResult:
     split: str  # how train/validation were chosen
     history: pd.DataFrame  # train_log.csv
     val_predictions: pd.DataFrame | None  # best epoch: identity columns, label, y_true, probability
+    selection: dict[str, Any] = field(default_factory=dict)  # how the best epoch was chosen (criterion, ...)
+    forced: list[str] = field(default_factory=list)  # guards overridden by force (empty = none)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class RunContext:
     data: TrainData
     init_record: dict[str, Any]
     resumed_from: int
+    forced: list[str] = field(default_factory=list)  # guards overridden by cfg.force (cxr_cad.training.guards)
 
     @property
     def pos(self) -> int:
@@ -88,6 +92,8 @@ def load_finished(out_dir: Path) -> TrainResult:
         split=r["split"],
         history=pd.read_csv(out_dir / rundir.LOG_FILE),
         val_predictions=_read_val_predictions(preds) if preds.exists() else None,
+        selection=r.get("selection") or {},
+        forced=list(r.get("forced") or []),
     )
 
 
@@ -137,9 +143,7 @@ def _save(
 ) -> None:
     """Write the bundle (rank 0)."""
     cfg, method, threshold = ctx.cfg, result["threshold_method"], result["threshold"]
-    params: dict[str, Any] = {k: detail[k] for k in ("target", "tie_range", "n_tied") if k in detail}
-    if method == "fixed":
-        params = {"value": float(threshold)}
+    params = selection_params(method, threshold, detail)  # a calibrated threshold's calibration too
     save_bundle(
         ctx.out_dir / rundir.BUNDLE_FILE,
         model,
@@ -176,9 +180,18 @@ def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> Tr
     )
     has_val = state["best_epoch"] is not None and ctx.data.val_df is not None
     best_auc = state["best_auc"] if has_val else float("nan")
+    stop = ctx.cfg.early_stopping
+    best_loss = float(state.get("best_loss", float("nan"))) if has_val else float("nan")
+    selection = {
+        "criterion": stop.criterion if ctx.data.val_df is not None else "last epoch (no validation data)",
+        "min_delta": stop.min_delta,
+        "best_val_loss": best_loss if math.isfinite(best_loss) else None,
+    }
     result = {
         "best_epoch": state["best_epoch"],
         "val_auc": None if math.isnan(best_auc) else best_auc,
+        "selection": selection,
+        "forced": list(ctx.forced),
         "threshold": threshold,
         "threshold_method": method,
         "threshold_detail": detail,
@@ -197,6 +210,7 @@ def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> Tr
             write_table(table, ctx.out_dir / rundir.VAL_PRED_FILE)
         _save(ctx, model, state, result, detail)
         rundir.write_json(ctx.out_dir / rundir.RESULT_FILE, result)
+        (ctx.out_dir / FAILED_FILE).unlink(missing_ok=True)  # a refused run finished later (--force)
     barrier(ctx.info)
     bundle_path = ctx.out_dir / rundir.BUNDLE_FILE
     log.log(
@@ -221,4 +235,6 @@ def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> Tr
         split=ctx.data.how,
         history=pd.DataFrame(state["history"], columns=rundir.LOG_COLUMNS),
         val_predictions=table,
+        selection=selection,
+        forced=list(ctx.forced),
     )

@@ -10,7 +10,9 @@ Layout of ``RUN_DIR``::
     cache/               decoded + resized images (unless data.cache_dir points elsewhere)
     val_predictions.csv  validation probabilities of the best epoch
     model.pt             the final bundle (cxr_cad.model.save_bundle)
-    result.json          best epoch, validation AUC, threshold; written last = run complete
+    result.json          best epoch, validation AUC, threshold, selection criterion, forced guards;
+                         written last = run complete
+    failed.json          only after a refused run (diverged / never beat chance): why, the epochs
 """
 
 from __future__ import annotations

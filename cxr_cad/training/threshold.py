@@ -1,6 +1,13 @@
 """The decision threshold of a run, chosen on the best epoch's validation predictions
-(``threshold`` section: Youden, target sensitivity or fixed), and the record of what it was
-chosen on."""
+(``threshold`` section: Youden, target sensitivity, calibrated or fixed), and the record of
+what it was chosen on.
+
+The policies themselves are pure functions in :mod:`cxr_cad.metrics` (``youden_choice``,
+:func:`~cxr_cad.metrics.sensitivity_policy`, :func:`~cxr_cad.metrics.calibrated_policy`); this
+module picks one from the config. A ``calibrated`` threshold comes with the fitted calibration
+(``detail["calibration"]``), stored in the bundle's ``threshold_selection.params`` and applied
+by ``cxr-cad predict`` to every probability (docs/adaptation.md#threshold-policies).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +21,32 @@ import torch
 
 from cxr_cad.config import ThresholdConfig, TrainConfig
 from cxr_cad.manifest import manifest_hash as compute_manifest_hash
-from cxr_cad.metrics import small_class_warning, threshold_for_sensitivity, youden_choice
+from cxr_cad.metrics import calibrated_policy, sensitivity_policy, small_class_warning, youden_choice
 from cxr_cad.training.data import label_indices
 from cxr_cad.training.loop import EvalOutput
 
-__all__ = ["choose_threshold", "threshold_chosen_on", "threshold_on_validation", "val_table"]
+__all__ = [
+    "PARAM_KEYS",
+    "choose_threshold",
+    "selection_params",
+    "threshold_chosen_on",
+    "threshold_on_validation",
+    "val_table",
+]
+
+#: What of :func:`choose_threshold`'s ``detail`` goes into the bundle's ``threshold_selection.params``.
+PARAM_KEYS = (
+    "target",
+    "tie_range",
+    "n_tied",
+    "calibration",
+    "cutoff",
+    "raw_threshold",
+    "achieved_sensitivity",
+    "sensitivity_ci",
+    "achieved_specificity",
+    "specificity_ci",
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +54,11 @@ log = logging.getLogger(__name__)
 def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConfig) -> tuple[float, str, dict]:
     """The decision threshold on validation predictions: (threshold, method, detail).
 
-    ``method`` is what goes into the bundle: ``youden``, ``sensitivity`` or ``fixed``;
-    ``detail`` records the inputs (counts ``n``, ``n_positive``, ``n_negative``, ``target``
-    sensitivity, Youden's ``tie_range``/``n_tied``, a fallback ``reason``, and ``warning``
+    ``method`` is what goes into the bundle: ``youden``, ``sensitivity``, ``calibrated`` or
+    ``fixed``; ``detail`` records the inputs (counts ``n``, ``n_positive``, ``n_negative``,
+    ``target`` sensitivity with the ``achieved_sensitivity`` and its Wilson ``sensitivity_ci``,
+    the fitted ``calibration`` and ``cutoff``, Youden's ``tie_range``/``n_tied``, a fallback
+    ``reason``, and ``warning``
     when either class has fewer than :data:`cxr_cad.metrics.MIN_CLASS_COUNT` images, which
     is also logged). When validation has a single class the configured ``value`` is used
     with method ``fixed``.
@@ -55,14 +85,30 @@ def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConf
         assert choice is not None  # both classes are present (checked above)
         thr, method = choice.threshold, "youden"
         detail.update(tie_range=[choice.tie_low, choice.tie_high], n_tied=choice.n_tied, j=choice.j)
-    else:
-        thr = threshold_for_sensitivity(y_true, y_score, cfg.target_sensitivity)
-        method = "sensitivity"
-        detail["target"] = cfg.target_sensitivity
+    elif cfg.method == "sensitivity":
+        record = sensitivity_policy(y_true, y_score, cfg.target_sensitivity)
+        thr, method = record.pop("threshold"), "sensitivity"
+        detail.update(record)
+    else:  # calibrated
+        try:
+            record = calibrated_policy(y_true, y_score, kind=cfg.calibration, cutoff=cfg.cutoff)
+        except ValueError as exc:  # e.g. scores that do not rank the classes: no monotone calibration
+            detail["reason"] = f"calibration failed ({exc}); threshold.value used"
+            log.warning("decision threshold: %s", detail["reason"])
+            return float(cfg.value), "fixed", detail
+        thr, method = record.pop("threshold"), "calibrated"
+        detail.update(record, cutoff=cfg.cutoff)
     if not math.isfinite(thr):
         detail["reason"] = "threshold undefined; threshold.value used"
         return float(cfg.value), "fixed", detail
     return float(thr), method, detail
+
+
+def selection_params(method: str, threshold: float, detail: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``threshold_selection.params`` of a :func:`choose_threshold` result."""
+    if method == "fixed":
+        return {"value": float(threshold)}
+    return {k: detail[k] for k in PARAM_KEYS if k in detail}
 
 
 def val_table(val_df: pd.DataFrame, out: EvalOutput, cfg: TrainConfig, pos: int) -> pd.DataFrame:

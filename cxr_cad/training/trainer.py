@@ -3,10 +3,16 @@ by cross-validation, one call per fold).
 
 Per epoch: one pass over the training images (class imbalance handled by a weighted loss
 or a class-balanced sampler), the learning-rate schedule steps, the validation images are
-scored (gathered over all ranks under torchrun), validation AUC decides the best epoch and
-early stopping, ``train_log.csv`` gets a row and ``checkpoint.pt`` is replaced atomically.
-At the end the best epoch's weights go into the bundle (``model.pt``) together with the
-decision threshold chosen on the validation predictions and how it was chosen.
+scored (gathered over all ranks under torchrun), validation AUC with validation loss as the
+tie-break (``early_stopping.criterion``) decides the best epoch and early stopping,
+``train_log.csv`` gets a row and ``checkpoint.pt`` is replaced atomically. At the end the
+best epoch's weights go into the bundle (``model.pt``) together with the decision threshold
+chosen on the validation predictions and how it was chosen.
+
+Guards (:mod:`cxr_cad.training.guards`): a cohort too small to select a model or a threshold
+is refused before the network is built; a run whose loss is not finite or whose validation
+AUC never beats chance fails without a bundle (``failed.json`` says why); ``force`` keeps
+such a model, recorded in the bundle.
 
 Rerunning on the same run folder with the same config and data resumes after the last
 finished epoch (or returns the finished result); anything else is a ConfigError.
@@ -14,6 +20,7 @@ finished epoch (or returns the finished result); anything else is a ConfigError.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -22,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from cxr_cad.config import TrainConfig
 from cxr_cad.core.progress import progress
-from cxr_cad.errors import OutputError
+from cxr_cad.errors import ManifestError, OutputError
 from cxr_cad.metrics import roc_auc
 from cxr_cad.runtime import (
     RuntimeInfo,
@@ -40,12 +48,12 @@ from cxr_cad.runtime import (
     seed_everything,
 )
 from cxr_cad.training import checkpoint as ckpt
-from cxr_cad.training import rundir
+from cxr_cad.training import guards, rundir
 from cxr_cad.training.checkpoint import checkpoint_state, new_state, restore
-from cxr_cad.training.data import make_items, prepare_data, train_loader
+from cxr_cad.training.data import TrainData, make_items, prepare_data, train_loader
 from cxr_cad.training.finish import RunContext, TrainResult, finish, load_finished, with_hflip_tta
 from cxr_cad.training.loop import EpochStats, evaluate, predict_probabilities, train_epoch
-from cxr_cad.training.network import init_model, transform_spec
+from cxr_cad.training.network import check_init, init_model, parent_guard, transform_spec
 from cxr_cad.training.optim import Training, build_training, set_backbone_frozen, wrap_model
 from cxr_cad.training.rundir import run_record
 from cxr_cad.transforms import make_dataset
@@ -82,9 +90,13 @@ def train_model(
 
     Raises:
         ConfigError: bad runtime settings, or ``out_dir`` holds a run with another config/data.
-        ManifestError: missing or unknown labels, an empty split side, unreadable images.
+        ManifestError: missing or unknown labels, an empty split side, unreadable images, a
+            cohort too small to select a model or a threshold (unless ``cfg.force``).
+        ConfigError: a parent bundle (``init``) with other input settings (unless ``cfg.force``).
         WeightsError/BundleError: initial weights that cannot be loaded or whose classes differ.
-        OutputError: the run folder cannot be written.
+        TrainingFailed: the loss became non-finite, or validation AUC never beat chance
+            (unless ``cfg.force``); no bundle is written, ``out_dir/failed.json`` says why.
+        OutputError: the run folder (or the image cache) cannot be written; it is named.
     """
     if init is not None:
         cfg = cfg.replace(model=cfg.model.replace(init=str(init)))
@@ -93,9 +105,40 @@ def train_model(
     created_group = init_distributed(info)
     try:
         return _train(train_df, val_df, out_dir, cfg, info, callbacks)
+    except OSError as exc:
+        if exc.errno not in _FULL_ERRNOS:
+            raise
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+        raise OutputError(
+            f"cannot write in the run folder {out_dir} (image cache {cache}): {exc.strerror or exc}; free space "
+            "there or choose another --out / --cache-dir, then run the same command again (finished epochs are kept)"
+        ) from exc
     finally:
         if created_group:
             cleanup_distributed()
+
+
+#: errno values of a full or read-only disk: reported as the run folder's, never a temporary file's
+#: (MONAI writes each cache file to a system temporary folder first, then moves it into the cache).
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _cohort_guard(data: TrainData, cfg: TrainConfig) -> list[str]:
+    """Refuse (ManifestError, exit 2) rows too small to select a model or a threshold; with
+    ``cfg.force`` return the problems as forced instead."""
+    problems = guards.cohort_problems(
+        data.train_df,
+        data.val_df,
+        classes=cfg.data.classes,
+        label_col=cfg.data.label_col,
+        group_col=cfg.data.group_col,
+        how=data.how,
+    )
+    if problems and not cfg.force:
+        raise ManifestError([*problems, guards.FORCE_HINT])
+    for p in problems:
+        log.warning("forced: %s", p)
+    return [f"cohort: {p}" for p in problems]
 
 
 def _train(
@@ -107,6 +150,9 @@ def _train(
     callbacks: Sequence[EpochCallback],
 ) -> TrainResult:
     data = prepare_data(train_df, val_df, cfg)
+    check_init(cfg)  # a mistyped --init is named before anything else
+    forced = _cohort_guard(data, cfg)  # before the network is built
+    forced += parent_guard(cfg)  # a parent bundle with other input settings; before anything is written
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -139,7 +185,7 @@ def _train(
     if saved is not None:
         restore(saved, model, training, state)
         log.info("resuming %s after epoch %d of %d", out_dir, state["epoch"], cfg.epochs)
-    ctx = RunContext(out_dir, cfg, info, spec, data, init_record, resumed_from=state["epoch"])
+    ctx = RunContext(out_dir, cfg, info, spec, data, init_record, resumed_from=state["epoch"], forced=forced)
     _Epochs(ctx, model, training, train_ds, val_ds, callbacks).run(state)
     if cfg.model.tta == "hflip" and state["best_state"] is not None:
         state = with_hflip_tta(model, state, val_ds, info, cfg)
@@ -161,6 +207,7 @@ class _Epochs:
     def run(self, state: dict[str, Any]) -> None:
         """Epochs ``state["epoch"]`` .. ``cfg.epochs - 1`` (or until early stopping); updates ``state``."""
         cfg, info = self.ctx.cfg, self.ctx.info
+        self._guard(state, finished=False)  # a resumed run that had diverged fails before another epoch
         frozen: bool | None = None
         train_module = self.model
         todo = range(state["epoch"], cfg.epochs)
@@ -188,10 +235,41 @@ class _Epochs:
             barrier(info)
             for cb in self.callbacks:
                 cb(epoch + 1, record)
+            self._guard(state, finished=False)
             if state["stopped_early"]:
-                log.info("early stopping: validation AUC has not improved for %d epochs", cfg.early_stopping.patience)
+                log.info(
+                    "early stopping: no better epoch (%s) for %d epochs",
+                    cfg.early_stopping.criterion,
+                    cfg.early_stopping.patience,
+                )
         if hasattr(epochs, "close"):
             epochs.close()
+        self._guard(state, finished=True)
+
+    def _guard(self, state: dict[str, Any], *, finished: bool) -> None:
+        """Fail the run (:class:`~cxr_cad.training.guards.TrainingFailed`, ``failed.json``) when it
+        diverged or never beat chance; with ``cfg.force`` record it as forced and go on."""
+        ctx = self.ctx
+        y_val = ctx.data.y_val
+        reason = guards.divergence(
+            state["history"],
+            has_validation=self.val_ds is not None,
+            finished=finished,
+            val_min_class=None if y_val is None else int(np.bincount(y_val, minlength=len(ctx.cfg.data.classes)).min()),
+        )
+        if reason is None:
+            return
+        if ctx.cfg.force:
+            if f"training: {reason}" not in ctx.forced:
+                log.warning("forced: %s", reason)
+                ctx.forced.append(f"training: {reason}")
+            return
+        where = ctx.out_dir / guards.FAILED_FILE
+        if ctx.info.is_main:
+            guards.write_failure(ctx.out_dir, reason, history=state["history"])
+        raise guards.TrainingFailed(
+            f"{ctx.out_dir}: {reason}. No bundle was written ({where} says why); {guards.FORCE_HINT}"
+        )
 
     def _epoch(self, epoch: int, train_module: torch.nn.Module, want_frozen: bool) -> tuple[EpochStats, dict]:
         """Train one epoch and validate; (training stats, log record with ``improved`` probabilities)."""
@@ -242,17 +320,20 @@ class _Epochs:
         cfg = self.ctx.cfg
         out = evaluate(self.model, self.val_ds, self.ctx.info, batch_size=cfg.batch_size, workers=cfg.runtime.workers)
         y_true, score = out.positive(self.ctx.pos)
-        record.update(val_loss=out.loss, val_auc=roc_auc(y_true, score))
+        finite = bool(np.isfinite(score).all())  # a diverged network scores NaN: AUC undefined, loss NaN
+        record.update(
+            val_loss=out.loss if finite else float("nan"), val_auc=roc_auc(y_true, score) if finite else math.nan
+        )
         return torch.from_numpy(out.probabilities.copy())
 
     def _keep_best(self, state: dict[str, Any], epoch: int, record: dict[str, Any]) -> None:
         """Update the best epoch, the early-stopping count and the history with ``record``."""
         cfg = self.ctx.cfg
         probs = record.pop("probs")
-        auc = record["val_auc"]
-        improved = self.val_ds is None or (
-            not math.isnan(auc)
-            and (state["best_epoch"] is None or auc > state["best_auc"] + cfg.early_stopping.min_delta)
+        auc, loss = record["val_auc"], record["val_loss"]
+        stop = cfg.early_stopping
+        improved = self.val_ds is None or guards.selection_better(
+            auc, loss, state["best_auc"], state["best_loss"], criterion=stop.criterion, min_delta=stop.min_delta
         )
         if improved:
             if self.val_ds is not None:
@@ -260,6 +341,7 @@ class _Epochs:
             state.update(
                 best_epoch=epoch + 1,
                 best_auc=auc,
+                best_loss=loss,
                 bad_epochs=0,
                 best_state={k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()},
             )

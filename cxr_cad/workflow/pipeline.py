@@ -30,7 +30,7 @@ from cxr_cad.errors import OutputError
 from cxr_cad.workflow.report_step import report_step
 from cxr_cad.workflow.runner import Step, StepOutcome, run_steps, write_record
 from cxr_cad.workflow.schema import train_config_dict
-from cxr_cad.workflow.steps import crossval_step, evaluate_step, ingest_step, split_step, train_step
+from cxr_cad.workflow.steps import MODEL_ROLES, crossval_step, evaluate_step, ingest_step, split_step, train_step
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _evaluate_step(wf: dict, names: list[str], classes: list[str], manifest_sour
 
 def _report_step(wf: dict, classes: list[str], steps: list[Step]) -> Step:
     deps = [s.name for s in steps if s.name in ("ingest", "split", "crossval", "evaluate")]
-    model_labels = {"new": "newly trained model", "previous": "previous model", "model": "model"}
+    model_labels = dict(MODEL_ROLES)
     return Step(
         "report",
         report_step,

@@ -19,7 +19,7 @@ from cxr_cad.workflow.steps import cohort_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["report_step", "headline"]
+__all__ = ["report_step", "headline", "model_name"]
 
 
 def _with_manifest_columns(pred: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -55,6 +55,8 @@ def headline(data: dict) -> dict:
             "p_value": test.get("p_value"),
             "name_a": cmp_.get("name_a"),
             "name_b": cmp_.get("name_b"),
+            "shift_flagged_a": ((data.get("shift") or {}).get("flagged")),
+            "shift_flagged_b": ((cmp_.get("shift_b") or {}).get("flagged")),
         }
     return out
 
@@ -75,24 +77,47 @@ def _test_report(ctx: StepContext, cfg: dict, opts) -> dict:
         rejected = pd.concat(
             [_read_csv(ctx.run_dir / "ingest" / ctx.upstream["ingest"]["test_rejected"]), rejected], ignore_index=True
         )
+    cohort = _cohort_info(ctx, cfg, step)
     comparison = None
     if len(names) > 1:
-        other = names[1]
-        comparison = {
-            "predictions": _read_csv(ctx.run_dir / "evaluate" / ev[f"{other}_predictions"]),
-            "name": cfg["model_labels"].get(other, other),
-            "name_a": cfg["model_labels"].get(main, main),
-            "sha256": ev["models"][other]["sha256"],
-        }
+        comparison = _comparison(ctx, cfg, ev, names[0], names[1], manifest, cohort.get("validation"))
     result = api.report_cohort(
         pred,
         ctx.step_dir / "test",
-        opts.replace(threshold_source="bundle", cohort_info=_cohort_info(ctx, cfg, step)),
+        opts.replace(threshold_source="bundle", cohort_info=cohort),
         bundle=ev["models"][main]["bundle"],
         rejected=rejected,
         comparison=comparison,
     )
     return result.data
+
+
+def model_name(cfg: dict, key: str, sha256: str | None) -> str:
+    """How the report and the log name a model of the workflow: its role and short hash
+    ("previous model 1a2b3c4d5e6f")."""
+    role = cfg["model_labels"].get(key, key)
+    return f"{role} {sha256[:12]}" if sha256 else role
+
+
+def _comparison(
+    ctx: StepContext, cfg: dict, ev: dict, main: str, other: str, manifest: pd.DataFrame, validation: str | None
+) -> dict:
+    """The other model's scores of the same images, its own shift verdict, and how each model
+    relates to this cohort (the previous model was not trained on any of it)."""
+    from cxr_cad.model import load_bundle  # torch
+
+    pred = _with_manifest_columns(_read_csv(ctx.run_dir / "evaluate" / ev[f"{other}_predictions"]), manifest)
+    shift, _ = api.cohort_shift(pred, load_bundle(ev["models"][other]["bundle"]))
+    retrained = main == "new" and other == "previous"
+    return {
+        "predictions": pred,
+        "name": model_name(cfg, other, ev["models"][other]["sha256"]),
+        "name_a": model_name(cfg, main, ev["models"][main]["sha256"]),
+        "sha256": ev["models"][other]["sha256"],
+        "shift": shift,
+        "validation_a": validation if retrained else None,
+        "validation_b": "external: this model was not trained on any image of this cohort" if retrained else None,
+    }
 
 
 def _cohort_info(ctx: StepContext, cfg: dict, step: str) -> dict:

@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 from cxr_cad import api
+from cxr_cad.api._report import named_warnings
+from cxr_cad.core.provenance import sha256_file
 from cxr_cad.errors import ConfigError, ManifestError
 from cxr_cad.manifest import grouped_split, manifest_hash, read_manifest, validate_manifest, write_manifest
 from cxr_cad.workflow.runner import StepContext
@@ -32,6 +34,7 @@ __all__ = [
     "evaluate_step",
     "read_step_manifest",
     "cohort_manifest",
+    "MODEL_ROLES",
 ]
 
 
@@ -201,6 +204,10 @@ def train_step(ctx: StepContext) -> dict:
     }
 
 
+#: how log lines name the models of the evaluate step (as the report step does)
+MODEL_ROLES = {"new": "newly trained model", "previous": "previous model", "model": "model"}
+
+
 def evaluate_step(ctx: StepContext) -> dict:
     """Score the test cohort with each model (:func:`cxr_cad.api.score`, resumable).
 
@@ -216,7 +223,9 @@ def evaluate_step(ctx: StepContext) -> dict:
         opts = api.PredictOptions(
             batch_size=cfg["batch_size"], workers=cfg["workers"], device=cfg["device"], policy=policy
         )
-        result = api.score(path, [manifest], ctx.step_dir / name, opts)
+        label = MODEL_ROLES.get(name, name) + (f" {sha256_file(path)[:12]}" if path.is_file() else "")
+        with named_warnings(label):  # "previous model 1a2b3c4d5e6f: dataset shift: ..."
+            result = api.score(path, [manifest], ctx.step_dir / name, opts)
         outputs["models"][name] = {
             "bundle": str(path),
             "n_predicted": int(result.n_predicted),

@@ -32,10 +32,11 @@ def test_arch_reaches_the_config(command, monkeypatch, tmp_path):
     monkeypatch.setattr(api, "crossval", fake_crossval)
     monkeypatch.setattr(api, "read_labelled", lambda manifest, classes: manifest)
     arch = [a for a in arch_names() if a != "resnet18"][0]
-    argv = [command, "--manifest", "m.csv", "--out", str(tmp_path / "run"), "--arch", arch]
+    (tmp_path / "m.csv").write_text("path,label\n")  # the CLI checks that the file exists
+    argv = [command, "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run"), "--arch", arch]
     assert main(argv) == 130
     assert seen["cfg"].model.arch == arch
-    assert main([command, "--manifest", "m.csv", "--out", str(tmp_path / "run")]) == 130
+    assert main([command, "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run")]) == 130
     assert seen["cfg"].model.arch == "resnet18"  # the default
 
 

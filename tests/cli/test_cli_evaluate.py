@@ -159,8 +159,11 @@ def test_evaluate_folder_cohort_accounts_for_every_file(cohort, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["--manifest", "M.csv", "DIR"]])
-def test_evaluate_needs_exactly_one_cohort(cohort, tmp_path, extra, capsys):
+def test_evaluate_needs_exactly_one_cohort(cohort, tmp_path, extra, capsys, monkeypatch):
     _, a, _ = cohort
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "M.csv").write_text("path,label\n")  # both exist: the refusal is about giving both
+    (tmp_path / "DIR").mkdir()
     rc = main(["-q", "evaluate", "--model", str(a), "--out", str(tmp_path / "r"), *extra])
     assert rc == 2
     assert "either --manifest" in capsys.readouterr().err

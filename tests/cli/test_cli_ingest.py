@@ -235,9 +235,9 @@ def test_ingest_usage_errors_exit_2(tmp_path, capsys):
     for argv, needle in cases:
         assert main(argv) == 2, argv
         assert needle in capsys.readouterr().err, argv
-    # an output folder that cannot be written is an OutputError (exit 1), not a usage error
-    assert main(["ingest", src, "--out", str(tmp_path / "afile" / "sub")]) == 1
-    assert "not writable" in capsys.readouterr().err
+    # an --out below a file is refused before the scan (exit 2, cli.options)
+    assert main(["ingest", src, "--out", str(tmp_path / "afile" / "sub")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 

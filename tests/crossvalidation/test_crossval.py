@@ -135,6 +135,18 @@ def test_rerun_with_other_settings_is_refused(cv_run, capsys):
     assert main([*argv, "--lr", "0.5"]) == 2
 
 
+def test_folds_record_forced_guards_and_the_selection(cv_run):
+    _, out, _ = cv_run
+    for k in range(3):
+        result = json.loads((out / "folds" / str(k) / "result.json").read_text())
+        assert result["selection"]["criterion"] == "auc_then_loss"
+        # every fold's inner split has both classes and enough training images; its 2 validation
+        # images are too few for the chance guard (kept with a warning), so nothing was forced
+        assert result["forced"] == []
+        training = load_bundle(out / "folds" / str(k) / "model.pt").meta["extra"]["training"]
+        assert training["forced"] == [] and training["selection"] == result["selection"]
+
+
 def test_usage_errors(tmp_path):
     assert main(["crossval", "--manifest", "x.csv", "--out", str(tmp_path), "--folds", "1"]) == 2
     assert main(["crossval", "--manifest", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 2

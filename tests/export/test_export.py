@@ -311,8 +311,8 @@ def test_usage_errors(setup, tmp_path, capsys):
                 "onnxruntime",
             ]
         )
-        == 1
-    )  # a bundle is not an export folder
+        == 2
+    )  # a bundle is not an export folder: what the user gave is wrong (docs/cli.md#exit-codes)
     assert "export.json" in capsys.readouterr().err
 
 

@@ -216,22 +216,26 @@ def test_manifest_source_copies_labels_and_threshold_override(tmp_path, bundle_p
 
 
 def test_bad_model_file_exits_1_with_message(tmp_path, capsys):
+    """A corrupt bundle is a failure of the work (exit 1); a model path that does not exist is
+    what the user gave (exit 2, found before anything loads: docs/cli.md#exit-codes)."""
     write_images(tmp_path / "in", 2)
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"this is not a torch file")
     assert _predict([tmp_path / "in"], tmp_path / "out", bad) == 1
     err = capsys.readouterr().err
     assert "model.pt" in err and "failed" in err
-    assert _predict([tmp_path / "in"], tmp_path / "out", tmp_path / "missing.pt") == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert _predict([tmp_path / "in"], tmp_path / "out", tmp_path / "missing.pt") == 2
+    assert "missing.pt" in capsys.readouterr().err
 
 
-def test_unwritable_out_exits_1_with_message(tmp_path, bundle_path, capsys):
+def test_unwritable_out_is_a_usage_error_with_message(tmp_path, bundle_path, capsys):
+    """An output folder that cannot be created is what the user gave: exit 2 (docs/cli.md#exit-codes)."""
     write_images(tmp_path / "in", 2)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    assert _predict([tmp_path / "in"], blocker / "out", bundle_path) == 1
-    assert "cannot write to output folder" in capsys.readouterr().err
+    assert _predict([tmp_path / "in"], blocker / "out", bundle_path) == 2
+    err = capsys.readouterr().err
+    assert "a_file" in err and "out" in err
 
 
 def test_missing_source_and_other_run_in_out_are_usage_errors(tmp_path, bundle_path, capsys):

@@ -16,13 +16,8 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from cxr_cad.errors import ConfigError, Reason, UsageError
 from cxr_cad.io.policy import AcceptPolicy
-from cxr_cad.manifest.scan import (
-    DEFAULT_PATIENT_ID_PATTERN,
-    compile_patient_id_pattern,
-    iter_files,
-    patient_id_from_name,
-    scan_sources,
-)
+from cxr_cad.manifest.patients import PATIENT_PATTERNS, patient_id_from_path, resolve_patient_pattern
+from cxr_cad.manifest.scan import DEFAULT_PATIENT_ID_PATTERN, iter_files, scan_sources
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -245,8 +240,9 @@ def test_two_links_to_one_folder_scanned_once(tmp_path):
         ("IM-0115.jpeg", "IM-0115", True),
     ],
 )
-def test_default_patient_id_pattern(name, pid, matched):
-    assert patient_id_from_name(name, compile_patient_id_pattern(None)) == (pid, matched)
+def test_kermany_patient_id_pattern(name, pid, matched):
+    got = patient_id_from_path(f"/data/NORMAL/{name}", PATIENT_PATTERNS["kermany"])
+    assert got == (pid if matched else None)
 
 
 def test_custom_patient_id_pattern(tmp_path):
@@ -255,11 +251,12 @@ def test_custom_patient_id_pattern(tmp_path):
     result = scan_sources([tmp_path], workers=1, patient_id_pattern=r"_(pat\d+)_")
     assert result.accepted["patient_id"].tolist() == ["pat42", "pat42"]
     assert result.patient_id_rule["pattern"] == r"_(pat\d+)_" and not result.patient_id_rule["default_pattern"]
+    assert result.patient_id_rule["chosen"] == "given" and result.patient_id_rule["warning"] is None
     with pytest.raises(ConfigError, match="not a valid regular expression"):  # a bad setting (exit 2)
         scan_sources([tmp_path], patient_id_pattern="(")
     with pytest.raises(ConfigError, match="no capture group"):
-        compile_patient_id_pattern("P")
-    assert DEFAULT_PATIENT_ID_PATTERN.startswith("^")
+        resolve_patient_pattern("P")
+    assert DEFAULT_PATIENT_ID_PATTERN == PATIENT_PATTERNS["kermany"].regex
 
 
 def test_unexpected_error_becomes_internal_error_row(tmp_path, monkeypatch):

@@ -282,7 +282,10 @@ def test_instance_gone_from_archive_is_rejected_with_a_network_reason(
     def with_ghost(client, filters):
         return real(client, filters) + [query.RemoteInstance("1.2.3", "1.2.3.4", "1.2.3.4.5")]
 
-    monkeypatch.setattr(query, "list_instances", with_ghost)
+    from cxr_cad.pacs import source
+
+    # patched where it is looked up (pacs.source imports it by name), whatever the import order
+    monkeypatch.setattr(source, "list_instances", with_ghost)
     assert (
         main(
             [

@@ -219,7 +219,9 @@ def test_shift_section_and_headline_warning(tmp_path):
         synthetic_predictions(50, seed=15), tmp_path, model_info=MODEL_INFO, options=OPTIONS, pdf=False, shift=shift
     )
     assert result.data["shift"]["n_flagged"] == 12
-    assert result.data["warnings"][0] == "Cohort shift: 12 of 50 images are unlike the training images"
+    assert result.data["warnings"][0] == (
+        "Cohort shift, tiny.pt (abababababab): 12 of 50 images are unlike the training images"
+    )  # the warning names the model whose training data the cohort is compared with
     page = html_text(tmp_path / "report.html")
     assert "FLAGGED: 12 of 50 images" in page and "24.0%" in page
 

