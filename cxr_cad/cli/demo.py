@@ -8,7 +8,6 @@ from dataclasses import replace
 
 from cxr_cad.cli.run import print_result
 from cxr_cad.errors import ConfigError
-from cxr_cad.workflow.demo import DemoSettings, run_demo, threshold_note
 
 DESCRIPTION = """\
 Run the whole pipeline on 100 real pediatric chest radiographs shipped with cxr_cad
@@ -50,6 +49,9 @@ def register(subparsers) -> None:
 
 
 def run_command(args) -> int:
+    # the workflow (pandas, the engine) is imported here, after argument checks: cli/__init__.py's rule
+    from cxr_cad.workflow.demo import DemoSettings, run_demo, threshold_note
+
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     if args.epochs is not None:
         if args.epochs < 1:

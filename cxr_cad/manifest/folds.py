@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from cxr_cad.errors import ManifestError
 from cxr_cad.manifest.schema import _rows_text, _text
@@ -71,6 +70,10 @@ def patient_folds(
             )
     codes = pd.factorize(labels, sort=True)[0]
     folds = np.full(len(df), -1, dtype=np.int64)
+    # imported here, not at the top: scikit-learn costs ~1.6 s, and every command that only
+    # reads a manifest (and each one's early error path, < 3 s) imports this package
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=int(n_folds), shuffle=True, random_state=seed)
     for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(df)), codes, groups)):
         folds[test_idx] = k
