@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,9 @@ from cxr_cad.transforms import TransformSpec
 log = logging.getLogger(__name__)
 
 
-class _Callable:
-    """Module-like: ``eval()``/``to()`` are accepted and do nothing; calling returns logits."""
+class _Callable(ABC):
+    """Module-like: ``eval()``/``to()`` are accepted and do nothing; calling returns logits
+    (each backend implements ``__call__``)."""
 
     def eval(self):
         return self
@@ -45,8 +47,9 @@ class _Callable:
     def to(self, *args: Any, **kwargs: Any):
         return self
 
+    @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, S, S) float32 -> (N, K) logits
-        raise NotImplementedError
+        """Logits of a batch."""
 
 
 class OnnxRuntimeModel(_Callable):

@@ -17,10 +17,10 @@ import os
 
 import numpy as np
 
+from cxr_cad.config.accept import AcceptPolicy
 from cxr_cad.core.columns import META_KEYS
 from cxr_cad.errors import ConfigError
 from cxr_cad.io.detect import sniff_format
-from cxr_cad.io.policy import AcceptPolicy
 
 __all__ = ["AcceptPolicy", "read_header", "read_image", "META_KEYS", "sniff_format"]
 

@@ -38,9 +38,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from cxr_cad.config.accept import LATERAL_VIEW_POSITIONS, AcceptPolicy
 from cxr_cad.errors import Reason, RejectedFile
 from cxr_cad.io.deflate import check_inflated_size
-from cxr_cad.io.policy import LATERAL_VIEW_POSITIONS, AcceptPolicy
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,13 @@ def read_dataset(
     is still detected, from the tag at the position where pydicom stopped (for a
     deflated transfer syntax, which must be inflated anyway, by deferring large values).
     A deflated data set is first inflated in bounded chunks (``max_image_bytes``, default
-    :func:`~cxr_cad.io.policy.default_max_image_bytes`).
+    :func:`~cxr_cad.config.accept.default_max_image_bytes`).
 
     Raises:
         RejectedFile: ``UNREADABLE`` when pydicom cannot parse the data set;
             ``IMAGE_TOO_LARGE`` for a deflated data set that inflates beyond the limit.
     """
-    from cxr_cad.io.policy import default_max_image_bytes
+    from cxr_cad.config.accept import default_max_image_bytes
 
     path = Path(path)
     limit = default_max_image_bytes() if max_image_bytes is None else int(max_image_bytes)

@@ -113,12 +113,12 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None, max_image_b
     With ``reduce_to`` and a JPEG 2000 / HTJ2K transfer syntax, decodes at the
     largest resolution level N with ``min(rows, columns) / 2**N >= reduce_to``.
     A compressed frame whose codestream declares more than ``max_image_bytes`` (default
-    :func:`~cxr_cad.io.policy.default_max_image_bytes`) is not decoded.
+    :func:`~cxr_cad.config.accept.default_max_image_bytes`) is not decoded.
 
     Raises:
         RejectedFile: ``DECODE_FAILED`` with the decoder's message; ``IMAGE_TOO_LARGE``.
     """
-    from cxr_cad.io.policy import default_max_image_bytes
+    from cxr_cad.config.accept import default_max_image_bytes
 
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     check_codestream(ds, ts, path, default_max_image_bytes() if max_image_bytes is None else max_image_bytes)

@@ -79,7 +79,7 @@ def _check_size(image: Image.Image, path: Path, fmt: str, limit: int) -> None:
 
 
 def _meta(image: Image.Image, path: Path, fmt: str, max_image_bytes: int | None = None) -> dict:
-    from cxr_cad.io.policy import default_max_image_bytes
+    from cxr_cad.config.accept import default_max_image_bytes
 
     if image.mode not in _MODES:
         raise RejectedFile(
@@ -128,7 +128,7 @@ def read_raster_header(path: str | os.PathLike, fmt: str, *, max_image_bytes: in
     Raises:
         RejectedFile: ``UNREADABLE``, ``UNSUPPORTED_PHOTOMETRIC`` (unsupported PIL mode),
             ``MULTI_FRAME`` (animated PNG), ``IMAGE_TOO_LARGE`` (declared size above
-            ``max_image_bytes``, default :func:`~cxr_cad.io.policy.default_max_image_bytes`,
+            ``max_image_bytes``, default :func:`~cxr_cad.config.accept.default_max_image_bytes`,
             or a Pillow decompression bomb).
     """
     path = Path(path)

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pandas as pd
 
+from cxr_cad.config.accept import AcceptPolicy
 from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.core.progress import progress
 from cxr_cad.core.provenance import sha256_file
 from cxr_cad.core.workers import default_workers
 from cxr_cad.errors import Reason, RejectedFile
 from cxr_cad.io.age import age_in_years
-from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.manifest.patients import (
     KERMANY_PATTERN,
     RASTER_SUFFIXES,

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import cxr_cad
+from cxr_cad.config.accept import AcceptPolicy
 from cxr_cad.errors import ConfigError
-from cxr_cad.io.policy import AcceptPolicy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 

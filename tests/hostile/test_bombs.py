@@ -11,10 +11,10 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
 
+from cxr_cad.config.accept import DEFAULT_MAX_IMAGE_BYTES
 from cxr_cad.errors import ConfigError, Reason, RejectedFile
 from cxr_cad.io import AcceptPolicy, read_header, read_image
 from cxr_cad.io.codestream import codestream_size
-from cxr_cad.io.policy import DEFAULT_MAX_IMAGE_BYTES
 from tests.hostile import inputs as H
 from tests.hostile.conftest import RSS_LIMIT_MB
 from tests.hostile.runner import run_cli

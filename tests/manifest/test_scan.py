@@ -14,8 +14,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
+from cxr_cad.config.accept import AcceptPolicy
 from cxr_cad.errors import ConfigError, Reason, UsageError
-from cxr_cad.io.policy import AcceptPolicy
 from cxr_cad.manifest.patients import PATIENT_PATTERNS, patient_id_from_path, resolve_patient_pattern
 from cxr_cad.manifest.scan import DEFAULT_PATIENT_ID_PATTERN, iter_files, scan_sources
 
