@@ -131,6 +131,82 @@ def _read(path: PathLike, classes: list[str]) -> pd.DataFrame:
     return read_manifest(path, require_labels=True, classes=classes)
 
 
+def _check_options(method: str, calibration: str | None, cutoff: float | None) -> None:
+    """ConfigError for a method, calibration or cut-off ``adapt`` cannot use (before anything loads)."""
+    if method not in METHOD_NAMES:
+        raise ConfigError(f"method must be one of {', '.join(METHOD_NAMES)}, not {method!r}")
+    if calibration is not None and calibration not in ("platt", "temperature"):
+        raise ConfigError(f"calibration must be platt or temperature, not {calibration!r}")
+    if cutoff is not None and not 0.0 < float(cutoff) < 1.0:
+        raise ConfigError(f"cutoff must be in (0, 1), not {cutoff}")
+
+
+def _write_comparison(
+    out: Path,
+    parent: Any,
+    evals: pd.DataFrame,
+    raw: np.ndarray,
+    child_p: np.ndarray,
+    threshold: float,
+    *,
+    method: str,
+    n_excluded: int,
+    group_col: str,
+) -> dict:
+    """Parent vs child on the same evaluation images (paired DeLong): ``comparison.json``,
+    ``comparison.md`` and ``eval_predictions.csv``; the parent's probabilities are calibrated as
+    its own predict would (``raw``: the parent's uncalibrated probabilities)."""
+    from cxr_cad.adaptation import compare, comparison_markdown
+    from cxr_cad.core.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+    from cxr_cad.inference.model import model_calibration
+
+    parent_cal = model_calibration(parent)
+    parent_p = raw if parent_cal is None else parent_cal(raw)
+    y_eval = _labels(evals, parent.positive_class)
+    comparison = compare(y_eval, parent_p, child_p, parent.threshold, threshold, method=method, n_excluded=n_excluded)
+    atomic_write_json(out / COMPARISON_FILE, comparison)
+    atomic_write_text(out / "comparison.md", comparison_markdown(comparison))
+    table = evals[[c for c in ("path", "sop_instance_uid", group_col, "label") if c in evals.columns]].copy()
+    table["parent_probability"] = parent_p
+    table["child_probability"] = child_p
+    atomic_write_csv(out / EVAL_PREDICTIONS_FILE, table)
+    return comparison
+
+
+def _finetune_child(
+    parent: Any,
+    site: pd.DataFrame,
+    out: Path,
+    overrides: Mapping[str, Any],
+    record: dict[str, Any],
+    evals: pd.DataFrame,
+    opts: dict[str, Any],
+) -> tuple[Path, float, Any]:
+    """``finetune``: train from the parent on the site rows, save the child with its provenance;
+    (bundle path, threshold, the child's scores of the evaluation images or None)."""
+    from cxr_cad.adaptation import save_child
+    from cxr_cad.inference.features import score_features
+    from cxr_cad.model import load_bundle
+
+    child, ft = _finetune(parent, site, out, overrides)
+    record["finetune"] = ft
+    bundle_path = save_child(
+        parent,
+        out,
+        model=child.model,
+        threshold=child.threshold,
+        policy=child.threshold_method,
+        params=dict(child.threshold_selection.get("params") or {}),
+        site=site,
+        adaptation=record,
+        extra={k: v for k, v in (child.meta.get("extra") or {}).items() if k != "adaptation"},
+        manifest_hash_value=child.manifest_hash,
+        train_config=child.train_config,
+    )
+    scores = score_features(load_bundle(bundle_path), list(evals["path"].astype(str)), **opts) if len(evals) else None
+    return bundle_path, float(child.threshold), scores
+
+
 def adapt(
     model: PathLike,
     manifest: PathLike | pd.DataFrame,
@@ -163,18 +239,12 @@ def adapt(
     ``adapt.json``; with evaluation rows also ``comparison.json``, ``comparison.md`` and
     ``eval_predictions.csv``. Raises UsageError/ConfigError for bad arguments, BundleError.
     """
-    from cxr_cad.adaptation import compare, comparison_markdown, exclude_site, model_with_head, save_child, split_site
-    from cxr_cad.core.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+    from cxr_cad.adaptation import exclude_site, model_with_head, save_child, split_site
+    from cxr_cad.core.atomic import atomic_write_json
     from cxr_cad.inference.features import score_features
-    from cxr_cad.inference.model import model_calibration
     from cxr_cad.model import load_bundle
 
-    if method not in METHOD_NAMES:
-        raise ConfigError(f"method must be one of {', '.join(METHOD_NAMES)}, not {method!r}")
-    if calibration is not None and calibration not in ("platt", "temperature"):
-        raise ConfigError(f"calibration must be platt or temperature, not {calibration!r}")
-    if cutoff is not None and not 0.0 < float(cutoff) < 1.0:
-        raise ConfigError(f"cutoff must be in (0, 1), not {cutoff}")
+    _check_options(method, calibration, cutoff)
     out = Path(out_dir)
     parent = load_bundle(model)
     classes = list(parent.classes)
@@ -212,24 +282,7 @@ def adapt(
     }
     child_scores = None
     if method == "finetune":
-        child, ft = _finetune(parent, site, out, finetune or {})
-        record["finetune"] = ft
-        bundle_path = save_child(
-            parent,
-            out,
-            model=child.model,
-            threshold=child.threshold,
-            policy=child.threshold_method,
-            params=dict(child.threshold_selection.get("params") or {}),
-            site=site,
-            adaptation=record,
-            extra={k: v for k, v in (child.meta.get("extra") or {}).items() if k != "adaptation"},
-            manifest_hash_value=child.manifest_hash,
-            train_config=child.train_config,
-        )
-        threshold = child.threshold
-        if len(evals):
-            child_scores = score_features(load_bundle(bundle_path), list(evals["path"].astype(str)), **opts)
+        bundle_path, threshold, child_scores = _finetune_child(parent, site, out, finetune or {}, record, evals, opts)
     else:
         adapted = _cheap_method(
             method, parent, y_site, groups, scores, site_rows, calibration=calibration, cutoff=cutoff, seed=seed
@@ -251,25 +304,16 @@ def adapt(
 
     comparison = None
     if len(evals):
-        y_eval = _labels(evals, parent.positive_class)
-        parent_cal = model_calibration(parent)
         raw = scores.probability[eval_rows]
-        parent_p = raw if parent_cal is None else parent_cal(raw)
         if child_scores is not None:  # finetune: the child scored the evaluation images itself
             if not child_scores.ok.all():
                 raise UsageError("the fine-tuned child could not score every evaluation image the parent scored")
             child_p = child_scores.probability
         else:
             child_p = adapted.probabilities(raw, scores.features[eval_rows])
-        comparison = compare(
-            y_eval, parent_p, child_p, parent.threshold, threshold, method=method, n_excluded=n_excluded
+        comparison = _write_comparison(
+            out, parent, evals, raw, child_p, threshold, method=method, n_excluded=n_excluded, group_col=group_col
         )
-        atomic_write_json(out / COMPARISON_FILE, comparison)
-        atomic_write_text(out / "comparison.md", comparison_markdown(comparison))
-        table = evals[[c for c in ("path", "sop_instance_uid", group_col, "label") if c in evals.columns]].copy()
-        table["parent_probability"] = parent_p
-        table["child_probability"] = child_p
-        atomic_write_csv(out / EVAL_PREDICTIONS_FILE, table)
     from cxr_cad.metrics import jsonable
 
     result = AdaptResult(out, bundle_path, method, float(threshold), len(site), len(evals), record, comparison)
