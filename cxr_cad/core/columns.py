@@ -73,6 +73,8 @@ METADATA_COLUMNS: tuple[str, ...] = (
     "patient_age_years",
     "manufacturer",
     "modality",
+    "rows",
+    "columns",
 )
 
 

@@ -53,6 +53,7 @@ from cxr_cad.shift.stats import (
     image_distances,
     image_scores,
     min_flagged,
+    stored_sizes,
     summary_from_bundle,
     table_shift,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "image_distances",
     "image_scores",
     "min_flagged",
+    "stored_sizes",
     "summarise_training",
     "summary_from_bundle",
     "table_shift",
@@ -240,6 +242,7 @@ def summarise_training(
             train_groups=groups,
             ages=both["patient_age_years"] if "patient_age_years" in both.columns else None,
             views=both["view_position"] if "view_position" in both.columns else None,
+            sizes=stored_sizes(both),
         )
     except ValueError as exc:  # too few images: the bundle works, predictions get no shift score
         log.warning("the bundle gets no training-data summary, so no shift score: %s", exc)

@@ -29,6 +29,7 @@ MAX_COMPONENTS = 64
 REF_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 EMPIRICAL_MIN = 300  # reference distances needed for empirical quantiles
 META_MIN = 20  # ages/views known for at least this many training images
+SIZE_FACTOR = 2.0  # stored shorter side this many times below/above the training range: a size never seen
 
 
 def _pca(x: np.ndarray, k: int):
@@ -121,6 +122,23 @@ def _floats(values: Iterable) -> list[float]:
     return out
 
 
+def _size_summary(sizes: tuple[Iterable, Iterable] | None) -> dict | None:
+    """The stored pixel size of the training images: 0.5/50/99.5% quantiles of the shorter side.
+
+    Downscaled or re-encoded copies of a collection (e.g. a public 224x224 release) differ from
+    the training images in sharpness, noise and compression, which the network's features do not
+    necessarily expose (docs/generalisation.md); their stored size does."""
+    if sizes is None:
+        return None
+    rows, cols = (np.asarray(_floats(v), np.float64) for v in sizes)
+    short = np.fmin(rows, cols)
+    short = short[np.isfinite(short) & (short > 0)]
+    if len(short) < META_MIN:
+        return None
+    q = np.quantile(short, [0.005, 0.5, 0.995])
+    return {"n": int(len(short)), "low": float(q[0]), "median": float(q[1]), "high": float(q[2])}
+
+
 def _view_summary(views: Iterable | None) -> dict | None:
     if views is None:
         return None
@@ -138,6 +156,7 @@ def fit_summary(
     train_groups: Sequence | None = None,
     ages: Iterable | None = None,
     views: Iterable | None = None,
+    sizes: tuple[Iterable, Iterable] | None = None,
 ) -> dict:
     """The bundle's training-data summary (plain types; :data:`SUMMARY_FORMAT`).
 
@@ -146,7 +165,8 @@ def fit_summary(
     source the PPCA does not see (the validation split); their distances, together with the
     training images' cross-fitted distances (folds grouped by ``train_groups``), give the
     reference quantiles. ``ages`` (years) / ``views`` (ViewPosition) of the training images,
-    when known. Raises ValueError with fewer than 10 training images.
+    when known; ``sizes``: their stored (rows, columns). Raises ValueError with fewer than 10
+    training images.
     """
     x = np.asarray(train_features, np.float64)
     if x.ndim != 2 or len(x) < 10:
@@ -183,6 +203,7 @@ def fit_summary(
         "image_quantile": IMAGE_QUANTILE,
         "age_years": _age_summary(ages),
         "view": _view_summary(views),
+        "stored_size": _size_summary(sizes),
     }
 
 
@@ -251,15 +272,37 @@ def _unseen_views(summary: dict, views: Iterable | None) -> tuple[int, int]:
     return sum(1 for v in known if v not in ref["counts"]), len(known)
 
 
+def _unseen_sizes(summary: dict, sizes: tuple[Iterable, Iterable] | None) -> tuple[int, int, float]:
+    """(images stored at a size never seen in training, images with a known size, their median
+    shorter side): shorter side below the training 0.5% quantile / :data:`SIZE_FACTOR` or above
+    the 99.5% quantile x :data:`SIZE_FACTOR`."""
+    ref = summary.get("stored_size")
+    if not ref or sizes is None:
+        return 0, 0, math.nan
+    rows, cols = (np.asarray(_floats(v), np.float64) for v in sizes)
+    short = np.fmin(rows, cols)
+    short = short[np.isfinite(short) & (short > 0)]
+    if not len(short):
+        return 0, 0, math.nan
+    bad = (short < ref["low"] / SIZE_FACTOR) | (short > ref["high"] * SIZE_FACTOR)
+    return int(bad.sum()), int(len(short)), float(np.median(short))
+
+
 def cohort_shift(
-    scores: Sequence[float], summary: dict, *, ages: Iterable | None = None, views: Iterable | None = None
+    scores: Sequence[float],
+    summary: dict,
+    *,
+    ages: Iterable | None = None,
+    views: Iterable | None = None,
+    sizes: tuple[Iterable, Iterable] | None = None,
 ) -> dict:
     """The cohort's shift result (the ``"shift"`` entry of metrics.json and shift.json).
 
     ``scores``: per-image ``shift_score`` (NaN/blank entries are ignored). ``ages``/``views``:
     the cohort's known ages (years) and ViewPosition values, compared with the training
     ones when the summary has them (same counting rule: outside the training 0.5-99.5%
-    age range, or a view never seen in training).
+    age range, or a view never seen in training). ``sizes``: the images' stored (rows,
+    columns), compared with the training images' stored shorter side (:func:`_unseen_sizes`).
 
     Returns ``{"cohort_score", "threshold", "flagged", "n_images", "n_flagged",
     "fraction_flagged", "message"}``; ``cohort_score`` is the fraction of images beyond the
@@ -288,6 +331,16 @@ def cohort_shift(
         if need is not None and bad >= need:
             flagged = True
             reasons.append(f"{bad} of {known} images with a known value are {what}")
+    bad, known, median = _unseen_sizes(summary, sizes)
+    need = min_flagged(known)
+    if need is not None and bad >= need:
+        ref = summary["stored_size"]
+        flagged = True
+        reasons.append(
+            f"{bad} of {known} images are stored at a size never seen in training (median shorter side "
+            f"{median:.0f} px; training {ref['low']:.0f}-{ref['high']:.0f} px): downscaled or re-encoded "
+            "copies differ in sharpness and noise, which the model may read as findings"
+        )
     if n == 0:
         message = "no images were scored; no shift assessment"
     elif flagged:
@@ -310,9 +363,14 @@ def cohort_shift(
     }
 
 
+def stored_sizes(table: pd.DataFrame) -> tuple[Iterable, Iterable] | None:
+    """A manifest or joined predictions table's stored (rows, columns), when it has them."""
+    return (table["rows"], table["columns"]) if {"rows", "columns"} <= set(table.columns) else None
+
+
 def table_shift(table: pd.DataFrame, summary: dict | None) -> tuple[dict | None, bool]:
     """:func:`cohort_shift` of a predictions table (``shift_score``, and ``patient_age_years`` /
-    ``view_position`` when present), and whether only the age/view comparison flagged it
+    ``view_position`` / stored ``rows`` and ``columns`` when present), and whether only the age/view comparison flagged it
     (the feature verdict was already logged by batch prediction). ``(None, False)`` without
     a summary or a ``shift_score`` column."""
     if summary is None or "shift_score" not in table.columns:
@@ -323,5 +381,6 @@ def table_shift(table: pd.DataFrame, summary: dict | None) -> tuple[dict | None,
         summary,
         ages=table["patient_age_years"] if "patient_age_years" in table.columns else None,
         views=table["view_position"] if "view_position" in table.columns else None,
+        sizes=stored_sizes(table),
     )
     return result, result["flagged"] and not cohort_shift(scores, summary)["flagged"]

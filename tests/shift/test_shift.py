@@ -105,6 +105,30 @@ def test_age_and_view_outside_training_flag_a_cohort():
     assert shift.table_shift(table, None) == (None, False)
 
 
+def test_stored_size_never_seen_in_training_flags_a_cohort():
+    """Downscaled copies (e.g. a public 224x224 release of full-size films): the stored size is
+    compared even when the features look in-distribution (docs/generalisation.md)."""
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(700, 1100, 100), rng.integers(900, 1300, 100)
+    s = shift.fit_summary(_features(np.random.default_rng(3), 100), sizes=(rows, cols))
+    assert s["stored_size"]["n"] == 100 and 700 <= s["stored_size"]["low"] < s["stored_size"]["high"] <= 1100
+    ok = [0.5] * 60
+    assert not shift.cohort_shift(ok, s, sizes=(rng.integers(650, 1150, 60), [1024] * 60))["flagged"]
+    small = shift.cohort_shift(ok, s, sizes=([224] * 60, [224] * 60))
+    assert small["flagged"] and "stored at a size never seen in training" in small["message"]
+    assert "median shorter side 224 px" in small["message"]
+    assert shift.cohort_shift(ok, s, sizes=([4096] * 60, [4096] * 60))["flagged"]  # detector-size films
+    assert not shift.cohort_shift(ok, s, sizes=([224] * 2 + [800] * 58, [900] * 60))["flagged"]  # 2 of 60: chance
+    table = pd.DataFrame({"shift_score": ok, "rows": [224] * 60, "columns": [224] * 60})
+    result, only_meta = shift.table_shift(table, s)
+    assert result["flagged"] and only_meta
+    no_size = shift.fit_summary(_features(np.random.default_rng(3), 100))  # bundles written before
+    assert (
+        no_size["stored_size"] is None
+        and not shift.cohort_shift(ok, no_size, sizes=([224] * 60, [224] * 60))["flagged"]
+    )
+
+
 def test_feature_tap_captures_the_head_input():
     from cxr_cad.model import build_resnet18
 
@@ -263,6 +287,31 @@ def test_adult_films_are_flagged(trained, tmp_path, one_thread):
     assert n >= 2
     result, pred = _predict(trained.bundle_path, out, tmp_path / "pred")
     assert result.shift["flagged"], result.shift
+
+
+def test_evaluate_flags_downscaled_copies_of_training_source_films(trained, sample, tmp_path, capsys, one_thread):
+    """Unseen patients of the training source, stored as quarter-size re-encoded JPEG copies: the
+    features need not move, the stored size does, and evaluate's verdict says so."""
+    from cxr_cad.cli import main
+    from cxr_cad.manifest.scan import scan_sources
+
+    held = sample[1]
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i, p in enumerate(held["path"]):
+        img = Image.open(p).convert("L")
+        img.resize((max(img.width // 4, 8), max(img.height // 4, 8)), Image.BILINEAR).save(
+            folder / f"s{i:03d}.jpg", quality=75
+        )
+    df = scan_sources([folder], workers=1).accepted.sort_values("path").reset_index(drop=True)
+    df["label"] = held["label"].to_numpy()
+    manifest = tmp_path / "small.csv"
+    df.to_csv(manifest, index=False)
+    out = tmp_path / "report"
+    argv = ["evaluate", "--model", str(trained.bundle_path), "--manifest", str(manifest), "--out", str(out)]
+    assert main([*argv, "--workers", "0", "--device", "cpu", "--gradcam-per-group", "0", "--no-pdf"]) == 0
+    verdict = json.loads((out / "metrics.json").read_text())["shift"]
+    assert verdict["flagged"] and "stored at a size never seen in training" in verdict["message"], verdict
 
 
 def test_bundle_without_summary_still_predicts(trained, sample, tmp_path, one_thread):
