@@ -31,6 +31,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
@@ -39,6 +40,30 @@ from pydicom.uid import (
 CRImageStorage = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 KERMANY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kermany-dev"
 SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless)
+#: ``--syntaxes`` names; ``jpeg_baseline`` stores the top 8 of the 12 bits (8-bit JPEG, quality 95).
+SYNTAX_NAMES = {
+    "explicit": ExplicitVRLittleEndian,
+    "j2k": JPEG2000Lossless,
+    "rle": RLELossless,
+    "jpegls": JPEGLSLossless,
+    "jpeg_baseline": JPEGBaseline8Bit,
+}
+
+
+def to_jpeg_baseline(ds: Dataset) -> None:
+    """Re-encode ``ds``'s 12-bit pixels as 8-bit JPEG baseline (Pillow, quality 95), in place."""
+    import io
+
+    from pydicom.encaps import encapsulate
+
+    pixels = (np.frombuffer(ds.PixelData, dtype="<u2").reshape(ds.Rows, ds.Columns) >> 4).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.LossyImageCompression = "01"
 
 
 def to_12bit(jpeg: Path, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -80,8 +105,16 @@ def make_dataset(pixels: np.ndarray, *, monochrome1: bool, k: int) -> Dataset:
     return ds
 
 
-def make_folder(out: Path, n: int, unique: int, size: int = 2000, source: Path = KERMANY, seed: int = 0) -> list[Path]:
-    """Write ``unique`` encoded files and hard links up to ``n`` files under ``out``."""
+def make_folder(
+    out: Path,
+    n: int,
+    unique: int,
+    size: int = 2000,
+    source: Path = KERMANY,
+    seed: int = 0,
+    syntaxes: tuple = SYNTAXES,
+) -> list[Path]:
+    """Write ``unique`` encoded files (cycling through ``syntaxes``) and hard links up to ``n`` files under ``out``."""
     with open(source / "manifest.csv", newline="", encoding="utf-8") as fh:
         jpegs = [source / row["path"] for row in csv.DictReader(fh)]
     rng = np.random.default_rng(seed)
@@ -89,9 +122,11 @@ def make_folder(out: Path, n: int, unique: int, size: int = 2000, source: Path =
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for k, j in enumerate(picks):
-        syntax = SYNTAXES[k % len(SYNTAXES)]
-        ds = make_dataset(to_12bit(jpegs[j], size, rng), monochrome1=bool((k // len(SYNTAXES)) % 2), k=k)
-        if syntax != ExplicitVRLittleEndian:
+        syntax = syntaxes[k % len(syntaxes)]
+        ds = make_dataset(to_12bit(jpegs[j], size, rng), monochrome1=bool((k // len(syntaxes)) % 2), k=k)
+        if syntax == JPEGBaseline8Bit:
+            to_jpeg_baseline(ds)
+        elif syntax != ExplicitVRLittleEndian:
             ds.compress(syntax)
         path = out / f"img-{k:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -113,9 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unique", type=int, default=40, help="distinct encoded files (default 40)")
     ap.add_argument("--size", type=int, default=2000, help="longer side in pixels (default 2000)")
     ap.add_argument("--source", type=Path, default=KERMANY, help="kermany-dev folder (JPEGs + manifest.csv)")
+    ap.add_argument(
+        "--syntaxes",
+        default="explicit,j2k,rle,jpegls",
+        help=f"comma-separated transfer syntaxes to cycle through, of {', '.join(SYNTAX_NAMES)} "
+        "(default explicit,j2k,rle,jpegls)",
+    )
     args = ap.parse_args(argv)
+    unknown = [name for name in args.syntaxes.split(",") if name not in SYNTAX_NAMES]
+    if unknown:
+        ap.error(f"unknown syntax(es) {unknown}; choose from {', '.join(SYNTAX_NAMES)}")
+    syntaxes = tuple(SYNTAX_NAMES[name] for name in args.syntaxes.split(","))
     t0 = time.perf_counter()
-    files = make_folder(args.out, args.n, args.unique, args.size, args.source)
+    files = make_folder(args.out, args.n, args.unique, args.size, args.source, syntaxes=syntaxes)
     print(f"{len(files)} files in {args.out} ({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -205,9 +205,8 @@ class PredictDataset(torch.utils.data.Dataset[Sample]):
     def __init__(self, inputs: Sequence[PredictInput], policy: AcceptPolicy | None, spec: TransformSpec):
         self.inputs = inputs
         self.policy = policy
-        # full-resolution decode, as cxr_cad.transforms.build_load_transforms: a reduced JPEG 2000
-        # decode made a DICOM score up to 0.047 away from its JPEG (issue 10)
-        self.reduce_to = None
+        # the working resolution of cxr_cad.io.working, as cxr_cad.transforms.build_load_transforms
+        self.reduce_to = spec.image_size
         self.preprocess = make_preprocess(spec)
 
     def __len__(self) -> int:

@@ -5,11 +5,16 @@ Order (PS3.4 N.2 grayscale pipeline, display orientation bright = bone):
 1. **Decode** the stored values through pydicom's decoders (native, deflated, RLE,
    JPEG baseline/extended (8 and 12-bit)/lossless, JPEG-LS, JPEG 2000, HTJ2K), each
    compressed syntax through the permissively licensed plugins that
-   :mod:`cxr_cad.io.decoders` names, in its order. JPEG 2000 may decode at a reduced
-   resolution (``reduce_to``).
+   :mod:`cxr_cad.io.decoders` names, in its order. With ``reduce_to`` (the model input
+   side) JPEG 2000 / HTJ2K decode at a lower resolution level (one short of the working
+   level: the last halving is a block mean, as elsewhere) and 8-bit JPEG baseline with
+   DCT scaling, toward the working resolution of :mod:`cxr_cad.io.working`.
 2. **Modality LUT**: (0028,3000) Modality LUT Sequence when present (through
    :func:`pydicom.pixels.apply_modality_lut`), else (0028,1053) Rescale Slope and
-   (0028,1052) Rescale Intercept (both must be present, as in pydicom), in float32.
+   (0028,1052) Rescale Intercept (both must be present, as in pydicom), in float32;
+   the rest of the way to the working resolution is made by block means
+   (:func:`cxr_cad.io.working.area_reduce`) of the stored values (a Modality LUT Sequence:
+   of its output), before any VOI or scaling.
 3. **VOI** (``apply_voi``): (0028,3010) VOI LUT Sequence (first item, through
    :func:`pydicom.pixels.apply_voi`) or (0028,1050) Window Center / (0028,1051)
    Window Width (first value of each), with (0028,1056) VOI LUT Function LINEAR,
@@ -29,6 +34,7 @@ by ITU-R BT.601 luma, then min/max scaling.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from pathlib import Path
@@ -36,10 +42,11 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
-from pydicom.uid import UID, JPEG2000TransferSyntaxes
+from pydicom.uid import UID, JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from cxr_cad.errors import Reason, RejectedFile
 from cxr_cad.io.decoders import GPL_EXTRA, DecodeError, NoDecoderError, decode_array, is_decoder_panic, is_gpl
+from cxr_cad.io.working import area_reduce, working_level
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +114,39 @@ def _decode_hint(exc: BaseException, ts: UID) -> str:
     return "the pixel data is truncated or corrupt: re-export the file"
 
 
-def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None, max_image_bytes: int | None = None) -> np.ndarray:
-    """Decoded stored values: 2-D (rows, columns), or (rows, columns, 3) RGB.
+def _jpeg_scaled(ds: Dataset, level: int, path: Path) -> tuple[np.ndarray, int] | None:
+    """8-bit grayscale JPEG pixel data decoded with libjpeg's DCT scaling (Pillow ``draft``).
 
-    With ``reduce_to`` and a JPEG 2000 / HTJ2K transfer syntax, decodes at the
-    largest resolution level N with ``min(rows, columns) / 2**N >= reduce_to``.
+    None when Pillow declines or fails: the caller then decodes at full resolution through the
+    plugins of :mod:`cxr_cad.io.decoders` (Pillow first), which report any error.
+    """
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    from cxr_cad.io.working import jpeg_draft
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame), formats=("JPEG",)) as image:
+            if image.mode != "L" or image.size != (int(ds.Columns), int(ds.Rows)):
+                return None
+            reached = jpeg_draft(image, level)
+            if reached == 0:
+                return None
+            image.load()
+            return np.asarray(image), reached
+    except (OSError, ValueError, StopIteration, SyntaxError) as exc:
+        log.debug("%s: DCT-scaled JPEG decode failed (%s); decoding at full resolution", path, exc)
+        return None
+
+
+def decode(ds: Dataset, path: Path, *, level: int = 0, max_image_bytes: int | None = None) -> tuple[np.ndarray, int]:
+    """Decoded stored values, 2-D (rows, columns) or (rows, columns, 3) RGB, and their level.
+
+    ``level`` asks for the image shrunk by ``2**level`` where the codec can do it
+    (:mod:`cxr_cad.io.working`): JPEG 2000 / HTJ2K by resolution levels (at most the
+    codestream's own, and :data:`~cxr_cad.io.j2k.LEVELS_SHORT` short of ``level``), 8-bit grayscale JPEG baseline by DCT scaling (at most 1/8). Returns the
+    level actually decoded (0 for every other syntax); the caller averages the rest.
     A compressed frame whose codestream declares more than ``max_image_bytes`` (default
     :func:`~cxr_cad.config.accept.default_max_image_bytes`) is not decoded.
 
@@ -122,12 +157,16 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None, max_image_b
 
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
     check_codestream(ds, ts, path, default_max_image_bytes() if max_image_bytes is None else max_image_bytes)
-    if reduce_to and ts in JPEG2000TransferSyntaxes and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
-        from cxr_cad.io.j2k import decode_reduced
+    if level > 0 and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        reduced = None
+        if ts in JPEG2000TransferSyntaxes:
+            from cxr_cad.io.j2k import LEVELS_SHORT, decode_reduced
 
-        arr = decode_reduced(ds, reduce_to, path)
-        if arr is not None:
-            return arr
+            reduced = decode_reduced(ds, level - LEVELS_SHORT, path)
+        elif ts in (JPEGBaseline8Bit, JPEGExtended12Bit) and int(ds.get("BitsStored", 0) or 0) == 8:
+            reduced = _jpeg_scaled(ds, level, path)
+        if reduced is not None:
+            return reduced
     if "PhotometricInterpretation" not in ds or not ds.PhotometricInterpretation:
         ds.PhotometricInterpretation = "MONOCHROME2"  # pydicom needs it; checked: 1 sample per pixel
     try:
@@ -150,7 +189,7 @@ def decode(ds: Dataset, path: Path, *, reduce_to: int | None = None, max_image_b
             f"decoded pixel array has shape {arr.shape}, expected one frame",
             path,
         )
-    return arr
+    return arr, 0
 
 
 def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -159,6 +198,8 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     Returns float32; equals :func:`pydicom.pixels.apply_modality_lut` (which works in float64).
     """
     if ds.get("ModalityLUTSequence"):
+        if arr.dtype.kind == "f":  # a filtered reduced decode: the LUT is indexed by stored values
+            arr = np.rint(arr).astype(np.int64)
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
     out = arr.astype(np.float32)
     slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
@@ -247,12 +288,19 @@ def display_pixels(
             ``IMAGE_TOO_LARGE`` (codestream above ``max_image_bytes``) or
             ``CONSTANT_IMAGE`` (one value everywhere, before or after the VOI).
     """
-    arr = decode(ds, path, reduce_to=reduce_to, max_image_bytes=max_image_bytes)
+    level = working_level(int(ds.Rows), int(ds.Columns), reduce_to)
+    arr, reached = decode(ds, path, level=level, max_image_bytes=max_image_bytes)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if arr.ndim == 3:  # colour -> gray
         values = np.tensordot(arr.astype(np.float32, copy=False), _LUMA, axes=([2], [0])).astype(np.float32)
+        values = area_reduce(values, level - reached)
         photometric = "MONOCHROME2"
     else:
+        # the rest of the way to the working resolution, before the VOI: on the stored values when
+        # the Modality LUT is linear (rescale; fewer pixels to convert), else in modality units
+        lut_sequence = bool(ds.get("ModalityLUTSequence"))
+        if not lut_sequence and level > reached:
+            arr = area_reduce(arr, level - reached)
         lo, hi = arr.min(), arr.max()
         if lo == hi:
             raise RejectedFile(
@@ -269,6 +317,8 @@ def display_pixels(
                 f"LUT Sequence or (0028,1052)/(0028,1053) Rescale): {exc}",
                 path,
             ) from exc
+        if lut_sequence:
+            values = area_reduce(values, level - reached)
     lo, hi = float(values.min()), float(values.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise RejectedFile(Reason.DECODE_FAILED, "decoded pixel values include NaN or infinity", path)

@@ -3,10 +3,14 @@
 PNG/JPEG files are display images already (windowed, bright = bone), so no VOI or
 inversion applies: values are divided by the full scale of their bit depth
 (255 for 8-bit, 65535 for 16-bit, 1 for bilevel). Colour (RGB, RGBA, palette,
-CMYK, YCbCr) becomes gray by ITU-R BT.601 luma; alpha is dropped. JPEGs are always
-decoded at full resolution (``reduce_to`` is accepted and ignored): PIL's DCT-scaled
-``draft()`` decoding changed the pixels enough to make a JPEG and a DICOM of the same
-film score differently (issue 10).
+CMYK, YCbCr) becomes gray by ITU-R BT.601 luma; alpha is dropped.
+
+With ``reduce_to`` (the model input side) the image is brought to the working resolution
+of :mod:`cxr_cad.io.working` before the scaling, as every DICOM is: a JPEG by libjpeg's DCT
+scaling (Pillow ``draft``, 1/2 to 1/8) and block means for the rest, a PNG by block means.
+(Issue 10 had turned ``draft`` off because it decoded down to about the model input itself
+and moved scores by up to 0.1; at the working resolution the final area resize does the last
+>= 2x, and JPEG and DICOM of one film score within 0.01: ``benchmarks/container_invariance.py``.)
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.io.working import area_reduce, jpeg_draft, working_level
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +167,11 @@ def read_raster_image(
     with _open(path, fmt) as image:
         meta = _meta(image, path, fmt, max_image_bytes)
         bits = _MODES[image.mode][0]
-        # No draft() (DCT-scaled) decoding: on kermany-dev films it changed resized pixels by up
-        # to 0.4 (0.18 at 1/2 scale) against a full decode, so a JPEG and a DICOM of the same
-        # film scored up to 0.1 apart (issue 10; benchmarks/container_invariance.py). A full
-        # JPEG decode is cheap; ``reduce_to`` stays a hint for JPEG 2000 (cxr_cad.io.j2k).
+        level = working_level(meta["rows"], meta["columns"], reduce_to)
         try:
+            reached = jpeg_draft(image, level) if fmt == "jpeg" and level else 0
             image.load()
-            gray = _to_gray(image)
+            gray = area_reduce(_to_gray(image), level - reached)
         except Image.DecompressionBombError as exc:
             raise RejectedFile(
                 Reason.IMAGE_TOO_LARGE, f"{fmt.upper()} decompression bomb ({exc}); not decoded", path

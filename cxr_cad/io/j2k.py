@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
 from cxr_cad.errors import Reason, RejectedFile
+from cxr_cad.io.working import WORK_MARGIN, working_level, working_shape
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 def codestream_info(frame: bytes) -> dict | None:
     """Parse SIZ and COD of a J2K codestream (raw or inside a JP2 wrapper).
 
-    Returns ``{"columns", "rows", "components", "precision", "signed", "levels"}``
-    (``levels``: number of wavelet decompositions, (FF52) COD SPcod) or None when the
-    markers are not found.
+    Returns ``{"columns", "rows", "components", "precision", "signed", "levels", "reversible"}``
+    (``levels``: number of wavelet decompositions, ``reversible``: the 5/3 wavelet rather than
+    the 9/7, both from (FF52) COD SPcod) or None when the markers are not found.
     """
     start = frame.find(b"\xff\x4f\xff\x51")
     if start < 0:
@@ -53,28 +53,31 @@ def codestream_info(frame: bytes) -> dict | None:
                 precision=(ssiz & 0x7F) + 1,
                 signed=bool(ssiz & 0x80),
             )
-        elif marker == 0xFF52 and body + 6 <= len(frame):  # COD
+        elif marker == 0xFF52 and body + 10 <= len(frame):  # COD
             info["levels"] = frame[body + 5]
+            info["reversible"] = frame[body + 9] == 1  # SPcod transformation: 1 = 5/3, 0 = 9/7
         elif marker == 0xFF90:  # SOT: end of the main header
             break
         pos += 2 + length
     return info if {"levels", "precision"} <= info.keys() else None
 
 
-#: The reduced image keeps at least this many times the target size, so the final
-#: area resize (not the wavelet low-pass alone) does the last 2x or more of the shrinking.
-#: Measured on real radiographs (Kermany, ~1000 px, target 224): stopping at >= 1x the
-#: target moved model probabilities by up to 0.019 against a full decode; at >= 2x the
-#: difference is below 0.005, and a 2000 px film still decodes at 1/4 resolution.
-REDUCE_MARGIN = 2
+#: Kept for callers of the old name: the working-resolution margin (:data:`cxr_cad.io.working.WORK_MARGIN`).
+REDUCE_MARGIN = WORK_MARGIN
 
 
 def reduction_level(shorter_side: int, reduce_to: int, levels: int) -> int:
-    """Largest N <= ``levels`` with ``shorter_side / 2**N >= REDUCE_MARGIN * reduce_to`` (0 when none)."""
-    target = REDUCE_MARGIN * reduce_to
-    if reduce_to <= 0 or shorter_side < 2 * target:
-        return 0
-    return max(0, min(levels, int(math.floor(math.log2(shorter_side / target)))))
+    """The working level (:func:`cxr_cad.io.working.working_level`) capped at the codestream's ``levels``."""
+    return max(0, min(levels, working_level(shorter_side, shorter_side, reduce_to)))
+
+
+#: JPEG 2000 decodes this many resolution levels short of the working level, so the last halving
+#: (at least) is a block mean, as for every other container. The wavelet low-pass (5/3 or 9/7) keeps
+#: more detail near the reduced Nyquist frequency than a block mean and is centred on pixel
+#: ``2**level * k``, not on the block's centre; decoding all the way moved a model's scores by up to
+#: 0.038 against the same film's JPEG on kermany-dev (a least-squares correction filter still left
+#: 0.017), one level short leaves 0.002 (benchmarks/container_invariance.py, docs/io.md).
+LEVELS_SHORT = 1
 
 
 def _set_reduce(image: Any, level: int) -> None:
@@ -142,8 +145,13 @@ def decode_level(ds: Dataset, level: int, path: Path) -> np.ndarray:
     return arr
 
 
-def decode_reduced(ds: Dataset, reduce_to: int, path: Path) -> np.ndarray | None:
-    """Reduced decode for ``reduce_to`` (see :func:`reduction_level`); None when no reduction applies."""
+def decode_reduced(ds: Dataset, level: int, path: Path) -> tuple[np.ndarray, int] | None:
+    """Decode at resolution level ``min(level, codestream levels)``: (stored values, level decoded).
+
+    None when no reduction applies (level 0, a codestream with several components or an image
+    offset, no decomposition levels) or when the reduced decode fails or gives an unexpected size
+    (logged; the caller then decodes at full resolution, same pixels, slower).
+    """
     rows, columns = int(ds.Rows), int(ds.Columns)
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -154,7 +162,7 @@ def decode_reduced(ds: Dataset, reduce_to: int, path: Path) -> np.ndarray | None
     info = codestream_info(frame)
     if info is None or info.get("components", 1) != 1 or info.get("origin", (0, 0)) != (0, 0):
         return None
-    level = reduction_level(min(rows, columns), reduce_to, int(info["levels"]))
+    level = max(0, min(int(level), int(info["levels"])))
     if level == 0:
         return None
     try:
@@ -164,11 +172,11 @@ def decode_reduced(ds: Dataset, reduce_to: int, path: Path) -> np.ndarray | None
             "%s: reduced-resolution JPEG 2000 decode failed (%s); decoding at full resolution", path, exc.detail
         )
         return None
-    expected = (-(-rows // (1 << level)), -(-columns // (1 << level)))
+    expected = working_shape(rows, columns, level)
     if arr.shape != expected:
         log.warning(
             "%s: reduced JPEG 2000 decode gave %s, expected %s; decoding at full resolution", path, arr.shape, expected
         )
         return None
     log.debug("%s: JPEG 2000 decoded at level %d: %s -> %s", path, level, (rows, columns), arr.shape)
-    return arr
+    return arr, level

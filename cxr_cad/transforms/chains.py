@@ -3,7 +3,7 @@
 Every chain is split in two:
 
 * the deterministic part (:func:`build_load_transforms`): ``LoadImaged`` with
-  :class:`CxrReader` -> resize (``squash`` or ``pad``) -> plain float32 tensor
+  :class:`CxrReader` (decoding at the working resolution of :mod:`cxr_cad.io.working`) -> resize (``squash`` or ``pad``) -> plain float32 tensor
   ``(1, S, S)`` in [0, 1]. This is what :func:`make_dataset` caches (on disk or in
   memory), so repeated epochs and folds do not decode DICOM again;
 * the per-sample part (:func:`build_post_transforms`): training augmentation (random,
@@ -85,10 +85,11 @@ def build_load_transforms(
     """
     if policy is not None:
         policy = dataclasses.replace(policy, apply_voi=spec.apply_voi)
-    # Full-resolution decode (no reduce_to): reduced JPEG 2000 decoding (2 levels for a 1024-px
-    # film at 128 px) made a DICOM score up to 0.047 away from its JPEG on kermany-dev
-    # (benchmarks/container_invariance.py); the same film must give the same score (issue 10).
-    reader = CxrReader(policy=policy, reduce_to=None, apply_voi=spec.apply_voi)
+    # Every container is decoded at the same working resolution (shorter side 2-4x the model
+    # input, cxr_cad.io.working), by its codec where it can and by block means otherwise, so
+    # the area resize below always does the last >= 2x and the same film scores the same
+    # whatever its container (benchmarks/container_invariance.py, issue 19).
+    reader = CxrReader(policy=policy, reduce_to=spec.image_size, apply_voi=spec.apply_voi)
     size = spec.image_size
     # area interpolation averages source pixels (no aliasing); the others need smoothing first
     aa = spec.interpolation != "area"
@@ -223,7 +224,7 @@ def build_train_transforms(
 def spec_cache_key(spec: TransformSpec) -> str:
     """Short hash of the fields that decide the cached (deterministic) output."""
     fields = {k: getattr(spec, k) for k in ("image_size", "aspect", "apply_voi", "interpolation")}
-    blob = json.dumps({"v": 3, **fields}, sort_keys=True).encode()  # v3: every file decoded at full resolution
+    blob = json.dumps({"v": 4, **fields}, sort_keys=True).encode()  # v4: decoded at the working resolution
     return sha256_bytes(blob)[:16]
 
 

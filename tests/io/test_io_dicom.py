@@ -475,9 +475,15 @@ def test_reduced_decode_close_to_full_decode_plus_resize(tmp_path, syntax):
     assert read_image(path, reduce_to=300)[0].shape == full.shape  # 470 / 2 < 300: no reduction
 
 
-def test_reduce_to_is_ignored_by_other_syntaxes(tmp_path, reference):
-    stored, expected = reference
-    pixels, _ = read_image(write_dicom(tmp_path / "e.dcm", stored, transfer_syntax="rle"), reduce_to=32)
-    np.testing.assert_allclose(pixels, expected, atol=1e-6)
+def test_other_syntaxes_reach_the_working_resolution_by_block_means(tmp_path, reference):
+    from cxr_cad.io.working import area_reduce
+
+    stored, _ = reference  # 128 px: reduce_to=32 -> level 1 (64 px >= 2 x 32)
+    path = write_dicom(tmp_path / "e.dcm", stored, bits_stored=12, transfer_syntax="rle")
+    pixels, meta = read_image(path, reduce_to=32)
+    means = area_reduce(stored, 1)  # block means of the stored values, then min-max (no window)
+    np.testing.assert_allclose(pixels, (means - means.min()) / (means.max() - means.min()), atol=1e-6)
+    assert (meta["rows"], meta["columns"]) == (128, 128)  # the stored size
+    assert read_image(path, reduce_to=33)[0].shape == (128, 128)  # 128 < 4 x 33: stays as stored
     with pytest.raises(ConfigError):
         read_image(tmp_path / "e.dcm", reduce_to=0)

@@ -131,19 +131,30 @@ def test_other_image_formats_unsupported(tmp_path, fmt):
     assert reason_of(read_image, tmp_path / "img") == Reason.UNSUPPORTED_FORMAT
 
 
-def test_jpeg_is_decoded_at_full_resolution_whatever_reduce_to(tmp_path):
-    """No draft (DCT-scaled) decoding: it moved resized pixels by up to 0.4 against a full decode,
-    so a JPEG and a DICOM of the same film scored differently (issue 10)."""
+def test_jpeg_and_png_are_read_at_the_working_resolution(tmp_path):
+    """JPEG by DCT scaling (Pillow draft), PNG by block means: both at ceil(size / 2**level),
+    close to the full decode's block means (issue 19: the same working resolution for every container)."""
     from scipy.ndimage import gaussian_filter
 
+    from cxr_cad.io.working import area_reduce, working_level, working_shape
     from tests.factories.dicom import chest_phantom
 
     arr = np.rint(gaussian_filter(chest_phantom((530, 470), bits_stored=8).astype(np.float64), 2.0)).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(arr).save(tmp_path / "big.png")
     full, meta = read_image(tmp_path / "big.jpg")
     for target in (50, 100, 117, 300):
+        level = working_level(530, 470, target)
+        assert level == {50: 2, 100: 1, 117: 1, 300: 0}[target]
         reduced, meta_r = read_image(tmp_path / "big.jpg", reduce_to=target)
-        assert meta_r == meta and np.array_equal(reduced, full)
+        png, _ = read_image(tmp_path / "big.png", reduce_to=target)
+        assert meta_r == meta  # rows/columns stay the stored size
+        assert reduced.shape == png.shape == working_shape(530, 470, level)
+        np.testing.assert_allclose(png, area_reduce(arr, level) / 255, atol=1e-6)
+        box = area_reduce(full, level)  # the full JPEG decode, block-averaged
+        assert float(np.abs(reduced - box).mean()) < 0.005 and float(np.abs(reduced - box).max()) < 0.05
+        if level == 0:
+            assert np.array_equal(reduced, full)
 
 
 def test_synthetic_png_cohort_reads(png_cohort):

@@ -120,3 +120,63 @@ def test_without_percentile_scaling_the_inputs_differ(trained, tmp_path):
             assert max(diffs.values()) < 0.03, diffs
         else:
             assert diffs["jpeg_narrow"] > 0.1, diffs  # the chain before spec version 2
+
+
+def _large_variants(src: str, where: Path, scale: int = 5) -> dict[str, Path]:
+    """One film upscaled ``scale`` x (more than 4x the 64-px model input) in the containers whose
+    codecs reduce it themselves (JPEG 2000 levels, JPEG DCT scaling) and in block-mean ones."""
+    small = Image.open(src).convert("L")
+    x = np.asarray(small.resize((small.width * scale, small.height * scale), Image.Resampling.BICUBIC))
+    v12 = x.astype(np.uint16) * 16 + 8
+    out: dict[str, Path] = {}
+    Image.fromarray(x).save(out.setdefault("jpeg", where / "film.jpg"), quality=95)
+    Image.fromarray(x).save(out.setdefault("png", where / "film.png"))
+    write_dicom(out.setdefault("explicit12", where / "e.dcm"), v12, bits_stored=12)
+    write_dicom(out.setdefault("j2k", where / "j.dcm"), v12, bits_stored=12, transfer_syntax="j2k")
+    write_dicom(
+        out.setdefault("j2k_mono1", where / "j1.dcm"),
+        4095 - v12,
+        bits_stored=12,
+        transfer_syntax="j2k",
+        photometric="MONOCHROME1",
+    )
+    write_dicom(
+        out.setdefault("j2k_lossy", where / "jl.dcm"), v12, bits_stored=12, transfer_syntax="j2k_lossy", j2k_cr=5
+    )
+    write_dicom(
+        out.setdefault("jpeg_baseline", where / "jb.dcm"),
+        x,
+        bits_stored=8,
+        transfer_syntax="jpeg_baseline",
+        jpeg_quality=95,
+    )
+    write_dicom(out.setdefault("jpegls", where / "ls.dcm"), v12, bits_stored=12, transfer_syntax="jpegls")
+    return out
+
+
+def test_large_films_score_alike_at_the_working_resolution(trained, tmp_path):
+    """Films over 4x the model input are read at the working resolution (J2K by resolution levels,
+    JPEG by DCT scaling, the rest by block means) and every container still scores within 0.01."""
+    from cxr_cad.io.working import working_level, working_shape
+    from cxr_cad.model import load_bundle
+    from cxr_cad.training.loop import predict_probabilities
+    from cxr_cad.transforms import CxrReader
+
+    bundle_path, test = trained
+    bundle = load_bundle(bundle_path)
+    size = bundle.transform_spec.image_size
+    reader = CxrReader(reduce_to=size)
+    for i, src in enumerate(test["path"][:3]):
+        where = tmp_path / str(i)
+        where.mkdir()
+        files = _large_variants(src, where)
+        rows, columns = np.asarray(Image.open(files["png"])).shape
+        level = working_level(rows, columns, size)
+        assert level >= 2  # the film is over 4x the input: the working resolution shrinks it
+        for name, f in files.items():  # every route reaches the same working size
+            assert reader.get_data(reader.read(str(f)))[0].shape == working_shape(rows, columns, level), name
+        p = predict_probabilities(
+            bundle, pd.DataFrame({"path": [str(f) for f in files.values()]}), device="cpu", precision="fp32"
+        )
+        spread = float(p.max() - p.min())
+        assert spread <= 0.01, f"film {i}: scores differ by {spread:.4f}: {dict(zip(files, p.round(4)))}"
