@@ -220,3 +220,85 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
     if failed:
         note += f" Not shown because the image could not be read: {', '.join(failed)}."
     return {"cases": out, "note": note, "threshold": threshold, "target_layer": layer}
+
+
+#: What one Secondary Capture heatmap is (``logodds_map``): Grad-CAM of the positive class's
+#: log-odds at the feature stage's resolution, in log-odds units (below).
+@dataclass
+class LogoddsCam:
+    """Grad-CAM of one image at the network's feature resolution, on a fixed scale.
+
+    ``cam[i, j]`` is the cell's contribution to the positive class's log-odds
+    ``log(p / (1 - p))``, multiplied by the number of cells: for a network that pools its last
+    feature stage globally before a linear head (every registered network), the mean of the
+    signed map plus the head's bias is exactly the image's log-odds, so one unit means the
+    same amount of evidence in every image (a global scale, unlike :func:`unit_normalizer`).
+    Negative cells (evidence against) are set to 0. ``image`` is the model input (S, S) in
+    [0, 1]; ``logodds`` the log-odds the map explains.
+    """
+
+    image: np.ndarray
+    cam: np.ndarray
+    logodds: float
+
+
+class _Taps:
+    """Forward/backward hooks on one layer: its activation and the gradient at it."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.act: torch.Tensor | None = None
+        self.grad: torch.Tensor | None = None
+        self._handles = [layer.register_forward_hook(self._forward)]
+
+    def _forward(self, _module, _inputs, output) -> None:
+        self.act = output
+        output.register_hook(self._backward)
+
+    def _backward(self, grad: torch.Tensor) -> None:
+        self.grad = grad
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def logodds_maps(source: GradcamSource, paths: list[str]) -> list[LogoddsCam]:
+    """:class:`LogoddsCam` of each file (one forward and one backward pass each, no upsampling).
+
+    Raises :class:`~cxr_cad.errors.RejectedFile` when an image cannot be read.
+    """
+    from monai.transforms import Compose
+
+    spec = source.transform_spec
+    load, post = Compose(build_load_transforms(spec)), Compose(build_post_transforms(spec))
+    model = source.model.eval()
+    model = getattr(model, "members", [model])[0]  # an ensemble / TTA bundle: its first network's map
+    taps = _Taps(model.get_submodule(source.layer()))
+    out = []
+    try:
+        for p in paths:
+            shown = load({"image": p})["image"]
+            x = post({"image": shown.clone()})["image"]
+            x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()
+            with torch.enable_grad():
+                z = model(x)[0].float()
+                k = source.positive_index
+                others = torch.cat([z[:k], z[k + 1 :]])
+                logodds = z[k] - torch.logsumexp(others, 0) if len(others) else z[k]
+                model.zero_grad(set_to_none=True)
+                logodds.backward()
+            assert taps.act is not None and taps.grad is not None
+            act, grad = taps.act.detach()[0].float(), taps.grad.detach()[0].float()
+            n_cells = act.shape[-1] * act.shape[-2]
+            weights = grad.mean(dim=(-2, -1))  # = head weight / n_cells for pooled linear heads
+            cam = torch.relu((weights[:, None, None] * act).sum(0)) * n_cells
+            out.append(
+                LogoddsCam(
+                    shown[0].detach().cpu().numpy().astype(np.float32),
+                    cam.cpu().numpy().astype(np.float32),
+                    float(logodds.detach()),
+                )
+            )
+    finally:
+        taps.close()
+    return out

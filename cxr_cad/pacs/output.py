@@ -7,20 +7,24 @@ Layout of the output folder ``D``::
     D/objects.csv          one row per source image: source SOP UID, what was written, STOW status, reason
     D/.run.json            this run's UID (seeds every series and instance UID written here)
 
-UIDs are derived from the run UID and the source SOP Instance UID
-(:func:`pydicom.uid.generate_uid` with ``entropy_srcs``), so a resumed run writes the same
-objects again rather than duplicates, and a STOW-RS repeated after a failure replaces the same
-instance. Each run (a new ``D``) gets new series: one SR series and one SC series per study.
+UIDs are deterministic (docs/conformance.md, "Results that replace earlier ones"): the SR of
+source instance ``S`` by model ``M`` (SHA-256) and cxr_cad version ``V`` in revision ``k`` is
+``uid(S, M, V, "SR", k)``; its series ``uid(study, M, V, "SR series")``; the same for the SC.
+A rerun that says the same (same result digest: findings, thresholds, decisions, shift
+verdict) writes the same UIDs again, so archives hold one copy however often a run is
+repeated; a rerun that says something else writes revision ``k + 1``, whose SR lists revision
+``k`` in its Predecessor Documents Sequence. The earlier revision is found in this folder's
+``objects.csv``, else (with ``--stow``) in the archive by its computable UID (QIDO-RS).
 A scored image that is not DICOM (PNG/JPEG) has no header to copy: ``objects.csv`` says
-``NOT_DICOM_SOURCE`` and nothing is written for it.
+``NOT_DICOM_SOURCE`` and nothing is written for it. :meth:`DicomOutput.needs` says which
+scored instances lack an object the current options ask for, so a rerun with new options
+(:func:`catch_up`) produces them for instances scored by an earlier run.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -28,17 +32,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
 
+from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.atomic import atomic_write, atomic_write_text
 from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import OutputError, RejectedFile
+from cxr_cad.io import read_image
 from cxr_cad.pacs.client import make_client, network_reason
-from cxr_cad.pacs.sc import build_sc, compose_overlay
-from cxr_cad.pacs.sr import AlgorithmInfo, build_sr, evidence_header
+from cxr_cad.pacs.findings import Finding, ShiftVerdict
+from cxr_cad.pacs.sc import HEAT_SCALE, build_sc, compose_sc
+from cxr_cad.pacs.sr import (
+    AlgorithmInfo,
+    build_sr,
+    evidence_header,
+    latest_in_archive,
+    predecessor_reference,
+    result_digest,
+)
+from cxr_cad.shift.stats import cohort_shift, summary_from_bundle
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -59,6 +75,13 @@ OBJECT_COLUMNS = [
     "stow",
     "reason",
     "detail",
+    "model_sha256",
+    "version",
+    "revision",
+    "digest",
+    "predecessor_sop_instance_uid",
+    "shift_score",
+    "heat_scale",
 ]
 NOT_DICOM_SOURCE = "NOT_DICOM_SOURCE"
 STOW_FAILED = "STOW_FAILED"
@@ -80,8 +103,20 @@ def _save_dataset(path: Path, ds: Dataset) -> None:
     atomic_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
 
 
-def _uid(*parts: str) -> str:
+def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def algorithm_info(bundle) -> AlgorithmInfo:
+    """The identity of a loaded bundle as the results state it."""
+    return AlgorithmInfo(
+        version=__version__,
+        model_sha256=bundle.sha256,
+        positive_class=str(bundle.positive_class),
+        threshold=float(bundle.threshold),
+        device_uid=_uid("cxr_cad device", bundle.sha256),
+        thresholds=dict(getattr(bundle, "thresholds", None) or {}),
+    )
 
 
 class DicomOutput:
@@ -97,20 +132,8 @@ class DicomOutput:
         except OSError as exc:
             raise OutputError(f"cannot create --dicom-out folder {self.out}: {exc.strerror}") from exc
         self.bundle = load_bundle(model_path)
-        run_file = self.out / ".run.json"
-        if run_file.exists():
-            self.run_uid = json.loads(run_file.read_text())["run_uid"]
-        else:
-            self.run_uid = generate_uid()
-            atomic_write_text(run_file, json.dumps({"run_uid": self.run_uid}))
-        self.info = AlgorithmInfo(
-            version=__version__,
-            model_sha256=self.bundle.sha256,
-            positive_class=str(self.bundle.positive_class),
-            threshold=float(self.bundle.threshold),
-            device_uid=_uid("cxr_cad device", self.bundle.sha256),
-        )
-        self.info.finding_code()  # fail now (UsageError) when the class has no SNOMED CT code
+        self.info = algorithm_info(self.bundle)
+        self.shift_summary = summary_from_bundle(self.bundle)
         self.client: DICOMwebClient | None = None
         if options.stow_url:
             self.client = make_client(options.stow_url)
@@ -131,15 +154,68 @@ class DicomOutput:
         writer.writerows(self.rows[k] for k in sorted(self.rows))
         atomic_write_text(self.out / OBJECTS, buf.getvalue())
 
-    def _picture(self, path: str, probability: float, threshold: float):
-        from cxr_cad.explain.gradcam import GradcamSource, gradcam_maps
+    # -- what is missing -------------------------------------------------------------------
+    @property
+    def sending(self) -> bool:
+        return self.client is not None or self.options.forward is not None
 
-        if self._gradcam is None:
-            self._gradcam = GradcamSource.from_bundle(self.bundle)
-        ((gray, heat),) = gradcam_maps(self._gradcam, [path])
-        return compose_overlay(gray, heat, probability=probability, threshold=threshold)
+    def needs(self, sop: str) -> bool:
+        """True when the scored instance ``sop`` lacks an object (or a send) the options ask for."""
+        old = self.rows.get(sop)
+        if not old:
+            return True
+        if old.get("reason") == NOT_DICOM_SOURCE:
+            return False
+        if old.get("reason") or not old.get("sr_file") or not (self.out / old["sr_file"]).exists():
+            return True
+        if old.get("model_sha256", self.info.model_sha256) != self.info.model_sha256:
+            return True
+        if self.options.secondary_capture and not (old.get("sc_file") and (self.out / old["sc_file"]).exists()):
+            return True
+        return self.sending and old.get("stow") not in ("sent", "forwarded")
 
-    def _one(self, row: dict, source_path: str, number: int) -> tuple[dict, list]:
+    # -- the cohort's shift verdict --------------------------------------------------------
+    def cohort(self, rows: list[dict]) -> dict | None:
+        """:func:`cohort_shift` of every image this folder has a result for, with ``rows``."""
+        if self.shift_summary is None:
+            return None
+        scores = {s: r.get("shift_score", "") for s, r in self.rows.items() if not r.get("reason")}
+        scores.update({r["sop_instance_uid"]: r.get("shift_score", "") for r in rows})
+        return cohort_shift(list(scores.values()), self.shift_summary)
+
+    # -- revisions -------------------------------------------------------------------------
+    def _revision(self, sop: str, study: str, digest: str) -> tuple[int, str | None]:
+        """(revision to write, SOP UID of the SR it replaces or None) for a result with ``digest``."""
+        sha, version = self.info.model_sha256, self.info.version
+        old = self.rows.get(sop)
+        if old and old.get("sr_sop_instance_uid") and old.get("model_sha256") == sha and old.get("version") == version:
+            rev = int(old.get("revision") or 1)
+            if old.get("digest") == digest:
+                return rev, old.get("predecessor_sop_instance_uid") or None
+            return rev + 1, old["sr_sop_instance_uid"]
+        if self.client is None:
+            return 1, None
+        found = latest_in_archive(self.client, study, lambda k: _uid(sop, sha, version, "SR", k))
+        if found is None:
+            return 1, None
+        rev, uid, old_digest = found
+        return (rev, None) if old_digest == digest else (rev + 1, uid)
+
+    # -- building --------------------------------------------------------------------------
+    def _picture(self, path: str, findings: list[Finding], not_validated: bool) -> np.ndarray:
+        from cxr_cad.explain.gradcam import GradcamSource, logodds_maps
+
+        spec = self.bundle.transform_spec
+        film, _ = read_image(path, policy=AcceptPolicy(apply_voi=spec.apply_voi))
+        cam = None
+        if any(f.positive for f in findings) and len(findings) == 1:
+            if self._gradcam is None:
+                self._gradcam = GradcamSource.from_bundle(self.bundle)
+            (result,) = logodds_maps(self._gradcam, [path])
+            cam = result.cam
+        return compose_sc(film, findings, cam, aspect=spec.aspect, not_validated=not_validated)
+
+    def _one(self, row: dict, source_path: str, number: int, cohort: dict | None) -> tuple[dict, list]:
         """Build (and write) the objects of one scored row; returns its objects.csv row and datasets."""
 
         sop = row["sop_instance_uid"]
@@ -149,6 +225,7 @@ class DicomOutput:
             "stow": "",
             "reason": "",
             "detail": "",
+            "shift_score": row.get("shift_score", ""),
         }
         header: Dataset
         try:
@@ -158,53 +235,66 @@ class DicomOutput:
             return rec, []
         header = evidence_header(header)
         study = str(header.StudyInstanceUID)
-        prob, thr = float(row["probability"]), float(row.get("threshold") or self.info.threshold)
-        info = dataclasses.replace(self.info, threshold=thr)
+        findings = self.info.findings(row)
+        shift = ShiftVerdict.from_row(row, cohort)
+        digest = result_digest(findings, shift)
+        rev, predecessor = self._revision(sop, study, digest)
+        sha, version = self.info.model_sha256, self.info.version
+        sr_series = _uid(study, sha, version, "SR series")
         folder = self.out / study
         folder.mkdir(exist_ok=True)
-        sr_uid = _uid(self.run_uid, sop, "SR")
+        sr_uid = _uid(sop, sha, version, "SR", rev)
         sr = build_sr(
             header,
-            prob,
-            info,
-            series_instance_uid=_uid(self.run_uid, study, "SR series"),
+            findings,
+            self.info,
+            series_instance_uid=sr_series,
             sop_instance_uid=sr_uid,
             instance_number=number,
+            shift=shift,
+            predecessors=[predecessor_reference(study, sr_series, predecessor)] if predecessor else None,
         )
         datasets = [sr]
-        rec.update(study_instance_uid=study, sr_sop_instance_uid=sr_uid, sr_file=f"{study}/SR_{sr_uid}.dcm")
+        rec.update(
+            study_instance_uid=study,
+            sr_sop_instance_uid=sr_uid,
+            sr_file=f"{study}/SR_{sr_uid}.dcm",
+            model_sha256=sha,
+            version=version,
+            revision=str(rev),
+            digest=digest,
+            predecessor_sop_instance_uid=predecessor or "",
+        )
         if self.options.secondary_capture:
-            sc_uid = _uid(self.run_uid, sop, "SC")
+            sc_uid = _uid(sop, sha, version, "SC", rev)
             sc = build_sc(
                 header,
-                self._picture(source_path, prob, thr),
-                series_instance_uid=_uid(self.run_uid, study, "SC series"),
+                self._picture(source_path, findings, shift.not_validated),
+                series_instance_uid=_uid(study, sha, version, "SC series"),
                 sop_instance_uid=sc_uid,
                 instance_number=number,
             )
             datasets.append(sc)
-            rec.update(sc_sop_instance_uid=sc_uid, sc_file=f"{study}/SC_{sc_uid}.dcm")
+            rec.update(sc_sop_instance_uid=sc_uid, sc_file=f"{study}/SC_{sc_uid}.dcm", heat_scale=f"{HEAT_SCALE:g}")
         for ds, name in zip(datasets, (rec["sr_file"], rec.get("sc_file"))):
             _save_dataset(self.out / name, ds)
         return rec, datasets
 
-    def write(self, items: Iterable[tuple[dict, str, int]]) -> None:
+    def write(self, items: Iterable[tuple[dict, str, int]], cohort: dict | None = None) -> None:
         """Write the objects for ``items`` = (prediction row, source file, instance number), then STOW them.
 
-        A row already written (and sent, with --stow) by an earlier run of this folder is skipped.
+        A row whose objects this folder already holds (and sent, when sending) is skipped.
+        ``cohort``: the cohort's shift verdict; None: :meth:`cohort` of what this folder holds.
         """
+        todo = [(row, path, number) for row, path, number in items if self.needs(row["sop_instance_uid"])]
+        if not todo:
+            return
+        if cohort is None:
+            cohort = self.cohort([row for row, _, _ in todo])
         batch, recs = [], []
-        for row, source_path, number in items:
-            old = self.rows.get(row["sop_instance_uid"])
-            sending = self.client is not None or self.options.forward is not None
-            if (
-                old
-                and old["reason"] in (NOT_DICOM_SOURCE, "")
-                and (old["stow"] in ("sent", "forwarded") or not sending)
-            ):
-                continue
+        for row, source_path, number in todo:
             try:
-                rec, datasets = self._one(row, source_path, number)
+                rec, datasets = self._one(row, source_path, number, cohort)
             except Exception as exc:  # noqa: BLE001 - one bad header must not stop the run; it is recorded
                 reason = exc.reason if isinstance(exc, RejectedFile) else "DICOM_OUT_FAILED"
                 rec, datasets = (
@@ -311,8 +401,8 @@ def write_for_predictions(
     options: DicomOutOptions, model_path: str | os.PathLike, predictions_csv: Path
 ) -> DicomOutput:
     """``--dicom-out`` for a finished local run: an SR (+SC) for each row of ``predictions.csv``."""
-    with open(predictions_csv, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    from cxr_cad.pacs.results import write_predictions
+
     writer = DicomOutput(options, model_path)
-    writer.write((row, row["path"], k + 1) for k, row in enumerate(rows))
+    write_predictions(writer, predictions_csv)
     return writer
