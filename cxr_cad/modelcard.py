@@ -6,7 +6,8 @@ per split; ``val_predictions.csv``: validation AUC with its DeLong CI and sensit
 specificity at the threshold with Wilson CIs) and, when given the training manifest, the
 ``ingest.json`` written beside it by ``cxr-cad ingest`` (sources, acceptance policy). No
 patient identifiers are written: only counts. ``cxr-cad evaluate`` never edits the card;
-its report links it (:func:`model_card_path`).
+its report links it (:func:`model_card_path`). Every export carries the card
+(:func:`card_for_export`: the one beside the bundle, else rendered from the bundle itself).
 """
 
 from __future__ import annotations
@@ -84,12 +85,23 @@ def _training_data(folder: Path, meta: dict, manifest: Path | None) -> list[str]
     return lines + [""]
 
 
+def _validation_multilabel(meta: dict) -> list[str]:
+    ml = (meta.get("extra") or {}).get("multilabel") or {}
+    lines = ["## Validation (multi-label)", "", f"Selection: {ml.get('selection')}.", ""]
+    lines += ["| finding | threshold | method | validation positives |", "|---|---|---|---|"]
+    for f, t in (ml.get("thresholds") or {}).items():
+        lines.append(f"| {f} | {t['value']:.4f} | {t['method']} | {t.get('n_positive')} |")
+    return lines + [""]
+
+
 def _validation(folder: Path, meta: dict) -> list[str]:
     lines = ["## Validation metrics", ""]
     path = folder / "val_predictions.csv"
     if not path.is_file():
         return lines + ["No validation predictions beside the bundle: no validation metrics.", ""]
     df = pd.read_csv(path)
+    if "y_true" not in df.columns:  # multi-label: per-finding numbers are in the run's report
+        return _validation_multilabel(meta)
     y, p = df["y_true"].to_numpy(int), df["probability"].to_numpy(float)
     ci = delong_auc_ci(y, p)
     m = binary_metrics(y, p, threshold=float(meta["threshold"]))
@@ -143,6 +155,37 @@ def _selection(meta: dict) -> list[str]:
     return lines
 
 
+def _int8_variant(folder: Path) -> list[str]:
+    """The int8 variant stored beside the bundle (``model.int8/int8.json``, ``train --int8``;
+    written by :mod:`cxr_cad.export.variant`), or nothing."""
+    try:
+        record = json.loads((folder / "model.int8" / "int8.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    v = record.get("verification") or {}
+    status = "accepted" if v.get("accepted") else "refused: " + "; ".join(v.get("reasons") or [])
+    lines = [
+        "## int8 variant",
+        "",
+        "`model.int8/` beside the bundle (`train --int8`); used only by `cxr-cad predict --backend auto --allow-int8`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| status | {status} |",
+    ]
+    if v.get("n_validation"):
+        lines += [
+            f"| calibrated on | {v['n_calibration']} {v.get('calibrated_on', '')}, {v.get('calibration_method', '')} |",
+            f"| verified on | {v['n_validation']} images of the {v.get('verified_on', '')} |",
+            f"| AUC fp32 -> int8 | {_fmt(v['auc_fp32'])} -> {_fmt(v['auc_int8'])} (limit: a drop of "
+            f"{v['max_auc_drop']}) |",
+            f"| decisions changed at threshold {_fmt(v['threshold'])} | {v['decisions_changed']} "
+            f"({100 * v['decisions_changed_fraction']:.2f}%; limit {100 * v['max_decision_change']:.2f}%) |",
+            f"| probability change, max / p99 | {_fmt(v['prob_change_max'])} / {_fmt(v['prob_change_p99'])} |",
+        ]
+    return lines + [""]
+
+
 def render_model_card(meta: dict, folder: Path, manifest: Path | None = None) -> str:
     """The card's Markdown for a bundle's metadata (``save_bundle``'s payload)."""
     arch, spec, init = meta.get("arch", {}), meta.get("transform_spec", {}), meta.get("init") or {}
@@ -187,6 +230,7 @@ def render_model_card(meta: dict, folder: Path, manifest: Path | None = None) ->
     ]
     lines += _validation(folder, meta)
     lines += _selection(meta)
+    lines += _int8_variant(folder)
     lines += [
         "## Threshold provenance",
         "",
@@ -228,6 +272,25 @@ def write_model_card(bundle_path: str | os.PathLike, meta: dict, *, manifest: st
 def add_manifest_to_card(bundle_path: str | os.PathLike, manifest: str | os.PathLike) -> Path:
     """Rewrite the card of a finished training run with the sources recorded at ingest of ``manifest``."""
     return write_model_card(bundle_path, load_bundle(bundle_path).meta, manifest=manifest)
+
+
+def card_for_export(bundle_path: str | os.PathLike, meta: dict | None = None) -> tuple[str, str]:
+    """``(card text, where it came from)`` for an export of the bundle at ``bundle_path``:
+    :func:`model_card_path` when it exists (``"beside the bundle"``), else the full card rendered
+    from the bundle's own metadata (``meta``, read from the file when None) and what its folder
+    holds, headed by a note that says so (``"generated from the bundle"``). Writes nothing."""
+    path = Path(bundle_path)
+    card = model_card_path(path)
+    if card.is_file():
+        return card.read_text(encoding="utf-8"), "beside the bundle"
+    meta = load_bundle(path).meta if meta is None else meta
+    text = render_model_card({k: v for k, v in meta.items() if k != "state_dict"}, path.parent)
+    title, _, rest = text.partition("\n")
+    note = (
+        f"> Generated from the bundle `{path.name}` when it was exported: no `{card.name}` sat beside it. "
+        "Validation figures and split counts appear only when the bundle's run folder held them."
+    )
+    return f"{title}\n\n{note}\n{rest}", "generated from the bundle"
 
 
 def write_card_for_bundle(bundle_path: str | os.PathLike) -> Path:

@@ -1,8 +1,9 @@
 """``export_model``: one cxr_cad bundle -> a MONAI bundle, ONNX, OpenVINO IR or TorchScript folder
 (the formats: :data:`cxr_cad.export.formats.EXPORT_FORMATS`; every one goes through the same steps).
 
-Every exported folder holds ``export.json`` (:mod:`cxr_cad.export.common`) and a copy of the
-bundle's model card. The exported fp32 model is checked against the torch model (fp32,
+Every exported folder holds ``export.json`` (:mod:`cxr_cad.export.common`) and the full model
+card (``model_card.md``; ``docs/README.md`` in a MONAI bundle): the one beside the bundle, else
+one rendered from the bundle itself (:func:`cxr_cad.modelcard.card_for_export`). The exported fp32 model is checked against the torch model (fp32,
 probabilities within :data:`PARITY_TOLERANCE`) before the call returns; with ``int8`` the
 model is quantised on the calibration manifest and refused if it loses more than
 ``max_auc_drop`` AUC on the manifest's held-out patients (:mod:`cxr_cad.export.quantize`).
@@ -34,9 +35,16 @@ from cxr_cad.export.common import (
 )
 from cxr_cad.export.formats import EXPORT_FORMATS, ExportFormat, Target
 from cxr_cad.export.names import FORMATS, INT8_FORMATS, MAX_AUC_DROP, PARITY_TOLERANCE
-from cxr_cad.export.quantize import check_int8, int8_report, split_calibration
+from cxr_cad.export.quantize import (
+    calibration_overlap,
+    check_calibration_overlap,
+    check_int8,
+    int8_report,
+    split_calibration,
+)
+from cxr_cad.manifest import read_manifest
 from cxr_cad.model import load_bundle
-from cxr_cad.modelcard import model_card_path
+from cxr_cad.modelcard import CARD_NAME, card_for_export
 
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
@@ -89,6 +97,7 @@ class _Job:
     check_images: torch.Tensor
     source: str  # what the check images are ("calibration-manifest" or "random")
     cohort: Cohort | None
+    card_text: str = ""
     int8: bool = False
     method: str = "minmax"
     force: bool = False
@@ -130,9 +139,14 @@ def export_model(
     _check_options(fmt, int8, calibration)
     bundle = load_bundle(model_path)
     bundle.model.float().eval()
+    overlap = None
+    if int8 and calibration is not None:  # its own training/validation images: refused unless --force
+        overlap = calibration_overlap(bundle.path, bundle.manifest_hash, read_manifest(calibration))
+        check_calibration_overlap(overlap, force=force)
     folder = prepare_out(out, overwrite=overwrite)
     spec, positive = bundle.transform_spec, bundle.positive_class
     cohort = cohort_from_manifest(calibration, spec, positive) if calibration is not None else None
+    card_text, card_source = card_for_export(bundle.path, bundle.meta)
     check_images, source = _check_images(bundle, cohort)
     result = ExportResult(
         out=folder, format=fmt, files={}, parity={}, rejected=list(cohort.rejected) if cohort is not None else []
@@ -150,13 +164,20 @@ def export_model(
         force=force,
         max_auc_drop=MAX_AUC_DROP if max_auc_drop is None else float(max_auc_drop),
         heldout_fraction=heldout_fraction,
+        card_text=card_text,
     )
     entry = EXPORT_FORMATS[fmt]
     _export(job, entry)
-    card = model_card_path(bundle.path)
-    if card.is_file() and entry.copy_card:
-        shutil.copyfile(card, folder / "model_card.md")
-        result.files["card"] = "model_card.md"
+    if result.int8 is not None and overlap is not None:
+        result.int8["calibration_overlap"] = overlap["n_overlap"]
+    if entry.copy_card:
+        try:
+            (folder / CARD_NAME).write_text(card_text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write the model card into {folder}: {exc}") from exc
+        result.files["card"] = CARD_NAME
+    if card_source != "beside the bundle":
+        log.info("no model card beside %s: the export carries one generated from the bundle", bundle.path)
     write_export_record(
         folder,
         bundle,
@@ -165,6 +186,7 @@ def export_model(
         parity=result.parity,
         int8=result.int8,
         calibration_rejected=len(result.rejected),
+        calibration_overlap=overlap,
     )
     return result
 
@@ -179,7 +201,7 @@ def _export(job: _Job, entry: ExportFormat) -> None:
     """Write the fp32 model, check it against torch, and write its int8 twin when asked."""
     scratch = Path(tempfile.mkdtemp(prefix="cxr-cad-export-"))
     try:
-        target = Target(job.bundle, job.out, scratch)
+        target = Target(job.bundle, job.out, scratch, card_text=job.card_text)
         job.result.files.update(entry.write(target))
         runner = _runner(entry)
         fp32 = runner(job.out / job.result.files[entry.checked])

@@ -3,8 +3,8 @@
 An entry holds everything that differs between formats: how the fp32 model files are written
 (``write``), which written file the parity check runs and with which backend (``checked``,
 ``backend``: :data:`cxr_cad.export.backends.BACKEND_REGISTRY`), how the int8 twin is written
-(``write_int8``; None = no ``--int8``) and whether the bundle's model card is copied beside the
-model. :func:`cxr_cad.export.exporter.export_model` runs the same steps for every entry.
+(``write_int8``; None = no ``--int8``) and whether the exporter writes the model card as
+``model_card.md`` beside the model (a MONAI bundle's writer puts it in ``docs/README.md``). :func:`cxr_cad.export.exporter.export_model` runs the same steps for every entry.
 
 Adding a format is one entry in :data:`EXPORT_FORMATS`, its name in
 :data:`cxr_cad.export.names.FORMATS` (the torch-free list the CLI offers), plus its test
@@ -28,7 +28,6 @@ from cxr_cad.export.onnx import export_onnx
 from cxr_cad.export.openvino import convert_to_openvino
 from cxr_cad.export.quantize import quantize_onnx
 from cxr_cad.export.torchscript import export_torchscript
-from cxr_cad.modelcard import model_card_path
 
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
@@ -39,11 +38,13 @@ __all__ = ["EXPORT_FORMATS", "ExportFormat", "Target"]
 @dataclass
 class Target:
     """Where one export goes: the loaded bundle (fp32, eval mode), the output folder, a scratch
-    folder for intermediates (removed afterwards) and the fp32 ONNX file once one is written."""
+    folder for intermediates (removed afterwards), the model card's text
+    (:func:`cxr_cad.modelcard.card_for_export`) and the fp32 ONNX file once one is written."""
 
     bundle: Bundle
     out: Path
     scratch: Path
+    card_text: str = ""
     onnx_path: Path | None = None
 
 
@@ -60,8 +61,8 @@ class ExportFormat:
         label: the format as the parity-check error names it.
         write_int8: ``(target, calibration images, method) -> (int8 model file, files written)``;
             quantises ``target.onnx_path``. None = the format has no int8 variant.
-        copy_card: copy the bundle's ``model_card.md`` beside the model (a MONAI bundle carries
-            it as ``docs/README.md`` already).
+        copy_card: the exporter writes the model card as ``model_card.md`` beside the model
+            (False for a MONAI bundle, whose writer puts the card in ``docs/README.md``).
     """
 
     name: str
@@ -74,7 +75,7 @@ class ExportFormat:
 
 
 def _write_monai_bundle(t: Target) -> dict[str, str]:
-    return write_monai_bundle(t.bundle, t.out, card=model_card_path(t.bundle.path))
+    return write_monai_bundle(t.bundle, t.out, card_text=t.card_text)
 
 
 def _write_torchscript(t: Target) -> dict[str, str]:

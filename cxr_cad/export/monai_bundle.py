@@ -39,6 +39,7 @@ from cxr_cad.errors import OutputError
 from cxr_cad.export.common import require
 from cxr_cad.export.torchscript import export_torchscript
 from cxr_cad.model.registry import DEFAULT_ARCH
+from cxr_cad.modelcard import card_for_export
 
 if TYPE_CHECKING:
     from cxr_cad.model.bundle import Bundle
@@ -200,8 +201,11 @@ def verify(out: Path) -> None:
     )
 
 
-def write_monai_bundle(bundle: Bundle, out: Path, *, card: Path | None = None) -> dict[str, str]:
-    """Write the bundle layout into ``out``; returns {role: relative path} of the files written."""
+def write_monai_bundle(bundle: Bundle, out: Path, *, card_text: str | None = None) -> dict[str, str]:
+    """Write the bundle layout into ``out``; returns {role: relative path} of the files written.
+
+    ``docs/README.md`` is the model card: ``card_text``, else
+    :func:`cxr_cad.modelcard.card_for_export` of the bundle (beside it, or rendered from it)."""
     try:
         for sub in ("configs", "models", "docs"):
             (out / sub).mkdir(parents=True, exist_ok=True)
@@ -213,10 +217,9 @@ def write_monai_bundle(bundle: Bundle, out: Path, *, card: Path | None = None) -
         state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
         torch.save(state, out / "models" / "model.pt")
         shutil.copyfile(LOCAL_SCHEMA, out / "docs" / "metadata_schema.json")
-        if card is not None and card.is_file():
-            shutil.copyfile(card, out / "docs" / "README.md")
-        else:
-            (out / "docs" / "README.md").write_text(f"# {meta['task']}\n\n{meta['description']}\n", encoding="utf-8")
+        if card_text is None:
+            card_text, _ = card_for_export(bundle.path, bundle.meta)
+        (out / "docs" / "README.md").write_text(card_text, encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write the MONAI bundle into {out}: {exc}") from exc
     spec = bundle.transform_spec

@@ -9,7 +9,10 @@ They are found, in this order:
 3. the torch.hub cache, ``$TORCH_HOME/hub/checkpoints/<file>.pth`` (default
    ``~/.cache/torch/hub/checkpoints``), shared with torchvision;
 4. a download over HTTPS into that cache (``torch.hub.download_url_to_file``), unless
-   ``CXR_CAD_OFFLINE=1``.
+   ``CXR_CAD_OFFLINE=1``. A download keeps at most one partial file on disk
+   (``<file>.partial``, written by torch.hub as ``<file>.partial.<id>.partial`` until the last
+   byte): downloads of the same file (torchrun ranks, parallel jobs) wait for each other on a
+   lock, and what a killed download left (``<file>.partial*``) is removed before the next starts.
 
 A file whose name carries a torch.hub hash (``<name>-<hex>.pth``) must have a SHA-256
 starting with that hex, like ``torch.hub`` checks it; downloads are always checked against
@@ -21,13 +24,17 @@ fallback to random weights.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from cxr_cad.core.provenance import sha256_file
@@ -100,15 +107,37 @@ def check_hash_prefix(path: Path, prefix: str | None = None, *, arch: str = DEFA
     return digest
 
 
+def partial_files(dst: Path) -> list[Path]:
+    """The partial downloads of ``dst`` on disk (``<name>.partial*``: this module's and torch.hub's)."""
+    return sorted(Path(p) for p in glob.glob(glob.escape(str(dst)) + ".partial*"))
+
+
+def _download_lock(dst: Path) -> FileLock:
+    """An inter-process lock for downloads of ``dst``, kept in the temp folder (not the cache)."""
+    key = hashlib.sha256(str(dst.absolute()).encode()).hexdigest()[:16]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"cxr-cad-weights-{key}.lock"))
+
+
 def _download_imagenet(dst: Path, spec: ArchSpec, *, progress: bool) -> None:
-    """Download the entry's checkpoint to ``dst`` (tmp file + hash check + os.replace)."""
+    """Download the entry's checkpoint to ``dst`` (one partial file + hash check + os.replace),
+    one process at a time; partial files of killed downloads are removed first."""
     if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
         raise WeightsError(
             f"ImageNet weights are not in {dst} and {ENV_OFFLINE} is set, so they are not "
             f"downloaded. {how_to_pass_weights(spec.name)}"
         )
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    with _download_lock(dst):
+        if dst.is_file():  # another process downloaded it while this one waited
+            return
+        for stale in partial_files(dst):
+            log.info("removing %s, left by an interrupted download", stale.name)
+            stale.unlink(missing_ok=True)
+        _fetch(dst, spec, progress=progress)
+
+
+def _fetch(dst: Path, spec: ArchSpec, *, progress: bool) -> None:
+    tmp = dst.with_name(f"{dst.name}.partial")
     log.info("downloading ImageNet %s weights from %s to %s", spec.name, spec.weights_url, dst)
     try:
         torch.hub.download_url_to_file(spec.weights_url, str(tmp), hash_prefix=None, progress=progress)

@@ -4,57 +4,59 @@ One MLflow run per command, with
 - params: the resolved config, flattened to dotted keys (``optim.lr``);
 - metrics: per epoch (``train_loss``, ``val_loss``, ``val_auc``, ``lr``, ``images_per_s`` at
   ``step=epoch``; for crossval one series per fold, ``fold<k>.val_auc``) and final figures;
-- artifacts: the bundle and its model card, the report, the predictions;
-- tags: ``cxr_cad.command``, ``manifest_hash``, ``parent_bundle``, ``versions.<package>``.
+- artifacts: the bundle and its model card, the report, the predictions (CSV tables without
+  identifiers unless ``--include-identifiers``: :mod:`cxr_cad.tracking.privacy`);
+- tags: ``cxr_cad.command``, ``cxr_cad.identifiers``, ``manifest_hash``, ``parent_bundle``,
+  ``versions.<package>``.
 
-The default URI is a local ``./mlruns`` file store (no server). MLflow >= 3.13 refuses the
-file store unless ``MLFLOW_ALLOW_FILE_STORE=true``; for a file store URI this module sets
-that variable when it is not set (the store still works; MLflow has only stopped adding
-features to it). Any other URI (``http://``, ``sqlite:///``, ``databricks``) is passed to
-MLflow as is. Only rank 0 of a torchrun job logs. MLflow is the optional extra ``track``.
+The store is :func:`~cxr_cad.tracking.store.parse_track`'s (default: a local SQLite database,
+``mlflow.db`` in the current folder). Only rank 0 of a torchrun job logs. MLflow is the
+optional extra ``track`` (mlflow-skinny with SQLAlchemy and Alembic for database stores).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from cxr_cad.core.provenance import software_versions
-from cxr_cad.errors import ConfigError, MissingExtraError
+from cxr_cad.errors import ConfigError
+from cxr_cad.tracking.privacy import TRACKING_IDENTIFIERS, strip_csv, strip_identifiers
+from cxr_cad.tracking.store import DEFAULT_URI, ENV_URI, open_run, parse_track, redact, resolve_uri
+
+__all__ = [
+    "DEFAULT_URI",
+    "ENV_URI",
+    "EXPERIMENT",
+    "TRACKING_IDENTIFIERS",
+    "Tracker",
+    "add_track_option",
+    "flatten",
+    "log_crossval_run",
+    "log_evaluate_run",
+    "log_training_run",
+    "parse_track",
+    "resolve_uri",
+    "strip_identifiers",
+    "track_run",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "./mlruns"
 EXPERIMENT = "cxr_cad"
-_VERSIONED = ("torch", "monai", "numpy", "pydicom", "scikit-learn", "mlflow-skinny", "mlflow")
+_VERSIONED = ("torch", "monai", "numpy", "pydicom", "scikit-learn", "mlflow-skinny", "mlflow", "sqlalchemy")
 _EPOCH_KEYS = ("train_loss", "val_loss", "val_auc", "lr", "images_per_s", "seconds")
-
-
-def parse_track(spec: str | None) -> str | None:
-    """``"mlflow"`` -> :data:`DEFAULT_URI`; ``"mlflow:URI"`` -> URI; None -> None. ConfigError otherwise."""
-    if spec is None:
-        return None
-    kind, _, uri = spec.partition(":")
-    if kind != "mlflow":
-        raise ConfigError(f"--track {spec!r}: only 'mlflow' or 'mlflow:URI' is supported")
-    return uri or DEFAULT_URI
-
-
-def _tracking_uri(uri: str) -> str:
-    """A file store path -> absolute ``file:`` URI (and opt in to the file store); others unchanged."""
-    if "://" in uri and not uri.startswith("file:"):
-        return uri
-    if uri in ("databricks",) or uri.startswith("databricks"):
-        return uri
-    path = Path(uri[5:] if uri.startswith("file:") else uri).expanduser().absolute()
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return path.as_uri()
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -75,10 +77,22 @@ def _number(v: Any) -> float | None:
 
 
 class Tracker:
-    """An active MLflow run (or, with ``client=None``, a no-op with the same methods)."""
+    """An active MLflow run (or, with ``client=None``, a no-op with the same methods).
 
-    def __init__(self, client: Any = None, run_id: str | None = None):
+    ``include_identifiers=False`` (the default) uploads CSV artifacts without identifier columns.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        run_id: str | None = None,
+        *,
+        include_identifiers: bool = False,
+        identifier_columns: tuple[str, ...] = (),
+    ):
         self.client, self.run_id = client, run_id
+        self.include_identifiers = include_identifiers
+        self.identifier_columns = (*TRACKING_IDENTIFIERS, *identifier_columns)
 
     @property
     def active(self) -> bool:
@@ -102,39 +116,38 @@ class Tracker:
 
     def log_epochs_csv(self, path: Path, prefix: str = "") -> None:
         """Per-epoch figures from a run folder's ``train_log.csv`` (runs that were not watched live)."""
-        import pandas as pd
-
         if not self.active or not Path(path).is_file():
             return
         for rec in pd.read_csv(path).to_dict("records"):
             self.log_metrics({k: rec.get(k) for k in _EPOCH_KEYS}, step=int(rec["epoch"]), prefix=prefix)
 
     def log_artifact(self, path: str | os.PathLike, subdir: str | None = None) -> None:
+        """Upload a file or a folder; CSVs without identifiers unless ``include_identifiers``."""
         p = Path(path)
         if not self.active or not p.exists():
             return
-        if p.is_dir():
+        if p.is_dir() and (self.include_identifiers or not any(p.rglob("*.csv"))):
             self.client.log_artifacts(self.run_id, str(p), subdir or p.name)
-        else:
+            return
+        if not p.is_dir() and (self.include_identifiers or p.suffix != ".csv"):
             self.client.log_artifact(self.run_id, str(p), subdir)
+            return
+        with tempfile.TemporaryDirectory(prefix="cxr-cad-track-") as tmp:  # a copy without identifiers
+            copy = Path(tmp) / p.name
+            if p.is_dir():
+                shutil.copytree(p, copy, ignore=lambda d, names: [n for n in names if n.endswith(".csv")])
+                for csv in p.rglob("*.csv"):
+                    strip_csv(csv, copy / csv.relative_to(p), self.identifier_columns)
+                self.client.log_artifacts(self.run_id, str(copy), subdir or p.name)
+            else:
+                strip_csv(p, copy, self.identifier_columns)
+                self.client.log_artifact(self.run_id, str(copy), subdir)
 
     def set_tags(self, tags: dict) -> None:
         if self.active:
             for k, v in tags.items():
                 if v is not None:
                     self.client.set_tag(self.run_id, k, str(v)[:5000])
-
-
-def _mlflow():
-    try:
-        import mlflow  # noqa: F401
-        from mlflow import MlflowClient
-    except ImportError as exc:
-        raise MissingExtraError(
-            "--track mlflow needs MLflow; install the optional extra with "
-            "`pip install -c constraints/cpu.txt -e '.[track]'` (or `pip install mlflow-skinny`)"
-        ) from exc
-    return MlflowClient
 
 
 @contextmanager
@@ -145,38 +158,38 @@ def track_run(
     *,
     run_name: str | None = None,
     experiment: str = EXPERIMENT,
+    include_identifiers: bool = False,
 ) -> Iterator[Tracker]:
     """Open an MLflow run for ``command`` (or a no-op tracker when ``spec`` is None / rank > 0).
 
     The run ends FINISHED, or FAILED when the block raises (the exception propagates).
+    ``include_identifiers`` uploads CSV artifacts with their identifier columns.
     """
     uri = parse_track(spec)
     if uri is None or int(os.environ.get("RANK", "0")) != 0:
         yield Tracker()
         return
-    client_cls = _mlflow()
-    client = client_cls(tracking_uri=_tracking_uri(uri))
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=run_name, tags={"cxr_cad.command": command})
-    tracker = Tracker(client, run.info.run_id)
+    client, run_id = open_run(uri, command, experiment, run_name)
+    group = ((params or {}).get("data") or {}).get("group_col")  # the patient column of a training config
+    tracker = Tracker(
+        client, run_id, include_identifiers=include_identifiers, identifier_columns=(group,) if group else ()
+    )
     tracker.set_tags({f"versions.{k}": v for k, v in software_versions(_VERSIONED).items() if v != "not installed"})
+    tracker.set_tags({"cxr_cad.identifiers": "included" if include_identifiers else "removed"})
     if params:
         for k, v in flatten(params).items():
-            client.log_param(run.info.run_id, k, v)
-    log.info("MLflow run %s in %s (experiment %s)", run.info.run_id, uri, experiment)
+            client.log_param(run_id, k, v)
+    log.info("MLflow run %s in %s (experiment %s)", run_id, redact(uri), experiment)
     try:
         yield tracker
     except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run.info.run_id, status="FINISHED")
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def log_training_run(tracker: Tracker, run_dir: str | os.PathLike, prefix: str = "") -> None:
     """Final figures, tags and artifacts of a finished ``train_model`` run folder."""
-    import json
-
     run_dir = Path(run_dir)
     result_file = run_dir / "result.json"
     if not tracker.active or not result_file.is_file():
@@ -201,7 +214,8 @@ def log_training_run(tracker: Tracker, run_dir: str | os.PathLike, prefix: str =
 
 
 def add_track_option(parser: Any) -> None:
-    """``--track mlflow[:URI]`` on a subcommand's parser."""
+    """``--track mlflow[:URI]`` (checked here: a bad URI is a usage error before any work) and
+    ``--include-identifiers`` on a subcommand's parser."""
     import argparse
 
     def _check(text: str) -> str:
@@ -216,15 +230,19 @@ def add_track_option(parser: Any) -> None:
         metavar="mlflow[:URI]",
         default=None,
         type=_check,
-        help=f"log params, metrics and artifacts to MLflow (default URI {DEFAULT_URI}, a local file "
-        "store; needs the 'track' extra)",
+        help=f"log params, metrics and artifacts to MLflow (default ${ENV_URI}, else {DEFAULT_URI}: a "
+        "SQLite file in the current folder, artifacts in mlruns/ beside it; needs the 'track' extra)",
     )
+    if "--include-identifiers" not in getattr(parser, "_option_string_actions", {}):
+        parser.add_argument(
+            "--include-identifiers",
+            action="store_true",
+            help="with --track: upload patient ids, file paths and UIDs in the CSV artifacts too (removed by default)",
+        )
 
 
 def log_crossval_run(tracker: Tracker, res: Any, manifest_hash: str | None = None) -> None:
     """Per-fold epochs (``fold<k>.``), fold and pooled figures, predictions and metrics of a crossval."""
-    import json
-
     if not tracker.active:
         return
     m = res.metrics
@@ -265,11 +283,14 @@ def log_crossval_run(tracker: Tracker, res: Any, manifest_hash: str | None = Non
 
 def log_evaluate_run(spec: str | None, options: Mapping[str, Any], bundle: Any, result: Any) -> None:
     """One MLflow run for ``cxr-cad evaluate``: options (a mapping of the command's settings),
-    AUC with CI and operating points, the report."""
+    AUC with CI and operating points, the report. ``options["include_identifiers"]`` (the
+    ``--include-identifiers`` flag) keeps identifiers in the uploaded tables and the ``query`` param."""
     if parse_track(spec) is None:
         return
-    params = {k: v for k, v in options.items() if k not in ("func", "track") and not callable(v)}
-    with track_run(spec, "evaluate", params) as tracker:
+    ids = bool(options.get("include_identifiers"))
+    hidden = ("func", "track") if ids else ("func", "track", "query")  # a QIDO query may name a patient
+    params = {k: v for k, v in options.items() if k not in hidden and not callable(v)}
+    with track_run(spec, "evaluate", params, include_identifiers=ids) as tracker:
         d = result.data
         primary = (d.get("auc") or {}).get((d.get("auc") or {}).get("primary", "delong")) or {}
         tracker.log_metrics({"auc": primary.get("auc"), "auc_low": primary.get("low"), "auc_high": primary.get("high")})
