@@ -19,6 +19,14 @@ OUT/journal.jsonl; OUT/predictions.csv and OUT/rejected.csv (reason codes) are r
 each scored batch. Non-images are stored and rejected with a reason code; datasets that do
 not parse are answered 0xC210. Research use only: results are not for diagnostic use.
 
+Access control: it listens on 127.0.0.1 unless --host says otherwise; associations must call
+it by its --aet (else A-ASSOCIATE-RJ reason 7, called AE title not recognised) and, with
+--allow-calling, come from a listed AE title (else reason 3, calling AE title not recognised).
+--tls-cert/--tls-key make it DICOM TLS; with --tls-ca, senders must present a certificate that
+CA signed. Stores are refused with 0xA700 (out of resources) when the disk is short of
+--min-free-mb or a file cannot be written, never accepted and lost. Every association, store
+and result sent is a line in OUT/audit.jsonl (--audit FILE): who, what, when, outcome.
+
 Stops cleanly on SIGTERM or Ctrl-C: no new associations, queued instances are scored, the
 CSVs written. Restarting with the same --out scores what was received but not yet scored.
 
@@ -55,7 +63,34 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="journal, received instances, CSVs, DICOM results")
     p.add_argument("--aet", default="CXRCAD", help="this node's AE title (default CXRCAD)")
     p.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
-    p.add_argument("--bind", default="0.0.0.0", metavar="ADDR", help="address to listen on (default all)")
+    p.add_argument(
+        "--host",
+        "--bind",
+        dest="host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument(
+        "--allow-calling",
+        action="append",
+        default=None,
+        metavar="AET",
+        help="accept associations only from this calling AE title (repeatable; default any)",
+    )
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="DICOM TLS: this node's certificate (PEM)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="DICOM TLS: its private key (PEM)")
+    p.add_argument(
+        "--tls-ca", default=None, metavar="PEM", help="DICOM TLS: require client certificates signed by this CA"
+    )
+    p.add_argument("--audit", default=None, metavar="FILE", help="audit log, JSON lines (default OUT/audit.jsonl)")
+    p.add_argument(
+        "--min-free-mb",
+        type=int,
+        default=64,
+        metavar="MB",
+        help="refuse stores (0xA700) while less than this is free on OUT's disk (default 64)",
+    )
     dest = p.add_mutually_exclusive_group()
     dest.add_argument(
         "--stow",
@@ -78,8 +113,14 @@ def run(args: argparse.Namespace) -> int:
         model=Path(args.model),
         out_dir=Path(args.out),
         aet=args.aet,
-        host=args.bind,
+        host=args.host,
         port=args.port,
+        allowed_calling=tuple(args.allow_calling or ()),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        audit=Path(args.audit) if args.audit else None,
+        min_free_mb=args.min_free_mb,
         stow_url=args.stow,
         forward=args.forward,
         secondary_capture=args.secondary_capture,
@@ -90,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     def listening(out: Path) -> None:
         print(
-            f"cxr-cad listen: {args.aet} on {args.bind}:{args.port}, results in {out} (SIGTERM or Ctrl-C to stop)",
+            f"cxr-cad listen: {args.aet} on {args.host}:{args.port}{' (DICOM TLS)' if args.tls_cert else ''}, "
+            f"results in {out} (SIGTERM or Ctrl-C to stop)",
             flush=True,
         )
 

@@ -6,6 +6,9 @@
 * :mod:`cxr_cad.pacs.journal` – the append-only, fsynced journal both the source and the node keep
 * :mod:`cxr_cad.pacs.sr`      – TID 1500 Structured Report of one result (highdicom)
 * :mod:`cxr_cad.pacs.sc`      – Grad-CAM Secondary Capture (highdicom)
+* :mod:`cxr_cad.pacs.findings` – the findings of a result row (binary / multi-label), their codes, the shift verdict
+* :mod:`cxr_cad.pacs.fhir`    – ``--fhir-out`` / ``--fhir-url``: FHIR R4 DiagnosticReport + Observations per study
+* :mod:`cxr_cad.pacs.results` – the outputs of a run together; what a rerun with new outputs owes
 * :mod:`cxr_cad.pacs.output`  – ``--dicom-out`` / ``--stow`` / ``--forward``: writes and sends the objects of a run
 * :mod:`cxr_cad.pacs.scp`     – C-STORE SCP (pynetdicom) that stores what arrives and hands it to a callback
 

@@ -18,6 +18,11 @@ Retries
     exponential back-off by urllib3's :class:`~urllib3.util.retry.Retry` on the session
     (``CXR_CAD_DICOMWEB_RETRIES``, default 4 retries: 0.5, 1, 2, 4 s). What still fails is
     the caller's to account for (see :func:`network_reason`).
+Wildcards
+    dicomweb-client percent-encodes every query value (``NB*`` -> ``NB%2A``), and some archives
+    (Orthanc 1.10 among them) then match the literal characters. The session's adapter sends the
+    QIDO-RS matching wildcards ``*`` and ``?`` as they are (both are legal in a URL query,
+    RFC 3986 3.4), so ``--query PatientID=NB*`` is a wildcard match (PS3.18 8.3.4.1).
 """
 
 from __future__ import annotations
@@ -81,6 +86,17 @@ def parse_url(source: str) -> str:
     return url.rstrip("/")
 
 
+class _WildcardAdapter(HTTPAdapter):
+    """An :class:`~requests.adapters.HTTPAdapter` that sends ``*`` and ``?`` in a URL's query unescaped."""
+
+    def send(self, request, *args, **kwargs):
+        url = str(request.url or "")
+        base, sep, query = url.partition("?")
+        if sep and ("%2A" in query or "%3F" in query):
+            request.url = base + sep + query.replace("%2A", "*").replace("%3F", "?")
+        return super().send(request, *args, **kwargs)
+
+
 def _session(retries: int):
     session = requests.Session()
     retry = Retry(
@@ -94,7 +110,7 @@ def _session(retries: int):
         raise_on_status=False,
         respect_retry_after_header=True,
     )
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=16)
+    adapter = _WildcardAdapter(max_retries=retry, pool_maxsize=16)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     token = os.environ.get(TOKEN_ENV)

@@ -3,7 +3,8 @@
 Each :meth:`Journal.append` is one ``write`` + ``fsync``; a torn last line left by a
 ``kill -9`` mid-write is cut off when the journal is opened again. ``records`` keeps the last
 record of each SOP Instance UID (the last word on an instance wins). Safe to append from
-several threads.
+several threads. Every record carries ``time``, the UTC time it was appended (ISO 8601, ``Z``),
+unless the caller set one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 import threading
 from pathlib import Path
+
+from cxr_cad.pacs.audit import utc_now
 
 
 class Journal:
@@ -35,6 +38,9 @@ class Journal:
     def append(self, records: list[dict]) -> None:
         if not records:
             return
+        now = utc_now()
+        for rec in records:
+            rec.setdefault("time", now)
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         with self._lock:
             self._fh.write(payload)

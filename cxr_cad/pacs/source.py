@@ -1,5 +1,9 @@
-"""A DICOMweb archive as a source: list instances (QIDO-RS), fetch them in chunks (WADO-RS) and
-hand each chunk to a callback; every listed instance accounted for once, resumable by SOP UID.
+"""A remote archive as a source: list instances (QIDO-RS or C-FIND), fetch them in chunks
+(WADO-RS, C-GET or C-MOVE) and hand each chunk to a callback; every listed instance accounted
+for once, resumable by SOP UID.
+
+A source is anything with the :class:`RemoteSource` shape: :class:`DicomwebSource` here, and
+:class:`cxr_cad.pacs.dimse.DimseSource` for DIMSE. The machinery below is the same for both.
 
 :func:`stream_chunks` cuts the sorted listing into chunks of ``chunk_size`` and, for each chunk,
 fetches it into a spool folder (a background thread fetches the next chunk while the callback
@@ -11,15 +15,16 @@ no engine code.
 
 Accounting
     Every listed instance ends in ``predictions.csv`` or ``rejected.csv`` exactly once
-    (:func:`write_tables`). ``path`` is the instance's WADO-RS address
-    (``dicomweb:<base>/studies/...``); ``rejected.csv`` has a ``sop_instance_uid`` column too.
-    Fetch failures (after the client's retries) are rejected with ``NETWORK_ERROR``,
+    (:func:`write_tables`). ``path`` is the instance's address (``dicomweb:<base>/studies/...``
+    or ``dimse://AET@HOST:PORT/studies/...``); ``rejected.csv`` has a ``sop_instance_uid``
+    column too. Fetch failures (after the retries) are rejected with ``NETWORK_ERROR``,
     ``FETCH_FAILED`` or ``NOT_FOUND_IN_ARCHIVE``; everything else keeps the scorer's reason codes.
 Resume
-    ``OUT/.dicomweb/journal.jsonl`` holds one JSON line per finished instance. A rerun
-    (after ``kill -9``, say) skips every SOP Instance UID in it, except those rejected for a
-    network reason, which are tried again. Chunks are cut from the full sorted list, so a
-    resumed run scores the same instances in the same batches and gets the same numbers.
+    ``OUT/.dicomweb/journal.jsonl`` (``OUT/.dimse/`` for DIMSE) holds one JSON line per finished
+    instance, with its UTC ``time``. A rerun (after ``kill -9``, say) skips every SOP Instance
+    UID in it, except those rejected for a network reason, which are tried again. Chunks are
+    cut from the full sorted list, so a resumed run scores the same instances in the same
+    batches and gets the same numbers.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from cxr_cad.core import atomic
 from cxr_cad.core.columns import PREDICTION_COLUMNS
 from cxr_cad.core.columns import REJECTED_COLUMNS as _REJECTED
 from cxr_cad.errors import CxrCadError, UsageError
+from cxr_cad.pacs.audit import AuditLog
 from cxr_cad.pacs.journal import Journal
 from cxr_cad.pacs.query import RemoteInstance, fetch_many, list_instances
 
@@ -51,11 +57,76 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".dicomweb"
+#: Journal fields that are not table columns (when, who).
+NOT_COLUMNS = ("kind", "event", "calling_ae", "called_ae", "peer", "file", "time")
 #: rejected.csv of a DICOMweb run: the shared columns plus the instance's UID.
 REJECTED_COLUMNS = [*_REJECTED, "sop_instance_uid"]
 
 #: ``score(spool folder, run folder) -> ({SOP UID: prediction row}, {SOP UID: rejected row})``.
 ScoreChunk = Callable[[Path, Path], tuple[dict[str, dict], dict[str, dict]]]
+
+
+class RemoteSource(Protocol):
+    """An archive the run reads from (:class:`DicomwebSource`, :class:`cxr_cad.pacs.dimse.DimseSource`).
+
+    ``base`` names it in run state and addresses; ``kind`` is ``"DICOMweb"`` or ``"DIMSE"``.
+    ``list`` raises CxrCadError when the archive cannot be queried; ``fetch`` never raises for
+    one instance: ``({SOP UID: file}, {SOP UID: (reason code, detail)})``.
+    """
+
+    base: str
+    kind: str
+
+    def list(self, query: dict[str, str]) -> list[RemoteInstance]: ...
+
+    def fetch(
+        self, instances: Sequence[RemoteInstance], folder: Path
+    ) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]: ...
+
+    def address(self, inst: RemoteInstance) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class DicomwebSource:
+    """A DICOMweb archive: QIDO-RS lists, WADO-RS fetches (``threads`` requests at a time)."""
+
+    kind = "DICOMweb"
+
+    def __init__(self, client: DICOMwebClient, base: str, *, threads: int = 4, audit: AuditLog | None = None):
+        self.client, self.base, self.threads = client, base, threads
+        self.audit = audit or AuditLog(None)
+
+    def list(self, query: dict[str, str]) -> list[RemoteInstance]:
+        """QIDO-RS: the instances to score; CxrCadError when the archive cannot be queried."""
+        try:
+            return list_instances(self.client, query)
+        except requests.RequestException as exc:
+            raise CxrCadError(
+                f"QIDO-RS query of {self.base} failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the URL, the "
+                "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
+                "archive is up"
+            ) from exc
+
+    def fetch(self, instances, folder):
+        files, failed = fetch_many(self.client, instances, folder, threads=self.threads)
+        self.audit.record(
+            "retrieve",
+            "success" if not failed else "failure",
+            protocol="WADO-RS",
+            source=self.base,
+            n_requested=len(instances),
+            n_received=len(files),
+            study_instance_uids=sorted({i.study_instance_uid for i in instances}),
+        )
+        return files, failed
+
+    def address(self, inst: RemoteInstance) -> str:
+        return inst.url(self.base)
+
+    def close(self) -> None:
+        pass
 
 
 class ObjectSink(Protocol):
@@ -113,10 +184,9 @@ def check_state(state_dir: Path, state: dict, overwrite: bool) -> None:
 
 
 def _fetcher(
-    client: DICOMwebClient,
+    src: RemoteSource,
     chunks: list[tuple[int, list[RemoteInstance]]],
     spool_root: Path,
-    threads: int,
     out_q: queue.Queue,
     stop: threading.Event,
 ) -> None:
@@ -126,7 +196,7 @@ def _fetcher(
                 break
             folder = spool_root / f"chunk-{k:06d}"
             shutil.rmtree(folder, ignore_errors=True)
-            files, failed = fetch_many(client, chunk, folder, threads=threads)
+            files, failed = src.fetch(chunk, folder)
             out_q.put((k, chunk, folder, files, failed))
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
         out_q.put(exc)
@@ -134,17 +204,16 @@ def _fetcher(
     out_q.put(None)
 
 
-def list_remote(client: DICOMwebClient, base: str, query: dict) -> list[RemoteInstance]:
-    """QIDO-RS: the instances to score; CxrCadError when the archive cannot be queried."""
+def list_remote(src: RemoteSource, query: dict, audit: AuditLog | None = None) -> list[RemoteInstance]:
+    """The instances to score (QIDO-RS or C-FIND), audited by filter keywords (never their values)."""
+    audit = audit or AuditLog(None)
     try:
-        return list_instances(client, query)
-    except requests.RequestException as exc:
-        raise CxrCadError(
-            f"QIDO-RS query of {base} failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the URL, the "
-            "credentials (CXR_CAD_DICOMWEB_USER/PASSWORD/TOKEN or ~/.netrc) and that the "
-            "archive is up"
-        ) from exc
+        found = src.list(query)
+    except CxrCadError as exc:
+        audit.record("query", "failure", protocol=src.kind, source=src.base, keys=sorted(query), detail=str(exc)[:300])
+        raise
+    audit.record("query", "success", protocol=src.kind, source=src.base, keys=sorted(query), n_matches=len(found))
+    return found
 
 
 def pending_chunks(
@@ -159,8 +228,7 @@ def pending_chunks(
 
 
 def stream_chunks(
-    client: DICOMwebClient,
-    base: str,
+    src: RemoteSource,
     instances: Sequence[RemoteInstance],
     chunks: list[tuple[int, list[RemoteInstance]]],
     journal: Journal,
@@ -168,14 +236,13 @@ def stream_chunks(
     score: ScoreChunk,
     *,
     sink: ObjectSink | None = None,
-    fetch_threads: int = 4,
 ) -> int:
     """Fetch ``chunks`` in a background thread while the previous one is scored by ``score``;
     journal every instance (and hand its row to ``sink``). Returns the number of instances processed."""
     shutil.rmtree(spool, ignore_errors=True)  # what a killed run left behind
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
-    args = (client, chunks, spool, fetch_threads, q, stop)
+    args = (src, chunks, spool, q, stop)
     threading.Thread(target=_fetcher, args=args, daemon=True).start()
     n_processed = 0
     try:
@@ -185,7 +252,7 @@ def stream_chunks(
             k, chunk, folder, files, failed = item
             run_dir = spool / f"run-{k:06d}"
             preds, rejs = score(folder, run_dir) if files else ({}, {})
-            records = chunk_records(base, chunk, files, failed, preds, rejs)
+            records = chunk_records(src, chunk, files, failed, preds, rejs)
             if sink is not None:
                 number = {i.sop_instance_uid: n + 1 for n, i in enumerate(instances)}
                 sink.write(
@@ -203,12 +270,12 @@ def stream_chunks(
     return n_processed
 
 
-def chunk_records(base: str, chunk, files: dict, failed: dict, preds: dict, rejs: dict) -> list[dict]:
+def chunk_records(src: RemoteSource, chunk, files: dict, failed: dict, preds: dict, rejs: dict) -> list[dict]:
     """One journal record per instance of ``chunk``: a prediction row or a rejected row."""
     records = []
     for inst in chunk:
         sop = inst.sop_instance_uid
-        path = inst.url(base)
+        path = src.address(inst)
         if sop in preds:
             row = dict(preds[sop], path=path, kind="prediction", sop_instance_uid=preds[sop]["sop_instance_uid"] or sop)
             row["sop_instance_uid"] = sop  # the archive's UID is the key (the header's is the same)
@@ -232,7 +299,7 @@ def write_tables(rows: Sequence[dict], predictions_csv: Path, rejected_csv: Path
     rejs = [r for r in rows if r["kind"] == "rejected"]
     columns = list(PREDICTION_COLUMNS)
     for r in preds:
-        columns += [c for c in r if c not in columns and c not in ("kind", "event", "calling_ae", "file")]
+        columns += [c for c in r if c not in columns and c not in NOT_COLUMNS]
     for path, cols, table in ((predictions_csv, columns, preds), (rejected_csv, REJECTED_COLUMNS, rejs)):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")

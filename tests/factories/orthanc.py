@@ -85,13 +85,16 @@ class Orthanc:
                 self.proc.wait(10)
 
 
-def start_orthanc(root: Path, *, modalities: dict | None = None, auth: bool = True) -> Orthanc:
+def start_orthanc(
+    root: Path, *, modalities: dict | None = None, auth: bool = True, http_port: int | None = None
+) -> Orthanc:
     """Start Orthanc with a configuration under ``root``; wait until its REST API answers.
 
     ``auth=False`` (screenshots with a headless browser only): no password, still 127.0.0.1 only.
+    ``http_port``: this HTTP port instead of a free one (an archive that comes up where one was down).
     """
     root.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = http_port or free_port(), free_port()
     config = {
         "Name": "cxr-cad-test",
         "StorageDirectory": str(root / "db"),
