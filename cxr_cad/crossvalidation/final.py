@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_cad.config import TrainConfig
+from cxr_cad.config import ThresholdConfig, TrainConfig
 from cxr_cad.errors import OutputError
 from cxr_cad.manifest import manifest_hash
 from cxr_cad.model import ProbabilityAverage, load_bundle, save_bundle, unwrap_model
 from cxr_cad.modelcard import write_card_for_bundle
 from cxr_cad.training import rundir
+from cxr_cad.training.threshold import choose_threshold, selection_params
 from cxr_cad.training.trainer import train_model
 
 if TYPE_CHECKING:
@@ -30,11 +32,30 @@ log = logging.getLogger(__name__)
 FINAL_DIR = "final"
 
 
-def _pooled_threshold(youden: float, fold_thresholds: list[float]) -> tuple[float, str]:
-    """(threshold, method): the pooled out-of-fold Youden threshold, else the mean of the folds'."""
-    if math.isfinite(youden):
-        return youden, "youden"
-    return float(np.mean(fold_thresholds)), "fixed"
+@dataclass(frozen=True)
+class PooledThreshold:
+    """The final model's threshold: the configured policy (``threshold`` section) applied to the
+    pooled out-of-fold predictions, else (one class, undefined) the mean of the folds' thresholds."""
+
+    threshold: float
+    method: str
+    params: dict[str, Any]
+
+
+def pooled_threshold(
+    y_true: np.ndarray, probability: np.ndarray, policy: ThresholdConfig, fold_thresholds: list[float]
+) -> PooledThreshold:
+    """:class:`PooledThreshold` of the out-of-fold table. The out-of-fold probabilities come from
+    several fold models, so a ``calibrated`` policy (one calibration for one model) falls back to
+    Youden's J here, as ``cxr-cad adapt`` does for a refitted head."""
+    if policy.method == "calibrated":
+        policy = policy.replace(method="youden")
+    if policy.method != "fixed":
+        thr, method, detail = choose_threshold(np.asarray(y_true), np.asarray(probability), policy)
+        if method != "fixed" and math.isfinite(thr):
+            return PooledThreshold(float(thr), method, selection_params(method, thr, detail))
+    mean = float(np.mean(fold_thresholds)) if policy.method != "fixed" else float(policy.value)
+    return PooledThreshold(mean, "fixed", {"value": mean})
 
 
 def _chosen_on(df: pd.DataFrame, n_folds: int) -> dict[str, Any]:
@@ -53,7 +74,7 @@ def _record(bundle: Path, threshold: float, method: str, fold_thresholds: list[f
         "bundle": str(bundle),
         **more,
         "threshold": float(threshold),
-        "threshold_method": f"pooled out-of-fold {method}" if method == "youden" else "mean of fold thresholds",
+        "threshold_method": f"pooled out-of-fold {method}" if method != "fixed" else "mean of fold thresholds",
         "fold_threshold_mean": float(np.mean(fold_thresholds)),
     }
 
@@ -81,26 +102,25 @@ def _members(bundles: list[Bundle]) -> tuple[list[torch.nn.Module], bool]:
 
 
 def ensemble_final(
-    df: pd.DataFrame, out_dir: Path, fold_bundles: list[Path], youden: float, fold_thresholds: list[float]
+    df: pd.DataFrame, out_dir: Path, fold_bundles: list[Path], pooled: PooledThreshold, fold_thresholds: list[float]
 ) -> dict[str, Any]:
     """``final/model.pt``: the fold models as one bundle averaging their probabilities.
 
     The members are the fold networks (a fold bundle with hflip TTA keeps it: the ensemble
-    then averages flipped views too). The threshold is the pooled out-of-fold Youden
-    threshold (each image scored by the fold model that never saw its patient: the nearest
-    unbiased stand-in for the ensemble's own scores), else the mean of the fold thresholds.
+    then averages flipped views too). The threshold is ``pooled``: the configured policy on the
+    pooled out-of-fold predictions (each image scored by the fold model that never saw its
+    patient: the nearest unbiased stand-in for the ensemble's own scores).
     """
     bundles = [load_bundle(p) for p in fold_bundles]
     first = bundles[0]
     members, hflip = _members(bundles)
-    threshold, method = _pooled_threshold(youden, fold_thresholds)
+    threshold, method = pooled.threshold, pooled.method
     path = out_dir / FINAL_DIR / rundir.BUNDLE_FILE
     _save_like(
         path,
         ProbabilityAverage(members, hflip=hflip),
         first,
-        threshold,
-        method,
+        pooled,
         _chosen_on(df, len(bundles)),
         manifest_hash=manifest_hash(df),
         extra={
@@ -137,13 +157,13 @@ def train_final(
     cfg: TrainConfig,
     cache_dir: Path,
     best: list[int | None],
-    youden: float,
+    pooled: PooledThreshold,
     fold_thresholds: list[float],
     n_folds: int,
 ) -> dict[str, Any]:
-    """Train on every image for the CV-chosen epochs; the bundle gets the pooled OOF Youden threshold."""
+    """Train on every image for the CV-chosen epochs; the bundle gets the ``pooled`` threshold."""
     epochs = final_epochs(best, cfg.epochs)
-    threshold, method = _pooled_threshold(youden, fold_thresholds)
+    threshold, method = pooled.threshold, pooled.method
     final_cfg = cfg.replace(
         epochs=epochs,
         data=cfg.data.replace(split="grouped", val_fraction=0.0, cache_dir=str(cache_dir)),
@@ -175,8 +195,7 @@ def train_final(
             result.bundle_path,
             bundle.model,
             bundle,
-            threshold,
-            method,
+            pooled,
             chosen_on,
             manifest_hash=bundle.manifest_hash,
             parent_bundle_sha256=meta.get("parent_bundle_sha256"),
@@ -186,7 +205,12 @@ def train_final(
 
 
 def _save_like(
-    path: Path, model: torch.nn.Module, like: Bundle, threshold: float, method: str, chosen_on: dict, **fields: Any
+    path: Path,
+    model: torch.nn.Module,
+    like: Bundle,
+    pooled: PooledThreshold,
+    chosen_on: dict,
+    **fields: Any,
 ) -> None:
     """``save_bundle`` with ``like``'s classes, transform spec, training config and init record, and
     the cross-validation threshold (``fields``: manifest hash, parent, extra)."""
@@ -196,9 +220,9 @@ def _save_like(
         classes=like.classes,
         positive_class=like.positive_class,
         transform_spec=like.transform_spec,
-        threshold=float(threshold),
-        threshold_method=method,
-        threshold_params={} if method == "youden" else {"value": float(threshold)},
+        threshold=float(pooled.threshold),
+        threshold_method=pooled.method,
+        threshold_params=pooled.params,
         threshold_chosen_on=chosen_on,
         train_config=like.train_config,
         init_record=like.meta.get("init"),

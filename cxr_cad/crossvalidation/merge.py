@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxr_cad.config import TrainConfig
 from cxr_cad.crossvalidation.cohort import Cohort, decision_names
-from cxr_cad.crossvalidation.final import ensemble_final, train_final
+from cxr_cad.crossvalidation.final import ensemble_final, pooled_threshold, train_final
 from cxr_cad.crossvalidation.folds import HELDOUT_FILE, HELDOUT_META
 from cxr_cad.crossvalidation.result import (
     FOLD_DONE_FILE,
@@ -195,7 +195,7 @@ def pool_folds(
         "fold_check": cohort.check,
         "n_bootstrap": n_bootstrap,
     }
-    final_bundle = _final(final, cohort.df, out_dir, cfg, cache_dir, metrics, fold_info, n_folds)
+    final_bundle = _final(final, cohort.df, oof, out_dir, cfg, cache_dir, metrics, fold_info, n_folds)
     rundir.write_json(out_dir / METRICS_FILE, jsonable(metrics))
     write_table(roc_table(metrics["roc"]), out_dir / ROC_FILE)
     pooled = metrics["pooled"]["auc_delong"]
@@ -221,6 +221,7 @@ def pool_folds(
 def _final(
     final: bool | str,
     df: pd.DataFrame,
+    oof: pd.DataFrame,
     out_dir: Path,
     cfg: TrainConfig,
     cache_dir: Path,
@@ -229,14 +230,14 @@ def _final(
     n_folds: int,
 ) -> Path | None:
     """The final model asked for by ``final`` (recorded under ``metrics["final"]``), or None."""
-    youden = metrics["pooled"]["youden_threshold"]
     fold_thresholds = [f["threshold"] for f in fold_info]
+    if not final:
+        return None
+    pooled = pooled_threshold(oof["y_true"].to_numpy(), oof["probability"].to_numpy(), cfg.threshold, fold_thresholds)
     if final == "ensemble":
         bundles = [fold_dir(out_dir, k) / rundir.BUNDLE_FILE for k in range(int(n_folds))]
-        metrics["final"] = ensemble_final(df, out_dir, bundles, youden, fold_thresholds)
-    elif final:
-        best = metrics["best_epochs"]
-        metrics["final"] = train_final(df, out_dir, cfg, cache_dir, best, youden, fold_thresholds, int(n_folds))
+        metrics["final"] = ensemble_final(df, out_dir, bundles, pooled, fold_thresholds)
     else:
-        return None
+        best = metrics["best_epochs"]
+        metrics["final"] = train_final(df, out_dir, cfg, cache_dir, best, pooled, fold_thresholds, int(n_folds))
     return Path(metrics["final"]["bundle"])

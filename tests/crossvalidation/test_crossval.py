@@ -11,7 +11,7 @@ import pytest
 
 from cxr_cad.cli import main
 from cxr_cad.crossvalidation.run import final_epochs, fold_check
-from cxr_cad.metrics import roc_auc
+from cxr_cad.metrics import roc_auc, sensitivity_policy
 from cxr_cad.model import load_bundle
 from tests.factories.synth import write_png_cohort
 
@@ -101,8 +101,13 @@ def test_final_bundle_uses_cv_choices(cv_run):
     _, out, _ = cv_run
     _, metrics = _read(out)
     bundle = load_bundle(out / "final" / "model.pt")
-    assert bundle.threshold == pytest.approx(metrics["pooled"]["youden_threshold"])
-    assert bundle.threshold_selection["method"] == "youden"
+    oof, _ = _read(out)
+    # the configured policy (default: sensitivity >= 0.90) on the pooled out-of-fold predictions
+    expected = sensitivity_policy(oof["y_true"].to_numpy(), oof["probability"].to_numpy(), 0.9)
+    assert bundle.threshold == pytest.approx(expected["threshold"])
+    assert bundle.threshold_selection["method"] == "sensitivity"
+    assert bundle.threshold_selection["params"]["target"] == 0.9
+    assert metrics["final"]["threshold_method"] == "pooled out-of-fold sensitivity"
     assert "out-of-fold" in bundle.threshold_selection["chosen_on"]["description"]
     assert metrics["final"]["epochs"] == 1
     assert json.loads((out / "final" / "result.json").read_text())["epochs_run"] == 1
@@ -169,6 +174,7 @@ def test_final_epochs_and_fold_check():
 def test_final_ensemble_is_one_bundle_averaging_the_folds(cv_run, tmp_path):
     """``--final ensemble``: the fold models as one bundle; softmax of its output = mean probability,
     and ``cxr-cad predict`` scores it like any bundle."""
+    from cxr_cad.crossvalidation.final import PooledThreshold
     from cxr_cad.crossvalidation.run import ensemble_final
     from cxr_cad.manifest import read_manifest
     from cxr_cad.training.loop import predict_probabilities
@@ -177,7 +183,7 @@ def test_final_ensemble_is_one_bundle_averaging_the_folds(cv_run, tmp_path):
     manifest = out.parent / "cohort" / "manifest.csv"
     df = read_manifest(manifest, require_labels=True)
     folds = [out / "folds" / str(k) / "model.pt" for k in range(3)]
-    info = ensemble_final(df, tmp_path, folds, 0.42, [0.4, 0.5, 0.6])
+    info = ensemble_final(df, tmp_path, folds, PooledThreshold(0.42, "youden", {}), [0.4, 0.5, 0.6])
     bundle = load_bundle(info["bundle"])
     assert info["members"] == 3 and bundle.meta["arch"]["members"] == 3 and bundle.threshold == 0.42
     assert bundle.meta["extra"]["crossval"]["final"] == "ensemble"
