@@ -31,6 +31,7 @@ from cxr_cad.manifest import (
     table_text,
     validate_manifest,
 )
+from cxr_cad.manifest.multilabel import MultilabelLabels, finding_column, join_multilabel, read_multilabel
 from cxr_cad.manifest.scan import ScanResult, scan_sources
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class IngestOutcome:
     options: dict
     started: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
     record: dict = field(default_factory=dict)
+    multilabel: MultilabelLabels | None = None  # labels read with a --label-layout
 
     def make_record(self, absolute_paths: bool = False) -> dict:
         """The ``ingest.json`` record (the one layout)."""
@@ -95,9 +97,14 @@ class IngestOutcome:
             },
             "paths": "absolute" if absolute_paths else "relative to this folder where they share a parent",
             "policy": {**self.policy.record(), "verify_pixels": bool(self.verify_pixels)},
+            "task": "multilabel" if self.multilabel is not None else "multiclass",
             "classes": self.classes,
             "positive_class": self.positive_class,
-            "labels": {"source": self.label_source, **(report.to_dict() if report is not None else {})},
+            "labels": {
+                "source": self.label_source,
+                **(report.to_dict() if report is not None else {}),
+                **({"multilabel": self.multilabel.record()} if self.multilabel is not None else {}),
+            },
             "patient_id_rule": result.patient_id_rule,
             "counts": {
                 "files": result.n_files,
@@ -105,6 +112,7 @@ class IngestOutcome:
                 "rejected": len(self.rejected),
                 "rejected_by_reason": _by_reason(self.rejected),
                 "labels_by_class": {str(k) or "(none)": int(v) for k, v in m["label"].value_counts().items()},
+                **({"positives_by_finding": self._positives()} if self.multilabel is not None else {}),
                 "patients": int(m["patient_id"].nunique()),
                 "studies": int(m.loc[m["study_instance_uid"] != "", "study_instance_uid"].nunique()),
                 "unlabelled": 0 if self.unlabelled is None else len(self.unlabelled),
@@ -112,6 +120,15 @@ class IngestOutcome:
             "skipped_folders": len(result.skipped_dirs),
             "workers": result.workers,
             "manifest_hash": manifest_hash(m),
+        }
+
+    def _positives(self) -> dict[str, int]:
+        assert self.multilabel is not None
+        return {
+            f: int((self.manifest[finding_column(f)].astype(str) == "1").sum())
+            if finding_column(f) in self.manifest
+            else 0
+            for f in self.multilabel.findings
         }
 
     def write(self, out_dir: PathLike, *, absolute_paths: bool = False) -> Path:
@@ -279,10 +296,16 @@ def run_ingest(
     drop_unlabelled: bool = False,
     exclude: Sequence[PathLike] = (),
     options: Mapping[str, Any] | None = None,
+    label_layout: str | None = None,
+    findings: Sequence[str] | None = None,
+    uncertain: str = "ignore",
 ) -> IngestOutcome:
     """:func:`ingest` returning the whole :class:`IngestOutcome` (counts, label join, record).
 
     ``options`` is what ``ingest.json`` records under ``options`` (default: these arguments).
+    ``label_layout`` (``nih``, ``columns`` or ``chexpert``) reads ``labels`` as multi-label
+    findings (:mod:`cxr_cad.manifest.multilabel`; ``findings`` to keep, ``uncertain`` policy);
+    the manifest then has one ``finding_<name>`` column per finding and ``task: multilabel``.
     """
     cls: list[str] | None = list(classes) if classes is not None else None
     opts: dict[str, Any] = {
@@ -297,20 +320,29 @@ def run_ingest(
         "absolute_paths": absolute_paths,
         "drop_unlabelled": drop_unlabelled,
     }
+    if label_layout is not None:
+        opts.update(label_layout=label_layout, findings=list(findings) if findings else None, uncertain=uncertain)
     _check_options(cls, positive_class, workers, labels, label_key or (label_column != "label"))
     policy = policy or AcceptPolicy()
     started = _dt.datetime.now(_dt.timezone.utc)
     if out_dir is not None:
         _check_out_dir(out_dir)
-    if isinstance(labels, (str, os.PathLike)) and labels != "folders":  # check before the (long) scan
+    ml_labels = _read_multilabel(labels, label_layout, findings, uncertain, label_key)
+    if ml_labels is None and isinstance(labels, (str, os.PathLike)) and labels != "folders":  # before the scan
         read_labels(labels, key=label_key, label_column=label_column, classes=cls)
     exclude = [*exclude, *([os.path.abspath(out_dir)] if out_dir is not None else [])]
     scan, source_list = _scan(sources, policy, opts, exclude)
     _check_found(scan, source_list, isinstance(sources, pd.DataFrame))
-    manifest, report, label_source = _label(scan.accepted, scan, labels, opts, cls)
-    if isinstance(sources, pd.DataFrame) and label_source is None:
-        label_source = "manifest"
-    manifest, unlabelled, cls = _classes_found(manifest, cls, positive_class, drop_unlabelled)
+    report: LabelJoinReport | None
+    label_source: str | None
+    if ml_labels is not None:
+        manifest, report, label_source = _label_multilabel(scan.accepted, scan, labels, ml_labels)
+        manifest, unlabelled, cls = _findings_found(manifest, ml_labels, drop_unlabelled)
+    else:
+        manifest, report, label_source = _label(scan.accepted, scan, labels, opts, cls)
+        if isinstance(sources, pd.DataFrame) and label_source is None:
+            label_source = "manifest"
+        manifest, unlabelled, cls = _classes_found(manifest, cls, positive_class, drop_unlabelled)
     outcome = IngestOutcome(
         manifest=manifest,
         rejected=scan.rejected,
@@ -325,6 +357,7 @@ def run_ingest(
         sources=source_list,
         options=dict(sorted((options if options is not None else opts).items())),
         started=started,
+        multilabel=ml_labels,
     )
     if out_dir is not None:
         _validate(outcome, "scanned images")
@@ -376,8 +409,43 @@ def _check_accepted(outcome: IngestOutcome, out_dir: PathLike | None) -> None:
     )
 
 
+def _read_multilabel(
+    labels: Labels, layout: str | None, findings: Sequence[str] | None, uncertain: str, key: str | None
+) -> MultilabelLabels | None:
+    """The labels read in ``layout`` (before the scan), or None without a layout."""
+    if layout is None:
+        return None
+    if labels is None or (isinstance(labels, str) and labels == "folders"):
+        raise ConfigError(["label_layout (--label-layout) needs a labels CSV (--labels)"])
+    return read_multilabel(labels, layout, findings=findings, uncertain=uncertain, key=key)
+
+
+def _label_multilabel(
+    manifest: pd.DataFrame, scan: ScanResult, labels: Labels, ml_labels: MultilabelLabels
+) -> tuple[pd.DataFrame, LabelJoinReport, str]:
+    """Findings joined onto the scanned images (``finding_<name>`` columns, readable ``label``)."""
+    source = os.path.abspath(labels) if isinstance(labels, (str, os.PathLike)) else "table"
+    base = os.path.dirname(source) if source != "table" else None
+    manifest, report = join_multilabel(manifest, ml_labels, base_dir=base)
+    explain_unmatched(report, scan.rejected, base)
+    return manifest, report, source
+
+
+def _findings_found(
+    manifest: pd.DataFrame, ml_labels: MultilabelLabels, drop_unlabelled: bool
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """(manifest, images without labels left out or None, the findings)."""
+    unlabelled = None
+    if drop_unlabelled:
+        keep = manifest["label"] != ""
+        unlabelled = manifest.loc[~keep, ["path", "label"]]
+        manifest = manifest[keep].reset_index(drop=True)
+    return manifest, unlabelled, list(ml_labels.findings)
+
+
 def _validate(outcome: IngestOutcome, where: str) -> None:
-    problems = validate_manifest(outcome.manifest, classes=outcome.classes) if len(outcome.manifest) else []
+    classes = outcome.classes if outcome.multilabel is None else None  # multi-label: label = findings joined
+    problems = validate_manifest(outcome.manifest, classes=classes) if len(outcome.manifest) else []
     if problems:
         raise ManifestError(problems, source=where)
 

@@ -9,6 +9,7 @@ import os
 from cxr_cad import api
 from cxr_cad.cli.options import add_pacs_query, add_policy_options, pacs_from, policy_from
 from cxr_cad.manifest import LABEL_KEYS
+from cxr_cad.manifest.multilabel import LAYOUTS, UNCERTAIN_POLICIES
 from cxr_cad.manifest.patients import PATIENT_PATTERNS
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,25 @@ def register(subparsers) -> None:
         action="store_true",
         help="label = name of the folder containing the file (Kermany layout NORMAL/, PNEUMONIA/), "
         "or of the nearest ancestor folder named in --classes",
+    )
+    p.add_argument(
+        "--label-layout",
+        choices=LAYOUTS,
+        help="read --labels as multi-label findings: nih (Data_Entry.csv: Image Index, Finding Labels "
+        "joined by '|', Patient ID), columns (a key column + one 1/0 column per finding) or chexpert "
+        "(CheXpert/MIMIC-CXR: 1, 0, -1 uncertain, blank = unknown); writes finding_<name> columns (docs/ingest.md)",
+    )
+    p.add_argument(
+        "--findings",
+        metavar="A,B",
+        help="with --label-layout: the findings to keep, in this order (default: every finding found)",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        default="ignore",
+        help="with --label-layout chexpert: what -1 (uncertain) becomes: ignore (unknown, masked from the "
+        "loss and the metrics; default), zeros or ones; recorded in ingest.json",
     )
     p.add_argument("--label-key", choices=LABEL_KEYS, help="key column of --labels (default: detected)")
     p.add_argument("--label-column", default="label", metavar="NAME", help="label column of --labels (default: label)")
@@ -122,6 +142,15 @@ def run_ingest(args: argparse.Namespace) -> int:
         workers=args.workers,
         absolute_paths=args.absolute_paths,
         options={k: v for k, v in vars(args).items() if k != "func"},
+        **(
+            {
+                "label_layout": args.label_layout,
+                "findings": _split_list(args.findings) or None,
+                "uncertain": args.uncertain,
+            }
+            if args.label_layout
+            else {}
+        ),
     )
     _print_summary(outcome, os.path.abspath(args.out))
     return 0
@@ -170,7 +199,8 @@ def _print_summary(outcome: api.IngestOutcome, out: str) -> None:
                 shown = ", ".join(str(x) for x in report.unmatched["line"].head(8))
                 more = " ..." if len(report.unmatched) > 8 else ""
                 lines.append(f"    unmatched CSV lines: {shown}{more} (see unmatched_labels.csv)")
-        for k, v in c["labels_by_class"].items():
+        by = c.get("positives_by_finding") or c["labels_by_class"]  # multi-label: positive images per finding
+        for k, v in by.items():
             lines.append(f"    {k:<26}{v:>7}")
     cls = record["classes"]
     lines.append(

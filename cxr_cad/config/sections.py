@@ -60,8 +60,13 @@ class DataConfig(ConfigModel):
     validate). ``val_fraction`` = 0 trains on everything, without validation.
     ``imbalance``: ``weighted_loss`` (cross-entropy weighted by inverse class frequency),
     ``weighted_sampler`` (class-balanced sampling with replacement) or ``none``.
+    ``task``: ``multiclass`` (one label per image, the study's) or ``multilabel`` (``classes`` are
+    findings, each a ``finding_<name>`` column of 1/0/-1/blank; ``positive_class`` is unused;
+    ``uncertain``: how -1 values train, ``ignore`` masks them; ``min_positives``: a finding
+    counts towards model selection with at least that many validation positives; docs/train.md).
     """
 
+    task: Literal["multiclass", "multilabel"] = "multiclass"
     classes: StrTuple = Field(default=("NORMAL", "PNEUMONIA"), min_length=2)
     positive_class: str = "PNEUMONIA"
     label_col: str = "label"
@@ -71,6 +76,8 @@ class DataConfig(ConfigModel):
     val_fold: OptInt = None
     imbalance: Literal["weighted_loss", "weighted_sampler", "none"] = "weighted_loss"
     cache_dir: OptStr = None  # None = <run dir>/cache
+    uncertain: Literal["ignore", "zeros", "ones"] = "ignore"
+    min_positives: Int = Field(default=5, ge=1)
 
     @field_validator("classes")
     @classmethod
@@ -86,7 +93,7 @@ class DataConfig(ConfigModel):
     @classmethod
     def _positive_is_a_class(cls, positive: str, info: ValidationInfo) -> str:
         classes = info.data.get("classes")
-        if classes is not None and positive not in classes:
+        if classes is not None and positive not in classes and info.data.get("task") != "multilabel":
             raise problem(f"must be one of data.classes {list(classes)}")
         return positive
 
@@ -185,9 +192,10 @@ class ThresholdConfig(ConfigModel):
     ``calibrated`` (``calibration``: Platt or temperature scaling fitted on the validation
     predictions, stored in the bundle and applied by predict; then ``cutoff`` on the calibrated
     probability) or ``fixed`` (``value``; also used when there is no validation data).
-    docs/adaptation.md#threshold-policies."""
+    docs/adaptation.md#threshold-policies. The default, ``sensitivity`` at 0.90, is the policy
+    that transferred best to the study's own test split (docs/generalisation.md#thresholds)."""
 
-    method: Literal["youden", "sensitivity", "calibrated", "fixed"] = "youden"
+    method: Literal["youden", "sensitivity", "calibrated", "fixed"] = "sensitivity"
     target_sensitivity: Float = Field(default=0.9, gt=0.0, le=1.0)
     value: Float = Field(default=0.5, ge=0.0, le=1.0)
     calibration: Literal["platt", "temperature"] = "platt"

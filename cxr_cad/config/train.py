@@ -10,7 +10,7 @@ A config file is a YAML mapping whose sections mirror :class:`TrainConfig`::
     optim:     {name: sgd, lr: 0.001, momentum: 0.9}
     schedule:  {name: cosine}
     early_stopping: {patience: 5}
-    threshold: {method: youden}
+    threshold: {method: sensitivity, target_sensitivity: 0.9}
     runtime:   {device: auto, precision: auto, workers: 2}
 
 Every value has a default (the study defaults, see docs/train.md); a file only names what
@@ -109,7 +109,7 @@ def recipe_defaults(d: Mapping[str, Any]) -> dict:
 #: (they change speed or storage, not the numbers).
 #: ``force`` changes whether a refused run may finish, not its numbers: rerun a refused run
 #: folder with ``--force`` to finish it.
-RESUME_FREE_KEYS = frozenset({"runtime.workers", "data.cache_dir", "force"})
+RESUME_FREE_KEYS = frozenset({"runtime.workers", "data.cache_dir", "force", "int8"})  # int8: a variant beside
 
 
 def _mapping_or_empty(value: Any) -> Any:
@@ -143,6 +143,7 @@ class TrainConfig(ConfigModel):
     runtime: Annotated[RuntimeConfig, _Empty] = section_default(RuntimeConfig)
     augment: Annotated[dict[str, Any], _Empty] = Field(default_factory=dict)
     force: bool = False
+    int8: bool = False  # store a calibrated, verified int8 variant beside the bundle (cxr_cad.export.variant)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, *, source: str | None = None, prefix: str = "") -> TrainConfig:
@@ -188,6 +189,9 @@ _ADDED_KEYS: dict[str, Any] = {
     "threshold.calibration": "platt",
     "threshold.cutoff": 0.5,
     "early_stopping.criterion": "auc_then_loss",
+    "data.task": "multiclass",
+    "data.uncertain": "ignore",
+    "data.min_positives": 5,
 }
 
 

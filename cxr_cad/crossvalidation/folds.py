@@ -183,3 +183,48 @@ def heldout(
     write_table(table, pred_path)
     rundir.write_json(meta_path, {"bundle_sha256": bundle_sha, "threshold": threshold, "n": len(table)})
     return probs, threshold
+
+
+def heldout_multilabel(
+    k: int, fold_dir: Path, bundle_path: Path, test_df: pd.DataFrame, y: np.ndarray, cfg: TrainConfig, cache_dir: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out sigmoid probabilities ``(n, K)`` of fold ``k`` and the fold model's per-finding
+    thresholds ``(K,)`` (reused when the same bundle made them)."""
+    findings = list(cfg.data.classes)
+    meta_path, pred_path = fold_dir / HELDOUT_META, fold_dir / HELDOUT_FILE
+    sha = sha256_file(bundle_path)
+    cols = [f"probability_{f}" for f in findings]
+    if meta_path.exists() and pred_path.exists():
+        meta = rundir.read_json(meta_path)
+        old = pd.read_csv(pred_path, dtype={"sop_instance_uid": str}, keep_default_na=False)
+        if meta.get("bundle_sha256") == sha and old["row"].tolist() == test_df["row"].tolist():
+            log.info("fold %d: held-out predictions already made by this bundle; reused", k)
+            return old[cols].to_numpy(dtype=np.float64), np.asarray(meta["thresholds"], dtype=np.float64)
+    bundle = load_bundle(bundle_path)
+    record = (bundle.meta.get("extra") or {}).get("multilabel") or {}
+    if record.get("findings") != findings:
+        raise OutputError(f"{bundle_path}: not a multi-label bundle of findings {findings}")
+    info = resolve_runtime(cfg.runtime.device, cfg.runtime.precision)
+    info = RuntimeInfo(info.device, info.precision, info.channels_last)
+    prepare_model(bundle.model, info)
+    dataset = make_dataset(make_items(test_df, y), bundle.transform_spec, cache_dir=cache_dir)
+    out = evaluate(
+        bundle.model,
+        dataset,
+        info,
+        batch_size=cfg.batch_size,
+        workers=cfg.runtime.workers,
+        desc=f"fold {k} held-out",
+        activation="sigmoid",
+    )
+    if out.probabilities.shape != y.shape:
+        raise OutputError(f"held-out scoring returned {out.probabilities.shape[0]} rows for {len(test_df)} images")
+    thresholds = np.array([record["thresholds"][f]["value"] for f in findings], dtype=np.float64)
+    table = pd.DataFrame(
+        {"row": test_df["row"].to_numpy(), "sop_instance_uid": test_df["sop_instance_uid"].astype(str)}
+    )
+    for j, c in enumerate(cols):
+        table[c] = out.probabilities[:, j].astype(np.float64)
+    write_table(table, pred_path)
+    rundir.write_json(meta_path, {"bundle_sha256": bundle.sha256, "thresholds": thresholds.tolist(), "n": len(table)})
+    return out.probabilities.astype(np.float64), thresholds

@@ -201,8 +201,54 @@ def _csv_text(columns: Sequence[str], rows: Iterable[dict]) -> str:
     return buf.getvalue()
 
 
-def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dict]:
+#: The decision values of a multi-label ``decision_<finding>`` column.
+FINDING_PRESENT, FINDING_ABSENT = "present", "absent"
+
+
+def multilabel_findings(meta: dict) -> list[tuple[str, float]] | None:
+    """``[(finding, threshold)]`` in output (logit) order of a multi-label bundle's metadata
+    (``extra.multilabel``, written by :mod:`cxr_cad.training.multilabel`), or None for a
+    binary/multiclass bundle."""
+    record = (meta.get("extra") or {}).get("multilabel")
+    if not record:
+        return None
+    thresholds = record["thresholds"]
+    return [(str(f), float(thresholds[f]["value"])) for f in record["findings"]]
+
+
+def multilabel_prediction_columns(findings: Sequence[str]) -> list[str]:
+    """``predictions.csv`` columns of a multi-label model: the binary columns with ``probability``,
+    ``decision`` and ``threshold`` replaced by ``probability_<F>`` and ``decision_<F>`` per finding,
+    in the model's output order (docs/predict.md#multi-label-models)."""
+    per = [c for f in findings for c in (f"probability_{f}", f"decision_{f}")]
+    out: list[str] = []
+    for c in PREDICTION_COLUMNS:
+        if c == "probability":
+            out += per
+        elif c not in ("decision", "threshold"):
+            out.append(c)
+    return out
+
+
+def multilabel_fields(probabilities: Sequence[float], findings: Sequence[tuple[str, float]]) -> dict[str, str]:
+    """The per-finding cells of one image: ``probability_<F>`` (6 decimals) and ``decision_<F>``
+    (``present`` when ``probability >= threshold`` of that finding, else ``absent``)."""
+    if len(probabilities) != len(findings):
+        raise ValueError(f"{len(probabilities)} probabilities for {len(findings)} findings")
+    cells: dict[str, str] = {}
+    for p, (f, thr) in zip(probabilities, findings):
+        cells[f"probability_{f}"] = f"{float(p):.6f}"
+        cells[f"decision_{f}"] = FINDING_PRESENT if float(p) >= thr else FINDING_ABSENT
+    return cells
+
+
+def merge_outputs(
+    out_dir: Path, n_inputs: int, *, with_label: bool, columns: Sequence[str] | None = None
+) -> list[dict]:
     """Write ``predictions.csv`` and ``rejected.csv`` from the journals, in input order.
+
+    ``columns``: the prediction columns (default :data:`PREDICTION_COLUMNS`; a multi-label model's
+    come from :func:`multilabel_prediction_columns`).
 
     Raises OutputError when an input has no record (the run is not finished) — a bug or a
     journal deleted by hand. Returns the records in input order.
@@ -215,7 +261,7 @@ def merge_outputs(out_dir: Path, n_inputs: int, *, with_label: bool) -> list[dic
             "run the same command again to finish them"
         )
     records = [done[i] for i in range(n_inputs)]
-    pred_cols = PREDICTION_COLUMNS + (["label"] if with_label else [])
+    pred_cols = list(columns or PREDICTION_COLUMNS) + (["label"] if with_label else [])
     # both tables are one unit: both written in full before either replaces an old one
     atomic.atomic_write_many(
         {

@@ -5,7 +5,13 @@ Validation collects every problem and raises :class:`~cxr_cad.errors.ManifestErr
 """
 
 from cxr_cad.io.age import age_in_years
-from cxr_cad.manifest.folds import grouped_split, patient_folds
+from cxr_cad.manifest.folds import (
+    grouped_split,
+    iterative_group_assign,
+    multilabel_grouped_split,
+    multilabel_patient_folds,
+    patient_folds,
+)
 from cxr_cad.manifest.labels import (
     LABEL_KEYS,
     LabelJoinReport,
@@ -51,6 +57,9 @@ __all__ = [
     "manifest_hash",
     "patient_folds",
     "grouped_split",
+    "iterative_group_assign",
+    "multilabel_patient_folds",
+    "multilabel_grouped_split",
     "resolve_paths",
     "relative_paths",
     "age_in_years",

@@ -137,3 +137,106 @@ def grouped_split(
         in_val[order[0]] = False
     val_rows = in_val[g_codes]
     return np.flatnonzero(~val_rows), np.flatnonzero(val_rows)
+
+
+def iterative_group_assign(
+    positives: np.ndarray, sizes: np.ndarray, proportions: np.ndarray, *, seed: int = 0
+) -> np.ndarray:
+    """Assign whole groups (patients) to subsets so every finding's positives are spread as
+    ``proportions`` asks: iterative stratification (Sechidis, Tsoumakas and Vlahavas, ECML 2011)
+    with patients as the unit.
+
+    Repeat until every patient is placed: take the finding with the fewest positive patients
+    still unplaced (ties: the lowest index); place each of those patients (largest first, ties
+    in a seeded random order) in the subset that still wants most positives of that finding
+    (ties: the one wanting most images, then the lowest index), and lower that subset's wants.
+    Patients without any positive go, largest first, to the subset wanting most images.
+
+    Args:
+        positives: ``(G, K)`` positive images per patient and finding.
+        sizes: ``(G,)`` images per patient.
+        proportions: ``(S,)`` target share of each subset (sums to 1).
+
+    Returns:
+        ``(G,)`` int64 subset of every patient. Deterministic for a given input and seed.
+    """
+    positives = np.asarray(positives, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    props = np.asarray(proportions, dtype=np.float64)
+    n_groups, n_findings = positives.shape
+    rng = np.random.default_rng(seed)
+    tie = rng.permutation(n_groups)  # seeded tie-break among equal-sized patients
+    want_pos = props[:, None] * positives.sum(axis=0)[None, :]  # (S, K)
+    want_img = props * sizes.sum()
+    subset = np.full(n_groups, -1, dtype=np.int64)
+    has_pos = positives > 0
+
+    def place(g: int, k: int | None) -> None:
+        if k is None:
+            s = int(np.argmax(want_img))
+        else:
+            best = want_pos[:, k].max()
+            cand = np.flatnonzero(want_pos[:, k] == best)
+            s = int(cand[np.argmax(want_img[cand])])
+        subset[g] = s
+        want_pos[s] -= positives[g]
+        want_img[s] -= sizes[g]
+
+    while True:
+        open_ = subset < 0
+        remaining = (has_pos & open_[:, None]).sum(axis=0)
+        if not remaining.any():
+            break
+        k = int(np.argmin(np.where(remaining > 0, remaining, np.iinfo(np.int64).max)))
+        members = np.flatnonzero(open_ & has_pos[:, k])
+        for g in members[np.lexsort((tie[members], -sizes[members]))]:
+            place(int(g), k)
+    rest = np.flatnonzero(subset < 0)
+    for g in rest[np.lexsort((tie[rest], -sizes[rest]))]:
+        place(int(g), None)
+    return subset
+
+
+def _multilabel_groups(df: pd.DataFrame, y: np.ndarray, group_col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(patient code of each row, positives per patient and finding, images per patient)."""
+    groups, _ = _groups_and_labels(df, None, group_col)
+    codes, names = pd.factorize(groups)
+    positives = np.zeros((len(names), y.shape[1]), dtype=np.int64)
+    np.add.at(positives, codes, (y == 1).astype(np.int64))
+    sizes = np.bincount(codes, minlength=len(names))
+    return codes, positives, sizes
+
+
+def multilabel_patient_folds(
+    df: pd.DataFrame, y: np.ndarray, n_folds: int, *, seed: int = 0, group_col: str = "patient_id"
+) -> np.ndarray:
+    """Folds grouped by patient and stratified over findings (:func:`iterative_group_assign`).
+
+    ``y``: ``(n, K)`` finding matrix (1 present, 0 absent, -1 unknown; only 1 counts).
+    Returns one fold index per row. Raises ManifestError as :func:`patient_folds`."""
+    if int(n_folds) < 2:
+        raise ManifestError([f"n_folds must be at least 2 (got {n_folds})"])
+    codes, positives, sizes = _multilabel_groups(df, y, group_col)
+    if len(sizes) < n_folds:
+        raise ManifestError([f"{len(sizes)} patient(s) cannot fill {n_folds} folds; use fewer folds"])
+    per_group = iterative_group_assign(positives, sizes, np.full(int(n_folds), 1.0 / int(n_folds)), seed=seed)
+    return per_group[codes]
+
+
+def multilabel_grouped_split(
+    df: pd.DataFrame, y: np.ndarray, val_fraction: float, *, seed: int = 0, group_col: str = "patient_id"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`grouped_split` for findings: ``(train_idx, val_idx)`` by patient, stratified over
+    the findings of ``y`` (:func:`iterative_group_assign`); both sides get a patient."""
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ManifestError([f"val_fraction must be between 0 and 1 (got {val_fraction})"])
+    codes, positives, sizes = _multilabel_groups(df, y, group_col)
+    if len(sizes) < 2:
+        raise ManifestError([f"{len(sizes)} patient(s) cannot be split into training and validation"])
+    in_val = iterative_group_assign(positives, sizes, np.array([1.0 - val_fraction, val_fraction]), seed=seed) == 1
+    if not in_val.any():
+        in_val[int(np.argmin(sizes))] = True
+    if in_val.all():
+        in_val[int(np.argmax(sizes))] = False
+    rows = in_val[codes]
+    return np.flatnonzero(~rows), np.flatnonzero(rows)

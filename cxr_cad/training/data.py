@@ -128,7 +128,10 @@ def label_indices(
 
 
 def make_items(df: pd.DataFrame, labels: np.ndarray) -> list[dict]:
-    """MONAI items ``{"image": path, "label": int}`` (only stable keys: they are cache keys)."""
+    """MONAI items ``{"image": path, "label": int}`` (only stable keys: they are cache keys);
+    with an ``(n, K)`` finding matrix (multi-label) the label is the row (int64 array, batched as ``(N, K)``)."""
+    if labels.ndim == 2:
+        return [{"image": str(p), "label": np.asarray(y, dtype=np.int64)} for p, y in zip(df["path"], labels)]
     return [{"image": str(p), "label": int(y)} for p, y in zip(df["path"], labels)]
 
 

@@ -17,11 +17,13 @@ import pandas as pd
 import torch
 
 from cxr_cad.config import TrainConfig
+from cxr_cad.export.variant import store_int8_variant
 from cxr_cad.manifest import write_table
 from cxr_cad.model import ProbabilityAverage, save_bundle
 from cxr_cad.modelcard import write_card_for_bundle
 from cxr_cad.runtime import RuntimeInfo, barrier
 from cxr_cad.shift.monitor import summarise_training
+from cxr_cad.training import multilabel as ml
 from cxr_cad.training import rundir
 from cxr_cad.training.data import TrainData
 from cxr_cad.training.guards import FAILED_FILE
@@ -99,8 +101,11 @@ def load_finished(out_dir: Path) -> TrainResult:
 
 def _read_val_predictions(path: Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    table["y_true"] = table["y_true"].astype(np.int64)
-    table["probability"] = table["probability"].astype(np.float64)
+    for c in table.columns:  # binary: y_true, probability; multi-label: finding_<F>, probability_<F>
+        if c == "y_true" or c.startswith("finding_"):
+            table[c] = table[c].astype(np.int64)
+        elif c.startswith("probability"):
+            table[c] = table[c].astype(np.float64)
     return table
 
 
@@ -144,16 +149,23 @@ def _save(
     """Write the bundle (rank 0)."""
     cfg, method, threshold = ctx.cfg, result["threshold_method"], result["threshold"]
     params = selection_params(method, threshold, detail)  # a calibrated threshold's calibration too
+    chosen_on = threshold_chosen_on(ctx.data.val_df, ctx.data.how, state["best_epoch"], detail)
+    extra_ml: dict[str, Any] = {}
+    positive = cfg.data.positive_class
+    if ml.is_multilabel(cfg):  # per-finding thresholds; the bundle-level one is unused (0.5, "per_finding")
+        extra_ml = {"multilabel": ml.bundle_record(cfg, result["thresholds"], chosen_on)}
+        params = {"value": float(threshold)}
+        positive = positive if positive in cfg.data.classes else cfg.data.classes[0]
     save_bundle(
         ctx.out_dir / rundir.BUNDLE_FILE,
         model,
         classes=list(cfg.data.classes),
-        positive_class=cfg.data.positive_class,
+        positive_class=positive,
         transform_spec=ctx.spec,
         threshold=float(threshold),
         threshold_method=method,
         threshold_params=params,
-        threshold_chosen_on=threshold_chosen_on(ctx.data.val_df, ctx.data.how, state["best_epoch"], detail),
+        threshold_chosen_on=chosen_on,
         manifest_hash=ctx.data.manifest_hash,
         parent_bundle_sha256=ctx.init_record.get("parent_bundle_sha256"),
         train_config=cfg.to_dict(),
@@ -166,18 +178,30 @@ def _save(
                 "threshold_detail": detail,
             },
             "shift": _shift_summary(model, ctx),
+            **extra_ml,
         },
     )
     write_card_for_bundle(ctx.out_dir / rundir.BUNDLE_FILE)  # model_card.md beside every bundle (docs/model.md)
+    if cfg.int8:  # model.int8/ beside the bundle, verified on the validation split (cxr_cad.export.variant)
+        store_int8_variant(ctx.out_dir / rundir.BUNDLE_FILE, ctx.data.train_df, ctx.data.val_df, seed=cfg.seed)
 
 
 def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> TrainResult:
     """Best weights in place, threshold chosen, bundle and ``result.json`` written (rank 0)."""
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
-    threshold, method, detail, table = threshold_on_validation(
-        ctx.cfg, ctx.data.val_df, state["best_probs"], state["best_epoch"], ctx.pos
-    )
+    per_finding: list[dict[str, Any]] | None = None
+    if ml.is_multilabel(ctx.cfg):
+        probs = None if state["best_probs"] is None else state["best_probs"].numpy()
+        per_finding, table = ml.thresholds_on_validation(ctx.cfg, ctx.data.val_df, probs, ctx.data.y_val)
+        threshold, method = 0.5, "per_finding"
+        detail = {"best_epoch": state["best_epoch"], "n_val": 0 if ctx.data.val_df is None else len(ctx.data.val_df)}
+        if ctx.data.y_val is not None:
+            detail.update(n_positive=int((ctx.data.y_val == 1).sum()), n_negative=int((ctx.data.y_val == 0).sum()))
+    else:
+        threshold, method, detail, table = threshold_on_validation(
+            ctx.cfg, ctx.data.val_df, state["best_probs"], state["best_epoch"], ctx.pos
+        )
     has_val = state["best_epoch"] is not None and ctx.data.val_df is not None
     best_auc = state["best_auc"] if has_val else float("nan")
     stop = ctx.cfg.early_stopping
@@ -187,6 +211,8 @@ def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> Tr
         "min_delta": stop.min_delta,
         "best_val_loss": best_loss if math.isfinite(best_loss) else None,
     }
+    if ml.is_multilabel(ctx.cfg):
+        selection["auc"] = ml.bundle_record(ctx.cfg, [], None)["selection"]
     result = {
         "best_epoch": state["best_epoch"],
         "val_auc": None if math.isnan(best_auc) else best_auc,
@@ -195,6 +221,7 @@ def finish(ctx: RunContext, model: torch.nn.Module, state: dict[str, Any]) -> Tr
         "threshold": threshold,
         "threshold_method": method,
         "threshold_detail": detail,
+        **({"thresholds": per_finding} if per_finding is not None else {}),
         "epochs_run": state["epoch"],
         "stopped_early": state["stopped_early"],
         "split": ctx.data.how,

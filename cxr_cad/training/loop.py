@@ -152,8 +152,12 @@ def evaluate(
     batch_size: int,
     workers: int = 0,
     desc: str = "validate",
+    activation: str = "softmax",
 ) -> EvalOutput:
     """Softmax probabilities and loss for every item of ``dataset`` (deterministic chain).
+
+    ``activation="sigmoid"`` (multi-label): one sigmoid probability per finding, labels ``(n, K)``
+    with -1 = unknown, and the loss is the mean binary cross-entropy over known labels.
 
     Under DDP each rank scores rows ``rank::world_size`` of the plain module (never the
     DDP wrapper: shards may differ in size) and the results are gathered on every rank,
@@ -171,7 +175,10 @@ def evaluate(
         images = to_device(batch["image"], info)
         with autocast(info):
             logits = model(images)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        if activation == "sigmoid":
+            probs.append(torch.sigmoid(logits.float()).cpu())
+        else:
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(
             batch["label"].long().cpu() if "label" in batch else torch.full((images.shape[0],), -1, dtype=torch.long)
         )
@@ -186,12 +193,17 @@ def evaluate(
         dist.all_gather_object(gathered, (rows, p, y))
         n_cls = max(g[1].shape[1] for g in gathered if g[1].size) if any(g[1].size for g in gathered) else 0
         p = np.zeros((n_items, n_cls), np.float32)
-        y = np.zeros(n_items, np.int64)
+        y = np.zeros((n_items, *next((g[2].shape[1:] for g in gathered if len(g[0])), ())), np.int64)
         for r, pr, yr in gathered:
             if len(r):
                 p[r], y[r] = pr, yr
     loss = float("nan")
-    if len(y) and (y >= 0).all():
+    if activation == "sigmoid":
+        known = y >= 0
+        if known.any():
+            pk = np.clip(p[known].astype(np.float64), 1e-7, 1 - 1e-7)
+            loss = float(-np.mean(y[known] * np.log(pk) + (1 - y[known]) * np.log(1 - pk)))
+    elif len(y) and (y >= 0).all():
         loss = float(F.nll_loss(torch.log(torch.from_numpy(p).clamp_min(1e-12)), torch.from_numpy(y)))
     return EvalOutput(probabilities=p, labels=y, loss=loss)
 

@@ -13,6 +13,7 @@ from cxr_cad.config import OptimConfig, ScheduleConfig, TrainConfig
 from cxr_cad.model import set_trainable
 from cxr_cad.runtime import RuntimeInfo
 from cxr_cad.training.data import EpochSampler, TrainData, class_weights, sample_weights
+from cxr_cad.training.multilabel import MaskedBCEWithLogits, pos_weights
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,14 @@ def build_training(model: torch.nn.Module, cfg: TrainConfig, data: TrainData, in
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if info.precision == "fp16" else None
     weight = None
-    if cfg.data.imbalance == "weighted_loss":
+    if cfg.data.imbalance == "weighted_loss" and cfg.data.task != "multilabel":
         weight = class_weights(data.y_train, n_classes).to(info.torch_device)
-    criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
+    criterion: torch.nn.Module
+    if cfg.data.task == "multilabel":  # sigmoid + BCE, per-finding positive weights, unknown labels masked
+        pos_weight = pos_weights(data.y_train).to(info.torch_device) if cfg.data.imbalance == "weighted_loss" else None
+        criterion = MaskedBCEWithLogits(pos_weight)
+    else:
+        criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.optim.label_smoothing)
     sampler = EpochSampler(
         len(data.train_df),
         seed=cfg.seed,

@@ -49,6 +49,7 @@ from cxr_cad.runtime import (
 )
 from cxr_cad.training import checkpoint as ckpt
 from cxr_cad.training import guards, rundir
+from cxr_cad.training import multilabel as ml
 from cxr_cad.training.checkpoint import checkpoint_state, new_state, restore
 from cxr_cad.training.data import TrainData, make_items, prepare_data, train_loader
 from cxr_cad.training.finish import RunContext, TrainResult, finish, load_finished, with_hflip_tta
@@ -126,13 +127,17 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 def _cohort_guard(data: TrainData, cfg: TrainConfig) -> list[str]:
     """Refuse (ManifestError, exit 2) rows too small to select a model or a threshold; with
     ``cfg.force`` return the problems as forced instead."""
-    problems = guards.cohort_problems(
-        data.train_df,
-        data.val_df,
-        classes=cfg.data.classes,
-        label_col=cfg.data.label_col,
-        group_col=cfg.data.group_col,
-        how=data.how,
+    problems = (
+        ml.cohort_problems(data.y_train, data.y_val, cfg, data.how)
+        if ml.is_multilabel(cfg)
+        else guards.cohort_problems(
+            data.train_df,
+            data.val_df,
+            classes=cfg.data.classes,
+            label_col=cfg.data.label_col,
+            group_col=cfg.data.group_col,
+            how=data.how,
+        )
     )
     if problems and not cfg.force:
         raise ManifestError([*problems, guards.FORCE_HINT])
@@ -149,7 +154,7 @@ def _train(
     info: RuntimeInfo,
     callbacks: Sequence[EpochCallback],
 ) -> TrainResult:
-    data = prepare_data(train_df, val_df, cfg)
+    data = ml.prepare_data(train_df, val_df, cfg) if ml.is_multilabel(cfg) else prepare_data(train_df, val_df, cfg)
     check_init(cfg)  # a mistyped --init is named before anything else
     forced = _cohort_guard(data, cfg)  # before the network is built
     forced += parent_guard(cfg)  # a parent bundle with other input settings; before anything is written
@@ -251,11 +256,15 @@ class _Epochs:
         diverged or never beat chance; with ``cfg.force`` record it as forced and go on."""
         ctx = self.ctx
         y_val = ctx.data.y_val
+        if y_val is not None and y_val.ndim == 2:  # multi-label: the best-represented finding
+            min_class: int | None = ml.val_min_class(y_val)
+        else:
+            min_class = None if y_val is None else int(np.bincount(y_val, minlength=len(ctx.cfg.data.classes)).min())
         reason = guards.divergence(
             state["history"],
             has_validation=self.val_ds is not None,
             finished=finished,
-            val_min_class=None if y_val is None else int(np.bincount(y_val, minlength=len(ctx.cfg.data.classes)).min()),
+            val_min_class=min_class,
         )
         if reason is None:
             return
@@ -318,7 +327,19 @@ class _Epochs:
         if self.val_ds is None:
             return None
         cfg = self.ctx.cfg
-        out = evaluate(self.model, self.val_ds, self.ctx.info, batch_size=cfg.batch_size, workers=cfg.runtime.workers)
+        multilabel = ml.is_multilabel(cfg)
+        out = evaluate(
+            self.model,
+            self.val_ds,
+            self.ctx.info,
+            batch_size=cfg.batch_size,
+            workers=cfg.runtime.workers,
+            activation="sigmoid" if multilabel else "softmax",
+        )
+        if multilabel:  # mean AUC over findings with data.min_positives validation positives
+            auc = ml.selection_auc(out.labels, out.probabilities, cfg)
+            record.update(val_loss=out.loss if np.isfinite(out.probabilities).all() else float("nan"), val_auc=auc)
+            return torch.from_numpy(out.probabilities.copy())
         y_true, score = out.positive(self.ctx.pos)
         finite = bool(np.isfinite(score).all())  # a diverged network scores NaN: AUC undefined, loss NaN
         record.update(

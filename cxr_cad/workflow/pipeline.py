@@ -92,6 +92,7 @@ def _ingest_step(wf: dict, names: list[str], classes: list[str]) -> Step:
         "label_key": data["label_key"],
         "patient_id_pattern": data["patient_id_pattern"],
         "ingest": _policy_config(wf),
+        **({"label_layout": data["label_layout"], "uncertain": data["uncertain"]} if data.get("label_layout") else {}),
     }
     return Step(
         "ingest",

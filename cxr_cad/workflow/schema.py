@@ -136,6 +136,8 @@ def train_config_dict(wf: Mapping[str, Any]) -> dict:
     data = dict(cfg.get("data") or {})
     data["classes"] = list(wf["data"]["classes"])
     data["positive_class"] = wf["data"]["positive_class"]
+    if wf["data"].get("task") == "multilabel":  # one sigmoid per finding (docs/train.md#multi-label)
+        data.update(task="multilabel", uncertain=wf["data"]["uncertain"])
     cfg["data"] = data
     defaults = ModelConfig().to_dict()
     model = {k: v for k, v in wf["model"].items() if k in _FIRST_MODEL_KEYS or (k in defaults and v != defaults[k])}

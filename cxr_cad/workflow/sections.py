@@ -61,6 +61,15 @@ class WorkflowData(ConfigModel):
     classes: Names = Field(default_factory=lambda: ["NORMAL", "PNEUMONIA"])
     positive_class: str = "PNEUMONIA"
     patient_id_pattern: str | None = None
+    task: Literal["multiclass", "multilabel"] = Field(
+        default="multiclass", description="multilabel: classes are findings, one sigmoid each (docs/train.md)"
+    )
+    label_layout: Literal["nih", "columns", "chexpert"] | None = Field(
+        default=None, description="multi-label labels CSV layout (docs/ingest.md#multi-label-findings)"
+    )
+    uncertain: Literal["ignore", "zeros", "ones"] = Field(
+        default="ignore", description="multi-label: what an uncertain (-1) label becomes"
+    )
 
 
 class IngestSection(ConfigModel):

@@ -41,6 +41,10 @@ __all__ = [
 def read_step_manifest(ctx: StepContext, step: str, rel: str, *, require_labels: bool = True) -> pd.DataFrame:
     """Read a manifest another step wrote (``RUN_DIR/step/rel``), absolute paths, labels checked."""
     classes = ctx.config.get("classes")
+    if ctx.config.get("label_layout") or ((ctx.config.get("train_config") or {}).get("data") or {}).get("task") == (
+        "multilabel"
+    ):
+        classes = None  # multi-label: `label` holds the findings joined by "|"
     return read_manifest(ctx.run_dir / step / rel, require_labels=require_labels, classes=classes)
 
 
@@ -87,6 +91,11 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
         drop_unlabelled=spec["require_labels"],
         exclude=[ctx.run_dir],
         options={"step": "ingest", "cohort": cohort, **spec, **cfg["ingest"]},
+        **(
+            {"label_layout": cfg["label_layout"], "findings": classes, "uncertain": cfg["uncertain"]}
+            if cfg.get("label_layout")
+            else {}
+        ),
     )
     manifest, rejected = outcome.manifest, outcome.rejected
     unlabelled = outcome.unlabelled if outcome.unlabelled is not None else manifest.iloc[0:0][["path", "label"]]
@@ -108,7 +117,7 @@ def _ingest_one(ctx: StepContext, cohort: str, spec: dict) -> dict:
         outcome.unlabelled = unlabelled
         outcome.write(out)  # the rejected/unlabelled lists say why
         raise ManifestError(why, source=f"data.{cohort}")
-    problems = validate_manifest(manifest, classes=classes)
+    problems = validate_manifest(manifest, classes=None if cfg.get("label_layout") else classes)
     if problems:
         raise ManifestError(problems, source=f"data.{cohort} ({source})")
     outcome.unlabelled = unlabelled

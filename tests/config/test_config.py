@@ -14,7 +14,8 @@ def test_defaults_are_the_study_defaults():
     cfg = load_config()
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 1e-3, 0.9)
     assert cfg.model.image_size == 224 and cfg.model.init == "imagenet"
-    assert cfg.data.positive_class == "PNEUMONIA" and cfg.threshold.method == "youden"
+    assert cfg.data.positive_class == "PNEUMONIA" and cfg.threshold.method == "sensitivity"
+    assert cfg.threshold.target_sensitivity == 0.9  # the policy that transferred best (docs/generalisation.md)
     assert cfg.schedule.name == "cosine" and cfg.data.imbalance == "weighted_loss"
 
 
@@ -166,12 +167,17 @@ def test_command_line_text_values_are_converted():
 
 
 def test_fingerprint_is_unchanged_for_existing_run_folders():
-    """Pinned hashes of configs written before the pydantic models: resumption keeps working."""
-    assert load_config().fingerprint() == "8f589f9d49e1d61278c2f7ef958f43a0bf594cd0a47fb9f5fcb9dabbc885b5b0"
-    scratch = load_config(None, {"model.init": "none"})
+    """Pinned hashes of configs written before the pydantic models: resumption keeps working.
+
+    Those run folders' config.yaml name ``threshold.method: youden`` (the default until the
+    sensitivity policy replaced it), so it is given here as their files give it."""
+    youden = {"threshold.method": "youden"}
+    assert load_config(None, youden).fingerprint() == "8f589f9d49e1d61278c2f7ef958f43a0bf594cd0a47fb9f5fcb9dabbc885b5b0"
+    scratch = load_config(None, {"model.init": "none", **youden})
     assert scratch.fingerprint() == "2b45ac80c7dd83aab65c54d891e85d1e859bb15307825b8c1af0991eda30d748"
-    lr = load_config(None, {"optim.lr": "0.01", "epochs": "3"})
+    lr = load_config(None, {"optim.lr": "0.01", "epochs": "3", **youden})
     assert lr.fingerprint() == "ea90e244362658475889a48af39e2a1a0da860b249852d7978db936879ec6237"
+    assert load_config().fingerprint() != load_config(None, youden).fingerprint()
     old = load_config().to_dict()
     del old["model"]["arch"]  # a config.yaml written before model.arch existed
     assert TrainConfig.from_dict(old).fingerprint() == load_config().fingerprint()

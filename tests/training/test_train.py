@@ -33,6 +33,7 @@ FAST = {
     "optim.name": "sgd",
     "schedule.warmup_epochs": 0,
     "augment.intensity_prob": 0.0,
+    "threshold.method": "youden",  # the former default; the sensitivity default is tested on its own
 }
 
 
@@ -291,8 +292,10 @@ def test_epoch_sampler_is_seeded_sharded_and_balanced():
 def test_choose_threshold_methods():
     y = np.array([0, 0, 0, 1, 1, 1])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.3, 0.9])
-    thr, method, _ = choose_threshold(y, s, load_config().threshold)
+    thr, method, _ = choose_threshold(y, s, load_config(None, {"threshold.method": "youden"}).threshold)
     assert method == "youden" and thr == youden_threshold(y, s)
+    thr, method, detail = choose_threshold(y, s, load_config().threshold)  # the default: sensitivity 0.90
+    assert method == "sensitivity" and thr == 0.3 and detail["target"] == 0.9
     thr, method, detail = choose_threshold(
         y, s, load_config(None, {"threshold.method": "sensitivity", "threshold.target_sensitivity": 1.0}).threshold
     )
@@ -372,7 +375,7 @@ def test_choose_threshold_records_ties_counts_and_small_class_warning(caplog):
     y = np.array([1, 1, 1, 0, 0, 0])
     s = np.array([0.9, 0.9, 0.6, 0.6, 0.5, 0.4])
     with caplog.at_level("WARNING"):
-        thr, method, detail = choose_threshold(y, s, load_config().threshold)
+        thr, method, detail = choose_threshold(y, s, load_config(None, {"threshold.method": "youden"}).threshold)
     assert (thr, method) == (0.9, "youden") and detail["tie_range"] == [0.6, 0.9] and detail["n_tied"] == 2
     assert (detail["n_positive"], detail["n_negative"]) == (3, 3)
     assert "fewer than 20" in detail["warning"] and "fewer than 20" in caplog.text
