@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_cad.api._pacs import audit_results, rows_by_stem
+from cxr_cad.api._remote import audit_results, rows_by_stem
 from cxr_cad.config import PredictOptions
 from cxr_cad.errors import ConfigError, CxrCadError
 from cxr_cad.inference.outputs import PREDICTIONS, REJECTED, check_writable

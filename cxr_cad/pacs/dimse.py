@@ -1,21 +1,21 @@
 """An archive reached over DIMSE (pynetdicom) as a source: C-FIND selects, C-GET or C-MOVE fetches.
 
 A source is written ``dimse://AET@HOST:PORT`` (the archive's AE title, address and port).
+This module is the source class (:class:`DimseSource`), its addresses and options and the
+associations; the query is :mod:`cxr_cad.pacs.dimse_find`, the retrieve (and our C-MOVE
+destination) :mod:`cxr_cad.pacs.dimse_retrieve`.
 
 Query (C-FIND, Study Root Query/Retrieve Information Model, PS3.4 C.6.2)
     ``--query KEYWORD=VALUE`` filters are split by the level their attribute belongs to and
-    sent down the hierarchy in one association: STUDY level (patient and study attributes,
-    e.g. ``PatientID``, ``StudyDate``, ``AccessionNumber``), then SERIES level for each
-    matching study (``Modality``, ``BodyPartExamined``...), then IMAGE level for each matching
-    series (``SOPClassUID``, ``InstanceNumber``...). Values go as DICOM matching keys, so
-    ``*`` and ``?`` are wildcards and ``20240101-20240131`` a range (PS3.4 C.2.2.2).
+    sent down the hierarchy in one association: STUDY, then SERIES for each matching study,
+    then IMAGE for each matching series. Values go as DICOM matching keys, so ``*`` and ``?``
+    are wildcards and ``20240101-20240131`` a range (PS3.4 C.2.2.2).
 Retrieve
-    C-GET (default): one association per chunk proposing, for each SOP Class of the chunk, one
-    presentation context per transfer syntax with the SCP role (PS3.7 D.3.3.4), so the archive
-    sends each instance in the syntax it holds it in; one C-GET per instance at IMAGE level.
-    C-MOVE (``move_to``): a storage SCP of ours is started on ``(AET, host, port)`` and the
-    archive, which must know that AE title (Orthanc: ``DicomModalities``), is asked to C-MOVE
-    each instance there. Either way the bytes are written unchanged to ``<folder>/<SOP UID>.dcm``.
+    C-GET (default): one association per chunk, the archive sends each instance in the syntax
+    it holds it in. C-MOVE (``move_to``): a storage SCP of ours is started on
+    ``(AET, host, port)`` and the archive, which must know that AE title (Orthanc:
+    ``DicomModalities``), is asked to C-MOVE each instance there. Either way the bytes are
+    written unchanged to ``<folder>/<SOP UID>.dcm``.
 Failures
     An association that cannot be established is retried with back-off
     (``CXR_CAD_DIMSE_RETRIES``, default 4: 0.5, 1, 2, 4 s); after that the instances are
@@ -28,101 +28,44 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
+import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
-from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import by pynetdicom
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
-from cxr_cad.core.atomic import atomic_write_bytes
 from cxr_cad.errors import ConfigError, CxrCadError
 from cxr_cad.pacs.audit import AuditLog
-from cxr_cad.pacs.client import FETCH_FAILED, NETWORK_ERROR, NOT_FOUND_IN_ARCHIVE
+from cxr_cad.pacs.client import FETCH_FAILED, NETWORK_ERROR
+from cxr_cad.pacs.dimse_find import find_instances
+from cxr_cad.pacs.dimse_retrieve import MoveDestination, Statuses, c_get, c_move, get_requestor, store_into
 from cxr_cad.pacs.query import RemoteInstance
-from cxr_cad.pacs.scp import accepted_syntaxes
-
-if TYPE_CHECKING:
-    from pynetdicom.transport import ThreadedAssociationServer
 
 _List = list  # ``list`` is a method name of DimseSource
 
-__all__ = ["PREFIX", "DimseNode", "DimseOptions", "DimseSource", "is_dimse", "parse_dimse_url", "parse_move_to"]
+__all__ = [
+    "PREFIX",
+    "DimseNode",
+    "DimseOptions",
+    "DimseSource",
+    "client_tls_context",
+    "is_dimse",
+    "parse_dimse_url",
+    "parse_move_to",
+]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "dimse://"
 RETRIES_ENV = "CXR_CAD_DIMSE_RETRIES"
-
-#: Attributes matched at SERIES / IMAGE level; every other keyword is a STUDY-level key (with the
-#: patient attributes, which the Study Root model carries at STUDY level).
-SERIES_KEYS = frozenset(
-    {
-        "Modality",
-        "SeriesInstanceUID",
-        "SeriesNumber",
-        "SeriesDescription",
-        "SeriesDate",
-        "SeriesTime",
-        "BodyPartExamined",
-        "ProtocolName",
-        "Laterality",
-        "PerformedProcedureStepStartDate",
-    }
-)
-IMAGE_KEYS = frozenset(
-    {
-        "SOPInstanceUID",
-        "SOPClassUID",
-        "InstanceNumber",
-        "ContentDate",
-        "ContentTime",
-        "AcquisitionDate",
-        "ImageType",
-        "ViewPosition",
-    }
-)
-#: Transfer syntaxes proposed for C-GET sub-operations, one presentation context each.
-GET_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    JPEGLossless,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-)
-MAX_CONTEXTS = 128
 
 
 def is_dimse(source: str | os.PathLike) -> bool:
@@ -176,12 +119,22 @@ def parse_move_to(text: str) -> tuple[str, str, int]:
 
 @dataclass(frozen=True)
 class DimseOptions:
-    """How we speak to the archive: our AE title, C-GET or C-MOVE (``move_to``), time-outs, retries."""
+    """How we speak to the archive: our AE title, C-GET or C-MOVE (``move_to``), time-outs, retries,
+    and DICOM TLS (:func:`client_tls_context`): ``tls_ca`` verifies the archive's certificate (the
+    system's CAs when only ``tls_cert``/``tls_key`` are given), ``tls_cert``/``tls_key`` are ours
+    for an archive that wants client certificates. Any of the three turns TLS on."""
 
     calling_aet: str = "CXRCAD"
     move_to: tuple[str, str, int] | None = None
     timeout_s: float = 60.0
     retries: int | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_key)
 
     def n_retries(self) -> int:
         if self.retries is not None:
@@ -192,22 +145,23 @@ class DimseOptions:
             raise ConfigError(f"{RETRIES_ENV} must be a whole number of retries") from exc
 
 
-def split_levels(query: dict[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """(STUDY, SERIES, IMAGE) level matching keys of ``query``."""
-    study = {k: v for k, v in query.items() if k not in SERIES_KEYS and k not in IMAGE_KEYS}
-    series = {k: v for k, v in query.items() if k in SERIES_KEYS}
-    image = {k: v for k, v in query.items() if k in IMAGE_KEYS}
-    return study, series, image
-
-
-def _identifier(level: str, keys: dict[str, str], returned: Sequence[str]) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for key in returned:
-        setattr(ds, key, "")
-    for key, value in keys.items():
-        setattr(ds, key, value)
-    return ds
+def client_tls_context(ca: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ client context for DICOM TLS (PS3.15 B.1): the archive's certificate is checked
+    against ``ca`` (default: the system's CAs) and its host name; ``cert``/``key`` are our client
+    certificate. ConfigError naming the file that cannot be used."""
+    if bool(cert) != bool(key):
+        raise ConfigError("DICOM TLS: --tls-cert and --tls-key go together")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-ca: cannot load {ca} ({exc})") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert and key:
+        try:
+            ctx.load_cert_chain(certfile=cert, keyfile=key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: cannot load {cert} with {key} ({exc})") from exc
+    return ctx
 
 
 class DimseSource:
@@ -220,10 +174,10 @@ class DimseSource:
         self.options = options or DimseOptions()
         self.audit = audit or AuditLog(None)
         self.base = node.url
-        self._move_scp: ThreadedAssociationServer | None = None
-        self._move_lock = threading.Lock()
-        self._expected: dict[str, Path] = {}  # SOP UID -> folder, for C-MOVE sub-operations
+        self._move_scp: MoveDestination | None = None  # our C-MOVE destination, started on first use
         self._n_retries = self.options.n_retries()
+        o = self.options
+        self._tls = (client_tls_context(o.tls_ca, o.tls_cert, o.tls_key), node.host) if o.tls else None
 
     def address(self, inst: RemoteInstance) -> str:
         """The instance's address in predictions.csv: ``dimse://AET@HOST:PORT/studies/.../instances/<SOP UID>``."""
@@ -239,7 +193,7 @@ class DimseSource:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.options.timeout_s
         assoc = None
         for attempt in range(self._n_retries + 1):
-            assoc = ae.associate(self.node.host, self.node.port, ae_title=self.node.aet, **kwargs)
+            assoc = ae.associate(self.node.host, self.node.port, ae_title=self.node.aet, tls_args=self._tls, **kwargs)
             if assoc.is_established:
                 break
             if attempt < self._n_retries:
@@ -254,6 +208,7 @@ class DimseSource:
             calling_ae=self.options.calling_aet,
             called_ae=self.node.aet,
             peer=f"{self.node.host}:{self.node.port}",
+            tls=self._tls is not None,
             detail="" if assoc.is_established else _why_not(assoc),
         )
         if not assoc.is_established:
@@ -264,35 +219,28 @@ class DimseSource:
             if assoc.is_established:
                 assoc.release()
 
+    def echo(self) -> None:
+        """C-ECHO (Verification): the archive answers over an association made as for a query
+        (AE titles, TLS); ConnectionError when it cannot be reached or does not answer success."""
+        ae = AE(ae_title=self.options.calling_aet)
+        ae.add_requested_context(Verification)
+        with self._association(ae, "C-ECHO") as assoc:
+            status = assoc.send_c_echo()
+        code = int(getattr(status, "Status", -1)) if status else -1
+        if code != 0x0000:
+            raise ConnectionError(f"C-ECHO to {self.node.url} answered status {code}")
+
     # -- C-FIND ------------------------------------------------------------------------------
     def list(self, query: dict[str, str]) -> _List[RemoteInstance]:
         """Every instance matching ``query`` (C-FIND STUDY -> SERIES -> IMAGE), sorted, each once.
 
         Raises CxrCadError when the archive cannot be reached or refuses the query.
         """
-        study_keys, series_keys, image_keys = split_levels(query)
         ae = AE(ae_title=self.options.calling_aet)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        found: set[RemoteInstance] = set()
         try:
             with self._association(ae, "C-FIND") as assoc:
-                for st in self._find(assoc, _identifier("STUDY", study_keys, ["StudyInstanceUID"])):
-                    s_keys = {"StudyInstanceUID": st.StudyInstanceUID, **series_keys}
-                    for se in self._find(assoc, _identifier("SERIES", s_keys, ["SeriesInstanceUID"])):
-                        i_keys = {
-                            "StudyInstanceUID": st.StudyInstanceUID,
-                            "SeriesInstanceUID": se.SeriesInstanceUID,
-                            **image_keys,
-                        }
-                        for im in self._find(assoc, _identifier("IMAGE", i_keys, ["SOPInstanceUID", "SOPClassUID"])):
-                            found.add(
-                                RemoteInstance(
-                                    str(st.StudyInstanceUID),
-                                    str(se.SeriesInstanceUID),
-                                    str(im.SOPInstanceUID),
-                                    str(im.get("SOPClassUID", "")),
-                                )
-                            )
+                found = find_instances(assoc, query)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise CxrCadError(
                 f"C-FIND query of {self.node.url} failed ({exc}); check the AE titles (ours: "
@@ -300,18 +248,6 @@ class DimseSource:
             ) from exc
         log.info("C-FIND: %d instance(s) match %d filter(s)", len(found), len(query))
         return sorted(i for i in found if i.sop_instance_uid)
-
-    def _find(self, assoc, identifier: Dataset) -> _List[Dataset]:
-        out: _List[Dataset] = []
-        for status, ds in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
-            code = int(getattr(status, "Status", -1)) if status else -1
-            if code in (0xFF00, 0xFF01) and ds is not None:
-                out.append(ds)
-            elif code != 0x0000:
-                raise RuntimeError(
-                    f"C-FIND at {identifier.QueryRetrieveLevel} level answered status 0x{code & 0xFFFF:04X}"
-                )
-        return out
 
     # -- C-GET / C-MOVE ----------------------------------------------------------------------
     def fetch(
@@ -341,104 +277,30 @@ class DimseSource:
                 log.warning("DIMSE: instance %s not fetched: %s (%s)", sop, *failed[sop])
         return files, failed
 
-    def _store_into(self, folder_of: Callable[[str], Path | None]) -> Callable:
-        def on_store(event) -> int:
-            sop = str(event.request.AffectedSOPInstanceUID or "")
-            folder = folder_of(sop)
-            if folder is None:
-                log.warning("DIMSE: the archive sent instance %s, which was not asked for; discarded", sop)
-                return 0x0000
-            try:
-                atomic_write_bytes(folder / f"{sop}.dcm", event.encoded_dataset(include_meta=True))
-            except Exception as exc:  # noqa: BLE001 - answered as out of resources; the instance is FETCH_FAILED
-                log.error("DIMSE: cannot store instance %s: %s", sop, exc)
-                return 0xA700
-            return 0x0000
-
-        return on_store
-
-    def _get(self, instances: Sequence[RemoteInstance], folder: Path) -> dict[str, tuple[str, str] | None]:
-        classes = sorted({i.sop_class_uid for i in instances if i.sop_class_uid})
-        per_class = max(1, min(len(GET_SYNTAXES), (MAX_CONTEXTS - 1) // max(1, len(classes))))
-        ae = AE(ae_title=self.options.calling_aet)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        for cls in classes:
-            for ts in GET_SYNTAXES[:per_class]:
-                ae.add_requested_context(cls, ts)
-        roles = [build_role(cls, scp_role=True) for cls in classes]
+    def _get(self, instances: Sequence[RemoteInstance], folder: Path) -> Statuses:
+        ae, roles = get_requestor(self.options.calling_aet, instances)
         wanted = {i.sop_instance_uid for i in instances}
-        handler = self._store_into(lambda sop: folder if sop in wanted else None)
-        statuses: dict[str, tuple[str, str] | None] = {}
+        handler = store_into(lambda sop: folder if sop in wanted else None)
         with self._association(ae, "C-GET", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, handler)]) as assoc:
-            for inst in instances:
-                ident = _identifier(
-                    "IMAGE",
-                    {
-                        "StudyInstanceUID": inst.study_instance_uid,
-                        "SeriesInstanceUID": inst.series_instance_uid,
-                        "SOPInstanceUID": inst.sop_instance_uid,
-                    },
-                    [],
-                )
-                statuses[inst.sop_instance_uid] = _final(
-                    "C-GET", assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet)
-                )
+            statuses = c_get(assoc, instances)
         self.audit_retrieve("C-GET", instances, folder, statuses)
         return statuses
 
-    def _move(self, instances: Sequence[RemoteInstance], folder: Path) -> dict[str, tuple[str, str] | None]:
+    def _move(self, instances: Sequence[RemoteInstance], folder: Path) -> Statuses:
         assert self.options.move_to is not None
-        dest_aet = self.options.move_to[0]
-        self._start_move_scp()
-        with self._move_lock:
-            self._expected.update((i.sop_instance_uid, folder) for i in instances)
+        if self._move_scp is None:
+            self._move_scp = MoveDestination(*self.options.move_to)
+        self._move_scp.start()
+        self._move_scp.expect(instances, folder)
         ae = AE(ae_title=self.options.calling_aet)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        statuses: dict[str, tuple[str, str] | None] = {}
         try:
             with self._association(ae, "C-MOVE") as assoc:
-                for inst in instances:
-                    ident = _identifier(
-                        "IMAGE",
-                        {
-                            "StudyInstanceUID": inst.study_instance_uid,
-                            "SeriesInstanceUID": inst.series_instance_uid,
-                            "SOPInstanceUID": inst.sop_instance_uid,
-                        },
-                        [],
-                    )
-                    statuses[inst.sop_instance_uid] = _final(
-                        "C-MOVE", assoc.send_c_move(ident, dest_aet, StudyRootQueryRetrieveInformationModelMove)
-                    )
+                statuses = c_move(assoc, instances, self.options.move_to[0])
         finally:
-            with self._move_lock:
-                for i in instances:
-                    self._expected.pop(i.sop_instance_uid, None)
+            self._move_scp.forget(instances)
         self.audit_retrieve("C-MOVE", instances, folder, statuses)
         return statuses
-
-    def _start_move_scp(self) -> None:
-        if self._move_scp is not None:
-            return
-        aet, host, port = self.options.move_to  # type: ignore[misc]
-        ae = AE(ae_title=aet)
-        for cx in AllStoragePresentationContexts:
-            if cx.abstract_syntax is not None:
-                ae.add_supported_context(cx.abstract_syntax, accepted_syntaxes())
-        ae.require_called_aet = True
-
-        def folder_of(sop: str) -> Path | None:
-            with self._move_lock:
-                return self._expected.get(sop)
-
-        handler = self._store_into(folder_of)
-        try:
-            self._move_scp = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
-        except OSError as exc:
-            raise CxrCadError(
-                f"--move-to: cannot listen on {host}:{port} for C-MOVE ({exc.strerror or exc}); choose another port"
-            ) from exc
-        log.info("C-MOVE destination %s listening on %s:%d", aet, host, port)
 
     def audit_retrieve(self, how: str, instances, folder: Path, statuses: dict) -> None:
         got = sum(1 for i in instances if (folder / f"{i.sop_instance_uid}.dcm").exists())
@@ -467,21 +329,3 @@ def _why_not(assoc) -> str:
     if assoc.is_aborted:
         return "association aborted"
     return "no association (connection refused or timed out)"
-
-
-def _final(op: str, responses) -> tuple[str, str] | None:
-    """The last status of a C-GET/C-MOVE as (reason, detail) when it says the instance did not come, else None."""
-    code, status = -1, None
-    for st, _ in responses:
-        if st:
-            status, code = st, int(getattr(st, "Status", -1))
-    if status is None:
-        raise ConnectionError(f"{op}: no response (association lost)")
-    completed = int(getattr(status, "NumberOfCompletedSuboperations", 0) or 0)
-    failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
-    warning = int(getattr(status, "NumberOfWarningSuboperations", 0) or 0)
-    if completed + failed + warning == 0 and code not in (0xA701, 0xA702, 0xA801):
-        return NOT_FOUND_IN_ARCHIVE, f"{op} status 0x{code & 0xFFFF:04X}: no instance matched"
-    if code in (0x0000, 0xB000) and failed == 0:
-        return None
-    return FETCH_FAILED, f"{op} status 0x{code & 0xFFFF:04X} ({failed} failed sub-operation(s))"

@@ -9,7 +9,9 @@ A source is anything with the :class:`RemoteSource` shape: :class:`DicomwebSourc
 fetches it into a spool folder (a background thread fetches the next chunk while the callback
 handles this one), calls ``score(folder, run_dir)``, writes its DICOM objects (an optional
 sink), appends the chunk's rows to a journal (fsync) and deletes the spool. At most two chunks
-are on disk at once; the archive is never copied whole. What scores a chunk is the caller's
+are on disk at once (:data:`CHUNKS_ON_DISK`: the fetcher takes a slot before it starts a chunk
+and the consumer gives it back once the chunk's folder is deleted); the archive is never copied
+whole. What scores a chunk is the caller's
 business (:func:`cxr_cad.api.predict_dicomweb` runs the predict engine); this package imports
 no engine code.
 
@@ -61,6 +63,8 @@ STATE_DIR = ".dicomweb"
 NOT_COLUMNS = ("kind", "event", "calling_ae", "called_ae", "peer", "file", "time")
 #: rejected.csv of a DICOMweb run: the shared columns plus the instance's UID.
 REJECTED_COLUMNS = [*_REJECTED, "sop_instance_uid"]
+#: Chunks on disk at once: the one being scored and the one being fetched (or waiting to be scored).
+CHUNKS_ON_DISK = 2
 
 #: ``score(spool folder, run folder) -> ({SOP UID: prediction row}, {SOP UID: rejected row})``.
 ScoreChunk = Callable[[Path, Path], tuple[dict[str, dict], dict[str, dict]]]
@@ -189,9 +193,15 @@ def _fetcher(
     spool_root: Path,
     out_q: queue.Queue,
     stop: threading.Event,
+    slots: threading.Semaphore,
 ) -> None:
+    """Fetch each chunk once a slot is free (``slots``: chunks allowed on disk at once; the
+    consumer releases one after deleting a chunk's folder); gives up when ``stop`` is set."""
     try:
         for k, chunk in chunks:
+            while not slots.acquire(timeout=0.1):
+                if stop.is_set():
+                    return
             if stop.is_set():
                 break
             folder = spool_root / f"chunk-{k:06d}"
@@ -240,9 +250,10 @@ def stream_chunks(
     """Fetch ``chunks`` in a background thread while the previous one is scored by ``score``;
     journal every instance (and hand its row to ``sink``). Returns the number of instances processed."""
     shutil.rmtree(spool, ignore_errors=True)  # what a killed run left behind
-    q: queue.Queue = queue.Queue(maxsize=1)
+    q: queue.Queue = queue.Queue()  # bounded by the slots: at most CHUNKS_ON_DISK items in it
     stop = threading.Event()
-    args = (src, chunks, spool, q, stop)
+    slots = threading.Semaphore(CHUNKS_ON_DISK)
+    args = (src, chunks, spool, q, stop, slots)
     threading.Thread(target=_fetcher, args=args, daemon=True).start()
     n_processed = 0
     try:
@@ -264,6 +275,7 @@ def stream_chunks(
             n_processed += len(records)
             shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(run_dir, ignore_errors=True)
+            slots.release()  # the fetcher may now start the chunk after next
     finally:
         stop.set()
     shutil.rmtree(spool, ignore_errors=True)

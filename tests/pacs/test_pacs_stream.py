@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 
 from cxr_cad import api
-from cxr_cad.api import _pacs
+from cxr_cad.api import _remote
 from cxr_cad.pacs import source
 from cxr_cad.pacs.query import RemoteInstance
 from tests.inference.test_predict import bundle_path, read_csv  # noqa: F401 - session fixture
@@ -40,7 +40,7 @@ def test_predict_dicomweb_accounts_every_instance_and_resumes(bundle_path, tmp_p
             )
         return files_, failed
 
-    monkeypatch.setattr(_pacs, "make_client", lambda url: object())
+    monkeypatch.setattr(_remote, "make_client", lambda url: object())
     monkeypatch.setattr(source, "list_instances", lambda client, q: list(listed))
     monkeypatch.setattr(source, "fetch_many", fake_fetch_many)
     out = tmp_path / "out"
