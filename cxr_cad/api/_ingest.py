@@ -16,29 +16,32 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.api._labels import (
+    Labels,
+    classes_found,
+    findings_found,
+    label_images,
+    label_multilabel,
+    read_layout_labels,
+)
 from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.atomic import PathLike, atomic_write_many
 from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
 from cxr_cad.manifest import (
-    explain_unmatched,
-    join_labels,
-    labels_from_folders,
     manifest_hash,
     manifest_text,
     read_labels,
     table_text,
     validate_manifest,
 )
-from cxr_cad.manifest.multilabel import MultilabelLabels, finding_column, join_multilabel, read_multilabel
+from cxr_cad.manifest.multilabel import MultilabelLabels, finding_column
 from cxr_cad.manifest.scan import ScanResult, scan_sources
 
 if TYPE_CHECKING:
     from cxr_cad.manifest.labels import LabelJoinReport
 
-#: What ``labels`` may be: a labels CSV, a labels table, ``"folders"`` (class-named folders) or None.
-Labels = PathLike | pd.DataFrame | None
 #: What ``sources`` may be: folders/files, one of them, or a manifest table (nothing scanned).
 Sources = Sequence[PathLike] | PathLike | pd.DataFrame
 
@@ -173,20 +176,6 @@ def _check_options(
         raise ConfigError(problems)
 
 
-def _folder_label_problem(df: pd.DataFrame, classes: list[str]) -> str | None:
-    unknown = df[~df["label"].isin(classes)]
-    if unknown.empty:
-        return None
-    names = unknown["label"].replace("", "(no folder)")
-    named = ", ".join(
-        f"{k!r} ({v} files, e.g. {unknown['path'][names == k].iloc[0]})" for k, v in names.value_counts().items()
-    )
-    return (
-        f"folder label(s) not in --classes {','.join(classes)}: {named}; put each image under a folder named "
-        "after its class, or fix --classes"
-    )
-
-
 def _describe(labels: Labels) -> str | None:
     """How ``labels`` is recorded: None, ``"folders"``, a path, or ``"table"`` (a DataFrame)."""
     if labels is None or isinstance(labels, (str, os.PathLike)):
@@ -231,52 +220,6 @@ def _scan(
         exclude=exclude,
     )
     return result, [os.path.abspath(s) for s in paths]
-
-
-def _label(
-    manifest: pd.DataFrame, scan: ScanResult, labels: Labels, opts: dict[str, Any], classes: list[str] | None
-) -> tuple[pd.DataFrame, LabelJoinReport | None, str | None]:
-    """``(labelled manifest, label join report or None, label source)``."""
-    if labels == "folders":
-        manifest = labels_from_folders(manifest, classes=classes)
-        if classes and not opts["drop_unlabelled"]:
-            problem = _folder_label_problem(manifest, classes)
-            if problem:
-                raise UsageError(problem)
-        return manifest, None, "folders"
-    if labels is None:
-        return manifest, None, None
-    source = os.path.abspath(labels) if isinstance(labels, (str, os.PathLike)) else "table"
-    manifest, report = join_labels(
-        manifest,
-        source if isinstance(labels, (str, os.PathLike)) else labels,
-        key=opts["label_key"],
-        label_column=opts["label_column"],
-        classes=classes,
-        base_dir=os.path.dirname(source) if source != "table" else None,
-    )
-    explain_unmatched(report, scan.rejected, os.path.dirname(source) if source != "table" else None)
-    return manifest, report, source
-
-
-def _classes_found(
-    manifest: pd.DataFrame, cls: list[str] | None, positive_class: str | None, drop_unlabelled: bool
-) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None]:
-    """(manifest, unlabelled rows left out or None, classes: as given, else the labels found)."""
-    unlabelled = None
-    if drop_unlabelled:
-        keep = manifest["label"].isin(cls or [])
-        unlabelled = manifest.loc[~keep, ["path", "label"]]
-        manifest = manifest[keep].reset_index(drop=True)
-    found = sorted(set(manifest["label"]) - {""})
-    if cls is None and found:
-        cls = found
-    if positive_class and cls is not None and positive_class not in cls:
-        raise ConfigError(
-            f"positive class (--positive-class) {positive_class!r} is not among the labels found "
-            f"({', '.join(found) or 'none'}); set the classes or fix the name"
-        )
-    return manifest, unlabelled, cls
 
 
 def run_ingest(
@@ -327,7 +270,7 @@ def run_ingest(
     started = _dt.datetime.now(_dt.timezone.utc)
     if out_dir is not None:
         _check_out_dir(out_dir)
-    ml_labels = _read_multilabel(labels, label_layout, findings, uncertain, label_key)
+    ml_labels = read_layout_labels(labels, label_layout, findings, uncertain, label_key)
     if ml_labels is None and isinstance(labels, (str, os.PathLike)) and labels != "folders":  # before the scan
         read_labels(labels, key=label_key, label_column=label_column, classes=cls)
     exclude = [*exclude, *([os.path.abspath(out_dir)] if out_dir is not None else [])]
@@ -336,13 +279,13 @@ def run_ingest(
     report: LabelJoinReport | None
     label_source: str | None
     if ml_labels is not None:
-        manifest, report, label_source = _label_multilabel(scan.accepted, scan, labels, ml_labels)
-        manifest, unlabelled, cls = _findings_found(manifest, ml_labels, drop_unlabelled)
+        manifest, report, label_source = label_multilabel(scan.accepted, scan, labels, ml_labels)
+        manifest, unlabelled, cls = findings_found(manifest, ml_labels, drop_unlabelled)
     else:
-        manifest, report, label_source = _label(scan.accepted, scan, labels, opts, cls)
+        manifest, report, label_source = label_images(scan.accepted, scan, labels, opts, cls)
         if isinstance(sources, pd.DataFrame) and label_source is None:
             label_source = "manifest"
-        manifest, unlabelled, cls = _classes_found(manifest, cls, positive_class, drop_unlabelled)
+        manifest, unlabelled, cls = classes_found(manifest, cls, positive_class, drop_unlabelled)
     outcome = IngestOutcome(
         manifest=manifest,
         rejected=scan.rejected,
@@ -407,40 +350,6 @@ def _check_accepted(outcome: IngestOutcome, out_dir: PathLike | None) -> None:
         f"no image was accepted: all {outcome.scan.n_files} files in {where} were rejected "
         f"({', '.join(f'{k} {v}' for k, v in counts.items())}){example}. {hint}{written}"
     )
-
-
-def _read_multilabel(
-    labels: Labels, layout: str | None, findings: Sequence[str] | None, uncertain: str, key: str | None
-) -> MultilabelLabels | None:
-    """The labels read in ``layout`` (before the scan), or None without a layout."""
-    if layout is None:
-        return None
-    if labels is None or (isinstance(labels, str) and labels == "folders"):
-        raise ConfigError(["label_layout (--label-layout) needs a labels CSV (--labels)"])
-    return read_multilabel(labels, layout, findings=findings, uncertain=uncertain, key=key)
-
-
-def _label_multilabel(
-    manifest: pd.DataFrame, scan: ScanResult, labels: Labels, ml_labels: MultilabelLabels
-) -> tuple[pd.DataFrame, LabelJoinReport, str]:
-    """Findings joined onto the scanned images (``finding_<name>`` columns, readable ``label``)."""
-    source = os.path.abspath(labels) if isinstance(labels, (str, os.PathLike)) else "table"
-    base = os.path.dirname(source) if source != "table" else None
-    manifest, report = join_multilabel(manifest, ml_labels, base_dir=base)
-    explain_unmatched(report, scan.rejected, base)
-    return manifest, report, source
-
-
-def _findings_found(
-    manifest: pd.DataFrame, ml_labels: MultilabelLabels, drop_unlabelled: bool
-) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """(manifest, images without labels left out or None, the findings)."""
-    unlabelled = None
-    if drop_unlabelled:
-        keep = manifest["label"] != ""
-        unlabelled = manifest.loc[~keep, ["path", "label"]]
-        manifest = manifest[keep].reset_index(drop=True)
-    return manifest, unlabelled, list(ml_labels.findings)
 
 
 def _validate(outcome: IngestOutcome, where: str) -> None:

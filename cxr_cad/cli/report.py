@@ -231,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
         comparison=comparison,
         gradcam_per_group=args.gradcam_per_group,
     )
+    if result.data.get("task") == "multilabel":  # docs/report.md#multi-label-reports
+        m = result.data["macro"]
+        macro = "not estimable" if m["auc"] != m["auc"] else format(m["auc"], ".3f")
+        print(f"report: {len(result.files)} files in {result.out_dir} (multi-label, macro AUC {macro})")
+        return 0
     auc = result.data["auc"]["delong"]
     print(
         f"report: {len(result.files)} files in {result.out_dir} "

@@ -143,8 +143,12 @@ def unit_normalizer(x: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
 
 
-def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each file: (display image (S, S) in [0, 1], Grad-CAM map (S, S) in [0, 1]).
+def gradcam_maps(
+    source: GradcamSource, paths: list[str], *, target_index: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each file: (display image (S, S) in [0, 1], Grad-CAM map (S, S) in [0, 1]) of the
+    output ``target_index`` (default the positive class; a multi-label model's finding index,
+    whose logit is that finding's log-odds).
 
     Raises :class:`~cxr_cad.errors.RejectedFile` when an image cannot be read.
     """
@@ -162,7 +166,7 @@ def gradcam_maps(source: GradcamSource, paths: list[str]) -> list[tuple[np.ndarr
         x = post({"image": shown.clone()})["image"]
         x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()
         with torch.enable_grad():
-            heat = cam(x, class_idx=source.positive_index)
+            heat = cam(x, class_idx=source.positive_index if target_index is None else target_index)
         out.append(
             (shown[0].detach().cpu().numpy().astype(np.float32), heat[0, 0].detach().cpu().numpy().astype(np.float32))
         )
@@ -222,6 +226,59 @@ def write_gallery(source: GradcamSource, ev: pd.DataFrame, threshold: float, out
     return {"cases": out, "note": note, "threshold": threshold, "target_layer": layer}
 
 
+def write_finding_gallery(
+    source: GradcamSource,
+    scores: pd.DataFrame,
+    findings: list[tuple[str, float]],
+    out_dir: Path,
+    n_per_finding: int,
+) -> dict:
+    """Grad-CAM of a multi-label model's positive calls: for each finding (output index = its
+    position in ``findings``, ``[(name, stored threshold)]``), up to ``n_per_finding`` images whose
+    ``probability_<F>`` is at or above the threshold, most confident first (ties by
+    ``image_index``). Writes ``gradcam_f<k>_<j>.png`` into ``out_dir``; returns ``note``, ``cases``
+    (finding, image_index, score, file, caption) and ``threshold`` per finding. An image that can
+    no longer be read is left out and named in the note."""
+    out, failed, none_called = [], [], []
+    for k, (name, threshold) in enumerate(findings):
+        col = f"probability_{name}"
+        called = scores[pd.to_numeric(scores[col], errors="coerce") >= threshold].copy()
+        called["_score"] = pd.to_numeric(called[col])
+        called = called.sort_values(["_score", "image_index"], ascending=[False, True], kind="mergesort")
+        if called.empty:
+            none_called.append(name)
+        for j, (_, row) in enumerate(called.head(n_per_finding).iterrows(), start=1):
+            try:
+                ((gray, heat),) = gradcam_maps(source, [str(row[source.path_col])], target_index=k)
+            except RejectedFile as exc:
+                failed.append(f"{name} #{int(row['image_index'])} ({exc.reason})")
+                continue
+            fname = f"gradcam_f{k}_{j}.png"
+            _overlay(gray, heat).save(Path(out_dir) / fname, format="PNG")
+            out.append(
+                {
+                    "finding": name,
+                    "image_index": int(row["image_index"]),
+                    "score": float(row["_score"]),
+                    "file": fname,
+                    "caption": f"{name}: image #{int(row['image_index'])}, probability {float(row['_score']):.3f} "
+                    f"(threshold {threshold:.3g})",
+                }
+            )
+    note = (
+        f"Grad-CAM (MONAI GradCAM on the network's last feature stage, '{source.layer()}') of each finding's "
+        f"own output (its log-odds), for up to {n_per_finding} positive calls per finding at that finding's "
+        "stored threshold, most confident first. Left: the image as the model sees it; right: the heatmap "
+        "(red = strongest influence; each map scaled to its own maximum). Image numbers are rows of "
+        "predictions.csv."
+    )
+    if none_called:
+        note += f" No positive call for: {', '.join(none_called)}."
+    if failed:
+        note += f" Not shown because the image could not be read: {', '.join(failed)}."
+    return {"cases": out, "note": note, "thresholds": {f: t for f, t in findings}, "target_layer": source.layer()}
+
+
 #: What one Secondary Capture heatmap is (``logodds_map``): Grad-CAM of the positive class's
 #: log-odds at the feature stage's resolution, in log-odds units (below).
 @dataclass
@@ -262,8 +319,12 @@ class _Taps:
             h.remove()
 
 
-def logodds_maps(source: GradcamSource, paths: list[str]) -> list[LogoddsCam]:
+def logodds_maps(source: GradcamSource, paths: list[str], *, target_index: int | None = None) -> list[LogoddsCam]:
     """:class:`LogoddsCam` of each file (one forward and one backward pass each, no upsampling).
+
+    ``target_index``: a multi-label (one sigmoid per finding) model's finding: its logit is the
+    finding's log-odds. Default: the positive class of a softmax model (its logit minus the
+    log-sum-exp of the others).
 
     Raises :class:`~cxr_cad.errors.RejectedFile` when an image cannot be read.
     """
@@ -282,9 +343,12 @@ def logodds_maps(source: GradcamSource, paths: list[str]) -> list[LogoddsCam]:
             x = (x.as_tensor() if hasattr(x, "as_tensor") else x)[None].float()
             with torch.enable_grad():
                 z = model(x)[0].float()
-                k = source.positive_index
-                others = torch.cat([z[:k], z[k + 1 :]])
-                logodds = z[k] - torch.logsumexp(others, 0) if len(others) else z[k]
+                if target_index is not None:
+                    logodds = z[target_index]
+                else:
+                    k = source.positive_index
+                    others = torch.cat([z[:k], z[k + 1 :]])
+                    logodds = z[k] - torch.logsumexp(others, 0) if len(others) else z[k]
                 model.zero_grad(set_to_none=True)
                 logodds.backward()
             assert taps.act is not None and taps.grad is not None

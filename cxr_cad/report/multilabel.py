@@ -138,6 +138,20 @@ def _cooccurrence(d: Mapping[str, Any]) -> list[dict]:
     ]
 
 
+def _gradcam_blocks(d: Mapping[str, Any]) -> list[dict]:
+    """The note and one gallery per finding with positive calls (``d["gradcam"]``, written by
+    :func:`cxr_cad.explain.gradcam.write_finding_gallery`), or the note why there is none."""
+    g = d.get("gradcam") or {}
+    if not g.get("cases"):
+        text = g.get("note") or "Per-finding Grad-CAM needs the model and the images (evaluate with --model)."
+        return [{"kind": "note", "text": text}]
+    blocks: list[dict] = [{"kind": "paragraph", "text": g.get("note", "")}]
+    for name in dict.fromkeys(c["finding"] for c in g["cases"]):
+        items = [{"file": c["file"], "caption": c["caption"]} for c in g["cases"] if c["finding"] == name]
+        blocks.append({"kind": "gallery", "items": items})
+    return blocks
+
+
 def _methods(d: Mapping[str, Any]) -> list[dict]:
     texts = [
         "Task: multi-label classification, one sigmoid output per finding, trained with binary cross-entropy "
@@ -187,12 +201,20 @@ def build_multilabel_document(d: Mapping[str, Any], *, per_finding: bool = True,
                 ("Task", "multi-label (one probability and one decision per finding)"),
                 ("Findings (output order)", ", ".join(r["finding"] for r in d["per_finding"])),
                 ("Uncertain labels", str(d.get("uncertain", NOT_RECORDED))),
+                *([("Model", str(d["model"]))] if d.get("model") else []),
+                *([("Thresholds", str(d["threshold_source"]))] if d.get("threshold_source") else []),
                 ("Intended use", "research and development; not for clinical decisions"),
             ],
             "Model and task",
         )
     ]
-    cohort = [kv([("Images", str(d["n_images"])), ("Folds", str(d.get("n_folds", "-")))], "Cohort")]
+    facts = [("Images", str(d["n_images"])), ("Folds", str(d.get("n_folds", "-")))]
+    if d.get("rejected_by_reason") is not None:
+        why = ", ".join(f"{k} {v}" for k, v in d["rejected_by_reason"].items())
+        facts.append(("Files not evaluated", f"{d.get('n_rejected', 0)}" + (f" ({why})" if why else "")))
+    if d.get("label_note"):
+        facts.append(("Labels", str(d["label_note"])))
+    cohort = [kv(facts, "Cohort")]
     cohort += _cooccurrence(d)
     sections: list[tuple[str, str, list[dict]]] = [
         ("summary", "Summary", summary),
@@ -205,13 +227,7 @@ def build_multilabel_document(d: Mapping[str, Any], *, per_finding: bool = True,
         for r in d["per_finding"]:
             blocks += _finding_blocks(r, level)
         sections.append(("findings", "Per-finding results", blocks))
-    sections.append(
-        (
-            "explanations",
-            "Explanations (Grad-CAM)",
-            [{"kind": "paragraph", "text": "Per-finding Grad-CAM is not produced by this report."}],
-        )
-    )
+    sections.append(("explanations", "Explanations (Grad-CAM)", _gradcam_blocks(d)))
     sections.append(("methods", "Methods", _methods(d)))
     numbers = {sid: (n + 1, title) for n, (sid, title, _) in enumerate(sections)}
     check = {"population": {}, "cross_validation": {"folds": d.get("folds")}}
@@ -232,15 +248,18 @@ def write_multilabel_report(
     pdf: bool = True,
     per_finding: bool = True,
     cohort_name: str = "",
+    images: Mapping[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.html`` and (``pdf``) ``report.pdf`` into ``out_dir``;
-    returns their paths by name. Raises OutputError when a file cannot be written."""
+    returns their paths by name. ``images``: the Grad-CAM pictures ``summary["gradcam"]`` names,
+    by file name. Raises OutputError when a file cannot be written (or a named picture is missing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = build_multilabel_document(summary, per_finding=per_finding, cohort_name=cohort_name)
     paths = {"metrics": out / "metrics.json", "html": out / "report.html"}
     atomic_write_text(paths["metrics"], json.dumps(jsonable(dict(summary)), indent=2) + "\n")
-    atomic_write_text(paths["html"], render_html(doc, {}))
+    pictures = dict(images or {})
+    atomic_write_text(paths["html"], render_html(doc, pictures))
     if pdf:
-        paths["pdf"] = render_pdf(doc, {}, out / "report.pdf")
+        paths["pdf"] = render_pdf(doc, pictures, out / "report.pdf")
     return paths
