@@ -14,6 +14,8 @@ One run, the same labelled images (e.g. 720 Kermany 224x224 JPEGs from
 
     python benchmarks/backends.py --model RUN/model.pt --manifest bench.csv --calibration calib.csv \
         --work /tmp/backends
+    python benchmarks/backends.py --auto --model RUN/model.pt --manifest bench.csv --calibration calib.csv \
+        --variant-train calib.csv --variant-val val.csv --work /tmp/backends    # predict --backend auto
 
 The int8 models are calibrated on ``--calibration`` (a labelled manifest of other
 patients), through ``cxr-cad export --int8`` (its held-out check is reported; written with
@@ -122,6 +124,108 @@ def _fit_head(model_path: str, manifest: str, out: Path) -> str:
     return str(path)
 
 
+def _lscpu_flags() -> str:
+    """The CPU model and the flags that decide the candidates (bf16, AMX, VNNI, AVX-512)."""
+    import subprocess
+
+    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("Flags")), [])
+    keep = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
+    return f"{model}; {os.cpu_count()} CPU(s); flags: {' '.join(keep) or 'none of avx2/avx512/amx'}"
+
+
+def auto_table(model: str, manifest: str, variant_train: str | None, variant_val: str | None, work: Path, batch: int):
+    """``predict --backend auto`` against torch fp32 / bf16, end to end on ``manifest`` (one process each run,
+    same decode workers): the first auto run (chooses and caches), the cached run, and with
+    ``--allow-int8`` when an int8 variant is stored (calibrated on ``variant_train``, verified on
+    ``variant_val``). The choice threshold (``AUTO_MIN_IMAGES``) is lowered so a small benchmark chooses."""
+    import shutil
+
+    import pandas as pd
+
+    from cxr_cad.export.variant import store_int8_variant
+    from cxr_cad.inference import backend as auto
+    from cxr_cad.inference.predict import PredictOptions, predict
+    from cxr_cad.manifest import read_manifest
+    from cxr_cad.metrics import roc_auc
+
+    cache = work / "backend-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ[auto.CACHE_ENV] = str(cache)
+    auto.AUTO_MIN_IMAGES = 0
+    bundle = work / "auto-model.pt"
+    shutil.copy(model, bundle)
+    shutil.rmtree(work / "auto-model.int8", ignore_errors=True)
+    runs = [
+        ("torch fp32 (--backend torch --precision fp32)", {"backend": "torch", "precision": "fp32"}),
+        ("torch, precision auto (the former default)", {"backend": "torch"}),
+        ("auto, first run (chooses, exports, caches)", {}),
+        ("auto, cached choice", {}),
+    ]
+    if variant_train and variant_val:
+        ver = store_int8_variant(
+            bundle, read_manifest(variant_train, require_labels=True), read_manifest(variant_val, require_labels=True)
+        )
+        print(ver.line(), flush=True)
+        if not ver.accepted:  # a stand-in model: lift the limits to measure int8 speed, and say so
+            ver = store_int8_variant(
+                bundle,
+                read_manifest(variant_train, require_labels=True),
+                read_manifest(variant_val, require_labels=True),
+                max_auc_drop=1.0,
+                max_decision_change=1.0,
+            )
+            print(f"LIMITS LIFTED to measure int8 speed on this stand-in model: {ver.line()}", flush=True)
+        runs += [
+            ("auto --allow-int8, first run", {"allow_int8": True}),
+            ("auto --allow-int8, cached", {"allow_int8": True}),
+        ]
+    rows, ref = [], None
+    for i, (name, kw) in enumerate(runs):
+        out = work / f"auto-{i}"
+        res = predict([manifest], out, bundle, PredictOptions(batch_size=batch, overwrite=True, **kw))
+        pred = pd.read_csv(out / "predictions.csv")
+        p = pred["probability"].to_numpy()
+        ref = p if ref is None else ref
+        y = (pred["label"].astype(str) == "PNEUMONIA").to_numpy().astype(int)
+        choice = res.runtime.get("backend_choice") or {}
+        rows.append(
+            {
+                "run": name,
+                "ran": res.runtime_label,
+                "images_per_s": res.images_per_s,
+                "seconds": res.seconds,
+                "auc": roc_auc(y, p),
+                "max_change": float(np.abs(p - ref).max()),
+                "candidates": choice.get("candidates"),
+            }
+        )
+        print(rows[-1], flush=True)
+    print(
+        f"\n{_lscpu_flags()}; {len(ref)} images of {manifest}; batch {batch}; torch threads {torch.get_num_threads()}\n"
+    )
+    print("| run | ran on | images/s end to end | seconds | vs torch fp32 | AUC | max prob. change vs torch fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        print(
+            f"| {r['run']} | {r['ran']} | {r['images_per_s']:.1f} | {r['seconds']:.1f} | "
+            f"{r['images_per_s'] / base:.2f}x | {r['auc']:.4f} | {r['max_change']:.5f} |"
+        )
+    cands = next((r["candidates"] for r in rows if r["candidates"] and "int8" in str(r["candidates"])), None)
+    cands = cands or next((r["candidates"] for r in rows if r["candidates"]), [])
+    print("\n| candidate (check batch) | verified | images/s | max prob. diff vs torch fp32 | why not |")
+    print("|---|---|---|---|---|")
+    for c in cands:
+        print(
+            f"| {c['name']} | {c.get('verified')} | {c.get('images_per_s', '')} | "
+            f"{c.get('max_abs_prob_diff', float('nan')):.2g} | {c.get('reason', '')} |"
+        )
+    (work / "auto.json").write_text(json.dumps(rows, indent=2, default=float))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="trained bundle")
@@ -136,7 +240,21 @@ def main(argv=None) -> int:
         help="replace the classifier by a logistic regression fitted "
         "on this labelled manifest's features (no trained model at hand)",
     )
+    ap.add_argument(
+        "--auto",
+        action="store_true",
+        help="only the `predict --backend auto` table (first run, cached run, --allow-int8)",
+    )
+    ap.add_argument("--variant-train", metavar="MANIFEST", help="--auto: int8 variant calibration images")
+    ap.add_argument("--variant-val", metavar="MANIFEST", help="--auto: int8 variant verification images")
     args = ap.parse_args(argv)
+    print(_lscpu_flags(), flush=True)
+    if args.auto:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        model = _fit_head(args.model, args.fit_head, work) if args.fit_head else args.model
+        auto_table(model, args.manifest, args.variant_train, args.variant_val, work, args.batch_size)
+        return 0
 
     from cxr_cad import runtime
     from cxr_cad.export import export_model, load_exported

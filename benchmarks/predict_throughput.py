@@ -132,7 +132,7 @@ def run_cxr_cad(folder: Path, model: Path, out: Path, args) -> dict:
         "seconds": summary["seconds"],
         "rss": mem.peak_main_rss,
         "pss": mem.peak_tree_pss,
-        "precision": summary["runtime"]["precision"],
+        "precision": f"{summary['runtime'].get('backend', 'torch')} {summary['runtime']['precision']}",
         "rejected": summary["n_rejected"],
     }
 
@@ -318,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             res = run()
             if name not in rows or res["seconds"] < rows[name]["seconds"]:
                 rows[name] = res
-    rows["model only (pre-decoded)"] = model_only(model, args, rows["cxr-cad predict"]["precision"])
+    ran = rows["cxr-cad predict"]["precision"]  # "openvino fp32", "torch bf16": model-only is torch's
+    rows["model only (pre-decoded)"] = model_only(model, args, "bf16" if ran.endswith("bf16") else "fp32")
+    print(subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout, file=sys.stderr)
     print(
         table(rows, None if args.skip_baseline else "MONAI baseline (PydicomReader, fp32)", "model only (pre-decoded)")
     )

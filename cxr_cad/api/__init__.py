@@ -32,11 +32,14 @@ _EXPORTS: dict[str, str] = {
     # train and cross-validate
     "train": "cxr_cad.api._models",
     "run_training": "cxr_cad.api._models",
-    "crossval": "cxr_cad.api._models",
-    "write_cv_report": "cxr_cad.api._models",
+    "crossval": "cxr_cad.api._crossval",
+    "crossval_fold": "cxr_cad.api._crossval",
+    "crossval_merge": "cxr_cad.api._crossval",
+    "write_cv_report": "cxr_cad.api._crossval",
     "as_config": "cxr_cad.api._models",
     "read_labelled": "cxr_cad.api._models",
     "CrossvalResult": "cxr_cad.crossvalidation.run",  # the engine's class (imports torch)
+    "FoldResult": "cxr_cad.crossvalidation.run",
     "OOF_FILE": "cxr_cad.crossvalidation.run",
     "METRICS_FILE": "cxr_cad.crossvalidation.run",
     # score, evaluate, report
@@ -60,10 +63,11 @@ _EXPORTS: dict[str, str] = {
     "predict_sources": "cxr_cad.api._pacs",
     "predict_dicomweb": "cxr_cad.api._pacs",
     "fetch_sources": "cxr_cad.api._pacs",
-    "listen": "cxr_cad.api._pacs",
-    "Listener": "cxr_cad.api._pacs",
-    "ListenOptions": "cxr_cad.api._pacs",
-    "ListenResult": "cxr_cad.api._pacs",
+    "predict_dimse": "cxr_cad.api._pacs",
+    "listen": "cxr_cad.api._listen",
+    "Listener": "cxr_cad.api._listen",
+    "ListenOptions": "cxr_cad.api._listen",
+    "ListenResult": "cxr_cad.api._listen",
     "PacsOptions": "cxr_cad.api._pacs",
     "DicomOutOptions": "cxr_cad.api._pacs",
     "DicomwebResult": "cxr_cad.api._pacs",
@@ -86,18 +90,17 @@ __all__ = sorted([*_EXPORTS, *_ALIASES])
 if TYPE_CHECKING:  # the names for type checkers (re-exported by __getattr__ at run time)
     from cxr_cad.api._adapt import AdaptResult, adapt  # noqa: F401
     from cxr_cad.api._cohort import Cohort, labelled_cohort  # noqa: F401
+    from cxr_cad.api._crossval import crossval, crossval_fold, crossval_merge, write_cv_report  # noqa: F401
     from cxr_cad.api._ingest import INGEST_FILES, IngestOutcome, ingest, run_ingest  # noqa: F401
-    from cxr_cad.api._models import as_config, crossval, read_labelled, run_training, train, write_cv_report  # noqa: F401
+    from cxr_cad.api._listen import Listener, ListenOptions, ListenResult, listen  # noqa: F401
+    from cxr_cad.api._models import as_config, read_labelled, run_training, train  # noqa: F401
     from cxr_cad.api._pacs import (  # noqa: F401
         DicomOutOptions,
         DicomwebResult,
-        Listener,
-        ListenOptions,
-        ListenResult,
         PacsOptions,
         fetch_sources,
-        listen,
         predict_dicomweb,
+        predict_dimse,
         predict_sources,
     )
     from cxr_cad.api._report import INGESTED_SOURCE, EvaluateResult, cohort_info, evaluate_cohort, report_cohort  # noqa: F401
@@ -113,7 +116,7 @@ if TYPE_CHECKING:  # the names for type checkers (re-exported by __getattr__ at 
     )
     from cxr_cad.config import AcceptPolicy, PredictOptions  # noqa: F401
     from cxr_cad.core.columns import METADATA_COLUMNS  # noqa: F401
-    from cxr_cad.crossvalidation.run import METRICS_FILE, OOF_FILE, CrossvalResult  # noqa: F401
+    from cxr_cad.crossvalidation.run import METRICS_FILE, OOF_FILE, CrossvalResult, FoldResult  # noqa: F401
     from cxr_cad.crossvalidation.run import CrossvalResult as CVResult  # noqa: F401
     from cxr_cad.report.options import ReportOptions  # noqa: F401
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from cxr_cad.api._cohort import labelled_cohort
 from cxr_cad.api._pacs import PacsOptions, write_dicom_outputs
+from cxr_cad.api._report_multilabel import is_multilabel, report_multilabel
 from cxr_cad.api._scoring import cohort_shift, join_metadata, read_table, score
 from cxr_cad.config import AcceptPolicy, PredictOptions
 from cxr_cad.config.sections import name_problem
@@ -328,6 +329,11 @@ def report_cohort(
     if bundle is not None:
         loaded, path = _load(bundle)
         info = model_info_from_bundle(loaded, path)
+    if is_multilabel(pred, loaded):  # one probability per finding: docs/report.md#multi-label-reports
+        return report_multilabel(
+            pred, out_dir, opts, bundle=loaded, bundle_info=info, manifest=manifest, rejected=rejected,
+            cv=cv, comparison=comparison, gradcam_per_finding=gradcam_per_group,
+        )  # fmt: skip
     cv_data = _read_cv_metrics(cv)
     opts, classes = _resolve_positive_class(pred, opts, info, cv_data)
     info = _table_model(pred, info, classes)
@@ -402,6 +408,12 @@ class EvaluateResult:
     report: ReportResult
     bundle: Bundle
     dicom: str | None = None
+
+
+def _scoring_record(out: Path) -> dict | None:
+    from cxr_cad.inference.backend import scoring_record  # torch
+
+    return scoring_record(out)
 
 
 def _scores(
@@ -532,7 +544,11 @@ def evaluate_cohort(
             _comparison(compare, bundle, model, cohort.manifest_path, work, predict_options) if compare else None
         )
         opts = options.replace(
-            cohort_info={**(options.cohort_info or {}), "manifest_hash": manifest_hash(cohort.manifest)}
+            cohort_info={
+                **(options.cohort_info or {}),
+                "manifest_hash": manifest_hash(cohort.manifest),
+                "scoring": _scoring_record(work / "scores"),  # backend / int8 (cxr_cad.inference.backend)
+            }
         )
         report = report_cohort(
             pred,

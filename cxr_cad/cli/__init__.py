@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import NoReturn
 
 from cxr_cad.core.progress import set_enabled
@@ -182,10 +183,17 @@ def _os_error_line(exc: OSError) -> str:
     return f"cannot write or read {where or 'a file'} in {folder or '?'}: {what}"
 
 
+class _UtcFormatter(logging.Formatter):
+    """``LEVEL 2025-01-31T09:14:03.123Z logger: message``: every log line with its UTC time (ISO 8601)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_UtcFormatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
     root = logging.getLogger("cxr_cad")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -63,6 +63,11 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: predict's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--allow-int8",
+        action="store_true",
+        help="score with the bundle's verified int8 variant when it is the fastest (docs/predict.md#int8)",
+    )
     add_policy_options(
         p,
         lateral_help="score lateral views too",
@@ -100,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         folder=args.cohort_dir,
         labels=args.labels,
-        predict=api.PredictOptions(batch_size=args.batch_size, workers=args.workers, device=args.device),
+        predict=api.PredictOptions(
+            batch_size=args.batch_size, workers=args.workers, device=args.device, allow_int8=args.allow_int8
+        ),
         policy=policy_from(args),  # a bad --modalities stops here, before anything is scanned
         compare=args.compare,
         work_dir=args.work_dir,
@@ -110,11 +117,19 @@ def run(args: argparse.Namespace) -> int:
         track_params={k: v for k, v in vars(args).items() if k != "func"},
     )
     d = result.report.data
-    auc = d["auc"]["delong"]["auc"]
-    print(
-        f"evaluate: {d['cohort']['n_images_evaluated']} images evaluated, {d['cohort']['n_rejected']} not "
-        f"evaluated; AUC {'not estimable' if auc is None else f'{auc:.3f}'}; report in {result.report.out_dir}"
-    )
+    if d.get("task") == "multilabel":  # docs/report.md#multi-label-reports
+        m = d["macro"]
+        print(
+            f"evaluate: {d['n_images']} images evaluated, {d['n_rejected']} not evaluated; macro AUC "
+            f"{'not estimable' if m['auc'] != m['auc'] else format(m['auc'], '.3f')} over {m['n_findings']} "
+            f"findings ({len(d['flagged'])} flagged); report in {result.report.out_dir}"
+        )
+    else:
+        auc = d["auc"]["delong"]["auc"]
+        print(
+            f"evaluate: {d['cohort']['n_images_evaluated']} images evaluated, {d['cohort']['n_rejected']} not "
+            f"evaluated; AUC {'not estimable' if auc is None else f'{auc:.3f}'}; report in {result.report.out_dir}"
+        )
     if result.dicom:
         print(f"evaluate: DICOM: {result.dicom}")
     return 0

@@ -20,7 +20,11 @@ the source bundle) and the bundle's model card. The export is checked against th
 --int8 --calibration MANIFEST (onnx, openvino) adds a post-training static int8 model
 (onnxruntime.quantization, QDQ), calibrated on part of the labelled manifest's patients and
 checked on the rest: it is refused when its AUC drops by more than --max-auc-drop unless
---force. Score with `cxr-cad predict --backend onnxruntime|openvino --model DIR`.
+--force. A calibration manifest that holds the bundle's own training or validation images (by
+SOP Instance UID / SHA-256, against split.csv beside the bundle, or the whole training manifest by
+its hash) is refused before anything is written, naming how many and which, unless --force (then
+the overlap is recorded in export.json and printed). Score with `cxr-cad predict --backend
+onnxruntime|openvino --model DIR`; for int8 as part of the model see `cxr-cad train --int8`.
 
 Needs the optional extra: pip install -c constraints/cpu.txt -e '.[export]'.
 Exit codes: 0 done; 2 bad arguments, a missing model or calibration manifest, an --out that
@@ -53,7 +57,11 @@ def register(subparsers) -> None:
         default=MAX_AUC_DROP,
         help=f"largest AUC loss of the int8 model on held-out patients (default {MAX_AUC_DROP})",
     )
-    p.add_argument("--force", action="store_true", help="write the int8 model even if it loses more AUC")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write the int8 model even if it loses more AUC, or calibrate on the bundle's own training images",
+    )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.set_defaults(func=run)
 

@@ -153,6 +153,8 @@ def pacs_from(args: argparse.Namespace) -> PacsOptions:
         dicom_out=getattr(args, "dicom_out", None),
         secondary_capture=getattr(args, "secondary_capture", False),
         stow=getattr(args, "stow", None),
+        fhir_out=getattr(args, "fhir_out", None),
+        fhir_url=getattr(args, "fhir_url", None),
     )
 
 
@@ -174,7 +176,7 @@ INPUT_FILES: dict[str, tuple[str, tuple[str, ...] | None]] = {
 #: Arguments that name a model bundle (a run folder holding model.pt stands for its model.pt).
 MODELS = ("model", "compare")
 #: Arguments that name an output folder (created when missing).
-OUTPUTS = ("out", "work_dir", "dicom_out", "fetch_to")
+OUTPUTS = ("out", "work_dir", "dicom_out", "fetch_to", "fhir_out")
 #: Arguments that name inputs that must exist: folders, files or a dicomweb: archive.
 SOURCES = ("sources", "cohort_dir")
 
@@ -189,7 +191,7 @@ def _flag(dest: str) -> str:
 
 
 def _is_url(text: str) -> bool:
-    return text.startswith("dicomweb:")
+    return text.startswith(("dicomweb:", "dimse://"))
 
 
 def check_input_file(path: str, flag: str, what: str) -> str | None:
@@ -344,6 +346,7 @@ def preflight(args: argparse.Namespace) -> None:
             if problem:
                 problems.append(problem)
     backend = getattr(args, "backend", "torch") or "torch"
+    backend = "torch" if backend == "auto" else backend  # auto scores a bundle (cxr_cad.inference.backend)
     for dest in MODELS:
         value = getattr(args, dest, None)
         if isinstance(value, str) and value:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from cxr_cad import api
 from cxr_cad.cli.options import (
@@ -80,10 +81,18 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (only pays off on large runs)")
     p.add_argument(
         "--backend",
-        choices=("torch", "onnxruntime", "openvino", "torchscript"),
-        default="torch",
-        help="torch (default; --model is a bundle) or a runtime for a model written by `cxr-cad export` "
-        "(--model is the export folder or its model file; needs the 'export' extra)",
+        choices=("auto", "torch", "onnxruntime", "openvino", "torchscript"),
+        default="auto",
+        help="auto (default; --model is a bundle): the fastest backend whose probabilities equal torch "
+        "fp32 within 1e-3 (torch fp32/bf16, onnxruntime, OpenVINO; CUDA AMP on a GPU), chosen once per "
+        "machine and bundle and cached ($CXR_CAD_BACKEND_CACHE); --precision other than auto means torch. "
+        "torch: the bundle in torch at --precision. onnxruntime|openvino|torchscript: a model written by "
+        "`cxr-cad export` (--model is the export folder or its model file; needs the 'export' extra)",
+    )
+    p.add_argument(
+        "--allow-int8",
+        action="store_true",
+        help="with --backend auto, the bundle's verified int8 variant (train --int8) may be chosen too",
     )
     p.epilog = f"SOURCE: {SOURCE_HELP}."  # DICOMweb / DICOM SR (docs/pacs.md)
     add_pacs_query(
@@ -93,7 +102,43 @@ def register(subparsers) -> None:
         fetch_chunk=True,
     )
     add_output_options(p)
+    add_dimse_options(p)
+    p.add_argument(  # FHIR results (docs/conformance.md#fhir)
+        "--fhir-out",
+        default=None,
+        metavar="DIR",
+        help="write a FHIR R4 DiagnosticReport (a transaction Bundle) per study into DIR (research use)",
+    )
+    p.add_argument(
+        "--fhir-url",
+        default=None,
+        metavar="URL",
+        help="with --fhir-out: POST each Bundle to this FHIR server base URL (token: CXR_CAD_FHIR_TOKEN)",
+    )
     p.set_defaults(func=run)
+
+
+def add_dimse_options(p: argparse.ArgumentParser) -> None:
+    """A ``dimse://AET@HOST:PORT`` source (C-FIND + C-GET/C-MOVE) and the audit log (docs/pacs.md)."""
+    p.add_argument(
+        "--calling-aet",
+        default="CXRCAD",
+        metavar="AET",
+        help="our AE title towards a dimse:// archive (default CXRCAD)",
+    )
+    p.add_argument(
+        "--move-to",
+        default=None,
+        metavar="AET@[HOST:]PORT",
+        help="dimse:// source: fetch with C-MOVE to a storage SCP of ours on PORT (the archive must know "
+        "AET; default: C-GET)",
+    )
+    p.add_argument(
+        "--audit", default=None, metavar="FILE", help="archive sources: audit log, JSON lines (default OUT/audit.jsonl)"
+    )
+    p.add_argument("--tls-ca", default=None, metavar="PEM", help="dimse:// over DICOM TLS: the archive's CA")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="dimse:// over DICOM TLS: our client certificate")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="dimse:// over DICOM TLS: its private key")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +152,17 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         compile=args.compile,
         backend=args.backend,
+        allow_int8=args.allow_int8,
     )
-    for line in api.predict_sources(args.model, args.sources, args.out, options, pacs_from(args)):
+    pacs = dataclasses.replace(
+        pacs_from(args),
+        calling_aet=args.calling_aet,
+        move_to=args.move_to,
+        audit=args.audit,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )  # dimse:// options (docs/pacs.md)
+    for line in api.predict_sources(args.model, args.sources, args.out, options, pacs):
         print(f"cxr-cad predict: {line}")
     return 0

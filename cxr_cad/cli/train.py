@@ -52,7 +52,8 @@ def train_config(config: str | None, overrides: Mapping[str, Any]) -> TrainConfi
 
 def run(args: argparse.Namespace) -> int:
     cfg = train_config(args.config, overrides_from(args, "train"))
-    with track_run(args.track, "train", cfg.to_dict()) as tracker:  # --track mlflow (docs/export.md)
+    ids = getattr(args, "include_identifiers", False)  # --track mlflow (docs/export.md)
+    with track_run(args.track, "train", cfg.to_dict(), include_identifiers=ids) as tracker:
         result = api.run_training(args.manifest, cfg, args.out, callbacks=[tracker.epoch_callback()])
         log_training_run(tracker, args.out)
     if int(os.environ.get("RANK", "0")) == 0:

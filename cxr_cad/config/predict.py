@@ -3,7 +3,7 @@ so the CLI, the API and workflow steps build it without importing the inference 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -30,9 +30,14 @@ class PredictOptions(StrictModel):
         overwrite: discard an earlier run in the output folder instead of resuming it.
         compile: ``torch.compile`` the model (on a 2-core CPU measured: ~80 s to compile, no
             steady-state gain over eager bf16; may pay off on GPUs and very large runs).
-        backend: "torch" (``model_path`` is a bundle) or "onnxruntime" / "openvino" /
-            "torchscript" (``model_path`` is a folder or file from ``cxr-cad export``; fp32 input,
-            ``precision`` ignored; see :mod:`cxr_cad.export.backends`).
+        backend: "auto" (default; ``model_path`` is a bundle): the fastest backend whose
+            probabilities equal torch fp32 within 1e-3, chosen once per machine and bundle and
+            cached (:mod:`cxr_cad.inference.backend`); an explicit ``precision`` or ``compile``
+            means torch. "torch": the bundle in torch at ``precision``. "onnxruntime" /
+            "openvino" / "torchscript": ``model_path`` is a folder or file from ``cxr-cad
+            export`` (fp32 input, ``precision`` ignored; see :mod:`cxr_cad.export.backends`).
+        allow_int8: with ``backend="auto"``, the bundle's verified int8 variant (``train
+            --int8``) may be chosen too.
 
     Construct with keywords as before (``PredictOptions(batch_size=8, workers=0)``); a changed
     copy is ``options.replace(overwrite=True)`` (validated again).
@@ -49,4 +54,5 @@ class PredictOptions(StrictModel):
     policy: AcceptPolicy | None = None
     overwrite: bool = False
     compile: bool = False
-    backend: str = "torch"
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "torchscript"] = "auto"
+    allow_int8: bool = False

@@ -57,6 +57,7 @@ class OnnxRuntimeModel(_Callable):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         ort = require("onnxruntime", "export")
+        self.path = str(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
@@ -74,12 +75,22 @@ class OpenVinoModel(_Callable):
 
     ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT``: ``"f32"`` (default; on CPUs
     with AMX/bf16 units OpenVINO would otherwise run fp32 layers in bf16) or ``"bf16"``.
-    Int8 layers of a quantised model run in int8 either way.
+    Int8 layers of a quantised model run in int8 either way. ``cache_dir``: OpenVINO's own
+    compiled-model cache (``CACHE_DIR``), so a second load skips compilation.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "f32"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        precision: str = "f32",
+        cache_dir: str | os.PathLike | None = None,
+    ):
         ov = require("openvino", "export")
+        self.path = str(path)
         core = ov.Core()
+        if cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
         config = {
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
             "INFERENCE_PRECISION_HINT": precision,
@@ -157,6 +168,13 @@ class ExportedModel:
 
     def positive_probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float(), dim=1)[:, self.positive_index]
+
+    @property
+    def precision(self) -> str:
+        """``int8`` when the loaded file is the export's int8 model, else ``fp32``."""
+        files = self.record.get("files", {})
+        int8 = {files.get(role, {}).get("path") for role in ("model_int8", "onnx_int8")} - {None}
+        return "int8" if Path(self.path).name in int8 else "fp32"
 
 
 def _pick_file(folder: Path, record: dict, backend: str) -> Path:

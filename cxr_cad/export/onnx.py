@@ -24,9 +24,18 @@ EXTRA = "export"
 
 
 def export_onnx(
-    model: torch.nn.Module, path: str | Path, *, in_channels: int, image_size: int, opset: int = OPSET
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    in_channels: int,
+    image_size: int,
+    opset: int = OPSET,
+    output_name: str = OUTPUT_NAME,
 ) -> Path:
     """Write ``model`` (eval mode, fp32) as ONNX with a dynamic batch axis; returns the path.
+
+    ``output_name``: the graph output's name (``logits``; ``features`` for a network without its
+    classifier, :mod:`cxr_cad.export.variant`).
 
     Raises MissingExtraError (onnx/onnxscript not installed) or OutputError.
     """
@@ -45,7 +54,7 @@ def export_onnx(
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[output_name],
                 dynamic_shapes=({0: batch},),
                 verbose=False,
             )

@@ -56,6 +56,8 @@ class Int8Report:
     accepted: bool
     forced: bool = False
     calibration_method: str = "minmax"
+    #: calibration rows that are the bundle's training/validation images (exported with --force)
+    calibration_overlap: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +67,12 @@ class Int8Report:
             f"int8 vs fp32 on {self.n_heldout} held-out image(s) (calibrated on {self.n_calibration}): "
             f"probability change max {self.prob_change_max:.4f}, p99 {self.prob_change_p99:.4f}; "
             f"AUC {self.auc_fp32:.4f} -> {self.auc_int8:.4f} ({self.auc_change:+.4f})"
+            + (
+                f"; NOT held out: {self.calibration_overlap} calibration image(s) are the bundle's training or "
+                "validation images (--force)"
+                if self.calibration_overlap
+                else ""
+            )
         )
 
 
@@ -78,6 +86,75 @@ def split_calibration(cohort: Cohort, *, heldout_fraction: float = 0.5, seed: in
     df = pd.DataFrame({"label": cohort.labels.astype(str), "patient_id": cohort.groups.astype(str)})
     calib, held = grouped_split(df, heldout_fraction, seed=seed)
     return np.asarray(calib), np.asarray(held)
+
+
+#: The training run's split table beside a bundle (``cxr_cad.training.rundir.SPLIT_FILE``).
+SPLIT_FILE = "split.csv"
+
+
+def _image_keys(df: pd.DataFrame) -> list[set[str]]:
+    """Per row, the identities of its image: SOP Instance UID and ``sha256:<hex>`` of the file."""
+    uids = df["sop_instance_uid"].astype(str) if "sop_instance_uid" in df else pd.Series([""] * len(df))
+    shas = df["sha256"].astype(str) if "sha256" in df else pd.Series([""] * len(df))
+    return [
+        {k for k in (u, f"sha256:{h}" if h and not h.startswith("sha256:") else h) if k and k != "nan"}
+        for u, h in zip(uids.tolist(), shas.tolist())
+    ]
+
+
+def calibration_overlap(bundle_path: str | Path, manifest_hash_: str, calibration: pd.DataFrame) -> dict:
+    """Which calibration rows are the bundle's own training or validation images.
+
+    Compares SOP Instance UIDs and file SHA-256 (``sha256:<hex>``, the UID of PNG/JPEG images) with
+    the run's ``split.csv`` beside the bundle; without one, only a calibration manifest whose hash
+    equals the bundle's training-manifest hash is recognised. Returns ``{"checked_against", "n_rows",
+    "n_overlap", "n_train", "n_val", "examples"}`` (``examples``: up to 5 paths).
+    """
+    from cxr_cad.manifest import manifest_hash
+
+    split_path = Path(bundle_path).parent / SPLIT_FILE
+    keys = _image_keys(calibration)
+    paths = calibration["path"].astype(str).tolist()
+    out = {"n_rows": len(keys), "n_overlap": 0, "n_train": 0, "n_val": 0, "examples": []}
+    if split_path.is_file():
+        split = pd.read_csv(split_path, dtype=str, keep_default_na=False)
+        role = {}
+        for ks, part in zip(_image_keys(split), split.get("split", pd.Series(["train"] * len(split))).tolist()):
+            for k in ks:
+                role[k] = "val" if part == "val" else "train"
+        hits = [(p, next((role[k] for k in ks if k in role), None)) for p, ks in zip(paths, keys)]
+        hits = [(p, r) for p, r in hits if r is not None]
+        out.update(
+            checked_against=f"{SPLIT_FILE} beside the bundle",
+            n_overlap=len(hits),
+            n_train=sum(r == "train" for _, r in hits),
+            n_val=sum(r == "val" for _, r in hits),
+            examples=[p for p, _ in hits[:5]],
+        )
+    elif manifest_hash_ and manifest_hash(calibration) == manifest_hash_:
+        out.update(checked_against="the bundle's training-manifest hash", n_overlap=len(keys), n_train=len(keys))
+        out["examples"] = paths[:5]
+    else:
+        out["checked_against"] = f"nothing: no {SPLIT_FILE} beside the bundle and the manifest hashes differ"
+    return out
+
+
+def check_calibration_overlap(overlap: dict, *, force: bool) -> None:
+    """UsageError when calibration rows are the bundle's training/validation images, unless ``force``."""
+    n = overlap["n_overlap"]
+    if not n:
+        return
+    what = (
+        f"{n} of the {overlap['n_rows']} calibration image(s) are the bundle's own training ({overlap['n_train']}) "
+        f"or validation ({overlap['n_val']}) images (by SOP Instance UID / SHA-256, checked against "
+        f"{overlap['checked_against']}), e.g. {', '.join(overlap['examples'][:3])}"
+    )
+    if not force:
+        raise UsageError(
+            f"--calibration: {what}; the int8 check would not be held out. Give images the model never saw, "
+            "or --force to quantise anyway (the overlap is recorded)"
+        )
+    log.warning("int8 calibration overlaps the training data (--force): %s", what)
 
 
 def _nodes_to_keep_fp32(onnx_path: Path) -> list[str]:

@@ -29,20 +29,29 @@ class PredictResult:
     runtime: dict = field(default_factory=dict)
     shift: dict | None = None  # cohort shift result (cxr_cad.shift.monitor.cohort_shift); None: no summary
     calibration: dict | None = None  # the bundle's calibration applied to the probabilities; None: raw softmax
+    positives_by_finding: dict[str, int] | None = None  # multi-label model: images called present per finding
 
     @property
     def images_per_s(self) -> float:
         return self.n_processed / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def runtime_label(self) -> str:
+        """Where and how the network ran, e.g. ``cpu openvino int8``, ``cpu torch bf16``."""
+        rt = self.runtime
+        return f"{rt.get('device', '?')} {rt.get('backend', 'torch')} {rt.get('precision', '?')}"
+
     def summary_line(self) -> str:
         """One line for the terminal: counts, reasons, speed, where the CSVs are."""
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
         resumed = f", {self.n_done_before} from an earlier run" if self.n_done_before else ""
+        calls = f"{self.n_positive} positive at threshold {self.threshold:g}"
+        if self.positives_by_finding is not None:  # one threshold per finding, stored in the bundle
+            calls = "present: " + ", ".join(f"{f} {n}" for f, n in self.positives_by_finding.items())
         return (
-            f"{self.n_inputs} file(s): {self.n_predicted} scored ({self.n_positive} positive at "
-            f"threshold {self.threshold:g}), {self.n_rejected} rejected"
+            f"{self.n_inputs} file(s): {self.n_predicted} scored ({calls}), {self.n_rejected} rejected"
             f"{' (' + reasons + ')' if reasons else ''}{resumed}; "
             f"{self.n_processed} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
-            f"{self.runtime.get('device', '?')} {self.runtime.get('precision', '?')}); "
+            f"{self.runtime_label}); "
             f"-> {self.out_dir / PREDICTIONS}, {self.out_dir / REJECTED}"
         )

@@ -137,6 +137,19 @@ def headline(d: dict) -> list[dict]:
         )
     )
     rows.append(("Validation", _validation_kind(d)))
+    scoring = c.get("scoring") or {}
+    if scoring.get("int8"):  # predict --allow-int8 chose the bundle's verified int8 variant
+        v = scoring.get("int8_variant") or {}
+        rows.append(
+            (
+                "Scored with",
+                f"{scoring.get('runtime')}: the int8 variant (--allow-int8), verified on the validation split: "
+                f"AUC change {fmt_num(v.get('auc_change'), 4)}, {v.get('decisions_changed', '?')} decision(s) "
+                f"changed, max probability change {fmt_num(v.get('prob_change_max'), 4)}",
+            )
+        )
+    elif scoring:
+        rows.append(("Scored with", str(scoring.get("runtime"))))
     if cmp_:
         rows.append((f"Cohort shift check, {cmp_['name_a']}", shift_text(d.get("shift"))))
         rows.append((f"Cohort shift check, {cmp_['name_b']}", shift_text(cmp_.get("shift_b"))))

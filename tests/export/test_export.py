@@ -274,6 +274,11 @@ def test_int8_reports_and_refuses(setup, tmp_path):
     assert float((p_ort - p_ov).abs().max()) < 0.02
     rec = json.loads((tmp_path / "forced" / "export.json").read_text())
     assert rec["int8"]["forced"] and rec["files"]["model_int8"]["path"] == "model.int8.onnx"
+    # issue 23 defect 11: the summary line names the int8 model, not "cpu fp32"
+    args = ["predict", str(images), "--model", str(tmp_path / "forced"), "--backend", "onnxruntime"]
+    assert main(["-q", *args, "--out", str(tmp_path / "scored"), "--workers", "0"]) == 0
+    summary = json.loads((tmp_path / "scored" / "summary.json").read_text())
+    assert (summary["runtime"]["backend"], summary["runtime"]["precision"]) == ("onnxruntime", "int8")
 
 
 def test_usage_errors(setup, tmp_path, capsys):
@@ -348,3 +353,37 @@ def test_bad_format_backend_and_method_are_config_errors(tmp_path):
     pytest.importorskip("onnxruntime")
     with pytest.raises(ConfigError, match="calibration method"):
         quantize_onnx(tmp_path / "a.onnx", tmp_path / "b.onnx", torch.zeros(1, 1, 8, 8), method="median")
+
+
+def test_int8_calibration_on_the_bundles_own_images_is_refused_unless_forced(setup, tmp_path, capsys):
+    """Issue 23 defect 8: a calibration manifest that holds the bundle's training or validation images
+    (by SOP Instance UID / SHA-256, against the run's split.csv) would make the "held-out" check a
+    check on training images: refused, naming how many and which, unless --force (then recorded)."""
+    from cxr_cad.export.quantize import calibration_overlap
+    from cxr_cad.manifest import manifest_hash
+
+    _, _, bundle, _ = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(bundle, run / "model.pt")
+    manifest = kermany_manifest(tmp_path / "calib.csv")
+    calib = pd.read_csv(manifest)
+    split = calib.iloc[:40][["sop_instance_uid", "patient_id", "label"]].assign(split=["train"] * 30 + ["val"] * 10)
+    split.to_csv(run / "split.csv", index=False)
+    args = ["export", "--model", str(run / "model.pt"), "--format", "onnx", "--int8", "--calibration", str(manifest)]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "40 of the 100 calibration image(s)" in err and "training (30)" in err and "validation (10)" in err
+    assert Path(calib["path"][0]).name in err and "--force" in err
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+
+    assert main([*args, "--out", str(tmp_path / "forced"), "--force"]) == 0
+    assert "NOT held out: 40 calibration image(s)" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "forced" / "export.json").read_text())
+    assert rec["calibration_overlap"]["n_overlap"] == 40 and rec["int8"]["calibration_overlap"] == 40
+
+    # no split.csv: a calibration manifest equal to the training manifest (same hash) is recognised
+    whole = calibration_overlap(bundle, manifest_hash(calib), calib)
+    assert whole["n_overlap"] == 100 and "hash" in whole["checked_against"]
+    other = calibration_overlap(bundle, "0" * 64, calib)
+    assert other["n_overlap"] == 0 and other["checked_against"].startswith("nothing")

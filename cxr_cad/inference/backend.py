@@ -1,0 +1,423 @@
+"""``predict --backend auto``: the fastest backend whose probabilities equal torch fp32, chosen once
+per machine and bundle, and cached.
+
+Candidates (each only where it can run):
+
+* CPU: ``torch fp32`` (the reference), ``torch bf16`` (CPUs with native bf16: AMX or AVX512-BF16),
+  ``onnxruntime fp32``, ``openvino fp32``, ``openvino bf16`` (its bf16 inference hint, AMX CPUs);
+  with ``allow_int8`` and a verified int8 variant beside the bundle (:mod:`cxr_cad.export.variant`)
+  also ``onnxruntime int8`` and ``openvino int8``.
+* CUDA: ``torch fp32`` and ``torch`` AMP (bf16, or fp16 where the GPU has no bf16).
+
+The exported candidates run the network up to its classifier (ONNX of
+:func:`cxr_cad.export.variant.split_head`'s backbone) and the bundle's own fp32 classifier in torch,
+so the shift score is computed exactly as with torch. Ensemble / TTA bundles have only torch
+candidates.
+
+How the choice is made: the first :data:`CHECK_IMAGES` readable inputs of the run are the check
+batch. Every candidate is loaded, run on it and timed (best of :data:`TIMING_REPEATS`); a candidate
+whose positive-class probabilities differ from torch fp32 by more than :data:`TOLERANCE` (int8: the
+larger of that and the variant's own recorded maximum change on the validation split) or that fails
+to load is dropped with its reason; the fastest remaining one wins (torch fp32 always remains).
+
+The cache (:func:`cache_root`: ``$CXR_CAD_BACKEND_CACHE``, else ``$XDG_CACHE_HOME/cxr_cad/backends``
+or ``~/.cache/cxr_cad/backends``) has one folder per key: bundle SHA-256, device, torch thread
+count, the versions of torch / onnxruntime / openvino / cxr_cad, and the CPU's model name and
+flags. It holds ``backbone.onnx`` (the exported network), OpenVINO's compiled-model cache and
+``choice.json`` (``choice-int8.json`` with ``allow_int8``): what was chosen, why, and every
+candidate's speed and difference. Every file is written atomically (temporary name, then
+``os.replace``). A cached choice is used at once; if it then fails to load the run falls back to
+torch fp32 with a one-line warning and the stale choice is removed.
+
+Runs that do not choose (no choice cached yet): fewer than :data:`AUTO_MIN_IMAGES` inputs to do
+(choosing costs tens of seconds), torchrun ranks, ``torch.compile``: torch fp32, with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxr_cad import runtime
+from cxr_cad.core.atomic import atomic_write_json
+from cxr_cad.core.provenance import software_versions
+from cxr_cad.errors import CxrCadError
+from cxr_cad.export.backends import OnnxRuntimeModel, OpenVinoModel
+from cxr_cad.export.onnx import export_onnx
+from cxr_cad.export.variant import FEATURES_NAME, HybridForward, classifier_of, find_int8_variant, split_head
+from cxr_cad.inference.model import calibrated_probability, model_calibration, prepare_for_inference
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AUTO_MIN_IMAGES",
+    "CACHE_ENV",
+    "CHECK_IMAGES",
+    "TOLERANCE",
+    "Choice",
+    "Chosen",
+    "cache_folder",
+    "cache_root",
+    "choose_backend",
+]
+
+CACHE_ENV = "CXR_CAD_BACKEND_CACHE"
+#: Largest |probability difference| from torch fp32 on the check batch.
+TOLERANCE = 1e-3
+#: A run with fewer inputs to do (and no cached choice) does not choose: torch fp32.
+AUTO_MIN_IMAGES = 256
+CHECK_IMAGES = 16
+TIMING_REPEATS = 3
+CACHE_PACKAGES = ("torch", "onnxruntime", "openvino", "cxr_cad")
+CHOICE_FORMAT = 1
+
+
+def cache_root() -> Path:
+    """``$CXR_CAD_BACKEND_CACHE``, else the user cache folder's ``cxr_cad/backends``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cxr_cad" / "backends"
+
+
+def _cpu_identity() -> dict[str, str]:
+    """CPU model name and flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    info = {"model": "", "flags": ""}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not info["model"]:
+                    info["model"] = value.strip()
+                elif key == "flags" and not info["flags"]:
+                    info["flags"] = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return info
+
+
+def cache_key(bundle_sha256: str, info: runtime.RuntimeInfo) -> dict[str, Any]:
+    """What a cached choice depends on (its folder name is a hash of this)."""
+    return {
+        "bundle_sha256": bundle_sha256,
+        "device": info.device,
+        "cuda_device": torch.cuda.get_device_name(info.torch_device) if info.device.startswith("cuda") else "",
+        "threads": torch.get_num_threads(),
+        "versions": software_versions(CACHE_PACKAGES),
+        "cpu": _cpu_identity(),
+    }
+
+
+def cache_folder(bundle_sha256: str, info: runtime.RuntimeInfo) -> Path:
+    key = json.dumps(cache_key(bundle_sha256, info), sort_keys=True)
+    return cache_root() / f"{bundle_sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+@dataclass
+class Choice:
+    """What ``--backend auto`` chose (recorded in ``summary.json`` under ``runtime.backend_choice``)."""
+
+    backend: str  # torch | onnxruntime | openvino
+    precision: str  # fp32 | bf16 | fp16 | int8
+    reason: str
+    cached: bool = False
+    cache: str = ""
+    candidates: list[dict] = field(default_factory=list)
+    int8_variant: dict | None = None  # the verification of the int8 variant in use
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "name": self.name}
+
+
+@dataclass
+class Chosen:
+    """The chosen backend, ready to run: ``forward`` under ``info`` (autocast, memory format);
+    ``tap_model``: the torch module whose classifier the forward calls (for the shift score)."""
+
+    choice: Choice
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    info: runtime.RuntimeInfo
+    tap_model: torch.nn.Module
+
+
+@dataclass
+class _Candidate:
+    name: str  # "openvino int8"
+    build: Callable[[], tuple[Callable[[torch.Tensor], torch.Tensor], runtime.RuntimeInfo, torch.nn.Module]]
+    tolerance: float = TOLERANCE
+
+
+class _Context:
+    """Lazily built shared parts: the fp32 torch model, its split, the exported backbone."""
+
+    def __init__(self, bundle: Any, info: runtime.RuntimeInfo, folder: Path):
+        self.bundle, self.info, self.folder = bundle, dataclasses.replace(info, precision="fp32"), folder
+        self.info = dataclasses.replace(self.info, channels_last=info.device.startswith("cuda"))
+        self._fp32: torch.nn.Module | None = None
+
+    def torch_model(self, info: runtime.RuntimeInfo) -> torch.nn.Module:
+        """The bundle's network prepared for ``info`` (a copy: BatchNorm folding copies it in fp32;
+        under autocast the first convolution is wrapped, so it is copied first)."""
+        model = self.bundle.model if info.autocast_dtype is None else copy.deepcopy(self.bundle.model)
+        return prepare_for_inference(model, info)
+
+    def fp32(self) -> torch.nn.Module:
+        if self._fp32 is None:
+            self._fp32 = self.torch_model(self.info)
+        return self._fp32
+
+    def head(self) -> torch.nn.Linear:
+        head = classifier_of(self.fp32())
+        assert head is not None  # exported candidates are offered only for splittable networks
+        return head
+
+    def backbone_onnx(self) -> Path:
+        """The cached fp32 backbone ONNX file (exported once, atomically)."""
+        path = self.folder / "backbone.onnx"
+        if not path.is_file():
+            parts = split_head(self.bundle.model)
+            assert parts is not None
+            spec = self.bundle.transform_spec
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".backbone-", suffix=".onnx", dir=self.folder)
+            os.close(fd)
+            try:
+                export_onnx(
+                    parts[0],
+                    tmp,
+                    in_channels=spec.in_channels,
+                    image_size=spec.image_size,
+                    output_name=FEATURES_NAME,
+                )
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        return path
+
+    def hybrid(self, backbone: Any) -> tuple[Callable, runtime.RuntimeInfo, torch.nn.Module]:
+        return HybridForward(backbone, self.head()), self.info, self.fp32()
+
+
+def _candidates(ctx: _Context, allow_int8: bool) -> tuple[list[_Candidate], dict | None, str]:
+    """Every candidate this machine and bundle offer; the int8 variant's verification and a note."""
+    info, bundle = ctx.info, ctx.bundle
+    out = [_Candidate("torch fp32", lambda: (ctx.fp32(), info, ctx.fp32()))]
+
+    def torch_at(precision: str) -> _Candidate:
+        def build():
+            i = dataclasses.replace(info, precision=precision, channels_last=True)
+            m = ctx.torch_model(i)
+            return m, i, m
+
+        return _Candidate(f"torch {precision}", build)
+
+    if info.device.startswith("cuda"):
+        out.append(torch_at("bf16" if torch.cuda.is_bf16_supported() else "fp16"))
+        return out, None, ""
+    if runtime.cpu_has_native_bf16():
+        out.append(torch_at("bf16"))
+    if classifier_of(bundle.model) is None:
+        return out, None, "ensemble / TTA bundle: torch only"
+    out.append(_Candidate("onnxruntime fp32", lambda: ctx.hybrid(OnnxRuntimeModel(ctx.backbone_onnx()))))
+    ov_cache = ctx.folder / "openvino"
+    out.append(_Candidate("openvino fp32", lambda: ctx.hybrid(OpenVinoModel(ctx.backbone_onnx(), cache_dir=ov_cache))))
+    if "amx_bf16" in _cpu_identity()["flags"].split():
+        out.append(
+            _Candidate(
+                "openvino bf16",
+                lambda: ctx.hybrid(OpenVinoModel(ctx.backbone_onnx(), precision="bf16", cache_dir=ov_cache)),
+            )
+        )
+    note, ver = "", None
+    if allow_int8:
+        file, ver, note = find_int8_variant(bundle)
+        if file is not None and ver is not None:
+            tol = max(TOLERANCE, float(ver.get("prob_change_max") or 0.0))
+            out.append(_Candidate("onnxruntime int8", lambda: ctx.hybrid(OnnxRuntimeModel(file)), tol))
+            out.append(_Candidate("openvino int8", lambda: ctx.hybrid(OpenVinoModel(file, cache_dir=ov_cache)), tol))
+    return out, ver, note
+
+
+def _probs(run: Callable, images: torch.Tensor, info: runtime.RuntimeInfo, bundle: Any) -> torch.Tensor:
+    with torch.inference_mode(), runtime.autocast(info):
+        logits = run(runtime.to_device(images, info))
+    return calibrated_probability(logits.float().cpu(), bundle.positive_index, model_calibration(bundle))
+
+
+def _speed(run: Callable, images: torch.Tensor, info: runtime.RuntimeInfo) -> float:
+    """Images/s on ``images`` (best of :data:`TIMING_REPEATS` after the verification's warm-up)."""
+    best = float("inf")
+    x = runtime.to_device(images, info)
+    with torch.inference_mode(), runtime.autocast(info):
+        for _ in range(TIMING_REPEATS):
+            t = time.perf_counter()
+            run(x)
+            if info.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    return len(images) / best
+
+
+def _measure(ctx: _Context, candidates: list[_Candidate], images: torch.Tensor) -> tuple[list[dict], dict]:
+    """Verify and time every candidate; returns the table and the built ones by name."""
+    table, built = [], {}
+    ref = None
+    for cand in candidates:
+        row: dict[str, Any] = {"name": cand.name, "tolerance": cand.tolerance}
+        try:
+            fwd, info, tap = cand.build()
+            p = _probs(fwd, images, info, ctx.bundle)
+            ref = p if ref is None else ref  # torch fp32 is the first candidate
+            diff = float((p.double() - ref.double()).abs().max())
+            row["max_abs_prob_diff"] = diff
+            row["verified"] = diff <= cand.tolerance
+            if row["verified"]:
+                row["images_per_s"] = round(_speed(fwd, images, info), 2)
+                built[cand.name] = (fwd, info, tap)
+            else:
+                row["reason"] = f"probabilities differ from torch fp32 by {diff:.2g} > {cand.tolerance:g}"
+        except (CxrCadError, RuntimeError, OSError, ValueError, ImportError) as exc:  # each runtime's own errors
+            if ref is None:
+                raise  # torch fp32 itself failed: nothing to compare against
+            row["verified"] = False
+            row["reason"] = (
+                f"failed to load or run: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+            )
+        table.append(row)
+    return table, built
+
+
+def _fallback(ctx: _Context, reason: str, folder: Path, **extra: Any) -> Chosen:
+    m = ctx.fp32()
+    return Chosen(Choice("torch", "fp32", reason, cache=str(folder), **extra), m, ctx.info, m)
+
+
+def choose_backend(
+    bundle: Any,
+    info: runtime.RuntimeInfo,
+    check_images: Callable[[], torch.Tensor | None],
+    *,
+    allow_int8: bool = False,
+    n_todo: int = 0,
+) -> Chosen:
+    """The backend ``--backend auto`` runs (cached per machine and bundle; see the module docstring).
+
+    ``check_images()`` returns the check batch ``(N, C, S, S)`` (None: no readable input). Never
+    raises for a candidate that fails: it falls back to torch fp32 with the reason.
+    """
+    folder = cache_folder(bundle.sha256, info)
+    ctx = _Context(bundle, info, folder)
+    choice_file = folder / ("choice-int8.json" if allow_int8 else "choice.json")
+    candidates, ver, note = _candidates(ctx, allow_int8)
+    by_name = {c.name: c for c in candidates}
+    if choice_file.is_file():
+        cached = _cached(ctx, choice_file, by_name, ver, folder)
+        if cached is not None:
+            return cached
+    if info.distributed:
+        return _fallback(ctx, "torchrun rank: no choice is made across processes (torch fp32)", folder)
+    if n_todo < AUTO_MIN_IMAGES:
+        return _fallback(
+            ctx,
+            f"{n_todo} image(s) to score: fewer than {AUTO_MIN_IMAGES}, not worth choosing (torch fp32); "
+            "a larger run chooses and caches the fastest exact backend",
+            folder,
+        )
+    images = check_images()
+    if images is None or not len(images):
+        return _fallback(ctx, "no readable input for the check batch (torch fp32)", folder)
+    table, built = _measure(ctx, candidates, images)
+    ok = [r for r in table if r.get("verified")]
+    best = max(ok, key=lambda r: r["images_per_s"])
+    ref = table[0]
+    backend, precision = best["name"].split()
+    reason = (
+        f"fastest of {len(ok)} verified candidate(s) on {len(images)} check image(s): {best['images_per_s']:.1f} "
+        f"images/s against torch fp32 {ref['images_per_s']:.1f}, max probability difference "
+        f"{best['max_abs_prob_diff']:.2g} (tolerance {best['tolerance']:g})"
+    )
+    if allow_int8 and "int8" not in best["name"] and note and ver is None:
+        reason += f"; int8 not used: {note}"
+    choice = Choice(backend, precision, reason, False, str(folder), table, ver if precision == "int8" else None)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        choice_file,
+        {
+            "format": CHOICE_FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "key": cache_key(bundle.sha256, info),
+            **choice.to_dict(),
+        },
+    )
+    log.info("backend auto: %s (%s)", choice.name, reason)
+    fwd, run_info, tap = built[best["name"]]
+    return Chosen(choice, fwd, run_info, tap)
+
+
+def _cached(ctx: _Context, choice_file: Path, by_name: dict, ver: dict | None, folder: Path) -> Chosen | None:
+    """The cached choice, loaded; a torch fp32 fallback when it no longer loads; None if unusable."""
+    try:
+        rec = json.loads(choice_file.read_text(encoding="utf-8"))
+        name = str(rec["name"])
+    except (OSError, ValueError, KeyError):
+        choice_file.unlink(missing_ok=True)
+        return None
+    cand = by_name.get(name)
+    if cand is None:  # e.g. the int8 variant was removed since
+        choice_file.unlink(missing_ok=True)
+        return None
+    try:
+        fwd, info, tap = cand.build()
+    except (CxrCadError, RuntimeError, OSError, ValueError, ImportError) as exc:
+        choice_file.unlink(missing_ok=True)
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        log.warning("backend auto: the cached choice %s failed to load (%s); torch fp32 instead", name, first)
+        return _fallback(ctx, f"cached choice {name} failed to load ({first}): torch fp32", folder)
+    backend, precision = name.split()
+    choice = Choice(
+        backend,
+        precision,
+        f"cached choice ({rec.get('created', '?')}): {rec.get('reason', '')}",
+        True,
+        str(folder),
+        list(rec.get("candidates") or []),
+        ver if precision == "int8" else None,
+    )
+    log.info("backend auto: %s (cached in %s)", name, folder)
+    return Chosen(choice, fwd, info, tap)
+
+
+def scoring_record(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What scored a prediction run (its ``summary.json``), for the report: ``{"runtime": "cpu
+    openvino int8", "backend", "precision", "int8", "int8_variant", "reason"}``; None without one."""
+    try:
+        rt = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))["runtime"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    choice = rt.get("backend_choice") or {}
+    return {
+        "runtime": f"{rt.get('device', '?')} {rt.get('backend', 'torch')} {rt.get('precision', '?')}",
+        "backend": rt.get("backend", "torch"),
+        "precision": rt.get("precision"),
+        "int8": rt.get("precision") == "int8",
+        "int8_variant": choice.get("int8_variant"),
+        "reason": choice.get("reason", ""),
+    }
