@@ -170,6 +170,14 @@ class ExportedModel:
         return torch.softmax(logits.float(), dim=1)[:, self.positive_index]
 
     @property
+    def meta(self) -> dict:
+        """The bundle metadata the prediction engine reads from an export: a multi-label
+        model's findings and thresholds (``extra.multilabel``), so predict writes the same
+        ``probability_<F>`` columns as from the bundle."""
+        multilabel = self.record.get("multilabel")
+        return {"extra": {"multilabel": multilabel}} if multilabel else {}
+
+    @property
     def precision(self) -> str:
         """``int8`` when the loaded file is the export's int8 model, else ``fp32``."""
         files = self.record.get("files", {})

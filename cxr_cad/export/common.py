@@ -71,8 +71,11 @@ def require(module: str, extra: str) -> Any:
 
 
 def bundle_record(bundle: Bundle) -> dict:
-    """The source bundle's metadata an exported model needs (plain types)."""
+    """The source bundle's metadata an exported model needs (plain types); a multi-label bundle's
+    ``extra.multilabel`` (findings in output order, their thresholds) travels as ``multilabel``."""
+    multilabel = (bundle.meta.get("extra") or {}).get("multilabel")
     return {
+        **({"multilabel": multilabel} if multilabel else {}),
         "classes": list(bundle.classes),
         "positive_class": bundle.positive_class,
         "positive_index": int(bundle.positive_index),
@@ -110,7 +113,9 @@ def write_export_record(out: Path, bundle: Bundle, fmt: str, files: dict[str, st
             "name": OUTPUT_NAME,
             "shape": ["batch", len(bundle.classes)],
             "dtype": "float32",
-            "meaning": "logits; softmax over classes gives the probabilities",
+            "meaning": "logits; a sigmoid per finding gives the probabilities"
+            if (bundle.meta.get("extra") or {}).get("multilabel")
+            else "logits; softmax over classes gives the probabilities",
         },
         "files": {role: {"path": rel, "sha256": sha256_file(out / rel)} for role, rel in files.items()},
         "versions": software_versions(EXPORT_PACKAGES),

@@ -51,11 +51,6 @@ def trained(tmp_path_factory):
     return root, bundle, manifest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export record (cxr_cad/export/common.py write_export_record) does not carry the bundle's "
-    "extra.multilabel, so predict with an exported folder writes binary probability/decision columns",
-)
 def test_onnx_export_keeps_finding_order_and_predict_columns(trained, tmp_path):
     import onnx
 
@@ -65,10 +60,10 @@ def test_onnx_export_keeps_finding_order_and_predict_columns(trained, tmp_path):
     graph = onnx.load(str(out / "model.onnx")).graph
     assert len(graph.output) == 1 and graph.output[0].type.tensor_type.shape.dim[1].dim_value == len(FINDINGS)
     runs = {}
-    for name, model, backend in (("torch", bundle, "torch"), ("onnx", out, "onnxruntime")):
+    for name, model, backend in (("torch", bundle, ["torch", "--precision", "fp32"]), ("onnx", out, ["onnxruntime"])):
         pred_dir = tmp_path / name
         argv = ["-q", "predict", str(manifest), "--model", str(model), "--out", str(pred_dir), "--workers", "0"]
-        assert main([*argv, "--backend", backend]) == 0
+        assert main([*argv, "--backend", *backend]) == 0
         runs[name] = pd.read_csv(pred_dir / "predictions.csv")
     a, b = runs["torch"], runs["onnx"]
     cols = [c for f in FINDINGS for c in (f"probability_{f}", f"decision_{f}")]
