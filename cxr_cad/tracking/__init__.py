@@ -28,8 +28,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import ConfigError
 from cxr_cad.tracking.privacy import TRACKING_IDENTIFIERS, strip_csv, strip_identifiers
@@ -118,6 +116,8 @@ class Tracker:
         """Per-epoch figures from a run folder's ``train_log.csv`` (runs that were not watched live)."""
         if not self.active or not Path(path).is_file():
             return
+        import pandas as pd  # here: the CLI's cheap argument checks must not pay for pandas
+
         for rec in pd.read_csv(path).to_dict("records"):
             self.log_metrics({k: rec.get(k) for k in _EPOCH_KEYS}, step=int(rec["epoch"]), prefix=prefix)
 

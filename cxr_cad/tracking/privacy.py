@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from cxr_cad.core.columns import IDENTIFIER_COLUMNS
+
+if TYPE_CHECKING:  # pandas is imported where a table is stripped: the CLI's cheap checks stay cheap
+    import pandas as pd
 
 #: Columns never uploaded without ``--include-identifiers``: the report's identifier list
 #: (patient id and name, path, study/series UIDs, accession number) plus the SOP Instance UID.
@@ -47,5 +49,7 @@ def strip_identifiers(table: pd.DataFrame, columns: Sequence[str] = TRACKING_IDE
 
 def strip_csv(src: Path, dst: Path, columns: Sequence[str] = TRACKING_IDENTIFIERS) -> None:
     """Write the CSV ``src`` to ``dst`` through :func:`strip_identifiers`."""
+    import pandas as pd
+
     table = pd.read_csv(src, dtype=str, keep_default_na=False)
     strip_identifiers(table, columns).to_csv(dst, index=False)

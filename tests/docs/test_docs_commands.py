@@ -229,6 +229,11 @@ OTHER_PROGRAMS = {
     "export": "sets the DICOMweb credentials for the PACS commands (need a server)",
     "kill": "stops the background `cxr-cad listen` of docs/pacs.md",
     "/usr/bin/storescu": "sends to a running `cxr-cad listen` node (docs/pacs.md)",
+    "tail": "reads the audit log of the background `cxr-cad listen` of docs/pacs.md",
+    "openssl": "makes a test CA and certificates for DICOM TLS (docs/pacs.md; tests/pacs/ make their own)",
+    "for": "the certificate loop of docs/pacs.md (openssl)",
+    "done": "the certificate loop of docs/pacs.md (openssl)",
+    "mlflow": "MLflow's own UI on the tracking store (docs/export.md); tests/tracking/ read the store with MlflowClient",
 }
 
 # ----------------------------------------------------------------------------------------
@@ -246,7 +251,8 @@ SKIP = {
     "cxr-cad predict dicomweb:http://127.0.0.1:8042/dicom-web --query Modality=CR --query StudyDate=19000101-20991231 "
     "--model model.pt --out runs/pacs --dicom-out runs/pacs/dicom --secondary-capture "
     "--stow dicomweb:http://127.0.0.1:8042/dicom-web": "needs the Orthanc of docs/pacs.md on port 8042 (tests/pacs/)",
-    "cxr-cad listen --model model.pt --aet CXRCAD --port 11112 --bind 127.0.0.1 --out runs/node "
+    "cxr-cad listen --model model.pt --aet CXRCAD --port 11112 --out runs/node --allow-calling MODALITY1 "
+    "--tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem "
     "--stow dicomweb:http://127.0.0.1:8042/dicom-web &": (
         "a DICOM node in the background that stows to the Orthanc of docs/pacs.md (tests/pacs/test_scp.py)"
     ),

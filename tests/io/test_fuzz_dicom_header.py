@@ -159,7 +159,23 @@ def test_header_fields_never_crash_or_overallocate(h):
     assert peak < PEAK_LIMIT, f"{h}: traced peak {peak / 2**20:.0f} MiB"
 
 
-def test_whole_fuzz_run_stayed_within_memory():
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def peak_before_fuzz() -> float:
+    """The process's resident peak before this module's first test. Under pytest-xdist a worker
+    may already have trained a network (2+ GB) before the fuzz run; the peak is a high-water mark,
+    so it can only judge the fuzz run when nothing before it came near the limit."""
+    return _peak_mb()
+
+
+def test_whole_fuzz_run_stayed_within_memory(peak_before_fuzz):
     """After the property test (same process): the resident peak never got near a bomb's size."""
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    assert peak_mb < 2048
+    if peak_before_fuzz >= 1024:
+        pytest.skip(
+            f"this process already peaked at {peak_before_fuzz:.0f} MB before the fuzz run; "
+            "the per-case traced bound (PEAK_LIMIT) still applied to every case"
+        )
+    assert _peak_mb() < 2048
