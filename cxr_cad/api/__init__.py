@@ -52,9 +52,9 @@ _EXPORTS: dict[str, str] = {
     "read_table": "cxr_cad.api._scoring",
     "cohort_shift": "cxr_cad.api._scoring",
     "report_cohort": "cxr_cad.api._report",
-    "evaluate_cohort": "cxr_cad.api._report",
+    "evaluate_cohort": "cxr_cad.api._report_evaluate",
     "cohort_info": "cxr_cad.api._report",
-    "EvaluateResult": "cxr_cad.api._report",
+    "EvaluateResult": "cxr_cad.api._report_evaluate",
     "INGESTED_SOURCE": "cxr_cad.api._report",
     "Cohort": "cxr_cad.api._cohort",
     "labelled_cohort": "cxr_cad.api._cohort",
@@ -103,7 +103,8 @@ if TYPE_CHECKING:  # the names for type checkers (re-exported by __getattr__ at 
         predict_dimse,
         predict_sources,
     )
-    from cxr_cad.api._report import INGESTED_SOURCE, EvaluateResult, cohort_info, evaluate_cohort, report_cohort  # noqa: F401
+    from cxr_cad.api._report import INGESTED_SOURCE, cohort_info, report_cohort  # noqa: F401
+    from cxr_cad.api._report_evaluate import EvaluateResult, evaluate_cohort  # noqa: F401
     from cxr_cad.api._scoring import (  # noqa: F401
         cohort_shift,
         evaluate,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cxr_cad.cli.options import check_out_dir
 from cxr_cad.errors import UsageError
-from cxr_cad.workflow.schema import find_workflow, load_workflow, shipped_workflows
+from cxr_cad.workflow.schema import load_workflow
+from cxr_cad.workflow.shipped import find_workflow, shipped_workflows
 
 DESCRIPTION = """\
 Run the steps a workflow file names (ingest -> split -> crossval -> train -> evaluate ->

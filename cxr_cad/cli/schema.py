@@ -4,7 +4,7 @@ tool, not a ``cxr-cad`` subcommand)::
     python -m cxr_cad.cli.schema            # regenerate after changing a workflow section model
     python -m cxr_cad.cli.schema --check    # exit 1 when the file is out of date
 
-The text comes from :func:`cxr_cad.workflow.schema.schema_text`; a test keeps the committed file
+The text comes from :func:`cxr_cad.workflow.json_schema.schema_text`; a test keeps the committed file
 equal to it.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_cad.core.atomic import atomic_write_text
-from cxr_cad.workflow.schema import SCHEMA_FILE, schema_text
+from cxr_cad.workflow.json_schema import SCHEMA_FILE, schema_text
 
 __all__ = ["main"]
 

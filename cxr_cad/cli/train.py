@@ -42,7 +42,7 @@ def train_config(config: str | None, overrides: Mapping[str, Any]) -> TrainConfi
     """The training config of ``--config`` and the flags; an unknown key of the config file is
     reported with the closest valid one (``epoch: unknown key ...; did you mean epochs?``)."""
     from cxr_cad.config import TrainConfig
-    from cxr_cad.workflow.schema import suggest_keys
+    from cxr_cad.workflow.suggest import suggest_keys
 
     try:
         return api.as_config(config, overrides)

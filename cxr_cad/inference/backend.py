@@ -31,18 +31,17 @@ torch fp32 with a one-line warning and the stale choice is removed.
 
 Runs that do not choose (no choice cached yet): fewer than :data:`AUTO_MIN_IMAGES` inputs to do
 (choosing costs tens of seconds), torchrun ranks, ``torch.compile``: torch fp32, with the reason.
+
+The candidates are listed, verified and timed in :mod:`cxr_cad.inference.backend_candidates`; the
+cache's location and key are in :mod:`cxr_cad.inference.backend_cache`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,12 +52,9 @@ import torch
 
 from cxr_cad import runtime
 from cxr_cad.core.atomic import atomic_write_json
-from cxr_cad.core.provenance import software_versions
 from cxr_cad.errors import CxrCadError
-from cxr_cad.export.backends import OnnxRuntimeModel, OpenVinoModel
-from cxr_cad.export.onnx import export_onnx
-from cxr_cad.export.variant import FEATURES_NAME, HybridForward, classifier_of, find_int8_variant, split_head
-from cxr_cad.inference.model import calibrated_probability, model_calibration, prepare_for_inference
+from cxr_cad.inference.backend_cache import CACHE_ENV, cache_folder, cache_key, cache_root
+from cxr_cad.inference.backend_candidates import TOLERANCE, Context, list_candidates, measure
 
 log = logging.getLogger(__name__)
 
@@ -74,57 +70,10 @@ __all__ = [
     "choose_backend",
 ]
 
-CACHE_ENV = "CXR_CAD_BACKEND_CACHE"
-#: Largest |probability difference| from torch fp32 on the check batch.
-TOLERANCE = 1e-3
 #: A run with fewer inputs to do (and no cached choice) does not choose: torch fp32.
 AUTO_MIN_IMAGES = 256
 CHECK_IMAGES = 16
-TIMING_REPEATS = 3
-CACHE_PACKAGES = ("torch", "onnxruntime", "openvino", "cxr_cad")
 CHOICE_FORMAT = 1
-
-
-def cache_root() -> Path:
-    """``$CXR_CAD_BACKEND_CACHE``, else the user cache folder's ``cxr_cad/backends``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cxr_cad" / "backends"
-
-
-def _cpu_identity() -> dict[str, str]:
-    """CPU model name and flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    info = {"model": "", "flags": ""}
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not info["model"]:
-                    info["model"] = value.strip()
-                elif key == "flags" and not info["flags"]:
-                    info["flags"] = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    return info
-
-
-def cache_key(bundle_sha256: str, info: runtime.RuntimeInfo) -> dict[str, Any]:
-    """What a cached choice depends on (its folder name is a hash of this)."""
-    return {
-        "bundle_sha256": bundle_sha256,
-        "device": info.device,
-        "cuda_device": torch.cuda.get_device_name(info.torch_device) if info.device.startswith("cuda") else "",
-        "threads": torch.get_num_threads(),
-        "versions": software_versions(CACHE_PACKAGES),
-        "cpu": _cpu_identity(),
-    }
-
-
-def cache_folder(bundle_sha256: str, info: runtime.RuntimeInfo) -> Path:
-    key = json.dumps(cache_key(bundle_sha256, info), sort_keys=True)
-    return cache_root() / f"{bundle_sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 @dataclass
@@ -158,154 +107,7 @@ class Chosen:
     tap_model: torch.nn.Module
 
 
-@dataclass
-class _Candidate:
-    name: str  # "openvino int8"
-    build: Callable[[], tuple[Callable[[torch.Tensor], torch.Tensor], runtime.RuntimeInfo, torch.nn.Module]]
-    tolerance: float = TOLERANCE
-
-
-class _Context:
-    """Lazily built shared parts: the fp32 torch model, its split, the exported backbone."""
-
-    def __init__(self, bundle: Any, info: runtime.RuntimeInfo, folder: Path):
-        self.bundle, self.info, self.folder = bundle, dataclasses.replace(info, precision="fp32"), folder
-        self.info = dataclasses.replace(self.info, channels_last=info.device.startswith("cuda"))
-        self._fp32: torch.nn.Module | None = None
-
-    def torch_model(self, info: runtime.RuntimeInfo) -> torch.nn.Module:
-        """The bundle's network prepared for ``info`` (a copy: BatchNorm folding copies it in fp32;
-        under autocast the first convolution is wrapped, so it is copied first)."""
-        model = self.bundle.model if info.autocast_dtype is None else copy.deepcopy(self.bundle.model)
-        return prepare_for_inference(model, info)
-
-    def fp32(self) -> torch.nn.Module:
-        if self._fp32 is None:
-            self._fp32 = self.torch_model(self.info)
-        return self._fp32
-
-    def head(self) -> torch.nn.Linear:
-        head = classifier_of(self.fp32())
-        assert head is not None  # exported candidates are offered only for splittable networks
-        return head
-
-    def backbone_onnx(self) -> Path:
-        """The cached fp32 backbone ONNX file (exported once, atomically)."""
-        path = self.folder / "backbone.onnx"
-        if not path.is_file():
-            parts = split_head(self.bundle.model)
-            assert parts is not None
-            spec = self.bundle.transform_spec
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".backbone-", suffix=".onnx", dir=self.folder)
-            os.close(fd)
-            try:
-                export_onnx(
-                    parts[0],
-                    tmp,
-                    in_channels=spec.in_channels,
-                    image_size=spec.image_size,
-                    output_name=FEATURES_NAME,
-                )
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-        return path
-
-    def hybrid(self, backbone: Any) -> tuple[Callable, runtime.RuntimeInfo, torch.nn.Module]:
-        return HybridForward(backbone, self.head()), self.info, self.fp32()
-
-
-def _candidates(ctx: _Context, allow_int8: bool) -> tuple[list[_Candidate], dict | None, str]:
-    """Every candidate this machine and bundle offer; the int8 variant's verification and a note."""
-    info, bundle = ctx.info, ctx.bundle
-    out = [_Candidate("torch fp32", lambda: (ctx.fp32(), info, ctx.fp32()))]
-
-    def torch_at(precision: str) -> _Candidate:
-        def build():
-            i = dataclasses.replace(info, precision=precision, channels_last=True)
-            m = ctx.torch_model(i)
-            return m, i, m
-
-        return _Candidate(f"torch {precision}", build)
-
-    if info.device.startswith("cuda"):
-        out.append(torch_at("bf16" if torch.cuda.is_bf16_supported() else "fp16"))
-        return out, None, ""
-    if runtime.cpu_has_native_bf16():
-        out.append(torch_at("bf16"))
-    if classifier_of(bundle.model) is None:
-        return out, None, "ensemble / TTA bundle: torch only"
-    out.append(_Candidate("onnxruntime fp32", lambda: ctx.hybrid(OnnxRuntimeModel(ctx.backbone_onnx()))))
-    ov_cache = ctx.folder / "openvino"
-    out.append(_Candidate("openvino fp32", lambda: ctx.hybrid(OpenVinoModel(ctx.backbone_onnx(), cache_dir=ov_cache))))
-    if "amx_bf16" in _cpu_identity()["flags"].split():
-        out.append(
-            _Candidate(
-                "openvino bf16",
-                lambda: ctx.hybrid(OpenVinoModel(ctx.backbone_onnx(), precision="bf16", cache_dir=ov_cache)),
-            )
-        )
-    note, ver = "", None
-    if allow_int8:
-        file, ver, note = find_int8_variant(bundle)
-        if file is not None and ver is not None:
-            tol = max(TOLERANCE, float(ver.get("prob_change_max") or 0.0))
-            out.append(_Candidate("onnxruntime int8", lambda: ctx.hybrid(OnnxRuntimeModel(file)), tol))
-            out.append(_Candidate("openvino int8", lambda: ctx.hybrid(OpenVinoModel(file, cache_dir=ov_cache)), tol))
-    return out, ver, note
-
-
-def _probs(run: Callable, images: torch.Tensor, info: runtime.RuntimeInfo, bundle: Any) -> torch.Tensor:
-    with torch.inference_mode(), runtime.autocast(info):
-        logits = run(runtime.to_device(images, info))
-    return calibrated_probability(logits.float().cpu(), bundle.positive_index, model_calibration(bundle))
-
-
-def _speed(run: Callable, images: torch.Tensor, info: runtime.RuntimeInfo) -> float:
-    """Images/s on ``images`` (best of :data:`TIMING_REPEATS` after the verification's warm-up)."""
-    best = float("inf")
-    x = runtime.to_device(images, info)
-    with torch.inference_mode(), runtime.autocast(info):
-        for _ in range(TIMING_REPEATS):
-            t = time.perf_counter()
-            run(x)
-            if info.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t)
-    return len(images) / best
-
-
-def _measure(ctx: _Context, candidates: list[_Candidate], images: torch.Tensor) -> tuple[list[dict], dict]:
-    """Verify and time every candidate; returns the table and the built ones by name."""
-    table, built = [], {}
-    ref = None
-    for cand in candidates:
-        row: dict[str, Any] = {"name": cand.name, "tolerance": cand.tolerance}
-        try:
-            fwd, info, tap = cand.build()
-            p = _probs(fwd, images, info, ctx.bundle)
-            ref = p if ref is None else ref  # torch fp32 is the first candidate
-            diff = float((p.double() - ref.double()).abs().max())
-            row["max_abs_prob_diff"] = diff
-            row["verified"] = diff <= cand.tolerance
-            if row["verified"]:
-                row["images_per_s"] = round(_speed(fwd, images, info), 2)
-                built[cand.name] = (fwd, info, tap)
-            else:
-                row["reason"] = f"probabilities differ from torch fp32 by {diff:.2g} > {cand.tolerance:g}"
-        except (CxrCadError, RuntimeError, OSError, ValueError, ImportError) as exc:  # each runtime's own errors
-            if ref is None:
-                raise  # torch fp32 itself failed: nothing to compare against
-            row["verified"] = False
-            row["reason"] = (
-                f"failed to load or run: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-            )
-        table.append(row)
-    return table, built
-
-
-def _fallback(ctx: _Context, reason: str, folder: Path, **extra: Any) -> Chosen:
+def _fallback(ctx: Context, reason: str, folder: Path, **extra: Any) -> Chosen:
     m = ctx.fp32()
     return Chosen(Choice("torch", "fp32", reason, cache=str(folder), **extra), m, ctx.info, m)
 
@@ -324,9 +126,9 @@ def choose_backend(
     raises for a candidate that fails: it falls back to torch fp32 with the reason.
     """
     folder = cache_folder(bundle.sha256, info)
-    ctx = _Context(bundle, info, folder)
+    ctx = Context(bundle, info, folder)
     choice_file = folder / ("choice-int8.json" if allow_int8 else "choice.json")
-    candidates, ver, note = _candidates(ctx, allow_int8)
+    candidates, ver, note = list_candidates(ctx, allow_int8)
     by_name = {c.name: c for c in candidates}
     if choice_file.is_file():
         cached = _cached(ctx, choice_file, by_name, ver, folder)
@@ -344,7 +146,7 @@ def choose_backend(
     images = check_images()
     if images is None or not len(images):
         return _fallback(ctx, "no readable input for the check batch (torch fp32)", folder)
-    table, built = _measure(ctx, candidates, images)
+    table, built = measure(ctx, candidates, images)
     ok = [r for r in table if r.get("verified")]
     best = max(ok, key=lambda r: r["images_per_s"])
     ref = table[0]
@@ -372,7 +174,7 @@ def choose_backend(
     return Chosen(choice, fwd, run_info, tap)
 
 
-def _cached(ctx: _Context, choice_file: Path, by_name: dict, ver: dict | None, folder: Path) -> Chosen | None:
+def _cached(ctx: Context, choice_file: Path, by_name: dict, ver: dict | None, folder: Path) -> Chosen | None:
     """The cached choice, loaded; a torch fp32 fallback when it no longer loads; None if unusable."""
     try:
         rec = json.loads(choice_file.read_text(encoding="utf-8"))

@@ -12,13 +12,15 @@ How it is fast
     ``backend="auto"`` (the default) runs the fastest backend whose probabilities equal torch
     fp32 within 1e-3 (torch fp32/bf16, onnxruntime, OpenVINO, CUDA AMP; the verified int8
     variant with ``allow_int8``), chosen once per machine and bundle and cached
-    (:mod:`cxr_cad.inference.backend`); ``backend="torch"`` runs bf16 autocast and channels-last
-    on CPUs with native bf16 units, AMP on CUDA, fp32 elsewhere (:mod:`cxr_cad.runtime`), the
-    first convolution kept in fp32 (:func:`prepare_for_inference`); optionally ``torch.compile``.
+    (:mod:`cxr_cad.inference.backend`, :mod:`cxr_cad.inference.choose`); ``backend="torch"``
+    runs bf16 autocast and channels-last on CPUs with native bf16 units, AMP on CUDA, fp32
+    elsewhere (:mod:`cxr_cad.runtime`), the first convolution kept in fp32
+    (:func:`prepare_for_inference`); optionally ``torch.compile``.
 How it survives crashes
     Each finished batch is appended to a journal with fsync (:mod:`cxr_cad.inference.outputs`);
     a rerun with the same output folder skips what is done; the final CSVs are written
-    atomically at the end. A rerun checks it is the same model, inputs and settings.
+    atomically at the end (:mod:`cxr_cad.inference.summary`). A rerun checks it is the same
+    model, inputs and settings.
 How it scales out
     Under ``torchrun`` each rank takes every ``world_size``-th batch of the sorted inputs
     still to do (:func:`cxr_cad.inference.inputs.batch_shard`); rank 0 merges after a barrier.
@@ -29,7 +31,6 @@ with its message. A bad model bundle or an unwritable output folder stops the ru
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -43,12 +44,10 @@ import torch
 
 from cxr_cad import runtime
 from cxr_cad.config import AcceptPolicy, PredictOptions
-from cxr_cad.core.atomic import atomic_write_json
 from cxr_cad.core.progress import progress
 from cxr_cad.core.workers import default_workers
-from cxr_cad.errors import ConfigError, CxrCadError, OutputError, UsageError
-from cxr_cad.export.names import EXPORT_FILE
-from cxr_cad.inference.backend import CHECK_IMAGES, choose_backend
+from cxr_cad.errors import CxrCadError, OutputError, UsageError
+from cxr_cad.inference.choose import auto_model, load_bundle_for_auto, run_backend, run_runtime
 from cxr_cad.inference.inputs import (
     Batch,
     PredictDataset,
@@ -70,22 +69,17 @@ from cxr_cad.inference.model import (
 )
 from cxr_cad.inference.model import fold_batchnorm as fold_batchnorm
 from cxr_cad.inference.outputs import (
-    FINDING_PRESENT,
-    PREDICTIONS,
-    REJECTED,
-    SUMMARY,
     Journal,
     check_writable,
-    merge_outputs,
     multilabel_fields,
     multilabel_findings,
-    multilabel_prediction_columns,
     prepare_out_dir,
     read_journals,
 )
 from cxr_cad.inference.result import PredictResult
-from cxr_cad.model import Bundle, load_bundle
-from cxr_cad.shift.monitor import SHIFT_FILE, ShiftScorer, cohort_shift
+from cxr_cad.inference.summary import finish_run
+from cxr_cad.model import Bundle
+from cxr_cad.shift.monitor import ShiftScorer
 
 if TYPE_CHECKING:
     from cxr_cad.metrics.recalibration import Calibration
@@ -267,71 +261,6 @@ def _loader(plan: _Plan, policy: AcceptPolicy, spec: TransformSpec, options: Pre
     )
 
 
-def _backend(options: PredictOptions) -> str:
-    """The backend a run uses: ``auto`` becomes ``torch`` when a precision is set (``--precision``
-    or ``CXR_CAD_PRECISION``) or ``compile`` is on. ConfigError for ``allow_int8`` without auto."""
-    backend = options.backend
-    if backend == "auto" and (options.precision != "auto" or runtime.precision_override() or options.compile):
-        backend = "torch"
-    if options.allow_int8 and backend != "auto":
-        raise ConfigError(
-            "--allow-int8 needs --backend auto (the default) and --precision auto, without --compile "
-            f"(this run uses --backend {options.backend}, --precision {options.precision})"
-        )
-    return backend
-
-
-def _resolve(options: PredictOptions, backend: str) -> runtime.RuntimeInfo:
-    """The runtime of ``options`` (ConfigError for a setting predict does not offer)."""
-    if options.precision == "fp16":
-        raise ConfigError("--precision fp16 is not offered for predict; use auto, fp32 or bf16")
-    return runtime.resolve_runtime(options.device, options.precision if backend == "torch" else "fp32")
-
-
-def _check_batch(plan: _Plan, policy: AcceptPolicy, spec: TransformSpec) -> torch.Tensor | None:
-    """The first :data:`~cxr_cad.inference.backend.CHECK_IMAGES` readable inputs, preprocessed."""
-    data = PredictDataset(plan.inputs[: 4 * CHECK_IMAGES], policy, spec)
-    images = [s["image"] for s in (data[i] for i in range(len(data))) if "image" in s][:CHECK_IMAGES]
-    return torch.stack(images) if images else None
-
-
-def _auto_model(
-    bundle: Bundle, info: runtime.RuntimeInfo, plan: _Plan, policy: AcceptPolicy, options: PredictOptions
-) -> tuple[Forward, runtime.RuntimeInfo, ShiftScorer, dict[str, Any]]:
-    """``--backend auto``: the chosen forward, its runtime, the shift scorer and the run record."""
-    chosen = choose_backend(
-        bundle,
-        info,
-        lambda: _check_batch(plan, policy, bundle.transform_spec),
-        allow_int8=options.allow_int8,
-        n_todo=sum(len(b) for b in plan.batches),
-    )
-    choice = chosen.choice
-    record = {
-        **chosen.info.to_dict(),
-        "backend": choice.backend,
-        "precision": choice.precision,
-        "backend_requested": "auto",
-        "allow_int8": options.allow_int8,
-        "backend_choice": choice.to_dict(),
-    }
-    if info.is_main:
-        log.info("backend auto: %s %s; %s", chosen.info.device, choice.name, choice.reason)
-    return chosen.forward, chosen.info, ShiftScorer(bundle, chosen.tap_model), record
-
-
-def _load_bundle_for_auto(model_path: str | os.PathLike[str]) -> Bundle:
-    """The bundle ``--backend auto`` scores (UsageError for a folder written by ``cxr-cad export``)."""
-    p = Path(model_path)
-    folder = p if p.is_dir() else p.parent
-    if (folder / EXPORT_FILE).is_file():
-        raise UsageError(
-            f"--model {model_path} is an exported model; --backend auto chooses among runtimes for a "
-            "bundle. Give the bundle, or name the export's runtime (--backend onnxruntime|openvino|torchscript)"
-        )
-    return load_bundle(model_path, map_location="cpu")
-
-
 def predict(
     sources: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -353,13 +282,13 @@ def predict(
     options = options or PredictOptions()
     t0 = time.perf_counter()
     out = Path(out_dir).absolute()
-    backend = _backend(options)
-    info = _resolve(options, backend)
+    backend = run_backend(options)
+    info = run_runtime(options, backend)
     check_writable(out)  # fail at once, before loading the model and listing the inputs
     created = runtime.init_distributed(info)
     try:
         if backend == "auto":
-            bundle: ScoringModel = _load_bundle_for_auto(model_path)
+            bundle: ScoringModel = load_bundle_for_auto(model_path)
         else:
             bundle, model, shift = load_model(model_path, info, options.compile, backend)
         calibration = model_calibration(bundle)
@@ -369,7 +298,8 @@ def predict(
         plan = _plan(sources, out, bundle, policy, threshold, options, info)
         if backend == "auto":
             assert isinstance(bundle, Bundle)
-            model, info, shift, run_record = _auto_model(bundle, info, plan, policy, options)
+            n_todo = sum(len(b) for b in plan.batches)
+            model, info, shift, run_record = auto_model(bundle, info, plan.inputs, n_todo, policy, options)
         else:
             run_record = {
                 **info.to_dict(),
@@ -410,45 +340,9 @@ def predict(
             calibration=None if calibration is None else calibration.to_dict(),
         )
         if info.is_main:
-            _finish(result, out, plan.has_labels, scoring.names[0], shift.summary, scoring.findings)
+            finish_run(result, out, plan.has_labels, scoring.names[0], shift.summary, scoring.findings)
         runtime.barrier(info)
         return result
     finally:
         if created:
             runtime.cleanup_distributed()
-
-
-def _finish(
-    result: PredictResult,
-    out: Path,
-    has_labels: bool,
-    positive: str,
-    shift_summary: dict | None = None,
-    findings: list[tuple[str, float]] | None = None,
-) -> None:
-    """Merge the journals into the final CSVs and write ``summary.json`` (rank 0)."""
-    columns = multilabel_prediction_columns([f for f, _ in findings]) if findings else None
-    records = merge_outputs(out, result.n_inputs, with_label=has_labels, columns=columns)
-    reasons = collections.Counter(r["reason"] for r in records if r["kind"] == "rejected")
-    result.reasons = dict(sorted(reasons.items()))
-    result.n_rejected = sum(reasons.values())
-    result.n_predicted = result.n_inputs - result.n_rejected
-    result.n_positive = sum(1 for r in records if r["kind"] == "prediction" and r.get("decision") == positive)
-    if findings:  # multi-label: images called present per finding (docs/predict.md#multi-label-models)
-        result.positives_by_finding = {
-            f: sum(1 for r in records if r["kind"] == "prediction" and r.get(f"decision_{f}") == FINDING_PRESENT)
-            for f, _ in findings
-        }
-    (out / SHIFT_FILE).unlink(missing_ok=True)  # of an earlier run in this folder
-    if shift_summary is not None:  # docs/shift.md
-        result.shift = cohort_shift(
-            [r.get("shift_score", "") for r in records if r["kind"] == "prediction"], shift_summary
-        )
-        atomic_write_json(out / SHIFT_FILE, result.shift)
-        if result.shift["flagged"]:
-            log.warning("dataset shift: %s", result.shift["message"])
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
-    summary["images_per_s"] = round(result.images_per_s, 3)
-    summary["predictions_csv"] = PREDICTIONS
-    summary["rejected_csv"] = REJECTED
-    atomic_write_json(out / SUMMARY, summary)

@@ -1,6 +1,9 @@
 """Workflows: ``cxr-cad run WORKFLOW.yaml`` and ``cxr-cad demo``.
 
-* :mod:`~cxr_cad.workflow.schema` - read a workflow file, apply ``--set``, validate (ConfigError).
+* :mod:`~cxr_cad.workflow.schema` - read a workflow file, apply ``--set``, validate (ConfigError);
+  beside it :mod:`~cxr_cad.workflow.overrides` (``${ENV}``, ``--set``), :mod:`~cxr_cad.workflow.suggest`
+  (did you mean), :mod:`~cxr_cad.workflow.shipped` (shipped workflows by name) and
+  :mod:`~cxr_cad.workflow.json_schema` (``docs/workflow.schema.json``).
 * :mod:`~cxr_cad.workflow.runner` - run steps in a run folder; skip unchanged, resume interrupted.
 * :mod:`~cxr_cad.workflow.steps` / :mod:`~cxr_cad.workflow.report_step` - the steps.
 * :mod:`~cxr_cad.workflow.pipeline` - workflow -> steps -> :func:`run_workflow`.

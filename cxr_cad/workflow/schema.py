@@ -1,4 +1,4 @@
-"""Workflow files: reading, ``--set`` overrides, ``${ENV}`` expansion and validation.
+"""Workflow files: reading and validation.
 
 A workflow is a YAML mapping (read with ``yaml.safe_load``) whose sections are the models of
 :mod:`cxr_cad.workflow.sections` (:class:`~cxr_cad.workflow.sections.WorkflowFile`; JSON
@@ -8,120 +8,43 @@ workflow as a plain nested dict with every default filled in, or raises one
 missing paths, bad step lists) before anything runs. The ``train`` section is checked by
 :class:`cxr_cad.config.TrainConfig`.
 
-Unknown keys are reported with the closest valid key (:func:`suggest_keys`: ``train.epoch:
-unknown key (check the spelling); did you mean train.epochs?``). :func:`find_workflow` finds a
-workflow file by path or by the name of a shipped workflow (:func:`shipped_workflows`:
-``cxr-cad run chandola2021_pneumonia``).
-
-``python -m cxr_cad.cli.schema [--check]`` writes (or checks) ``docs/workflow.schema.json``
-from :func:`workflow_json_schema`.
+Beside this module: ``${ENV}`` expansion and ``--set`` overrides (:mod:`cxr_cad.workflow.overrides`);
+unknown keys reported with the closest valid key (:func:`cxr_cad.workflow.suggest.suggest_keys`:
+``train.epoch: unknown key (check the spelling); did you mean train.epochs?``); a workflow file
+found by path or by the name of a shipped workflow (:mod:`cxr_cad.workflow.shipped`:
+``cxr-cad run chandola2021_pneumonia``); the JSON Schema, written (or checked) by ``python -m
+cxr_cad.cli.schema [--check]`` (:mod:`cxr_cad.workflow.json_schema`).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import os
-import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from cxr_cad.config import ModelConfig, TrainConfig, read_yaml_mapping
 from cxr_cad.config.base import validation_problems
 from cxr_cad.config.types import ConfigModel
-from cxr_cad.core.atomic import json_dumps
-from cxr_cad.core.yamlfile import load_yaml_text
-from cxr_cad.errors import ConfigError, UsageError
+from cxr_cad.errors import ConfigError
+from cxr_cad.workflow.overrides import apply_sets, expand_env, parse_set
 from cxr_cad.workflow.sections import SECTION_MODELS, STEP_NAMES, WorkflowFile
+from cxr_cad.workflow.suggest import suggest_keys
 
 __all__ = [
     "SCHEMA",
-    "SCHEMA_FILE",
-    "SHIPPED_DIRS",
-    "find_workflow",
-    "schema_text",
-    "shipped_workflows",
-    "suggest_keys",
     "STEP_NAMES",
     "WorkflowFile",
     "load_workflow",
-    "parse_set",
-    "apply_sets",
-    "expand_env",
     "validate_workflow",
     "train_config_dict",
-    "workflow_json_schema",
 ]
 
 #: The workflow file model (it replaced a hand-written table of kinds and defaults).
 SCHEMA = WorkflowFile
-
-_YAML11_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a nested structure.
-
-    An unset variable without a default becomes ``""``; a string that was only such a
-    reference becomes ``None`` (= not given)."""
-    env = os.environ if environ is None else environ
-    if isinstance(value, str):
-        whole = _ENV_RE.fullmatch(value.strip())
-        out = _ENV_RE.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
-        if whole and out == "":
-            return None
-        return out
-    if isinstance(value, list):
-        return [expand_env(v, env) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_env(v, env) for k, v in value.items()}
-    return value
-
-
-def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
-    """``["train.epochs=3", "data.train=/x"]`` -> ``[("train.epochs", 3), ("data.train", "/x")]``.
-
-    Values are read as YAML (``3`` is an int, ``true`` a bool, ``[a, b]`` a list,
-    ``null`` None). Raises ConfigError listing every malformed item."""
-    out, problems = [], []
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
-            continue
-        try:
-            value = load_yaml_text(text, "command line") if text.strip() else None
-        except ConfigError as exc:  # not YAML, or an alias bomb (cxr_cad.core.yamlfile limits)
-            problems.append(f"--set {item!r}: value is not valid YAML or too large ({exc.problems[0]})")
-            continue
-        if isinstance(value, str) and _YAML11_FLOAT_RE.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads "1e-3" as text; a user means the number
-        out.append((key, value))
-    if problems:
-        raise ConfigError(problems, "command line")
-    return out
-
-
-def apply_sets(doc: dict, sets: Sequence[tuple[str, Any]]) -> dict:
-    """Return a deep copy of ``doc`` with dotted-key values set (intermediate mappings created)."""
-    out = copy.deepcopy(doc)
-    for key, value in sets:
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return out
-
 
 #: The model options workflows had before the section became ModelConfig; the others are
 #: passed on only when they differ from the default, so step configs (and the fingerprints
@@ -262,69 +185,6 @@ def _check_train(wf: dict, problems: list[str]) -> None:
         problems += [_train_problem(p) for p in exc.problems]
 
 
-# -- did you mean: the closest valid key of an unknown one ---------------------------------------
-_UNKNOWN_KEY = re.compile(r"^(?P<loc>[A-Za-z0-9_.\[\]-]+): unknown key \(check the spelling\)$")
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds (through Optional/Annotated), or None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
-        for arg in typing.get_args(annotation):
-            found = _model_of(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _keys_at(root: Mapping[str, type[BaseModel] | None], parts: Sequence[str]) -> list[str]:
-    """The valid keys of the mapping at ``parts`` below ``root`` ({key: model or None})."""
-    fields: Mapping[str, Any] = root
-    for part in parts:
-        model = fields.get(part)
-        if model is None:
-            return []
-        fields = {name: _model_of(f.annotation) for name, f in model.model_fields.items()}
-    return list(fields)
-
-
-def _root_of(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
-    return {name: _model_of(f.annotation) for name, f in model.model_fields.items()}
-
-
-def _workflow_root() -> dict[str, type[BaseModel] | None]:
-    root = _root_of(WorkflowFile)
-    root["train"] = TrainConfig  # the train section is checked by TrainConfig
-    return root
-
-
-def suggest_keys(problems: Sequence[str], root: type[BaseModel] | None = None) -> list[str]:
-    """``problems`` with the closest valid key added to each "unknown key" problem.
-
-    ``root``: the model the locations start from (e.g. :class:`~cxr_cad.config.TrainConfig` for
-    a ``--config`` file); None = a workflow file. A key that is not close to any key of its
-    section but is a key of another section is pointed there (``train.image_size`` -> ``model.image_size``).
-    """
-    tree = _workflow_root() if root is None else _root_of(root)
-    out = []
-    for problem in problems:
-        m = _UNKNOWN_KEY.match(problem)
-        if not m:
-            out.append(problem)
-            continue
-        parts = m.group("loc").split(".")
-        section, key = parts[:-1], parts[-1]
-        elsewhere = [name for name, model in tree.items() if model is not None and key in _keys_at(tree, [name])]
-        close = difflib.get_close_matches(key, _keys_at(tree, section), n=1, cutoff=0.6)
-        if elsewhere and len(section) == 1:  # a key of another section: model.image_size given as train.image_size
-            problem += f"; {key} belongs in the {elsewhere[0]} section: did you mean {elsewhere[0]}.{key}?"
-        elif close:
-            problem += f"; did you mean {'.'.join([*section, close[0]])}?"
-        out.append(problem)
-    return out
-
-
 def validate_workflow(doc: Any, *, base_dir: str | os.PathLike = ".", source: str | None = None) -> dict:
     """Resolve defaults and check everything; returns the resolved workflow dict.
 
@@ -369,95 +229,3 @@ def load_workflow(
     doc = expand_env(doc, environ)
     doc = apply_sets(doc, parse_set(list(sets)))
     return validate_workflow(doc, base_dir=Path.cwd(), source=source)
-
-
-#: Where the shipped workflow files are looked for, in order: package data (an installed
-#: wheel that ships them), then the ``workflows/`` folder beside the package (a source checkout
-#: or an editable install).
-SHIPPED_DIRS: tuple[Path, ...] = (
-    Path(__file__).resolve().parents[1] / "data" / "workflows",
-    Path(__file__).resolve().parents[2] / "workflows",
-)
-
-
-def shipped_workflows() -> dict[str, Path]:
-    """The workflows shipped with cxr_cad: ``{name (file stem): path}``, sorted by name."""
-    found: dict[str, Path] = {}
-    for folder in SHIPPED_DIRS:
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.yaml")):
-                found.setdefault(path.stem, path)
-    return dict(sorted(found.items()))
-
-
-def find_workflow(text: str | os.PathLike) -> Path:
-    """The workflow file ``text`` names: an existing file, else a shipped workflow's name
-    (``chandola2021_pneumonia`` or ``chandola2021_pneumonia.yaml``).
-
-    Raises UsageError (exit 2) naming the folder looked in and the shipped workflows, with the
-    command that runs one by name.
-    """
-    path = Path(os.path.expanduser(os.fspath(text)))
-    if path.is_file():
-        return path
-    shipped = shipped_workflows()
-    stem = path.name[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
-    if path.parent == Path(".") and stem in shipped:
-        return shipped[stem]
-    if path.exists():
-        raise UsageError(f"workflow {path} is not a regular file; give a workflow .yaml file")
-    listing = ", ".join(f"{name} ({p})" for name, p in shipped.items()) or "none found"
-    hint = ""
-    if stem in shipped:
-        hint = f"; to run the shipped one: cxr-cad run {stem}"
-    else:
-        close = difflib.get_close_matches(stem, list(shipped), n=1, cutoff=0.6)
-        if close:
-            hint = f"; did you mean the shipped workflow {close[0]}: cxr-cad run {close[0]}"
-    raise UsageError(
-        f"workflow file {path} not found (relative paths start in {Path.cwd()}){hint}; "
-        f"shipped workflows, run by name: {listing}"
-    )
-
-
-def workflow_json_schema() -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of workflow files, from the pydantic models.
-
-    The ``train`` section is described by TrainConfig's schema without ``model`` and without
-    ``data.classes``/``data.positive_class`` (those live in the top-level sections).
-    """
-    schema = WorkflowFile.model_json_schema()
-    train = TrainConfig.model_json_schema()
-    defs = schema.setdefault("$defs", {})
-    defs.update(train.pop("$defs", {}))
-    data = defs["DataConfig"]
-    defs["TrainDataConfig"] = {
-        **data,
-        "title": "TrainDataConfig",
-        "properties": {k: v for k, v in data["properties"].items() if k not in ("classes", "positive_class")},
-    }
-    del defs["DataConfig"], defs["ModelConfig"]  # the model section is WorkflowModel
-    props = {k: v for k, v in train["properties"].items() if k != "model"}
-    props["data"] = {"$ref": "#/$defs/TrainDataConfig"}
-    defs["TrainSection"] = {
-        **train,
-        "title": "TrainSection",
-        "description": "TrainConfig options (docs/train.md) except model and data.classes/positive_class. "
-        "With model.init: none, options not given follow the from-scratch recipe.",
-        "properties": props,
-    }
-    schema["properties"]["train"] = {"$ref": "#/$defs/TrainSection"}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-#: Where the generated JSON Schema is kept (in a source checkout).
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "workflow.schema.json"
-
-
-def schema_text() -> str:
-    """``docs/workflow.schema.json``'s exact text (pydantic's output can differ between its
-    versions; the file says which). Written by ``python -m cxr_cad.cli.schema``."""
-    import pydantic
-
-    comment = f"generated by python -m cxr_cad.cli.schema (pydantic {pydantic.VERSION}); do not edit"
-    return json_dumps({"$comment": comment, **workflow_json_schema()})

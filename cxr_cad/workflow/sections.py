@@ -1,7 +1,7 @@
 """The sections of a workflow file as pydantic models (frozen, unknown keys refused).
 
 :class:`WorkflowFile` is the whole file; ``docs/workflow.schema.json`` is generated from it
-(``python -m cxr_cad.workflow.schema``). The ``model`` section *is* the training config's
+(``python -m cxr_cad.cli.schema``; :mod:`cxr_cad.workflow.json_schema`). The ``model`` section *is* the training config's
 :class:`~cxr_cad.config.ModelConfig` (same options, same defaults) plus ``bundle``; the
 ``train`` section holds the other :class:`~cxr_cad.config.TrainConfig` options and is
 checked by it. Cross-section rules (paths that must exist, steps that need inputs) are in

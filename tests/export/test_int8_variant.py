@@ -21,6 +21,7 @@ from cxr_cad.export.variant import (  # noqa: E402
     variant_dir,
 )
 from cxr_cad.inference import backend as auto  # noqa: E402
+from cxr_cad.inference import backend_candidates  # noqa: E402
 from cxr_cad.model import load_bundle  # noqa: E402
 from tests.inference.test_predict import make_bundle, write_images  # noqa: E402
 
@@ -71,10 +72,10 @@ def test_variant_is_verified_on_validation_recorded_and_used_only_with_allow_int
     monkeypatch.setattr(auto, "AUTO_MIN_IMAGES", 0)
 
     def speed(run, x, info) -> float:
-        is_int8 = isinstance(run, auto.HybridForward) and run.backbone.path.endswith(BACKBONE_INT8)
+        is_int8 = isinstance(run, backend_candidates.HybridForward) and run.backbone.path.endswith(BACKBONE_INT8)
         return 1e6 if is_int8 else 1.0
 
-    monkeypatch.setattr(auto, "_speed", speed)
+    monkeypatch.setattr(backend_candidates, "_speed", speed)
     images = root / "val"
     base = ["-q", "predict", str(images), "--model", str(bundle_path), "--workers", "0"]
     assert main([*base, "--out", str(tmp_path / "no")]) == 0
@@ -89,7 +90,7 @@ def test_variant_is_verified_on_validation_recorded_and_used_only_with_allow_int
     assert f"cpu {rt['backend']} int8)" in line
 
     # the report's summary box says the int8 variant scored the cohort (evaluate with allow_int8)
-    from cxr_cad.api._report import evaluate_cohort
+    from cxr_cad.api._report_evaluate import evaluate_cohort
     from cxr_cad.config import PredictOptions
     from cxr_cad.report import ReportOptions
     from tests.inference.test_predict import write_manifest

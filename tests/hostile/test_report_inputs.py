@@ -210,7 +210,7 @@ def test_report_on_a_real_full_disk_leaves_nothing(tmp_path, full_disk):
 
 
 def test_evaluate_scratch_is_inside_out_and_removed_on_sigterm(tmp_path, bundle, monkeypatch, capsys):
-    import cxr_cad.api._report as rep
+    import cxr_cad.api._report_evaluate as rep
 
     write_png_cohort(tmp_path / "c", n_patients=4, images_per_patient=1, size=32)
     out = tmp_path / "ev"

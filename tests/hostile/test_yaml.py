@@ -8,7 +8,8 @@ from cxr_cad.cli import main
 from cxr_cad.config import load_config
 from cxr_cad.core.yamlfile import MAX_EXPANDED_NODES, load_yaml_text
 from cxr_cad.errors import MAX_MESSAGE_CHARS, ConfigError
-from cxr_cad.workflow.schema import load_workflow, parse_set
+from cxr_cad.workflow.overrides import parse_set
+from cxr_cad.workflow.schema import load_workflow
 from tests.hostile import inputs as H
 from tests.hostile.conftest import RSS_LIMIT_MB, deadline
 from tests.hostile.runner import run_cli

@@ -20,6 +20,7 @@ pytest.importorskip("openvino")
 
 from cxr_cad.cli import main  # noqa: E402
 from cxr_cad.inference import backend as auto  # noqa: E402
+from cxr_cad.inference import backend_cache, backend_candidates  # noqa: E402
 from tests.inference.test_predict import make_bundle, read_csv, write_images  # noqa: E402
 
 N = 20
@@ -128,12 +129,12 @@ def test_each_exported_runtime_gives_torch_fp32_scores_and_the_shift_score(
     """Force each candidate in turn (as the only one faster than torch): same scores, shift kept."""
 
     def speed(run, x, info) -> float:
-        if not isinstance(run, auto.HybridForward):
+        if not isinstance(run, backend_candidates.HybridForward):
             return 1.0
-        kind = "onnxruntime" if isinstance(run.backbone, auto.OnnxRuntimeModel) else "openvino"
+        kind = "onnxruntime" if isinstance(run.backbone, backend_candidates.OnnxRuntimeModel) else "openvino"
         return 1e6 if f"{kind} fp32" == name else 1.0
 
-    monkeypatch.setattr(auto, "_speed", speed)
+    monkeypatch.setattr(backend_candidates, "_speed", speed)
     assert _predict(tmp_path / "out", bundle_with_shift, images) == 0
     rt = _summary(tmp_path / "out")["runtime"]
     assert rt["backend_choice"]["name"] == name
@@ -142,12 +143,12 @@ def test_each_exported_runtime_gives_torch_fp32_scores_and_the_shift_score(
 
 
 def test_a_backend_that_disagrees_is_dropped_with_its_reason(tmp_path, cache, bundle_with_shift, images, monkeypatch):
-    class Noisy(auto.OnnxRuntimeModel):
+    class Noisy(backend_candidates.OnnxRuntimeModel):
         def __call__(self, x):
             out = super().__call__(x)
             return out + torch.randn_like(out)  # features moved: probabilities change by far more than 1e-3
 
-    monkeypatch.setattr(auto, "OnnxRuntimeModel", Noisy)
+    monkeypatch.setattr(backend_candidates, "OnnxRuntimeModel", Noisy)
     assert _predict(tmp_path / "out", bundle_with_shift, images) == 0
     rows = {c["name"]: c for c in _summary(tmp_path / "out")["runtime"]["backend_choice"]["candidates"]}
     assert rows["onnxruntime fp32"]["verified"] is False
@@ -161,7 +162,7 @@ def test_a_backend_that_fails_to_load_is_dropped_and_a_cached_one_falls_back_to_
     def broken(*args, **kwargs):
         raise RuntimeError("simulated: no CPU plugin\nsecond line")
 
-    monkeypatch.setattr(auto, "OpenVinoModel", broken)
+    monkeypatch.setattr(backend_candidates, "OpenVinoModel", broken)
     assert _predict(tmp_path / "a", bundle_with_shift, images) == 0
     rows = {c["name"]: c for c in _summary(tmp_path / "a")["runtime"]["backend_choice"]["candidates"]}
     assert rows["openvino fp32"]["reason"] == "failed to load or run: simulated: no CPU plugin"
@@ -206,10 +207,10 @@ def test_cache_key_changes_with_bundle_versions_and_cpu(monkeypatch, cache):
     a = auto.cache_folder("a" * 64, info)
     assert a.parent == cache and a == auto.cache_folder("a" * 64, info)
     assert auto.cache_folder("b" * 64, info) != a
-    monkeypatch.setattr(auto, "_cpu_identity", lambda: {"model": "other", "flags": "avx2"})
+    monkeypatch.setattr(backend_cache, "cpu_identity", lambda: {"model": "other", "flags": "avx2"})
     assert auto.cache_folder("a" * 64, info) != a
-    monkeypatch.setattr(auto, "software_versions", lambda names: {n: "0" for n in names})
-    assert auto.cache_key("a" * 64, info)["versions"] == {n: "0" for n in auto.CACHE_PACKAGES}
+    monkeypatch.setattr(backend_cache, "software_versions", lambda names: {n: "0" for n in names})
+    assert backend_cache.cache_key("a" * 64, info)["versions"] == {n: "0" for n in backend_cache.CACHE_PACKAGES}
     np.testing.assert_equal(auto.TOLERANCE, 1e-3)
 
 

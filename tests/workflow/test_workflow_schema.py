@@ -12,18 +12,10 @@ import yaml
 from cxr_cad.cli import main
 from cxr_cad.cli.schema import main as schema_main
 from cxr_cad.errors import ConfigError
+from cxr_cad.workflow.json_schema import SCHEMA_FILE, schema_text, workflow_json_schema
+from cxr_cad.workflow.overrides import apply_sets, expand_env, parse_set
 from cxr_cad.workflow.pipeline import planned_steps
-from cxr_cad.workflow.schema import (
-    SCHEMA_FILE,
-    apply_sets,
-    expand_env,
-    load_workflow,
-    parse_set,
-    schema_text,
-    train_config_dict,
-    validate_workflow,
-    workflow_json_schema,
-)
+from cxr_cad.workflow.schema import load_workflow, train_config_dict, validate_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
@@ -234,7 +226,7 @@ def test_shipped_workflows_follow_the_json_schema():
 
 def test_unknown_keys_name_the_closest_valid_key(tmp_path):
     from cxr_cad.config import TrainConfig
-    from cxr_cad.workflow.schema import suggest_keys
+    from cxr_cad.workflow.suggest import suggest_keys
 
     def unknown(loc: str) -> str:
         return f"{loc}: unknown key (check the spelling)"
@@ -258,7 +250,7 @@ def test_unknown_keys_name_the_closest_valid_key(tmp_path):
 
 def test_shipped_workflows_are_found_by_name(tmp_path, monkeypatch):
     from cxr_cad.errors import UsageError
-    from cxr_cad.workflow.schema import find_workflow, shipped_workflows
+    from cxr_cad.workflow.shipped import find_workflow, shipped_workflows
 
     shipped = shipped_workflows()
     assert set(shipped) >= {"chandola2021_pneumonia", "batch_evaluate", "retrain_new_cohort"}
