@@ -57,11 +57,12 @@ def _policies(run: Path) -> dict[str, float]:
     return out
 
 
-def _at(y: np.ndarray, p: np.ndarray, thr: float) -> tuple[float, float, float]:
+def _at(y: np.ndarray, p: np.ndarray, thr: float) -> tuple[float, float, float, float]:
+    """Sensitivity, specificity, balanced accuracy and accuracy at ``thr``."""
     pred = p >= thr
     sens = float((pred & (y == 1)).sum() / max((y == 1).sum(), 1))
     spec = float((~pred & (y == 0)).sum() / max((y == 0).sum(), 1))
-    return sens, spec, (sens + spec) / 2
+    return sens, spec, (sens + spec) / 2, float((pred == (y == 1)).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "thresholds chosen on the run's validation split: " + ", ".join(f"{k} {v:.4f}" for k, v in thresholds.items())
     )
-    header = "| cohort | n | AUC (DeLong 95% CI) | " + " | ".join(f"{k} sens/spec/BA %" for k in thresholds) + " |"
+    header = "| cohort | n | AUC (DeLong 95% CI) | " + " | ".join(f"{k} sens/spec/BA/acc %" for k in thresholds) + " |"
     print(header)
     print("|" + "---|" * (3 + len(thresholds)))
     results = {}
@@ -102,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         row = {"n": int(len(y)), "auc": ci.auc, "low": ci.low, "high": ci.high}
         for k, thr in thresholds.items():
-            se, sp, ba = _at(y, p, thr)
-            row[k] = {"threshold": thr, "sens": se, "spec": sp, "bal_acc": ba}
-            cells.append(f"{100 * se:.1f} / {100 * sp:.1f} / **{100 * ba:.1f}**")
+            se, sp, ba, acc = _at(y, p, thr)
+            row[k] = {"threshold": thr, "sens": se, "spec": sp, "bal_acc": ba, "accuracy": acc}
+            cells.append(f"{100 * se:.1f} / {100 * sp:.1f} / **{100 * ba:.1f}** / {100 * acc:.1f}")
         results[name] = row
         print(f"| {name} | {len(y)} | {ci.auc:.3f} ({ci.low:.3f}-{ci.high:.3f}) | " + " | ".join(cells) + " |")
     if args.json:
