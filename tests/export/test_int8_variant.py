@@ -4,6 +4,9 @@ the validation split, refused with reasons, used by ``predict --backend auto --a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -38,17 +41,44 @@ def cohort(tmp_path_factory):
     return root, train, val
 
 
-def _bundle(root: Path, name: str) -> Path:
+def _bundle(root: Path, name: str, seed: int = 0) -> Path:
     from cxr_cad.modelcard import write_card_for_bundle
 
-    path = make_bundle(root / name / "model.pt")
+    path = make_bundle(root / name / "model.pt", seed=seed)
     write_card_for_bundle(path)
     return path
 
 
-def test_variant_is_verified_on_validation_recorded_and_used_only_with_allow_int8(
-    tmp_path, cohort, monkeypatch, capsys
-):
+def test_variant_is_verified_on_validation_recorded_and_used_only_with_allow_int8(request):
+    """Runs in a pytest process of its own: after this in-process OpenVINO int8 run, a later test of
+    the same long-lived pytest process (tests/hostile/test_exit_codes.py) died with SIGSEGV, which
+    took a pytest-xdist worker down (reproduced 2026-12-07, cause not found yet; a CLI process
+    runs one command and exits cleanly)."""
+    if os.environ.get(_CHILD_ENV) == "1":
+        _variant_checks(
+            request.getfixturevalue("tmp_path"),
+            request.getfixturevalue("cohort"),
+            request.getfixturevalue("monkeypatch"),
+            request.getfixturevalue("capsys"),
+        )
+        return
+    node = f"{Path(__file__).resolve()}::{request.node.name}"
+    env = {**os.environ, _CHILD_ENV: "1"}
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", node],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+
+
+_CHILD_ENV = "CXR_CAD_TEST_INT8_CHILD"
+
+
+def _variant_checks(tmp_path, cohort, monkeypatch, capsys):
     root, train, val = cohort
     bundle_path = _bundle(tmp_path, "run")
     ver = store_int8_variant(bundle_path, train, val, max_decision_change=0.05, max_auc_drop=0.02)
@@ -129,7 +159,7 @@ def test_no_validation_split_is_refused_and_a_variant_of_another_bundle_is_ignor
     bundle_path = _bundle(tmp_path, "noval")
     ver = store_int8_variant(bundle_path, train, None)
     assert not ver.accepted and "no validation split" in ver.reasons[0]
-    other = _bundle(tmp_path, "other")
+    other = _bundle(tmp_path, "other", seed=1)  # other weights: another bundle for certain
     store_int8_variant(other, train, val, max_decision_change=1.0, max_auc_drop=1.0)
     target = variant_dir(bundle_path)
     for f in variant_dir(other).iterdir():

@@ -162,10 +162,12 @@ def test_usage_errors_are_found_before_the_engine_loads(places, tmp_path):
     p = subprocess.run(
         [sys.executable, "-c", _LIGHT, json.dumps(argvs)],
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         cwd=tmp_path,
         env=env,
         timeout=600,
+        start_new_session=True,  # its own process group: nothing it signals can reach the pytest worker
     )
     assert p.returncode == 0, p.stderr
     results = json.loads(p.stdout.strip().splitlines()[-1])
