@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("CXR_CAD_NO_PROGRESS", "1")
+# predict --backend auto caches its choice per machine and bundle: never in the user's ~/.cache from tests
+os.environ.setdefault("CXR_CAD_BACKEND_CACHE", tempfile.mkdtemp(prefix="cxr-cad-test-backends-"))
 
 
 @pytest.fixture

@@ -79,7 +79,10 @@ def test_predict_over_dimse_c_get_scores_like_a_folder_audits_and_resumes(
         shutil.copy(p, local / p.name)
     assert main(["-q", "predict", str(local), "--model", str(bundle_path), "--out", str(tmp_path / "ref")]) == 0
     ref = {r["sop_instance_uid"]: r["probability"] for r in read_csv(tmp_path / "ref" / "predictions.csv")}
-    assert {r["sop_instance_uid"]: r["probability"] for r in preds} == ref
+    got = {r["sop_instance_uid"]: float(r["probability"]) for r in preds}
+    assert got.keys() == ref.keys()
+    # equal up to fp32 batch-composition noise (DIMSE scores in fetch chunks, the folder in one run)
+    assert all(abs(got[k] - float(ref[k])) <= 1e-5 for k in got), (got, ref)
     # journal: one timestamped record per instance; audit: association, query, retrieve, no patient identity
     journal = [json.loads(x) for x in (out / ".dimse" / "journal.jsonl").read_text().splitlines()]
     assert len(journal) == len(every) and all(r["time"].endswith("Z") and "T" in r["time"] for r in journal)
