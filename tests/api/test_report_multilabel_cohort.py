@@ -19,7 +19,7 @@ from cxr_cad.config import load_config
 from cxr_cad.explain.gradcam import GradcamSource, gradcam_maps, logodds_maps
 from cxr_cad.model import load_bundle
 from cxr_cad.training.trainer import train_model
-from tests.factories.synth import write_png_cohort
+from tests.factories.synth import write_multilabel_cohort
 
 FINDINGS = ["Opacity", "Other"]
 
@@ -29,13 +29,7 @@ def cohort(tmp_path_factory):
     """(bundle path, manifest path, manifest table): 48 PNGs of 24 patients, two findings
     (Opacity = the synthetic opacity; Other random with some unknown), a 1-epoch model."""
     root = tmp_path_factory.mktemp("ml")
-    df = write_png_cohort(root / "images", n_patients=24, images_per_patient=2, size=48, seed=5)
-    rng = np.random.default_rng(1)
-    df["finding_Opacity"] = (df["label"] == "PNEUMONIA").astype(int).astype(str)
-    other = rng.integers(0, 2, len(df)).astype(str).astype(object)
-    other[rng.random(len(df)) < 0.2] = ""  # unknown: left out of that finding's statistics
-    df["finding_Other"] = other
-    df["path"] = [str(root / "images" / p) for p in df["path"]]
+    df = write_multilabel_cohort(root / "images")
     cfg = load_config(
         None,
         {

@@ -12,7 +12,7 @@ import torch
 from cxr_cad.cli import main
 from cxr_cad.config import load_config
 from cxr_cad.training.trainer import train_model
-from tests.factories.synth import write_png_cohort
+from tests.factories.synth import write_multilabel_cohort
 
 pytest.importorskip("onnxruntime")
 
@@ -22,11 +22,7 @@ FINDINGS = ["Opacity", "Other"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlx")
-    df = write_png_cohort(root / "images", n_patients=16, images_per_patient=2, size=48, seed=7)
-    rng = np.random.default_rng(2)
-    df["finding_Opacity"] = (df["label"] == "PNEUMONIA").astype(int).astype(str)
-    df["finding_Other"] = rng.integers(0, 2, len(df)).astype(str)
-    df["path"] = [str(root / "images" / p) for p in df["path"]]
+    df = write_multilabel_cohort(root / "images", n_patients=16, seed=7, label_seed=2, unknown=0.0)
     cfg = load_config(
         None,
         {

@@ -77,3 +77,19 @@ def write_png_cohort(
     df = pd.DataFrame(rows)
     df.to_csv(root / "manifest.csv", index=False)
     return df
+
+
+def write_multilabel_cohort(
+    root: Path, *, n_patients: int = 24, seed: int = 5, label_seed: int = 1, unknown: float = 0.2
+) -> pd.DataFrame:
+    """:func:`write_png_cohort` with two findings as ``finding_<F>`` columns: ``Opacity`` (the
+    synthetic opacity) and ``Other`` (random 0/1, a fraction ``unknown`` left blank); absolute paths."""
+    df = write_png_cohort(root, n_patients=n_patients, images_per_patient=2, size=48, seed=seed)
+    rng = np.random.default_rng(label_seed)
+    df["finding_Opacity"] = (df["label"] == "PNEUMONIA").astype(int).astype(str)
+    other = rng.integers(0, 2, len(df)).astype(str).astype(object)
+    if unknown:
+        other[rng.random(len(df)) < unknown] = ""  # unknown: left out of that finding's statistics
+    df["finding_Other"] = other
+    df["path"] = [str(root / p) for p in df["path"]]
+    return df

@@ -13,7 +13,7 @@ from cxr_cad.errors import ConfigError
 from cxr_cad.model import load_bundle
 from cxr_cad.training import multilabel as ml
 from cxr_cad.training.trainer import train_model
-from tests.factories.synth import write_png_cohort
+from tests.factories.synth import write_multilabel_cohort
 
 
 def test_masked_bce_equals_bce_on_known_labels_and_ignores_masked():
@@ -47,14 +47,7 @@ def test_unsupported_settings_are_config_errors():
 
 
 def _multilabel_cohort(root):
-    df = write_png_cohort(root, n_patients=24, images_per_patient=2, size=48, seed=5)
-    rng = np.random.default_rng(1)
-    df["finding_Opacity"] = (df["label"] == "PNEUMONIA").astype(int).astype(str)
-    other = rng.integers(0, 2, len(df)).astype(str).astype(object)
-    other[rng.random(len(df)) < 0.2] = ""  # unknown
-    df["finding_Other"] = other
-    df["path"] = [str(root / p) for p in df["path"]]
-    return df
+    return write_multilabel_cohort(root)
 
 
 def test_train_multilabel_end_to_end(tmp_path):
