@@ -207,6 +207,122 @@ def _finetune_child(
     return bundle_path, float(child.threshold), scores
 
 
+@dataclass
+class _Cohorts:
+    """The site and evaluation rows the parent scored, their positions in its scores."""
+
+    scores: FeatureScores
+    group_col: str
+    site: pd.DataFrame
+    evals: pd.DataFrame
+    site_rows: np.ndarray
+    eval_rows: np.ndarray
+    n_site_rejected: int
+    n_eval_rejected: int
+    n_excluded: int  # evaluation rows dropped as site images or images of site patients
+
+
+def _score_cohorts(
+    parent: Bundle,
+    manifest: PathLike | pd.DataFrame,
+    eval_manifest: PathLike | pd.DataFrame | None,
+    n_site: int | None,
+    seed: int,
+    opts: dict[str, Any],
+) -> _Cohorts:
+    """Draw the site rows, keep the evaluation rows apart, and let the parent score both once."""
+    from cxr_cad.adaptation import exclude_site, split_site
+    from cxr_cad.inference.features import score_features
+
+    classes = list(parent.classes)
+    group_col = str(((parent.train_config or {}).get("data") or {}).get("group_col", "patient_id"))
+    site_all = manifest if isinstance(manifest, pd.DataFrame) else _read(manifest, classes)
+    split = split_site(site_all, n_site, seed=seed, group_col=group_col, classes=classes)
+    if eval_manifest is None:
+        eval_df = split.rest
+    else:
+        eval_df = eval_manifest if isinstance(eval_manifest, pd.DataFrame) else _read(eval_manifest, classes)
+    eval_df, n_excluded = exclude_site(eval_df, split.site, group_col)
+    scores = score_features(parent, [*split.site["path"].astype(str), *eval_df["path"].astype(str)], **opts)
+    n_s = len(split.site)
+    site_ok, eval_ok = scores.ok[:n_s], scores.ok[n_s:]
+    pos_all = np.cumsum(scores.ok) - 1
+    return _Cohorts(
+        scores=scores,
+        group_col=group_col,
+        site=split.site[site_ok].reset_index(drop=True),
+        evals=eval_df[eval_ok].reset_index(drop=True),
+        site_rows=pos_all[:n_s][site_ok],
+        eval_rows=pos_all[n_s:][eval_ok],
+        n_site_rejected=int((~site_ok).sum()),
+        n_eval_rejected=int((~eval_ok).sum()),
+        n_excluded=n_excluded,
+    )
+
+
+def _record(c: _Cohorts, manifest: PathLike | pd.DataFrame, method: str, n_site: int | None, seed: int) -> dict:
+    """The adaptation's provenance (``adapt.json``; stored in the child bundle)."""
+    return {
+        "method": method,
+        "site_manifest": None if isinstance(manifest, pd.DataFrame) else str(manifest),
+        "n_site_requested": n_site,
+        "seed": seed,
+        "group_col": c.group_col,
+        "n_site_rejected": c.n_site_rejected,
+        "n_eval_rejected": c.n_eval_rejected,
+        "rejected": c.scores.rejected,
+        "n_eval_excluded_as_site": c.n_excluded,
+    }
+
+
+def _cheap_child(
+    parent: Bundle,
+    c: _Cohorts,
+    out: Path,
+    record: dict[str, Any],
+    method: str,
+    calibration: str | None,
+    cutoff: float | None,
+    seed: int,
+) -> tuple[Path, float, Adapted]:
+    """``threshold``, ``recalibrate`` or ``head`` on the parent's cached scores; the child saved
+    with its provenance. (bundle path, threshold, the fit that scores the evaluation images)."""
+    from cxr_cad.adaptation import model_with_head, save_child
+
+    site, group_col = c.site, c.group_col
+    y_site = _labels(site, parent.positive_class)
+    groups = site[group_col].astype(str).to_numpy() if group_col in site.columns else site["path"].to_numpy()
+    adapted = _cheap_method(
+        method, parent, y_site, groups, c.scores, c.site_rows, calibration=calibration, cutoff=cutoff, seed=seed
+    )
+    record["fit"] = adapted.fit
+    record["policy_detail"] = adapted.detail
+    net = parent.model if adapted.head is None else model_with_head(parent, adapted.head)
+    bundle_path = save_child(
+        parent,
+        out,
+        model=net,
+        threshold=adapted.threshold,
+        policy=adapted.policy,
+        params=adapted.params,
+        site=site,
+        adaptation=record,
+    )
+    return bundle_path, adapted.threshold, adapted
+
+
+def _child_probabilities(c: _Cohorts, child_scores: FeatureScores | None, adapted: Adapted | None) -> np.ndarray:
+    """The child's probabilities of the evaluation images: its own scores (``finetune``), else
+    the cheap fit applied to the parent's cached scores."""
+    if child_scores is not None:  # finetune: the child scored the evaluation images itself
+        if not child_scores.ok.all():
+            raise UsageError("the fine-tuned child could not score every evaluation image the parent scored")
+        return child_scores.probability
+    if adapted is None:
+        raise ValueError("neither the child's scores nor a fit to apply")
+    return adapted.probabilities(c.scores.probability[c.eval_rows], c.scores.features[c.eval_rows])
+
+
 def adapt(
     model: PathLike,
     manifest: PathLike | pd.DataFrame,
@@ -239,89 +355,33 @@ def adapt(
     ``adapt.json``; with evaluation rows also ``comparison.json``, ``comparison.md`` and
     ``eval_predictions.csv``. Raises UsageError/ConfigError for bad arguments, BundleError.
     """
-    from cxr_cad.adaptation import exclude_site, model_with_head, save_child, split_site
     from cxr_cad.core.atomic import atomic_write_json
-    from cxr_cad.inference.features import score_features
+    from cxr_cad.metrics import jsonable
     from cxr_cad.model import load_bundle
 
     _check_options(method, calibration, cutoff)
     out = Path(out_dir)
     parent = load_bundle(model)
-    classes = list(parent.classes)
-    site_all = manifest if isinstance(manifest, pd.DataFrame) else _read(manifest, classes)
-    group_col = str(((parent.train_config or {}).get("data") or {}).get("group_col", "patient_id"))
-    split = split_site(site_all, n_site, seed=seed, group_col=group_col, classes=classes)
-    if eval_manifest is None:
-        eval_df = split.rest
-    else:
-        eval_df = eval_manifest if isinstance(eval_manifest, pd.DataFrame) else _read(eval_manifest, classes)
-    eval_df, n_excluded = exclude_site(eval_df, split.site, group_col)
-
-    paths = [*split.site["path"].astype(str), *eval_df["path"].astype(str)]
     opts: dict[str, Any] = {"batch_size": batch_size, "workers": workers, "device": device, "precision": precision}
-    scores = score_features(parent, paths, **opts)
-    n_s = len(split.site)
-    site_ok, eval_ok = scores.ok[:n_s], scores.ok[n_s:]
-    site = split.site[site_ok].reset_index(drop=True)
-    evals = eval_df[eval_ok].reset_index(drop=True)
-    pos_all = np.cumsum(scores.ok) - 1
-    site_rows, eval_rows = pos_all[:n_s][site_ok], pos_all[n_s:][eval_ok]
-    y_site = _labels(site, parent.positive_class)
-    groups = site[group_col].astype(str).to_numpy() if group_col in site.columns else site["path"].to_numpy()
-
-    record: dict[str, Any] = {
-        "method": method,
-        "site_manifest": None if isinstance(manifest, pd.DataFrame) else str(manifest),
-        "n_site_requested": n_site,
-        "seed": seed,
-        "group_col": group_col,
-        "n_site_rejected": int((~site_ok).sum()),
-        "n_eval_rejected": int((~eval_ok).sum()),
-        "rejected": scores.rejected,
-        "n_eval_excluded_as_site": n_excluded,
-    }
-    child_scores = None
+    c = _score_cohorts(parent, manifest, eval_manifest, n_site, seed, opts)
+    record = _record(c, manifest, method, n_site, seed)
+    child_scores, adapted = None, None
     if method == "finetune":
-        bundle_path, threshold, child_scores = _finetune_child(parent, site, out, finetune or {}, record, evals, opts)
+        bundle_path, threshold, child_scores = _finetune_child(
+            parent, c.site, out, finetune or {}, record, c.evals, opts
+        )
     else:
-        adapted = _cheap_method(
-            method, parent, y_site, groups, scores, site_rows, calibration=calibration, cutoff=cutoff, seed=seed
-        )
-        record["fit"] = adapted.fit
-        record["policy_detail"] = adapted.detail
-        net = parent.model if adapted.head is None else model_with_head(parent, adapted.head)
-        bundle_path = save_child(
-            parent,
-            out,
-            model=net,
-            threshold=adapted.threshold,
-            policy=adapted.policy,
-            params=adapted.params,
-            site=site,
-            adaptation=record,
-        )
-        threshold = adapted.threshold
-
+        bundle_path, threshold, adapted = _cheap_child(parent, c, out, record, method, calibration, cutoff, seed)
     comparison = None
-    if len(evals):
-        raw = scores.probability[eval_rows]
-        if child_scores is not None:  # finetune: the child scored the evaluation images itself
-            if not child_scores.ok.all():
-                raise UsageError("the fine-tuned child could not score every evaluation image the parent scored")
-            child_p = child_scores.probability
-        else:
-            child_p = adapted.probabilities(raw, scores.features[eval_rows])
+    if len(c.evals):
+        child_p = _child_probabilities(c, child_scores, adapted)
+        raw = c.scores.probability[c.eval_rows]
         comparison = _write_comparison(
-            out, parent, evals, raw, child_p, threshold, method=method, n_excluded=n_excluded, group_col=group_col
+            out, parent, c.evals, raw, child_p, threshold, method=method, n_excluded=c.n_excluded, group_col=c.group_col
         )
-    from cxr_cad.metrics import jsonable
-
-    result = AdaptResult(out, bundle_path, method, float(threshold), len(site), len(evals), record, comparison)
-    atomic_write_json(
-        out / ADAPT_FILE,
-        jsonable(
-            {**record, "bundle": str(bundle_path), "threshold": threshold, "n_site": len(site), "n_eval": len(evals)}
-        ),
-    )
+    n_s, n_e = len(c.site), len(c.evals)
+    result = AdaptResult(out, bundle_path, method, float(threshold), n_s, n_e, record, comparison)
+    summary = {**record, "bundle": str(bundle_path), "threshold": threshold, "n_site": n_s, "n_eval": n_e}
+    atomic_write_json(out / ADAPT_FILE, jsonable(summary))
     log.info("%s", result.summary_line())
     return result

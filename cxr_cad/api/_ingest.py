@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cxr_cad.api._ingest_checks import by_reason, check_accepted, check_found, check_options, check_out_dir
 from cxr_cad.api._labels import (
     Labels,
     classes_found,
@@ -28,7 +29,7 @@ from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.atomic import PathLike, atomic_write_many
 from cxr_cad.core.columns import REJECTED_COLUMNS
 from cxr_cad.core.provenance import software_versions
-from cxr_cad.errors import ConfigError, ManifestError, OutputError, UsageError
+from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.manifest import (
     manifest_hash,
     manifest_text,
@@ -113,7 +114,7 @@ class IngestOutcome:
                 "files": result.n_files,
                 "accepted": len(m),
                 "rejected": len(self.rejected),
-                "rejected_by_reason": _by_reason(self.rejected),
+                "rejected_by_reason": by_reason(self.rejected),
                 "labels_by_class": {str(k) or "(none)": int(v) for k, v in m["label"].value_counts().items()},
                 **({"positives_by_finding": self._positives()} if self.multilabel is not None else {}),
                 "patients": int(m["patient_id"].nunique()),
@@ -154,45 +155,11 @@ class IngestOutcome:
         return out
 
 
-def _by_reason(rejected: pd.DataFrame) -> dict[str, int]:
-    return {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}
-
-
-def _check_options(
-    classes: list[str] | None, positive_class: str | None, workers: int | None, labels: Labels, label_key: object
-) -> None:
-    problems = []
-    if classes is not None and len(set(classes)) != len(classes):
-        problems.append(f"classes (--classes) lists a class twice: {','.join(classes)}")
-    if positive_class and classes and positive_class not in classes:
-        problems.append(
-            f"positive class (--positive-class) {positive_class!r} is not one of classes {','.join(classes)}"
-        )
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        problems.append(f"workers (--workers) must be 1 or more (got {workers})")
-    if label_key and (labels is None or (isinstance(labels, str) and labels == "folders")):
-        problems.append("label_key (--label-key/--label-column) needs a labels table (--labels)")
-    if problems:
-        raise ConfigError(problems)
-
-
 def _describe(labels: Labels) -> str | None:
     """How ``labels`` is recorded: None, ``"folders"``, a path, or ``"table"`` (a DataFrame)."""
     if labels is None or isinstance(labels, (str, os.PathLike)):
         return None if labels is None else os.fspath(labels)
     return "table"
-
-
-def _check_out_dir(out: PathLike) -> None:
-    """The output folder must be creatable and writable (checked with a probe file)."""
-    import tempfile
-
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out") from exc
 
 
 def _table_scan(df: pd.DataFrame) -> ScanResult:
@@ -220,6 +187,28 @@ def _scan(
         exclude=exclude,
     )
     return result, [os.path.abspath(s) for s in paths]
+
+
+def _label(
+    scan: ScanResult,
+    labels: Labels,
+    ml_labels: MultilabelLabels | None,
+    opts: dict[str, Any],
+    cls: list[str] | None,
+    positive_class: str | None,
+    drop_unlabelled: bool,
+    *,
+    table: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None, LabelJoinReport | None, str | None]:
+    """(labelled manifest, unlabelled rows left out or None, classes or findings, label join
+    report, label source) of the accepted images: findings with a label layout, else classes."""
+    if ml_labels is not None:
+        manifest, report, source = label_multilabel(scan.accepted, scan, labels, ml_labels)
+        return (*findings_found(manifest, ml_labels, drop_unlabelled), report, source)
+    manifest, join, label_source = label_images(scan.accepted, scan, labels, opts, cls)
+    if table and label_source is None:
+        label_source = "manifest"
+    return (*classes_found(manifest, cls, positive_class, drop_unlabelled), join, label_source)
 
 
 def run_ingest(
@@ -265,27 +254,20 @@ def run_ingest(
     }
     if label_layout is not None:
         opts.update(label_layout=label_layout, findings=list(findings) if findings else None, uncertain=uncertain)
-    _check_options(cls, positive_class, workers, labels, label_key or (label_column != "label"))
+    check_options(cls, positive_class, workers, labels, label_key or (label_column != "label"))
     policy = policy or AcceptPolicy()
     started = _dt.datetime.now(_dt.timezone.utc)
     if out_dir is not None:
-        _check_out_dir(out_dir)
+        check_out_dir(out_dir)
     ml_labels = read_layout_labels(labels, label_layout, findings, uncertain, label_key)
     if ml_labels is None and isinstance(labels, (str, os.PathLike)) and labels != "folders":  # before the scan
         read_labels(labels, key=label_key, label_column=label_column, classes=cls)
     exclude = [*exclude, *([os.path.abspath(out_dir)] if out_dir is not None else [])]
     scan, source_list = _scan(sources, policy, opts, exclude)
-    _check_found(scan, source_list, isinstance(sources, pd.DataFrame))
-    report: LabelJoinReport | None
-    label_source: str | None
-    if ml_labels is not None:
-        manifest, report, label_source = label_multilabel(scan.accepted, scan, labels, ml_labels)
-        manifest, unlabelled, cls = findings_found(manifest, ml_labels, drop_unlabelled)
-    else:
-        manifest, report, label_source = label_images(scan.accepted, scan, labels, opts, cls)
-        if isinstance(sources, pd.DataFrame) and label_source is None:
-            label_source = "manifest"
-        manifest, unlabelled, cls = classes_found(manifest, cls, positive_class, drop_unlabelled)
+    check_found(scan, source_list, isinstance(sources, pd.DataFrame))
+    manifest, unlabelled, cls, report, label_source = _label(
+        scan, labels, ml_labels, opts, cls, positive_class, drop_unlabelled, table=isinstance(sources, pd.DataFrame)
+    )
     outcome = IngestOutcome(
         manifest=manifest,
         rejected=scan.rejected,
@@ -305,51 +287,8 @@ def run_ingest(
     if out_dir is not None:
         _validate(outcome, "scanned images")
         outcome.write(out_dir, absolute_paths=absolute_paths)
-    _check_accepted(outcome, out_dir)
+    check_accepted(outcome, out_dir)
     return outcome
-
-
-#: What to change for the rejection reasons that an option decides (the rest: fix the export).
-_REASON_HINTS = {
-    "UNSUPPORTED_MODALITY": "--modalities any (or the modalities of these images) accepts other modalities",
-    "LATERAL_VIEW": "--allow-lateral accepts lateral views",
-    "NOT_DICOM": "give the folder that holds the DICOM/PNG/JPEG images",
-    "UNSUPPORTED_FORMAT": "convert the images to DICOM, PNG or JPEG",
-}
-
-
-def _check_found(scan: ScanResult, sources: list[str], table: bool) -> None:
-    """Nothing to ingest is the user's input, not a result: UsageError (exit 2), nothing written."""
-    if scan.n_files:
-        return
-    if table:
-        where = f" {sources[0]}" if sources else ""
-        raise UsageError(f"the manifest table{where} has no rows; give a table with one row per image")
-    raise UsageError(
-        f"no file found in {', '.join(sources)}: the folder is empty (files under --out are not scanned); "
-        "give the folder that holds the DICOM/PNG/JPEG images"
-    )
-
-
-def _check_accepted(outcome: IngestOutcome, out_dir: PathLike | None) -> None:
-    """Files were found but none was accepted: UsageError (exit 2) naming the sources, the
-    reasons and what to change. With ``out_dir`` the outputs were written first, so rejected.csv
-    lists every file and why. (Accepted images all left out as unlabelled, ``drop_unlabelled``,
-    are the caller's to explain: the workflow names its labels setting.)"""
-    if len(outcome.scan.accepted) or not outcome.scan.n_files:
-        return
-    where = ", ".join(outcome.sources) or "the manifest table"
-    written = f"; rejected.csv in {Path(out_dir).absolute()} lists each file and why" if out_dir is not None else ""
-    rejected = outcome.rejected
-    counts = _by_reason(rejected)
-    first = rejected.iloc[0] if len(rejected) else None
-    example = f"; e.g. {first['path']}: {first['detail']}" if first is not None else ""
-    hints = [_REASON_HINTS[r] for r in counts if r in _REASON_HINTS]
-    hint = "; ".join(hints) if hints else "fix or re-export the files"
-    raise UsageError(
-        f"no image was accepted: all {outcome.scan.n_files} files in {where} were rejected "
-        f"({', '.join(f'{k} {v}' for k, v in counts.items())}){example}. {hint}{written}"
-    )
 
 
 def _validate(outcome: IngestOutcome, where: str) -> None:

@@ -132,6 +132,32 @@ def check_table(pred: pd.DataFrame, opts: ReportOptions, source: str) -> None:
         raise ManifestError(problems, source=source)
 
 
+def _prepare(
+    pred: pd.DataFrame,
+    predictions: pd.DataFrame | PathLike,
+    opts: ReportOptions,
+    info: dict | None,
+    has_bundle: bool,
+    manifest: pd.DataFrame | PathLike | None,
+    cv_data: Mapping[str, Any] | None,
+    source: str,
+) -> tuple[pd.DataFrame, ReportOptions, dict | None]:
+    """(table, options, model info) of a binary report: the positive class, the model and the
+    cohort name resolved, the table checked (before any join: line numbers are the file's) and
+    joined to the manifest; without a bundle the threshold is the table's."""
+    opts, classes = resolve_positive_class(pred, opts, info, cv_data)
+    info = table_model(pred, info, classes)
+    check_table(pred, opts, source)
+    if manifest is not None:
+        table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, check_files=False)
+        opts = opts.replace(cohort_info={**(opts.cohort_info or {}), "manifest_hash": manifest_hash(table)})
+        pred = join_metadata(pred, table)
+    opts = cohort_name(pred, predictions, opts)
+    if not has_bundle:
+        opts = table_threshold(pred, opts)
+    return pred, opts, info
+
+
 def report_cohort(
     predictions: pd.DataFrame | PathLike,
     out_dir: PathLike,
@@ -182,16 +208,7 @@ def report_cohort(
             cv=cv, comparison=comparison, gradcam_per_finding=gradcam_per_group,
         )  # fmt: skip
     cv_data = _read_cv_metrics(cv)
-    opts, classes = resolve_positive_class(pred, opts, info, cv_data)
-    info = table_model(pred, info, classes)
-    check_table(pred, opts, source)  # before any join: line numbers are the file's
-    if manifest is not None:
-        table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, check_files=False)
-        opts = opts.replace(cohort_info={**(opts.cohort_info or {}), "manifest_hash": manifest_hash(table)})
-        pred = join_metadata(pred, table)
-    opts = cohort_name(pred, predictions, opts)
-    if loaded is None:
-        opts = table_threshold(pred, opts)
+    pred, opts, info = _prepare(pred, predictions, opts, info, loaded is not None, manifest, cv_data, source)
     rejected_df = _as_table(rejected, "rejected-files table")
     if comparison is not None and "name_a" not in comparison:
         comparison = {**comparison, "name_a": (info or {}).get("name", "this model")}

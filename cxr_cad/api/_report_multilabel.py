@@ -115,6 +115,52 @@ def _gradcam(
     return g, {c["file"]: out / c["file"] for c in g["cases"]}
 
 
+def _findings(pred: pd.DataFrame, bundle: Bundle | None) -> tuple[list[tuple[str, float]], Mapping[str, Any], str]:
+    """(findings with their thresholds, the bundle's multi-label training record, where the
+    thresholds come from): the bundle's, else read back from the table's decision columns."""
+    if bundle is None:
+        findings = _thresholds_from_decisions(pred, table_findings(pred))
+        return findings, {}, "read back from the predictions table's decision_<F> columns (no --model given)"
+    findings = multilabel_findings(dict(bundle.meta)) or []
+    record = (bundle.meta.get("extra") or {}).get("multilabel") or {}
+    missing = [f for f, _ in findings if PROBABILITY_PREFIX + f not in pred.columns]
+    if missing:
+        raise UsageError(
+            f"the predictions table has no {', '.join(PROBABILITY_PREFIX + f for f in missing)} column(s): "
+            "it was not made by this model"
+        )
+    return findings, record, "stored in the bundle, one per finding"
+
+
+def _describe(
+    summary: dict[str, Any],
+    record: Mapping[str, Any],
+    source: str,
+    label_note: str,
+    bundle_info: Mapping[str, Any] | None,
+    cohort: Mapping[str, Any],
+    rejected: pd.DataFrame | PathLike | None,
+) -> None:
+    """Add to ``summary`` what the report says beside the numbers: how each threshold was
+    chosen, the model, the cohort and the rejected images."""
+    methods = record.get("thresholds") or {}
+    for row in summary["per_finding"]:
+        how = (methods.get(row["finding"]) or {}).get("method")
+        row["threshold_note"] = f"stored, {how}" if how else "from the decision columns"
+    rej = rejected if rejected is None or isinstance(rejected, pd.DataFrame) else read_table(rejected, "rejected")
+    info = dict(bundle_info or {})
+    summary.update(
+        uncertain=record.get("uncertain", "not recorded"),
+        selection=record.get("selection"),
+        threshold_source=source,
+        label_note=label_note,
+        model=f"{info.get('name', '')} (SHA-256 {str(info.get('sha256', ''))[:12]})" if info else None,
+        cohort={k: v for k, v in cohort.items() if isinstance(v, (str, int, float)) or v is None},
+        n_rejected=0 if rej is None else len(rej),
+        rejected_by_reason={} if rej is None else {str(k): int(v) for k, v in rej["reason"].value_counts().items()},
+    )
+
+
 def report_multilabel(
     pred: pd.DataFrame,
     out_dir: PathLike,
@@ -141,20 +187,7 @@ def report_multilabel(
         raise UsageError("a multi-label model has one threshold per finding, stored in the bundle; drop --threshold")
     if comparison is not None or cv is not None:
         raise UsageError("--compare / --cv-metrics are for binary models; a multi-label report takes neither")
-    record: Mapping[str, Any] = {}
-    if bundle is not None:
-        findings = multilabel_findings(dict(bundle.meta)) or []
-        record = (bundle.meta.get("extra") or {}).get("multilabel") or {}
-        missing = [f for f, _ in findings if PROBABILITY_PREFIX + f not in pred.columns]
-        if missing:
-            raise UsageError(
-                f"the predictions table has no {', '.join(PROBABILITY_PREFIX + f for f in missing)} column(s): "
-                "it was not made by this model"
-            )
-        source = "stored in the bundle, one per finding"
-    else:
-        findings = _thresholds_from_decisions(pred, table_findings(pred))
-        source = "read back from the predictions table's decision_<F> columns (no --model given)"
+    findings, record, source = _findings(pred, bundle)
     cohort = dict(options.cohort_info or {})
     if manifest is not None:
         table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, check_files=False)
@@ -175,22 +208,9 @@ def report_multilabel(
         n_bootstrap=options.n_bootstrap if groups is not None else 0,
         seed=options.seed,
     )
-    methods = record.get("thresholds") or {}
-    for row in summary["per_finding"]:
-        how = (methods.get(row["finding"]) or {}).get("method")
-        row["threshold_note"] = f"stored, {how}" if how else "from the decision columns"
-    rej = rejected if rejected is None or isinstance(rejected, pd.DataFrame) else read_table(rejected, "rejected")
-    info = dict(bundle_info or {})
-    summary.update(
-        uncertain=record.get("uncertain", "not recorded"),
-        selection=record.get("selection"),
-        threshold_source=source,
-        label_note=label_note + ("" if groups is not None else "; no patient_id: no patient-cluster bootstrap"),
-        model=f"{info.get('name', '')} (SHA-256 {str(info.get('sha256', ''))[:12]})" if info else None,
-        cohort={k: v for k, v in cohort.items() if isinstance(v, (str, int, float)) or v is None},
-        n_rejected=0 if rej is None else len(rej),
-        rejected_by_reason={} if rej is None else {str(k): int(v) for k, v in rej["reason"].value_counts().items()},
-    )
+    if groups is None:
+        label_note += "; no patient_id: no patient-cluster bootstrap"
+    _describe(summary, record, source, label_note, bundle_info, cohort, rejected)
     out = Path(out_dir)
     pred = pred.assign(image_index=np.arange(len(pred)))
     summary["gradcam"], images = _gradcam(bundle, pred, findings, out, gradcam_per_finding)

@@ -45,6 +45,18 @@ def register(subparsers) -> None:
         "dicomweb:http(s)://HOST/PREFIX with --query and --fetch-to",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    _add_label_options(p)
+    _add_scan_options(p)
+    add_pacs_query(  # dicomweb: sources (docs/pacs.md)
+        p,
+        help="QIDO-RS filter for a dicomweb: source, repeatable (e.g. Modality=DX, StudyDate=20240101-20240131)",
+        fetch_to=True,
+    )
+    p.set_defaults(func=run_ingest)
+
+
+def _add_label_options(p: argparse.ArgumentParser) -> None:
+    """Where the labels come from (a CSV, folder names, a multi-label layout) and which classes."""
     lab = p.add_mutually_exclusive_group()
     lab.add_argument(
         "--labels",
@@ -86,6 +98,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--positive-class", metavar="NAME", help="the positive class (recorded in ingest.json; never guessed)"
     )
+
+
+def _add_scan_options(p: argparse.ArgumentParser) -> None:
+    """How files are read: patient ids of PNG/JPEG names, the acceptance policy, workers, paths."""
     p.add_argument(
         "--patient-id-pattern",
         metavar="NAME|REGEX",
@@ -112,12 +128,6 @@ def register(subparsers) -> None:
         action="store_true",
         help="write absolute paths (default: relative to the manifest's folder)",
     )
-    add_pacs_query(  # dicomweb: sources (docs/pacs.md)
-        p,
-        help="QIDO-RS filter for a dicomweb: source, repeatable (e.g. Modality=DX, StudyDate=20240101-20240131)",
-        fetch_to=True,
-    )
-    p.set_defaults(func=run_ingest)
 
 
 def _split_list(text: str | None) -> list[str]:

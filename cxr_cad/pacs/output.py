@@ -18,7 +18,8 @@ repeated; a rerun that says something else writes revision ``k + 1``, whose SR l
 A scored image that is not DICOM (PNG/JPEG) has no header to copy: ``objects.csv`` says
 ``NOT_DICOM_SOURCE`` and nothing is written for it. :meth:`DicomOutput.needs` says which
 scored instances lack an object the current options ask for, so a rerun with new options
-(:func:`catch_up`) produces them for instances scored by an earlier run.
+(:func:`catch_up`) produces them for instances scored by an earlier run. Sending (STOW-RS,
+C-STORE) and finding an earlier revision in the archive: :mod:`cxr_cad.pacs.archive`.
 """
 
 from __future__ import annotations
@@ -35,25 +36,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
-from pynetdicom import AE
+from pydicom.uid import generate_uid
 
 from cxr_cad.config import AcceptPolicy
 from cxr_cad.core.atomic import atomic_write, atomic_write_text
 from cxr_cad.core.provenance import __version__
 from cxr_cad.errors import OutputError, RejectedFile
 from cxr_cad.io import read_image
-from cxr_cad.pacs.client import make_client, network_reason
+from cxr_cad.pacs.archive import forward_objects, latest_in_archive, stow_objects
+from cxr_cad.pacs.client import make_client
 from cxr_cad.pacs.findings import Finding, ShiftVerdict
 from cxr_cad.pacs.sc import HEAT_SCALE, build_sc, compose_sc
-from cxr_cad.pacs.sr import (
-    AlgorithmInfo,
-    build_sr,
-    evidence_header,
-    latest_in_archive,
-    predecessor_reference,
-    result_digest,
-)
+from cxr_cad.pacs.sr import AlgorithmInfo, build_sr, evidence_header, predecessor_reference, result_digest
 from cxr_cad.shift.stats import cohort_shift, summary_from_bundle
 
 if TYPE_CHECKING:
@@ -84,7 +78,6 @@ OBJECT_COLUMNS = [
     "heat_scale",
 ]
 NOT_DICOM_SOURCE = "NOT_DICOM_SOURCE"
-STOW_FAILED = "STOW_FAILED"
 
 
 @dataclass(frozen=True)
@@ -309,64 +302,12 @@ class DicomOutput:
             batch += datasets
             recs.append((rec, datasets))
         if self.client is not None and batch:
-            self._stow(recs)
+            stow_objects(self.client, recs)
         elif self.options.forward is not None and batch:
-            self._forward(recs)
+            forward_objects(self.options.forward, self.options.calling_aet, recs)
         for rec, _ in recs:
             self.rows[rec["source_sop_instance_uid"]] = rec
         self._save()
-
-    def _stow(self, recs: list) -> None:
-        datasets = [ds for _, sets in recs for ds in sets]
-        try:
-            assert self.client is not None  # _stow runs only with a STOW-RS client
-            self.client.store_instances(datasets)
-            status, detail = "sent", ""
-        except Exception as exc:  # noqa: BLE001 - recorded per object; the rerun sends them again
-            reason, detail = network_reason(exc)
-            status = STOW_FAILED
-            log.warning(
-                "STOW-RS of %d object(s) failed: %s (%s); rerun the same command to send them",
-                len(datasets),
-                reason,
-                detail,
-            )
-        for rec, sets in recs:
-            if sets:
-                rec["stow"] = status
-                if status != "sent":
-                    rec.update(reason=STOW_FAILED, detail=detail)
-
-    def _forward(self, recs: list) -> None:
-        """C-STORE the new objects to ``options.forward`` (pynetdicom SCU); status per object."""
-        assert self.options.forward is not None  # _forward runs only with --forward
-        aet, host, port = self.options.forward
-        ae = AE(ae_title=self.options.calling_aet)
-        ae.add_requested_context(ComprehensiveSRStorage)
-        ae.add_requested_context(SecondaryCaptureImageStorage)
-        assoc = ae.associate(host, port, ae_title=aet)
-        try:
-            for rec, sets in recs:
-                if not sets:
-                    continue
-                codes = []
-                for ds in sets:
-                    status = assoc.send_c_store(ds) if assoc.is_established else None
-                    codes.append(getattr(status, "Status", None))
-                ok = all(c == 0x0000 for c in codes)
-                rec["stow"] = "forwarded" if ok else "FORWARD_FAILED"
-                if not ok:
-                    rec.update(
-                        reason="FORWARD_FAILED",
-                        detail=f"C-STORE to {aet}@{host}:{port}: "
-                        + ("association refused or aborted" if not assoc.is_established else f"status {codes}"),
-                    )
-                    log.warning(
-                        "forward of the objects of %s failed: %s", rec["source_sop_instance_uid"], rec["detail"]
-                    )
-        finally:
-            if assoc.is_established:
-                assoc.release()
 
     def counts(self) -> dict[str, int]:
         """How many sources got an SR, how many were sent, and the reasons for the others."""

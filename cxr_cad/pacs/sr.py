@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -208,34 +207,6 @@ def predecessor_reference(study: str, series: str, sop: str) -> Dataset:
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR Storage
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
     return ds
-
-
-def latest_in_archive(
-    client: Any, study: str, uid_of: Callable[[int], str], limit: int = 32
-) -> tuple[int, str, str] | None:
-    """The latest revision of a result in a DICOMweb archive: ``(k, SOP UID, result digest)`` of
-    the highest ``k`` whose SR ``uid_of(k)`` the archive holds in ``study`` (QIDO-RS, then its
-    metadata with WADO-RS), or None. Network errors count as "not found" (a new revision 1)."""
-    found = None
-    for k in range(1, limit + 1):
-        uid = uid_of(k)
-        try:
-            hits = client.search_for_instances(study_instance_uid=study, search_filters={"SOPInstanceUID": uid})
-        except Exception:  # noqa: BLE001 - an archive that cannot answer gets a fresh result
-            return found
-        hits = [h for h in hits if (h.get("00080018", {}).get("Value") or [""])[0] == uid]
-        if not hits:
-            return found
-        series = hits[0]["0020000E"]["Value"][0]
-        digest = ""
-        try:
-            meta = client.retrieve_instance_metadata(study, series, uid)
-            found_digest = re.search(r"result digest ([0-9a-f]{16})", json.dumps(meta))
-            digest = found_digest.group(1) if found_digest else ""
-        except Exception:  # noqa: BLE001 - without its digest the archived one is replaced
-            pass
-        found = (k, uid, digest)
-    return found
 
 
 def build_sr(

@@ -29,6 +29,7 @@ from cxr_cad.report.fmt import (
     table,
 )
 from cxr_cad.report.text import INTENDED_USE, LIMITATIONS, methods_paragraphs
+from cxr_cad.report.view_calibration import calibration
 
 __all__ = ["build_document"]
 
@@ -234,7 +235,7 @@ def build_document(d: dict) -> dict:
         ("study", "Diagnostic performance (the study's table)", study),
         ("roc", "ROC analysis", vp.roc(d)),
         ("utility", "Clinical utility", vc.utility(d)),
-        ("calibration", "Calibration", vc.calibration(d)),
+        ("calibration", "Calibration", calibration(d)),
         ("subgroups", "Subgroups", _subgroups(d)),
         ("failures", "Failure analysis", vc.failures(d)),
         ("explanations", "Explanations (Grad-CAM)", _gradcam(d)),

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from cxr_cad.config import ModelConfig, TrainConfig, read_yaml_mapping
 from cxr_cad.config.base import validation_problems
 from cxr_cad.config.types import ConfigModel
-from cxr_cad.errors import ConfigError
+from cxr_cad.errors import BundleError, ConfigError
 from cxr_cad.workflow.overrides import apply_sets, expand_env, parse_set
 from cxr_cad.workflow.sections import SECTION_MODELS, STEP_NAMES, WorkflowFile
 from cxr_cad.workflow.suggest import suggest_keys
@@ -110,6 +110,29 @@ def _check_paths(wf: dict, base: Path, problems: list[str]) -> None:
                 "imagenet:/path/resnet18-f37072fd.pth, none, bundle or a bundle path)"
             )
         wf["model"]["init"] = f"imagenet:{p}" if init.startswith("imagenet:") else str(p)
+
+
+def _parent_image_size(wf: dict, given_model: Any) -> None:
+    """Fine-tuning a parent bundle (``model.init``: ``bundle`` or a bundle path) with no
+    ``model.image_size`` given: the parent's input size, not the default 224 (the training
+    run's parent guard refuses any other size). Torch is imported only in that case."""
+    if not {"crossval", "train"} & set(wf["steps"]):
+        return
+    if isinstance(given_model, Mapping) and "image_size" in given_model:
+        return
+    init = wf["model"]["init"]
+    if init in ("imagenet", "none") or init.startswith("imagenet:"):
+        return
+    path = wf["model"]["bundle"] if init == "bundle" else init
+    if path is None or not Path(path).is_file():
+        return  # _check_paths / _check_steps name it
+    from cxr_cad.model import load_bundle
+
+    try:
+        parent = load_bundle(path)
+    except BundleError:
+        return  # a weights file, not a bundle (or a broken one: the train step names it)
+    wf["model"]["image_size"] = int(parent.transform_spec.image_size)
 
 
 def _check_steps(wf: dict, problems: list[str]) -> None:
@@ -210,6 +233,7 @@ def validate_workflow(doc: Any, *, base_dir: str | os.PathLike = ".", source: st
     _check_paths(wf, Path(base_dir), problems)
     if steps_ok:
         _check_steps(wf, problems)
+        _parent_image_size(wf, doc.get("model"))
     _check_train(wf, problems)
     if problems:
         raise ConfigError(suggest_keys(list(dict.fromkeys(problems))), source)

@@ -119,3 +119,26 @@ def test_study_then_batch_evaluate_then_retrain(tmp_path, capsys):
     assert f"Cohort shift check, {cmp_['name_b']}" in summary and "Conclusion" in summary
     low, high = (f"{cmp_['auc_a_delong'][k]:.3f}" for k in ("low", "high"))
     assert summary.count(f"{low}\u2013{high}") >= 1 and page.count(f"{low}\u2013{high}") >= 2
+
+
+@pytest.mark.slow
+def test_retrain_fine_tunes_a_128px_parent(tmp_path):
+    """The shipped retrain workflow as written (model.init: bundle) on a parent trained at 128 px:
+    it trains at the parent's size instead of refusing the parent (it had 224 written in)."""
+    from tests.workflow.parent import write_parent_bundle
+
+    cohort = tmp_path / "site"
+    write_png_cohort(cohort, n_patients=10, size=48, seed=3)
+    parent = write_parent_bundle(tmp_path / "parent.pt", image_size=128)
+    sets = [s for s in TINY if not s.startswith(("model.init=", "model.image_size="))]
+    sets += [f"data.train={cohort}", f"model.bundle={parent}"]
+    retrain = tmp_path / "retrain"
+    argv = ["-q", "run", str(WORKFLOWS / "retrain_new_cohort.yaml"), "--out", str(retrain)]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    from cxr_cad.model import load_bundle
+
+    child = load_bundle(retrain / "train" / "model.pt")
+    assert child.transform_spec.image_size == 128
+    assert "input settings differ" not in (retrain / "run.log").read_text()  # not forced past the parent guard
+    m = json.loads((retrain / "report" / "test" / "metrics.json").read_text())
+    assert m["comparison"]["n"] == m["cohort"]["n_images_evaluated"] > 0

@@ -53,6 +53,27 @@ def test_shipped_workflows_validate(folders):
     assert wf["model"]["bundle"] == str(bundle) and wf["data"]["train_labels"] == str(labels)
 
 
+def test_retrain_takes_the_parent_bundles_image_size(folders, tmp_path):
+    """Fine-tuning a 128-px parent: the retrain workflow trains at 128 px (it had 224 written in,
+    which the parent guard refuses); an explicit model.image_size still wins."""
+    from tests.workflow.parent import write_parent_bundle
+
+    train, _, _, labels = folders
+    parent = write_parent_bundle(tmp_path / "parent.pt", image_size=128)
+    sets = [f"data.train={train}", f"data.train_labels={labels}", f"model.bundle={parent}"]
+    wf = load_workflow(WORKFLOWS / "retrain_new_cohort.yaml", sets, environ={})
+    assert wf["model"]["image_size"] == 128
+    model = train_config_dict(wf)["model"]
+    assert model["init"] == str(parent) and model["image_size"] == 128
+    wf = load_workflow(WORKFLOWS / "retrain_new_cohort.yaml", [*sets, "model.image_size=64"], environ={})
+    assert wf["model"]["image_size"] == 64  # given: kept (the train step's parent guard names the mismatch)
+    # a bundle path as model.init is a parent too; from ImageNet the default stays
+    wf = load_workflow(WORKFLOWS / "retrain_new_cohort.yaml", [*sets, f"model.init={parent}"], environ={})
+    assert wf["model"]["image_size"] == 128
+    wf = load_workflow(WORKFLOWS / "retrain_new_cohort.yaml", [*sets, "model.init=imagenet"], environ={})
+    assert wf["model"]["image_size"] == 224
+
+
 def test_chandola_without_test_cohort_says_cv_only(folders):
     train = folders[0]
     wf = load_workflow(WORKFLOWS / "chandola2021_pneumonia.yaml", [f"data.train={train}"], environ={})
