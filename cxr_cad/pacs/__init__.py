@@ -10,6 +10,7 @@
 * :mod:`cxr_cad.pacs.fhir`    – ``--fhir-out`` / ``--fhir-url``: FHIR R4 DiagnosticReport + Observations per study
 * :mod:`cxr_cad.pacs.results` – the outputs of a run together; what a rerun with new outputs owes
 * :mod:`cxr_cad.pacs.output`  – ``--dicom-out`` / ``--stow`` / ``--forward``: writes and sends the objects of a run
+* :mod:`cxr_cad.pacs.archive` – sending objects (STOW-RS, C-STORE) and the latest revision already in the archive
 * :mod:`cxr_cad.pacs.scp`     – C-STORE SCP (pynetdicom) that stores what arrives and hands it to a callback
 
 The adapters import no engine: :mod:`cxr_cad.api` (``predict_dicomweb``, ``predict_sources``,
