@@ -52,6 +52,7 @@ def _policies(run: Path) -> dict[str, float]:
     for name, cfg in (
         ("youden", ThresholdConfig(method="youden")),
         ("sens0.90", ThresholdConfig(method="sensitivity")),
+        ("midpoint", ThresholdConfig(method="midpoint")),
     ):
         out[name] = float(choose_threshold(y, p, cfg)[0])
     return out

@@ -45,7 +45,7 @@ class Adapted:
     Attributes:
         method: the ladder step (``threshold``, ``recalibrate``, ``head``).
         threshold: the child's decision threshold (on its output probability).
-        policy: the threshold method recorded in the child (``youden``, ``sensitivity``, ``calibrated``, ``fixed``).
+        policy: the threshold method recorded in the child (``youden``, ``sensitivity``, ``midpoint``, ``calibrated``, ``fixed``).
         params: the child's ``threshold_selection.params`` (with ``calibration`` when it has one).
         detail: everything the policy reported on the site rows.
         calibration: applied to the raw probability (None: none).
@@ -78,7 +78,9 @@ def parent_policy(selection: dict[str, Any]) -> ThresholdConfig:
     """The threshold config of a bundle's ``threshold_selection`` (its policy and parameters)."""
     method = str(selection.get("method", "youden"))
     params = selection.get("params") or {}
-    values: dict[str, Any] = {"method": method if method in ("youden", "sensitivity", "calibrated") else "youden"}
+    values: dict[str, Any] = {
+        "method": method if method in ("youden", "sensitivity", "midpoint", "calibrated") else "youden"
+    }
     if "target" in params:
         values["target_sensitivity"] = float(params["target"])
     cal = params.get("calibration") or {}
@@ -108,7 +110,7 @@ def adapt_threshold(
     _check_site(y)
     p = np.asarray(raw_probability, np.float64)
     out = p if parent_calibration is None else parent_calibration(p)
-    if policy.method not in ("youden", "sensitivity"):
+    if policy.method not in ("youden", "sensitivity", "midpoint"):
         policy = policy.replace(method="youden")
     thr, method, detail, params = _choose(y, out, policy)
     if parent_calibration is not None:
@@ -229,7 +231,7 @@ def adapt_head(
     head = []
     for (w, b), (pw, pb) in zip(fits, parent_head):  # log-odds column folded back into the features
         head.append((w[:-1] + w[-1] * pw, float(b + w[-1] * pb)))
-    if policy.method not in ("youden", "sensitivity"):
+    if policy.method not in ("youden", "sensitivity", "midpoint"):
         policy = policy.replace(method="youden")  # the refitted head is already calibrated to the site
     thr, method, detail, params = _choose(y, best_oof, policy)
     fit = {

@@ -26,7 +26,7 @@ its hash) is refused before anything is written, naming how many and which, unle
 the overlap is recorded in export.json and printed). Score with `cxr-cad predict --backend
 onnxruntime|openvino --model DIR`; for int8 as part of the model see `cxr-cad train --int8`.
 
-Needs the optional extra: pip install -c constraints/cpu.txt -e '.[export]'.
+--format monai-bundle needs the optional extra: pip install -c constraints/cpu.txt -e '.[export]'.
 Exit codes: 0 done; 2 bad arguments, a missing model or calibration manifest, an --out that
 cannot be created or written; 1 a corrupt bundle, a failed check or a refused int8 model."""
 

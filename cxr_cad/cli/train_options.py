@@ -149,7 +149,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
         "threshold",
         "threshold.method",
         "data and threshold",
-        "how the decision threshold is chosen on validation data [sensitivity, target 0.90]",
+        "how the decision threshold is chosen on validation data [midpoint]",
         "how each fold's threshold is chosen on its inner validation split",
     ),
     Flag(

@@ -189,13 +189,15 @@ class EarlyStoppingConfig(ConfigModel):
 class ThresholdConfig(ConfigModel):
     """How the decision threshold is chosen on validation data: ``youden`` (max sensitivity +
     specificity - 1), ``sensitivity`` (highest threshold reaching ``target_sensitivity``),
+    ``midpoint`` (halfway on the log-odds scale between the two classes' median scores),
     ``calibrated`` (``calibration``: Platt or temperature scaling fitted on the validation
     predictions, stored in the bundle and applied by predict; then ``cutoff`` on the calibrated
     probability) or ``fixed`` (``value``; also used when there is no validation data).
-    docs/adaptation.md#threshold-policies. The default, ``sensitivity`` at 0.90, is the policy
-    that transferred best to the study's own test split (docs/generalisation.md#thresholds)."""
+    docs/adaptation.md#threshold-policies. The default, ``midpoint``, is the policy that
+    transferred best to the study's own test split for the model trained on the whole training
+    split (docs/generalisation.md#thresholds-on-test-a)."""
 
-    method: Literal["youden", "sensitivity", "calibrated", "fixed"] = "sensitivity"
+    method: Literal["youden", "sensitivity", "midpoint", "calibrated", "fixed"] = "midpoint"
     target_sensitivity: Float = Field(default=0.9, gt=0.0, le=1.0)
     value: Float = Field(default=0.5, ge=0.0, le=1.0)
     calibration: Literal["platt", "temperature"] = "platt"

@@ -59,15 +59,25 @@ OUTPUT_NAME = "logits"
 EXPORT_PACKAGES = ("torch", "monai", "numpy", "onnx", "onnxruntime", "onnxscript", "openvino")
 
 
+#: Runtimes that are core dependencies (pyproject.toml; predict --backend auto needs them): a
+#: missing one means a broken or hand-trimmed install, so the fix is reinstalling, not an extra.
+CORE_RUNTIMES = frozenset({"onnx", "onnxscript", "onnxruntime", "openvino"})
+
+
 def require(module: str, extra: str) -> Any:
-    """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'cxr_cad[extra]'``."""
+    """Import ``module`` or raise :class:`MissingExtraError` naming the install command that
+    brings it (``pip install 'cxr_cad[extra]'``, or a reinstall for a core runtime)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(
-            f"{module} is not installed; install the optional extra with "
-            f"`pip install -c constraints/cpu.txt -e '.[{extra}]'` (or `pip install 'cxr_cad[{extra}]'`)"
-        ) from exc
+        if module.split(".")[0] in CORE_RUNTIMES:
+            fix = "reinstall cxr_cad with its dependencies (`pip install -c constraints/cpu.txt -e .`)"
+        else:
+            fix = (
+                f"install the optional extra with `pip install -c constraints/cpu.txt -e '.[{extra}]'` "
+                f"(or `pip install 'cxr_cad[{extra}]'`)"
+            )
+        raise MissingExtraError(f"{module} is not installed; {fix}") from exc
 
 
 def bundle_record(bundle: Bundle) -> dict:

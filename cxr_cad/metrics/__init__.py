@@ -38,6 +38,7 @@ from cxr_cad.metrics.recalibration import (
     fit_platt,
     fit_temperature,
     log_odds,
+    midpoint_policy,
     sensitivity_policy,
 )
 from cxr_cad.metrics.roc import interpolate_roc, mean_roc, roc_auc, roc_curve
@@ -87,5 +88,6 @@ __all__ = [
     "fit_platt",
     "fit_temperature",
     "log_odds",
+    "midpoint_policy",
     "sensitivity_policy",
 ]

@@ -22,8 +22,9 @@ Log-odds are computed from probabilities clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]
 (:func:`log_odds`), the same clip the prediction engine applies, so a calibration fitted on
 probabilities is applied identically to the model's logits.
 
-Threshold policies (:func:`sensitivity_policy`, :func:`calibrated_policy`) return the
-threshold with the operating point it reaches on the data it was chosen on.
+Threshold policies (:func:`sensitivity_policy`, :func:`calibrated_policy`,
+:func:`midpoint_policy`) return the threshold with the operating point it reaches on the data
+it was chosen on.
 """
 
 from __future__ import annotations
@@ -267,3 +268,26 @@ def calibrated_policy(
         "raw_threshold": float(_sigmoid(np.array([s_cut]))[0]),
         **_sensitivity_record(y, calibrated, cutoff, alpha),
     }
+
+
+def midpoint_policy(y_true: Any, y_prob: Any, *, alpha: float = 0.05) -> dict[str, Any]:
+    """The threshold halfway, on the log-odds scale, between the median validation score of
+    the negatives and that of the positives: ``{"threshold", "class_medians"`` (negative,
+    positive; probabilities), ``"achieved_sensitivity"``, ... as :func:`sensitivity_policy`}.
+
+    Hand-written (no library offers it): it is the equal-prior decision point of two classes
+    described by their centres, as a nearest-centroid classifier on the log-odds would place
+    it. Youden's J and a sensitivity target put the threshold at the edge of one class's
+    validation scores; when validation separates the classes almost perfectly, that edge is
+    where a shifted test population's negatives pile up (docs/generalisation.md#thresholds).
+    The midpoint keeps the largest margin from both classes. ValueError with one class.
+    """
+    alpha = check_alpha(alpha)
+    y, p = check_binary(y_true, y_prob, name="y_prob", probabilities=True)
+    if int(y.sum()) in (0, y.size):
+        raise ValueError("a midpoint threshold needs both classes")
+    s = log_odds(p)
+    neg, pos = float(np.median(s[y == 0])), float(np.median(s[y == 1]))
+    thr = float(_sigmoid(np.array([(neg + pos) / 2.0]))[0])
+    medians = [float(_sigmoid(np.array([v]))[0]) for v in (neg, pos)]
+    return {"threshold": thr, "class_medians": medians, **_sensitivity_record(y, p, thr, alpha)}

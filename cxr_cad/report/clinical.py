@@ -33,6 +33,8 @@ _METHOD_WORDS = {
     "youden": "maximised Youden's J",
     "fixed": "fixed value",
     "sensitivity": "highest threshold reaching the target sensitivity",
+    "midpoint": "halfway (log-odds) between the two classes' median validation scores",
+    "calibrated": "cut-off on the calibrated probability",
     "specificity": "lowest threshold reaching the target specificity",
 }
 #: items of the population block, in order, with their display names

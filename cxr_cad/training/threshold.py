@@ -1,5 +1,5 @@
 """The decision threshold of a run, chosen on the best epoch's validation predictions
-(``threshold`` section: Youden, target sensitivity, calibrated or fixed), and the record of
+(``threshold`` section: Youden, target sensitivity, midpoint, calibrated or fixed), and the record of
 what it was chosen on.
 
 The policies themselves are pure functions in :mod:`cxr_cad.metrics` (``youden_choice``,
@@ -21,7 +21,13 @@ import torch
 
 from cxr_cad.config import ThresholdConfig, TrainConfig
 from cxr_cad.manifest import manifest_hash as compute_manifest_hash
-from cxr_cad.metrics import calibrated_policy, sensitivity_policy, small_class_warning, youden_choice
+from cxr_cad.metrics import (
+    calibrated_policy,
+    midpoint_policy,
+    sensitivity_policy,
+    small_class_warning,
+    youden_choice,
+)
 from cxr_cad.training.data import label_indices
 from cxr_cad.training.loop import EvalOutput
 
@@ -46,6 +52,7 @@ PARAM_KEYS = (
     "sensitivity_ci",
     "achieved_specificity",
     "specificity_ci",
+    "class_medians",
 )
 
 log = logging.getLogger(__name__)
@@ -54,8 +61,8 @@ log = logging.getLogger(__name__)
 def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConfig) -> tuple[float, str, dict]:
     """The decision threshold on validation predictions: (threshold, method, detail).
 
-    ``method`` is what goes into the bundle: ``youden``, ``sensitivity``, ``calibrated`` or
-    ``fixed``; ``detail`` records the inputs (counts ``n``, ``n_positive``, ``n_negative``,
+    ``method`` is what goes into the bundle: ``youden``, ``sensitivity``, ``midpoint``,
+    ``calibrated`` or ``fixed``; ``detail`` records the inputs (counts ``n``, ``n_positive``, ``n_negative``,
     ``target`` sensitivity with the ``achieved_sensitivity`` and its Wilson ``sensitivity_ci``,
     the fitted ``calibration`` and ``cutoff``, Youden's ``tie_range``/``n_tied``, a fallback
     ``reason``, and ``warning``
@@ -88,6 +95,10 @@ def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, cfg: ThresholdConf
     elif cfg.method == "sensitivity":
         record = sensitivity_policy(y_true, y_score, cfg.target_sensitivity)
         thr, method = record.pop("threshold"), "sensitivity"
+        detail.update(record)
+    elif cfg.method == "midpoint":
+        record = midpoint_policy(y_true, y_score)
+        thr, method = record.pop("threshold"), "midpoint"
         detail.update(record)
     else:  # calibrated
         try:

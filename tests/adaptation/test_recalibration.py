@@ -19,6 +19,7 @@ from cxr_cad.metrics import (
     fit_platt,
     fit_temperature,
     log_odds,
+    midpoint_policy,
     roc_auc,
     sensitivity_policy,
     wilson_ci,
@@ -141,3 +142,28 @@ def test_calibrated_policy_falls_back_to_fixed_when_scores_do_not_rank():
     p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9] * 5)  # perfectly inverted: no monotone calibration
     thr, method, detail = choose_threshold(y, p, ThresholdConfig(method="calibrated", value=0.3))
     assert (thr, method) == (0.3, "fixed") and "calibration failed" in detail["reason"]
+
+
+def test_midpoint_policy_sits_halfway_between_the_class_medians_on_the_log_odds_scale():
+    # the slow obvious computation: medians of log(p / (1 - p)) per class, mean of the two, back
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(40), np.ones(60)].astype(int)
+    p = np.r_[rng.beta(2, 8, 40), rng.beta(9, 2, 60)]
+    logit = np.log(p / (1 - p))
+    expected = 1 / (1 + math.exp(-(np.median(logit[y == 0]) + np.median(logit[y == 1])) / 2))
+    rec = midpoint_policy(y, p)
+    assert rec["threshold"] == pytest.approx(expected, rel=1e-12)
+    centres = [1 / (1 + math.exp(-np.median(logit[y == k]))) for k in (0, 1)]
+    assert rec["class_medians"] == pytest.approx(centres, rel=1e-9)
+    pred = p >= rec["threshold"]
+    assert rec["achieved_sensitivity"] == pytest.approx(pred[y == 1].mean())
+    assert rec["achieved_specificity"] == pytest.approx((~pred[y == 0]).mean())
+    # a perfectly separated validation set: Youden sits at the positives' edge, the midpoint in the gap
+    y2 = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    p2 = np.r_[np.linspace(0.01, 0.2, 20), np.linspace(0.9, 0.999, 20)]
+    thr, method, detail = choose_threshold(y2, p2, ThresholdConfig(method="midpoint"))
+    youden, _, _ = choose_threshold(y2, p2, ThresholdConfig(method="youden"))
+    assert method == "midpoint" and 0.2 < thr < 0.9 and thr < youden
+    assert selection_params(method, thr, detail)["class_medians"] == detail["class_medians"]
+    with pytest.raises(ValueError, match="both classes"):
+        midpoint_policy(np.ones(5), np.linspace(0.1, 0.9, 5))
