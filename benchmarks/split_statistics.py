@@ -4,7 +4,9 @@ Measures eight global image statistics (after a 224x224 bilinear resize: mean, s
 percentile, border mean, centre mean, fraction of near-black pixels, mean absolute vertical
 gradient = sharpness) on kermany-dev, kermany-test-a and a sample of kermany-224-train; prints
 their means per split and label, and how well a logistic regression on them separates the
-labels (5-fold CV on kermany-dev; trained on kermany-dev, scored on test-a). Figures in
+labels (5-fold CV on kermany-dev; trained on kermany-dev, scored on test-a); and how each split
+is stored: JPEG colour mode and the quality its luminance quantisation table corresponds to
+(the IJG scaling of the standard table, as libjpeg and Pillow write it). Figures in
 docs/generalisation.md.
 
     python benchmarks/split_statistics.py --shared ../shared/data
@@ -35,12 +37,40 @@ SUBSETS = {
 }
 
 
+#: ITU-T T.81 Annex K.1 luminance table (natural order), the base of libjpeg's quality scaling
+_STD_LUMA = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+)  # fmt: skip
+
+
+def jpeg_quality(im: Image.Image) -> float:
+    """The IJG quality whose scaled standard luminance table is closest to the file's (NaN: not JPEG)."""
+    tables = getattr(im, "quantization", None)
+    if not tables:
+        return float("nan")
+    natural = np.asarray(tables[0], float)  # Pillow gives the tables in natural (row-major) order
+    best, err = 50, float("inf")
+    for q in range(1, 101):
+        scale = 5000 / q if q < 50 else 200 - 2 * q
+        table = np.clip(np.floor((_STD_LUMA * scale + 50) / 100), 1, 255)
+        e = float(np.abs(table - natural).mean())
+        if e < err:
+            best, err = q, e
+    return float(best)
+
+
 def image_stats(path: Path) -> dict:
-    im = Image.open(path).convert("L")
+    src = Image.open(path)
+    mode, quality = src.mode, jpeg_quality(src)
+    im = src.convert("L")
     w, h = im.size
     a = np.asarray(im.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float32) / 255
     border = np.concatenate([a[:12].ravel(), a[-12:].ravel(), a[:, :12].ravel(), a[:, -12:].ravel()])
     return {
+        "mode": mode,
+        "jpeg_quality": quality,
         "width": w,
         "height": h,
         "mean": a.mean(),
@@ -68,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"set": name, "label": label, **image_stats(args.shared / name / path)})
     df = pd.DataFrame(rows)
     print(df.groupby(["set", "label"])[["width", "height", *FEATURES]].mean().round(3).T.to_string())
+    print("\nstorage (JPEG colour mode and IJG quality of the luminance table), images per split:")
+    print(df.groupby(["set", "mode", "jpeg_quality"]).size().to_string())
     dev, test = df[df["set"] == "kermany-dev"], df[df["set"] == "kermany-test-a"]
     y_dev, y_test = (dev["label"] == "PNEUMONIA").astype(int), (test["label"] == "PNEUMONIA").astype(int)
     print("\n| features | dev 5-fold CV AUC | test-a AUC |\n|---|---:|---:|")

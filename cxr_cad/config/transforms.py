@@ -224,6 +224,10 @@ class AugmentSpec(ConfigModel):
         lowres_zoom: (low, high) zoom of a simulated low-resolution acquisition (down- then
             up-sampled, MONAI ``RandSimulateLowResolution``); low 1 = off.
         noise_std: standard deviation of additive Gaussian noise (image units); 0 = off.
+        jpeg_prob: probability that the image is stored as an 8-bit JPEG at a quality drawn
+            from ``jpeg_quality`` and decoded again (last, after every other augmentation: lossy
+            storage comes after acquisition); 0 = off. See cxr_cad/transforms/reencode.py.
+        jpeg_quality: (low, high) JPEG quality range, integers in [1, 100].
     """
 
     error_source: ClassVar[str | None] = "augmentation spec"
@@ -241,10 +245,13 @@ class AugmentSpec(ConfigModel):
     blur_sigma: NumberPair = (0.0, 0.0)
     lowres_zoom: NumberPair = (1.0, 1.0)
     noise_std: Number = Field(default=0.0, ge=0.0, le=0.5)
+    jpeg_prob: Number = Field(default=0.0, ge=0.0, le=1.0)
+    jpeg_quality: NumberPair = (50.0, 95.0)
 
     _gamma = _pair_within("gamma", 0.2, 5.0)
     _blur = _pair_within("blur_sigma", 0.0, 5.0)
     _lowres = _pair_within("lowres_zoom", 0.1, 1.0)
+    _jpeg = _pair_within("jpeg_quality", 1.0, 100.0)
 
     @field_validator("scale")
     @classmethod
@@ -282,4 +289,5 @@ class AugmentSpec(ConfigModel):
             blur_sigma=(0.0, 0.0),
             lowres_zoom=(1.0, 1.0),
             noise_std=0.0,
+            jpeg_prob=0.0,
         )

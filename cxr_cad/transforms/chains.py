@@ -34,9 +34,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import (
     Compose,
-    EnsureTyped,
     Lambdad,
-    NormalizeIntensityd,
     RandAdjustContrastd,
     RandAffined,
     RandFlipd,
@@ -45,16 +43,15 @@ from monai.transforms import (
     RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
     RandSimulateLowResolutiond,
-    RepeatChanneld,
-    Resized,
-    SpatialPadd,
     Transform,
 )
 
 from cxr_cad.config.transforms import AugmentSpec, TransformSpec
 from cxr_cad.core.provenance import sha256_bytes
-from cxr_cad.transforms.intensity import ScalePercentilesd
+from cxr_cad.transforms.intensity import Normalised, ScalePercentilesd
 from cxr_cad.transforms.reader import REJECTED_KEY, CxrReader, LoadCxrImaged, rejection_record
+from cxr_cad.transforms.reencode import RandJpegReencoded
+from cxr_cad.transforms.resize import ResizeToInputd
 
 if TYPE_CHECKING:
     from cxr_cad.io import AcceptPolicy
@@ -90,20 +87,13 @@ def build_load_transforms(
     # the area resize below always does the last >= 2x and the same film scores the same
     # whatever its container (benchmarks/container_invariance.py, issue 19).
     reader = CxrReader(policy=policy, reduce_to=spec.image_size, apply_voi=spec.apply_voi)
-    size = spec.image_size
-    # area interpolation averages source pixels (no aliasing); the others need smoothing first
-    aa = spec.interpolation != "area"
-    chain: list[Transform] = [LoadCxrImaged(keys=key, reader=reader)]
-    if spec.aspect == "squash":
-        chain.append(Resized(keys=key, spatial_size=(size, size), mode=spec.interpolation, anti_aliasing=aa))
-    else:  # pad: longer side -> size, then pad the shorter side symmetrically with black
-        chain.append(
-            Resized(keys=key, spatial_size=size, size_mode="longest", mode=spec.interpolation, anti_aliasing=aa)
-        )
-        chain.append(SpatialPadd(keys=key, spatial_size=(size, size), method="symmetric", mode="constant"))
-    chain.append(Lambdad(keys=key, func=_clip01))  # bicubic may overshoot [0, 1]
-    chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
-    return chain
+    # squash: both sides -> size; pad: longer side -> size, the shorter padded symmetrically with
+    # black; then clamped to [0, 1] (bicubic may overshoot), a plain float32 tensor. One step with
+    # MONAI's arithmetic, without its MetaTensor bookkeeping (cxr_cad.transforms.resize, issue 19).
+    return [
+        LoadCxrImaged(keys=key, reader=reader),
+        ResizeToInputd(keys=key, size=spec.image_size, aspect=spec.aspect, mode=spec.interpolation),
+    ]
 
 
 def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: str = IMAGE_KEY) -> list[Transform]:
@@ -113,7 +103,8 @@ def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: 
     axis from ``augment.scale``), then an optional horizontal flip, then (each with
     probability ``augment.intensity_prob``) brightness shift, contrast change about the
     image mean, gamma (``RandAdjustContrastd``), Gaussian blur, simulated low resolution
-    (down- then up-sampling) and Gaussian noise, each followed by a clamp to [0, 1].
+    (down- then up-sampling) and Gaussian noise, each followed by a clamp to [0, 1]; last, with
+    probability ``augment.jpeg_prob``, lossy JPEG re-encoding (:mod:`cxr_cad.transforms.reencode`).
     Transforms whose range is zero are left out.
     """
     chain: list[Transform] = []
@@ -162,6 +153,9 @@ def build_augment_transforms(spec: TransformSpec, augment: AugmentSpec, *, key: 
         or augment.gamma != (1.0, 1.0)
     ):
         chain.append(Lambdad(keys=key, func=_clip01))
+    if augment.jpeg_prob > 0:  # lossy storage comes last, after acquisition (needs [0, 1])
+        lo, hi = augment.jpeg_quality
+        chain.append(RandJpegReencoded(keys=key, quality_range=(int(lo), int(hi)), prob=augment.jpeg_prob))
     return chain
 
 
@@ -185,15 +179,12 @@ def build_post_transforms(
     spec: TransformSpec, augment: AugmentSpec | None = None, *, key: str = IMAGE_KEY
 ) -> list[Transform]:
     """The per-sample part: (augment) -> intensity standardisation -> replicate to ``in_channels``
-    -> normalise -> tensor."""
+    and normalise (:class:`~cxr_cad.transforms.intensity.Normalised`) -> plain float32 tensor."""
     chain = build_augment_transforms(spec, augment, key=key) if augment is not None else []
     chain += build_intensity_transforms(spec, key=key)
-    if spec.in_channels != 1:
-        chain.append(RepeatChanneld(keys=key, repeats=spec.in_channels))
-    # per-channel lists are what MONAI documents for channel_wise (its stubs say arrays only)
-    mean, std = list(spec.mean), list(spec.std)
-    chain.append(NormalizeIntensityd(keys=key, subtrahend=mean, divisor=std, channel_wise=True))  # type: ignore[arg-type]
-    chain.append(EnsureTyped(keys=key, data_type="tensor", dtype=torch.float32, track_meta=False))
+    # replicate to in_channels and (x - mean) / std per channel: MONAI RepeatChannel +
+    # NormalizeIntensity(channel_wise) + EnsureType in one step on plain tensors (same bits)
+    chain.append(Normalised(keys=key, mean=spec.mean, std=spec.std))  # one value per in_channel (validated)
     return chain
 
 
