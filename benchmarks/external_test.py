@@ -52,6 +52,7 @@ def _policies(run: Path) -> dict[str, float]:
     for name, cfg in (
         ("youden", ThresholdConfig(method="youden")),
         ("sens0.90", ThresholdConfig(method="sensitivity")),
+        ("sens0.95", ThresholdConfig(method="sensitivity", target_sensitivity=0.95)),
         ("midpoint", ThresholdConfig(method="midpoint")),
     ):
         out[name] = float(choose_threshold(y, p, cfg)[0])
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         ci = delong_auc_ci(y, p)
         cells = []
         row = {"n": int(len(y)), "auc": ci.auc, "low": ci.low, "high": ci.high}
+        if args.json:  # per image too, so other threshold policies can be compared afterwards
+            row["y_true"], row["probability"] = y.tolist(), [float(v) for v in p]
         for k, thr in thresholds.items():
             se, sp, ba, acc = _at(y, p, thr)
             row[k] = {"threshold": thr, "sens": se, "spec": sp, "bal_acc": ba, "accuracy": acc}

@@ -149,14 +149,14 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
         "threshold",
         "threshold.method",
         "data and threshold",
-        "how the decision threshold is chosen on validation data [midpoint]",
+        "how the decision threshold is chosen on validation data [sensitivity, target 0.95]",
         "how each fold's threshold is chosen on its inner validation split",
     ),
     Flag(
         "target_sensitivity",
         "threshold.target_sensitivity",
         "data and threshold",
-        "with --threshold sensitivity [0.9]",
+        "with --threshold sensitivity [0.95]",
         "with --threshold sensitivity",
     ),
     Flag(

@@ -10,7 +10,7 @@ A config file is a YAML mapping whose sections mirror :class:`TrainConfig`::
     optim:     {name: sgd, lr: 0.001, momentum: 0.9}
     schedule:  {name: cosine}
     early_stopping: {patience: 5}
-    threshold: {method: sensitivity, target_sensitivity: 0.9}
+    threshold: {method: sensitivity, target_sensitivity: 0.95}
     runtime:   {device: auto, precision: auto, workers: 2}
 
 Every value has a default (the study defaults, see docs/train.md); a file only names what

@@ -294,11 +294,11 @@ def test_choose_threshold_methods():
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.3, 0.9])
     thr, method, _ = choose_threshold(y, s, load_config(None, {"threshold.method": "youden"}).threshold)
     assert method == "youden" and thr == youden_threshold(y, s)
-    thr, method, detail = choose_threshold(y, s, load_config().threshold)  # the default: midpoint
+    thr, method, detail = choose_threshold(y, s, load_config().threshold)  # the default: sensitivity 0.95
+    assert method == "sensitivity" and thr == 0.3 and detail["target"] == 0.95
+    thr, method, detail = choose_threshold(y, s, load_config(None, {"threshold.method": "midpoint"}).threshold)
     assert method == "midpoint" and detail["class_medians"] == pytest.approx([0.35, 0.8])
     assert thr == pytest.approx(1 / (1 + math.exp(-(math.log(0.35 / 0.65) + math.log(0.8 / 0.2)) / 2)))
-    thr, method, detail = choose_threshold(y, s, load_config(None, {"threshold.method": "sensitivity"}).threshold)
-    assert method == "sensitivity" and thr == 0.3 and detail["target"] == 0.9
     thr, method, detail = choose_threshold(
         y, s, load_config(None, {"threshold.method": "sensitivity", "threshold.target_sensitivity": 1.0}).threshold
     )
