@@ -31,11 +31,12 @@ with its message. A bad model bundle or an unwritable output folder stops the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,12 +184,43 @@ class _Scoring:
         }
 
 
-def _run_batches(scoring: _Scoring, loader: Iterable[Batch], journal: Journal, total: int) -> int:
-    """Score every batch of ``loader`` and journal it. Returns the number of inputs handled."""
+@contextlib.contextmanager
+def _small_ops_on_one_thread(enabled: bool) -> Iterator[None]:
+    """With a runtime that has its own thread pool (OpenVINO, onnxruntime) on the CPU, run the
+    per-batch torch and numpy work of the main process (softmax, the head, the shift score's
+    distances) on one thread: their pools otherwise spin against the runtime's threads and the
+    decode workers on the same cores (15-45 ms per batch of 32 on 2 cores for operations of well
+    under 1 ms; docs/benchmarks.md). Same numbers: these are row-wise operations on small arrays.
+    """
+    if not enabled:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_batches(
+    scoring: _Scoring, loader: Iterable[Batch], journal: Journal, total: int, own_threads: bool = False
+) -> int:
+    """Score every batch of ``loader`` and journal it. Returns the number of inputs handled.
+
+    ``own_threads``: the forward runs in a runtime with its own thread pool (see
+    :func:`_small_ops_on_one_thread`)."""
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     n = 0
     bar: Any
-    with torch.inference_mode(), progress(total=total, desc="predict", unit="img") as bar:
+    with (
+        torch.inference_mode(),
+        _small_ops_on_one_thread(own_threads),
+        progress(total=total, desc="predict", unit="img") as bar,
+    ):
         for batch in loader:
             records = scoring.records(batch)
             journal.append(records)
@@ -321,7 +353,9 @@ def predict(
         )
         with Journal(out, info.rank) as journal:
             total = sum(len(b) for b in plan.batches)
-            n_processed = _run_batches(scoring, _loader(plan, policy, spec, options, info), journal, total)
+            own_threads = info.device == "cpu" and run_record.get("backend") in ("openvino", "onnxruntime")
+            loader = _loader(plan, policy, spec, options, info)
+            n_processed = _run_batches(scoring, loader, journal, total, own_threads)
         shift.close()
         runtime.barrier(info)
         result = PredictResult(

@@ -291,3 +291,34 @@ def test_same_images_as_dicom_and_png_agree(tmp_path, bundle_path):
     assert len(png) == len(dcm) == 8
     for name, p in png.items():
         assert abs(p - dcm[name.replace(".png", ".dcm")]) <= 0.01, name
+
+
+def test_small_per_batch_ops_run_on_one_thread_beside_a_runtime_with_its_own_pool():
+    """With OpenVINO / onnxruntime on the CPU, torch and BLAS work of the main process runs on
+    one thread during the batches (their pools spun against the runtime's), then is restored."""
+    from threadpoolctl import threadpool_info
+
+    from cxr_cad.inference import predict as engine
+
+    seen = []
+
+    class Scoring:
+        def records(self, batch):
+            blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+            seen.append((torch.get_num_threads(), blas))
+            return [{"index": 0}]
+
+    class Journal:
+        def append(self, records):
+            pass
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert engine._run_batches(Scoring(), [{}], Journal(), 1, own_threads=True) == 1
+        assert seen[-1][0] == 1 and all(n == 1 for n in seen[-1][1])
+        assert torch.get_num_threads() == 2  # restored
+        engine._run_batches(Scoring(), [{}], Journal(), 1, own_threads=False)
+        assert seen[-1][0] == 2
+    finally:
+        torch.set_num_threads(before)
