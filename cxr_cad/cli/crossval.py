@@ -120,9 +120,14 @@ def run(args: argparse.Namespace) -> int:
     if args.fold is not None:
         fold = api.crossval_fold(df, cfg, args.out, fold=args.fold, folds=folds, init=args.init)
         r = fold.record
+        at = (  # multi-label: one threshold per finding
+            ", ".join(f"{f} {t:.4f}" for f, t in r["thresholds"].items())
+            if "thresholds" in r
+            else f"{r['threshold']:.4f}"
+        )
         print(
             f"fold {fold.fold} of {fold.n_folds}: {fold.status}; {r['n_heldout']} held-out images scored at "
-            f"threshold {r['threshold']:.4f}; best epoch {r['best_epoch']}"
+            f"threshold {at}; best epoch {r['best_epoch']}"
         )
         print(f"merge when every fold is done: cxr-cad crossval --merge {fold.out_dir}")
         return 0

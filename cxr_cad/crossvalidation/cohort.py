@@ -5,7 +5,7 @@ enough to train (made for all folds before any fold trains, in every job)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pandas as pd
 from cxr_cad.config import TrainConfig
 from cxr_cad.crossvalidation.folds import fold_check
 from cxr_cad.errors import ManifestError
-from cxr_cad.manifest import patient_folds
+from cxr_cad.manifest import manifest_hash, patient_folds
 from cxr_cad.training import guards
 from cxr_cad.training.data import label_indices, split_train_val
 
@@ -24,12 +24,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Cohort:
-    """The manifest of a cross-validation, its class indices and its fold of every row."""
+    """The manifest of a cross-validation, its labels and its fold of every row."""
 
     df: pd.DataFrame  # with a "row" column (0..n-1)
-    labels: np.ndarray
+    labels: np.ndarray  # class indices (n,); multi-label: the finding matrix (n, K)
     folds: np.ndarray
     check: dict[str, Any]
+    #: ``manifest_hash`` of crossval.json and every fold.json (multi-label: with the finding matrix)
+    data_hash: str
+    #: further facts for crossval.json (multi-label: task, findings, fold method)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fold_config(cfg: TrainConfig, cache_dir: Path) -> TrainConfig:
@@ -66,7 +70,7 @@ def build_cohort(manifest_df: pd.DataFrame, cfg: TrainConfig, n_folds: int) -> C
     check = fold_check(df, folds, group_col=data.group_col, label_col=data.label_col)
     if check["patients_in_several_folds"]:
         raise ManifestError([f"{check['patients_in_several_folds']} patient(s) ended up in several folds"])
-    return Cohort(df, labels, folds, check)
+    return Cohort(df, labels, folds, check, manifest_hash(df))
 
 
 def fold_guard(cohort: Cohort, fold_cfg: TrainConfig, n_folds: int) -> None:

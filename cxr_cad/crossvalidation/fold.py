@@ -15,12 +15,10 @@ from typing import Any
 
 from cxr_cad.config import TrainConfig
 from cxr_cad.crossvalidation.cohort import Cohort
-from cxr_cad.crossvalidation.folds import HELDOUT_META, heldout
 from cxr_cad.crossvalidation.result import FOLD_DONE_FILE, fold_dir
-from cxr_cad.manifest import manifest_hash
+from cxr_cad.crossvalidation.task import CrossvalTask
 from cxr_cad.metrics import jsonable
 from cxr_cad.training import rundir
-from cxr_cad.training.trainer import train_model
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +31,18 @@ def fold_status(path: Path) -> str:
 
 
 def run_fold(
-    k: int, out_dir: Path, cohort: Cohort, cfg: TrainConfig, fold_cfg: TrainConfig, cache_dir: Path, n_folds: int
+    task: CrossvalTask,
+    k: int,
+    out_dir: Path,
+    cohort: Cohort,
+    cfg: TrainConfig,
+    fold_cfg: TrainConfig,
+    cache_dir: Path,
+    n_folds: int,
 ) -> dict[str, Any]:
     """Train (or resume) fold ``k``, score its held-out rows, write ``fold.json``; returns it
-    with ``status`` what this call did (the file keeps how the fold was trained).
+    with ``status`` what this call did (the file keeps how the fold was trained). ``task``
+    trains and scores (binary or multi-label: :mod:`cxr_cad.crossvalidation.task`).
 
     ``cfg`` is the cross-validation's config (its fingerprint is recorded), ``fold_cfg`` the
     config each fold trains with (:func:`~cxr_cad.crossvalidation.cohort.fold_config`).
@@ -56,15 +62,14 @@ def run_fold(
         done.unlink(missing_ok=True)  # a fold being (re)trained is not finished
         n_train, n_test = int((~test).sum()), int(test.sum())
         log.info("fold %d (%d of %d): training on %d images, %d held out", k, k + 1, n_folds, n_train, n_test)
-    result = train_model(df[~test].reset_index(drop=True), where, fold_cfg)
+    result = task.train_fold(df[~test].reset_index(drop=True), where, fold_cfg)
     test_df = df[test].reset_index(drop=True)
-    heldout(k, where, result, test_df, cohort.labels[test], fold_cfg, cache_dir)
-    meta = rundir.read_json(where / HELDOUT_META)
+    facts = task.score_fold(k, where, result, test_df, cohort.labels[test], fold_cfg, cache_dir)
     record = {
         "fold": int(k),
         "n_folds": int(n_folds),
         "fingerprint": cfg.fingerprint(),
-        "manifest_hash": manifest_hash(df),
+        "manifest_hash": cohort.data_hash,
         "status": trained_as,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
@@ -74,7 +79,7 @@ def run_fold(
         "threshold_method": result.threshold_method,
         "inner_split": result.split,
         "n_heldout": len(test_df),
-        "bundle_sha256": meta["bundle_sha256"],
+        **facts,  # the bundle's sha256 (the merge checks the held-out predictions against it), ...
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     rundir.write_json(done, jsonable(record))  # NaN (no inner validation) as null

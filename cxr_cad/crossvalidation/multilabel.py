@@ -1,5 +1,7 @@
-"""Multi-label K-fold cross-validation (``data.task: multilabel``): :func:`run_multilabel_crossval`,
-called by :func:`cxr_cad.crossvalidation.run.run_crossval`.
+"""The multi-label cross-validation task (``data.task: multilabel``): :data:`MULTILABEL`, the
+:class:`~cxr_cad.crossvalidation.task.CrossvalTask` that
+:func:`cxr_cad.crossvalidation.run.run_crossval`, ``run_crossval_fold`` and ``merge_crossval``
+use for a multi-label recipe (so ``crossval --fold K`` and ``--merge RUN`` work as for binary).
 
 Folds are grouped by patient and stratified over the findings (iterative stratification,
 :func:`cxr_cad.manifest.multilabel_patient_folds`). Each fold trains one network with one
@@ -7,7 +9,8 @@ sigmoid per finding on the other folds (inner patient-grouped validation split, 
 the findings: best epoch and every finding's threshold are chosen there), then scores its own
 fold. The same layout as a binary cross-validation, with per-finding columns:
 
-    crossval.json, folds.csv, folds/<k>/ (training run, heldout_predictions.csv, heldout.json)
+    crossval.json, folds.csv, manifest.csv, folds/<k>/ (training run, heldout_predictions.csv,
+                           heldout.json, fold.json)
     oof_predictions.csv    row, path, sop_instance_uid, patient, fold, label, and per finding F:
                            finding_F (1/0/-1 unknown), probability_F, threshold_F (the fold's),
                            decision_F (present/absent, as predictions.csv)
@@ -29,26 +32,57 @@ import numpy as np
 import pandas as pd
 
 from cxr_cad.config import TrainConfig
+from cxr_cad.crossvalidation.cohort import Cohort
 from cxr_cad.crossvalidation.final import FINAL_DIR, final_epochs
-from cxr_cad.crossvalidation.folds import CV_RUN_FILE, FOLDS_FILE, check_stored_folds, fold_check, heldout_multilabel
-from cxr_cad.crossvalidation.result import CrossvalResult
+from cxr_cad.crossvalidation.folds import HELDOUT_META, fold_check, heldout_multilabel
+from cxr_cad.crossvalidation.merge import read_heldout
+from cxr_cad.crossvalidation.task import Pooling
 from cxr_cad.errors import ManifestError, UsageError
 from cxr_cad.inference.outputs import FINDING_ABSENT, FINDING_PRESENT
-from cxr_cad.manifest import multilabel_patient_folds, write_table
+from cxr_cad.manifest import multilabel_patient_folds
 from cxr_cad.manifest.multilabel import finding_column
-from cxr_cad.metrics import jsonable, youden_threshold
+from cxr_cad.metrics import youden_threshold
 from cxr_cad.metrics.multilabel import mean_auc, multilabel_summary
 from cxr_cad.metrics.proportions import proportion
 from cxr_cad.model import load_bundle, save_bundle
 from cxr_cad.modelcard import write_card_for_bundle
 from cxr_cad.training import multilabel as ml
 from cxr_cad.training import rundir
-from cxr_cad.training.trainer import train_model
+from cxr_cad.training.trainer import TrainResult, train_model
 
 log = logging.getLogger(__name__)
 
-OOF_FILE = "oof_predictions.csv"
-METRICS_FILE = "cv_metrics.json"
+FOLD_METHOD = "patient-grouped iterative stratification over findings (Sechidis et al. 2011)"
+#: The per-fold facts copied from ``fold.json`` into ``cv_metrics.json``'s ``folds`` entries.
+FOLD_INFO_KEYS = ("fold", "status", "best_epoch", "epochs_run", "inner_val_macro_auc", "thresholds")
+
+
+def build_cohort(manifest_df: pd.DataFrame, cfg: TrainConfig, n_folds: int) -> Cohort:
+    """Check the recipe and the manifest, then assign patient-grouped folds stratified over the
+    findings (``Cohort.labels`` is the ``(n, K)`` finding matrix).
+
+    Raises:
+        ConfigError: settings multi-label training cannot honour. ManifestError: missing
+            columns or finding values, a finding without positives, a patient in two folds.
+    """
+    ml.check_config(cfg)
+    data = cfg.data
+    df = manifest_df.reset_index(drop=True).copy()
+    df["row"] = np.arange(len(df))
+    missing = [c for c in ("path", "sop_instance_uid", data.group_col) if c not in df.columns]
+    if missing:
+        raise ManifestError([f"the manifest has no {c!r} column" for c in missing])
+    y = ml.labels(df, cfg)
+    ml.check_training_labels(y, data.classes)
+    folds = multilabel_patient_folds(df, y, n_folds, seed=cfg.seed, group_col=data.group_col)
+    check = fold_check(df, folds, group_col=data.group_col, label_col=data.label_col)
+    if check["patients_in_several_folds"]:
+        raise ManifestError([f"{check['patients_in_several_folds']} patient(s) ended up in several folds"])
+    for entry in check["per_fold"]:
+        m = folds == entry["fold"]
+        entry["labels"] = {f: int((y[m, j] == 1).sum()) for j, f in enumerate(data.classes)}  # positives per finding
+    extra = {"task": "multilabel", "findings": list(data.classes), "fold_method": FOLD_METHOD}
+    return Cohort(df, y, folds, check, ml.data_hash(df, y), extra)
 
 
 def _oof(df: pd.DataFrame, cfg: TrainConfig, y: np.ndarray, folds: np.ndarray, probs, thresholds) -> pd.DataFrame:
@@ -71,6 +105,62 @@ def _oof(df: pd.DataFrame, cfg: TrainConfig, y: np.ndarray, folds: np.ndarray, p
     return oof
 
 
+def oof_table(p: Pooling) -> pd.DataFrame:
+    """``oof_predictions.csv`` from every fold's held-out sigmoid probabilities and thresholds."""
+    findings, cohort = list(p.cfg.data.classes), p.cohort
+    cols = [f"probability_{f}" for f in findings]
+    probs = np.full(cohort.labels.shape, np.nan)
+    thresholds = np.full(cohort.labels.shape, np.nan)
+    for k in range(int(p.n_folds)):
+        test = cohort.folds == k
+        table, meta = read_heldout(p.out_dir, k, cohort.df.loc[test, "row"].to_numpy())
+        probs[test] = table[cols].to_numpy(dtype=np.float64)
+        thresholds[test] = np.asarray(meta["thresholds"], dtype=np.float64)[None, :]
+    if np.isnan(probs).any():
+        raise ManifestError(["internal check failed: not every image was scored exactly once"])
+    return _oof(cohort.df, p.cfg, cohort.labels, cohort.folds, probs, thresholds)
+
+
+def _matrices(oof: pd.DataFrame, findings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(n, K)`` probabilities and fold thresholds of the out-of-fold table."""
+    probs = oof[[f"probability_{f}" for f in findings]].to_numpy(dtype=np.float64)
+    return probs, oof[[f"threshold_{f}" for f in findings]].to_numpy(dtype=np.float64)
+
+
+def summarise(p: Pooling, oof: pd.DataFrame) -> dict[str, Any]:
+    """``cv_metrics.json`` (task ``multilabel``) of the pooled out-of-fold predictions."""
+    data, y = p.cfg.data, p.cohort.labels
+    probs, thresholds = _matrices(oof, list(data.classes))
+    metrics = multilabel_summary(
+        y,
+        probs,
+        data.classes,
+        np.nanmedian(thresholds, axis=0),
+        groups=p.cohort.df[data.group_col].astype(str).to_numpy(),
+        min_positives=data.min_positives,
+        n_bootstrap=p.n_bootstrap,
+        seed=p.cfg.seed,
+    )
+    _at_fold_thresholds(metrics, y, probs, thresholds)
+    metrics.update(
+        n_folds=int(p.n_folds),
+        per_fold=_per_fold(y, probs, p.cohort.folds, int(p.n_folds), p.cfg),
+        folds=p.fold_info,
+        best_epochs=[f["best_epoch"] for f in p.fold_info],
+        fold_method=FOLD_METHOD,
+        uncertain=data.uncertain,
+        selection=ml.bundle_record(p.cfg, [], None)["selection"],
+        settings={
+            "task": "multilabel",
+            "classes": list(data.classes),
+            "positive_class": data.positive_class,
+            "n_bootstrap": int(p.n_bootstrap),
+            "min_positives": data.min_positives,
+        },
+    )
+    return metrics
+
+
 def _per_fold(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, n_folds: int, cfg: TrainConfig) -> list[dict]:
     out = []
     for k in range(n_folds):
@@ -80,138 +170,6 @@ def _per_fold(y: np.ndarray, probs: np.ndarray, folds: np.ndarray, n_folds: int,
             {"fold": k, "n": int(m.sum()), "macro_auc": auc, "findings_used": [cfg.data.classes[j] for j in used]}
         )
     return out
-
-
-def run_multilabel_crossval(
-    manifest_df: pd.DataFrame,
-    out_dir: Path,
-    cfg: TrainConfig,
-    *,
-    n_folds: int = 5,
-    init: str | None = None,
-    final: bool | str = False,
-    n_bootstrap: int = 2000,
-    manifest_name: str | None = None,
-) -> CrossvalResult:
-    """Grouped, finding-stratified K-fold cross-validation of a multi-label recipe.
-
-    Raises:
-        ManifestError: missing columns or finding values, a finding without positives, a
-            patient in two folds. UsageError: ``final="ensemble"`` (not for multi-label yet).
-    """
-    if final == "ensemble":
-        raise UsageError("--final ensemble is not available for multi-label models yet; use --final retrain")
-    ml.check_config(cfg)
-    if init is not None:
-        cfg = cfg.replace(model=cfg.model.replace(init=str(init)))
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
-    data = cfg.data
-    df = manifest_df.reset_index(drop=True).copy()
-    df["row"] = np.arange(len(df))
-    missing = [c for c in ("path", "sop_instance_uid", data.group_col) if c not in df.columns]
-    if missing:
-        raise ManifestError([f"the manifest has no {c!r} column" for c in missing])
-    y = ml.labels(df, cfg)
-    ml.check_training_labels(y, data.classes)
-    folds = multilabel_patient_folds(df, y, n_folds, seed=cfg.seed, group_col=data.group_col)
-    check = fold_check(df, folds, group_col=data.group_col, label_col=data.label_col)
-    if check["patients_in_several_folds"]:
-        raise ManifestError([f"{check['patients_in_several_folds']} patient(s) ended up in several folds"])
-    for entry in check["per_fold"]:
-        m = folds == entry["fold"]
-        entry["labels"] = {f: int((y[m, j] == 1).sum()) for j, f in enumerate(data.classes)}  # positives per finding
-    fold_cfg = cfg.replace(data=data.replace(split="grouped", cache_dir=str(cache_dir)))
-    folds_table = pd.DataFrame(
-        {
-            "row": df["row"],
-            "sop_instance_uid": df["sop_instance_uid"].astype(str),
-            data.group_col: df[data.group_col].astype(str),
-            "label": df[data.label_col].astype(str),
-            "fold": folds,
-        }
-    )
-    check_stored_folds(out_dir, folds_table)
-    write_table(folds_table, out_dir / FOLDS_FILE)
-    record = {
-        "task": "multilabel",
-        "n_folds": int(n_folds),
-        "fingerprint": cfg.fingerprint(),
-        "manifest_hash": ml.data_hash(df, y),
-        "group_col": data.group_col,
-        "label_col": data.label_col,
-        "findings": list(data.classes),
-        "fold_method": "patient-grouped iterative stratification over findings (Sechidis et al. 2011)",
-        "fold_check": check,
-        "config": cfg.to_dict(),
-    }
-    rundir.write_json(out_dir / CV_RUN_FILE, record)
-
-    probs = np.full(y.shape, np.nan)
-    thresholds = np.full(y.shape, np.nan)
-    status, fold_info = [], []
-    for k in range(int(n_folds)):
-        fold_dir = out_dir / "folds" / str(k)
-        test = folds == k
-        status.append("finished before" if (fold_dir / rundir.RESULT_FILE).exists() else "trained")
-        log.info("fold %d (%d of %d): training on %d images, %d held out", k, k + 1, n_folds, (~test).sum(), test.sum())
-        result = train_model(df[~test].drop(columns=["row"]).reset_index(drop=True), fold_dir, fold_cfg)
-        test_df = df[test].reset_index(drop=True)
-        p, thr = heldout_multilabel(k, fold_dir, result.bundle_path, test_df, y[test], fold_cfg, cache_dir)
-        probs[test], thresholds[test] = p, thr[None, :]
-        fold_info.append(
-            {
-                "fold": k,
-                "status": status[-1],
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "inner_val_macro_auc": result.val_auc,
-                "thresholds": dict(zip(data.classes, thr.tolist())),
-            }
-        )
-    if np.isnan(probs).any():
-        raise ManifestError(["internal check failed: not every image was scored exactly once"])
-    oof = _oof(df, cfg, y, folds, probs, thresholds)
-    write_table(oof, out_dir / OOF_FILE)
-    metrics = multilabel_summary(
-        y,
-        probs,
-        data.classes,
-        np.nanmedian(thresholds, axis=0),
-        groups=df[data.group_col].astype(str).to_numpy(),
-        min_positives=data.min_positives,
-        n_bootstrap=n_bootstrap,
-        seed=cfg.seed,
-    )
-    _at_fold_thresholds(metrics, y, probs, thresholds)
-    metrics.update(
-        n_folds=int(n_folds),
-        per_fold=_per_fold(y, probs, folds, int(n_folds), cfg),
-        folds=fold_info,
-        best_epochs=[f["best_epoch"] for f in fold_info],
-        fold_method=record["fold_method"],
-        uncertain=data.uncertain,
-        selection=ml.bundle_record(cfg, [], None)["selection"],
-        settings={
-            "task": "multilabel",
-            "classes": list(data.classes),
-            "positive_class": data.positive_class,
-            "n_bootstrap": int(n_bootstrap),
-            "min_positives": data.min_positives,
-        },
-    )
-    final_bundle = None
-    if final:
-        metrics["final"] = _train_final(df, y, probs, out_dir, cfg, cache_dir, metrics["best_epochs"], int(n_folds))
-        final_bundle = Path(metrics["final"]["bundle"])
-    rundir.write_json(out_dir / METRICS_FILE, jsonable(metrics))
-    log.info(
-        "cross-validation: pooled macro AUC %.4f over %d findings",
-        metrics["macro"]["auc"],
-        metrics["macro"]["n_findings"],
-    )
-    return CrossvalResult(out_dir, int(n_folds), oof, metrics, status, final_bundle, manifest_name)
 
 
 def _at_fold_thresholds(metrics: dict, y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> None:
@@ -291,3 +249,64 @@ def _train_final(
         "thresholds": {p["finding"]: p["threshold"] for p in per},
         "threshold_method": "pooled out-of-fold Youden per finding",
     }
+
+
+class MultilabelTask:
+    """One sigmoid per finding, one threshold per finding and fold (see the module docstring)."""
+
+    ensemble: bool = False  # --final ensemble: not for multi-label models yet
+    fold_info_keys: tuple[str, ...] = FOLD_INFO_KEYS
+
+    def build_cohort(self, manifest_df: pd.DataFrame, cfg: TrainConfig, n_folds: int) -> Cohort:
+        return build_cohort(manifest_df, cfg, n_folds)
+
+    def fold_guard(self, cohort: Cohort, fold_cfg: TrainConfig, n_folds: int) -> None:
+        """None before the folds train: each fold's training applies the multi-label guards."""
+
+    def train_fold(self, rows: pd.DataFrame, where: Path, fold_cfg: TrainConfig) -> TrainResult:
+        return train_model(rows.drop(columns=["row"]), where, fold_cfg)
+
+    def score_fold(
+        self,
+        k: int,
+        where: Path,
+        result: TrainResult,
+        test_df: pd.DataFrame,
+        labels: np.ndarray,
+        fold_cfg: TrainConfig,
+        cache_dir: Path,
+    ) -> dict[str, Any]:
+        _, thr = heldout_multilabel(k, where, result.bundle_path, test_df, labels, fold_cfg, cache_dir)
+        return {
+            "bundle_sha256": rundir.read_json(where / HELDOUT_META)["bundle_sha256"],
+            "inner_val_macro_auc": result.val_auc,
+            "thresholds": dict(zip(fold_cfg.data.classes, thr.tolist())),
+        }
+
+    def oof_table(self, p: Pooling) -> pd.DataFrame:
+        return oof_table(p)
+
+    def summarise(self, p: Pooling, oof: pd.DataFrame) -> dict[str, Any]:
+        return summarise(p, oof)
+
+    def final(self, p: Pooling, oof: pd.DataFrame, metrics: dict[str, Any], final: bool | str) -> Path | None:
+        if not final:
+            return None
+        if final == "ensemble":
+            raise UsageError("--final ensemble is not available for multi-label models yet; use --final retrain")
+        probs, _ = _matrices(oof, list(p.cfg.data.classes))
+        best = metrics["best_epochs"]
+        metrics["final"] = _train_final(
+            p.cohort.df, p.cohort.labels, probs, p.out_dir, p.cfg, p.cache_dir, best, int(p.n_folds)
+        )
+        return Path(metrics["final"]["bundle"])
+
+    def finish(self, p: Pooling, metrics: dict[str, Any]) -> None:
+        log.info(
+            "cross-validation: pooled macro AUC %.4f over %d findings",
+            metrics["macro"]["auc"],
+            metrics["macro"]["n_findings"],
+        )
+
+
+MULTILABEL = MultilabelTask()

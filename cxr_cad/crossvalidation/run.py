@@ -1,6 +1,8 @@
 """Patient-grouped, label-stratified K-fold cross-validation: in one process
 (:func:`run_crossval`), or one fold per job (:func:`run_crossval_fold`) pooled afterwards by
-:func:`merge_crossval` into exactly the same numbers.
+:func:`merge_crossval` into exactly the same numbers. Binary and multi-label (``data.task:
+multilabel``) recipes take the same path; what differs is their
+:class:`~cxr_cad.crossvalidation.task.CrossvalTask` (:func:`crossval_task`).
 
 For each fold ``k`` a model is trained with :func:`cxr_cad.training.trainer.train_model` on the
 other K-1 folds (which it splits again by patient into training and an inner validation
@@ -38,7 +40,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxr_cad.config import TrainConfig, config_diff
-from cxr_cad.crossvalidation.cohort import Cohort, build_cohort, fold_config, fold_guard
+from cxr_cad.crossvalidation.binary import BINARY
+from cxr_cad.crossvalidation.cohort import Cohort, fold_config
 from cxr_cad.crossvalidation.final import FINAL_DIR, ensemble_final, final_epochs
 from cxr_cad.crossvalidation.fold import run_fold
 from cxr_cad.crossvalidation.folds import (
@@ -50,7 +53,7 @@ from cxr_cad.crossvalidation.folds import (
     predict_heldout,
 )
 from cxr_cad.crossvalidation.merge import pool_folds
-from cxr_cad.crossvalidation.multilabel import run_multilabel_crossval
+from cxr_cad.crossvalidation.multilabel import MULTILABEL
 from cxr_cad.crossvalidation.result import (
     FOLD_DONE_FILE,
     MANIFEST_FILE,
@@ -69,7 +72,8 @@ from cxr_cad.crossvalidation.runfolder import (
     stored_manifest,
     write_run_folder,
 )
-from cxr_cad.errors import ConfigError
+from cxr_cad.crossvalidation.task import CrossvalTask
+from cxr_cad.errors import ConfigError, UsageError
 
 __all__ = [
     "CV_RUN_FILE",
@@ -96,10 +100,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def crossval_task(cfg: TrainConfig, final: bool | str = False) -> CrossvalTask:
+    """The task of ``cfg`` (binary, or multi-label with ``data.task: multilabel``); UsageError
+    when it has no ``final`` model of that kind (checked before any fold trains)."""
+    task: CrossvalTask = MULTILABEL if cfg.data.task == "multilabel" else BINARY
+    if final == "ensemble" and not task.ensemble:
+        raise UsageError(f"--final ensemble is not available for {cfg.data.task} models yet; use --final retrain")
+    return task
+
+
 @dataclass
 class _Setup:
     """A cross-validation checked and its run folder ready: what every entry point starts from."""
 
+    task: CrossvalTask
     out_dir: Path
     cfg: TrainConfig
     cohort: Cohort
@@ -115,18 +129,20 @@ def _setup(
     init: str | None,
     manifest_name: str | None,
     cache_dir: Path | None = None,
+    final: bool | str = False,
 ) -> _Setup:
     """Check the cohort, that ``out_dir`` may be resumed and every fold is big enough (before
     anything is written or trained), then create the run folder's shared files."""
+    task = crossval_task(cfg, final)
     if init is not None:
         cfg = cfg.replace(model=cfg.model.replace(init=str(init)))
     out = Path(out_dir).resolve()
-    cohort = build_cohort(manifest_df, cfg, n_folds)
+    cohort = task.build_cohort(manifest_df, cfg, n_folds)
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (cache_dir or out / "cache")
     fold_cfg = fold_config(cfg, cache)
     record, table = run_record(cohort, cfg, n_folds, manifest_name), folds_table(cohort, cfg)
     check_run_folder(out, record, table)
-    fold_guard(cohort, fold_cfg, n_folds)
+    task.fold_guard(cohort, fold_cfg, n_folds)
     write_run_folder(out, record, table, manifest_df)
     log.info(
         "%d-fold cross-validation of %d images from %d patients, grouped by %s; no patient in two folds",
@@ -141,7 +157,7 @@ def _setup(
             "threshold.value %.3f is used)",
             cfg.threshold.value,
         )
-    return _Setup(out, cfg, cohort, fold_cfg, cache)
+    return _Setup(task, out, cfg, cohort, fold_cfg, cache)
 
 
 def run_crossval(
@@ -180,22 +196,13 @@ def run_crossval(
         ConfigError: ``out_dir`` holds a cross-validation with other settings or data.
         OutputError, WeightsError, BundleError: as :func:`train_model`.
     """
-    if cfg.data.task == "multilabel":  # one sigmoid per finding: cxr_cad.crossvalidation.multilabel
-        return run_multilabel_crossval(
-            manifest_df,
-            Path(out_dir),
-            cfg,
-            n_folds=n_folds,
-            init=init,
-            final=final,
-            n_bootstrap=n_bootstrap,
-            manifest_name=manifest_name,
-        )
-    s = _setup(manifest_df, out_dir, cfg, n_folds, init, manifest_name)
+    s = _setup(manifest_df, out_dir, cfg, n_folds, init, manifest_name, final=final)
     statuses = [
-        run_fold(k, s.out_dir, s.cohort, s.cfg, s.fold_cfg, s.cache_dir, n_folds)["status"] for k in range(int(n_folds))
+        run_fold(s.task, k, s.out_dir, s.cohort, s.cfg, s.fold_cfg, s.cache_dir, n_folds)["status"]
+        for k in range(int(n_folds))
     ]
     return pool_folds(
+        s.task,
         s.out_dir,
         s.cohort,
         s.cfg,
@@ -229,7 +236,7 @@ def run_crossval_fold(
         raise ConfigError([f"fold (--fold) must be one of 0..{int(n_folds) - 1}, not {fold}"])
     out = Path(out_dir).resolve()
     s = _setup(manifest_df, out, cfg, n_folds, init, manifest_name, cache_dir=out / "cache" / f"fold-{fold}")
-    record = run_fold(fold, s.out_dir, s.cohort, s.cfg, s.fold_cfg, s.cache_dir, n_folds)
+    record = run_fold(s.task, fold, s.out_dir, s.cohort, s.cfg, s.fold_cfg, s.cache_dir, n_folds)
     return FoldResult(out_dir=s.out_dir, fold=fold, n_folds=int(n_folds), status=record["status"], record=record)
 
 
@@ -274,12 +281,14 @@ def merge_crossval(
             [f"{out} holds a {record['n_folds']}-fold cross-validation, not {n_folds} folds"], source=str(out)
         )
     n_folds = int(record["n_folds"])
+    task = crossval_task(cfg, final)
     if manifest_df is None:
         manifest_df = stored_manifest(out, cfg)
-    cohort = build_cohort(manifest_df, cfg, n_folds)
+    cohort = task.build_cohort(manifest_df, cfg, n_folds)
     check_run_folder(out, run_record(cohort, cfg, n_folds, None), folds_table(cohort, cfg))
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
     return pool_folds(
+        task,
         out,
         cohort,
         cfg,

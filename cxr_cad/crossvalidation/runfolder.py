@@ -22,7 +22,7 @@ from cxr_cad.crossvalidation.cohort import Cohort
 from cxr_cad.crossvalidation.folds import CV_RUN_FILE, FOLDS_FILE, check_rerun, check_stored_folds
 from cxr_cad.crossvalidation.result import MANIFEST_FILE
 from cxr_cad.errors import ConfigError, ManifestError, OutputError
-from cxr_cad.manifest import manifest_hash, read_manifest, write_manifest, write_table
+from cxr_cad.manifest import read_manifest, write_manifest, write_table
 from cxr_cad.training import rundir
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,10 @@ def run_record(cohort: Cohort, cfg: TrainConfig, n_folds: int, manifest_name: st
     """What ``crossval.json`` holds (the keys :func:`check_rerun` compares, and provenance)."""
     data = cfg.data
     return {
+        **cohort.extra,
         "n_folds": int(n_folds),
         "fingerprint": cfg.fingerprint(),
-        "manifest_hash": manifest_hash(cohort.df),
+        "manifest_hash": cohort.data_hash,
         "group_col": data.group_col,
         "label_col": data.label_col,
         "seed": cfg.seed,
@@ -108,4 +109,6 @@ def stored_manifest(out_dir: Path, cfg: TrainConfig) -> pd.DataFrame:
             [f"{out_dir} holds no copy of the manifest ({MANIFEST_FILE}); pass the manifest (--manifest)"],
             source=str(out_dir),
         )
-    return read_manifest(path, require_labels=True, classes=cfg.data.classes)
+    # multi-label: `label` joins the findings; read_manifest checks the finding_<F> columns instead
+    classes = None if cfg.data.task == "multilabel" else cfg.data.classes
+    return read_manifest(path, require_labels=True, classes=classes)

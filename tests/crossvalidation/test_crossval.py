@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cxr_cad.cli import main
+from cxr_cad.config import load_config
 from cxr_cad.crossvalidation.run import final_epochs, fold_check
 from cxr_cad.metrics import roc_auc, sensitivity_policy
 from cxr_cad.model import load_bundle
@@ -102,11 +103,12 @@ def test_final_bundle_uses_cv_choices(cv_run):
     _, metrics = _read(out)
     bundle = load_bundle(out / "final" / "model.pt")
     oof, _ = _read(out)
-    # the configured policy (default: sensitivity >= 0.90) on the pooled out-of-fold predictions
-    expected = sensitivity_policy(oof["y_true"].to_numpy(), oof["probability"].to_numpy(), 0.9)
+    # the configured policy (the default sensitivity target) on the pooled out-of-fold predictions
+    target = load_config().threshold.target_sensitivity
+    expected = sensitivity_policy(oof["y_true"].to_numpy(), oof["probability"].to_numpy(), target)
     assert bundle.threshold == pytest.approx(expected["threshold"])
     assert bundle.threshold_selection["method"] == "sensitivity"
-    assert bundle.threshold_selection["params"]["target"] == 0.9
+    assert bundle.threshold_selection["params"]["target"] == target
     assert metrics["final"]["threshold_method"] == "pooled out-of-fold sensitivity"
     assert "out-of-fold" in bundle.threshold_selection["chosen_on"]["description"]
     assert metrics["final"]["epochs"] == 1
