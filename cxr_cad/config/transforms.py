@@ -228,6 +228,8 @@ class AugmentSpec(ConfigModel):
             from ``jpeg_quality`` and decoded again (last, after every other augmentation: lossy
             storage comes after acquisition); 0 = off. See cxr_cad/transforms/reencode.py.
         jpeg_quality: (low, high) JPEG quality range, integers in [1, 100].
+        mixup_alpha: mixup of whole batches in the training step (cxr_cad/training/mixup.py):
+            images and losses blended with weight ``lam ~ Beta(alpha, alpha)``; 0 = off.
     """
 
     error_source: ClassVar[str | None] = "augmentation spec"
@@ -247,6 +249,7 @@ class AugmentSpec(ConfigModel):
     noise_std: Number = Field(default=0.0, ge=0.0, le=0.5)
     jpeg_prob: Number = Field(default=0.0, ge=0.0, le=1.0)
     jpeg_quality: NumberPair = (50.0, 95.0)
+    mixup_alpha: Number = Field(default=0.0, ge=0.0, le=10.0)
 
     _gamma = _pair_within("gamma", 0.2, 5.0)
     _blur = _pair_within("blur_sigma", 0.0, 5.0)
@@ -290,4 +293,5 @@ class AugmentSpec(ConfigModel):
             lowres_zoom=(1.0, 1.0),
             noise_std=0.0,
             jpeg_prob=0.0,
+            mixup_alpha=0.0,
         )

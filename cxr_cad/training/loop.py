@@ -24,6 +24,7 @@ from cxr_cad.errors import UsageError
 from cxr_cad.model import load_bundle
 from cxr_cad.runtime import RuntimeInfo, autocast, prepare_model, resolve_runtime, to_device
 from cxr_cad.training.data import shard_rows
+from cxr_cad.training.mixup import Mixup
 from cxr_cad.transforms import REJECTED_KEY, TransformSpec, collate_samples, make_dataset, rejected_error
 
 if TYPE_CHECKING:
@@ -43,11 +44,21 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     info: RuntimeInfo,
     scaler: torch.amp.GradScaler | None = None,
+    mixup: Mixup | None = None,
 ) -> torch.Tensor:
-    """One optimisation step on a batch already on the device; returns the (detached) loss."""
-    with autocast(info):
-        logits = model(images)
-    loss = criterion(logits.float(), labels)
+    """One optimisation step on a batch already on the device; returns the (detached) loss.
+
+    With ``mixup`` the batch is blended with a shuffled copy of itself and the loss is the same
+    blend of the two labels' losses (:mod:`cxr_cad.training.mixup`)."""
+    if mixup is not None:
+        mixed = mixup(images, labels)
+        with autocast(info):
+            logits = model(mixed.images).float()
+        loss = mixed.lam * criterion(logits, mixed.labels) + (1.0 - mixed.lam) * criterion(logits, mixed.labels_b)
+    else:
+        with autocast(info):
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -106,11 +117,12 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
     on_train_mode: Callable[[torch.nn.Module], None] | None = None,
+    mixup: Mixup | None = None,
 ) -> EpochStats:
     """Run one epoch over ``loader`` (items with "image" and "label"); model in train mode.
 
     ``on_train_mode`` runs right after ``model.train()`` (e.g. to keep frozen BatchNorm
-    layers in eval mode).
+    layers in eval mode). ``mixup``: blend every batch (seeded for this epoch and rank).
     """
     model.train()
     if on_train_mode is not None:
@@ -120,7 +132,7 @@ def train_epoch(
     for bar, batch in _batches(loader, info, desc, "training"):
         images = to_device(batch["image"], info)
         labels = batch["label"].to(info.torch_device, non_blocking=True).long()
-        loss = train_step(model, images, labels, criterion, optimizer, info, scaler)
+        loss = train_step(model, images, labels, criterion, optimizer, info, scaler, mixup)
         k = int(labels.shape[0])
         loss_sum += float(loss) * k
         n += k

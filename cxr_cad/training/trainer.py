@@ -54,6 +54,7 @@ from cxr_cad.training.checkpoint import checkpoint_state, new_state, restore
 from cxr_cad.training.data import TrainData, make_items, prepare_data, train_loader
 from cxr_cad.training.finish import RunContext, TrainResult, finish, load_finished, with_hflip_tta
 from cxr_cad.training.loop import EpochStats, evaluate, predict_probabilities, train_epoch
+from cxr_cad.training.mixup import Mixup
 from cxr_cad.training.network import check_init, init_model, parent_guard, transform_spec
 from cxr_cad.training.optim import Training, build_training, set_backbone_frozen, wrap_model
 from cxr_cad.training.rundir import run_record
@@ -305,6 +306,7 @@ class _Epochs:
             scaler=training.scaler,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             on_train_mode=(lambda m: set_backbone_frozen(model, True)) if want_frozen else None,
+            mixup=self._mixup(epoch),
         )
         training.scheduler.step()
         record: dict[str, Any] = {
@@ -321,6 +323,11 @@ class _Epochs:
         record["probs"] = self._validate(record)
         record["seconds"] = round(time.perf_counter() - t_epoch, 3)
         return stats, record
+
+    def _mixup(self, epoch: int) -> Mixup | None:
+        """The epoch's batch mixup (``augment.mixup_alpha`` > 0), seeded by seed, epoch and rank."""
+        alpha = float(self.ctx.data.augment.mixup_alpha)
+        return Mixup(alpha, self.ctx.cfg.seed, epoch, self.ctx.info.rank) if alpha > 0 else None
 
     def _validate(self, record: dict[str, Any]) -> torch.Tensor | None:
         """Score the validation set into ``record``; its probabilities (None without validation)."""
