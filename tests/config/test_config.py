@@ -170,8 +170,9 @@ def test_fingerprint_is_unchanged_for_existing_run_folders():
     """Pinned hashes of configs written before the pydantic models: resumption keeps working.
 
     Those run folders' config.yaml name ``threshold.method: youden`` (the default until the
-    sensitivity policy replaced it), so it is given here as their files give it."""
-    youden = {"threshold.method": "youden"}
+    sensitivity policy replaced it) and ``target_sensitivity: 0.9`` (the default until 0.95), so
+    they are given here as their files give them."""
+    youden = {"threshold.method": "youden", "threshold.target_sensitivity": 0.9}
     assert load_config(None, youden).fingerprint() == "8f589f9d49e1d61278c2f7ef958f43a0bf594cd0a47fb9f5fcb9dabbc885b5b0"
     scratch = load_config(None, {"model.init": "none", **youden})
     assert scratch.fingerprint() == "2b45ac80c7dd83aab65c54d891e85d1e859bb15307825b8c1af0991eda30d748"
