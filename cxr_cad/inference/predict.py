@@ -293,6 +293,23 @@ def _loader(plan: _Plan, policy: AcceptPolicy, spec: TransformSpec, options: Pre
     )
 
 
+def _score_all(
+    scoring: _Scoring,
+    plan: _Plan,
+    policy: AcceptPolicy,
+    spec: TransformSpec,
+    options: PredictOptions,
+    out: Path,
+    run_record: dict[str, Any],
+) -> int:
+    """Decode and score this rank's batches into its journal; the number of inputs handled."""
+    info = scoring.info
+    with Journal(out, info.rank) as journal:
+        total = sum(len(b) for b in plan.batches)
+        own_threads = info.device == "cpu" and run_record.get("backend") in ("openvino", "onnxruntime")
+        return _run_batches(scoring, _loader(plan, policy, spec, options, info), journal, total, own_threads)
+
+
 def predict(
     sources: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -351,11 +368,7 @@ def predict(
             calibration=calibration,
             findings=multilabel_findings(getattr(bundle, "meta", None) or {}),
         )
-        with Journal(out, info.rank) as journal:
-            total = sum(len(b) for b in plan.batches)
-            own_threads = info.device == "cpu" and run_record.get("backend") in ("openvino", "onnxruntime")
-            loader = _loader(plan, policy, spec, options, info)
-            n_processed = _run_batches(scoring, loader, journal, total, own_threads)
+        n_processed = _score_all(scoring, plan, policy, spec, options, out, run_record)
         shift.close()
         runtime.barrier(info)
         result = PredictResult(
