@@ -31,12 +31,11 @@ with its message. A bad model bundle or an unwritable output folder stops the ru
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,17 +52,14 @@ from cxr_cad.inference.inputs import (
     Batch,
     PredictDataset,
     PredictInput,
-    Sample,
     batch_shard,
     collate_records,
     collect_inputs,
     inputs_fingerprint,
 )
 from cxr_cad.inference.model import (
-    Forward,
     Fp32Module,
     ScoringModel,
-    calibrated_probability,
     load_model,
     model_calibration,
     prepare_for_inference,
@@ -72,18 +68,16 @@ from cxr_cad.inference.model import fold_batchnorm as fold_batchnorm
 from cxr_cad.inference.outputs import (
     Journal,
     check_writable,
-    multilabel_fields,
     multilabel_findings,
     prepare_out_dir,
     read_journals,
 )
 from cxr_cad.inference.result import PredictResult
+from cxr_cad.inference.scoring import Scoring, small_ops_on_one_thread
 from cxr_cad.inference.summary import finish_run
 from cxr_cad.model import Bundle
-from cxr_cad.shift.monitor import ShiftScorer
 
 if TYPE_CHECKING:
-    from cxr_cad.metrics.recalibration import Calibration
     from cxr_cad.transforms import TransformSpec
 
 __all__ = ["Fp32Module", "PredictOptions", "PredictResult", "fold_batchnorm", "predict", "prepare_for_inference"]
@@ -121,104 +115,19 @@ def _prepare_everywhere(info: runtime.RuntimeInfo, out: Path, state: dict[str, A
         raise (UsageError if error[0] == "usage" else OutputError)(error[1])
 
 
-@dataclass
-class _Scoring:
-    """What turns a batch into journal records: the model and how its outputs are written."""
-
-    forward: Forward
-    info: runtime.RuntimeInfo
-    positive_index: int
-    threshold: float
-    names: tuple[str, str]
-    sha256: str
-    labels: dict[int, str]
-    paths: Sequence[str]
-    shift: ShiftScorer | None = None
-    calibration: Calibration | None = None  # the bundle's; applied to every probability
-    findings: list[tuple[str, float]] | None = None  # multi-label: (finding, threshold) per sigmoid output
-
-    def records(self, batch: Batch) -> list[dict[str, Any]]:
-        """Journal records of one batch: a prediction per accepted image, then the rejections."""
-        records: list[dict[str, Any]] = []
-        if batch["images"] is not None:
-            x = runtime.to_device(batch["images"], self.info)
-            with runtime.autocast(self.info):
-                logits = self.forward(x)
-            if self.findings is not None:  # multi-label: one sigmoid per finding (inference/outputs.py)
-                probs = torch.sigmoid(logits.float()).cpu().tolist()
-            else:
-                probs = calibrated_probability(logits.float(), self.positive_index, self.calibration).cpu().tolist()
-            shift_cols = self.shift.columns(len(probs)) if self.shift is not None else [{}] * len(probs)
-            for rec, p, cols in zip(batch["accepted"], probs, shift_cols):
-                records.append(self._prediction(rec, p, cols))
-        for rej in batch["rejected"]:
-            i = rej["index"]
-            records.append(
-                {
-                    "index": i,
-                    "kind": "rejected",
-                    "path": self.paths[i],
-                    "reason": rej["reason"],
-                    "detail": rej["detail"],
-                }
-            )
-        return records
-
-    def _prediction(self, rec: Sample, p: Any, cols: dict[str, str]) -> dict[str, Any]:
-        i = rec["index"]
-        if self.findings is not None:
-            cols = {**multilabel_fields(p, self.findings), **cols}
-            p = float("nan")
-        return {
-            "index": i,
-            "kind": "prediction",
-            "path": self.paths[i],
-            "sop_instance_uid": rec["sop_instance_uid"],
-            "study_instance_uid": rec["study_instance_uid"],
-            "probability": f"{p:.6f}",
-            "decision": self.names[0] if p >= self.threshold else self.names[1],
-            "threshold": f"{self.threshold:g}",
-            "model_sha256": self.sha256,
-            "label": self.labels.get(i, ""),
-            **cols,
-        }
-
-
-@contextlib.contextmanager
-def _small_ops_on_one_thread(enabled: bool) -> Iterator[None]:
-    """With a runtime that has its own thread pool (OpenVINO, onnxruntime) on the CPU, run the
-    per-batch torch and numpy work of the main process (softmax, the head, the shift score's
-    distances) on one thread: their pools otherwise spin against the runtime's threads and the
-    decode workers on the same cores (15-45 ms per batch of 32 on 2 cores for operations of well
-    under 1 ms; docs/benchmarks.md). Same numbers: these are row-wise operations on small arrays.
-    """
-    if not enabled:
-        yield
-        return
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _run_batches(
-    scoring: _Scoring, loader: Iterable[Batch], journal: Journal, total: int, own_threads: bool = False
+    scoring: Scoring, loader: Iterable[Batch], journal: Journal, total: int, own_threads: bool = False
 ) -> int:
     """Score every batch of ``loader`` and journal it. Returns the number of inputs handled.
 
     ``own_threads``: the forward runs in a runtime with its own thread pool (see
-    :func:`_small_ops_on_one_thread`)."""
+    :func:`small_ops_on_one_thread`)."""
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     n = 0
     bar: Any
     with (
         torch.inference_mode(),
-        _small_ops_on_one_thread(own_threads),
+        small_ops_on_one_thread(own_threads),
         progress(total=total, desc="predict", unit="img") as bar,
     ):
         for batch in loader:
@@ -294,7 +203,7 @@ def _loader(plan: _Plan, policy: AcceptPolicy, spec: TransformSpec, options: Pre
 
 
 def _score_all(
-    scoring: _Scoring,
+    scoring: Scoring,
     plan: _Plan,
     policy: AcceptPolicy,
     spec: TransformSpec,
@@ -308,6 +217,32 @@ def _score_all(
         total = sum(len(b) for b in plan.batches)
         own_threads = info.device == "cpu" and run_record.get("backend") in ("openvino", "onnxruntime")
         return _run_batches(scoring, _loader(plan, policy, spec, options, info), journal, total, own_threads)
+
+
+def _empty_result(
+    out: Path,
+    plan: _Plan,
+    n_processed: int,
+    seconds: float,
+    bundle: ScoringModel,
+    threshold: float,
+    run_record: dict[str, Any],
+) -> PredictResult:
+    """The run's result before :func:`finish_run` counts the predictions and rejections."""
+    return PredictResult(
+        out_dir=out,
+        n_inputs=len(plan.inputs),
+        n_predicted=0,
+        n_rejected=0,
+        n_positive=0,
+        reasons={},
+        n_done_before=plan.n_done,
+        n_processed=n_processed,
+        seconds=seconds,
+        model_sha256=bundle.sha256,
+        threshold=threshold,
+        runtime=run_record,
+    )
 
 
 def predict(
@@ -355,7 +290,7 @@ def predict(
                 "backend": backend,
                 "precision": getattr(bundle, "precision", info.precision),
             }
-        scoring = _Scoring(
+        scoring = Scoring(
             model,
             info,
             bundle.positive_index,
@@ -371,21 +306,8 @@ def predict(
         n_processed = _score_all(scoring, plan, policy, spec, options, out, run_record)
         shift.close()
         runtime.barrier(info)
-        result = PredictResult(
-            out_dir=out,
-            n_inputs=len(plan.inputs),
-            n_predicted=0,
-            n_rejected=0,
-            n_positive=0,
-            reasons={},
-            n_done_before=plan.n_done,
-            n_processed=n_processed,
-            seconds=time.perf_counter() - t0,
-            model_sha256=bundle.sha256,
-            threshold=threshold,
-            runtime=run_record,
-            calibration=None if calibration is None else calibration.to_dict(),
-        )
+        result = _empty_result(out, plan, n_processed, time.perf_counter() - t0, bundle, threshold, run_record)
+        result.calibration = None if calibration is None else calibration.to_dict()
         if info.is_main:
             finish_run(result, out, plan.has_labels, scoring.names[0], shift.summary, scoring.findings)
         runtime.barrier(info)
