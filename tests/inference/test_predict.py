@@ -7,6 +7,7 @@ used by ``test_predict_resume.py`` and ``test_predict_ddp.py``.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,31 @@ def test_small_per_batch_ops_run_on_one_thread_beside_a_runtime_with_its_own_poo
         assert seen[-1][0] == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no os.nice on this platform")
+def test_decode_workers_run_below_the_network_on_the_cpu(tmp_path, bundle_path, monkeypatch):
+    """Decode workers are re-niced by DECODE_NICE when the network runs on the CPU in the main
+    process (its threads would otherwise be pre-empted by decoding); scores are unchanged."""
+    import cxr_cad.io
+    from cxr_cad.inference import predict as engine
+
+    write_images(tmp_path / "in", 6)
+    real = cxr_cad.io.read_image
+    seen = tmp_path / "nice.txt"
+
+    def recording(path, **kw):  # runs in the decode workers (forked with this patch)
+        with open(seen, "a") as f:
+            f.write(f"{os.getpid()} {os.nice(0)}\n")
+        return real(path, **kw)
+
+    monkeypatch.setattr(cxr_cad.io, "read_image", recording)
+    base = os.nice(0)
+    assert _predict([tmp_path / "in"], tmp_path / "w2", bundle_path, "--workers", "2") == 0
+    rows = [line.split() for line in seen.read_text().splitlines()]
+    assert rows and all(int(pid) != os.getpid() for pid, _ in rows)
+    assert {int(n) for _, n in rows} == {min(base + engine.DECODE_NICE, 19)}
+    seen.unlink()
+    assert _predict([tmp_path / "in"], tmp_path / "w0", bundle_path) == 0  # --workers 0: this process
+    assert {int(n) for _, n in (line.split() for line in seen.read_text().splitlines())} == {base}
+    assert _probabilities(tmp_path / "w2") == _probabilities(tmp_path / "w0")
