@@ -10,8 +10,9 @@ of that split left, so this script takes any finished run folder and scores
   contrast x0.6, 12-bit DICOM, half resolution, JPEG quality 50);
 
 at thresholds chosen on the run's own validation predictions (``val_predictions.csv``) by each
-policy: the bundle's stored one, Youden's J and sensitivity >= 0.90 (the default since
-2026-12-07). Nothing is chosen on test-a.
+policy: the bundle's stored one, Youden's J, sensitivity >= 0.90, sensitivity >= 0.95 (the default
+since 2026-12-07) and the midpoint. Nothing is chosen on test-a. ``--json`` also keeps every image's
+probability, so other policies can be compared afterwards.
 
     python benchmarks/external_test.py --run /work/runs/t224 --work /work/runs/ext
 """
@@ -51,7 +52,7 @@ def _policies(run: Path) -> dict[str, float]:
     out = {"stored": float(load_bundle(run / "model.pt").threshold)}
     for name, cfg in (
         ("youden", ThresholdConfig(method="youden")),
-        ("sens0.90", ThresholdConfig(method="sensitivity")),
+        ("sens0.90", ThresholdConfig(method="sensitivity", target_sensitivity=0.9)),
         ("sens0.95", ThresholdConfig(method="sensitivity", target_sensitivity=0.95)),
         ("midpoint", ThresholdConfig(method="midpoint")),
     ):
