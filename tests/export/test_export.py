@@ -193,6 +193,16 @@ def test_onnx_has_a_dynamic_batch(setup):
     assert [d.dim_value for d in dims[1:]] == [1, SIZE, SIZE]
 
 
+def test_openvino_threads_are_not_pinned_and_follow_the_torch_thread_count(setup):
+    """predict's decode workers share the cores: OpenVINO's threads must be free to migrate."""
+    from cxr_cad.export.backends import OpenVinoModel
+
+    out = setup[0] / "onnx" if (setup[0] / "onnx").is_dir() else _export(setup, "onnx")
+    model = OpenVinoModel(out / "model.onnx", threads=2)
+    assert model.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert int(model.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+
+
 def test_monai_bundle_verifies_and_runs_like_predict(setup, tmp_path):
     root, images, bundle, ref = setup
     out = _export(setup, "monai-bundle")
