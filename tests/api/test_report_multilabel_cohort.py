@@ -19,6 +19,7 @@ from cxr_cad.config import load_config
 from cxr_cad.explain.gradcam import GradcamSource, gradcam_maps, logodds_maps
 from cxr_cad.model import load_bundle
 from cxr_cad.training.trainer import train_model
+from tests.factories.config import TINY_TRAIN
 from tests.factories.synth import write_multilabel_cohort
 
 FINDINGS = ["Opacity", "Other"]
@@ -33,13 +34,7 @@ def cohort(tmp_path_factory):
     cfg = load_config(
         None,
         {
-            "epochs": 1,
-            "batch_size": 8,
-            "model.init": "none",
-            "model.image_size": 32,
-            "runtime.workers": 0,
-            "runtime.device": "cpu",
-            "early_stopping.patience": 0,
+            **TINY_TRAIN,
             "threshold.method": "youden",
             "data.task": "multilabel",
             "data.classes": FINDINGS,

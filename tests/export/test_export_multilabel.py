@@ -12,6 +12,7 @@ import torch
 from cxr_cad.cli import main
 from cxr_cad.config import load_config
 from cxr_cad.training.trainer import train_model
+from tests.factories.config import TINY_TRAIN
 from tests.factories.synth import write_multilabel_cohort
 
 pytest.importorskip("onnxruntime")
@@ -26,13 +27,7 @@ def trained(tmp_path_factory):
     cfg = load_config(
         None,
         {
-            "epochs": 1,
-            "batch_size": 8,
-            "model.init": "none",
-            "model.image_size": 32,
-            "runtime.workers": 0,
-            "runtime.device": "cpu",
-            "early_stopping.patience": 0,
+            **TINY_TRAIN,
             "data.task": "multilabel",
             "data.classes": FINDINGS,
             "data.min_positives": 2,

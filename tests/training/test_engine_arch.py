@@ -17,18 +17,10 @@ from cxr_cad.manifest import read_manifest
 from cxr_cad.model import load_bundle
 from cxr_cad.runtime import resolve_runtime
 from cxr_cad.training.trainer import train_model
+from tests.factories.config import TINY_TRAIN
 from tests.factories.synth import write_png_cohort
 
-TINY = {
-    "epochs": 1,
-    "batch_size": 8,
-    "model.init": "none",
-    "model.image_size": 32,
-    "runtime.workers": 0,
-    "runtime.device": "cpu",
-    "runtime.precision": "fp32",
-    "early_stopping.patience": 0,
-}
+TINY = {**TINY_TRAIN, "runtime.precision": "fp32"}
 
 
 @pytest.fixture(scope="module")

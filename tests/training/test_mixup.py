@@ -46,21 +46,12 @@ def test_training_with_mixup_is_reproducible_and_differs_from_without(tmp_path):
     from cxr_cad.config import load_config
     from cxr_cad.manifest import read_manifest
     from cxr_cad.training.trainer import train_model
+    from tests.factories.config import TINY_TRAIN
     from tests.factories.synth import write_png_cohort
 
     write_png_cohort(tmp_path / "c", n_patients=12, images_per_patient=2, size=48, seed=1)
     df = read_manifest(tmp_path / "c" / "manifest.csv", require_labels=True)
-    fast = {
-        "epochs": 1,
-        "batch_size": 8,
-        "model.init": "none",
-        "model.image_size": 32,
-        "runtime.workers": 0,
-        "runtime.device": "cpu",
-        "runtime.precision": "fp32",
-        "early_stopping.patience": 0,
-        "data.cache_dir": str(tmp_path / "cache"),
-    }
+    fast = {**TINY_TRAIN, "runtime.precision": "fp32", "data.cache_dir": str(tmp_path / "cache")}
 
     def weights(name: str, alpha: float) -> dict:
         cfg = load_config(None, {**fast, "augment": {"mixup_alpha": alpha}})

@@ -13,6 +13,7 @@ from cxr_cad.errors import ConfigError
 from cxr_cad.model import load_bundle
 from cxr_cad.training import multilabel as ml
 from cxr_cad.training.trainer import train_model
+from tests.factories.config import TINY_TRAIN
 from tests.factories.synth import write_multilabel_cohort
 
 
@@ -55,13 +56,7 @@ def test_train_multilabel_end_to_end(tmp_path):
     cfg = load_config(
         None,
         {
-            "epochs": 1,
-            "batch_size": 8,
-            "model.init": "none",
-            "model.image_size": 32,
-            "runtime.workers": 0,
-            "runtime.device": "cpu",
-            "early_stopping.patience": 0,
+            **TINY_TRAIN,
             "threshold.method": "youden",
             "data.task": "multilabel",
             "data.classes": ["Opacity", "Other"],
