@@ -28,6 +28,8 @@ import torch
 from monai.transforms import MapTransform, RandomizableTransform
 from PIL import Image
 
+from cxr_cad.transforms.intensity import plain_float
+
 __all__ = ["RandJpegReencode", "RandJpegReencoded", "jpeg_reencode"]
 
 
@@ -66,8 +68,7 @@ class RandJpegReencode(RandomizableTransform):
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if randomize:
             self.randomize()
-        t = torch.as_tensor(img)
-        t = t.as_tensor() if hasattr(t, "as_tensor") else t
+        t = plain_float(img)
         if not self._do_transform:
             return t
         return jpeg_reencode(t, self._quality)
